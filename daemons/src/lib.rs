@@ -1,0 +1,1 @@
+//! The daemons built into the forkroot binary.

@@ -1,0 +1,1 @@
+//! The global allocator wrapper that enforces no allocation after fork.

@@ -1,0 +1,1 @@
+//! Atomic checkpoints of a daemon's state: two slots, sequence numbers, crc32.

@@ -1,0 +1,1 @@
+//! The flight recorder: a per-process crash-surviving log ring in shared memory.

@@ -1,0 +1,1 @@
+//! A fixed-block allocator inside a region, with ownership that survives crashes.

@@ -1,0 +1,1 @@
+//! Regions: the shared memory the root preallocates for each daemon.

@@ -1,0 +1,1 @@
+//! Bounded rings in shared memory: single- and multi-producer, crash-safe.

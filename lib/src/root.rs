@@ -1,0 +1,1 @@
+//! The root process: one poll loop that forks, reaps and restarts daemons.

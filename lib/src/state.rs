@@ -1,0 +1,1 @@
+//! Typed `#[repr(C)]` views of a region behind a versioned header.

@@ -1,0 +1,1 @@
+//! One shim for atomics and `UnsafeCell`, so loom can replace them in model checks.

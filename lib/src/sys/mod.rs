@@ -1,0 +1,1 @@
+//! The only place that calls libc and nix: thin, checked wrappers.

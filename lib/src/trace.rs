@@ -1,0 +1,1 @@
+//! A `tracing` layer that writes events into the flight recorder without allocating.
