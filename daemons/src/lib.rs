@@ -1,1 +1,31 @@
 //! The daemons built into the forkroot binary.
+//!
+//! Each is a plain [`forkroot::Entry`] registered under its kind name by
+//! [`registry`]; the binary forks them without exec.
+
+mod flaky;
+mod idle;
+mod probe;
+mod util;
+
+use forkroot::Registry;
+
+/// The demo tree `forkroot run` starts when given no `--config`.
+pub const DEMO: &str = include_str!("demo.toml");
+
+/// Every built-in kind.
+pub fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.add("idle", "stays up, heartbeats, does nothing", idle::main)
+        .add(
+            "flaky",
+            "crashes after a random lifetime (mean_life) with a chosen signal",
+            flaky::main,
+        )
+        .add(
+            "probe",
+            "diagnostics for tests and benchmarks: reports its start, pokes at siblings",
+            probe::main,
+        );
+    r
+}

@@ -1,1 +1,299 @@
-//! The daemon API: what a daemon author implements and what it is given.
+//! The daemon API: what a daemon author writes, and what it is given.
+//!
+//! A daemon is a function, `fn(&mut Context) -> i32`, registered under a
+//! kind name in a [`Registry`]. The root forks a process for it (no exec),
+//! maps its region writable, and calls the function with a [`Context`]; the
+//! returned value is the process's exit code (0 is a normal exit).
+//!
+//! ```no_run
+//! use forkroot::{Context, Registry};
+//!
+//! fn ticker(ctx: &mut Context<'_>) -> i32 {
+//!     // The first 8 bytes of the state survive restarts.
+//!     let mut ticks = u64::from_le_bytes(ctx.state()[..8].try_into().unwrap());
+//!     while ctx.sleep(std::time::Duration::from_secs(1)) {
+//!         ticks += 1;
+//!         ctx.state_mut()[..8].copy_from_slice(&ticks.to_le_bytes());
+//!     }
+//!     0 // stopped by the root: a normal exit
+//! }
+//!
+//! let mut kinds = Registry::new();
+//! kinds.add("ticker", "counts seconds across restarts", ticker);
+//! ```
+
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::config::OnRestart;
+use crate::region::Header;
+use crate::sys;
+
+/// A daemon's entry point; its return value is the exit code.
+pub type Entry = fn(&mut Context<'_>) -> i32;
+
+/// A daemon kind built into a binary.
+#[derive(Debug, Clone, Copy)]
+pub struct Kind {
+    /// The name used in `kind = "..."`.
+    pub name: &'static str,
+    /// One line for `--help` and error messages.
+    pub about: &'static str,
+    /// The entry point.
+    pub entry: Entry,
+}
+
+/// The daemon kinds a binary knows, by name.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    kinds: Vec<Kind>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// Registers `entry` under `name`; a later registration of the same name
+    /// replaces the earlier one.
+    pub fn add(&mut self, name: &'static str, about: &'static str, entry: Entry) -> &mut Registry {
+        self.kinds.retain(|k| k.name != name);
+        self.kinds.push(Kind { name, about, entry });
+        self
+    }
+
+    /// The kind called `name`.
+    pub fn get(&self, name: &str) -> Option<&Kind> {
+        self.kinds.iter().find(|k| k.name == name)
+    }
+
+    /// Every registered kind, in registration order.
+    pub fn kinds(&self) -> &[Kind] {
+        &self.kinds
+    }
+}
+
+/// The stage of a daemon's start-up that failed before its code ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum SetupStage {
+    /// The root had died before the child could arm its death signal.
+    Orphaned = 1,
+    /// Making a new session (setsid).
+    Session = 2,
+    /// Mapping its own region writable.
+    Region = 3,
+    /// Arranging descriptors for an exec'd program.
+    Descriptors = 4,
+    /// execve of the configured program.
+    Exec = 5,
+    /// The kind is not built into this binary.
+    UnknownKind = 6,
+}
+
+impl SetupStage {
+    /// The stage for a number sent over the setup pipe.
+    pub fn from_u32(n: u32) -> Option<SetupStage> {
+        use SetupStage::*;
+        [Orphaned, Session, Region, Descriptors, Exec, UnknownKind]
+            .into_iter()
+            .find(|s| *s as u32 == n)
+    }
+}
+
+impl fmt::Display for SetupStage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SetupStage::Orphaned => "root gone before start",
+            SetupStage::Session => "setsid",
+            SetupStage::Region => "mapping its region",
+            SetupStage::Descriptors => "arranging descriptors",
+            SetupStage::Exec => "exec",
+            SetupStage::UnknownKind => "unknown kind",
+        })
+    }
+}
+
+/// Why a daemon process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitReason {
+    /// It exited with this code.
+    Exited(i32),
+    /// A signal killed it.
+    Signaled {
+        /// The signal number.
+        signal: i32,
+        /// Whether it dumped core.
+        core: bool,
+    },
+    /// It failed before its code ran.
+    SetupFailed {
+        /// Where.
+        stage: SetupStage,
+        /// The errno of the failed call.
+        errno: i32,
+    },
+}
+
+impl ExitReason {
+    /// Exit code 0 is normal; anything else is abnormal (OTP's `normal`
+    /// versus every other reason), which `transient` daemons restart on.
+    pub fn is_normal(&self) -> bool {
+        matches!(self, ExitReason::Exited(0))
+    }
+}
+
+impl fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ExitReason::Exited(code) => write!(f, "exited with code {code}"),
+            ExitReason::Signaled { signal, core } => {
+                write!(f, "killed by {}", sys::signal_name(signal))?;
+                if core {
+                    f.write_str(" (core dumped)")?;
+                }
+                Ok(())
+            }
+            ExitReason::SetupFailed { stage, errno } => {
+                write!(
+                    f,
+                    "failed to start ({stage}: {})",
+                    std::io::Error::from_raw_os_error(errno)
+                )
+            }
+        }
+    }
+}
+
+/// One past death of a daemon, as the root recorded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Death {
+    /// How it ended.
+    pub reason: ExitReason,
+    /// How long that process had run.
+    pub uptime: Duration,
+    /// When it was reaped (ns since the epoch).
+    pub at_realtime_ns: u64,
+}
+
+/// Read-only views of the sibling daemons' user areas, by name.
+#[derive(Debug, Clone, Copy)]
+pub struct Siblings<'a> {
+    pub(crate) names: &'a [String],
+    pub(crate) regions: &'a crate::region::RegionSet,
+    pub(crate) own: usize,
+}
+
+impl<'a> Siblings<'a> {
+    /// The user area of the sibling called `name`, mapped read-only (a write
+    /// is a SIGSEGV, and it cannot be made writable). It changes under the
+    /// reader and may hold anything: treat it as untrusted input.
+    pub fn get(&self, name: &str) -> Option<&'a [u8]> {
+        let i = self.names.iter().position(|n| n == name)?;
+        (i != self.own).then(|| self.regions.user_view(i))
+    }
+
+    /// Names of every daemon of the tree, this one included.
+    pub fn names(&self) -> impl Iterator<Item = &'a str> {
+        self.names.iter().map(String::as_str)
+    }
+}
+
+/// What a running daemon is given: its identity, its region, its siblings'
+/// regions, and its history.
+///
+/// Built in the child after the fork without allocating.
+#[derive(Debug)]
+pub struct Context<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) header: &'a Header,
+    pub(crate) state: &'a mut [u8],
+    pub(crate) siblings: Siblings<'a>,
+    pub(crate) restarts: u32,
+    pub(crate) deaths: &'a [Death],
+    pub(crate) on_restart: OnRestart,
+    pub(crate) args: &'a toml::Table,
+    pub(crate) stopping: bool,
+}
+
+impl<'a> Context<'a> {
+    /// The daemon's name in the config.
+    pub fn name(&self) -> &'a str {
+        self.name
+    }
+
+    /// The daemon's state: the user area of its region, `memory` bytes
+    /// (rounded up to a page), zeroed on the first start. It lives in the
+    /// root's shared memory, so a replacement after a crash finds it as the
+    /// dead process left it.
+    pub fn state(&self) -> &[u8] {
+        self.state
+    }
+
+    /// The state, writable.
+    pub fn state_mut(&mut self) -> &mut [u8] {
+        self.state
+    }
+
+    /// Views of the siblings' regions.
+    pub fn siblings(&self) -> Siblings<'a> {
+        self.siblings
+    }
+
+    /// How many times this daemon has been restarted (0 on its first start).
+    pub fn restarts(&self) -> u32 {
+        self.restarts
+    }
+
+    /// Recent deaths of this daemon, oldest first (empty on its first start).
+    pub fn deaths(&self) -> &'a [Death] {
+        self.deaths
+    }
+
+    /// Why the previous process of this daemon ended, if there was one.
+    pub fn last_exit(&self) -> Option<ExitReason> {
+        self.deaths.last().map(|d| d.reason)
+    }
+
+    /// The configured restart mode (`on_restart`).
+    pub fn on_restart(&self) -> OnRestart {
+        self.on_restart
+    }
+
+    /// The `[daemon.args]` table of this daemon.
+    pub fn args(&self) -> &'a toml::Table {
+        self.args
+    }
+
+    /// Records that the daemon is alive (the watchdog reads this).
+    pub fn heartbeat(&self) {
+        self.header
+            .heartbeat_ns
+            .store(sys::monotonic_ns(), Ordering::Release);
+    }
+
+    /// Whether the root asked this daemon to stop (SIGTERM). A daemon
+    /// should return from its entry soon after; the root SIGKILLs it after
+    /// `stop_timeout`.
+    pub fn stopping(&mut self) -> bool {
+        if !self.stopping {
+            self.stopping = sys::take_pending(libc::SIGTERM);
+        }
+        self.stopping
+    }
+
+    /// Sleeps for `d` or until asked to stop, heartbeating first. Returns
+    /// `false` when the daemon should stop.
+    pub fn sleep(&mut self, d: Duration) -> bool {
+        self.heartbeat();
+        if self.stopping {
+            return false;
+        }
+        if sys::wait_signal(libc::SIGTERM, d) {
+            self.stopping = true;
+        }
+        !self.stopping
+    }
+}

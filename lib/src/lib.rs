@@ -26,3 +26,4 @@ pub mod sync;
 pub mod sys;
 pub mod trace;
 
+pub use daemon::{Context, Entry, ExitReason, Registry};

@@ -33,8 +33,237 @@ macro_rules! plain {
     )* };
 }
 plain!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize);
-use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, AtomicU8, AtomicUsize};
-plain!(AtomicU8, AtomicU32, AtomicU64, AtomicI32, AtomicI64, AtomicUsize);
+use std::sync::atomic::{
+    AtomicI32, AtomicI64, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
+plain!(
+    AtomicU8,
+    AtomicU32,
+    AtomicU64,
+    AtomicI32,
+    AtomicI64,
+    AtomicUsize
+);
 // SAFETY: an array of `Plain` elements is laid out contiguously with no
 // padding between elements, so it is `Plain` too.
 unsafe impl<T: Plain, const N: usize> Plain for [T; N] {}
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::ptr::NonNull;
+
+use crate::sys;
+
+/// `"FKROOTR1"`: the first word of a region whose header is initialised.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"FKROOTR1");
+/// Layout version of [`Header`] and the system area.
+pub const LAYOUT: u32 = 1;
+
+/// The first bytes of every region, written by the daemon that owns it and
+/// read (never trusted) by the root and by siblings.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Header {
+    /// [`MAGIC`] once the owner has initialised the header.
+    pub magic: AtomicU64,
+    /// [`LAYOUT`] of the owner that initialised it.
+    pub layout: AtomicU32,
+    /// Pid of the process that last started as the region's owner.
+    pub pid: AtomicU32,
+    /// Monotonic clock (ns) of the owner's last heartbeat; 0 before the
+    /// first. Written only by the owner; the watchdog compares it with now.
+    pub heartbeat_ns: AtomicU64,
+    /// How many times an owner has started on this region (1 for the first).
+    pub starts: AtomicU64,
+}
+
+// SAFETY: repr(C), atomics of integers only; every bit pattern is valid.
+unsafe impl Plain for Header {}
+
+/// Rounds `n` up to a whole number of pages.
+pub fn page_round(n: u64) -> u64 {
+    let page = sys::page_size() as u64;
+    n.div_ceil(page) * page
+}
+
+#[derive(Debug)]
+struct Slot {
+    /// Offset of the region inside the reservation.
+    offset: usize,
+    /// Bytes of the region: SYSTEM_SIZE + the page-rounded user size.
+    len: usize,
+    /// The read-write descriptor. Only the owner maps it writable, in its
+    /// own process after the fork; the root maps a read-only reopening.
+    fd: OwnedFd,
+}
+
+/// Every daemon's region, mapped read-only in the root at one address each
+/// inside a single reservation, with an unmapped guard page after each.
+///
+/// Because the root maps them before forking, every daemon inherits every
+/// region at the same address, read-only; a daemon then maps its own region
+/// writable over the same range ([`RegionSet::enter`]). The read-only views
+/// come from read-only descriptors, so `mprotect` cannot make them writable.
+#[derive(Debug)]
+pub struct RegionSet {
+    base: NonNull<u8>,
+    len: usize,
+    slots: Vec<Slot>,
+}
+
+impl RegionSet {
+    /// Creates and maps one region per `(name, user_bytes)`. With
+    /// `state_dir`, each region is the file `state_dir/NAME.region` (kept
+    /// across runs of the root); otherwise an anonymous sealed memfd.
+    pub fn create(specs: &[(&str, u64)], state_dir: Option<&Path>) -> io::Result<RegionSet> {
+        let page = sys::page_size();
+        let lens: Vec<usize> = specs
+            .iter()
+            .map(|&(_, user)| SYSTEM_SIZE + page_round(user) as usize)
+            .collect();
+        let len = page + lens.iter().map(|l| l + page).sum::<usize>();
+        let base = sys::reserve(len)?;
+        let mut set = RegionSet {
+            base,
+            len,
+            slots: Vec::with_capacity(specs.len()),
+        };
+        let mut offset = page;
+        for (&(name, _), &rlen) in specs.iter().zip(&lens) {
+            let fd = match state_dir {
+                Some(dir) => sys::file_region(&dir.join(format!("{name}.region")), rlen as u64),
+                None => {
+                    let cname =
+                        CString::new(format!("forkroot:{name}")).map_err(io::Error::other)?;
+                    sys::memfd_sealed(&cname, rlen as u64)
+                }
+            }
+            .map_err(|e| {
+                io::Error::new(e.kind(), format!("region of {name:?} ({rlen} bytes): {e}"))
+            })?;
+            let ro = sys::reopen_read_only(fd.as_raw_fd())?;
+            let addr = set.addr(offset);
+            // SAFETY: [addr, addr+rlen) lies inside our reservation, and no
+            // reference into it exists yet.
+            unsafe { sys::map_fixed(addr, rlen, ro.as_raw_fd(), sys::Access::ReadOnly)? };
+            set.slots.push(Slot {
+                offset,
+                len: rlen,
+                fd,
+            });
+            offset += rlen + page;
+        }
+        Ok(set)
+    }
+
+    fn addr(&self, offset: usize) -> NonNull<u8> {
+        debug_assert!(offset < self.len);
+        // SAFETY: offset is inside the reservation, so the pointer is too.
+        unsafe { self.base.add(offset) }
+    }
+
+    /// Number of regions.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether there are no regions.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Region `i`, whole, as this process maps it (read-only in the root
+    /// and in siblings). Its contents may change under the reader, and a
+    /// crashed owner may have left anything in it: read it as untrusted.
+    pub fn view(&self, i: usize) -> &[u8] {
+        let s = &self.slots[i];
+        // SAFETY: the range is mapped (read-only or better) for as long as
+        // `self` lives; u8 has no invalid values. Another process may write
+        // it concurrently, which callers treat as untrusted input.
+        unsafe { std::slice::from_raw_parts(self.addr(s.offset).as_ptr(), s.len) }
+    }
+
+    /// The user area of region `i` (after the system area), read-only.
+    pub fn user_view(&self, i: usize) -> &[u8] {
+        &self.view(i)[SYSTEM_SIZE..]
+    }
+
+    /// The header of region `i`, for reading.
+    pub fn header(&self, i: usize) -> &Header {
+        let p = self.addr(self.slots[i].offset).as_ptr();
+        // SAFETY: every region starts page-aligned and is longer than a
+        // Header; Header is Plain, so any bytes are a valid value.
+        unsafe { &*p.cast::<Header>() }
+    }
+
+    /// The read-write descriptor of region `i` (for an exec'd daemon).
+    pub fn fd(&self, i: usize) -> &OwnedFd {
+        &self.slots[i].fd
+    }
+
+    /// Bytes of region `i`, system area included.
+    pub fn region_len(&self, i: usize) -> usize {
+        self.slots[i].len
+    }
+
+    /// Zeroes the user area of region `i` (for `on_restart = "fresh"`),
+    /// keeping the system area and its flight log.
+    pub fn zero_user(&self, i: usize) -> io::Result<()> {
+        let s = &self.slots[i];
+        sys::zero_range(
+            s.fd.as_raw_fd(),
+            SYSTEM_SIZE as u64,
+            (s.len - SYSTEM_SIZE) as u64,
+        )
+    }
+
+    /// In a freshly forked daemon: maps region `i` writable over its
+    /// read-only view and returns it. Fork-safe. Call once per process.
+    ///
+    /// # Safety
+    /// The caller must be the single owner of region `i` in this process
+    /// (the daemon just forked for it), holding no reference into it.
+    pub unsafe fn enter(&self, i: usize) -> io::Result<&'static mut [u8]> {
+        let s = &self.slots[i];
+        let addr = self.addr(s.offset);
+        // SAFETY: the range is inside our reservation; the caller holds no
+        // reference into it.
+        unsafe { sys::map_fixed(addr, s.len, s.fd.as_raw_fd(), sys::Access::ReadWrite)? };
+        // SAFETY: just mapped writable; the mapping is never removed while
+        // the process lives (the RegionSet is never dropped in a daemon),
+        // and this is the only mutable reference the process makes.
+        Ok(unsafe { std::slice::from_raw_parts_mut(addr.as_ptr(), s.len) })
+    }
+}
+
+impl Drop for RegionSet {
+    fn drop(&mut self) {
+        // SAFETY: the reservation is ours; views borrow `self`, so none
+        // outlive it.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Initialises the header of a region this process now owns. Fork-safe.
+///
+/// # Safety
+/// `region` must point to the start of a region mapped writable in this
+/// process for the rest of its life (see [`RegionSet::enter`]).
+pub unsafe fn claim(region: NonNull<u8>) -> &'static Header {
+    // SAFETY: the region is page-aligned, longer than a Header, mapped for
+    // the process's life, and Header is Plain; every field is atomic, so
+    // readers in other processes are fine.
+    let h = unsafe { &*region.as_ptr().cast::<Header>() };
+    if h.magic.load(Ordering::Acquire) != MAGIC || h.layout.load(Ordering::Relaxed) != LAYOUT {
+        h.starts.store(0, Ordering::Relaxed);
+        h.heartbeat_ns.store(0, Ordering::Relaxed);
+        h.layout.store(LAYOUT, Ordering::Relaxed);
+        h.magic.store(MAGIC, Ordering::Release);
+    }
+    h.pid.store(sys::getpid().0 as u32, Ordering::Relaxed);
+    h.starts.fetch_add(1, Ordering::Relaxed);
+    h.heartbeat_ns.store(sys::monotonic_ns(), Ordering::Release);
+    h
+}

@@ -1,0 +1,70 @@
+//! `probe`: a diagnostic daemon for tests and benchmarks.
+//!
+//! Its first line of code takes the monotonic clock; it then appends
+//! `start PID RESTARTS NS` to `out` (a file or FIFO), so a benchmark can time
+//! a restart from the kill to the replacement's first line. Settings:
+//! - `out`: where to write its lines (required).
+//! - `fill`: a byte (0..=255) to fill its state's first page with.
+//! - `attack`: a sibling's name: report the sibling's first byte, try to
+//!   make its region writable (`mprotect ok` or `mprotect EACCES`), then
+//!   write into it, which must kill the probe with SIGSEGV.
+//! - `exit`: exit with this code right after starting.
+
+use std::io::Write;
+use std::time::Duration;
+
+use forkroot::Context;
+
+use crate::util;
+
+pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
+    let t0 = forkroot::sys::monotonic_ns();
+    let Some(path) = util::string(ctx, "out") else {
+        util::bad_arg(ctx, "out", "required: a file or FIFO to report to")
+    };
+    let mut out = match std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) => util::bad_arg(ctx, "out", &format!("{path}: {e}")),
+    };
+    let pid = forkroot::sys::getpid();
+    let _ = writeln!(out, "start {pid} {} {t0}", ctx.restarts());
+
+    let fill = util::int(ctx, "fill", -1);
+    if (0..=255).contains(&fill) {
+        let n = ctx.state().len().min(4096);
+        ctx.state_mut()[..n].fill(fill as u8);
+    }
+    if let Some(target) = util::string(ctx, "attack") {
+        let Some(view) = ctx.siblings().get(target) else {
+            util::bad_arg(ctx, "attack", &format!("no sibling named {target:?}"))
+        };
+        let _ = writeln!(out, "sibling {target} first_byte={}", view[0]);
+        let addr = std::ptr::NonNull::from(&view[0]);
+        let page = forkroot::sys::page_size();
+        // SAFETY: the range is the sibling's mapped view; if the call
+        // succeeded (it must not), nothing else in this process holds a
+        // reference that the protection change would invalidate.
+        let prot = unsafe { forkroot::sys::protect(addr, page, forkroot::sys::Access::ReadWrite) };
+        let _ = match prot {
+            Ok(()) => writeln!(out, "mprotect ok"),
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) => writeln!(out, "mprotect EACCES"),
+            Err(e) => writeln!(out, "mprotect {e}"),
+        };
+        let _ = writeln!(out, "writing");
+        // SAFETY: deliberately not sound: this write into a read-only
+        // mapping is the test; the kernel ends the process with SIGSEGV.
+        unsafe { std::ptr::write_volatile(addr.as_ptr(), 0x55) };
+        let _ = writeln!(out, "wrote");
+    }
+    let code = util::int(ctx, "exit", -1);
+    if code >= 0 {
+        return code as i32;
+    }
+    while ctx.sleep(Duration::from_secs(3600)) {}
+    let _ = writeln!(out, "stop {pid}");
+    0
+}

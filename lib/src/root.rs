@@ -1,1 +1,0 @@
-//! The root process: one poll loop that forks, reaps and restarts daemons.

@@ -1,0 +1,216 @@
+//! Forking one daemon: what the root prepares, and what the child does
+//! between `fork()` and the daemon's first line of code.
+//!
+//! The child of a single-threaded root may allocate in principle, but we
+//! hold it to the stricter rule std's process spawn follows: between fork
+//! and the daemon's entry (or exec) it only makes fork-safe calls from
+//! [`crate::sys`], and a failure is reported to the root as 8 bytes over a
+//! close-on-exec pipe (stage, errno) followed by `_exit(127)`.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use crate::config::OnRestart;
+use crate::daemon::{Context, Death, Entry, SetupStage, Siblings};
+use crate::region::{self, RegionSet, SYSTEM_SIZE};
+use crate::sys::{self, Forked, Pid, SigSet};
+
+/// Exit code of a child whose setup failed (as a shell's "cannot execute").
+pub(crate) const SETUP_FAILED: i32 = 127;
+
+/// What the child will run, prepared in the root before the fork so the
+/// child allocates nothing.
+#[derive(Debug)]
+pub(crate) enum Plan<'a> {
+    Builtin {
+        entry: Entry,
+        args: &'a toml::Table,
+        deaths: &'a [Death],
+        restarts: u32,
+        on_restart: OnRestart,
+        names: &'a [String],
+    },
+    Exec {
+        path: CString,
+        /// Keeps the strings alive that `argv`/`envp` point into.
+        _strings: Vec<CString>,
+        argv: Vec<*const libc::c_char>,
+        envp: Vec<*const libc::c_char>,
+    },
+}
+
+impl Plan<'_> {
+    /// Prepares an exec of `argv` with the parent's environment plus the
+    /// daemon's identity: `FORKROOT_NAME`, `FORKROOT_REGION_FD=3` (its
+    /// region, read-write), `FORKROOT_REGION_SIZE`, `FORKROOT_RESTARTS`.
+    pub(crate) fn exec(
+        argv: &[String],
+        name: &str,
+        region_len: usize,
+        restarts: u32,
+    ) -> io::Result<Plan<'static>> {
+        let nul = |s: String| CString::new(s).map_err(io::Error::other);
+        let path = nul(argv[0].clone())?;
+        let mut strings: Vec<CString> = Vec::new();
+        for a in argv {
+            strings.push(nul(a.clone())?);
+        }
+        let nargs = strings.len();
+        for (k, v) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("FORKROOT_") || k == "NOTIFY_SOCKET" {
+                continue;
+            }
+            strings.push(nul(format!("{k}={}", v.to_string_lossy()))?);
+        }
+        strings.push(nul(format!("FORKROOT_NAME={name}"))?);
+        strings.push(nul("FORKROOT_REGION_FD=3".into())?);
+        strings.push(nul(format!("FORKROOT_REGION_SIZE={region_len}"))?);
+        strings.push(nul(format!("FORKROOT_RESTARTS={restarts}"))?);
+        let mut argv: Vec<_> = strings[..nargs].iter().map(|s| s.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<_> = strings[nargs..].iter().map(|s| s.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        Ok(Plan::Exec {
+            path,
+            _strings: strings,
+            argv,
+            envp,
+        })
+    }
+}
+
+/// Everything the child needs, borrowed from the root's private memory
+/// (which the child inherits as a copy-on-write snapshot).
+#[derive(Debug)]
+pub(crate) struct Spawn<'a> {
+    pub(crate) index: usize,
+    pub(crate) name: &'a str,
+    /// `forkroot: NAME`, shown by `ps`.
+    pub(crate) title: &'a [u8],
+    pub(crate) regions: &'a RegionSet,
+    pub(crate) root_pid: Pid,
+    pub(crate) plan: Plan<'a>,
+}
+
+/// Forks the daemon. In the root, returns the child's pid and the read end
+/// of its setup pipe: end-of-file on it means setup succeeded (the child
+/// closed every inherited descriptor, or exec'd); 8 bytes mean it failed.
+pub(crate) fn spawn(s: &Spawn<'_>) -> io::Result<(Pid, OwnedFd)> {
+    let (rd, wr) = sys::pipe_cloexec()?;
+    // SAFETY: the root is single-threaded (it never spawns threads), and the
+    // child below only makes fork-safe calls until the daemon's entry.
+    match unsafe { sys::fork()? } {
+        Forked::Parent(pid) => {
+            drop(wr);
+            Ok((pid, rd))
+        }
+        Forked::Child => child(s, wr.as_raw_fd()),
+    }
+}
+
+/// Reports a failed setup step to the root and exits. Fork-safe.
+fn fail(pipe: RawFd, stage: SetupStage, err: io::Error) -> ! {
+    let errno = err.raw_os_error().unwrap_or(0);
+    let mut msg = [0u8; 8];
+    msg[..4].copy_from_slice(&(stage as u32).to_le_bytes());
+    msg[4..].copy_from_slice(&errno.to_le_bytes());
+    let _ = sys::write_all(pipe, &msg);
+    sys::exit_now(SETUP_FAILED)
+}
+
+fn child(s: &Spawn<'_>, pipe: RawFd) -> ! {
+    // Die with the root. The root may have died between fork() and here,
+    // in which case we were already reparented and no signal will come.
+    if let Err(e) = sys::set_parent_death_signal(libc::SIGKILL) {
+        fail(pipe, SetupStage::Orphaned, e);
+    }
+    if sys::getppid() != s.root_pid {
+        fail(
+            pipe,
+            SetupStage::Orphaned,
+            io::Error::from_raw_os_error(libc::ESRCH),
+        );
+    }
+    // Own session and process group, so a stop reaches whatever the daemon
+    // forks, and a terminal's ^C reaches only the root.
+    if let Err(e) = sys::setsid() {
+        fail(pipe, SetupStage::Session, e);
+    }
+    sys::title::set(s.title);
+
+    match &s.plan {
+        Plan::Exec {
+            path, argv, envp, ..
+        } => {
+            let fd = s.regions.fd(s.index).as_raw_fd();
+            // Move the region to fd 3 and the pipe to fd 4 (close-on-exec,
+            // so a successful exec reads as end-of-file in the root).
+            let moved = sys::dup_at_least(fd, 5).and_then(|r| {
+                let p = sys::dup_at_least(pipe, 5)?;
+                sys::dup2(r, 3)?;
+                sys::dup2(p, 4)?;
+                sys::set_cloexec(4, true)?;
+                sys::close_from(5)
+            });
+            if let Err(e) = moved {
+                fail(pipe, SetupStage::Descriptors, e);
+            }
+            // A program gets default signal handling, as from a shell.
+            // SAFETY: SIG_DFL is a valid disposition for SIGPIPE.
+            unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+            let _ = SigSet::empty().set_mask();
+            let err = sys::exec(path, argv, envp);
+            fail(4, SetupStage::Exec, err)
+        }
+        Plan::Builtin {
+            entry,
+            args,
+            deaths,
+            restarts,
+            on_restart,
+            names,
+        } => {
+            // SIGTERM stays blocked: the daemon takes it through
+            // Context::stopping/sleep, so it can finish what it is doing.
+            let _ = SigSet::of(&[libc::SIGTERM]).set_mask();
+            // SAFETY: this process was just forked for region `index` and
+            // holds no reference into it.
+            let region = match unsafe { s.regions.enter(s.index) } {
+                Ok(r) => r,
+                Err(e) => fail(pipe, SetupStage::Region, e),
+            };
+            // Close everything inherited from the root (its epoll, signalfd,
+            // control socket, the other regions' descriptors): this closes
+            // the setup pipe too, which tells the root we are up.
+            if let Err(e) = sys::close_from(3) {
+                fail(pipe, SetupStage::Descriptors, e);
+            }
+            let base = std::ptr::NonNull::from(&mut region[0]);
+            // SAFETY: `region` was mapped writable for the rest of this
+            // process's life by `enter` just above.
+            let header = unsafe { region::claim(base) };
+            let state = &mut region[SYSTEM_SIZE..];
+            let mut ctx = Context {
+                name: s.name,
+                header,
+                state,
+                siblings: Siblings {
+                    names,
+                    regions: s.regions,
+                    own: s.index,
+                },
+                restarts: *restarts,
+                deaths,
+                on_restart: *on_restart,
+                args,
+                stopping: false,
+            };
+            let code = entry(&mut ctx);
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            sys::exit_now(code)
+        }
+    }
+}

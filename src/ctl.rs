@@ -1,0 +1,1 @@
+//! `forkroot ctl`: talks to a running root over its control socket.
