@@ -4,10 +4,118 @@
 //! Parsing never stops at the first problem: [`Config::parse`] returns either
 //! a complete, validated [`Config`] or the full list of [`Problem`]s, each
 //! naming where it is (`daemon[2].memory`) and what is wrong.
+//!
+//! Places are written the way the file is: `root.stop_timeout`,
+//! `supervisor.period`, `group[0].parent`, `daemon[2].memory`,
+//! `daemon[1].exec[0]`, `daemon[0].links[1]`, where indexes count the
+//! `[[group]]` and `[[daemon]]` tables from 0 in file order. A problem with
+//! a whole entry (neither `kind` nor `exec`) has the entry as its place
+//! (`daemon[3]`); a TOML syntax error has `FILE:LINE:COL`.
+//!
+//! Sizes, durations and signals are read by [`parse_size`],
+//! [`parse_duration`] and [`parse_signal`], which the root and the daemons
+//! use for their own settings too.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+mod check;
+mod units;
+
+pub use units::{
+    format_duration, parse_duration, parse_signal, parse_size, MAX_DURATION, MAX_SIZE,
+};
+
+impl Config {
+    /// Parses and validates the text of a config file. `file` names it in
+    /// the place of a syntax error (`FILE:LINE:COL`).
+    ///
+    /// Returns the config with every default applied, or every problem
+    /// found, in file order. The `kind` of a daemon is not checked against
+    /// the built-in daemons here; see [`Config::check_kinds`].
+    pub fn parse(text: &str, file: &str) -> Result<Config, Vec<Problem>> {
+        match text.parse::<toml::Table>() {
+            Ok(doc) => check::check(&doc),
+            Err(e) => Err(vec![syntax_problem(text, file, &e)]),
+        }
+    }
+
+    /// Reports every daemon whose `kind` is not in `known`, the kinds built
+    /// into the binary: `daemon[1].kind: unknown kind "x" (built in: idle,
+    /// flaky)`.
+    pub fn check_kinds(&self, known: &[&str]) -> Vec<Problem> {
+        self.daemons
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| match &d.program {
+                Program::Builtin(kind) if !known.contains(&kind.as_str()) => Some(Problem {
+                    place: format!("daemon[{i}].kind"),
+                    message: format!("unknown kind {kind:?} (built in: {})", known.join(", ")),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The daemon named `name`, if any.
+    pub fn daemon(&self, name: &str) -> Option<&DaemonConfig> {
+        self.daemons.iter().find(|d| d.name == name)
+    }
+
+    /// The group named `name`, if any.
+    pub fn group(&self, name: &str) -> Option<&GroupConfig> {
+        self.groups.iter().find(|g| g.name == name)
+    }
+}
+
+/// Reads and parses the config file at `path`. A file that cannot be read
+/// gives one problem whose place is the path.
+pub fn load(path: &Path) -> Result<Config, Vec<Problem>> {
+    let file = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => Config::parse(&text, &file),
+        Err(e) => Err(vec![Problem {
+            place: file,
+            message: format!("cannot read the config file: {e}"),
+        }]),
+    }
+}
+
+/// Checks a daemon or group name as [`Config::parse`] does: 1 to 32 bytes
+/// of `A-Z a-z 0-9 _ . -`, starting with a letter, a digit or `_`, and not
+/// `root`. The error is a message without a place.
+pub fn check_name(name: &str) -> Result<(), String> {
+    check::check_name(name)
+}
+
+/// One problem for a TOML syntax error, placed at `FILE:LINE:COL` (both
+/// counted from 1, columns in characters).
+fn syntax_problem(text: &str, file: &str, e: &toml::de::Error) -> Problem {
+    let place = match e.span() {
+        Some(span) => {
+            let start = span.start.min(text.len());
+            // A span from the parser lies on char boundaries; be safe anyway.
+            let before = text.get(..start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let line_start = before.rfind('\n').map_or(0, |n| n + 1);
+            let col = before[line_start..].chars().count() + 1;
+            format!("{file}:{line}:{col}")
+        }
+        None => file.to_owned(),
+    };
+    let message = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    Problem {
+        place,
+        message: format!("TOML syntax error: {message}"),
+    }
+}
 
 /// A validated configuration: every name unique, every reference resolved,
 /// every size and duration in range.

@@ -1,0 +1,794 @@
+//! The validator: walks a parsed TOML table by hand, key by key, so that
+//! every problem in the file is found in one pass rather than only the first.
+//!
+//! Problems come out in file order of sections: top-level keys, `[root]`,
+//! `[supervisor]`, each `[[group]]`, each `[[daemon]]`; within a table,
+//! unknown keys first, then the known keys in the order the contract lists
+//! them.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml::{Table, Value};
+
+use super::units::{format_duration, parse_duration, parse_size};
+use super::{
+    Backoff, Config, DaemonConfig, GroupConfig, OnRestart, Problem, Program, RestartType,
+    RootConfig, Strategy, SupervisorConfig,
+};
+
+const TOP_KEYS: &[&str] = &["root", "supervisor", "group", "daemon"];
+const ROOT_KEYS: &[&str] = &["control", "state_dir", "stop_timeout"];
+const SUPERVISOR_KEYS: &[&str] = &["strategy", "intensity", "period"];
+const GROUP_KEYS: &[&str] = &["name", "parent", "strategy", "intensity", "period"];
+const DAEMON_KEYS: &[&str] = &[
+    "name",
+    "kind",
+    "exec",
+    "group",
+    "memory",
+    "restart",
+    "on_restart",
+    "watchdog",
+    "standby",
+    "links",
+    "backoff",
+    "backoff_max",
+    "args",
+];
+
+const STRATEGIES: &[(&str, Strategy)] = &[
+    ("one_for_one", Strategy::OneForOne),
+    ("one_for_all", Strategy::OneForAll),
+    ("rest_for_one", Strategy::RestForOne),
+];
+const RESTARTS: &[(&str, RestartType)] = &[
+    ("permanent", RestartType::Permanent),
+    ("transient", RestartType::Transient),
+    ("temporary", RestartType::Temporary),
+];
+const ON_RESTARTS: &[(&str, OnRestart)] = &[
+    ("fresh", OnRestart::Fresh),
+    ("resume", OnRestart::Resume),
+    ("decide", OnRestart::Decide),
+];
+
+/// Longest name of a daemon or group, in bytes.
+pub(super) const MAX_NAME: usize = 32;
+/// The name that means the top supervisor; no group or daemon may take it.
+const TOP_NAME: &str = "root";
+/// Longest path a Unix socket address holds (`sun_path` less its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_INTENSITY: u32 = 5;
+const DEFAULT_PERIOD: Duration = Duration::from_secs(10);
+const DEFAULT_MEMORY: u64 = 1 << 20;
+const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Validates a parsed document into a [`Config`], or returns every problem.
+pub(super) fn check(doc: &Table) -> Result<Config, Vec<Problem>> {
+    let mut c = Checker::default();
+    c.unknown_keys(doc, "", TOP_KEYS);
+
+    let root = c
+        .section(doc, "root")
+        .map(|t| c.root(t))
+        .unwrap_or(RootConfig {
+            control: None,
+            state_dir: None,
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+        });
+    let supervisor = match c.section(doc, "supervisor") {
+        Some(t) => {
+            c.unknown_keys(t, "supervisor", SUPERVISOR_KEYS);
+            c.supervisor(t, "supervisor")
+        }
+        None => default_supervisor(),
+    };
+
+    let group_tables = c.array_of_tables(doc, "group");
+    let daemon_tables = c.array_of_tables(doc, "daemon");
+    let names = Names::collect(&group_tables, &daemon_tables);
+
+    let groups = group_tables
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| t.map(|t| c.group(t, i, &names)))
+        .collect();
+    let daemons: Vec<_> = daemon_tables
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| t.map(|t| c.daemon(t, i, &names)))
+        .collect();
+    // `daemon` of the wrong type was reported already; absent or `[]` is this.
+    if daemon_tables.is_empty() && doc.get("daemon").is_none_or(Value::is_array) {
+        c.problem(
+            "daemon",
+            "no daemons declared; add at least one [[daemon]] table",
+        );
+    }
+
+    if c.problems.is_empty() {
+        Ok(Config {
+            root,
+            supervisor,
+            groups,
+            daemons,
+        })
+    } else {
+        Err(c.problems)
+    }
+}
+
+fn default_supervisor() -> SupervisorConfig {
+    SupervisorConfig {
+        strategy: Strategy::OneForOne,
+        intensity: DEFAULT_INTENSITY,
+        period: DEFAULT_PERIOD,
+    }
+}
+
+/// The names as written in the file (valid or not), so that references can
+/// be resolved without a bad name causing a second, misleading problem.
+struct Names<'a> {
+    /// Group name to the index of its first declaration.
+    groups: HashMap<&'a str, usize>,
+    /// Daemon name to the index of its first declaration.
+    daemons: HashMap<&'a str, usize>,
+    /// `parent` of each group as written, by group index (`None` if absent,
+    /// `"root"` or not a string).
+    parents: Vec<Option<&'a str>>,
+    /// Name of each group as written, by group index.
+    group_names: Vec<Option<&'a str>>,
+}
+
+impl<'a> Names<'a> {
+    fn collect(groups: &[Option<&'a Table>], daemons: &[Option<&'a Table>]) -> Self {
+        let name = |t: &Option<&'a Table>| t.and_then(|t| t.get("name")).and_then(Value::as_str);
+        let mut names = Names {
+            groups: HashMap::new(),
+            daemons: HashMap::new(),
+            parents: Vec::new(),
+            group_names: Vec::new(),
+        };
+        for (i, t) in groups.iter().enumerate() {
+            if let Some(n) = name(t) {
+                names.groups.entry(n).or_insert(i);
+            }
+            names.group_names.push(name(t));
+            let parent = t.and_then(|t| t.get("parent")).and_then(Value::as_str);
+            names.parents.push(parent.filter(|p| *p != TOP_NAME));
+        }
+        for (i, t) in daemons.iter().enumerate() {
+            if let Some(n) = name(t) {
+                names.daemons.entry(n).or_insert(i);
+            }
+        }
+        names
+    }
+
+    /// The place of the first declaration of `name`, if it is not `here`.
+    /// Groups are declared before daemons, so a daemon that reuses a group's
+    /// name is the one reported.
+    fn earlier_owner(&self, name: &str, here: &str) -> Option<String> {
+        let owner = match (self.groups.get(name), self.daemons.get(name)) {
+            (Some(&g), _) => format!("group[{g}]"),
+            (None, Some(&d)) => format!("daemon[{d}]"),
+            (None, None) => return None,
+        };
+        (owner != here).then_some(owner)
+    }
+
+    /// Why `name` does not name a declared group, if it does not.
+    fn not_a_group(&self, name: &str) -> Option<String> {
+        if self.groups.contains_key(name) {
+            return None;
+        }
+        Some(if self.daemons.contains_key(name) {
+            format!("{name:?} is a daemon, not a group")
+        } else if self.groups.is_empty() {
+            format!("no group named {name:?} (no [[group]] is declared)")
+        } else {
+            let list: Vec<&str> = self
+                .group_names
+                .iter()
+                .flatten()
+                .copied()
+                .filter(|n| *n != TOP_NAME)
+                .collect();
+            format!("no group named {name:?} (groups: {})", list.join(", "))
+        })
+    }
+
+    /// If group `i` is on a cycle of parents, the cycle's names starting and
+    /// ending at `i`, but only when `i` is the cycle's first group in the
+    /// file, so each cycle is reported once.
+    fn cycle_from(&self, i: usize) -> Option<Vec<&'a str>> {
+        let mut path = vec![i];
+        let mut at = i;
+        // A cycle through `i` has at most as many steps as there are groups.
+        for _ in 0..self.parents.len() {
+            let parent = self.parents.get(at).copied().flatten()?;
+            at = *self.groups.get(parent)?;
+            if at == i {
+                if path.iter().any(|&g| g < i) {
+                    return None;
+                }
+                path.push(i);
+                let name = |g: usize| self.group_names.get(g).copied().flatten().unwrap_or("?");
+                return Some(path.iter().map(|&g| name(g)).collect());
+            }
+            if path.contains(&at) {
+                // A cycle further up that does not pass through `i`.
+                return None;
+            }
+            path.push(at);
+        }
+        None
+    }
+}
+
+/// Collects problems while reading values with their places.
+#[derive(Default)]
+struct Checker {
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn problem(&mut self, place: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            place: place.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    fn type_problem(&mut self, place: &str, expected: &str, found: &Value) {
+        self.problem(
+            place,
+            format!("expected {expected}, found {}", describe(found)),
+        );
+    }
+
+    /// Reports every key of `table` not in `known`, suggesting the closest
+    /// known key for a likely typo.
+    fn unknown_keys(&mut self, table: &Table, place: &str, known: &[&str]) {
+        for key in table.keys() {
+            if known.contains(&key.as_str()) {
+                continue;
+            }
+            let list = known.join(", ");
+            let message = match closest(key, known) {
+                Some(k) => format!("unknown key, did you mean {k:?}? (expected one of: {list})"),
+                None => format!("unknown key (expected one of: {list})"),
+            };
+            self.problem(&at(place, key), message);
+        }
+    }
+
+    /// A `[name]` table at the top: `None` if absent or not a table.
+    fn section<'a>(&mut self, doc: &'a Table, key: &str) -> Option<&'a Table> {
+        match doc.get(key)? {
+            Value::Table(t) => Some(t),
+            other => {
+                self.type_problem(key, &format!("a table, written [{key}]"), other);
+                None
+            }
+        }
+    }
+
+    /// A `[[name]]` array at the top: one entry per element, `None` for an
+    /// element that is not a table (already reported).
+    fn array_of_tables<'a>(&mut self, doc: &'a Table, key: &str) -> Vec<Option<&'a Table>> {
+        match doc.get(key) {
+            None => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| match item {
+                    Value::Table(t) => Some(t),
+                    other => {
+                        self.type_problem(&format!("{key}[{i}]"), "a table", other);
+                        None
+                    }
+                })
+                .collect(),
+            Some(other) => {
+                let expected = format!("an array of tables, written [[{key}]]");
+                self.type_problem(key, &expected, other);
+                Vec::new()
+            }
+        }
+    }
+
+    fn string<'a>(&mut self, table: &'a Table, place: &str, key: &str) -> Option<&'a str> {
+        match table.get(key)? {
+            Value::String(s) => Some(s),
+            other => {
+                self.type_problem(&at(place, key), "a string", other);
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, table: &Table, place: &str, key: &str) -> Option<bool> {
+        match table.get(key)? {
+            Value::Boolean(b) => Some(*b),
+            other => {
+                self.type_problem(&at(place, key), "true or false", other);
+                None
+            }
+        }
+    }
+
+    fn choice<T: Copy>(
+        &mut self,
+        table: &Table,
+        place: &str,
+        key: &str,
+        (what, choices): (&str, &[(&str, T)]),
+    ) -> Option<T> {
+        let s = self.string(table, place, key)?;
+        if let Some((_, v)) = choices.iter().find(|(name, _)| *name == s) {
+            return Some(*v);
+        }
+        let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+        self.problem(
+            &at(place, key),
+            format!("{s:?} is not {what} (use {})", names.join(", ")),
+        );
+        None
+    }
+
+    fn duration(&mut self, table: &Table, place: &str, key: &str) -> Option<Duration> {
+        let place = at(place, key);
+        match table.get(key)? {
+            Value::String(s) => match parse_duration(s) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    self.problem(&place, e);
+                    None
+                }
+            },
+            Value::Integer(n) => {
+                self.problem(
+                    &place,
+                    format!("{n} has no unit: write a string such as \"{n}s\" or \"{n}ms\""),
+                );
+                None
+            }
+            other => {
+                self.type_problem(&place, "a duration such as \"10s\"", other);
+                None
+            }
+        }
+    }
+
+    fn positive_duration(&mut self, table: &Table, place: &str, key: &str) -> Option<Duration> {
+        let d = self.duration(table, place, key)?;
+        if d.is_zero() {
+            self.problem(&at(place, key), "must be longer than 0s");
+            return None;
+        }
+        Some(d)
+    }
+
+    /// A size: a string with a unit, or a bare integer meaning bytes.
+    fn size(&mut self, table: &Table, place: &str, key: &str) -> Option<u64> {
+        let place = at(place, key);
+        let bytes = match table.get(key)? {
+            Value::String(s) => parse_size(s),
+            Value::Integer(n) => match u64::try_from(*n) {
+                Err(_) => Err(format!("{n} is negative")),
+                Ok(n) if n > super::MAX_SIZE => Err(format!("{n} is too large (at most 1024GiB)")),
+                Ok(n) => Ok(n),
+            },
+            other => {
+                self.type_problem(&place, "a size such as \"4MiB\"", other);
+                return None;
+            }
+        };
+        bytes.map_err(|e| self.problem(&place, e)).ok()
+    }
+
+    fn path(&mut self, table: &Table, place: &str, key: &str) -> Option<PathBuf> {
+        let s = self.string(table, place, key)?;
+        if s.is_empty() {
+            self.problem(
+                &at(place, key),
+                "empty path (leave the key out for the default)",
+            );
+            return None;
+        }
+        if s.contains('\0') {
+            self.problem(&at(place, key), "the path contains a NUL character");
+            return None;
+        }
+        Some(PathBuf::from(s))
+    }
+
+    fn root(&mut self, t: &Table) -> RootConfig {
+        let place = "root";
+        self.unknown_keys(t, place, ROOT_KEYS);
+        let control = self.path(t, place, "control");
+        if let Some(c) = &control {
+            let len = c.as_os_str().len();
+            if len > MAX_SOCKET_PATH {
+                self.problem(
+                    &at(place, "control"),
+                    format!("the socket path is {len} bytes long; a Unix socket path holds at most {MAX_SOCKET_PATH}"),
+                );
+            }
+        }
+        RootConfig {
+            control,
+            state_dir: self.path(t, place, "state_dir"),
+            stop_timeout: self
+                .duration(t, place, "stop_timeout")
+                .unwrap_or(DEFAULT_STOP_TIMEOUT),
+        }
+    }
+
+    /// The strategy, intensity and period of `[supervisor]` or a group.
+    /// Unknown keys are checked by the caller.
+    fn supervisor(&mut self, t: &Table, place: &str) -> SupervisorConfig {
+        let strategy = self.choice(t, place, "strategy", ("a strategy", STRATEGIES));
+        let intensity = self.intensity(t, place);
+        let period = self.positive_duration(t, place, "period");
+        SupervisorConfig {
+            strategy: strategy.unwrap_or(Strategy::OneForOne),
+            intensity: intensity.unwrap_or(DEFAULT_INTENSITY),
+            period: period.unwrap_or(DEFAULT_PERIOD),
+        }
+    }
+
+    fn intensity(&mut self, t: &Table, place: &str) -> Option<u32> {
+        let place = at(place, "intensity");
+        match t.get("intensity")? {
+            Value::Integer(n) if *n < 0 => {
+                self.problem(&place, format!("{n} is negative (use 0 or more)"));
+                None
+            }
+            Value::Integer(n) => match u32::try_from(*n) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    self.problem(&place, format!("{n} is too large (at most {})", u32::MAX));
+                    None
+                }
+            },
+            other => {
+                self.type_problem(&place, "a whole number of restarts", other);
+                None
+            }
+        }
+    }
+
+    /// `name` of a group or daemon: present, well formed, not taken.
+    fn name(&mut self, t: &Table, place: &str, names: &Names<'_>) -> Option<String> {
+        let what = if place.starts_with("group") {
+            "group"
+        } else {
+            "daemon"
+        };
+        if !t.contains_key("name") {
+            self.problem(
+                &at(place, "name"),
+                format!("missing; every {what} needs a name"),
+            );
+            return None;
+        }
+        let name = self.string(t, place, "name")?;
+        if let Err(e) = check_name(name) {
+            self.problem(&at(place, "name"), e);
+            return None;
+        }
+        if let Some(owner) = names.earlier_owner(name, place) {
+            self.problem(
+                &at(place, "name"),
+                format!("{name:?} is already the name of {owner}"),
+            );
+            return None;
+        }
+        Some(name.to_owned())
+    }
+
+    fn group(&mut self, t: &Table, i: usize, names: &Names<'_>) -> GroupConfig {
+        let place = format!("group[{i}]");
+        let place = place.as_str();
+        self.unknown_keys(t, place, GROUP_KEYS);
+        let name = self.name(t, place, names);
+        let parent = self.string(t, place, "parent").filter(|p| *p != TOP_NAME);
+        if let Some(p) = parent {
+            let own = t.get("name").and_then(Value::as_str);
+            let why = if Some(p) == own {
+                Some("a group cannot be its own parent".to_owned())
+            } else if let Some(why) = names.not_a_group(p) {
+                Some(why)
+            } else {
+                names.cycle_from(i).map(|cycle| {
+                    format!(
+                        "groups form a cycle: {} (one of them must have parent = \"root\")",
+                        cycle.join(" -> ")
+                    )
+                })
+            };
+            if let Some(why) = why {
+                self.problem(&at(place, "parent"), why);
+            }
+        }
+        GroupConfig {
+            name: name.unwrap_or_default(),
+            parent: parent.map(str::to_owned),
+            supervisor: self.supervisor(t, place),
+        }
+    }
+
+    fn daemon(&mut self, t: &Table, i: usize, names: &Names<'_>) -> DaemonConfig {
+        let place = format!("daemon[{i}]");
+        let place = place.as_str();
+        self.unknown_keys(t, place, DAEMON_KEYS);
+        let name = self.name(t, place, names);
+        let program = self.program(t, place);
+
+        let group = self.string(t, place, "group").filter(|g| *g != TOP_NAME);
+        if let Some(why) = group.and_then(|g| names.not_a_group(g)) {
+            self.problem(&at(place, "group"), why);
+        }
+
+        let memory = match self.size(t, place, "memory") {
+            Some(0) => {
+                self.problem(&at(place, "memory"), "must be more than 0B");
+                None
+            }
+            other => other,
+        };
+        let restart = self.choice(t, place, "restart", ("a restart type", RESTARTS));
+        let on_restart = self.choice(
+            t,
+            place,
+            "on_restart",
+            ("an on_restart policy", ON_RESTARTS),
+        );
+        let watchdog = self.positive_duration(t, place, "watchdog");
+        let standby = self.boolean(t, place, "standby");
+        let links = self.links(t, place, names);
+
+        let initial = self.duration(t, place, "backoff").unwrap_or(Duration::ZERO);
+        let max = match self.duration(t, place, "backoff_max") {
+            Some(max) if max < initial => {
+                self.problem(
+                    &at(place, "backoff_max"),
+                    format!(
+                        "{} is less than backoff ({})",
+                        format_duration(max),
+                        format_duration(initial)
+                    ),
+                );
+                max
+            }
+            Some(max) => max,
+            // Without an explicit cap, a long first delay is its own cap.
+            None => DEFAULT_BACKOFF_MAX.max(initial),
+        };
+
+        let args = match t.get("args") {
+            None => Table::new(),
+            Some(Value::Table(args)) => args.clone(),
+            Some(other) => {
+                self.type_problem(&at(place, "args"), "a table, written [daemon.args]", other);
+                Table::new()
+            }
+        };
+
+        DaemonConfig {
+            name: name.unwrap_or_default(),
+            program: program.unwrap_or(Program::Builtin(String::new())),
+            group: group.map(str::to_owned),
+            memory: memory.unwrap_or(DEFAULT_MEMORY),
+            restart: restart.unwrap_or(RestartType::Permanent),
+            on_restart: on_restart.unwrap_or(OnRestart::Resume),
+            watchdog,
+            standby: standby.unwrap_or(false),
+            links,
+            backoff: Backoff { initial, max },
+            args,
+        }
+    }
+
+    /// Exactly one of `kind` and `exec`.
+    fn program(&mut self, t: &Table, place: &str) -> Option<Program> {
+        match (t.contains_key("kind"), t.contains_key("exec")) {
+            (true, true) => {
+                self.problem(
+                    place,
+                    "has both kind and exec; keep one (kind runs a built-in daemon, exec a program)",
+                );
+                None
+            }
+            (false, false) => {
+                self.problem(
+                    place,
+                    "needs kind = \"...\" (a built-in daemon) or exec = [\"/path/to/program\", ...]",
+                );
+                None
+            }
+            (true, false) => {
+                let kind = self.string(t, place, "kind")?;
+                if kind.is_empty() {
+                    self.problem(
+                        &at(place, "kind"),
+                        "empty; name a built-in daemon such as \"idle\"",
+                    );
+                    return None;
+                }
+                Some(Program::Builtin(kind.to_owned()))
+            }
+            (false, true) => self.exec(t, place).map(Program::Exec),
+        }
+    }
+
+    fn exec(&mut self, t: &Table, place: &str) -> Option<Vec<String>> {
+        let place = at(place, "exec");
+        let items = match t.get("exec")? {
+            Value::Array(items) => items,
+            other => {
+                let expected = "an array of strings such as [\"/usr/bin/prog\", \"--flag\"]";
+                self.type_problem(&place, expected, other);
+                return None;
+            }
+        };
+        if items.is_empty() {
+            self.problem(&place, "empty; give the program's path, then its arguments");
+            return None;
+        }
+        let mut argv = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (j, item) in items.iter().enumerate() {
+            let place = format!("{place}[{j}]");
+            match item {
+                Value::String(s) if s.contains('\0') => {
+                    self.problem(&place, "contains a NUL character");
+                    ok = false;
+                }
+                Value::String(s) if j == 0 && s.is_empty() => {
+                    self.problem(&place, "the program's path is empty");
+                    ok = false;
+                }
+                Value::String(s) => argv.push(s.clone()),
+                other => {
+                    self.type_problem(&place, "a string", other);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(argv)
+    }
+
+    fn links(&mut self, t: &Table, place: &str, names: &Names<'_>) -> Vec<String> {
+        let place = at(place, "links");
+        let items = match t.get("links") {
+            None => return Vec::new(),
+            Some(Value::Array(items)) => items,
+            Some(other) => {
+                self.type_problem(&place, "an array of daemon names", other);
+                return Vec::new();
+            }
+        };
+        let own = t.get("name").and_then(Value::as_str);
+        let mut links: Vec<String> = Vec::with_capacity(items.len());
+        for (j, item) in items.iter().enumerate() {
+            let place = format!("{place}[{j}]");
+            let Value::String(link) = item else {
+                self.type_problem(&place, "a daemon name", item);
+                continue;
+            };
+            let why = if own == Some(link.as_str()) {
+                Some("a daemon cannot link to itself".to_owned())
+            } else if links.contains(link) {
+                Some(format!("{link:?} is listed twice"))
+            } else if names.daemons.contains_key(link.as_str()) {
+                None
+            } else if names.groups.contains_key(link.as_str()) {
+                Some(format!("{link:?} is a group; links join daemons"))
+            } else {
+                Some(format!("no daemon named {link:?}"))
+            };
+            match why {
+                Some(why) => self.problem(&place, why),
+                None => links.push(link.clone()),
+            }
+        }
+        links
+    }
+}
+
+/// Checks a daemon or group name: 1 to 32 bytes of `[A-Za-z0-9_.-]`,
+/// starting with a letter, digit or `_` (so it is never a path like `..` nor
+/// reads as a flag), and not `root`.
+pub(super) fn check_name(name: &str) -> Result<(), String> {
+    const HELP: &str = "use letters, digits, _ . -";
+    if name.is_empty() {
+        return Err(format!("the name is empty ({HELP})"));
+    }
+    if name.len() > MAX_NAME {
+        return Err(format!(
+            "{name:?} is {} bytes long (at most {MAX_NAME})",
+            name.len()
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(format!("{name:?} contains {bad:?} ({HELP})"));
+    }
+    if name.starts_with(['.', '-']) {
+        return Err(format!("{name:?} must start with a letter, a digit or _"));
+    }
+    if name == TOP_NAME {
+        return Err(format!("{name:?} is reserved for the top supervisor"));
+    }
+    Ok(())
+}
+
+/// `place.key`, or `key` at the top; a key that is not a bare TOML key is
+/// quoted so the place stays readable.
+fn at(place: &str, key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
+    let key = if bare {
+        key.to_owned()
+    } else {
+        format!("{key:?}")
+    };
+    if place.is_empty() {
+        key
+    } else {
+        format!("{place}.{key}")
+    }
+}
+
+/// A value as a message shows it: `the integer 10`, `the string "x"`.
+fn describe(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("the string {s:?}"),
+        Value::Integer(n) => format!("the integer {n}"),
+        Value::Float(x) => format!("the number {x}"),
+        Value::Boolean(b) => format!("{b}"),
+        Value::Datetime(d) => format!("the date {d}"),
+        Value::Array(_) => "an array".to_owned(),
+        Value::Table(_) => "a table".to_owned(),
+    }
+}
+
+/// The known key nearest to a mistyped one, if it is close enough to be
+/// the likely intent (same letters in another case, or at most two edits).
+fn closest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (edit_distance(&key.to_ascii_lowercase(), k), *k))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance, counted in chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
