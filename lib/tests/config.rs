@@ -1,0 +1,756 @@
+//! The config contract: what parses, what every default is, and that a bad
+//! file gets every problem with its place.
+
+use std::time::Duration;
+
+use forkroot::config::{
+    self, check_name, format_duration, parse_duration, parse_signal, parse_size, Config, OnRestart,
+    Problem, Program, RestartType, Strategy,
+};
+
+/// The example of the product contract, completed: the link target exists.
+const FULL: &str = r#"
+[root]
+control = "/run/forkroot.sock"   # control socket
+state_dir = "/var/lib/forkroot"
+stop_timeout = "5s"
+
+[supervisor]
+strategy = "one_for_one"
+intensity = 5
+period = "10s"
+
+[[group]]
+name = "storage"
+parent = "root"
+strategy = "one_for_all"
+intensity = 3
+period = "5s"
+
+[[daemon]]
+name = "counter"
+kind = "counter"
+group = "storage"
+memory = "1MiB"
+restart = "permanent"
+on_restart = "resume"
+watchdog = "2s"
+standby = false
+links = ["other"]
+[daemon.args]
+rate = 1000
+out = "/var/lib/counter.out"
+
+[[daemon]]
+name = "other"
+exec = ["/usr/bin/prog", "--flag"]
+memory = "4MiB"
+restart = "transient"
+on_restart = "decide"
+standby = true
+backoff = "100ms"
+backoff_max = "1m"
+"#;
+
+fn parse(text: &str) -> Config {
+    match Config::parse(text, "test.toml") {
+        Ok(config) => config,
+        Err(problems) => panic!("unexpected problems: {problems:#?}"),
+    }
+}
+
+fn problems(text: &str) -> Vec<Problem> {
+    match Config::parse(text, "test.toml") {
+        Ok(config) => panic!("expected problems, parsed {config:#?}"),
+        Err(problems) => problems,
+    }
+}
+
+fn places(text: &str) -> Vec<String> {
+    problems(text).into_iter().map(|p| p.place).collect()
+}
+
+/// The one problem of `text`, as `place: message`.
+fn one(text: &str) -> String {
+    let p = problems(text);
+    assert_eq!(p.len(), 1, "expected one problem, got {p:#?}");
+    p[0].to_string()
+}
+
+fn daemon(extra: &str) -> String {
+    format!("[[daemon]]\nname = \"d\"\nkind = \"idle\"\n{extra}\n")
+}
+
+#[test]
+fn full_example_parses_to_its_values() {
+    let c = parse(FULL);
+    assert_eq!(
+        c.root.control.as_deref(),
+        Some("/run/forkroot.sock".as_ref())
+    );
+    assert_eq!(
+        c.root.state_dir.as_deref(),
+        Some("/var/lib/forkroot".as_ref())
+    );
+    assert_eq!(c.root.stop_timeout, Duration::from_secs(5));
+    assert_eq!(c.supervisor.strategy, Strategy::OneForOne);
+    assert_eq!(c.supervisor.intensity, 5);
+    assert_eq!(c.supervisor.period, Duration::from_secs(10));
+
+    assert_eq!(c.groups.len(), 1);
+    let g = &c.groups[0];
+    assert_eq!(g.name, "storage");
+    assert_eq!(g.parent, None, "parent = \"root\" is the top supervisor");
+    assert_eq!(g.supervisor.strategy, Strategy::OneForAll);
+    assert_eq!(g.supervisor.intensity, 3);
+    assert_eq!(g.supervisor.period, Duration::from_secs(5));
+
+    assert_eq!(c.daemons.len(), 2);
+    let d = &c.daemons[0];
+    assert_eq!(d.name, "counter");
+    assert_eq!(d.program, Program::Builtin("counter".into()));
+    assert_eq!(d.group.as_deref(), Some("storage"));
+    assert_eq!(d.memory, 1 << 20);
+    assert_eq!(d.restart, RestartType::Permanent);
+    assert_eq!(d.on_restart, OnRestart::Resume);
+    assert_eq!(d.watchdog, Some(Duration::from_secs(2)));
+    assert!(!d.standby);
+    assert_eq!(d.links, ["other"]);
+    assert_eq!(d.backoff.initial, Duration::ZERO);
+    assert_eq!(d.backoff.max, Duration::from_secs(30));
+    assert_eq!(d.args.get("rate").and_then(|v| v.as_integer()), Some(1000));
+    assert_eq!(
+        d.args.get("out").and_then(|v| v.as_str()),
+        Some("/var/lib/counter.out")
+    );
+
+    let o = &c.daemons[1];
+    assert_eq!(
+        o.program,
+        Program::Exec(vec!["/usr/bin/prog".into(), "--flag".into()])
+    );
+    assert_eq!(o.group, None);
+    assert_eq!(o.memory, 4 << 20);
+    assert_eq!(o.restart, RestartType::Transient);
+    assert_eq!(o.on_restart, OnRestart::Decide);
+    assert_eq!(o.watchdog, None);
+    assert!(o.standby);
+    assert!(o.links.is_empty());
+    assert_eq!(o.backoff.initial, Duration::from_millis(100));
+    assert_eq!(o.backoff.max, Duration::from_secs(60));
+    assert!(o.args.is_empty());
+
+    assert_eq!(c.daemon("other"), Some(o));
+    assert_eq!(c.group("storage"), Some(g));
+    assert!(c.daemon("storage").is_none());
+}
+
+#[test]
+fn defaults_are_applied() {
+    let c = parse("[[daemon]]\nname = \"d\"\nkind = \"idle\"\n[[group]]\nname = \"g\"\n");
+    assert_eq!(c.root.control, None);
+    assert_eq!(c.root.state_dir, None);
+    assert_eq!(c.root.stop_timeout, Duration::from_secs(5));
+    for s in [&c.supervisor, &c.groups[0].supervisor] {
+        assert_eq!(s.strategy, Strategy::OneForOne);
+        assert_eq!(s.intensity, 5);
+        assert_eq!(s.period, Duration::from_secs(10));
+    }
+    assert_eq!(c.groups[0].parent, None);
+    let d = &c.daemons[0];
+    assert_eq!(d.group, None);
+    assert_eq!(d.memory, 1 << 20);
+    assert_eq!(d.restart, RestartType::Permanent);
+    assert_eq!(d.on_restart, OnRestart::Resume);
+    assert_eq!(d.watchdog, None);
+    assert!(!d.standby);
+    assert!(d.links.is_empty());
+    assert_eq!(d.backoff.initial, Duration::ZERO);
+    assert_eq!(d.backoff.max, Duration::from_secs(30));
+    assert!(d.args.is_empty());
+}
+
+#[test]
+fn a_long_backoff_without_a_cap_is_its_own_cap() {
+    let c = parse(&daemon("backoff = \"2m\""));
+    assert_eq!(c.daemons[0].backoff.initial, Duration::from_secs(120));
+    assert_eq!(c.daemons[0].backoff.max, Duration::from_secs(120));
+}
+
+#[test]
+fn every_mistake_is_reported_with_its_place() {
+    let text = r#"
+[root]
+stop_timeout = 5
+contrl = "/tmp/x.sock"
+
+[supervisor]
+strategy = "one_for_none"
+intensity = -1
+period = "0s"
+perod = "1s"
+
+[[group]]
+name = "storage"
+parent = "nowhere"
+intensity = "3"
+
+[[group]]
+name = "root"
+
+[[daemon]]
+name = "counter"
+kind = "counter"
+memory = "4 MB"
+restart = "always"
+on_restart = "resume"
+watchdog = "0s"
+links = ["counter", "ghost"]
+
+[[daemon]]
+name = "counter"
+exec = []
+memroy = "1MiB"
+group = "nogroup"
+standby = "yes"
+
+[[daemon]]
+name = "bad name"
+kind = "idle"
+exec = ["/bin/true"]
+backoff = "10s"
+backoff_max = "1s"
+args = 3
+
+[[daemon]]
+kind = "idle"
+memory = 0
+"#;
+    let got = places(text);
+    let want = [
+        "root.contrl",
+        "root.stop_timeout",
+        "supervisor.perod",
+        "supervisor.strategy",
+        "supervisor.intensity",
+        "supervisor.period",
+        "group[0].parent",
+        "group[0].intensity",
+        "group[1].name",
+        "daemon[0].memory",
+        "daemon[0].restart",
+        "daemon[0].watchdog",
+        "daemon[0].links[0]",
+        "daemon[0].links[1]",
+        "daemon[1].memroy",
+        "daemon[1].name",
+        "daemon[1].exec",
+        "daemon[1].group",
+        "daemon[1].standby",
+        "daemon[2].name",
+        "daemon[2]",
+        "daemon[2].backoff_max",
+        "daemon[2].args",
+        "daemon[3].name",
+        "daemon[3].memory",
+    ];
+    assert_eq!(got, want, "problems: {:#?}", problems(text));
+}
+
+#[test]
+fn messages_say_what_to_do() {
+    let all = problems(
+        r#"
+[root]
+contrl = "/tmp/x.sock"
+[[daemon]]
+name = "counter"
+kind = "counter"
+memory = "4 MB"
+memroy = "1MiB"
+"#,
+    );
+    let lines: Vec<String> = all.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "root.contrl: unknown key, did you mean \"control\"? \
+             (expected one of: control, state_dir, stop_timeout)",
+            "daemon[0].memroy: unknown key, did you mean \"memory\"? (expected one of: \
+             name, kind, exec, group, memory, restart, on_restart, watchdog, standby, \
+             links, backoff, backoff_max, args)",
+            "daemon[0].memory: \"4 MB\" is not a size: unknown unit \"MB\", \
+             did you mean MiB? (use B, KiB, MiB, GiB)",
+        ]
+    );
+}
+
+#[test]
+fn wrong_types_name_the_expected_type() {
+    assert_eq!(
+        one(&daemon("standby = \"yes\"")),
+        "daemon[0].standby: expected true or false, found the string \"yes\""
+    );
+    assert_eq!(
+        one(&daemon("on_restart = \"restore\"")),
+        "daemon[0].on_restart: \"restore\" is not an on_restart policy (use fresh, resume, decide)"
+    );
+    assert_eq!(
+        one(&daemon("restart = \"always\"")),
+        "daemon[0].restart: \"always\" is not a restart type (use permanent, transient, temporary)"
+    );
+    assert_eq!(
+        one(&daemon("restart = 1")),
+        "daemon[0].restart: expected a string, found the integer 1"
+    );
+    assert_eq!(
+        one(&daemon("watchdog = 2")),
+        "daemon[0].watchdog: 2 has no unit: write a string such as \"2s\" or \"2ms\""
+    );
+    assert_eq!(
+        one(&daemon("memory = 1.5")),
+        "daemon[0].memory: expected a size such as \"4MiB\", found the number 1.5"
+    );
+    assert_eq!(
+        one(&daemon("links = \"other\"")),
+        "daemon[0].links: expected an array of daemon names, found the string \"other\""
+    );
+    assert_eq!(
+        one(&format!("supervisor = 1\n{}", daemon(""))),
+        "supervisor: expected a table, written [supervisor], found the integer 1"
+    );
+    assert_eq!(
+        one("[daemon]\nname = \"d\"\nkind = \"idle\"\n"),
+        "daemon: expected an array of tables, written [[daemon]], found a table"
+    );
+    assert_eq!(
+        one(&format!("{}[supervisor]\nintensity = 2.5\n", daemon(""))),
+        "supervisor.intensity: expected a whole number of restarts, found the number 2.5"
+    );
+    assert_eq!(
+        one(&daemon("exec = [\"/bin/x\", 3]")),
+        "daemon[0]: has both kind and exec; keep one (kind runs a built-in daemon, exec a program)"
+    );
+    assert_eq!(
+        one("[[daemon]]\nname = \"d\"\nexec = [\"/bin/x\", 3]\n"),
+        "daemon[0].exec[1]: expected a string, found the integer 3"
+    );
+    assert_eq!(
+        one("[[daemon]]\nname = \"d\"\nexec = [\"\"]\n"),
+        "daemon[0].exec[0]: the program's path is empty"
+    );
+}
+
+#[test]
+fn a_syntax_error_gives_file_line_and_column() {
+    let p = problems("[[daemon]]\nname = \"d\"\nkind = idle\n");
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert_eq!(p[0].place, "test.toml:3:8");
+    assert!(p[0].message.starts_with("TOML syntax error: "), "{}", p[0]);
+
+    // Columns count characters, not bytes.
+    let p = problems("[[daemon]]\nname = \"é\" x\n");
+    assert_eq!(p[0].place, "test.toml:2:12");
+
+    let p = problems("[[daemon]]\nname = \"a\"\nname = \"b\"\n");
+    assert_eq!(p[0].place, "test.toml:3:1");
+}
+
+#[test]
+fn a_config_without_daemons_is_a_problem() {
+    assert_eq!(
+        one(""),
+        "daemon: no daemons declared; add at least one [[daemon]] table"
+    );
+    assert_eq!(places("daemon = []"), ["daemon"]);
+    assert_eq!(
+        places("[[deamon]]\nname = \"x\"\nkind = \"idle\""),
+        ["deamon", "daemon"]
+    );
+}
+
+#[test]
+fn a_daemon_needs_a_name_and_a_program() {
+    assert_eq!(
+        one("[[daemon]]\nkind = \"idle\"\n"),
+        "daemon[0].name: missing; every daemon needs a name"
+    );
+    assert_eq!(
+        one("[[daemon]]\nname = \"d\"\n"),
+        "daemon[0]: needs kind = \"...\" (a built-in daemon) or exec = [\"/path/to/program\", ...]"
+    );
+    assert_eq!(
+        one("[[daemon]]\nname = \"d\"\nkind = \"\"\n"),
+        "daemon[0].kind: empty; name a built-in daemon such as \"idle\""
+    );
+}
+
+#[test]
+fn names_are_unique_across_daemons_and_groups() {
+    let text = r#"
+[[group]]
+name = "g"
+[[group]]
+name = "g"
+[[daemon]]
+name = "g"
+kind = "idle"
+[[daemon]]
+name = "d"
+kind = "idle"
+[[daemon]]
+name = "d"
+kind = "idle"
+"#;
+    let lines: Vec<String> = problems(text).iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "group[1].name: \"g\" is already the name of group[0]",
+            "daemon[0].name: \"g\" is already the name of group[0]",
+            "daemon[2].name: \"d\" is already the name of daemon[1]",
+        ]
+    );
+}
+
+#[test]
+fn name_rules() {
+    for good in ["a", "counter", "kv-1", "a.b_c", "_x", "0", &"x".repeat(32)] {
+        assert_eq!(check_name(good), Ok(()), "{good:?}");
+    }
+    for bad in [
+        "",
+        "root",
+        "-x",
+        ".",
+        "..",
+        "a b",
+        "a/b",
+        "é",
+        &"x".repeat(33),
+    ] {
+        assert!(check_name(bad).is_err(), "{bad:?} accepted");
+    }
+    assert_eq!(
+        one("[[daemon]]\nname = \"root\"\nkind = \"idle\"\n"),
+        "daemon[0].name: \"root\" is reserved for the top supervisor"
+    );
+    assert_eq!(
+        one("[[daemon]]\nname = \"a/b\"\nkind = \"idle\"\n"),
+        "daemon[0].name: \"a/b\" contains '/' (use letters, digits, _ . -)"
+    );
+}
+
+#[test]
+fn references_must_resolve() {
+    let text = r#"
+[[group]]
+name = "storage"
+[[daemon]]
+name = "a"
+kind = "idle"
+group = "nope"
+links = ["b", "storage", "a", "b"]
+[[daemon]]
+name = "b"
+kind = "idle"
+group = "a"
+[[daemon]]
+name = "c"
+kind = "idle"
+group = "root"
+links = ["ghost"]
+"#;
+    let lines: Vec<String> = problems(text).iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "daemon[0].group: no group named \"nope\" (groups: storage)",
+            "daemon[0].links[1]: \"storage\" is a group; links join daemons",
+            "daemon[0].links[2]: a daemon cannot link to itself",
+            "daemon[0].links[3]: \"b\" is listed twice",
+            "daemon[1].group: \"a\" is a daemon, not a group",
+            "daemon[2].links[0]: no daemon named \"ghost\"",
+        ]
+    );
+    assert_eq!(
+        one(&daemon("group = \"g\"")),
+        "daemon[0].group: no group named \"g\" (no [[group]] is declared)"
+    );
+    // `group = "root"` is the top supervisor.
+    assert_eq!(parse(&daemon("group = \"root\"")).daemons[0].group, None);
+}
+
+#[test]
+fn group_parents_must_exist_and_form_no_cycle() {
+    let text = r#"
+[[group]]
+name = "a"
+parent = "b"
+[[group]]
+name = "b"
+parent = "c"
+[[group]]
+name = "c"
+parent = "a"
+[[group]]
+name = "d"
+parent = "a"
+[[group]]
+name = "e"
+parent = "e"
+[[group]]
+name = "f"
+parent = "x"
+[[group]]
+name = "g"
+parent = "f"
+[[daemon]]
+name = "x"
+kind = "idle"
+"#;
+    let lines: Vec<String> = problems(text).iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "group[0].parent: groups form a cycle: a -> b -> c -> a \
+             (one of them must have parent = \"root\")",
+            "group[4].parent: a group cannot be its own parent",
+            "group[5].parent: \"x\" is a daemon, not a group",
+        ]
+    );
+
+    let c = parse(&format!(
+        "[[group]]\nname = \"inner\"\nparent = \"outer\"\n[[group]]\nname = \"outer\"\n{}",
+        daemon("group = \"inner\"")
+    ));
+    assert_eq!(c.groups[0].parent.as_deref(), Some("outer"));
+    assert_eq!(c.groups[1].parent, None);
+}
+
+#[test]
+fn ranges() {
+    assert_eq!(
+        one(&daemon("memory = 0")),
+        "daemon[0].memory: must be more than 0B"
+    );
+    assert_eq!(
+        one(&daemon("memory = \"0KiB\"")),
+        "daemon[0].memory: must be more than 0B"
+    );
+    assert_eq!(
+        one(&daemon("memory = -4096")),
+        "daemon[0].memory: -4096 is negative"
+    );
+    assert_eq!(parse(&daemon("memory = 4096")).daemons[0].memory, 4096);
+    assert_eq!(
+        one(&daemon("watchdog = \"0ms\"")),
+        "daemon[0].watchdog: must be longer than 0s"
+    );
+    assert_eq!(
+        one(&daemon("backoff = \"10s\"\nbackoff_max = \"2s\"")),
+        "daemon[0].backoff_max: 2s is less than backoff (10s)"
+    );
+    assert_eq!(
+        one(&format!(
+            "{}[supervisor]\nintensity = 5000000000\n",
+            daemon("")
+        )),
+        "supervisor.intensity: 5000000000 is too large (at most 4294967295)"
+    );
+    // Zero intensity (never restart) and a zero stop timeout (SIGKILL at
+    // once) are allowed.
+    let c = parse(&format!(
+        "{}[supervisor]\nintensity = 0\n[root]\nstop_timeout = \"0s\"\n",
+        daemon("")
+    ));
+    assert_eq!(c.supervisor.intensity, 0);
+    assert_eq!(c.root.stop_timeout, Duration::ZERO);
+    assert_eq!(
+        one(&format!(
+            "{}[root]\ncontrol = \"/{}\"\n",
+            daemon(""),
+            "s".repeat(120)
+        )),
+        "root.control: the socket path is 121 bytes long; \
+         a Unix socket path holds at most 107"
+    );
+}
+
+#[test]
+fn args_pass_through_as_is() {
+    let c = parse(&daemon(
+        "[daemon.args]\nrate = 10\nnested = { a = [1, 2] }\nunknown_to_us = true",
+    ));
+    let args = &c.daemons[0].args;
+    assert_eq!(args.len(), 3);
+    assert_eq!(args["unknown_to_us"].as_bool(), Some(true));
+    assert!(args["nested"].is_table());
+}
+
+#[test]
+fn kinds_are_checked_against_a_given_list() {
+    let c = parse(
+        "[[daemon]]\nname = \"a\"\nkind = \"idle\"\n\
+         [[daemon]]\nname = \"b\"\nexec = [\"/bin/true\"]\n\
+         [[daemon]]\nname = \"c\"\nkind = \"flakey\"\n",
+    );
+    let p = c.check_kinds(&["idle", "flaky"]);
+    let lines: Vec<String> = p.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        ["daemon[2].kind: unknown kind \"flakey\" (built in: idle, flaky)"]
+    );
+    assert!(c.check_kinds(&["idle", "flakey"]).is_empty());
+}
+
+#[test]
+fn load_reads_a_file_and_names_it_on_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("tree.toml");
+    std::fs::write(&path, FULL).expect("write");
+    assert_eq!(config::load(&path), Ok(parse(FULL)));
+
+    std::fs::write(&path, "[[daemon]\n").expect("write");
+    let p = config::load(&path).expect_err("syntax error");
+    assert_eq!(p[0].place, format!("{}:1:10", path.display()));
+
+    let missing = dir.path().join("missing.toml");
+    let p = config::load(&missing).expect_err("missing file");
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].place, missing.display().to_string());
+    assert!(
+        p[0].message.starts_with("cannot read the config file: "),
+        "{}",
+        p[0]
+    );
+}
+
+#[test]
+fn sizes() {
+    assert_eq!(parse_size("0B"), Ok(0));
+    assert_eq!(parse_size("100B"), Ok(100));
+    assert_eq!(parse_size("4KiB"), Ok(4096));
+    assert_eq!(parse_size("4 MiB"), Ok(4 << 20));
+    assert_eq!(parse_size(" 2GiB "), Ok(2 << 30));
+    assert_eq!(parse_size("1024GiB"), Ok(1 << 40), "1 TiB is the most");
+    assert_eq!(
+        parse_size("1025GiB"),
+        Err("\"1025GiB\" is too large (at most 1024GiB)".into())
+    );
+    assert_eq!(
+        parse_size("99999999999999999999999B"),
+        Err("\"99999999999999999999999B\" is too large (at most 1024GiB)".into())
+    );
+    assert_eq!(
+        parse_size("17179869184GiB"),
+        Err("\"17179869184GiB\" is too large (at most 1024GiB)".into()),
+        "overflows u64 when multiplied"
+    );
+    // Fractions are rejected: a size means exactly what it says.
+    assert_eq!(
+        parse_size("1.5MiB"),
+        Err(
+            "\"1.5MiB\" is not a size: write a whole number, in KiB if need be \
+             (use B, KiB, MiB, GiB)"
+                .into()
+        )
+    );
+    // A number without a unit is rejected with a hint.
+    assert_eq!(
+        parse_size("10"),
+        Err("\"10\" has no unit: write \"10B\" for bytes (use B, KiB, MiB, GiB)".into())
+    );
+    assert_eq!(
+        parse_size("4mib"),
+        Err(
+            "\"4mib\" is not a size: unknown unit \"mib\", did you mean MiB? \
+             (use B, KiB, MiB, GiB)"
+                .into()
+        )
+    );
+    for bad in [
+        "", "MiB", "-1MiB", "+1MiB", "1e3B", "4 TiB", "0x10B", "1_000B", "4 M iB",
+    ] {
+        assert!(parse_size(bad).is_err(), "{bad:?} accepted");
+    }
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+    assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+    assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+    assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+    assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+    assert_eq!(parse_duration(" 10 s "), Ok(Duration::from_secs(10)));
+    assert_eq!(
+        parse_duration("8760h"),
+        Ok(Duration::from_secs(365 * 24 * 3600))
+    );
+    assert_eq!(
+        parse_duration("8761h"),
+        Err("\"8761h\" is too long (at most 365 days)".into())
+    );
+    assert_eq!(
+        parse_duration("99999999999999999999999ms"),
+        Err("\"99999999999999999999999ms\" is too long (at most 365 days)".into())
+    );
+    assert_eq!(
+        parse_duration("10"),
+        Err("\"10\" has no unit: write e.g. \"10s\" or \"10ms\" (use ms, s, m, h)".into())
+    );
+    assert_eq!(
+        parse_duration("1.5s"),
+        Err(
+            "\"1.5s\" is not a duration: write a whole number, in ms if need be \
+             (use ms, s, m, h)"
+                .into()
+        )
+    );
+    assert_eq!(
+        parse_duration("-1s"),
+        Err("\"-1s\" is not a duration: it is negative (use ms, s, m, h)".into())
+    );
+    for bad in ["", "s", "1d", "1sec", "1 min", "1S", "1us"] {
+        assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+    }
+}
+
+#[test]
+fn durations_format_back() {
+    for text in ["0s", "1500ms", "2s", "90s", "5m", "2h"] {
+        let d = parse_duration(text).expect(text);
+        assert_eq!(format_duration(d), text);
+    }
+    // Whole-unit round trip over a spread of values.
+    for n in [1u64, 7, 59, 60, 61, 999, 1000, 1001, 3600, 86_399] {
+        for unit in ["ms", "s", "m"] {
+            let d = parse_duration(&format!("{n}{unit}")).expect("parses");
+            assert_eq!(parse_duration(&format_duration(d)), Ok(d));
+        }
+    }
+}
+
+#[test]
+fn signals() {
+    let segv = nix::sys::signal::Signal::SIGSEGV as i32;
+    assert_eq!(parse_signal("SIGSEGV"), Ok(segv));
+    assert_eq!(parse_signal("SEGV"), Ok(segv));
+    assert_eq!(parse_signal("segv"), Ok(segv));
+    assert_eq!(
+        parse_signal("SIGKILL"),
+        Ok(nix::sys::signal::Signal::SIGKILL as i32)
+    );
+    assert_eq!(
+        parse_signal("ABRT"),
+        Ok(nix::sys::signal::Signal::SIGABRT as i32)
+    );
+    for bad in ["", "SIG", "SIGFOO", "11", "SIG SEGV"] {
+        assert!(parse_signal(bad).is_err(), "{bad:?} accepted");
+    }
+    assert_eq!(
+        parse_signal("SIGFOO"),
+        Err("\"SIGFOO\" is not a signal name (e.g. SIGTERM, SIGKILL, SIGSEGV, SIGABRT)".into())
+    );
+}
