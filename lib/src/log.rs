@@ -624,9 +624,10 @@ pub fn tail(area: &[u8], n: usize, mut f: impl FnMut(&Record)) -> usize {
 pub struct Cursor {
     next: u64,
     epoch: u64,
-    /// Ticket + 1 of an in-progress record the last drain waited for; 0 if
-    /// none. A record still in progress at the next drain is skipped.
-    waited: u64,
+    /// One past the newest ticket (complete or in progress) the last drain
+    /// saw. A record still in progress below it has had a whole drain
+    /// interval to finish, so its writer is taken as dead.
+    horizon: u64,
 }
 
 impl Cursor {
@@ -635,7 +636,7 @@ impl Cursor {
         Cursor {
             next: 0,
             epoch: 0,
-            waited: 0,
+            horizon: 0,
         }
     }
     /// The next sequence number this cursor will pass on.
@@ -661,9 +662,10 @@ pub struct Drained {
 ///
 /// Like [`tail`], it does not trust `area` and does bounded work. If a
 /// record just after the cursor is still being written while newer ones are
-/// complete, the drain stops before it once, so a live writer is not
-/// overtaken; if it is still in progress at the next drain, its writer is
-/// taken as dead and the record is counted lost. If the log was reformatted
+/// complete, the drain stops before it, so a live writer is not overtaken;
+/// if it is still in progress at the next drain, its writer is taken as dead
+/// and the record is counted lost (so one drain interval is the longest a
+/// dead writer delays the others' records). If the log was reformatted
 /// (new epoch) since the cursor's last drain, the cursor starts over.
 pub fn drain(area: &[u8], cursor: &mut Cursor, mut f: impl FnMut(&Record)) -> Drained {
     let mut out = Drained::default();
@@ -675,7 +677,7 @@ pub fn drain(area: &[u8], cursor: &mut Cursor, mut f: impl FnMut(&Record)) -> Dr
             *cursor = Cursor {
                 next: 0,
                 epoch,
-                waited: 0,
+                horizon: 0,
             };
         }
     }
@@ -697,12 +699,13 @@ pub fn drain(area: &[u8], cursor: &mut Cursor, mut f: impl FnMut(&Record)) -> Dr
     let mut expected = cursor.next;
     for &(t, i) in &found[..count] {
         if t > expected {
-            // A gap [expected, t): wait once for a writer still at work on it.
-            if let Some(&p) = pending.iter().find(|&&p| p >= expected && p < t) {
-                if cursor.waited != p + 1 {
-                    cursor.waited = p + 1;
-                    break;
-                }
+            // A gap [expected, t): stop before a record still being written,
+            // unless it was already there at the last drain.
+            if pending
+                .iter()
+                .any(|&p| p >= expected && p < t && p >= cursor.horizon)
+            {
+                break;
             }
             out.lost += t - expected;
         }
@@ -715,11 +718,15 @@ pub fn drain(area: &[u8], cursor: &mut Cursor, mut f: impl FnMut(&Record)) -> Dr
         }
         expected = t + 1;
     }
-    if expected > cursor.next {
-        cursor.next = expected;
-        if cursor.waited != 0 && cursor.waited <= expected {
-            cursor.waited = 0;
-        }
+    cursor.next = cursor.next.max(expected);
+    let newest = found[..count]
+        .last()
+        .map(|&(t, _)| t)
+        .into_iter()
+        .chain(pending.last().copied())
+        .max();
+    if let Some(newest) = newest {
+        cursor.horizon = cursor.horizon.max(newest + 1);
     }
     out
 }
