@@ -38,6 +38,14 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Talk to a running root over its control socket.
+    Ctl {
+        /// The root's control socket (default: $XDG_RUNTIME_DIR/forkroot.sock, else /run/forkroot.sock).
+        #[arg(long, short)]
+        socket: Option<PathBuf>,
+        #[command(subcommand)]
+        command: ctl::Ctl,
+    },
     /// Print the built-in daemon kinds.
     Kinds,
 }
@@ -61,6 +69,10 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Ctl { socket, command } => {
+            let socket = socket.unwrap_or_else(forkroot::control::default_socket);
+            ctl::run(&socket, command)
+        }
         Command::Kinds => {
             for k in registry.kinds() {
                 println!("{:<8} {}", k.name, k.about);

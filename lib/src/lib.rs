@@ -14,9 +14,11 @@
 pub mod alloc;
 pub mod checkpoint;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod log;
 pub mod mutex;
+pub mod notify;
 pub mod pool;
 pub mod region;
 pub mod ring;

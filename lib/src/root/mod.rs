@@ -9,6 +9,8 @@
 //! state × event table, and each arm of [`Root::on_exit`], [`Root::on_timer`]
 //! and friends is one cell of it.
 
+mod control;
+mod flight;
 mod spawn;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -134,6 +136,8 @@ struct Child {
     state: State,
     pid: Option<Pid>,
     started: Option<Instant>,
+    /// `started` on the monotonic clock daemons write heartbeats with.
+    started_ns: u64,
     /// Read end of the setup pipe while the child is starting.
     setup: Option<OwnedFd>,
     /// Set when the setup pipe reported a failure; replaces the exit code.
@@ -148,9 +152,13 @@ struct Child {
     after_stop: AfterStop,
 }
 
-/// Event tokens in the epoll set.
+/// Event tokens in the epoll set: a kind in the high 32 bits, an index or
+/// connection id in the low ones.
 const TOKEN_SIGNALS: u64 = 0;
+const TOKEN_LISTENER: u64 = 1;
 const TOKEN_SETUP: u64 = 1 << 32;
+const TOKEN_CONN: u64 = 2 << 32;
+const TOKEN_KIND: u64 = !0 << 32;
 
 /// Whether the loop goes on or the root exits with a code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +184,12 @@ pub struct Root<'a> {
     restart_times: VecDeque<Instant>,
     mode: Mode,
     pid: Pid,
+    started: Instant,
+    /// Forks done, for `ctl metrics`.
+    forks: u64,
+    control: Option<control::Server>,
+    /// Whether READY=1 went to systemd yet.
+    notified_ready: bool,
 }
 
 /// Runs the tree until it is stopped; returns the exit code documented for
@@ -217,6 +231,28 @@ impl<'a> Root<'a> {
             .add(signals.as_raw_fd(), TOKEN_SIGNALS)
             .map_err(ctx("epoll"))?;
 
+        let socket = config
+            .root
+            .control
+            .clone()
+            .unwrap_or_else(crate::control::default_socket);
+        let control = match control::Server::bind(&socket) {
+            Ok(server) => {
+                epoll
+                    .add(server.listener_fd(), TOKEN_LISTENER)
+                    .map_err(ctx("epoll"))?;
+                info!(socket = %socket.display(), "control socket ready");
+                Some(server)
+            }
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                return Err(RootError::Io("control socket", e));
+            }
+            Err(e) => {
+                // Without a socket the tree still runs; ctl cannot reach it.
+                warn!(error = %e, "no control socket; `forkroot ctl` will not reach this root");
+                None
+            }
+        };
         let children = config
             .daemons
             .iter()
@@ -226,6 +262,7 @@ impl<'a> Root<'a> {
                 state: State::Stopped,
                 pid: None,
                 started: None,
+                started_ns: 0,
                 setup: None,
                 setup_failed: None,
                 restarts: 0,
@@ -248,6 +285,10 @@ impl<'a> Root<'a> {
             restart_times: VecDeque::new(),
             mode: Mode::Supervising,
             pid: sys::getpid(),
+            started: Instant::now(),
+            forks: 0,
+            control,
+            notified_ready: false,
         })
     }
 
@@ -278,10 +319,12 @@ impl<'a> Root<'a> {
                 .wait(&mut ready, timeout)
                 .map_err(ctx("epoll_wait"))?;
             for &token in &ready {
-                match token {
-                    TOKEN_SIGNALS => self.on_signals()?,
-                    t if t & TOKEN_SETUP != 0 => self.on_setup((t & !TOKEN_SETUP) as usize),
-                    t => warn!(token = t, "event for an unknown token"),
+                match (token & TOKEN_KIND, token & !TOKEN_KIND) {
+                    (0, TOKEN_SIGNALS) => self.on_signals()?,
+                    (0, TOKEN_LISTENER) => self.on_accept(),
+                    (TOKEN_SETUP, i) => self.on_setup(i as usize),
+                    (TOKEN_CONN, id) => self.on_conn(id),
+                    _ => warn!(token, "event for an unknown token"),
                 }
             }
             self.fire_timers();
@@ -393,12 +436,18 @@ impl<'a> Root<'a> {
         });
         match spawned {
             Ok((pid, setup)) => {
+                self.forks += 1;
                 if let Err(e) = self.epoll.add(setup.as_raw_fd(), TOKEN_SETUP | i as u64) {
                     warn!(daemon = %self.children[i].cfg.name, error = %e, "cannot watch the setup pipe");
                 }
                 let c = &mut self.children[i];
                 c.pid = Some(pid);
                 c.started = Some(Instant::now());
+                c.started_ns = sys::monotonic_ns();
+                if let Some(wd) = c.cfg.watchdog {
+                    self.set_timer(i, Instant::now() + wd);
+                }
+                let c = &mut self.children[i];
                 c.setup = Some(setup);
                 c.setup_failed = None;
                 c.state = State::Starting;
@@ -437,6 +486,7 @@ impl<'a> Root<'a> {
                     c.state = State::Running;
                     debug!(daemon = %c.cfg.name, "running");
                 }
+                self.notify_ready();
             }
             Ok(8) => {
                 let stage = u32::from_le_bytes(buf[..4].try_into().unwrap());
@@ -448,6 +498,22 @@ impl<'a> Root<'a> {
             Ok(_) | Err(_) => {}
         }
         let _ = self.epoll.delete(fd.as_raw_fd());
+    }
+
+    /// Tells systemd (`Type=notify`) the tree is up, once no daemon of the
+    /// first start is still starting.
+    fn notify_ready(&mut self) {
+        if self.notified_ready || self.children.iter().any(|c| c.state == State::Starting) {
+            return;
+        }
+        self.notified_ready = true;
+        let status = format!(
+            "READY=1\nSTATUS=supervising {} daemons",
+            self.children.len()
+        );
+        if let Err(e) = crate::notify::notify(&status) {
+            warn!(error = %e, "could not notify the service manager");
+        }
     }
 
     /// Starting/Running/Stopping × exit.
@@ -489,12 +555,14 @@ impl<'a> Root<'a> {
         if reason.is_normal() {
             info!(daemon = %c.cfg.name, pid, uptime = ?uptime, "exited normally");
         } else {
+            let last = flight::last_lines(&self.regions, i, 8);
             error!(
                 daemon = %c.cfg.name,
                 pid,
                 reason = %reason,
                 uptime = ?uptime,
                 restarts = c.restarts,
+                last_log = ?last,
                 "crashed"
             );
         }
@@ -634,6 +702,7 @@ impl<'a> Root<'a> {
             return;
         }
         self.mode = Mode::ShuttingDown(code);
+        let _ = crate::notify::notify("STOPPING=1");
         for i in 0..self.children.len() {
             if self.children[i].state == State::Backoff {
                 self.stop(i);
@@ -680,9 +749,11 @@ impl<'a> Root<'a> {
     }
 
     /// Backoff × timer: restart. Stopping × timer: SIGKILL.
+    /// Starting/Running × timer: the watchdog looks at the heartbeat.
     fn on_timer(&mut self, i: usize) {
         let c = &self.children[i];
         match c.state {
+            State::Starting | State::Running => self.check_watchdog(i),
             State::Backoff => {
                 if self.config.supervisor.strategy == Strategy::OneForOne {
                     self.start(i)
@@ -697,6 +768,38 @@ impl<'a> Root<'a> {
                 }
             }
             _ => {}
+        }
+    }
+}
+
+impl Root<'_> {
+    /// The watchdog: SIGKILL a daemon whose last heartbeat (or start) is
+    /// older than its `watchdog` deadline, else look again when it would be.
+    fn check_watchdog(&mut self, i: usize) {
+        let c = &self.children[i];
+        let (Some(wd), Some(pid)) = (c.cfg.watchdog, c.pid) else {
+            return;
+        };
+        let h = self.regions.header(i);
+        let mut last = c.started_ns;
+        // The heartbeat is the daemon's word: believed only from a header
+        // that names the current process, and never later than now.
+        let now = sys::monotonic_ns();
+        if h.magic.load(std::sync::atomic::Ordering::Acquire) == crate::region::MAGIC
+            && h.pid.load(std::sync::atomic::Ordering::Relaxed) == pid.0 as u32
+        {
+            last = last.max(
+                h.heartbeat_ns
+                    .load(std::sync::atomic::Ordering::Acquire)
+                    .min(now),
+            );
+        }
+        let age = Duration::from_nanos(now.saturating_sub(last));
+        if age >= wd {
+            error!(daemon = %c.cfg.name, %pid, age = ?age, watchdog = ?wd, "watchdog: no heartbeat; killing");
+            kill_tree(pid, libc::SIGKILL);
+        } else {
+            self.set_timer(i, Instant::now() + (wd - age));
         }
     }
 }

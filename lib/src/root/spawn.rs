@@ -13,7 +13,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use crate::config::OnRestart;
 use crate::daemon::{Context, Death, Entry, SetupStage, Siblings};
-use crate::region::{self, RegionSet, SYSTEM_SIZE};
+use crate::region::{self, RegionSet, LOG_OFFSET, LOG_SIZE, SYSTEM_SIZE};
 use crate::sys::{self, Forked, Pid, SigSet};
 
 /// Exit code of a child whose setup failed (as a shell's "cannot execute").
@@ -191,6 +191,16 @@ fn child(s: &Spawn<'_>, pipe: RawFd) -> ! {
             // SAFETY: `region` was mapped writable for the rest of this
             // process's life by `enter` just above.
             let header = unsafe { region::claim(base) };
+            // SAFETY: the log area lies inside the region, which stays mapped
+            // writable for the rest of this process's life; this process
+            // starts no thread or transaction before this point.
+            if let Some(log) =
+                unsafe { crate::log::FlightLog::init(base.as_ptr().add(LOG_OFFSET), LOG_SIZE) }
+            {
+                crate::log::install(log);
+            }
+            crate::alloc::set_name(s.name);
+            crate::trace::after_fork();
             let state = &mut region[SYSTEM_SIZE..];
             let mut ctx = Context {
                 name: s.name,

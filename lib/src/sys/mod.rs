@@ -552,12 +552,27 @@ impl Epoll {
 
     /// Watches `fd` for readability (and hang-up), reporting `token`.
     pub fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, token, false)
+    }
+
+    /// Changes what `fd` is watched for: readability, or writability when
+    /// `writable` (for a reply that did not fit in the socket buffer).
+    pub fn modify(&self, fd: RawFd, token: u64, writable: bool) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, token, writable)
+    }
+
+    fn ctl(&self, op: i32, fd: RawFd, token: u64, writable: bool) -> io::Result<()> {
+        let events = if writable {
+            libc::EPOLLOUT
+        } else {
+            libc::EPOLLIN | libc::EPOLLRDHUP
+        };
         let mut ev = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+            events: events as u32,
             u64: token,
         };
         // SAFETY: `ev` is valid for the call.
-        cvt(unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) })?;
+        cvt(unsafe { libc::epoll_ctl(self.0.as_raw_fd(), op, fd, &mut ev) })?;
         Ok(())
     }
 

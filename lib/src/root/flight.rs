@@ -1,0 +1,41 @@
+//! The root's reading of daemons' flight logs: the last records for a crash
+//! report, and records after a sequence number for `ctl logs`. The bytes
+//! are the daemon's and untrusted; [`crate::log`] validates every record.
+
+use serde_json::{json, Value};
+
+use crate::log;
+use crate::region::{RegionSet, LOG_OFFSET, LOG_SIZE};
+
+fn area(regions: &RegionSet, i: usize) -> &[u8] {
+    &regions.view(i)[LOG_OFFSET..LOG_OFFSET + LOG_SIZE]
+}
+
+/// The last `n` records of daemon `i`, as `LEVEL pid: text` lines.
+pub(crate) fn last_lines(regions: &RegionSet, i: usize, n: usize) -> Vec<String> {
+    let mut lines = Vec::with_capacity(n);
+    log::tail(area(regions, i), n, |r| {
+        lines.push(format!("{} {}: {}", r.level().as_str(), r.pid(), r.text()));
+    });
+    lines
+}
+
+/// Records of daemon `i` with a sequence number of at least `*from`, oldest
+/// first, as JSON; moves `*from` past the newest.
+pub(crate) fn since(regions: &RegionSet, i: usize, from: &mut u64, out: &mut Vec<Value>) {
+    log::tail(area(regions, i), log::CAPACITY, |r| {
+        if r.seq() >= *from {
+            out.push(json!({
+                "seq": r.seq(),
+                "time_ns": r.timestamp_ns(),
+                "level": r.level().as_str(),
+                "pid": r.pid(),
+                "tx": (r.tx() != 0).then(|| format!("{:032x}", r.tx())),
+                "text": r.text(),
+            }));
+        }
+    });
+    if let Some(seq) = out.last().and_then(|v| v["seq"].as_u64()) {
+        *from = seq + 1;
+    }
+}
