@@ -91,15 +91,25 @@ pub enum SetupStage {
     Exec = 5,
     /// The kind is not built into this binary.
     UnknownKind = 6,
+    /// fork itself (or preparing for it) failed in the root.
+    Fork = 7,
 }
 
 impl SetupStage {
     /// The stage for a number sent over the setup pipe.
     pub fn from_u32(n: u32) -> Option<SetupStage> {
         use SetupStage::*;
-        [Orphaned, Session, Region, Descriptors, Exec, UnknownKind]
-            .into_iter()
-            .find(|s| *s as u32 == n)
+        [
+            Orphaned,
+            Session,
+            Region,
+            Descriptors,
+            Exec,
+            UnknownKind,
+            Fork,
+        ]
+        .into_iter()
+        .find(|s| *s as u32 == n)
     }
 }
 
@@ -112,6 +122,7 @@ impl fmt::Display for SetupStage {
             SetupStage::Descriptors => "arranging descriptors",
             SetupStage::Exec => "exec",
             SetupStage::UnknownKind => "unknown kind",
+            SetupStage::Fork => "fork",
         })
     }
 }

@@ -275,6 +275,7 @@ impl Root<'_> {
                     "group": c.cfg.group.as_deref().unwrap_or("root"),
                     "state": c.state.as_str(),
                     "pid": c.pid.map(|p| p.0),
+                    "standby_pid": c.standby.as_ref().filter(|s| s.ready).map(|s| s.pid.0),
                     "uptime_ms": c.started.map(|t| now.duration_since(t).as_millis() as u64),
                     "restarts": c.restarts,
                     "last_exit": last.map(|d| d.reason.to_string()),

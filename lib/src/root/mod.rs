@@ -25,7 +25,7 @@ use crate::config::{Config, DaemonConfig, OnRestart, Program, RestartType, Strat
 use crate::daemon::{Death, ExitReason, Registry, SetupStage};
 use crate::region::RegionSet;
 use crate::sys::{self, Pid, SigSet, WaitStatus};
-use spawn::{Plan, Spawn};
+use spawn::{Plan, Spawn, Spawned, Takeover};
 
 /// Exit code: stopped cleanly, every child reaped.
 pub const EXIT_OK: i32 = 0;
@@ -150,6 +150,29 @@ struct Child {
     /// Pending timer of this child (backoff end, or the SIGKILL deadline).
     deadline: Option<Instant>,
     after_stop: AfterStop,
+    /// The pre-forked backup (`standby = true`).
+    standby: Option<Standby>,
+}
+
+/// A standby: forked and set up, blocked on its gate until it takes over.
+#[derive(Debug)]
+struct Standby {
+    pid: Pid,
+    /// Write end of its gate pipe.
+    gate: OwnedFd,
+    /// Its setup pipe while it is getting ready.
+    setup: Option<OwnedFd>,
+    /// Set up and waiting.
+    ready: bool,
+    /// SIGKILLed on purpose; not to be replaced when reaped.
+    killed: bool,
+}
+
+/// Which process of a daemon a pid is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Primary,
+    Standby,
 }
 
 /// Event tokens in the epoll set: a kind in the high 32 bits, an index or
@@ -158,6 +181,7 @@ const TOKEN_SIGNALS: u64 = 0;
 const TOKEN_LISTENER: u64 = 1;
 const TOKEN_SETUP: u64 = 1 << 32;
 const TOKEN_CONN: u64 = 2 << 32;
+const TOKEN_STANDBY: u64 = 3 << 32;
 const TOKEN_KIND: u64 = !0 << 32;
 
 /// Whether the loop goes on or the root exits with a code.
@@ -175,7 +199,7 @@ pub struct Root<'a> {
     registry: &'a Registry,
     children: Vec<Child>,
     names: Vec<String>,
-    by_pid: HashMap<Pid, usize>,
+    by_pid: HashMap<Pid, (usize, Role)>,
     regions: RegionSet,
     epoll: sys::Epoll,
     signals: OwnedFd,
@@ -270,6 +294,7 @@ impl<'a> Root<'a> {
                 backoff: d.backoff.initial,
                 deadline: None,
                 after_stop: AfterStop::Rest,
+                standby: None,
             })
             .collect();
         Ok(Root {
@@ -305,7 +330,11 @@ impl<'a> Root<'a> {
         let mut ready = Vec::with_capacity(64);
         loop {
             if let Mode::ShuttingDown(code) = self.mode {
-                if self.children.iter().all(|c| !c.state.has_process()) {
+                if self
+                    .children
+                    .iter()
+                    .all(|c| !c.state.has_process() && c.standby.is_none())
+                {
                     self.reap_orphans();
                     info!(code, "every daemon stopped; exiting");
                     return Ok(code);
@@ -324,6 +353,7 @@ impl<'a> Root<'a> {
                     (0, TOKEN_LISTENER) => self.on_accept(),
                     (TOKEN_SETUP, i) => self.on_setup(i as usize),
                     (TOKEN_CONN, id) => self.on_conn(id),
+                    (TOKEN_STANDBY, i) => self.on_standby_setup(i as usize),
                     _ => warn!(token, "event for an unknown token"),
                 }
             }
@@ -367,7 +397,8 @@ impl<'a> Root<'a> {
     fn reap(&mut self) -> Result<(), RootError> {
         while let Some((pid, status)) = sys::reap_one().map_err(ctx("waitpid"))? {
             match self.by_pid.remove(&pid) {
-                Some(i) => self.on_exit(i, status),
+                Some((i, Role::Primary)) => self.on_exit(i, status),
+                Some((i, Role::Standby)) => self.on_standby_exit(i, status),
                 None => debug!(%pid, ?status, "reaped an orphan"),
             }
         }
@@ -384,7 +415,58 @@ impl<'a> Root<'a> {
 
     // ----- the state machine ----------------------------------------------
 
-    /// Stopped/Backoff/Failed × start: fork it.
+    /// Forks daemon `i`, or its standby. Prepares everything the child
+    /// needs in the root's memory first.
+    fn fork_child(&mut self, i: usize, standby: bool) -> io::Result<Spawned> {
+        let c = &self.children[i];
+        let plan = match &c.cfg.program {
+            Program::Builtin(kind) => {
+                let k = self
+                    .registry
+                    .get(kind)
+                    .expect("kinds are checked in Root::new");
+                Plan::Builtin {
+                    entry: k.entry,
+                    args: &c.cfg.args,
+                    deaths: &c.deaths,
+                    restarts: c.restarts,
+                    on_restart: c.cfg.on_restart,
+                    names: &self.names,
+                }
+            }
+            Program::Exec(argv) => {
+                Plan::exec(argv, &c.cfg.name, self.regions.region_len(i), c.restarts)?
+            }
+        };
+        let spawned = spawn::spawn(&Spawn {
+            index: i,
+            name: &c.cfg.name,
+            title: &c.title,
+            regions: &self.regions,
+            root_pid: self.pid,
+            plan,
+            standby,
+        })?;
+        self.forks += 1;
+        let kind = if standby { TOKEN_STANDBY } else { TOKEN_SETUP };
+        self.epoll
+            .add(spawned.setup.as_raw_fd(), kind | i as u64)
+            .map_err(|e| io::Error::new(e.kind(), format!("watching the setup pipe: {e}")))?;
+        self.by_pid.insert(
+            spawned.pid,
+            (
+                i,
+                if standby {
+                    Role::Standby
+                } else {
+                    Role::Primary
+                },
+            ),
+        );
+        Ok(spawned)
+    }
+
+    /// Stopped/Backoff/Failed × start: fork it (or wake its standby).
     fn start(&mut self, i: usize) {
         if self.mode != Mode::Supervising {
             return;
@@ -397,78 +479,137 @@ impl<'a> Root<'a> {
                 warn!(daemon = %c.cfg.name, error = %e, "could not zero the region for a fresh restart");
             }
         }
-        let plan = match &c.cfg.program {
-            Program::Builtin(kind) => match self.registry.get(kind) {
-                Some(k) => Plan::Builtin {
-                    entry: k.entry,
-                    args: &c.cfg.args,
-                    deaths: &c.deaths,
-                    restarts: c.restarts,
-                    on_restart: c.cfg.on_restart,
-                    names: &self.names,
-                },
-                None => unreachable!("kinds are checked in Root::new"),
-            },
-            Program::Exec(argv) => {
-                match Plan::exec(argv, &c.cfg.name, self.regions.region_len(i), c.restarts) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        error!(daemon = %c.cfg.name, error = %e, "cannot prepare exec");
-                        return self.after_death(
-                            i,
-                            ExitReason::SetupFailed {
-                                stage: SetupStage::Exec,
-                                errno: libc::EINVAL,
-                            },
-                            Duration::ZERO,
-                        );
-                    }
-                }
-            }
-        };
-        let spawned = spawn::spawn(&Spawn {
-            index: i,
-            name: &c.cfg.name,
-            title: &c.title,
-            regions: &self.regions,
-            root_pid: self.pid,
-            plan,
-        });
-        match spawned {
-            Ok((pid, setup)) => {
-                self.forks += 1;
-                if let Err(e) = self.epoll.add(setup.as_raw_fd(), TOKEN_SETUP | i as u64) {
-                    warn!(daemon = %self.children[i].cfg.name, error = %e, "cannot watch the setup pipe");
-                }
+        if self.take_over(i) {
+            return;
+        }
+        match self.fork_child(i, false) {
+            Ok(spawned) => {
                 let c = &mut self.children[i];
-                c.pid = Some(pid);
-                c.started = Some(Instant::now());
-                c.started_ns = sys::monotonic_ns();
-                if let Some(wd) = c.cfg.watchdog {
-                    self.set_timer(i, Instant::now() + wd);
-                }
-                let c = &mut self.children[i];
-                c.setup = Some(setup);
+                c.pid = Some(spawned.pid);
+                c.setup = Some(spawned.setup);
                 c.setup_failed = None;
                 c.state = State::Starting;
-                c.after_stop = AfterStop::Rest;
-                self.by_pid.insert(pid, i);
-                info!(daemon = %c.cfg.name, %pid, restarts = c.restarts, "started");
+                info!(daemon = %c.cfg.name, pid = %spawned.pid, restarts = c.restarts, "started");
+                self.began(i);
+                self.ensure_standby(i);
             }
             Err(e) => {
-                // fork failed (EAGAIN, ENOMEM): treat as a death at once, so
-                // the intensity limit and backoff apply.
-                error!(daemon = %c.cfg.name, error = %e, "fork failed");
-                let errno = e.raw_os_error().unwrap_or(0);
-                self.after_death(
-                    i,
-                    ExitReason::SetupFailed {
-                        stage: SetupStage::Session,
-                        errno,
-                    },
-                    Duration::ZERO,
-                );
+                // fork failed (EAGAIN, ENOMEM): a death at once, so the
+                // intensity limit and backoff apply.
+                error!(daemon = %self.children[i].cfg.name, error = %e, "cannot start");
+                let errno = e.raw_os_error().unwrap_or(libc::EINVAL);
+                let reason = ExitReason::SetupFailed {
+                    stage: SetupStage::Fork,
+                    errno,
+                };
+                self.record_death(i, reason, Duration::ZERO);
+                self.after_death(i, reason, Duration::ZERO);
             }
+        }
+    }
+
+    /// Bookkeeping common to a fork and a standby's takeover.
+    fn began(&mut self, i: usize) {
+        let c = &mut self.children[i];
+        c.started = Some(Instant::now());
+        c.started_ns = sys::monotonic_ns();
+        c.after_stop = AfterStop::Rest;
+        if let Some(wd) = c.cfg.watchdog {
+            self.set_timer(i, Instant::now() + wd);
+        }
+    }
+
+    /// With `standby = true`: hands the daemon to its ready standby, which
+    /// runs at once (no fork on this path). Returns whether it did.
+    fn take_over(&mut self, i: usize) -> bool {
+        let c = &mut self.children[i];
+        let ready = c.standby.as_ref().is_some_and(|s| s.ready && !s.killed);
+        let Some(death) = c.deaths.last().copied() else {
+            return false;
+        };
+        if !ready {
+            return false;
+        }
+        let sb = c.standby.take().expect("checked above");
+        let msg = Takeover {
+            restarts: c.restarts,
+            death,
+        }
+        .encode();
+        if let Err(e) = sys::write_all(sb.gate.as_raw_fd(), &msg) {
+            warn!(daemon = %c.cfg.name, error = %e, "standby unreachable; forking instead");
+            let _ = sys::kill(sb.pid, libc::SIGKILL);
+            c.standby = Some(Standby { killed: true, ..sb });
+            return false;
+        }
+        c.pid = Some(sb.pid);
+        c.state = State::Running;
+        info!(daemon = %c.cfg.name, pid = %sb.pid, restarts = c.restarts, "standby took over");
+        self.by_pid.insert(sb.pid, (i, Role::Primary));
+        self.began(i);
+        self.ensure_standby(i);
+        true
+    }
+
+    /// Forks a standby for daemon `i` if it wants one and has none.
+    fn ensure_standby(&mut self, i: usize) {
+        let c = &self.children[i];
+        if !c.cfg.standby || c.standby.is_some() || self.mode != Mode::Supervising {
+            return;
+        }
+        match self.fork_child(i, true) {
+            Ok(sp) => {
+                debug!(daemon = %self.children[i].cfg.name, pid = %sp.pid, "standby forked");
+                self.children[i].standby = Some(Standby {
+                    pid: sp.pid,
+                    gate: sp.gate.expect("a standby has a gate"),
+                    setup: Some(sp.setup),
+                    ready: false,
+                    killed: false,
+                });
+            }
+            Err(e) => {
+                warn!(daemon = %self.children[i].cfg.name, error = %e, "cannot fork a standby")
+            }
+        }
+    }
+
+    /// Kills daemon `i`'s standby (it runs no user code, so no SIGTERM).
+    fn kill_standby(&mut self, i: usize) {
+        if let Some(sb) = self.children[i].standby.as_mut() {
+            if !sb.killed {
+                sb.killed = true;
+                let _ = sys::kill(sb.pid, libc::SIGKILL);
+            }
+        }
+    }
+
+    /// A standby's setup pipe: end-of-file means it is ready to take over.
+    fn on_standby_setup(&mut self, i: usize) {
+        let Some(sb) = self.children.get_mut(i).and_then(|c| c.standby.as_mut()) else {
+            return;
+        };
+        let Some(fd) = sb.setup.take() else { return };
+        let mut buf = [0u8; 8];
+        if let Ok(0) = sys::read(fd.as_raw_fd(), &mut buf) {
+            sb.ready = true;
+        }
+        let _ = self.epoll.delete(fd.as_raw_fd());
+    }
+
+    /// A standby ended: replace it unless it was killed on purpose.
+    fn on_standby_exit(&mut self, i: usize, status: WaitStatus) {
+        let c = &mut self.children[i];
+        let Some(sb) = c.standby.take() else { return };
+        if let Some(fd) = sb.setup {
+            let _ = self.epoll.delete(fd.as_raw_fd());
+        }
+        if sb.killed {
+            return;
+        }
+        warn!(daemon = %c.cfg.name, pid = %sb.pid, ?status, "standby died; forking another");
+        if c.state.has_process() && self.count_restart(i) {
+            self.ensure_standby(i);
         }
     }
 
@@ -516,6 +657,19 @@ impl<'a> Root<'a> {
         }
     }
 
+    /// Remembers a death (the last [`DEATHS_KEPT`]).
+    fn record_death(&mut self, i: usize, reason: ExitReason, uptime: Duration) {
+        let c = &mut self.children[i];
+        if c.deaths.len() == DEATHS_KEPT {
+            c.deaths.remove(0);
+        }
+        c.deaths.push(Death {
+            reason,
+            uptime,
+            at_realtime_ns: sys::realtime_ns(),
+        });
+    }
+
     /// Starting/Running/Stopping × exit.
     fn on_exit(&mut self, i: usize, status: WaitStatus) {
         let c = &mut self.children[i];
@@ -531,23 +685,17 @@ impl<'a> Root<'a> {
         let was = c.state;
         c.started = None;
         self.cancel_timer(i);
+        self.record_death(i, reason, uptime);
         let c = &mut self.children[i];
-        if c.deaths.len() == DEATHS_KEPT {
-            c.deaths.remove(0);
-        }
-        c.deaths.push(Death {
-            reason,
-            uptime,
-            at_realtime_ns: sys::realtime_ns(),
-        });
 
         if was == State::Stopping {
             info!(daemon = %c.cfg.name, pid, %reason, "stopped");
             c.state = State::Stopped;
-            let restart = c.after_stop == AfterStop::Start;
+            if c.after_stop == AfterStop::Rest {
+                self.kill_standby(i);
+            }
             match self.mode {
                 Mode::ShuttingDown(_) => self.stop_next(),
-                Mode::Supervising if restart => self.start(i),
                 Mode::Supervising => self.maybe_start_group(),
             }
             return;
@@ -573,6 +721,34 @@ impl<'a> Root<'a> {
         self.after_death(i, reason, uptime);
     }
 
+    /// Counts a restart of daemon `i` against the top supervisor's
+    /// intensity; past it, gives up (the tree shuts down, exit 69) and
+    /// returns false.
+    fn count_restart(&mut self, i: usize) -> bool {
+        let now = Instant::now();
+        let sup = &self.config.supervisor;
+        self.restart_times.push_back(now);
+        while self
+            .restart_times
+            .front()
+            .is_some_and(|&t| now.duration_since(t) > sup.period)
+        {
+            self.restart_times.pop_front();
+        }
+        if self.restart_times.len() <= sup.intensity as usize {
+            return true;
+        }
+        error!(
+            daemon = %self.children[i].cfg.name,
+            intensity = sup.intensity,
+            period = ?sup.period,
+            "restart intensity exceeded; giving up"
+        );
+        self.children[i].state = State::Failed;
+        self.shutdown(EXIT_GAVE_UP);
+        false
+    }
+
     /// A daemon died on its own (not asked to stop): decide per its restart
     /// type, the supervisor's intensity and strategy, and its backoff.
     fn after_death(&mut self, i: usize, reason: ExitReason, uptime: Duration) {
@@ -585,32 +761,16 @@ impl<'a> Root<'a> {
         if !restart {
             info!(daemon = %c.cfg.name, restart = ?c.cfg.restart, "not restarted");
             c.state = State::Stopped;
+            self.kill_standby(i);
             return;
         }
-        // Restart intensity of the top supervisor.
-        let now = Instant::now();
-        let sup = &self.config.supervisor;
-        self.restart_times.push_back(now);
-        while self
-            .restart_times
-            .front()
-            .is_some_and(|&t| now.duration_since(t) > sup.period)
-        {
-            self.restart_times.pop_front();
+        if !self.count_restart(i) {
+            return;
         }
-        if self.restart_times.len() > sup.intensity as usize {
-            error!(
-                daemon = %c.cfg.name,
-                intensity = sup.intensity,
-                period = ?sup.period,
-                "restart intensity exceeded; giving up"
-            );
-            c.state = State::Failed;
-            return self.shutdown(EXIT_GAVE_UP);
-        }
+        let c = &mut self.children[i];
         c.restarts += 1;
         // Backoff: reset after a healthy stretch of uptime, else double.
-        if uptime >= sup.period {
+        if uptime >= self.config.supervisor.period {
             c.backoff = c.cfg.backoff.initial;
         }
         let delay = c.backoff;
@@ -618,7 +778,7 @@ impl<'a> Root<'a> {
         c.state = State::Backoff;
         if delay > Duration::ZERO {
             info!(daemon = %c.cfg.name, delay = ?delay, "restarting after backoff");
-            self.set_timer(i, now + delay);
+            self.set_timer(i, Instant::now() + delay);
         }
         match self.config.supervisor.strategy {
             Strategy::OneForOne => {
@@ -704,6 +864,7 @@ impl<'a> Root<'a> {
         self.mode = Mode::ShuttingDown(code);
         let _ = crate::notify::notify("STOPPING=1");
         for i in 0..self.children.len() {
+            self.kill_standby(i);
             if self.children[i].state == State::Backoff {
                 self.stop(i);
             }

@@ -12,7 +12,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use crate::config::OnRestart;
-use crate::daemon::{Context, Death, Entry, SetupStage, Siblings};
+use crate::daemon::{Context, Death, Entry, ExitReason, SetupStage, Siblings};
 use crate::region::{self, RegionSet, LOG_OFFSET, LOG_SIZE, SYSTEM_SIZE};
 use crate::sys::{self, Forked, Pid, SigSet};
 
@@ -92,21 +92,111 @@ pub(crate) struct Spawn<'a> {
     pub(crate) regions: &'a RegionSet,
     pub(crate) root_pid: Pid,
     pub(crate) plan: Plan<'a>,
+    /// Start as a standby: set up, then wait on a gate pipe for the root's
+    /// word to take over (see [`Takeover`]).
+    pub(crate) standby: bool,
 }
 
-/// Forks the daemon. In the root, returns the child's pid and the read end
-/// of its setup pipe: end-of-file on it means setup succeeded (the child
-/// closed every inherited descriptor, or exec'd); 8 bytes mean it failed.
-pub(crate) fn spawn(s: &Spawn<'_>) -> io::Result<(Pid, OwnedFd)> {
-    let (rd, wr) = sys::pipe_cloexec()?;
+/// What the root tells a standby when it takes over from a dead primary:
+/// the facts that changed since the standby was forked. 32 bytes on the
+/// gate pipe, written at once (atomic: less than PIPE_BUF).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Takeover {
+    pub(crate) restarts: u32,
+    pub(crate) death: Death,
+}
+
+impl Takeover {
+    pub(crate) const SIZE: usize = 32;
+
+    pub(crate) fn encode(&self) -> [u8; Self::SIZE] {
+        let (kind, a, b) = match self.death.reason {
+            ExitReason::Exited(code) => (0u32, code, 0),
+            ExitReason::Signaled { signal, core } => (1, signal, core as i32),
+            ExitReason::SetupFailed { stage, errno } => (2, stage as i32, errno),
+        };
+        let mut m = [0u8; Self::SIZE];
+        m[0..4].copy_from_slice(&self.restarts.to_le_bytes());
+        m[4..8].copy_from_slice(&kind.to_le_bytes());
+        m[8..12].copy_from_slice(&a.to_le_bytes());
+        m[12..16].copy_from_slice(&b.to_le_bytes());
+        m[16..24].copy_from_slice(&(self.death.uptime.as_nanos() as u64).to_le_bytes());
+        m[24..32].copy_from_slice(&self.death.at_realtime_ns.to_le_bytes());
+        m
+    }
+
+    /// Fork-safe.
+    pub(crate) fn decode(m: &[u8; Self::SIZE]) -> Option<Takeover> {
+        let word = |i: usize| i32::from_le_bytes([m[i], m[i + 1], m[i + 2], m[i + 3]]);
+        let long = |i: usize| {
+            u64::from_le_bytes([
+                m[i],
+                m[i + 1],
+                m[i + 2],
+                m[i + 3],
+                m[i + 4],
+                m[i + 5],
+                m[i + 6],
+                m[i + 7],
+            ])
+        };
+        let (a, b) = (word(8), word(12));
+        let reason = match word(4) {
+            0 => ExitReason::Exited(a),
+            1 => ExitReason::Signaled {
+                signal: a,
+                core: b != 0,
+            },
+            2 => ExitReason::SetupFailed {
+                stage: SetupStage::from_u32(a as u32)?,
+                errno: b,
+            },
+            _ => return None,
+        };
+        Some(Takeover {
+            restarts: word(0) as u32,
+            death: Death {
+                reason,
+                uptime: std::time::Duration::from_nanos(long(16)),
+                at_realtime_ns: long(24),
+            },
+        })
+    }
+}
+
+/// A forked child, seen from the root.
+#[derive(Debug)]
+pub(crate) struct Spawned {
+    pub(crate) pid: Pid,
+    /// Read end of the setup pipe: end-of-file on it means setup succeeded
+    /// (the child closed every inherited descriptor, or exec'd); 8 bytes
+    /// mean it failed.
+    pub(crate) setup: OwnedFd,
+    /// Write end of a standby's gate: a [`Takeover`] starts it; closing it
+    /// without one makes the standby exit.
+    pub(crate) gate: Option<OwnedFd>,
+}
+
+/// Forks the daemon (or its standby).
+pub(crate) fn spawn(s: &Spawn<'_>) -> io::Result<Spawned> {
+    let (rd, wr) = sys::pipe_cloexec(true)?;
+    let gate = if s.standby {
+        Some(sys::pipe_cloexec(false)?)
+    } else {
+        None
+    };
     // SAFETY: the root is single-threaded (it never spawns threads), and the
     // child below only makes fork-safe calls until the daemon's entry.
     match unsafe { sys::fork()? } {
         Forked::Parent(pid) => {
             drop(wr);
-            Ok((pid, rd))
+            Ok(Spawned {
+                pid,
+                setup: rd,
+                gate: gate.map(|(_, w)| w),
+            })
         }
-        Forked::Child => child(s, wr.as_raw_fd()),
+        Forked::Child => child(s, wr.as_raw_fd(), gate.as_ref().map(|(r, _)| r.as_raw_fd())),
     }
 }
 
@@ -120,7 +210,7 @@ fn fail(pipe: RawFd, stage: SetupStage, err: io::Error) -> ! {
     sys::exit_now(SETUP_FAILED)
 }
 
-fn child(s: &Spawn<'_>, pipe: RawFd) -> ! {
+fn child(s: &Spawn<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
     // Die with the root. The root may have died between fork() and here,
     // in which case we were already reparented and no signal will come.
     if let Err(e) = sys::set_parent_death_signal(libc::SIGKILL) {
@@ -183,9 +273,42 @@ fn child(s: &Spawn<'_>, pipe: RawFd) -> ! {
             };
             // Close everything inherited from the root (its epoll, signalfd,
             // control socket, the other regions' descriptors): this closes
-            // the setup pipe too, which tells the root we are up.
-            if let Err(e) = sys::close_from(3) {
+            // the setup pipe too, which tells the root we are up. A standby
+            // keeps its gate, as fd 3.
+            let first_closed = match gate {
+                Some(g) => match sys::dup2(g, 3) {
+                    Ok(()) => 4,
+                    Err(e) => fail(pipe, SetupStage::Descriptors, e),
+                },
+                None => 3,
+            };
+            if let Err(e) = sys::close_from(first_closed) {
                 fail(pipe, SetupStage::Descriptors, e);
+            }
+            // A standby waits here, set up, until the primary dies.
+            let mut restarts = *restarts;
+            let mut history = [Death {
+                reason: ExitReason::Exited(0),
+                uptime: std::time::Duration::ZERO,
+                at_realtime_ns: 0,
+            }; super::DEATHS_KEPT];
+            let mut deaths: &[Death] = deaths;
+            if gate.is_some() {
+                let mut msg = [0u8; Takeover::SIZE];
+                let took = match sys::read(3, &mut msg) {
+                    Ok(Takeover::SIZE) => Takeover::decode(&msg),
+                    _ => None,
+                };
+                // No takeover (the gate closed): the root no longer needs us.
+                let Some(t) = took else { sys::exit_now(0) };
+                sys::close(3);
+                // The deaths the root knew at our fork, plus the newest.
+                let keep = deaths.len().min(super::DEATHS_KEPT - 1);
+                let old = &deaths[deaths.len() - keep..];
+                history[..keep].copy_from_slice(old);
+                history[keep] = t.death;
+                deaths = &history[..=keep];
+                restarts = t.restarts;
             }
             let base = std::ptr::NonNull::from(&mut region[0]);
             // SAFETY: `region` was mapped writable for the rest of this
@@ -211,7 +334,7 @@ fn child(s: &Spawn<'_>, pipe: RawFd) -> ! {
                     regions: s.regions,
                     own: s.index,
                 },
-                restarts: *restarts,
+                restarts,
                 deaths,
                 on_restart: *on_restart,
                 args,

@@ -126,6 +126,12 @@ pub fn write_all(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Closes `fd`. Fork-safe.
+pub fn close(fd: RawFd) {
+    // SAFETY: the caller gives up `fd`; close has no memory preconditions.
+    unsafe { libc::close(fd) };
+}
+
 /// read(2) into `buf`, retrying on EINTR; returns 0 at end of file.
 pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is a valid writable slice of `buf.len()` bytes.
@@ -133,11 +139,12 @@ pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
-/// A pipe whose both ends are close-on-exec.
-pub fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+/// A pipe whose both ends are close-on-exec (and non-blocking if asked).
+pub fn pipe_cloexec(nonblocking: bool) -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
+    let flags = libc::O_CLOEXEC | if nonblocking { libc::O_NONBLOCK } else { 0 };
     // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) })?;
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), flags) })?;
     // SAFETY: pipe2 succeeded, so both are fresh descriptors we now own.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
