@@ -10,6 +10,11 @@ use forkroot::root;
 
 mod ctl;
 
+/// Enforces "no allocation after fork" in daemons that declare their steady
+/// state (`Context::steady`); in the root it only forwards to the system.
+#[global_allocator]
+static ALLOC: forkroot::alloc::Guarded = forkroot::alloc::Guarded::new();
+
 /// Erlang/OTP-style supervision for native Unix processes.
 #[derive(Parser, Debug)]
 #[command(name = "forkroot", version, about, long_about = None, after_help = EXIT_CODES)]
@@ -124,12 +129,5 @@ fn load(path: Option<&std::path::Path>, known: &[&str]) -> Result<Config, i32> {
 }
 
 fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("FORKROOT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+    forkroot::logging::init();
 }

@@ -18,7 +18,8 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
         },
     };
     let life = mean.mul_f64(-Rng::seeded().unit().ln());
-    tracing::info!(daemon = ctx.name(), life = ?life, "flaky: will die");
+    tracing::info!(life = ?life, "will die");
+    ctx.steady();
     if !ctx.sleep(life) {
         return 0;
     }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use forkroot::Context;
 
 pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
+    ctx.steady();
     while ctx.sleep(Duration::from_secs(1)) {}
     0
 }

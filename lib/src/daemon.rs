@@ -278,11 +278,28 @@ impl<'a> Context<'a> {
         self.args
     }
 
-    /// Records that the daemon is alive (the watchdog reads this).
+    /// Records that the daemon is alive (the watchdog reads this), and
+    /// publishes its allocation counters for `ctl status`.
     pub fn heartbeat(&self) {
-        self.header
-            .heartbeat_ns
-            .store(sys::monotonic_ns(), Ordering::Release);
+        let stats = crate::alloc::stats();
+        let h = self.header;
+        h.alloc_policy
+            .store(crate::alloc::policy() as u32, Ordering::Relaxed);
+        h.allocs.store(stats.allocs, Ordering::Relaxed);
+        h.alloc_bytes.store(stats.bytes, Ordering::Relaxed);
+        h.heartbeat_ns.store(sys::monotonic_ns(), Ordering::Release);
+    }
+
+    /// Declares the end of start-up: from now on this process may not
+    /// allocate (`alloc::Policy::Forbid`, when the binary installs
+    /// `forkroot::alloc::Guarded`). An allocation then aborts the daemon with
+    /// a message naming it and the size, which the root's crash report shows.
+    /// Counters restart at zero, so `ctl status` shows steady-state
+    /// allocations only.
+    pub fn steady(&self) {
+        crate::alloc::reset_stats();
+        crate::alloc::set_policy(crate::alloc::Policy::Forbid);
+        self.heartbeat();
     }
 
     /// Whether the root asked this daemon to stop (SIGTERM). A daemon

@@ -17,6 +17,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod log;
+pub mod logging;
 pub mod mutex;
 pub mod notify;
 pub mod pool;

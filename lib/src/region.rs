@@ -77,6 +77,15 @@ pub struct Header {
     pub heartbeat_ns: AtomicU64,
     /// How many times an owner has started on this region (1 for the first).
     pub starts: AtomicU64,
+    /// The owner's allocation policy (`alloc::Policy as u8`), published at
+    /// each heartbeat.
+    pub alloc_policy: AtomicU32,
+    _pad: AtomicU32,
+    /// Allocations the owner made since its steady state began (or since
+    /// its start), published at each heartbeat.
+    pub allocs: AtomicU64,
+    /// Bytes of those allocations.
+    pub alloc_bytes: AtomicU64,
 }
 
 // SAFETY: repr(C), atomics of integers only; every bit pattern is valid.

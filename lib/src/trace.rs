@@ -115,6 +115,12 @@ impl fmt::Write for StackWriter<'_> {
     }
 }
 
+/// Writes `event`'s fields into `out` as `message k=v k=v`, without
+/// allocating (cut at `out`'s end).
+pub fn format_event(event: &Event<'_>, out: &mut StackWriter<'_>) {
+    event.record(&mut FieldVisitor { out });
+}
+
 /// Writes an event's fields as `message k=v k=v`.
 struct FieldVisitor<'w, 'b> {
     out: &'w mut StackWriter<'b>,
@@ -187,7 +193,7 @@ impl<S: Subscriber> tracing_subscriber::Layer<S> for FlightLayer {
         };
         let mut buf = [0u8; TEXT_MAX];
         let mut out = StackWriter::new(&mut buf);
-        event.record(&mut FieldVisitor { out: &mut out });
+        format_event(event, &mut out);
         log.write(
             level_of(event.metadata().level()),
             pid(),

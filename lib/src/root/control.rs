@@ -258,6 +258,30 @@ impl Root<'_> {
         (hb != 0).then(|| sys::monotonic_ns().saturating_sub(hb) / 1_000_000)
     }
 
+    /// The allocation policy and counters daemon `i` last published, if
+    /// its header names the current process.
+    fn alloc_status(&self, i: usize) -> Value {
+        let Some(pid) = self.children[i].pid else {
+            return Value::Null;
+        };
+        let h = self.regions.header(i);
+        if h.magic.load(Ordering::Acquire) != MAGIC || h.pid.load(Ordering::Relaxed) != pid.0 as u32
+        {
+            return Value::Null;
+        }
+        let policy = match h.alloc_policy.load(Ordering::Relaxed) {
+            0 => "off",
+            1 => "count",
+            2 => "forbid",
+            _ => "?",
+        };
+        json!({
+            "policy": policy,
+            "allocs": h.allocs.load(Ordering::Relaxed),
+            "bytes": h.alloc_bytes.load(Ordering::Relaxed),
+        })
+    }
+
     fn status(&self) -> Value {
         let now = Instant::now();
         let daemons: Vec<Value> = self
@@ -283,6 +307,7 @@ impl Root<'_> {
                     "heartbeat_age_ms": self.heartbeat_age_ms(i),
                     "region_bytes": self.regions.region_len(i),
                     "memory": c.cfg.memory,
+                    "alloc": self.alloc_status(i),
                 })
             })
             .collect();

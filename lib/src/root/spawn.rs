@@ -323,6 +323,11 @@ fn child(s: &Spawn<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
                 crate::log::install(log);
             }
             crate::alloc::set_name(s.name);
+            // Start-up may allocate; counted, so status can show it. The
+            // daemon declares its steady state with Context::steady.
+            crate::alloc::reset_stats();
+            crate::alloc::set_policy(crate::alloc::Policy::Count);
+            crate::logging::set_daemon_name(s.name);
             crate::trace::after_fork();
             let state = &mut region[SYSTEM_SIZE..];
             let mut ctx = Context {
@@ -341,6 +346,8 @@ fn child(s: &Spawn<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
                 stopping: false,
             };
             let code = entry(&mut ctx);
+            // Exiting is not the steady state: flushing stdout may allocate.
+            crate::alloc::set_policy(crate::alloc::Policy::Count);
             use std::io::Write;
             let _ = std::io::stdout().flush();
             sys::exit_now(code)

@@ -1,0 +1,89 @@
+//! One `tracing` subscriber for the root and its daemons.
+//!
+//! The subscriber is installed once, in the root, and every forked daemon
+//! inherits it. Which layers act depends on the process:
+//!
+//! - in the root (no flight log installed): human-readable lines on stderr
+//!   through `tracing_subscriber::fmt`;
+//! - in a daemon (its flight log installed after the fork): each event goes
+//!   into the flight log ([`crate::trace`]) and is echoed to the inherited
+//!   stderr as one line `NAME[PID] LEVEL text`, formatted on the stack and
+//!   written with a single `write(2)`: no allocation, no lock.
+//!
+//! The filter is `FORKROOT_LOG` (`tracing_subscriber::EnvFilter` syntax),
+//! default `info`.
+
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+
+use tracing::{Event, Subscriber};
+use tracing_subscriber::filter::{filter_fn, EnvFilter};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
+
+use crate::trace::{self, StackWriter};
+
+const NAME_MAX: usize = 32;
+static NAME: [AtomicU8; NAME_MAX] = [const { AtomicU8::new(0) }; NAME_MAX];
+static NAME_LEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Installs the subscriber as the global default. Call once, in the root,
+/// before forking anything. Returns false if one was already installed.
+pub fn init() -> bool {
+    let filter = EnvFilter::try_from_env("FORKROOT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let root_only = filter_fn(|_| crate::log::current().is_none());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .with_filter(root_only);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(trace::layer())
+        .with(Echo)
+        .try_init()
+        .is_ok()
+}
+
+/// Names this process for echoed lines (a daemon calls it after the fork).
+/// Fork-safe: copies at most 32 bytes into a static buffer.
+pub fn set_daemon_name(name: &str) {
+    let mut n = name.len().min(NAME_MAX);
+    while !name.is_char_boundary(n) {
+        n -= 1;
+    }
+    for (slot, &b) in NAME.iter().zip(&name.as_bytes()[..n]) {
+        slot.store(b, Ordering::Relaxed);
+    }
+    NAME_LEN.store(n, Ordering::Release);
+}
+
+/// Echoes a daemon's events to stderr, one `write(2)` per event.
+struct Echo;
+
+impl<S: Subscriber> Layer<S> for Echo {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        if crate::log::current().is_none() {
+            return;
+        }
+        let mut buf = [0u8; 512];
+        let mut out = StackWriter::new(&mut buf);
+        let mut name = [0u8; NAME_MAX];
+        let n = NAME_LEN.load(Ordering::Acquire).min(NAME_MAX);
+        for (b, slot) in name.iter_mut().zip(&NAME[..n]) {
+            *b = slot.load(Ordering::Relaxed);
+        }
+        let name = std::str::from_utf8(&name[..n]).unwrap_or("?");
+        use std::fmt::Write;
+        let _ = write!(
+            out,
+            "{name}[{}] {:>5} ",
+            trace::pid(),
+            event.metadata().level()
+        );
+        trace::format_event(event, &mut out);
+        let _ = out.write_str("\n");
+        let _ = crate::sys::write_all(2, out.as_str().as_bytes());
+    }
+}
