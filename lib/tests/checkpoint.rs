@@ -196,7 +196,7 @@ fn random_bit_flips_in_slots_fall_back_or_report_none() {
                 let byte = b / 8;
                 // seq, len, crc, poison, or the payload: the slot must not be
                 // restored. The reserved tail of the header is not covered.
-                if byte < 24 || byte >= SLOT_HEADER {
+                if !(24..SLOT_HEADER).contains(&byte) {
                     *d = true;
                 }
             }
@@ -287,7 +287,6 @@ fn zeroed_slot_header_falls_back_to_the_previous_checkpoint() {
     assert_eq!(c.counter, 4);
     assert!(consistent(&c));
     // Zero the other one too: nothing left.
-    drop(c);
     let o = slot_offset(1 - newest);
     shm.area()[o..o + SLOT_HEADER].fill(0);
     let mut c = Checkpoints::<S>::attach_with(shm.area(), 1, 2).unwrap();

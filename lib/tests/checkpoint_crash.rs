@@ -308,8 +308,8 @@ fn main() -> ExitCode {
     println!("checkpoint_crash: seed {seed} (CHECKPOINT_CRASH_SEED), {rounds} rounds per scheme");
     let mut rng = Rng(seed | 1);
     let mut failed = false;
-    let runs: [(&str, fn(usize, &mut Rng) -> Result<Outcome, String>); 2] =
-        [("slots (2)", slots_rounds), ("in place", inplace_rounds)];
+    type Run = fn(usize, &mut Rng) -> Result<Outcome, String>;
+    let runs: [(&str, Run); 2] = [("slots (2)", slots_rounds), ("in place", inplace_rounds)];
     for (name, run) in runs {
         let t = Instant::now();
         match run(rounds, &mut rng) {

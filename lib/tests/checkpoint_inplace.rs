@@ -147,7 +147,6 @@ fn crash_mid_transaction_is_rolled_back_on_attach() {
     assert_eq!(b.accounts[1], 300);
     assert_eq!(b.transfers, 1);
     assert_eq!(sum(&b), TOTAL);
-    drop(b);
     // Rolling back is idempotent: attaching again finds nothing to undo.
     let b = InPlace::<Bank>::attach(shm.area(), 1, JOURNAL).unwrap();
     assert_eq!(b.recovery().rolled_back, 0);
@@ -219,7 +218,6 @@ fn corrupted_open_journal_is_reported_not_applied() {
             // The 4-byte pad after each record's crc is not covered.
             Ok(b) if (bit / 8) % 48 >= 36 && (bit / 8) % 48 < 40 => {
                 assert_eq!(b.recovery().rolled_back, 3);
-                drop(b);
                 // Put the open transaction back for the next bit.
                 shm.area()[JOURNAL_AT..JOURNAL_AT + used].copy_from_slice(&pristine);
                 let mut b = InPlace::<Bank>::attach(shm.area(), 1, JOURNAL).unwrap();
