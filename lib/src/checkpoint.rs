@@ -252,15 +252,11 @@ struct Geometry {
 }
 
 impl Geometry {
-    const fn of<T>(slots: usize) -> Geometry {
-        let a = if align_of::<T>() > LINE {
-            align_of::<T>()
-        } else {
-            LINE
-        };
+    const fn new(size: usize, align: usize, slots: usize) -> Geometry {
+        let a = if align > LINE { align } else { LINE };
         let live = round_up(CONTROL_OFFSET + LINE, a);
-        let first_slot = round_up(live + size_of::<T>(), LINE);
-        let stride = LINE + round_up(size_of::<T>(), LINE);
+        let first_slot = round_up(live + size, LINE);
+        let stride = LINE + round_up(size, LINE);
         Geometry {
             live,
             first_slot,
@@ -268,6 +264,127 @@ impl Geometry {
             total: first_slot + slots * stride,
         }
     }
+
+    const fn of<T>(slots: usize) -> Geometry {
+        Geometry::new(size_of::<T>(), align_of::<T>(), slots)
+    }
+}
+
+/// Verifies slot `i` of a slots area at `base` (O(size)).
+///
+/// # Safety
+/// `base` must point to a readable, [`crate::state::AREA_ALIGN`]-aligned
+/// area of at least `geo.total` bytes laid out as `geo` says, with `i`
+/// below the slot count and `size` the payload size of the layout.
+unsafe fn check_slot_at(base: *const u8, geo: &Geometry, i: usize, size: usize) -> SlotState {
+    let off = geo.first_slot + i * geo.stride;
+    debug_assert!(off + LINE + size <= geo.total);
+    // SAFETY: in bounds and 64-aligned by the caller's contract; SlotHeader
+    // is Plain, so any bytes are a valid value.
+    let h = unsafe { &*base.add(off).cast::<SlotHeader>() };
+    let seq = h.seq.load(Ordering::Acquire);
+    if seq == 0 {
+        return SlotState::Empty;
+    }
+    let len = h.len.load(Ordering::Relaxed);
+    let crc = h.crc.load(Ordering::Relaxed);
+    let poison = h.poison.load(Ordering::Relaxed);
+    if len != size as u64 {
+        return SlotState::Corrupt { seq };
+    }
+    // SAFETY: the payload's `size` bytes follow the header, in bounds by the
+    // caller's contract.
+    let payload = unsafe { std::slice::from_raw_parts(base.add(off + LINE), size) };
+    let computed = slot_crc(seq, len, payload);
+    // A concurrent commit into this slot stores seq = 0 first: if seq is
+    // unchanged after the payload was read, the payload belonged to it.
+    fence(Ordering::Acquire);
+    if computed != crc || h.seq.load(Ordering::Relaxed) != seq {
+        return SlotState::Corrupt { seq };
+    }
+    if poison != 0 {
+        SlotState::Poisoned { seq }
+    } else {
+        SlotState::Valid { seq }
+    }
+}
+
+/// What [`inspect`] finds in a slots area, without knowing its type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inspection {
+    /// The layout recorded in the header.
+    pub layout: Layout,
+    /// Every slot, verified.
+    pub slots: SlotStates,
+    /// Seq of the newest restorable checkpoint.
+    pub newest: Option<u64>,
+    /// Informational: seq the live state was last restored from (0: none).
+    pub restored_seq: u64,
+    /// Informational: commits since the area was stamped.
+    pub commit_count: u64,
+}
+
+/// Reads a [`Checkpoints`] area without writing to it and without knowing
+/// its type (the header records size, alignment and slot count): for the
+/// root, which maps daemons' regions and decides about poison.
+///
+/// `Ok(None)` for an empty area; [`StateError::LayoutChanged`] if the area
+/// holds another kind of state.
+pub fn inspect(area: &[u8]) -> Result<Option<Inspection>, StateError> {
+    let Some(layout) = state::read_layout(area)? else {
+        return Ok(None);
+    };
+    let slots = layout.param as usize;
+    let plausible = layout.kind == Kind::Slots as u32
+        && (MIN_SLOTS as usize..=MAX_SLOTS as usize).contains(&slots)
+        && layout.type_align.is_power_of_two()
+        && layout.type_size <= area.len() as u64;
+    if !plausible {
+        let expected = Layout {
+            kind: Kind::Slots as u32,
+            ..layout
+        };
+        return Err(StateError::LayoutChanged {
+            found_version: layout.version,
+            expected_version: layout.version,
+            found: layout,
+            expected,
+        });
+    }
+    let size = layout.type_size as usize;
+    let geo = Geometry::new(size, layout.type_align as usize, slots);
+    let align = state::AREA_ALIGN.max(layout.type_align as usize);
+    if area.len() < geo.total {
+        return Err(StateError::TooSmall {
+            need: geo.total,
+            have: area.len(),
+        });
+    }
+    if (area.as_ptr() as usize) % align != 0 {
+        return Err(StateError::Misaligned {
+            align,
+            addr: area.as_ptr() as usize,
+        });
+    }
+    let mut states = [SlotState::Empty; MAX_SLOTS as usize];
+    let mut newest = None;
+    for (i, st) in states.iter_mut().enumerate().take(slots) {
+        // SAFETY: the area is readable, aligned and holds geo.total bytes
+        // (checked above); i < slots.
+        *st = unsafe { check_slot_at(area.as_ptr(), &geo, i, size) };
+        if let SlotState::Valid { seq } = *st {
+            newest = newest.max(Some(seq));
+        }
+    }
+    // SAFETY: the control block is inside the area (geo.total > 128), 64-aligned; Plain.
+    let control = unsafe { &*area.as_ptr().add(CONTROL_OFFSET).cast::<SlotsControl>() };
+    Ok(Some(Inspection {
+        layout,
+        slots: SlotStates { states, len: slots },
+        newest,
+        restored_seq: control.restored_seq.load(Ordering::Relaxed),
+        commit_count: control.commit_count.load(Ordering::Relaxed),
+    }))
 }
 
 /// A live `T` with N checkpoint slots in a user area.
@@ -394,29 +511,10 @@ impl<'a, T: Plain> Checkpoints<'a, T> {
 
     /// Verifies slot `i` (O(size)).
     fn check_slot(&self, i: usize) -> SlotState {
-        let h = self.slot_header(i);
-        let seq = h.seq.load(Ordering::Acquire);
-        if seq == 0 {
-            return SlotState::Empty;
-        }
-        let len = h.len.load(Ordering::Relaxed);
-        let crc = h.crc.load(Ordering::Relaxed);
-        let poison = h.poison.load(Ordering::Relaxed);
-        if len != size_of::<T>() as u64 {
-            return SlotState::Corrupt { seq };
-        }
-        let computed = slot_crc(seq, len, self.payload(i));
-        // A concurrent commit into this slot stores seq = 0 first: if seq
-        // is unchanged after the payload was read, the payload belonged to it.
-        fence(Ordering::Acquire);
-        if computed != crc || h.seq.load(Ordering::Relaxed) != seq {
-            return SlotState::Corrupt { seq };
-        }
-        if poison != 0 {
-            SlotState::Poisoned { seq }
-        } else {
-            SlotState::Valid { seq }
-        }
+        debug_assert!(i < self.slots);
+        // SAFETY: the attached area holds geo.total bytes and is aligned
+        // (`attach_raw`); i < slots.
+        unsafe { check_slot_at(self.base.as_ptr(), &self.geo, i, size_of::<T>()) }
     }
 
     /// Verifies every slot and refreshes this process's view of them.

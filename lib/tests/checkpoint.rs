@@ -3,7 +3,7 @@
 //! a fallback to a checkpoint that verifies, or in `NoCheckpoint` with the
 //! live state zeroed: never in garbage.
 
-use forkroot::checkpoint::{CheckpointError, Checkpoints, Restored, SlotState};
+use forkroot::checkpoint::{self, CheckpointError, Checkpoints, Restored, SlotState};
 use forkroot::region::Plain;
 use forkroot::state::{self, StateError, Status, HEADER_SIZE};
 use std::mem::size_of;
@@ -463,4 +463,48 @@ fn layout_change_is_reported() {
         }
         other => panic!("expected LayoutChanged, got {other:?}"),
     }
+}
+
+#[test]
+fn inspect_reads_a_read_only_area_without_its_type() {
+    let mut shm = Shm::new(64 * 1024);
+    assert_eq!(checkpoint::inspect(shm.area()), Ok(None));
+    commit_n(shm.area(), 3, 5);
+    {
+        let mut c = Checkpoints::<S>::attach(shm.area(), 1).unwrap();
+        c.restore_before(5).unwrap();
+    }
+    // As a sibling or the root sees it: mapped read-only.
+    // SAFETY: changes the protection of our own mapping; no reference into
+    // it is alive, and it is only read until made writable again.
+    let rc = unsafe { libc::mprotect(shm.ptr.cast(), shm.len, libc::PROT_READ) };
+    assert_eq!(rc, 0);
+    // SAFETY: the mapping is readable and `len` bytes long.
+    let ro = unsafe { std::slice::from_raw_parts(shm.ptr, shm.len) };
+    let i = checkpoint::inspect(ro).unwrap().unwrap();
+    assert_eq!(i.layout.type_size, size_of::<S>() as u64);
+    assert_eq!(i.newest, Some(4));
+    assert_eq!(i.restored_seq, 4);
+    assert_eq!(i.commit_count, 5);
+    let mut seen: Vec<SlotState> = i.slots.as_slice().to_vec();
+    seen.sort_by_key(|s| format!("{s:?}"));
+    assert_eq!(
+        seen,
+        vec![
+            SlotState::Poisoned { seq: 5 },
+            SlotState::Valid { seq: 3 },
+            SlotState::Valid { seq: 4 }
+        ]
+    );
+    let rw = libc::PROT_READ | libc::PROT_WRITE;
+    // SAFETY: as above, back to writable.
+    let rc = unsafe { libc::mprotect(shm.ptr.cast(), shm.len, rw) };
+    assert_eq!(rc, 0);
+    // A plain state area is not a checkpoint area.
+    state::zero(shm.area());
+    state::attach::<S>(shm.area(), 1).unwrap();
+    assert!(matches!(
+        checkpoint::inspect(shm.area()),
+        Err(StateError::LayoutChanged { .. })
+    ));
 }
