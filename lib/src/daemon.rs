@@ -189,6 +189,28 @@ pub struct Death {
     pub at_realtime_ns: u64,
 }
 
+/// What [`Context::checkpoints`] did with the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resumed {
+    /// No checkpoint (first start, or `on_restart = "fresh"`): zeroed state.
+    Fresh,
+    /// Restored the newest checkpoint that verifies.
+    Resumed {
+        /// Its sequence number.
+        seq: u64,
+    },
+    /// The root called checkpoint `poison` poison; restored the newest one
+    /// before it (`Some(seq)`), or none was left and the state is zeroed.
+    FellBack {
+        /// The poison checkpoint's sequence number.
+        poison: u64,
+        /// The checkpoint restored instead, if any.
+        seq: Option<u64>,
+    },
+    /// `on_restart = "decide"`: nothing restored; the daemon chooses.
+    Decide,
+}
+
 /// Read-only views of the sibling daemons' user areas, by name.
 #[derive(Debug, Clone, Copy)]
 pub struct Siblings<'a> {
@@ -225,6 +247,7 @@ pub struct Context<'a> {
     pub(crate) restarts: u32,
     pub(crate) deaths: &'a [Death],
     pub(crate) on_restart: OnRestart,
+    pub(crate) resume_before: Option<u64>,
     pub(crate) args: &'a toml::Table,
     pub(crate) stopping: bool,
 }
@@ -271,6 +294,67 @@ impl<'a> Context<'a> {
     /// The configured restart mode (`on_restart`).
     pub fn on_restart(&self) -> OnRestart {
         self.on_restart
+    }
+
+    /// When the root found the checkpoint this daemon last resumed from to
+    /// be poison (the daemon crashed soon after resuming from it): resume
+    /// from a checkpoint older than this sequence number.
+    pub fn resume_before(&self) -> Option<u64> {
+        self.resume_before
+    }
+
+    /// Lays checkpointed state of type `T` (layout `version`) over the
+    /// daemon's state and applies its `on_restart` mode:
+    ///
+    /// - `fresh`: the state starts zeroed (the root zeroed the region).
+    /// - `resume`: the newest checkpoint that verifies is restored; after a
+    ///   poison verdict from the root, the newest one older than the poison.
+    /// - `decide`: nothing is restored; the daemon looks at
+    ///   [`Context::deaths`] and calls `restore`, `restore_before` or `reset`.
+    ///
+    /// The state is handed over to the returned [`Checkpoints`]:
+    /// [`Context::state`] is empty afterwards.
+    pub fn checkpoints<T: crate::region::Plain>(
+        &mut self,
+        version: u32,
+    ) -> Result<(crate::checkpoint::Checkpoints<'a, T>, Resumed), crate::state::StateError> {
+        use crate::checkpoint::{CheckpointError, Checkpoints};
+        let area = std::mem::take(&mut self.state);
+        let mut cp = Checkpoints::<T>::attach(area, version)?;
+        let restored = match (self.on_restart, self.resume_before) {
+            (OnRestart::Decide, _) => return Ok((cp, Resumed::Decide)),
+            (OnRestart::Fresh, _) => {
+                cp.reset();
+                return Ok((cp, Resumed::Fresh));
+            }
+            (OnRestart::Resume, None) => cp.restore(),
+            (OnRestart::Resume, Some(poison)) => cp.restore_before(poison),
+        };
+        let resumed = match restored {
+            Ok(r) => {
+                self.header.resumed_seq.store(r.seq, Ordering::Relaxed);
+                match self.resume_before {
+                    None => Resumed::Resumed { seq: r.seq },
+                    Some(poison) => Resumed::FellBack {
+                        poison,
+                        seq: Some(r.seq),
+                    },
+                }
+            }
+            Err(CheckpointError::NoCheckpoint) => match self.resume_before {
+                None => Resumed::Fresh,
+                Some(poison) => Resumed::FellBack { poison, seq: None },
+            },
+            Err(e) => unreachable!("restore only fails with NoCheckpoint, not {e:?}"),
+        };
+        match resumed {
+            Resumed::FellBack { poison, seq } => {
+                tracing::warn!(poison, ?seq, "checkpoint {poison} is poison; fell back")
+            }
+            Resumed::Resumed { seq } => tracing::info!(seq, "resumed from checkpoint"),
+            _ => {}
+        }
+        Ok((cp, resumed))
     }
 
     /// The `[daemon.args]` table of this daemon.

@@ -29,4 +29,4 @@ pub mod sync;
 pub mod sys;
 pub mod trace;
 
-pub use daemon::{Context, Entry, ExitReason, Registry};
+pub use daemon::{Context, Entry, ExitReason, Registry, Resumed};

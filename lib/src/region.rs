@@ -86,6 +86,10 @@ pub struct Header {
     pub allocs: AtomicU64,
     /// Bytes of those allocations.
     pub alloc_bytes: AtomicU64,
+    /// Sequence number of the checkpoint the owner resumed from (0: none).
+    /// The root reads it when the owner dies soon after starting, to call
+    /// that checkpoint poison.
+    pub resumed_seq: AtomicU64,
 }
 
 // SAFETY: repr(C), atomics of integers only; every bit pattern is valid.
@@ -272,6 +276,7 @@ pub unsafe fn claim(region: NonNull<u8>) -> &'static Header {
         h.magic.store(MAGIC, Ordering::Release);
     }
     h.pid.store(sys::getpid().0 as u32, Ordering::Relaxed);
+    h.resumed_seq.store(0, Ordering::Relaxed);
     h.starts.fetch_add(1, Ordering::Relaxed);
     h.heartbeat_ns.store(sys::monotonic_ns(), Ordering::Release);
     h

@@ -39,6 +39,10 @@ pub const EXIT_CONFIG: i32 = 78;
 /// How many past deaths the root remembers per daemon.
 const DEATHS_KEPT: usize = 16;
 
+/// A daemon that crashes within this time of resuming from a checkpoint
+/// makes that checkpoint poison: its next start resumes from an older one.
+pub const POISON_WINDOW: Duration = Duration::from_secs(1);
+
 /// Why the root could not run the tree.
 #[derive(Debug)]
 pub enum RootError {
@@ -152,6 +156,8 @@ struct Child {
     after_stop: AfterStop,
     /// The pre-forked backup (`standby = true`).
     standby: Option<Standby>,
+    /// A checkpoint found poison: the next start resumes from an older one.
+    resume_before: Option<u64>,
 }
 
 /// A standby: forked and set up, blocked on its gate until it takes over.
@@ -295,6 +301,7 @@ impl<'a> Root<'a> {
                 deadline: None,
                 after_stop: AfterStop::Rest,
                 standby: None,
+                resume_before: None,
             })
             .collect();
         Ok(Root {
@@ -431,6 +438,7 @@ impl<'a> Root<'a> {
                     deaths: &c.deaths,
                     restarts: c.restarts,
                     on_restart: c.cfg.on_restart,
+                    resume_before: c.resume_before,
                     names: &self.names,
                 }
             }
@@ -534,6 +542,7 @@ impl<'a> Root<'a> {
         let msg = Takeover {
             restarts: c.restarts,
             death,
+            resume_before: c.resume_before,
         }
         .encode();
         if let Err(e) = sys::write_all(sb.gate.as_raw_fd(), &msg) {
@@ -670,6 +679,39 @@ impl<'a> Root<'a> {
         });
     }
 
+    /// Seed 004's last question: a daemon restored to the state it died in
+    /// may die the same way again. If it crashed (not killed by SIGKILL,
+    /// SIGTERM or SIGINT, which come from outside) within [`POISON_WINDOW`]
+    /// of resuming from checkpoint C, C is poison: the next start resumes
+    /// from the checkpoint before C (and, that failing too, fresh).
+    fn judge_checkpoint(&mut self, i: usize, pid: i32, reason: ExitReason, uptime: Duration) {
+        let crashed = match reason {
+            ExitReason::Exited(code) => code != 0,
+            ExitReason::Signaled { signal, .. } => {
+                ![libc::SIGKILL, libc::SIGTERM, libc::SIGINT].contains(&signal)
+            }
+            ExitReason::SetupFailed { .. } => false,
+        };
+        let h = self.regions.header(i);
+        let resumed = if h.magic.load(std::sync::atomic::Ordering::Acquire) == crate::region::MAGIC
+            && h.pid.load(std::sync::atomic::Ordering::Relaxed) == pid as u32
+        {
+            h.resumed_seq.load(std::sync::atomic::Ordering::Relaxed)
+        } else {
+            0
+        };
+        let c = &mut self.children[i];
+        c.resume_before = (crashed && uptime < POISON_WINDOW && resumed != 0).then_some(resumed);
+        if let Some(seq) = c.resume_before {
+            warn!(
+                daemon = %c.cfg.name,
+                checkpoint = seq,
+                uptime = ?uptime,
+                "checkpoint is poison (crashed soon after resuming from it); the next start resumes from an older one"
+            );
+        }
+    }
+
     /// Starting/Running/Stopping × exit.
     fn on_exit(&mut self, i: usize, status: WaitStatus) {
         let c = &mut self.children[i];
@@ -686,6 +728,7 @@ impl<'a> Root<'a> {
         c.started = None;
         self.cancel_timer(i);
         self.record_death(i, reason, uptime);
+        self.judge_checkpoint(i, pid, reason, uptime);
         let c = &mut self.children[i];
 
         if was == State::Stopping {

@@ -29,6 +29,7 @@ pub(crate) enum Plan<'a> {
         deaths: &'a [Death],
         restarts: u32,
         on_restart: OnRestart,
+        resume_before: Option<u64>,
         names: &'a [String],
     },
     Exec {
@@ -104,10 +105,11 @@ pub(crate) struct Spawn<'a> {
 pub(crate) struct Takeover {
     pub(crate) restarts: u32,
     pub(crate) death: Death,
+    pub(crate) resume_before: Option<u64>,
 }
 
 impl Takeover {
-    pub(crate) const SIZE: usize = 32;
+    pub(crate) const SIZE: usize = 40;
 
     pub(crate) fn encode(&self) -> [u8; Self::SIZE] {
         let (kind, a, b) = match self.death.reason {
@@ -122,6 +124,7 @@ impl Takeover {
         m[12..16].copy_from_slice(&b.to_le_bytes());
         m[16..24].copy_from_slice(&(self.death.uptime.as_nanos() as u64).to_le_bytes());
         m[24..32].copy_from_slice(&self.death.at_realtime_ns.to_le_bytes());
+        m[32..40].copy_from_slice(&self.resume_before.unwrap_or(0).to_le_bytes());
         m
     }
 
@@ -160,6 +163,7 @@ impl Takeover {
                 uptime: std::time::Duration::from_nanos(long(16)),
                 at_realtime_ns: long(24),
             },
+            resume_before: Some(long(32)).filter(|&s| s != 0),
         })
     }
 }
@@ -260,6 +264,7 @@ fn child(s: &Spawn<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
             deaths,
             restarts,
             on_restart,
+            resume_before,
             names,
         } => {
             // SIGTERM stays blocked: the daemon takes it through
@@ -287,6 +292,7 @@ fn child(s: &Spawn<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
             }
             // A standby waits here, set up, until the primary dies.
             let mut restarts = *restarts;
+            let mut resume_before = *resume_before;
             let mut history = [Death {
                 reason: ExitReason::Exited(0),
                 uptime: std::time::Duration::ZERO,
@@ -309,6 +315,7 @@ fn child(s: &Spawn<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
                 history[keep] = t.death;
                 deaths = &history[..=keep];
                 restarts = t.restarts;
+                resume_before = t.resume_before;
             }
             let base = std::ptr::NonNull::from(&mut region[0]);
             // SAFETY: `region` was mapped writable for the rest of this
@@ -342,6 +349,7 @@ fn child(s: &Spawn<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
                 restarts,
                 deaths,
                 on_restart: *on_restart,
+                resume_before,
                 args,
                 stopping: false,
             };
