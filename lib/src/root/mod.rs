@@ -220,6 +220,8 @@ pub struct Root<'a> {
     control: Option<control::Server>,
     /// Whether READY=1 went to systemd yet.
     notified_ready: bool,
+    /// The `state_dir` lock, held for the root's life (and its daemons').
+    lock: Option<OwnedFd>,
 }
 
 /// Runs the tree until it is stopped; returns the exit code documented for
@@ -251,9 +253,13 @@ impl<'a> Root<'a> {
             .iter()
             .map(|d| (d.name.as_str(), d.memory))
             .collect();
-        if let Some(dir) = &config.root.state_dir {
-            std::fs::create_dir_all(dir).map_err(ctx("creating state_dir"))?;
-        }
+        let lock = match &config.root.state_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(ctx("creating state_dir"))?;
+                Some(lock_state_dir(dir)?)
+            }
+            None => None,
+        };
         let regions = RegionSet::create(&specs, config.root.state_dir.as_deref())
             .map_err(ctx("mapping regions"))?;
         let epoll = sys::Epoll::new().map_err(ctx("epoll"))?;
@@ -321,6 +327,7 @@ impl<'a> Root<'a> {
             forks: 0,
             control,
             notified_ready: false,
+            lock,
         })
     }
 
@@ -453,6 +460,7 @@ impl<'a> Root<'a> {
             regions: &self.regions,
             root_pid: self.pid,
             plan,
+            lock: self.lock.as_ref().map(|l| l.as_raw_fd()),
             standby,
         })?;
         self.forks += 1;
@@ -1004,6 +1012,48 @@ impl Root<'_> {
             kill_tree(pid, libc::SIGKILL);
         } else {
             self.set_timer(i, Instant::now() + (wd - age));
+        }
+    }
+}
+
+/// How long a new root waits for the daemons of a root that was just
+/// killed to die (they hold the `state_dir` lock until they are gone).
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
+/// Takes `state_dir/lock` exclusively. Another root, or the daemons of one
+/// that was just killed (they die with it, but not in the same instant),
+/// hold it; wait a little for the latter, refuse the former.
+fn lock_state_dir(dir: &std::path::Path) -> Result<OwnedFd, RootError> {
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(ctx("opening state_dir/lock"))?;
+    let fd = OwnedFd::from(file);
+    let start = Instant::now();
+    loop {
+        match sys::try_lock_exclusive(fd.as_raw_fd()) {
+            Ok(true) => return Ok(fd),
+            Ok(false) if start.elapsed() < LOCK_WAIT => {
+                // Start-up, not the event path: nothing else to do yet.
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(false) => {
+                return Err(RootError::Io(
+                    "state_dir",
+                    io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        format!(
+                            "{} is in use by another root (its lock is held)",
+                            dir.display()
+                        ),
+                    ),
+                ))
+            }
+            Err(e) => return Err(RootError::Io("locking state_dir", e)),
         }
     }
 }

@@ -19,6 +19,11 @@ use crate::sys::{self, Forked, Pid, SigSet};
 /// Exit code of a child whose setup failed (as a shell's "cannot execute").
 pub(crate) const SETUP_FAILED: i32 = 127;
 
+/// Where a built-in daemon keeps the root's `state_dir` lock.
+const LOCK_FD: RawFd = 3;
+/// Where a standby keeps its gate.
+const GATE_FD: RawFd = 4;
+
 /// What the child will run, prepared in the root before the fork so the
 /// child allocates nothing.
 #[derive(Debug)]
@@ -93,6 +98,8 @@ pub(crate) struct Spawn<'a> {
     pub(crate) regions: &'a RegionSet,
     pub(crate) root_pid: Pid,
     pub(crate) plan: Plan<'a>,
+    /// The root's `state_dir` lock, which built-in daemons keep open.
+    pub(crate) lock: Option<RawFd>,
     /// Start as a standby: set up, then wait on a gate pipe for the root's
     /// word to take over (see [`Takeover`]).
     pub(crate) standby: bool,
@@ -276,19 +283,35 @@ fn child(s: &Spawn<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
                 Ok(r) => r,
                 Err(e) => fail(pipe, SetupStage::Region, e),
             };
-            // Close everything inherited from the root (its epoll, signalfd,
-            // control socket, the other regions' descriptors): this closes
-            // the setup pipe too, which tells the root we are up. A standby
-            // keeps its gate, as fd 3.
-            let first_closed = match gate {
-                Some(g) => match sys::dup2(g, 3) {
-                    Ok(()) => 4,
-                    Err(e) => fail(pipe, SetupStage::Descriptors, e),
-                },
-                None => 3,
-            };
-            if let Err(e) = sys::close_from(first_closed) {
+            // Keep the state_dir lock (fd 3: while any daemon of this root
+            // lives, no other root can take the state_dir) and a standby's
+            // gate (fd 4); close everything else inherited from the root
+            // (its epoll, signalfd, control socket, the regions'
+            // descriptors). That closes the setup pipe too, which tells the
+            // root we are up.
+            let pipe = sys::dup_at_least(pipe, 10).unwrap_or(pipe);
+            let moved = (|| -> io::Result<()> {
+                let lock = s.lock.map(|fd| sys::dup_at_least(fd, 10)).transpose()?;
+                let gate = gate.map(|fd| sys::dup_at_least(fd, 10)).transpose()?;
+                if let Some(fd) = lock {
+                    sys::dup2(fd, LOCK_FD)?;
+                }
+                if let Some(fd) = gate {
+                    sys::dup2(fd, GATE_FD)?;
+                }
+                Ok(())
+            })();
+            if let Err(e) = moved {
                 fail(pipe, SetupStage::Descriptors, e);
+            }
+            if let Err(e) = sys::close_from(GATE_FD + 1) {
+                fail(pipe, SetupStage::Descriptors, e);
+            }
+            if gate.is_none() {
+                sys::close(GATE_FD);
+            }
+            if s.lock.is_none() {
+                sys::close(LOCK_FD);
             }
             // A standby waits here, set up, until the primary dies.
             let mut restarts = *restarts;
@@ -301,13 +324,13 @@ fn child(s: &Spawn<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
             let mut deaths: &[Death] = deaths;
             if gate.is_some() {
                 let mut msg = [0u8; Takeover::SIZE];
-                let took = match sys::read(3, &mut msg) {
+                let took = match sys::read(GATE_FD, &mut msg) {
                     Ok(Takeover::SIZE) => Takeover::decode(&msg),
                     _ => None,
                 };
                 // No takeover (the gate closed): the root no longer needs us.
                 let Some(t) = took else { sys::exit_now(0) };
-                sys::close(3);
+                sys::close(GATE_FD);
                 // The deaths the root knew at our fork, plus the newest.
                 let keep = deaths.len().min(super::DEATHS_KEPT - 1);
                 let old = &deaths[deaths.len() - keep..];

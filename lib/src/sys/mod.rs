@@ -126,6 +126,16 @@ pub fn write_all(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// flock(LOCK_EX | LOCK_NB): whether the lock was taken.
+pub fn try_lock_exclusive(fd: RawFd) -> io::Result<bool> {
+    // SAFETY: flock has no memory preconditions.
+    match cvt_r(|| unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) }) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Closes `fd`. Fork-safe.
 pub fn close(fd: RawFd) {
     // SAFETY: the caller gives up `fd`; close has no memory preconditions.
