@@ -478,10 +478,11 @@ impl<'a> Root<'a> {
         if was == State::Stopping {
             info!(daemon = %c.cfg.name, pid, %reason, "stopped");
             c.state = State::Stopped;
-            let restart = c.after_stop == AfterStop::Start;
+            // A restart waits for the whole group to be down (the dead
+            // daemon and its stopped siblings start again together, in
+            // order); maybe_start_group starts this one if it is due.
             match self.mode {
                 Mode::ShuttingDown(_) => self.stop_next(),
-                Mode::Supervising if restart => self.start(i),
                 Mode::Supervising => self.maybe_start_group(),
             }
             return;
