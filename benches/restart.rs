@@ -3,7 +3,8 @@
 //! in the same run.
 //!
 //! `cargo bench --bench restart`; `FORKROOT_BENCH_N` sets the number of
-//! kills per measurement (default 300).
+//! kills per measurement (default 300); the root logs at `FORKROOT_LOG`
+//! (default `info`, one line per crash and per start, to a file).
 //!
 //! - **forkroot**: `forkroot run` supervises one `probe` daemon whose `out`
 //!   is a FIFO. The probe's first line takes CLOCK_MONOTONIC and reports it
@@ -37,19 +38,18 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(300);
-    let bare = Stats::of(bare_fork(n).expect("bare fork+waitpid"));
-    println!(
-        "bare fork+waitpid          n={n}  median={} p99={}",
-        us(bare.median),
-        us(bare.p99)
-    );
     for memory in ["64KiB", "1GiB"] {
+        // The floor is measured right before each run, so that both see the
+        // same load on the machine.
+        let bare = Stats::of(bare_fork(n).expect("bare fork+waitpid"));
         let s = Stats::of(forkroot(memory, n).expect("forkroot restart"));
         println!(
-            "restart  memory={memory:<6} n={n}  median={} p99={}   bare fork+waitpid median={}   ratio={:.2}",
+            "restart  memory={memory:<6} n={n}  median={} p99={}   \
+             bare fork+waitpid median={} p99={}   ratio={:.2}",
             us(s.median),
             us(s.p99),
             us(bare.median),
+            us(bare.p99),
             s.median as f64 / bare.median as f64
         );
     }
@@ -200,7 +200,10 @@ out = "{fifo}"
         Command::new(BIN)
             .args(["run", "--config"])
             .arg(&config)
-            .env("FORKROOT_LOG", "info")
+            .env(
+                "FORKROOT_LOG",
+                std::env::var("FORKROOT_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env("XDG_RUNTIME_DIR", d)
             .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())

@@ -38,7 +38,7 @@ fn a_killed_daemon_is_replaced_by_a_new_pid_with_the_same_name() {
     });
     assert_eq!(new.ppid, t.pid);
     // The old process was reaped: no such pid, not even a zombie.
-    t.wait_gone(&[old.clone()]);
+    t.wait_gone(std::slice::from_ref(&old));
     let crash = t.wait_log(&["crashed", "daemon=victim", &format!("pid={}", old.pid)]);
     assert!(crash.contains("killed by SIGKILL"), "{crash}");
 

@@ -22,24 +22,24 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 /// The binary under test.
-pub const BIN: &str = env!("CARGO_BIN_EXE_forkroot");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_forkroot");
 
 /// How long any one condition may take to become true before the test
 /// fails (generous: the machine may be loaded).
-pub const DEADLINE: Duration = Duration::from_secs(10);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(10);
 
 /// After this, the watchdog kills the tree and the test fails.
-pub const WATCHDOG: Duration = Duration::from_secs(20);
+pub(crate) const WATCHDOG: Duration = Duration::from_secs(20);
 
 /// Placeholder in config text for the test's temp dir.
-pub const DIR: &str = "@DIR@";
+pub(crate) const DIR: &str = "@DIR@";
 
 /// A running (or finished) `forkroot run` over a config in its own temp dir.
-pub struct Tree {
-    pub dir: TempDir,
+pub(crate) struct Tree {
+    pub(crate) dir: TempDir,
     child: Arc<Mutex<Child>>,
     /// The root's pid.
-    pub pid: i32,
+    pub(crate) pid: i32,
     fired: Arc<AtomicBool>,
     disarm: Option<mpsc::Sender<()>>,
     watchdog: Option<thread::JoinHandle<()>>,
@@ -50,7 +50,7 @@ impl Tree {
     /// Writes `config` (with [`DIR`] replaced by the temp dir, and a control
     /// socket inside it) and starts `forkroot run` on it, logging to
     /// `root.log` in the temp dir.
-    pub fn start(config: &str) -> Tree {
+    pub(crate) fn start(config: &str) -> Tree {
         let dir = tempfile::Builder::new()
             .prefix("forkroot-test")
             .tempdir()
@@ -99,18 +99,18 @@ impl Tree {
     }
 
     /// A path in the temp dir.
-    pub fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
     /// What the root has logged so far.
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         fs::read_to_string(self.path("root.log")).unwrap_or_default()
     }
 
     /// Polls `f` until it gives a value; fails the test (showing the log)
     /// after [`DEADLINE`] or if the watchdog fired.
-    pub fn poll<T>(&self, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    pub(crate) fn poll<T>(&self, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         let deadline = Instant::now() + DEADLINE;
         loop {
             if let Some(v) = f() {
@@ -134,7 +134,7 @@ impl Tree {
 
     /// Waits until the log has a line containing every one of `parts`;
     /// returns that line.
-    pub fn wait_log(&self, parts: &[&str]) -> String {
+    pub(crate) fn wait_log(&self, parts: &[&str]) -> String {
         self.poll(&format!("a log line with {parts:?}"), || {
             self.log()
                 .lines()
@@ -144,7 +144,7 @@ impl Tree {
     }
 
     /// Lines of the log containing every one of `parts`.
-    pub fn log_lines(&self, parts: &[&str]) -> Vec<String> {
+    pub(crate) fn log_lines(&self, parts: &[&str]) -> Vec<String> {
         self.log()
             .lines()
             .filter(|l| parts.iter().all(|p| l.contains(p)))
@@ -153,12 +153,12 @@ impl Tree {
     }
 
     /// The `start` lines a probe wrote to `NAME.out` so far.
-    pub fn starts(&self, name: &str) -> Vec<Start> {
+    pub(crate) fn starts(&self, name: &str) -> Vec<Start> {
         starts(&self.path(&format!("{name}.out")))
     }
 
     /// Every line a probe wrote to `NAME.out` so far.
-    pub fn out(&self, name: &str) -> Vec<String> {
+    pub(crate) fn out(&self, name: &str) -> Vec<String> {
         fs::read_to_string(self.path(&format!("{name}.out")))
             .unwrap_or_default()
             .lines()
@@ -167,7 +167,7 @@ impl Tree {
     }
 
     /// Waits until the probe `name` has written at least `n` start lines.
-    pub fn wait_starts(&self, name: &str, n: usize) -> Vec<Start> {
+    pub(crate) fn wait_starts(&self, name: &str, n: usize) -> Vec<Start> {
         self.poll(&format!("{n} start lines from {name}"), || {
             let s = self.starts(name);
             (s.len() >= n).then_some(s)
@@ -175,19 +175,19 @@ impl Tree {
     }
 
     /// Sends `signal` to the root.
-    pub fn signal(&self, signal: i32) {
+    pub(crate) fn signal(&self, signal: i32) {
         assert!(self.status.is_none(), "the root was already reaped");
         send(self.pid, signal).expect("signal the root");
     }
 
     /// Every process of the tree right now: the root's descendants.
-    pub fn processes(&self) -> Vec<Proc> {
+    pub(crate) fn processes(&self) -> Vec<Proc> {
         descendants(self.pid)
     }
 
     /// The root's children whose name (comm) is `forkroot: NAME`, cut to 15
     /// bytes as the kernel does.
-    pub fn daemons_named(&self, name: &str) -> Vec<Proc> {
+    pub(crate) fn daemons_named(&self, name: &str) -> Vec<Proc> {
         let comm = comm_of(name);
         children(self.pid)
             .into_iter()
@@ -196,7 +196,7 @@ impl Tree {
     }
 
     /// Waits for the root to exit and returns its status.
-    pub fn wait_exit(&mut self) -> ExitStatus {
+    pub(crate) fn wait_exit(&mut self) -> ExitStatus {
         if let Some(s) = self.status {
             return s;
         }
@@ -211,7 +211,7 @@ impl Tree {
 
     /// Waits for the root to exit and returns its exit code (failing the
     /// test if a signal ended it).
-    pub fn wait_code(&mut self) -> i32 {
+    pub(crate) fn wait_code(&mut self) -> i32 {
         let status = self.wait_exit();
         match status.code() {
             Some(c) => c,
@@ -225,7 +225,7 @@ impl Tree {
     /// Waits until every one of `procs` is gone: no such process, not even
     /// a zombie (a process with the same pid but a later start time counts
     /// as gone: the pid was reused).
-    pub fn wait_gone(&self, procs: &[Proc]) {
+    pub(crate) fn wait_gone(&self, procs: &[Proc]) {
         for p in procs {
             self.poll(&format!("{p:?} to be gone"), || p.is_gone().then_some(()));
         }
@@ -235,7 +235,7 @@ impl Tree {
 impl Tree {
     /// After the root exited: waits until every one of `procs` is dead
     /// (gone, or a zombie left to init).
-    pub fn wait_dead(&self, procs: &[Proc]) {
+    pub(crate) fn wait_dead(&self, procs: &[Proc]) {
         for p in procs {
             self.poll(&format!("{p:?} to die"), || p.is_dead().then_some(()));
         }
@@ -261,7 +261,7 @@ impl Drop for Tree {
 
 /// A `forkroot` command with an environment of its own: the log level
 /// fixed, and runtime paths inside the test's temp dir.
-pub fn command(dir: &TempDir) -> Command {
+pub(crate) fn command(dir: &TempDir) -> Command {
     let mut c = Command::new(BIN);
     c.env("FORKROOT_LOG", "info")
         .env("XDG_RUNTIME_DIR", dir.path())
@@ -273,7 +273,7 @@ pub fn command(dir: &TempDir) -> Command {
 /// Writes `config` to `forkroot.toml` in `dir`, with [`DIR`] replaced and,
 /// unless the text sets one, a control socket in `dir`, so tests running in
 /// parallel never share a path.
-pub fn write_config(dir: &TempDir, config: &str) -> PathBuf {
+pub(crate) fn write_config(dir: &TempDir, config: &str) -> PathBuf {
     let d = dir.path().to_str().expect("utf-8 temp dir");
     let mut text = config.replace(DIR, d);
     if !text.contains("control =") {
@@ -291,14 +291,14 @@ pub fn write_config(dir: &TempDir, config: &str) -> PathBuf {
 
 /// One `start PID RESTARTS MONOTONIC_NS` line of a probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Start {
-    pub pid: i32,
-    pub restarts: u32,
-    pub ns: u64,
+pub(crate) struct Start {
+    pub(crate) pid: i32,
+    pub(crate) restarts: u32,
+    pub(crate) ns: u64,
 }
 
 /// The `start` lines in a probe's out file (none if it does not exist).
-pub fn starts(path: &Path) -> Vec<Start> {
+pub(crate) fn starts(path: &Path) -> Vec<Start> {
     fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -307,7 +307,7 @@ pub fn starts(path: &Path) -> Vec<Start> {
 }
 
 /// Parses `start PID RESTARTS NS`.
-pub fn parse_start(line: &str) -> Option<Start> {
+pub(crate) fn parse_start(line: &str) -> Option<Start> {
     let mut w = line.strip_prefix("start ")?.split(' ');
     let s = Start {
         pid: w.next()?.parse().ok()?,
@@ -320,17 +320,17 @@ pub fn parse_start(line: &str) -> Option<Start> {
 /// A process seen in /proc, identified by pid and start time (so a reused
 /// pid is not mistaken for it).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Proc {
-    pub pid: i32,
-    pub ppid: i32,
-    pub comm: String,
-    pub state: char,
-    pub starttime: u64,
+pub(crate) struct Proc {
+    pub(crate) pid: i32,
+    pub(crate) ppid: i32,
+    pub(crate) comm: String,
+    pub(crate) state: char,
+    pub(crate) starttime: u64,
 }
 
 impl Proc {
     /// Reads /proc/PID/stat.
-    pub fn read(pid: i32) -> Option<Proc> {
+    pub(crate) fn read(pid: i32) -> Option<Proc> {
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         let open = stat.find('(')?;
         let close = stat.rfind(')')?;
@@ -347,7 +347,7 @@ impl Proc {
     }
 
     /// Whether this process no longer exists (not even as a zombie).
-    pub fn is_gone(&self) -> bool {
+    pub(crate) fn is_gone(&self) -> bool {
         match Proc::read(self.pid) {
             None => true,
             Some(now) => now.starttime != self.starttime,
@@ -357,7 +357,7 @@ impl Proc {
     /// Whether this process is gone or dead: a zombie counts, for a
     /// process whose parent (the root) has exited, so that reaping it is
     /// up to init, not to forkroot.
-    pub fn is_dead(&self) -> bool {
+    pub(crate) fn is_dead(&self) -> bool {
         match Proc::read(self.pid) {
             None => true,
             Some(now) => now.starttime != self.starttime || now.state == 'Z',
@@ -366,13 +366,13 @@ impl Proc {
 
     /// The same, checked with `kill(pid, 0)` (ESRCH), for a process known
     /// only by its pid.
-    pub fn pid_gone(pid: i32) -> bool {
+    pub(crate) fn pid_gone(pid: i32) -> bool {
         send(pid, 0).err() == Some(libc::ESRCH)
     }
 }
 
 /// `forkroot: NAME` as the kernel keeps it in comm (15 bytes at most).
-pub fn comm_of(name: &str) -> String {
+pub(crate) fn comm_of(name: &str) -> String {
     let full = format!("forkroot: {name}");
     full.as_bytes()[..full.len().min(15)]
         .iter()
@@ -381,7 +381,7 @@ pub fn comm_of(name: &str) -> String {
 }
 
 /// Every process in /proc.
-pub fn all_processes() -> Vec<Proc> {
+pub(crate) fn all_processes() -> Vec<Proc> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -391,7 +391,7 @@ pub fn all_processes() -> Vec<Proc> {
 }
 
 /// The direct children of `pid`.
-pub fn children(pid: i32) -> Vec<Proc> {
+pub(crate) fn children(pid: i32) -> Vec<Proc> {
     all_processes()
         .into_iter()
         .filter(|p| p.ppid == pid)
@@ -399,7 +399,7 @@ pub fn children(pid: i32) -> Vec<Proc> {
 }
 
 /// Every descendant of `pid` (children, their children, ...).
-pub fn descendants(pid: i32) -> Vec<Proc> {
+pub(crate) fn descendants(pid: i32) -> Vec<Proc> {
     let all = all_processes();
     let mut found: Vec<Proc> = Vec::new();
     let mut frontier = vec![pid];
@@ -414,14 +414,14 @@ pub fn descendants(pid: i32) -> Vec<Proc> {
 
 /// SIGKILLs every descendant of `pid` (used only to clean up after a failed
 /// or hung test).
-pub fn kill_descendants(pid: i32) {
+pub(crate) fn kill_descendants(pid: i32) {
     for p in descendants(pid) {
         let _ = send(p.pid, libc::SIGKILL);
     }
 }
 
 /// `kill(pid, signal)`, with the errno on failure.
-pub fn send(pid: i32, signal: i32) -> Result<(), i32> {
+pub(crate) fn send(pid: i32, signal: i32) -> Result<(), i32> {
     // SAFETY: kill has no memory preconditions.
     if unsafe { libc::kill(pid, signal) } == 0 {
         Ok(())
@@ -431,7 +431,7 @@ pub fn send(pid: i32, signal: i32) -> Result<(), i32> {
 }
 
 /// The `pid=N` field of a log line.
-pub fn log_pid(line: &str) -> Option<i32> {
+pub(crate) fn log_pid(line: &str) -> Option<i32> {
     line.split(' ')
         .find_map(|w| w.strip_prefix("pid="))
         .and_then(|p| p.parse().ok())
@@ -439,15 +439,15 @@ pub fn log_pid(line: &str) -> Option<i32> {
 
 /// What a short-lived `forkroot` command printed, and its exit code.
 #[derive(Debug)]
-pub struct Ran {
-    pub code: Option<i32>,
-    pub stdout: String,
-    pub stderr: String,
+pub(crate) struct Ran {
+    pub(crate) code: Option<i32>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 /// Runs `forkroot ARGS` in `dir` to completion, killing it (and failing the
 /// test) if it has not exited by the [`DEADLINE`].
-pub fn run_to_end(dir: &TempDir, args: &[&str]) -> Ran {
+pub(crate) fn run_to_end(dir: &TempDir, args: &[&str]) -> Ran {
     let out = dir.path().join("cmd.stdout");
     let err = dir.path().join("cmd.stderr");
     let mut child = command(dir)
