@@ -148,15 +148,34 @@ memory = "64KiB"
 
 #[test]
 fn killing_the_root_leaves_no_daemon_behind() {
-    let config = format!(
-        "{PROBES_AND_A_SHELL}\n[[daemon]]\nname = \"sleeper\"\n\
-         exec = [\"/bin/sleep\", \"1000\"]\nmemory = \"64KiB\"\n"
-    );
-    let mut t = Tree::start(&config);
-    wait_up(&t);
-    let daemons = t.poll("five daemons, all set up", || {
+    // Only direct daemons: a daemon's own children get no parent-death
+    // signal, so a SIGKILLed root cannot take them along.
+    let config = r#"
+[[daemon]]
+name = "a"
+kind = "probe"
+memory = "64KiB"
+[daemon.args]
+out = "@DIR@/a.out"
+
+[[daemon]]
+name = "b"
+kind = "probe"
+memory = "64KiB"
+[daemon.args]
+out = "@DIR@/b.out"
+
+[[daemon]]
+name = "sleeper"
+exec = ["/bin/sleep", "1000"]
+memory = "64KiB"
+"#;
+    let mut t = Tree::start(config);
+    t.wait_starts("a", 1);
+    t.wait_starts("b", 1);
+    let daemons = t.poll("three daemons, all set up", || {
         let d = common::children(t.pid);
-        (d.len() == 5 && d.iter().any(|p| p.comm == "sleep")).then_some(d)
+        (d.len() == 3 && d.iter().any(|p| p.comm == "sleep")).then_some(d)
     });
     send(t.pid, SIGKILL).unwrap();
     let status = t.wait_exit();
