@@ -247,3 +247,26 @@ fn rest_for_one_restarts_the_dead_one_and_those_started_after_it() {
     t.signal(SIGTERM);
     assert_eq!(t.wait_code(), 0);
 }
+
+#[test]
+fn daemons_killed_at_once_are_all_reaped_and_restarted() {
+    // SIGCHLD is coalesced: one signal may stand for every one of these exits.
+    let names = ["p0", "p1", "p2", "p3", "p4"];
+    let config: String = names.iter().map(|n| probe(n, "", "")).collect();
+    let mut t = Tree::start(&config);
+    let first: Vec<Start> = names.iter().map(|n| t.wait_starts(n, 1)[0]).collect();
+    let old: Vec<Proc> = first
+        .iter()
+        .map(|s| Proc::read(s.pid).expect("a running daemon"))
+        .collect();
+    for s in &first {
+        send(s.pid, SIGKILL).unwrap();
+    }
+    for n in names {
+        let s = t.wait_starts(n, 2);
+        assert_eq!(s[1].restarts, 1, "{n}");
+    }
+    t.wait_gone(&old);
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0);
+}
