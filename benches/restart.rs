@@ -1,1 +1,318 @@
-fn main() {}
+//! Crash-to-restart latency: from SIGKILL of a daemon to its replacement
+//! running its first line of code, against a bare fork()+waitpid() measured
+//! in the same run.
+//!
+//! `cargo bench --bench restart`; `FORKROOT_BENCH_N` sets the number of
+//! kills per measurement (default 300); the root logs at `FORKROOT_LOG`
+//! (default `info`, one line per crash and per start, to a file).
+//!
+//! - **forkroot**: `forkroot run` supervises one `probe` daemon whose `out`
+//!   is a FIFO. The probe's first line takes CLOCK_MONOTONIC and reports it
+//!   as `start PID RESTARTS NS`. Each round takes t0 just before
+//!   `kill(pid, SIGKILL)` and reads the replacement's line: the latency is
+//!   NS − t0. Run with a 64KiB region, then with a 1GiB one: the restart
+//!   must not grow with the region (state is mapped, never copied).
+//! - **bare fork+waitpid**: the same sequence in this process: a child that
+//!   pauses; t0; SIGKILL; waitpid; fork; the new child writes its
+//!   CLOCK_MONOTONIC to a pipe at its first line.
+//!
+//! The ratio printed is forkroot's median over the bare median.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_forkroot");
+/// Rounds run and thrown away before measuring.
+const WARMUP: usize = 20;
+/// How long one read may wait before the benchmark gives up.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn main() {
+    // `cargo bench` passes `--bench`; take no other arguments.
+    let n: usize = std::env::var("FORKROOT_BENCH_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    for memory in ["64KiB", "1GiB"] {
+        // The floor is measured right before each run, so that both see the
+        // same load on the machine.
+        let bare = Stats::of(bare_fork(n).expect("bare fork+waitpid"));
+        let s = Stats::of(forkroot(memory, n).expect("forkroot restart"));
+        println!(
+            "restart  memory={memory:<6} n={n}  median={} p99={}   \
+             bare fork+waitpid median={} p99={}   ratio={:.2}",
+            us(s.median),
+            us(s.p99),
+            us(bare.median),
+            us(bare.p99),
+            s.median as f64 / bare.median as f64
+        );
+    }
+}
+
+/// Nanoseconds as microseconds with one decimal.
+fn us(ns: u64) -> String {
+    format!("{:.1}us", ns as f64 / 1000.0)
+}
+
+struct Stats {
+    median: u64,
+    p99: u64,
+}
+
+impl Stats {
+    fn of(mut v: Vec<u64>) -> Stats {
+        assert!(!v.is_empty());
+        v.sort_unstable();
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        Stats {
+            median: at(0.5),
+            p99: at(0.99),
+        }
+    }
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write to.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Reads lines from a descriptor, waiting at most [`READ_TIMEOUT`] for each.
+struct Lines {
+    fd: OwnedFd,
+    buf: Vec<u8>,
+}
+
+impl Lines {
+    fn next(&mut self) -> io::Result<String> {
+        loop {
+            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                return Ok(String::from_utf8_lossy(&line[..end]).into_owned());
+            }
+            let mut pfd = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let ready = cvt(unsafe { libc::poll(&mut pfd, 1, READ_TIMEOUT.as_millis() as i32) })?;
+            if ready == 0 {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "no line in time"));
+            }
+            let mut chunk = [0u8; 256];
+            // SAFETY: `chunk` is writable for its length.
+            let got = unsafe { libc::read(self.fd.as_raw_fd(), chunk.as_mut_ptr().cast(), 256) };
+            match got {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                n if n < 0 => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+                n => self.buf.extend_from_slice(&chunk[..n as usize]),
+            }
+        }
+    }
+}
+
+/// Parses a probe's `start PID RESTARTS NS`.
+fn parse_start(line: &str) -> Option<(i32, u64)> {
+    let w: Vec<&str> = line.strip_prefix("start ")?.split(' ').collect();
+    Some((w.first()?.parse().ok()?, w.get(2)?.parse().ok()?))
+}
+
+/// Kills the root and what it started, whatever happens to the benchmark.
+struct Root(Child);
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        let pid = self.0.id() as i32;
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+/// `forkroot run` with one probe of `memory` bytes reporting to a FIFO;
+/// `n` kills, each timed to the replacement's first line.
+fn forkroot(memory: &str, n: usize) -> io::Result<Vec<u64>> {
+    let dir = tempfile::Builder::new()
+        .prefix("forkroot-bench")
+        .tempdir()?;
+    let d = dir.path();
+    let fifo = d.join("probe.fifo");
+    mkfifo(&fifo)?;
+    let config = d.join("bench.toml");
+    fs::write(
+        &config,
+        format!(
+            r#"[root]
+control = "{dir}/ctl.sock"
+
+[supervisor]
+intensity = 1000000
+period = "1s"
+
+[[daemon]]
+name = "probe"
+kind = "probe"
+memory = "{memory}"
+[daemon.args]
+out = "{fifo}"
+"#,
+            dir = d.display(),
+            fifo = fifo.display()
+        ),
+    )?;
+    // Read-write, so the probe's open never waits for a reader and a dead
+    // writer never reads as end-of-file.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&fifo)?;
+    let mut lines = Lines {
+        fd: file.into(),
+        buf: Vec::new(),
+    };
+    let log = fs::File::create(d.join("root.log"))?;
+    let _root = Root(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env(
+                "FORKROOT_LOG",
+                std::env::var("FORKROOT_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .env("XDG_RUNTIME_DIR", d)
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?,
+    );
+    let bad = |l: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("not a start line: {l:?}"),
+        )
+    };
+    let line = lines.next()?;
+    let (mut pid, _) = parse_start(&line).ok_or_else(|| bad(&line))?;
+    let mut out = Vec::with_capacity(n);
+    for round in 0..WARMUP + n {
+        let t0 = monotonic_ns();
+        // SAFETY: kill has no memory preconditions.
+        cvt(unsafe { libc::kill(pid, libc::SIGKILL) })?;
+        let line = lines.next()?;
+        let (next, ns) = parse_start(&line).ok_or_else(|| bad(&line))?;
+        assert_ne!(next, pid, "the same pid reported twice");
+        pid = next;
+        if round >= WARMUP {
+            out.push(ns.saturating_sub(t0));
+        }
+    }
+    Ok(out)
+}
+
+fn mkfifo(path: &Path) -> io::Result<()> {
+    let c =
+        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    // SAFETY: `c` is a valid C string.
+    cvt(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }).map(drop)
+}
+
+/// Forks a child that writes its CLOCK_MONOTONIC to `wr` at its first line,
+/// then pauses until killed.
+fn fork_reporter(wr: RawFd) -> io::Result<i32> {
+    // SAFETY: this process is single-threaded, and the child only calls
+    // async-signal-safe functions (clock_gettime, write, pause).
+    let pid = cvt(unsafe { libc::fork() })?;
+    if pid == 0 {
+        let ns = monotonic_ns().to_ne_bytes();
+        // SAFETY: writing 8 bytes from a valid buffer; pause has no
+        // preconditions.
+        unsafe {
+            libc::write(wr, ns.as_ptr().cast(), 8);
+            loop {
+                libc::pause();
+            }
+        }
+    }
+    Ok(pid)
+}
+
+/// The floor: the same kill → reap → fork → first line sequence, done by
+/// this process itself with nothing else on the path.
+fn bare_fork(n: usize) -> io::Result<Vec<u64>> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for two descriptors.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: pipe2 just created both descriptors; we own them.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let read_ns = |rd: &OwnedFd| -> io::Result<u64> {
+        let mut b = [0u8; 8];
+        let mut got = 0;
+        while got < 8 {
+            let mut pfd = libc::pollfd {
+                fd: rd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            if cvt(unsafe { libc::poll(&mut pfd, 1, READ_TIMEOUT.as_millis() as i32) })? == 0 {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "child silent"));
+            }
+            // SAFETY: the rest of `b` is writable.
+            let r = unsafe { libc::read(rd.as_raw_fd(), b[got..].as_mut_ptr().cast(), 8 - got) };
+            if r <= 0 {
+                return Err(io::Error::last_os_error());
+            }
+            got += r as usize;
+        }
+        Ok(u64::from_ne_bytes(b))
+    };
+    let mut pid = fork_reporter(wr.as_raw_fd())?;
+    read_ns(&rd)?;
+    let mut out = Vec::with_capacity(n);
+    for round in 0..WARMUP + n {
+        let t0 = monotonic_ns();
+        // SAFETY: kill and waitpid have no memory preconditions; `pid` is
+        // our child.
+        unsafe {
+            cvt(libc::kill(pid, libc::SIGKILL))?;
+            cvt(libc::waitpid(pid, std::ptr::null_mut(), 0))?;
+        }
+        pid = fork_reporter(wr.as_raw_fd())?;
+        let ns = read_ns(&rd)?;
+        if round >= WARMUP {
+            out.push(ns.saturating_sub(t0));
+        }
+    }
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+    Ok(out)
+}

@@ -745,6 +745,9 @@ impl<'a> Root<'a> {
             if c.after_stop == AfterStop::Rest {
                 self.kill_standby(i);
             }
+            // A restart waits for the whole group to be down (the dead
+            // daemon and its stopped siblings start again together, in
+            // order); maybe_start_group starts this one if it is due.
             match self.mode {
                 Mode::ShuttingDown(_) => self.stop_next(),
                 Mode::Supervising => self.maybe_start_group(),

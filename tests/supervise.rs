@@ -1,0 +1,272 @@
+//! Supervision by the real binary: restarts after kills and crashes, restart
+//! types, restart intensity, backoff, and the top supervisor's strategies.
+
+mod common;
+
+use common::{log_pid, send, Proc, Start, Tree};
+use libc::{SIGKILL, SIGTERM};
+
+/// A `[[daemon]]` table for a probe reporting to `NAME.out`, with extra
+/// daemon keys and extra `[daemon.args]` lines.
+fn probe(name: &str, keys: &str, args: &str) -> String {
+    format!(
+        "[[daemon]]\nname = \"{name}\"\nkind = \"probe\"\nmemory = \"64KiB\"\n{keys}\n\
+         [daemon.args]\nout = \"@DIR@/{name}.out\"\n{args}\n"
+    )
+}
+
+#[test]
+fn a_killed_daemon_is_replaced_by_a_new_pid_with_the_same_name() {
+    let mut t = Tree::start(&probe("victim", "", ""));
+    let first = t.wait_starts("victim", 1)[0];
+    assert_eq!(first.restarts, 0);
+    // The root's child named `forkroot: victim` is the one that reported.
+    let old = t.poll("the daemon among the root's children, by name", || {
+        t.daemons_named("victim")
+            .into_iter()
+            .find(|p| p.pid == first.pid)
+    });
+
+    send(old.pid, SIGKILL).unwrap();
+
+    let s = t.wait_starts("victim", 2);
+    assert_ne!(s[1].pid, old.pid, "the replacement has a new pid");
+    assert_eq!(s[1].restarts, 1, "the replacement knows it is a restart");
+    let new = t.poll("one child named `forkroot: victim`: the new pid", || {
+        let d = t.daemons_named("victim");
+        (d.len() == 1 && d[0].pid == s[1].pid).then(|| d[0].clone())
+    });
+    assert_eq!(new.ppid, t.pid);
+    // The old process was reaped: no such pid, not even a zombie.
+    t.wait_gone(std::slice::from_ref(&old));
+    let crash = t.wait_log(&["crashed", "daemon=victim", &format!("pid={}", old.pid)]);
+    assert!(crash.contains("killed by SIGKILL"), "{crash}");
+
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0);
+    assert!(Proc::pid_gone(new.pid));
+}
+
+#[test]
+fn a_flaky_daemon_past_the_intensity_makes_the_root_give_up_with_69() {
+    let config = format!(
+        "[supervisor]\nintensity = 3\nperiod = \"10s\"\n\n{}\n\
+         [[daemon]]\nname = \"flaky\"\nkind = \"flaky\"\nmemory = \"64KiB\"\n\
+         [daemon.args]\nmean_life = \"20ms\"\n",
+        probe("bystander", "", "")
+    );
+    let mut t = Tree::start(&config);
+    assert_eq!(t.wait_code(), 69, "{}", t.log());
+
+    let log = t.log();
+    assert!(
+        log.contains("restart intensity exceeded; giving up"),
+        "{log}"
+    );
+    // The first start and 3 restarts; the 4th death is one too many.
+    let started: Vec<i32> = t
+        .log_lines(&["started", "daemon=flaky"])
+        .iter()
+        .filter_map(|l| log_pid(l))
+        .collect();
+    assert_eq!(started.len(), 4, "{log}");
+    let crashes = t.log_lines(&["crashed", "daemon=flaky"]);
+    assert_eq!(crashes.len(), 4, "{log}");
+    assert!(
+        crashes.iter().all(|l| l.contains("killed by SIGSEGV")),
+        "{log}"
+    );
+
+    // The bystander was stopped gracefully, and nothing of the tree is left:
+    // the root reaped every child before exiting.
+    let by = t.starts("bystander");
+    assert_eq!(by.len(), 1);
+    assert!(t.out("bystander").contains(&format!("stop {}", by[0].pid)));
+    for pid in started.iter().chain([&by[0].pid]) {
+        assert!(Proc::pid_gone(*pid), "pid {pid} is left");
+    }
+}
+
+#[test]
+fn restart_types_transient_temporary_and_exec_daemons() {
+    let exec = "[[daemon]]\nname = \"sh\"\nmemory = \"64KiB\"\nbackoff = \"50ms\"\n\
+        exec = [\"/bin/sh\", \"-c\", 'echo \"$$ $FORKROOT_NAME $FORKROOT_REGION_FD \
+        $FORKROOT_RESTARTS $(readlink /proc/$$/fd/3)\" >> @DIR@/sh.out; exit 1']\n";
+    let config = format!(
+        "[supervisor]\nintensity = 1000\nperiod = \"10s\"\n\n{}{}{}{}{}",
+        probe("keeper", "", ""),
+        probe("trans0", "restart = \"transient\"", "exit = 0"),
+        probe(
+            "trans3",
+            "restart = \"transient\"\nbackoff = \"50ms\"",
+            "exit = 3"
+        ),
+        probe("temp", "restart = \"temporary\"", "exit = 3"),
+        exec,
+    );
+    let mut t = Tree::start(&config);
+
+    t.wait_log(&["exited normally", "daemon=trans0"]);
+    t.wait_log(&["not restarted", "daemon=trans0"]);
+    t.wait_log(&["crashed", "daemon=temp", "exited with code 3"]);
+    t.wait_log(&["not restarted", "daemon=temp"]);
+
+    // transient + abnormal exit: restarted, again and again.
+    let s = t.wait_starts("trans3", 3);
+    assert_eq!(
+        s.iter().map(|s| s.restarts).collect::<Vec<_>>()[..3],
+        [0, 1, 2]
+    );
+    assert!(
+        t.log_lines(&["crashed", "daemon=trans3"])
+            .iter()
+            .all(|l| l.contains("exited with code 3")),
+        "{}",
+        t.log()
+    );
+
+    // An exec'd program is restarted too, and sees its identity and its
+    // region (a memfd) at fd 3.
+    let lines = t.poll("3 runs of the exec daemon", || {
+        let l: Vec<String> = std::fs::read_to_string(t.path("sh.out"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        (l.len() >= 3).then_some(l)
+    });
+    let mut pids = Vec::new();
+    for (n, line) in lines.iter().take(3).enumerate() {
+        // (readlink gives `/memfd:NAME (deleted)`: the last field has a space.)
+        let w: Vec<&str> = line.splitn(5, ' ').collect();
+        assert_eq!(w.len(), 5, "{line}");
+        pids.push(w[0]);
+        assert_eq!(w[1], "sh", "FORKROOT_NAME: {line}");
+        assert_eq!(w[2], "3", "FORKROOT_REGION_FD: {line}");
+        assert_eq!(w[3], n.to_string(), "FORKROOT_RESTARTS: {line}");
+        assert!(w[4].starts_with("/memfd:"), "fd 3: {line}");
+    }
+    pids.dedup();
+    assert_eq!(pids.len(), 3, "each run is a new process: {lines:?}");
+
+    // Neither the normal transient exit nor the temporary one came back.
+    assert_eq!(t.starts("trans0").len(), 1);
+    assert_eq!(t.starts("temp").len(), 1);
+    assert_eq!(t.starts("keeper").len(), 1);
+
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0);
+}
+
+#[test]
+fn backoff_spaces_restarts_by_doubling_delays() {
+    let config = format!(
+        "[supervisor]\nintensity = 100\nperiod = \"10s\"\n\n{}",
+        probe("b", "backoff = \"200ms\"", "exit = 3")
+    );
+    let mut t = Tree::start(&config);
+    let s = t.wait_starts("b", 4);
+    // Lower bounds only: each restart waits at least its delay after the
+    // previous run (which began at its start line).
+    for (k, want_ms) in [200u64, 400, 800].into_iter().enumerate() {
+        let gap = s[k + 1].ns - s[k].ns;
+        assert!(
+            gap >= want_ms * 1_000_000,
+            "restart {} came {}ms after the previous start; backoff is {want_ms}ms",
+            k + 1,
+            gap / 1_000_000
+        );
+    }
+    assert!(!t
+        .log_lines(&["restarting after backoff", "daemon=b"])
+        .is_empty());
+    // A stop during a backoff cancels the restart and exits cleanly.
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0);
+}
+
+/// Starts a, b, c under `strategy`, kills b, and returns the tree once b has
+/// been restarted.
+fn kill_the_middle_one(strategy: &str) -> (Tree, Vec<Start>) {
+    let config = format!(
+        "[supervisor]\nstrategy = \"{strategy}\"\nintensity = 10\nperiod = \"10s\"\n\n{}{}{}",
+        probe("a", "", ""),
+        probe("b", "", ""),
+        probe("c", "", "")
+    );
+    let t = Tree::start(&config);
+    let first: Vec<Start> = ["a", "b", "c"]
+        .iter()
+        .map(|n| t.wait_starts(n, 1)[0])
+        .collect();
+    send(first[1].pid, SIGKILL).unwrap();
+    let b = t.wait_starts("b", 2);
+    assert_eq!(b[1].restarts, 1);
+    (t, first)
+}
+
+/// The daemons named in the last `n` "started" log lines, in order.
+fn last_started(t: &Tree, n: usize) -> Vec<String> {
+    let lines = t.log_lines(&["started daemon="]);
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .filter_map(|l| {
+            l.split(' ')
+                .find_map(|w| w.strip_prefix("daemon="))
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+#[test]
+fn one_for_all_restarts_every_sibling_in_start_order() {
+    let (mut t, first) = kill_the_middle_one("one_for_all");
+    let a = t.wait_starts("a", 2);
+    let c = t.wait_starts("c", 2);
+    assert_ne!(a[1].pid, a[0].pid);
+    assert_ne!(c[1].pid, c[0].pid);
+    // The siblings were stopped (they reported it), not killed.
+    assert!(t.out("a").contains(&format!("stop {}", first[0].pid)));
+    assert!(t.out("c").contains(&format!("stop {}", first[2].pid)));
+    assert_eq!(last_started(&t, 3), ["a", "b", "c"], "{}", t.log());
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0);
+}
+
+#[test]
+fn rest_for_one_restarts_the_dead_one_and_those_started_after_it() {
+    let (mut t, first) = kill_the_middle_one("rest_for_one");
+    let c = t.wait_starts("c", 2);
+    assert_ne!(c[1].pid, c[0].pid);
+    assert!(t.out("c").contains(&format!("stop {}", first[2].pid)));
+    assert_eq!(last_started(&t, 2), ["b", "c"], "{}", t.log());
+    // `a`, started before `b`, was left alone.
+    assert_eq!(t.starts("a").len(), 1);
+    assert!(!t.out("a").iter().any(|l| l.starts_with("stop")));
+    assert!(t.daemons_named("a").iter().any(|p| p.pid == first[0].pid));
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0);
+}
+
+#[test]
+fn daemons_killed_at_once_are_all_reaped_and_restarted() {
+    // SIGCHLD is coalesced: one signal may stand for every one of these exits.
+    let names = ["p0", "p1", "p2", "p3", "p4"];
+    let config: String = names.iter().map(|n| probe(n, "", "")).collect();
+    let mut t = Tree::start(&config);
+    let first: Vec<Start> = names.iter().map(|n| t.wait_starts(n, 1)[0]).collect();
+    let old: Vec<Proc> = first
+        .iter()
+        .map(|s| Proc::read(s.pid).expect("a running daemon"))
+        .collect();
+    for s in &first {
+        send(s.pid, SIGKILL).unwrap();
+    }
+    for n in names {
+        let s = t.wait_starts(n, 2);
+        assert_eq!(s[1].restarts, 1, "{n}");
+    }
+    t.wait_gone(&old);
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0);
+}
