@@ -2,9 +2,10 @@
 //!
 //! The `forkroot` binary installs it:
 //!
-//! ```ignore
+//! ```no_run
 //! #[global_allocator]
 //! static A: forkroot::alloc::Guarded = forkroot::alloc::Guarded::new();
+//! # fn main() {}
 //! ```
 //!
 //! It forwards every call to [`std::alloc::System`] and applies a
@@ -12,8 +13,8 @@
 //!
 //! - [`Policy::Off`] (the root, and the default): nothing is checked or
 //!   counted; the cost is one relaxed atomic load per call.
-//! - [`Policy::Count`]: allocation is allowed and counted ([`stats`]).
-//! - [`Policy::Forbid`]: allocation (`alloc`, `alloc_zeroed`, `realloc`)
+//! - [`Policy::Count`] allows and counts every allocation ([`stats`]).
+//! - Under [`Policy::Forbid`], an allocation (`alloc`, `alloc_zeroed`, `realloc`)
 //!   outside an [`allow`] scope writes
 //!   `forkroot: daemon "NAME" allocated N bytes after fork (alloc policy forbid)`
 //!   to the current flight log ([`crate::log::current`]) and to stderr with a

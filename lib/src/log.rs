@@ -15,7 +15,8 @@
 //! offset 61184  slot 238
 //! ```
 //!
-//! A slot's payload: `check` (hash of the record), realtime timestamp in ns,
+//! A slot's payload: `check` (hash of the ticket and of the payload words up
+//! to the end of the text; words past the text are not stored), realtime timestamp in ns,
 //! transaction id (u128, 0 = none), one word packing pid, level, flags and
 //! text length, then up to [`TEXT_MAX`] bytes of UTF-8 text.
 //!
@@ -148,8 +149,8 @@ struct Slot {
     /// `2t + 1` to `2t + 2` (CAS); a writer claims the slot by a CAS to its
     /// own odd value, and never moves it to an older ticket.
     commit: AtomicU64,
-    /// Payload: `[check, ts_ns, tx_lo, tx_hi, meta, text...]`, see
-    /// [`Payload`]. Stored only by the writer that holds the slot (odd
+    /// Payload: `[check, ts_ns, tx_lo, tx_hi, meta, text...]` (see the
+    /// module docs). Stored only by the writer that holds the slot (odd
     /// commit word), read racily and validated by readers.
     words: [AtomicU64; PAYLOAD_WORDS],
 }
@@ -319,9 +320,10 @@ impl FlightLog {
             payload[TEXT_WORD + i] = u64::from_le_bytes(b);
         }
 
+        let used = TEXT_WORD + len.div_ceil(8);
         let (t, slot) = self.claim()?;
-        payload[0] = hash(t, &payload[1..]);
-        for (dst, &src) in slot.words.iter().zip(payload.iter()) {
+        payload[0] = hash(t, &payload[1..used]);
+        for (dst, &src) in slot.words.iter().zip(&payload[..used]) {
             dst.store(src, Ordering::Relaxed);
         }
         // Publish; fails only if a later writer took the slot over, in which
@@ -534,7 +536,7 @@ impl<'a> View<'a> {
             *w = self.word(base + 8 + 8 * k);
         }
         fence(Ordering::Acquire);
-        if self.commit(i) != c1 || p[0] != hash(t, &p[1..]) {
+        if self.commit(i) != c1 {
             return None;
         }
         let m = p[4];
@@ -543,6 +545,10 @@ impl<'a> View<'a> {
         let flags = (m >> 40) as u8;
         let len = (m >> 48) as u16;
         if usize::from(len) > TEXT_MAX {
+            return None;
+        }
+        let used = TEXT_WORD + usize::from(len).div_ceil(8);
+        if p[0] != hash(t, &p[1..used]) {
             return None;
         }
         let mut text = [0u8; TEXT_MAX];
