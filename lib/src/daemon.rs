@@ -250,6 +250,7 @@ pub struct Context<'a> {
     pub(crate) resume_before: Option<u64>,
     pub(crate) args: &'a toml::Table,
     pub(crate) stopping: bool,
+    pub(crate) stop_fd: Option<std::os::fd::OwnedFd>,
 }
 
 impl<'a> Context<'a> {
@@ -391,9 +392,39 @@ impl<'a> Context<'a> {
     /// `stop_timeout`.
     pub fn stopping(&mut self) -> bool {
         if !self.stopping {
-            self.stopping = sys::take_pending(libc::SIGTERM);
+            self.stopping = match &self.stop_fd {
+                Some(fd) => {
+                    use std::os::fd::AsRawFd;
+                    matches!(sys::read_signalfd(fd.as_raw_fd()), Ok(Some(_)))
+                }
+                None => sys::take_pending(libc::SIGTERM),
+            };
         }
         self.stopping
+    }
+
+    /// A descriptor that becomes readable when the root asks this daemon to
+    /// stop (a signalfd for SIGTERM), for daemons with a poll loop of their
+    /// own. Once it is readable, [`Context::stopping`] returns true.
+    pub fn stop_fd(&mut self) -> std::io::Result<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        if self.stop_fd.is_none() {
+            self.stop_fd = Some(sys::SigSet::of(&[libc::SIGTERM]).signalfd()?);
+        }
+        Ok(self.stop_fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1))
+    }
+
+    /// Carves the first `bytes` (rounded up to 64) off the state for another
+    /// use (transaction slots, a second structure) and returns them; the
+    /// rest stays [`Context::state`]. `None` if the state is too small.
+    pub fn split_state(&mut self, bytes: usize) -> Option<&'a mut [u8]> {
+        let n = bytes.div_ceil(64) * 64;
+        if n > self.state.len() {
+            return None;
+        }
+        let (head, tail) = std::mem::take(&mut self.state).split_at_mut(n);
+        self.state = tail;
+        Some(head)
     }
 
     /// Sleeps for `d` or until asked to stop, heartbeating first. Returns

@@ -375,6 +375,7 @@ fn child(s: &Spawn<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
                 resume_before,
                 args,
                 stopping: false,
+                stop_fd: None,
             };
             let code = entry(&mut ctx);
             // Exiting is not the steady state: flushing stdout may allocate.
