@@ -103,18 +103,12 @@ fn main() -> ExitCode {
 
 /// Loads and validates a config (or the demo tree), printing every problem.
 fn load(path: Option<&std::path::Path>, known: &[&str]) -> Result<Config, i32> {
-    let parsed = match path {
-        Some(p) => config::load(p),
-        None => Config::parse(forkroot_daemons::DEMO, "<demo>"),
+    let problems = match path {
+        Some(p) => config::load_with_kinds(p, Some(known)),
+        None => Config::parse_with_kinds(forkroot_daemons::DEMO, "<demo>", Some(known)),
     };
-    let problems = match parsed {
-        Ok(c) => {
-            let p = c.check_kinds(known);
-            if p.is_empty() {
-                return Ok(c);
-            }
-            p
-        }
+    let problems = match problems {
+        Ok(c) => return Ok(c),
         Err(p) => p,
     };
     for p in &problems {

@@ -266,6 +266,20 @@ fn an_unknown_kind_is_a_config_error() {
 }
 
 #[test]
+fn an_unknown_kind_is_listed_with_the_other_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = GOOD.replace("\"idle\"", "\"nonesuch\"").replace(
+        "[[daemon]]\nname = \"q\"",
+        "[[daemon]]\nmemory = \"4 MB\"\nname = \"q\"",
+    );
+    let path = common::write_config(&dir, &text);
+    let ran = run_to_end(&dir, &["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(ran.code, Some(78), "{ran:?}");
+    assert_places(&ran.stderr, &["daemon[1].kind", "daemon[1].memory"]);
+    assert!(ran.stderr.contains("2 problems"), "{ran:?}");
+}
+
+#[test]
 fn check_accepts_a_good_config_without_starting_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = common::write_config(&dir, GOOD);

@@ -35,8 +35,18 @@ impl Config {
     /// found, in file order. The `kind` of a daemon is not checked against
     /// the built-in daemons here; see [`Config::check_kinds`].
     pub fn parse(text: &str, file: &str) -> Result<Config, Vec<Problem>> {
+        Config::parse_with_kinds(text, file, None)
+    }
+
+    /// Like [`Config::parse`], and with `known` (the kinds built into the
+    /// binary) an unknown `kind` is reported among the other problems.
+    pub fn parse_with_kinds(
+        text: &str,
+        file: &str,
+        known: Option<&[&str]>,
+    ) -> Result<Config, Vec<Problem>> {
         match text.parse::<toml::Table>() {
-            Ok(doc) => check::check(&doc),
+            Ok(doc) => check::check(&doc, known),
             Err(e) => Err(vec![syntax_problem(text, file, &e)]),
         }
     }
@@ -72,9 +82,14 @@ impl Config {
 /// Reads and parses the config file at `path`. A file that cannot be read
 /// gives one problem whose place is the path.
 pub fn load(path: &Path) -> Result<Config, Vec<Problem>> {
+    load_with_kinds(path, None)
+}
+
+/// [`load`], checking `kind`s against `known` as [`Config::parse_with_kinds`].
+pub fn load_with_kinds(path: &Path, known: Option<&[&str]>) -> Result<Config, Vec<Problem>> {
     let file = path.display().to_string();
     match std::fs::read_to_string(path) {
-        Ok(text) => Config::parse(&text, &file),
+        Ok(text) => Config::parse_with_kinds(&text, &file, known),
         Err(e) => Err(vec![Problem {
             place: file,
             message: format!("cannot read the config file: {e}"),

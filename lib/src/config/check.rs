@@ -68,8 +68,14 @@ const DEFAULT_MEMORY: u64 = 1 << 20;
 const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Validates a parsed document into a [`Config`], or returns every problem.
-pub(super) fn check(doc: &Table) -> Result<Config, Vec<Problem>> {
-    let mut c = Checker::default();
+///
+/// With `known`, a `kind` not in it is a problem too (in its place among
+/// the others, so one pass reports everything).
+pub(super) fn check(doc: &Table, known: Option<&[&str]>) -> Result<Config, Vec<Problem>> {
+    let mut c = Checker {
+        problems: Vec::new(),
+        known: known.map(|k| k.iter().map(|s| s.to_string()).collect()),
+    };
     c.unknown_keys(doc, "", TOP_KEYS);
 
     let root = c
@@ -231,9 +237,10 @@ impl<'a> Names<'a> {
 }
 
 /// Collects problems while reading values with their places.
-#[derive(Default)]
 struct Checker {
     problems: Vec<Problem>,
+    /// The kinds built into the binary, when the caller knows them.
+    known: Option<Vec<String>>,
 }
 
 impl Checker {
@@ -621,6 +628,14 @@ impl Checker {
                         "empty; name a built-in daemon such as \"idle\"",
                     );
                     return None;
+                }
+                if let Some(known) = &self.known {
+                    if !known.iter().any(|k| k == kind) {
+                        let message =
+                            format!("unknown kind {kind:?} (built in: {})", known.join(", "));
+                        self.problem(&at(place, "kind"), message);
+                        return None;
+                    }
                 }
                 Some(Program::Builtin(kind.to_owned()))
             }
