@@ -23,7 +23,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, DaemonConfig, OnRestart, Program, RestartType, Strategy};
 use crate::daemon::{Death, ExitReason, Registry, SetupStage};
-use crate::region::RegionSet;
+use crate::region::{RegionSet, RegionSpec};
 use crate::sys::{self, Pid, SigSet, WaitStatus};
 use spawn::{Plan, Spawn, Spawned, Takeover};
 
@@ -139,6 +139,8 @@ struct Child {
     title: Vec<u8>,
     state: State,
     pid: Option<Pid>,
+    /// Readable when `pid` ends; the O(1) way to reap it.
+    pidfd: Option<OwnedFd>,
     started: Option<Instant>,
     /// `started` on the monotonic clock daemons write heartbeats with.
     started_ns: u64,
@@ -168,6 +170,8 @@ struct Standby {
     gate: OwnedFd,
     /// Its setup pipe while it is getting ready.
     setup: Option<OwnedFd>,
+    /// Readable when it ends.
+    pidfd: Option<OwnedFd>,
     /// Set up and waiting.
     ready: bool,
     /// SIGKILLed on purpose; not to be replaced when reaped.
@@ -188,6 +192,16 @@ const TOKEN_LISTENER: u64 = 1;
 const TOKEN_SETUP: u64 = 1 << 32;
 const TOKEN_CONN: u64 = 2 << 32;
 const TOKEN_STANDBY: u64 = 3 << 32;
+const TOKEN_PIDFD: u64 = 4 << 32;
+const TOKEN_STANDBY_PIDFD: u64 = 5 << 32;
+
+/// After a daemon's exit, orphans it left (reparented to the root, the
+/// subreaper) are reaped by one sweep this much later: their SIGCHLD may
+/// have been coalesced with the daemon's, and a sweep (`waitpid(-1)`) walks
+/// every child of the root, so it stays off the restart path.
+const ORPHAN_SWEEP_DELAY: Duration = Duration::from_millis(100);
+/// How many reaped pids [`Root::exited`] remembers.
+const RECENT_KEPT: usize = 64;
 const TOKEN_KIND: u64 = !0 << 32;
 
 /// Whether the loop goes on or the root exits with a code.
@@ -222,6 +236,10 @@ pub struct Root<'a> {
     notified_ready: bool,
     /// The `state_dir` lock, held for the root's life (and its daemons').
     lock: Option<OwnedFd>,
+    /// When to sweep for orphans (see [`ORPHAN_SWEEP_DELAY`]).
+    sweep_at: Option<Instant>,
+    /// Pids of daemons reaped lately, whose SIGCHLD may come after.
+    recent: VecDeque<Pid>,
 }
 
 /// Runs the tree until it is stopped; returns the exit code documented for
@@ -246,12 +264,25 @@ impl<'a> Root<'a> {
         set.block().map_err(ctx("blocking signals"))?;
         let signals = set.signalfd().map_err(ctx("signalfd"))?;
         sys::set_child_subreaper().map_err(ctx("becoming a child subreaper"))?;
+        // One descriptor per region, plus the loop's own.
+        let limit = sys::raise_fd_limit().map_err(ctx("raising RLIMIT_NOFILE"))?;
+        if (limit as usize) < config.daemons.len() * 2 + 64 {
+            warn!(
+                limit,
+                daemons = config.daemons.len(),
+                "the open-file limit is low for this many daemons"
+            );
+        }
         sys::title::init();
 
-        let specs: Vec<(&str, u64)> = config
+        let specs: Vec<RegionSpec<'_>> = config
             .daemons
             .iter()
-            .map(|d| (d.name.as_str(), d.memory))
+            .map(|d| RegionSpec {
+                name: &d.name,
+                user: d.memory,
+                own_file: matches!(d.program, Program::Exec(_)),
+            })
             .collect();
         let lock = match &config.root.state_dir {
             Some(dir) => {
@@ -297,6 +328,7 @@ impl<'a> Root<'a> {
                 title: format!("forkroot: {}", d.name).into_bytes(),
                 state: State::Stopped,
                 pid: None,
+                pidfd: None,
                 started: None,
                 started_ns: 0,
                 setup: None,
@@ -328,6 +360,8 @@ impl<'a> Root<'a> {
             control,
             notified_ready: false,
             lock,
+            sweep_at: None,
+            recent: VecDeque::with_capacity(RECENT_KEPT),
         })
     }
 
@@ -354,10 +388,12 @@ impl<'a> Root<'a> {
                     return Ok(code);
                 }
             }
-            let timeout = self
-                .timers
-                .first()
-                .map(|&(t, _)| t.saturating_duration_since(Instant::now()));
+            let next = self.timers.first().map(|&(t, _)| t);
+            let next = match (next, self.sweep_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timeout = next.map(|t| t.saturating_duration_since(Instant::now()));
             self.epoll
                 .wait(&mut ready, timeout)
                 .map_err(ctx("epoll_wait"))?;
@@ -368,6 +404,8 @@ impl<'a> Root<'a> {
                     (TOKEN_SETUP, i) => self.on_setup(i as usize),
                     (TOKEN_CONN, id) => self.on_conn(id),
                     (TOKEN_STANDBY, i) => self.on_standby_setup(i as usize),
+                    (TOKEN_PIDFD, i) => self.on_pidfd(i as usize, Role::Primary),
+                    (TOKEN_STANDBY_PIDFD, i) => self.on_pidfd(i as usize, Role::Standby),
                     _ => warn!(token, "event for an unknown token"),
                 }
             }
@@ -376,10 +414,17 @@ impl<'a> Root<'a> {
     }
 
     fn on_signals(&mut self) -> Result<(), RootError> {
-        while let Some(sig) =
+        while let Some((sig, from)) =
             sys::read_signalfd(self.signals.as_raw_fd()).map_err(ctx("reading signalfd"))?
         {
             match sig {
+                // Our daemons are reaped through their pidfds, in O(1). A
+                // SIGCHLD from anyone else is an orphan: sweep now. One from
+                // a daemon may hide coalesced orphans: sweep a little later.
+                libc::SIGCHLD if self.by_pid.contains_key(&from) || self.recent.contains(&from) => {
+                    self.sweep_at
+                        .get_or_insert(Instant::now() + ORPHAN_SWEEP_DELAY);
+                }
                 libc::SIGCHLD => self.reap()?,
                 libc::SIGTERM | libc::SIGINT => self.on_shutdown_signal(sig),
                 libc::SIGHUP => info!("SIGHUP ignored (the tree is configured at start)"),
@@ -406,17 +451,58 @@ impl<'a> Root<'a> {
         }
     }
 
-    /// Reaps every ended child: SIGCHLD is coalesced, so one signal may
-    /// stand for many exits.
+    /// Reaps every ended child (`waitpid(-1, WNOHANG)` until none is
+    /// left: SIGCHLD is coalesced, so one signal may stand for many exits).
     fn reap(&mut self) -> Result<(), RootError> {
         while let Some((pid, status)) = sys::reap_one().map_err(ctx("waitpid"))? {
-            match self.by_pid.remove(&pid) {
-                Some((i, Role::Primary)) => self.on_exit(i, status),
-                Some((i, Role::Standby)) => self.on_standby_exit(i, status),
-                None => debug!(%pid, ?status, "reaped an orphan"),
-            }
+            self.exited(pid, status);
         }
         Ok(())
+    }
+
+    /// A daemon's (or standby's) pidfd is readable: it ended. Reap it alone.
+    fn on_pidfd(&mut self, i: usize, role: Role) {
+        let c = &self.children[i];
+        let (pid, fd) = match role {
+            Role::Primary => (c.pid, c.pidfd.as_ref()),
+            Role::Standby => (
+                c.standby.as_ref().map(|s| s.pid),
+                c.standby.as_ref().and_then(|s| s.pidfd.as_ref()),
+            ),
+        };
+        let (Some(pid), Some(fd)) = (pid, fd) else {
+            return;
+        };
+        match sys::reap_pidfd(fd.as_raw_fd()) {
+            Ok(Some(status)) => self.exited(pid, status),
+            Ok(None) => {}
+            Err(e) => warn!(%pid, error = %e, "waitid on a pidfd failed"),
+        }
+    }
+
+    /// One child ended: route it to its daemon, or log an orphan.
+    fn exited(&mut self, pid: Pid, status: WaitStatus) {
+        let Some((i, role)) = self.by_pid.remove(&pid) else {
+            debug!(%pid, ?status, "reaped an orphan");
+            return;
+        };
+        // Its SIGCHLD may still be queued: remember it was ours.
+        if self.recent.len() == RECENT_KEPT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(pid);
+        let c = &mut self.children[i];
+        let fd = match role {
+            Role::Primary => c.pidfd.take(),
+            Role::Standby => c.standby.as_mut().and_then(|s| s.pidfd.take()),
+        };
+        if let Some(fd) = fd {
+            let _ = self.epoll.delete(fd.as_raw_fd());
+        }
+        match role {
+            Role::Primary => self.on_exit(i, status),
+            Role::Standby => self.on_standby_exit(i, status),
+        }
     }
 
     /// Reaps what is left of orphans (processes a daemon left behind that
@@ -430,8 +516,8 @@ impl<'a> Root<'a> {
     // ----- the state machine ----------------------------------------------
 
     /// Forks daemon `i`, or its standby. Prepares everything the child
-    /// needs in the root's memory first.
-    fn fork_child(&mut self, i: usize, standby: bool) -> io::Result<Spawned> {
+    /// needs in the root's memory first. Returns the child and its pidfd.
+    fn fork_child(&mut self, i: usize, standby: bool) -> io::Result<(Spawned, OwnedFd)> {
         let c = &self.children[i];
         let plan = match &c.cfg.program {
             Program::Builtin(kind) => {
@@ -468,18 +554,21 @@ impl<'a> Root<'a> {
         self.epoll
             .add(spawned.setup.as_raw_fd(), kind | i as u64)
             .map_err(|e| io::Error::new(e.kind(), format!("watching the setup pipe: {e}")))?;
-        self.by_pid.insert(
-            spawned.pid,
-            (
-                i,
-                if standby {
-                    Role::Standby
-                } else {
-                    Role::Primary
-                },
-            ),
-        );
-        Ok(spawned)
+        let role = if standby {
+            Role::Standby
+        } else {
+            Role::Primary
+        };
+        self.by_pid.insert(spawned.pid, (i, role));
+        // The child cannot have been reaped yet: only this loop reaps.
+        let pidfd = sys::pidfd_open(spawned.pid)?;
+        let token = if standby {
+            TOKEN_STANDBY_PIDFD
+        } else {
+            TOKEN_PIDFD
+        };
+        self.epoll.add(pidfd.as_raw_fd(), token | i as u64)?;
+        Ok((spawned, pidfd))
     }
 
     /// Stopped/Backoff/Failed × start: fork it (or wake its standby).
@@ -499,9 +588,10 @@ impl<'a> Root<'a> {
             return;
         }
         match self.fork_child(i, false) {
-            Ok(spawned) => {
+            Ok((spawned, pidfd)) => {
                 let c = &mut self.children[i];
                 c.pid = Some(spawned.pid);
+                c.pidfd = Some(pidfd);
                 c.setup = Some(spawned.setup);
                 c.setup_failed = None;
                 c.state = State::Starting;
@@ -560,6 +650,12 @@ impl<'a> Root<'a> {
             return false;
         }
         c.pid = Some(sb.pid);
+        c.pidfd = sb.pidfd;
+        if let Some(fd) = &c.pidfd {
+            let _ = self
+                .epoll
+                .modify(fd.as_raw_fd(), TOKEN_PIDFD | i as u64, false);
+        }
         c.state = State::Running;
         info!(daemon = %c.cfg.name, pid = %sb.pid, restarts = c.restarts, "standby took over");
         self.by_pid.insert(sb.pid, (i, Role::Primary));
@@ -575,12 +671,13 @@ impl<'a> Root<'a> {
             return;
         }
         match self.fork_child(i, true) {
-            Ok(sp) => {
+            Ok((sp, pidfd)) => {
                 debug!(daemon = %self.children[i].cfg.name, pid = %sp.pid, "standby forked");
                 self.children[i].standby = Some(Standby {
                     pid: sp.pid,
                     gate: sp.gate.expect("a standby has a gate"),
                     setup: Some(sp.setup),
+                    pidfd: Some(pidfd),
                     ready: false,
                     killed: false,
                 });
@@ -953,6 +1050,12 @@ impl<'a> Root<'a> {
 
     fn fire_timers(&mut self) {
         let now = Instant::now();
+        if self.sweep_at.is_some_and(|t| t <= now) {
+            self.sweep_at = None;
+            if let Err(e) = self.reap() {
+                warn!(error = %e, "orphan sweep failed");
+            }
+        }
         while let Some(&(at, i)) = self.timers.first() {
             if at > now {
                 break;

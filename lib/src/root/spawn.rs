@@ -245,7 +245,13 @@ fn child(s: &Spawn<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
         Plan::Exec {
             path, argv, envp, ..
         } => {
-            let fd = s.regions.fd(s.index).as_raw_fd();
+            let Some(fd) = s.regions.own_fd(s.index).map(|f| f.as_raw_fd()) else {
+                fail(
+                    pipe,
+                    SetupStage::Region,
+                    io::Error::from_raw_os_error(libc::EBADF),
+                );
+            };
             // Move the region to fd 3 and the pipe to fd 4 (close-on-exec,
             // so a successful exec reads as end-of-file in the root).
             let moved = sys::dup_at_least(fd, 5).and_then(|r| {

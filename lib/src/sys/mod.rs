@@ -136,6 +136,24 @@ pub fn try_lock_exclusive(fd: RawFd) -> io::Result<bool> {
     }
 }
 
+/// Raises the soft limit on open descriptors to the hard limit (the root
+/// holds one descriptor per region). Returns the new soft limit.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit to fill.
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is a valid rlimit; raising the soft limit up to the
+        // hard one needs no privilege.
+        cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
+    }
+    Ok(lim.rlim_cur)
+}
+
 /// Closes `fd`. Fork-safe.
 pub fn close(fd: RawFd) {
     // SAFETY: the caller gives up `fd`; close has no memory preconditions.
@@ -300,8 +318,8 @@ impl Access {
     }
 }
 
-/// Maps `len` bytes of `fd` (from offset 0) shared at exactly `addr`,
-/// replacing whatever was mapped there. Fork-safe.
+/// Maps `len` bytes of `fd` from `offset` (page-aligned) shared at exactly
+/// `addr`, replacing whatever was mapped there. Fork-safe.
 ///
 /// # Safety
 /// `[addr, addr+len)` must lie inside a reservation of this process made by
@@ -311,6 +329,7 @@ pub unsafe fn map_fixed(
     addr: NonNull<u8>,
     len: usize,
     fd: RawFd,
+    offset: u64,
     access: Access,
 ) -> io::Result<()> {
     // SAFETY: the caller guarantees the range is ours to replace.
@@ -321,7 +340,7 @@ pub unsafe fn map_fixed(
             access.prot(),
             libc::MAP_SHARED | libc::MAP_FIXED,
             fd,
-            0,
+            offset as libc::off_t,
         )
     };
     if p == libc::MAP_FAILED {
@@ -458,9 +477,10 @@ impl SigSet {
     }
 }
 
-/// Reads one pending signal number from a non-blocking signalfd, or `None`
-/// when none is pending.
-pub fn read_signalfd(fd: RawFd) -> io::Result<Option<i32>> {
+/// Reads one pending signal from a non-blocking signalfd: its number and
+/// the pid that sent it (for SIGCHLD: the child), or `None` when none is
+/// pending.
+pub fn read_signalfd(fd: RawFd) -> io::Result<Option<(i32, Pid)>> {
     // SAFETY: signalfd_siginfo is plain data; all-zero is a valid value.
     let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
     let size = std::mem::size_of::<libc::signalfd_siginfo>();
@@ -474,7 +494,57 @@ pub fn read_signalfd(fd: RawFd) -> io::Result<Option<i32>> {
             _ => Err(e),
         };
     }
-    Ok(Some(info.ssi_signo as i32))
+    Ok(Some((
+        info.ssi_signo as i32,
+        Pid(info.ssi_pid as libc::pid_t),
+    )))
+}
+
+/// A pidfd for `pid` (close-on-exec): readable once the process has
+/// ended, and reaped in O(1) with [`reap_pidfd`] (`waitpid(-1)` walks every
+/// child of the caller).
+pub fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a descriptor.
+    let raw = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid.0, 0) } as i32)?;
+    // SAFETY: a fresh descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// `waitid(P_PIDFD, fd, WEXITED | WNOHANG)`: the process's end if it has
+/// ended and was not reaped yet, else `None`.
+pub fn reap_pidfd(fd: RawFd) -> io::Result<Option<WaitStatus>> {
+    // SAFETY: siginfo_t is plain data; all-zero is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid siginfo_t to fill.
+    let rc = cvt_r(|| unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            fd as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG,
+        )
+    });
+    match rc {
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ECHILD) => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    // SAFETY: waitid filled `info` for a child (or left si_pid 0).
+    let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+    if pid == 0 {
+        return Ok(None);
+    }
+    Ok(Some(match info.si_code {
+        libc::CLD_EXITED => WaitStatus::Exited(status),
+        libc::CLD_DUMPED => WaitStatus::Signaled {
+            signal: status,
+            core: true,
+        },
+        _ => WaitStatus::Signaled {
+            signal: status,
+            core: false,
+        },
+    }))
 }
 
 /// Resets every signal's disposition to the default, so a forked child does
