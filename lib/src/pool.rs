@@ -676,3 +676,159 @@ impl<'a> Pool<'a> {
         report
     }
 }
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! Model checks of the free list and block states under every
+    //! interleaving (`RUSTFLAGS="--cfg loom" cargo test -p forkroot --release --lib loom`).
+
+    use super::*;
+    use loom::sync::Arc;
+
+    struct Mem {
+        ptr: *mut u8,
+        layout: std::alloc::Layout,
+    }
+    // SAFETY: raw memory shared by the model's threads through the pool protocol.
+    unsafe impl Send for Mem {}
+    // SAFETY: as above.
+    unsafe impl Sync for Mem {}
+    impl Drop for Mem {
+        fn drop(&mut self) {
+            // SAFETY: allocated in `setup` with this layout.
+            unsafe { std::alloc::dealloc(self.ptr, self.layout) }
+        }
+    }
+
+    fn setup(capacity: u32) -> (Arc<Mem>, Pool<'static>) {
+        let len = required_size(8, capacity).unwrap();
+        let layout = std::alloc::Layout::from_size_align(len, ALIGN).unwrap();
+        // SAFETY: nonzero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(!ptr.is_null());
+        let mem = Arc::new(Mem { ptr, layout });
+        // SAFETY: kept alive by every thread that uses the pool (each holds
+        // a clone of the Arc); used only as this pool.
+        let pool = unsafe { init(mem.ptr, len, 8, capacity) }.unwrap();
+        (mem, pool)
+    }
+
+    fn owner(slot: u32) -> Owner {
+        Owner {
+            slot,
+            generation: 0,
+        }
+    }
+
+    /// After the model's threads: every block free, each once on the list.
+    fn assert_all_free(pool: &Pool<'_>) {
+        let r = pool.check_and_rebuild();
+        assert_eq!(
+            (r.free, r.owned, r.relinked, r.owned_on_list, r.list_damaged),
+            (pool.capacity(), 0, 0, 0, false),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn loom_concurrent_alloc_free_no_aba() {
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(3);
+        b.check(|| {
+            let (mem, pool) = setup(2);
+            let threads: Vec<_> = (0..2u32)
+                .map(|t| {
+                    let mem = mem.clone();
+                    loom::thread::spawn(move || {
+                        let _mem = mem;
+                        // Thread 0 allocates twice in a row (the ABA pattern:
+                        // pop, pop, push, push while another pop is stalled).
+                        for _ in 0..(2 - t) {
+                            let mut x = pool.alloc(owner(t)).unwrap();
+                            pool.get_mut(&mut x).unwrap()[0] = t as u8;
+                            assert_eq!(pool.owner(x.index()), Ok(Some(owner(t))));
+                            pool.free(x, owner(t)).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            assert_all_free(&pool);
+        });
+    }
+
+    #[test]
+    fn loom_two_allocators_get_distinct_blocks() {
+        loom::model(|| {
+            let (mem, pool) = setup(2);
+            let threads: Vec<_> = (0..2u32)
+                .map(|t| {
+                    let mem = mem.clone();
+                    loom::thread::spawn(move || {
+                        let _mem = mem;
+                        pool.alloc(owner(t)).unwrap().index()
+                    })
+                })
+                .collect();
+            let got: Vec<u32> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            assert_ne!(got[0], got[1]);
+            assert_eq!(pool.alloc(owner(9)), Err(PoolError::Exhausted));
+            assert_eq!(pool.reclaim(|o| o.slot < 2), 2);
+            assert_all_free(&pool);
+        });
+    }
+
+    #[test]
+    fn loom_reclaim_races_with_allocation() {
+        loom::model(|| {
+            let (mem, pool) = setup(2);
+            // A dead owner holds block 0.
+            let held = pool.alloc(owner(5)).unwrap();
+            assert_eq!(held.index(), 0);
+            let m = mem.clone();
+            let reclaimer = loom::thread::spawn(move || {
+                let _mem = m;
+                pool.reclaim(|o| o.slot == 5)
+            });
+            let m = mem.clone();
+            let worker = loom::thread::spawn(move || {
+                let _mem = m;
+                for _ in 0..2 {
+                    if let Ok(b) = pool.alloc(owner(1)) {
+                        pool.free(b, owner(1)).unwrap();
+                    }
+                }
+            });
+            assert_eq!(reclaimer.join().unwrap(), 1);
+            worker.join().unwrap();
+            assert_all_free(&pool);
+        });
+    }
+
+    #[test]
+    fn loom_killed_between_pop_and_owner_is_relinked() {
+        loom::model(|| {
+            let (mem, pool) = setup(2);
+            let m = mem.clone();
+            // Dies right after popping: the block is off the list, unowned.
+            let dying = loom::thread::spawn(move || {
+                let _mem = m;
+                pool.pop().unwrap()
+            });
+            let m = mem.clone();
+            let live = loom::thread::spawn(move || {
+                let _mem = m;
+                let b = pool.alloc(owner(1)).unwrap();
+                pool.free(b, owner(1)).unwrap();
+            });
+            let lost = dying.join().unwrap();
+            live.join().unwrap();
+            let r = pool.check_and_rebuild();
+            assert_eq!((r.free, r.relinked, r.owned_on_list), (2, 1, 0), "{r:?}");
+            assert_eq!(pool.owner(lost), Ok(None));
+            assert_all_free(&pool);
+        });
+    }
+}

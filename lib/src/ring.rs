@@ -1226,3 +1226,199 @@ fn futex_wait(_word: &AtomicU32, _expected: u32, _timeout: Option<Duration>) {
 
 #[cfg(loom)]
 fn futex_wake(_word: &AtomicU32, _n: i32) {}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! Model checks of the slot-state protocol under every interleaving
+    //! (`RUSTFLAGS="--cfg loom" cargo test -p forkroot --release --lib loom`).
+    //! They drive the internal steps directly (reserve, commit, probe, skip,
+    //! release), so no clock or system call makes the model nondeterministic.
+
+    use super::*;
+    use loom::sync::atomic::AtomicBool;
+    use loom::sync::Arc;
+
+    struct Mem {
+        ptr: *mut u8,
+        layout: std::alloc::Layout,
+    }
+    // SAFETY: raw memory shared by the model's threads through the ring protocol.
+    unsafe impl Send for Mem {}
+    // SAFETY: as above.
+    unsafe impl Sync for Mem {}
+    impl Mem {
+        fn new(len: usize) -> Mem {
+            let layout = std::alloc::Layout::from_size_align(len, ALIGN).unwrap();
+            // SAFETY: nonzero size.
+            let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+            assert!(!ptr.is_null());
+            Mem { ptr, layout }
+        }
+    }
+    impl Drop for Mem {
+        fn drop(&mut self) {
+            // SAFETY: allocated in `new` with this layout.
+            unsafe { std::alloc::dealloc(self.ptr, self.layout) }
+        }
+    }
+
+    /// Bounded preemptions keep the three-thread models under a minute
+    /// (bugs in protocols like this one show up within two preemptions).
+    fn model(f: impl Fn() + Sync + Send + 'static) {
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(2);
+        b.check(f);
+    }
+
+    fn setup(kind: Kind, capacity: u32) -> (Arc<Mem>, Ring<'static>) {
+        let cfg = Config {
+            kind,
+            capacity,
+            slot_size: 4,
+            checksum: false,
+        };
+        let len = required_size(&cfg).unwrap();
+        let mem = Arc::new(Mem::new(len));
+        // SAFETY: `mem` is kept alive by every thread that uses the ring
+        // (each holds a clone of the Arc), and is used only as this ring.
+        let ring = unsafe { init(mem.ptr, len, &cfg) }.unwrap();
+        (mem, ring)
+    }
+
+    /// One consumer step: receive a ready message, skip a dead writer's
+    /// slot, or yield.
+    fn step(c: &Consumer<'_>, out: &mut Vec<[u8; 4]>) {
+        match c.probe().unwrap() {
+            Probe::Ready { pos } => {
+                let (len, ptr) = c.checked(pos).unwrap();
+                assert_eq!(len, 4);
+                let mut m = [0u8; 4];
+                c.ring.slot(pos).meta.with(|_| {
+                    // SAFETY: committed slot, ours until released.
+                    unsafe { ptr::copy_nonoverlapping(ptr, m.as_mut_ptr(), 4) }
+                });
+                c.release(pos);
+                out.push(m);
+            }
+            Probe::InFlight { pos, state } if (c.is_dead)(unpack(state).1) => c.skip(pos, state),
+            _ => loom::thread::yield_now(),
+        }
+    }
+
+    #[test]
+    fn loom_two_producers_one_consumer() {
+        model(|| {
+            let (mem, ring) = setup(Kind::Mpsc, 2);
+            let producers: Vec<_> = (1..=2u8)
+                .map(|id| {
+                    let mem = mem.clone();
+                    loom::thread::spawn(move || {
+                        let _mem = mem;
+                        ring.producer_as(id.into()).try_send(&[id; 4]).unwrap();
+                    })
+                })
+                .collect();
+            let never = |_: u32| false;
+            let c = ring.consumer_with(&never).unwrap();
+            let mut got = Vec::new();
+            while got.len() < 2 {
+                step(&c, &mut got);
+            }
+            got.sort();
+            assert_eq!(got, [[1; 4], [2; 4]]);
+            for p in producers {
+                p.join().unwrap();
+            }
+        });
+    }
+
+    #[test]
+    fn loom_spsc_wraps_around_when_full() {
+        model(|| {
+            let (mem, ring) = setup(Kind::Spsc, 2);
+            let m2 = mem.clone();
+            let producer = loom::thread::spawn(move || {
+                let _mem = m2;
+                let p = ring.producer_as(7);
+                for i in 0..3u8 {
+                    while p.try_send(&[i; 4]) == Err(RingError::Full) {
+                        loom::thread::yield_now();
+                    }
+                }
+            });
+            let never = |_: u32| false;
+            let c = ring.consumer_with(&never).unwrap();
+            let mut got = Vec::new();
+            while got.len() < 3 {
+                step(&c, &mut got);
+            }
+            assert_eq!(got, [[0; 4], [1; 4], [2; 4]]);
+            producer.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn loom_dead_writer_is_skipped_not_torn() {
+        model(|| {
+            let (mem, ring) = setup(Kind::Mpsc, 2);
+            let dead = Arc::new(AtomicBool::new(false));
+            // Writer 1 reserves a slot and dies before committing.
+            let (m1, d1) = (mem.clone(), dead.clone());
+            let dying = loom::thread::spawn(move || {
+                let _mem = m1;
+                ring.reserve(1).unwrap();
+                d1.store(true, Ordering::Release);
+            });
+            // Writer 2 sends normally.
+            let m2 = mem.clone();
+            let live = loom::thread::spawn(move || {
+                let _mem = m2;
+                ring.producer_as(2).try_send(&[2; 4]).unwrap();
+            });
+            let d = dead.clone();
+            let is_dead = move |w: u32| w == 1 && d.load(Ordering::Acquire);
+            let c = ring.consumer_with(&is_dead).unwrap();
+            let mut got = Vec::new();
+            while got.is_empty() || ring.stats().lost_uncommitted == 0 {
+                step(&c, &mut got);
+            }
+            assert_eq!(got, [[2; 4]]);
+            dying.join().unwrap();
+            live.join().unwrap();
+            // The skipped slot is reusable: a third send fits.
+            ring.producer_as(3).try_send(&[3; 4]).unwrap();
+            while got.len() < 2 {
+                step(&c, &mut got);
+            }
+            assert_eq!(got, [[2; 4], [3; 4]]);
+        });
+    }
+
+    #[test]
+    fn loom_consumer_dies_between_release_and_head() {
+        model(|| {
+            let (mem, ring) = setup(Kind::Spsc, 2);
+            ring.producer_as(1).try_send(&[1; 4]).unwrap();
+            // A consumer releases slot 0 and dies before advancing head.
+            ring.slot(0).state.store(pack(2, 0), Ordering::Release);
+            let m2 = mem.clone();
+            let producer = loom::thread::spawn(move || {
+                let _mem = m2;
+                let p = ring.producer_as(1);
+                for i in 2..4u8 {
+                    while p.try_send(&[i; 4]) == Err(RingError::Full) {
+                        loom::thread::yield_now();
+                    }
+                }
+            });
+            let never = |_: u32| false;
+            let c = ring.consumer_with(&never).unwrap();
+            let mut got = Vec::new();
+            while got.len() < 2 {
+                step(&c, &mut got);
+            }
+            assert_eq!(got, [[2; 4], [3; 4]]);
+            producer.join().unwrap();
+        });
+    }
+}
