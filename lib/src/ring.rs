@@ -620,6 +620,12 @@ impl<'a> Ring<'a> {
                 Err(now) => cur = now,
             }
         }
+        // A consumer killed while asleep left its waiter flag raised, which
+        // would cost producers a needless wake per message: clear it.
+        self.header()
+            .consumer
+            .data_waiters
+            .store(0, Ordering::Relaxed);
         Ok(Consumer {
             ring: *self,
             me,
