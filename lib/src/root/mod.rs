@@ -139,8 +139,6 @@ struct Child {
     title: Vec<u8>,
     state: State,
     pid: Option<Pid>,
-    /// Readable when `pid` ends; the O(1) way to reap it.
-    pidfd: Option<OwnedFd>,
     started: Option<Instant>,
     /// `started` on the monotonic clock daemons write heartbeats with.
     started_ns: u64,
@@ -170,8 +168,6 @@ struct Standby {
     gate: OwnedFd,
     /// Its setup pipe while it is getting ready.
     setup: Option<OwnedFd>,
-    /// Readable when it ends.
-    pidfd: Option<OwnedFd>,
     /// Set up and waiting.
     ready: bool,
     /// SIGKILLed on purpose; not to be replaced when reaped.
@@ -192,16 +188,13 @@ const TOKEN_LISTENER: u64 = 1;
 const TOKEN_SETUP: u64 = 1 << 32;
 const TOKEN_CONN: u64 = 2 << 32;
 const TOKEN_STANDBY: u64 = 3 << 32;
-const TOKEN_PIDFD: u64 = 4 << 32;
-const TOKEN_STANDBY_PIDFD: u64 = 5 << 32;
 
-/// After a daemon's exit, orphans it left (reparented to the root, the
-/// subreaper) are reaped by one sweep this much later: their SIGCHLD may
-/// have been coalesced with the daemon's, and a sweep (`waitpid(-1)`) walks
-/// every child of the root, so it stays off the restart path.
-const ORPHAN_SWEEP_DELAY: Duration = Duration::from_millis(100);
-/// How many reaped pids [`Root::exited`] remembers.
-const RECENT_KEPT: usize = 64;
+/// SIGCHLD is coalesced: while one is pending, another child's is lost. The
+/// root reaps the child a SIGCHLD names at once (`waitid(P_PID)`, O(1)),
+/// and sweeps for the rest (`waitpid(-1)`, which walks every child of the
+/// root: O(daemons)) this much later, off the restart path. A child whose
+/// SIGCHLD was lost in a burst is restarted at most this late.
+const SWEEP_DELAY: Duration = Duration::from_millis(20);
 const TOKEN_KIND: u64 = !0 << 32;
 
 /// Whether the loop goes on or the root exits with a code.
@@ -236,10 +229,9 @@ pub struct Root<'a> {
     notified_ready: bool,
     /// The `state_dir` lock, held for the root's life (and its daemons').
     lock: Option<OwnedFd>,
-    /// When to sweep for orphans (see [`ORPHAN_SWEEP_DELAY`]).
+    /// When to sweep for children whose SIGCHLD was lost (see
+    /// [`SWEEP_DELAY`]).
     sweep_at: Option<Instant>,
-    /// Pids of daemons reaped lately, whose SIGCHLD may come after.
-    recent: VecDeque<Pid>,
 }
 
 /// Runs the tree until it is stopped; returns the exit code documented for
@@ -328,7 +320,6 @@ impl<'a> Root<'a> {
                 title: format!("forkroot: {}", d.name).into_bytes(),
                 state: State::Stopped,
                 pid: None,
-                pidfd: None,
                 started: None,
                 started_ns: 0,
                 setup: None,
@@ -361,7 +352,6 @@ impl<'a> Root<'a> {
             notified_ready: false,
             lock,
             sweep_at: None,
-            recent: VecDeque::with_capacity(RECENT_KEPT),
         })
     }
 
@@ -404,8 +394,6 @@ impl<'a> Root<'a> {
                     (TOKEN_SETUP, i) => self.on_setup(i as usize),
                     (TOKEN_CONN, id) => self.on_conn(id),
                     (TOKEN_STANDBY, i) => self.on_standby_setup(i as usize),
-                    (TOKEN_PIDFD, i) => self.on_pidfd(i as usize, Role::Primary),
-                    (TOKEN_STANDBY_PIDFD, i) => self.on_pidfd(i as usize, Role::Standby),
                     _ => warn!(token, "event for an unknown token"),
                 }
             }
@@ -418,14 +406,7 @@ impl<'a> Root<'a> {
             sys::read_signalfd(self.signals.as_raw_fd()).map_err(ctx("reading signalfd"))?
         {
             match sig {
-                // Our daemons are reaped through their pidfds, in O(1). A
-                // SIGCHLD from anyone else is an orphan: sweep now. One from
-                // a daemon may hide coalesced orphans: sweep a little later.
-                libc::SIGCHLD if self.by_pid.contains_key(&from) || self.recent.contains(&from) => {
-                    self.sweep_at
-                        .get_or_insert(Instant::now() + ORPHAN_SWEEP_DELAY);
-                }
-                libc::SIGCHLD => self.reap()?,
+                libc::SIGCHLD => self.on_sigchld(from)?,
                 libc::SIGTERM | libc::SIGINT => self.on_shutdown_signal(sig),
                 libc::SIGHUP => info!("SIGHUP ignored (the tree is configured at start)"),
                 _ => debug!(signal = sig, "unexpected signal"),
@@ -460,24 +441,16 @@ impl<'a> Root<'a> {
         Ok(())
     }
 
-    /// A daemon's (or standby's) pidfd is readable: it ended. Reap it alone.
-    fn on_pidfd(&mut self, i: usize, role: Role) {
-        let c = &self.children[i];
-        let (pid, fd) = match role {
-            Role::Primary => (c.pid, c.pidfd.as_ref()),
-            Role::Standby => (
-                c.standby.as_ref().map(|s| s.pid),
-                c.standby.as_ref().and_then(|s| s.pidfd.as_ref()),
-            ),
-        };
-        let (Some(pid), Some(fd)) = (pid, fd) else {
-            return;
-        };
-        match sys::reap_pidfd(fd.as_raw_fd()) {
-            Ok(Some(status)) => self.exited(pid, status),
-            Ok(None) => {}
-            Err(e) => warn!(%pid, error = %e, "waitid on a pidfd failed"),
+    /// SIGCHLD from `from`: reap it alone (O(1)) and sweep for others a
+    /// little later (see [`SWEEP_DELAY`]).
+    fn on_sigchld(&mut self, from: Pid) -> Result<(), RootError> {
+        match sys::reap_pid(from).map_err(ctx("waitid"))? {
+            Some(status) => self.exited(from, status),
+            // Not ours, or already reaped by a sweep: sweep now.
+            None => return self.reap(),
         }
+        self.sweep_at.get_or_insert(Instant::now() + SWEEP_DELAY);
+        Ok(())
     }
 
     /// One child ended: route it to its daemon, or log an orphan.
@@ -486,19 +459,6 @@ impl<'a> Root<'a> {
             debug!(%pid, ?status, "reaped an orphan");
             return;
         };
-        // Its SIGCHLD may still be queued: remember it was ours.
-        if self.recent.len() == RECENT_KEPT {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(pid);
-        let c = &mut self.children[i];
-        let fd = match role {
-            Role::Primary => c.pidfd.take(),
-            Role::Standby => c.standby.as_mut().and_then(|s| s.pidfd.take()),
-        };
-        if let Some(fd) = fd {
-            let _ = self.epoll.delete(fd.as_raw_fd());
-        }
         match role {
             Role::Primary => self.on_exit(i, status),
             Role::Standby => self.on_standby_exit(i, status),
@@ -516,8 +476,8 @@ impl<'a> Root<'a> {
     // ----- the state machine ----------------------------------------------
 
     /// Forks daemon `i`, or its standby. Prepares everything the child
-    /// needs in the root's memory first. Returns the child and its pidfd.
-    fn fork_child(&mut self, i: usize, standby: bool) -> io::Result<(Spawned, OwnedFd)> {
+    /// needs in the root's memory first.
+    fn fork_child(&mut self, i: usize, standby: bool) -> io::Result<Spawned> {
         let c = &self.children[i];
         let plan = match &c.cfg.program {
             Program::Builtin(kind) => {
@@ -558,17 +518,8 @@ impl<'a> Root<'a> {
             Role::Standby
         } else {
             Role::Primary
-        };
-        self.by_pid.insert(spawned.pid, (i, role));
-        // The child cannot have been reaped yet: only this loop reaps.
-        let pidfd = sys::pidfd_open(spawned.pid)?;
-        let token = if standby {
-            TOKEN_STANDBY_PIDFD
-        } else {
-            TOKEN_PIDFD
-        };
-        self.epoll.add(pidfd.as_raw_fd(), token | i as u64)?;
-        Ok((spawned, pidfd))
+        };        self.by_pid.insert(spawned.pid, (i, role));
+        Ok(spawned)
     }
 
     /// Stopped/Backoff/Failed × start: fork it (or wake its standby).
@@ -588,10 +539,9 @@ impl<'a> Root<'a> {
             return;
         }
         match self.fork_child(i, false) {
-            Ok((spawned, pidfd)) => {
+            Ok(spawned) => {
                 let c = &mut self.children[i];
                 c.pid = Some(spawned.pid);
-                c.pidfd = Some(pidfd);
                 c.setup = Some(spawned.setup);
                 c.setup_failed = None;
                 c.state = State::Starting;
@@ -650,12 +600,6 @@ impl<'a> Root<'a> {
             return false;
         }
         c.pid = Some(sb.pid);
-        c.pidfd = sb.pidfd;
-        if let Some(fd) = &c.pidfd {
-            let _ = self
-                .epoll
-                .modify(fd.as_raw_fd(), TOKEN_PIDFD | i as u64, false);
-        }
         c.state = State::Running;
         info!(daemon = %c.cfg.name, pid = %sb.pid, restarts = c.restarts, "standby took over");
         self.by_pid.insert(sb.pid, (i, Role::Primary));
@@ -671,13 +615,12 @@ impl<'a> Root<'a> {
             return;
         }
         match self.fork_child(i, true) {
-            Ok((sp, pidfd)) => {
+            Ok(sp) => {
                 debug!(daemon = %self.children[i].cfg.name, pid = %sp.pid, "standby forked");
                 self.children[i].standby = Some(Standby {
                     pid: sp.pid,
                     gate: sp.gate.expect("a standby has a gate"),
                     setup: Some(sp.setup),
-                    pidfd: Some(pidfd),
                     ready: false,
                     killed: false,
                 });

@@ -500,26 +500,18 @@ pub fn read_signalfd(fd: RawFd) -> io::Result<Option<(i32, Pid)>> {
     )))
 }
 
-/// A pidfd for `pid` (close-on-exec): readable once the process has
-/// ended, and reaped in O(1) with [`reap_pidfd`] (`waitpid(-1)` walks every
-/// child of the caller).
-pub fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a descriptor.
-    let raw = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid.0, 0) } as i32)?;
-    // SAFETY: a fresh descriptor that we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
-}
-
-/// `waitid(P_PIDFD, fd, WEXITED | WNOHANG)`: the process's end if it has
-/// ended and was not reaped yet, else `None`.
-pub fn reap_pidfd(fd: RawFd) -> io::Result<Option<WaitStatus>> {
+/// `waitid(P_PID, pid, WEXITED | WNOHANG)`: the child's end if it has ended
+/// and was not reaped yet, else `None` (also for a pid that is not our
+/// child). Unlike `waitpid(-1)`, the kernel finds it without walking every
+/// child of the caller.
+pub fn reap_pid(pid: Pid) -> io::Result<Option<WaitStatus>> {
     // SAFETY: siginfo_t is plain data; all-zero is a valid value.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     // SAFETY: `info` is a valid siginfo_t to fill.
     let rc = cvt_r(|| unsafe {
         libc::waitid(
-            libc::P_PIDFD,
-            fd as libc::id_t,
+            libc::P_PID,
+            pid.0 as libc::id_t,
             &mut info,
             libc::WEXITED | libc::WNOHANG,
         )
