@@ -9,6 +9,13 @@
 //!   make its region writable (`mprotect ok` or `mprotect EACCES`), then
 //!   write into it, which must kill the probe with SIGSEGV.
 //! - `exit`: exit with this code right after starting.
+//! - `checkpoint = true`: keep a checkpointed counter (per `on_restart`):
+//!   report `resumed VALUE HOW`, then commit VALUE + 1 (`committed N`),
+//!   unless VALUE equals `crash_at`: then crash with SIGSEGV at once (a
+//!   daemon killed by the state it resumed from: poison).
+//!
+//! After `start` it always reports `deaths N LAST`: how many deaths the root
+//! told it about, and the last one's reason (`-` if none).
 
 use std::io::Write;
 use std::time::Duration;
@@ -32,6 +39,29 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
     };
     let pid = forkroot::sys::getpid();
     let _ = writeln!(out, "start {pid} {} {t0}", ctx.restarts());
+    let _ = match ctx.last_exit() {
+        Some(reason) => writeln!(out, "deaths {} {reason}", ctx.deaths().len()),
+        None => writeln!(out, "deaths 0 -"),
+    };
+    if matches!(
+        ctx.args().get("checkpoint"),
+        Some(toml::Value::Boolean(true))
+    ) {
+        let crash_at = util::int(ctx, "crash_at", -1);
+        let (mut cp, resumed) = match ctx.checkpoints::<u64>(1) {
+            Ok(x) => x,
+            Err(e) => util::bad_arg(ctx, "checkpoint", &e.to_string()),
+        };
+        let value = *cp;
+        let _ = writeln!(out, "resumed {value} {resumed:?}");
+        if value as i64 == crash_at {
+            let _ = writeln!(out, "crashing at {value}");
+            forkroot::sys::die_by(libc::SIGSEGV);
+        }
+        *cp = value + 1;
+        cp.commit();
+        let _ = writeln!(out, "committed {}", value + 1);
+    }
 
     let fill = util::int(ctx, "fill", -1);
     if (0..=255).contains(&fill) {

@@ -518,7 +518,8 @@ impl<'a> Root<'a> {
             Role::Standby
         } else {
             Role::Primary
-        };        self.by_pid.insert(spawned.pid, (i, role));
+        };
+        self.by_pid.insert(spawned.pid, (i, role));
         Ok(spawned)
     }
 

@@ -280,6 +280,10 @@ fn child(s: &Spawn<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
             resume_before,
             names,
         } => {
+            // A crash signal is a crash: the Rust runtime's SIGSEGV/SIGBUS
+            // handler (for stack overflow reports) would swallow a first
+            // SIGSEGV sent with kill(2).
+            sys::default_crash_signals();
             // SIGTERM stays blocked: the daemon takes it through
             // Context::stopping/sleep, so it can finish what it is doing.
             let _ = SigSet::of(&[libc::SIGTERM]).set_mask();

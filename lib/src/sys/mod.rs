@@ -539,15 +539,18 @@ pub fn reap_pid(pid: Pid) -> io::Result<Option<WaitStatus>> {
     }))
 }
 
-/// Resets every signal's disposition to the default, so a forked child does
-/// not inherit handlers that refer to its parent's state. Fork-safe.
-pub fn reset_signal_dispositions() {
-    for sig in 1..libc::SIGRTMAX() {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-            continue;
-        }
-        // SAFETY: SIG_DFL is always a valid disposition; invalid numbers
-        // (reserved real-time signals) just fail with EINVAL.
+/// Restores the default action of the crash signals (SIGSEGV, SIGBUS,
+/// SIGILL, SIGFPE, SIGABRT), which the Rust runtime or a library may have
+/// caught: a daemon that receives one dies of it. Fork-safe.
+pub fn default_crash_signals() {
+    for sig in [
+        libc::SIGSEGV,
+        libc::SIGBUS,
+        libc::SIGILL,
+        libc::SIGFPE,
+        libc::SIGABRT,
+    ] {
+        // SAFETY: SIG_DFL is a valid disposition for these signals.
         unsafe { libc::signal(sig, libc::SIG_DFL) };
     }
 }
