@@ -14,6 +14,9 @@
 //!   unless VALUE equals `crash_at`: then crash with SIGSEGV at once (a
 //!   daemon killed by the state it resumed from: poison).
 //!
+//! - `allocate = true`: declare the steady state (`Context::steady`), then
+//!   allocate: the allocation policy must abort it (SIGABRT).
+//!
 //! After `start` it always reports `deaths N LAST`: how many deaths the root
 //! told it about, and the last one's reason (`-` if none).
 
@@ -89,6 +92,13 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
         // mapping is the test; the kernel ends the process with SIGSEGV.
         unsafe { std::ptr::write_volatile(addr.as_ptr(), 0x55) };
         let _ = writeln!(out, "wrote");
+    }
+    if matches!(ctx.args().get("allocate"), Some(toml::Value::Boolean(true))) {
+        let _ = writeln!(out, "allocating");
+        ctx.steady();
+        let v: Vec<u8> = Vec::with_capacity(4096);
+        std::hint::black_box(&v);
+        let _ = writeln!(out, "allocated");
     }
     let code = util::int(ctx, "exit", -1);
     if code >= 0 {
