@@ -174,6 +174,28 @@ struct Standby {
     killed: bool,
 }
 
+/// A log line the root writes after the replacement of a dead daemon is
+/// forked, not before: formatting a crash report (and reading the dead
+/// process's flight log) takes longer than the fork, and the replacement
+/// runs meanwhile. Notes are flushed in order, before any later line.
+#[derive(Debug)]
+enum Note {
+    /// A daemon ended on its own: the exit line, or the crash report.
+    Exit {
+        i: usize,
+        pid: Pid,
+        reason: ExitReason,
+        uptime: Duration,
+        restarts: u32,
+    },
+    /// The checkpoint it resumed from is poison.
+    Poison {
+        i: usize,
+        seq: u64,
+        uptime: Duration,
+    },
+}
+
 /// Which process of a daemon a pid is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -232,6 +254,8 @@ pub struct Root<'a> {
     /// When to sweep for children whose SIGCHLD was lost (see
     /// [`SWEEP_DELAY`]).
     sweep_at: Option<Instant>,
+    /// Log lines deferred past the next fork.
+    notes: Vec<Note>,
 }
 
 /// Runs the tree until it is stopped; returns the exit code documented for
@@ -352,6 +376,7 @@ impl<'a> Root<'a> {
             notified_ready: false,
             lock,
             sweep_at: None,
+            notes: Vec::new(),
         })
     }
 
@@ -398,6 +423,44 @@ impl<'a> Root<'a> {
                 }
             }
             self.fire_timers();
+            self.flush_notes();
+        }
+    }
+
+    /// Logs the deferred notes, in order.
+    fn flush_notes(&mut self) {
+        for note in std::mem::take(&mut self.notes) {
+            match note {
+                Note::Exit {
+                    i,
+                    pid,
+                    reason,
+                    uptime,
+                    restarts,
+                } => {
+                    let name = &self.children[i].cfg.name;
+                    if reason.is_normal() {
+                        info!(daemon = %name, %pid, uptime = ?uptime, "exited normally");
+                    } else {
+                        let last = flight::last_lines(&self.regions, i, pid, 8);
+                        error!(
+                            daemon = %name,
+                            %pid,
+                            reason = %reason,
+                            uptime = ?uptime,
+                            restarts,
+                            last_log = ?last,
+                            "crashed"
+                        );
+                    }
+                }
+                Note::Poison { i, seq, uptime } => warn!(
+                    daemon = %self.children[i].cfg.name,
+                    checkpoint = seq,
+                    uptime = ?uptime,
+                    "checkpoint is poison (crashed soon after resuming from it); the next start resumes from an older one"
+                ),
+            }
         }
     }
 
@@ -546,7 +609,9 @@ impl<'a> Root<'a> {
                 c.setup = Some(spawned.setup);
                 c.setup_failed = None;
                 c.state = State::Starting;
-                info!(daemon = %c.cfg.name, pid = %spawned.pid, restarts = c.restarts, "started");
+                let (pid, restarts) = (spawned.pid, c.restarts);
+                self.flush_notes();
+                info!(daemon = %self.children[i].cfg.name, %pid, restarts, "started");
                 self.began(i);
                 self.ensure_standby(i);
             }
@@ -602,7 +667,9 @@ impl<'a> Root<'a> {
         }
         c.pid = Some(sb.pid);
         c.state = State::Running;
-        info!(daemon = %c.cfg.name, pid = %sb.pid, restarts = c.restarts, "standby took over");
+        let restarts = c.restarts;
+        self.flush_notes();
+        info!(daemon = %self.children[i].cfg.name, pid = %sb.pid, restarts, "standby took over");
         self.by_pid.insert(sb.pid, (i, Role::Primary));
         self.began(i);
         self.ensure_standby(i);
@@ -752,12 +819,7 @@ impl<'a> Root<'a> {
         let c = &mut self.children[i];
         c.resume_before = (crashed && uptime < POISON_WINDOW && resumed != 0).then_some(resumed);
         if let Some(seq) = c.resume_before {
-            warn!(
-                daemon = %c.cfg.name,
-                checkpoint = seq,
-                uptime = ?uptime,
-                "checkpoint is poison (crashed soon after resuming from it); the next start resumes from an older one"
-            );
+            self.notes.push(Note::Poison { i, seq, uptime });
         }
     }
 
@@ -795,20 +857,15 @@ impl<'a> Root<'a> {
             }
             return;
         }
-        if reason.is_normal() {
-            info!(daemon = %c.cfg.name, pid, uptime = ?uptime, "exited normally");
-        } else {
-            let last = flight::last_lines(&self.regions, i, 8);
-            error!(
-                daemon = %c.cfg.name,
-                pid,
-                reason = %reason,
-                uptime = ?uptime,
-                restarts = c.restarts,
-                last_log = ?last,
-                "crashed"
-            );
-        }
+        // The report waits until the replacement is forked (see `Note`).
+        let restarts = c.restarts;
+        self.notes.push(Note::Exit {
+            i,
+            pid: Pid(pid),
+            reason,
+            uptime,
+            restarts,
+        });
         if let Mode::ShuttingDown(_) = self.mode {
             self.children[i].state = State::Stopped;
             return self.stop_next();
@@ -833,6 +890,8 @@ impl<'a> Root<'a> {
         if self.restart_times.len() <= sup.intensity as usize {
             return true;
         }
+        self.flush_notes();
+        let sup = &self.config.supervisor;
         error!(
             daemon = %self.children[i].cfg.name,
             intensity = sup.intensity,
