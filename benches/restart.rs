@@ -127,6 +127,15 @@ struct Lines {
 }
 
 impl Lines {
+    /// The next `start` line (skipping the probe's other reports).
+    fn next_start(&mut self) -> io::Result<(i32, u64)> {
+        loop {
+            if let Some(start) = parse_start(&self.next()?) {
+                return Ok(start);
+            }
+        }
+    }
+
     fn next(&mut self) -> io::Result<String> {
         loop {
             if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
@@ -190,10 +199,23 @@ struct Run {
 /// `forkroot run` with one probe reporting to a FIFO (plus `siblings` idle
 /// daemons); `n` kills, each timed to the replacement's first line.
 fn forkroot(run: &Run, n: usize) -> io::Result<Vec<u64>> {
-    let memory = run.memory;
     let dir = tempfile::Builder::new()
         .prefix("forkroot-bench")
         .tempdir()?;
+    measure(run, n, &dir).map_err(|e| {
+        // Show the root's side of a failed measurement.
+        let log = fs::read_to_string(dir.path().join("root.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        io::Error::new(
+            e.kind(),
+            format!("{e}; the root's log ends with:\n{}", tail.join("\n")),
+        )
+    })
+}
+
+fn measure(run: &Run, n: usize, dir: &tempfile::TempDir) -> io::Result<Vec<u64>> {
+    let memory = run.memory;
     let d = dir.path();
     let fifo = d.join("probe.fifo");
     mkfifo(&fifo)?;
@@ -253,14 +275,7 @@ out = "{fifo}"
             .stderr(log)
             .spawn()?,
     );
-    let bad = |l: &str| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("not a start line: {l:?}"),
-        )
-    };
-    let line = lines.next()?;
-    let (mut pid, _) = parse_start(&line).ok_or_else(|| bad(&line))?;
+    let (mut pid, _) = lines.next_start()?;
     let mut out = Vec::with_capacity(n);
     for round in 0..WARMUP + n {
         if run.standby {
@@ -269,8 +284,7 @@ out = "{fifo}"
         let t0 = monotonic_ns();
         // SAFETY: kill has no memory preconditions.
         cvt(unsafe { libc::kill(pid, libc::SIGKILL) })?;
-        let line = lines.next()?;
-        let (next, ns) = parse_start(&line).ok_or_else(|| bad(&line))?;
+        let (next, ns) = lines.next_start()?;
         assert_ne!(next, pid, "the same pid reported twice");
         pid = next;
         if round >= WARMUP {
