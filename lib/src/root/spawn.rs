@@ -357,9 +357,9 @@ fn child(s: &Spawn<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
             // SAFETY: the log area lies inside the region, which stays mapped
             // writable for the rest of this process's life; this process
             // starts no thread or transaction before this point.
-            if let Some(log) =
-                unsafe { crate::log::FlightLog::init(base.as_ptr().add(LOG_OFFSET), LOG_SIZE) }
-            {
+            let log =
+                unsafe { crate::log::FlightLog::init(base.as_ptr().add(LOG_OFFSET), LOG_SIZE) };
+            if let Some(log) = log {
                 crate::log::install(log);
             }
             crate::alloc::set_name(s.name);
