@@ -398,7 +398,8 @@ impl<'a> Root<'a> {
                     .iter()
                     .all(|c| !c.state.has_process() && c.standby.is_none())
                 {
-                    self.reap_orphans();
+                    // Orphans a daemon left behind, reparented to us.
+                    let _ = self.reap();
                     info!(code, "every daemon stopped; exiting");
                     return Ok(code);
                 }
@@ -525,14 +526,6 @@ impl<'a> Root<'a> {
         match role {
             Role::Primary => self.on_exit(i, status),
             Role::Standby => self.on_standby_exit(i, status),
-        }
-    }
-
-    /// Reaps what is left of orphans (processes a daemon left behind that
-    /// were reparented to us) before the root exits.
-    fn reap_orphans(&mut self) {
-        while let Ok(Some((pid, status))) = sys::reap_one() {
-            debug!(%pid, ?status, "reaped an orphan");
         }
     }
 
