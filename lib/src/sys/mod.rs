@@ -11,6 +11,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::time::Duration;
 
+pub mod mutex;
 pub mod title;
 
 /// A process id as the kernel gives it (always > 0 for a real process).
