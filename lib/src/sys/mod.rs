@@ -13,6 +13,7 @@ use std::time::Duration;
 
 pub mod fork;
 pub mod futex;
+pub mod mem;
 pub mod mutex;
 pub mod proc;
 pub mod title;
