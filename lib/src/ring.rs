@@ -1172,32 +1172,9 @@ mod loom_tests {
     //! release), so no clock or system call makes the model nondeterministic.
 
     use super::*;
+    use crate::sync::Mem;
     use loom::sync::atomic::AtomicBool;
     use loom::sync::Arc;
-
-    struct Mem {
-        ptr: *mut u8,
-        layout: std::alloc::Layout,
-    }
-    // SAFETY: raw memory shared by the model's threads through the ring protocol.
-    unsafe impl Send for Mem {}
-    // SAFETY: as above.
-    unsafe impl Sync for Mem {}
-    impl Mem {
-        fn new(len: usize) -> Mem {
-            let layout = std::alloc::Layout::from_size_align(len, ALIGN).unwrap();
-            // SAFETY: nonzero size.
-            let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-            assert!(!ptr.is_null());
-            Mem { ptr, layout }
-        }
-    }
-    impl Drop for Mem {
-        fn drop(&mut self) {
-            // SAFETY: allocated in `new` with this layout.
-            unsafe { std::alloc::dealloc(self.ptr, self.layout) }
-        }
-    }
 
     /// Bounded preemptions keep the three-thread models under a minute
     /// (bugs in protocols like this one show up within two preemptions).
@@ -1215,7 +1192,7 @@ mod loom_tests {
             checksum: false,
         };
         let len = required_size(&cfg).unwrap();
-        let mem = Arc::new(Mem::new(len));
+        let mem = Arc::new(Mem::new(len, ALIGN));
         // SAFETY: `mem` is kept alive by every thread that uses the ring
         // (each holds a clone of the Arc), and is used only as this ring.
         let ring = unsafe { init(mem.ptr, len, &cfg) }.unwrap();
