@@ -28,6 +28,7 @@
 //! first aborts at once.
 
 use crate::log::Level;
+use crate::sys;
 use crate::trace::StackWriter;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -184,12 +185,10 @@ fn forbidden(size: usize) -> ! {
         }
         let _ = w.write_str("\n");
         let msg = w.as_str().as_bytes();
-        // SAFETY: writes `msg.len()` bytes from a live stack buffer to fd 2;
-        // a short or failed write is harmless, we abort next anyway.
-        unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+        // A failed write is harmless: we abort next anyway.
+        let _ = sys::write_all(2, msg);
     }
-    // SAFETY: abort has no preconditions; it does not return.
-    unsafe { libc::abort() }
+    std::process::abort()
 }
 
 /// The allocator wrapper: [`System`] under the process's [`Policy`].

@@ -45,6 +45,7 @@
 //! bounded by [`CAPACITY`]; every index is checked; nothing panics.
 
 use crate::region::LOG_SIZE;
+use crate::sys;
 use std::fmt;
 use std::sync::atomic::{fence, AtomicPtr, AtomicU64, Ordering};
 
@@ -188,22 +189,6 @@ fn header_check(layout: u64, capacity: u64, epoch: u64) -> u64 {
     hash(0, &[MAGIC, layout, capacity, epoch])
 }
 
-/// Realtime clock in ns (vDSO, no real syscall); 0 if the clock fails.
-fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; clock_gettime only writes it.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    (ts.tv_sec as u64)
-        .wrapping_mul(1_000_000_000)
-        .wrapping_add(ts.tv_nsec as u64)
-}
-
 /// Packs pid, level, flags and text length into the `meta` word.
 fn meta(pid: u32, level: u8, flags: u8, len: u16) -> u64 {
     u64::from(pid) | (u64::from(level) << 32) | (u64::from(flags) << 40) | (u64::from(len) << 48)
@@ -275,7 +260,7 @@ impl FlightLog {
         for w in &h._reserved {
             w.store(0, Ordering::Relaxed);
         }
-        let epoch = now_ns().max(1);
+        let epoch = sys::realtime_ns().max(1);
         h.layout.store(LAYOUT, Ordering::Relaxed);
         h.capacity.store(CAPACITY as u64, Ordering::Relaxed);
         h.epoch.store(epoch, Ordering::Relaxed);
@@ -302,7 +287,7 @@ impl FlightLog {
     /// allocation, no lock; safe from any number of threads and processes
     /// at once, and from a process that is killed at any instruction.
     pub fn write(&self, level: Level, pid: u32, tx: u128, text: &str) -> Option<u64> {
-        let ts = now_ns();
+        let ts = sys::realtime_ns();
         let mut len = text.len().min(TEXT_MAX);
         while !text.is_char_boundary(len) {
             len -= 1;

@@ -13,12 +13,14 @@
 //! blocking the writer: a sequence word, odd while a write is in progress.
 
 use crate::region::Plain;
+use crate::sys;
 use std::cell::UnsafeCell;
 use std::fmt;
 use std::io;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::time::Duration;
 
 /// A robust, process-shared mutex protecting a `T` in shared memory.
 ///
@@ -87,15 +89,6 @@ impl<T: Plain> fmt::Display for LockError<'_, T> {
 
 impl<T: Plain> std::error::Error for LockError<'_, T> {}
 
-/// Turns a pthread return code into `io::Result`.
-fn cvt(rc: libc::c_int) -> io::Result<()> {
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::from_raw_os_error(rc))
-    }
-}
-
 impl<T: Plain> RobustMutex<T> {
     /// Initialises a mutex in place at `this` (normally in a MAP_SHARED
     /// region), unlocked and holding `value`.
@@ -111,38 +104,12 @@ impl<T: Plain> RobustMutex<T> {
     /// while it is (re-)initialised.
     pub unsafe fn init(this: *mut Self, value: T) -> io::Result<()> {
         debug_assert!(!this.is_null() && this.is_aligned());
-        let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
-        // SAFETY: `attr` is local storage; each call gets the attribute
-        // object initialised by the first; `this` is valid for writes
-        // (caller's contract), so `raw` and `value` may be written through
-        // `addr_of_mut!` without creating references to uninitialised data.
+        // SAFETY: `this` is valid for writes and aligned, and no process
+        // uses a mutex there (caller's contract), so its `raw` field may be
+        // initialised and `value` written through `addr_of!` without
+        // creating references to uninitialised data.
         unsafe {
-            cvt(libc::pthread_mutexattr_init(attr.as_mut_ptr()))?;
-            let a = attr.as_mut_ptr();
-            let r = cvt(libc::pthread_mutexattr_setpshared(
-                a,
-                libc::PTHREAD_PROCESS_SHARED,
-            ))
-            .and_then(|()| {
-                cvt(libc::pthread_mutexattr_setrobust(
-                    a,
-                    libc::PTHREAD_MUTEX_ROBUST,
-                ))
-            })
-            .and_then(|()| {
-                cvt(libc::pthread_mutexattr_settype(
-                    a,
-                    libc::PTHREAD_MUTEX_ERRORCHECK,
-                ))
-            })
-            .and_then(|()| {
-                cvt(libc::pthread_mutex_init(
-                    UnsafeCell::raw_get(std::ptr::addr_of!((*this).raw)),
-                    a,
-                ))
-            });
-            libc::pthread_mutexattr_destroy(a);
-            r?;
+            sys::mutex::init_robust_shared(UnsafeCell::raw_get(std::ptr::addr_of!((*this).raw)))?;
             UnsafeCell::raw_get(std::ptr::addr_of!((*this).value)).write(value);
         }
         Ok(())
@@ -152,19 +119,21 @@ impl<T: Plain> RobustMutex<T> {
         self.raw.get()
     }
 
-    fn result(&self, rc: libc::c_int) -> Result<MutexGuard<'_, T>, LockError<'_, T>> {
-        match rc {
-            0 => Ok(MutexGuard {
+    fn result(&self, rc: io::Result<()>) -> Result<MutexGuard<'_, T>, LockError<'_, T>> {
+        let Err(e) = rc else {
+            return Ok(MutexGuard {
                 mutex: self,
                 _not_send: PhantomData,
-            }),
-            libc::EOWNERDEAD => Err(LockError::OwnerDied(OwnerDiedGuard {
+            });
+        };
+        match e.raw_os_error() {
+            Some(libc::EOWNERDEAD) => Err(LockError::OwnerDied(OwnerDiedGuard {
                 mutex: self,
                 _not_send: PhantomData,
             })),
-            libc::ENOTRECOVERABLE => Err(LockError::NotRecoverable),
-            libc::EBUSY => Err(LockError::WouldBlock),
-            e => Err(LockError::Os(io::Error::from_raw_os_error(e))),
+            Some(libc::ENOTRECOVERABLE) => Err(LockError::NotRecoverable),
+            Some(libc::EBUSY) => Err(LockError::WouldBlock),
+            _ => Err(LockError::Os(e)),
         }
     }
 
@@ -176,7 +145,7 @@ impl<T: Plain> RobustMutex<T> {
     pub fn lock(&self) -> Result<MutexGuard<'_, T>, LockError<'_, T>> {
         // SAFETY: `raw` was initialised by `init` (type invariant: a
         // `RobustMutex` reference only exists over initialised memory).
-        let rc = unsafe { libc::pthread_mutex_lock(self.raw()) };
+        let rc = unsafe { sys::mutex::lock(self.raw()) };
         self.result(rc)
     }
 
@@ -188,24 +157,22 @@ impl<T: Plain> RobustMutex<T> {
         // ENOTRECOVERABLE, so every later locker would hang. A timed lock
         // with a deadline in the past takes the same path as `lock` (which
         // releases it correctly) and returns ETIMEDOUT instead of waiting.
-        let past = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: as in `lock`; `past` is a valid timespec.
-        let rc = unsafe { libc::pthread_mutex_timedlock(self.raw(), &past) };
-        self.result(if rc == libc::ETIMEDOUT {
-            libc::EBUSY
-        } else {
-            rc
-        })
+        // SAFETY: as in `lock`.
+        let rc = unsafe { sys::mutex::timed_lock(self.raw(), Duration::ZERO) };
+        self.result(rc.map_err(|e| {
+            if e.raw_os_error() == Some(libc::ETIMEDOUT) {
+                io::Error::from_raw_os_error(libc::EBUSY)
+            } else {
+                e
+            }
+        }))
     }
 
     fn unlock(&self) {
         // SAFETY: called only from a guard's drop, while this thread holds
         // the lock.
-        let rc = unsafe { libc::pthread_mutex_unlock(self.raw()) };
-        debug_assert_eq!(rc, 0, "pthread_mutex_unlock");
+        let rc = unsafe { sys::mutex::unlock(self.raw()) };
+        debug_assert!(rc.is_ok(), "pthread_mutex_unlock: {rc:?}");
     }
 }
 
@@ -261,8 +228,8 @@ impl<'a, T: Plain> OwnerDiedGuard<'a, T> {
         // SAFETY: this thread holds the lock in the owner-died state (that
         // is the guard's invariant), which is exactly when
         // pthread_mutex_consistent may be called.
-        let rc = unsafe { libc::pthread_mutex_consistent(mutex.raw()) };
-        debug_assert_eq!(rc, 0, "pthread_mutex_consistent");
+        let rc = unsafe { sys::mutex::make_consistent(mutex.raw()) };
+        debug_assert!(rc.is_ok(), "pthread_mutex_consistent: {rc:?}");
         MutexGuard {
             mutex,
             _not_send: PhantomData,

@@ -683,30 +683,12 @@ mod loom_tests {
     //! interleaving (`RUSTFLAGS="--cfg loom" cargo test -p forkroot --release --lib loom`).
 
     use super::*;
+    use crate::sync::Mem;
     use loom::sync::Arc;
-
-    struct Mem {
-        ptr: *mut u8,
-        layout: std::alloc::Layout,
-    }
-    // SAFETY: raw memory shared by the model's threads through the pool protocol.
-    unsafe impl Send for Mem {}
-    // SAFETY: as above.
-    unsafe impl Sync for Mem {}
-    impl Drop for Mem {
-        fn drop(&mut self) {
-            // SAFETY: allocated in `setup` with this layout.
-            unsafe { std::alloc::dealloc(self.ptr, self.layout) }
-        }
-    }
 
     fn setup(capacity: u32) -> (Arc<Mem>, Pool<'static>) {
         let len = required_size(8, capacity).unwrap();
-        let layout = std::alloc::Layout::from_size_align(len, ALIGN).unwrap();
-        // SAFETY: nonzero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        assert!(!ptr.is_null());
-        let mem = Arc::new(Mem { ptr, layout });
+        let mem = Arc::new(Mem::new(len, ALIGN));
         // SAFETY: kept alive by every thread that uses the pool (each holds
         // a clone of the Arc); used only as this pool.
         let pool = unsafe { init(mem.ptr, len, 8, capacity) }.unwrap();

@@ -75,6 +75,7 @@ use std::ptr::{self, NonNull};
 use std::time::{Duration, Instant};
 
 use crate::sync::{fence, spin_loop, AtomicU32, AtomicU64, Ordering, UnsafeCell};
+use crate::sys;
 
 /// First eight bytes of every ring: `"FRKRING\0"`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"FRKRING\0");
@@ -1113,7 +1114,7 @@ impl Deref for Peeked<'_, '_> {
 }
 
 fn current_pid() -> u32 {
-    std::process::id()
+    sys::getpid().0 as u32
 }
 
 /// Whether process `pid` has exited: `kill(pid, 0)` fails with `ESRCH`, or
@@ -1133,96 +1134,26 @@ pub fn pid_is_dead(pid: u32) -> bool {
         if p <= 0 {
             return true;
         }
-        // SAFETY: signal 0 only checks for existence and permission.
-        let r = unsafe { libc::kill(p, 0) };
-        if r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
-            return true;
+        // Signal 0 only checks for existence and permission.
+        if let Err(e) = sys::kill(sys::Pid(p), 0) {
+            if e.raw_os_error() == Some(libc::ESRCH) {
+                return true;
+            }
         }
-        proc_state(pid).is_some_and(|s| s == b'Z' || s == b'X')
+        sys::proc::state(sys::Pid(p)).is_ok_and(|s| s == b'Z' || s == b'X')
     }
 }
 
-/// The state letter of `/proc/<pid>/stat`, read into a stack buffer.
-#[cfg(not(loom))]
-fn proc_state(pid: u32) -> Option<u8> {
-    let mut path = [0u8; 32];
-    let prefix = b"/proc/";
-    path[..prefix.len()].copy_from_slice(prefix);
-    let mut digits = [0u8; 10];
-    let mut n = pid;
-    let mut nd = 0;
-    loop {
-        digits[nd] = b'0' + (n % 10) as u8;
-        nd += 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let mut at = prefix.len();
-    for i in (0..nd).rev() {
-        path[at] = digits[i];
-        at += 1;
-    }
-    path[at..at + 5].copy_from_slice(b"/stat");
-    // path[at + 5] is the terminating NUL.
-    // SAFETY: `path` is NUL-terminated and lives across the call.
-    let fd = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return None;
-    }
-    let mut buf = [0u8; 512];
-    // SAFETY: `buf` is writable for its length; `fd` is ours.
-    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-    // SAFETY: `fd` is ours and closed once.
-    unsafe { libc::close(fd) };
-    let n = usize::try_from(n).ok()?;
-    let text = &buf[..n];
-    let close = text.iter().rposition(|&b| b == b')')?;
-    text.get(close + 2).copied()
-}
-
+// A failed wait or wake needs no handling: every waiter re-checks its
+// condition after waking, for whatever reason, and bounds its sleep.
 #[cfg(not(loom))]
 fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
-    let ts = timeout.map(|d| libc::timespec {
-        tv_sec: d.as_secs().min(i32::MAX as u64) as libc::time_t,
-        tv_nsec: d.subsec_nanos() as libc::c_long,
-    });
-    let tsp = ts
-        .as_ref()
-        .map_or(ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: `word` is an aligned 32-bit atomic in memory valid for the
-    // call; FUTEX_WAIT (shared, not PRIVATE: the word may be in memory
-    // mapped by other processes) only reads it and sleeps; `tsp` is null or
-    // points to a live timespec. EINTR, EAGAIN and ETIMEDOUT all mean
-    // "re-check", which every caller does.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word as *const AtomicU32 as *const u32,
-            libc::FUTEX_WAIT,
-            expected,
-            tsp,
-            ptr::null::<u32>(),
-            0u32,
-        );
-    }
+    let _ = sys::futex::wait(word, expected, timeout);
 }
 
 #[cfg(not(loom))]
 fn futex_wake(word: &AtomicU32, n: i32) {
-    // SAFETY: as in `futex_wait`; FUTEX_WAKE does not touch the word.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word as *const AtomicU32 as *const u32,
-            libc::FUTEX_WAKE,
-            n,
-            ptr::null::<libc::timespec>(),
-            ptr::null::<u32>(),
-            0u32,
-        );
-    }
+    let _ = sys::futex::wake(word, n);
 }
 
 #[cfg(loom)]
@@ -1241,32 +1172,9 @@ mod loom_tests {
     //! release), so no clock or system call makes the model nondeterministic.
 
     use super::*;
+    use crate::sync::Mem;
     use loom::sync::atomic::AtomicBool;
     use loom::sync::Arc;
-
-    struct Mem {
-        ptr: *mut u8,
-        layout: std::alloc::Layout,
-    }
-    // SAFETY: raw memory shared by the model's threads through the ring protocol.
-    unsafe impl Send for Mem {}
-    // SAFETY: as above.
-    unsafe impl Sync for Mem {}
-    impl Mem {
-        fn new(len: usize) -> Mem {
-            let layout = std::alloc::Layout::from_size_align(len, ALIGN).unwrap();
-            // SAFETY: nonzero size.
-            let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-            assert!(!ptr.is_null());
-            Mem { ptr, layout }
-        }
-    }
-    impl Drop for Mem {
-        fn drop(&mut self) {
-            // SAFETY: allocated in `new` with this layout.
-            unsafe { std::alloc::dealloc(self.ptr, self.layout) }
-        }
-    }
 
     /// Bounded preemptions keep the three-thread models under a minute
     /// (bugs in protocols like this one show up within two preemptions).
@@ -1284,7 +1192,7 @@ mod loom_tests {
             checksum: false,
         };
         let len = required_size(&cfg).unwrap();
-        let mem = Arc::new(Mem::new(len));
+        let mem = Arc::new(Mem::new(len, ALIGN));
         // SAFETY: `mem` is kept alive by every thread that uses the ring
         // (each holds a clone of the Arc), and is used only as this ring.
         let ring = unsafe { init(mem.ptr, len, &cfg) }.unwrap();

@@ -23,6 +23,7 @@
 //! apart, so attaching an area with the wrong scheme is a layout change too.
 
 use crate::region::Plain;
+use crate::sys;
 use std::fmt;
 use std::marker::PhantomData;
 use std::mem::{align_of, size_of};
@@ -373,18 +374,9 @@ pub fn zero(area: &mut [u8]) {
     let inner_start = round_up(start, PAGE);
     let inner_end = end & !(PAGE - 1);
     if inner_end > inner_start {
-        // SAFETY: [inner_start, inner_end) lies inside `area`, which we
-        // borrow mutably, so discarding its contents affects no live Rust
-        // value but the bytes of `area`. MADV_REMOVE either frees the range
-        // (it then reads as zeroes) or fails and changes nothing.
-        let rc = unsafe {
-            libc::madvise(
-                inner_start as *mut libc::c_void,
-                inner_end - inner_start,
-                libc::MADV_REMOVE,
-            )
-        };
-        if rc == 0 {
+        // MADV_REMOVE either frees the range (it then reads as zeroes) or
+        // fails and changes nothing.
+        if sys::mem::remove(&mut area[inner_start - start..inner_end - start]).is_ok() {
             area[..inner_start - start].fill(0);
             area[inner_end - start..].fill(0);
             return;

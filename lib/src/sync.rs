@@ -63,3 +63,40 @@ impl<T> UnsafeCell<T> {
         f(self.0.get())
     }
 }
+
+/// Zeroed heap memory standing in for a shared mapping in loom models: the
+/// model's threads share it through the protocol under test (a ring, a pool).
+#[cfg(all(test, loom))]
+pub(crate) struct Mem {
+    /// Start of the memory, aligned as asked.
+    pub(crate) ptr: *mut u8,
+    layout: std::alloc::Layout,
+}
+
+// SAFETY: raw memory shared by the model's threads through the protocol
+// under test, which orders every access.
+#[cfg(all(test, loom))]
+unsafe impl Send for Mem {}
+// SAFETY: as above.
+#[cfg(all(test, loom))]
+unsafe impl Sync for Mem {}
+
+#[cfg(all(test, loom))]
+impl Mem {
+    /// `len` zeroed bytes aligned to `align`.
+    pub(crate) fn new(len: usize, align: usize) -> Mem {
+        let layout = std::alloc::Layout::from_size_align(len, align).unwrap();
+        // SAFETY: nonzero size (every caller lays out a header).
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(!ptr.is_null());
+        Mem { ptr, layout }
+    }
+}
+
+#[cfg(all(test, loom))]
+impl Drop for Mem {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr, self.layout) }
+    }
+}

@@ -20,6 +20,7 @@
 //! other way (a raw `clone`) calls [`after_fork`] itself.
 
 use crate::log::{self, Level, TEXT_MAX};
+use crate::sys;
 use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use tracing::field::{Field, Visit};
@@ -46,8 +47,7 @@ pub fn pid() -> u32 {
 /// Refreshes the cached pid (call in a new process that did not come from
 /// `fork`, which [`layer`] already handles); returns it.
 pub fn after_fork() -> u32 {
-    // SAFETY: getpid has no preconditions and cannot fail.
-    let p = unsafe { libc::getpid() } as u32;
+    let p = sys::getpid().0 as u32;
     PID.store(p, Ordering::Relaxed);
     p
 }
@@ -165,11 +165,9 @@ pub struct FlightLayer {
 /// Also registers (once) the fork handler that keeps the cached pid right.
 pub fn layer() -> FlightLayer {
     if !ATFORK.swap(true, Ordering::AcqRel) {
-        // SAFETY: registers a plain `extern "C"` child handler with no
-        // captured state; the handler only calls getpid and stores an atomic,
-        // both async-signal-safe, as a fork child handler must be.
-        let rc = unsafe { libc::pthread_atfork(None, None, Some(atfork_child)) };
-        if rc != 0 {
+        // SAFETY: the handler only calls getpid and stores an atomic, both
+        // async-signal-safe, as a fork child handler must be.
+        if unsafe { sys::fork::at_fork_child(atfork_child) }.is_err() {
             ATFORK.store(false, Ordering::Release);
         }
     }

@@ -10,24 +10,11 @@ use std::hint::black_box;
 use std::io::Read as _;
 use std::os::fd::FromRawFd as _;
 
+mod common;
+use common::map_shared;
+
 #[global_allocator]
 static A: Guarded = Guarded::new();
-
-fn map_shared(len: usize) -> *mut u8 {
-    // SAFETY: anonymous shared mapping, no aliasing.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(p, libc::MAP_FAILED);
-    p.cast()
-}
 
 /// How a child ended, what it wrote to stderr, and its flight log's last
 /// record.
@@ -98,8 +85,7 @@ fn expect_abort(what: &str, o: &Outcome, size: usize) {
 }
 
 fn main() {
-    // SAFETY: watchdog; a hang becomes SIGALRM, a failure.
-    unsafe { libc::alarm(30) };
+    common::watchdog(30);
 
     // Off: nothing counted.
     alloc::reset_stats();

@@ -8,61 +8,8 @@ use forkroot::region::Plain;
 use forkroot::state::{self, StateError, Status, HEADER_SIZE};
 use std::mem::size_of;
 
-/// A shared anonymous mapping, like the user area of a region.
-struct Shm {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl Shm {
-    fn new(len: usize) -> Shm {
-        // SAFETY: a fresh anonymous mapping; no existing memory is affected.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED, "mmap failed");
-        Shm { ptr: p.cast(), len }
-    }
-
-    fn area(&mut self) -> &mut [u8] {
-        // SAFETY: the mapping is `len` bytes, readable and writable, owned by
-        // `self` and borrowed mutably here.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
-}
-
-impl Drop for Shm {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping created in `new`; no borrow of
-        // it outlives `self`.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
-
-/// xorshift64*: reproducible randomness without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+mod common;
+use common::{Shm, Xorshift64Star as Rng};
 
 /// State whose payload is derived from its counter, so any mix of two
 /// states is detectable.

@@ -13,64 +13,12 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-/// A shared anonymous mapping, inherited across fork like a region.
-struct Shm {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl Shm {
-    fn new(len: usize) -> Shm {
-        // SAFETY: a fresh anonymous mapping; no existing memory is affected.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED, "mmap failed");
-        Shm { ptr: p.cast(), len }
-    }
-
-    fn area(&mut self) -> &mut [u8] {
-        // SAFETY: the mapping is `len` bytes, readable and writable, owned by
-        // `self` and borrowed mutably here.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
-
-    fn words(&self) -> &[AtomicU64] {
-        debug_assert!(self.len >= 8);
-        // SAFETY: the mapping is page-aligned, `len` bytes long, and only
-        // accessed through atomics by every process sharing it.
-        unsafe { std::slice::from_raw_parts(self.ptr.cast::<AtomicU64>(), self.len / 8) }
-    }
-}
-
-impl Drop for Shm {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping created in `new`.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
+mod common;
+use common::{Shm, Xorshift64Star as Rng};
 
 /// What the child reports through a separate shared page.
 const ATTEMPTING: usize = 0; // counter being committed (stored before commit)
 const COMMITTED: usize = 1; // counter whose commit returned (stored after)
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
 
 /// A counter and a 4 KiB payload derived from it: a torn copy cannot pass.
 #[repr(C)]
@@ -290,9 +238,7 @@ fn inplace_rounds(rounds: usize, rng: &mut Rng) -> Result<Outcome, String> {
 }
 
 fn main() -> ExitCode {
-    // SAFETY: alarm only schedules SIGALRM for this process; its default
-    // action ends a hung run instead of letting it block forever.
-    unsafe { libc::alarm(60) };
+    common::watchdog(60);
     let seed = std::env::var("CHECKPOINT_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -7,43 +7,8 @@ use forkroot::region::Plain;
 use forkroot::state::{self, Status};
 use std::mem::{offset_of, size_of};
 
-/// A shared anonymous mapping, like the user area of a region.
-struct Shm {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl Shm {
-    fn new(len: usize) -> Shm {
-        // SAFETY: a fresh anonymous mapping; no existing memory is affected.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED, "mmap failed");
-        Shm { ptr: p.cast(), len }
-    }
-
-    fn area(&mut self) -> &mut [u8] {
-        // SAFETY: the mapping is `len` bytes, readable and writable, owned by
-        // `self` and borrowed mutably here.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
-}
-
-impl Drop for Shm {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping created in `new`; no borrow of
-        // it outlives `self`.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
+mod common;
+use common::Shm;
 
 const ACCOUNTS: usize = 1024;
 const TOTAL: u64 = 1_000_000;

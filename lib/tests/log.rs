@@ -4,6 +4,9 @@ use forkroot::log::{drain, tail, Cursor, FlightLog, Level, Record, CAPACITY, TEX
 use forkroot::region::LOG_SIZE;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+mod common;
+use common::Xorshift64 as Rng;
+
 /// An 8-aligned, heap-backed log area that lives for the whole test.
 fn area() -> &'static mut [u8] {
     let words: &'static mut [u64] = Box::leak(vec![0u64; LOG_SIZE / 8].into_boxed_slice());
@@ -25,16 +28,6 @@ fn collect_tail(a: &[u8], n: usize) -> Vec<Record> {
     let mut v = Vec::new();
     tail(a, n, |r| v.push(r.clone()));
     v
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 #[test]

@@ -10,27 +10,14 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{map_shared, Xorshift64 as Rng};
+
 const PROCS: usize = 4;
 const THREADS: usize = 2; // per process, plus its main thread
 const ROUNDS: usize = 30;
 /// Tickets tracked in the shared "done" table; writers stop beyond it.
 const MAX_TICKETS: usize = 1 << 22;
-
-fn map_shared(len: usize) -> *mut u8 {
-    // SAFETY: anonymous shared mapping; no file, no aliasing with anything.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(p, libc::MAP_FAILED, "mmap");
-    p.cast()
-}
 
 fn fnv(b: &[u8]) -> u64 {
     b.iter().fold(0xcbf2_9ce4_8422_2325, |h, &x| {
@@ -54,16 +41,6 @@ fn verify(text: &str) -> bool {
         return false;
     };
     u64::from_str_radix(h, 16).ok() == Some(fnv(body.as_bytes()))
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 fn writer(log: &'static FlightLog, done: &'static [AtomicU8], w: usize) {
@@ -115,8 +92,7 @@ fn check(area: &[u8], log: &FlightLog, done: &[AtomicU8], round: usize) -> (usiz
 }
 
 fn main() {
-    // SAFETY: alarm has no preconditions; a hang becomes SIGALRM, a failure.
-    unsafe { libc::alarm(60) };
+    common::watchdog(60);
     let started = Instant::now();
     let area_ptr = map_shared(LOG_SIZE);
     let done_ptr = map_shared(MAX_TICKETS);

@@ -7,6 +7,9 @@ use forkroot::mutex::{LockError, RobustMutex, SeqLock, SeqLockError};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{map_shared, Xorshift64 as Rng};
+
 const ROUNDS: usize = 1000;
 const SEQ_ROUNDS: usize = 300;
 
@@ -26,32 +29,6 @@ struct Shared {
     locked: AtomicU32,
     seq: SeqLock<[u64; 256]>,
     seq_started: AtomicU32,
-}
-
-fn map_shared<T>() -> *mut T {
-    // SAFETY: anonymous shared mapping, no aliasing; zeroed by the kernel.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            std::mem::size_of::<T>(),
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(p, libc::MAP_FAILED);
-    p.cast()
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 fn fork(child: impl FnOnce()) -> libc::pid_t {
@@ -87,10 +64,9 @@ fn spin_until(flag: &AtomicU32) {
 }
 
 fn main() {
-    // SAFETY: watchdog; a hang becomes SIGALRM, a failure.
-    unsafe { libc::alarm(60) };
+    common::watchdog(60);
     let started = Instant::now();
-    let sh: *mut Shared = map_shared();
+    let sh: *mut Shared = map_shared(std::mem::size_of::<Shared>()).cast();
     // SAFETY: fresh mapping, aligned, nobody else uses it yet.
     unsafe {
         RobustMutex::init(std::ptr::addr_of_mut!((*sh).mutex), Pair { a: 1, b: 0 }).unwrap();

@@ -2,21 +2,8 @@
 
 use forkroot::pool::{self, Owner, PoolError};
 
-fn memory(len: usize) -> *mut u8 {
-    // SAFETY: anonymous mapping; the result is checked.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert!(p != libc::MAP_FAILED);
-    p.cast()
-}
+mod common;
+use common::map_shared as memory;
 
 const A: Owner = Owner {
     slot: 1,

@@ -13,11 +13,13 @@
 //! once. `alarm(60)` in every process is the watchdog.
 
 use std::process::exit;
-use std::ptr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use forkroot::pool::{self, BlockRef, Owner, Pool, PoolError};
+
+mod common;
+use common::{fork, map_shared, reap, Xorshift64 as Rng};
 
 const SLOTS: usize = 4;
 const MAX_HELD: usize = 12;
@@ -44,35 +46,6 @@ struct Ctl {
     ops: AtomicU64,
 }
 
-fn map_shared(len: usize) -> *mut u8 {
-    // SAFETY: anonymous shared mapping, no file; the result is checked.
-    let p = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert!(p != libc::MAP_FAILED, "mmap failed");
-    p.cast()
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 fn stamp(owner: Owner, index: u32) -> [u8; 12] {
     let mut s = [0u8; 12];
     s[0..4].copy_from_slice(&owner.slot.to_le_bytes());
@@ -82,8 +55,7 @@ fn stamp(owner: Owner, index: u32) -> [u8; 12] {
 }
 
 fn child(pool: Pool<'_>, ctl: &Ctl, slot: usize, generation: u32, seed: u64) -> ! {
-    // SAFETY: alarm only arms a timer.
-    unsafe { libc::alarm(60) };
+    common::watchdog(60);
     let owner = Owner {
         slot: slot as u32,
         generation,
@@ -151,20 +123,6 @@ fn release(pool: Pool<'_>, ctl: &Ctl, owner: Owner, rec: &AtomicU32, b: BlockRef
     if pool.free(b, owner).is_err() {
         ctl.errors.fetch_add(1, Ordering::AcqRel);
     }
-}
-
-fn fork() -> libc::pid_t {
-    // SAFETY: this test process is single-threaded, so the child may do anything.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    pid
-}
-
-fn reap(pid: libc::pid_t) -> i32 {
-    let mut status = 0;
-    // SAFETY: `pid` is our child; `status` is a valid out pointer.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-    status
 }
 
 /// Pauses the live children, recovers, checks every block; returns the report.
@@ -244,8 +202,7 @@ fn check(pool: Pool<'_>, ctl: &Ctl, gens: &[u32; SLOTS]) -> pool::Report {
 }
 
 fn main() {
-    // SAFETY: alarm only arms a timer; a hang kills this process with SIGALRM.
-    unsafe { libc::alarm(60) };
+    common::watchdog(60);
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64)

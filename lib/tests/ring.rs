@@ -5,22 +5,8 @@ use std::time::{Duration, Instant};
 
 use forkroot::ring::{self, Config, Kind, RingError};
 
-/// Zeroed, 4096-aligned memory that lives to the end of the test process.
-fn memory(len: usize) -> *mut u8 {
-    // SAFETY: anonymous private mapping; the result is checked.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert!(p != libc::MAP_FAILED);
-    p.cast()
-}
+mod common;
+use common::map_shared as memory;
 
 fn cfg(kind: Kind, capacity: u32, slot_size: u32) -> Config {
     Config {

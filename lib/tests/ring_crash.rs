@@ -13,11 +13,13 @@
 //! `alarm(60)` in every process is the watchdog: a hang fails the test.
 
 use std::process::exit;
-use std::ptr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use forkroot::ring::{self, Config, Kind, Ring};
+
+mod common;
+use common::{fork, kill_and_reap, map_shared, reap, Xorshift64 as Rng};
 
 /// Writer generations per test (one per forked writer), an upper bound.
 const MAX_GENS: usize = 1200;
@@ -40,59 +42,6 @@ struct Ctl {
     done: [AtomicU64; MAX_GENS],
     /// `expect[g]`: next sequence number the readers expect from writer `g`.
     expect: [AtomicU64; MAX_GENS],
-}
-
-fn map_shared(len: usize) -> *mut u8 {
-    // SAFETY: anonymous shared mapping, no file; the result is checked.
-    let p = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert!(p != libc::MAP_FAILED, "mmap failed");
-    p.cast()
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn fork() -> libc::pid_t {
-    // SAFETY: this test process is single-threaded, so the child may do anything.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    pid
-}
-
-fn kill_and_reap(pid: libc::pid_t) -> i32 {
-    let mut status = 0;
-    // SAFETY: `pid` is our child; `status` is a valid out pointer.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-        libc::waitpid(pid, &mut status, 0);
-    }
-    status
-}
-
-fn reap(pid: libc::pid_t) -> i32 {
-    let mut status = 0;
-    // SAFETY: `pid` is our child; `status` is a valid out pointer.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-    status
 }
 
 /// Message: gen u32 | seq u64 | filler (seq % 41 bytes) | crc32 of all before.
@@ -150,8 +99,7 @@ fn fail(ctl: &Ctl, kind: u64, gen: u64, seq: u64, expected: u64) {
 }
 
 fn reader(ring: Ring<'_>, ctl: &Ctl) -> ! {
-    // SAFETY: alarm only arms a timer.
-    unsafe { libc::alarm(60) };
+    common::watchdog(60);
     let mut consumer = loop {
         match ring.consumer() {
             Ok(c) => break c,
@@ -330,8 +278,7 @@ fn run(phase: &Phase, rng: &mut Rng) -> (usize, usize) {
 }
 
 fn main() {
-    // SAFETY: alarm only arms a timer; a hang kills this process with SIGALRM.
-    unsafe { libc::alarm(60) };
+    common::watchdog(60);
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64)

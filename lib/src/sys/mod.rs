@@ -11,6 +11,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::time::Duration;
 
+pub mod fork;
+pub mod futex;
+pub mod mem;
+pub mod mutex;
+pub mod proc;
 pub mod title;
 
 /// A process id as the kernel gives it (always > 0 for a real process).
