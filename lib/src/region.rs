@@ -356,7 +356,7 @@ impl Drop for RegionSet {
     fn drop(&mut self) {
         // SAFETY: the reservation is ours; views borrow `self`, so none
         // outlive it.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+        let _ = unsafe { sys::unmap(self.base, self.len) };
     }
 }
 

@@ -265,8 +265,7 @@ fn child(s: &Spawn<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
                 fail(pipe, SetupStage::Descriptors, e);
             }
             // A program gets default signal handling, as from a shell.
-            // SAFETY: SIG_DFL is a valid disposition for SIGPIPE.
-            unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+            sys::default_sigpipe();
             let _ = SigSet::empty().set_mask();
             let err = sys::exec(path, argv, envp);
             fail(4, SetupStage::Exec, err)

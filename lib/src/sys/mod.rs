@@ -60,6 +60,7 @@ macro_rules! minus_one {
 minus_one!(i32, i64, isize);
 
 /// The calling process's id. Fork-safe.
+#[inline]
 pub fn getpid() -> Pid {
     // SAFETY: getpid has no preconditions and cannot fail.
     Pid(unsafe { libc::getpid() })
@@ -72,15 +73,18 @@ pub fn getppid() -> Pid {
 }
 
 /// Monotonic clock in nanoseconds (vDSO, no syscall). Fork-safe.
+#[inline]
 pub fn monotonic_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC)
 }
 
 /// Wall clock in nanoseconds since the epoch. Fork-safe.
+#[inline]
 pub fn realtime_ns() -> u64 {
     clock_ns(libc::CLOCK_REALTIME)
 }
 
+#[inline]
 fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -126,6 +130,9 @@ pub fn write_all(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
         // SAFETY: `buf` is a valid readable slice of `buf.len()` bytes.
         let n = cvt_r(|| unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) })?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
         buf = &buf[n as usize..];
     }
     Ok(())
@@ -352,6 +359,23 @@ pub unsafe fn map_fixed(
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Unmaps `[addr, addr+len)`.
+///
+/// # Safety
+/// No live reference may point into the range.
+pub unsafe fn unmap(addr: NonNull<u8>, len: usize) -> io::Result<()> {
+    // SAFETY: the caller guarantees nothing refers into the range.
+    cvt(unsafe { libc::munmap(addr.as_ptr().cast(), len) })?;
+    Ok(())
+}
+
+/// Gives SIGPIPE its default action back (the Rust runtime ignores it), as
+/// a program started from a shell expects. Fork-safe.
+pub fn default_sigpipe() {
+    // SAFETY: SIG_DFL is a valid disposition for SIGPIPE.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
 
 /// mprotect(2) on `[addr, addr+len)`.
