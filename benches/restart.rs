@@ -38,14 +38,39 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(300);
-    for memory in ["64KiB", "1GiB"] {
+    let runs = [
+        Run {
+            memory: "64KiB",
+            siblings: 0,
+            standby: false,
+        },
+        Run {
+            memory: "1GiB",
+            siblings: 0,
+            standby: false,
+        },
+        Run {
+            memory: "64KiB",
+            siblings: 1000,
+            standby: false,
+        },
+        Run {
+            memory: "64KiB",
+            siblings: 0,
+            standby: true,
+        },
+    ];
+    for run in runs {
         // The floor is measured right before each run, so that both see the
         // same load on the machine.
         let bare = Stats::of(bare_fork(n).expect("bare fork+waitpid"));
-        let s = Stats::of(forkroot(memory, n).expect("forkroot restart"));
+        let s = Stats::of(forkroot(&run, n).expect("forkroot restart"));
         println!(
-            "restart  memory={memory:<6} n={n}  median={} p99={}   \
+            "restart  memory={:<6} siblings={:<4} standby={:<5} n={n}  median={} p99={}   \
              bare fork+waitpid median={} p99={}   ratio={:.2}",
+            run.memory,
+            run.siblings,
+            run.standby,
             us(s.median),
             us(s.p99),
             us(bare.median),
@@ -102,6 +127,15 @@ struct Lines {
 }
 
 impl Lines {
+    /// The next `start` line (skipping the probe's other reports).
+    fn next_start(&mut self) -> io::Result<(i32, u64)> {
+        loop {
+            if let Some(start) = parse_start(&self.next()?) {
+                return Ok(start);
+            }
+        }
+    }
+
     fn next(&mut self) -> io::Result<String> {
         loop {
             if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
@@ -153,12 +187,35 @@ impl Drop for Root {
     }
 }
 
-/// `forkroot run` with one probe of `memory` bytes reporting to a FIFO;
-/// `n` kills, each timed to the replacement's first line.
-fn forkroot(memory: &str, n: usize) -> io::Result<Vec<u64>> {
+/// One measurement: the probe's region size, how many `idle` daemons run
+/// beside it (the cost per event must not grow with the tree), and whether
+/// it keeps a hot standby (takeover instead of fork).
+struct Run {
+    memory: &'static str,
+    siblings: usize,
+    standby: bool,
+}
+
+/// `forkroot run` with one probe reporting to a FIFO (plus `siblings` idle
+/// daemons); `n` kills, each timed to the replacement's first line.
+fn forkroot(run: &Run, n: usize) -> io::Result<Vec<u64>> {
     let dir = tempfile::Builder::new()
         .prefix("forkroot-bench")
         .tempdir()?;
+    measure(run, n, &dir).map_err(|e| {
+        // Show the root's side of a failed measurement.
+        let log = fs::read_to_string(dir.path().join("root.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        io::Error::new(
+            e.kind(),
+            format!("{e}; the root's log ends with:\n{}", tail.join("\n")),
+        )
+    })
+}
+
+fn measure(run: &Run, n: usize, dir: &tempfile::TempDir) -> io::Result<Vec<u64>> {
+    let memory = run.memory;
     let d = dir.path();
     let fifo = d.join("probe.fifo");
     mkfifo(&fifo)?;
@@ -177,11 +234,18 @@ period = "1s"
 name = "probe"
 kind = "probe"
 memory = "{memory}"
+standby = {standby}
 [daemon.args]
 out = "{fifo}"
-"#,
+{siblings}"#,
             dir = d.display(),
-            fifo = fifo.display()
+            fifo = fifo.display(),
+            standby = run.standby,
+            siblings = (0..run.siblings)
+                .map(|i| format!(
+                    "\n[[daemon]]\nname = \"idle{i}\"\nkind = \"idle\"\nmemory = \"4KiB\"\n"
+                ))
+                .collect::<String>(),
         ),
     )?;
     // Read-write, so the probe's open never waits for a reader and a dead
@@ -211,21 +275,16 @@ out = "{fifo}"
             .stderr(log)
             .spawn()?,
     );
-    let bad = |l: &str| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("not a start line: {l:?}"),
-        )
-    };
-    let line = lines.next()?;
-    let (mut pid, _) = parse_start(&line).ok_or_else(|| bad(&line))?;
+    let (mut pid, _) = lines.next_start()?;
     let mut out = Vec::with_capacity(n);
     for round in 0..WARMUP + n {
+        if run.standby {
+            wait_for_standby(&d.join("ctl.sock"), pid)?;
+        }
         let t0 = monotonic_ns();
         // SAFETY: kill has no memory preconditions.
         cvt(unsafe { libc::kill(pid, libc::SIGKILL) })?;
-        let line = lines.next()?;
-        let (next, ns) = parse_start(&line).ok_or_else(|| bad(&line))?;
+        let (next, ns) = lines.next_start()?;
         assert_ne!(next, pid, "the same pid reported twice");
         pid = next;
         if round >= WARMUP {
@@ -233,6 +292,29 @@ out = "{fifo}"
         }
     }
     Ok(out)
+}
+
+/// Waits (outside the timed part) until the daemon whose primary is `pid`
+/// has a ready standby, so each kill measures a takeover, not a fork.
+fn wait_for_standby(socket: &Path, pid: i32) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + READ_TIMEOUT;
+    while std::time::Instant::now() < deadline {
+        let out = Command::new(BIN)
+            .args(["ctl", "--socket"])
+            .arg(socket)
+            .args(["status", "--json"])
+            .output()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let d = &v["daemons"][0];
+        if d["pid"].as_i64() == Some(pid as i64) && d["standby_pid"].as_i64().is_some() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Err(io::Error::new(
+        io::ErrorKind::TimedOut,
+        "no standby became ready",
+    ))
 }
 
 fn mkfifo(path: &Path) -> io::Result<()> {

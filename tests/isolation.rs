@@ -72,12 +72,15 @@ attack = "victim"
     assert_eq!(t.wait_code(), 0);
 }
 
-/// A probe's lines after each `start` line, one vector per run.
+/// A probe's lines after each `start` line (less its `deaths` report), one
+/// vector per run.
 fn runs(out: &[String]) -> Vec<Vec<String>> {
     let mut runs: Vec<Vec<String>> = Vec::new();
     for line in out {
         if line.starts_with("start ") {
             runs.push(Vec::new());
+        } else if line.starts_with("deaths ") {
+            continue;
         } else if let Some(r) = runs.last_mut() {
             r.push(line.clone());
         }

@@ -5,8 +5,8 @@
 //!
 //! The output file is part of the checkpoint. The checkpointed state is the
 //! next number *and the length of the file that goes with it*. Each step
-//! writes the line at that length (pwrite), then commits `{next + 1, length
-//! + line}`. A restart truncates the file to the checkpoint's length, which
+//! writes the line at that length (pwrite), then commits
+//! `{next + 1, length + line}`. A restart truncates the file to the checkpoint's length, which
 //! removes a line written but not committed; the number is then written
 //! again. So the file and the checkpoint always move together: a crash
 //! before the commit leaves the old pair, after it the new one.

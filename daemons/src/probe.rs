@@ -9,8 +9,29 @@
 //!   make its region writable (`mprotect ok` or `mprotect EACCES`), then
 //!   write into it, which must kill the probe with SIGSEGV.
 //! - `exit`: exit with this code right after starting.
+//! - `checkpoint = true`: keep a checkpointed counter (per `on_restart`):
+//!   report `resumed VALUE HOW`, then commit VALUE + 1 (`committed N`),
+//!   unless VALUE equals `crash_at`: then crash with SIGSEGV at once (a
+//!   daemon killed by the state it resumed from: poison).
+//!
+//! - `allocate = true`: declare the steady state (`Context::steady`), then
+//!   allocate: the allocation policy must abort it (SIGABRT).
+//!
+//! After `start` it always reports `deaths N LAST`: how many deaths the root
+//! told it about, and the last one's reason (`-` if none).
 
 use std::io::Write;
+
+/// Writes one line with a single `write(2)`, so a kill between two pieces
+/// of it never leaves half a line for the reader (a FIFO keeps writes of
+/// up to PIPE_BUF bytes whole).
+macro_rules! say {
+    ($out:expr, $($arg:tt)*) => {{
+        let mut line = format!($($arg)*);
+        line.push('\n');
+        let _ = $out.write_all(line.as_bytes());
+    }};
+}
 use std::time::Duration;
 
 use forkroot::Context;
@@ -31,7 +52,30 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
         Err(e) => util::bad_arg(ctx, "out", &format!("{path}: {e}")),
     };
     let pid = forkroot::sys::getpid();
-    let _ = writeln!(out, "start {pid} {} {t0}", ctx.restarts());
+    say!(out, "start {pid} {} {t0}", ctx.restarts());
+    match ctx.last_exit() {
+        Some(reason) => say!(out, "deaths {} {reason}", ctx.deaths().len()),
+        None => say!(out, "deaths 0 -"),
+    };
+    if matches!(
+        ctx.args().get("checkpoint"),
+        Some(toml::Value::Boolean(true))
+    ) {
+        let crash_at = util::int(ctx, "crash_at", -1);
+        let (mut cp, resumed) = match ctx.checkpoints::<u64>(1) {
+            Ok(x) => x,
+            Err(e) => util::bad_arg(ctx, "checkpoint", &e.to_string()),
+        };
+        let value = *cp;
+        say!(out, "resumed {value} {resumed:?}");
+        if value as i64 == crash_at {
+            say!(out, "crashing at {value}");
+            forkroot::sys::die_by(libc::SIGSEGV);
+        }
+        *cp = value + 1;
+        cp.commit();
+        say!(out, "committed {}", value + 1);
+    }
 
     let fill = util::int(ctx, "fill", -1);
     if (0..=255).contains(&fill) {
@@ -42,29 +86,36 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
         let Some(view) = ctx.siblings().get(target) else {
             util::bad_arg(ctx, "attack", &format!("no sibling named {target:?}"))
         };
-        let _ = writeln!(out, "sibling {target} first_byte={}", view[0]);
+        say!(out, "sibling {target} first_byte={}", view[0]);
         let addr = std::ptr::NonNull::from(&view[0]);
         let page = forkroot::sys::page_size();
         // SAFETY: the range is the sibling's mapped view; if the call
         // succeeded (it must not), nothing else in this process holds a
         // reference that the protection change would invalidate.
         let prot = unsafe { forkroot::sys::protect(addr, page, forkroot::sys::Access::ReadWrite) };
-        let _ = match prot {
-            Ok(()) => writeln!(out, "mprotect ok"),
-            Err(e) if e.raw_os_error() == Some(libc::EACCES) => writeln!(out, "mprotect EACCES"),
-            Err(e) => writeln!(out, "mprotect {e}"),
+        match prot {
+            Ok(()) => say!(out, "mprotect ok"),
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) => say!(out, "mprotect EACCES"),
+            Err(e) => say!(out, "mprotect {e}"),
         };
-        let _ = writeln!(out, "writing");
+        say!(out, "writing");
         // SAFETY: deliberately not sound: this write into a read-only
         // mapping is the test; the kernel ends the process with SIGSEGV.
         unsafe { std::ptr::write_volatile(addr.as_ptr(), 0x55) };
-        let _ = writeln!(out, "wrote");
+        say!(out, "wrote");
+    }
+    if matches!(ctx.args().get("allocate"), Some(toml::Value::Boolean(true))) {
+        say!(out, "allocating");
+        ctx.steady();
+        let v: Vec<u8> = Vec::with_capacity(4096);
+        std::hint::black_box(&v);
+        say!(out, "allocated");
     }
     let code = util::int(ctx, "exit", -1);
     if code >= 0 {
         return code as i32;
     }
     while ctx.sleep(Duration::from_secs(3600)) {}
-    let _ = writeln!(out, "stop {pid}");
+    say!(out, "stop {pid}");
     0
 }

@@ -50,7 +50,7 @@ unsafe impl<T: Plain, const N: usize> Plain for [T; N] {}
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::ptr::NonNull;
 
@@ -101,50 +101,130 @@ pub fn page_round(n: u64) -> u64 {
     n.div_ceil(page) * page
 }
 
+/// Where a region's bytes live.
+#[derive(Debug)]
+enum Backing {
+    /// A range of the shared arena memfd, from this file offset.
+    Arena(u64),
+    /// A file of its own: an exec'd daemon's memfd (handed to it as fd 3)
+    /// or a `state_dir` file.
+    Own(OwnedFd),
+}
+
 #[derive(Debug)]
 struct Slot {
     /// Offset of the region inside the reservation.
     offset: usize,
     /// Bytes of the region: SYSTEM_SIZE + the page-rounded user size.
     len: usize,
-    /// The read-write descriptor. Only the owner maps it writable, in its
-    /// own process after the fork; the root maps a read-only reopening.
-    fd: OwnedFd,
+    backing: Backing,
+}
+
+/// What [`RegionSet::create`] makes for one daemon.
+#[derive(Debug, Clone, Copy)]
+pub struct RegionSpec<'a> {
+    /// The daemon's name (names its `state_dir` file and its memfd).
+    pub name: &'a str,
+    /// Bytes of user area (`memory`), rounded up to pages.
+    pub user: u64,
+    /// Needs a file of its own (an exec'd program gets its region as a
+    /// descriptor, which must not reach the other regions).
+    pub own_file: bool,
 }
 
 /// Every daemon's region, mapped read-only in the root at one address each
-/// inside a single reservation, with an unmapped guard page after each.
+/// inside a single reservation.
 ///
 /// Because the root maps them before forking, every daemon inherits every
 /// region at the same address, read-only; a daemon then maps its own region
 /// writable over the same range ([`RegionSet::enter`]). The read-only views
 /// come from read-only descriptors, so `mprotect` cannot make them writable.
+///
+/// Regions of built-in daemons are consecutive ranges of one memfd (the
+/// arena), mapped with one `mmap`: the root holds one descriptor and one
+/// mapping however many daemons there are, so neither `fork` (which copies
+/// every mapping) nor a child's `close_range` grows with the tree. No guard
+/// pages are needed between them: the neighbours of a daemon's writable
+/// region are read-only in that daemon, so running off its end faults.
+/// Regions with files of their own follow, each after an unmapped guard page.
 #[derive(Debug)]
 pub struct RegionSet {
     base: NonNull<u8>,
     len: usize,
     slots: Vec<Slot>,
+    /// The arena memfd (read-write), if any region lives in it.
+    arena: Option<OwnedFd>,
 }
 
 impl RegionSet {
-    /// Creates and maps one region per `(name, user_bytes)`. With
-    /// `state_dir`, each region is the file `state_dir/NAME.region` (kept
-    /// across runs of the root); otherwise an anonymous sealed memfd.
-    pub fn create(specs: &[(&str, u64)], state_dir: Option<&Path>) -> io::Result<RegionSet> {
+    /// Creates and maps one region per spec. With `state_dir`, each region
+    /// is the file `state_dir/NAME.region` (kept across runs of the root);
+    /// otherwise a range of the arena memfd or, for `own_file`, a sealed
+    /// memfd of its own.
+    pub fn create(specs: &[RegionSpec<'_>], state_dir: Option<&Path>) -> io::Result<RegionSet> {
         let page = sys::page_size();
         let lens: Vec<usize> = specs
             .iter()
-            .map(|&(_, user)| SYSTEM_SIZE + page_round(user) as usize)
+            .map(|s| SYSTEM_SIZE + page_round(s.user) as usize)
             .collect();
-        let len = page + lens.iter().map(|l| l + page).sum::<usize>();
+        let in_arena = |s: &RegionSpec<'_>| state_dir.is_none() && !s.own_file;
+        let arena_len: usize = specs
+            .iter()
+            .zip(&lens)
+            .filter(|(s, _)| in_arena(s))
+            .map(|(_, l)| l)
+            .sum();
+        let own_len: usize = specs
+            .iter()
+            .zip(&lens)
+            .filter(|(s, _)| !in_arena(s))
+            .map(|(_, l)| l + page)
+            .sum();
+        let len = page + arena_len + page + own_len;
         let base = sys::reserve(len)?;
         let mut set = RegionSet {
             base,
             len,
             slots: Vec::with_capacity(specs.len()),
+            arena: None,
         };
-        let mut offset = page;
-        for (&(name, _), &rlen) in specs.iter().zip(&lens) {
+        let err = |name: &str, len: usize, e: io::Error| {
+            io::Error::new(e.kind(), format!("region of {name:?} ({len} bytes): {e}"))
+        };
+        if arena_len > 0 {
+            let arena = sys::memfd_sealed(c"forkroot:arena", arena_len as u64).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("the region arena ({arena_len} bytes): {e}"),
+                )
+            })?;
+            let ro = sys::reopen_read_only(arena.as_raw_fd())?;
+            // SAFETY: [base+page, +arena_len) lies inside our reservation,
+            // and no reference into it exists yet.
+            unsafe {
+                sys::map_fixed(
+                    set.addr(page),
+                    arena_len,
+                    ro.as_raw_fd(),
+                    0,
+                    sys::Access::ReadOnly,
+                )?
+            };
+            set.arena = Some(arena);
+        }
+        let mut arena_off = 0usize;
+        let mut own_off = page + arena_len + page;
+        for (spec, &rlen) in specs.iter().zip(&lens) {
+            if in_arena(spec) {
+                set.slots.push(Slot {
+                    offset: page + arena_off,
+                    len: rlen,
+                    backing: Backing::Arena(arena_off as u64),
+                });
+                arena_off += rlen;
+                continue;
+            }
+            let name = spec.name;
             let fd = match state_dir {
                 Some(dir) => sys::file_region(&dir.join(format!("{name}.region")), rlen as u64),
                 None => {
@@ -153,20 +233,25 @@ impl RegionSet {
                     sys::memfd_sealed(&cname, rlen as u64)
                 }
             }
-            .map_err(|e| {
-                io::Error::new(e.kind(), format!("region of {name:?} ({rlen} bytes): {e}"))
-            })?;
+            .map_err(|e| err(name, rlen, e))?;
             let ro = sys::reopen_read_only(fd.as_raw_fd())?;
-            let addr = set.addr(offset);
             // SAFETY: [addr, addr+rlen) lies inside our reservation, and no
             // reference into it exists yet.
-            unsafe { sys::map_fixed(addr, rlen, ro.as_raw_fd(), sys::Access::ReadOnly)? };
+            unsafe {
+                sys::map_fixed(
+                    set.addr(own_off),
+                    rlen,
+                    ro.as_raw_fd(),
+                    0,
+                    sys::Access::ReadOnly,
+                )?
+            };
             set.slots.push(Slot {
-                offset,
+                offset: own_off,
                 len: rlen,
-                fd,
+                backing: Backing::Own(fd),
             });
-            offset += rlen + page;
+            own_off += rlen + page;
         }
         Ok(set)
     }
@@ -175,6 +260,20 @@ impl RegionSet {
         debug_assert!(offset < self.len);
         // SAFETY: offset is inside the reservation, so the pointer is too.
         unsafe { self.base.add(offset) }
+    }
+
+    /// The descriptor and file offset behind region `i`.
+    fn file(&self, i: usize) -> (RawFd, u64) {
+        match &self.slots[i].backing {
+            Backing::Arena(off) => (
+                self.arena
+                    .as_ref()
+                    .expect("an arena region has an arena")
+                    .as_raw_fd(),
+                *off,
+            ),
+            Backing::Own(fd) => (fd.as_raw_fd(), 0),
+        }
     }
 
     /// Number of regions.
@@ -211,9 +310,13 @@ impl RegionSet {
         unsafe { &*p.cast::<Header>() }
     }
 
-    /// The read-write descriptor of region `i` (for an exec'd daemon).
-    pub fn fd(&self, i: usize) -> &OwnedFd {
-        &self.slots[i].fd
+    /// The read-write descriptor of a region with a file of its own (an
+    /// exec'd daemon's), or `None` for a region in the arena.
+    pub fn own_fd(&self, i: usize) -> Option<&OwnedFd> {
+        match &self.slots[i].backing {
+            Backing::Own(fd) => Some(fd),
+            Backing::Arena(_) => None,
+        }
     }
 
     /// Bytes of region `i`, system area included.
@@ -224,12 +327,9 @@ impl RegionSet {
     /// Zeroes the user area of region `i` (for `on_restart = "fresh"`),
     /// keeping the system area and its flight log.
     pub fn zero_user(&self, i: usize) -> io::Result<()> {
+        let (fd, off) = self.file(i);
         let s = &self.slots[i];
-        sys::zero_range(
-            s.fd.as_raw_fd(),
-            SYSTEM_SIZE as u64,
-            (s.len - SYSTEM_SIZE) as u64,
-        )
+        sys::zero_range(fd, off + SYSTEM_SIZE as u64, (s.len - SYSTEM_SIZE) as u64)
     }
 
     /// In a freshly forked daemon: maps region `i` writable over its
@@ -241,9 +341,10 @@ impl RegionSet {
     pub unsafe fn enter(&self, i: usize) -> io::Result<&'static mut [u8]> {
         let s = &self.slots[i];
         let addr = self.addr(s.offset);
+        let (fd, off) = self.file(i);
         // SAFETY: the range is inside our reservation; the caller holds no
         // reference into it.
-        unsafe { sys::map_fixed(addr, s.len, s.fd.as_raw_fd(), sys::Access::ReadWrite)? };
+        unsafe { sys::map_fixed(addr, s.len, fd, off, sys::Access::ReadWrite)? };
         // SAFETY: just mapped writable; the mapping is never removed while
         // the process lives (the RegionSet is never dropped in a daemon),
         // and this is the only mutable reference the process makes.

@@ -55,47 +55,58 @@ impl Tree {
             .prefix("forkroot-test")
             .tempdir()
             .expect("temp dir");
-        let path = write_config(&dir, config);
-        let log = fs::File::create(dir.path().join("root.log")).expect("root.log");
-        let child = command(&dir)
-            .args(["run", "--config"])
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn forkroot");
+        write_config(&dir, config);
+        let child = spawn_root(&dir);
         let pid = child.id() as i32;
-        let child = Arc::new(Mutex::new(child));
-        let fired = Arc::new(AtomicBool::new(false));
-        let (disarm, rx) = mpsc::channel::<()>();
-        let watchdog = {
-            let child = Arc::clone(&child);
-            let fired = Arc::clone(&fired);
-            thread::spawn(move || {
-                if rx.recv_timeout(WATCHDOG) != Err(mpsc::RecvTimeoutError::Timeout) {
-                    return;
-                }
-                // Holding the lock, the root cannot be reaped under us, so
-                // `pid` still names it (or its zombie).
-                let mut c = child.lock().unwrap();
-                if let Ok(None) = c.try_wait() {
-                    eprintln!("watchdog: the test ran past {WATCHDOG:?}; killing the tree");
-                    fired.store(true, Ordering::SeqCst);
-                    kill_descendants(pid);
-                    let _ = c.kill();
-                }
-            })
-        };
-        Tree {
+        let mut t = Tree {
             dir,
-            child,
+            child: Arc::new(Mutex::new(child)),
             pid,
-            fired,
-            disarm: Some(disarm),
-            watchdog: Some(watchdog),
+            fired: Arc::new(AtomicBool::new(false)),
+            disarm: None,
+            watchdog: None,
             status: None,
+        };
+        t.arm();
+        t
+    }
+
+    /// Starts a new root on the same config and temp dir, as systemd would
+    /// after the old one died (which must have been waited for).
+    pub(crate) fn respawn(&mut self) {
+        assert!(self.status.is_some(), "respawn after wait_exit");
+        let child = spawn_root(&self.dir);
+        self.pid = child.id() as i32;
+        *self.child.lock().unwrap() = child;
+        self.status = None;
+        if let Some(w) = self.watchdog.take() {
+            let _ = w.join();
         }
+        self.arm();
+    }
+
+    /// Arms the watchdog: past [`WATCHDOG`], the tree is killed and the
+    /// test fails instead of hanging.
+    fn arm(&mut self) {
+        let (disarm, rx) = mpsc::channel::<()>();
+        let child = Arc::clone(&self.child);
+        let fired = Arc::clone(&self.fired);
+        let pid = self.pid;
+        self.watchdog = Some(thread::spawn(move || {
+            if rx.recv_timeout(WATCHDOG) != Err(mpsc::RecvTimeoutError::Timeout) {
+                return;
+            }
+            // Holding the lock, the root cannot be reaped under us, so
+            // `pid` still names it (or its zombie).
+            let mut c = child.lock().unwrap();
+            if let Ok(None) = c.try_wait() {
+                eprintln!("watchdog: the test ran past {WATCHDOG:?}; killing the tree");
+                fired.store(true, Ordering::SeqCst);
+                kill_descendants(pid);
+                let _ = c.kill();
+            }
+        }));
+        self.disarm = Some(disarm);
     }
 
     /// A path in the temp dir.
@@ -257,6 +268,24 @@ impl Drop for Tree {
             let _ = w.join();
         }
     }
+}
+
+/// Starts `forkroot run` on `dir`'s `forkroot.toml`, logging (appending)
+/// to `root.log` there.
+fn spawn_root(dir: &TempDir) -> Child {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join("root.log"))
+        .expect("root.log");
+    command(dir)
+        .args(["run", "--config"])
+        .arg(dir.path().join("forkroot.toml"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn forkroot")
 }
 
 /// A `forkroot` command with an environment of its own: the log level

@@ -6,17 +6,29 @@ use serde_json::{json, Value};
 
 use crate::log;
 use crate::region::{RegionSet, LOG_OFFSET, LOG_SIZE};
+use crate::sys::Pid;
 
 fn area(regions: &RegionSet, i: usize) -> &[u8] {
     &regions.view(i)[LOG_OFFSET..LOG_OFFSET + LOG_SIZE]
 }
 
-/// The last `n` records of daemon `i`, as `LEVEL pid: text` lines.
-pub(crate) fn last_lines(regions: &RegionSet, i: usize, n: usize) -> Vec<String> {
-    let mut lines = Vec::with_capacity(n);
-    log::tail(area(regions, i), n, |r| {
-        lines.push(format!("{} {}: {}", r.level().as_str(), r.pid(), r.text()));
+/// The last `n` records that process `pid` (or a transaction of it) wrote
+/// into daemon `i`'s flight log, as `LEVEL pid: text` lines. Its
+/// replacement may have started appending already; those are left out.
+pub(crate) fn last_lines(regions: &RegionSet, i: usize, pid: Pid, n: usize) -> Vec<String> {
+    let mut lines = Vec::with_capacity(log::CAPACITY);
+    let mut newer = false;
+    log::tail(area(regions, i), log::CAPACITY, |r| {
+        // Records are oldest first: everything after the replacement's
+        // first record is the replacement's.
+        if r.pid() == pid.0 as u32 && !newer {
+            lines.push(format!("{} {}: {}", r.level().as_str(), r.pid(), r.text()));
+        } else if !lines.is_empty() && r.pid() != pid.0 as u32 && r.tx() == 0 {
+            newer = true;
+        }
     });
+    let drop = lines.len().saturating_sub(n);
+    lines.drain(..drop);
     lines
 }
 

@@ -23,7 +23,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, DaemonConfig, OnRestart, Program, RestartType, Strategy};
 use crate::daemon::{Death, ExitReason, Registry, SetupStage};
-use crate::region::RegionSet;
+use crate::region::{RegionSet, RegionSpec};
 use crate::sys::{self, Pid, SigSet, WaitStatus};
 use spawn::{Plan, Spawn, Spawned, Takeover};
 
@@ -174,6 +174,28 @@ struct Standby {
     killed: bool,
 }
 
+/// A log line the root writes after the replacement of a dead daemon is
+/// forked, not before: formatting a crash report (and reading the dead
+/// process's flight log) takes longer than the fork, and the replacement
+/// runs meanwhile. Notes are flushed in order, before any later line.
+#[derive(Debug)]
+enum Note {
+    /// A daemon ended on its own: the exit line, or the crash report.
+    Exit {
+        i: usize,
+        pid: Pid,
+        reason: ExitReason,
+        uptime: Duration,
+        restarts: u32,
+    },
+    /// The checkpoint it resumed from is poison.
+    Poison {
+        i: usize,
+        seq: u64,
+        uptime: Duration,
+    },
+}
+
 /// Which process of a daemon a pid is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -188,6 +210,13 @@ const TOKEN_LISTENER: u64 = 1;
 const TOKEN_SETUP: u64 = 1 << 32;
 const TOKEN_CONN: u64 = 2 << 32;
 const TOKEN_STANDBY: u64 = 3 << 32;
+
+/// SIGCHLD is coalesced: while one is pending, another child's is lost. The
+/// root reaps the child a SIGCHLD names at once (`waitid(P_PID)`, O(1)),
+/// and sweeps for the rest (`waitpid(-1)`, which walks every child of the
+/// root: O(daemons)) this much later, off the restart path. A child whose
+/// SIGCHLD was lost in a burst is restarted at most this late.
+const SWEEP_DELAY: Duration = Duration::from_millis(20);
 const TOKEN_KIND: u64 = !0 << 32;
 
 /// Whether the loop goes on or the root exits with a code.
@@ -222,6 +251,11 @@ pub struct Root<'a> {
     notified_ready: bool,
     /// The `state_dir` lock, held for the root's life (and its daemons').
     lock: Option<OwnedFd>,
+    /// When to sweep for children whose SIGCHLD was lost (see
+    /// [`SWEEP_DELAY`]).
+    sweep_at: Option<Instant>,
+    /// Log lines deferred past the next fork.
+    notes: Vec<Note>,
 }
 
 /// Runs the tree until it is stopped; returns the exit code documented for
@@ -246,12 +280,25 @@ impl<'a> Root<'a> {
         set.block().map_err(ctx("blocking signals"))?;
         let signals = set.signalfd().map_err(ctx("signalfd"))?;
         sys::set_child_subreaper().map_err(ctx("becoming a child subreaper"))?;
+        // One descriptor per region, plus the loop's own.
+        let limit = sys::raise_fd_limit().map_err(ctx("raising RLIMIT_NOFILE"))?;
+        if (limit as usize) < config.daemons.len() * 2 + 64 {
+            warn!(
+                limit,
+                daemons = config.daemons.len(),
+                "the open-file limit is low for this many daemons"
+            );
+        }
         sys::title::init();
 
-        let specs: Vec<(&str, u64)> = config
+        let specs: Vec<RegionSpec<'_>> = config
             .daemons
             .iter()
-            .map(|d| (d.name.as_str(), d.memory))
+            .map(|d| RegionSpec {
+                name: &d.name,
+                user: d.memory,
+                own_file: matches!(d.program, Program::Exec(_)),
+            })
             .collect();
         let lock = match &config.root.state_dir {
             Some(dir) => {
@@ -328,6 +375,8 @@ impl<'a> Root<'a> {
             control,
             notified_ready: false,
             lock,
+            sweep_at: None,
+            notes: Vec::new(),
         })
     }
 
@@ -354,10 +403,12 @@ impl<'a> Root<'a> {
                     return Ok(code);
                 }
             }
-            let timeout = self
-                .timers
-                .first()
-                .map(|&(t, _)| t.saturating_duration_since(Instant::now()));
+            let next = self.timers.first().map(|&(t, _)| t);
+            let next = match (next, self.sweep_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timeout = next.map(|t| t.saturating_duration_since(Instant::now()));
             self.epoll
                 .wait(&mut ready, timeout)
                 .map_err(ctx("epoll_wait"))?;
@@ -372,15 +423,53 @@ impl<'a> Root<'a> {
                 }
             }
             self.fire_timers();
+            self.flush_notes();
+        }
+    }
+
+    /// Logs the deferred notes, in order.
+    fn flush_notes(&mut self) {
+        for note in std::mem::take(&mut self.notes) {
+            match note {
+                Note::Exit {
+                    i,
+                    pid,
+                    reason,
+                    uptime,
+                    restarts,
+                } => {
+                    let name = &self.children[i].cfg.name;
+                    if reason.is_normal() {
+                        info!(daemon = %name, %pid, uptime = ?uptime, "exited normally");
+                    } else {
+                        let last = flight::last_lines(&self.regions, i, pid, 8);
+                        error!(
+                            daemon = %name,
+                            %pid,
+                            reason = %reason,
+                            uptime = ?uptime,
+                            restarts,
+                            last_log = ?last,
+                            "crashed"
+                        );
+                    }
+                }
+                Note::Poison { i, seq, uptime } => warn!(
+                    daemon = %self.children[i].cfg.name,
+                    checkpoint = seq,
+                    uptime = ?uptime,
+                    "checkpoint is poison (crashed soon after resuming from it); the next start resumes from an older one"
+                ),
+            }
         }
     }
 
     fn on_signals(&mut self) -> Result<(), RootError> {
-        while let Some(sig) =
+        while let Some((sig, from)) =
             sys::read_signalfd(self.signals.as_raw_fd()).map_err(ctx("reading signalfd"))?
         {
             match sig {
-                libc::SIGCHLD => self.reap()?,
+                libc::SIGCHLD => self.on_sigchld(from)?,
                 libc::SIGTERM | libc::SIGINT => self.on_shutdown_signal(sig),
                 libc::SIGHUP => info!("SIGHUP ignored (the tree is configured at start)"),
                 _ => debug!(signal = sig, "unexpected signal"),
@@ -406,17 +495,37 @@ impl<'a> Root<'a> {
         }
     }
 
-    /// Reaps every ended child: SIGCHLD is coalesced, so one signal may
-    /// stand for many exits.
+    /// Reaps every ended child (`waitpid(-1, WNOHANG)` until none is
+    /// left: SIGCHLD is coalesced, so one signal may stand for many exits).
     fn reap(&mut self) -> Result<(), RootError> {
         while let Some((pid, status)) = sys::reap_one().map_err(ctx("waitpid"))? {
-            match self.by_pid.remove(&pid) {
-                Some((i, Role::Primary)) => self.on_exit(i, status),
-                Some((i, Role::Standby)) => self.on_standby_exit(i, status),
-                None => debug!(%pid, ?status, "reaped an orphan"),
-            }
+            self.exited(pid, status);
         }
         Ok(())
+    }
+
+    /// SIGCHLD from `from`: reap it alone (O(1)) and sweep for others a
+    /// little later (see [`SWEEP_DELAY`]).
+    fn on_sigchld(&mut self, from: Pid) -> Result<(), RootError> {
+        match sys::reap_pid(from).map_err(ctx("waitid"))? {
+            Some(status) => self.exited(from, status),
+            // Not ours, or already reaped by a sweep: sweep now.
+            None => return self.reap(),
+        }
+        self.sweep_at.get_or_insert(Instant::now() + SWEEP_DELAY);
+        Ok(())
+    }
+
+    /// One child ended: route it to its daemon, or log an orphan.
+    fn exited(&mut self, pid: Pid, status: WaitStatus) {
+        let Some((i, role)) = self.by_pid.remove(&pid) else {
+            debug!(%pid, ?status, "reaped an orphan");
+            return;
+        };
+        match role {
+            Role::Primary => self.on_exit(i, status),
+            Role::Standby => self.on_standby_exit(i, status),
+        }
     }
 
     /// Reaps what is left of orphans (processes a daemon left behind that
@@ -468,17 +577,12 @@ impl<'a> Root<'a> {
         self.epoll
             .add(spawned.setup.as_raw_fd(), kind | i as u64)
             .map_err(|e| io::Error::new(e.kind(), format!("watching the setup pipe: {e}")))?;
-        self.by_pid.insert(
-            spawned.pid,
-            (
-                i,
-                if standby {
-                    Role::Standby
-                } else {
-                    Role::Primary
-                },
-            ),
-        );
+        let role = if standby {
+            Role::Standby
+        } else {
+            Role::Primary
+        };
+        self.by_pid.insert(spawned.pid, (i, role));
         Ok(spawned)
     }
 
@@ -505,7 +609,9 @@ impl<'a> Root<'a> {
                 c.setup = Some(spawned.setup);
                 c.setup_failed = None;
                 c.state = State::Starting;
-                info!(daemon = %c.cfg.name, pid = %spawned.pid, restarts = c.restarts, "started");
+                let (pid, restarts) = (spawned.pid, c.restarts);
+                self.flush_notes();
+                info!(daemon = %self.children[i].cfg.name, %pid, restarts, "started");
                 self.began(i);
                 self.ensure_standby(i);
             }
@@ -561,7 +667,9 @@ impl<'a> Root<'a> {
         }
         c.pid = Some(sb.pid);
         c.state = State::Running;
-        info!(daemon = %c.cfg.name, pid = %sb.pid, restarts = c.restarts, "standby took over");
+        let restarts = c.restarts;
+        self.flush_notes();
+        info!(daemon = %self.children[i].cfg.name, pid = %sb.pid, restarts, "standby took over");
         self.by_pid.insert(sb.pid, (i, Role::Primary));
         self.began(i);
         self.ensure_standby(i);
@@ -711,12 +819,7 @@ impl<'a> Root<'a> {
         let c = &mut self.children[i];
         c.resume_before = (crashed && uptime < POISON_WINDOW && resumed != 0).then_some(resumed);
         if let Some(seq) = c.resume_before {
-            warn!(
-                daemon = %c.cfg.name,
-                checkpoint = seq,
-                uptime = ?uptime,
-                "checkpoint is poison (crashed soon after resuming from it); the next start resumes from an older one"
-            );
+            self.notes.push(Note::Poison { i, seq, uptime });
         }
     }
 
@@ -754,20 +857,15 @@ impl<'a> Root<'a> {
             }
             return;
         }
-        if reason.is_normal() {
-            info!(daemon = %c.cfg.name, pid, uptime = ?uptime, "exited normally");
-        } else {
-            let last = flight::last_lines(&self.regions, i, 8);
-            error!(
-                daemon = %c.cfg.name,
-                pid,
-                reason = %reason,
-                uptime = ?uptime,
-                restarts = c.restarts,
-                last_log = ?last,
-                "crashed"
-            );
-        }
+        // The report waits until the replacement is forked (see `Note`).
+        let restarts = c.restarts;
+        self.notes.push(Note::Exit {
+            i,
+            pid: Pid(pid),
+            reason,
+            uptime,
+            restarts,
+        });
         if let Mode::ShuttingDown(_) = self.mode {
             self.children[i].state = State::Stopped;
             return self.stop_next();
@@ -792,6 +890,8 @@ impl<'a> Root<'a> {
         if self.restart_times.len() <= sup.intensity as usize {
             return true;
         }
+        self.flush_notes();
+        let sup = &self.config.supervisor;
         error!(
             daemon = %self.children[i].cfg.name,
             intensity = sup.intensity,
@@ -953,6 +1053,12 @@ impl<'a> Root<'a> {
 
     fn fire_timers(&mut self) {
         let now = Instant::now();
+        if self.sweep_at.is_some_and(|t| t <= now) {
+            self.sweep_at = None;
+            if let Err(e) = self.reap() {
+                warn!(error = %e, "orphan sweep failed");
+            }
+        }
         while let Some(&(at, i)) = self.timers.first() {
             if at > now {
                 break;

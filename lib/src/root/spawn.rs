@@ -245,7 +245,13 @@ fn child(s: &Spawn<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
         Plan::Exec {
             path, argv, envp, ..
         } => {
-            let fd = s.regions.fd(s.index).as_raw_fd();
+            let Some(fd) = s.regions.own_fd(s.index).map(|f| f.as_raw_fd()) else {
+                fail(
+                    pipe,
+                    SetupStage::Region,
+                    io::Error::from_raw_os_error(libc::EBADF),
+                );
+            };
             // Move the region to fd 3 and the pipe to fd 4 (close-on-exec,
             // so a successful exec reads as end-of-file in the root).
             let moved = sys::dup_at_least(fd, 5).and_then(|r| {
@@ -274,6 +280,10 @@ fn child(s: &Spawn<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
             resume_before,
             names,
         } => {
+            // A crash signal is a crash: the Rust runtime's SIGSEGV/SIGBUS
+            // handler (for stack overflow reports) would swallow a first
+            // SIGSEGV sent with kill(2).
+            sys::default_crash_signals();
             // SIGTERM stays blocked: the daemon takes it through
             // Context::stopping/sleep, so it can finish what it is doing.
             let _ = SigSet::of(&[libc::SIGTERM]).set_mask();
@@ -347,9 +357,9 @@ fn child(s: &Spawn<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
             // SAFETY: the log area lies inside the region, which stays mapped
             // writable for the rest of this process's life; this process
             // starts no thread or transaction before this point.
-            if let Some(log) =
-                unsafe { crate::log::FlightLog::init(base.as_ptr().add(LOG_OFFSET), LOG_SIZE) }
-            {
+            let log =
+                unsafe { crate::log::FlightLog::init(base.as_ptr().add(LOG_OFFSET), LOG_SIZE) };
+            if let Some(log) = log {
                 crate::log::install(log);
             }
             crate::alloc::set_name(s.name);

@@ -136,6 +136,24 @@ pub fn try_lock_exclusive(fd: RawFd) -> io::Result<bool> {
     }
 }
 
+/// Raises the soft limit on open descriptors to the hard limit (the root
+/// holds one descriptor per region). Returns the new soft limit.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit to fill.
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is a valid rlimit; raising the soft limit up to the
+        // hard one needs no privilege.
+        cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
+    }
+    Ok(lim.rlim_cur)
+}
+
 /// Closes `fd`. Fork-safe.
 pub fn close(fd: RawFd) {
     // SAFETY: the caller gives up `fd`; close has no memory preconditions.
@@ -300,8 +318,8 @@ impl Access {
     }
 }
 
-/// Maps `len` bytes of `fd` (from offset 0) shared at exactly `addr`,
-/// replacing whatever was mapped there. Fork-safe.
+/// Maps `len` bytes of `fd` from `offset` (page-aligned) shared at exactly
+/// `addr`, replacing whatever was mapped there. Fork-safe.
 ///
 /// # Safety
 /// `[addr, addr+len)` must lie inside a reservation of this process made by
@@ -311,6 +329,7 @@ pub unsafe fn map_fixed(
     addr: NonNull<u8>,
     len: usize,
     fd: RawFd,
+    offset: u64,
     access: Access,
 ) -> io::Result<()> {
     // SAFETY: the caller guarantees the range is ours to replace.
@@ -321,7 +340,7 @@ pub unsafe fn map_fixed(
             access.prot(),
             libc::MAP_SHARED | libc::MAP_FIXED,
             fd,
-            0,
+            offset as libc::off_t,
         )
     };
     if p == libc::MAP_FAILED {
@@ -458,9 +477,10 @@ impl SigSet {
     }
 }
 
-/// Reads one pending signal number from a non-blocking signalfd, or `None`
-/// when none is pending.
-pub fn read_signalfd(fd: RawFd) -> io::Result<Option<i32>> {
+/// Reads one pending signal from a non-blocking signalfd: its number and
+/// the pid that sent it (for SIGCHLD: the child), or `None` when none is
+/// pending.
+pub fn read_signalfd(fd: RawFd) -> io::Result<Option<(i32, Pid)>> {
     // SAFETY: signalfd_siginfo is plain data; all-zero is a valid value.
     let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
     let size = std::mem::size_of::<libc::signalfd_siginfo>();
@@ -474,18 +494,63 @@ pub fn read_signalfd(fd: RawFd) -> io::Result<Option<i32>> {
             _ => Err(e),
         };
     }
-    Ok(Some(info.ssi_signo as i32))
+    Ok(Some((
+        info.ssi_signo as i32,
+        Pid(info.ssi_pid as libc::pid_t),
+    )))
 }
 
-/// Resets every signal's disposition to the default, so a forked child does
-/// not inherit handlers that refer to its parent's state. Fork-safe.
-pub fn reset_signal_dispositions() {
-    for sig in 1..libc::SIGRTMAX() {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-            continue;
-        }
-        // SAFETY: SIG_DFL is always a valid disposition; invalid numbers
-        // (reserved real-time signals) just fail with EINVAL.
+/// `waitid(P_PID, pid, WEXITED | WNOHANG)`: the child's end if it has ended
+/// and was not reaped yet, else `None` (also for a pid that is not our
+/// child). Unlike `waitpid(-1)`, the kernel finds it without walking every
+/// child of the caller.
+pub fn reap_pid(pid: Pid) -> io::Result<Option<WaitStatus>> {
+    // SAFETY: siginfo_t is plain data; all-zero is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid siginfo_t to fill.
+    let rc = cvt_r(|| unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid.0 as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG,
+        )
+    });
+    match rc {
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ECHILD) => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    // SAFETY: waitid filled `info` for a child (or left si_pid 0).
+    let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+    if pid == 0 {
+        return Ok(None);
+    }
+    Ok(Some(match info.si_code {
+        libc::CLD_EXITED => WaitStatus::Exited(status),
+        libc::CLD_DUMPED => WaitStatus::Signaled {
+            signal: status,
+            core: true,
+        },
+        _ => WaitStatus::Signaled {
+            signal: status,
+            core: false,
+        },
+    }))
+}
+
+/// Restores the default action of the crash signals (SIGSEGV, SIGBUS,
+/// SIGILL, SIGFPE, SIGABRT), which the Rust runtime or a library may have
+/// caught: a daemon that receives one dies of it. Fork-safe.
+pub fn default_crash_signals() {
+    for sig in [
+        libc::SIGSEGV,
+        libc::SIGBUS,
+        libc::SIGILL,
+        libc::SIGFPE,
+        libc::SIGABRT,
+    ] {
+        // SAFETY: SIG_DFL is a valid disposition for these signals.
         unsafe { libc::signal(sig, libc::SIG_DFL) };
     }
 }

@@ -1,0 +1,198 @@
+//! Ring behaviour within one process: validation, limits, peek/commit,
+//! timeouts, and several producer threads against one consumer.
+
+use std::time::{Duration, Instant};
+
+use forkroot::ring::{self, Config, Kind, RingError};
+
+/// Zeroed, 4096-aligned memory that lives to the end of the test process.
+fn memory(len: usize) -> *mut u8 {
+    // SAFETY: anonymous private mapping; the result is checked.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert!(p != libc::MAP_FAILED);
+    p.cast()
+}
+
+fn cfg(kind: Kind, capacity: u32, slot_size: u32) -> Config {
+    Config {
+        kind,
+        capacity,
+        slot_size,
+        checksum: true,
+    }
+}
+
+#[test]
+fn attach_rejects_garbage_and_short_memory() {
+    let c = cfg(Kind::Spsc, 8, 32);
+    let len = ring::required_size(&c).unwrap();
+    let mem = memory(len);
+    // SAFETY: `mem` is valid for `len` bytes for the whole test.
+    unsafe {
+        assert_eq!(
+            ring::attach(mem, len).unwrap_err(),
+            RingError::NotARing("bad magic")
+        );
+        std::ptr::write_bytes(mem, 0xA5, len);
+        assert!(matches!(
+            ring::attach(mem, len),
+            Err(RingError::NotARing(_))
+        ));
+        ring::init(mem, len, &c).unwrap();
+        assert!(ring::attach(mem, len).is_ok());
+        assert!(matches!(
+            ring::attach(mem, len - 1),
+            Err(RingError::Undersized { .. })
+        ));
+        assert_eq!(
+            ring::attach(mem.add(8), len - 8).unwrap_err(),
+            RingError::Misaligned
+        );
+        // A flipped geometry byte fails the header checksum.
+        *mem.add(16) ^= 1;
+        assert_eq!(
+            ring::attach(mem, len).unwrap_err(),
+            RingError::NotARing("header checksum mismatch")
+        );
+    }
+    assert!(matches!(
+        ring::required_size(&cfg(Kind::Spsc, 3, 32)),
+        Err(RingError::InvalidConfig(_))
+    ));
+    assert!(matches!(
+        ring::required_size(&cfg(Kind::Spsc, 1, 32)),
+        Err(RingError::InvalidConfig(_))
+    ));
+}
+
+#[test]
+fn limits_full_too_large_buffer_too_small() {
+    let c = cfg(Kind::Spsc, 2, 16);
+    let len = ring::required_size(&c).unwrap();
+    // SAFETY: fresh memory of `len` bytes, alive for the test.
+    let r = unsafe { ring::init(memory(len), len, &c) }.unwrap();
+    let p = r.producer();
+    let mut cons = r.consumer().unwrap();
+    // The same process may take the role again; another live one may not.
+    assert!(r.consumer().is_ok());
+    assert_eq!(
+        p.try_send(&[0; 17]),
+        Err(RingError::TooLarge { len: 17, max: 16 })
+    );
+    p.try_send(b"sixteen bytes!!!").unwrap();
+    p.try_send(b"").unwrap();
+    assert_eq!(p.try_send(b"x"), Err(RingError::Full));
+    let t = Instant::now();
+    assert_eq!(
+        p.send_timeout(b"x", Some(Duration::from_millis(20))),
+        Err(RingError::Full)
+    );
+    assert!(t.elapsed() >= Duration::from_millis(20));
+    let mut small = [0u8; 4];
+    assert_eq!(
+        cons.try_recv(&mut small),
+        Err(RingError::BufferTooSmall { need: 16 })
+    );
+    let mut buf = [0u8; 16];
+    assert_eq!(cons.try_recv(&mut buf), Ok(Some(16)));
+    assert_eq!(&buf, b"sixteen bytes!!!");
+    assert_eq!(cons.try_recv(&mut buf), Ok(Some(0)));
+    assert_eq!(cons.try_recv(&mut buf), Ok(None));
+    let t = Instant::now();
+    assert_eq!(
+        cons.recv_timeout(&mut buf, Some(Duration::from_millis(20))),
+        Ok(None)
+    );
+    assert!(t.elapsed() >= Duration::from_millis(20));
+}
+
+#[test]
+fn peek_without_commit_keeps_the_message() {
+    let c = cfg(Kind::Mpsc, 4, 8);
+    let len = ring::required_size(&c).unwrap();
+    // SAFETY: fresh memory of `len` bytes, alive for the test.
+    let r = unsafe { ring::init(memory(len), len, &c) }.unwrap();
+    r.producer().try_send(b"one").unwrap();
+    r.producer().try_send(b"two").unwrap();
+    let mut cons = r.consumer().unwrap();
+    {
+        let m = cons.peek().unwrap().unwrap();
+        assert_eq!(&*m, b"one");
+        assert_eq!(m.pos(), 0);
+    }
+    drop(cons);
+    // A new consumer (the old one gone) still finds it.
+    let mut cons = r.consumer().unwrap();
+    let m = cons.peek().unwrap().unwrap();
+    assert_eq!(&*m, b"one");
+    m.commit();
+    let m = cons.peek().unwrap().unwrap();
+    assert_eq!((&*m, m.pos()), (&b"two"[..], 1));
+    m.commit();
+    assert!(cons.peek().unwrap().is_none());
+    assert_eq!(r.stats().head, 2);
+}
+
+#[test]
+fn corrupt_payload_is_skipped_and_reported() {
+    let c = cfg(Kind::Spsc, 4, 8);
+    let len = ring::required_size(&c).unwrap();
+    let mem = memory(len);
+    // SAFETY: fresh memory of `len` bytes, alive for the test.
+    let r = unsafe { ring::init(mem, len, &c) }.unwrap();
+    r.producer().try_send(b"abc").unwrap();
+    r.producer().try_send(b"def").unwrap();
+    // Flip a payload byte of slot 0 (slots start at 384, payload 16 bytes in).
+    // SAFETY: inside the ring's memory; nobody reads it concurrently.
+    unsafe { *mem.add(384 + 16) ^= 0xFF };
+    let mut cons = r.consumer().unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(cons.try_recv(&mut buf), Err(RingError::Corrupt { pos: 0 }));
+    assert_eq!(cons.try_recv(&mut buf), Ok(Some(3)));
+    assert_eq!(&buf[..3], b"def");
+    assert_eq!(r.stats().corrupt, 1);
+}
+
+#[test]
+fn producer_threads_blocking_consumer() {
+    const PER: u32 = 20_000;
+    const THREADS: u32 = 3;
+    let c = cfg(Kind::Mpsc, 16, 8);
+    let len = ring::required_size(&c).unwrap();
+    // SAFETY: fresh memory of `len` bytes, alive for the test.
+    let r = unsafe { ring::init(memory(len), len, &c) }.unwrap();
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            s.spawn(move || {
+                let p = r.producer_as(t + 1);
+                for i in 0..PER {
+                    let mut m = [0u8; 8];
+                    m[..4].copy_from_slice(&t.to_le_bytes());
+                    m[4..].copy_from_slice(&i.to_le_bytes());
+                    p.send_timeout(&m, None).unwrap();
+                }
+            });
+        }
+        let mut cons = r.consumer().unwrap();
+        let mut next = [0u32; THREADS as usize];
+        let mut buf = [0u8; 8];
+        for _ in 0..PER * THREADS {
+            assert_eq!(cons.recv(&mut buf), Ok(8));
+            let t = u32::from_le_bytes(buf[..4].try_into().unwrap()) as usize;
+            let i = u32::from_le_bytes(buf[4..].try_into().unwrap());
+            assert_eq!(i, next[t], "per-producer order");
+            next[t] += 1;
+        }
+        assert_eq!(next, [PER; THREADS as usize]);
+    });
+    assert_eq!(r.stats().lost_uncommitted, 0);
+}
