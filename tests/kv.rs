@@ -160,6 +160,22 @@ fn kv_pid(t: &Tree, not: Option<i64>) -> i64 {
     })
 }
 
+/// The kv daemon's entry in `ctl status --json`.
+fn kv_status(t: &Tree) -> serde_json::Value {
+    let out = common::command(&t.dir)
+        .args(["ctl", "--socket"])
+        .arg(t.path("ctl.sock"))
+        .args(["status", "--json"])
+        .output()
+        .expect("ctl status");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    v["daemons"]
+        .as_array()
+        .and_then(|ds| ds.iter().find(|d| d["name"] == "kv"))
+        .cloned()
+        .expect("kv in the status")
+}
+
 fn kill(pid: i64, signal: i32) {
     // SAFETY: kill has no memory preconditions.
     assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0, "kill {pid}");
@@ -167,7 +183,7 @@ fn kill(pid: i64, signal: i32) {
 
 #[test]
 fn strings_counters_and_errors() {
-    let (_t, port) = start("4MiB");
+    let (t, port) = start("4MiB");
     let mut c = Client::wait(port);
     assert_eq!(c.cmd(&["PING"]), Simple("PONG".into()));
     assert_eq!(c.cmd(&["ping", "hi"]), bulk("hi"));
@@ -242,6 +258,32 @@ fn strings_counters_and_errors() {
     assert_eq!(c.cmd(&["DBSIZE"]), Int(0));
     assert_eq!(c.cmd(&["QUIT"]), ok());
     assert!(c.read().is_err(), "QUIT closes the connection");
+    // All of it in the steady state: no allocation, no restart.
+    let st = kv_status(&t);
+    assert_eq!(st["alloc"]["policy"], "forbid", "{st}");
+    assert_eq!(st["alloc"]["allocs"], 0, "{st}");
+    assert_eq!(st["restarts"], 0, "{st}");
+}
+
+#[test]
+fn it_listens_on_a_unix_socket_too() {
+    use std::os::unix::net::UnixStream;
+    let t = Tree::start(
+        "[[daemon]]\nname = \"kv\"\nkind = \"kv\"\nmemory = \"2MiB\"\n\
+         [daemon.args]\nlisten = \"@DIR@/kv.sock\"\n",
+    );
+    let path = t.path("kv.sock");
+    let mut s = t.poll("the kv socket", || UnixStream::connect(&path).ok());
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(b"SET k v\r\nGET k\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while got.len() < 12 {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed after {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, b"+OK\r\n$1\r\nv\r\n");
 }
 
 #[test]
