@@ -52,6 +52,8 @@ pub(crate) enum Action {
     Calc,
     /// Run a transaction that crashes (DEBUG TXCRASH).
     TxCrash,
+    /// Run a transaction that sleeps argument 2 ms (DEBUG TXSLEEP ms).
+    TxSleep,
     /// Crash the daemon (DEBUG SEGFAULT).
     Crash,
 }
@@ -504,6 +506,14 @@ fn debug(out: &mut Out<'_>, buf: &[u8], args: &Args) -> Action {
         Action::Crash
     } else if n == 2 && is(sub, "txcrash") {
         Action::TxCrash
+    } else if n == 3 && is(sub, "txsleep") {
+        match store::parse_int(args.get(buf, 2)) {
+            Some(ms) if (0..=60_000).contains(&ms) => Action::TxSleep,
+            _ => {
+                not_integer(out);
+                Action::Done
+            }
+        }
     } else if n == 3 && is(sub, "sleep") {
         match store::parse_int(args.get(buf, 2)) {
             Some(s) if (0..=60).contains(&s) => {
@@ -515,7 +525,9 @@ fn debug(out: &mut Out<'_>, buf: &[u8], args: &Args) -> Action {
         }
         Action::Done
     } else {
-        out.error(b"ERR DEBUG subcommand must be one of SEGFAULT, TXCRASH, SLEEP <seconds>");
+        out.error(
+            b"ERR DEBUG subcommand must be one of SEGFAULT, TXCRASH, TXSLEEP <ms>, SLEEP <seconds>",
+        );
         Action::Done
     }
 }

@@ -603,17 +603,18 @@ impl Server<'_> {
                         Action::Done => {}
                         Action::Close => c.closing = true,
                         Action::Crash => forkroot::sys::die_by(libc::SIGSEGV),
-                        Action::Calc | Action::TxCrash => {
-                            let task = if action == Action::Calc {
-                                Task::Calc
-                            } else {
-                                Task::Crash
+                        Action::Calc | Action::TxCrash | Action::TxSleep => {
+                            let (task, first) = match action {
+                                Action::Calc => (Task::Calc, 1),
+                                Action::TxCrash => (Task::Crash, 2),
+                                _ => (Task::Sleep, 2),
                             };
-                            // The expression: the arguments after CALC, joined by spaces.
+                            // The input: the arguments after the command
+                            // (CALC's expression, TXSLEEP's ms), joined by spaces.
                             let mut len = 0;
-                            for i in 1..args.len() {
+                            for i in first..args.len() {
                                 let a = args.get(input, i);
-                                if i > 1 {
+                                if i > first {
                                     scratch[len] = b' ';
                                     len += 1;
                                 }

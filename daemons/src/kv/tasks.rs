@@ -30,6 +30,8 @@ pub(crate) enum Task {
     Calc,
     /// Crash on purpose.
     Crash,
+    /// Sleep for the ms in the input, then reply `+OK`.
+    Sleep,
 }
 
 /// The transactions in flight.
