@@ -518,3 +518,63 @@ fn redis_cli_talks_to_it() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "OK\n10\n3\n");
 }
+
+#[test]
+fn calc_runs_in_a_transaction_and_its_crashes_stay_there() {
+    let (t, port) = start("4MiB");
+    let mut c = Client::wait(port);
+    let pid = kv_pid(&t, None);
+    assert_eq!(c.cmd(&["CALC", "1 + 2 * (3 - 1)"]), Int(5));
+    assert_eq!(c.cmd(&["SET", "x", "20"]), ok());
+    assert_eq!(c.cmd(&["CALC", "$x", "/", "3"]), Int(6));
+    assert_eq!(c.cmd(&["CALC", "7 / (2 - 2)"]), err("ERR division by zero"));
+    assert_eq!(c.cmd(&["CALC", "1 +"]), err("ERR syntax error at byte 3"));
+    assert_eq!(c.cmd(&["CALC", "$nope"]), err("ERR no such key"));
+    // Nesting deep enough to overflow the stack: the transaction crashes,
+    // is retried, and the client gets the verdict ...
+    let deep = "(".repeat(60_000);
+    let r = c.cmd(&["CALC", &deep]);
+    assert!(
+        matches!(&r, Error(m) if m.starts_with("ERR transaction crashed (killed by SIG")
+            && m.ends_with("after 3 attempts")),
+        "{r:?}"
+    );
+    // ... then the input is refused without another fork.
+    assert_eq!(
+        c.cmd(&["CALC", &deep]),
+        err("ERR input quarantined after 4 crashes")
+    );
+    let r = c.cmd(&["DEBUG", "TXCRASH"]);
+    assert!(
+        matches!(&r, Error(m) if m.starts_with("ERR transaction crashed (killed by SIGSEGV)")),
+        "{r:?}"
+    );
+    // The daemon itself never noticed more than failed replies.
+    assert_eq!(c.cmd(&["GET", "x"]), bulk("20"));
+    assert_eq!(kv_pid(&t, None), pid);
+    assert_eq!(kv_status(&t)["restarts"], 0);
+}
+
+#[test]
+fn a_client_waiting_for_a_transaction_blocks_nobody_and_keeps_its_order() {
+    let (_t, port) = start("4MiB");
+    let mut slow = Client::wait(port);
+    let mut other = Client::wait(port);
+    // A slow transaction, with a command pipelined behind it.
+    let mut batch = Client::encode(&[b"DEBUG", b"TXSLEEP", b"1000"]);
+    batch.extend(Client::encode(&[b"PING"]));
+    slow.w.write_all(&batch).unwrap();
+    // Meanwhile another client is served at once.
+    assert_eq!(other.cmd(&["SET", "k", "v"]), ok());
+    assert_eq!(other.cmd(&["CALC", "6 * 7"]), Int(42));
+    slow.w.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let early = slow.w.peek(&mut byte);
+    assert!(
+        matches!(&early, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the slow client got a reply before its transaction ended: {early:?}"
+    );
+    slow.w.set_nonblocking(false).unwrap();
+    assert_eq!(slow.read().unwrap(), ok());
+    assert_eq!(slow.read().unwrap(), Simple("PONG".into()));
+}

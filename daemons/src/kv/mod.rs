@@ -178,7 +178,7 @@ struct Server<'a> {
     args: Args,
     scratch: Vec<u8>,
     db: Db<'a>,
-    tasks: Tasks,
+    tasks: Tasks<'a>,
 }
 
 pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
