@@ -6,6 +6,7 @@
 mod counter;
 mod flaky;
 mod idle;
+mod kv;
 mod probe;
 mod util;
 
@@ -21,6 +22,11 @@ pub fn registry() -> Registry {
         "counter",
         "emits 1, 2, 3, ... to a file; no number skipped or repeated across crashes",
         counter::main,
+    )
+    .add(
+        "kv",
+        "key-value store speaking RESP2 (redis-cli, redis-benchmark); acknowledged writes survive crashes",
+        kv::main,
     )
     .add("idle", "stays up, heartbeats, does nothing", idle::main)
     .add(

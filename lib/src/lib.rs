@@ -28,5 +28,6 @@ pub mod state;
 pub mod sync;
 pub mod sys;
 pub mod trace;
+pub mod transaction;
 
 pub use daemon::{Context, Entry, ExitReason, Registry, Resumed};

@@ -766,3 +766,36 @@ pub fn die_by(signal: i32) -> ! {
     unsafe { libc::raise(signal) };
     exit_now(128 + signal)
 }
+
+/// Restores the default action of `signal` (for SIGCHLD: children stay
+/// zombies until reaped, rather than being reaped by the kernel as under
+/// SIG_IGN). Fork-safe.
+pub fn default_signal(signal: i32) {
+    // SAFETY: SIG_DFL is a valid disposition for any catchable signal.
+    unsafe { libc::signal(signal, libc::SIG_DFL) };
+}
+
+/// `waitid(P_PID, pid, WEXITED)`: waits for the child to end and reaps it;
+/// `None` if it is not (or no longer) our child.
+pub fn wait_pid(pid: Pid) -> io::Result<Option<WaitStatus>> {
+    // SAFETY: siginfo_t is plain data; all-zero is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid siginfo_t to fill.
+    let rc = cvt_r(|| unsafe {
+        libc::waitid(libc::P_PID, pid.0 as libc::id_t, &mut info, libc::WEXITED)
+    });
+    match rc {
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ECHILD) => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    // SAFETY: waitid filled `info` for an ended child.
+    let status = unsafe { info.si_status() };
+    Ok(Some(match info.si_code {
+        libc::CLD_EXITED => WaitStatus::Exited(status),
+        code => WaitStatus::Signaled {
+            signal: status,
+            core: code == libc::CLD_DUMPED,
+        },
+    }))
+}

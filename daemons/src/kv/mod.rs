@@ -1,0 +1,703 @@
+//! `kv`: a key-value store speaking RESP2, so `redis-cli` and
+//! `redis-benchmark` work against it, whose data lives in the daemon's
+//! region: a write is journaled, applied and committed before its `+OK`
+//! goes out, so a restarted daemon serves every acknowledged write.
+//!
+//! Settings (`[daemon.args]`):
+//! - `listen`: `"127.0.0.1:6380"` (default), or a Unix socket path (any
+//!   value with a `/`).
+//! - `max_clients`: connections served at once (default 1024); one more is
+//!   answered `-ERR max number of clients reached` and closed.
+//!
+//! Limits: a request (one command with its arguments) may be up to
+//! [`MAX_REQUEST`] bytes; a larger one is answered with a protocol error and
+//! its connection closed. A reply may be up to [`MAX_REPLY`] bytes (an MGET
+//! beyond it gets an error). Keys and values live in the region: the table
+//! takes about a quarter of the state, the heap the rest; a full store
+//! answers `-OOM`, as Redis does at `maxmemory`.
+//!
+//! One thread, one epoll loop, non-blocking sockets, level-triggered.
+//! Every buffer is allocated at start-up; after `ctx.steady()` the process
+//! allocates nothing. Commands are parsed from each connection's input
+//! buffer in order and answered in order (pipelining); a connection whose
+//! output does not drain stops being read (backpressure), and one waiting
+//! for a transaction (CALC) stops being parsed until its reply is in.
+//!
+//! Modules: [`resp`] (protocol), [`store`] (the table in the region),
+//! [`journal`] (its undo journal), [`commands`], [`calc`] and [`tasks`]
+//! (the transactions).
+
+mod calc;
+mod commands;
+mod journal;
+mod resp;
+mod store;
+mod tasks;
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
+
+use forkroot::Context;
+
+use crate::util;
+use commands::{Action, Db, RESERVE};
+use resp::{Args, Out, Parse};
+use tasks::{Task, Tasks};
+
+/// Largest request (one command and its arguments), in bytes: the size of
+/// each connection's input buffer.
+pub(crate) const MAX_REQUEST: usize = 64 * 1024;
+/// Largest reply batch, in bytes: the size of each connection's output
+/// buffer.
+pub(crate) const MAX_REPLY: usize = 128 * 1024;
+/// Most arguments of one command.
+const MAX_ARGS: usize = 16 * 1024;
+/// Expired keys are swept this often, `SWEEP_BUCKETS` buckets at a time.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+const SWEEP_BUCKETS: usize = 256;
+
+const LISTENER: u64 = 0;
+const STOP: u64 = 1;
+const TASKS: u64 = 2;
+const CONN_BASE: u64 = 16;
+
+/// What a connection is polled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Interest {
+    Read,
+    Write,
+    /// Waiting for a transaction: nothing (errors and hang-ups still come).
+    Nothing,
+}
+
+/// One client connection; its buffers are its slot's share of
+/// [`Server::ins`] and [`Server::outs`].
+#[derive(Debug, Clone, Copy)]
+struct Conn {
+    /// -1: a free slot.
+    fd: RawFd,
+    /// Bumped when the slot is reused, so a late transaction reply for a
+    /// closed connection is dropped.
+    gen: u32,
+    in_pos: usize,
+    in_len: usize,
+    out_pos: usize,
+    out_len: usize,
+    waiting: bool,
+    closing: bool,
+    interest: Interest,
+}
+
+impl Conn {
+    const FREE: Conn = Conn {
+        fd: -1,
+        gen: 0,
+        in_pos: 0,
+        in_len: 0,
+        out_pos: 0,
+        out_len: 0,
+        waiting: false,
+        closing: false,
+        interest: Interest::Read,
+    };
+}
+
+/// Why command processing stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// No whole command left: read more.
+    NeedInput,
+    /// The output buffer is too full for the next command.
+    Blocked,
+    /// Waiting for a transaction, or closing.
+    Parked,
+}
+
+/// A tiny epoll with the three interests a connection needs.
+#[derive(Debug)]
+struct Poller(std::os::fd::OwnedFd);
+
+impl Poller {
+    fn new() -> io::Result<Poller> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: epoll_create1 has no memory preconditions.
+        let fd = forkroot::sys::cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        // SAFETY: a fresh descriptor that we now own.
+        Ok(Poller(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
+    }
+
+    fn ctl(&self, op: i32, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
+        let events = match interest {
+            Interest::Read => libc::EPOLLIN | libc::EPOLLRDHUP,
+            Interest::Write => libc::EPOLLOUT,
+            Interest::Nothing => 0,
+        };
+        let mut ev = libc::epoll_event {
+            events: events as u32,
+            u64: token,
+        };
+        // SAFETY: `ev` is valid for the call.
+        forkroot::sys::cvt(unsafe { libc::epoll_ctl(self.0.as_raw_fd(), op, fd, &mut ev) })?;
+        Ok(())
+    }
+
+    fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, token, Interest::Read)
+    }
+
+    fn set(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, token, interest)
+    }
+
+    /// Waits up to `timeout`; fills `events`, returns how many.
+    fn wait(&self, events: &mut [libc::epoll_event], timeout: Duration) -> usize {
+        let ms = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
+        // SAFETY: `events` is writable for its length.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.0.as_raw_fd(),
+                events.as_mut_ptr(),
+                events.len() as i32,
+                ms,
+            )
+        };
+        n.max(0) as usize
+    }
+}
+
+/// Everything the loop owns; every buffer is allocated before the steady
+/// state.
+struct Server<'a> {
+    poll: Poller,
+    listener: RawFd,
+    conns: Vec<Conn>,
+    free: Vec<usize>,
+    ins: Vec<u8>,
+    outs: Vec<u8>,
+    args: Args,
+    scratch: Vec<u8>,
+    db: Db<'a>,
+    tasks: Tasks<'a>,
+}
+
+pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
+    let listen = util::string(ctx, "listen").unwrap_or("127.0.0.1:6380");
+    let max_clients = util::int(ctx, "max_clients", 1024);
+    if !(1..=65536).contains(&max_clients) {
+        util::bad_arg(ctx, "max_clients", "must be in 1..=65536");
+    }
+    let max_clients = max_clients as usize;
+
+    let name = ctx.name();
+    let restarts = ctx.restarts();
+    let Some(task_area) = ctx.split_state(Tasks::required_size()) else {
+        tracing::error!("memory is too small for the transaction slots");
+        return 3;
+    };
+    let tasks = match Tasks::new(task_area, name) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot set up transactions");
+            return 3;
+        }
+    };
+    let Some((journal, store)) = open_store(ctx) else {
+        return 3;
+    };
+    tasks::set_snapshot(journal.data(), store);
+    let listener = match bind(listen) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!(listen, error = %e, "cannot listen");
+            return 4;
+        }
+    };
+    let stop = match ctx.stop_fd() {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!(error = %e, "no stop descriptor");
+            return 3;
+        }
+    };
+    let poll = match Poller::new() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "epoll");
+            return 3;
+        }
+    };
+    let armed = poll
+        .add(listener.as_raw_fd(), LISTENER)
+        .and_then(|()| poll.add(stop, STOP))
+        .and_then(|()| match tasks.fd() {
+            Some(fd) => poll.add(fd, TASKS),
+            None => Ok(()),
+        });
+    if let Err(e) = armed {
+        tracing::error!(error = %e, "epoll_ctl");
+        return 3;
+    }
+    let mut server = Server {
+        poll,
+        listener: listener.as_raw_fd(),
+        conns: vec![Conn::FREE; max_clients],
+        free: (0..max_clients).rev().collect(),
+        ins: vec![0; max_clients * MAX_REQUEST],
+        outs: vec![0; max_clients * MAX_REPLY],
+        args: Args::with_capacity(MAX_ARGS),
+        scratch: vec![0; MAX_REQUEST],
+        db: Db {
+            journal,
+            store,
+            started_ns: forkroot::sys::monotonic_ns(),
+            restarts,
+            clients: 0,
+            commands: 0,
+            listen,
+        },
+        tasks,
+    };
+    tracing::info!(
+        listen,
+        keys = server.db.store.len(server.db.journal.data()),
+        max_keys = server.db.store.max_keys(),
+        heap = server.db.store.heap_size(),
+        "serving"
+    );
+    ctx.steady();
+    let code = server.run(ctx);
+    drop(listener);
+    if listen.contains('/') {
+        let _ = forkroot::alloc::allow(|| std::fs::remove_file(listen));
+    }
+    code
+}
+
+/// Attaches the journaled table in the state, creating it in a fresh
+/// state; a state of another layout or a damaged one is zeroed first (and
+/// said so).
+fn open_store<'a>(ctx: &mut Context<'a>) -> Option<(Box<dyn journal::Journal + 'a>, store::Store)> {
+    let area: &'a mut [u8] = ctx.split_state(ctx.state().len() & !63)?;
+    let len = area.len();
+    let ptr = area.as_mut_ptr();
+    let cap = journal::capacity_for(len);
+    let mut attempt = 0;
+    let mut area = Some(area);
+    loop {
+        attempt += 1;
+        let a = area.take()?;
+        let problem = match journal::attach(a, cap) {
+            Ok(None) => {
+                tracing::error!(len, "memory is too small for the kv table");
+                return None;
+            }
+            Ok(Some(mut j)) => {
+                if j.rolled_back() > 0 {
+                    tracing::warn!("rolled back a write cut short by the last crash");
+                }
+                let mut opened = None;
+                let r = j.transact(&mut |w| {
+                    opened = Some(store::Store::open(w)?);
+                    Ok(0)
+                });
+                match (r, opened) {
+                    (Ok(_), Some(Ok(s))) => return Some((j, s)),
+                    (_, Some(Err(why))) => why.to_string(),
+                    _ => "the journal is too small to create the table".to_string(),
+                }
+            }
+            Err(e) => e.to_string(),
+        };
+        if attempt > 1 {
+            tracing::error!(problem, "cannot use the state");
+            return None;
+        }
+        tracing::warn!(
+            problem,
+            "the state is unusable: starting with an empty store"
+        );
+        // SAFETY: the attempt above is gone (its borrow of the area ended
+        // with `journal::attach`'s result), so this is again the only
+        // reference to the `len` bytes at `ptr`, which live for 'a.
+        let again = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
+        forkroot::state::zero(again);
+        area = Some(again);
+    }
+}
+
+/// A non-blocking listening socket on `listen` (TCP with SO_REUSEADDR, so
+/// a replacement binds at once, or a Unix socket, replacing a stale one).
+fn bind(listen: &str) -> io::Result<std::os::fd::OwnedFd> {
+    let fd: std::os::fd::OwnedFd = if listen.contains('/') {
+        let _ = std::fs::remove_file(listen);
+        std::os::unix::net::UnixListener::bind(listen)?.into()
+    } else {
+        // std sets SO_REUSEADDR on Unix.
+        std::net::TcpListener::bind(listen)?.into()
+    };
+    set_nonblocking(fd.as_raw_fd())?;
+    Ok(fd)
+}
+
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own; no memory involved.
+    let flags = forkroot::sys::cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    // SAFETY: as above.
+    forkroot::sys::cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+    Ok(())
+}
+
+fn errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+impl Server<'_> {
+    fn run(&mut self, ctx: &mut Context<'_>) -> i32 {
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 256];
+        let mut next_sweep = forkroot::sys::monotonic_ns();
+        let mut cursor = 0;
+        loop {
+            let now = forkroot::sys::monotonic_ns();
+            if now >= next_sweep {
+                cursor = self.db.sweep(cursor, SWEEP_BUCKETS);
+                ctx.heartbeat();
+                next_sweep = now + SWEEP_EVERY.as_nanos() as u64;
+            }
+            let mut timeout = Duration::from_nanos(next_sweep.saturating_sub(now));
+            if let Some(t) = self.tasks.next_timer() {
+                timeout = timeout.min(t);
+            }
+            let n = self.poll.wait(&mut events, timeout);
+            for ev in &events[..n] {
+                let (token, bits) = (ev.u64, ev.events);
+                match token {
+                    LISTENER => self.accept(),
+                    STOP => {
+                        if ctx.stopping() {
+                            return 0;
+                        }
+                    }
+                    TASKS => self.finish_tasks(),
+                    t => self.on_ready((t - CONN_BASE) as usize, bits),
+                }
+            }
+            // Deadlines of transactions pass without an event.
+            if self.tasks.next_timer() == Some(Duration::ZERO) {
+                self.finish_tasks();
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            // SAFETY: null address arguments are allowed.
+            let fd = unsafe {
+                libc::accept4(
+                    self.listener,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                match errno() {
+                    libc::EINTR | libc::ECONNABORTED => continue,
+                    // EAGAIN, or out of descriptors (EMFILE): try again on the
+                    // next event.
+                    _ => return,
+                }
+            }
+            let one: libc::c_int = 1;
+            // SAFETY: `one` outlives the call; a Unix socket refuses
+            // TCP_NODELAY harmlessly.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::IPPROTO_TCP,
+                    libc::TCP_NODELAY,
+                    (&one as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            let Some(slot) = self.free.pop() else {
+                let msg = b"-ERR max number of clients reached\r\n";
+                // SAFETY: writing a static buffer to a descriptor we own.
+                let _ = unsafe { libc::write(fd, msg.as_ptr().cast(), msg.len()) };
+                forkroot::sys::close(fd);
+                continue;
+            };
+            if self.poll.add(fd, CONN_BASE + slot as u64).is_err() {
+                forkroot::sys::close(fd);
+                self.free.push(slot);
+                continue;
+            }
+            let gen = self.conns[slot].gen;
+            self.conns[slot] = Conn {
+                fd,
+                gen,
+                ..Conn::FREE
+            };
+            self.db.clients += 1;
+        }
+    }
+
+    fn close(&mut self, slot: usize) {
+        let c = &mut self.conns[slot];
+        if c.fd < 0 {
+            return;
+        }
+        forkroot::sys::close(c.fd);
+        *c = Conn {
+            gen: c.gen.wrapping_add(1),
+            ..Conn::FREE
+        };
+        self.free.push(slot);
+        self.db.clients -= 1;
+    }
+
+    fn on_ready(&mut self, slot: usize, bits: u32) {
+        let Some(c) = self.conns.get(slot).copied() else {
+            return;
+        };
+        if c.fd < 0 {
+            return;
+        }
+        if c.interest == Interest::Nothing && bits & (libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+            // Gone while its transaction runs; the reply will be dropped.
+            self.close(slot);
+            return;
+        }
+        if c.interest == Interest::Read && !self.read(slot) {
+            self.close(slot);
+            return;
+        }
+        self.serve(slot);
+    }
+
+    /// Reads what the socket has into the input buffer. `false`: the peer
+    /// closed or the connection failed.
+    fn read(&mut self, slot: usize) -> bool {
+        let c = &mut self.conns[slot];
+        let base = slot * MAX_REQUEST;
+        if c.in_pos == c.in_len {
+            c.in_pos = 0;
+            c.in_len = 0;
+        } else if c.in_len == MAX_REQUEST && c.in_pos > 0 {
+            self.ins.copy_within(base + c.in_pos..base + c.in_len, base);
+            c.in_len -= c.in_pos;
+            c.in_pos = 0;
+        }
+        if c.in_len == MAX_REQUEST {
+            return true;
+        }
+        let buf = &mut self.ins[base + c.in_len..base + MAX_REQUEST];
+        // SAFETY: `buf` is writable for its length.
+        let n = unsafe { libc::read(c.fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n > 0 {
+            c.in_len += n as usize;
+            return true;
+        }
+        n < 0 && matches!(errno(), libc::EAGAIN | libc::EINTR)
+    }
+
+    /// Runs the connection's buffered commands and sends the replies, until
+    /// it needs input, waits, or its output does not drain.
+    fn serve(&mut self, slot: usize) {
+        loop {
+            let stop = self.process(slot);
+            if !self.flush(slot) {
+                self.close(slot);
+                return;
+            }
+            let c = &self.conns[slot];
+            if c.fd < 0 {
+                return;
+            }
+            // Blocked on a full output that has now drained: go on.
+            if stop != Stop::Blocked || c.out_len != 0 {
+                break;
+            }
+        }
+        self.update_interest(slot);
+    }
+
+    fn update_interest(&mut self, slot: usize) {
+        let c = &mut self.conns[slot];
+        if c.fd < 0 {
+            return;
+        }
+        let want = if c.out_pos < c.out_len {
+            Interest::Write
+        } else if c.waiting {
+            Interest::Nothing
+        } else {
+            Interest::Read
+        };
+        if want != c.interest {
+            let ok = self.poll.set(c.fd, CONN_BASE + slot as u64, want).is_ok();
+            c.interest = want;
+            if !ok {
+                self.close(slot);
+            }
+        }
+    }
+
+    /// Parses and executes the buffered commands of `slot`.
+    fn process(&mut self, slot: usize) -> Stop {
+        let Server {
+            conns,
+            ins,
+            outs,
+            args,
+            db,
+            tasks,
+            scratch,
+            ..
+        } = self;
+        let c = &mut conns[slot];
+        let in_base = slot * MAX_REQUEST;
+        let out_buf = &mut outs[slot * MAX_REPLY..(slot + 1) * MAX_REPLY];
+        loop {
+            if c.waiting || c.closing {
+                return Stop::Parked;
+            }
+            if MAX_REPLY - c.out_len < RESERVE {
+                return Stop::Blocked;
+            }
+            let input = &mut ins[in_base + c.in_pos..in_base + c.in_len];
+            let mut out = Out::new(out_buf, c.out_len);
+            match resp::parse(input, args, MAX_REQUEST) {
+                Parse::Incomplete => {
+                    if c.in_pos == 0 && c.in_len == MAX_REQUEST {
+                        out.error(b"ERR Protocol error: request larger than 65536 bytes");
+                        c.out_len = out.len();
+                        c.closing = true;
+                        return Stop::Parked;
+                    }
+                    return Stop::NeedInput;
+                }
+                Parse::Error(e) => {
+                    e.write(&mut out);
+                    c.out_len = out.len();
+                    c.closing = true;
+                    return Stop::Parked;
+                }
+                Parse::Command(used) if args.len() == 0 => c.in_pos += used,
+                Parse::Command(used) => {
+                    let mark = c.out_len;
+                    let action = db.execute(input, args, &mut out);
+                    if out.overflowed() {
+                        // Only read-only commands have replies that can
+                        // overflow (RESERVE covers the others): run it again
+                        // once the output drained, or refuse it if alone.
+                        out.truncate(mark);
+                        if mark > 0 {
+                            return Stop::Blocked;
+                        }
+                        out.error(b"ERR reply larger than the output buffer (131072 bytes)");
+                    }
+                    c.out_len = out.len();
+                    c.in_pos += used;
+                    match action {
+                        Action::Done => {}
+                        Action::Close => c.closing = true,
+                        Action::Crash => forkroot::sys::die_by(libc::SIGSEGV),
+                        Action::Calc | Action::TxCrash | Action::TxSleep => {
+                            let (task, first) = match action {
+                                Action::Calc => (Task::Calc, 1),
+                                Action::TxCrash => (Task::Crash, 2),
+                                _ => (Task::Sleep, 2),
+                            };
+                            // The input: the arguments after the command
+                            // (CALC's expression, TXSLEEP's ms), joined by spaces.
+                            let mut len = 0;
+                            for i in first..args.len() {
+                                let a = args.get(input, i);
+                                if i > first {
+                                    scratch[len] = b' ';
+                                    len += 1;
+                                }
+                                scratch[len..len + a.len()].copy_from_slice(a);
+                                len += a.len();
+                            }
+                            let tag = (slot as u64) << 32 | u64::from(c.gen);
+                            let mut out = Out::new(out_buf, c.out_len);
+                            c.waiting = tasks.start(task, &scratch[..len], tag, &mut out);
+                            c.out_len = out.len();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends buffered replies. `false`: the connection failed.
+    fn flush(&mut self, slot: usize) -> bool {
+        let c = &mut self.conns[slot];
+        let base = slot * MAX_REPLY;
+        while c.out_pos < c.out_len {
+            let buf = &self.outs[base + c.out_pos..base + c.out_len];
+            // SAFETY: `buf` is readable for its length. MSG_NOSIGNAL: a
+            // closed peer is an error here, not a SIGPIPE.
+            let n = unsafe { libc::send(c.fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+            if n < 0 {
+                match errno() {
+                    libc::EINTR => continue,
+                    // ENOTSOCK: cannot happen (accept gives sockets).
+                    libc::EAGAIN => return true,
+                    _ => return false,
+                }
+            }
+            c.out_pos += n as usize;
+        }
+        c.out_pos = 0;
+        c.out_len = 0;
+        !c.closing
+    }
+
+    /// Appends the replies of ended transactions to their connections and
+    /// resumes them.
+    fn finish_tasks(&mut self) {
+        let Server {
+            conns, outs, tasks, ..
+        } = self;
+        let mut resumed = [0usize; 64];
+        let mut n = 0;
+        let mut overflow = false;
+        tasks.poll(|tag, reply| {
+            let slot = (tag >> 32) as usize;
+            let Some(c) = conns.get_mut(slot) else {
+                return;
+            };
+            if c.fd < 0 || c.gen != tag as u32 || !c.waiting {
+                return; // the client left meanwhile
+            }
+            let mut out = Out::new(
+                &mut outs[slot * MAX_REPLY..(slot + 1) * MAX_REPLY],
+                c.out_len,
+            );
+            out.raw(reply);
+            c.out_len = out.len();
+            c.waiting = false;
+            if n < resumed.len() {
+                resumed[n] = slot;
+                n += 1;
+            } else {
+                overflow = true;
+            }
+        });
+        for &slot in &resumed[..n] {
+            self.serve(slot);
+        }
+        if overflow {
+            // More than 64 ended at once: serve every resumed connection.
+            for slot in 0..self.conns.len() {
+                let c = self.conns[slot];
+                if c.fd >= 0 && !c.waiting && c.interest == Interest::Nothing {
+                    self.serve(slot);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,865 @@
+//! The key-value table inside the daemon's state: offsets only, no
+//! pointers, so a replacement process (mapping the region at another
+//! address) finds it as it was.
+//!
+//! Every change goes through [`Bytes::bytes`], which, in the daemon, is an
+//! [`forkroot::checkpoint::Tx`] on an `InPlace` state: the old bytes are
+//! journaled before they change, and a write command commits once, after
+//! its last change. A crash in between rolls the whole command back on the
+//! next attach, so the table is always the one of the last acknowledged
+//! write.
+//!
+//! # Layout (all integers little-endian)
+//!
+//! ```text
+//! 0      512                          512 + 32 * buckets            size
+//! | head | table: buckets x Entry     | heap: blocks of 2^class bytes  |
+//!
+//! head:  magic u64 | version u64 | buckets u64 | epoch u64 | live u64
+//!        | used u64 | top u64 | heap_start u64 | free[48] u64
+//! Entry: hash u64 | block u64 | expire_ms u64 | epoch u64      (32 bytes)
+//! block: class u32 | klen u32 | vlen u32 | 0 u32 | key | value
+//! free block: class u32 | 0 u32 | next u64                     (0: end)
+//! ```
+//!
+//! - An entry is live iff its `epoch` equals the head's `epoch` (>= 1); so a
+//!   zeroed table is empty, and FLUSHALL is one increment of `epoch` plus a
+//!   reset of the heap: O(1) journal bytes, whatever the number of keys.
+//! - The table is open addressing with linear probing; deletion shifts the
+//!   following entries back (no tombstones), so a probe always ends at the
+//!   first non-live entry. At most 7/8 of the buckets are live, so a probe
+//!   always ends.
+//! - `live` counts live entries, expired ones included until they are
+//!   removed (lazily on access, or by [`Store::sweep`]).
+//! - The heap is a bump pointer (`top`) plus one free list per size class;
+//!   a block comes from its class's list, else from the bump pointer, else
+//!   by splitting a free block of a larger class. Blocks are never merged
+//!   (FLUSHALL resets the heap).
+//! - `used` is the bytes of allocated blocks (for INFO and `-OOM`).
+
+use std::ops::Range;
+
+/// Why a write could not be applied (the whole command is then rolled back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreError {
+    /// No room in the table or the heap.
+    Oom,
+    /// The command changes more than the undo journal holds.
+    JournalFull,
+    /// INCR of a value that is not a 64-bit decimal integer.
+    NotInteger,
+    /// INCR past `i64::MAX` or below `i64::MIN`.
+    Overflow,
+}
+
+/// Byte access for a write: reads see the changes made so far; a range
+/// must be declared (returned mutable) before it is written.
+pub(crate) trait Bytes {
+    /// The whole area, as it is now.
+    fn data(&self) -> &[u8];
+    /// Declares `len` bytes at `offset` and returns them for writing.
+    fn bytes(&mut self, offset: usize, len: usize) -> Result<&mut [u8], StoreError>;
+}
+
+/// What a SET does with an existing expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ttl {
+    /// Removes it (a plain SET).
+    Clear,
+    /// Keeps it (KEEPTTL, INCR).
+    Keep,
+    /// Sets it to this realtime in ms.
+    At(u64),
+}
+
+/// When a SET applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cond {
+    /// Always.
+    Always,
+    /// Only if the key is absent (NX).
+    Nx,
+    /// Only if the key is present (XX).
+    Xx,
+}
+
+const MAGIC: u64 = u64::from_le_bytes(*b"frkv-tbl");
+const VERSION: u64 = 1;
+
+const H_MAGIC: usize = 0;
+const H_VERSION: usize = 8;
+const H_BUCKETS: usize = 16;
+const H_EPOCH: usize = 24;
+const H_LIVE: usize = 32;
+const H_USED: usize = 40;
+const H_TOP: usize = 48;
+const H_HEAP_START: usize = 56;
+const H_FREE: usize = 64;
+/// Size classes: blocks of 2^MIN_CLASS ..= 2^(NCLASS - 1) bytes.
+const NCLASS: usize = 48;
+const MIN_CLASS: usize = 5;
+/// Bytes before the table.
+const HEAD: usize = 512;
+const _: () = assert!(H_FREE + 8 * NCLASS <= HEAD);
+
+const ENTRY: usize = 32;
+const E_HASH: usize = 0;
+const E_BLOCK: usize = 8;
+const E_EXPIRE: usize = 16;
+const E_EPOCH: usize = 24;
+
+const BLOCK_HEADER: usize = 16;
+
+/// The smallest area [`Store::open`] accepts.
+pub(crate) const MIN_SIZE: usize = 64 * 1024;
+
+/// The geometry of a table, read from its head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Store {
+    mask: usize,
+    table: usize,
+    heap_start: usize,
+    heap_end: usize,
+}
+
+fn rd(d: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+fn rd32(d: &[u8], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&d[at..at + 4]);
+    u32::from_le_bytes(b)
+}
+
+fn wr(w: &mut dyn Bytes, at: usize, v: u64) -> Result<(), StoreError> {
+    w.bytes(at, 8)?.copy_from_slice(&v.to_le_bytes());
+    Ok(())
+}
+
+/// A fast, non-cryptographic 64-bit hash of a key.
+pub(crate) fn hash(key: &[u8]) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut h = K ^ (key.len() as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let mut chunks = key.chunks_exact(8);
+    for c in &mut chunks {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(c);
+        h = (h ^ u64::from_le_bytes(b)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h ^= h >> 29;
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut b = [0u8; 8];
+        b[..rest.len()].copy_from_slice(rest);
+        h = (h ^ u64::from_le_bytes(b)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h
+}
+
+/// The class of a block holding `need` bytes.
+fn class_of(need: usize) -> usize {
+    let c = (usize::BITS - need.saturating_sub(1).leading_zeros()) as usize;
+    c.max(MIN_CLASS)
+}
+
+/// Parses a value as Redis does for INCR: optional '-', digits, no
+/// leading zeros, no sign on zero, within i64.
+pub(crate) fn parse_int(v: &[u8]) -> Option<i64> {
+    let (neg, digits) = match v.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, v),
+    };
+    if digits.is_empty() || digits.len() > 19 || (digits[0] == b'0' && (digits.len() > 1 || neg)) {
+        return None;
+    }
+    let mut n: i64 = 0;
+    for &c in digits {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        let d = i64::from(c - b'0');
+        n = n.checked_mul(10)?;
+        n = if neg {
+            n.checked_sub(d)?
+        } else {
+            n.checked_add(d)?
+        };
+    }
+    Some(n)
+}
+
+/// `n` in decimal, in the tail of `buf`.
+pub(crate) fn format_int(n: i64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    let mut m = n.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (m % 10) as u8;
+        m /= 10;
+        if m == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        i -= 1;
+        buf[i] = b'-';
+    }
+    &buf[i..]
+}
+
+/// Where a key was looked for.
+enum Probe {
+    /// Live at this slot.
+    Found(usize),
+    /// Absent; this is the first free slot of its probe.
+    Free(usize),
+}
+
+impl Store {
+    /// Opens the table in `w` (the whole area), creating it in a zeroed
+    /// area. `Err(why)` if the area holds something else or is damaged.
+    pub(crate) fn open(w: &mut dyn Bytes) -> Result<Result<Store, &'static str>, StoreError> {
+        let size = w.data().len();
+        if size < MIN_SIZE {
+            return Ok(Err("the state is too small for the table"));
+        }
+        if rd(w.data(), H_MAGIC) == 0 {
+            // Fresh: about a quarter of the area for the table.
+            let buckets = (size / 64).next_power_of_two() / 2;
+            let buckets = if buckets * 64 > size {
+                buckets / 2
+            } else {
+                buckets
+            };
+            let heap_start = HEAD + buckets * ENTRY;
+            let head = w.bytes(0, HEAD)?;
+            head.fill(0);
+            head[H_MAGIC..H_MAGIC + 8].copy_from_slice(&MAGIC.to_le_bytes());
+            head[H_VERSION..H_VERSION + 8].copy_from_slice(&VERSION.to_le_bytes());
+            head[H_BUCKETS..H_BUCKETS + 8].copy_from_slice(&(buckets as u64).to_le_bytes());
+            head[H_EPOCH..H_EPOCH + 8].copy_from_slice(&1u64.to_le_bytes());
+            head[H_TOP..H_TOP + 8].copy_from_slice(&(heap_start as u64).to_le_bytes());
+            head[H_HEAP_START..H_HEAP_START + 8]
+                .copy_from_slice(&(heap_start as u64).to_le_bytes());
+        }
+        let d = w.data();
+        if rd(d, H_MAGIC) != MAGIC || rd(d, H_VERSION) != VERSION {
+            return Ok(Err("the state holds another layout"));
+        }
+        let buckets = rd(d, H_BUCKETS) as usize;
+        let heap_start = rd(d, H_HEAP_START) as usize;
+        let top = rd(d, H_TOP) as usize;
+        let plausible = buckets.is_power_of_two()
+            && buckets >= 8
+            && heap_start == HEAD + buckets * ENTRY
+            && heap_start < size
+            && (heap_start..=size).contains(&top)
+            && rd(d, H_EPOCH) != 0;
+        if !plausible {
+            return Ok(Err("the table's head is damaged"));
+        }
+        Ok(Ok(Store {
+            mask: buckets - 1,
+            table: HEAD,
+            heap_start,
+            heap_end: size,
+        }))
+    }
+
+    /// Number of buckets.
+    pub(crate) fn buckets(&self) -> usize {
+        self.mask + 1
+    }
+
+    /// Most live entries the table takes.
+    pub(crate) fn max_keys(&self) -> u64 {
+        (self.buckets() - self.buckets() / 8) as u64
+    }
+
+    /// Keys in the table (expired ones not yet removed included).
+    pub(crate) fn len(&self, d: &[u8]) -> u64 {
+        rd(d, H_LIVE)
+    }
+
+    /// Bytes of allocated heap blocks.
+    pub(crate) fn used(&self, d: &[u8]) -> u64 {
+        rd(d, H_USED)
+    }
+
+    /// Bytes of the heap.
+    pub(crate) fn heap_size(&self) -> u64 {
+        (self.heap_end - self.heap_start) as u64
+    }
+
+    fn entry(&self, slot: usize) -> usize {
+        debug_assert!(slot <= self.mask);
+        self.table + slot * ENTRY
+    }
+
+    fn is_live(&self, d: &[u8], slot: usize, epoch: u64) -> bool {
+        rd(d, self.entry(slot) + E_EPOCH) == epoch
+    }
+
+    fn key_range(d: &[u8], block: usize) -> Range<usize> {
+        let klen = rd32(d, block + 4) as usize;
+        block + BLOCK_HEADER..block + BLOCK_HEADER + klen
+    }
+
+    fn value_range(d: &[u8], block: usize) -> Range<usize> {
+        let klen = rd32(d, block + 4) as usize;
+        let vlen = rd32(d, block + 8) as usize;
+        let start = block + BLOCK_HEADER + klen;
+        start..start + vlen
+    }
+
+    fn probe(&self, d: &[u8], key: &[u8], h: u64) -> Probe {
+        let epoch = rd(d, H_EPOCH);
+        let mut i = h as usize & self.mask;
+        // At most 7/8 of the buckets are live, so this ends within a lap.
+        for _ in 0..=self.mask {
+            let e = self.entry(i);
+            if rd(d, e + E_EPOCH) != epoch {
+                return Probe::Free(i);
+            }
+            if rd(d, e + E_HASH) == h && &d[Self::key_range(d, rd(d, e + E_BLOCK) as usize)] == key
+            {
+                return Probe::Found(i);
+            }
+            i = (i + 1) & self.mask;
+        }
+        unreachable!("kv table has no free bucket: its head is damaged")
+    }
+
+    fn expired(&self, d: &[u8], slot: usize, now_ms: u64) -> bool {
+        let exp = rd(d, self.entry(slot) + E_EXPIRE);
+        exp != 0 && exp <= now_ms
+    }
+
+    /// The value of `key`, unless absent or expired.
+    pub(crate) fn get<'d>(&self, d: &'d [u8], key: &[u8], now_ms: u64) -> Option<&'d [u8]> {
+        match self.probe(d, key, hash(key)) {
+            Probe::Found(slot) if !self.expired(d, slot, now_ms) => {
+                let block = rd(d, self.entry(slot) + E_BLOCK) as usize;
+                Some(&d[Self::value_range(d, block)])
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether `key` is in the table but expired (to be removed lazily).
+    pub(crate) fn is_expired(&self, d: &[u8], key: &[u8], now_ms: u64) -> bool {
+        matches!(self.probe(d, key, hash(key)), Probe::Found(slot) if self.expired(d, slot, now_ms))
+    }
+
+    /// `None`: absent (or expired); `Some(None)`: no expiry; `Some(Some(ms))`:
+    /// expires in `ms`.
+    pub(crate) fn ttl_ms(&self, d: &[u8], key: &[u8], now_ms: u64) -> Option<Option<u64>> {
+        match self.probe(d, key, hash(key)) {
+            Probe::Found(slot) if !self.expired(d, slot, now_ms) => {
+                match rd(d, self.entry(slot) + E_EXPIRE) {
+                    0 => Some(None),
+                    at => Some(Some(at - now_ms)),
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// Allocates a block for `need` bytes; returns its offset and class.
+    fn alloc(&self, w: &mut dyn Bytes, need: usize) -> Result<(usize, usize), StoreError> {
+        let c = class_of(need);
+        if c >= NCLASS {
+            return Err(StoreError::Oom);
+        }
+        let d = w.data();
+        let head = rd(d, H_FREE + 8 * c) as usize;
+        let block = if head != 0 {
+            let next = rd(d, head + 8);
+            wr(w, H_FREE + 8 * c, next)?;
+            head
+        } else {
+            let top = rd(d, H_TOP) as usize;
+            if top + (1 << c) <= self.heap_end {
+                wr(w, H_TOP, (top + (1 << c)) as u64)?;
+                top
+            } else {
+                self.split(w, c)?
+            }
+        };
+        let used = rd(w.data(), H_USED);
+        wr(w, H_USED, used + (1 << c))?;
+        Ok((block, c))
+    }
+
+    /// Takes a free block of a larger class than `c`, halving it down to
+    /// `c` and putting the upper halves on their lists.
+    fn split(&self, w: &mut dyn Bytes, c: usize) -> Result<usize, StoreError> {
+        let d = w.data();
+        let Some(mut big) = (c + 1..NCLASS).find(|&k| rd(d, H_FREE + 8 * k) != 0) else {
+            return Err(StoreError::Oom);
+        };
+        let block = rd(d, H_FREE + 8 * big) as usize;
+        let next = rd(d, block + 8);
+        wr(w, H_FREE + 8 * big, next)?;
+        while big > c {
+            big -= 1;
+            self.push_free(w, block + (1 << big), big)?;
+        }
+        Ok(block)
+    }
+
+    fn push_free(&self, w: &mut dyn Bytes, block: usize, c: usize) -> Result<(), StoreError> {
+        let head = rd(w.data(), H_FREE + 8 * c);
+        let b = w.bytes(block, 16)?;
+        b[..4].copy_from_slice(&(c as u32).to_le_bytes());
+        b[4..8].fill(0);
+        b[8..16].copy_from_slice(&head.to_le_bytes());
+        wr(w, H_FREE + 8 * c, block as u64)
+    }
+
+    fn free(&self, w: &mut dyn Bytes, block: usize) -> Result<(), StoreError> {
+        let c = rd32(w.data(), block) as usize;
+        debug_assert!((MIN_CLASS..NCLASS).contains(&c));
+        self.push_free(w, block, c)?;
+        let used = rd(w.data(), H_USED);
+        wr(w, H_USED, used.saturating_sub(1 << c))
+    }
+
+    /// Writes a whole block (header, key, value).
+    fn fill_block(
+        w: &mut dyn Bytes,
+        block: usize,
+        class: usize,
+        key: &[u8],
+        val: &[u8],
+    ) -> Result<(), StoreError> {
+        let b = w.bytes(block, BLOCK_HEADER + key.len() + val.len())?;
+        b[..4].copy_from_slice(&(class as u32).to_le_bytes());
+        b[4..8].copy_from_slice(&(key.len() as u32).to_le_bytes());
+        b[8..12].copy_from_slice(&(val.len() as u32).to_le_bytes());
+        b[12..16].fill(0);
+        b[BLOCK_HEADER..BLOCK_HEADER + key.len()].copy_from_slice(key);
+        b[BLOCK_HEADER + key.len()..].copy_from_slice(val);
+        Ok(())
+    }
+
+    /// Sets `key` to `val`. `Ok(false)`: the condition did not hold,
+    /// nothing changed.
+    pub(crate) fn set(
+        &self,
+        w: &mut dyn Bytes,
+        key: &[u8],
+        val: &[u8],
+        ttl: Ttl,
+        cond: Cond,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        if key.len() > u32::MAX as usize / 2 || val.len() > u32::MAX as usize / 2 {
+            return Err(StoreError::Oom);
+        }
+        let h = hash(key);
+        let need = BLOCK_HEADER + key.len() + val.len();
+        match self.probe(w.data(), key, h) {
+            Probe::Found(slot) => {
+                let d = w.data();
+                let expired = self.expired(d, slot, now_ms);
+                if (cond == Cond::Nx && !expired) || (cond == Cond::Xx && expired) {
+                    return Ok(false);
+                }
+                let e = self.entry(slot);
+                let old_exp = rd(d, e + E_EXPIRE);
+                let exp = match ttl {
+                    Ttl::Clear => 0,
+                    Ttl::Keep if expired => 0,
+                    Ttl::Keep => old_exp,
+                    Ttl::At(t) => t,
+                };
+                let block = rd(d, e + E_BLOCK) as usize;
+                let class = rd32(d, block) as usize;
+                if need <= 1 << class {
+                    // In place: the new length, then the value after the key.
+                    w.bytes(block + 8, 4)?
+                        .copy_from_slice(&(val.len() as u32).to_le_bytes());
+                    let at = block + BLOCK_HEADER + key.len();
+                    w.bytes(at, val.len())?.copy_from_slice(val);
+                } else {
+                    let (nb, nc) = self.alloc(w, need)?;
+                    Self::fill_block(w, nb, nc, key, val)?;
+                    wr(w, e + E_BLOCK, nb as u64)?;
+                    self.free(w, block)?;
+                }
+                if exp != old_exp {
+                    wr(w, e + E_EXPIRE, exp)?;
+                }
+                Ok(true)
+            }
+            Probe::Free(slot) => {
+                if cond == Cond::Xx {
+                    return Ok(false);
+                }
+                let d = w.data();
+                let live = rd(d, H_LIVE);
+                if live >= self.max_keys() {
+                    return Err(StoreError::Oom);
+                }
+                let epoch = rd(d, H_EPOCH);
+                let (nb, nc) = self.alloc(w, need)?;
+                Self::fill_block(w, nb, nc, key, val)?;
+                let exp = match ttl {
+                    Ttl::At(t) => t,
+                    Ttl::Clear | Ttl::Keep => 0,
+                };
+                let e = w.bytes(self.entry(slot), ENTRY)?;
+                e[E_HASH..E_HASH + 8].copy_from_slice(&h.to_le_bytes());
+                e[E_BLOCK..E_BLOCK + 8].copy_from_slice(&(nb as u64).to_le_bytes());
+                e[E_EXPIRE..E_EXPIRE + 8].copy_from_slice(&exp.to_le_bytes());
+                e[E_EPOCH..E_EPOCH + 8].copy_from_slice(&epoch.to_le_bytes());
+                wr(w, H_LIVE, live + 1)?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Removes `key`. Returns whether a live, unexpired key was removed (an
+    /// expired one is removed too, but counts as absent).
+    pub(crate) fn del(
+        &self,
+        w: &mut dyn Bytes,
+        key: &[u8],
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        match self.probe(w.data(), key, hash(key)) {
+            Probe::Found(slot) => {
+                let expired = self.expired(w.data(), slot, now_ms);
+                self.remove(w, slot)?;
+                Ok(!expired)
+            }
+            Probe::Free(_) => Ok(false),
+        }
+    }
+
+    /// Frees the block of the live entry at `slot` and takes the entry out
+    /// of the table, shifting back the entries of its probe run.
+    fn remove(&self, w: &mut dyn Bytes, slot: usize) -> Result<(), StoreError> {
+        let d = w.data();
+        let epoch = rd(d, H_EPOCH);
+        let live = rd(d, H_LIVE);
+        let block = rd(d, self.entry(slot) + E_BLOCK) as usize;
+        self.free(w, block)?;
+        wr(w, H_LIVE, live.saturating_sub(1))?;
+        let mut hole = slot;
+        let mut j = slot;
+        for _ in 0..=self.mask {
+            j = (j + 1) & self.mask;
+            let d = w.data();
+            if !self.is_live(d, j, epoch) {
+                break;
+            }
+            let home = rd(d, self.entry(j) + E_HASH) as usize & self.mask;
+            // Entry j stays iff its home lies cyclically in (hole, j].
+            let stays = if hole <= j {
+                hole < home && home <= j
+            } else {
+                hole < home || home <= j
+            };
+            if !stays {
+                let mut moved = [0u8; ENTRY];
+                moved.copy_from_slice(&d[self.entry(j)..self.entry(j) + ENTRY]);
+                w.bytes(self.entry(hole), ENTRY)?.copy_from_slice(&moved);
+                hole = j;
+            }
+        }
+        wr(w, self.entry(hole) + E_EPOCH, 0)
+    }
+
+    /// Adds `delta` to the integer value of `key` (0 if absent), keeping
+    /// its expiry; returns the new value.
+    pub(crate) fn incr_by(
+        &self,
+        w: &mut dyn Bytes,
+        key: &[u8],
+        delta: i64,
+        now_ms: u64,
+    ) -> Result<i64, StoreError> {
+        let old = match self.get(w.data(), key, now_ms) {
+            None => 0,
+            Some(v) => parse_int(v).ok_or(StoreError::NotInteger)?,
+        };
+        let new = old.checked_add(delta).ok_or(StoreError::Overflow)?;
+        let mut buf = [0u8; 20];
+        self.set(
+            w,
+            key,
+            format_int(new, &mut buf),
+            Ttl::Keep,
+            Cond::Always,
+            now_ms,
+        )?;
+        Ok(new)
+    }
+
+    /// Removes every key.
+    pub(crate) fn flush(&self, w: &mut dyn Bytes) -> Result<(), StoreError> {
+        let epoch = rd(w.data(), H_EPOCH);
+        wr(w, H_EPOCH, epoch + 1)?;
+        wr(w, H_LIVE, 0)?;
+        wr(w, H_USED, 0)?;
+        wr(w, H_TOP, self.heap_start as u64)?;
+        w.bytes(H_FREE, 8 * NCLASS)?.fill(0);
+        Ok(())
+    }
+
+    /// Removes expired keys among the `count` buckets from `cursor`;
+    /// returns the cursor to continue from and the keys removed.
+    pub(crate) fn sweep(
+        &self,
+        w: &mut dyn Bytes,
+        cursor: usize,
+        count: usize,
+        now_ms: u64,
+    ) -> Result<(usize, u64), StoreError> {
+        let epoch = rd(w.data(), H_EPOCH);
+        let mut slot = cursor & self.mask;
+        let mut removed = 0;
+        let mut left = count;
+        while left > 0 {
+            let d = w.data();
+            if self.is_live(d, slot, epoch) && self.expired(d, slot, now_ms) {
+                // Another entry may shift into this slot: look at it again.
+                self.remove(w, slot)?;
+                removed += 1;
+            } else {
+                slot = (slot + 1) & self.mask;
+            }
+            left -= 1;
+        }
+        Ok((slot, removed))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A plain byte area (no journal): changes apply at once.
+    pub(crate) struct Plain(pub(crate) Vec<u8>);
+
+    impl Bytes for Plain {
+        fn data(&self) -> &[u8] {
+            &self.0
+        }
+        fn bytes(&mut self, offset: usize, len: usize) -> Result<&mut [u8], StoreError> {
+            Ok(&mut self.0[offset..offset + len])
+        }
+    }
+
+    fn fresh(size: usize) -> (Plain, Store) {
+        let mut p = Plain(vec![0; size]);
+        let s = Store::open(&mut p).unwrap().unwrap();
+        (p, s)
+    }
+
+    fn set(s: &Store, p: &mut Plain, k: &str, v: &str) -> Result<bool, StoreError> {
+        s.set(
+            p,
+            k.as_bytes(),
+            v.as_bytes(),
+            Ttl::Clear,
+            Cond::Always,
+            1000,
+        )
+    }
+
+    fn get<'a>(s: &Store, p: &'a Plain, k: &str) -> Option<&'a [u8]> {
+        s.get(&p.0, k.as_bytes(), 1000)
+    }
+
+    #[test]
+    fn set_get_overwrite_del() {
+        let (mut p, s) = fresh(1 << 20);
+        assert_eq!(get(&s, &p, "a"), None);
+        assert!(set(&s, &mut p, "a", "1").unwrap());
+        assert_eq!(get(&s, &p, "a"), Some(&b"1"[..]));
+        // Grows out of its block, then shrinks back in place.
+        let long = "x".repeat(500);
+        set(&s, &mut p, "a", &long).unwrap();
+        assert_eq!(get(&s, &p, "a"), Some(long.as_bytes()));
+        set(&s, &mut p, "a", "").unwrap();
+        assert_eq!(get(&s, &p, "a"), Some(&b""[..]));
+        assert_eq!(s.len(&p.0), 1);
+        assert!(s.del(&mut p, b"a", 1000).unwrap());
+        assert!(!s.del(&mut p, b"a", 1000).unwrap());
+        assert_eq!(get(&s, &p, "a"), None);
+        assert_eq!(s.len(&p.0), 0);
+        assert_eq!(s.used(&p.0), 0);
+    }
+
+    #[test]
+    fn reopen_finds_the_same_table() {
+        let (mut p, s) = fresh(1 << 20);
+        set(&s, &mut p, "k", "v").unwrap();
+        let again = Store::open(&mut p).unwrap().unwrap();
+        assert_eq!(again, s);
+        assert_eq!(get(&again, &p, "k"), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn foreign_bytes_are_refused() {
+        let mut p = Plain(vec![7; 1 << 20]);
+        assert!(Store::open(&mut p).unwrap().is_err());
+        let mut small = Plain(vec![0; 1024]);
+        assert!(Store::open(&mut small).unwrap().is_err());
+    }
+
+    #[test]
+    fn conditions_and_expiry() {
+        let (mut p, s) = fresh(1 << 20);
+        let k = b"k";
+        assert!(!s.set(&mut p, k, b"1", Ttl::Clear, Cond::Xx, 0).unwrap());
+        assert!(s.set(&mut p, k, b"1", Ttl::At(2000), Cond::Nx, 0).unwrap());
+        assert!(!s.set(&mut p, k, b"2", Ttl::Clear, Cond::Nx, 0).unwrap());
+        assert_eq!(s.ttl_ms(&p.0, k, 500), Some(Some(1500)));
+        // INCR keeps the expiry; a plain SET clears it.
+        s.set(&mut p, k, b"5", Ttl::Keep, Cond::Xx, 0).unwrap();
+        assert_eq!(s.incr_by(&mut p, k, 2, 100).unwrap(), 7);
+        assert_eq!(s.ttl_ms(&p.0, k, 100), Some(Some(1900)));
+        assert_eq!(s.get(&p.0, k, 1999), Some(&b"7"[..]));
+        assert_eq!(s.get(&p.0, k, 2000), None);
+        assert!(s.is_expired(&p.0, k, 2000));
+        // Expired: NX applies, XX does not.
+        assert!(!s.set(&mut p, k, b"x", Ttl::Clear, Cond::Xx, 2000).unwrap());
+        assert!(s.set(&mut p, k, b"y", Ttl::Keep, Cond::Nx, 2000).unwrap());
+        assert_eq!(s.ttl_ms(&p.0, k, 3000), Some(None));
+        // An expired key deletes as absent.
+        s.set(&mut p, b"e", b"1", Ttl::At(10), Cond::Always, 0)
+            .unwrap();
+        assert!(!s.del(&mut p, b"e", 10).unwrap());
+        assert_eq!(s.len(&p.0), 1);
+    }
+
+    #[test]
+    fn sweep_removes_only_expired_keys() {
+        let (mut p, s) = fresh(1 << 20);
+        for i in 0..200 {
+            let k = format!("k{i}");
+            let ttl = if i % 2 == 0 { Ttl::At(50) } else { Ttl::Clear };
+            s.set(&mut p, k.as_bytes(), b"v", ttl, Cond::Always, 0)
+                .unwrap();
+        }
+        let mut cursor = 0;
+        let mut removed = 0;
+        for _ in 0..s.buckets() / 64 + 2 {
+            let (c, r) = s.sweep(&mut p, cursor, 64, 100).unwrap();
+            cursor = c;
+            removed += r;
+        }
+        assert_eq!(removed, 100);
+        assert_eq!(s.len(&p.0), 100);
+        for i in 0..200 {
+            let k = format!("k{i}");
+            assert_eq!(s.get(&p.0, k.as_bytes(), 100).is_some(), i % 2 == 1, "{k}");
+        }
+    }
+
+    #[test]
+    fn incr_rules() {
+        let (mut p, s) = fresh(1 << 20);
+        assert_eq!(s.incr_by(&mut p, b"n", 1, 0).unwrap(), 1);
+        assert_eq!(s.incr_by(&mut p, b"n", -5, 0).unwrap(), -4);
+        set(&s, &mut p, "t", "abc").unwrap();
+        assert_eq!(s.incr_by(&mut p, b"t", 1, 0), Err(StoreError::NotInteger));
+        set(&s, &mut p, "m", &i64::MAX.to_string()).unwrap();
+        assert_eq!(s.incr_by(&mut p, b"m", 1, 0), Err(StoreError::Overflow));
+        for bad in [
+            "",
+            "-",
+            "+1",
+            "01",
+            "-0",
+            " 1",
+            "1 ",
+            "99999999999999999999",
+        ] {
+            assert_eq!(parse_int(bad.as_bytes()), None, "{bad:?}");
+        }
+        for good in [0, 1, -1, i64::MAX, i64::MIN, 1234567] {
+            assert_eq!(parse_int(good.to_string().as_bytes()), Some(good));
+            let mut b = [0; 20];
+            assert_eq!(format_int(good, &mut b), good.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn probing_and_backward_shift_deletion_under_collisions() {
+        // Many keys in a small table: long probe runs that wrap around.
+        let (mut p, s) = fresh(MIN_SIZE);
+        let n = s.max_keys() as usize;
+        let keys: Vec<String> = (0..n).map(|i| format!("{i}")).collect();
+        for k in &keys {
+            set(&s, &mut p, k, k).unwrap();
+        }
+        assert_eq!(s.len(&p.0), n as u64);
+        // The table is at its load limit.
+        assert_eq!(set(&s, &mut p, "one-more", "x"), Err(StoreError::Oom));
+        // Delete every third key; every other key is still found.
+        for k in keys.iter().step_by(3) {
+            assert!(s.del(&mut p, k.as_bytes(), 0).unwrap());
+        }
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(get(&s, &p, k).is_some(), i % 3 != 0, "{k}");
+        }
+        // And they can be set again.
+        for k in keys.iter().step_by(3) {
+            set(&s, &mut p, k, "again").unwrap();
+        }
+        for k in keys.iter().step_by(3) {
+            assert_eq!(get(&s, &p, k), Some(&b"again"[..]));
+        }
+    }
+
+    #[test]
+    fn a_full_heap_is_oom_and_free_blocks_are_reused_and_split() {
+        let (mut p, s) = fresh(MIN_SIZE);
+        let big = "v".repeat(4000);
+        let mut n = 0;
+        while set(&s, &mut p, &format!("k{n}"), &big).is_ok() {
+            n += 1;
+        }
+        assert!(n > 0 && (n as u64) < s.max_keys());
+        assert_eq!(set(&s, &mut p, "more", &big), Err(StoreError::Oom));
+        let used = s.used(&p.0);
+        // Free one big block: many small values fit, by splitting it.
+        assert!(s.del(&mut p, b"k0", 0).unwrap());
+        for i in 0..100 {
+            set(&s, &mut p, &format!("s{i}"), "x").unwrap();
+        }
+        assert!(s.used(&p.0) < used);
+        for i in 0..100 {
+            assert_eq!(get(&s, &p, &format!("s{i}")), Some(&b"x"[..]));
+        }
+        for i in 1..n {
+            assert_eq!(get(&s, &p, &format!("k{i}")), Some(big.as_bytes()));
+        }
+    }
+
+    #[test]
+    fn flush_empties_in_constant_journal_space() {
+        let (mut p, s) = fresh(1 << 20);
+        for i in 0..1000 {
+            set(&s, &mut p, &format!("k{i}"), "v").unwrap();
+        }
+        s.flush(&mut p).unwrap();
+        assert_eq!(s.len(&p.0), 0);
+        assert_eq!(s.used(&p.0), 0);
+        assert_eq!(get(&s, &p, "k1"), None);
+        set(&s, &mut p, "k1", "new").unwrap();
+        assert_eq!(get(&s, &p, "k1"), Some(&b"new"[..]));
+        assert_eq!(s.len(&p.0), 1);
+    }
+}
