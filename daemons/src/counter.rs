@@ -78,6 +78,11 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
     if cp.next == 0 {
         cp.next = 1;
         cp.out_len = 0;
+        // `open` cuts the file to `out_len`: commit that first. Otherwise
+        // a state reset over older checkpoints (decide starting over) and a
+        // crash before the first number's commit leave the file empty and
+        // the newest checkpoint vouching for more than it holds.
+        cp.commit();
     }
     let file = match out.map(|path| open(path, cp.out_len)) {
         None => None,
