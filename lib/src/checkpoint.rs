@@ -61,6 +61,12 @@ use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 /// checkpoint, the one before it (the poison fallback) and one more, so the
 /// fallback survives one commit made after resuming from a poisoned one.
 pub const DEFAULT_SLOTS: u32 = 3;
+
+/// A daemon that crashes within this time of resuming from a checkpoint
+/// makes that checkpoint poison (the root judges it; see DESIGN.md). Until
+/// then, the checkpoint before the one it resumed from is not overwritten,
+/// so the fallback has somewhere to go.
+pub const POISON_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 /// Fewest slots: one to keep while the other is written.
 pub const MIN_SLOTS: u32 = 2;
 /// Most slots.
@@ -401,6 +407,10 @@ pub struct Checkpoints<'a, T: Plain> {
     known: [SlotState; MAX_SLOTS as usize],
     /// Next sequence number to publish: above every seq that verified.
     next_seq: u64,
+    /// After a restore from C: the seq of the checkpoint before C, kept
+    /// from being overwritten until this monotonic time (ns), so that a
+    /// poison verdict on C still finds it (see [`POISON_WINDOW`]).
+    pinned: Option<(u64, u64)>,
     status: Status,
     _area: PhantomData<&'a mut [u8]>,
     _type: PhantomData<T>,
@@ -449,6 +459,7 @@ impl<'a, T: Plain> Checkpoints<'a, T> {
             slots: slots as usize,
             known: [SlotState::Empty; MAX_SLOTS as usize],
             next_seq: 1,
+            pinned: None,
             status,
             _area: PhantomData,
             _type: PhantomData,
@@ -558,6 +569,15 @@ impl<'a, T: Plain> Checkpoints<'a, T> {
     /// empty or corrupt slot, then a poisoned one, then the oldest valid one.
     fn pick_target(&self) -> usize {
         let keep = self.newest_valid(u64::MAX).map(|(i, _)| i);
+        // The checkpoint before the one this process resumed from, while a
+        // poison verdict on the latter may still come; a pin gives way when
+        // only two slots exist (the newest must stay, one must be written).
+        let pinned = match self.pinned {
+            Some((seq, until)) if self.slots > 2 && crate::sys::monotonic_ns() < until => {
+                (0..self.slots).find(|&i| self.known[i] == SlotState::Valid { seq })
+            }
+            _ => None,
+        };
         let rank = |s: SlotState| match s {
             SlotState::Empty | SlotState::Corrupt { .. } => (0, 0),
             SlotState::Poisoned { seq } => (1, seq),
@@ -565,7 +585,7 @@ impl<'a, T: Plain> Checkpoints<'a, T> {
         };
         let mut target = None;
         for i in 0..self.slots {
-            if Some(i) == keep {
+            if Some(i) == keep || Some(i) == pinned {
                 continue;
             }
             if target.is_none_or(|t: usize| rank(self.known[i]) < rank(self.known[t])) {
@@ -673,6 +693,10 @@ impl<'a, T: Plain> Checkpoints<'a, T> {
             )
         };
         self.control().restored_seq.store(seq, Ordering::Relaxed);
+        let window = POISON_WINDOW.as_nanos() as u64;
+        self.pinned = self
+            .newest_valid(seq)
+            .map(|(_, before)| (before, crate::sys::monotonic_ns() + window));
         Ok(Restored { slot, seq })
     }
 

@@ -364,6 +364,31 @@ fn poison_fallback_goes_back_then_fresh() {
 }
 
 #[test]
+fn the_checkpoint_before_a_resumed_one_survives_commits_inside_the_poison_window() {
+    let mut shm = Shm::new(64 * 1024);
+    commit_n(shm.area(), 3, 5); // slots: 3, 4, 5
+    {
+        // A restart resumes from 5 and commits many times at once (a counter
+        // commits every number): 4 must stay until the window is over.
+        let mut c = Checkpoints::<S>::attach(shm.area(), 1).unwrap();
+        assert_eq!(c.restore().unwrap().seq, 5);
+        for n in 6..50 {
+            set(&mut c, n);
+            c.commit();
+        }
+        assert!(c.scan().as_slice().contains(&SlotState::Valid { seq: 4 }));
+    }
+    {
+        // It crashed soon after resuming from 5: the next start falls back
+        // to 4, not to fresh (5 and everything after it are poison).
+        let mut c = Checkpoints::<S>::attach(shm.area(), 1).unwrap();
+        let r = c.restore_before(5).unwrap();
+        assert_eq!((r.seq, c.counter), (4, 4));
+        assert!(consistent(&c));
+    }
+}
+
+#[test]
 fn two_slots_fall_back_to_the_other() {
     let mut shm = Shm::new(64 * 1024);
     commit_n(shm.area(), 2, 9);

@@ -39,9 +39,7 @@ pub const EXIT_CONFIG: i32 = 78;
 /// How many past deaths the root remembers per daemon.
 const DEATHS_KEPT: usize = 16;
 
-/// A daemon that crashes within this time of resuming from a checkpoint
-/// makes that checkpoint poison: its next start resumes from an older one.
-pub const POISON_WINDOW: Duration = Duration::from_secs(1);
+use crate::checkpoint::POISON_WINDOW;
 
 /// Why the root could not run the tree.
 #[derive(Debug)]
