@@ -32,6 +32,17 @@
 //! }
 //! ```
 //!
+//! # What the child sees
+//!
+//! The child is a copy-on-write snapshot of the daemon's *private* memory
+//! (its heap, stack and statics) at the fork. Shared memory is not
+//! snapshotted: the daemon's region, this module's slots included, is the
+//! same memory in both processes, so a task that reads the daemon's state
+//! from the region sees the daemon's later writes as they happen (and may
+//! see a write half done). A task that needs a consistent view of shared
+//! state gets it through its input, or reads structures built for
+//! concurrent readers.
+//!
 //! # Success is detected, not failure
 //!
 //! A transaction succeeds only when its child *committed* a result (the
