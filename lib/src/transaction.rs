@@ -146,7 +146,10 @@
 //! SIGCHLD is coalesced, so [`Transactions::poll`] checks every busy slot's
 //! pid with `waitid(P_PID, WNOHANG)` and never reaps a child that is not a
 //! transaction. A daemon with other children of its own must reap them
-//! itself (by pid) and must not consume SIGCHLD elsewhere.
+//! itself (by pid) and must not consume SIGCHLD elsewhere. For the same
+//! reason a process has one `Transactions` (a second one's signalfd would
+//! compete for the same coalesced signal; if there must be two, poll both
+//! whenever either descriptor is readable).
 
 use std::fmt;
 use std::io;
