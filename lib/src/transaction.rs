@@ -32,6 +32,17 @@
 //! }
 //! ```
 //!
+//! # What the child sees
+//!
+//! The child is a copy-on-write snapshot of the daemon's *private* memory
+//! (its heap, stack and statics) at the fork. Shared memory is not
+//! snapshotted: the daemon's region, this module's slots included, is the
+//! same memory in both processes, so a task that reads the daemon's state
+//! from the region sees the daemon's later writes as they happen (and may
+//! see a write half done). A task that needs a consistent view of shared
+//! state gets it through its input, or reads structures built for
+//! concurrent readers.
+//!
 //! # Success is detected, not failure
 //!
 //! A transaction succeeds only when its child *committed* a result (the
@@ -110,6 +121,7 @@
 //! | Free | `start` | copy input, fork attempt 1 | Running |
 //! | Running | reaped, commit verifies | `done(Ok)`, forgive the key | Free |
 //! | Running | reaped, crash or no commit | count a crash for the key | quarantined: `done(Quarantined)`, Free; retries left: Backoff; else `done(Crashed/NoCommit)`, Free |
+//! | Running | reaped, killed by SIGTERM | — (the supervisor is stopping the daemon's group; not counted) | `done(Crashed)`, Free |
 //! | Running | deadline passed | SIGKILL | Killed |
 //! | Killed | reaped, commit verifies | `done(Ok)` | Free |
 //! | Killed | reaped, otherwise | — (deadlines do not count as crashes) | retries left: Backoff; else `done(Deadline)`, Free |
@@ -118,9 +130,9 @@
 //! - Deadlines apply to each attempt.
 //! - Retry `n` (1-based) waits `retry_backoff * 2^(n-1)` (the factor capped
 //!   at 64), timed through [`Transactions::next_timer`]; nothing sleeps.
-//! - Quarantine counts crashes per input `key`: signals (any, including a
-//!   SIGKILL from outside, such as the OOM killer's), non-zero exits and
-//!   exits without a commit. Deadlines do not count: a slow attempt may be
+//! - Quarantine counts crashes per input `key`: signals (any but SIGTERM,
+//!   including a SIGKILL from outside, such as the OOM killer's), non-zero
+//!   exits, exits without a commit and results that do not verify. Deadlines do not count: a slow attempt may be
 //!   the machine's fault rather than the input's. A verified success resets
 //!   the key's count. Once a key reaches `quarantine_after` crashes it is
 //!   quarantined: the transaction ends with [`TxError::Quarantined`] and
@@ -134,7 +146,10 @@
 //! SIGCHLD is coalesced, so [`Transactions::poll`] checks every busy slot's
 //! pid with `waitid(P_PID, WNOHANG)` and never reaps a child that is not a
 //! transaction. A daemon with other children of its own must reap them
-//! itself (by pid) and must not consume SIGCHLD elsewhere.
+//! itself (by pid) and must not consume SIGCHLD elsewhere. For the same
+//! reason a process has one `Transactions` (a second one's signalfd would
+//! compete for the same coalesced signal; if there must be two, poll both
+//! whenever either descriptor is readable).
 
 use std::fmt;
 use std::io;
@@ -520,7 +535,12 @@ struct Quarantine {
 /// How an attempt ended, as [`Transactions::poll`] judges it.
 enum Verdict {
     Committed,
-    Failed { error: TxError, crash: bool },
+    /// `crash`: counts towards the key's quarantine; `final_`: no retry.
+    Failed {
+        error: TxError,
+        crash: bool,
+        final_: bool,
+    },
 }
 
 /// A daemon's transactions: slots in its region, bookkeeping in its private
@@ -737,7 +757,9 @@ impl<'a> Transactions<'a> {
                 Ok(Some(status)) => status,
                 Ok(None) => continue,
                 Err(e) => {
-                    tracing::error!(error = %e, pid = pid.0, "cannot reap a transaction");
+                    crate::alloc::allow(
+                        || tracing::error!(error = %e, pid = pid.0, "cannot reap a transaction"),
+                    );
                     continue;
                 }
             };
@@ -752,10 +774,9 @@ impl<'a> Transactions<'a> {
                     // Not reaped yet, so the pid cannot have been reused.
                     let _ = sys::kill(pid, libc::SIGKILL);
                     self.slots[i].phase = Phase::Killed { pid };
-                    tracing::warn!(
-                        tx = %TxId(self.slots[i].id),
-                        attempt = self.slots[i].attempts,
-                        "transaction past its deadline: killed"
+                    let (id, attempt) = (self.slots[i].id, self.slots[i].attempts);
+                    crate::alloc::allow(
+                        || tracing::warn!(tx = %TxId(id), attempt, "transaction past its deadline: killed"),
                     );
                 }
                 Phase::Backoff { due_ns, last } if now >= due_ns => self.retry(i, last, &mut done),
@@ -924,10 +945,13 @@ impl<'a> Transactions<'a> {
                     return Verdict::Committed;
                 }
             }
-            tracing::warn!(tx = %TxId(s.id), attempt = s.attempts, "transaction result does not verify");
+            crate::alloc::allow(
+                || tracing::warn!(tx = %TxId(s.id), attempt = s.attempts, "transaction result does not verify"),
+            );
             return Verdict::Failed {
                 error: TxError::NoCommit,
                 crash: true,
+                final_: false,
             };
         }
         if killed {
@@ -936,6 +960,7 @@ impl<'a> Transactions<'a> {
                     attempts: s.attempts,
                 },
                 crash: false,
+                final_: false,
             };
         }
         let error = match status {
@@ -949,12 +974,25 @@ impl<'a> Transactions<'a> {
                 attempts: s.attempts,
             },
         };
-        Verdict::Failed { error, crash: true }
+        // SIGTERM is the supervisor stopping the daemon's process group:
+        // retrying would defeat the stop, and the input is not to blame.
+        let stopped = matches!(
+            status,
+            WaitStatus::Signaled {
+                signal: libc::SIGTERM,
+                ..
+            }
+        );
+        Verdict::Failed {
+            error,
+            crash: !stopped,
+            final_: stopped,
+        }
     }
 
     /// Applies the policy to a judged attempt of slot `i`.
     fn settle(&mut self, i: usize, verdict: Verdict, done: &mut impl FnMut(Done<'_>)) {
-        let (error, crash) = match verdict {
+        let (error, crash, final_) = match verdict {
             Verdict::Committed => {
                 let key = self.slots[i].key;
                 self.forgive(key);
@@ -965,20 +1003,30 @@ impl<'a> Transactions<'a> {
                 self.finish(i, Ok(bytes), done);
                 return;
             }
-            Verdict::Failed { error, crash } => (error, crash),
+            Verdict::Failed {
+                error,
+                crash,
+                final_,
+            } => (error, crash, final_),
         };
         let s = self.slots[i];
-        tracing::warn!(tx = %TxId(s.id), attempt = s.attempts, error = %error, "transaction attempt failed");
+        // Logging a failure must never abort a daemon under `Forbid` (an
+        // error's text may be formatted on the heap).
+        crate::alloc::allow(
+            || tracing::warn!(tx = %TxId(s.id), attempt = s.attempts, error = %error, "transaction attempt failed"),
+        );
         if crash {
             let crashes = self.count_crash(s.key);
             let after = self.policy.quarantine_after;
             if after != 0 && crashes >= after {
-                tracing::warn!(tx = %TxId(s.id), key = s.key, crashes, "input quarantined");
+                crate::alloc::allow(
+                    || tracing::warn!(tx = %TxId(s.id), key = s.key, crashes, "input quarantined"),
+                );
                 self.finish(i, Err(TxError::Quarantined { crashes }), done);
                 return;
             }
         }
-        if s.attempts > self.policy.retries {
+        if final_ || s.attempts > self.policy.retries {
             self.finish(i, Err(error), done);
             return;
         }
@@ -999,7 +1047,9 @@ impl<'a> Transactions<'a> {
             return;
         }
         if crc32fast::hash(self.input(i)) != s.input_crc {
-            tracing::error!(tx = %TxId(s.id), "transaction input overwritten in its slot: not retried");
+            crate::alloc::allow(
+                || tracing::error!(tx = %TxId(s.id), "transaction input overwritten in its slot: not retried"),
+            );
             self.finish(i, Err(last), done);
             return;
         }
@@ -1017,6 +1067,7 @@ impl<'a> Transactions<'a> {
                 Verdict::Failed {
                     error,
                     crash: false,
+                    final_: false,
                 },
                 done,
             );

@@ -290,6 +290,9 @@ fn exit_zero_without_commit_fails() {
 }
 
 fn panic_is_a_crash() {
+    // Quiet: the panic message is expected (the hook is inherited by the
+    // transaction).
+    std::panic::set_hook(Box::new(|_| {}));
     let mut tx = new_tx(1, quick(0));
     tx.start(panics, b"x", 5, 0).unwrap();
     let done = wait_done(&mut tx, 1, Duration::from_secs(5));
@@ -339,6 +342,47 @@ fn deadline_retried() {
     tx.start(sleep_forever, b"x", 6, 0).unwrap();
     let done = wait_done(&mut tx, 1, Duration::from_secs(5));
     assert_eq!(done[0].result, Err(TxError::Deadline { attempts: 2 }));
+}
+
+fn sigterm_ends_without_retry() {
+    let policy = Policy {
+        retries: 2,
+        quarantine_after: 1,
+        ..quick(2)
+    };
+    let mut tx = new_tx(1, policy);
+    tx.start(sleep_forever, b"x", 8, 0).unwrap();
+    let t0 = Instant::now();
+    let pid = loop {
+        let p = counters()[3].load(Ordering::SeqCst) as i32;
+        if p > 0 {
+            break p;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "transaction never ran"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    // As the root's stop does to the daemon's process group.
+    // SAFETY: kill has no memory preconditions; `pid` is our unreaped child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let done = wait_done(&mut tx, 1, Duration::from_secs(5));
+    assert!(
+        matches!(
+            done[0].result,
+            Err(TxError::Crashed {
+                reason: ExitReason::Signaled {
+                    signal: libc::SIGTERM,
+                    ..
+                },
+                attempts: 1
+            })
+        ),
+        "{:?}",
+        done[0].result
+    );
+    assert_eq!(tx.quarantined(8), None, "a stop is not the input's fault");
 }
 
 fn quarantine_after_k_crashes() {
@@ -633,6 +677,7 @@ fn main() {
         ("panic_is_a_crash", panic_is_a_crash),
         ("deadline_kills", deadline_kills),
         ("deadline_retried", deadline_retried),
+        ("sigterm_ends_without_retry", sigterm_ends_without_retry),
         ("quarantine_after_k_crashes", quarantine_after_k_crashes),
         (
             "quarantine_table_evicts_oldest",
