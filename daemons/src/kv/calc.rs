@@ -9,8 +9,14 @@
 //! term    := unary (('*' | '/' | '%') unary)*
 //! unary   := ('-' | '+') unary | primary
 //! primary := integer | '$' key | '(' expr ')'
-//! key     := [A-Za-z0-9_:.]+   (its value, read from the snapshot, must be an integer)
+//! key     := [A-Za-z0-9_:.]+   (its value must be an integer)
 //! ```
+//!
+//! Keys are read by the daemon, not the transaction: the table lives in the
+//! region, which is shared, not copy-on-write, so a transaction reading it
+//! could see a write the daemon is making at the same time. Before the fork
+//! the daemon replaces each `$key` with `(value)` ([`resolve`], a linear
+//! scan that cannot crash); the transaction evaluates plain arithmetic.
 //!
 //! Arithmetic is on i64, checked: overflow and division by zero are
 //! errors (results committed like any other), not crashes.
@@ -28,6 +34,9 @@ pub(crate) enum CalcError {
     NoSuchKey,
     /// A `$key` whose value is not an integer.
     NotInteger,
+    /// The expression with its keys' values is longer than a transaction's
+    /// input.
+    TooLong,
 }
 
 impl CalcError {
@@ -38,6 +47,7 @@ impl CalcError {
             CalcError::Overflow => b"ERR integer overflow",
             CalcError::NoSuchKey => b"ERR no such key",
             CalcError::NotInteger => b"ERR value is not an integer or out of range",
+            CalcError::TooLong => b"ERR expression too long",
             CalcError::Syntax(at) => {
                 let head = b"ERR syntax error at byte ";
                 buf[..head.len()].copy_from_slice(head);
@@ -63,6 +73,50 @@ struct Parser<'s, 'l> {
 }
 
 /// Evaluates `input`.
+/// Whether `c` may appear in a `$key` name.
+fn is_key_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"_:.".contains(&c)
+}
+
+/// Copies `expr` into `out` with every `$key` replaced by `(value)`, the
+/// key's integer value now; returns the length written. Linear, no
+/// recursion: safe to run in the daemon. A `$` with no key after it is left
+/// for the parser to report.
+pub(crate) fn resolve(expr: &[u8], out: &mut [u8], lookup: Lookup<'_>) -> Result<usize, CalcError> {
+    let mut n = 0;
+    let mut put = |bytes: &[u8], n: &mut usize| -> Result<(), CalcError> {
+        let end = *n + bytes.len();
+        out.get_mut(*n..end)
+            .ok_or(CalcError::TooLong)?
+            .copy_from_slice(bytes);
+        *n = end;
+        Ok(())
+    };
+    let mut i = 0;
+    while i < expr.len() {
+        let key_len = expr[i + 1..]
+            .iter()
+            .take_while(|&&c| is_key_byte(c))
+            .count();
+        if expr[i] != b'$' || key_len == 0 {
+            put(&expr[i..i + 1], &mut n)?;
+            i += 1;
+            continue;
+        }
+        let value = match lookup(&expr[i + 1..i + 1 + key_len]) {
+            Ok(Some(v)) => v,
+            Ok(None) => return Err(CalcError::NoSuchKey),
+            Err(()) => return Err(CalcError::NotInteger),
+        };
+        let mut digits = [0u8; 20];
+        put(b"(", &mut n)?;
+        put(super::store::format_int(value, &mut digits), &mut n)?;
+        put(b")", &mut n)?;
+        i += 1 + key_len;
+    }
+    Ok(n)
+}
+
 pub(crate) fn eval(input: &[u8], lookup: Lookup<'_>) -> Result<i64, CalcError> {
     let mut p = Parser {
         s: input,
@@ -150,10 +204,7 @@ impl Parser<'_, '_> {
             Some(b'$') => {
                 self.at += 1;
                 let start = self.at;
-                while self.at < self.s.len()
-                    && (self.s[self.at].is_ascii_alphanumeric()
-                        || b"_:.".contains(&self.s[self.at]))
-                {
+                while self.at < self.s.len() && is_key_byte(self.s[self.at]) {
                     self.at += 1;
                 }
                 if self.at == start {
@@ -227,6 +278,37 @@ mod tests {
         assert_eq!(
             CalcError::DivisionByZero.message(&mut b),
             b"ERR division by zero"
+        );
+    }
+
+    fn lookup(k: &[u8]) -> Result<Option<i64>, ()> {
+        match k {
+            b"ten" => Ok(Some(10)),
+            b"neg" => Ok(Some(-4)),
+            b"text" => Err(()),
+            _ => Ok(None),
+        }
+    }
+
+    #[test]
+    fn resolve_puts_values_in_place_of_keys() {
+        let mut out = [0u8; 64];
+        let n = resolve(b"$ten*$neg + $ + 1", &mut out, &lookup).unwrap();
+        assert_eq!(&out[..n], b"(10)*(-4) + $ + 1");
+        let n = resolve(b"$ten * $ten + 1", &mut out, &lookup).unwrap();
+        assert_eq!(eval(&out[..n], &|_| Ok(None)), Ok(101));
+        assert_eq!(
+            resolve(b"$nope", &mut out, &lookup),
+            Err(CalcError::NoSuchKey)
+        );
+        assert_eq!(
+            resolve(b"1+$text", &mut out, &lookup),
+            Err(CalcError::NotInteger)
+        );
+        let mut small = [0u8; 5];
+        assert_eq!(
+            resolve(b"$ten+1", &mut small, &lookup),
+            Err(CalcError::TooLong)
         );
     }
 

@@ -116,6 +116,24 @@ fn unknown(out: &mut Out<'_>, buf: &[u8], args: &Args) {
 }
 
 /// Realtime now, in ms (expiry is wall-clock time, as in Redis).
+impl Db<'_> {
+    /// CALC's `$key`s replaced by their values now, into `out` (see
+    /// `calc::resolve`): the daemon reads the table, the transaction never.
+    pub(crate) fn resolve_keys(
+        &self,
+        expr: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, super::calc::CalcError> {
+        let data = self.journal.data();
+        let now = now_ms();
+        let lookup = |key: &[u8]| match self.store.get(data, key, now) {
+            None => Ok(None),
+            Some(v) => super::store::parse_int(v).map(Some).ok_or(()),
+        };
+        super::calc::resolve(expr, out, &lookup)
+    }
+}
+
 pub(crate) fn now_ms() -> u64 {
     forkroot::sys::realtime_ns() / 1_000_000
 }

@@ -177,6 +177,8 @@ struct Server<'a> {
     outs: Vec<u8>,
     args: Args,
     scratch: Vec<u8>,
+    /// CALC's expression with its keys' values in (see `calc::resolve`).
+    resolved: Vec<u8>,
     db: Db<'a>,
     tasks: Tasks<'a>,
 }
@@ -205,7 +207,6 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
     let Some((journal, store)) = open_store(ctx) else {
         return 3;
     };
-    tasks::set_snapshot(journal.data(), store);
     let listener = match bind(listen) {
         Ok(fd) => fd,
         Err(e) => {
@@ -247,6 +248,7 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
         outs: vec![0; max_clients * MAX_REPLY],
         args: Args::with_capacity(MAX_ARGS),
         scratch: vec![0; MAX_REQUEST],
+        resolved: vec![0; tasks::MAX_INPUT],
         db: Db {
             journal,
             store,
@@ -553,6 +555,7 @@ impl Server<'_> {
             db,
             tasks,
             scratch,
+            resolved,
             ..
         } = self;
         let c = &mut conns[slot];
@@ -623,7 +626,19 @@ impl Server<'_> {
                             }
                             let tag = (slot as u64) << 32 | u64::from(c.gen);
                             let mut out = Out::new(out_buf, c.out_len);
-                            c.waiting = tasks.start(task, &scratch[..len], tag, &mut out);
+                            let mut input = &scratch[..len];
+                            if task == Task::Calc {
+                                match db.resolve_keys(input, resolved) {
+                                    Ok(n) => input = &resolved[..n],
+                                    Err(e) => {
+                                        let mut m = [0u8; 64];
+                                        out.error(e.message(&mut m));
+                                        c.out_len = out.len();
+                                        continue;
+                                    }
+                                }
+                            }
+                            c.waiting = tasks.start(task, input, tag, &mut out);
                             c.out_len = out.len();
                         }
                     }

@@ -5,8 +5,9 @@
 //! The child computes the whole RESP reply (`:7\r\n`, or a committed error
 //! such as `-ERR division by zero\r\n`) into its result slot; a child that
 //! crashes is retried, and an input that crashed it `QUARANTINE_AFTER`
-//! times is refused from then on. Transactions only read the table (their
-//! snapshot of it): the daemon remains its only writer.
+//! times is refused from then on. Transactions never touch the table (it
+//! is shared memory the daemon keeps writing, not a snapshot): CALC's keys
+//! are resolved by the daemon before the fork ([`calc::resolve`]).
 
 use std::os::fd::RawFd;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use forkroot::ExitReason;
 
 use super::calc;
 use super::resp::Out;
-use super::store::{self, Store};
+use super::store;
 
 /// Largest CALC input (the arguments joined by spaces).
 pub(crate) const MAX_INPUT: usize = 64 * 1024;
@@ -30,15 +31,6 @@ const ATTEMPTS: u32 = 3;
 /// refused: a first CALC that crashes is answered "crashed after 3
 /// attempts", the next with the same input "quarantined".
 const QUARANTINE_AFTER: u32 = ATTEMPTS + 1;
-
-/// Where the table is, for transactions (which read it in their
-/// copy-on-write snapshot): address, length, geometry.
-static SNAPSHOT: std::sync::OnceLock<(usize, usize, Store)> = std::sync::OnceLock::new();
-
-/// Records where the table is (once, at start-up).
-pub(crate) fn set_snapshot(data: &[u8], store: Store) {
-    let _ = SNAPSHOT.set((data.as_ptr() as usize, data.len(), store));
-}
 
 /// What a transaction runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,19 +180,8 @@ fn describe(out: &mut Out<'_>, e: TxError) {
 /// In the transaction: evaluates the expression over the snapshot and
 /// commits the RESP reply.
 fn calc_task(input: &[u8], out: &mut Output<'_>) -> Result<(), ()> {
-    let lookup = |key: &[u8]| -> Result<Option<i64>, ()> {
-        let Some(&(addr, len, store)) = SNAPSHOT.get() else {
-            return Ok(None);
-        };
-        // SAFETY: the table's bytes, recorded at start-up; this process is
-        // a fork of the daemon, so they are its private snapshot, unchanged
-        // while the child runs.
-        let data = unsafe { std::slice::from_raw_parts(addr as *const u8, len) };
-        match store.get(data, key, super::commands::now_ms()) {
-            None => Ok(None),
-            Some(v) => store::parse_int(v).map(Some).ok_or(()),
-        }
-    };
+    // Keys were resolved by the daemon: any `$` left is a syntax error.
+    let lookup = |_: &[u8]| -> Result<Option<i64>, ()> { Ok(None) };
     let mut buf = [0u8; 96];
     let mut reply = Out::new(&mut buf, 0);
     match calc::eval(input, &lookup) {
