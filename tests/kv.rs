@@ -32,6 +32,7 @@ kind = "kv"
 memory = "{memory}"
 [daemon.args]
 listen = "127.0.0.1:{port}"
+debug = true
 "#
     ));
     (t, port)
@@ -263,6 +264,36 @@ fn strings_counters_and_errors() {
     assert_eq!(st["alloc"]["policy"], "forbid", "{st}");
     assert_eq!(st["alloc"]["allocs"], 0, "{st}");
     assert_eq!(st["restarts"], 0, "{st}");
+}
+
+#[test]
+fn debug_is_refused_unless_enabled() {
+    use std::os::unix::net::UnixStream;
+    let t = Tree::start(
+        "[[daemon]]\nname = \"kv\"\nkind = \"kv\"\nmemory = \"2MiB\"\n\
+         [daemon.args]\nlisten = \"@DIR@/kv.sock\"\n",
+    );
+    let path = t.path("kv.sock");
+    let mut s = t.poll("the kv socket", || UnixStream::connect(&path).ok());
+    s.write_all(b"*2\r\n$5\r\nDEBUG\r\n$8\r\nSEGFAULT\r\n*1\r\n$4\r\nPING\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !got.ends_with(b"+PONG\r\n") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "connection closed: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"-ERR DEBUG command not allowed"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(!t.log().contains("crashed"), "{}", t.log());
 }
 
 #[test]

@@ -59,14 +59,14 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
         }
     };
     if resumed == Resumed::Decide {
-        // Decide: resume unless the last two deaths were both crashes
-        // within a second (then start over).
+        // Decide: resume unless the last two deaths were both crashes (not
+        // kills from outside) within a second of starting (then start over).
         let quick = ctx
             .deaths()
             .iter()
             .rev()
             .take(2)
-            .filter(|d| d.uptime < Duration::from_secs(1))
+            .filter(|d| d.reason.is_crash() && d.uptime < Duration::from_secs(1))
             .count();
         if quick == 2 {
             tracing::warn!("two quick deaths in a row: starting over");

@@ -46,7 +46,9 @@ pub(crate) fn string<'a>(ctx: &Context<'a>, key: &str) -> Option<&'a str> {
 /// Ends the daemon over a bad `[daemon.args]` setting.
 pub(crate) fn bad_arg(ctx: &Context<'_>, key: &str, why: &str) -> ! {
     eprintln!("forkroot: daemon {:?}: args.{key}: {why}", ctx.name());
-    std::process::exit(2)
+    // Not process::exit: that would run exit handlers and flush stdio
+    // buffers inherited from the root.
+    forkroot::sys::exit_now(2)
 }
 
 /// xorshift64*: plenty for random lifetimes, seeded per process.

@@ -1041,6 +1041,11 @@ impl<'a, T: Plain> InPlace<'a, T> {
         let c = self.control();
         let committed = c.committed_seq.load(Ordering::Acquire);
         let seq = committed + 1;
+        // Full fence: the previous transaction's data writes and its commit
+        // store precede emptying the journal, for the compiler and the CPU.
+        // Otherwise `used = 0` could land before them, and a crash there
+        // would leave an open transaction with no record of what it changed.
+        fence(Ordering::SeqCst);
         c.used.store(0, Ordering::Relaxed);
         // Release: the emptied journal is visible before the journal is
         // declared to belong to the new transaction (else the previous,

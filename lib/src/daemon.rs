@@ -154,6 +154,20 @@ impl ExitReason {
     pub fn is_normal(&self) -> bool {
         matches!(self, ExitReason::Exited(0))
     }
+
+    /// Whether the process died of its own doing: a non-zero exit, or a
+    /// signal other than SIGKILL, SIGTERM and SIGINT (which come from
+    /// outside: an operator, the OOM killer, a stop). A setup failure is
+    /// not the daemon's code crashing.
+    pub fn is_crash(&self) -> bool {
+        match *self {
+            ExitReason::Exited(code) => code != 0,
+            ExitReason::Signaled { signal, .. } => {
+                ![libc::SIGKILL, libc::SIGTERM, libc::SIGINT].contains(&signal)
+            }
+            ExitReason::SetupFailed { .. } => false,
+        }
+    }
 }
 
 impl fmt::Display for ExitReason {

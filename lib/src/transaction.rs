@@ -534,7 +534,9 @@ struct Quarantine {
 
 /// How an attempt ended, as [`Transactions::poll`] judges it.
 enum Verdict {
-    Committed,
+    /// The result verified with this length (read once: a process the task
+    /// forked could still change the header afterwards).
+    Committed(usize),
     /// `crash`: counts towards the key's quarantine; `final_`: no retry.
     Failed {
         error: TxError,
@@ -614,7 +616,7 @@ impl<'a> Transactions<'a> {
         title.extend_from_slice(name.as_bytes());
         title.extend_from_slice(b" tx");
         let tx = Transactions {
-            base: NonNull::from(&mut area[0]),
+            base: NonNull::new(area.as_mut_ptr()).expect("a slice's pointer is not null"),
             _area: PhantomData,
             slots: vec![FREE; slots],
             max_input,
@@ -942,7 +944,7 @@ impl<'a> Transactions<'a> {
                 // area (a process the task forked could: the crc catches it).
                 let bytes = unsafe { std::slice::from_raw_parts(self.result_ptr(i), len as usize) };
                 if result_crc(s.id, s.attempts, bytes) == h.crc.load(Ordering::Relaxed) {
-                    return Verdict::Committed;
+                    return Verdict::Committed(len as usize);
                 }
             }
             crate::alloc::allow(
@@ -993,12 +995,14 @@ impl<'a> Transactions<'a> {
     /// Applies the policy to a judged attempt of slot `i`.
     fn settle(&mut self, i: usize, verdict: Verdict, done: &mut impl FnMut(Done<'_>)) {
         let (error, crash, final_) = match verdict {
-            Verdict::Committed => {
+            Verdict::Committed(len) => {
                 let key = self.slots[i].key;
                 self.forgive(key);
-                let len = self.header(i).len.load(Ordering::Relaxed) as usize;
-                // SAFETY: verified above; the child is reaped, and the slot
-                // is not reused until `done` returns (`&mut self` is held).
+                debug_assert!(len <= self.max_result);
+                // SAFETY: `len` was checked against max_result in `judge`
+                // (not re-read from shared memory), so the slice stays in the
+                // slot's result area; the slot is not reused until `done`
+                // returns (`&mut self` is held).
                 let bytes = unsafe { std::slice::from_raw_parts(self.result_ptr(i), len) };
                 self.finish(i, Ok(bytes), done);
                 return;

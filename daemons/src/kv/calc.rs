@@ -110,7 +110,12 @@ pub(crate) fn resolve(expr: &[u8], out: &mut [u8], lookup: Lookup<'_>) -> Result
         };
         let mut digits = [0u8; 20];
         put(b"(", &mut n)?;
-        put(super::store::format_int(value, &mut digits), &mut n)?;
+        if value == i64::MIN {
+            // Its digits alone overflow before the minus applies.
+            put(b"-9223372036854775807-1", &mut n)?;
+        } else {
+            put(super::store::format_int(value, &mut digits), &mut n)?;
+        }
         put(b")", &mut n)?;
         i += 1 + key_len;
     }
@@ -285,6 +290,7 @@ mod tests {
         match k {
             b"ten" => Ok(Some(10)),
             b"neg" => Ok(Some(-4)),
+            b"min" => Ok(Some(i64::MIN)),
             b"text" => Err(()),
             _ => Ok(None),
         }
@@ -297,6 +303,8 @@ mod tests {
         assert_eq!(&out[..n], b"(10)*(-4) + $ + 1");
         let n = resolve(b"$ten * $ten + 1", &mut out, &lookup).unwrap();
         assert_eq!(eval(&out[..n], &|_| Ok(None)), Ok(101));
+        let n = resolve(b"$min + 1", &mut out, &lookup).unwrap();
+        assert_eq!(eval(&out[..n], &|_| Ok(None)), Ok(i64::MIN + 1));
         assert_eq!(
             resolve(b"$nope", &mut out, &lookup),
             Err(CalcError::NoSuchKey)

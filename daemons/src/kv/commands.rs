@@ -29,6 +29,11 @@ pub(crate) struct Db<'a> {
     pub(crate) commands: u64,
     /// Where it listens (for INFO).
     pub(crate) listen: &'a str,
+    /// `[daemon.args] debug = true`: the DEBUG command (which crashes the
+    /// daemon or its transactions on purpose) is allowed. Off by default,
+    /// as Redis ships `enable-debug-command no`: any client could otherwise
+    /// crash the daemon past its supervisor's restart intensity.
+    pub(crate) debug: bool,
 }
 
 impl std::fmt::Debug for Db<'_> {
@@ -384,6 +389,10 @@ impl Db<'_> {
             }
             return Action::Calc;
         } else if is(name, "debug") {
+            if !self.debug {
+                out.error(b"ERR DEBUG command not allowed (set debug = true in the daemon's args)");
+                return Action::Done;
+            }
             return debug(out, buf, args);
         } else {
             unknown(out, buf, args);

@@ -190,6 +190,11 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
         util::bad_arg(ctx, "max_clients", "must be in 1..=65536");
     }
     let max_clients = max_clients as usize;
+    let debug = match ctx.args().get("debug") {
+        None => false,
+        Some(toml::Value::Boolean(b)) => *b,
+        Some(v) => util::bad_arg(ctx, "debug", &format!("expected true or false, found {v}")),
+    };
 
     let name = ctx.name();
     let restarts = ctx.restarts();
@@ -257,6 +262,7 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
             clients: 0,
             commands: 0,
             listen,
+            debug,
         },
         tasks,
     };

@@ -792,13 +792,7 @@ impl<'a> Root<'a> {
     /// of resuming from checkpoint C, C is poison: the next start resumes
     /// from the checkpoint before C (and, that failing too, fresh).
     fn judge_checkpoint(&mut self, i: usize, pid: i32, reason: ExitReason, uptime: Duration) {
-        let crashed = match reason {
-            ExitReason::Exited(code) => code != 0,
-            ExitReason::Signaled { signal, .. } => {
-                ![libc::SIGKILL, libc::SIGTERM, libc::SIGINT].contains(&signal)
-            }
-            ExitReason::SetupFailed { .. } => false,
-        };
+        let crashed = reason.is_crash();
         let h = self.regions.header(i);
         let resumed = if h.magic.load(std::sync::atomic::Ordering::Acquire) == crate::region::MAGIC
             && h.pid.load(std::sync::atomic::Ordering::Relaxed) == pid as u32

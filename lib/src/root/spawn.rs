@@ -349,7 +349,13 @@ fn child(s: &Spawn<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
                 restarts = t.restarts;
                 resume_before = t.resume_before;
             }
-            let base = std::ptr::NonNull::from(&mut region[0]);
+            let Some(base) = std::ptr::NonNull::new(region.as_mut_ptr()) else {
+                fail(
+                    pipe,
+                    SetupStage::Region,
+                    io::Error::from_raw_os_error(libc::EFAULT),
+                );
+            };
             // SAFETY: `region` was mapped writable for the rest of this
             // process's life by `enter` just above.
             let header = unsafe { region::claim(base) };
