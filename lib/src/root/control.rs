@@ -42,7 +42,17 @@ impl Server {
     /// Binds the control socket at `path`. A socket file left by a dead
     /// root is replaced; one a live root answers on is an error.
     pub(crate) fn bind(path: &Path) -> io::Result<Server> {
-        if path.exists() {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.file_type().is_socket() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{} exists and is not a socket; not replacing it",
+                        path.display()
+                    ),
+                ));
+            }
             if UnixStream::connect(path).is_ok() {
                 return Err(io::Error::new(
                     io::ErrorKind::AddrInUse,

@@ -36,6 +36,10 @@ pub const EXIT_INTERNAL: i32 = 70;
 /// Exit code: the configuration is invalid; nothing was started.
 pub const EXIT_CONFIG: i32 = 78;
 
+/// The pause before retrying a start that failed in the root (fork, or
+/// preparing an exec).
+const FORK_RETRY: Duration = Duration::from_secs(1);
+
 /// How many past deaths the root remembers per daemon.
 const DEATHS_KEPT: usize = 16;
 
@@ -273,6 +277,19 @@ impl<'a> Root<'a> {
         if !problems.is_empty() {
             return Err(RootError::Config(problems));
         }
+        // fork() from a multi-threaded process is not safe for children
+        // that run Rust code: refuse rather than deadlock a child.
+        if let Some(n) = sys::thread_count().filter(|&n| n > 1) {
+            return Err(RootError::Io(
+                "starting the root",
+                io::Error::other(format!(
+                    "the root must be single-threaded to fork safely; this process has {n} threads"
+                )),
+            ));
+        }
+        // An inherited "ignore SIGCHLD" would make the kernel reap our
+        // children without telling us.
+        sys::default_signal(libc::SIGCHLD);
         // Signals arrive through the signalfd, never through handlers.
         let set = SigSet::of(&[libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
         set.block().map_err(ctx("blocking signals"))?;
@@ -325,7 +342,12 @@ impl<'a> Root<'a> {
                 info!(socket = %socket.display(), "control socket ready");
                 Some(server)
             }
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::AddrInUse | io::ErrorKind::AlreadyExists
+                ) =>
+            {
                 return Err(RootError::Io("control socket", e));
             }
             Err(e) => {
@@ -423,6 +445,11 @@ impl<'a> Root<'a> {
             }
             self.fire_timers();
             self.flush_notes();
+            // Until the first start is complete (a daemon may leave
+            // `starting` by dying as well as by running).
+            if !self.notified_ready {
+                self.notify_ready();
+            }
         }
     }
 
@@ -607,8 +634,10 @@ impl<'a> Root<'a> {
                 self.ensure_standby(i);
             }
             Err(e) => {
-                // fork failed (EAGAIN, ENOMEM): a death at once, so the
-                // intensity limit and backoff apply.
+                // fork (or preparing it) failed: EAGAIN, ENOMEM, a program
+                // not found. A death, so the intensity limit applies, but
+                // retried after a pause rather than at once: the condition
+                // is the machine's and would burn the window in a moment.
                 error!(daemon = %self.children[i].cfg.name, error = %e, "cannot start");
                 let errno = e.raw_os_error().unwrap_or(libc::EINVAL);
                 let reason = ExitReason::SetupFailed {
@@ -616,7 +645,13 @@ impl<'a> Root<'a> {
                     errno,
                 };
                 self.record_death(i, reason, Duration::ZERO);
-                self.after_death(i, reason, Duration::ZERO);
+                if self.count_restart(i) {
+                    let c = &mut self.children[i];
+                    c.restarts += 1;
+                    c.state = State::Backoff;
+                    let delay = c.backoff.max(FORK_RETRY);
+                    self.set_timer(i, Instant::now() + delay);
+                }
             }
         }
     }
@@ -706,11 +741,17 @@ impl<'a> Root<'a> {
             return;
         };
         let Some(fd) = sb.setup.take() else { return };
-        let mut buf = [0u8; 8];
-        if let Ok(0) = sys::read(fd.as_raw_fd(), &mut buf) {
-            sb.ready = true;
+        match read_setup(&fd) {
+            Setup::Pending => sb.setup = Some(fd),
+            Setup::Ready => {
+                sb.ready = true;
+                let _ = self.epoll.delete(fd.as_raw_fd());
+            }
+            Setup::Failed(reason) => {
+                warn!(daemon = %self.children[i].cfg.name, %reason, "standby failed to start");
+                let _ = self.epoll.delete(fd.as_raw_fd());
+            }
         }
-        let _ = self.epoll.delete(fd.as_raw_fd());
     }
 
     /// A standby ended: replace it unless it was killed on purpose.
@@ -721,6 +762,11 @@ impl<'a> Root<'a> {
             let _ = self.epoll.delete(fd.as_raw_fd());
         }
         if sb.killed {
+            // Replaced on purpose (an unreachable standby) or the daemon is
+            // stopping; a running daemon still wants one.
+            if c.state == State::Running {
+                self.ensure_standby(i);
+            }
             return;
         }
         warn!(daemon = %c.cfg.name, pid = %sb.pid, ?status, "standby died; forking another");
@@ -736,25 +782,23 @@ impl<'a> Root<'a> {
             return;
         };
         let Some(fd) = c.setup.take() else { return };
-        let mut buf = [0u8; 8];
-        match sys::read(fd.as_raw_fd(), &mut buf) {
-            Ok(0) => {
+        match read_setup(&fd) {
+            // Nothing yet: a stale event (the pipe of a process this daemon
+            // had before, in the same batch) or a spurious wake-up.
+            Setup::Pending => c.setup = Some(fd),
+            Setup::Ready => {
                 if c.state == State::Starting {
                     c.state = State::Running;
                     debug!(daemon = %c.cfg.name, "running");
                 }
+                let _ = self.epoll.delete(fd.as_raw_fd());
                 self.notify_ready();
             }
-            Ok(8) => {
-                let stage = u32::from_le_bytes(buf[..4].try_into().unwrap());
-                let errno = i32::from_le_bytes(buf[4..].try_into().unwrap());
-                if let Some(stage) = SetupStage::from_u32(stage) {
-                    c.setup_failed = Some(ExitReason::SetupFailed { stage, errno });
-                }
+            Setup::Failed(reason) => {
+                c.setup_failed = Some(reason);
+                let _ = self.epoll.delete(fd.as_raw_fd());
             }
-            Ok(_) | Err(_) => {}
         }
-        let _ = self.epoll.delete(fd.as_raw_fd());
     }
 
     /// Tells systemd (`Type=notify`) the tree is up, once no daemon of the
@@ -812,6 +856,10 @@ impl<'a> Root<'a> {
     fn on_exit(&mut self, i: usize, status: WaitStatus) {
         let c = &mut self.children[i];
         if let Some(fd) = c.setup.take() {
+            // Its SIGCHLD may come before its setup report: read it now.
+            if let Setup::Failed(reason) = read_setup(&fd) {
+                c.setup_failed = Some(reason);
+            }
             let _ = self.epoll.delete(fd.as_raw_fd());
         }
         let reason = c.setup_failed.take().unwrap_or(match status {
@@ -820,6 +868,11 @@ impl<'a> Root<'a> {
         });
         let uptime = c.started.map_or(Duration::ZERO, |t| t.elapsed());
         let pid = c.pid.take().map_or(0, |p| p.0);
+        // Whatever it forked dies with it (its process group: transactions,
+        // an exec'd program's children), so nothing outlives it holding its
+        // region writable. The group's id cannot be reused while any member
+        // lives, so this reaches only the dead daemon's group.
+        let _ = sys::kill_group(Pid(pid), libc::SIGKILL);
         let was = c.state;
         c.started = None;
         self.cancel_timer(i);
@@ -883,7 +936,11 @@ impl<'a> Root<'a> {
             period = ?sup.period,
             "restart intensity exceeded; giving up"
         );
-        self.children[i].state = State::Failed;
+        // A daemon whose standby failed still has its primary: that one
+        // is stopped by the shutdown like every other.
+        if self.children[i].pid.is_none() {
+            self.children[i].state = State::Failed;
+        }
         self.shutdown(EXIT_GAVE_UP);
         false
     }
@@ -947,9 +1004,11 @@ impl<'a> Root<'a> {
                 }
                 _ => {}
             }
-            if self.children[j].state != State::Failed
-                && self.children[j].cfg.restart != RestartType::Temporary
-            {
+            // Only siblings that were up (now stopping) or due to start: one
+            // an operator stopped, or that ended for good, stays down.
+            let sibling = &self.children[j];
+            let was_up = matches!(sibling.state, State::Stopping | State::Backoff);
+            if was_up && sibling.cfg.restart != RestartType::Temporary {
                 self.children[j].after_stop = AfterStop::Start;
             }
         }
@@ -961,7 +1020,12 @@ impl<'a> Root<'a> {
     /// (`after_stop == Start` and no process), once no sibling is still
     /// stopping.
     fn maybe_start_group(&mut self) {
-        if self.children.iter().any(|c| c.state == State::Stopping) {
+        // The group starts again in order once none is still stopping and
+        // none due to start is still waiting out its backoff.
+        let waiting = |c: &Child| {
+            c.state == State::Stopping || (c.after_stop == AfterStop::Start && c.deadline.is_some())
+        };
+        if self.children.iter().any(waiting) {
             return;
         }
         for j in 0..self.children.len() {
@@ -978,7 +1042,11 @@ impl<'a> Root<'a> {
         let c = &mut self.children[i];
         match c.state {
             State::Starting | State::Running => {
-                let pid = c.pid.expect("a live state has a pid");
+                let Some(pid) = c.pid else {
+                    // Its exit is being handled: nothing left to stop.
+                    c.state = State::Stopped;
+                    return;
+                };
                 kill_tree(pid, libc::SIGTERM);
                 kill_tree(pid, libc::SIGCONT);
                 c.state = State::Stopping;
@@ -1060,13 +1128,10 @@ impl<'a> Root<'a> {
         let c = &self.children[i];
         match c.state {
             State::Starting | State::Running => self.check_watchdog(i),
-            State::Backoff => {
-                if self.config.supervisor.strategy == Strategy::OneForOne {
-                    self.start(i)
-                } else {
-                    self.maybe_start_group()
-                }
-            }
+            // A group restart waits for the whole group; a lone restart
+            // (one_for_one, or a start the root failed to fork) goes now.
+            State::Backoff if c.after_stop == AfterStop::Start => self.maybe_start_group(),
+            State::Backoff => self.start(i),
             State::Stopping => {
                 if let Some(pid) = c.pid {
                     warn!(daemon = %c.cfg.name, %pid, timeout = ?self.config.root.stop_timeout, "did not stop in time; killing");
@@ -1094,11 +1159,10 @@ impl Root<'_> {
         if h.magic.load(std::sync::atomic::Ordering::Acquire) == crate::region::MAGIC
             && h.pid.load(std::sync::atomic::Ordering::Relaxed) == pid.0 as u32
         {
-            last = last.max(
-                h.heartbeat_ns
-                    .load(std::sync::atomic::Ordering::Acquire)
-                    .min(now),
-            );
+            let hb = h.heartbeat_ns.load(std::sync::atomic::Ordering::Acquire);
+            if hb <= now {
+                last = last.max(hb);
+            }
         }
         let age = Duration::from_nanos(now.saturating_sub(last));
         if age >= wd {
@@ -1149,6 +1213,36 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<OwnedFd, RootError> {
             }
             Err(e) => return Err(RootError::Io("locking state_dir", e)),
         }
+    }
+}
+
+/// What a setup pipe says.
+enum Setup {
+    /// Nothing to read yet.
+    Pending,
+    /// End of file: the child's code runs (or it exec'd).
+    Ready,
+    /// The child reported a failed step.
+    Failed(ExitReason),
+}
+
+/// Reads a setup pipe without blocking.
+fn read_setup(fd: &OwnedFd) -> Setup {
+    let mut buf = [0u8; 8];
+    match sys::read(fd.as_raw_fd(), &mut buf) {
+        Ok(0) => Setup::Ready,
+        Ok(8) => {
+            let stage = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+            let errno = i32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+            match SetupStage::from_u32(stage) {
+                Some(stage) => Setup::Failed(ExitReason::SetupFailed { stage, errno }),
+                None => Setup::Ready,
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Setup::Pending,
+        // A short or failed read: the child is gone or broken; its exit
+        // will tell.
+        Ok(_) | Err(_) => Setup::Ready,
     }
 }
 

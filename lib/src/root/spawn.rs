@@ -57,7 +57,7 @@ impl Plan<'_> {
         restarts: u32,
     ) -> io::Result<Plan<'static>> {
         let nul = |s: String| CString::new(s).map_err(io::Error::other);
-        let path = nul(argv[0].clone())?;
+        let path = nul(find_program(&argv[0])?)?;
         let mut strings: Vec<CString> = Vec::new();
         for a in argv {
             strings.push(nul(a.clone())?);
@@ -85,6 +85,28 @@ impl Plan<'_> {
             envp,
         })
     }
+}
+
+/// `program` itself if it names a path (has a `/`), else the first
+/// executable file of that name in `$PATH`, as a shell would find it.
+fn find_program(program: &str) -> io::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    if program.contains('/') {
+        return Ok(program.to_owned());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    for dir in std::env::split_paths(&path) {
+        let candidate = dir.join(program);
+        if let Ok(meta) = std::fs::metadata(&candidate) {
+            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+                return Ok(candidate.to_string_lossy().into_owned());
+            }
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{program:?} is not in PATH"),
+    ))
 }
 
 /// Everything the child needs, borrowed from the root's private memory
@@ -349,15 +371,19 @@ fn child(s: &Spawn<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
                 restarts = t.restarts;
                 resume_before = t.resume_before;
             }
-            let Some(base) = std::ptr::NonNull::new(region.as_mut_ptr()) else {
+            // The system area (header, flight log) and the state are disjoint
+            // halves: pointers into the first never alias the second.
+            let (system, state) = region.split_at_mut(SYSTEM_SIZE);
+            let Some(base) = std::ptr::NonNull::new(system.as_mut_ptr()) else {
                 fail(
                     pipe,
                     SetupStage::Region,
                     io::Error::from_raw_os_error(libc::EFAULT),
                 );
             };
-            // SAFETY: `region` was mapped writable for the rest of this
-            // process's life by `enter` just above.
+            // SAFETY: `system` is the start of the region, mapped writable
+            // for the rest of this process's life by `enter` just above, and
+            // nothing else in this process refers to it.
             let header = unsafe { region::claim(base) };
             // SAFETY: the log area lies inside the region, which stays mapped
             // writable for the rest of this process's life; this process
@@ -374,7 +400,6 @@ fn child(s: &Spawn<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
             crate::alloc::set_policy(crate::alloc::Policy::Count);
             crate::logging::set_daemon_name(s.name);
             crate::trace::after_fork();
-            let state = &mut region[SYSTEM_SIZE..];
             let mut ctx = Context {
                 name: s.name,
                 header,
@@ -392,7 +417,14 @@ fn child(s: &Spawn<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
                 stopping: false,
                 stop_fd: None,
             };
-            let code = entry(&mut ctx);
+            // A panic must not unwind into the root's frames below us (their
+            // destructors would run here: the control socket's unlinks the
+            // root's socket). It is a crash.
+            let code =
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| entry(&mut ctx))) {
+                    Ok(code) => code,
+                    Err(_) => sys::die_by(libc::SIGABRT),
+                };
             // Exiting is not the steady state: flushing stdout may allocate.
             crate::alloc::set_policy(crate::alloc::Policy::Count);
             use std::io::Write;

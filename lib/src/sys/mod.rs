@@ -166,6 +166,13 @@ pub fn raise_fd_limit() -> io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
+/// How many threads this process has (from `/proc/self/status`), if known.
+pub fn thread_count() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Threads:"))?;
+    line["Threads:".len()..].trim().parse().ok()
+}
+
 /// Closes `fd`. Fork-safe.
 pub fn close(fd: RawFd) {
     // SAFETY: the caller gives up `fd`; close has no memory preconditions.

@@ -48,7 +48,9 @@ pub fn set(title: &[u8]) {
     // SAFETY: [start, end) is this process's own argument area, recorded
     // from /proc/self/stat by `init` before the fork; it is ordinary
     // writable stack memory that the kernel reads for /proc/PID/cmdline.
-    // Nothing in this process reads argv after the fork.
+    // The process's argv strings live there: after this, they read as the
+    // title (std::env::args in a daemon would see it, not the root's
+    // arguments), which no code of ours reads after the fork.
     let area = unsafe { std::slice::from_raw_parts_mut(start as *mut u8, room) };
     let n = title.len().min(room.saturating_sub(1));
     area[..n].copy_from_slice(&title[..n]);
