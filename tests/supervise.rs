@@ -270,3 +270,71 @@ fn daemons_killed_at_once_are_all_reaped_and_restarted() {
     t.signal(SIGTERM);
     assert_eq!(t.wait_code(), 0);
 }
+
+/// `forkroot ctl VERB NAME` against the tree's root; panics on failure.
+fn ctl(t: &Tree, verb: &str, name: &str) {
+    let out = common::command(&t.dir)
+        .args(["ctl", "--socket"])
+        .arg(t.path("ctl.sock"))
+        .args([verb, name])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ctl {verb} {name}: {out:?}");
+}
+
+#[test]
+fn a_group_restart_leaves_a_daemon_the_operator_stopped_down() {
+    let config = format!(
+        "[supervisor]\nstrategy = \"one_for_all\"\nintensity = 10\nperiod = \"10s\"\n\n{}{}{}",
+        probe("a", "", ""),
+        probe("b", "", ""),
+        probe("c", "", "")
+    );
+    let mut t = Tree::start(&config);
+    let first: Vec<Start> = ["a", "b", "c"]
+        .iter()
+        .map(|n| t.wait_starts(n, 1)[0])
+        .collect();
+    ctl(&t, "stop", "c");
+    t.poll("c stopped", || {
+        t.out("c")
+            .iter()
+            .any(|l| l.starts_with("stop "))
+            .then_some(())
+    });
+    send(first[1].pid, SIGKILL).unwrap();
+    t.wait_starts("b", 2);
+    t.wait_starts("a", 2);
+    // Long enough for a wrong restart of c to have happened (a and b are
+    // already back): c started once, and is still down.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(t.starts("c").len(), 1, "{}", t.log());
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0);
+}
+
+#[test]
+fn what_a_crashed_daemon_forked_dies_with_it() {
+    // The daemon forks a long sleep into its process group, reports its pid,
+    // then crashes: the sleep must not outlive it.
+    let mut t = Tree::start(
+        "[supervisor]\nintensity = 100\nperiod = \"10s\"\n\
+         [[daemon]]\nname = \"parent\"\nrestart = \"temporary\"\n\
+         exec = [\"sh\", \"-c\", \"sleep 1000 & echo $! > @DIR@/child.pid; sleep 0.2; kill -SEGV $$\"]\n",
+    );
+    let child: i32 = t.poll("the forked child's pid", || {
+        std::fs::read_to_string(t.path("child.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    });
+    t.wait_log(&["crashed", "daemon=parent", "SIGSEGV"]);
+    t.poll("the forked child gone", || match Proc::read(child) {
+        None => Some(()),
+        Some(p) if p.state == 'Z' => Some(()),
+        Some(_) => None,
+    });
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0);
+}
