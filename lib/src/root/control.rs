@@ -20,6 +20,11 @@ use crate::control::MAX_REQUEST;
 use crate::region::MAGIC;
 use crate::sys;
 
+/// Control connections open at once, at most.
+const MAX_CONNECTIONS: usize = 64;
+/// How long the listener rests after `accept` failed.
+const CONTROL_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The listening socket and its open connections.
 #[derive(Debug)]
 pub(crate) struct Server {
@@ -80,6 +85,18 @@ impl Server {
     }
 }
 
+impl Root<'_> {
+    /// The listener's pause is over: watch it again.
+    pub(super) fn resume_control(&mut self) {
+        self.control_paused = None;
+        if let Some(server) = &self.control {
+            if let Err(e) = self.epoll.add(server.listener_fd(), super::TOKEN_LISTENER) {
+                warn!(error = %e, "cannot watch the control socket again");
+            }
+        }
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
@@ -95,7 +112,11 @@ impl Root<'_> {
         loop {
             match server.listener.accept() {
                 Ok((stream, _)) => {
-                    if stream.set_nonblocking(true).is_err() {
+                    // Past the cap the connection is closed at once: the
+                    // root's descriptors are not for clients to exhaust.
+                    if server.conns.len() >= MAX_CONNECTIONS
+                        || stream.set_nonblocking(true).is_err()
+                    {
                         continue;
                     }
                     let id = server.next_id;
@@ -114,7 +135,11 @@ impl Root<'_> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    warn!(error = %e, "control socket accept failed");
+                    // EMFILE and friends: the listener stays readable, so
+                    // stop watching it for a moment instead of spinning.
+                    warn!(error = %e, "control socket accept failed; pausing it for 1s");
+                    let _ = self.epoll.delete(server.listener.as_raw_fd());
+                    self.control_paused = Some(Instant::now() + CONTROL_PAUSE);
                     return;
                 }
             }

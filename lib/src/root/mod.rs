@@ -258,6 +258,8 @@ pub struct Root<'a> {
     sweep_at: Option<Instant>,
     /// Log lines deferred past the next fork.
     notes: Vec<Note>,
+    /// The control listener rests until then (after `accept` failed).
+    control_paused: Option<Instant>,
 }
 
 /// Runs the tree until it is stopped; returns the exit code documented for
@@ -397,6 +399,7 @@ impl<'a> Root<'a> {
             lock,
             sweep_at: None,
             notes: Vec::new(),
+            control_paused: None,
         })
     }
 
@@ -425,10 +428,10 @@ impl<'a> Root<'a> {
                 }
             }
             let next = self.timers.first().map(|&(t, _)| t);
-            let next = match (next, self.sweep_at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let next = [next, self.sweep_at, self.control_paused]
+                .into_iter()
+                .flatten()
+                .min();
             let timeout = next.map(|t| t.saturating_duration_since(Instant::now()));
             self.epoll
                 .wait(&mut ready, timeout)
@@ -1106,6 +1109,9 @@ impl<'a> Root<'a> {
 
     fn fire_timers(&mut self) {
         let now = Instant::now();
+        if self.control_paused.is_some_and(|t| t <= now) {
+            self.resume_control();
+        }
         if self.sweep_at.is_some_and(|t| t <= now) {
             self.sweep_at = None;
             if let Err(e) = self.reap() {
