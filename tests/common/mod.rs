@@ -109,6 +109,34 @@ impl Tree {
         self.disarm = Some(disarm);
     }
 
+    /// Runs `forkroot ctl --socket DIR/ctl.sock ARGS` against this tree.
+    #[allow(dead_code)]
+    pub(crate) fn ctl(&self, args: &[&str]) -> std::process::Output {
+        command(&self.dir)
+            .args(["ctl", "--socket"])
+            .arg(self.path("ctl.sock"))
+            .args(args)
+            .output()
+            .expect("run forkroot ctl")
+    }
+
+    /// Every daemon's entry of `ctl status --json` (`None` while the root
+    /// does not answer).
+    #[allow(dead_code)]
+    pub(crate) fn daemons_status(&self) -> Option<Vec<serde_json::Value>> {
+        let out = self.ctl(&["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["daemons"].as_array().cloned()
+    }
+
+    /// The entry of daemon `name` in `ctl status --json`.
+    #[allow(dead_code)]
+    pub(crate) fn daemon_status(&self, name: &str) -> Option<serde_json::Value> {
+        self.daemons_status()?
+            .into_iter()
+            .find(|d| d["name"] == name)
+    }
+
     /// A path in the temp dir.
     pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
