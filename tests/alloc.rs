@@ -17,14 +17,7 @@ fn built_in_daemons_make_no_allocation_in_their_steady_state() {
     // Each publishes its counters at a heartbeat; wait for a second round of
     // them, so the counters cover a stretch of steady state.
     let status = t.poll("every daemon to publish forbid-policy counters", || {
-        let out = common::command(&t.dir)
-            .args(["ctl", "--socket"])
-            .arg(t.path("ctl.sock"))
-            .args(["status", "--json"])
-            .output()
-            .ok()?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        let ds = v["daemons"].as_array()?.clone();
+        let ds = t.daemons_status()?;
         let all = ds
             .iter()
             .all(|d| d["alloc"]["policy"] == "forbid" && d["uptime_ms"].as_u64() > Some(1200));

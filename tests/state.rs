@@ -23,17 +23,7 @@ const PATIENT: &str = "[supervisor]\nintensity = 1000000\nperiod = \"1s\"\n";
 
 /// The daemon's current primary pid, from `ctl status --json`.
 fn primary(t: &Tree, name: &str) -> Option<i32> {
-    let out = common::command(&t.dir)
-        .args(["ctl", "--socket"])
-        .arg(t.path("ctl.sock"))
-        .args(["status", "--json"])
-        .output()
-        .ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    let d = v["daemons"]
-        .as_array()?
-        .iter()
-        .find(|d| d["name"] == name)?;
+    let d = t.daemon_status(name)?;
     if d["state"] != "running" {
         return None;
     }

@@ -273,12 +273,7 @@ fn daemons_killed_at_once_are_all_reaped_and_restarted() {
 
 /// `forkroot ctl VERB NAME` against the tree's root; panics on failure.
 fn ctl(t: &Tree, verb: &str, name: &str) {
-    let out = common::command(&t.dir)
-        .args(["ctl", "--socket"])
-        .arg(t.path("ctl.sock"))
-        .args([verb, name])
-        .output()
-        .unwrap();
+    let out = t.ctl(&[verb, name]);
     assert!(out.status.success(), "ctl {verb} {name}: {out:?}");
 }
 
