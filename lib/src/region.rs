@@ -158,9 +158,10 @@ pub struct RegionSet {
 
 impl RegionSet {
     /// Creates and maps one region per spec. With `state_dir`, each region
-    /// is the file `state_dir/NAME.region` (kept across runs of the root);
-    /// otherwise a range of the arena memfd or, for `own_file`, a sealed
-    /// memfd of its own.
+    /// of a built-in daemon is the file `state_dir/NAME.region` (kept across
+    /// runs of the root); otherwise a range of the arena memfd. An
+    /// `own_file` region (an exec'd program's) is a sealed memfd of its own
+    /// in both cases.
     pub fn create(specs: &[RegionSpec<'_>], state_dir: Option<&Path>) -> io::Result<RegionSet> {
         let page = sys::page_size();
         let lens: Vec<usize> = specs
@@ -225,7 +226,12 @@ impl RegionSet {
                 continue;
             }
             let name = spec.name;
-            let fd = match state_dir {
+            // A region handed to an exec'd program (`own_file`) is always a
+            // sealed memfd, even with a state_dir: a regular file cannot be
+            // sealed, and a program that truncated it would make the root's
+            // next read of its mapping a SIGBUS. Such regions live as long
+            // as the root.
+            let fd = match state_dir.filter(|_| !spec.own_file) {
                 Some(dir) => sys::file_region(&dir.join(format!("{name}.region")), rlen as u64),
                 None => {
                     let cname =
