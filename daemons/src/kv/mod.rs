@@ -282,11 +282,17 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
     code
 }
 
-/// Attaches the journaled table in the state, creating it in a fresh
-/// state; a state of another layout or a damaged one is zeroed first (and
-/// said so).
+/// Attaches the journaled table in the state (see [`open_table`]).
 fn open_store<'a>(ctx: &mut Context<'a>) -> Option<(Box<dyn journal::Journal + 'a>, store::Store)> {
     let area: &'a mut [u8] = ctx.split_state(ctx.state().len() & !63)?;
+    open_table(area)
+}
+
+/// Attaches the journaled table in `area`, creating it in a zeroed area;
+/// an area of another layout or a damaged table is zeroed first, with an
+/// error in the log: kv starts empty rather than crash on it again and
+/// again.
+fn open_table<'a>(area: &'a mut [u8]) -> Option<(Box<dyn journal::Journal + 'a>, store::Store)> {
     let len = area.len();
     let ptr = area.as_mut_ptr();
     let cap = journal::capacity_for(len);
@@ -321,9 +327,9 @@ fn open_store<'a>(ctx: &mut Context<'a>) -> Option<(Box<dyn journal::Journal + '
             tracing::error!(problem, "cannot use the state");
             return None;
         }
-        tracing::warn!(
+        tracing::error!(
             problem,
-            "the state is unusable: starting with an empty store"
+            "the state is unusable: its keys are discarded, starting with an empty store"
         );
         // SAFETY: the attempt above is gone (its borrow of the area ended
         // with `journal::attach`'s result), so this is again the only
@@ -720,5 +726,40 @@ impl Server<'_> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::journal::tests::area;
+    use super::store::{tests::damage_entry, Cond, Ttl};
+    use super::*;
+
+    #[test]
+    fn a_damaged_table_is_discarded_at_attach() {
+        let a = area(1 << 20);
+        let (ptr, len) = (a.as_mut_ptr(), a.len());
+        let (j, s) = open_table(a).unwrap();
+        let mut j = j;
+        j.transact(&mut |w| {
+            s.set(w, b"k", b"v", Ttl::Clear, Cond::Always, 0)
+                .map(i64::from)
+        })
+        .unwrap();
+        let at = j.data().as_ptr() as usize - ptr as usize;
+        let blob = j.data().len();
+        drop(j);
+        // SAFETY: the journal above is gone; the area is leaked memory.
+        let again = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
+        damage_entry(&mut again[at..at + blob], b"k", u64::MAX);
+        let (mut j, s) = open_table(again).unwrap();
+        assert_eq!(s.len(j.data()), 0);
+        assert_eq!(s.get(j.data(), b"k", 0), Ok(None));
+        j.transact(&mut |w| {
+            s.set(w, b"k", b"w", Ttl::Clear, Cond::Always, 0)
+                .map(i64::from)
+        })
+        .unwrap();
+        assert_eq!(s.get(j.data(), b"k", 0), Ok(Some(&b"w"[..])));
     }
 }
