@@ -251,7 +251,7 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
         free: (0..max_clients).rev().collect(),
         ins: vec![0; max_clients * MAX_REQUEST],
         outs: vec![0; max_clients * MAX_REPLY],
-        args: Args::with_capacity(MAX_ARGS),
+        args: Args::with_capacity(MAX_ARGS, MAX_REQUEST),
         scratch: vec![0; MAX_REQUEST],
         resolved: vec![0; tasks::MAX_INPUT],
         db: Db {
@@ -580,7 +580,7 @@ impl Server<'_> {
             if MAX_REPLY - c.out_len < RESERVE {
                 return Stop::Blocked;
             }
-            let input = &mut ins[in_base + c.in_pos..in_base + c.in_len];
+            let input = &ins[in_base + c.in_pos..in_base + c.in_len];
             let mut out = Out::new(out_buf, c.out_len);
             match resp::parse(input, args, MAX_REQUEST) {
                 Parse::Incomplete => {

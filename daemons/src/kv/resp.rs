@@ -55,21 +55,29 @@ pub(crate) enum Parse {
     Error(ProtoError),
 }
 
-/// The arguments of the last parsed command, as ranges of the buffer it
-/// was parsed from (inline arguments with quotes are unescaped in place, so
-/// they are ranges of that rewritten buffer).
+/// The arguments of the last parsed command: ranges of the buffer it was
+/// parsed from (multibulk), or of the arguments' own copy (inline: words
+/// are unescaped into it, so the input is never rewritten and parsing it
+/// again gives the same command).
 #[derive(Debug)]
 pub(crate) struct Args {
     spans: Box<[(u32, u32)]>,
     len: usize,
+    /// The unescaped words of an inline command.
+    words: Box<[u8]>,
+    /// Whether the spans are ranges of `words` rather than of the input.
+    inline: bool,
 }
 
 impl Args {
-    /// Room for `max` arguments (allocated once, at start-up).
-    pub(crate) fn with_capacity(max: usize) -> Args {
+    /// Room for `max` arguments and an inline line of `line` bytes
+    /// (allocated once, at start-up).
+    pub(crate) fn with_capacity(max: usize, line: usize) -> Args {
         Args {
             spans: vec![(0, 0); max].into_boxed_slice(),
             len: 0,
+            words: vec![0; line].into_boxed_slice(),
+            inline: false,
         }
     }
 
@@ -78,10 +86,11 @@ impl Args {
         self.len
     }
 
-    /// Argument `i` out of `buf`, the buffer the command was parsed from.
-    pub(crate) fn get<'b>(&self, buf: &'b [u8], i: usize) -> &'b [u8] {
+    /// Argument `i`; `buf` is the buffer the command was parsed from.
+    pub(crate) fn get<'b>(&'b self, buf: &'b [u8], i: usize) -> &'b [u8] {
         let (s, e) = self.spans[i];
-        &buf[s as usize..e as usize]
+        let from = if self.inline { &self.words[..] } else { buf };
+        &from[s as usize..e as usize]
     }
 
     fn push(&mut self, start: usize, end: usize) -> Result<(), ProtoError> {
@@ -117,8 +126,9 @@ fn parse_len(s: &[u8]) -> Option<i64> {
 /// Parses one command from the front of `buf` into `args`. `max_bulk`
 /// bounds a single argument (larger is a protocol error, not a wait for
 /// bytes that could never fit).
-pub(crate) fn parse(buf: &mut [u8], args: &mut Args, max_bulk: usize) -> Parse {
+pub(crate) fn parse(buf: &[u8], args: &mut Args, max_bulk: usize) -> Parse {
     args.len = 0;
+    args.inline = false;
     match buf.first() {
         None => Parse::Incomplete,
         Some(b'*') => parse_multibulk(buf, args, max_bulk),
@@ -164,7 +174,7 @@ fn parse_multibulk(buf: &[u8], args: &mut Args, max_bulk: usize) -> Parse {
     Parse::Command(at)
 }
 
-fn parse_inline(buf: &mut [u8], args: &mut Args) -> Parse {
+fn parse_inline(buf: &[u8], args: &mut Args) -> Parse {
     let Some(nl) = buf.iter().position(|&c| c == b'\n') else {
         return Parse::Incomplete;
     };
@@ -173,7 +183,13 @@ fn parse_inline(buf: &mut [u8], args: &mut Args) -> Parse {
     } else {
         nl
     };
+    // The words are never longer than the line.
+    if end > args.words.len() {
+        return Parse::Error(ProtoError::TooManyArgs);
+    }
+    args.inline = true;
     let mut i = 0;
+    let mut w = 0;
     while i < end {
         while i < end && buf[i].is_ascii_whitespace() {
             i += 1;
@@ -181,9 +197,8 @@ fn parse_inline(buf: &mut [u8], args: &mut Args) -> Parse {
         if i == end {
             break;
         }
-        // One word; quoted parts are unescaped in place, writing at `w`.
-        let start = i;
-        let mut w = i;
+        // One word, unescaped into `args.words` at `w`.
+        let start = w;
         let mut quote = 0u8;
         while i < end {
             let c = buf[i];
@@ -194,7 +209,7 @@ fn parse_inline(buf: &mut [u8], args: &mut Args) -> Parse {
                 if c == b'"' || c == b'\'' {
                     quote = c;
                 } else {
-                    buf[w] = c;
+                    args.words[w] = c;
                     w += 1;
                 }
                 i += 1;
@@ -207,11 +222,11 @@ fn parse_inline(buf: &mut [u8], args: &mut Args) -> Parse {
                 }
             } else if quote == b'"' && c == b'\\' && i + 1 < end {
                 let (b, used) = unescape(&buf[i + 1..end]);
-                buf[w] = b;
+                args.words[w] = b;
                 w += 1;
                 i += 1 + used;
             } else {
-                buf[w] = c;
+                args.words[w] = c;
                 w += 1;
                 i += 1;
             }
@@ -355,12 +370,12 @@ mod tests {
     use super::*;
 
     fn parse_all(input: &[u8]) -> (Vec<Vec<Vec<u8>>>, Parse, usize) {
-        let mut buf = input.to_vec();
-        let mut args = Args::with_capacity(64);
+        let buf = input.to_vec();
+        let mut args = Args::with_capacity(64, 1 << 16);
         let mut cmds = Vec::new();
         let mut at = 0;
         loop {
-            match parse(&mut buf[at..], &mut args, 1 << 20) {
+            match parse(&buf[at..], &mut args, 1 << 20) {
                 Parse::Command(n) => {
                     let b = &buf[at..];
                     cmds.push((0..args.len()).map(|i| args.get(b, i).to_vec()).collect());
@@ -435,6 +450,28 @@ mod tests {
     }
 
     #[test]
+    fn an_inline_command_parses_the_same_twice() {
+        // The server parses a command again when its reply did not fit the
+        // output buffer: the input must still be what the client sent.
+        let buf = b"MGET \"a b\" 'c' \"\\x41\\\"\" d\r\n".to_vec();
+        let mut args = Args::with_capacity(8, 64);
+        let mut twice = Vec::new();
+        for _ in 0..2 {
+            assert_eq!(parse(&buf, &mut args, 99), Parse::Command(buf.len()));
+            let got: Vec<Vec<u8>> = (0..args.len())
+                .map(|i| args.get(&buf, i).to_vec())
+                .collect();
+            twice.push(got);
+        }
+        assert_eq!(twice[0], words(&["MGET", "a b", "c", "A\"", "d"]));
+        assert_eq!(twice[0], twice[1]);
+        // A multibulk command after it reads from the input again.
+        let mb = b"*1\r\n$4\r\nPING\r\n";
+        assert_eq!(parse(mb, &mut args, 99), Parse::Command(mb.len()));
+        assert_eq!(args.get(mb, 0), b"PING");
+    }
+
+    #[test]
     fn empty_multibulk_is_skipped() {
         let (cmds, _, at) = parse_all(b"*0\r\n*-1\r\n");
         assert_eq!(cmds, vec![Vec::<Vec<u8>>::new(), vec![]]);
@@ -464,10 +501,10 @@ mod tests {
             Parse::Error(ProtoError::UnbalancedQuotes)
         );
         // A bulk larger than the limit is refused at once.
-        let mut buf = b"*1\r\n$100\r\n".to_vec();
-        let mut args = Args::with_capacity(4);
+        let buf = b"*1\r\n$100\r\n".to_vec();
+        let mut args = Args::with_capacity(4, 1 << 16);
         assert_eq!(
-            parse(&mut buf, &mut args, 99),
+            parse(&buf, &mut args, 99),
             Parse::Error(ProtoError::BulkLength)
         );
         let mut many = b"*5\r\n".to_vec();
@@ -475,7 +512,7 @@ mod tests {
             many.extend_from_slice(b"$1\r\nx\r\n");
         }
         assert_eq!(
-            parse(&mut many, &mut args, 99),
+            parse(&many, &mut args, 99),
             Parse::Error(ProtoError::TooManyArgs)
         );
     }
