@@ -627,3 +627,28 @@ fn an_inline_command_run_again_after_its_reply_waited_is_the_same() {
     );
     assert_eq!(c.read().unwrap(), Simple("PONG".into()));
 }
+
+#[test]
+fn a_count_or_length_line_without_crlf_is_refused_after_32_bytes() {
+    let (_t, port) = start("4MiB");
+    for req in [
+        &b"*1111111111111111111111111111111111111111"[..],
+        b"*1\r\n$1111111111111111111111111111111111111111",
+    ] {
+        let mut c = Client::wait(port);
+        c.w.write_all(req).unwrap();
+        let e = match c.read().unwrap() {
+            Error(e) => e,
+            r => panic!("{r:?}"),
+        };
+        assert!(e.starts_with("ERR Protocol error: invalid"), "{e}");
+        assert!(c.read().is_err());
+    }
+    // A slow client, a byte at a time, is still answered.
+    let mut c = Client::wait(port);
+    for b in b"SET \"k k\" v\r\n" {
+        c.w.write_all(&[*b]).unwrap();
+    }
+    assert_eq!(c.read().unwrap(), ok());
+    assert_eq!(c.cmd(&["GET", "k k"]), bulk("v"));
+}

@@ -42,7 +42,7 @@ use forkroot::Context;
 
 use crate::util;
 use commands::{Action, Db, RESERVE};
-use resp::{Args, Out, Parse};
+use resp::{Args, Out, Parse, Resume};
 use tasks::{Task, Tasks};
 
 /// Largest request (one command and its arguments), in bytes: the size of
@@ -82,6 +82,8 @@ struct Conn {
     gen: u32,
     in_pos: usize,
     in_len: usize,
+    /// How far the parse of the incomplete command at `in_pos` got.
+    resume: Resume,
     out_pos: usize,
     out_len: usize,
     waiting: bool,
@@ -95,6 +97,7 @@ impl Conn {
         gen: 0,
         in_pos: 0,
         in_len: 0,
+        resume: Resume::START,
         out_pos: 0,
         out_len: 0,
         waiting: false,
@@ -582,7 +585,7 @@ impl Server<'_> {
             }
             let input = &ins[in_base + c.in_pos..in_base + c.in_len];
             let mut out = Out::new(out_buf, c.out_len);
-            match resp::parse(input, args, MAX_REQUEST) {
+            match resp::parse(input, args, MAX_REQUEST, &mut c.resume) {
                 Parse::Incomplete => {
                     if c.in_pos == 0 && c.in_len == MAX_REQUEST {
                         out.error(b"ERR Protocol error: request larger than 65536 bytes");
@@ -598,7 +601,10 @@ impl Server<'_> {
                     c.closing = true;
                     return Stop::Parked;
                 }
-                Parse::Command(used) if args.len() == 0 => c.in_pos += used,
+                Parse::Command(used) if args.len() == 0 => {
+                    c.in_pos += used;
+                    c.resume = Resume::START;
+                }
                 Parse::Command(used) => {
                     let mark = c.out_len;
                     let action = db.execute(input, args, &mut out);
@@ -614,6 +620,7 @@ impl Server<'_> {
                     }
                     c.out_len = out.len();
                     c.in_pos += used;
+                    c.resume = Resume::START;
                     match action {
                         Action::Done => {}
                         Action::Close => c.closing = true,
