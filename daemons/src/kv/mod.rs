@@ -296,6 +296,12 @@ fn open_store<'a>(ctx: &mut Context<'a>) -> Option<(Box<dyn journal::Journal + '
 /// error in the log: kv starts empty rather than crash on it again and
 /// again.
 fn open_table<'a>(area: &'a mut [u8]) -> Option<(Box<dyn journal::Journal + 'a>, store::Store)> {
+    if let Some(problem) = stray_data(area) {
+        tracing::error!(
+            problem,
+            "the state's earlier keys are discarded, starting with an empty store"
+        );
+    }
     let len = area.len();
     let ptr = area.as_mut_ptr();
     let cap = journal::capacity_for(len);
@@ -324,7 +330,7 @@ fn open_table<'a>(area: &'a mut [u8]) -> Option<(Box<dyn journal::Journal + 'a>,
                     _ => "the journal is too small to create the table".to_string(),
                 }
             }
-            Err(e) => e.to_string(),
+            Err(e) => attach_problem(&e),
         };
         if attempt > 1 {
             tracing::error!(problem, "cannot use the state");
@@ -340,6 +346,44 @@ fn open_table<'a>(area: &'a mut [u8]) -> Option<(Box<dyn journal::Journal + 'a>,
         let again = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
         forkroot::state::zero(again);
         area = Some(again);
+    }
+}
+
+/// Bytes of the area [`stray_data`] looks at.
+const STRAY_SCAN: usize = 4 << 20;
+
+/// Why attaching `area` would discard data although its header says it
+/// is empty, which the attach would otherwise do without a word (it
+/// zeroes an empty area): the area now starts where an earlier layout put
+/// something else, because what is split off the state before it (the
+/// transaction slots) changed size. Only the first [`STRAY_SCAN`] bytes
+/// are looked at: reading all of a large untouched state would make the
+/// kernel back every page of it, and a moved header lands near the start.
+fn stray_data(area: &[u8]) -> Option<&'static str> {
+    let head = &area[..area.len().min(STRAY_SCAN)];
+    match forkroot::state::read_layout(area) {
+        Ok(None) if head.iter().any(|&b| b != 0) => Some(
+            "the state holds data but no header where the kv table starts: \
+             the layout before it changed (the transaction slots' size)",
+        ),
+        _ => None,
+    }
+}
+
+/// What an attach error means for the keys, in words for the log.
+fn attach_problem(e: &forkroot::checkpoint::CheckpointError) -> String {
+    use forkroot::checkpoint::CheckpointError;
+    use forkroot::state::StateError;
+    match e {
+        CheckpointError::State(StateError::LayoutChanged { .. }) => format!(
+            "{e}: the table was written with another `memory` setting (its size follows \
+             `memory`) or by another version of kv"
+        ),
+        CheckpointError::State(StateError::BadMagic { .. }) => format!(
+            "{e}: the state holds something else where the kv table starts (another kind of \
+             daemon, or the transaction slots before the table changed size)"
+        ),
+        _ => e.to_string(),
     }
 }
 
@@ -741,6 +785,41 @@ mod tests {
     use super::journal::tests::area;
     use super::store::{tests::damage_entry, Cond, Ttl};
     use super::*;
+
+    #[test]
+    fn discarded_data_is_named_in_the_log() {
+        // A fresh state: nothing is discarded, nothing to say.
+        let a = area(2 << 20);
+        assert_eq!(stray_data(a), None);
+        let (ptr, len) = (a.as_mut_ptr(), a.len());
+        // The table as an earlier layout placed it, 4 KiB further on.
+        let (mut j, s) = open_table(&mut a[4096..]).unwrap();
+        j.transact(&mut |w| {
+            s.set(w, b"k", b"v", Ttl::Clear, Cond::Always, 0)
+                .map(i64::from)
+        })
+        .unwrap();
+        drop(j);
+        // SAFETY: the journal above is gone; the area is leaked memory.
+        let again = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
+        // Now the area starts 4 KiB earlier: its header reads as empty.
+        assert_eq!(forkroot::state::read_layout(again).unwrap(), None);
+        assert!(stray_data(again).unwrap().contains("layout"));
+        let (j, s) = open_table(again).unwrap();
+        assert_eq!(s.len(j.data()), 0);
+        drop(j);
+        // SAFETY: as above.
+        let again = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
+        // A smaller `memory`: another blob size, another layout.
+        let e = journal::attach(&mut again[..1 << 20], journal::capacity_for(1 << 20))
+            .err()
+            .unwrap();
+        assert!(
+            attach_problem(&e).contains("`memory`"),
+            "{}",
+            attach_problem(&e)
+        );
+    }
 
     #[test]
     fn a_damaged_table_is_discarded_at_attach() {
