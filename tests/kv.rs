@@ -609,3 +609,46 @@ fn a_client_waiting_for_a_transaction_blocks_nobody_and_keeps_its_order() {
     assert_eq!(slow.read().unwrap(), ok());
     assert_eq!(slow.read().unwrap(), Simple("PONG".into()));
 }
+
+#[test]
+fn an_inline_command_run_again_after_its_reply_waited_is_the_same() {
+    let (_t, port) = start("4MiB");
+    let mut c = Client::wait(port);
+    let big = "v".repeat(60_000);
+    assert_eq!(c.cmd(&["SET", "big", &big]), ok());
+    // The second reply does not fit behind the first: the server runs the
+    // inline MGET again once the first has gone out.
+    c.w.write_all(b"GET big\r\nMGET \"a b\" big big\r\nPING\r\n")
+        .unwrap();
+    assert_eq!(c.read().unwrap(), bulk(&big));
+    assert_eq!(
+        c.read().unwrap(),
+        Array(vec![Bulk(None), bulk(&big), bulk(&big)])
+    );
+    assert_eq!(c.read().unwrap(), Simple("PONG".into()));
+}
+
+#[test]
+fn a_count_or_length_line_without_crlf_is_refused_after_32_bytes() {
+    let (_t, port) = start("4MiB");
+    for req in [
+        &b"*1111111111111111111111111111111111111111"[..],
+        b"*1\r\n$1111111111111111111111111111111111111111",
+    ] {
+        let mut c = Client::wait(port);
+        c.w.write_all(req).unwrap();
+        let e = match c.read().unwrap() {
+            Error(e) => e,
+            r => panic!("{r:?}"),
+        };
+        assert!(e.starts_with("ERR Protocol error: invalid"), "{e}");
+        assert!(c.read().is_err());
+    }
+    // A slow client, a byte at a time, is still answered.
+    let mut c = Client::wait(port);
+    for b in b"SET \"k k\" v\r\n" {
+        c.w.write_all(&[*b]).unwrap();
+    }
+    assert_eq!(c.read().unwrap(), ok());
+    assert_eq!(c.cmd(&["GET", "k k"]), bulk("v"));
+}

@@ -90,7 +90,18 @@ pub(crate) fn store_error(out: &mut Out<'_>, e: StoreError) {
         }
         StoreError::NotInteger => not_integer(out),
         StoreError::Overflow => out.error(b"ERR increment or decrement would overflow"),
+        StoreError::Corrupt => {
+            corrupt_logged();
+            out.error(b"ERR the kv table is damaged (see the daemon's log)")
+        }
     }
+}
+
+/// Says that a command found the table damaged.
+fn corrupt_logged() {
+    forkroot::alloc::allow(|| {
+        tracing::error!("the kv table is damaged: an offset or a length in it points outside it")
+    });
 }
 
 /// `-ERR unknown command 'x', with args beginning with: 'a' 'b' ` as Redis
@@ -132,8 +143,12 @@ impl Db<'_> {
         let data = self.journal.data();
         let now = now_ms();
         let lookup = |key: &[u8]| match self.store.get(data, key, now) {
-            None => Ok(None),
-            Some(v) => super::store::parse_int(v).map(Some).ok_or(()),
+            Ok(None) => Ok(None),
+            Ok(Some(v)) => super::store::parse_int(v).map(Some).ok_or(()),
+            Err(_) => {
+                corrupt_logged();
+                Err(())
+            }
         };
         super::calc::resolve(expr, out, &lookup)
     }
@@ -160,7 +175,8 @@ impl Db<'_> {
 
     /// Removes `key` if it expired (lazy expiry on access).
     fn expire_lazily(&mut self, key: &[u8], now: u64) {
-        if self.store.is_expired(self.journal.data(), key, now) {
+        // A damaged table is reported by the lookup that follows.
+        if self.store.is_expired(self.journal.data(), key, now) == Ok(true) {
             let store = self.store;
             // A failure leaves the expired key for the sweep; it reads as absent.
             let _ = self
@@ -180,8 +196,11 @@ impl Db<'_> {
             next = c;
             Ok(removed as i64)
         });
+        if r == Err(StoreError::Corrupt) {
+            corrupt_logged();
+        }
         if r.is_err() {
-            // Journal full: fewer buckets next time would help, but a sweep
+            // Journal full (or a damaged entry): fewer buckets next time would help, but a sweep
             // of 64 buckets removes at most 64 small records; skip ahead.
             next = cursor + count;
         }
@@ -203,8 +222,9 @@ impl Db<'_> {
             }
             self.expire_lazily(arg(1), now);
             match store.get(self.journal.data(), arg(1), now) {
-                Some(v) => out.bulk(v),
-                None => out.null(),
+                Ok(Some(v)) => out.bulk(v),
+                Ok(None) => out.null(),
+                Err(e) => store_error(out, e),
             }
         } else if is(name, "set") {
             if n < 3 {
@@ -279,21 +299,32 @@ impl Db<'_> {
                 return Action::Done;
             }
             let d = self.journal.data();
-            let count = (1..n)
-                .filter(|&i| store.get(d, arg(i), now).is_some())
-                .count();
-            out.int(count as i64);
+            let mut count = 0;
+            for i in 1..n {
+                match store.get(d, arg(i), now) {
+                    Ok(v) => count += i64::from(v.is_some()),
+                    Err(e) => {
+                        store_error(out, e);
+                        return Action::Done;
+                    }
+                }
+            }
+            out.int(count);
         } else if is(name, "mget") {
             if n < 2 {
                 wrong_args(out, "mget");
                 return Action::Done;
             }
             let d = self.journal.data();
+            if let Some(e) = (1..n).find_map(|i| store.get(d, arg(i), now).err()) {
+                store_error(out, e);
+                return Action::Done;
+            }
             out.array(n - 1);
             for i in 1..n {
                 match store.get(d, arg(i), now) {
-                    Some(v) => out.bulk(v),
-                    None => out.null(),
+                    Ok(Some(v)) => out.bulk(v),
+                    _ => out.null(),
                 }
             }
         } else if is(name, "mset") {
@@ -320,10 +351,11 @@ impl Db<'_> {
                 return Action::Done;
             }
             match store.ttl_ms(self.journal.data(), arg(1), now) {
-                None => out.int(-2),
-                Some(None) => out.int(-1),
-                Some(Some(t)) if ms => out.int(t as i64),
-                Some(Some(t)) => out.int(t.div_ceil(1000) as i64),
+                Err(e) => store_error(out, e),
+                Ok(None) => out.int(-2),
+                Ok(Some(None)) => out.int(-1),
+                Ok(Some(Some(t))) if ms => out.int(t as i64),
+                Ok(Some(Some(t))) => out.int(t.div_ceil(1000) as i64),
             }
         } else if is(name, "echo") {
             if n != 2 {

@@ -42,7 +42,7 @@ use forkroot::Context;
 
 use crate::util;
 use commands::{Action, Db, RESERVE};
-use resp::{Args, Out, Parse};
+use resp::{Args, Out, Parse, Resume};
 use tasks::{Task, Tasks};
 
 /// Largest request (one command and its arguments), in bytes: the size of
@@ -82,6 +82,8 @@ struct Conn {
     gen: u32,
     in_pos: usize,
     in_len: usize,
+    /// How far the parse of the incomplete command at `in_pos` got.
+    resume: Resume,
     out_pos: usize,
     out_len: usize,
     waiting: bool,
@@ -95,6 +97,7 @@ impl Conn {
         gen: 0,
         in_pos: 0,
         in_len: 0,
+        resume: Resume::START,
         out_pos: 0,
         out_len: 0,
         waiting: false,
@@ -251,7 +254,7 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
         free: (0..max_clients).rev().collect(),
         ins: vec![0; max_clients * MAX_REQUEST],
         outs: vec![0; max_clients * MAX_REPLY],
-        args: Args::with_capacity(MAX_ARGS),
+        args: Args::with_capacity(MAX_ARGS, MAX_REQUEST),
         scratch: vec![0; MAX_REQUEST],
         resolved: vec![0; tasks::MAX_INPUT],
         db: Db {
@@ -282,11 +285,23 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
     code
 }
 
-/// Attaches the journaled table in the state, creating it in a fresh
-/// state; a state of another layout or a damaged one is zeroed first (and
-/// said so).
+/// Attaches the journaled table in the state (see [`open_table`]).
 fn open_store<'a>(ctx: &mut Context<'a>) -> Option<(Box<dyn journal::Journal + 'a>, store::Store)> {
     let area: &'a mut [u8] = ctx.split_state(ctx.state().len() & !63)?;
+    open_table(area)
+}
+
+/// Attaches the journaled table in `area`, creating it in a zeroed area;
+/// an area of another layout or a damaged table is zeroed first, with an
+/// error in the log: kv starts empty rather than crash on it again and
+/// again.
+fn open_table<'a>(area: &'a mut [u8]) -> Option<(Box<dyn journal::Journal + 'a>, store::Store)> {
+    if let Some(problem) = stray_data(area) {
+        tracing::error!(
+            problem,
+            "the state's earlier keys are discarded, starting with an empty store"
+        );
+    }
     let len = area.len();
     let ptr = area.as_mut_ptr();
     let cap = journal::capacity_for(len);
@@ -315,15 +330,15 @@ fn open_store<'a>(ctx: &mut Context<'a>) -> Option<(Box<dyn journal::Journal + '
                     _ => "the journal is too small to create the table".to_string(),
                 }
             }
-            Err(e) => e.to_string(),
+            Err(e) => attach_problem(&e),
         };
         if attempt > 1 {
             tracing::error!(problem, "cannot use the state");
             return None;
         }
-        tracing::warn!(
+        tracing::error!(
             problem,
-            "the state is unusable: starting with an empty store"
+            "the state is unusable: its keys are discarded, starting with an empty store"
         );
         // SAFETY: the attempt above is gone (its borrow of the area ended
         // with `journal::attach`'s result), so this is again the only
@@ -331,6 +346,44 @@ fn open_store<'a>(ctx: &mut Context<'a>) -> Option<(Box<dyn journal::Journal + '
         let again = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
         forkroot::state::zero(again);
         area = Some(again);
+    }
+}
+
+/// Bytes of the area [`stray_data`] looks at.
+const STRAY_SCAN: usize = 4 << 20;
+
+/// Why attaching `area` would discard data although its header says it
+/// is empty, which the attach would otherwise do without a word (it
+/// zeroes an empty area): the area now starts where an earlier layout put
+/// something else, because what is split off the state before it (the
+/// transaction slots) changed size. Only the first [`STRAY_SCAN`] bytes
+/// are looked at: reading all of a large untouched state would make the
+/// kernel back every page of it, and a moved header lands near the start.
+fn stray_data(area: &[u8]) -> Option<&'static str> {
+    let head = &area[..area.len().min(STRAY_SCAN)];
+    match forkroot::state::read_layout(area) {
+        Ok(None) if head.iter().any(|&b| b != 0) => Some(
+            "the state holds data but no header where the kv table starts: \
+             the layout before it changed (the transaction slots' size)",
+        ),
+        _ => None,
+    }
+}
+
+/// What an attach error means for the keys, in words for the log.
+fn attach_problem(e: &forkroot::checkpoint::CheckpointError) -> String {
+    use forkroot::checkpoint::CheckpointError;
+    use forkroot::state::StateError;
+    match e {
+        CheckpointError::State(StateError::LayoutChanged { .. }) => format!(
+            "{e}: the table was written with another `memory` setting (its size follows \
+             `memory`) or by another version of kv"
+        ),
+        CheckpointError::State(StateError::BadMagic { .. }) => format!(
+            "{e}: the state holds something else where the kv table starts (another kind of \
+             daemon, or the transaction slots before the table changed size)"
+        ),
+        _ => e.to_string(),
     }
 }
 
@@ -574,9 +627,9 @@ impl Server<'_> {
             if MAX_REPLY - c.out_len < RESERVE {
                 return Stop::Blocked;
             }
-            let input = &mut ins[in_base + c.in_pos..in_base + c.in_len];
+            let input = &ins[in_base + c.in_pos..in_base + c.in_len];
             let mut out = Out::new(out_buf, c.out_len);
-            match resp::parse(input, args, MAX_REQUEST) {
+            match resp::parse(input, args, MAX_REQUEST, &mut c.resume) {
                 Parse::Incomplete => {
                     if c.in_pos == 0 && c.in_len == MAX_REQUEST {
                         out.error(b"ERR Protocol error: request larger than 65536 bytes");
@@ -592,7 +645,10 @@ impl Server<'_> {
                     c.closing = true;
                     return Stop::Parked;
                 }
-                Parse::Command(used) if args.len() == 0 => c.in_pos += used,
+                Parse::Command(used) if args.len() == 0 => {
+                    c.in_pos += used;
+                    c.resume = Resume::START;
+                }
                 Parse::Command(used) => {
                     let mark = c.out_len;
                     let action = db.execute(input, args, &mut out);
@@ -608,6 +664,7 @@ impl Server<'_> {
                     }
                     c.out_len = out.len();
                     c.in_pos += used;
+                    c.resume = Resume::START;
                     match action {
                         Action::Done => {}
                         Action::Close => c.closing = true,
@@ -720,5 +777,75 @@ impl Server<'_> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::journal::tests::area;
+    use super::store::{tests::damage_entry, Cond, Ttl};
+    use super::*;
+
+    #[test]
+    fn discarded_data_is_named_in_the_log() {
+        // A fresh state: nothing is discarded, nothing to say.
+        let a = area(2 << 20);
+        assert_eq!(stray_data(a), None);
+        let (ptr, len) = (a.as_mut_ptr(), a.len());
+        // The table as an earlier layout placed it, 4 KiB further on.
+        let (mut j, s) = open_table(&mut a[4096..]).unwrap();
+        j.transact(&mut |w| {
+            s.set(w, b"k", b"v", Ttl::Clear, Cond::Always, 0)
+                .map(i64::from)
+        })
+        .unwrap();
+        drop(j);
+        // SAFETY: the journal above is gone; the area is leaked memory.
+        let again = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
+        // Now the area starts 4 KiB earlier: its header reads as empty.
+        assert_eq!(forkroot::state::read_layout(again).unwrap(), None);
+        assert!(stray_data(again).unwrap().contains("layout"));
+        let (j, s) = open_table(again).unwrap();
+        assert_eq!(s.len(j.data()), 0);
+        drop(j);
+        // SAFETY: as above.
+        let again = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
+        // A smaller `memory`: another blob size, another layout.
+        let e = journal::attach(&mut again[..1 << 20], journal::capacity_for(1 << 20))
+            .err()
+            .unwrap();
+        assert!(
+            attach_problem(&e).contains("`memory`"),
+            "{}",
+            attach_problem(&e)
+        );
+    }
+
+    #[test]
+    fn a_damaged_table_is_discarded_at_attach() {
+        let a = area(1 << 20);
+        let (ptr, len) = (a.as_mut_ptr(), a.len());
+        let (j, s) = open_table(a).unwrap();
+        let mut j = j;
+        j.transact(&mut |w| {
+            s.set(w, b"k", b"v", Ttl::Clear, Cond::Always, 0)
+                .map(i64::from)
+        })
+        .unwrap();
+        let at = j.data().as_ptr() as usize - ptr as usize;
+        let blob = j.data().len();
+        drop(j);
+        // SAFETY: the journal above is gone; the area is leaked memory.
+        let again = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
+        damage_entry(&mut again[at..at + blob], b"k", u64::MAX);
+        let (mut j, s) = open_table(again).unwrap();
+        assert_eq!(s.len(j.data()), 0);
+        assert_eq!(s.get(j.data(), b"k", 0), Ok(None));
+        j.transact(&mut |w| {
+            s.set(w, b"k", b"w", Ttl::Clear, Cond::Always, 0)
+                .map(i64::from)
+        })
+        .unwrap();
+        assert_eq!(s.get(j.data(), b"k", 0), Ok(Some(&b"w"[..])));
     }
 }

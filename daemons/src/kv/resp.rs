@@ -55,21 +55,29 @@ pub(crate) enum Parse {
     Error(ProtoError),
 }
 
-/// The arguments of the last parsed command, as ranges of the buffer it
-/// was parsed from (inline arguments with quotes are unescaped in place, so
-/// they are ranges of that rewritten buffer).
+/// The arguments of the last parsed command: ranges of the buffer it was
+/// parsed from (multibulk), or of the arguments' own copy (inline: words
+/// are unescaped into it, so the input is never rewritten and parsing it
+/// again gives the same command).
 #[derive(Debug)]
 pub(crate) struct Args {
     spans: Box<[(u32, u32)]>,
     len: usize,
+    /// The unescaped words of an inline command.
+    words: Box<[u8]>,
+    /// Whether the spans are ranges of `words` rather than of the input.
+    inline: bool,
 }
 
 impl Args {
-    /// Room for `max` arguments (allocated once, at start-up).
-    pub(crate) fn with_capacity(max: usize) -> Args {
+    /// Room for `max` arguments and an inline line of `line` bytes
+    /// (allocated once, at start-up).
+    pub(crate) fn with_capacity(max: usize, line: usize) -> Args {
         Args {
             spans: vec![(0, 0); max].into_boxed_slice(),
             len: 0,
+            words: vec![0; line].into_boxed_slice(),
+            inline: false,
         }
     }
 
@@ -78,10 +86,11 @@ impl Args {
         self.len
     }
 
-    /// Argument `i` out of `buf`, the buffer the command was parsed from.
-    pub(crate) fn get<'b>(&self, buf: &'b [u8], i: usize) -> &'b [u8] {
+    /// Argument `i`; `buf` is the buffer the command was parsed from.
+    pub(crate) fn get<'b>(&'b self, buf: &'b [u8], i: usize) -> &'b [u8] {
         let (s, e) = self.spans[i];
-        &buf[s as usize..e as usize]
+        let from = if self.inline { &self.words[..] } else { buf };
+        &from[s as usize..e as usize]
     }
 
     fn push(&mut self, start: usize, end: usize) -> Result<(), ProtoError> {
@@ -94,11 +103,41 @@ impl Args {
     }
 }
 
-fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
-    buf.get(from..)?
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .map(|p| from + p)
+/// Longest `*<count>` or `$<length>` line (without its CRLF) accepted: a
+/// longer one is a protocol error at once, not a wait for a CRLF that a
+/// slow client sends a byte at a time while every byte rescans the line.
+const MAX_HEADER: usize = 32;
+
+/// Where the header line at `from` ends: `Ok(Some(crlf))`, `Ok(None)` if
+/// its CRLF has not come yet, `Err(())` if it is longer than [`MAX_HEADER`].
+fn header_end(buf: &[u8], from: usize) -> Result<Option<usize>, ()> {
+    let end = buf.len().min(from + MAX_HEADER + 2);
+    let line = buf.get(from..end).unwrap_or_default();
+    match line.windows(2).position(|w| w == b"\r\n") {
+        Some(p) => Ok(Some(from + p)),
+        None if end - from.min(end) >= MAX_HEADER + 2 => Err(()),
+        None => Ok(None),
+    }
+}
+
+/// How far the parse of an incomplete command at the front of the input
+/// got, so that parsing it again when more bytes came goes on from there
+/// instead of rescanning what was already checked: every byte of a
+/// request is then looked at a bounded number of times, however it is cut
+/// into reads. It belongs to the command at the front of the input: reset
+/// it ([`Resume::START`]) whenever that front moves.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Resume {
+    /// Inline: bytes known to hold no newline. Multibulk: where the first
+    /// bulk not yet whole starts (0: the count line is not whole yet).
+    at: usize,
+    /// Multibulk: the bulks before `at`.
+    done: usize,
+}
+
+impl Resume {
+    /// Nothing parsed yet (what [`Resume::default`] gives, in a const).
+    pub(crate) const START: Resume = Resume { at: 0, done: 0 };
 }
 
 /// A decimal number of at most 18 digits (what lengths and counts need).
@@ -116,64 +155,110 @@ fn parse_len(s: &[u8]) -> Option<i64> {
 
 /// Parses one command from the front of `buf` into `args`. `max_bulk`
 /// bounds a single argument (larger is a protocol error, not a wait for
-/// bytes that could never fit).
-pub(crate) fn parse(buf: &mut [u8], args: &mut Args, max_bulk: usize) -> Parse {
+/// bytes that could never fit). `resume` is where the last parse of the
+/// same, then incomplete, command stopped (see [`Resume`]).
+pub(crate) fn parse(buf: &[u8], args: &mut Args, max_bulk: usize, resume: &mut Resume) -> Parse {
     args.len = 0;
+    args.inline = false;
     match buf.first() {
         None => Parse::Incomplete,
-        Some(b'*') => parse_multibulk(buf, args, max_bulk),
-        Some(_) => parse_inline(buf, args),
+        Some(b'*') => parse_multibulk(buf, args, max_bulk, resume),
+        Some(_) => parse_inline(buf, args, resume),
     }
 }
 
-fn parse_multibulk(buf: &[u8], args: &mut Args, max_bulk: usize) -> Parse {
-    let Some(end) = find_crlf(buf, 0) else {
-        return Parse::Incomplete;
+fn parse_multibulk(buf: &[u8], args: &mut Args, max_bulk: usize, resume: &mut Resume) -> Parse {
+    let end = match header_end(buf, 0) {
+        Ok(Some(end)) => end,
+        Ok(None) => return Parse::Incomplete,
+        Err(()) => return Parse::Error(ProtoError::MultibulkLength),
     };
     let n = match parse_len(&buf[1..end]) {
-        Some(n) if n <= 1024 * 1024 => n,
+        Some(n) if n <= 0 => return Parse::Command(end + 2),
+        Some(n) if n <= 1024 * 1024 => n as usize,
         _ => return Parse::Error(ProtoError::MultibulkLength),
     };
-    let mut at = end + 2;
-    if n <= 0 {
-        return Parse::Command(at);
+    let first = end + 2;
+    // Check the bulks not checked yet; only a whole command is split into
+    // arguments (one more pass over its headers).
+    let (mut at, mut done) = match *resume {
+        Resume { at: 0, .. } => (first, 0),
+        r => (r.at, r.done),
+    };
+    if n > args.spans.len() {
+        return Parse::Error(ProtoError::TooManyArgs);
     }
+    while done < n {
+        match bulk(buf, at, max_bulk) {
+            Ok(Some((_, next))) => {
+                at = next;
+                done += 1;
+            }
+            Ok(None) => {
+                *resume = Resume { at, done };
+                return Parse::Incomplete;
+            }
+            Err(e) => return Parse::Error(e),
+        }
+    }
+    let mut at = first;
     for _ in 0..n {
-        if at >= buf.len() {
-            return Parse::Incomplete;
-        }
-        if buf[at] != b'$' {
-            return Parse::Error(ProtoError::ExpectedDollar(buf[at]));
-        }
-        let Some(end) = find_crlf(buf, at) else {
-            return Parse::Incomplete;
+        // Checked above (or by an earlier parse of the same bytes).
+        let Ok(Some((start, next))) = bulk(buf, at, max_bulk) else {
+            return Parse::Error(ProtoError::BulkLength);
         };
-        let len = match parse_len(&buf[at + 1..end]) {
-            Some(l) if l >= 0 && l as usize <= max_bulk => l as usize,
-            _ => return Parse::Error(ProtoError::BulkLength),
-        };
-        let start = end + 2;
-        if start + len + 2 > buf.len() {
-            return Parse::Incomplete;
-        }
-        if let Err(e) = args.push(start, start + len) {
+        if let Err(e) = args.push(start, next - 2) {
             return Parse::Error(e);
         }
-        at = start + len + 2;
+        at = next;
     }
     Parse::Command(at)
 }
 
-fn parse_inline(buf: &mut [u8], args: &mut Args) -> Parse {
-    let Some(nl) = buf.iter().position(|&c| c == b'\n') else {
+/// The bulk string at `at`: `Ok(Some((start of its bytes, end of its
+/// CRLF)))`, `Ok(None)` if it has not all come yet.
+fn bulk(buf: &[u8], at: usize, max_bulk: usize) -> Result<Option<(usize, usize)>, ProtoError> {
+    let Some(&c) = buf.get(at) else {
+        return Ok(None);
+    };
+    if c != b'$' {
+        return Err(ProtoError::ExpectedDollar(c));
+    }
+    let end = match header_end(buf, at) {
+        Ok(Some(end)) => end,
+        Ok(None) => return Ok(None),
+        Err(()) => return Err(ProtoError::BulkLength),
+    };
+    let len = match parse_len(&buf[at + 1..end]) {
+        Some(l) if l >= 0 && l as usize <= max_bulk => l as usize,
+        _ => return Err(ProtoError::BulkLength),
+    };
+    let start = end + 2;
+    if start + len + 2 > buf.len() {
+        return Ok(None);
+    }
+    Ok(Some((start, start + len + 2)))
+}
+
+fn parse_inline(buf: &[u8], args: &mut Args, resume: &mut Resume) -> Parse {
+    let from = resume.at.min(buf.len());
+    let Some(nl) = buf[from..].iter().position(|&c| c == b'\n') else {
+        resume.at = buf.len();
         return Parse::Incomplete;
     };
+    let nl = from + nl;
     let end = if nl > 0 && buf[nl - 1] == b'\r' {
         nl - 1
     } else {
         nl
     };
+    // The words are never longer than the line.
+    if end > args.words.len() {
+        return Parse::Error(ProtoError::TooManyArgs);
+    }
+    args.inline = true;
     let mut i = 0;
+    let mut w = 0;
     while i < end {
         while i < end && buf[i].is_ascii_whitespace() {
             i += 1;
@@ -181,9 +266,8 @@ fn parse_inline(buf: &mut [u8], args: &mut Args) -> Parse {
         if i == end {
             break;
         }
-        // One word; quoted parts are unescaped in place, writing at `w`.
-        let start = i;
-        let mut w = i;
+        // One word, unescaped into `args.words` at `w`.
+        let start = w;
         let mut quote = 0u8;
         while i < end {
             let c = buf[i];
@@ -194,7 +278,7 @@ fn parse_inline(buf: &mut [u8], args: &mut Args) -> Parse {
                 if c == b'"' || c == b'\'' {
                     quote = c;
                 } else {
-                    buf[w] = c;
+                    args.words[w] = c;
                     w += 1;
                 }
                 i += 1;
@@ -207,11 +291,11 @@ fn parse_inline(buf: &mut [u8], args: &mut Args) -> Parse {
                 }
             } else if quote == b'"' && c == b'\\' && i + 1 < end {
                 let (b, used) = unescape(&buf[i + 1..end]);
-                buf[w] = b;
+                args.words[w] = b;
                 w += 1;
                 i += 1 + used;
             } else {
-                buf[w] = c;
+                args.words[w] = c;
                 w += 1;
                 i += 1;
             }
@@ -355,12 +439,12 @@ mod tests {
     use super::*;
 
     fn parse_all(input: &[u8]) -> (Vec<Vec<Vec<u8>>>, Parse, usize) {
-        let mut buf = input.to_vec();
-        let mut args = Args::with_capacity(64);
+        let buf = input.to_vec();
+        let mut args = Args::with_capacity(64, 1 << 16);
         let mut cmds = Vec::new();
         let mut at = 0;
         loop {
-            match parse(&mut buf[at..], &mut args, 1 << 20) {
+            match parse(&buf[at..], &mut args, 1 << 20, &mut Resume::default()) {
                 Parse::Command(n) => {
                     let b = &buf[at..];
                     cmds.push((0..args.len()).map(|i| args.get(b, i).to_vec()).collect());
@@ -435,6 +519,89 @@ mod tests {
     }
 
     #[test]
+    fn an_inline_command_parses_the_same_twice() {
+        // The server parses a command again when its reply did not fit the
+        // output buffer: the input must still be what the client sent.
+        let buf = b"MGET \"a b\" 'c' \"\\x41\\\"\" d\r\n".to_vec();
+        let mut args = Args::with_capacity(8, 64);
+        let mut twice = Vec::new();
+        for _ in 0..2 {
+            assert_eq!(
+                parse(&buf, &mut args, 99, &mut Resume::default()),
+                Parse::Command(buf.len())
+            );
+            let got: Vec<Vec<u8>> = (0..args.len())
+                .map(|i| args.get(&buf, i).to_vec())
+                .collect();
+            twice.push(got);
+        }
+        assert_eq!(twice[0], words(&["MGET", "a b", "c", "A\"", "d"]));
+        assert_eq!(twice[0], twice[1]);
+        // A multibulk command after it reads from the input again.
+        let mb = b"*1\r\n$4\r\nPING\r\n";
+        let r = parse(mb, &mut args, 99, &mut Resume::default());
+        assert_eq!(r, Parse::Command(mb.len()));
+        assert_eq!(args.get(mb, 0), b"PING");
+    }
+
+    /// Feeds `full` one byte at a time, as a slow client sends it, keeping
+    /// the resume point between parses; returns the resume points seen.
+    fn byte_by_byte(full: &[u8], args: &mut Args) -> (Parse, Vec<Resume>) {
+        let mut resume = Resume::default();
+        let mut seen = Vec::new();
+        for n in 1..=full.len() {
+            match parse(&full[..n], args, 1 << 20, &mut resume) {
+                Parse::Incomplete => seen.push(resume),
+                done => return (done, seen),
+            }
+        }
+        (Parse::Incomplete, seen)
+    }
+
+    #[test]
+    fn a_slow_client_is_not_rescanned_from_the_start() {
+        let mut args = Args::with_capacity(64, 1 << 16);
+        // Multibulk: the parse goes on from the first bulk not yet whole.
+        let full = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nv\r\nx!\r\n";
+        let (last, seen) = byte_by_byte(full, &mut args);
+        assert_eq!(last, Parse::Command(full.len()));
+        let got: Vec<Vec<u8>> = (0..args.len())
+            .map(|i| args.get(full, i).to_vec())
+            .collect();
+        assert_eq!(got, words(&["SET", "k", "v\r\nx!"]));
+        let done: Vec<(usize, usize)> = seen.iter().map(|r| (r.at, r.done)).collect();
+        assert!(done.contains(&(4, 0)) && done.contains(&(13, 1)) && done.contains(&(20, 2)));
+        assert_eq!(done.last(), Some(&(20, 2)));
+        assert!(done.windows(2).all(|w| w[0] <= w[1]), "{done:?}");
+        // Inline: the newline is looked for only in the bytes not yet seen.
+        let line = b"SET k \"v w\"\r\n";
+        let (last, seen) = byte_by_byte(line, &mut args);
+        assert_eq!(last, Parse::Command(line.len()));
+        assert_eq!(args.get(line, 2), b"v w");
+        let at: Vec<usize> = seen.iter().map(|r| r.at).collect();
+        assert_eq!(at, (1..line.len()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_header_without_crlf_is_refused_after_32_bytes() {
+        let bad = |s: &[u8]| parse_all(s).1;
+        let long = [b'1'; 40];
+        let mut count = b"*".to_vec();
+        count.extend_from_slice(&long);
+        assert_eq!(bad(&count), Parse::Error(ProtoError::MultibulkLength));
+        assert_eq!(bad(&count[..33]), Parse::Incomplete);
+        let mut len = b"*1\r\n$".to_vec();
+        len.extend_from_slice(&long);
+        assert_eq!(bad(&len), Parse::Error(ProtoError::BulkLength));
+        assert_eq!(bad(&len[..4 + 33]), Parse::Incomplete);
+        // 32 bytes and a CRLF are still a header (here, a bad length).
+        let mut edge = b"*".to_vec();
+        edge.extend_from_slice(&[b'0'; 31]);
+        edge.extend_from_slice(b"\r\n");
+        assert_eq!(bad(&edge), Parse::Error(ProtoError::MultibulkLength));
+    }
+
+    #[test]
     fn empty_multibulk_is_skipped() {
         let (cmds, _, at) = parse_all(b"*0\r\n*-1\r\n");
         assert_eq!(cmds, vec![Vec::<Vec<u8>>::new(), vec![]]);
@@ -464,10 +631,10 @@ mod tests {
             Parse::Error(ProtoError::UnbalancedQuotes)
         );
         // A bulk larger than the limit is refused at once.
-        let mut buf = b"*1\r\n$100\r\n".to_vec();
-        let mut args = Args::with_capacity(4);
+        let buf = b"*1\r\n$100\r\n".to_vec();
+        let mut args = Args::with_capacity(4, 1 << 16);
         assert_eq!(
-            parse(&mut buf, &mut args, 99),
+            parse(&buf, &mut args, 99, &mut Resume::default()),
             Parse::Error(ProtoError::BulkLength)
         );
         let mut many = b"*5\r\n".to_vec();
@@ -475,7 +642,7 @@ mod tests {
             many.extend_from_slice(b"$1\r\nx\r\n");
         }
         assert_eq!(
-            parse(&mut many, &mut args, 99),
+            parse(&many, &mut args, 99, &mut Resume::default()),
             Parse::Error(ProtoError::TooManyArgs)
         );
     }

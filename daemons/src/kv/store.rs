@@ -36,6 +36,12 @@
 //!   by splitting a free block of a larger class. Blocks are never merged
 //!   (FLUSHALL resets the heap).
 //! - `used` is the bytes of allocated blocks (for INFO and `-OOM`).
+//! - Every offset and length read from the area (a block, its class, key
+//!   and value lengths, a free-list link, `top`) is checked against the
+//!   heap before it is used: a damaged table gives [`StoreError::Corrupt`],
+//!   never a panic. [`Store::open`] walks the whole table and every free
+//!   list once (O(buckets + free blocks)), so a damaged table is found at
+//!   attach.
 
 use std::ops::Range;
 
@@ -50,6 +56,10 @@ pub(crate) enum StoreError {
     NotInteger,
     /// INCR past `i64::MAX` or below `i64::MIN`.
     Overflow,
+    /// An offset or a length read from the table points outside it: the
+    /// table is damaged (the command fails; nothing is read or written
+    /// outside the area).
+    Corrupt,
 }
 
 /// Byte access for a write: reads see the changes made so far; a range
@@ -229,7 +239,8 @@ impl Store {
         if size < MIN_SIZE {
             return Ok(Err("the state is too small for the table"));
         }
-        if rd(w.data(), H_MAGIC) == 0 {
+        let fresh = rd(w.data(), H_MAGIC) == 0;
+        if fresh {
             // Fresh: about a quarter of the area for the table.
             let buckets = (size / 64).next_power_of_two() / 2;
             let buckets = if buckets * 64 > size {
@@ -264,12 +275,53 @@ impl Store {
         if !plausible {
             return Ok(Err("the table's head is damaged"));
         }
-        Ok(Ok(Store {
+        let store = Store {
             mask: buckets - 1,
             table: HEAD,
             heap_start,
             heap_end: size,
-        }))
+        };
+        if !fresh && store.check(d).is_err() {
+            return Ok(Err(
+                "the table is damaged (an entry or a free block points outside the heap)",
+            ));
+        }
+        Ok(Ok(store))
+    }
+
+    /// Walks every bucket and every free list once: `Err(Corrupt)` if an
+    /// entry's block, key or value, or a free block, lies outside the heap,
+    /// if a free list is longer than the heap holds blocks (a cycle), or
+    /// if no bucket is free (a probe would not end).
+    fn check(&self, d: &[u8]) -> Result<(), StoreError> {
+        let top = usize::try_from(rd(d, H_TOP)).map_err(|_| StoreError::Corrupt)?;
+        if !(self.heap_start..=self.heap_end).contains(&top) {
+            return Err(StoreError::Corrupt);
+        }
+        let epoch = rd(d, H_EPOCH);
+        let mut live = 0u64;
+        for slot in 0..=self.mask {
+            if self.is_live(d, slot, epoch) {
+                self.ranges(d, slot)?;
+                live += 1;
+            }
+        }
+        if live > self.max_keys() {
+            return Err(StoreError::Corrupt);
+        }
+        let mut steps = self.heap_size() >> MIN_CLASS;
+        for c in MIN_CLASS..NCLASS {
+            let mut b = rd(d, H_FREE + 8 * c);
+            while b != 0 {
+                steps = steps.checked_sub(1).ok_or(StoreError::Corrupt)?;
+                let block = self.check_block(usize::try_from(b).unwrap_or(usize::MAX), c)?;
+                if block + (1 << c) > top {
+                    return Err(StoreError::Corrupt);
+                }
+                b = rd(d, block + 8);
+            }
+        }
+        Ok(())
     }
 
     /// Number of buckets.
@@ -306,34 +358,67 @@ impl Store {
         rd(d, self.entry(slot) + E_EPOCH) == epoch
     }
 
-    fn key_range(d: &[u8], block: usize) -> Range<usize> {
-        let klen = rd32(d, block + 4) as usize;
-        block + BLOCK_HEADER..block + BLOCK_HEADER + klen
+    /// `block` if a block of class `c` there lies inside the heap.
+    fn check_block(&self, block: usize, c: usize) -> Result<usize, StoreError> {
+        let inside = (MIN_CLASS..NCLASS).contains(&c)
+            && block >= self.heap_start
+            && block
+                .checked_add(1 << c)
+                .is_some_and(|end| end <= self.heap_end);
+        if inside {
+            Ok(block)
+        } else {
+            Err(StoreError::Corrupt)
+        }
     }
 
-    fn value_range(d: &[u8], block: usize) -> Range<usize> {
+    /// The class of the allocated block at `block`, checked: the block,
+    /// its key and its value lie inside the heap.
+    fn block_class(&self, d: &[u8], block: usize) -> Result<usize, StoreError> {
+        if block < self.heap_start || block > self.heap_end - BLOCK_HEADER {
+            return Err(StoreError::Corrupt);
+        }
+        let c = rd32(d, block) as usize;
+        self.check_block(block, c)?;
         let klen = rd32(d, block + 4) as usize;
         let vlen = rd32(d, block + 8) as usize;
-        let start = block + BLOCK_HEADER + klen;
-        start..start + vlen
+        if BLOCK_HEADER + klen + vlen > 1 << c {
+            return Err(StoreError::Corrupt);
+        }
+        Ok(c)
     }
 
-    fn probe(&self, d: &[u8], key: &[u8], h: u64) -> Probe {
+    /// The block of the entry at `slot` and its key's and value's ranges.
+    fn ranges(
+        &self,
+        d: &[u8],
+        slot: usize,
+    ) -> Result<(usize, Range<usize>, Range<usize>), StoreError> {
+        let block = rd(d, self.entry(slot) + E_BLOCK);
+        let block = usize::try_from(block).map_err(|_| StoreError::Corrupt)?;
+        self.block_class(d, block)?;
+        let klen = rd32(d, block + 4) as usize;
+        let vlen = rd32(d, block + 8) as usize;
+        let k = block + BLOCK_HEADER;
+        Ok((block, k..k + klen, k + klen..k + klen + vlen))
+    }
+
+    fn probe(&self, d: &[u8], key: &[u8], h: u64) -> Result<Probe, StoreError> {
         let epoch = rd(d, H_EPOCH);
         let mut i = h as usize & self.mask;
-        // At most 7/8 of the buckets are live, so this ends within a lap.
+        // At most 7/8 of the buckets are live, so this ends within a lap
+        // (unless the table is damaged).
         for _ in 0..=self.mask {
             let e = self.entry(i);
             if rd(d, e + E_EPOCH) != epoch {
-                return Probe::Free(i);
+                return Ok(Probe::Free(i));
             }
-            if rd(d, e + E_HASH) == h && &d[Self::key_range(d, rd(d, e + E_BLOCK) as usize)] == key
-            {
-                return Probe::Found(i);
+            if rd(d, e + E_HASH) == h && d[self.ranges(d, i)?.1] == *key {
+                return Ok(Probe::Found(i));
             }
             i = (i + 1) & self.mask;
         }
-        unreachable!("kv table has no free bucket: its head is damaged")
+        Err(StoreError::Corrupt)
     }
 
     fn expired(&self, d: &[u8], slot: usize, now_ms: u64) -> bool {
@@ -342,25 +427,36 @@ impl Store {
     }
 
     /// The value of `key`, unless absent or expired.
-    pub(crate) fn get<'d>(&self, d: &'d [u8], key: &[u8], now_ms: u64) -> Option<&'d [u8]> {
-        match self.probe(d, key, hash(key)) {
+    pub(crate) fn get<'d>(
+        &self,
+        d: &'d [u8],
+        key: &[u8],
+        now_ms: u64,
+    ) -> Result<Option<&'d [u8]>, StoreError> {
+        Ok(match self.probe(d, key, hash(key))? {
             Probe::Found(slot) if !self.expired(d, slot, now_ms) => {
-                let block = rd(d, self.entry(slot) + E_BLOCK) as usize;
-                Some(&d[Self::value_range(d, block)])
+                Some(&d[self.ranges(d, slot)?.2])
             }
             _ => None,
-        }
+        })
     }
 
     /// Whether `key` is in the table but expired (to be removed lazily).
-    pub(crate) fn is_expired(&self, d: &[u8], key: &[u8], now_ms: u64) -> bool {
-        matches!(self.probe(d, key, hash(key)), Probe::Found(slot) if self.expired(d, slot, now_ms))
+    pub(crate) fn is_expired(&self, d: &[u8], key: &[u8], now_ms: u64) -> Result<bool, StoreError> {
+        Ok(
+            matches!(self.probe(d, key, hash(key))?, Probe::Found(slot) if self.expired(d, slot, now_ms)),
+        )
     }
 
     /// `None`: absent (or expired); `Some(None)`: no expiry; `Some(Some(ms))`:
     /// expires in `ms`.
-    pub(crate) fn ttl_ms(&self, d: &[u8], key: &[u8], now_ms: u64) -> Option<Option<u64>> {
-        match self.probe(d, key, hash(key)) {
+    pub(crate) fn ttl_ms(
+        &self,
+        d: &[u8],
+        key: &[u8],
+        now_ms: u64,
+    ) -> Result<Option<Option<u64>>, StoreError> {
+        Ok(match self.probe(d, key, hash(key))? {
             Probe::Found(slot) if !self.expired(d, slot, now_ms) => {
                 match rd(d, self.entry(slot) + E_EXPIRE) {
                     0 => Some(None),
@@ -368,7 +464,7 @@ impl Store {
                 }
             }
             _ => None,
-        }
+        })
     }
 
     /// Allocates a block for `need` bytes; returns its offset and class.
@@ -378,13 +474,18 @@ impl Store {
             return Err(StoreError::Oom);
         }
         let d = w.data();
-        let head = rd(d, H_FREE + 8 * c) as usize;
+        let head = rd(d, H_FREE + 8 * c);
         let block = if head != 0 {
+            let head = self.check_block(usize::try_from(head).unwrap_or(usize::MAX), c)?;
             let next = rd(d, head + 8);
             wr(w, H_FREE + 8 * c, next)?;
             head
         } else {
-            let top = rd(d, H_TOP) as usize;
+            let top = rd(d, H_TOP);
+            let top = match usize::try_from(top) {
+                Ok(t) if (self.heap_start..=self.heap_end).contains(&t) => t,
+                _ => return Err(StoreError::Corrupt),
+            };
             if top + (1 << c) <= self.heap_end {
                 wr(w, H_TOP, (top + (1 << c)) as u64)?;
                 top
@@ -404,7 +505,8 @@ impl Store {
         let Some(mut big) = (c + 1..NCLASS).find(|&k| rd(d, H_FREE + 8 * k) != 0) else {
             return Err(StoreError::Oom);
         };
-        let block = rd(d, H_FREE + 8 * big) as usize;
+        let block = rd(d, H_FREE + 8 * big);
+        let block = self.check_block(usize::try_from(block).unwrap_or(usize::MAX), big)?;
         let next = rd(d, block + 8);
         wr(w, H_FREE + 8 * big, next)?;
         while big > c {
@@ -423,9 +525,10 @@ impl Store {
         wr(w, H_FREE + 8 * c, block as u64)
     }
 
+    /// Frees the allocated block at `block` (checked: a block outside the
+    /// heap is [`StoreError::Corrupt`]).
     fn free(&self, w: &mut dyn Bytes, block: usize) -> Result<(), StoreError> {
-        let c = rd32(w.data(), block) as usize;
-        debug_assert!((MIN_CLASS..NCLASS).contains(&c));
+        let c = self.block_class(w.data(), block)?;
         self.push_free(w, block, c)?;
         let used = rd(w.data(), H_USED);
         wr(w, H_USED, used.saturating_sub(1 << c))
@@ -465,7 +568,7 @@ impl Store {
         }
         let h = hash(key);
         let need = BLOCK_HEADER + key.len() + val.len();
-        match self.probe(w.data(), key, h) {
+        match self.probe(w.data(), key, h)? {
             Probe::Found(slot) => {
                 let d = w.data();
                 let expired = self.expired(d, slot, now_ms);
@@ -480,7 +583,7 @@ impl Store {
                     Ttl::Keep => old_exp,
                     Ttl::At(t) => t,
                 };
-                let block = rd(d, e + E_BLOCK) as usize;
+                let (block, _, _) = self.ranges(d, slot)?;
                 let class = rd32(d, block) as usize;
                 if need <= 1 << class {
                     // In place: the new length, then the value after the key.
@@ -534,7 +637,7 @@ impl Store {
         key: &[u8],
         now_ms: u64,
     ) -> Result<bool, StoreError> {
-        match self.probe(w.data(), key, hash(key)) {
+        match self.probe(w.data(), key, hash(key))? {
             Probe::Found(slot) => {
                 let expired = self.expired(w.data(), slot, now_ms);
                 self.remove(w, slot)?;
@@ -550,7 +653,7 @@ impl Store {
         let d = w.data();
         let epoch = rd(d, H_EPOCH);
         let live = rd(d, H_LIVE);
-        let block = rd(d, self.entry(slot) + E_BLOCK) as usize;
+        let (block, _, _) = self.ranges(d, slot)?;
         self.free(w, block)?;
         wr(w, H_LIVE, live.saturating_sub(1))?;
         let mut hole = slot;
@@ -587,7 +690,7 @@ impl Store {
         delta: i64,
         now_ms: u64,
     ) -> Result<i64, StoreError> {
-        let old = match self.get(w.data(), key, now_ms) {
+        let old = match self.get(w.data(), key, now_ms)? {
             None => 0,
             Some(v) => parse_int(v).ok_or(StoreError::NotInteger)?,
         };
@@ -659,6 +762,17 @@ pub(crate) mod tests {
         }
     }
 
+    /// Points the block offset of the live entry of `key` in the table
+    /// `d` at `block` (damage, as a stray write or a bad disk would do).
+    pub(crate) fn damage_entry(d: &mut [u8], key: &[u8], block: u64) {
+        let s = Store::open(&mut Plain(d.to_vec())).unwrap().unwrap();
+        let Ok(Probe::Found(slot)) = s.probe(d, key, hash(key)) else {
+            panic!("{key:?} is not in the table");
+        };
+        let at = s.entry(slot) + E_BLOCK;
+        d[at..at + 8].copy_from_slice(&block.to_le_bytes());
+    }
+
     fn fresh(size: usize) -> (Plain, Store) {
         let mut p = Plain(vec![0; size]);
         let s = Store::open(&mut p).unwrap().unwrap();
@@ -677,7 +791,7 @@ pub(crate) mod tests {
     }
 
     fn get<'a>(s: &Store, p: &'a Plain, k: &str) -> Option<&'a [u8]> {
-        s.get(&p.0, k.as_bytes(), 1000)
+        s.get(&p.0, k.as_bytes(), 1000).unwrap()
     }
 
     #[test]
@@ -724,18 +838,18 @@ pub(crate) mod tests {
         assert!(!s.set(&mut p, k, b"1", Ttl::Clear, Cond::Xx, 0).unwrap());
         assert!(s.set(&mut p, k, b"1", Ttl::At(2000), Cond::Nx, 0).unwrap());
         assert!(!s.set(&mut p, k, b"2", Ttl::Clear, Cond::Nx, 0).unwrap());
-        assert_eq!(s.ttl_ms(&p.0, k, 500), Some(Some(1500)));
+        assert_eq!(s.ttl_ms(&p.0, k, 500).unwrap(), Some(Some(1500)));
         // INCR keeps the expiry; a plain SET clears it.
         s.set(&mut p, k, b"5", Ttl::Keep, Cond::Xx, 0).unwrap();
         assert_eq!(s.incr_by(&mut p, k, 2, 100).unwrap(), 7);
-        assert_eq!(s.ttl_ms(&p.0, k, 100), Some(Some(1900)));
-        assert_eq!(s.get(&p.0, k, 1999), Some(&b"7"[..]));
-        assert_eq!(s.get(&p.0, k, 2000), None);
-        assert!(s.is_expired(&p.0, k, 2000));
+        assert_eq!(s.ttl_ms(&p.0, k, 100).unwrap(), Some(Some(1900)));
+        assert_eq!(s.get(&p.0, k, 1999).unwrap(), Some(&b"7"[..]));
+        assert_eq!(s.get(&p.0, k, 2000).unwrap(), None);
+        assert!(s.is_expired(&p.0, k, 2000).unwrap());
         // Expired: NX applies, XX does not.
         assert!(!s.set(&mut p, k, b"x", Ttl::Clear, Cond::Xx, 2000).unwrap());
         assert!(s.set(&mut p, k, b"y", Ttl::Keep, Cond::Nx, 2000).unwrap());
-        assert_eq!(s.ttl_ms(&p.0, k, 3000), Some(None));
+        assert_eq!(s.ttl_ms(&p.0, k, 3000).unwrap(), Some(None));
         // An expired key deletes as absent.
         s.set(&mut p, b"e", b"1", Ttl::At(10), Cond::Always, 0)
             .unwrap();
@@ -763,7 +877,11 @@ pub(crate) mod tests {
         assert_eq!(s.len(&p.0), 100);
         for i in 0..200 {
             let k = format!("k{i}");
-            assert_eq!(s.get(&p.0, k.as_bytes(), 100).is_some(), i % 2 == 1, "{k}");
+            assert_eq!(
+                s.get(&p.0, k.as_bytes(), 100).unwrap().is_some(),
+                i % 2 == 1,
+                "{k}"
+            );
         }
     }
 
@@ -861,5 +979,86 @@ pub(crate) mod tests {
         set(&s, &mut p, "k1", "new").unwrap();
         assert_eq!(get(&s, &p, "k1"), Some(&b"new"[..]));
         assert_eq!(s.len(&p.0), 1);
+    }
+
+    #[test]
+    fn a_damaged_entry_is_an_error_not_a_panic() {
+        let (mut p, s) = fresh(1 << 20);
+        set(&s, &mut p, "a", "1").unwrap();
+        s.set(&mut p, b"t", b"1", Ttl::At(10), Cond::Always, 0)
+            .unwrap();
+        let heap_end = p.0.len() as u64;
+        for bad in [
+            u64::MAX,
+            heap_end,
+            heap_end - 8,
+            8,
+            s.heap_start as u64 - 16,
+        ] {
+            let mut q = Plain(p.0.clone());
+            damage_entry(&mut q.0, b"a", bad);
+            assert_eq!(s.get(&q.0, b"a", 1000), Err(StoreError::Corrupt), "{bad}");
+            assert_eq!(s.ttl_ms(&q.0, b"a", 1000), Err(StoreError::Corrupt));
+            assert_eq!(set(&s, &mut q, "a", "2"), Err(StoreError::Corrupt));
+            assert_eq!(s.del(&mut q, b"a", 1000), Err(StoreError::Corrupt));
+            // The expired key's entry is damaged: the sweep reaches it.
+            let mut q = Plain(p.0.clone());
+            damage_entry(&mut q.0, b"t", bad);
+            let r = s.sweep(&mut q, 0, s.buckets(), 1000);
+            assert_eq!(r, Err(StoreError::Corrupt), "{bad}");
+            // Reopening finds it.
+            assert!(Store::open(&mut q).unwrap().is_err());
+        }
+        // A block inside the heap whose lengths run past it.
+        let mut q = Plain(p.0.clone());
+        let block = q.0.len() - 64;
+        q.0[block..block + 4].copy_from_slice(&5u32.to_le_bytes());
+        q.0[block + 4..block + 8].copy_from_slice(&u32::MAX.to_le_bytes());
+        damage_entry(&mut q.0, b"a", block as u64);
+        assert_eq!(s.get(&q.0, b"a", 1000), Err(StoreError::Corrupt));
+        // A block of a class bigger than what is left of the heap.
+        q.0[block..block + 4].copy_from_slice(&40u32.to_le_bytes());
+        q.0[block + 4..block + 8].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(s.del(&mut q, b"a", 1000), Err(StoreError::Corrupt));
+        // The undamaged table still works.
+        assert_eq!(get(&s, &p, "a"), Some(&b"1"[..]));
+        assert!(Store::open(&mut p).unwrap().is_ok());
+    }
+
+    #[test]
+    fn damaged_free_lists_and_top_are_errors() {
+        let (mut p, s) = fresh(1 << 20);
+        set(&s, &mut p, "a", "1").unwrap();
+        s.del(&mut p, b"a", 0).unwrap();
+        let list = H_FREE + 8 * class_of(BLOCK_HEADER + 2);
+        assert_ne!(rd(&p.0, list), 0);
+        for bad in [u64::MAX, 16, p.0.len() as u64 - 8] {
+            let mut q = Plain(p.0.clone());
+            q.0[list..list + 8].copy_from_slice(&bad.to_le_bytes());
+            assert_eq!(set(&s, &mut q, "b", "2"), Err(StoreError::Corrupt));
+            assert!(Store::open(&mut q).unwrap().is_err());
+        }
+        // A free list that loops on itself.
+        let mut q = Plain(p.0.clone());
+        let b = rd(&q.0, list) as usize;
+        q.0[b + 8..b + 16].copy_from_slice(&(b as u64).to_le_bytes());
+        assert!(Store::open(&mut q).unwrap().is_err());
+        // A bump pointer inside the table.
+        let mut q = Plain(p.0.clone());
+        q.0[list..list + 8].fill(0);
+        q.0[H_TOP..H_TOP + 8].copy_from_slice(&(HEAD as u64).to_le_bytes());
+        assert_eq!(set(&s, &mut q, "b", "2"), Err(StoreError::Corrupt));
+    }
+
+    #[test]
+    fn a_table_with_no_free_bucket_is_an_error() {
+        let (mut p, s) = fresh(MIN_SIZE);
+        let epoch = rd(&p.0, H_EPOCH);
+        for slot in 0..s.buckets() {
+            let at = s.entry(slot) + E_EPOCH;
+            p.0[at..at + 8].copy_from_slice(&epoch.to_le_bytes());
+        }
+        assert_eq!(s.get(&p.0, b"x", 0), Err(StoreError::Corrupt));
+        assert!(Store::open(&mut p).unwrap().is_err());
     }
 }
