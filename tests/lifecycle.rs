@@ -310,3 +310,25 @@ fn syntax_errors_and_missing_files_are_placed() {
     assert_eq!(ran.code, Some(78), "{ran:?}");
     assert_places(&ran.stderr, &[missing]);
 }
+
+#[test]
+fn a_root_started_with_sigchld_ignored_still_sees_its_daemons_die() {
+    use std::os::unix::process::CommandExt;
+    // Some launchers leave SIGCHLD ignored, which makes the kernel reap
+    // children unseen; the root must restore the default.
+    let mut t = Tree::start_with(GOOD, |c| {
+        // SAFETY: signal(2) is async-signal-safe, as pre_exec requires.
+        unsafe {
+            c.pre_exec(|| {
+                libc::signal(libc::SIGCHLD, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+    });
+    let first = t.wait_starts("p", 1)[0];
+    send(first.pid, SIGKILL).unwrap();
+    let s = t.wait_starts("p", 2);
+    assert_ne!(s[1].pid, first.pid);
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0);
+}

@@ -30,7 +30,13 @@ static NAME_LEN: AtomicUsize = AtomicUsize::new(0);
 /// Installs the subscriber as the global default. Call once, in the root,
 /// before forking anything. Returns false if one was already installed.
 pub fn init() -> bool {
-    let filter = EnvFilter::try_from_env("FORKROOT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = match std::env::var("FORKROOT_LOG") {
+        Err(_) => EnvFilter::new("info"),
+        Ok(spec) => EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+            eprintln!("forkroot: FORKROOT_LOG={spec:?} is not a log filter ({e}); using info");
+            EnvFilter::new("info")
+        }),
+    };
     let root_only = filter_fn(|_| crate::log::current().is_none());
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)

@@ -51,12 +51,18 @@ impl Tree {
     /// socket inside it) and starts `forkroot run` on it, logging to
     /// `root.log` in the temp dir.
     pub(crate) fn start(config: &str) -> Tree {
+        Tree::start_with(config, |_| {})
+    }
+
+    /// [`Tree::start`], with the root's command adjusted by `adjust` first
+    /// (to start it in an unusual environment).
+    pub(crate) fn start_with(config: &str, adjust: impl FnOnce(&mut Command)) -> Tree {
         let dir = tempfile::Builder::new()
             .prefix("forkroot-test")
             .tempdir()
             .expect("temp dir");
         write_config(&dir, config);
-        let child = spawn_root(&dir);
+        let child = spawn_root(&dir, adjust);
         let pid = child.id() as i32;
         let mut t = Tree {
             dir,
@@ -75,7 +81,7 @@ impl Tree {
     /// after the old one died (which must have been waited for).
     pub(crate) fn respawn(&mut self) {
         assert!(self.status.is_some(), "respawn after wait_exit");
-        let child = spawn_root(&self.dir);
+        let child = spawn_root(&self.dir, |_| {});
         self.pid = child.id() as i32;
         *self.child.lock().unwrap() = child;
         self.status = None;
@@ -300,14 +306,15 @@ impl Drop for Tree {
 
 /// Starts `forkroot run` on `dir`'s `forkroot.toml`, logging (appending)
 /// to `root.log` there.
-fn spawn_root(dir: &TempDir) -> Child {
+fn spawn_root(dir: &TempDir, adjust: impl FnOnce(&mut Command)) -> Child {
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.path().join("root.log"))
         .expect("root.log");
-    command(dir)
-        .args(["run", "--config"])
+    let mut c = command(dir);
+    adjust(&mut c);
+    c.args(["run", "--config"])
         .arg(dir.path().join("forkroot.toml"))
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("dup"))

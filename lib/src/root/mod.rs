@@ -884,7 +884,20 @@ impl<'a> Root<'a> {
         let c = &mut self.children[i];
 
         if was == State::Stopping {
-            info!(daemon = %c.cfg.name, pid, %reason, "stopped");
+            if reason.is_crash() && !matches!(reason, ExitReason::Exited(_)) {
+                // It crashed on its way out: that still gets a report.
+                let restarts = c.restarts;
+                self.notes.push(Note::Exit {
+                    i,
+                    pid: Pid(pid),
+                    reason,
+                    uptime,
+                    restarts,
+                });
+            } else {
+                info!(daemon = %c.cfg.name, pid, %reason, "stopped");
+            }
+            let c = &mut self.children[i];
             c.state = State::Stopped;
             if c.after_stop == AfterStop::Rest {
                 self.kill_standby(i);

@@ -288,6 +288,7 @@ fn child(s: &Spawn<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
             }
             // A program gets default signal handling, as from a shell.
             sys::default_sigpipe();
+            sys::restore_fd_limit();
             let _ = SigSet::empty().set_mask();
             let err = sys::exec(path, argv, envp);
             fail(4, SetupStage::Exec, err)

@@ -148,8 +148,14 @@ pub fn try_lock_exclusive(fd: RawFd) -> io::Result<bool> {
     }
 }
 
+/// The soft limit on open descriptors the root started with, before
+/// [`raise_fd_limit`]: programs it execs get it back (a raised limit breaks
+/// programs that use `select`).
+static ORIGINAL_FD_LIMIT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Raises the soft limit on open descriptors to the hard limit (the root
-/// holds one descriptor per region). Returns the new soft limit.
+/// holds descriptors for regions, pipes and connections). Returns the new
+/// soft limit.
 pub fn raise_fd_limit() -> io::Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -157,6 +163,12 @@ pub fn raise_fd_limit() -> io::Result<u64> {
     };
     // SAFETY: `lim` is a valid rlimit to fill.
     cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    let _ = ORIGINAL_FD_LIMIT.compare_exchange(
+        0,
+        lim.rlim_cur as u64,
+        std::sync::atomic::Ordering::Relaxed,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     if lim.rlim_cur < lim.rlim_max {
         lim.rlim_cur = lim.rlim_max;
         // SAFETY: `lim` is a valid rlimit; raising the soft limit up to the
@@ -164,6 +176,27 @@ pub fn raise_fd_limit() -> io::Result<u64> {
         cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
     }
     Ok(lim.rlim_cur)
+}
+
+/// Gives back the soft descriptor limit the process started with (see
+/// [`raise_fd_limit`]). Fork-safe.
+pub fn restore_fd_limit() {
+    let original = ORIGINAL_FD_LIMIT.load(std::sync::atomic::Ordering::Relaxed);
+    if original == 0 {
+        return;
+    }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit to fill, then to set; lowering the
+    // soft limit needs no privilege.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = (original as libc::rlim_t).min(lim.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }
 
 /// How many threads this process has (from `/proc/self/status`), if known.
