@@ -12,7 +12,7 @@ fn area(regions: &RegionSet, i: usize) -> &[u8] {
     &regions.view(i)[LOG_OFFSET..LOG_OFFSET + LOG_SIZE]
 }
 
-/// The last `n` records that process `pid` (or a transaction of it) wrote
+/// The last `n` records that process `pid` wrote
 /// into daemon `i`'s flight log, as `LEVEL pid: text` lines. Its
 /// replacement may have started appending already; those are left out.
 pub(crate) fn last_lines(regions: &RegionSet, i: usize, pid: Pid, n: usize) -> Vec<String> {

@@ -128,7 +128,7 @@ pub(crate) struct Spawn<'a> {
 }
 
 /// What the root tells a standby when it takes over from a dead primary:
-/// the facts that changed since the standby was forked. 32 bytes on the
+/// the facts that changed since the standby was forked. 40 bytes on the
 /// gate pipe, written at once (atomic: less than PIPE_BUF).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Takeover {
