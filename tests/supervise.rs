@@ -229,6 +229,17 @@ fn one_for_all_restarts_every_sibling_in_start_order() {
     assert!(t.out("a").contains(&format!("stop {}", first[0].pid)));
     assert!(t.out("c").contains(&format!("stop {}", first[2].pid)));
     assert_eq!(last_started(&t, 3), ["a", "b", "c"], "{}", t.log());
+    // The siblings were stopped one at a time, in reverse start order.
+    let stopped: Vec<String> = t
+        .log_lines(&["stopped daemon="])
+        .iter()
+        .filter_map(|l| {
+            l.split(' ')
+                .find_map(|w| w.strip_prefix("daemon="))
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(stopped, ["c", "a"], "{}", t.log());
     t.signal(SIGTERM);
     assert_eq!(t.wait_code(), 0);
 }

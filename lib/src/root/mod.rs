@@ -158,6 +158,8 @@ struct Child {
     after_stop: AfterStop,
     /// The pre-forked backup (`standby = true`).
     standby: Option<Standby>,
+    /// To be stopped for a group restart, after the siblings after it.
+    stop_pending: bool,
     /// A checkpoint found poison: the next start resumes from an older one.
     resume_before: Option<u64>,
 }
@@ -376,6 +378,7 @@ impl<'a> Root<'a> {
                 deadline: None,
                 after_stop: AfterStop::Rest,
                 standby: None,
+                stop_pending: false,
                 resume_before: None,
             })
             .collect();
@@ -877,6 +880,8 @@ impl<'a> Root<'a> {
         // lives, so this reaches only the dead daemon's group.
         let _ = sys::kill_group(Pid(pid), libc::SIGKILL);
         let was = c.state;
+        // It ended: nothing left to stop for a group restart.
+        c.stop_pending = false;
         c.started = None;
         self.cancel_timer(i);
         self.record_death(i, reason, uptime);
@@ -907,7 +912,10 @@ impl<'a> Root<'a> {
             // order); maybe_start_group starts this one if it is due.
             match self.mode {
                 Mode::ShuttingDown(_) => self.stop_next(),
-                Mode::Supervising => self.maybe_start_group(),
+                Mode::Supervising => {
+                    self.stop_next_pending();
+                    self.maybe_start_group();
+                }
             }
             return;
         }
@@ -1011,25 +1019,31 @@ impl<'a> Root<'a> {
             if j == dead {
                 continue;
             }
+            // Only siblings that are up (they are stopped one at a time, in
+            // reverse order) or due to start come back: one an operator
+            // stopped, or that ended for good, stays down.
             let c = &mut self.children[j];
-            match c.state {
-                State::Starting | State::Running => {
-                    self.stop(j);
-                    self.children[j].after_stop = AfterStop::Rest;
-                    self.children[j].state = State::Stopping;
-                }
-                _ => {}
-            }
-            // Only siblings that were up (now stopping) or due to start: one
-            // an operator stopped, or that ended for good, stays down.
-            let sibling = &self.children[j];
-            let was_up = matches!(sibling.state, State::Stopping | State::Backoff);
-            if was_up && sibling.cfg.restart != RestartType::Temporary {
-                self.children[j].after_stop = AfterStop::Start;
+            let up = matches!(c.state, State::Starting | State::Running);
+            c.stop_pending |= up;
+            if (up || c.state == State::Backoff) && c.cfg.restart != RestartType::Temporary {
+                c.after_stop = AfterStop::Start;
             }
         }
         self.children[dead].after_stop = AfterStop::Start;
+        self.stop_next_pending();
         self.maybe_start_group();
+    }
+
+    /// Stops the last sibling waiting to be stopped for a group restart,
+    /// unless one is stopping already (one at a time, in reverse order).
+    fn stop_next_pending(&mut self) {
+        if self.children.iter().any(|c| c.state == State::Stopping) {
+            return;
+        }
+        if let Some(j) = self.children.iter().rposition(|c| c.stop_pending) {
+            self.children[j].stop_pending = false;
+            self.stop(j);
+        }
     }
 
     /// Starts, in order, every daemon waiting for its group to be down
@@ -1039,7 +1053,9 @@ impl<'a> Root<'a> {
         // The group starts again in order once none is still stopping and
         // none due to start is still waiting out its backoff.
         let waiting = |c: &Child| {
-            c.state == State::Stopping || (c.after_stop == AfterStop::Start && c.deadline.is_some())
+            c.state == State::Stopping
+                || c.stop_pending
+                || (c.after_stop == AfterStop::Start && c.deadline.is_some())
         };
         if self.children.iter().any(waiting) {
             return;
