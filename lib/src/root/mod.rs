@@ -913,6 +913,12 @@ impl<'a> Root<'a> {
             match self.mode {
                 Mode::ShuttingDown(_) => self.stop_next(),
                 Mode::Supervising => {
+                    // A lone restart (`ctl restart`, one_for_one) need not
+                    // wait for anyone else's stop.
+                    let lone = self.config.supervisor.strategy == Strategy::OneForOne;
+                    if lone && self.children[i].after_stop == AfterStop::Start {
+                        self.start(i);
+                    }
                     self.stop_next_pending();
                     self.maybe_start_group();
                 }
