@@ -165,7 +165,7 @@ pub fn raise_fd_limit() -> io::Result<u64> {
     cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
     let _ = ORIGINAL_FD_LIMIT.compare_exchange(
         0,
-        lim.rlim_cur as u64,
+        lim.rlim_cur,
         std::sync::atomic::Ordering::Relaxed,
         std::sync::atomic::Ordering::Relaxed,
     );
