@@ -344,3 +344,31 @@ fn what_a_crashed_daemon_forked_dies_with_it() {
     t.signal(SIGTERM);
     assert_eq!(t.wait_code(), 0);
 }
+
+#[test]
+fn a_linked_daemon_is_restarted_when_its_link_dies_either_way() {
+    let config = format!(
+        "[supervisor]\nintensity = 10\nperiod = \"10s\"\n\n{}{}{}",
+        probe("a", "links = [\"b\"]", ""),
+        probe("b", "", ""),
+        probe("c", "", "")
+    );
+    let mut t = Tree::start(&config);
+    let first: Vec<Start> = ["a", "b", "c"]
+        .iter()
+        .map(|n| t.wait_starts(n, 1)[0])
+        .collect();
+    // a dies: b, linked to it, is stopped (gracefully) and started again.
+    send(first[0].pid, SIGKILL).unwrap();
+    t.wait_starts("a", 2);
+    let b = t.wait_starts("b", 2);
+    assert!(t.out("b").contains(&format!("stop {}", first[1].pid)));
+    // b dies: the link goes both ways.
+    send(b[1].pid, SIGKILL).unwrap();
+    t.wait_starts("b", 3);
+    t.wait_starts("a", 3);
+    // c is linked to nobody.
+    assert_eq!(t.starts("c").len(), 1, "{}", t.log());
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0);
+}

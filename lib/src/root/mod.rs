@@ -238,6 +238,8 @@ pub struct Root<'a> {
     registry: &'a Registry,
     children: Vec<Child>,
     names: Vec<String>,
+    /// `links`, resolved to indices and made symmetric.
+    links: Vec<Vec<usize>>,
     by_pid: HashMap<Pid, (usize, Role)>,
     regions: RegionSet,
     epoll: sys::Epoll,
@@ -382,8 +384,24 @@ impl<'a> Root<'a> {
                 resume_before: None,
             })
             .collect();
+        let names: Vec<String> = config.daemons.iter().map(|d| d.name.clone()).collect();
+        let mut links = vec![Vec::new(); names.len()];
+        for (i, d) in config.daemons.iter().enumerate() {
+            for other in &d.links {
+                // The config checked that every link names a daemon.
+                if let Some(j) = names.iter().position(|n| n == other) {
+                    if !links[i].contains(&j) {
+                        links[i].push(j);
+                    }
+                    if !links[j].contains(&i) {
+                        links[j].push(i);
+                    }
+                }
+            }
+        }
         Ok(Root {
-            names: config.daemons.iter().map(|d| d.name.clone()).collect(),
+            names,
+            links,
             config,
             registry,
             children,
@@ -978,6 +996,9 @@ impl<'a> Root<'a> {
     /// A daemon died on its own (not asked to stop): decide per its restart
     /// type, the supervisor's intensity and strategy, and its backoff.
     fn after_death(&mut self, i: usize, reason: ExitReason, uptime: Duration) {
+        if !reason.is_normal() {
+            self.restart_links(i);
+        }
         let c = &mut self.children[i];
         let restart = match c.cfg.restart {
             RestartType::Permanent => true,
@@ -1014,6 +1035,21 @@ impl<'a> Root<'a> {
             }
             Strategy::OneForAll => self.restart_siblings(i, 0),
             Strategy::RestForOne => self.restart_siblings(i, i + 1),
+        }
+    }
+
+    /// `links`: an abnormal death of daemon `i` takes the daemons linked to
+    /// it (either way) down with it; they are stopped and started again,
+    /// as by `ctl restart` (a link is not a death of theirs, so it does not
+    /// propagate further, nor count against the intensity).
+    fn restart_links(&mut self, i: usize) {
+        for j in self.links[i].clone() {
+            let c = &mut self.children[j];
+            if matches!(c.state, State::Starting | State::Running) {
+                info!(daemon = %c.cfg.name, linked_to = %self.names[i], "restarting: a linked daemon died");
+                self.stop(j);
+                self.children[j].after_stop = AfterStop::Start;
+            }
         }
     }
 
