@@ -324,7 +324,7 @@ impl Root<'_> {
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                let last = c.deaths.last();
+                let last = c.last_exit;
                 json!({
                     "name": c.cfg.name,
                     "program": match &c.cfg.program {
@@ -337,8 +337,8 @@ impl Root<'_> {
                     "standby_pid": c.standby.as_ref().filter(|s| s.ready).map(|s| s.pid.0),
                     "uptime_ms": c.started.map(|t| now.duration_since(t).as_millis() as u64),
                     "restarts": c.restarts,
-                    "last_exit": last.map(|d| d.reason.to_string()),
-                    "last_exit_uptime_ms": last.map(|d| d.uptime.as_millis() as u64),
+                    "last_exit": last.map(|(reason, _)| reason.to_string()),
+                    "last_exit_uptime_ms": last.map(|(_, uptime)| uptime.as_millis() as u64),
                     "heartbeat_age_ms": self.heartbeat_age_ms(i),
                     "region_bytes": self.regions.region_len(i),
                     "memory": c.cfg.memory,

@@ -160,6 +160,8 @@ struct Child {
     standby: Option<Standby>,
     /// To be stopped for a group restart, after the siblings after it.
     stop_pending: bool,
+    /// How its last process ended (deaths and stops alike), for status.
+    last_exit: Option<(ExitReason, Duration)>,
     /// A checkpoint found poison: the next start resumes from an older one.
     resume_before: Option<u64>,
 }
@@ -381,6 +383,7 @@ impl<'a> Root<'a> {
                 after_stop: AfterStop::Rest,
                 standby: None,
                 stop_pending: false,
+                last_exit: None,
                 resume_before: None,
             })
             .collect();
@@ -696,19 +699,11 @@ impl<'a> Root<'a> {
     fn take_over(&mut self, i: usize) -> bool {
         let c = &mut self.children[i];
         let ready = c.standby.as_ref().is_some_and(|s| s.ready && !s.killed);
-        let Some(death) = c.deaths.last().copied() else {
-            return false;
-        };
         if !ready {
             return false;
         }
         let sb = c.standby.take().expect("checked above");
-        let msg = Takeover {
-            restarts: c.restarts,
-            death,
-            resume_before: c.resume_before,
-        }
-        .encode();
+        let msg = Takeover::new(c.restarts, &c.deaths, c.resume_before).encode();
         if let Err(e) = sys::write_all(sb.gate.as_raw_fd(), &msg) {
             warn!(daemon = %c.cfg.name, error = %e, "standby unreachable; forking instead");
             let _ = sys::kill(sb.pid, libc::SIGKILL);
@@ -902,8 +897,13 @@ impl<'a> Root<'a> {
         c.stop_pending = false;
         c.started = None;
         self.cancel_timer(i);
-        self.record_death(i, reason, uptime);
-        self.judge_checkpoint(i, pid, reason, uptime);
+        self.children[i].last_exit = Some((reason, uptime));
+        // A stop someone asked for is not a death: the daemon's history
+        // (Context::deaths, what `decide` looks at, poison) leaves it out.
+        if was != State::Stopping {
+            self.record_death(i, reason, uptime);
+            self.judge_checkpoint(i, pid, reason, uptime);
+        }
         let c = &mut self.children[i];
 
         if was == State::Stopping {
