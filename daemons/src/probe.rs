@@ -86,8 +86,14 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
         let Some(view) = ctx.siblings().get(target) else {
             util::bad_arg(ctx, "attack", &format!("no sibling named {target:?}"))
         };
-        say!(out, "sibling {target} first_byte={}", view[0]);
-        let addr = std::ptr::NonNull::from(&view[0]);
+        say!(
+            out,
+            "sibling {target} first_byte={}",
+            view[0].load(std::sync::atomic::Ordering::Relaxed)
+        );
+        let Some(addr) = std::ptr::NonNull::new(view.as_ptr().cast::<u8>().cast_mut()) else {
+            util::bad_arg(ctx, "attack", "the sibling's view has no address")
+        };
         let page = forkroot::sys::page_size();
         // SAFETY: the range is the sibling's mapped view; if the call
         // succeeded (it must not), nothing else in this process holds a

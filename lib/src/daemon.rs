@@ -235,11 +235,13 @@ pub struct Siblings<'a> {
 
 impl<'a> Siblings<'a> {
     /// The user area of the sibling called `name`, mapped read-only (a write
-    /// is a SIGSEGV, and it cannot be made writable). It changes under the
-    /// reader and may hold anything: treat it as untrusted input.
-    pub fn get(&self, name: &str) -> Option<&'a [u8]> {
+    /// is a SIGSEGV, and it cannot be made writable). Its owner writes it
+    /// while this daemon reads, so the bytes are atomics (load them; a
+    /// plain `&[u8]` would let the compiler assume they hold still), and a
+    /// crashed owner may have left anything: treat them as untrusted input.
+    pub fn get(&self, name: &str) -> Option<&'a [std::sync::atomic::AtomicU8]> {
         let i = self.names.iter().position(|n| n == name)?;
-        (i != self.own).then(|| self.regions.user_view(i))
+        (i != self.own).then(|| self.regions.user_shared(i))
     }
 
     /// Names of every daemon of the tree, this one included.

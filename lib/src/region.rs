@@ -303,9 +303,23 @@ impl RegionSet {
         unsafe { std::slice::from_raw_parts(self.addr(s.offset).as_ptr(), s.len) }
     }
 
-    /// The user area of region `i` (after the system area), read-only.
-    pub fn user_view(&self, i: usize) -> &[u8] {
-        &self.view(i)[SYSTEM_SIZE..]
+    /// The user area of region `i` as bytes another process may be writing
+    /// while this one reads: each is an atomic load (`Relaxed` is enough for
+    /// a single byte; use `Acquire` on a flag the writer publishes with
+    /// `Release`), so the compiler never assumes the bytes hold still.
+    pub fn user_shared(&self, i: usize) -> &[AtomicU8] {
+        let s = &self.slots[i];
+        // SAFETY: the range is mapped for as long as `self` lives, and
+        // AtomicU8 has the size, alignment and bit validity of u8; reading it
+        // through atomics is sound while the owner writes it.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.addr(s.offset + SYSTEM_SIZE)
+                    .as_ptr()
+                    .cast::<AtomicU8>(),
+                s.len - SYSTEM_SIZE,
+            )
+        }
     }
 
     /// The header of region `i`, for reading.
