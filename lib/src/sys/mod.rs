@@ -296,6 +296,16 @@ pub fn file_region(path: &std::path::Path, size: u64) -> io::Result<OwnedFd> {
         .open(path)?;
     let len = file.metadata()?.len();
     if len != size {
+        if len != 0 {
+            // The daemon's `memory` changed: its state keeps what fits (the
+            // layout checks of typed state and checkpoints will tell).
+            tracing::warn!(
+                file = %path.display(),
+                was = len,
+                now = size,
+                "region file resized: the daemon's memory setting changed"
+            );
+        }
         file.set_len(size)?;
     }
     allocate(file.as_raw_fd(), 0, size)?;
