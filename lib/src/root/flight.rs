@@ -35,6 +35,13 @@ pub(crate) fn last_lines(regions: &RegionSet, i: usize, pid: Pid, n: usize) -> V
 /// Records of daemon `i` with a sequence number of at least `*from`, oldest
 /// first, as JSON; moves `*from` past the newest.
 pub(crate) fn since(regions: &RegionSet, i: usize, from: &mut u64, out: &mut Vec<Value>) {
+    // A log formatted again (its area was found damaged) numbers from 0:
+    // a cursor past its newest record starts over.
+    let mut newest = None;
+    log::tail(area(regions, i), 1, |r| newest = Some(r.seq()));
+    if newest.is_some_and(|n| n < from.saturating_sub(1)) {
+        *from = 0;
+    }
     log::tail(area(regions, i), log::CAPACITY, |r| {
         if r.seq() >= *from {
             out.push(json!({

@@ -233,8 +233,26 @@ pub fn pipe_cloexec(nonblocking: bool) -> io::Result<(OwnedFd, OwnedFd)> {
 pub fn close_from(first: RawFd) -> io::Result<()> {
     // SAFETY: close_range only closes descriptors; the caller owns none of
     // them past `first` any more (that is the point of calling it).
-    cvt(unsafe { libc::syscall(libc::SYS_close_range, first as u32, u32::MAX, 0u32) } as i32)?;
-    Ok(())
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first as u32, u32::MAX, 0u32) } as i32;
+    match cvt(rc) {
+        Ok(_) => Ok(()),
+        // Before Linux 5.9 (or under a seccomp filter without it): close
+        // one by one, up to the descriptor limit.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EPERM)) => {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: `lim` is a valid rlimit to fill.
+            cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+            let last = lim.rlim_cur.min(1 << 20) as RawFd;
+            for fd in first..last {
+                close(fd);
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// dup2(2): makes `to` a copy of `from` (without close-on-exec). Fork-safe.
