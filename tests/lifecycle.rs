@@ -90,19 +90,20 @@ fn sigint_stops_every_daemon_and_exits_0() {
     stops_cleanly_on(SIGINT);
 }
 
-#[test]
-fn a_daemon_ignoring_sigterm_is_killed_after_stop_timeout() {
-    let mut t = Tree::start(
+/// A tree of one shell that ignores SIGTERM (and so does its `sleep`),
+/// with `stop_timeout`; returns it once both processes run.
+fn start_stubborn(stop_timeout: &str) -> (Tree, Vec<Proc>) {
+    let t = Tree::start(&format!(
         r#"
 [root]
-stop_timeout = "300ms"
+stop_timeout = "{stop_timeout}"
 
 [[daemon]]
 name = "stubborn"
 exec = ["/bin/sh", "-c", "trap '' TERM; while :; do sleep 5; done"]
 memory = "64KiB"
-"#,
-    );
+"#
+    ));
     let procs = t.poll("the stubborn shell and its sleep", || {
         let procs = t.processes();
         procs
@@ -110,6 +111,12 @@ memory = "64KiB"
             .any(|p| p.comm == "sleep" && p.ppid != t.pid)
             .then_some(procs)
     });
+    (t, procs)
+}
+
+#[test]
+fn a_daemon_ignoring_sigterm_is_killed_after_stop_timeout() {
+    let (mut t, procs) = start_stubborn("300ms");
     assert_eq!(procs.len(), 2, "{procs:?}");
     t.signal(SIGTERM);
     t.wait_log(&["did not stop in time; killing", "daemon=stubborn"]);
@@ -120,24 +127,7 @@ memory = "64KiB"
 
 #[test]
 fn a_second_stop_signal_kills_at_once() {
-    let mut t = Tree::start(
-        r#"
-[root]
-stop_timeout = "1h"
-
-[[daemon]]
-name = "stubborn"
-exec = ["/bin/sh", "-c", "trap '' TERM; while :; do sleep 5; done"]
-memory = "64KiB"
-"#,
-    );
-    let procs = t.poll("the stubborn shell and its sleep", || {
-        let procs = t.processes();
-        procs
-            .iter()
-            .any(|p| p.comm == "sleep" && p.ppid != t.pid)
-            .then_some(procs)
-    });
+    let (mut t, procs) = start_stubborn("1h");
     t.signal(SIGTERM);
     t.wait_log(&["shutting down"]);
     t.signal(SIGINT);

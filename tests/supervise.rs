@@ -185,12 +185,12 @@ fn backoff_spaces_restarts_by_doubling_delays() {
     assert_eq!(t.wait_code(), 0);
 }
 
-/// Starts a, b, c under `strategy`, kills b, and returns the tree once b has
-/// been restarted.
-fn kill_the_middle_one(strategy: &str) -> (Tree, Vec<Start>) {
+/// Starts probes a, b, c (in that order) under `strategy`, with `a_keys`
+/// as extra daemon keys of a, and returns the tree and their first starts.
+fn start_abc(strategy: &str, a_keys: &str) -> (Tree, Vec<Start>) {
     let config = format!(
         "[supervisor]\nstrategy = \"{strategy}\"\nintensity = 10\nperiod = \"10s\"\n\n{}{}{}",
-        probe("a", "", ""),
+        probe("a", a_keys, ""),
         probe("b", "", ""),
         probe("c", "", "")
     );
@@ -199,6 +199,13 @@ fn kill_the_middle_one(strategy: &str) -> (Tree, Vec<Start>) {
         .iter()
         .map(|n| t.wait_starts(n, 1)[0])
         .collect();
+    (t, first)
+}
+
+/// Starts a, b, c under `strategy`, kills b, and returns the tree once b has
+/// been restarted.
+fn kill_the_middle_one(strategy: &str) -> (Tree, Vec<Start>) {
+    let (t, first) = start_abc(strategy, "");
     send(first[1].pid, SIGKILL).unwrap();
     let b = t.wait_starts("b", 2);
     assert_eq!(b[1].restarts, 1);
@@ -290,17 +297,7 @@ fn ctl(t: &Tree, verb: &str, name: &str) {
 
 #[test]
 fn a_group_restart_leaves_a_daemon_the_operator_stopped_down() {
-    let config = format!(
-        "[supervisor]\nstrategy = \"one_for_all\"\nintensity = 10\nperiod = \"10s\"\n\n{}{}{}",
-        probe("a", "", ""),
-        probe("b", "", ""),
-        probe("c", "", "")
-    );
-    let mut t = Tree::start(&config);
-    let first: Vec<Start> = ["a", "b", "c"]
-        .iter()
-        .map(|n| t.wait_starts(n, 1)[0])
-        .collect();
+    let (mut t, first) = start_abc("one_for_all", "");
     ctl(&t, "stop", "c");
     t.poll("c stopped", || {
         t.out("c")
@@ -347,17 +344,7 @@ fn what_a_crashed_daemon_forked_dies_with_it() {
 
 #[test]
 fn a_linked_daemon_is_restarted_when_its_link_dies_either_way() {
-    let config = format!(
-        "[supervisor]\nintensity = 10\nperiod = \"10s\"\n\n{}{}{}",
-        probe("a", "links = [\"b\"]", ""),
-        probe("b", "", ""),
-        probe("c", "", "")
-    );
-    let mut t = Tree::start(&config);
-    let first: Vec<Start> = ["a", "b", "c"]
-        .iter()
-        .map(|n| t.wait_starts(n, 1)[0])
-        .collect();
+    let (mut t, first) = start_abc("one_for_one", "links = [\"b\"]");
     // a dies: b, linked to it, is stopped (gracefully) and started again.
     send(first[0].pid, SIGKILL).unwrap();
     t.wait_starts("a", 2);
