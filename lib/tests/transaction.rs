@@ -166,6 +166,23 @@ fn sleep_forever(_: &[u8], _: &mut Output<'_>) -> Result<(), ()> {
     }
 }
 
+/// The pid `sleep_forever` published, once its transaction runs (within
+/// 5 s).
+fn sleeper_pid() -> i32 {
+    let t0 = Instant::now();
+    loop {
+        let p = counters()[3].load(Ordering::SeqCst) as i32;
+        if p > 0 {
+            return p;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "transaction never ran"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 fn sleep_200ms(input: &[u8], out: &mut Output<'_>) -> Result<(), ()> {
     std::thread::sleep(Duration::from_millis(200));
     echo_upper(input, out)
@@ -352,18 +369,7 @@ fn sigterm_ends_without_retry() {
     };
     let mut tx = new_tx(1, policy);
     tx.start(sleep_forever, b"x", 8, 0).unwrap();
-    let t0 = Instant::now();
-    let pid = loop {
-        let p = counters()[3].load(Ordering::SeqCst) as i32;
-        if p > 0 {
-            break p;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "transaction never ran"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    };
+    let pid = sleeper_pid();
     // As the root's stop does to the daemon's process group.
     // SAFETY: kill has no memory preconditions; `pid` is our unreaped child.
     unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -455,18 +461,7 @@ fn dies_with_daemon() {
             std::thread::sleep(Duration::from_secs(60));
         }
     }
-    let t0 = Instant::now();
-    let tx_pid = loop {
-        let p = counters()[3].load(Ordering::SeqCst) as i32;
-        if p > 0 {
-            break p;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "transaction never ran"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let tx_pid = sleeper_pid();
     // SAFETY: our own child.
     unsafe { libc::kill(daemon, libc::SIGKILL) };
     let mut status = 0;
@@ -586,15 +581,7 @@ fn start_and_poll_allocate_nothing() {
 fn drop_kills_in_flight() {
     let mut tx = new_tx(1, Policy::default());
     tx.start(sleep_forever, b"x", 1, 0).unwrap();
-    let t0 = Instant::now();
-    let pid = loop {
-        let p = counters()[3].load(Ordering::SeqCst) as i32;
-        if p > 0 {
-            break p;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(5));
-        std::thread::sleep(Duration::from_millis(2));
-    };
+    let pid = sleeper_pid();
     drop(tx);
     assert!(
         !pid_alive(pid),
