@@ -1201,6 +1201,26 @@ mod loom_tests {
 
     /// One consumer step: receive a ready message, skip a dead writer's
     /// slot, or yield.
+    /// A producer thread (writer `id`) sending `[i; 4]` for each `i` in
+    /// `values`, yielding while the ring is full.
+    fn spawn_sender(
+        mem: &Arc<Mem>,
+        ring: Ring<'static>,
+        id: u32,
+        values: std::ops::Range<u8>,
+    ) -> loom::thread::JoinHandle<()> {
+        let mem = mem.clone();
+        loom::thread::spawn(move || {
+            let _mem = mem;
+            let p = ring.producer_as(id);
+            for i in values {
+                while p.try_send(&[i; 4]) == Err(RingError::Full) {
+                    loom::thread::yield_now();
+                }
+            }
+        })
+    }
+
     fn step(c: &Consumer<'_>, out: &mut Vec<[u8; 4]>) {
         match c.probe().unwrap() {
             Probe::Ready { pos } => {
@@ -1250,16 +1270,7 @@ mod loom_tests {
     fn loom_spsc_wraps_around_when_full() {
         model(|| {
             let (mem, ring) = setup(Kind::Spsc, 2);
-            let m2 = mem.clone();
-            let producer = loom::thread::spawn(move || {
-                let _mem = m2;
-                let p = ring.producer_as(7);
-                for i in 0..3u8 {
-                    while p.try_send(&[i; 4]) == Err(RingError::Full) {
-                        loom::thread::yield_now();
-                    }
-                }
-            });
+            let producer = spawn_sender(&mem, ring, 7, 0..3);
             let never = |_: u32| false;
             let c = ring.consumer_with(&never).unwrap();
             let mut got = Vec::new();
@@ -1315,16 +1326,7 @@ mod loom_tests {
             ring.producer_as(1).try_send(&[1; 4]).unwrap();
             // A consumer releases slot 0 and dies before advancing head.
             ring.slot(0).state.store(pack(2, 0), Ordering::Release);
-            let m2 = mem.clone();
-            let producer = loom::thread::spawn(move || {
-                let _mem = m2;
-                let p = ring.producer_as(1);
-                for i in 2..4u8 {
-                    while p.try_send(&[i; 4]) == Err(RingError::Full) {
-                        loom::thread::yield_now();
-                    }
-                }
-            });
+            let producer = spawn_sender(&mem, ring, 1, 2..4);
             let never = |_: u32| false;
             let c = ring.consumer_with(&never).unwrap();
             let mut got = Vec::new();
