@@ -15,27 +15,14 @@ use std::time::Instant;
 
 use forkroot::ring::{self, Config, Kind, Ring};
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 const MSG: usize = 64;
 const REPS: usize = 5;
 const PINGS: usize = 20_000;
 /// Fewer round trips for the kernel paths, which are ~100x slower.
 const FD_PINGS: usize = 4_000;
-
-fn map_shared(len: usize) -> *mut u8 {
-    // SAFETY: anonymous shared mapping; the result is checked.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert!(p != libc::MAP_FAILED, "mmap failed");
-    p.cast()
-}
 
 fn new_ring() -> Ring<'static> {
     let cfg = Config {
@@ -46,7 +33,7 @@ fn new_ring() -> Ring<'static> {
     };
     let len = ring::required_size(&cfg).expect("config");
     // SAFETY: a fresh mapping, never unmapped: valid for 'static.
-    unsafe { ring::init(map_shared(len), len, &cfg) }.expect("init")
+    unsafe { ring::init(common::map_shared(len), len, &cfg) }.expect("init")
 }
 
 fn fork() -> libc::pid_t {

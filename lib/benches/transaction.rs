@@ -13,28 +13,19 @@
 use forkroot::transaction::{Output, Policy, Transactions};
 use std::time::{Duration, Instant};
 
-const REPS: usize = 9;
-const ITERS: usize = 400;
-const THROUGHPUT_FOR: Duration = Duration::from_millis(700);
+#[path = "../tests/common/mod.rs"]
+mod common;
 
-fn map_shared(len: usize) -> &'static mut [u8] {
-    // SAFETY: a fresh anonymous shared mapping, aliased by nothing.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(p, libc::MAP_FAILED);
-    // SAFETY: the mapping is `len` bytes, writable, never unmapped.
-    let area = unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len) };
+/// Shared memory with every page touched, so no first-touch fault is timed.
+fn prefaulted(len: usize) -> &'static mut [u8] {
+    let area = common::shared_slice(len);
     area.fill(0);
     area
 }
+
+const REPS: usize = 9;
+const ITERS: usize = 400;
+const THROUGHPUT_FOR: Duration = Duration::from_millis(700);
 
 fn trivial(_: &[u8], out: &mut Output<'_>) -> Result<(), ()> {
     out.write(b"ok").map_err(|_| ())
@@ -154,7 +145,7 @@ fn main() {
     let slots = 2;
     let size = Transactions::required_size(slots, 64, 64);
     let policy = Policy::default();
-    let mut tx = Transactions::new(map_shared(size), slots, 64, 64, policy, "bench").unwrap();
+    let mut tx = Transactions::new(prefaulted(size), slots, 64, 64, policy, "bench").unwrap();
 
     // Warm up both paths.
     for _ in 0..50 {

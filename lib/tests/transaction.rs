@@ -13,33 +13,18 @@ use forkroot::ExitReason;
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+mod common;
+
 #[global_allocator]
 static A: Guarded = Guarded::new();
 
 /// Seconds a case may run before its watchdog kills it.
 const WATCHDOG_S: u32 = 15;
 
-fn map_shared(len: usize) -> &'static mut [u8] {
-    // SAFETY: a fresh anonymous shared mapping, aliased by nothing.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(p, libc::MAP_FAILED);
-    // SAFETY: the mapping is `len` bytes, writable, never unmapped.
-    unsafe { std::slice::from_raw_parts_mut(p.cast(), len) }
-}
-
 /// A shared counter page that tasks (in the forked children) and the case
 /// (in the daemon) both see.
 fn shared_counters() -> &'static [AtomicU64; 8] {
-    let bytes = map_shared(4096);
+    let bytes = common::shared_slice(4096);
     // SAFETY: the page is 4096 bytes, page-aligned and zeroed, and lives
     // forever; an all-zero AtomicU64 array is valid.
     unsafe { &*bytes.as_ptr().cast::<[AtomicU64; 8]>() }
@@ -57,7 +42,7 @@ fn counters() -> &'static [AtomicU64; 8] {
 
 fn new_tx(slots: usize, policy: Policy) -> Transactions<'static> {
     let size = Transactions::required_size(slots, 256, 256);
-    Transactions::new(map_shared(size), slots, 256, 256, policy, "test").unwrap()
+    Transactions::new(common::shared_slice(size), slots, 256, 256, policy, "test").unwrap()
 }
 
 fn quick(retries: u32) -> Policy {

@@ -25,6 +25,14 @@ pub(crate) fn map_shared(len: usize) -> *mut u8 {
     p.cast()
 }
 
+/// [`map_shared`] as a zeroed slice that lives for the whole program.
+pub(crate) fn shared_slice(len: usize) -> &'static mut [u8] {
+    let p = map_shared(len);
+    // SAFETY: `len` fresh, writable bytes that are never unmapped and that
+    // nothing else in this process refers to (anonymous memory is zeroed).
+    unsafe { std::slice::from_raw_parts_mut(p, len) }
+}
+
 /// A shared anonymous mapping, like the user area of a region (and
 /// inherited across fork like one), unmapped on drop.
 pub(crate) struct Shm {
