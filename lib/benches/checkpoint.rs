@@ -11,45 +11,17 @@ use std::time::Instant;
 
 const REPS: usize = 15;
 
-/// A shared anonymous mapping, pre-faulted.
-struct Shm {
-    ptr: *mut u8,
-    len: usize,
-}
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::Shm;
 
-impl Shm {
-    fn new(len: usize) -> Shm {
-        let len = len.next_multiple_of(4096);
-        // SAFETY: a fresh anonymous mapping; no existing memory is affected.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED, "mmap failed");
-        let mut s = Shm { ptr: p.cast(), len };
-        s.area().fill(1);
-        s.area().fill(0);
-        s
-    }
-
-    fn area(&mut self) -> &mut [u8] {
-        // SAFETY: the mapping is `len` bytes, readable and writable, owned by
-        // `self` and borrowed mutably here.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
-}
-
-impl Drop for Shm {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping created in `new`.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
+/// A shared anonymous mapping of whole pages, every page touched, so no
+/// first-touch fault is timed.
+fn prefaulted(len: usize) -> Shm {
+    let mut s = Shm::new(len.next_multiple_of(4096));
+    s.area().fill(1);
+    s.area().fill(0);
+    s
 }
 
 /// Median over `REPS` batches of the time per call of `f`, in ns.
@@ -74,8 +46,8 @@ fn iters_for(bytes: usize) -> usize {
 }
 
 fn memcpy_ns(bytes: usize) -> f64 {
-    let mut a = Shm::new(bytes);
-    let mut b = Shm::new(bytes);
+    let mut a = prefaulted(bytes);
+    let mut b = prefaulted(bytes);
     let (src, dst) = (a.area(), b.area());
     src.fill(0x5a);
     median_ns(iters_for(bytes).max(1), || {
@@ -105,7 +77,7 @@ fn fmt_ns(ns: f64) -> String {
 }
 
 fn slots<const N: usize>() -> f64 {
-    let mut shm = Shm::new(Checkpoints::<[u8; N]>::required_size(3));
+    let mut shm = prefaulted(Checkpoints::<[u8; N]>::required_size(3));
     let mut c = Checkpoints::<[u8; N]>::attach(shm.area(), 1).expect("attach");
     c.fill(0xa5);
     let commit = median_ns(iters_for(N).max(1), || {
@@ -132,7 +104,7 @@ const BIG: usize = 16 << 20;
 
 fn in_place(dirty: usize, full_commit: f64) {
     let journal = 64 * 1024;
-    let mut shm = Shm::new(InPlace::<[u8; BIG]>::required_size(journal));
+    let mut shm = prefaulted(InPlace::<[u8; BIG]>::required_size(journal));
     let mut s = InPlace::<[u8; BIG]>::attach(shm.area(), 1, journal).expect("attach");
     let mut tx_at = |at: usize| {
         let mut tx = s.begin();

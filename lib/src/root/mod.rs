@@ -480,6 +480,18 @@ impl<'a> Root<'a> {
         }
     }
 
+    /// Defers the exit line (or crash report) of daemon `i`'s process.
+    fn note_exit(&mut self, i: usize, pid: Pid, reason: ExitReason, uptime: Duration) {
+        let restarts = self.children[i].restarts;
+        self.notes.push(Note::Exit {
+            i,
+            pid,
+            reason,
+            uptime,
+            restarts,
+        });
+    }
+
     /// Logs the deferred notes, in order.
     fn flush_notes(&mut self) {
         for note in std::mem::take(&mut self.notes) {
@@ -909,14 +921,7 @@ impl<'a> Root<'a> {
         if was == State::Stopping {
             if reason.is_crash() && !matches!(reason, ExitReason::Exited(_)) {
                 // It crashed on its way out: that still gets a report.
-                let restarts = c.restarts;
-                self.notes.push(Note::Exit {
-                    i,
-                    pid: Pid(pid),
-                    reason,
-                    uptime,
-                    restarts,
-                });
+                self.note_exit(i, Pid(pid), reason, uptime);
             } else {
                 info!(daemon = %c.cfg.name, pid, %reason, "stopped");
             }
@@ -944,14 +949,7 @@ impl<'a> Root<'a> {
             return;
         }
         // The report waits until the replacement is forked (see `Note`).
-        let restarts = c.restarts;
-        self.notes.push(Note::Exit {
-            i,
-            pid: Pid(pid),
-            reason,
-            uptime,
-            restarts,
-        });
+        self.note_exit(i, Pid(pid), reason, uptime);
         if let Mode::ShuttingDown(_) = self.mode {
             self.children[i].state = State::Stopped;
             return self.stop_next();
