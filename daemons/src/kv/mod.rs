@@ -41,7 +41,8 @@ use std::time::Duration;
 use forkroot::Context;
 
 use crate::util;
-use commands::{Action, Db, RESERVE};
+use commands::{Action, Db, Session, RESERVE};
+use forkroot::sys::Epoll;
 use resp::{Args, Out, Parse, Resume};
 use tasks::{Task, Tasks};
 
@@ -57,6 +58,9 @@ const MAX_ARGS: usize = 16 * 1024;
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 const SWEEP_BUCKETS: usize = 256;
 
+/// Most events one epoll wait returns.
+const EVENTS: usize = 64;
+
 const LISTENER: u64 = 0;
 const STOP: u64 = 1;
 const TASKS: u64 = 2;
@@ -67,7 +71,8 @@ const CONN_BASE: u64 = 16;
 enum Interest {
     Read,
     Write,
-    /// Waiting for a transaction: nothing (errors and hang-ups still come).
+    /// Waiting for a transaction: taken out of the epoll set until its
+    /// reply is in (a hang-up meanwhile shows when the reply is sent).
     Nothing,
 }
 
@@ -89,6 +94,8 @@ struct Conn {
     waiting: bool,
     closing: bool,
     interest: Interest,
+    /// Its protocol, authentication, id and name.
+    sess: Session,
 }
 
 impl Conn {
@@ -103,6 +110,7 @@ impl Conn {
         waiting: false,
         closing: false,
         interest: Interest::Read,
+        sess: Session::new(0, false),
     };
 }
 
@@ -117,62 +125,12 @@ enum Stop {
     Parked,
 }
 
-/// A tiny epoll with the three interests a connection needs.
-#[derive(Debug)]
-struct Poller(std::os::fd::OwnedFd);
-
-impl Poller {
-    fn new() -> io::Result<Poller> {
-        use std::os::fd::FromRawFd;
-        // SAFETY: epoll_create1 has no memory preconditions.
-        let fd = forkroot::sys::cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
-        // SAFETY: a fresh descriptor that we now own.
-        Ok(Poller(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
-    }
-
-    fn ctl(&self, op: i32, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
-        let events = match interest {
-            Interest::Read => libc::EPOLLIN | libc::EPOLLRDHUP,
-            Interest::Write => libc::EPOLLOUT,
-            Interest::Nothing => 0,
-        };
-        let mut ev = libc::epoll_event {
-            events: events as u32,
-            u64: token,
-        };
-        // SAFETY: `ev` is valid for the call.
-        forkroot::sys::cvt(unsafe { libc::epoll_ctl(self.0.as_raw_fd(), op, fd, &mut ev) })?;
-        Ok(())
-    }
-
-    fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_ADD, fd, token, Interest::Read)
-    }
-
-    fn set(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_MOD, fd, token, interest)
-    }
-
-    /// Waits up to `timeout`; fills `events`, returns how many.
-    fn wait(&self, events: &mut [libc::epoll_event], timeout: Duration) -> usize {
-        let ms = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
-        // SAFETY: `events` is writable for its length.
-        let n = unsafe {
-            libc::epoll_wait(
-                self.0.as_raw_fd(),
-                events.as_mut_ptr(),
-                events.len() as i32,
-                ms,
-            )
-        };
-        n.max(0) as usize
-    }
-}
-
 /// Everything the loop owns; every buffer is allocated before the steady
 /// state.
 struct Server<'a> {
-    poll: Poller,
+    poll: Epoll,
+    /// Tokens of the ready descriptors (capacity for one wait's worth).
+    ready: Vec<u64>,
     listener: RawFd,
     conns: Vec<Conn>,
     free: Vec<usize>,
@@ -193,6 +151,8 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
         util::bad_arg(ctx, "max_clients", "must be in 1..=65536");
     }
     let max_clients = max_clients as usize;
+    // Settings read here, in one place.
+    let password = util::string(ctx, "password");
     let debug = match ctx.args().get("debug") {
         None => false,
         Some(toml::Value::Boolean(b)) => *b,
@@ -229,7 +189,7 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
             return 3;
         }
     };
-    let poll = match Poller::new() {
+    let poll = match Epoll::new() {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "epoll");
@@ -249,6 +209,7 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
     }
     let mut server = Server {
         poll,
+        ready: Vec::with_capacity(EVENTS),
         listener: listener.as_raw_fd(),
         conns: vec![Conn::FREE; max_clients],
         free: (0..max_clients).rev().collect(),
@@ -266,6 +227,8 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
             commands: 0,
             listen,
             debug,
+            password,
+            next_id: 1,
         },
         tasks,
     };
@@ -415,7 +378,6 @@ fn errno() -> i32 {
 
 impl Server<'_> {
     fn run(&mut self, ctx: &mut Context<'_>) -> i32 {
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 256];
         let mut next_sweep = forkroot::sys::monotonic_ns();
         let mut cursor = 0;
         loop {
@@ -429,9 +391,11 @@ impl Server<'_> {
             if let Some(t) = self.tasks.next_timer() {
                 timeout = timeout.min(t);
             }
-            let n = self.poll.wait(&mut events, timeout);
-            for ev in &events[..n] {
-                let (token, bits) = (ev.u64, ev.events);
+            let mut ready = std::mem::take(&mut self.ready);
+            // EINTR gives no events; no other error can come from a valid
+            // epoll descriptor and buffer.
+            let _ = self.poll.wait(&mut ready, Some(timeout));
+            for &token in &ready {
                 match token {
                     LISTENER => self.accept(),
                     STOP => {
@@ -440,9 +404,10 @@ impl Server<'_> {
                         }
                     }
                     TASKS => self.finish_tasks(),
-                    t => self.on_ready((t - CONN_BASE) as usize, bits),
+                    t => self.on_ready((t - CONN_BASE) as usize),
                 }
             }
+            self.ready = ready;
             // Deadlines of transactions pass without an event.
             if self.tasks.next_timer() == Some(Duration::ZERO) {
                 self.finish_tasks();
@@ -494,9 +459,12 @@ impl Server<'_> {
                 continue;
             }
             let gen = self.conns[slot].gen;
+            let id = self.db.next_id;
+            self.db.next_id += 1;
             self.conns[slot] = Conn {
                 fd,
                 gen,
+                sess: Session::new(id, self.db.password.is_none()),
                 ..Conn::FREE
             };
             self.db.clients += 1;
@@ -517,16 +485,11 @@ impl Server<'_> {
         self.db.clients -= 1;
     }
 
-    fn on_ready(&mut self, slot: usize, bits: u32) {
-        let Some(c) = self.conns.get(slot).copied() else {
+    fn on_ready(&mut self, slot: usize) {
+        let Some(c) = self.conns.get(slot) else {
             return;
         };
-        if c.fd < 0 {
-            return;
-        }
-        if c.interest == Interest::Nothing && bits & (libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
-            // Gone while its transaction runs; the reply will be dropped.
-            self.close(slot);
+        if c.fd < 0 || c.interest == Interest::Nothing {
             return;
         }
         if c.interest == Interest::Read && !self.read(slot) {
@@ -596,7 +559,16 @@ impl Server<'_> {
             Interest::Read
         };
         if want != c.interest {
-            let ok = self.poll.set(c.fd, CONN_BASE + slot as u64, want).is_ok();
+            let token = CONN_BASE + slot as u64;
+            let ok = match (c.interest, want) {
+                (_, Interest::Nothing) => self.poll.delete(c.fd),
+                (Interest::Nothing, w) => self
+                    .poll
+                    .add(c.fd, token)
+                    .and_then(|()| self.poll.modify(c.fd, token, w == Interest::Write)),
+                (_, w) => self.poll.modify(c.fd, token, w == Interest::Write),
+            }
+            .is_ok();
             c.interest = want;
             if !ok {
                 self.close(slot);
@@ -628,7 +600,7 @@ impl Server<'_> {
                 return Stop::Blocked;
             }
             let input = &ins[in_base + c.in_pos..in_base + c.in_len];
-            let mut out = Out::new(out_buf, c.out_len);
+            let mut out = Out::new(out_buf, c.out_len).resp3(c.sess.resp3);
             match resp::parse(input, args, MAX_REQUEST, &mut c.resume) {
                 Parse::Incomplete => {
                     if c.in_pos == 0 && c.in_len == MAX_REQUEST {
@@ -651,7 +623,7 @@ impl Server<'_> {
                 }
                 Parse::Command(used) => {
                     let mark = c.out_len;
-                    let action = db.execute(input, args, &mut out);
+                    let action = db.execute(input, args, &mut out, &mut c.sess);
                     if out.overflowed() {
                         // Only read-only commands have replies that can
                         // overflow (RESERVE covers the others): run it again
