@@ -4,9 +4,14 @@
 
 use std::time::Duration;
 
+use super::glob;
 use super::journal::Journal;
 use super::resp::{Args, Out};
 use super::store::{self, Cond, Store, StoreError, Ttl};
+
+/// Most keys one step of active expiry removes (one transaction: its
+/// journal stays well under the smallest capacity).
+const SWEEP_MAX: u64 = 64;
 
 /// Room a command may assume in the output buffer: every reply of a write
 /// command (and every error) fits in it, so a write is never executed and
@@ -39,6 +44,8 @@ pub(crate) struct Db<'a> {
     pub(crate) password: Option<&'a str>,
     /// The id of the next connection (CLIENT ID), from 1.
     pub(crate) next_id: u64,
+    /// Where RANDOMKEY starts looking.
+    pub(crate) random: crate::util::Rng,
 }
 
 impl std::fmt::Debug for Db<'_> {
@@ -162,6 +169,32 @@ enum Name {
     Auth,
     Client,
     Reset,
+    Expire,
+    Pexpire,
+    ExpireAt,
+    PexpireAt,
+    Persist,
+    ExpireTime,
+    PexpireTime,
+    Keys,
+    Scan,
+    Type,
+    Rename,
+    RenameNx,
+    RandomKey,
+    Append,
+    Strlen,
+    GetRange,
+    SetRange,
+    GetDel,
+    GetEx,
+    GetSet,
+    SetNx,
+    SetEx,
+    PsetEx,
+    IncrByFloat,
+    MsetNx,
+    Touch,
 }
 
 /// One row of the command table.
@@ -228,6 +261,32 @@ const TABLE: &[Spec] = &[
     no_auth("auth", Name::Auth, -2),
     no_auth("quit", Name::Quit, -1),
     no_auth("reset", Name::Reset, 1),
+    spec("expire", Name::Expire, -3),
+    spec("pexpire", Name::Pexpire, -3),
+    spec("expireat", Name::ExpireAt, -3),
+    spec("pexpireat", Name::PexpireAt, -3),
+    spec("persist", Name::Persist, 2),
+    spec("expiretime", Name::ExpireTime, 2),
+    spec("pexpiretime", Name::PexpireTime, 2),
+    spec("keys", Name::Keys, 2),
+    spec("scan", Name::Scan, -2),
+    spec("type", Name::Type, 2),
+    spec("rename", Name::Rename, 3),
+    spec("renamenx", Name::RenameNx, 3),
+    spec("randomkey", Name::RandomKey, 1),
+    spec("append", Name::Append, 3),
+    spec("strlen", Name::Strlen, 2),
+    spec("getrange", Name::GetRange, 4),
+    spec("setrange", Name::SetRange, 4),
+    spec("getdel", Name::GetDel, 2),
+    spec("getex", Name::GetEx, -2),
+    spec("getset", Name::GetSet, 3),
+    spec("setnx", Name::SetNx, 3),
+    spec("setex", Name::SetEx, 4),
+    spec("psetex", Name::PsetEx, 4),
+    spec("incrbyfloat", Name::IncrByFloat, 3),
+    spec("msetnx", Name::MsetNx, -3),
+    spec("touch", Name::Touch, -2),
 ];
 
 impl Spec {
@@ -389,24 +448,28 @@ impl Db<'_> {
         }
     }
 
-    /// Removes expired keys among `count` buckets from `cursor`; returns
-    /// the next cursor.
-    pub(crate) fn sweep(&mut self, cursor: usize, count: usize) -> usize {
+    /// One step of active expiry: removes expired keys among `count`
+    /// buckets from `cursor`, at most [`SWEEP_MAX`] of them; returns the
+    /// next cursor and the keys removed. Looks before it writes: a step
+    /// that finds nothing expired opens no transaction.
+    pub(crate) fn sweep(&mut self, cursor: usize, count: usize) -> (usize, u64) {
         let store = self.store;
         let now = now_ms();
-        let mut next = cursor;
+        let Some(first) = store.first_expired(self.journal.data(), cursor, count, now) else {
+            return (cursor.wrapping_add(count), 0);
+        };
+        let left = count - (first.wrapping_sub(cursor) & (store.buckets() - 1));
+        let mut next = (first, 0);
         let r = self.journal.transact(&mut |w| {
-            let (c, removed) = store.sweep(w, cursor, count, now)?;
-            next = c;
-            Ok(removed as i64)
+            next = store.sweep(w, first, left, SWEEP_MAX, now)?;
+            Ok(0)
         });
         if r == Err(StoreError::Corrupt) {
             corrupt_logged();
         }
         if r.is_err() {
-            // Journal full (or a damaged entry): fewer buckets next time would help, but a sweep
-            // of 64 buckets removes at most 64 small records; skip ahead.
-            next = cursor + count;
+            // A damaged entry (or a full journal): skip past this step.
+            return (cursor.wrapping_add(count), 0);
         }
         next
     }
@@ -496,6 +559,58 @@ impl Db<'_> {
                 out.set_resp3(false);
                 out.simple(b"RESET");
             }
+            Name::Expire => self.expire(out, a, now, 1000, now, "expire"),
+            Name::Pexpire => self.expire(out, a, now, 1, now, "pexpire"),
+            Name::ExpireAt => self.expire(out, a, 0, 1000, now, "expireat"),
+            Name::PexpireAt => self.expire(out, a, 0, 1, now, "pexpireat"),
+            Name::Persist => self.persist(out, a, now),
+            Name::ExpireTime => self.expire_time(out, a, 1000, now),
+            Name::PexpireTime => self.expire_time(out, a, 1, now),
+            Name::Keys => self.keys(out, a, now),
+            Name::Scan => self.scan(out, a, now),
+            Name::Type => match self.store.get(self.journal.data(), a.arg(1), now) {
+                Ok(Some(_)) => out.simple(b"string"),
+                Ok(None) => out.simple(b"none"),
+                Err(e) => store_error(out, e),
+            },
+            Name::Rename => self.rename(out, a, false, now),
+            Name::RenameNx => self.rename(out, a, true, now),
+            Name::RandomKey => {
+                let start = self.random.next() as usize;
+                match self.store.key_from(self.journal.data(), start, now) {
+                    Ok(Some(k)) => out.bulk(k),
+                    Ok(None) => out.null(),
+                    Err(e) => store_error(out, e),
+                }
+            }
+            Name::Append => self.append(out, a, now),
+            Name::Strlen => match self.store.get(self.journal.data(), a.arg(1), now) {
+                Ok(v) => out.int(v.map_or(0, <[u8]>::len) as i64),
+                Err(e) => store_error(out, e),
+            },
+            Name::GetRange => self.get_range(out, a, now),
+            Name::SetRange => self.set_range(out, a, now),
+            Name::GetDel => self.get_and(out, a, GetAnd::Del, now),
+            Name::GetEx => {
+                if let Some(ttl) = getex_options(out, a, now) {
+                    self.get_and(out, a, GetAnd::Expire(ttl), now);
+                }
+            }
+            Name::GetSet => self.get_and(out, a, GetAnd::Set(a.arg(2)), now),
+            Name::SetNx => {
+                let store = self.store;
+                let (k, v) = (a.arg(1), a.arg(2));
+                if let Some(done) = self.write(out, &mut |w| {
+                    store.set(w, k, v, Ttl::Clear, Cond::Nx, now).map(i64::from)
+                }) {
+                    out.int(done);
+                }
+            }
+            Name::SetEx => self.set_ex(out, a, 1000, now, "setex"),
+            Name::PsetEx => self.set_ex(out, a, 1, now, "psetex"),
+            Name::IncrByFloat => self.incr_by_float(out, a, now),
+            Name::MsetNx => self.mset_nx(out, a, now),
+            Name::Touch => self.exists(out, a, now),
         }
         Action::Done
     }
@@ -617,7 +732,8 @@ impl Db<'_> {
             Err(e) => store_error(out, e),
             Ok(None) => out.int(-2),
             Ok(Some(None)) => out.int(-1),
-            Ok(Some(Some(t))) => out.int(t.div_ceil(unit) as i64),
+            // Rounded to the nearest second, as Redis does.
+            Ok(Some(Some(t))) => out.int(((t + unit / 2) / unit) as i64),
         }
     }
 
@@ -842,6 +958,391 @@ impl Db<'_> {
         }
     }
 
+    /// EXPIRE, PEXPIRE (`base` now), EXPIREAT, PEXPIREAT (`base` 0), the
+    /// time in units of `unit` ms, with NX, XX, GT, LT.
+    fn expire(&mut self, out: &mut Out<'_>, a: Cmd<'_>, base: u64, unit: u64, now: u64, cmd: &str) {
+        let Some(t) = store::parse_int(a.arg(2)) else {
+            return not_integer(out);
+        };
+        let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+        for i in 3..a.len() {
+            let o = a.arg(i);
+            if is(o, "nx") {
+                nx = true;
+            } else if is(o, "xx") {
+                xx = true;
+            } else if is(o, "gt") {
+                gt = true;
+            } else if is(o, "lt") {
+                lt = true;
+            } else {
+                out.raw(b"-ERR Unsupported option ");
+                out.raw(&o[..o.len().min(128)]);
+                out.raw(b"\r\n");
+                return;
+            }
+        }
+        if nx && (xx || gt || lt) {
+            return out
+                .error(b"ERR NX and XX, GT or LT options at the same time are not compatible");
+        }
+        if gt && lt {
+            return out.error(b"ERR GT and LT options at the same time are not compatible");
+        }
+        // In ms since the epoch; before now (even negative): delete.
+        let at = t
+            .checked_mul(unit as i64)
+            .and_then(|ms| ms.checked_add(base as i64));
+        let Some(at) = at else {
+            return invalid_expire(out, cmd);
+        };
+        let store = self.store;
+        let done = self.write(out, &mut |w| {
+            let Some(cur) = store.expiry(w.data(), a.arg(1), now)? else {
+                return Ok(0);
+            };
+            // No expiry counts as an infinite one for GT and LT.
+            let refused = (nx && cur != 0)
+                || (xx && cur == 0)
+                || (gt && (cur == 0 || at <= cur as i64))
+                || (lt && cur != 0 && at >= cur as i64);
+            if refused {
+                return Ok(0);
+            }
+            if at <= now as i64 {
+                store.del(w, a.arg(1), now)?;
+            } else {
+                store.set_expiry(w, a.arg(1), at as u64, now)?;
+            }
+            Ok(1)
+        });
+        if let Some(done) = done {
+            out.int(done);
+        }
+    }
+
+    fn persist(&mut self, out: &mut Out<'_>, a: Cmd<'_>, now: u64) {
+        let store = self.store;
+        let done = self.write(out, &mut |w| match store.expiry(w.data(), a.arg(1), now)? {
+            Some(at) if at != 0 => store.set_expiry(w, a.arg(1), 0, now).map(i64::from),
+            _ => Ok(0),
+        });
+        if let Some(done) = done {
+            out.int(done);
+        }
+    }
+
+    /// EXPIRETIME (`unit` 1000) and PEXPIRETIME (`unit` 1).
+    fn expire_time(&mut self, out: &mut Out<'_>, a: Cmd<'_>, unit: u64, now: u64) {
+        match self.store.expiry(self.journal.data(), a.arg(1), now) {
+            Err(e) => store_error(out, e),
+            Ok(None) => out.int(-2),
+            Ok(Some(0)) => out.int(-1),
+            Ok(Some(at)) => out.int(((at + unit / 2) / unit) as i64),
+        }
+    }
+
+    fn keys(&mut self, out: &mut Out<'_>, a: Cmd<'_>, now: u64) {
+        let pattern = a.arg(1);
+        let d = self.journal.data();
+        let buckets = self.store.buckets();
+        let mut count = 0;
+        let r = self.store.scan(d, 0, buckets, now, &mut |k| {
+            count += usize::from(glob::matches(pattern, k));
+        });
+        if let Err(e) = r {
+            return store_error(out, e);
+        }
+        out.array(count);
+        let _ = self.store.scan(d, 0, buckets, now, &mut |k| {
+            if glob::matches(pattern, k) {
+                out.bulk(k);
+            }
+        });
+    }
+
+    /// SCAN cursor [MATCH pattern] [COUNT n] [TYPE type]: the cursor is a
+    /// bucket of the table (see `Store::scan`); a step covers the buckets
+    /// holding about COUNT keys (see `Store::span`).
+    fn scan(&mut self, out: &mut Out<'_>, a: Cmd<'_>, now: u64) {
+        let cursor = match std::str::from_utf8(a.arg(1))
+            .ok()
+            .and_then(|c| c.parse::<u64>().ok())
+        {
+            Some(c) => usize::try_from(c).unwrap_or(usize::MAX),
+            None => return out.error(b"ERR invalid cursor"),
+        };
+        let mut pattern: &[u8] = b"*";
+        let mut count = 10;
+        let mut strings = true;
+        let mut i = 2;
+        while i < a.len() {
+            let o = a.arg(i);
+            if i + 1 >= a.len() {
+                return syntax(out);
+            }
+            if is(o, "match") {
+                pattern = a.arg(i + 1);
+            } else if is(o, "count") {
+                match store::parse_int(a.arg(i + 1)) {
+                    Some(n) if n >= 1 => count = n as usize,
+                    Some(_) => return syntax(out),
+                    None => return not_integer(out),
+                }
+            } else if is(o, "type") {
+                // Every key is a string.
+                strings = is(a.arg(i + 1), "string");
+            } else {
+                return syntax(out);
+            }
+            i += 2;
+        }
+        let d = self.journal.data();
+        // COUNT is about keys, as in Redis; empty buckets cost little, but
+        // a step still looks at no more than `COUNT * 1024` of them.
+        let count = self
+            .store
+            .span(d, cursor, count, count.saturating_mul(1024));
+        let mut n = 0;
+        let next = self.store.scan(d, cursor, count, now, &mut |k| {
+            n += usize::from(strings && glob::matches(pattern, k));
+        });
+        let next = match next {
+            Ok(next) => next,
+            Err(e) => return store_error(out, e),
+        };
+        let mut digits = [0u8; 20];
+        out.array(2);
+        out.bulk(store::format_int(next as i64, &mut digits));
+        out.array(n);
+        let _ = self.store.scan(d, cursor, count, now, &mut |k| {
+            if strings && glob::matches(pattern, k) {
+                out.bulk(k);
+            }
+        });
+    }
+
+    fn rename(&mut self, out: &mut Out<'_>, a: Cmd<'_>, nx: bool, now: u64) {
+        let store = self.store;
+        let r = self.write(out, &mut |w| {
+            Ok(match store.rename(w, a.arg(1), a.arg(2), nx, now)? {
+                None => -1,
+                Some(done) => i64::from(done),
+            })
+        });
+        match r {
+            None => {}
+            Some(-1) => out.error(b"ERR no such key"),
+            Some(_) if !nx => out.ok(),
+            Some(done) => out.int(done),
+        }
+    }
+
+    fn append(&mut self, out: &mut Out<'_>, a: Cmd<'_>, now: u64) {
+        let store = self.store;
+        let (k, add) = (a.arg(1), a.arg(2));
+        let len = self.write(out, &mut |w| {
+            let old = store.get(w.data(), k, now)?.map_or(0, <[u8]>::len);
+            let value = store.resize(w, k, old + add.len(), now)?;
+            Store::write_value(w, value, old, add)?;
+            Ok((old + add.len()) as i64)
+        });
+        if let Some(len) = len {
+            out.int(len);
+        }
+    }
+
+    fn get_range(&mut self, out: &mut Out<'_>, a: Cmd<'_>, now: u64) {
+        let (Some(mut start), Some(mut end)) =
+            (store::parse_int(a.arg(2)), store::parse_int(a.arg(3)))
+        else {
+            return not_integer(out);
+        };
+        let v = match self.store.get(self.journal.data(), a.arg(1), now) {
+            Ok(v) => v.unwrap_or_default(),
+            Err(e) => return store_error(out, e),
+        };
+        let len = v.len() as i64;
+        if start < 0 && end < 0 && start > end {
+            return out.bulk(b"");
+        }
+        if start < 0 {
+            start += len;
+        }
+        if end < 0 {
+            end += len;
+        }
+        start = start.max(0);
+        end = end.max(0).min(len - 1);
+        if len == 0 || start > end {
+            return out.bulk(b"");
+        }
+        out.bulk(&v[start as usize..=end as usize]);
+    }
+
+    fn set_range(&mut self, out: &mut Out<'_>, a: Cmd<'_>, now: u64) {
+        let Some(offset) = store::parse_int(a.arg(2)) else {
+            return not_integer(out);
+        };
+        if offset < 0 {
+            return out.error(b"ERR offset is out of range");
+        }
+        let (k, bytes) = (a.arg(1), a.arg(3));
+        let offset = offset as usize;
+        if offset + bytes.len() > MAX_STRING {
+            return out.error(b"ERR string exceeds maximum allowed size (proto-max-bulk-len)");
+        }
+        let store = self.store;
+        let len = self.write(out, &mut |w| {
+            let old = store.get(w.data(), k, now)?;
+            let old_len = old.map_or(0, <[u8]>::len);
+            // Nothing to write: the key is neither created nor padded.
+            if bytes.is_empty() {
+                return Ok(old_len as i64);
+            }
+            let len = old_len.max(offset + bytes.len());
+            let value = store.resize(w, k, len, now)?;
+            Store::write_value(w, value, offset, bytes)?;
+            Ok(len as i64)
+        });
+        if let Some(len) = len {
+            out.int(len);
+        }
+    }
+
+    /// GETDEL, GETEX, GETSET: the value before the change is the reply.
+    /// It is written out before the change is committed (its bytes may
+    /// move), and taken back if the change fails; a reply that does not
+    /// fit changes nothing and runs again once the output drained.
+    fn get_and(&mut self, out: &mut Out<'_>, a: Cmd<'_>, then: GetAnd<'_>, now: u64) {
+        let key = a.arg(1);
+        self.expire_lazily(key, now);
+        let old = match self.store.get(self.journal.data(), key, now) {
+            Ok(v) => v,
+            Err(e) => return store_error(out, e),
+        };
+        if !out.reserve(old.map_or(0, <[u8]>::len) + 32) {
+            return;
+        }
+        let mark = out.len();
+        match old {
+            Some(v) => out.bulk(v),
+            None => out.null(),
+        }
+        let existed = old.is_some();
+        let store = self.store;
+        let r = self.journal.transact(&mut |w| {
+            match then {
+                GetAnd::Del => {
+                    store.del(w, key, now)?;
+                }
+                GetAnd::Expire(None) => {}
+                GetAnd::Expire(Some(Ttl::At(at))) if existed => {
+                    if at <= now {
+                        store.del(w, key, now)?;
+                    } else {
+                        store.set_expiry(w, key, at, now)?;
+                    }
+                }
+                GetAnd::Expire(Some(_)) if existed => {
+                    store.set_expiry(w, key, 0, now)?;
+                }
+                GetAnd::Expire(Some(_)) => {}
+                GetAnd::Set(v) => {
+                    store.set(w, key, v, Ttl::Clear, Cond::Always, now)?;
+                }
+            }
+            Ok(0)
+        });
+        if let Err(e) = r {
+            out.truncate(mark);
+            store_error(out, e);
+        }
+    }
+
+    /// SETEX and PSETEX: the time in units of `unit` ms.
+    fn set_ex(&mut self, out: &mut Out<'_>, a: Cmd<'_>, unit: u64, now: u64, cmd: &str) {
+        let at = match store::parse_int(a.arg(2)) {
+            None => return not_integer(out),
+            Some(t) if t <= 0 => None,
+            Some(t) => (t as u64)
+                .checked_mul(unit)
+                .and_then(|ms| ms.checked_add(now))
+                .filter(|&at| at <= i64::MAX as u64),
+        };
+        let Some(at) = at else {
+            return invalid_expire(out, cmd);
+        };
+        let store = self.store;
+        let (k, v) = (a.arg(1), a.arg(3));
+        if self
+            .write(out, &mut |w| {
+                store
+                    .set(w, k, v, Ttl::At(at), Cond::Always, now)
+                    .map(i64::from)
+            })
+            .is_some()
+        {
+            out.ok();
+        }
+    }
+
+    fn incr_by_float(&mut self, out: &mut Out<'_>, a: Cmd<'_>, now: u64) {
+        let Some(by) = parse_float(a.arg(2)) else {
+            return out.error(b"ERR value is not a valid float");
+        };
+        let (store, k) = (self.store, a.arg(1));
+        let mut text = [0u8; 400];
+        let mut len = 0;
+        let mut bad: Option<&[u8]> = None;
+        let r = self.write(out, &mut |w| {
+            let old = match store.get(w.data(), k, now)? {
+                None => 0.0,
+                Some(v) => match parse_float(v) {
+                    Some(f) => f,
+                    None => {
+                        bad = Some(b"ERR value is not a valid float");
+                        return Ok(0);
+                    }
+                },
+            };
+            let new = old + by;
+            if !new.is_finite() {
+                bad = Some(b"ERR increment would produce NaN or Infinity");
+                return Ok(0);
+            }
+            len = format_float(new, &mut text);
+            store.set(w, k, &text[..len], Ttl::Keep, Cond::Always, now)?;
+            Ok(0)
+        });
+        match (r, bad) {
+            (None, _) => {}
+            (Some(_), Some(e)) => out.error(e),
+            (Some(_), None) => out.bulk(&text[..len]),
+        }
+    }
+
+    fn mset_nx(&mut self, out: &mut Out<'_>, a: Cmd<'_>, now: u64) {
+        if a.len() % 2 == 0 {
+            return wrong_args(out, "msetnx");
+        }
+        let store = self.store;
+        let done = self.write(out, &mut |w| {
+            for i in (1..a.len()).step_by(2) {
+                if store.get(w.data(), a.arg(i), now)?.is_some() {
+                    return Ok(0);
+                }
+            }
+            for i in (1..a.len()).step_by(2) {
+                store.set(w, a.arg(i), a.arg(i + 1), Ttl::Clear, Cond::Always, now)?;
+            }
+            Ok(1)
+        });
+        if let Some(done) = done {
+            out.int(done);
+        }
+    }
+
     /// CONFIG GET: the few parameters clients ask about (redis-benchmark
     /// reads `save` and `appendonly`), as name/value pairs; others are absent.
     fn config_get(&self, out: &mut Out<'_>, buf: &[u8], args: &Args) {
@@ -853,14 +1354,13 @@ impl Db<'_> {
             ("databases", b"1"),
             ("maxmemory", maxmemory),
         ];
-        let found = |i: usize| known.iter().find(|(k, _)| is(args.get(buf, i), k));
-        let count = (2..args.len()).filter(|&i| found(i).is_some()).count();
-        out.map(count);
-        for i in 2..args.len() {
-            if let Some((k, v)) = found(i) {
-                out.bulk(k.as_bytes());
-                out.bulk(v);
-            }
+        // A parameter is listed once, if any pattern matches it.
+        let wanted =
+            |k: &str| (2..args.len()).any(|i| glob::matches(args.get(buf, i), k.as_bytes()));
+        out.map(known.iter().filter(|(k, _)| wanted(k)).count());
+        for (k, v) in known.iter().filter(|(k, _)| wanted(k)) {
+            out.bulk(k.as_bytes());
+            out.bulk(v);
         }
     }
 
@@ -948,6 +1448,87 @@ fn set_options(out: &mut Out<'_>, buf: &[u8], args: &Args, now: u64) -> Option<(
         i += 1;
     }
     Some((ttl, cond))
+}
+
+/// The longest string SETRANGE makes (Redis' `proto-max-bulk-len`).
+const MAX_STRING: usize = 512 << 20;
+
+/// What GETDEL, GETEX and GETSET do after reading the value.
+#[derive(Clone, Copy)]
+enum GetAnd<'c> {
+    Del,
+    /// `None`: nothing; `Some(Ttl::At)`: expire then; `Some(Ttl::Clear)`:
+    /// persist.
+    Expire(Option<Ttl>),
+    Set(&'c [u8]),
+}
+
+fn invalid_expire(out: &mut Out<'_>, cmd: &str) {
+    out.raw(b"-ERR invalid expire time in '");
+    out.raw(cmd.as_bytes());
+    out.raw(b"' command\r\n");
+}
+
+/// GETEX's options: `None` if they are wrong (the error is written).
+fn getex_options(out: &mut Out<'_>, a: Cmd<'_>, now: u64) -> Option<Option<Ttl>> {
+    match a.len() {
+        2 => return Some(None),
+        3 if is(a.arg(2), "persist") => return Some(Some(Ttl::Clear)),
+        4 => {}
+        _ => {
+            syntax(out);
+            return None;
+        }
+    }
+    let o = a.arg(2);
+    let (base, unit) = if is(o, "ex") {
+        (now, 1000)
+    } else if is(o, "px") {
+        (now, 1)
+    } else if is(o, "exat") {
+        (0, 1000)
+    } else if is(o, "pxat") {
+        (0, 1)
+    } else {
+        syntax(out);
+        return None;
+    };
+    let Some(t) = store::parse_int(a.arg(3)) else {
+        not_integer(out);
+        return None;
+    };
+    match (t as u64)
+        .checked_mul(unit)
+        .and_then(|ms| ms.checked_add(base))
+    {
+        Some(at) if t > 0 && at <= i64::MAX as u64 => Some(Some(Ttl::At(at))),
+        _ => {
+            invalid_expire(out, "getex");
+            None
+        }
+    }
+}
+
+/// A float as INCRBYFLOAT reads it: decimal, optionally with an exponent;
+/// no spaces, no NaN or infinity.
+fn parse_float(v: &[u8]) -> Option<f64> {
+    let ok = !v.is_empty()
+        && v.len() <= 5120
+        && v.iter()
+            .all(|&c| c.is_ascii_digit() || b"+-.eE".contains(&c));
+    let f: f64 = std::str::from_utf8(v).ok().filter(|_| ok)?.parse().ok()?;
+    f.is_finite().then_some(f)
+}
+
+/// `f` in plain decimal (no exponent), as Redis prints INCRBYFLOAT's
+/// result: the shortest digits that read back as the same value.
+fn format_float(f: f64, buf: &mut [u8; 400]) -> usize {
+    use std::io::Write;
+    let mut cur = std::io::Cursor::new(&mut buf[..]);
+    // A finite f64 has at most 309 integer digits and prints in far less
+    // than 400 bytes at its shortest; the cursor cannot allocate.
+    let _ = write!(cur, "{f}");
+    cur.position() as usize
 }
 
 fn debug(out: &mut Out<'_>, buf: &[u8], args: &Args) -> Action {

@@ -29,6 +29,7 @@
 
 mod calc;
 mod commands;
+mod glob;
 mod journal;
 mod resp;
 mod store;
@@ -54,9 +55,12 @@ pub(crate) const MAX_REQUEST: usize = 64 * 1024;
 pub(crate) const MAX_REPLY: usize = 128 * 1024;
 /// Most arguments of one command.
 const MAX_ARGS: usize = 16 * 1024;
-/// Expired keys are swept this often, `SWEEP_BUCKETS` buckets at a time.
+/// Active expiry: a step over `SWEEP_BUCKETS` buckets runs this often, and
+/// again on the very next loop turn while steps keep finding expired keys
+/// (as Redis' active expiry repeats while more than a few of its samples
+/// expired).
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
-const SWEEP_BUCKETS: usize = 256;
+const SWEEP_BUCKETS: usize = 4096;
 
 /// Most events one epoll wait returns.
 const EVENTS: usize = 64;
@@ -229,6 +233,7 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
             debug,
             password,
             next_id: 1,
+            random: util::Rng::seeded(),
         },
         tasks,
     };
@@ -383,9 +388,14 @@ impl Server<'_> {
         loop {
             let now = forkroot::sys::monotonic_ns();
             if now >= next_sweep {
-                cursor = self.db.sweep(cursor, SWEEP_BUCKETS);
+                let (next, removed) = self.db.sweep(cursor, SWEEP_BUCKETS);
+                cursor = next;
                 ctx.heartbeat();
-                next_sweep = now + SWEEP_EVERY.as_nanos() as u64;
+                next_sweep = if removed > 0 {
+                    now
+                } else {
+                    now + SWEEP_EVERY.as_nanos() as u64
+                };
             }
             let mut timeout = Duration::from_nanos(next_sweep.saturating_sub(now));
             if let Some(t) = self.tasks.next_timer() {

@@ -707,6 +707,251 @@ impl Store {
         Ok(new)
     }
 
+    /// The slot of `key` if it is live and not expired.
+    fn find(&self, d: &[u8], key: &[u8], now_ms: u64) -> Result<Option<usize>, StoreError> {
+        Ok(match self.probe(d, key, hash(key))? {
+            Probe::Found(slot) if !self.expired(d, slot, now_ms) => Some(slot),
+            _ => None,
+        })
+    }
+
+    /// When `key` expires: `None` if absent (or expired), `Some(0)` if
+    /// never, else `Some(realtime ms)`.
+    pub(crate) fn expiry(
+        &self,
+        d: &[u8],
+        key: &[u8],
+        now_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .find(d, key, now_ms)?
+            .map(|slot| rd(d, self.entry(slot) + E_EXPIRE)))
+    }
+
+    /// Sets when `key` expires (`0`: never). `Ok(false)`: no such key.
+    pub(crate) fn set_expiry(
+        &self,
+        w: &mut dyn Bytes,
+        key: &[u8],
+        at_ms: u64,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let Some(slot) = self.find(w.data(), key, now_ms)? else {
+            return Ok(false);
+        };
+        wr(w, self.entry(slot) + E_EXPIRE, at_ms)?;
+        Ok(true)
+    }
+
+    /// Copies `len` bytes of the heap from `from` to `to` (ranges that do
+    /// not overlap), through a small buffer on the stack.
+    fn copy(w: &mut dyn Bytes, from: usize, to: usize, len: usize) -> Result<(), StoreError> {
+        let mut chunk = [0u8; 4096];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(chunk.len());
+            chunk[..n].copy_from_slice(&w.data()[from + done..from + done + n]);
+            w.bytes(to + done, n)?.copy_from_slice(&chunk[..n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Makes the value of `key` `len` bytes long, creating the key (empty,
+    /// no expiry) if it is absent: a shorter value is cut, a longer one
+    /// padded with zero bytes (moved to a larger block if its block is too
+    /// small). Returns the offset of the value's bytes, for the caller to
+    /// write into with [`Store::write_value`].
+    pub(crate) fn resize(
+        &self,
+        w: &mut dyn Bytes,
+        key: &[u8],
+        len: usize,
+        now_ms: u64,
+    ) -> Result<usize, StoreError> {
+        if len > u32::MAX as usize / 2 {
+            return Err(StoreError::Oom);
+        }
+        let slot = match self.find(w.data(), key, now_ms)? {
+            Some(slot) => slot,
+            None => {
+                self.set(w, key, b"", Ttl::Clear, Cond::Always, now_ms)?;
+                match self.find(w.data(), key, now_ms)? {
+                    Some(slot) => slot,
+                    None => return Err(StoreError::Corrupt),
+                }
+            }
+        };
+        let (block, k, v) = self.ranges(w.data(), slot)?;
+        let class = rd32(w.data(), block) as usize;
+        let need = BLOCK_HEADER + k.len() + len;
+        let old = v.len();
+        let value = if need <= 1 << class {
+            w.bytes(block + 8, 4)?
+                .copy_from_slice(&(len as u32).to_le_bytes());
+            v.start
+        } else {
+            let (nb, nc) = self.alloc(w, need)?;
+            let head = w.bytes(nb, BLOCK_HEADER)?;
+            head[..4].copy_from_slice(&(nc as u32).to_le_bytes());
+            head[4..8].copy_from_slice(&(k.len() as u32).to_le_bytes());
+            head[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+            head[12..16].fill(0);
+            let keep = old.min(len);
+            Self::copy(w, k.start, nb + BLOCK_HEADER, k.len() + keep)?;
+            wr(w, self.entry(slot) + E_BLOCK, nb as u64)?;
+            self.free(w, block)?;
+            nb + BLOCK_HEADER + k.len()
+        };
+        if len > old {
+            w.bytes(value + old, len - old)?.fill(0);
+        }
+        Ok(value)
+    }
+
+    /// Writes `bytes` at `at` in the value that [`Store::resize`] placed at
+    /// `value`.
+    pub(crate) fn write_value(
+        w: &mut dyn Bytes,
+        value: usize,
+        at: usize,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        w.bytes(value + at, bytes.len())?.copy_from_slice(bytes);
+        Ok(())
+    }
+
+    /// Renames `from` to `to`, keeping its value and expiry; an existing
+    /// `to` is replaced unless `nx`. `Ok(None)`: no key `from`;
+    /// `Ok(Some(false))`: `nx` and `to` exists.
+    pub(crate) fn rename(
+        &self,
+        w: &mut dyn Bytes,
+        from: &[u8],
+        to: &[u8],
+        nx: bool,
+        now_ms: u64,
+    ) -> Result<Option<bool>, StoreError> {
+        if self.find(w.data(), from, now_ms)?.is_none() {
+            return Ok(None);
+        }
+        if from == to {
+            return Ok(Some(!nx));
+        }
+        if nx && self.find(w.data(), to, now_ms)?.is_some() {
+            return Ok(Some(false));
+        }
+        // Removes `to` (an expired one too), shifting entries: look again.
+        self.del(w, to, now_ms)?;
+        let Some(src) = self.find(w.data(), from, now_ms)? else {
+            return Err(StoreError::Corrupt);
+        };
+        let d = w.data();
+        let exp = rd(d, self.entry(src) + E_EXPIRE);
+        let (_, _, v) = self.ranges(d, src)?;
+        let (nb, nc) = self.alloc(w, BLOCK_HEADER + to.len() + v.len())?;
+        let head = w.bytes(nb, BLOCK_HEADER + to.len())?;
+        head[..4].copy_from_slice(&(nc as u32).to_le_bytes());
+        head[4..8].copy_from_slice(&(to.len() as u32).to_le_bytes());
+        head[8..12].copy_from_slice(&(v.len() as u32).to_le_bytes());
+        head[12..16].fill(0);
+        head[BLOCK_HEADER..].copy_from_slice(to);
+        Self::copy(w, v.start, nb + BLOCK_HEADER + to.len(), v.len())?;
+        let Probe::Free(slot) = self.probe(w.data(), to, hash(to))? else {
+            return Err(StoreError::Corrupt);
+        };
+        // Filling a free slot moves no other entry: `src` is still there.
+        let d = w.data();
+        let (epoch, live) = (rd(d, H_EPOCH), rd(d, H_LIVE));
+        let e = w.bytes(self.entry(slot), ENTRY)?;
+        e[E_HASH..E_HASH + 8].copy_from_slice(&hash(to).to_le_bytes());
+        e[E_BLOCK..E_BLOCK + 8].copy_from_slice(&(nb as u64).to_le_bytes());
+        e[E_EXPIRE..E_EXPIRE + 8].copy_from_slice(&exp.to_le_bytes());
+        e[E_EPOCH..E_EPOCH + 8].copy_from_slice(&epoch.to_le_bytes());
+        wr(w, H_LIVE, live + 1)?;
+        self.remove(w, src)?;
+        Ok(Some(true))
+    }
+
+    /// The live, unexpired key at the first such slot from `start` on
+    /// (cyclically), if any.
+    pub(crate) fn key_from<'d>(
+        &self,
+        d: &'d [u8],
+        start: usize,
+        now_ms: u64,
+    ) -> Result<Option<&'d [u8]>, StoreError> {
+        let epoch = rd(d, H_EPOCH);
+        for i in 0..=self.mask {
+            let slot = (start + i) & self.mask;
+            if self.is_live(d, slot, epoch) && !self.expired(d, slot, now_ms) {
+                return Ok(Some(&d[self.ranges(d, slot)?.1]));
+            }
+        }
+        Ok(None)
+    }
+
+    /// How many buckets from `cursor` a SCAN step covers to report about
+    /// `keys` keys: the buckets up to the one where `keys` live entries
+    /// were seen, at most `max` (a sparse table is not walked whole in
+    /// one step, nor in `buckets / keys` round trips).
+    pub(crate) fn span(&self, d: &[u8], cursor: usize, keys: usize, max: usize) -> usize {
+        let epoch = rd(d, H_EPOCH);
+        let end = cursor.saturating_add(max).min(self.buckets());
+        let mut seen = 0;
+        for slot in cursor..end {
+            seen += usize::from(self.is_live(d, slot, epoch));
+            if seen >= keys {
+                return slot + 1 - cursor;
+            }
+        }
+        end.saturating_sub(cursor).max(1)
+    }
+
+    /// SCAN's step: calls `f` with each live, unexpired key whose home
+    /// bucket is in `cursor..cursor + count`; returns the next cursor (0
+    /// once every bucket was covered).
+    ///
+    /// A key is reported when its *home* bucket is scanned, wherever
+    /// probing placed it: a deletion shifts entries to earlier slots, but
+    /// never changes a key's home, so a key present for a whole scan is
+    /// reported exactly once. Its entry lies in the run of live slots that
+    /// starts at its home, so the walk goes past the last home bucket to
+    /// the end of that run. The table never grows or shrinks (no rehash),
+    /// so a cursor stays valid for the life of the table.
+    pub(crate) fn scan<'d>(
+        &self,
+        d: &'d [u8],
+        cursor: usize,
+        count: usize,
+        now_ms: u64,
+        f: &mut dyn FnMut(&'d [u8]),
+    ) -> Result<usize, StoreError> {
+        let buckets = self.buckets();
+        if cursor >= buckets {
+            return Ok(0);
+        }
+        let end = cursor.saturating_add(count).min(buckets);
+        let epoch = rd(d, H_EPOCH);
+        let mut i = cursor;
+        // At most one lap past the start (a damaged table has no free slot).
+        while i < cursor + buckets {
+            let slot = i & self.mask;
+            if !self.is_live(d, slot, epoch) {
+                if i >= end {
+                    break;
+                }
+            } else {
+                let home = rd(d, self.entry(slot) + E_HASH) as usize & self.mask;
+                if (cursor..end).contains(&home) && !self.expired(d, slot, now_ms) {
+                    f(&d[self.ranges(d, slot)?.1]);
+                }
+            }
+            i += 1;
+        }
+        Ok(if end == buckets { 0 } else { end })
+    }
+
     /// Removes every key.
     pub(crate) fn flush(&self, w: &mut dyn Bytes) -> Result<(), StoreError> {
         let epoch = rd(w.data(), H_EPOCH);
@@ -718,20 +963,38 @@ impl Store {
         Ok(())
     }
 
-    /// Removes expired keys among the `count` buckets from `cursor`;
+    /// The first slot among the `count` from `cursor` (cyclically) that
+    /// holds an expired key, if any: a read-only look, so a sweep opens a
+    /// transaction only when it has something to remove.
+    pub(crate) fn first_expired(
+        &self,
+        d: &[u8],
+        cursor: usize,
+        count: usize,
+        now_ms: u64,
+    ) -> Option<usize> {
+        let epoch = rd(d, H_EPOCH);
+        (0..count.min(self.buckets()))
+            .map(|i| (cursor + i) & self.mask)
+            .find(|&slot| self.is_live(d, slot, epoch) && self.expired(d, slot, now_ms))
+    }
+
+    /// Removes expired keys among the `count` buckets from `cursor`, at
+    /// most `max` of them (so the transaction's journal stays small);
     /// returns the cursor to continue from and the keys removed.
     pub(crate) fn sweep(
         &self,
         w: &mut dyn Bytes,
         cursor: usize,
         count: usize,
+        max: u64,
         now_ms: u64,
     ) -> Result<(usize, u64), StoreError> {
         let epoch = rd(w.data(), H_EPOCH);
         let mut slot = cursor & self.mask;
         let mut removed = 0;
         let mut left = count;
-        while left > 0 {
+        while left > 0 && removed < max {
             let d = w.data();
             if self.is_live(d, slot, epoch) && self.expired(d, slot, now_ms) {
                 // Another entry may shift into this slot: look at it again.
@@ -869,7 +1132,7 @@ pub(crate) mod tests {
         let mut cursor = 0;
         let mut removed = 0;
         for _ in 0..s.buckets() / 64 + 2 {
-            let (c, r) = s.sweep(&mut p, cursor, 64, 100).unwrap();
+            let (c, r) = s.sweep(&mut p, cursor, 64, u64::MAX, 100).unwrap();
             cursor = c;
             removed += r;
         }
@@ -883,6 +1146,87 @@ pub(crate) mod tests {
                 "{k}"
             );
         }
+    }
+
+    #[test]
+    fn expiry_resize_and_rename() {
+        let (mut p, s) = fresh(1 << 20);
+        assert_eq!(s.expiry(&p.0, b"k", 0).unwrap(), None);
+        assert!(!s.set_expiry(&mut p, b"k", 500, 0).unwrap());
+        set(&s, &mut p, "k", "abc").unwrap();
+        assert_eq!(s.expiry(&p.0, b"k", 0).unwrap(), Some(0));
+        assert!(s.set_expiry(&mut p, b"k", 5000, 0).unwrap());
+        assert_eq!(s.expiry(&p.0, b"k", 0).unwrap(), Some(5000));
+        // Grow within the block, then past it (moved), then shrink.
+        let at = s.resize(&mut p, b"k", 5, 0).unwrap();
+        Store::write_value(&mut p, at, 3, b"de").unwrap();
+        assert_eq!(get(&s, &p, "k"), Some(&b"abcde"[..]));
+        let at = s.resize(&mut p, b"k", 3000, 0).unwrap();
+        Store::write_value(&mut p, at, 2999, b"z").unwrap();
+        let v = get(&s, &p, "k").unwrap();
+        assert_eq!(
+            (&v[..5], v[5], v[2999], v.len()),
+            (&b"abcde"[..], 0, b'z', 3000)
+        );
+        s.resize(&mut p, b"k", 2, 0).unwrap();
+        assert_eq!(get(&s, &p, "k"), Some(&b"ab"[..]));
+        assert_eq!(s.expiry(&p.0, b"k", 0).unwrap(), Some(5000));
+        // A new key.
+        s.resize(&mut p, b"new", 2, 0).unwrap();
+        assert_eq!(get(&s, &p, "new"), Some(&[0u8, 0][..]));
+        // Rename keeps value and expiry, replaces the target unless NX.
+        assert_eq!(s.rename(&mut p, b"nope", b"x", false, 0).unwrap(), None);
+        assert_eq!(
+            s.rename(&mut p, b"k", b"new", true, 0).unwrap(),
+            Some(false)
+        );
+        assert_eq!(
+            s.rename(&mut p, b"k", b"new", false, 0).unwrap(),
+            Some(true)
+        );
+        assert_eq!(get(&s, &p, "k"), None);
+        assert_eq!(get(&s, &p, "new"), Some(&b"ab"[..]));
+        assert_eq!(s.expiry(&p.0, b"new", 0).unwrap(), Some(5000));
+        assert_eq!(s.len(&p.0), 1);
+        assert_eq!(
+            s.rename(&mut p, b"new", b"new", false, 0).unwrap(),
+            Some(true)
+        );
+        assert_eq!(s.key_from(&p.0, 12345, 0).unwrap(), Some(&b"new"[..]));
+    }
+
+    #[test]
+    fn a_scan_reports_every_key_present_throughout_once_despite_deletions() {
+        // A small table at its load limit: long runs that wrap around.
+        let (mut p, s) = fresh(MIN_SIZE);
+        let n = s.max_keys() as usize;
+        for i in 0..n {
+            set(&s, &mut p, &format!("k{i}"), "v").unwrap();
+        }
+        // Between the steps, delete every key that was already reported
+        // once its step is done (entries shift back past the cursor).
+        let mut seen = std::collections::HashMap::new();
+        let mut cursor = 0;
+        let mut deleted = std::collections::HashSet::new();
+        loop {
+            let mut got = Vec::new();
+            cursor = s
+                .scan(&p.0, cursor, 7, 1000, &mut |k| got.push(k.to_vec()))
+                .unwrap();
+            for k in got {
+                *seen.entry(k.clone()).or_insert(0) += 1;
+                if k.len() % 2 == 0 {
+                    s.del(&mut p, &k, 1000).unwrap();
+                    deleted.insert(k);
+                }
+            }
+            if cursor == 0 {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), n);
+        assert!(seen.values().all(|&c| c == 1));
+        assert!(!deleted.is_empty());
     }
 
     #[test]
@@ -1004,7 +1348,7 @@ pub(crate) mod tests {
             // The expired key's entry is damaged: the sweep reaches it.
             let mut q = Plain(p.0.clone());
             damage_entry(&mut q.0, b"t", bad);
-            let r = s.sweep(&mut q, 0, s.buckets(), 1000);
+            let r = s.sweep(&mut q, 0, s.buckets(), u64::MAX, 1000);
             assert_eq!(r, Err(StoreError::Corrupt), "{bad}");
             // Reopening finds it.
             assert!(Store::open(&mut q).unwrap().is_err());
