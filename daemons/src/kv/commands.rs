@@ -1385,6 +1385,8 @@ impl Db<'_> {
         t.num(self.store.used(d) as i64);
         t.raw(b"\r\nmaxmemory:");
         t.num(self.store.heap_size() as i64);
+        t.raw(b"\r\nlargest_free_block:");
+        t.num(self.store.largest_free(d) as i64);
         t.raw(b"\r\nmax_keys:");
         t.num(self.store.max_keys() as i64);
         t.raw(b"\r\n\r\n# Stats\r\ntotal_commands_processed:");
