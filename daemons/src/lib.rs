@@ -25,7 +25,7 @@ pub fn registry() -> Registry {
     )
     .add(
         "kv",
-        "key-value store speaking RESP2 (redis-cli, redis-benchmark); acknowledged writes survive crashes",
+        "key-value store speaking RESP2/RESP3 (redis-cli, redis-benchmark, redis-py); acknowledged writes survive crashes",
         kv::main,
     )
     .add("idle", "stays up, heartbeats, does nothing", idle::main)

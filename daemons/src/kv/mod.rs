@@ -1,5 +1,6 @@
-//! `kv`: a key-value store speaking RESP2, so `redis-cli` and
-//! `redis-benchmark` work against it, whose data lives in the daemon's
+//! `kv`: a key-value store speaking RESP2 and RESP3, so `redis-cli`,
+//! `redis-benchmark` and client libraries such as redis-py work against
+//! it, whose data lives in the daemon's
 //! region: a write is journaled, applied and committed before its `+OK`
 //! goes out, so a restarted daemon serves every acknowledged write.
 //!
@@ -8,6 +9,9 @@
 //!   value with a `/`).
 //! - `max_clients`: connections served at once (default 1024); one more is
 //!   answered `-ERR max number of clients reached` and closed.
+//! - `password`: if set, a connection must `AUTH` (or `HELLO 3 AUTH`)
+//!   with it before any other command, as with Redis' `requirepass`.
+//! - `debug`: allow DEBUG (crashes on purpose); default false.
 //!
 //! Limits: a request (one command with its arguments) may be up to
 //! [`MAX_REQUEST`] bytes; a larger one is answered with a protocol error and
@@ -24,8 +28,9 @@
 //! for a transaction (CALC) stops being parsed until its reply is in.
 //!
 //! Modules: [`resp`] (protocol), [`store`] (the table in the region),
-//! [`journal`] (its undo journal), [`commands`], [`calc`] and [`tasks`]
-//! (the transactions).
+//! [`journal`] (its undo journal), [`commands`] (the command table and
+//! each command), [`glob`] (KEYS and SCAN patterns), [`calc`] and
+//! [`tasks`] (the transactions).
 
 mod calc;
 mod commands;
