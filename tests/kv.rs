@@ -2,9 +2,10 @@
 //! pipelining, and acknowledged writes across SIGKILLs of the daemon.
 
 mod common;
+mod kv_support;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,30 +13,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{Tree, DEADLINE};
+use kv_support::start_kv;
 
-/// A port nobody listens on now (the kernel's pick for port 0).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind port 0")
-        .port()
-}
-
-/// A tree of one kv daemon on a free port.
+/// A tree of one kv daemon on a free port, DEBUG allowed.
 fn start(memory: &str) -> (Tree, u16) {
-    let port = free_port();
-    let t = Tree::start(&format!(
-        r#"
-[[daemon]]
-name = "kv"
-kind = "kv"
-memory = "{memory}"
-[daemon.args]
-listen = "127.0.0.1:{port}"
-debug = true
-"#
-    ));
-    (t, port)
+    start_kv(memory, "debug = true")
 }
 
 /// A RESP reply.
@@ -285,19 +267,7 @@ fn strings_counters_and_errors() {
 
 /// A tree of one kv daemon on a free port, with a password.
 fn start_with_password(password: &str) -> (Tree, u16) {
-    let port = free_port();
-    let t = Tree::start(&format!(
-        r#"
-[[daemon]]
-name = "kv"
-kind = "kv"
-memory = "4MiB"
-[daemon.args]
-listen = "127.0.0.1:{port}"
-password = "{password}"
-"#
-    ));
-    (t, port)
+    start_kv("4MiB", &format!("password = \"{password}\""))
 }
 
 #[test]

@@ -6,39 +6,22 @@
 //! these tests fail, saying how to create it.
 
 mod common;
+mod kv_support;
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::Tree;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind port 0")
-        .port()
-}
+use kv_support::start_kv;
 
 const PASSWORD: &str = "correct horse";
 
 /// A tree of one kv daemon with a password on a free port, once it
 /// listens.
 fn start() -> (Tree, u16) {
-    let port = free_port();
-    let t = Tree::start(&format!(
-        r#"
-[[daemon]]
-name = "kv"
-kind = "kv"
-memory = "16MiB"
-[daemon.args]
-listen = "127.0.0.1:{port}"
-password = "{PASSWORD}"
-"#
-    ));
+    let (t, port) = start_kv("16MiB", &format!("password = \"{PASSWORD}\""));
     t.poll("kv listening", || {
         std::net::TcpStream::connect(("127.0.0.1", port)).ok()
     });

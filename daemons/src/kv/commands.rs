@@ -221,10 +221,8 @@ const fn spec(name: &'static str, cmd: Name, arity: i8) -> Spec {
 
 const fn no_auth(name: &'static str, cmd: Name, arity: i8) -> Spec {
     Spec {
-        name,
-        cmd,
-        arity,
         no_auth: true,
+        ..spec(name, cmd, arity)
     }
 }
 
