@@ -93,11 +93,14 @@ def handshake():
     conn = r.connection_pool.get_connection()
     check("negotiated protocol", int(conn.protocol), PROTOCOL)
     r.connection_pool.release(conn)
-    # No password, a wrong one: redis-py's AuthenticationError.
+    # No password, a wrong one: redis-py's AuthenticationError (without
+    # retries: redis-py would try again, with backoff, before raising it).
+    no_retry = Retry(NoBackoff(), 0)
     raises("no password", redis.AuthenticationError, "", redis.Redis(
-        port=PORT, protocol=PROTOCOL, socket_timeout=10).ping)
+        port=PORT, protocol=PROTOCOL, socket_timeout=10, retry=no_retry).ping)
     raises("wrong password", redis.AuthenticationError, "invalid username-password pair",
-           redis.Redis(port=PORT, password="wrong", protocol=PROTOCOL, socket_timeout=10).ping)
+           redis.Redis(port=PORT, password="wrong", protocol=PROTOCOL, socket_timeout=10,
+                       retry=no_retry).ping)
     check("client_id is an int", isinstance(r.client_id(), int), True)
     check("client_setname", r.client_setname("app-1"), True)
     check("client_getname", r.client_getname(), "app-1")
