@@ -359,6 +359,57 @@ fn a_password_is_required_when_configured() {
 }
 
 #[test]
+fn multi_exec_runs_the_block_all_or_nothing() {
+    let (t, port) = start("2MiB");
+    let mut c = Client::wait(port);
+    assert_eq!(c.cmd(&["EXEC"]), err("ERR EXEC without MULTI"));
+    assert_eq!(c.cmd(&["MULTI"]), ok());
+    assert_eq!(c.cmd(&["MULTI"]), err("ERR MULTI calls can not be nested"));
+    assert_eq!(c.cmd(&["SET", "a", "1"]), Simple("QUEUED".into()));
+    assert_eq!(c.cmd(&["INCR", "a"]), Simple("QUEUED".into()));
+    // Queued, not run: another client does not see it yet.
+    let mut other = Client::wait(port);
+    assert_eq!(other.cmd(&["GET", "a"]), Bulk(None));
+    assert_eq!(c.cmd(&["GET", "a"]), Simple("QUEUED".into()));
+    assert_eq!(c.cmd(&["EXEC"]), Array(vec![ok(), Int(2), bulk("2")]));
+    assert_eq!(other.cmd(&["GET", "a"]), bulk("2"));
+    // A refused command discards the block at EXEC.
+    assert_eq!(c.cmd(&["MULTI"]), ok());
+    assert_eq!(c.cmd(&["SET", "b", "1"]), Simple("QUEUED".into()));
+    assert_eq!(
+        c.cmd(&["GET"]),
+        err("ERR wrong number of arguments for 'get' command")
+    );
+    assert_eq!(
+        c.cmd(&["EXEC"]),
+        err("EXECABORT Transaction discarded because of previous errors.")
+    );
+    assert_eq!(c.cmd(&["GET", "b"]), Bulk(None));
+    assert_eq!(c.cmd(&["MULTI"]), ok());
+    assert_eq!(c.cmd(&["SET", "b", "1"]), Simple("QUEUED".into()));
+    assert_eq!(c.cmd(&["DISCARD"]), ok());
+    assert_eq!(c.cmd(&["GET", "b"]), Bulk(None));
+    // A command that fails after it may have written rolls the whole
+    // block back: a SETRANGE that changes more than the journal holds.
+    assert_eq!(c.cmd(&["MULTI"]), ok());
+    assert_eq!(c.cmd(&["SET", "first", "1"]), Simple("QUEUED".into()));
+    assert_eq!(
+        c.cmd(&["SETRANGE", "big", "200000", "x"]),
+        Simple("QUEUED".into())
+    );
+    assert_eq!(
+        c.cmd(&["EXEC"]),
+        err("ERR command changes more than the undo journal holds (split it)")
+    );
+    assert_eq!(c.cmd(&["GET", "first"]), Bulk(None));
+    assert_eq!(c.cmd(&["EXISTS", "big"]), Int(0));
+    // The connection goes on as usual.
+    assert_eq!(c.cmd(&["SET", "first", "2"]), ok());
+    let st = kv_status(&t);
+    assert_eq!(st["alloc"]["allocs"], 0, "{st}");
+}
+
+#[test]
 fn debug_is_refused_unless_enabled() {
     use std::os::unix::net::UnixStream;
     let t = Tree::start(

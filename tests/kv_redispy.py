@@ -266,6 +266,37 @@ def pipelines(r):
           in str(results[403]), True)
 
 
+def transactions(r):
+    """redis-py's default pipeline: MULTI ... EXEC."""
+    r.flushdb()
+    p = r.pipeline()
+    p.set("t", 1)
+    p.incr("t")
+    p.get("t")
+    p.mget("t", "absent")
+    p.expire("t", 100)
+    p.ttl("t")
+    check("multi/exec", p.execute(), [True, 2, "2", ["2", None], True, 100])
+    p = r.pipeline()
+    p.set("s", "text")
+    p.incr("s")
+    p.get("s")
+    results = p.execute(raise_on_error=False)
+    check("an error inside EXEC stays in its place",
+          (results[0], isinstance(results[1], redis.ResponseError), results[2]),
+          (True, True, "text"))
+    p = r.pipeline()
+    p.set("never", 1)
+    p.execute_command("NOPE")
+    raises("a refused command discards the block", redis.ResponseError, "NOPE", p.execute)
+    check("nothing of it ran", r.exists("never"), 0)
+    with r.pipeline() as p:
+        for i in range(300):
+            p.set(f"tx{i}", i)
+        check("a block of 300", len(p.execute()), 300)
+    check("all of it ran", r.get("tx299"), "299")
+
+
 def errors(r):
     raises("unknown command", redis.ResponseError, "unknown command 'NOPE'",
            r.execute_command, "NOPE", "a")
@@ -327,6 +358,7 @@ def main():
     strings(r)
     keyspace(r)
     pipelines(r)
+    transactions(r)
     errors(r)
     info_and_config(r)
     active_expiry(r)

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::glob;
 use super::journal::Journal;
-use super::resp::{Args, Out};
+use super::resp::{self, Args, Out, Parse, Resume};
 use super::store::{self, Cond, Store, StoreError, Ttl};
 
 /// Most keys one step of active expiry removes (one transaction: its
@@ -20,8 +20,8 @@ pub(crate) const RESERVE: usize = 1024;
 
 /// The data and what INFO reports.
 pub(crate) struct Db<'a> {
-    /// The table's bytes.
-    pub(crate) journal: Box<dyn Journal + 'a>,
+    /// The table's bytes (within EXEC: the block's one transaction).
+    pub(crate) journal: &'a mut (dyn Journal + 'a),
     /// The table's geometry.
     pub(crate) store: Store,
     /// When this process started serving (monotonic ns).
@@ -44,8 +44,6 @@ pub(crate) struct Db<'a> {
     pub(crate) password: Option<&'a str>,
     /// The id of the next connection (CLIENT ID), from 1.
     pub(crate) next_id: u64,
-    /// Where RANDOMKEY starts looking.
-    pub(crate) random: crate::util::Rng,
 }
 
 impl std::fmt::Debug for Db<'_> {
@@ -74,6 +72,10 @@ pub(crate) struct Session {
     pub(crate) resp3: bool,
     /// May run commands: authenticated, or no password is configured.
     pub(crate) authed: bool,
+    /// Between MULTI and EXEC: commands are queued, not run.
+    pub(crate) multi: bool,
+    /// A command queued since MULTI was refused: EXEC discards the block.
+    pub(crate) multi_error: bool,
     name_len: u8,
     name: [u8; NAME_MAX],
 }
@@ -86,6 +88,8 @@ impl Session {
             id,
             resp3: false,
             authed,
+            multi: false,
+            multi_error: false,
             name_len: 0,
             name: [0; NAME_MAX],
         }
@@ -195,6 +199,9 @@ enum Name {
     IncrByFloat,
     MsetNx,
     Touch,
+    Multi,
+    Exec,
+    Discard,
 }
 
 /// One row of the command table.
@@ -285,6 +292,9 @@ const TABLE: &[Spec] = &[
     spec("incrbyfloat", Name::IncrByFloat, 3),
     spec("msetnx", Name::MsetNx, -3),
     spec("touch", Name::Touch, -2),
+    spec("multi", Name::Multi, 1),
+    spec("exec", Name::Exec, 1),
+    spec("discard", Name::Discard, 1),
 ];
 
 impl Spec {
@@ -311,6 +321,66 @@ pub(crate) enum Action {
     TxSleep,
     /// Crash the daemon (DEBUG SEGFAULT).
     Crash,
+    /// MULTI: queue the commands that follow.
+    Multi,
+    /// EXEC: run the queued block ([`Db::exec`]).
+    Exec,
+    /// DISCARD or RESET: forget the queued block.
+    Discard,
+}
+
+/// What [`Db::queue`] did with a command sent after MULTI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Queued {
+    /// Queued (`+QUEUED`), or refused with an error (the block is then
+    /// discarded at EXEC).
+    Answered,
+    /// MULTI, EXEC, DISCARD, QUIT, RESET: run it now ([`Db::execute`]).
+    Run,
+}
+
+/// Why EXEC ran nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ExecFailed {
+    /// The replies do not fit the output buffer: nothing was changed;
+    /// run it again once the buffer drained.
+    Overflow,
+}
+
+/// The journal of an EXEC block: every command of the block writes into
+/// the block's one transaction. A command that fails after it may have
+/// changed something (out of memory, journal full, a damaged table)
+/// fails the whole block, which is then rolled back.
+struct Batch<'w> {
+    w: &'w mut dyn store::Bytes,
+    fatal: Option<StoreError>,
+}
+
+impl Journal for Batch<'_> {
+    fn data(&self) -> &[u8] {
+        self.w.data()
+    }
+
+    fn transact(
+        &mut self,
+        f: &mut dyn FnMut(&mut dyn store::Bytes) -> Result<i64, StoreError>,
+    ) -> Result<i64, StoreError> {
+        if let Some(e) = self.fatal {
+            return Err(e);
+        }
+        let r = f(self.w);
+        match r {
+            // Found before anything was written: that command's error only.
+            Err(StoreError::NotInteger | StoreError::Overflow) => {}
+            Err(e) => self.fatal = Some(e),
+            Ok(_) => {}
+        }
+        r
+    }
+
+    fn rolled_back(&self) -> usize {
+        0
+    }
 }
 
 fn is(name: &[u8], cmd: &str) -> bool {
@@ -556,7 +626,23 @@ impl Db<'_> {
                 sess.reset(self.password.is_none());
                 out.set_resp3(false);
                 out.simple(b"RESET");
+                return Action::Discard;
             }
+            Name::Multi if sess.multi => out.error(b"ERR MULTI calls can not be nested"),
+            Name::Multi => {
+                sess.multi = true;
+                sess.multi_error = false;
+                out.ok();
+                return Action::Multi;
+            }
+            Name::Exec if sess.multi => return Action::Exec,
+            Name::Exec => out.error(b"ERR EXEC without MULTI"),
+            Name::Discard if sess.multi => {
+                sess.multi = false;
+                out.ok();
+                return Action::Discard;
+            }
+            Name::Discard => out.error(b"ERR DISCARD without MULTI"),
             Name::Expire => self.expire(out, a, now, 1000, now, "expire"),
             Name::Pexpire => self.expire(out, a, now, 1, now, "pexpire"),
             Name::ExpireAt => self.expire(out, a, 0, 1000, now, "expireat"),
@@ -574,7 +660,8 @@ impl Db<'_> {
             Name::Rename => self.rename(out, a, false, now),
             Name::RenameNx => self.rename(out, a, true, now),
             Name::RandomKey => {
-                let start = self.random.next() as usize;
+                let now_ns = forkroot::sys::monotonic_ns() ^ self.commands;
+                let start = store::hash(&now_ns.to_le_bytes()) as usize;
                 match self.store.key_from(self.journal.data(), start, now) {
                     Ok(Some(k)) => out.bulk(k),
                     Ok(None) => out.null(),
@@ -611,6 +698,142 @@ impl Db<'_> {
             Name::Touch => self.exists(out, a, now),
         }
         Action::Done
+    }
+
+    /// A command sent after MULTI: checked as [`Db::execute`] would check
+    /// it (name, arity, authentication) and answered `+QUEUED`, or with
+    /// the error, which marks the block to be discarded. The commands that
+    /// control the block itself are to be run at once.
+    pub(crate) fn queue(
+        &self,
+        buf: &[u8],
+        args: &Args,
+        out: &mut Out<'_>,
+        sess: &mut Session,
+    ) -> Queued {
+        let spec = Spec::find(args.get(buf, 0));
+        let refused = match spec {
+            Some(s)
+                if matches!(
+                    s.cmd,
+                    Name::Multi | Name::Exec | Name::Discard | Name::Quit | Name::Reset
+                ) =>
+            {
+                return Queued::Run
+            }
+            None => {
+                unknown(out, buf, args);
+                true
+            }
+            Some(s) => {
+                let n = args.len();
+                let arity = usize::from(s.arity.unsigned_abs());
+                if (s.arity > 0 && n != arity) || n < arity {
+                    wrong_args(out, s.name);
+                    true
+                } else if !sess.authed && !s.no_auth {
+                    out.error(b"NOAUTH Authentication required.");
+                    true
+                } else if matches!(s.cmd, Name::Calc | Name::Debug) {
+                    // They answer later, from a transaction (a fork).
+                    out.error(b"ERR CALC and DEBUG cannot be queued in MULTI");
+                    true
+                } else {
+                    out.simple(b"QUEUED");
+                    false
+                }
+            }
+        };
+        sess.multi_error |= refused;
+        Queued::Answered
+    }
+
+    /// EXEC: runs the `count` commands queued in `block` (the bytes the
+    /// client sent between MULTI and EXEC) in one journal transaction, so
+    /// a crash leaves all of the block or none of it, and answers an array
+    /// of their replies once it committed. A command that fails after it
+    /// may have written (out of memory, journal full) rolls the whole
+    /// block back and is EXEC's answer; so are replies that do not fit
+    /// the output buffer (`Err(Overflow)`: nothing was changed or written).
+    pub(crate) fn exec(
+        &mut self,
+        block: &[u8],
+        count: usize,
+        args: &mut Args,
+        out: &mut Out<'_>,
+        sess: &mut Session,
+    ) -> Result<(), ExecFailed> {
+        let mark = out.len();
+        sess.multi = false;
+        if sess.multi_error {
+            out.error(b"EXECABORT Transaction discarded because of previous errors.");
+            return Ok(());
+        }
+        out.array(count);
+        let mut overflow = false;
+        let mut fatal = None;
+        let (store, started_ns, restarts, clients) =
+            (self.store, self.started_ns, self.restarts, self.clients);
+        let (listen, debug, password, next_id) =
+            (self.listen, self.debug, self.password, self.next_id);
+        let commands = &mut self.commands;
+        let r = self.journal.transact(&mut |w| {
+            let mut batch = Batch { w, fatal: None };
+            let mut at = 0;
+            while at < block.len() {
+                let mut resume = Resume::START;
+                let Parse::Command(used) =
+                    resp::parse(&block[at..], args, super::MAX_REQUEST, &mut resume)
+                else {
+                    // These bytes were parsed once already: cannot happen.
+                    fatal = Some(StoreError::Corrupt);
+                    break;
+                };
+                // A nested MULTI was answered when it came, not queued.
+                let nested = args.len() > 0 && is(args.get(&block[at..], 0), "multi");
+                if args.len() > 0 && !nested {
+                    let mut one = Db {
+                        journal: &mut batch,
+                        store,
+                        started_ns,
+                        restarts,
+                        clients,
+                        commands: *commands,
+                        listen,
+                        debug,
+                        password,
+                        next_id,
+                    };
+                    one.execute(&block[at..], args, out, sess);
+                    *commands = one.commands;
+                }
+                at += used;
+                if out.overflowed() {
+                    overflow = true;
+                    break;
+                }
+                if let Some(e) = batch.fatal {
+                    fatal = Some(e);
+                    break;
+                }
+            }
+            // Any error rolls the whole block back.
+            match (overflow, fatal) {
+                (false, None) => Ok(0),
+                _ => Err(StoreError::Corrupt),
+            }
+        });
+        if r.is_ok() {
+            return Ok(());
+        }
+        out.truncate(mark);
+        if overflow {
+            // Run again: EXEC is still the next command.
+            sess.multi = true;
+            return Err(ExecFailed::Overflow);
+        }
+        store_error(out, fatal.unwrap_or(StoreError::Corrupt));
+        Ok(())
     }
 
     fn get(&mut self, out: &mut Out<'_>, a: Cmd<'_>, now: u64) {

@@ -47,7 +47,7 @@ use std::time::Duration;
 use forkroot::Context;
 
 use crate::util;
-use commands::{Action, Db, Session, RESERVE};
+use commands::{Action, Db, ExecFailed, Queued, Session, RESERVE};
 use forkroot::sys::Epoll;
 use resp::{Args, Out, Parse, Resume};
 use tasks::{Task, Tasks};
@@ -105,6 +105,12 @@ struct Conn {
     interest: Interest,
     /// Its protocol, authentication, id and name.
     sess: Session,
+    /// After MULTI: where the queued commands start in the input buffer
+    /// (they stay there until EXEC runs them); `None` if the block grew
+    /// past the buffer (EXEC then discards it).
+    queue_from: Option<usize>,
+    /// Commands queued since MULTI.
+    queued: usize,
 }
 
 impl Conn {
@@ -120,6 +126,8 @@ impl Conn {
         closing: false,
         interest: Interest::Read,
         sess: Session::new(0, false),
+        queue_from: None,
+        queued: 0,
     };
 }
 
@@ -181,7 +189,7 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
             return 3;
         }
     };
-    let Some((journal, store)) = open_store(ctx) else {
+    let Some((mut journal, store)) = open_store(ctx) else {
         return 3;
     };
     let listener = match bind(listen) {
@@ -228,7 +236,7 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
         scratch: vec![0; MAX_REQUEST],
         resolved: vec![0; tasks::MAX_INPUT],
         db: Db {
-            journal,
+            journal: &mut *journal,
             store,
             started_ns: forkroot::sys::monotonic_ns(),
             restarts,
@@ -238,7 +246,6 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
             debug,
             password,
             next_id: 1,
-            random: util::Rng::seeded(),
         },
         tasks,
     };
@@ -519,13 +526,17 @@ impl Server<'_> {
     fn read(&mut self, slot: usize) -> bool {
         let c = &mut self.conns[slot];
         let base = slot * MAX_REQUEST;
-        if c.in_pos == c.in_len {
+        // What must stay: the unparsed input, and a MULTI block's queue.
+        let keep = c.queue_from.map_or(c.in_pos, |q| q.min(c.in_pos));
+        if keep == c.in_len {
             c.in_pos = 0;
             c.in_len = 0;
-        } else if c.in_len == MAX_REQUEST && c.in_pos > 0 {
-            self.ins.copy_within(base + c.in_pos..base + c.in_len, base);
-            c.in_len -= c.in_pos;
-            c.in_pos = 0;
+            c.queue_from = c.queue_from.map(|_| 0);
+        } else if c.in_len == MAX_REQUEST && keep > 0 {
+            self.ins.copy_within(base + keep..base + c.in_len, base);
+            c.in_len -= keep;
+            c.in_pos -= keep;
+            c.queue_from = c.queue_from.map(|q| q - keep);
         }
         if c.in_len == MAX_REQUEST {
             return true;
@@ -618,6 +629,12 @@ impl Server<'_> {
             let mut out = Out::new(out_buf, c.out_len).resp3(c.sess.resp3);
             match resp::parse(input, args, MAX_REQUEST, &mut c.resume) {
                 Parse::Incomplete => {
+                    if c.in_pos > 0 && c.in_len == MAX_REQUEST && c.queue_from == Some(0) {
+                        // A MULTI block larger than the input buffer: it
+                        // is dropped, and EXEC will discard it.
+                        c.queue_from = None;
+                        c.sess.multi_error = true;
+                    }
                     if c.in_pos == 0 && c.in_len == MAX_REQUEST {
                         out.error(b"ERR Protocol error: request larger than 65536 bytes");
                         c.out_len = out.len();
@@ -638,7 +655,37 @@ impl Server<'_> {
                 }
                 Parse::Command(used) => {
                     let mark = c.out_len;
+                    if c.sess.multi
+                        && db.queue(input, args, &mut out, &mut c.sess) == Queued::Answered
+                    {
+                        c.queued += 1;
+                        c.out_len = out.len();
+                        c.in_pos += used;
+                        c.resume = Resume::START;
+                        continue;
+                    }
                     let action = db.execute(input, args, &mut out, &mut c.sess);
+                    if action == Action::Exec {
+                        let block = match c.queue_from {
+                            Some(from) => &ins[in_base + from..in_base + c.in_pos],
+                            None => {
+                                c.sess.multi_error = true;
+                                &[]
+                            }
+                        };
+                        if db.exec(block, c.queued, args, &mut out, &mut c.sess)
+                            == Err(ExecFailed::Overflow)
+                        {
+                            if mark > 0 {
+                                return Stop::Blocked;
+                            }
+                            c.sess.multi = false;
+                            out.error(
+                                b"ERR EXEC replies larger than the output buffer (131072 bytes), \
+                                  nothing was run",
+                            );
+                        }
+                    }
                     if out.overflowed() {
                         // Only read-only commands have replies that can
                         // overflow (RESERVE covers the others): run it again
@@ -654,6 +701,14 @@ impl Server<'_> {
                     c.resume = Resume::START;
                     match action {
                         Action::Done => {}
+                        Action::Multi => {
+                            c.queue_from = Some(c.in_pos);
+                            c.queued = 0;
+                        }
+                        Action::Exec | Action::Discard => {
+                            c.queue_from = None;
+                            c.queued = 0;
+                        }
                         Action::Close => c.closing = true,
                         Action::Crash => forkroot::sys::die_by(libc::SIGSEGV),
                         Action::Calc | Action::TxCrash | Action::TxSleep => {
