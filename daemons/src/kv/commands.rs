@@ -303,6 +303,21 @@ impl Spec {
             .iter()
             .find(|s| s.name.len() == name.len() && is(name, s.name))
     }
+
+    /// Whether the command may run with `n` arguments (its name
+    /// included) for `sess`; if not, the error is written.
+    fn admits(&self, n: usize, sess: &Session, out: &mut Out<'_>) -> bool {
+        let arity = usize::from(self.arity.unsigned_abs());
+        if (self.arity > 0 && n != arity) || n < arity {
+            wrong_args(out, self.name);
+            false
+        } else if !sess.authed && !self.no_auth {
+            out.error(b"NOAUTH Authentication required.");
+            false
+        } else {
+            true
+        }
+    }
 }
 
 /// What the connection does after a command.
@@ -557,13 +572,7 @@ impl Db<'_> {
             return Action::Done;
         };
         let n = args.len();
-        let arity = usize::from(spec.arity.unsigned_abs());
-        if (spec.arity > 0 && n != arity) || n < arity {
-            wrong_args(out, spec.name);
-            return Action::Done;
-        }
-        if !sess.authed && !spec.no_auth {
-            out.error(b"NOAUTH Authentication required.");
+        if !spec.admits(n, sess, out) {
             return Action::Done;
         }
         let a = Cmd { buf, args };
@@ -726,13 +735,7 @@ impl Db<'_> {
                 true
             }
             Some(s) => {
-                let n = args.len();
-                let arity = usize::from(s.arity.unsigned_abs());
-                if (s.arity > 0 && n != arity) || n < arity {
-                    wrong_args(out, s.name);
-                    true
-                } else if !sess.authed && !s.no_auth {
-                    out.error(b"NOAUTH Authentication required.");
+                if !s.admits(args.len(), sess, out) {
                     true
                 } else if matches!(s.cmd, Name::Calc | Name::Debug) {
                     // They answer later, from a transaction (a fork).
