@@ -13,6 +13,7 @@
 
 pub mod alloc;
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
