@@ -1,0 +1,182 @@
+//! An author's own binary, `examples/collatz.rs`: one kind of its own
+//! (checkpoints and a transaction) under the complete command line of
+//! `forkroot::main!`. Runs the real example binary, which `cargo test` and
+//! `cargo build --workspace --all-targets` build next to `forkroot`.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{run_bin_to_end, send, Tree};
+use libc::SIGKILL;
+
+/// The example binary: `target/PROFILE/examples/collatz`.
+fn collatz() -> PathBuf {
+    let bin = std::path::Path::new(common::BIN)
+        .parent()
+        .expect("the binary's folder")
+        .join("examples/collatz");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build --example collatz` (plain `cargo test` does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Steps of n's Collatz sequence down to 1.
+fn steps(mut n: u64) -> u64 {
+    let mut s = 0;
+    while n > 1 {
+        n = if n % 2 == 0 { n / 2 } else { 3 * n + 1 };
+        s += 1;
+    }
+    s
+}
+
+/// The lines of `out`, checked: `n steps` for n = 1, 2, ... in order, each
+/// once, with the right count. Returns how many there are.
+fn check_out(t: &Tree) -> u64 {
+    let lines = t.out("collatz");
+    for (i, line) in lines.iter().enumerate() {
+        let n = i as u64 + 1;
+        assert_eq!(
+            *line,
+            format!("{n} {}", steps(n)),
+            "line {n} of collatz.out (skipped, repeated or wrong)"
+        );
+    }
+    lines.len() as u64
+}
+
+/// How many processes of the daemon logged that they resumed from a
+/// checkpoint (their own log lines, not the crash reports quoting them).
+fn resumes(t: &Tree) -> u64 {
+    t.log()
+        .lines()
+        .filter(|l| l.starts_with("collatz[") && l.contains("resumed from checkpoint"))
+        .count() as u64
+}
+
+const TREE: &str = "[supervisor]\nintensity = 100\n\
+                    [[daemon]]\nname = \"collatz\"\nkind = \"collatz\"\nmemory = \"64KiB\"\n\
+                    [daemon.args]\nout = \"@DIR@/collatz.out\"\npace = \"2ms\"\n";
+
+#[test]
+fn the_authors_kind_resumes_from_its_checkpoint_after_sigkill() {
+    let mut t = Tree::start_bin(&collatz(), TREE);
+    let kills: u64 = 8;
+    let mut pid = 0;
+    for k in 0..kills {
+        // Wait for a new process that has made progress of its own.
+        let before = check_out(&t);
+        let p = t.poll("the collatz daemon running and counting", || {
+            let procs = t.daemons_named("collatz");
+            let p = procs.first()?.pid;
+            (p != pid && check_out(&t) > before + 5).then_some(p)
+        });
+        send(p, SIGKILL).expect("kill the daemon");
+        pid = p;
+        t.wait_log(&["crashed", "collatz", &format!("pid={p}")]);
+        assert!(
+            resumes(&t) >= k,
+            "a replacement did not resume:\n{}",
+            t.log()
+        );
+    }
+    let last = check_out(&t);
+    t.poll("progress after the last kill", || {
+        (check_out(&t) > last + 5).then_some(())
+    });
+    t.signal(libc::SIGTERM);
+    assert_eq!(t.wait_code(), 0, "{}", t.log());
+    let n = check_out(&t);
+    assert!(n > 6 * kills, "only {n} numbers");
+    assert_eq!(resumes(&t), kills, "{}", t.log());
+    println!("{kills} kills, {n} numbers, none skipped or repeated");
+}
+
+#[test]
+fn check_rejects_bad_settings_of_the_authors_kind_with_places_and_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[[daemon]]\nname = \"a\"\nkind = \"collatz\"\n[daemon.args]\n\
+                out = \"@DIR@/a.out\"\npaec = \"1s\"\nlimit = -1\n\
+                [[daemon]]\nname = \"b\"\nkind = \"collatz\"\n[daemon.args]\npace = 5\n\
+                [[daemon]]\nname = \"c\"\nkind = \"collatz\"\n[daemon.args]\n\
+                out = \"@DIR@/c.out\"\npace = \"2m\"\nlimit = \"many\"\n";
+    let path = common::write_config(&dir, text);
+    let path = path.to_str().unwrap();
+    let want = [
+        "daemon[0].args.paec: unknown setting of kind \"collatz\", did you mean \"pace\"? \
+         (it takes: out, pace, limit)",
+        "daemon[0].args.limit: -1 is out of range (use 0..=1099511627776)",
+        "daemon[1].args.out: missing; kind \"collatz\" needs it \
+         (file, one `n steps` line per number)",
+        "daemon[1].args.pace: 5 has no unit: write a string such as \"5s\" or \"5ms\"",
+        "daemon[2].args.pace: 2m is out of range (use 0s..=1m)",
+        "daemon[2].args.limit: expected a whole number, found the string \"many\"",
+    ];
+    for cmd in ["check", "run"] {
+        let ran = run_bin_to_end(&collatz(), &dir, &[cmd, "--config", path]);
+        assert_eq!(ran.code, Some(78), "{cmd}: {ran:?}");
+        let got: Vec<&str> = ran
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("daemon["))
+            .collect();
+        assert_eq!(got, want, "{cmd}: {ran:?}");
+        assert!(
+            ran.stderr
+                .contains("6 problems in the configuration; nothing started"),
+            "{ran:?}"
+        );
+    }
+    assert!(!dir.path().join("a.out").exists(), "a daemon ran");
+    assert!(!dir.path().join("c.out").exists(), "a daemon ran");
+}
+
+#[test]
+fn the_authors_binary_has_the_whole_command_line_and_only_its_kinds() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = collatz();
+
+    let kinds = run_bin_to_end(&bin, &dir, &["kinds"]);
+    assert_eq!(kinds.code, Some(0), "{kinds:?}");
+    let lines: Vec<&str> = kinds.stdout.lines().collect();
+    assert!(lines[0].starts_with("collatz "), "{kinds:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("pace = \"10ms\"")
+            && l.contains("duration 0s..=1m: pause between numbers")),
+        "{kinds:?}"
+    );
+    assert!(!kinds.stdout.contains("counter"), "{kinds:?}");
+
+    let help = run_bin_to_end(&bin, &dir, &["--help"]);
+    assert_eq!(help.code, Some(0), "{help:?}");
+    for cmd in ["run", "check", "ctl", "kinds"] {
+        assert!(
+            help.stdout.lines().any(|l| l.trim_start().starts_with(cmd)),
+            "{help:?}"
+        );
+    }
+
+    // A built-in kind is not built into this binary.
+    let path = common::write_config(&dir, "[[daemon]]\nname = \"i\"\nkind = \"idle\"\n");
+    let check = run_bin_to_end(&bin, &dir, &["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(check.code, Some(78), "{check:?}");
+    assert!(
+        check
+            .stderr
+            .contains("daemon[0].kind: unknown kind \"idle\" (built in: collatz)"),
+        "{check:?}"
+    );
+
+    // No demo tree: `run` needs --config.
+    let run = run_bin_to_end(&bin, &dir, &["run"]);
+    assert_eq!(run.code, Some(78), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("no --config given, and this binary has no demo tree"),
+        "{run:?}"
+    );
+}
