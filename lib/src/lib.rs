@@ -64,12 +64,16 @@ pub mod notify;
 pub mod pool;
 pub mod region;
 pub mod ring;
+// Internals' docs are read with --document-private-items, where links to
+// their private items resolve.
 #[doc(hidden)]
+#[allow(rustdoc::private_intra_doc_links)]
 pub mod root;
 pub mod state;
 #[doc(hidden)]
 pub mod sync;
 #[doc(hidden)]
+#[allow(rustdoc::private_intra_doc_links)]
 pub mod sys;
 pub mod trace;
 pub mod transaction;

@@ -58,7 +58,7 @@ enum Command {
 /// binary whose daemon kinds are `registry`; `run` without `--config`
 /// starts the registry's demo tree ([`Registry::demo`]), if it has one.
 ///
-/// This is [`crate::main`]; [`crate::main!`] calls it and also installs the
+/// This is [`crate::main()`]; [`crate::main!`] calls it and also installs the
 /// allocator that `Context::steady` relies on.
 pub fn main(registry: &Registry) -> ExitCode {
     let cli = Cli::parse();

@@ -2,21 +2,6 @@
 //! checked against `[daemon.args]` in the same pass as the rest of the
 //! config, and read typed by the daemon ([`Args::get`],
 //! [`crate::Context::arg`]).
-//!
-//! ```
-//! use std::time::Duration;
-//! use forkroot::Setting;
-//!
-//! const SETTINGS: &[Setting] = &[
-//!     Setting::int("rate", "numbers per second").default_int(10).range(1, 10_000_000),
-//!     Setting::duration("grace", "how long to wait").default_duration(Duration::from_secs(5)),
-//!     Setting::path("out", "file to write; default: the flight log"),
-//! ];
-//! ```
-//!
-//! A setting without a default is optional (read it as an `Option`), unless
-//! it is [`Setting::required`]. Values are written in the config as
-//! elsewhere in it: durations `"5s"`, sizes `"4MiB"`, signals `"SIGTERM"`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -119,7 +104,22 @@ pub type Check = fn(Value<'_>) -> Result<(), String>;
 
 /// One setting of a kind: its name, the values it takes, its default and a
 /// line of help. Built with the `const` constructors, so a kind's settings
-/// are a `const` slice next to its code.
+/// are a `const` slice next to its code:
+///
+/// ```
+/// use std::time::Duration;
+/// use forkroot::Setting;
+///
+/// const SETTINGS: &[Setting] = &[
+///     Setting::int("rate", "numbers per second").default_int(10).range(1, 10_000_000),
+///     Setting::duration("grace", "how long to wait").default_duration(Duration::from_secs(5)),
+///     Setting::path("out", "file to write; default: the flight log"),
+/// ];
+/// ```
+///
+/// A setting without a default is optional (read it as an `Option`), unless
+/// it is [`Setting::required`]. Values are written in the config as
+/// elsewhere in it: durations `"5s"`, sizes `"4MiB"`, signals `"SIGTERM"`.
 #[derive(Debug, Clone, Copy)]
 pub struct Setting {
     /// The key in `[daemon.args]`.
