@@ -180,3 +180,57 @@ fn the_authors_binary_has_the_whole_command_line_and_only_its_kinds() {
         "{run:?}"
     );
 }
+
+/// The ```LANG blocks of `text`.
+fn blocks<'a>(text: &'a str, lang: &str) -> Vec<&'a str> {
+    let fence = format!("```{lang}\n");
+    text.split(fence.as_str())
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap_or(""))
+        .collect()
+}
+
+#[test]
+fn the_readme_walks_through_the_examples_real_code_and_config() {
+    let readme = include_str!("../README.md");
+    let example = include_str!("../examples/collatz.rs");
+    let config = include_str!("../examples/collatz.toml");
+    let section = readme
+        .split("## Writing a daemon")
+        .nth(1)
+        .and_then(|s| s.split("\n### ").next())
+        .expect("README has a Writing a daemon section");
+
+    let code = blocks(section, "rust");
+    assert!(code.len() >= 2, "no code in the section");
+    for line in code.iter().flat_map(|b| b.lines()).map(str::trim) {
+        if line.is_empty() || line.starts_with("// ...") {
+            continue;
+        }
+        assert!(
+            example.lines().any(|l| l.trim() == line),
+            "README shows a line that examples/collatz.rs does not have: {line}"
+        );
+    }
+    let tree = blocks(section, "toml");
+    assert_eq!(tree.len(), 1);
+    let config_lines: Vec<&str> = config
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect();
+    let shown: Vec<&str> = tree[0].lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(
+        shown, config_lines,
+        "README's tree is examples/collatz.toml"
+    );
+
+    // That config is good.
+    let dir = tempfile::tempdir().unwrap();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/collatz.toml");
+    let check = run_bin_to_end(&collatz(), &dir, &["check", "--config", path]);
+    assert_eq!(check.code, Some(0), "{check:?}");
+    assert!(
+        check.stdout.contains("ok (1 daemon, 0 groups)"),
+        "{check:?}"
+    );
+}
