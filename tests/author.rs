@@ -98,14 +98,11 @@ fn the_authors_kind_resumes_from_its_checkpoint_after_sigkill() {
 
 #[test]
 fn check_rejects_bad_settings_of_the_authors_kind_with_places_and_78() {
-    let dir = tempfile::tempdir().unwrap();
     let text = "[[daemon]]\nname = \"a\"\nkind = \"collatz\"\n[daemon.args]\n\
                 out = \"@DIR@/a.out\"\npaec = \"1s\"\nlimit = -1\n\
                 [[daemon]]\nname = \"b\"\nkind = \"collatz\"\n[daemon.args]\npace = 5\n\
                 [[daemon]]\nname = \"c\"\nkind = \"collatz\"\n[daemon.args]\n\
                 out = \"@DIR@/c.out\"\npace = \"2m\"\nlimit = \"many\"\n";
-    let path = common::write_config(&dir, text);
-    let path = path.to_str().unwrap();
     let want = [
         "daemon[0].args.paec: unknown setting of kind \"collatz\", did you mean \"pace\"? \
          (it takes: out, pace, limit)",
@@ -116,23 +113,7 @@ fn check_rejects_bad_settings_of_the_authors_kind_with_places_and_78() {
         "daemon[2].args.pace: 2m is out of range (use 0s..=1m)",
         "daemon[2].args.limit: expected a whole number, found the string \"many\"",
     ];
-    for cmd in ["check", "run"] {
-        let ran = run_bin_to_end(&collatz(), &dir, &[cmd, "--config", path]);
-        assert_eq!(ran.code, Some(78), "{cmd}: {ran:?}");
-        let got: Vec<&str> = ran
-            .stderr
-            .lines()
-            .filter(|l| l.starts_with("daemon["))
-            .collect();
-        assert_eq!(got, want, "{cmd}: {ran:?}");
-        assert!(
-            ran.stderr
-                .contains("6 problems in the configuration; nothing started"),
-            "{ran:?}"
-        );
-    }
-    assert!(!dir.path().join("a.out").exists(), "a daemon ran");
-    assert!(!dir.path().join("c.out").exists(), "a daemon ran");
+    common::assert_rejected(&collatz(), text, &want);
 }
 
 #[test]

@@ -12,30 +12,10 @@ fn daemon(name: &str, kind: &str, args: &str) -> String {
     format!("[[daemon]]\nname = \"{name}\"\nkind = \"{kind}\"\n[daemon.args]\n{args}\n")
 }
 
-/// Runs `check` and `run` on `config` and asserts that both exit 78 with
-/// exactly `want` as the placed problems, and that no daemon wrote a file.
+/// `check` and `run` of the stock binary both reject `config` with
+/// exactly `want`.
 fn rejected(config: String, want: &[&str]) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = common::write_config(&dir, &config);
-    let path = path.to_str().unwrap();
-    for cmd in ["check", "run"] {
-        let ran = run_to_end(&dir, &[cmd, "--config", path]);
-        assert_eq!(ran.code, Some(78), "{cmd}: {ran:?}");
-        let got: Vec<&str> = ran
-            .stderr
-            .lines()
-            .filter(|l| l.starts_with("daemon["))
-            .collect();
-        assert_eq!(got, want, "{cmd}");
-        assert!(ran.stderr.contains("nothing started"), "{ran:?}");
-        assert!(!ran.stderr.contains("started daemon"), "{ran:?}");
-    }
-    let files: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|f| f.ends_with(".out"))
-        .collect();
-    assert!(files.is_empty(), "a daemon ran: {files:?}");
+    common::assert_rejected(std::path::Path::new(common::BIN), &config, want);
 }
 
 #[test]

@@ -563,3 +563,35 @@ pub(crate) fn run_bin_to_end(bin: &Path, dir: &TempDir, args: &[&str]) -> Ran {
         stderr: fs::read_to_string(&err).unwrap_or_default(),
     }
 }
+
+/// Runs `bin check` and `bin run` on `config` (in a temp dir) and asserts
+/// that both exit 78 with exactly `want` as the lines placed in a daemon
+/// (`daemon[..`), say nothing started, and that no daemon wrote a `.out`
+/// file.
+pub(crate) fn assert_rejected(bin: &Path, config: &str, want: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, config);
+    let path = path.to_str().unwrap();
+    for cmd in ["check", "run"] {
+        let ran = run_bin_to_end(bin, &dir, &[cmd, "--config", path]);
+        assert_eq!(ran.code, Some(78), "{cmd}: {ran:?}");
+        let got: Vec<&str> = ran
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("daemon["))
+            .collect();
+        assert_eq!(got, want, "{cmd}: {ran:?}");
+        let summary = format!(
+            "{} problems in the configuration; nothing started",
+            want.len()
+        );
+        assert!(ran.stderr.contains(&summary), "{ran:?}");
+        assert!(!ran.stderr.contains("started daemon"), "{ran:?}");
+    }
+    let files: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|f| f.ends_with(".out"))
+        .collect();
+    assert!(files.is_empty(), "a daemon ran: {files:?}");
+}

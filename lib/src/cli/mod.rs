@@ -30,7 +30,7 @@ const EXIT_CODES: &str = "Exit codes of `forkroot run`:
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the tree in the foreground (the built-in demo tree without --config).
+    /// Run the tree in the foreground (without --config: the binary's demo tree, if it has one).
     Run {
         /// The tree's TOML configuration.
         #[arg(long, short)]
