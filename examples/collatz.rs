@@ -14,6 +14,7 @@
 //! target/debug/examples/collatz run --config examples/collatz.toml
 //! ```
 
+use std::error::Error;
 use std::fs::{File, OpenOptions};
 use std::os::fd::RawFd;
 use std::os::unix::fs::FileExt;
@@ -64,86 +65,69 @@ fn steps(input: &[u8], out: &mut Output<'_>) -> Result<(), ()> {
 }
 
 fn collatz(ctx: &mut Context<'_>) -> i32 {
+    match run(ctx) {
+        Ok(()) => 0, // stopped by the root: a normal exit
+        Err(e) => {
+            tracing::error!("{e}");
+            3
+        }
+    }
+}
+
+fn run(ctx: &mut Context<'_>) -> Result<(), Box<dyn Error>> {
     let out: &Path = ctx.arg("out");
     let pace: Duration = ctx.arg("pace");
     let limit: u64 = ctx.arg("limit");
 
     // Transaction slots first, then the checkpoints in the rest of the state.
     let name = ctx.name();
-    let Some(area) = ctx.split_state(Transactions::required_size(1, 8, 8)) else {
-        tracing::error!("memory is too small");
-        return 3;
-    };
-    let mut tx = match Transactions::new(area, 1, 8, 8, Policy::default(), name) {
-        Ok(tx) => tx,
-        Err(e) => {
-            tracing::error!(error = %e, "no transactions");
-            return 3;
-        }
-    };
-    let (mut state, resumed) = match ctx.checkpoints::<State>(1) {
-        Ok(x) => x,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot use the state");
-            return 3;
-        }
-    };
+    let size = Transactions::required_size(1, 8, 8);
+    let area = ctx.split_state(size).ok_or("memory is too small")?;
+    let mut tx = Transactions::new(area, 1, 8, 8, Policy::default(), name)?;
+    let (mut state, resumed) = ctx.checkpoints::<State>(1)?;
     if state.next == 0 {
         state.next = 1;
     }
-    let file = match open(out, state.out_len) {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::error!(out = %out.display(), error = %e, "cannot use the output file");
-            return 3;
-        }
-    };
+    let file = open(out, state.out_len)?;
     tracing::info!(next = state.next, ?resumed, "counting steps");
-    let stop = match ctx.stop_fd() {
-        Ok(fd) => fd,
-        Err(e) => {
-            tracing::error!(error = %e, "no stop descriptor");
-            return 3;
-        }
-    };
 
     while limit == 0 || state.next <= limit {
         let n = state.next;
-        if let Err(e) = tx.start(steps, &n.to_le_bytes(), n, n) {
-            tracing::error!(n, error = %e, "cannot start the transaction");
-            return 4;
-        }
-        let mut result = None;
-        while result.is_none() {
-            wait(&[tx.fd(), stop], tx.next_timer());
-            if ctx.stopping() {
-                return 0;
-            }
-            tx.poll(|done| result = Some(done.result.map(|r| r.try_into().ok())));
-        }
-        let steps = match result {
-            Some(Ok(Some(bytes))) => u64::from_le_bytes(bytes),
-            other => {
-                tracing::error!(n, ?other, "the transaction failed");
-                return 4;
-            }
+        tx.start(steps, &n.to_le_bytes(), n, n)?;
+        let Some(steps) = finish(ctx, &mut tx)? else {
+            return Ok(()); // asked to stop
         };
         // The line goes where the checkpoint says the file ends, then the
         // commit moves both on together: a kill in between rewrites it.
         let line = format!("{n} {steps}\n");
-        if let Err(e) = file.write_all_at(line.as_bytes(), state.out_len) {
-            tracing::error!(error = %e, "write failed");
-            return 4;
-        }
+        file.write_all_at(line.as_bytes(), state.out_len)?;
         state.out_len += line.len() as u64;
         state.next = n + 1;
         state.commit();
         if !ctx.sleep(pace) {
-            return 0;
+            return Ok(());
         }
     }
     while ctx.sleep(Duration::from_secs(3600)) {}
-    0
+    Ok(())
+}
+
+/// Waits for the one transaction in flight: its result, or `None` when the
+/// root asks the daemon to stop first.
+fn finish(ctx: &mut Context<'_>, tx: &mut Transactions<'_>) -> Result<Option<u64>, Box<dyn Error>> {
+    let stop = ctx.stop_fd()?;
+    loop {
+        wait(&[tx.fd(), stop], tx.next_timer());
+        if ctx.stopping() {
+            return Ok(None);
+        }
+        let mut result = None;
+        tx.poll(|done| result = Some(done.result.map(<[u8]>::to_vec)));
+        if let Some(bytes) = result {
+            let bytes: [u8; 8] = bytes?.try_into().map_err(|_| "a result of 8 bytes")?;
+            return Ok(Some(u64::from_le_bytes(bytes)));
+        }
+    }
 }
 
 /// Opens `path` and cuts it to `len`, the length the checkpoint vouches for.
@@ -154,7 +138,8 @@ fn open(path: &Path, len: u64) -> std::io::Result<File> {
         .truncate(false)
         .open(path)?;
     if f.metadata()?.len() < len {
-        return Err(std::io::Error::other("shorter than the checkpoint says"));
+        let why = format!("{} is shorter than the checkpoint says", path.display());
+        return Err(std::io::Error::other(why));
     }
     f.set_len(len)?;
     Ok(f)
