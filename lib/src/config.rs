@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod check;
-mod units;
+pub(crate) mod units;
 
 pub use units::{
     format_duration, parse_duration, parse_signal, parse_size, MAX_DURATION, MAX_SIZE,
