@@ -218,7 +218,10 @@ fn no_pings_when_the_watchdog_is_meant_for_another_pid() {
 #[test]
 fn sigusr1_and_sigusr2_do_not_end_the_root() {
     let mut tree = Tree::start(TWO_IDLE);
-    tree.wait_log(&["a", "started"]);
+    tree.poll("both daemons running", || {
+        let all = tree.daemons_status()?;
+        all.iter().all(|d| d["state"] == "running").then_some(())
+    });
     tree.signal(libc::SIGUSR1);
     tree.wait_log(&["SIGUSR1", "2 running"]);
     tree.signal(libc::SIGUSR2);
