@@ -28,7 +28,7 @@ use crate::daemon::Registry;
 
 mod check;
 mod settings;
-mod units;
+pub(crate) mod units;
 
 pub(crate) use settings::check_declaration;
 pub use settings::{Args, Check, FromArg, Setting, Type, Value};
