@@ -105,7 +105,8 @@ pub fn main(registry: &Registry) -> std::process::ExitCode {
 /// forkroot::main!(Registry::new().add(IDLE));
 /// ```
 ///
-/// The binary must not declare another `#[global_allocator]`.
+/// Use it once, at the root of a binary crate (it declares `fn main`); the
+/// binary must not declare another `#[global_allocator]`.
 #[macro_export]
 macro_rules! main {
     ($registry:expr $(,)?) => {
