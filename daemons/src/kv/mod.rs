@@ -10,7 +10,6 @@
 //!   answered `-ERR max number of clients reached` and closed.
 //! - `debug`: allow the DEBUG command, which crashes on purpose (default
 //!   false).
-//! - `password`: the AUTH password (optional).
 //!
 //! They are declared once in [`KIND`] and checked with the rest of the
 //! config before anything starts.
@@ -205,7 +204,6 @@ pub(crate) const KIND: Kind = Kind::new(
         .default_int(1024)
         .range(1, 65536),
     Setting::bool("debug", "allow DEBUG (crashes on purpose)").default_bool(false),
-    Setting::string("password", "AUTH password; without it, no AUTH is needed"),
 ]);
 
 /// `listen` is a socket path (it has a `/`) or `HOST:PORT`.
