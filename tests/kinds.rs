@@ -40,7 +40,9 @@ fn flaky_settings_are_checked() {
         daemon("f0", "flaky", "mean_lfe = \"1s\"\nsignal = \"SIGSEGV\"")
             + &daemon("f1", "flaky", "mean_life = 5\nsignal = 11")
             + &daemon("f2", "flaky", "mean_life = \"2d\"\nsignal = \"SIGNOPE\"")
-            + &daemon("f3", "flaky", "mean_life = \"0s\""),
+            + &daemon("f3", "flaky", "mean_life = \"0s\"")
+            + &daemon("f4", "flaky", "signal = \"SIGSTOP\"")
+            + &daemon("f5", "flaky", "signal = \"chld\""),
         &[
             "daemon[0].args.mean_lfe: unknown setting of kind \"flaky\", did you mean \
              \"mean_life\"? (it takes: mean_life, signal)",
@@ -51,6 +53,10 @@ fn flaky_settings_are_checked() {
             "daemon[2].args.signal: \"SIGNOPE\" is not a signal name \
              (e.g. SIGTERM, SIGKILL, SIGSEGV, SIGABRT)",
             "daemon[3].args.mean_life: 0s is out of range (use 1ms..=24h)",
+            "daemon[4].args.signal: \"SIGSTOP\" does not end a process \
+             (use one that does, such as SIGSEGV, SIGABRT, SIGKILL)",
+            "daemon[5].args.signal: \"SIGCHLD\" does not end a process \
+             (use one that does, such as SIGSEGV, SIGABRT, SIGKILL)",
         ],
     );
 }
