@@ -654,6 +654,24 @@ fn reading_an_optional_setting_without_option_is_a_bug_in_the_daemon() {
 }
 
 #[test]
+#[should_panic(
+    expected = "setting \"limit\" (integer 0..=1099511627776) cannot be read as u32: \
+                not every value it accepts fits"
+)]
+fn reading_an_int_as_a_type_narrower_than_its_range_fails_on_the_first_read() {
+    const WIDE: &[Setting] = &[Setting::int("limit", "").default_int(1).range(0, 1 << 40)];
+    let mut r = Registry::new();
+    r.add(Kind::new("wide", "", never).settings(WIDE));
+    let c = Config::parse("[[daemon]]\nname = \"w\"\nkind = \"wide\"\n", "t.toml", &r)
+        .expect("a good config");
+    let args = &c.daemons[0].args;
+    assert_eq!(args.get::<u64>("limit"), 1);
+    assert_eq!(args.get::<Option<i64>>("limit"), Some(1));
+    // The default, 1, fits a u32; the range the config may give does not.
+    let _: u32 = args.get("limit");
+}
+
+#[test]
 fn bad_args_get_their_place_and_what_is_wrong() {
     let text = "[[daemon]]\nname = \"c\"\nkind = \"counter\"\n[daemon.args]\n\
                 rtae = 5\nrate = \"fast\"\nout = \"\"\nbuffer = \"4 MB\"\nsync = 1\n\

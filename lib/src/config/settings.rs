@@ -392,7 +392,11 @@ impl Args {
     /// # Panics
     /// When the kind does not declare `name`, or `T` does not fit its type
     /// (a mistake in the daemon's code, not in the config: the config was
-    /// checked against the declaration before anything started).
+    /// checked against the declaration before anything started). An
+    /// integer type must hold the whole declared range, not just the value
+    /// at hand: `u32` for `range(0, 1 << 40)` panics on the first read,
+    /// whatever the config says, rather than only once an operator gives a
+    /// large value.
     pub fn get<'a, T: FromArg<'a>>(&'a self, name: &str) -> T {
         let Some(i) = self.settings.iter().position(|s| s.name == name) else {
             let declared: Vec<&str> = self.settings.iter().map(|s| s.name).collect();
@@ -401,6 +405,14 @@ impl Args {
                 declared.join(", ")
             );
         };
+        let ty = self.settings[i].ty;
+        if !T::fits(ty) {
+            panic!(
+                "setting {name:?} ({}) cannot be read as {}: not every value it accepts fits",
+                ty.describe(),
+                std::any::type_name::<T>()
+            );
+        }
         match T::from_arg(self.value_at(i)) {
             Ok(v) => v,
             Err(expected) => panic!(
@@ -417,6 +429,14 @@ pub trait FromArg<'a>: Sized {
     /// Converts a value (`None`: neither given nor defaulted), or says
     /// what it would need.
     fn from_arg(v: Option<Value<'a>>) -> Result<Self, &'static str>;
+
+    /// Whether every value a setting of type `ty` accepts converts (an
+    /// integer type holds the whole declared range). A type of the wrong
+    /// kind altogether is left to [`FromArg::from_arg`] to refuse.
+    fn fits(ty: Type) -> bool {
+        let _ = ty;
+        true
+    }
 }
 
 impl<'a, T: FromArg<'a>> FromArg<'a> for Option<T> {
@@ -425,6 +445,10 @@ impl<'a, T: FromArg<'a>> FromArg<'a> for Option<T> {
             None => Ok(None),
             Some(v) => T::from_arg(Some(v)).map(Some),
         }
+    }
+
+    fn fits(ty: Type) -> bool {
+        T::fits(ty)
     }
 }
 
@@ -454,6 +478,16 @@ macro_rules! from_int {
                     Some(_) => return Err("an int, size or signal setting"),
                 };
                 <$t>::try_from(n).map_err(|_| "a declared range that fits the type")
+            }
+
+            fn fits(ty: Type) -> bool {
+                let (min, max): (i128, i128) = match ty {
+                    Type::Int { min, max } => (min.into(), max.into()),
+                    Type::Size { min, max } => (min.into(), max.into()),
+                    // Signal numbers are small and positive.
+                    _ => return true,
+                };
+                <$t>::try_from(min).is_ok() && <$t>::try_from(max).is_ok()
             }
         }
     )*};
