@@ -399,29 +399,42 @@ impl Args {
     /// large value.
     pub fn get<'a, T: FromArg<'a>>(&'a self, name: &str) -> T {
         let Some(i) = self.settings.iter().position(|s| s.name == name) else {
-            let declared: Vec<&str> = self.settings.iter().map(|s| s.name).collect();
-            panic!(
-                "setting {name:?} is not declared by this kind (declared: {})",
-                declared.join(", ")
-            );
+            misread(|| {
+                let declared: Vec<&str> = self.settings.iter().map(|s| s.name).collect();
+                format!(
+                    "setting {name:?} is not declared by this kind (declared: {})",
+                    declared.join(", ")
+                )
+            })
         };
         let ty = self.settings[i].ty;
+        let what = || format!("setting {name:?} ({})", ty.describe());
+        let t = std::any::type_name::<T>;
         if !T::fits(ty) {
-            panic!(
-                "setting {name:?} ({}) cannot be read as {}: not every value it accepts fits",
-                ty.describe(),
-                std::any::type_name::<T>()
-            );
+            misread(|| {
+                format!(
+                    "{} cannot be read as {}: not every value it accepts fits",
+                    what(),
+                    t()
+                )
+            });
         }
         match T::from_arg(self.value_at(i)) {
             Ok(v) => v,
-            Err(expected) => panic!(
-                "setting {name:?} ({}) cannot be read as {}: it needs {expected}",
-                self.settings[i].ty.describe(),
-                std::any::type_name::<T>()
-            ),
+            Err(expected) => {
+                misread(|| format!("{} cannot be read as {}: it needs {expected}", what(), t()))
+            }
         }
     }
+}
+
+/// Panics over a setting the daemon's code reads wrongly, with the message
+/// `why` makes. The message and the panic allocate, which is allowed here:
+/// in the steady state (`Context::steady`) the mistake must read as itself,
+/// not as an allocation after fork.
+#[cold]
+fn misread(why: impl FnOnce() -> String) -> ! {
+    crate::alloc::allow(|| std::panic::panic_any(why()))
 }
 
 /// A Rust type a setting's value can be read as (see [`Args::get`]).
