@@ -712,6 +712,37 @@ fn a_kind_whose_default_breaks_its_own_range_is_refused() {
 }
 
 #[test]
+fn a_kind_that_contradicts_itself_is_refused_with_why() {
+    const EMPTY: &[Setting] =
+        &[Setting::duration("d", "").between(Duration::from_secs(5), Duration::from_secs(1))];
+    const BOTH: &[Setting] = &[Setting::int("n", "").required().default_int(3)];
+    const NOT_A_SIGNAL: &[Setting] = &[Setting::signal("s", "").default_signal(999)];
+    for (settings, want) in [
+        (
+            EMPTY,
+            "kind \"bad\": setting \"d\": between(5s, 1s) accepts nothing",
+        ),
+        (
+            BOTH,
+            "kind \"bad\": setting \"n\" is required and has a default 3; keep one",
+        ),
+        (
+            NOT_A_SIGNAL,
+            "kind \"bad\": setting \"s\": the default 999 is not a signal",
+        ),
+    ] {
+        let refused = std::panic::catch_unwind(|| {
+            Registry::new().add(Kind::new("bad", "", never).settings(settings));
+        })
+        .expect_err(want);
+        let message = refused
+            .downcast_ref::<String>()
+            .expect("a formatted message");
+        assert_eq!(message, want);
+    }
+}
+
+#[test]
 fn kinds_are_checked_against_the_registry() {
     let text = "[[daemon]]\nname = \"a\"\nkind = \"idle\"\n\
                 [[daemon]]\nname = \"b\"\nexec = [\"/bin/true\"]\n\

@@ -539,14 +539,37 @@ impl<'a> FromArg<'a> for Value<'a> {
     }
 }
 
-/// Checks a kind's declaration against itself: names unique, and each
-/// default accepted by its own setting.
+/// Checks a kind's declaration against itself: names unique, a duration
+/// range that accepts something, no default on a required setting, and
+/// each default accepted by its own setting.
 pub(crate) fn check_declaration(settings: &[Setting]) -> Result<(), String> {
     for (i, s) in settings.iter().enumerate() {
         if settings[..i].iter().any(|t| t.name == s.name) {
             return Err(format!("setting {:?} is declared twice", s.name));
         }
+        if let Type::Duration { min, max } = s.ty {
+            if min > max {
+                return Err(format!(
+                    "setting {:?}: between({:?}, {:?}) accepts nothing",
+                    s.name, min, max
+                ));
+            }
+        }
         let Some(d) = s.default else { continue };
+        if s.required {
+            return Err(format!(
+                "setting {:?} is required and has a default {d}; keep one",
+                s.name
+            ));
+        }
+        if let Value::Signal(n) = d {
+            if nix::sys::signal::Signal::try_from(n).is_err() {
+                return Err(format!(
+                    "setting {:?}: the default {n} is not a signal",
+                    s.name
+                ));
+            }
+        }
         let fits = match (s.ty, d) {
             (Type::Bool, Value::Bool(_)) | (Type::Signal, Value::Signal(_)) => true,
             (Type::Int { min, max }, Value::Int(n)) => (min..=max).contains(&n),
