@@ -897,6 +897,10 @@ fn durations_format_back() {
             assert_eq!(parse_duration(&format_duration(d)), Ok(d));
         }
     }
+    // A kind's default or range may be finer than a config can write: it
+    // is shown as it is, not cut to whole milliseconds.
+    assert_eq!(format_duration(Duration::from_micros(1500)), "1.5ms");
+    assert_eq!(format_duration(Duration::from_nanos(250)), "250ns");
 }
 
 #[test]
