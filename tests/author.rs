@@ -134,6 +134,12 @@ fn the_authors_binary_has_the_whole_command_line_and_only_its_kinds() {
 
     let help = run_bin_to_end(&bin, &dir, &["--help"]);
     assert_eq!(help.code, Some(0), "{help:?}");
+    // What the command line is, not the library crate's description.
+    assert_eq!(
+        help.stdout.lines().next(),
+        Some("Erlang/OTP-style supervision for native Unix processes"),
+        "{help:?}"
+    );
     for cmd in ["run", "check", "ctl", "kinds"] {
         assert!(
             help.stdout.lines().any(|l| l.trim_start().starts_with(cmd)),
