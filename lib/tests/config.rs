@@ -672,6 +672,26 @@ fn reading_an_int_as_a_type_narrower_than_its_range_fails_on_the_first_read() {
 }
 
 #[test]
+fn a_size_setting_takes_a_range() {
+    const BUF: &[Setting] = &[Setting::size("buffer", "")
+        .default_size(4096)
+        .range(4096, 1 << 20)];
+    let mut r = Registry::new();
+    r.add(Kind::new("buf", "", never).settings(BUF));
+    let config = |v: &str| {
+        format!("[[daemon]]\nname = \"b\"\nkind = \"buf\"\n[daemon.args]\nbuffer = {v}\n")
+    };
+    let c = Config::parse(&config("\"1MiB\""), "t.toml", &r).expect("in range");
+    assert_eq!(c.daemons[0].args.get::<u32>("buffer"), 1 << 20);
+    let p = Config::parse(&config("\"2MiB\""), "t.toml", &r).expect_err("too large");
+    assert_eq!(
+        p[0].to_string(),
+        "daemon[0].args.buffer: 2097152B is out of range (use 4096B..=1048576B)"
+    );
+    assert_eq!(BUF[0].ty.describe(), "size 4096..=1048576 bytes");
+}
+
+#[test]
 fn bad_args_get_their_place_and_what_is_wrong() {
     let text = "[[daemon]]\nname = \"c\"\nkind = \"counter\"\n[daemon.args]\n\
                 rtae = 5\nrate = \"fast\"\nout = \"\"\nbuffer = \"4 MB\"\nsync = 1\n\

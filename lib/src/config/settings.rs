@@ -198,16 +198,25 @@ impl Setting {
         Setting::new(name, Type::Path, help)
     }
 
-    /// Limits an int setting to `min..=max`.
+    /// Limits an int setting to `min..=max`, or a size setting to
+    /// `min..=max` bytes.
     ///
     /// # Panics
-    /// At compile time (in a `const`), if the setting is not an int or
-    /// `min > max`.
+    /// At compile time (in a `const`), if the setting is neither an int
+    /// nor a size, if `min > max`, or if a size's `min` is negative.
     pub const fn range(mut self, min: i64, max: i64) -> Setting {
         assert!(min <= max, "range: min > max");
         match self.ty {
             Type::Int { .. } => self.ty = Type::Int { min, max },
-            _ => panic!("range applies to int settings"),
+            Type::Size { .. } => {
+                assert!(min >= 0, "range: a size is not negative");
+                // Both are 0 or more here, so the casts keep their values.
+                self.ty = Type::Size {
+                    min: min as u64,
+                    max: max as u64,
+                };
+            }
+            _ => panic!("range applies to int and size settings"),
         }
         self
     }
