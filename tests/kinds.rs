@@ -66,7 +66,12 @@ fn kv_settings_are_checked() {
     rejected(
         daemon("kv", "kv", "lisen = \"127.0.0.1:1\"\ndebug = \"yes\"")
             + &daemon("kv1", "kv", "max_clients = 0\nlisten = \"nowhere\"")
-            + &daemon("kv2", "kv", "max_clients = 100000\npassword = \"secret\""),
+            + &daemon("kv2", "kv", "max_clients = 100000\npassword = \"secret\"")
+            + &daemon(
+                "kv3",
+                "kv",
+                &format!("listen = \"/tmp/{}.sock\"", "k".repeat(100)),
+            ),
         &[
             "daemon[0].args.lisen: unknown setting of kind \"kv\", did you mean \"listen\"? \
              (it takes: listen, max_clients, debug)",
@@ -77,6 +82,8 @@ fn kv_settings_are_checked() {
             "daemon[2].args.password: unknown setting of kind \"kv\" \
              (it takes: listen, max_clients, debug)",
             "daemon[2].args.max_clients: 100000 is out of range (use 1..=65536)",
+            "daemon[3].args.listen: the socket path is 110 bytes long; \
+             a Unix socket path holds at most 107",
         ],
     );
 }
