@@ -84,12 +84,25 @@ impl Config {
 /// file that cannot be read gives one problem whose place is the path.
 pub fn load(path: &Path, kinds: &Registry) -> Result<Config, Vec<Problem>> {
     let file = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(text) => Config::parse(&text, &file, kinds),
-        Err(e) => Err(vec![Problem {
-            place: file,
+    let bytes = std::fs::read(path).map_err(|e| {
+        vec![Problem {
+            place: file.clone(),
             message: format!("cannot read the config file: {e}"),
-        }]),
+        }]
+    })?;
+    match String::from_utf8(bytes) {
+        Ok(text) => Config::parse(&text, &file, kinds),
+        Err(e) => {
+            // Placed like a syntax error, at the first byte that is not UTF-8.
+            let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let good = std::str::from_utf8(good).unwrap_or_default();
+            let line = good.matches('\n').count() + 1;
+            let col = good.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
+            Err(vec![Problem {
+                place: format!("{file}:{line}:{col}"),
+                message: "not UTF-8 text (a TOML file is UTF-8; a path in it too)".to_owned(),
+            }])
+        }
     }
 }
 

@@ -802,6 +802,21 @@ fn load_reads_a_file_and_names_it_on_error() {
     let p = config::load(&path, &kinds()).expect_err("syntax error");
     assert_eq!(p[0].place, format!("{}:1:10", path.display()));
 
+    // Bytes that are not UTF-8 (a Latin-1 path, say): placed at the first.
+    std::fs::write(
+        &path,
+        b"[[daemon]]\nname = \"a\"\nexec = [\"/opt/caf\xe9\"]\n",
+    )
+    .expect("write");
+    let p = config::load(&path, &kinds()).expect_err("not UTF-8");
+    assert_eq!(
+        p[0].to_string(),
+        format!(
+            "{}:3:18: not UTF-8 text (a TOML file is UTF-8; a path in it too)",
+            path.display()
+        )
+    );
+
     let missing = dir.path().join("missing.toml");
     let p = config::load(&missing, &kinds()).expect_err("missing file");
     assert_eq!(p.len(), 1);
