@@ -421,7 +421,18 @@ fn a_daemon_needs_a_name_and_a_program() {
     );
     assert_eq!(
         one("[[daemon]]\nname = \"d\"\nkind = \"\"\n"),
-        "daemon[0].kind: empty; name a built-in daemon such as \"idle\""
+        "daemon[0].kind: empty; name one of this binary's kinds \
+         (built in: idle, flaky, counter, probe)"
+    );
+    let none = Config::parse(
+        "[[daemon]]\nname = \"d\"\nkind = \"\"\n",
+        "t.toml",
+        &Registry::new(),
+    )
+    .expect_err("no kinds");
+    assert_eq!(
+        none[0].to_string(),
+        "daemon[0].kind: empty, and this binary has no kinds; use exec = [...]"
     );
 }
 
