@@ -748,6 +748,7 @@ fn a_kind_that_contradicts_itself_is_refused_with_why() {
         &[Setting::duration("d", "").between(Duration::from_secs(5), Duration::from_secs(1))];
     const BOTH: &[Setting] = &[Setting::int("n", "").required().default_int(3)];
     const NOT_A_SIGNAL: &[Setting] = &[Setting::signal("s", "").default_signal(999)];
+    const EMPTY_PATH: &[Setting] = &[Setting::path("p", "").default_str("")];
     for (settings, want) in [
         (
             EMPTY,
@@ -760,6 +761,10 @@ fn a_kind_that_contradicts_itself_is_refused_with_why() {
         (
             NOT_A_SIGNAL,
             "kind \"bad\": setting \"s\": the default 999 is not a signal",
+        ),
+        (
+            EMPTY_PATH,
+            "kind \"bad\": setting \"p\": the default \"\" does not fit path",
         ),
     ] {
         let refused = std::panic::catch_unwind(|| {

@@ -550,7 +550,8 @@ impl<'a> FromArg<'a> for Value<'a> {
 
 /// Checks a kind's declaration against itself: names unique, a duration
 /// range that accepts something, no default on a required setting, and
-/// each default accepted by its own setting.
+/// each default accepted by its own setting (a path's too: not empty, no
+/// NUL).
 pub(crate) fn check_declaration(settings: &[Setting]) -> Result<(), String> {
     for (i, s) in settings.iter().enumerate() {
         if settings[..i].iter().any(|t| t.name == s.name) {
@@ -584,7 +585,9 @@ pub(crate) fn check_declaration(settings: &[Setting]) -> Result<(), String> {
             (Type::Int { min, max }, Value::Int(n)) => (min..=max).contains(&n),
             (Type::Duration { min, max }, Value::Duration(d)) => (min..=max).contains(&d),
             (Type::Size { min, max }, Value::Size(n)) => (min..=max).contains(&n),
-            (Type::Str | Type::Path, Value::Str(_)) => true,
+            (Type::Str, Value::Str(_)) => true,
+            // As the config's paths: not empty, no NUL.
+            (Type::Path, Value::Str(p)) => !p.is_empty() && !p.contains('\0'),
             _ => false,
         };
         if !fits {
