@@ -21,7 +21,32 @@ fn collatz() -> PathBuf {
         "{} is missing: build it with `cargo build --example collatz` (plain `cargo test` does)",
         bin.display()
     );
+    // `cargo test --test author` builds this test but not the example: a
+    // binary older than its sources would test yesterday's code.
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .expect("the example's mtime");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sources = [root.join("examples/collatz.rs"), root.join("lib/src")];
+    if let Some(newer) = sources.iter().find_map(|s| newer_than(s, built)) {
+        panic!(
+            "{} is older than {}: build it with `cargo build --example collatz` \
+             (plain `cargo test` does)",
+            bin.display(),
+            newer.display()
+        );
+    }
     bin
+}
+
+/// A file at or under `path` modified after `t`, if any.
+fn newer_than(path: &std::path::Path, t: std::time::SystemTime) -> Option<PathBuf> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.is_dir() {
+        let entries = std::fs::read_dir(path).ok()?;
+        return entries.flatten().find_map(|e| newer_than(&e.path(), t));
+    }
+    (meta.modified().ok()? > t).then(|| path.to_owned())
 }
 
 /// Steps of n's Collatz sequence down to 1.
