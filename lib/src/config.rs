@@ -80,16 +80,33 @@ impl Config {
     }
 }
 
+/// The largest config file [`load`] reads.
+pub const MAX_CONFIG: u64 = 16 << 20;
+
 /// Reads and parses the config file at `path`, as [`Config::parse`]. A
-/// file that cannot be read gives one problem whose place is the path.
+/// file that cannot be read, or is larger than [`MAX_CONFIG`], gives one
+/// problem whose place is the path.
 pub fn load(path: &Path, kinds: &Registry) -> Result<Config, Vec<Problem>> {
+    use std::io::Read;
     let file = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| {
+    let problem = |message: String| {
         vec![Problem {
             place: file.clone(),
-            message: format!("cannot read the config file: {e}"),
+            message,
         }]
-    })?;
+    };
+    // At most MAX_CONFIG bytes (and one more, to notice): `--config
+    // /dev/zero` or a log file given by mistake must not fill memory.
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CONFIG + 1).read_to_end(&mut bytes))
+        .map_err(|e| problem(format!("cannot read the config file: {e}")))?;
+    if bytes.len() as u64 > MAX_CONFIG {
+        return Err(problem(format!(
+            "larger than {}MiB: not a config file",
+            MAX_CONFIG >> 20
+        )));
+    }
     match String::from_utf8(bytes) {
         Ok(text) => Config::parse(&text, &file, kinds),
         Err(e) => {

@@ -833,6 +833,14 @@ fn load_reads_a_file_and_names_it_on_error() {
         )
     );
 
+    // Endless input (a device given by mistake) is cut off, not read
+    // until memory runs out.
+    let p = config::load(std::path::Path::new("/dev/zero"), &kinds()).expect_err("endless");
+    assert_eq!(
+        p[0].to_string(),
+        "/dev/zero: larger than 16MiB: not a config file"
+    );
+
     let missing = dir.path().join("missing.toml");
     let p = config::load(&missing, &kinds()).expect_err("missing file");
     assert_eq!(p.len(), 1);
