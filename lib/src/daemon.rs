@@ -27,7 +27,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::config::OnRestart;
-use crate::region::Header;
+use crate::region::{Header, LOG_OFFSET, LOG_SIZE, SYSTEM_SIZE};
 use crate::sys;
 
 /// A daemon's entry point; its return value is the exit code.
@@ -226,10 +226,13 @@ pub enum Resumed {
 }
 
 /// Read-only views of the sibling daemons' user areas, by name.
+///
+/// Only daemons forked from the root (built-in kinds) have their siblings
+/// mapped; in an exec'd program ([`Context::from_env`]) there are none.
 #[derive(Debug, Clone, Copy)]
 pub struct Siblings<'a> {
     pub(crate) names: &'a [String],
-    pub(crate) regions: &'a crate::region::RegionSet,
+    pub(crate) regions: Option<&'a crate::region::RegionSet>,
     pub(crate) own: usize,
 }
 
@@ -239,34 +242,108 @@ impl<'a> Siblings<'a> {
     /// while this daemon reads, so the bytes are atomics (load them; a
     /// plain `&[u8]` would let the compiler assume they hold still), and a
     /// crashed owner may have left anything: treat them as untrusted input.
+    /// `None` for an unknown name, this daemon itself, and in an exec'd
+    /// program (siblings are not mapped there).
     pub fn get(&self, name: &str) -> Option<&'a [std::sync::atomic::AtomicU8]> {
+        let regions = self.regions?;
         let i = self.names.iter().position(|n| n == name)?;
-        (i != self.own).then(|| self.regions.user_shared(i))
+        (i != self.own).then(|| regions.user_shared(i))
     }
 
-    /// Names of every daemon of the tree, this one included.
+    /// Names of every daemon of the tree, this one included (empty in an
+    /// exec'd program).
     pub fn names(&self) -> impl Iterator<Item = &'a str> {
         self.names.iter().map(String::as_str)
     }
 }
 
+/// What the root decided for one start of a daemon, carried in one value
+/// from the config and the root's records to the daemon's [`Context`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Start<'a> {
+    /// Restarts before this start.
+    pub(crate) restarts: u32,
+    /// Recent deaths, oldest first.
+    pub(crate) deaths: &'a [Death],
+    /// The configured restart mode.
+    pub(crate) on_restart: OnRestart,
+    /// A poison verdict: resume from a checkpoint older than this.
+    pub(crate) resume_before: Option<u64>,
+}
+
 /// What a running daemon is given: its identity, its region, its siblings'
 /// regions, and its history.
 ///
-/// Built in the child after the fork without allocating.
+/// Built in the child after the fork without allocating (a built-in kind),
+/// or by [`Context::from_env`] in an exec'd program.
 #[derive(Debug)]
 pub struct Context<'a> {
     pub(crate) name: &'a str,
     pub(crate) header: &'a Header,
     pub(crate) state: &'a mut [u8],
     pub(crate) siblings: Siblings<'a>,
-    pub(crate) restarts: u32,
-    pub(crate) deaths: &'a [Death],
-    pub(crate) on_restart: OnRestart,
-    pub(crate) resume_before: Option<u64>,
+    pub(crate) start: Start<'a>,
     pub(crate) args: &'a toml::Table,
     pub(crate) stopping: bool,
     pub(crate) stop_fd: Option<std::os::fd::OwnedFd>,
+}
+
+/// A built-in daemon's own start-up, in the process forked for it once
+/// the prologue ([`crate::prologue::after_fork`]) ran, its region is
+/// mapped writable and its descriptors are arranged: takes the region
+/// ([`take_region`]), builds the [`Context`], runs `entry` and exits with
+/// its return value.
+pub(crate) fn run_builtin(
+    entry: Entry,
+    name: &str,
+    region: &'static mut [u8],
+    siblings: Siblings<'_>,
+    args: &toml::Table,
+    start: Start<'_>,
+) -> ! {
+    let (header, state) = take_region(name, region);
+    let mut ctx = Context {
+        name,
+        header,
+        state,
+        siblings,
+        start,
+        args,
+        stopping: false,
+        stop_fd: None,
+    };
+    let code = crate::prologue::run_or_abort(|| entry(&mut ctx));
+    // Exiting is not the steady state: flushing stdout may allocate.
+    crate::alloc::set_policy(crate::alloc::Policy::Count);
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    sys::exit_now(code)
+}
+
+/// Makes this process the owner of `region` (mapped writable for the rest
+/// of its life, at least [`SYSTEM_SIZE`] bytes): claims its header,
+/// installs its flight log as this process's log, and names the process
+/// for echoed log lines and allocation reports. Returns the header and the
+/// user area. Fork-safe.
+fn take_region(name: &str, region: &'static mut [u8]) -> (&'static Header, &'static mut [u8]) {
+    // The system area (header, flight log) and the state are disjoint
+    // halves: pointers into the first never alias the second.
+    let (system, state) = region.split_at_mut(SYSTEM_SIZE);
+    let base = std::ptr::NonNull::from(system).cast::<u8>();
+    // SAFETY: `system` is the start of the region, mapped writable for the
+    // rest of this process's life (the caller's contract), and nothing else
+    // in this process refers to it.
+    let header = unsafe { crate::region::claim(base) };
+    // SAFETY: the log area lies inside the system area, mapped writable for
+    // the rest of this process's life; this process starts no thread or
+    // transaction before this point.
+    let log = unsafe { crate::log::FlightLog::init(base.as_ptr().add(LOG_OFFSET), LOG_SIZE) };
+    if let Some(log) = log {
+        crate::log::install(log);
+    }
+    crate::alloc::set_name(name);
+    crate::logging::set_daemon_name(name);
+    (header, state)
 }
 
 impl<'a> Context<'a> {
@@ -295,29 +372,29 @@ impl<'a> Context<'a> {
 
     /// How many times this daemon has been restarted (0 on its first start).
     pub fn restarts(&self) -> u32 {
-        self.restarts
+        self.start.restarts
     }
 
     /// Recent deaths of this daemon, oldest first (empty on its first start).
     pub fn deaths(&self) -> &'a [Death] {
-        self.deaths
+        self.start.deaths
     }
 
     /// Why the previous process of this daemon ended, if there was one.
     pub fn last_exit(&self) -> Option<ExitReason> {
-        self.deaths.last().map(|d| d.reason)
+        self.start.deaths.last().map(|d| d.reason)
     }
 
     /// The configured restart mode (`on_restart`).
     pub fn on_restart(&self) -> OnRestart {
-        self.on_restart
+        self.start.on_restart
     }
 
     /// When the root found the checkpoint this daemon last resumed from to
     /// be poison (the daemon crashed soon after resuming from it): resume
     /// from a checkpoint older than this sequence number.
     pub fn resume_before(&self) -> Option<u64> {
-        self.resume_before
+        self.start.resume_before
     }
 
     /// Lays checkpointed state of type `T` (layout `version`) over the
@@ -338,7 +415,7 @@ impl<'a> Context<'a> {
         use crate::checkpoint::{CheckpointError, Checkpoints};
         let area = std::mem::take(&mut self.state);
         let mut cp = Checkpoints::<T>::attach(area, version)?;
-        let restored = match (self.on_restart, self.resume_before) {
+        let restored = match (self.start.on_restart, self.start.resume_before) {
             (OnRestart::Decide, _) => return Ok((cp, Resumed::Decide)),
             (OnRestart::Fresh, _) => {
                 cp.reset();
@@ -350,7 +427,7 @@ impl<'a> Context<'a> {
         let resumed = match restored {
             Ok(r) => {
                 self.header.resumed_seq.store(r.seq, Ordering::Relaxed);
-                match self.resume_before {
+                match self.start.resume_before {
                     None => Resumed::Resumed { seq: r.seq },
                     Some(poison) => Resumed::FellBack {
                         poison,
@@ -358,7 +435,7 @@ impl<'a> Context<'a> {
                     },
                 }
             }
-            Err(CheckpointError::NoCheckpoint) => match self.resume_before {
+            Err(CheckpointError::NoCheckpoint) => match self.start.resume_before {
                 None => Resumed::Fresh,
                 Some(poison) => Resumed::FellBack { poison, seq: None },
             },

@@ -22,6 +22,7 @@ pub mod logging;
 pub mod mutex;
 pub mod notify;
 pub mod pool;
+mod prologue;
 pub mod region;
 pub mod ring;
 pub mod root;

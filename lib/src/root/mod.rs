@@ -25,7 +25,7 @@ use crate::config::{Config, DaemonConfig, OnRestart, Program, RestartType, Strat
 use crate::daemon::{Death, ExitReason, Registry, SetupStage};
 use crate::region::{RegionSet, RegionSpec};
 use crate::sys::{self, Pid, SigSet, WaitStatus};
-use spawn::{Plan, Spawn, Spawned, Takeover};
+use spawn::{Plan, Run, Spawned, Takeover};
 
 /// Exit code: stopped cleanly, every child reaped.
 pub const EXIT_OK: i32 = 0;
@@ -599,33 +599,36 @@ impl<'a> Root<'a> {
     /// needs in the root's memory first.
     fn fork_child(&mut self, i: usize, standby: bool) -> io::Result<Spawned> {
         let c = &self.children[i];
-        let plan = match &c.cfg.program {
+        let start = crate::daemon::Start {
+            restarts: c.restarts,
+            deaths: &c.deaths,
+            on_restart: c.cfg.on_restart,
+            resume_before: c.resume_before,
+        };
+        let run = match &c.cfg.program {
             Program::Builtin(kind) => {
                 let k = self
                     .registry
                     .get(kind)
                     .expect("kinds are checked in Root::new");
-                Plan::Builtin {
+                Run::Builtin {
                     entry: k.entry,
                     args: &c.cfg.args,
-                    deaths: &c.deaths,
-                    restarts: c.restarts,
-                    on_restart: c.cfg.on_restart,
-                    resume_before: c.resume_before,
                     names: &self.names,
                 }
             }
             Program::Exec(argv) => {
-                Plan::exec(argv, &c.cfg.name, self.regions.region_len(i), c.restarts)?
+                Run::exec(argv, &c.cfg.name, self.regions.region_len(i), c.restarts)?
             }
         };
-        let spawned = spawn::spawn(&Spawn {
+        let spawned = spawn::spawn(&Plan {
             index: i,
             name: &c.cfg.name,
             title: &c.title,
             regions: &self.regions,
             root_pid: self.pid,
-            plan,
+            start,
+            run,
             lock: self.lock.as_ref().map(|l| l.as_raw_fd()),
             standby,
         })?;

@@ -11,9 +11,8 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use crate::config::OnRestart;
-use crate::daemon::{Context, Death, Entry, ExitReason, SetupStage, Siblings};
-use crate::region::{self, RegionSet, LOG_OFFSET, LOG_SIZE, SYSTEM_SIZE};
+use crate::daemon::{Death, Entry, ExitReason, SetupStage, Siblings, Start};
+use crate::region::RegionSet;
 use crate::sys::{self, Forked, Pid, SigSet};
 
 /// Exit code of a child whose setup failed (as a shell's "cannot execute").
@@ -27,16 +26,15 @@ const GATE_FD: RawFd = 4;
 /// What the child will run, prepared in the root before the fork so the
 /// child allocates nothing.
 #[derive(Debug)]
-pub(crate) enum Plan<'a> {
+pub(crate) enum Run<'a> {
+    /// A kind built into this binary: called in the forked process.
     Builtin {
         entry: Entry,
         args: &'a toml::Table,
-        deaths: &'a [Death],
-        restarts: u32,
-        on_restart: OnRestart,
-        resume_before: Option<u64>,
+        /// Every daemon's name, for [`Siblings`].
         names: &'a [String],
     },
+    /// A program: exec'd in the forked process.
     Exec {
         path: CString,
         /// Keeps the strings alive that `argv`/`envp` point into.
@@ -46,7 +44,7 @@ pub(crate) enum Plan<'a> {
     },
 }
 
-impl Plan<'_> {
+impl Run<'_> {
     /// Prepares an exec of `argv` with the parent's environment plus the
     /// daemon's identity: `FORKROOT_NAME`, `FORKROOT_REGION_FD=3` (its
     /// region, read-write), `FORKROOT_REGION_SIZE`, `FORKROOT_RESTARTS`.
@@ -55,7 +53,7 @@ impl Plan<'_> {
         name: &str,
         region_len: usize,
         restarts: u32,
-    ) -> io::Result<Plan<'static>> {
+    ) -> io::Result<Run<'static>> {
         let nul = |s: String| CString::new(s).map_err(io::Error::other);
         let path = nul(find_program(&argv[0])?)?;
         let mut strings: Vec<CString> = Vec::new();
@@ -78,7 +76,7 @@ impl Plan<'_> {
         argv.push(std::ptr::null());
         let mut envp: Vec<_> = strings[nargs..].iter().map(|s| s.as_ptr()).collect();
         envp.push(std::ptr::null());
-        Ok(Plan::Exec {
+        Ok(Run::Exec {
             path,
             _strings: strings,
             argv,
@@ -109,17 +107,20 @@ fn find_program(program: &str) -> io::Result<String> {
     ))
 }
 
-/// Everything the child needs, borrowed from the root's private memory
-/// (which the child inherits as a copy-on-write snapshot).
+/// The spawn plan: everything the child needs, decided by the config and
+/// the root's records, borrowed from the root's private memory (which the
+/// child inherits as a copy-on-write snapshot).
 #[derive(Debug)]
-pub(crate) struct Spawn<'a> {
+pub(crate) struct Plan<'a> {
     pub(crate) index: usize,
     pub(crate) name: &'a str,
     /// `forkroot: NAME`, shown by `ps`.
     pub(crate) title: &'a [u8],
     pub(crate) regions: &'a RegionSet,
     pub(crate) root_pid: Pid,
-    pub(crate) plan: Plan<'a>,
+    /// Its restart count, deaths, restart mode and poison verdict.
+    pub(crate) start: Start<'a>,
+    pub(crate) run: Run<'a>,
     /// The root's `state_dir` lock, which built-in daemons keep open.
     pub(crate) lock: Option<RawFd>,
     /// Start as a standby: set up, then wait on a gate pipe for the root's
@@ -284,7 +285,7 @@ pub(crate) struct Spawned {
 }
 
 /// Forks the daemon (or its standby).
-pub(crate) fn spawn(s: &Spawn<'_>) -> io::Result<Spawned> {
+pub(crate) fn spawn(s: &Plan<'_>) -> io::Result<Spawned> {
     let (rd, wr) = sys::pipe_cloexec(true)?;
     let gate = if s.standby {
         Some(sys::pipe_cloexec(false)?)
@@ -316,18 +317,9 @@ fn fail(pipe: RawFd, stage: SetupStage, err: io::Error) -> ! {
     sys::exit_now(SETUP_FAILED)
 }
 
-fn child(s: &Spawn<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
-    // Die with the root. The root may have died between fork() and here,
-    // in which case we were already reparented and no signal will come.
-    if let Err(e) = sys::set_parent_death_signal(libc::SIGKILL) {
+fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
+    if let Err(e) = crate::prologue::after_fork(s.root_pid) {
         fail(pipe, SetupStage::Orphaned, e);
-    }
-    if sys::getppid() != s.root_pid {
-        fail(
-            pipe,
-            SetupStage::Orphaned,
-            io::Error::from_raw_os_error(libc::ESRCH),
-        );
     }
     // Own session and process group, so a stop reaches whatever the daemon
     // forks, and a terminal's ^C reaches only the root.
@@ -336,8 +328,8 @@ fn child(s: &Spawn<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
     }
     sys::title::set(s.title);
 
-    match &s.plan {
-        Plan::Exec {
+    match &s.run {
+        Run::Exec {
             path, argv, envp, ..
         } => {
             let Some(fd) = s.regions.own_fd(s.index).map(|f| f.as_raw_fd()) else {
@@ -366,19 +358,7 @@ fn child(s: &Spawn<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
             let err = sys::exec(path, argv, envp);
             fail(4, SetupStage::Exec, err)
         }
-        Plan::Builtin {
-            entry,
-            args,
-            deaths,
-            restarts,
-            on_restart,
-            resume_before,
-            names,
-        } => {
-            // A crash signal is a crash: the Rust runtime's SIGSEGV/SIGBUS
-            // handler (for stack overflow reports) would swallow a first
-            // SIGSEGV sent with kill(2).
-            sys::default_crash_signals();
+        Run::Builtin { entry, args, names } => {
             // SIGTERM stays blocked: the daemon takes it through
             // Context::stopping/sleep, so it can finish what it is doing.
             let _ = SigSet::of(&[libc::SIGTERM]).set_mask();
@@ -388,40 +368,9 @@ fn child(s: &Spawn<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
                 Ok(r) => r,
                 Err(e) => fail(pipe, SetupStage::Region, e),
             };
-            // Keep the state_dir lock (fd 3: while any daemon of this root
-            // lives, no other root can take the state_dir) and a standby's
-            // gate (fd 4); close everything else inherited from the root
-            // (its epoll, signalfd, control socket, the regions'
-            // descriptors). That closes the setup pipe too, which tells the
-            // root we are up.
-            let pipe = sys::dup_at_least(pipe, 10).unwrap_or(pipe);
-            let moved = (|| -> io::Result<()> {
-                let lock = s.lock.map(|fd| sys::dup_at_least(fd, 10)).transpose()?;
-                let gate = gate.map(|fd| sys::dup_at_least(fd, 10)).transpose()?;
-                if let Some(fd) = lock {
-                    sys::dup2(fd, LOCK_FD)?;
-                }
-                if let Some(fd) = gate {
-                    sys::dup2(fd, GATE_FD)?;
-                }
-                Ok(())
-            })();
-            if let Err(e) = moved {
-                fail(pipe, SetupStage::Descriptors, e);
-            }
-            if let Err(e) = sys::close_from(GATE_FD + 1) {
-                fail(pipe, SetupStage::Descriptors, e);
-            }
-            if gate.is_none() {
-                sys::close(GATE_FD);
-            }
-            if s.lock.is_none() {
-                sys::close(LOCK_FD);
-            }
+            keep_descriptors(s, pipe, gate);
             // A standby waits here, set up, until the primary dies.
-            let mut restarts = *restarts;
-            let mut resume_before = *resume_before;
-            let mut deaths: &[Death] = deaths;
+            let mut start = s.start;
             let took;
             if gate.is_some() {
                 let mut msg = [0u8; Takeover::SIZE];
@@ -433,69 +382,51 @@ fn child(s: &Spawn<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
                 let Some(t) = t else { sys::exit_now(0) };
                 sys::close(GATE_FD);
                 took = t;
-                deaths = &took.deaths[..took.n];
-                restarts = took.restarts;
-                resume_before = took.resume_before;
-            }
-            // The system area (header, flight log) and the state are disjoint
-            // halves: pointers into the first never alias the second.
-            let (system, state) = region.split_at_mut(SYSTEM_SIZE);
-            let Some(base) = std::ptr::NonNull::new(system.as_mut_ptr()) else {
-                fail(
-                    pipe,
-                    SetupStage::Region,
-                    io::Error::from_raw_os_error(libc::EFAULT),
-                );
-            };
-            // SAFETY: `system` is the start of the region, mapped writable
-            // for the rest of this process's life by `enter` just above, and
-            // nothing else in this process refers to it.
-            let header = unsafe { region::claim(base) };
-            // SAFETY: the log area lies inside the region, which stays mapped
-            // writable for the rest of this process's life; this process
-            // starts no thread or transaction before this point.
-            let log =
-                unsafe { crate::log::FlightLog::init(base.as_ptr().add(LOG_OFFSET), LOG_SIZE) };
-            if let Some(log) = log {
-                crate::log::install(log);
-            }
-            crate::alloc::set_name(s.name);
-            // Start-up may allocate; counted, so status can show it. The
-            // daemon declares its steady state with Context::steady.
-            crate::alloc::reset_stats();
-            crate::alloc::set_policy(crate::alloc::Policy::Count);
-            crate::logging::set_daemon_name(s.name);
-            crate::trace::after_fork();
-            let mut ctx = Context {
-                name: s.name,
-                header,
-                state,
-                siblings: Siblings {
-                    names,
-                    regions: s.regions,
-                    own: s.index,
-                },
-                restarts,
-                deaths,
-                on_restart: *on_restart,
-                resume_before,
-                args,
-                stopping: false,
-                stop_fd: None,
-            };
-            // A panic must not unwind into the root's frames below us (their
-            // destructors would run here: the control socket's unlinks the
-            // root's socket). It is a crash.
-            let code =
-                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| entry(&mut ctx))) {
-                    Ok(code) => code,
-                    Err(_) => sys::die_by(libc::SIGABRT),
+                start = Start {
+                    restarts: took.restarts,
+                    deaths: &took.deaths[..took.n],
+                    resume_before: took.resume_before,
+                    ..start
                 };
-            // Exiting is not the steady state: flushing stdout may allocate.
-            crate::alloc::set_policy(crate::alloc::Policy::Count);
-            use std::io::Write;
-            let _ = std::io::stdout().flush();
-            sys::exit_now(code)
+            }
+            let siblings = Siblings {
+                names,
+                regions: Some(s.regions),
+                own: s.index,
+            };
+            crate::daemon::run_builtin(*entry, s.name, region, siblings, args, start)
         }
+    }
+}
+
+/// A built-in daemon keeps the `state_dir` lock (fd 3: while any daemon of
+/// this root lives, no other root can take the state_dir) and a standby's
+/// gate (fd 4), and closes everything else inherited from the root (its
+/// epoll, signalfd, control socket, the regions' descriptors). That closes
+/// the setup pipe too, which tells the root it is up. Fork-safe.
+fn keep_descriptors(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) {
+    let pipe = sys::dup_at_least(pipe, 10).unwrap_or(pipe);
+    let moved = (|| -> io::Result<()> {
+        let lock = s.lock.map(|fd| sys::dup_at_least(fd, 10)).transpose()?;
+        let gate = gate.map(|fd| sys::dup_at_least(fd, 10)).transpose()?;
+        if let Some(fd) = lock {
+            sys::dup2(fd, LOCK_FD)?;
+        }
+        if let Some(fd) = gate {
+            sys::dup2(fd, GATE_FD)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = moved {
+        fail(pipe, SetupStage::Descriptors, e);
+    }
+    if let Err(e) = sys::close_from(GATE_FD + 1) {
+        fail(pipe, SetupStage::Descriptors, e);
+    }
+    if gate.is_none() {
+        sys::close(GATE_FD);
+    }
+    if s.lock.is_none() {
+        sys::close(LOCK_FD);
     }
 }
