@@ -93,6 +93,8 @@ pub enum SetupStage {
     UnknownKind = 6,
     /// fork itself (or preparing for it) failed in the root.
     Fork = 7,
+    /// The child's report of its failed start-up did not verify.
+    Report = 8,
 }
 
 impl SetupStage {
@@ -107,6 +109,7 @@ impl SetupStage {
             Exec,
             UnknownKind,
             Fork,
+            Report,
         ]
         .into_iter()
         .find(|s| *s as u32 == n)
@@ -123,6 +126,7 @@ impl fmt::Display for SetupStage {
             SetupStage::Exec => "exec",
             SetupStage::UnknownKind => "unknown kind",
             SetupStage::Fork => "fork",
+            SetupStage::Report => "unreadable setup report",
         })
     }
 }

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+mod handoff;
 pub mod log;
 pub mod logging;
 pub mod mutex;

@@ -23,9 +23,10 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, DaemonConfig, OnRestart, Program, RestartType, Strategy};
 use crate::daemon::{Death, ExitReason, Registry, SetupStage};
+use crate::handoff::{read_setup, History, Setup};
 use crate::region::{RegionSet, RegionSpec};
 use crate::sys::{self, Pid, SigSet, WaitStatus};
-use spawn::{Plan, Run, Spawned, Takeover};
+use spawn::{Plan, Run, Spawned};
 
 /// Exit code: stopped cleanly, every child reaped.
 pub const EXIT_OK: i32 = 0;
@@ -40,8 +41,8 @@ pub const EXIT_CONFIG: i32 = 78;
 /// preparing an exec).
 const FORK_RETRY: Duration = Duration::from_secs(1);
 
-/// How many past deaths the root remembers per daemon.
-const DEATHS_KEPT: usize = 16;
+// How many past deaths the root remembers per daemon.
+use crate::handoff::DEATHS_KEPT;
 
 use crate::checkpoint::POISON_WINDOW;
 
@@ -718,8 +719,8 @@ impl<'a> Root<'a> {
             return false;
         }
         let sb = c.standby.take().expect("checked above");
-        let msg = Takeover::new(c.restarts, &c.deaths, c.resume_before).encode();
-        if let Err(e) = sys::write_all(sb.gate.as_raw_fd(), &msg) {
+        let history = History::new(c.restarts, &c.deaths, c.resume_before);
+        if let Err(e) = history.send(sb.gate.as_raw_fd()) {
             warn!(daemon = %c.cfg.name, error = %e, "standby unreachable; forking instead");
             let _ = sys::kill(sb.pid, libc::SIGKILL);
             c.standby = Some(Standby { killed: true, ..sb });
@@ -1291,36 +1292,6 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<OwnedFd, RootError> {
             }
             Err(e) => return Err(RootError::Io("locking state_dir", e)),
         }
-    }
-}
-
-/// What a setup pipe says.
-enum Setup {
-    /// Nothing to read yet.
-    Pending,
-    /// End of file: the child's code runs (or it exec'd).
-    Ready,
-    /// The child reported a failed step.
-    Failed(ExitReason),
-}
-
-/// Reads a setup pipe without blocking.
-fn read_setup(fd: &OwnedFd) -> Setup {
-    let mut buf = [0u8; 8];
-    match sys::read(fd.as_raw_fd(), &mut buf) {
-        Ok(0) => Setup::Ready,
-        Ok(8) => {
-            let stage = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
-            let errno = i32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
-            match SetupStage::from_u32(stage) {
-                Some(stage) => Setup::Failed(ExitReason::SetupFailed { stage, errno }),
-                None => Setup::Ready,
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Setup::Pending,
-        // A short or failed read: the child is gone or broken; its exit
-        // will tell.
-        Ok(_) | Err(_) => Setup::Ready,
     }
 }
 

@@ -11,7 +11,8 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use crate::daemon::{Death, Entry, ExitReason, SetupStage, Siblings, Start};
+use crate::daemon::{Entry, SetupStage, Siblings, Start};
+use crate::handoff::{self, History};
 use crate::region::RegionSet;
 use crate::sys::{self, Forked, Pid, SigSet};
 
@@ -124,151 +125,8 @@ pub(crate) struct Plan<'a> {
     /// The root's `state_dir` lock, which built-in daemons keep open.
     pub(crate) lock: Option<RawFd>,
     /// Start as a standby: set up, then wait on a gate pipe for the root's
-    /// word to take over (see [`Takeover`]).
+    /// word to take over (a [`History`]).
     pub(crate) standby: bool,
-}
-
-/// What the root tells a standby when it takes over: the facts that
-/// changed since the standby was forked (its restart count, the whole death
-/// history, a poison verdict). At most [`Takeover::SIZE`] bytes on the gate
-/// pipe, written at once (atomic: less than PIPE_BUF).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Takeover {
-    pub(crate) restarts: u32,
-    pub(crate) resume_before: Option<u64>,
-    /// The root's recent deaths of the daemon, oldest first: `deaths[..n]`.
-    pub(crate) deaths: [Death; super::DEATHS_KEPT],
-    pub(crate) n: usize,
-}
-
-/// Bytes of one death in a [`Takeover`] message.
-const DEATH_BYTES: usize = 28;
-
-impl Takeover {
-    /// Header (restarts u32, count u32, resume_before u64) + the deaths.
-    pub(crate) const SIZE: usize = 16 + DEATH_BYTES * super::DEATHS_KEPT;
-
-    /// An empty history slot.
-    pub(crate) const NO_DEATH: Death = Death {
-        reason: ExitReason::Exited(0),
-        uptime: std::time::Duration::ZERO,
-        at_realtime_ns: 0,
-    };
-
-    /// The message for a daemon with `restarts`, `deaths` (at most
-    /// DEATHS_KEPT are kept: the newest) and `resume_before`.
-    pub(crate) fn new(restarts: u32, deaths: &[Death], resume_before: Option<u64>) -> Takeover {
-        let mut t = Takeover {
-            restarts,
-            resume_before,
-            deaths: [Self::NO_DEATH; super::DEATHS_KEPT],
-            n: deaths.len().min(super::DEATHS_KEPT),
-        };
-        t.deaths[..t.n].copy_from_slice(&deaths[deaths.len() - t.n..]);
-        t
-    }
-
-    pub(crate) fn encode(&self) -> [u8; Self::SIZE] {
-        let mut m = [0u8; Self::SIZE];
-        m[0..4].copy_from_slice(&self.restarts.to_le_bytes());
-        m[4..8].copy_from_slice(&(self.n as u32).to_le_bytes());
-        m[8..16].copy_from_slice(&self.resume_before.unwrap_or(0).to_le_bytes());
-        for (k, d) in self.deaths[..self.n].iter().enumerate() {
-            let (kind, a, b) = match d.reason {
-                ExitReason::Exited(code) => (0u32, code, 0),
-                ExitReason::Signaled { signal, core } => (1, signal, core as i32),
-                ExitReason::SetupFailed { stage, errno } => (2, stage as i32, errno),
-            };
-            let o = 16 + k * DEATH_BYTES;
-            m[o..o + 4].copy_from_slice(&kind.to_le_bytes());
-            m[o + 4..o + 8].copy_from_slice(&a.to_le_bytes());
-            m[o + 8..o + 12].copy_from_slice(&b.to_le_bytes());
-            m[o + 12..o + 20].copy_from_slice(&(d.uptime.as_nanos() as u64).to_le_bytes());
-            m[o + 20..o + 28].copy_from_slice(&d.at_realtime_ns.to_le_bytes());
-        }
-        m
-    }
-
-    /// Fork-safe.
-    pub(crate) fn decode(m: &[u8; Self::SIZE]) -> Option<Takeover> {
-        let word = |i: usize| i32::from_le_bytes([m[i], m[i + 1], m[i + 2], m[i + 3]]);
-        let long = |i: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&m[i..i + 8]);
-            u64::from_le_bytes(b)
-        };
-        let n = word(4) as u32 as usize;
-        if n > super::DEATHS_KEPT {
-            return None;
-        }
-        let mut t = Takeover {
-            restarts: word(0) as u32,
-            resume_before: Some(long(8)).filter(|&s| s != 0),
-            deaths: [Self::NO_DEATH; super::DEATHS_KEPT],
-            n,
-        };
-        for k in 0..n {
-            let o = 16 + k * DEATH_BYTES;
-            let (a, b) = (word(o + 4), word(o + 8));
-            let reason = match word(o) {
-                0 => ExitReason::Exited(a),
-                1 => ExitReason::Signaled {
-                    signal: a,
-                    core: b != 0,
-                },
-                2 => ExitReason::SetupFailed {
-                    stage: SetupStage::from_u32(a as u32)?,
-                    errno: b,
-                },
-                _ => return None,
-            };
-            t.deaths[k] = Death {
-                reason,
-                uptime: std::time::Duration::from_nanos(long(o + 12)),
-                at_realtime_ns: long(o + 20),
-            };
-        }
-        Some(t)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_takeover_message_round_trips() {
-        let deaths: Vec<Death> = (0..20)
-            .map(|k| Death {
-                reason: match k % 3 {
-                    0 => ExitReason::Exited(k),
-                    1 => ExitReason::Signaled {
-                        signal: 11,
-                        core: k % 2 == 0,
-                    },
-                    _ => ExitReason::SetupFailed {
-                        stage: SetupStage::Exec,
-                        errno: 2,
-                    },
-                },
-                uptime: std::time::Duration::from_millis(k as u64),
-                at_realtime_ns: 1000 + k as u64,
-            })
-            .collect();
-        let t = Takeover::new(7, &deaths, Some(42));
-        assert_eq!(t.n, super::super::DEATHS_KEPT);
-        assert_eq!(t.deaths[0], deaths[20 - t.n], "the newest are kept");
-        assert_eq!(Takeover::decode(&t.encode()), Some(t));
-        let none = Takeover::new(0, &[], None);
-        assert_eq!(Takeover::decode(&none.encode()), Some(none));
-        let mut bad = none.encode();
-        bad[4] = 200;
-        assert_eq!(
-            Takeover::decode(&bad),
-            None,
-            "a count past DEATHS_KEPT is refused"
-        );
-    }
 }
 
 /// A forked child, seen from the root.
@@ -279,7 +137,7 @@ pub(crate) struct Spawned {
     /// (the child closed every inherited descriptor, or exec'd); 8 bytes
     /// mean it failed.
     pub(crate) setup: OwnedFd,
-    /// Write end of a standby's gate: a [`Takeover`] starts it; closing it
+    /// Write end of a standby's gate: a [`History`] starts it; closing it
     /// without one makes the standby exit.
     pub(crate) gate: Option<OwnedFd>,
 }
@@ -309,11 +167,7 @@ pub(crate) fn spawn(s: &Plan<'_>) -> io::Result<Spawned> {
 
 /// Reports a failed setup step to the root and exits. Fork-safe.
 fn fail(pipe: RawFd, stage: SetupStage, err: io::Error) -> ! {
-    let errno = err.raw_os_error().unwrap_or(0);
-    let mut msg = [0u8; 8];
-    msg[..4].copy_from_slice(&(stage as u32).to_le_bytes());
-    msg[4..].copy_from_slice(&errno.to_le_bytes());
-    let _ = sys::write_all(pipe, &msg);
+    handoff::report_setup_failure(pipe, stage, err.raw_os_error().unwrap_or(0));
     sys::exit_now(SETUP_FAILED)
 }
 
@@ -373,18 +227,15 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
             let mut start = s.start;
             let took;
             if gate.is_some() {
-                let mut msg = [0u8; Takeover::SIZE];
-                let t = match sys::read(GATE_FD, &mut msg) {
-                    Ok(Takeover::SIZE) => Takeover::decode(&msg),
-                    _ => None,
-                };
                 // No takeover (the gate closed): the root no longer needs us.
-                let Some(t) = t else { sys::exit_now(0) };
+                let Some(t) = History::wait(GATE_FD) else {
+                    sys::exit_now(0)
+                };
                 sys::close(GATE_FD);
                 took = t;
                 start = Start {
                     restarts: took.restarts,
-                    deaths: &took.deaths[..took.n],
+                    deaths: took.deaths(),
                     resume_before: took.resume_before,
                     ..start
                 };
