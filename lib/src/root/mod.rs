@@ -872,14 +872,9 @@ impl<'a> Root<'a> {
     /// from the checkpoint before C (and, that failing too, fresh).
     fn judge_checkpoint(&mut self, i: usize, pid: i32, reason: ExitReason, uptime: Duration) {
         let crashed = reason.is_crash();
-        let h = self.regions.header(i);
-        let resumed = if h.magic.load(std::sync::atomic::Ordering::Acquire) == crate::region::MAGIC
-            && h.pid.load(std::sync::atomic::Ordering::Relaxed) == pid as u32
-        {
+        let resumed = self.regions.header_of(i, Pid(pid)).map_or(0, |h| {
             h.resumed_seq.load(std::sync::atomic::Ordering::Relaxed)
-        } else {
-            0
-        };
+        });
         let c = &mut self.children[i];
         c.resume_before = (crashed && uptime < POISON_WINDOW && resumed != 0).then_some(resumed);
         if let Some(seq) = c.resume_before {
@@ -1230,14 +1225,11 @@ impl Root<'_> {
         let (Some(wd), Some(pid)) = (c.cfg.watchdog, c.pid) else {
             return;
         };
-        let h = self.regions.header(i);
         let mut last = c.started_ns;
         // The heartbeat is the daemon's word: believed only from a header
         // that names the current process, and never later than now.
         let now = sys::monotonic_ns();
-        if h.magic.load(std::sync::atomic::Ordering::Acquire) == crate::region::MAGIC
-            && h.pid.load(std::sync::atomic::Ordering::Relaxed) == pid.0 as u32
-        {
+        if let Some(h) = self.regions.header_of(i, pid) {
             let hb = h.heartbeat_ns.load(std::sync::atomic::Ordering::Acquire);
             if hb <= now {
                 last = last.max(hb);
