@@ -350,6 +350,221 @@ fn take_region(name: &str, region: &'static mut [u8]) -> (&'static Header, &'sta
     (header, state)
 }
 
+/// Why [`Context::from_env`] could not attach. Each names what is wrong
+/// and where; none is a crash.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum AttachError {
+    /// `FORKROOT_NAME` is not set: the program was not started by
+    /// forkroot (`exec = [...]` in a config).
+    NotStarted,
+    /// A variable forkroot sets is missing or holds something it never
+    /// writes.
+    BadVariable {
+        /// The variable.
+        name: &'static str,
+        /// What it holds (cut short if long).
+        value: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The region descriptor is not a region the root made (closed, another
+    /// file, or not writable).
+    NotARegion {
+        /// The descriptor (`FORKROOT_REGION_FD`, 3).
+        fd: std::os::fd::RawFd,
+        /// What it is instead.
+        problem: String,
+    },
+    /// The region is too small to hold the library's system area and any
+    /// state.
+    TooSmall {
+        /// The descriptor.
+        fd: std::os::fd::RawFd,
+        /// Its size in bytes.
+        len: u64,
+        /// The least a region has.
+        need: u64,
+    },
+    /// The region's header was written by another layout of the library
+    /// (the region outlived a program built against another version).
+    LayoutChanged {
+        /// The layout found in the header.
+        found: u32,
+        /// The layout this library writes.
+        expected: u32,
+    },
+    /// This process already attached: one `Context` per process owns the
+    /// region.
+    AlreadyAttached,
+}
+
+impl fmt::Display for AttachError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AttachError::NotStarted => f.write_str(
+                "not started by forkroot: FORKROOT_NAME is not set \
+                 (run this program from a forkroot config with exec = [...])",
+            ),
+            AttachError::BadVariable {
+                name,
+                value,
+                problem,
+            } => write!(f, "{name}={value:?} {problem}"),
+            AttachError::NotARegion { fd, problem } => {
+                write!(f, "fd {fd} is not a forkroot region: {problem}")
+            }
+            AttachError::TooSmall { fd, len, need } => write!(
+                f,
+                "fd {fd}: the region is {len} bytes, a region has at least {need}"
+            ),
+            AttachError::LayoutChanged { found, expected } => write!(
+                f,
+                "the region's header has layout {found}, this library writes layout {expected}"
+            ),
+            AttachError::AlreadyAttached => {
+                f.write_str("this process already attached to its region (Context::from_env)")
+            }
+        }
+    }
+}
+
+impl std::error::Error for AttachError {}
+
+/// Whether this process attached with [`Context::from_env`].
+static ATTACHED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl Context<'static> {
+    /// Attaches a program started by forkroot with `exec = [...]` to what
+    /// the root gave it: its region at fd 3 (`FORKROOT_REGION_FD`) and its
+    /// start facts (`FORKROOT_NAME`, `FORKROOT_RESTARTS`,
+    /// `FORKROOT_ON_RESTART`, `FORKROOT_HISTORY`). Call it once, first
+    /// thing in `main`, before starting threads.
+    ///
+    /// The program then has what a built-in daemon has: typed state and
+    /// checkpoints ([`Context::checkpoints`], with `fresh`, `resume`,
+    /// `decide` and poison fall-back the same), transactions over
+    /// [`Context::split_state`], its restart count and deaths,
+    /// [`Context::heartbeat`] for the root's `watchdog`, stop requests
+    /// through [`Context::stopping`]/[`Context::sleep`] (SIGTERM is blocked
+    /// in the calling thread for that), and its flight log: `tracing`
+    /// events go into the region's crash-surviving log (shown in the root's
+    /// crash reports and `ctl logs`) and to stderr. [`Context::steady`]
+    /// forbids allocation only in a program that installs
+    /// `forkroot::alloc::Guarded` as its global allocator.
+    ///
+    /// Not available: siblings' regions are not mapped into exec'd
+    /// programs ([`Context::siblings`] is empty), and there are no
+    /// `[daemon.args]` (a program takes its own arguments).
+    pub fn from_env() -> Result<Context<'static>, AttachError> {
+        use std::sync::atomic::Ordering::AcqRel;
+        if ATTACHED.swap(true, AcqRel) {
+            return Err(AttachError::AlreadyAttached);
+        }
+        let attached = Context::attach(crate::handoff::ExecEnv::read(|k| std::env::var(k).ok()));
+        if attached.is_err() {
+            ATTACHED.store(false, std::sync::atomic::Ordering::Release);
+        }
+        attached
+    }
+
+    fn attach(
+        env: Result<crate::handoff::ExecEnv, AttachError>,
+    ) -> Result<Context<'static>, AttachError> {
+        let env = env?;
+        let region = map_exec_region(env.fd, env.region_size)?;
+        sys::default_crash_signals();
+        let _ = sys::SigSet::of(&[libc::SIGTERM]).block();
+        let name: &'static str = env.name.leak();
+        let (header, state) = take_region(name, region);
+        crate::logging::init();
+        crate::alloc::reset_stats();
+        crate::alloc::set_policy(crate::alloc::Policy::Count);
+        let history = env.history;
+        static NO_ARGS: std::sync::OnceLock<toml::Table> = std::sync::OnceLock::new();
+        Ok(Context {
+            name,
+            header,
+            state,
+            siblings: Siblings {
+                names: &[],
+                regions: None,
+                own: 0,
+            },
+            start: Start {
+                restarts: history.restarts,
+                deaths: history.deaths().to_vec().leak(),
+                on_restart: env.on_restart,
+                resume_before: history.resume_before,
+            },
+            args: NO_ARGS.get_or_init(toml::Table::new),
+            stopping: false,
+            stop_fd: None,
+        })
+    }
+}
+
+/// Maps an exec'd program's region (the root's sealed memfd at `fd`)
+/// read-write for the rest of the process, after checking it is one.
+fn map_exec_region(
+    fd: std::os::fd::RawFd,
+    size_said: u64,
+) -> Result<&'static mut [u8], AttachError> {
+    use crate::region::{LAYOUT, MAGIC};
+    let not = |problem: String| AttachError::NotARegion { fd, problem };
+    let link = format!("/proc/self/fd/{fd}");
+    let target = std::fs::read_link(&link).map_err(|e| not(format!("{link}: {e}")))?;
+    // The root names every exec'd program's memfd "forkroot:NAME".
+    if !target.to_string_lossy().starts_with("/memfd:forkroot:") {
+        return Err(not(format!("it is {}", target.display())));
+    }
+    let len = std::fs::metadata(&link)
+        .map_err(|e| not(format!("{link}: {e}")))?
+        .len();
+    let need = (SYSTEM_SIZE + sys::page_size()) as u64;
+    if len < need {
+        return Err(AttachError::TooSmall { fd, len, need });
+    }
+    if len != size_said {
+        return Err(not(format!(
+            "it is {len} bytes, FORKROOT_REGION_SIZE says {size_said}"
+        )));
+    }
+    let len = usize::try_from(len).map_err(|_| AttachError::TooSmall { fd, len, need })?;
+    let base = sys::reserve(len).map_err(|e| not(format!("reserving {len} bytes: {e}")))?;
+    // SAFETY: [base, base+len) is the reservation just made; nothing refers
+    // into it.
+    if let Err(e) = unsafe { sys::map_fixed(base, len, fd, 0, sys::Access::ReadWrite) } {
+        // SAFETY: the reservation is ours and nothing refers into it.
+        let _ = unsafe { sys::unmap(base, len) };
+        return Err(not(format!("mapping it read-write: {e}")));
+    }
+    // SAFETY: the region is page-aligned, longer than a Header, and Header
+    // is Plain: any bytes are a valid value. The reference ends before the
+    // region is handed out or unmapped.
+    let header = unsafe { &*base.as_ptr().cast::<Header>() };
+    let magic = header.magic.load(Ordering::Acquire);
+    let layout = header.layout.load(Ordering::Relaxed);
+    let refused = if magic == MAGIC && layout != LAYOUT {
+        Some(AttachError::LayoutChanged {
+            found: layout,
+            expected: LAYOUT,
+        })
+    } else if magic != MAGIC && magic != 0 {
+        Some(not("its header is not a forkroot header".into()))
+    } else {
+        None
+    };
+    if let Some(e) = refused {
+        // SAFETY: nothing refers into the mapping any more.
+        let _ = unsafe { sys::unmap(base, len) };
+        return Err(e);
+    }
+    // SAFETY: the mapping is never removed for the rest of the process,
+    // and from_env's ATTACHED flag makes this the only reference into it.
+    Ok(unsafe { std::slice::from_raw_parts_mut(base.as_ptr(), len) })
+}
+
 impl<'a> Context<'a> {
     /// The daemon's name in the config.
     pub fn name(&self) -> &'a str {

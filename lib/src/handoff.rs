@@ -8,6 +8,10 @@
 //! - [`SetupReport`]: a start-up step that failed in a forked child, sent
 //!   to the root over the close-on-exec setup pipe before the child exits.
 //!
+//! - The environment of an exec'd program ([`exec_env`], [`ExecEnv`]):
+//!   `FORKROOT_NAME`, `FORKROOT_REGION_FD`, `FORKROOT_REGION_SIZE`,
+//!   `FORKROOT_RESTARTS`, `FORKROOT_ON_RESTART` and `FORKROOT_HISTORY`.
+//!
 //! A message that is the wrong size, has another tag or version, or fails
 //! its crc is an error ([`MessageError`]), never read as something else.
 
@@ -16,7 +20,8 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use crate::daemon::{Death, ExitReason, SetupStage};
+use crate::config::OnRestart;
+use crate::daemon::{AttachError, Death, ExitReason, SetupStage, Start};
 use crate::region::Plain;
 use crate::sys;
 
@@ -273,6 +278,30 @@ impl History {
         Ok(h)
     }
 
+    /// The message as lowercase hex, for an environment variable.
+    fn hex(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::with_capacity(2 * Self::SIZE);
+        for b in self.encode() {
+            let _ = write!(s, "{b:02x}");
+        }
+        s
+    }
+
+    /// Reads [`History::hex`]'s output.
+    fn from_hex(s: &str) -> Result<History, MessageError> {
+        let s = s.as_bytes();
+        if s.len() != 2 * Self::SIZE {
+            return Err(MessageError::Size(s.len() / 2));
+        }
+        let mut b = [0u8; Self::SIZE];
+        for (out, pair) in b.iter_mut().zip(s.chunks_exact(2)) {
+            let digit = |c: u8| (c as char).to_digit(16).ok_or(MessageError::Field("hex"));
+            *out = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
+        }
+        History::decode(&b)
+    }
+
     /// Sends the message to a standby through its gate, in one write.
     pub(crate) fn send(&self, gate: RawFd) -> io::Result<()> {
         sys::write_all(gate, &self.encode())
@@ -372,6 +401,105 @@ fn parse_setup(b: &[u8]) -> ExitReason {
     }
 }
 
+/// The variables of an exec'd program's environment that forkroot sets.
+const NAME: &str = "FORKROOT_NAME";
+const REGION_FD: &str = "FORKROOT_REGION_FD";
+const REGION_SIZE: &str = "FORKROOT_REGION_SIZE";
+const RESTARTS: &str = "FORKROOT_RESTARTS";
+const ON_RESTART: &str = "FORKROOT_ON_RESTART";
+const HISTORY: &str = "FORKROOT_HISTORY";
+
+/// The descriptor an exec'd program finds its region at.
+pub(crate) const EXEC_REGION_FD: RawFd = 3;
+
+fn on_restart_name(m: OnRestart) -> &'static str {
+    match m {
+        OnRestart::Fresh => "fresh",
+        OnRestart::Resume => "resume",
+        OnRestart::Decide => "decide",
+    }
+}
+
+/// `NAME=value` strings the root adds to an exec'd program's environment
+/// (prepared in the root, before the fork).
+pub(crate) fn exec_env(name: &str, region_len: usize, start: &Start<'_>) -> Vec<String> {
+    let history = History::new(start.restarts, start.deaths, start.resume_before);
+    vec![
+        format!("{NAME}={name}"),
+        format!("{REGION_FD}={EXEC_REGION_FD}"),
+        format!("{REGION_SIZE}={region_len}"),
+        format!("{RESTARTS}={}", start.restarts),
+        format!("{ON_RESTART}={}", on_restart_name(start.on_restart)),
+        format!("{HISTORY}={}", history.hex()),
+    ]
+}
+
+/// What an exec'd program reads from its environment.
+#[derive(Debug)]
+pub(crate) struct ExecEnv {
+    pub(crate) name: String,
+    pub(crate) fd: RawFd,
+    pub(crate) region_size: u64,
+    pub(crate) on_restart: OnRestart,
+    pub(crate) history: History,
+}
+
+impl ExecEnv {
+    /// Reads the variables through `get` (`std::env::var` in a program).
+    /// No `FORKROOT_NAME` means the program was not started by forkroot.
+    pub(crate) fn read(get: impl Fn(&str) -> Option<String>) -> Result<ExecEnv, AttachError> {
+        let name = get(NAME).ok_or(AttachError::NotStarted)?;
+        let var = |key: &'static str| {
+            get(key).ok_or_else(|| AttachError::BadVariable {
+                name: key,
+                value: String::new(),
+                problem: "is not set (the root sets it with FORKROOT_NAME)".into(),
+            })
+        };
+        let bad = |key: &'static str, value: &str, problem: String| AttachError::BadVariable {
+            name: key,
+            value: value.to_owned(),
+            problem,
+        };
+        let fd_text = var(REGION_FD)?;
+        let fd = fd_text
+            .parse::<RawFd>()
+            .ok()
+            .filter(|&fd| fd >= 0)
+            .ok_or_else(|| bad(REGION_FD, &fd_text, "is not a descriptor number".into()))?;
+        let size_text = var(REGION_SIZE)?;
+        let region_size = size_text
+            .parse::<u64>()
+            .map_err(|e| bad(REGION_SIZE, &size_text, format!("is not a size ({e})")))?;
+        let mode = var(ON_RESTART)?;
+        let on_restart = [OnRestart::Fresh, OnRestart::Resume, OnRestart::Decide]
+            .into_iter()
+            .find(|&m| on_restart_name(m) == mode)
+            .ok_or_else(|| bad(ON_RESTART, &mode, "is not fresh, resume or decide".into()))?;
+        let hex = var(HISTORY)?;
+        let history = History::from_hex(&hex).map_err(|e| {
+            let mut shown = hex.clone();
+            shown.truncate(16);
+            bad(HISTORY, &shown, format!("is not a history message: {e}"))
+        })?;
+        let restarts = var(RESTARTS)?;
+        if restarts.parse::<u32>().ok() != Some(history.restarts) {
+            return Err(bad(
+                RESTARTS,
+                &restarts,
+                format!("disagrees with {HISTORY} ({} restarts)", history.restarts),
+            ));
+        }
+        Ok(ExecEnv {
+            name,
+            fd,
+            region_size,
+            on_restart,
+            history,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,12 +525,13 @@ mod tests {
     }
 
     #[test]
-    fn a_history_round_trips() {
+    fn a_history_round_trips_in_binary_and_hex() {
         let all = deaths(20);
         let h = History::new(7, &all, Some(42));
         assert_eq!(h.deaths().len(), DEATHS_KEPT);
         assert_eq!(h.deaths()[0], all[20 - DEATHS_KEPT], "the newest are kept");
         assert_eq!(History::decode(&h.encode()), Ok(h));
+        assert_eq!(History::from_hex(&h.hex()), Ok(h));
         let none = History::new(0, &[], None);
         assert_eq!(History::decode(&none.encode()), Ok(none));
     }
@@ -428,6 +557,53 @@ mod tests {
             History::decode(m.sealed().bytes()),
             Err(MessageError::Field("n"))
         );
+        assert_eq!(History::from_hex("zz"), Err(MessageError::Size(1)));
+        let mut hex = History::new(0, &[], None).hex();
+        hex.replace_range(0..2, "g0");
+        assert_eq!(History::from_hex(&hex), Err(MessageError::Field("hex")));
+    }
+
+    #[test]
+    fn the_exec_environment_round_trips_and_is_checked() {
+        let all = deaths(3);
+        let start = Start {
+            restarts: 3,
+            deaths: &all,
+            on_restart: OnRestart::Decide,
+            resume_before: Some(9),
+        };
+        let vars = exec_env("web", 1 << 20, &start);
+        let get = |vars: &[String], k: &str| {
+            vars.iter()
+                .find_map(|v| v.strip_prefix(k)?.strip_prefix('=').map(str::to_owned))
+        };
+        let e = ExecEnv::read(|k| get(&vars, k)).unwrap();
+        assert_eq!(e.name, "web");
+        assert_eq!(e.fd, EXEC_REGION_FD);
+        assert_eq!(e.region_size, 1 << 20);
+        assert_eq!(e.on_restart, OnRestart::Decide);
+        assert_eq!(e.history, History::new(3, &all, Some(9)));
+        assert!(matches!(
+            ExecEnv::read(|_| None),
+            Err(AttachError::NotStarted)
+        ));
+        for (key, value) in [
+            (ON_RESTART, "sometimes"),
+            (REGION_FD, "-1"),
+            (RESTARTS, "4"),
+            (HISTORY, "00"),
+        ] {
+            let mut changed = vars.clone();
+            for v in changed.iter_mut() {
+                if v.starts_with(&format!("{key}=")) {
+                    *v = format!("{key}={value}");
+                }
+            }
+            match ExecEnv::read(|k| get(&changed, k)) {
+                Err(AttachError::BadVariable { name, .. }) => assert_eq!(name, key),
+                other => panic!("{key}={value}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -33,4 +33,4 @@ pub mod sys;
 pub mod trace;
 pub mod transaction;
 
-pub use daemon::{Context, Entry, ExitReason, Registry, Resumed};
+pub use daemon::{AttachError, Context, Entry, ExitReason, Registry, Resumed};

@@ -619,7 +619,7 @@ impl<'a> Root<'a> {
                 }
             }
             Program::Exec(argv) => {
-                Run::exec(argv, &c.cfg.name, self.regions.region_len(i), c.restarts)?
+                Run::exec(argv, &c.cfg.name, self.regions.region_len(i), &start)?
             }
         };
         let spawned = spawn::spawn(&Plan {

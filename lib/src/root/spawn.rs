@@ -46,14 +46,14 @@ pub(crate) enum Run<'a> {
 }
 
 impl Run<'_> {
-    /// Prepares an exec of `argv` with the parent's environment plus the
-    /// daemon's identity: `FORKROOT_NAME`, `FORKROOT_REGION_FD=3` (its
-    /// region, read-write), `FORKROOT_REGION_SIZE`, `FORKROOT_RESTARTS`.
+    /// Prepares an exec of `argv` with the parent's environment plus what
+    /// the program needs to attach (`handoff::exec_env`: its name, its
+    /// region at fd 3, its start facts).
     pub(crate) fn exec(
         argv: &[String],
         name: &str,
         region_len: usize,
-        restarts: u32,
+        start: &Start<'_>,
     ) -> io::Result<Run<'static>> {
         let nul = |s: String| CString::new(s).map_err(io::Error::other);
         let path = nul(find_program(&argv[0])?)?;
@@ -69,10 +69,9 @@ impl Run<'_> {
             }
             strings.push(nul(format!("{k}={}", v.to_string_lossy()))?);
         }
-        strings.push(nul(format!("FORKROOT_NAME={name}"))?);
-        strings.push(nul("FORKROOT_REGION_FD=3".into())?);
-        strings.push(nul(format!("FORKROOT_REGION_SIZE={region_len}"))?);
-        strings.push(nul(format!("FORKROOT_RESTARTS={restarts}"))?);
+        for var in handoff::exec_env(name, region_len, start) {
+            strings.push(nul(var)?);
+        }
         let mut argv: Vec<_> = strings[..nargs].iter().map(|s| s.as_ptr()).collect();
         argv.push(std::ptr::null());
         let mut envp: Vec<_> = strings[nargs..].iter().map(|s| s.as_ptr()).collect();
@@ -197,7 +196,7 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
             // so a successful exec reads as end-of-file in the root).
             let moved = sys::dup_at_least(fd, 5).and_then(|r| {
                 let p = sys::dup_at_least(pipe, 5)?;
-                sys::dup2(r, 3)?;
+                sys::dup2(r, handoff::EXEC_REGION_FD)?;
                 sys::dup2(p, 4)?;
                 sys::set_cloexec(4, true)?;
                 sys::close_from(5)
