@@ -257,3 +257,23 @@ fn from_env_refuses_what_is_not_its_region_with_a_clear_error() {
         "is not a history message: not this kind of message",
     );
 }
+
+#[test]
+fn an_exec_program_gets_its_on_restart_mode_and_deaths_from_the_root() {
+    let mut t = Tree::start(&config("on_restart = \"fresh\""));
+    let (pid, _) = t.poll("count running", || running(&t));
+    t.poll("count past 100", || {
+        let n = std::fs::read_to_string(t.path("count.out"))
+            .ok()?
+            .lines()
+            .count();
+        (n > 100).then_some(())
+    });
+    send(pid, SIGKILL).expect("kill count");
+    // Fresh: the root zeroed its state, so it starts over at 1, and it
+    // knows it died once.
+    t.wait_log(&["counting next=1 restarts=1 deaths=1 resumed=Fresh"]);
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0, "{}", t.log());
+    assert!(counted(&t) > 0);
+}
