@@ -11,6 +11,10 @@
 //! watchdog = "2s"
 //! ```
 //!
+//! At each start it also has a transaction (a forked copy of itself,
+//! whose crash would cost a failed result, not the counter) count the
+//! lines of the output file, and checks them against its checkpoint.
+//!
 //! Run outside forkroot, it says so and exits with code 2.
 
 use std::fs::OpenOptions;
@@ -20,6 +24,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use forkroot::region::Plain;
+use forkroot::transaction::{Output, Policy, Transactions};
 use forkroot::{Context, Resumed};
 
 /// No allocation once counting (`Context::steady`).
@@ -40,6 +45,9 @@ struct Count {
 // SAFETY: repr(C), two u64s: no pointers, every bit pattern valid.
 unsafe impl Plain for Count {}
 
+/// The longest output path a transaction takes.
+const PATH_MAX: usize = 4096;
+
 /// Numbers per wake-up, and the pause between wake-ups.
 const BATCH: u64 = 20;
 const PAUSE: Duration = Duration::from_millis(2);
@@ -55,6 +63,22 @@ fn main() -> ExitCode {
     let Some(out) = std::env::args().nth(1) else {
         eprintln!("usage: exec_counter OUTPUT_FILE");
         return ExitCode::from(2);
+    };
+    // The first bytes of the state hold one transaction slot; the rest is
+    // the checkpointed count.
+    let slot = ctx.split_state(Transactions::required_size(1, PATH_MAX, 8));
+    let tx =
+        slot.map(|area| Transactions::new(area, 1, PATH_MAX, 8, Policy::default(), ctx.name()));
+    let mut tx = match tx {
+        Some(Ok(tx)) => tx,
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "cannot set up transactions");
+            return ExitCode::from(3);
+        }
+        None => {
+            tracing::error!("memory is too small for a transaction slot");
+            return ExitCode::from(3);
+        }
     };
     let (mut count, resumed) = match ctx.checkpoints::<Count>(1) {
         Ok(x) => x,
@@ -85,6 +109,20 @@ fn main() -> ExitCode {
             return ExitCode::from(3);
         }
     };
+    match lines_by_transaction(&mut ctx, &mut tx, &out) {
+        Some(lines) if lines == count.next - 1 => {
+            tracing::info!(lines, "lines checked by a transaction")
+        }
+        Some(lines) => {
+            tracing::error!(
+                lines,
+                next = count.next,
+                "the output file disagrees with the checkpoint"
+            );
+            return ExitCode::from(5);
+        }
+        None => return ExitCode::SUCCESS, // asked to stop
+    }
     tracing::info!(
         next = count.next,
         restarts = ctx.restarts(),
@@ -112,4 +150,43 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     }
+}
+
+/// Has a transaction count the lines of `path`, and waits for its
+/// verified result (`None` if the root asked to stop meanwhile).
+fn lines_by_transaction(
+    ctx: &mut Context<'_>,
+    tx: &mut Transactions<'_>,
+    path: &str,
+) -> Option<u64> {
+    if let Err(e) = tx.start(count_lines, path.as_bytes(), 0, 0) {
+        tracing::error!(error = %e, "cannot start a transaction");
+        return Some(u64::MAX);
+    }
+    loop {
+        let mut lines = None;
+        tx.poll(|done| {
+            lines = Some(match done.result {
+                Ok(b) => b.try_into().map_or(u64::MAX, u64::from_le_bytes),
+                Err(e) => {
+                    tracing::error!(error = %e, "the transaction failed");
+                    u64::MAX
+                }
+            })
+        });
+        if lines.is_some() {
+            return lines;
+        }
+        if !ctx.sleep(Duration::from_millis(1)) {
+            return None;
+        }
+    }
+}
+
+/// The transaction: the number of lines of the file named by `input`.
+fn count_lines(input: &[u8], out: &mut Output<'_>) -> Result<(), ()> {
+    let path = std::str::from_utf8(input).map_err(|_| ())?;
+    let text = std::fs::read(path).map_err(|_| ())?;
+    let lines = text.iter().filter(|&&b| b == b'\n').count() as u64;
+    out.write(&lines.to_le_bytes()).map_err(|_| ())
 }

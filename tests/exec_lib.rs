@@ -1,7 +1,7 @@
 //! Exec'd programs that link the library (`Context::from_env`), through the
 //! real binary: `examples/exec_counter.rs` run with `exec = [...]` counts
 //! across SIGKILLs at random moments without skipping or repeating a
-//! number; run outside forkroot, or handed a descriptor that is not its
+//! number, and runs a transaction at each start; run outside forkroot, or handed a descriptor that is not its
 //! region, it gets a clear error instead of a crash.
 
 mod common;
@@ -124,6 +124,19 @@ fn an_exec_program_resumes_its_checkpoint_across_20_sigkills() {
     // logged through `tracing` at start-up.
     assert!(log.contains("last_log=[\"INFO"), "{log}");
     assert!(log.contains("resumed from checkpoint"), "{log}");
+    // Each start that got to counting first had a transaction count the
+    // output file's lines, which matched its checkpoint (else it exits
+    // with code 5). A kill may land while the transaction runs.
+    let pids = |what: &str| -> std::collections::BTreeSet<&str> {
+        log.lines()
+            .filter(|l| l.contains(what))
+            .filter_map(|l| l.strip_prefix("count[")?.split(']').next())
+            .collect()
+    };
+    let checked = pids("lines checked by a transaction");
+    let counting = pids("  counting next=");
+    assert!(!counting.is_empty(), "{log}");
+    assert!(counting.is_subset(&checked), "{log}");
     let n = counted(&t);
     assert!(n > 20, "counted only to {n}");
     eprintln!("counted to {n} across 20 kills, none skipped or repeated");
