@@ -625,7 +625,7 @@ impl<'a> Context<'a> {
     /// - `decide`: nothing is restored; the daemon looks at
     ///   [`Context::deaths`] and calls `restore`, `restore_before` or `reset`.
     ///
-    /// The state is handed over to the returned [`Checkpoints`]:
+    /// The state is handed over to the returned [`Checkpoints`](crate::checkpoint::Checkpoints):
     /// [`Context::state`] is empty afterwards.
     pub fn checkpoints<T: crate::region::Plain>(
         &mut self,
