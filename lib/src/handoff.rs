@@ -5,9 +5,9 @@
 //!   recent deaths, a poison verdict). A standby reads it from its gate
 //!   pipe when it takes over; an exec'd program reads it, hex-encoded, from
 //!   `FORKROOT_HISTORY` ([`crate::Context::from_env`]).
-//! - [`SetupReport`]: a start-up step that failed in a forked child, sent
-//!   to the root over the close-on-exec setup pipe before the child exits.
-//!
+//! - The setup report ([`report_setup_failure`], [`read_setup`]): a
+//!   start-up step that failed in a forked child, sent to the root over
+//!   the close-on-exec setup pipe before the child exits.
 //! - The environment of an exec'd program ([`exec_env`], [`ExecEnv`]):
 //!   `FORKROOT_NAME`, `FORKROOT_REGION_FD`, `FORKROOT_REGION_SIZE`,
 //!   `FORKROOT_RESTARTS`, `FORKROOT_ON_RESTART` and `FORKROOT_HISTORY`.
@@ -318,7 +318,7 @@ impl History {
     }
 }
 
-/// [`SetupReport`] on the wire.
+/// A setup report on the wire.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 struct SetupMsg {

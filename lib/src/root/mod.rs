@@ -811,7 +811,7 @@ impl<'a> Root<'a> {
     }
 
     /// Starting × setup pipe readable: end-of-file means its code runs;
-    /// 8 bytes mean setup failed (the exit follows).
+    /// a setup report means setup failed (the exit follows).
     fn on_setup(&mut self, i: usize) {
         let Some(c) = self.children.get_mut(i) else {
             return;

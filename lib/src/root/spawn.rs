@@ -4,8 +4,9 @@
 //! The child of a single-threaded root may allocate in principle, but we
 //! hold it to the stricter rule std's process spawn follows: between fork
 //! and the daemon's entry (or exec) it only makes fork-safe calls from
-//! [`crate::sys`], and a failure is reported to the root as 8 bytes over a
-//! close-on-exec pipe (stage, errno) followed by `_exit(127)`.
+//! [`crate::sys`], and a failure is reported to the root as a setup report
+//! (`handoff::report_setup_failure`: stage and errno, with a version and a
+//! crc) over a close-on-exec pipe, followed by `_exit(127)`.
 
 use std::ffi::CString;
 use std::io;
@@ -133,8 +134,8 @@ pub(crate) struct Plan<'a> {
 pub(crate) struct Spawned {
     pub(crate) pid: Pid,
     /// Read end of the setup pipe: end-of-file on it means setup succeeded
-    /// (the child closed every inherited descriptor, or exec'd); 8 bytes
-    /// mean it failed.
+    /// (the child closed every inherited descriptor, or exec'd); a setup
+    /// report means it failed.
     pub(crate) setup: OwnedFd,
     /// Write end of a standby's gate: a [`History`] starts it; closing it
     /// without one makes the standby exit.
