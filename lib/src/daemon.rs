@@ -461,17 +461,16 @@ impl Context<'static> {
         if ATTACHED.swap(true, AcqRel) {
             return Err(AttachError::AlreadyAttached);
         }
-        let attached = Context::attach(crate::handoff::ExecEnv::read(|k| std::env::var(k).ok()));
+        let attached =
+            crate::handoff::ExecEnv::read(|k| std::env::var(k).ok()).and_then(Context::attach);
         if attached.is_err() {
             ATTACHED.store(false, std::sync::atomic::Ordering::Release);
         }
         attached
     }
 
-    fn attach(
-        env: Result<crate::handoff::ExecEnv, AttachError>,
-    ) -> Result<Context<'static>, AttachError> {
-        let env = env?;
+    /// [`Context::from_env`] once the environment is read.
+    fn attach(env: crate::handoff::ExecEnv) -> Result<Context<'static>, AttachError> {
         let region = map_exec_region(env.fd, env.region_size)?;
         sys::default_crash_signals();
         let _ = sys::SigSet::of(&[libc::SIGTERM]).block();
