@@ -701,6 +701,15 @@ impl Checker<'_> {
         );
         let watchdog = self.positive_duration(t, place, "watchdog");
         let standby = self.boolean(t, place, "standby");
+        if standby == Some(true) && matches!(program, Some(Program::Exec(_))) {
+            // A standby is a forked copy of a built-in daemon waiting at a
+            // gate; an exec'd program would run at once, a second owner of
+            // the same region.
+            self.problem(
+                &at(place, "standby"),
+                "a standby needs a built-in kind; an exec'd program cannot wait pre-forked",
+            );
+        }
         let links = self.links(t, place, names);
 
         let initial = self.duration(t, place, "backoff").unwrap_or(Duration::ZERO);
