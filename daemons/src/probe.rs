@@ -14,6 +14,8 @@
 //!   unless VALUE equals `crash_at`: then crash with SIGSEGV at once (a
 //!   daemon killed by the state it resumed from: poison).
 //!
+//! - `log`: a text to write into its flight log (as a WARN record) right
+//!   after starting, verbatim: control characters and all.
 //! - `allocate = true`: declare the steady state (`Context::steady`), then
 //!   allocate: the allocation policy must abort it (SIGABRT).
 //!
@@ -57,6 +59,10 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
         Some(reason) => say!(out, "deaths {} {reason}", ctx.deaths().len()),
         None => say!(out, "deaths 0 -"),
     };
+    if let Some(text) = util::string(ctx, "log") {
+        tracing::warn!("{text}");
+        say!(out, "logged");
+    }
     if matches!(
         ctx.args().get("checkpoint"),
         Some(toml::Value::Boolean(true))

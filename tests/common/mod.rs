@@ -126,6 +126,20 @@ impl Tree {
             .expect("run forkroot ctl")
     }
 
+    /// The tree's control socket.
+    pub(crate) fn socket(&self) -> PathBuf {
+        self.path("ctl.sock")
+    }
+
+    /// Runs `forkroot ctl --socket DIR/ctl.sock ARGS` to completion (killed,
+    /// failing the test, past the [`DEADLINE`]).
+    pub(crate) fn ctl_run(&self, args: &[&str]) -> Ran {
+        let socket = self.socket();
+        let mut all = vec!["ctl", "--socket", socket.to_str().expect("utf-8 path")];
+        all.extend_from_slice(args);
+        run_to_end(&self.dir, &all)
+    }
+
     /// Every daemon's entry of `ctl status --json` (`None` while the root
     /// does not answer).
     #[allow(dead_code)]

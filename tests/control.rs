@@ -1,0 +1,295 @@
+//! The control socket, through the real binary against a real root: the
+//! typed, versioned protocol and what `ctl` prints, clients that hold
+//! connections open, daemon-written text in `ctl logs`, who may connect,
+//! `--wait`, `health`, `--config` and ctl's exit codes.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+
+use common::{run_to_end, Tree};
+use libc::SIGTERM;
+use serde_json::Value;
+
+/// A probe daemon table reporting to `NAME.out`, with extra keys and args.
+fn probe(name: &str, keys: &str, args: &str) -> String {
+    format!(
+        "[[daemon]]\nname = \"{name}\"\nkind = \"probe\"\nmemory = \"64KiB\"\n{keys}\n\
+         [daemon.args]\nout = \"@DIR@/{name}.out\"\n{args}\n"
+    )
+}
+
+/// Waits until every daemon of `ctl status --json` is running.
+fn wait_running(t: &Tree, names: &[&str]) {
+    t.poll(&format!("{names:?} running"), || {
+        let all = t.daemons_status()?;
+        names
+            .iter()
+            .all(|n| {
+                all.iter()
+                    .any(|d| d["name"] == *n && d["state"] == "running")
+            })
+            .then_some(())
+    });
+}
+
+/// Sends `bytes` on a fresh connection to the root and returns its reply,
+/// parsed (a read timeout keeps a silent root from hanging the test).
+fn raw(t: &Tree, bytes: &[u8]) -> Value {
+    let mut s = UnixStream::connect(t.socket()).expect("connect");
+    s.set_read_timeout(Some(common::DEADLINE)).unwrap();
+    s.write_all(bytes).expect("send");
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).expect("reply");
+    serde_json::from_slice(&reply).unwrap_or_else(|e| panic!("{e}: {reply:?}"))
+}
+
+fn keys(v: &Value) -> Vec<&str> {
+    let mut k: Vec<&str> = v
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    k.sort_unstable();
+    k
+}
+
+#[test]
+fn status_tree_metrics_and_json_keep_their_shape() {
+    let config = format!(
+        "[[group]]\nname = \"g\"\nstrategy = \"one_for_all\"\nintensity = 3\nperiod = \"5s\"\n\n{}{}",
+        probe("alpha", "group = \"g\"", ""),
+        "[[daemon]]\nname = \"beta\"\nkind = \"idle\"\nmemory = \"64KiB\"\n"
+    );
+    let mut t = Tree::start(&config);
+    wait_running(&t, &["alpha", "beta"]);
+    let alpha_pid = t.starts("alpha")[0].pid;
+
+    let table = t.ctl_run(&["status"]);
+    assert_eq!(table.code, Some(0), "{table:?}");
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with(&format!("root pid {} up ", t.pid)),
+        "{lines:?}"
+    );
+    assert!(lines[0].ends_with("(supervising)"), "{lines:?}");
+    assert!(lines[1].starts_with("NAME") && lines[1].ends_with("LAST EXIT"));
+    let alpha: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(alpha[..3], ["alpha", "running", &alpha_pid.to_string()]);
+    assert_eq!(alpha[4], "0", "restarts: {alpha:?}");
+    assert_eq!(alpha.last(), Some(&"-"), "no last exit yet: {alpha:?}");
+    assert!(lines[3].starts_with("beta "), "{lines:?}");
+
+    let json = t.ctl_run(&["status", "--json"]);
+    assert_eq!(json.code, Some(0), "{json:?}");
+    let v: Value = serde_json::from_str(&json.stdout).expect("status --json is JSON");
+    assert_eq!(keys(&v), ["daemons", "ok", "root"]);
+    assert_eq!(v["ok"], true);
+    assert_eq!(
+        keys(&v["root"]),
+        ["mode", "pid", "restarts_in_period", "uptime_ms"]
+    );
+    assert_eq!(v["root"]["pid"], t.pid);
+    assert_eq!(v["root"]["mode"], "supervising");
+    let d = &v["daemons"][0];
+    assert_eq!(
+        keys(d),
+        [
+            "alloc",
+            "group",
+            "heartbeat_age_ms",
+            "last_exit",
+            "last_exit_uptime_ms",
+            "memory",
+            "name",
+            "pid",
+            "program",
+            "region_bytes",
+            "restarts",
+            "standby_pid",
+            "state",
+            "uptime_ms"
+        ]
+    );
+    assert_eq!(d["program"], serde_json::json!({ "kind": "probe" }));
+    assert_eq!(d["group"], "g");
+    assert_eq!(d["pid"], alpha_pid);
+    assert_eq!(d["last_exit"], Value::Null);
+    assert_eq!(d["memory"], 64 * 1024);
+    assert_eq!(v["daemons"][1]["group"], "root");
+
+    let tree = t.ctl_run(&["tree"]);
+    assert_eq!(tree.code, Some(0), "{tree:?}");
+    assert_eq!(
+        tree.stdout,
+        format!(
+            "root/ (one_for_one, intensity 5 per 10s)\n  g/ (one_for_all, intensity 3 per 5s)\n    \
+             alpha [running pid {alpha_pid}]\n  beta [running pid {}]\n",
+            v["daemons"][1]["pid"]
+        )
+    );
+
+    let metrics = t.ctl_run(&["metrics"]);
+    assert_eq!(metrics.code, Some(0), "{metrics:?}");
+    assert!(
+        metrics.stdout.contains("forkroot_up{daemon=\"alpha\"} 1\n"),
+        "{}",
+        metrics.stdout
+    );
+    assert!(metrics
+        .stdout
+        .contains("forkroot_region_bytes{daemon=\"beta\"} "));
+
+    let stop = t.ctl_run(&["stop", "beta"]);
+    assert_eq!(
+        (stop.code, stop.stdout.as_str()),
+        (Some(0), "beta: stopping\n")
+    );
+
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0);
+}
+
+#[test]
+fn requests_of_another_version_or_malformed_get_a_clear_error() {
+    let mut t = Tree::start(&probe("alpha", "", ""));
+    wait_running(&t, &["alpha"]);
+
+    // A ctl from before versions sends a bare line.
+    let old = raw(&t, b"status\n");
+    assert_eq!(old["ok"], false, "{old}");
+    assert_eq!(old["kind"], "version", "{old}");
+    assert!(
+        old["error"]
+            .as_str()
+            .unwrap()
+            .contains("older forkroot ctl"),
+        "{old}"
+    );
+    let future = raw(&t, b"{\"v\":2,\"cmd\":\"status\"}\n");
+    assert_eq!(future["kind"], "version", "{future}");
+    assert!(
+        future["error"].as_str().unwrap().contains("protocol 2"),
+        "{future}"
+    );
+    let unknown = raw(&t, b"{\"v\":1,\"cmd\":\"reboot\"}\n");
+    assert_eq!(unknown["kind"], "bad_request", "{unknown}");
+    assert!(
+        unknown["error"].as_str().unwrap().contains("reboot"),
+        "{unknown}"
+    );
+    let missing = raw(&t, b"{\"v\":1,\"cmd\":\"stop\"}\n");
+    assert!(
+        missing["error"].as_str().unwrap().contains("name"),
+        "{missing}"
+    );
+    let garbage = raw(&t, b"{\"v\":1,\xff\n");
+    assert_eq!(garbage["kind"], "bad_request", "{garbage}");
+    let long = raw(&t, &vec![b'{'; 8192]);
+    assert!(
+        long["error"].as_str().unwrap().contains("longer than 4096"),
+        "{long}"
+    );
+    let nosuch = raw(&t, b"{\"v\":1,\"cmd\":\"restart\",\"name\":\"nosuch\"}\n");
+    assert_eq!(nosuch["kind"], "failed", "{nosuch}");
+    assert_eq!(nosuch["error"], "no daemon named \"nosuch\"");
+
+    // None of that disturbed the root.
+    let ok = raw(&t, b"{\"v\":1,\"cmd\":\"status\"}\n");
+    assert_eq!((ok["v"].clone(), ok["ok"].clone()), (1.into(), true.into()));
+    assert_eq!(ok["daemons"][0]["state"], "running");
+
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0);
+}
+
+#[test]
+fn ctl_against_a_root_of_the_unversioned_protocol_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    // An old root: reads a line, answers without a version.
+    let old_root = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(common::DEADLINE)).unwrap();
+        let mut line = Vec::new();
+        let _ = s.read_to_end(&mut line);
+        s.write_all(b"{\"ok\":false,\"error\":\"unknown request\"}\n")
+            .unwrap();
+        line
+    });
+    let r = run_to_end(&dir, &["ctl", "--socket", path.to_str().unwrap(), "status"]);
+    let sent = old_root.join().unwrap();
+    assert!(sent.starts_with(b"{"), "ctl sends JSON: {sent:?}");
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stderr.contains("unversioned control protocol"), "{r:?}");
+}
+
+#[test]
+fn ctl_exit_codes_and_config_file() {
+    let mut t = Tree::start(&probe("alpha", "", ""));
+    wait_running(&t, &["alpha"]);
+
+    // 1: the root refused.
+    let nosuch = t.ctl_run(&["restart", "nosuch"]);
+    assert_eq!(nosuch.code, Some(1), "{nosuch:?}");
+    assert!(
+        nosuch.stderr.contains("no daemon named \"nosuch\""),
+        "{nosuch:?}"
+    );
+    // 2: usage.
+    let usage = t.ctl_run(&["restart"]);
+    assert_eq!(usage.code, Some(2), "{usage:?}");
+    let config = t.path("forkroot.toml");
+    let both = run_to_end(
+        &t.dir,
+        &[
+            "ctl",
+            "--socket",
+            "x",
+            "--config",
+            config.to_str().unwrap(),
+            "status",
+        ],
+    );
+    assert_eq!(both.code, Some(2), "{both:?}");
+    let missing = run_to_end(&t.dir, &["ctl", "--config", "/nonexistent.toml", "status"]);
+    assert_eq!(missing.code, Some(2), "{missing:?}");
+    assert!(missing.stderr.contains("/nonexistent.toml"), "{missing:?}");
+    // 69: nobody there.
+    let gone = run_to_end(&t.dir, &["ctl", "--socket", "/nonexistent.sock", "status"]);
+    assert_eq!(gone.code, Some(69), "{gone:?}");
+    assert!(gone
+        .stderr
+        .contains("cannot reach the root at /nonexistent.sock"));
+    // The exit codes are in --help.
+    let help = run_to_end(&t.dir, &["ctl", "--help"]);
+    assert!(
+        help.stdout.contains("69  the root cannot be reached"),
+        "{help:?}"
+    );
+
+    // --config takes the socket from the file the root runs on.
+    let via_config = run_to_end(
+        &t.dir,
+        &[
+            "ctl",
+            "--config",
+            config.to_str().unwrap(),
+            "status",
+            "--json",
+        ],
+    );
+    assert_eq!(via_config.code, Some(0), "{via_config:?}");
+    let v: Value = serde_json::from_str(&via_config.stdout).unwrap();
+    assert_eq!(v["root"]["pid"], t.pid);
+
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0);
+    // The root is gone: its socket with it.
+    let after = t.ctl_run(&["status"]);
+    assert_eq!(after.code, Some(69), "{after:?}");
+}
