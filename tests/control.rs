@@ -293,3 +293,78 @@ fn ctl_exit_codes_and_config_file() {
     let after = t.ctl_run(&["status"]);
     assert_eq!(after.code, Some(69), "{after:?}");
 }
+
+/// The value of one line of `ctl metrics` (`NAME{LABELS} VALUE`).
+fn metric(t: &Tree, series: &str) -> u64 {
+    let m = t.ctl_run(&["metrics"]);
+    assert_eq!(m.code, Some(0), "{m:?}");
+    m.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{}", m.stdout))
+}
+
+#[test]
+fn two_hundred_idle_connections_do_not_lock_ctl_out() {
+    let mut t = Tree::start(&probe("alpha", "", ""));
+    wait_running(&t, &["alpha"]);
+    let idle: Vec<UnixStream> = (0..200)
+        .map(|i| UnixStream::connect(t.socket()).unwrap_or_else(|e| panic!("connection {i}: {e}")))
+        .collect();
+
+    // Held open, silent: each new connection makes room by closing the
+    // oldest, so ctl gets in at once, without waiting for a timeout.
+    let status = t.ctl_run(&["status"]);
+    assert_eq!(status.code, Some(0), "{status:?}");
+    assert!(status.stdout.contains("alpha "), "{status:?}");
+    // 200 idle ones and ctl's status in a cap of 64: at least 137 evicted.
+    let evicted = metric(&t, "forkroot_control_closed_total{why=\"evicted\"}");
+    assert!(evicted >= 137, "evicted {evicted}");
+    // The first idle connections were closed by the root: EOF (after a
+    // reply saying why), not a hang.
+    let mut first = &idle[0];
+    first.set_read_timeout(Some(common::DEADLINE)).unwrap();
+    let mut reply = String::new();
+    first
+        .read_to_string(&mut reply)
+        .expect("the evicted connection is closed");
+    assert!(
+        reply.contains("closed to make room for a newer connection"),
+        "{reply:?}"
+    );
+
+    let down = t.ctl_run(&["shutdown"]);
+    assert_eq!(down.code, Some(0), "{down:?}");
+    assert_eq!(t.wait_code(), 0);
+    drop(idle);
+}
+
+#[test]
+fn a_silent_or_half_sent_request_is_closed_at_its_deadline() {
+    let mut t = Tree::start(&probe("alpha", "", ""));
+    wait_running(&t, &["alpha"]);
+    let silent = UnixStream::connect(t.socket()).unwrap();
+    let mut half = UnixStream::connect(t.socket()).unwrap();
+    half.write_all(b"{\"v\":1,\"cmd\":").unwrap();
+    for mut s in [&silent, &half] {
+        // The root's timer closes them (5s); the test's read timeout only
+        // keeps a broken root from hanging it.
+        s.set_read_timeout(Some(common::DEADLINE)).unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply)
+            .expect("the root closes the connection at its deadline");
+        let v: Value = serde_json::from_str(&reply).unwrap();
+        assert_eq!(v["ok"], false);
+        assert_eq!(v["error"], "no complete request within 5s; closed");
+    }
+    assert_eq!(
+        metric(&t, "forkroot_control_closed_total{why=\"timeout\"}"),
+        2
+    );
+    assert_eq!(
+        metric(&t, "forkroot_control_closed_total{why=\"evicted\"}"),
+        0
+    );
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0);
+}

@@ -2,14 +2,14 @@
 //! same poll loop as everything else, never block it, and each carries one
 //! request and one reply, typed by [`crate::control::proto`].
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tracing::{debug, info, warn};
@@ -24,19 +24,30 @@ use crate::control::proto::{
 use crate::region::MAGIC;
 use crate::sys;
 
-/// Control connections open at once, at most.
+/// Control connections open at once, at most. A connection past it closes
+/// the oldest one, so no number of clients locks an operator out.
 const MAX_CONNECTIONS: usize = 64;
+/// How long a connection may take from `accept` to the end of its reply;
+/// then it is closed (with a failure reply if its request never came).
+pub(crate) const CONN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the listener rests after `accept` failed.
-const CONTROL_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+const CONTROL_PAUSE: Duration = Duration::from_secs(1);
 
 /// The listening socket and its open connections.
 #[derive(Debug)]
 pub(crate) struct Server {
     listener: UnixListener,
     path: PathBuf,
-    conns: HashMap<u64, Conn>,
+    /// Open connections by id; ids grow with accept time and every
+    /// connection has the same timeout, so the first is the oldest and
+    /// the next to expire.
+    conns: BTreeMap<u64, Conn>,
     next_id: u64,
     pub(crate) requests: u64,
+    /// Connections closed to make room for a new one.
+    evicted: u64,
+    /// Connections closed at their deadline.
+    expired: u64,
 }
 
 #[derive(Debug)]
@@ -45,6 +56,8 @@ struct Conn {
     request: Vec<u8>,
     reply: Vec<u8>,
     sent: usize,
+    /// Closed then, done or not.
+    deadline: Instant,
 }
 
 impl Server {
@@ -78,26 +91,16 @@ impl Server {
         Ok(Server {
             listener,
             path: path.to_owned(),
-            conns: HashMap::new(),
+            conns: BTreeMap::new(),
             next_id: 0,
             requests: 0,
+            evicted: 0,
+            expired: 0,
         })
     }
 
     pub(crate) fn listener_fd(&self) -> i32 {
         self.listener.as_raw_fd()
-    }
-}
-
-impl Root<'_> {
-    /// The listener's pause is over: watch it again.
-    pub(super) fn resume_control(&mut self) {
-        self.control_paused = None;
-        if let Some(server) = &self.control {
-            if let Err(e) = self.epoll.add(server.listener_fd(), super::TOKEN_LISTENER) {
-                warn!(error = %e, "cannot watch the control socket again");
-            }
-        }
     }
 }
 
@@ -108,34 +111,92 @@ impl Drop for Server {
 }
 
 impl Root<'_> {
-    /// Listener readable: accept every pending connection.
-    pub(super) fn on_accept(&mut self) {
-        let Some(server) = self.control.as_mut() else {
+    /// When the control socket next needs the loop: the end of the
+    /// listener's pause, or the oldest connection's deadline.
+    pub(super) fn control_wake(&self) -> Option<Instant> {
+        let oldest = self
+            .control
+            .as_ref()
+            .and_then(|s| s.conns.first_key_value())
+            .map(|(_, c)| c.deadline);
+        [self.control_paused, oldest].into_iter().flatten().min()
+    }
+
+    /// Timers of the control socket: ends the listener's pause, and closes
+    /// every connection past its deadline.
+    pub(super) fn control_timers(&mut self, now: Instant) {
+        if self.control_paused.is_some_and(|t| t <= now) {
+            self.resume_control();
+        }
+        while let Some((&id, conn)) = self
+            .control
+            .as_ref()
+            .and_then(|s| s.conns.first_key_value())
+        {
+            if conn.deadline > now {
+                break;
+            }
+            debug!(id, "control connection timed out");
+            if let Some(server) = self.control.as_mut() {
+                server.expired += 1;
+            }
+            self.expire(id, false);
+        }
+    }
+
+    /// The listener's pause is over: watch it again.
+    fn resume_control(&mut self) {
+        self.control_paused = None;
+        if let Some(server) = &self.control {
+            if let Err(e) = self.epoll.add(server.listener_fd(), super::TOKEN_LISTENER) {
+                warn!(error = %e, "cannot watch the control socket again");
+            }
+        }
+    }
+
+    /// Closes connection `id` before it is done: a client still to send
+    /// its request is told why (one non-blocking write, best effort):
+    /// its deadline passed, or (`evicted`) a newer connection needed room.
+    fn expire(&mut self, id: u64, evicted: bool) {
+        let Some(conn) = self.control.as_mut().and_then(|s| s.conns.get_mut(&id)) else {
             return;
         };
+        {
+            if conn.reply.is_empty() {
+                let why = if evicted {
+                    format!("no complete request yet; closed to make room for a newer connection (at most {MAX_CONNECTIONS} open)")
+                } else {
+                    format!(
+                        "no complete request within {}; closed",
+                        format_duration(CONN_TIMEOUT)
+                    )
+                };
+                let f = Failure::new(FailureKind::BadRequest, why);
+                let _ = conn.stream.write(&proto::encode_reply::<Empty>(Err(&f)));
+            }
+        }
+        self.close(id);
+    }
+
+    /// Listener readable: accept every pending connection.
+    pub(super) fn on_accept(&mut self) {
         loop {
+            let Some(server) = self.control.as_mut() else {
+                return;
+            };
             match server.listener.accept() {
                 Ok((stream, _)) => {
-                    // Past the cap the connection is closed at once: the
-                    // root's descriptors are not for clients to exhaust.
-                    if server.conns.len() >= MAX_CONNECTIONS
-                        || stream.set_nonblocking(true).is_err()
-                    {
-                        continue;
+                    // At the cap the oldest connection makes room: the
+                    // root's descriptors are not for clients to exhaust,
+                    // and a new client (an operator) always gets in.
+                    if server.conns.len() >= MAX_CONNECTIONS {
+                        if let Some(&oldest) = server.conns.keys().next() {
+                            debug!(id = oldest, "control connection evicted for a new one");
+                            server.evicted += 1;
+                            self.expire(oldest, true);
+                        }
                     }
-                    let id = server.next_id;
-                    server.next_id += 1;
-                    if self.epoll.add(stream.as_raw_fd(), TOKEN_CONN | id).is_ok() {
-                        server.conns.insert(
-                            id,
-                            Conn {
-                                stream,
-                                request: Vec::new(),
-                                reply: Vec::new(),
-                                sent: 0,
-                            },
-                        );
-                    }
+                    self.admit(stream);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
@@ -147,6 +208,30 @@ impl Root<'_> {
                     return;
                 }
             }
+        }
+    }
+
+    /// Adds an accepted connection to the loop.
+    fn admit(&mut self, stream: UnixStream) {
+        let Some(server) = self.control.as_mut() else {
+            return;
+        };
+        if stream.set_nonblocking(true).is_err() {
+            return;
+        }
+        let id = server.next_id;
+        server.next_id += 1;
+        if self.epoll.add(stream.as_raw_fd(), TOKEN_CONN | id).is_ok() {
+            server.conns.insert(
+                id,
+                Conn {
+                    stream,
+                    request: Vec::new(),
+                    reply: Vec::new(),
+                    sent: 0,
+                    deadline: Instant::now() + CONN_TIMEOUT,
+                },
+            );
         }
     }
 
@@ -437,6 +522,18 @@ impl Root<'_> {
             m,
             "# TYPE forkroot_control_requests_total counter\nforkroot_control_requests_total {}",
             self.control.as_ref().map_or(0, |s| s.requests)
+        );
+        let (evicted, expired) = self
+            .control
+            .as_ref()
+            .map_or((0, 0), |s| (s.evicted, s.expired));
+        let _ = writeln!(
+            m,
+            "# TYPE forkroot_control_closed_total counter
+\
+             forkroot_control_closed_total{{why=\"evicted\"}} {evicted}
+\
+             forkroot_control_closed_total{{why=\"timeout\"}} {expired}"
         );
         let _ = writeln!(m, "# TYPE forkroot_restarts_total counter");
         for c in &self.children {

@@ -452,7 +452,7 @@ impl<'a> Root<'a> {
                 }
             }
             let next = self.timers.first().map(|&(t, _)| t);
-            let next = [next, self.sweep_at, self.control_paused]
+            let next = [next, self.sweep_at, self.control_wake()]
                 .into_iter()
                 .flatten()
                 .min();
@@ -1178,9 +1178,7 @@ impl<'a> Root<'a> {
 
     fn fire_timers(&mut self) {
         let now = Instant::now();
-        if self.control_paused.is_some_and(|t| t <= now) {
-            self.resume_control();
-        }
+        self.control_timers(now);
         if self.sweep_at.is_some_and(|t| t <= now) {
             self.sweep_at = None;
             if let Err(e) = self.reap() {
