@@ -368,3 +368,54 @@ fn a_silent_or_half_sent_request_is_closed_at_its_deadline() {
     t.signal(SIGTERM);
     assert_eq!(t.wait_code(), 0);
 }
+
+#[test]
+fn ctl_logs_shows_daemon_text_escaped_one_record_per_line() {
+    // What a daemon (or whoever its text comes from) may write: colours, a
+    // terminal title, a screen clear, and a forged record of another daemon.
+    let text = r#"\u001b[31mred\u001b[0m \u001b]0;owned\u0007\u001b[2J\r\nERROR crashed daemon=other pid=1 \u009b1m \u202e"#;
+    let mut t = Tree::start(&probe("alpha", "", &format!("log = \"{text}\"")));
+    t.poll("the probe logged", || {
+        t.out("alpha").iter().any(|l| l == "logged").then_some(())
+    });
+
+    let records = raw(&t, b"{\"v\":1,\"cmd\":\"logs\",\"name\":\"alpha\"}\n");
+    let records = records["records"].as_array().expect("records").clone();
+    let forged = records
+        .iter()
+        .find(|r| r["text"].as_str().unwrap().contains("ERROR crashed"))
+        .expect("the record is in the flight log, verbatim");
+    assert!(forged["text"].as_str().unwrap().contains("\u{1b}[31m"));
+
+    let logs = t.ctl_run(&["logs", "alpha"]);
+    assert_eq!(logs.code, Some(0), "{logs:?}");
+    let lines: Vec<&str> = logs.stdout.lines().collect();
+    assert_eq!(lines.len(), records.len(), "one line per record: {lines:?}");
+    assert!(
+        !logs.stdout.chars().any(|c| c.is_control() && c != '\n'),
+        "no control character reaches the terminal: {:?}",
+        logs.stdout
+    );
+    assert!(
+        !logs.stdout.contains(['\u{9b}', '\u{202e}']),
+        "{:?}",
+        logs.stdout
+    );
+    assert!(
+        lines.iter().all(|l| !l.starts_with("ERROR")),
+        "no line poses as another record: {lines:?}"
+    );
+    let line = lines
+        .iter()
+        .find(|l| l.contains("crashed"))
+        .expect("the record's line");
+    assert!(
+        line.ends_with(
+            r"\x1b[31mred\x1b[0m \x1b]0;owned\x07\x1b[2J\r\nERROR crashed daemon=other pid=1 \u{9b}1m \u{202e}"
+        ),
+        "{line}"
+    );
+    assert!(line.contains(" WARN  "), "{line}");
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0);
+}
