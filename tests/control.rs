@@ -419,3 +419,255 @@ fn ctl_logs_shows_daemon_text_escaped_one_record_per_line() {
     t.signal(SIGTERM);
     assert_eq!(t.wait_code(), 0);
 }
+
+/// Runs `forkroot ctl --socket SOCKET ARGS` as `uid` with group `gid` and
+/// supplementary `groups`.
+fn ctl_as(t: &Tree, uid: u32, gid: u32, groups: &[u32], args: &[&str]) -> common::Ran {
+    use std::os::unix::process::CommandExt;
+    let socket = t.socket();
+    let mut all = vec!["ctl", "--socket", socket.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let groups: Vec<libc::gid_t> = groups.to_vec();
+    common::run_to_end_with(&t.dir, &all, move |c| {
+        // SAFETY: the closure runs in the forked child before exec and
+        // only makes three system calls (async-signal-safe), allocating
+        // nothing: `groups` was built before the fork.
+        unsafe {
+            c.pre_exec(move || {
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    })
+}
+
+/// Lets every user reach (not necessarily connect to) the tree's socket.
+fn open_dir(t: &Tree) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(t.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn mode_and_group(path: &std::path::Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap();
+    (m.mode() & 0o777, m.gid())
+}
+
+const NOBODY: u32 = 65534;
+const NOGROUP: u32 = 65534;
+/// `users`, a group of every Debian system, which `nobody` is not in.
+const USERS: u32 = 100;
+
+#[test]
+fn another_uid_is_refused_by_its_credentials_and_the_control_group_let_in() {
+    if forkroot::sys::cred::geteuid() != 0 {
+        // Only root can run a process as another user: say so instead of
+        // passing quietly.
+        panic!("this test needs to run as root (it runs ctl as nobody)");
+    }
+    // Without control_group: 0600, and a peer that gets past the file's
+    // mode anyway (here: the mode opened by hand) is refused by its uid.
+    let mut t = Tree::start(&probe("alpha", "", ""));
+    wait_running(&t, &["alpha"]);
+    open_dir(&t);
+    assert_eq!(mode_and_group(&t.socket()).0, 0o600);
+    let blocked = ctl_as(&t, NOBODY, NOGROUP, &[], &["status"]);
+    assert_eq!(
+        blocked.code,
+        Some(69),
+        "the file's mode stops it: {blocked:?}"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let all = std::fs::Permissions::from_mode(0o666);
+        std::fs::set_permissions(t.socket(), all).unwrap();
+    }
+    let refused = ctl_as(&t, NOBODY, NOGROUP, &[], &["shutdown"]);
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("permission denied: uid 65534 may not use this control socket"),
+        "{refused:?}"
+    );
+    t.wait_log(&["control connection refused", "uid=65534"]);
+    let status = t.ctl_run(&["status"]);
+    assert_eq!(status.code, Some(0), "the root is still up: {status:?}");
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0);
+
+    // With control_group = "users": 0660 and of that group; a member (as a
+    // supplementary group, or as its own group) is let in, nobody else.
+    let mut t = Tree::start(&format!(
+        "[root]\ncontrol_group = \"users\"\n\n{}",
+        probe("alpha", "", "")
+    ));
+    wait_running(&t, &["alpha"]);
+    open_dir(&t);
+    assert_eq!(mode_and_group(&t.socket()), (0o660, USERS));
+    let member = ctl_as(&t, NOBODY, NOGROUP, &[USERS], &["status", "--json"]);
+    assert_eq!(member.code, Some(0), "{member:?}");
+    let v: Value = serde_json::from_str(&member.stdout).unwrap();
+    assert_eq!(v["daemons"][0]["state"], "running");
+    let primary = ctl_as(&t, NOBODY, USERS, &[], &["restart", "alpha", "--wait"]);
+    assert_eq!(primary.code, Some(0), "{primary:?}");
+    t.wait_starts("alpha", 2);
+    let outsider = ctl_as(&t, NOBODY, NOGROUP, &[], &["status"]);
+    assert_eq!(outsider.code, Some(69), "the file's mode: {outsider:?}");
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0);
+}
+
+#[test]
+fn a_control_group_that_does_not_exist_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::write_config(
+        &dir,
+        &format!(
+            "[root]\ncontrol_group = \"no-such-group-here\"\n\n{}",
+            probe("alpha", "", "")
+        ),
+    );
+    let r = run_to_end(&dir, &["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(r.code, Some(78), "{r:?}");
+    assert!(
+        r.stderr
+            .contains("root.control_group: no group named \"no-such-group-here\" on this host"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn a_socket_in_use_and_an_unwritable_directory_both_stop_the_start_with_78() {
+    let mut t = Tree::start(&probe("alpha", "", ""));
+    wait_running(&t, &["alpha"]);
+    // A second root on the same config: the socket is taken.
+    let second = run_to_end(
+        &t.dir,
+        &["run", "--config", t.path("forkroot.toml").to_str().unwrap()],
+    );
+    assert_eq!(second.code, Some(78), "{second:?}");
+    assert!(
+        second
+            .stderr
+            .contains("root.control: cannot create the control socket")
+            && second.stderr.contains("another root is listening on"),
+        "{second:?}"
+    );
+    // A directory that is not there (or not writable): the same.
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::write_config(
+        &dir,
+        &format!(
+            "[root]\ncontrol = \"/nonexistent/dir/ctl.sock\"\n\n{}",
+            probe("beta", "", "")
+        ),
+    );
+    let nowhere = run_to_end(&dir, &["run", "--config", path.to_str().unwrap()]);
+    assert_eq!(nowhere.code, Some(78), "{nowhere:?}");
+    assert!(
+        nowhere
+            .stderr
+            .contains("root.control: cannot create the control socket: /nonexistent/dir/ctl.sock:"),
+        "{nowhere:?}"
+    );
+    assert!(!dir.path().join("beta.out").exists(), "nothing was started");
+    // The first root was not disturbed.
+    assert_eq!(t.ctl_run(&["status"]).code, Some(0));
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0);
+}
+
+#[test]
+fn the_default_socket_of_uid_0_ignores_xdg_runtime_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    // `command` sets XDG_RUNTIME_DIR to the temp dir.
+    let r = run_to_end(&dir, &["ctl", "status"]);
+    if forkroot::sys::cred::geteuid() == 0 {
+        if std::path::Path::new("/run/forkroot.sock").exists() {
+            assert_ne!(r.code, Some(2), "{r:?}");
+        } else {
+            assert_eq!(r.code, Some(69), "{r:?}");
+            assert!(r.stderr.contains("at /run/forkroot.sock:"), "{r:?}");
+        }
+    } else {
+        assert_eq!(r.code, Some(69), "{r:?}");
+        let at = format!("at {}/forkroot.sock:", dir.path().display());
+        assert!(r.stderr.contains(&at), "{r:?}");
+    }
+}
+
+#[test]
+fn wait_returns_once_the_daemon_is_running_again_or_stopped() {
+    let config = format!(
+        "[root]\nstop_timeout = \"5s\"\n\n{}\
+         [[daemon]]\nname = \"stubborn\"\nexec = [\"/bin/sh\", \"-c\", \"trap '' TERM; while :; do sleep 5; done\"]\nmemory = \"64KiB\"\n",
+        probe("alpha", "", "")
+    );
+    let mut t = Tree::start(&config);
+    wait_running(&t, &["alpha", "stubborn"]);
+    let first = t.starts("alpha")[0].pid;
+
+    let restart = t.ctl_run(&["restart", "alpha", "--wait"]);
+    assert_eq!(
+        (restart.code, restart.stdout.as_str()),
+        (Some(0), "alpha: running\n"),
+        "{restart:?}"
+    );
+    // Done means done: the new process is the one running, right now.
+    let d = t.daemon_status("alpha").unwrap();
+    assert_eq!(d["state"], "running");
+    assert_ne!(d["pid"], first);
+    assert_eq!(t.starts("alpha").len(), 2);
+
+    let stop = t.ctl_run(&["stop", "alpha", "--wait"]);
+    assert_eq!(
+        (stop.code, stop.stdout.as_str()),
+        (Some(0), "alpha: stopped\n")
+    );
+    assert_eq!(t.daemon_status("alpha").unwrap()["state"], "stopped");
+    let not_ready = t.ctl_run(&["health", "--ready"]);
+    assert_eq!(
+        not_ready.code,
+        Some(0),
+        "stopped on purpose is ready: {not_ready:?}"
+    );
+
+    let start = t.ctl_run(&["start", "alpha", "--wait", "--timeout", "5s"]);
+    assert_eq!(
+        (start.code, start.stdout.as_str()),
+        (Some(0), "alpha: running\n")
+    );
+    assert_eq!(t.starts("alpha").len(), 3);
+
+    // A daemon that ignores SIGTERM is still stopping when the wait ends.
+    let stuck = t.ctl_run(&["stop", "stubborn", "--wait", "--timeout", "300ms"]);
+    assert_eq!(stuck.code, Some(1), "{stuck:?}");
+    assert!(
+        stuck
+            .stderr
+            .contains("stubborn is still stopping after 300ms (wanted stopped"),
+        "{stuck:?}"
+    );
+    let health = t.ctl_run(&["health"]);
+    assert_eq!((health.code, health.stdout.as_str()), (Some(0), "alive\n"));
+    let ready = t.ctl_run(&["health", "--ready"]);
+    assert_eq!(ready.code, Some(1), "{ready:?}");
+    assert!(
+        ready.stderr.contains("not ready: stubborn stopping"),
+        "{ready:?}"
+    );
+    // --timeout needs --wait.
+    assert_eq!(
+        t.ctl_run(&["stop", "alpha", "--timeout", "1s"]).code,
+        Some(2)
+    );
+
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0);
+}

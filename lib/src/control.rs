@@ -69,22 +69,20 @@ pub fn request<T: DeserializeOwned>(socket: &Path, request: &Request) -> Result<
     let mut s = UnixStream::connect(socket).map_err(unreachable)?;
     s.set_read_timeout(Some(REPLY_TIMEOUT))
         .map_err(unreachable)?;
-    s.write_all(&proto::encode_request(request))
-        .map_err(unreachable)?;
-    // The root may close the connection without reading it to the end
-    // (a refused peer): the reply still counts.
+    // A root that closed early (past its connection cap, say) may still
+    // have replied: read whatever came before giving up.
+    let sent = s.write_all(&proto::encode_request(request));
     let _ = s.shutdown(std::net::Shutdown::Write);
     let mut reply = Vec::new();
-    if let Err(e) = s.read_to_end(&mut reply) {
-        if reply.is_empty() {
-            return Err(unreachable(e));
-        }
-    }
+    let read = s.read_to_end(&mut reply);
     if reply.is_empty() {
-        return Err(Error::Unreachable(format!(
-            "the root at {} closed the connection without replying",
-            socket.display()
-        )));
+        return Err(match sent.and(read) {
+            Err(e) => unreachable(e),
+            Ok(_) => Error::Unreachable(format!(
+                "the root at {} closed the connection without replying",
+                socket.display()
+            )),
+        });
     }
     proto::decode_reply(&reply).map_err(Error::Root)
 }

@@ -526,9 +526,21 @@ pub(crate) struct Ran {
 /// Runs `forkroot ARGS` in `dir` to completion, killing it (and failing the
 /// test) if it has not exited by the [`DEADLINE`].
 pub(crate) fn run_to_end(dir: &TempDir, args: &[&str]) -> Ran {
+    run_to_end_with(dir, args, |_| {})
+}
+
+/// [`run_to_end`], with the command adjusted by `adjust` first (to run it
+/// as another user, say).
+pub(crate) fn run_to_end_with(
+    dir: &TempDir,
+    args: &[&str],
+    adjust: impl FnOnce(&mut Command),
+) -> Ran {
     let out = dir.path().join("cmd.stdout");
     let err = dir.path().join("cmd.stderr");
-    let mut child = command(dir)
+    let mut cmd = command(dir);
+    adjust(&mut cmd);
+    let mut child = cmd
         .args(args)
         .stdin(Stdio::null())
         .stdout(fs::File::create(&out).expect("stdout file"))

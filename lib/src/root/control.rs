@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -23,6 +23,7 @@ use crate::control::proto::{
 };
 use crate::region::MAGIC;
 use crate::sys;
+use crate::sys::cred::Gid;
 
 /// Control connections open at once, at most. A connection past it closes
 /// the oldest one, so no number of clients locks an operator out.
@@ -48,6 +49,10 @@ pub(crate) struct Server {
     evicted: u64,
     /// Connections closed at their deadline.
     expired: u64,
+    /// The root's effective uid: allowed in, as uid 0 is.
+    uid: sys::cred::Uid,
+    /// `[root] control_group`: its members are allowed in too.
+    group: Option<(String, Gid)>,
 }
 
 #[derive(Debug)]
@@ -58,12 +63,20 @@ struct Conn {
     sent: usize,
     /// Closed then, done or not.
     deadline: Instant,
+    /// Why its peer is refused (its request is answered with this), if it is.
+    refused: Option<Failure>,
 }
 
 impl Server {
-    /// Binds the control socket at `path`. A socket file left by a dead
-    /// root is replaced; one a live root answers on is an error.
-    pub(crate) fn bind(path: &Path) -> io::Result<Server> {
+    /// Binds the control socket at `path`, for the root's own uid, uid 0,
+    /// and the members of `group` if one is given. A socket file left by a
+    /// dead root is replaced; one a live root answers on is an error.
+    ///
+    /// The socket is created mode 0600 (the umask during `bind`), then
+    /// given its group and opened to 0660: at no moment does it let in
+    /// more than its final mode does.
+    pub(crate) fn bind(path: &Path, group: Option<(String, Gid)>) -> io::Result<Server> {
+        let here = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             use std::os::unix::fs::FileTypeExt;
             if !meta.file_type().is_socket() {
@@ -81,14 +94,11 @@ impl Server {
                     format!("another root is listening on {}", path.display()),
                 ));
             }
-            std::fs::remove_file(path)?;
+            std::fs::remove_file(path).map_err(here)?;
         }
-        let listener = UnixListener::bind(path).map_err(|e| {
-            io::Error::new(e.kind(), format!("control socket {}: {e}", path.display()))
-        })?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        listener.set_nonblocking(true)?;
-        Ok(Server {
+        let listener = sys::cred::with_umask(0o177, || UnixListener::bind(path)).map_err(here)?;
+        // From here on a failure leaves no socket file behind.
+        let server = Server {
             listener,
             path: path.to_owned(),
             conns: BTreeMap::new(),
@@ -96,7 +106,35 @@ impl Server {
             requests: 0,
             evicted: 0,
             expired: 0,
-        })
+            uid: sys::cred::geteuid(),
+            group,
+        };
+        if let Some((_, gid)) = &server.group {
+            sys::cred::chgrp(path, *gid).map_err(here)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(here)?;
+        }
+        server.listener.set_nonblocking(true)?;
+        Ok(server)
+    }
+
+    /// Whether `peer` may use the socket: uid 0, the root's own uid, or a
+    /// member of the control group.
+    fn admits(&self, peer: &sys::cred::Peer) -> bool {
+        peer.uid == 0
+            || peer.uid == self.uid
+            || self
+                .group
+                .as_ref()
+                .is_some_and(|(_, gid)| peer.in_group(*gid))
+    }
+
+    /// Who may use the socket, for a refusal.
+    fn who(&self) -> String {
+        let mut who = format!("uid 0 and uid {}", self.uid);
+        if let Some((name, gid)) = &self.group {
+            who = format!("{who} and group {name} ({gid})");
+        }
+        who
     }
 
     pub(crate) fn listener_fd(&self) -> i32 {
@@ -219,6 +257,32 @@ impl Root<'_> {
         if stream.set_nonblocking(true).is_err() {
             return;
         }
+        let refused = match sys::cred::peer(stream.as_fd()) {
+            Ok(peer) if server.admits(&peer) => None,
+            Ok(peer) => {
+                warn!(
+                    pid = peer.pid.0,
+                    uid = peer.uid,
+                    gid = peer.gid,
+                    "control connection refused: not an allowed user or group"
+                );
+                Some(Failure::new(
+                    FailureKind::Refused,
+                    format!(
+                        "permission denied: uid {} may not use this control socket (allowed: {})",
+                        peer.uid,
+                        server.who()
+                    ),
+                ))
+            }
+            Err(e) => {
+                warn!(error = %e, "control connection refused: SO_PEERCRED failed");
+                Some(Failure::new(
+                    FailureKind::Refused,
+                    format!("permission denied: cannot tell who you are ({e})"),
+                ))
+            }
+        };
         let id = server.next_id;
         server.next_id += 1;
         if self.epoll.add(stream.as_raw_fd(), TOKEN_CONN | id).is_ok() {
@@ -230,6 +294,7 @@ impl Root<'_> {
                     reply: Vec::new(),
                     sent: 0,
                     deadline: Instant::now() + CONN_TIMEOUT,
+                    refused,
                 },
             );
         }
@@ -271,6 +336,10 @@ impl Root<'_> {
             }
         };
         server.requests += 1;
+        let line = match conn.refused.take() {
+            Some(refusal) => Err(refusal),
+            None => line,
+        };
         let reply = match line.and_then(|l| proto::decode_request(&l)) {
             Ok(request) => {
                 debug!(?request, "control request");

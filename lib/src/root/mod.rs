@@ -342,28 +342,20 @@ impl<'a> Root<'a> {
             .control
             .clone()
             .unwrap_or_else(crate::control::default_socket);
-        let control = match control::Server::bind(&socket) {
-            Ok(server) => {
-                epoll
-                    .add(server.listener_fd(), TOKEN_LISTENER)
-                    .map_err(ctx("epoll"))?;
-                info!(socket = %socket.display(), "control socket ready");
-                Some(server)
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::AddrInUse | io::ErrorKind::AlreadyExists
-                ) =>
-            {
-                return Err(RootError::Io("control socket", e));
-            }
-            Err(e) => {
-                // Without a socket the tree still runs; ctl cannot reach it.
-                warn!(error = %e, "no control socket; `forkroot ctl` will not reach this root");
-                None
-            }
-        };
+        // Without its socket the tree could not be managed: whatever the
+        // cause (taken, unwritable), nothing starts (a config problem, 78).
+        let server =
+            control::Server::bind(&socket, config.root.control_group.clone()).map_err(|e| {
+                RootError::Config(vec![crate::config::Problem {
+                    place: "root.control".into(),
+                    message: format!("cannot create the control socket: {e}"),
+                }])
+            })?;
+        epoll
+            .add(server.listener_fd(), TOKEN_LISTENER)
+            .map_err(ctx("epoll"))?;
+        info!(socket = %socket.display(), "control socket ready");
+        let control = Some(server);
         let children = config
             .daemons
             .iter()
