@@ -523,17 +523,19 @@ fn another_uid_is_refused_by_its_credentials_and_the_control_group_let_in() {
     assert_eq!(t.wait_code(), 0);
 }
 
+/// Runs `forkroot COMMAND --config FILE` to its end on a config of one
+/// probe `name` with `root` lines in its `[root]`; returns the temp dir too.
+fn once(command: &str, root: &str, name: &str) -> (tempfile::TempDir, common::Ran) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("[root]\n{root}\n\n{}", probe(name, "", ""));
+    let path = common::write_config(&dir, &config);
+    let r = run_to_end(&dir, &[command, "--config", path.to_str().unwrap()]);
+    (dir, r)
+}
+
 #[test]
 fn a_control_group_that_does_not_exist_is_a_config_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = common::write_config(
-        &dir,
-        &format!(
-            "[root]\ncontrol_group = \"no-such-group-here\"\n\n{}",
-            probe("alpha", "", "")
-        ),
-    );
-    let r = run_to_end(&dir, &["check", "--config", path.to_str().unwrap()]);
+    let (_dir, r) = once("check", "control_group = \"no-such-group-here\"", "alpha");
     assert_eq!(r.code, Some(78), "{r:?}");
     assert!(
         r.stderr
@@ -560,15 +562,7 @@ fn a_socket_in_use_and_an_unwritable_directory_both_stop_the_start_with_78() {
         "{second:?}"
     );
     // A directory that is not there (or not writable): the same.
-    let dir = tempfile::tempdir().unwrap();
-    let path = common::write_config(
-        &dir,
-        &format!(
-            "[root]\ncontrol = \"/nonexistent/dir/ctl.sock\"\n\n{}",
-            probe("beta", "", "")
-        ),
-    );
-    let nowhere = run_to_end(&dir, &["run", "--config", path.to_str().unwrap()]);
+    let (dir, nowhere) = once("run", "control = \"/nonexistent/dir/ctl.sock\"", "beta");
     assert_eq!(nowhere.code, Some(78), "{nowhere:?}");
     assert!(
         nowhere

@@ -63,8 +63,6 @@ struct Conn {
     sent: usize,
     /// Closed then, done or not.
     deadline: Instant,
-    /// Why its peer is refused (its request is answered with this), if it is.
-    refused: Option<Failure>,
 }
 
 impl Server {
@@ -128,13 +126,37 @@ impl Server {
                 .is_some_and(|(_, gid)| peer.in_group(*gid))
     }
 
-    /// Who may use the socket, for a refusal.
-    fn who(&self) -> String {
+    /// Why the peer of `stream` may not use the socket (logged), if it
+    /// may not.
+    fn refusal(&self, stream: &UnixStream) -> Option<Failure> {
+        let peer = match sys::cred::peer(stream.as_fd()) {
+            Ok(peer) if self.admits(&peer) => return None,
+            Ok(peer) => peer,
+            Err(e) => {
+                warn!(error = %e, "control connection refused: SO_PEERCRED failed");
+                return Some(Failure::new(
+                    FailureKind::Refused,
+                    format!("permission denied: cannot tell who you are ({e})"),
+                ));
+            }
+        };
+        warn!(
+            pid = peer.pid.0,
+            uid = peer.uid,
+            gid = peer.gid,
+            "control connection refused: not an allowed user or group"
+        );
         let mut who = format!("uid 0 and uid {}", self.uid);
         if let Some((name, gid)) = &self.group {
             who = format!("{who} and group {name} ({gid})");
         }
-        who
+        Some(Failure::new(
+            FailureKind::Refused,
+            format!(
+                "permission denied: uid {} may not use this control socket (allowed: {who})",
+                peer.uid
+            ),
+        ))
     }
 
     pub(crate) fn listener_fd(&self) -> i32 {
@@ -223,19 +245,7 @@ impl Root<'_> {
                 return;
             };
             match server.listener.accept() {
-                Ok((stream, _)) => {
-                    // At the cap the oldest connection makes room: the
-                    // root's descriptors are not for clients to exhaust,
-                    // and a new client (an operator) always gets in.
-                    if server.conns.len() >= MAX_CONNECTIONS {
-                        if let Some(&oldest) = server.conns.keys().next() {
-                            debug!(id = oldest, "control connection evicted for a new one");
-                            server.evicted += 1;
-                            self.expire(oldest, true);
-                        }
-                    }
-                    self.admit(stream);
-                }
+                Ok((stream, _)) => self.admit(stream),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
                     // EMFILE and friends: the listener stays readable, so
@@ -249,39 +259,32 @@ impl Root<'_> {
         }
     }
 
-    /// Adds an accepted connection to the loop.
-    fn admit(&mut self, stream: UnixStream) {
+    /// Checks an accepted connection's peer: one that may not use the
+    /// socket is answered and closed at once (it never holds a slot); any
+    /// other joins the loop, closing the oldest connection if all slots
+    /// are taken: the root's descriptors are not for clients to exhaust,
+    /// and a new client (an operator) always gets in.
+    fn admit(&mut self, mut stream: UnixStream) {
         let Some(server) = self.control.as_mut() else {
             return;
         };
         if stream.set_nonblocking(true).is_err() {
             return;
         }
-        let refused = match sys::cred::peer(stream.as_fd()) {
-            Ok(peer) if server.admits(&peer) => None,
-            Ok(peer) => {
-                warn!(
-                    pid = peer.pid.0,
-                    uid = peer.uid,
-                    gid = peer.gid,
-                    "control connection refused: not an allowed user or group"
-                );
-                Some(Failure::new(
-                    FailureKind::Refused,
-                    format!(
-                        "permission denied: uid {} may not use this control socket (allowed: {})",
-                        peer.uid,
-                        server.who()
-                    ),
-                ))
+        if let Some(refusal) = server.refusal(&stream) {
+            let _ = stream.write(&proto::encode_reply::<Empty>(Err(&refusal)));
+            discard_input(&mut stream);
+            return;
+        }
+        if server.conns.len() >= MAX_CONNECTIONS {
+            if let Some(&oldest) = server.conns.keys().next() {
+                debug!(id = oldest, "control connection evicted for a new one");
+                server.evicted += 1;
+                self.expire(oldest, true);
             }
-            Err(e) => {
-                warn!(error = %e, "control connection refused: SO_PEERCRED failed");
-                Some(Failure::new(
-                    FailureKind::Refused,
-                    format!("permission denied: cannot tell who you are ({e})"),
-                ))
-            }
+        }
+        let Some(server) = self.control.as_mut() else {
+            return;
         };
         let id = server.next_id;
         server.next_id += 1;
@@ -294,7 +297,6 @@ impl Root<'_> {
                     reply: Vec::new(),
                     sent: 0,
                     deadline: Instant::now() + CONN_TIMEOUT,
-                    refused,
                 },
             );
         }
@@ -336,10 +338,6 @@ impl Root<'_> {
             }
         };
         server.requests += 1;
-        let line = match conn.refused.take() {
-            Some(refusal) => Err(refusal),
-            None => line,
-        };
         let reply = match line.and_then(|l| proto::decode_request(&l)) {
             Ok(request) => {
                 debug!(?request, "control request");
@@ -380,16 +378,7 @@ impl Root<'_> {
     fn close(&mut self, id: u64) {
         if let Some(mut conn) = self.control.as_mut().and_then(|s| s.conns.remove(&id)) {
             let _ = self.epoll.delete(conn.stream.as_raw_fd());
-            // Closing a Unix socket with unread bytes in it resets the
-            // peer, which may then lose the reply: take what is there
-            // (bounded; the socket is non-blocking).
-            let mut sink = [0u8; 4096];
-            for _ in 0..16 {
-                match conn.stream.read(&mut sink) {
-                    Ok(n) if n > 0 => {}
-                    _ => break,
-                }
-            }
+            discard_input(&mut conn.stream);
         }
     }
 
@@ -642,6 +631,19 @@ impl Root<'_> {
                 .into_iter()
                 .filter_map(|r| serde_json::from_value::<LogRecord>(r).ok())
                 .collect(),
+        }
+    }
+}
+
+/// Reads (bounded; the socket is non-blocking) what a client sent past its
+/// request: closing a Unix socket with unread bytes in it resets the peer,
+/// whose next read then fails instead of seeing the end of the reply.
+fn discard_input(stream: &mut UnixStream) {
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        match stream.read(&mut sink) {
+            Ok(n) if n > 0 => {}
+            _ => break,
         }
     }
 }
