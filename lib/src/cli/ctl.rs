@@ -75,8 +75,9 @@ pub(crate) enum Ctl {
     },
     /// Counters in Prometheus' text format.
     Metrics,
-    /// Exit 0 if the root answers (liveness); with --ready, only if no
-    /// daemon is starting, in backoff, stopping or failed (readiness).
+    /// Exit 0 if the root answers and is not shutting down (liveness); with
+    /// --ready, only if no daemon is starting, in backoff, stopping or
+    /// failed either (readiness).
     Health {
         /// Also require the tree to be ready.
         #[arg(long)]

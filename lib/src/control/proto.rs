@@ -73,19 +73,6 @@ pub enum Request {
     Shutdown,
 }
 
-impl Request {
-    /// Whether the request changes the tree (as opposed to reading it).
-    pub fn mutates(&self) -> bool {
-        matches!(
-            self,
-            Request::Restart { .. }
-                | Request::Stop { .. }
-                | Request::Start { .. }
-                | Request::Shutdown
-        )
-    }
-}
-
 /// Why the root did not carry out a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
