@@ -30,7 +30,7 @@ use crate::sys::cred::Gid;
 const MAX_CONNECTIONS: usize = 64;
 /// How long a connection may take from `accept` to the end of its reply;
 /// then it is closed (with a failure reply if its request never came).
-pub(crate) const CONN_TIMEOUT: Duration = Duration::from_secs(5);
+const CONN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the listener rests after `accept` failed.
 const CONTROL_PAUSE: Duration = Duration::from_secs(1);
 
@@ -221,19 +221,18 @@ impl Root<'_> {
         let Some(conn) = self.control.as_mut().and_then(|s| s.conns.get_mut(&id)) else {
             return;
         };
-        {
-            if conn.reply.is_empty() {
-                let why = if evicted {
-                    format!("no complete request yet; closed to make room for a newer connection (at most {MAX_CONNECTIONS} open)")
-                } else {
-                    format!(
-                        "no complete request within {}; closed",
-                        format_duration(CONN_TIMEOUT)
-                    )
-                };
-                let f = Failure::new(FailureKind::BadRequest, why);
-                let _ = conn.stream.write(&proto::encode_reply::<Empty>(Err(&f)));
-            }
+        if conn.reply.is_empty() {
+            let why = if evicted {
+                format!(
+                    "no complete request yet; closed to make room for a newer connection \
+                     (at most {MAX_CONNECTIONS} open)"
+                )
+            } else {
+                let within = format_duration(CONN_TIMEOUT);
+                format!("no complete request within {within}; closed")
+            };
+            let f = Failure::new(FailureKind::BadRequest, why);
+            let _ = conn.stream.write(&proto::encode_reply::<Empty>(Err(&f)));
         }
         self.close(id);
     }
