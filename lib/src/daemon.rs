@@ -1,53 +1,85 @@
 //! The daemon API: what a daemon author writes, and what it is given.
 //!
-//! A daemon is a function, `fn(&mut Context) -> i32`, registered under a
-//! kind name in a [`Registry`]. The root forks a process for it (no exec),
+//! A daemon is a function, `fn(&mut Context) -> i32`, declared as a
+//! [`Kind`] (its name in `kind = "..."`, a line of help, its settings) and
+//! registered in a [`Registry`]. The root forks a process for it (no exec),
 //! maps its region writable, and calls the function with a [`Context`]; the
 //! returned value is the process's exit code (0 is a normal exit).
 //!
-//! ```no_run
-//! use forkroot::{Context, Registry};
+//! ```
+//! use std::time::Duration;
+//! use forkroot::{Context, Kind, Registry, Setting};
+//!
+//! const TICKER: Kind = Kind::new("ticker", "counts ticks across restarts", ticker)
+//!     .settings(&[Setting::duration("every", "time between ticks")
+//!         .default_duration(Duration::from_secs(1))]);
 //!
 //! fn ticker(ctx: &mut Context<'_>) -> i32 {
-//!     // The first 8 bytes of the state survive restarts.
-//!     let mut ticks = u64::from_le_bytes(ctx.state()[..8].try_into().unwrap());
-//!     while ctx.sleep(std::time::Duration::from_secs(1)) {
-//!         ticks += 1;
-//!         ctx.state_mut()[..8].copy_from_slice(&ticks.to_le_bytes());
+//!     let every: Duration = ctx.arg("every");
+//!     // Checkpointed state: a restart resumes from the last commit.
+//!     let Ok((mut ticks, _)) = ctx.checkpoints::<u64>(1) else { return 3 };
+//!     while ctx.sleep(every) {
+//!         *ticks += 1;
+//!         ticks.commit();
 //!     }
 //!     0 // stopped by the root: a normal exit
 //! }
 //!
 //! let mut kinds = Registry::new();
-//! kinds.add("ticker", "counts seconds across restarts", ticker);
+//! kinds.add(TICKER);
+//! assert_eq!(kinds.get("ticker").unwrap().settings[0].name, "every");
 //! ```
 
 use std::fmt;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::config::OnRestart;
+use crate::config::{Args, FromArg, OnRestart, Setting};
 use crate::region::Header;
 use crate::sys;
 
 /// A daemon's entry point; its return value is the exit code.
 pub type Entry = fn(&mut Context<'_>) -> i32;
 
-/// A daemon kind built into a binary.
+/// A daemon kind: a name for `kind = "..."`, a line of help, the entry
+/// point and the settings it takes in `[daemon.args]`. A `const`, declared
+/// once next to the daemon's code.
 #[derive(Debug, Clone, Copy)]
 pub struct Kind {
     /// The name used in `kind = "..."`.
     pub name: &'static str,
-    /// One line for `--help` and error messages.
+    /// One line for `forkroot kinds`.
     pub about: &'static str,
     /// The entry point.
     pub entry: Entry,
+    /// The settings of `[daemon.args]`, checked before anything starts.
+    pub settings: &'static [Setting],
 }
 
-/// The daemon kinds a binary knows, by name.
+impl Kind {
+    /// A kind without settings (add them with [`Kind::settings`]).
+    pub const fn new(name: &'static str, about: &'static str, entry: Entry) -> Kind {
+        Kind {
+            name,
+            about,
+            entry,
+            settings: &[],
+        }
+    }
+
+    /// The settings this kind takes.
+    pub const fn settings(mut self, settings: &'static [Setting]) -> Kind {
+        self.settings = settings;
+        self
+    }
+}
+
+/// The daemon kinds a binary knows, by name, and the tree `forkroot run`
+/// starts without `--config`, if any.
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     kinds: Vec<Kind>,
+    demo: Option<&'static str>,
 }
 
 impl Registry {
@@ -56,12 +88,31 @@ impl Registry {
         Registry::default()
     }
 
-    /// Registers `entry` under `name`; a later registration of the same name
-    /// replaces the earlier one.
-    pub fn add(&mut self, name: &'static str, about: &'static str, entry: Entry) -> &mut Registry {
-        self.kinds.retain(|k| k.name != name);
-        self.kinds.push(Kind { name, about, entry });
+    /// Registers `kind`; a later registration of the same name replaces the
+    /// earlier one.
+    ///
+    /// # Panics
+    /// When the kind's declaration contradicts itself: two settings of one
+    /// name, or a default its own setting would reject.
+    pub fn add(&mut self, kind: Kind) -> &mut Registry {
+        if let Err(e) = crate::config::check_declaration(kind.settings) {
+            panic!("kind {:?}: {e}", kind.name);
+        }
+        self.kinds.retain(|k| k.name != kind.name);
+        self.kinds.push(kind);
         self
+    }
+
+    /// Sets the demo tree: the config (TOML text) `forkroot run` starts when
+    /// given no `--config`. Without one, `run` needs `--config`.
+    pub fn demo(&mut self, config: &'static str) -> &mut Registry {
+        self.demo = Some(config);
+        self
+    }
+
+    /// The demo tree, if there is one.
+    pub fn demo_config(&self) -> Option<&'static str> {
+        self.demo
     }
 
     /// The kind called `name`.
@@ -264,7 +315,7 @@ pub struct Context<'a> {
     pub(crate) deaths: &'a [Death],
     pub(crate) on_restart: OnRestart,
     pub(crate) resume_before: Option<u64>,
-    pub(crate) args: &'a toml::Table,
+    pub(crate) args: &'a Args,
     pub(crate) stopping: bool,
     pub(crate) stop_fd: Option<std::os::fd::OwnedFd>,
 }
@@ -329,7 +380,8 @@ impl<'a> Context<'a> {
     /// - `decide`: nothing is restored; the daemon looks at
     ///   [`Context::deaths`] and calls `restore`, `restore_before` or `reset`.
     ///
-    /// The state is handed over to the returned [`Checkpoints`]:
+    /// The state is handed over to the returned
+    /// [`Checkpoints`](crate::checkpoint::Checkpoints):
     /// [`Context::state`] is empty afterwards.
     pub fn checkpoints<T: crate::region::Plain>(
         &mut self,
@@ -374,9 +426,21 @@ impl<'a> Context<'a> {
         Ok((cp, resumed))
     }
 
-    /// The `[daemon.args]` table of this daemon.
-    pub fn args(&self) -> &'a toml::Table {
+    /// The daemon's settings (`[daemon.args]`), checked against its kind's
+    /// declaration before the tree started.
+    pub fn args(&self) -> &'a Args {
         self.args
+    }
+
+    /// Setting `name`, typed: `ctx.arg::<u64>("rate")`, or
+    /// `ctx.arg::<Option<&str>>("out")` for a setting without a default.
+    /// See [`Args::get`].
+    ///
+    /// # Panics
+    /// When the kind does not declare `name`, or `T` does not fit its type:
+    /// a mistake in the daemon's code (the config was checked already).
+    pub fn arg<T: FromArg<'a>>(&self, name: &str) -> T {
+        self.args.get(name)
     }
 
     /// Records that the daemon is alive (the watchdog reads this), and

@@ -11,6 +11,7 @@
 
 mod control;
 mod flight;
+mod manager;
 mod spawn;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -255,8 +256,8 @@ pub struct Root<'a> {
     /// Forks done, for `ctl metrics`.
     forks: u64,
     control: Option<control::Server>,
-    /// Whether READY=1 went to systemd yet.
-    notified_ready: bool,
+    /// What systemd (`Type=notify`) was told, and its watchdog timer.
+    manager: manager::Manager,
     /// The `state_dir` lock, held for the root's life (and its daemons').
     lock: Option<OwnedFd>,
     /// When to sweep for children whose SIGCHLD was lost (see
@@ -299,7 +300,16 @@ impl<'a> Root<'a> {
         // children without telling us.
         sys::default_signal(libc::SIGCHLD);
         // Signals arrive through the signalfd, never through handlers.
-        let set = SigSet::of(&[libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
+        // SIGUSR1/SIGUSR2 too: their default action would end the root
+        // (and with it, through PDEATHSIG, the whole tree) on a stray kill.
+        let set = SigSet::of(&[
+            libc::SIGCHLD,
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGHUP,
+            libc::SIGUSR1,
+            libc::SIGUSR2,
+        ]);
         set.block().map_err(ctx("blocking signals"))?;
         let signals = set.signalfd().map_err(ctx("signalfd"))?;
         sys::set_child_subreaper().map_err(ctx("becoming a child subreaper"))?;
@@ -411,7 +421,7 @@ impl<'a> Root<'a> {
             started: Instant::now(),
             forks: 0,
             control,
-            notified_ready: false,
+            manager: manager::Manager::from_env(sys::getpid().0 as u32),
             lock,
             sweep_at: None,
             notes: Vec::new(),
@@ -444,10 +454,15 @@ impl<'a> Root<'a> {
                 }
             }
             let next = self.timers.first().map(|&(t, _)| t);
-            let next = [next, self.sweep_at, self.control_wake()]
-                .into_iter()
-                .flatten()
-                .min();
+            let next = [
+                next,
+                self.sweep_at,
+                self.control_wake(),
+                self.manager.next_deadline(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let timeout = next.map(|t| t.saturating_duration_since(Instant::now()));
             self.epoll
                 .wait(&mut ready, timeout)
@@ -462,12 +477,21 @@ impl<'a> Root<'a> {
                     _ => warn!(token, "event for an unknown token"),
                 }
             }
+            let now = Instant::now();
+            if !ready.is_empty() || self.timers.first().is_some_and(|&(t, _)| t <= now) {
+                self.manager.status_changed(now);
+            }
             self.fire_timers();
             self.flush_notes();
             // Until the first start is complete (a daemon may leave
             // `starting` by dying as well as by running).
-            if !self.notified_ready {
+            if !self.manager.ready_settled() {
                 self.notify_ready();
+            }
+            self.manager.ping(now);
+            if self.manager.status_due(now) {
+                let text = self.status_line(now);
+                self.manager.status(now, text);
             }
         }
     }
@@ -529,6 +553,8 @@ impl<'a> Root<'a> {
                 libc::SIGCHLD => self.on_sigchld(from)?,
                 libc::SIGTERM | libc::SIGINT => self.on_shutdown_signal(sig),
                 libc::SIGHUP => info!("SIGHUP ignored (the tree is configured at start)"),
+                libc::SIGUSR1 => info!(status = %self.status_line(Instant::now()), "SIGUSR1"),
+                libc::SIGUSR2 => info!("SIGUSR2 ignored"),
                 _ => debug!(signal = sig, "unexpected signal"),
             }
         }
@@ -827,17 +853,47 @@ impl<'a> Root<'a> {
     /// Tells systemd (`Type=notify`) the tree is up, once no daemon of the
     /// first start is still starting.
     fn notify_ready(&mut self) {
-        if self.notified_ready || self.children.iter().any(|c| c.state == State::Starting) {
+        if self.manager.ready_settled() || self.children.iter().any(|c| c.state == State::Starting)
+        {
             return;
         }
-        self.notified_ready = true;
-        let status = format!(
-            "READY=1\nSTATUS=supervising {} daemons",
-            self.children.len()
-        );
-        if let Err(e) = crate::notify::notify(&status) {
-            warn!(error = %e, "could not notify the service manager");
+        let status = self.status_line(Instant::now());
+        self.manager.ready(status);
+    }
+
+    /// The one-line `STATUS=` for systemd: how many daemons are in each
+    /// state, and the restarts within the top supervisor's period.
+    fn status_line(&self, now: Instant) -> String {
+        let mut counts = [0usize; 6];
+        for c in &self.children {
+            counts[c.state as usize] += 1;
         }
+        let period = self.config.supervisor.period;
+        let recent = self
+            .restart_times
+            .iter()
+            .filter(|&&t| now.saturating_duration_since(t) <= period)
+            .count();
+        let mut line = String::new();
+        for s in [
+            State::Running,
+            State::Starting,
+            State::Backoff,
+            State::Stopping,
+            State::Stopped,
+            State::Failed,
+        ] {
+            let n = counts[s as usize];
+            if n > 0 || s == State::Running {
+                line.push_str(&format!("{n} {}, ", s.as_str()));
+            }
+        }
+        line.push_str(&format!(
+            "{recent} restart{} in the last {}",
+            if recent == 1 { "" } else { "s" },
+            crate::config::units::format_duration(period)
+        ));
+        line
     }
 
     /// Remembers a death (the last [`DEATHS_KEPT`]).
@@ -1133,7 +1189,7 @@ impl<'a> Root<'a> {
             return;
         }
         self.mode = Mode::ShuttingDown(code);
-        let _ = crate::notify::notify("STOPPING=1");
+        self.manager.stopping();
         for i in 0..self.children.len() {
             self.kill_standby(i);
             if self.children[i].state == State::Backoff {

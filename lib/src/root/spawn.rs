@@ -30,7 +30,7 @@ const GATE_FD: RawFd = 4;
 pub(crate) enum Plan<'a> {
     Builtin {
         entry: Entry,
-        args: &'a toml::Table,
+        args: &'a crate::config::Args,
         deaths: &'a [Death],
         restarts: u32,
         on_restart: OnRestart,
