@@ -315,7 +315,7 @@ memroy = "1MiB"
         lines,
         [
             "root.contrl: unknown key, did you mean \"control\"? \
-             (expected one of: control, state_dir, stop_timeout)",
+             (expected one of: control, control_group, state_dir, stop_timeout)",
             "daemon[0].memroy: unknown key, did you mean \"memory\"? (expected one of: \
              name, kind, exec, group, memory, restart, on_restart, watchdog, standby, \
              links, backoff, backoff_max, args)",

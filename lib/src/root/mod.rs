@@ -353,28 +353,20 @@ impl<'a> Root<'a> {
             .control
             .clone()
             .unwrap_or_else(crate::control::default_socket);
-        let control = match control::Server::bind(&socket) {
-            Ok(server) => {
-                epoll
-                    .add(server.listener_fd(), TOKEN_LISTENER)
-                    .map_err(ctx("epoll"))?;
-                info!(socket = %socket.display(), "control socket ready");
-                Some(server)
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::AddrInUse | io::ErrorKind::AlreadyExists
-                ) =>
-            {
-                return Err(RootError::Io("control socket", e));
-            }
-            Err(e) => {
-                // Without a socket the tree still runs; ctl cannot reach it.
-                warn!(error = %e, "no control socket; `forkroot ctl` will not reach this root");
-                None
-            }
-        };
+        // Without its socket the tree could not be managed: whatever the
+        // cause (taken, unwritable), nothing starts (a config problem, 78).
+        let server =
+            control::Server::bind(&socket, config.root.control_group.clone()).map_err(|e| {
+                RootError::Config(vec![crate::config::Problem {
+                    place: "root.control".into(),
+                    message: format!("cannot create the control socket: {e}"),
+                }])
+            })?;
+        epoll
+            .add(server.listener_fd(), TOKEN_LISTENER)
+            .map_err(ctx("epoll"))?;
+        info!(socket = %socket.display(), "control socket ready");
+        let control = Some(server);
         let children = config
             .daemons
             .iter()
@@ -466,7 +458,7 @@ impl<'a> Root<'a> {
             let next = [
                 next,
                 self.sweep_at,
-                self.control_paused,
+                self.control_wake(),
                 self.manager.next_deadline(),
             ]
             .into_iter()
@@ -1233,9 +1225,7 @@ impl<'a> Root<'a> {
 
     fn fire_timers(&mut self) {
         let now = Instant::now();
-        if self.control_paused.is_some_and(|t| t <= now) {
-            self.resume_control();
-        }
+        self.control_timers(now);
         if self.sweep_at.is_some_and(|t| t <= now) {
             self.sweep_at = None;
             if let Err(e) = self.reap() {
