@@ -101,7 +101,7 @@ fn probe_settings_are_checked() {
             + &daemon("s", "probe", "fill = 1"),
         &[
             "daemon[0].args.exti: unknown setting of kind \"probe\", did you mean \"exit\"? \
-             (it takes: out, fill, attack, exit, checkpoint, crash_at, allocate)",
+             (it takes: out, fill, attack, exit, checkpoint, crash_at, allocate, log)",
             "daemon[1].args.fill: expected a whole number, found the string \"x\"",
             "daemon[1].args.checkpoint: expected true or false, found the integer 1",
             "daemon[2].args.fill: 256 is out of range (use 0..=255)",

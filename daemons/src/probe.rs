@@ -14,6 +14,8 @@
 //!   unless VALUE equals `crash_at`: then crash with SIGSEGV at once (a
 //!   daemon killed by the state it resumed from: poison).
 //!
+//! - `log`: a text to write into its flight log (as a WARN record) right
+//!   after starting, verbatim: control characters and all.
 //! - `allocate = true`: declare the steady state (`Context::steady`), then
 //!   allocate: the allocation policy must abort it (SIGABRT).
 //!
@@ -52,6 +54,10 @@ pub(crate) const KIND: Kind = Kind::new(
     Setting::bool("checkpoint", "keep a checkpointed counter").default_bool(false),
     Setting::int("crash_at", "with checkpoint: crash on resuming this value"),
     Setting::bool("allocate", "declare the steady state, then allocate").default_bool(false),
+    Setting::string(
+        "log",
+        "a text to write verbatim into its flight log at start",
+    ),
 ]);
 
 fn main(ctx: &mut Context<'_>) -> i32 {
@@ -71,6 +77,10 @@ fn main(ctx: &mut Context<'_>) -> i32 {
         Some(reason) => say!(out, "deaths {} {reason}", ctx.deaths().len()),
         None => say!(out, "deaths 0 -"),
     };
+    if let Some(text) = ctx.arg::<Option<&str>>("log") {
+        tracing::warn!("{text}");
+        say!(out, "logged");
+    }
     if ctx.arg::<bool>("checkpoint") {
         let crash_at: Option<i64> = ctx.arg("crash_at");
         let (mut cp, resumed) = match ctx.checkpoints::<u64>(1) {

@@ -175,9 +175,12 @@ pub struct Config {
 /// `[root]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RootConfig {
-    /// `control`: path of the control socket; `None` means the default
-    /// (`$XDG_RUNTIME_DIR/forkroot.sock`, else `/run/forkroot.sock`).
+    /// `control`: path of the control socket; `None` means
+    /// [`crate::control::default_socket`].
     pub control: Option<PathBuf>,
+    /// `control_group`: a group whose members may use the control socket
+    /// too (the socket is then mode 0660 and of that group), with its id.
+    pub control_group: Option<(String, u32)>,
     /// `state_dir`: where file-backed regions live, if any.
     pub state_dir: Option<PathBuf>,
     /// `stop_timeout`: time between SIGTERM and SIGKILL. Default 5s.

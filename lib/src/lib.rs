@@ -56,12 +56,14 @@ pub mod config;
 #[doc(hidden)]
 pub mod control;
 pub mod daemon;
+mod handoff;
 pub mod log;
 #[doc(hidden)]
 pub mod logging;
 pub mod mutex;
 pub mod notify;
 pub mod pool;
+mod prologue;
 pub mod region;
 pub mod ring;
 // Internals' docs are read with --document-private-items, where links to
@@ -79,7 +81,7 @@ pub mod trace;
 pub mod transaction;
 
 pub use config::{Args, Setting};
-pub use daemon::{Context, Entry, ExitReason, Kind, Registry, Resumed};
+pub use daemon::{AttachError, Context, Entry, ExitReason, Kind, Registry, Resumed};
 
 /// The whole `forkroot` command line (`run`, `check`, `ctl`, `kinds`,
 /// `--help`, the documented exit codes) for a binary whose daemon kinds

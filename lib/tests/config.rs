@@ -86,7 +86,7 @@ exec = ["/usr/bin/prog", "--flag"]
 memory = "4MiB"
 restart = "transient"
 on_restart = "decide"
-standby = true
+standby = false
 backoff = "100ms"
 backoff_max = "1m"
 "#;
@@ -174,7 +174,7 @@ fn full_example_parses_to_its_values() {
     assert_eq!(o.restart, RestartType::Transient);
     assert_eq!(o.on_restart, OnRestart::Decide);
     assert_eq!(o.watchdog, None);
-    assert!(o.standby);
+    assert!(!o.standby);
     assert!(o.links.is_empty());
     assert_eq!(o.backoff.initial, Duration::from_millis(100));
     assert_eq!(o.backoff.max, Duration::from_secs(60));
@@ -315,7 +315,7 @@ memroy = "1MiB"
         lines,
         [
             "root.contrl: unknown key, did you mean \"control\"? \
-             (expected one of: control, state_dir, stop_timeout)",
+             (expected one of: control, control_group, state_dir, stop_timeout)",
             "daemon[0].memroy: unknown key, did you mean \"memory\"? (expected one of: \
              name, kind, exec, group, memory, restart, on_restart, watchdog, standby, \
              links, backoff, backoff_max, args)",
@@ -983,4 +983,15 @@ fn signals() {
         parse_signal("SIGFOO"),
         Err("\"SIGFOO\" is not a signal name (e.g. SIGTERM, SIGKILL, SIGSEGV, SIGABRT)".into())
     );
+}
+
+#[test]
+fn a_standby_of_an_exec_program_is_refused() {
+    // It would run at once instead of waiting: two owners of one region.
+    assert_eq!(
+        one("[[daemon]]\nname = \"d\"\nexec = [\"/bin/sleep\", \"9\"]\nstandby = true\n"),
+        "daemon[0].standby: a standby needs a built-in kind; an exec'd program cannot wait pre-forked"
+    );
+    // A built-in kind's standby is fine.
+    parse(&daemon("standby = true"));
 }

@@ -139,6 +139,20 @@ impl Tree {
             .expect("run forkroot ctl")
     }
 
+    /// The tree's control socket.
+    pub(crate) fn socket(&self) -> PathBuf {
+        self.path("ctl.sock")
+    }
+
+    /// Runs `forkroot ctl --socket DIR/ctl.sock ARGS` to completion (killed,
+    /// failing the test, past the [`DEADLINE`]).
+    pub(crate) fn ctl_run(&self, args: &[&str]) -> Ran {
+        let socket = self.socket();
+        let mut all = vec!["ctl", "--socket", socket.to_str().expect("utf-8 path")];
+        all.extend_from_slice(args);
+        run_to_end(&self.dir, &all)
+    }
+
     /// Every daemon's entry of `ctl status --json` (`None` while the root
     /// does not answer).
     #[allow(dead_code)]
@@ -533,11 +547,32 @@ pub(crate) fn run_to_end(dir: &TempDir, args: &[&str]) -> Ran {
     run_bin_to_end(Path::new(BIN), dir, args)
 }
 
+/// [`run_to_end`], with the command adjusted by `adjust` first (to run it
+/// as another user, say).
+pub(crate) fn run_to_end_with(
+    dir: &TempDir,
+    args: &[&str],
+    adjust: impl FnOnce(&mut Command),
+) -> Ran {
+    run_to_end_of(Path::new(BIN), dir, args, adjust)
+}
+
 /// [`run_to_end`] for another binary with the `forkroot` command line.
 pub(crate) fn run_bin_to_end(bin: &Path, dir: &TempDir, args: &[&str]) -> Ran {
+    run_to_end_of(bin, dir, args, |_| {})
+}
+
+fn run_to_end_of(
+    bin: &Path,
+    dir: &TempDir,
+    args: &[&str],
+    adjust: impl FnOnce(&mut Command),
+) -> Ran {
     let out = dir.path().join("cmd.stdout");
     let err = dir.path().join("cmd.stderr");
-    let mut child = command_of(bin, dir)
+    let mut cmd = command_of(bin, dir);
+    adjust(&mut cmd);
+    let mut child = cmd
         .args(args)
         .stdin(Stdio::null())
         .stdout(fs::File::create(&out).expect("stdout file"))

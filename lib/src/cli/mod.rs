@@ -45,10 +45,15 @@ enum Command {
         config: PathBuf,
     },
     /// Talk to a running root over its control socket.
+    #[command(after_help = ctl::EXIT_CODES)]
     Ctl {
-        /// The root's control socket (default: $XDG_RUNTIME_DIR/forkroot.sock, else /run/forkroot.sock).
-        #[arg(long, short)]
+        /// The root's control socket (default: /run/forkroot.sock for root;
+        /// for other users $XDG_RUNTIME_DIR/forkroot.sock, else /run/forkroot.sock).
+        #[arg(long, short, conflicts_with = "config")]
         socket: Option<PathBuf>,
+        /// Take the socket from this config file's `[root] control`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
         #[command(subcommand)]
         command: ctl::Ctl,
     },
@@ -79,10 +84,21 @@ pub fn main(registry: &Registry) -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Ctl { socket, command } => {
-            let socket = socket.unwrap_or_else(crate::control::default_socket);
-            ctl::run(&socket, command)
-        }
+        Command::Ctl {
+            socket,
+            config,
+            command,
+        } => match (socket, config) {
+            (Some(socket), _) => ctl::run(&socket, command),
+            (None, Some(config)) => match crate::control::socket_from_config(&config) {
+                Ok(socket) => ctl::run(&socket, command),
+                Err(e) => {
+                    eprintln!("forkroot ctl: {e}");
+                    ctl::EXIT_USAGE
+                }
+            },
+            (None, None) => ctl::run(&crate::control::default_socket(), command),
+        },
         Command::Kinds => {
             print!("{}", kinds(registry));
             0

@@ -21,7 +21,7 @@ use super::{
 use crate::daemon::{Kind, Registry};
 
 const TOP_KEYS: &[&str] = &["root", "supervisor", "group", "daemon"];
-const ROOT_KEYS: &[&str] = &["control", "state_dir", "stop_timeout"];
+const ROOT_KEYS: &[&str] = &["control", "control_group", "state_dir", "stop_timeout"];
 const SUPERVISOR_KEYS: &[&str] = &["strategy", "intensity", "period"];
 const GROUP_KEYS: &[&str] = &["name", "parent", "strategy", "intensity", "period"];
 const DAEMON_KEYS: &[&str] = &[
@@ -86,6 +86,7 @@ pub(super) fn check(doc: &Table, kinds: &Registry) -> Result<Config, Vec<Problem
         .map(|t| c.root(t))
         .unwrap_or(RootConfig {
             control: None,
+            control_group: None,
             state_dir: None,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
         });
@@ -572,10 +573,29 @@ impl Checker<'_> {
         }
         RootConfig {
             control,
+            control_group: self.control_group(t, place),
             state_dir: self.path(t, place, "state_dir"),
             stop_timeout: self
                 .duration(t, place, "stop_timeout")
                 .unwrap_or(DEFAULT_STOP_TIMEOUT),
+        }
+    }
+
+    /// `control_group`: a group of this host, resolved to its id now.
+    fn control_group(&mut self, t: &Table, place: &str) -> Option<(String, u32)> {
+        let name = self.string(t, place, "control_group")?;
+        match crate::sys::cred::group_by_name(name) {
+            Ok(Some(gid)) => Some((name.to_owned(), gid)),
+            Ok(None) => {
+                let msg = format!("no group named {name:?} on this host");
+                self.problem(&at(place, "control_group"), msg);
+                None
+            }
+            Err(e) => {
+                let msg = format!("cannot look up group {name:?}: {e}");
+                self.problem(&at(place, "control_group"), msg);
+                None
+            }
         }
     }
 
@@ -701,6 +721,15 @@ impl Checker<'_> {
         );
         let watchdog = self.positive_duration(t, place, "watchdog");
         let standby = self.boolean(t, place, "standby");
+        if standby == Some(true) && matches!(program, Some(Program::Exec(_))) {
+            // A standby is a forked copy of a built-in daemon waiting at a
+            // gate; an exec'd program would run at once, a second owner of
+            // the same region.
+            self.problem(
+                &at(place, "standby"),
+                "a standby needs a built-in kind; an exec'd program cannot wait pre-forked",
+            );
+        }
         let links = self.links(t, place, names);
 
         let initial = self.duration(t, place, "backoff").unwrap_or(Duration::ZERO);
