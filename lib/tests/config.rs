@@ -683,6 +683,21 @@ fn reading_an_int_as_a_type_narrower_than_its_range_fails_on_the_first_read() {
 }
 
 #[test]
+fn ints_read_as_every_integer_type_their_range_fits() {
+    const SMALL: &[Setting] = &[Setting::int("n", "").default_int(-5).range(-100, 100)];
+    let mut r = Registry::new();
+    r.add(Kind::new("small", "", never).settings(SMALL));
+    let c = Config::parse("[[daemon]]\nname = \"s\"\nkind = \"small\"\n", "t.toml", &r)
+        .expect("a good config");
+    let a = &c.daemons[0].args;
+    assert_eq!(a.get::<i8>("n"), -5);
+    assert_eq!(a.get::<i16>("n"), -5);
+    assert_eq!(a.get::<i32>("n"), -5);
+    assert_eq!(a.get::<i64>("n"), -5);
+    assert_eq!(a.get::<isize>("n"), -5);
+}
+
+#[test]
 fn a_size_setting_takes_a_range() {
     const BUF: &[Setting] = &[Setting::size("buffer", "")
         .default_size(4096)

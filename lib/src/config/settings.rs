@@ -514,7 +514,7 @@ macro_rules! from_int {
         }
     )*};
 }
-from_int!(i64, u64, i32, u32, u16, u8, usize);
+from_int!(i64, u64, i32, u32, i16, u16, i8, u8, isize, usize);
 
 impl<'a> FromArg<'a> for Duration {
     fn from_arg(v: Option<Value<'a>>) -> Result<Self, &'static str> {
