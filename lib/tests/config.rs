@@ -658,6 +658,15 @@ fn reading_an_undeclared_setting_is_a_bug_in_the_daemon() {
 }
 
 #[test]
+#[should_panic(
+    expected = "setting \"rate\": this daemon takes no settings (a kind declares \
+                           them; an exec'd program gets its arguments in exec = [...])"
+)]
+fn reading_a_setting_of_a_daemon_without_any_says_so() {
+    let _: u64 = config::Args::none().get("rate");
+}
+
+#[test]
 #[should_panic(expected = "has no default: read it as an Option")]
 fn reading_an_optional_setting_without_option_is_a_bug_in_the_daemon() {
     let c = parse("[[daemon]]\nname = \"c\"\nkind = \"counter\"\n");

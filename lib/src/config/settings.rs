@@ -410,6 +410,12 @@ impl Args {
         let Some(i) = self.settings.iter().position(|s| s.name == name) else {
             misread(|| {
                 let declared: Vec<&str> = self.settings.iter().map(|s| s.name).collect();
+                if declared.is_empty() {
+                    return format!(
+                        "setting {name:?}: this daemon takes no settings (a kind declares \
+                         them; an exec'd program gets its arguments in exec = [...])"
+                    );
+                }
                 format!(
                     "setting {name:?} is not declared by this kind (declared: {})",
                     declared.join(", ")
