@@ -9,9 +9,13 @@
 //!   value with a `/`).
 //! - `max_clients`: connections served at once (default 1024); one more is
 //!   answered `-ERR max number of clients reached` and closed.
+//! - `debug`: allow the DEBUG command, which crashes on purpose (default
+//!   false).
 //! - `password`: if set, a connection must `AUTH` (or `HELLO 3 AUTH`)
 //!   with it before any other command, as with Redis' `requirepass`.
-//! - `debug`: allow DEBUG (crashes on purpose); default false.
+//!
+//! They are declared once in [`KIND`] and checked with the rest of the
+//! config before anything starts.
 //!
 //! Limits: a request (one command with its arguments) may be up to
 //! [`MAX_REQUEST`] bytes; a larger one is answered with a protocol error and
@@ -44,11 +48,10 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
-use forkroot::Context;
-
-use crate::util;
 use commands::{Action, Db, ExecFailed, Queued, Session, RESERVE};
+use forkroot::config::Value;
 use forkroot::sys::Epoll;
+use forkroot::{Context, Kind, Setting};
 use resp::{Args, Out, Parse, Resume};
 use tasks::{Task, Tasks};
 
@@ -161,20 +164,55 @@ struct Server<'a> {
     tasks: Tasks<'a>,
 }
 
-pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
-    let listen = util::string(ctx, "listen").unwrap_or("127.0.0.1:6380");
-    let max_clients = util::int(ctx, "max_clients", 1024);
-    if !(1..=65536).contains(&max_clients) {
-        util::bad_arg(ctx, "max_clients", "must be in 1..=65536");
+/// The kind, with its settings.
+pub(crate) const KIND: Kind = Kind::new(
+    "kv",
+    "key-value store speaking RESP2/RESP3 (redis-cli, redis-benchmark, redis-py); acknowledged writes survive crashes",
+    main,
+)
+.settings(&[
+    Setting::string("listen", "HOST:PORT, or a Unix socket path (any value with a /)")
+        .default_str("127.0.0.1:6380")
+        .check(check_listen),
+    Setting::int("max_clients", "connections served at once")
+        .default_int(1024)
+        .range(1, 65536),
+    Setting::bool("debug", "allow DEBUG (crashes on purpose)").default_bool(false),
+    Setting::string(
+        "password",
+        "clients must AUTH with it before other commands (default: none)",
+    ),
+]);
+
+/// `listen` is a socket path (it has a `/`) that fits a socket address,
+/// or `HOST:PORT`.
+fn check_listen(v: Value<'_>) -> Result<(), String> {
+    /// `sun_path` less its NUL.
+    const MAX_SOCKET_PATH: usize = 107;
+    let Value::Str(s) = v else { return Ok(()) };
+    if s.contains('/') && s.len() > MAX_SOCKET_PATH {
+        return Err(format!(
+            "the socket path is {} bytes long; a Unix socket path holds at most {MAX_SOCKET_PATH}",
+            s.len()
+        ));
     }
-    let max_clients = max_clients as usize;
-    // Settings read here, in one place.
-    let password = util::string(ctx, "password");
-    let debug = match ctx.args().get("debug") {
-        None => false,
-        Some(toml::Value::Boolean(b)) => *b,
-        Some(v) => util::bad_arg(ctx, "debug", &format!("expected true or false, found {v}")),
-    };
+    let host_port = s
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if s.contains('/') || host_port {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is neither HOST:PORT (\"127.0.0.1:6380\") nor a socket path (with a /)"
+        ))
+    }
+}
+
+fn main(ctx: &mut Context<'_>) -> i32 {
+    let listen: &str = ctx.arg("listen");
+    let max_clients: usize = ctx.arg("max_clients");
+    let debug: bool = ctx.arg("debug");
+    let password: Option<&str> = ctx.arg("password");
 
     let name = ctx.name();
     let restarts = ctx.restarts();
