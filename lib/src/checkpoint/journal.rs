@@ -126,7 +126,11 @@ impl<'a, T: Plain> InPlace<'a, T> {
     }
 
     /// Journal bytes one declared range of `len` bytes takes.
+    /// (`usize::MAX` for a length no journal could hold.)
     pub const fn record_size(len: usize) -> usize {
+        if len > usize::MAX - RECORD_HEADER - 8 {
+            return usize::MAX;
+        }
         round_up(RECORD_HEADER + len, 8)
     }
 
@@ -225,7 +229,12 @@ impl<'a, T: Plain> InPlace<'a, T> {
         let open = c.open_seq.load(Ordering::Acquire);
         let used = c.used.load(Ordering::Acquire);
         let corrupt_control = CheckpointError::JournalCorrupt { at: usize::MAX };
-        if used > self.capacity as u64 || (open != committed && open != committed.wrapping_add(1)) {
+        // No transaction can follow a committed seq of u64::MAX: only a
+        // corruption writes it.
+        if used > self.capacity as u64
+            || committed == u64::MAX
+            || (open != committed && open != committed + 1)
+        {
             return Err(corrupt_control);
         }
         if open == committed || used == 0 {
@@ -233,7 +242,8 @@ impl<'a, T: Plain> InPlace<'a, T> {
         }
         let used = used as usize;
         // Pass 1, forward: every published record must verify before any
-        // is applied; remember the last one.
+        // is applied; remember the last one. Every field is checked before
+        // it is used in arithmetic: the journal may hold any bytes.
         let size = size_of::<T>();
         let mut at = 0;
         let mut last = None;
@@ -242,11 +252,15 @@ impl<'a, T: Plain> InPlace<'a, T> {
             let Some(r) = self.read_record(at) else {
                 return Err(CheckpointError::JournalCorrupt { at });
             };
-            let len = r.len as usize;
-            let end = at.saturating_add(InPlace::<T>::record_size(len));
             let in_bounds = r.offset <= size as u64 && r.len <= (size as u64 - r.offset);
             let prev_ok = r.prev == last.map_or(u64::MAX, |p: usize| p as u64);
-            if r.seq != open || !in_bounds || end > used || !prev_ok {
+            if r.seq != open || !in_bounds || !prev_ok {
+                return Err(CheckpointError::JournalCorrupt { at });
+            }
+            // `len <= size_of::<T>()`, so the record's size cannot overflow.
+            let len = r.len as usize;
+            let end = at + InPlace::<T>::record_size(len);
+            if end > used {
                 return Err(CheckpointError::JournalCorrupt { at });
             }
             // SAFETY: `end <= used <= capacity`, so the old bytes are in the journal.
@@ -285,7 +299,7 @@ impl<'a, T: Plain> InPlace<'a, T> {
         let c = self.control();
         c.used.store(0, Ordering::Release);
         c.rollback_count.store(
-            c.rollback_count.load(Ordering::Relaxed) + 1,
+            c.rollback_count.load(Ordering::Relaxed).wrapping_add(1),
             Ordering::Relaxed,
         );
         Ok(count)
@@ -296,7 +310,9 @@ impl<'a, T: Plain> InPlace<'a, T> {
     pub fn begin(&mut self) -> Tx<'_, 'a, T> {
         let c = self.control();
         let committed = c.committed_seq.load(Ordering::Acquire);
-        let seq = committed + 1;
+        // Below u64::MAX when attached (`roll_back`); wrapping, because the
+        // shared word may be overwritten since.
+        let seq = committed.wrapping_add(1);
         // Full fence: the previous transaction's data writes and its commit
         // store precede emptying the journal, for the compiler and the CPU.
         // Otherwise `used = 0` could land before them, and a crash there
@@ -442,7 +458,7 @@ impl<T: Plain> Tx<'_, '_, T> {
         let c = self.owner.control();
         c.committed_seq.store(self.seq, Ordering::Release);
         c.commit_count.store(
-            c.commit_count.load(Ordering::Relaxed) + 1,
+            c.commit_count.load(Ordering::Relaxed).wrapping_add(1),
             Ordering::Relaxed,
         );
         self.done = true;

@@ -117,6 +117,10 @@ impl SlotStates {
     }
 }
 
+/// Largest seq a valid slot may carry (2^63: a commit per nanosecond for
+/// 292 years), so `seq + 1` never overflows.
+const MAX_SEQ: u64 = 1 << 63;
+
 /// Offsets of a [`Checkpoints`] layout.
 #[derive(Debug, Clone, Copy)]
 struct Geometry {
@@ -160,6 +164,11 @@ unsafe fn check_slot_at(base: *const u8, geo: &Geometry, i: usize, size: usize) 
     let seq = h.seq.load(Ordering::Acquire);
     if seq == 0 {
         return SlotState::Empty;
+    }
+    if seq > MAX_SEQ {
+        // No commit gets there; a slot claiming it was forged or flipped,
+        // and would leave no seq to commit after it.
+        return SlotState::Corrupt { seq };
     }
     let len = h.len.load(Ordering::Relaxed);
     let crc = h.crc.load(Ordering::Relaxed);
@@ -505,7 +514,7 @@ impl<'a, T: Plain> Checkpoints<'a, T> {
         let c = self.control();
         c.last_seq.store(seq, Ordering::Relaxed);
         c.commit_count.store(
-            c.commit_count.load(Ordering::Relaxed) + 1,
+            c.commit_count.load(Ordering::Relaxed).wrapping_add(1),
             Ordering::Relaxed,
         );
         self.known[slot] = SlotState::Valid { seq };
