@@ -158,10 +158,19 @@ impl Geometry {
 unsafe fn check_slot_at(base: *const u8, geo: &Geometry, i: usize, size: usize) -> SlotState {
     let off = geo.first_slot + i * geo.stride;
     debug_assert!(off + LINE + size <= geo.total);
-    // SAFETY: in bounds and 64-aligned by the caller's contract; SlotHeader
-    // is Plain, so any bytes are a valid value.
-    let h = unsafe { &*base.add(off).cast::<SlotHeader>() };
-    let seq = h.seq.load(Ordering::Acquire);
+    // Fields are read through the raw pointer, never through a reference to
+    // the header's atomics: `base` may come from a read-only slice
+    // (`inspect`), which grants no write access that such a reference would
+    // claim (undefined behaviour under Stacked Borrows).
+    let h = base.wrapping_add(off).cast::<SlotHeader>();
+    // SAFETY: in bounds, 64-aligned and readable by the caller's contract;
+    // plain integer reads of a Plain header (any bits are valid).
+    let seq = unsafe { ptr::read_volatile(ptr::addr_of!((*h).seq).cast::<u64>()) };
+    // The payload, len and crc are read after the seq that vouches for them
+    // (the committer stores seq last, with Release): a volatile read and an
+    // acquire fence order the loads as an acquire load would (`ldr; dmb` in
+    // place of `ldar`), in this process and against another's stores.
+    fence(Ordering::Acquire);
     if seq == 0 {
         return SlotState::Empty;
     }
@@ -170,9 +179,14 @@ unsafe fn check_slot_at(base: *const u8, geo: &Geometry, i: usize, size: usize) 
         // and would leave no seq to commit after it.
         return SlotState::Corrupt { seq };
     }
-    let len = h.len.load(Ordering::Relaxed);
-    let crc = h.crc.load(Ordering::Relaxed);
-    let poison = h.poison.load(Ordering::Relaxed);
+    // SAFETY: as above.
+    let (len, crc, poison) = unsafe {
+        (
+            ptr::read_volatile(ptr::addr_of!((*h).len).cast::<u64>()),
+            ptr::read_volatile(ptr::addr_of!((*h).crc).cast::<u32>()),
+            ptr::read_volatile(ptr::addr_of!((*h).poison).cast::<u32>()),
+        )
+    };
     if len != size as u64 {
         return SlotState::Corrupt { seq };
     }
@@ -183,7 +197,9 @@ unsafe fn check_slot_at(base: *const u8, geo: &Geometry, i: usize, size: usize) 
     // A concurrent commit into this slot stores seq = 0 first: if seq is
     // unchanged after the payload was read, the payload belonged to it.
     fence(Ordering::Acquire);
-    if computed != crc || h.seq.load(Ordering::Relaxed) != seq {
+    // SAFETY: as above.
+    let seq_after = unsafe { ptr::read_volatile(ptr::addr_of!((*h).seq).cast::<u64>()) };
+    if computed != crc || seq_after != seq {
         return SlotState::Corrupt { seq };
     }
     if poison != 0 {
@@ -260,8 +276,11 @@ pub fn inspect(area: &[u8]) -> Result<Option<Inspection>, StateError> {
             newest = newest.max(Some(seq));
         }
     }
-    // SAFETY: the control block is inside the area (geo.total > 128), 64-aligned; Plain.
-    let control = unsafe { &*area.as_ptr().add(CONTROL_OFFSET).cast::<SlotsControl>() };
+    // Copied out, not borrowed, as in `check_slot_at`.
+    // SAFETY: the control block is inside the area (geo.total > 128),
+    // 64-aligned, readable; Plain, so any bytes are a valid value.
+    let control =
+        unsafe { ptr::read_volatile(area.as_ptr().add(CONTROL_OFFSET).cast::<SlotsControl>()) };
     Ok(Some(Inspection {
         layout,
         slots: SlotStates { states, len: slots },
