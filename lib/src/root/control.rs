@@ -17,7 +17,6 @@ use tracing::{debug, info, warn};
 use super::{AfterStop, Mode, Root, State, TOKEN_CONN};
 use crate::config::{format_duration, Program, Strategy};
 use crate::control::MAX_REQUEST;
-use crate::region::MAGIC;
 use crate::sys;
 
 /// Control connections open at once, at most.
@@ -284,11 +283,7 @@ impl Root<'_> {
     /// believed when the header is initialised and names the current pid).
     fn heartbeat_age_ms(&self, i: usize) -> Option<u64> {
         let pid = self.children[i].pid?;
-        let h = self.regions.header(i);
-        if h.magic.load(Ordering::Acquire) != MAGIC || h.pid.load(Ordering::Relaxed) != pid.0 as u32
-        {
-            return None;
-        }
+        let h = self.regions.header_of(i, pid)?;
         let hb = h.heartbeat_ns.load(Ordering::Acquire);
         (hb != 0).then(|| sys::monotonic_ns().saturating_sub(hb) / 1_000_000)
     }
@@ -299,11 +294,9 @@ impl Root<'_> {
         let Some(pid) = self.children[i].pid else {
             return Value::Null;
         };
-        let h = self.regions.header(i);
-        if h.magic.load(Ordering::Acquire) != MAGIC || h.pid.load(Ordering::Relaxed) != pid.0 as u32
-        {
+        let Some(h) = self.regions.header_of(i, pid) else {
             return Value::Null;
-        }
+        };
         let policy = match h.alloc_policy.load(Ordering::Relaxed) {
             0 => "off",
             1 => "count",

@@ -11,6 +11,7 @@
 
 mod control;
 mod flight;
+mod manager;
 mod spawn;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -23,9 +24,10 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, DaemonConfig, OnRestart, Program, RestartType, Strategy};
 use crate::daemon::{Death, ExitReason, Registry, SetupStage};
+use crate::handoff::{read_setup, History, Setup};
 use crate::region::{RegionSet, RegionSpec};
 use crate::sys::{self, Pid, SigSet, WaitStatus};
-use spawn::{Plan, Spawn, Spawned, Takeover};
+use spawn::{Plan, Run, Spawned};
 
 /// Exit code: stopped cleanly, every child reaped.
 pub const EXIT_OK: i32 = 0;
@@ -40,8 +42,8 @@ pub const EXIT_CONFIG: i32 = 78;
 /// preparing an exec).
 const FORK_RETRY: Duration = Duration::from_secs(1);
 
-/// How many past deaths the root remembers per daemon.
-const DEATHS_KEPT: usize = 16;
+// How many past deaths the root remembers per daemon.
+use crate::handoff::DEATHS_KEPT;
 
 use crate::checkpoint::POISON_WINDOW;
 
@@ -255,8 +257,8 @@ pub struct Root<'a> {
     /// Forks done, for `ctl metrics`.
     forks: u64,
     control: Option<control::Server>,
-    /// Whether READY=1 went to systemd yet.
-    notified_ready: bool,
+    /// What systemd (`Type=notify`) was told, and its watchdog timer.
+    manager: manager::Manager,
     /// The `state_dir` lock, held for the root's life (and its daemons').
     lock: Option<OwnedFd>,
     /// When to sweep for children whose SIGCHLD was lost (see
@@ -299,7 +301,16 @@ impl<'a> Root<'a> {
         // children without telling us.
         sys::default_signal(libc::SIGCHLD);
         // Signals arrive through the signalfd, never through handlers.
-        let set = SigSet::of(&[libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
+        // SIGUSR1/SIGUSR2 too: their default action would end the root
+        // (and with it, through PDEATHSIG, the whole tree) on a stray kill.
+        let set = SigSet::of(&[
+            libc::SIGCHLD,
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGHUP,
+            libc::SIGUSR1,
+            libc::SIGUSR2,
+        ]);
         set.block().map_err(ctx("blocking signals"))?;
         let signals = set.signalfd().map_err(ctx("signalfd"))?;
         sys::set_child_subreaper().map_err(ctx("becoming a child subreaper"))?;
@@ -419,7 +430,7 @@ impl<'a> Root<'a> {
             started: Instant::now(),
             forks: 0,
             control,
-            notified_ready: false,
+            manager: manager::Manager::from_env(sys::getpid().0 as u32),
             lock,
             sweep_at: None,
             notes: Vec::new(),
@@ -452,10 +463,15 @@ impl<'a> Root<'a> {
                 }
             }
             let next = self.timers.first().map(|&(t, _)| t);
-            let next = [next, self.sweep_at, self.control_paused]
-                .into_iter()
-                .flatten()
-                .min();
+            let next = [
+                next,
+                self.sweep_at,
+                self.control_paused,
+                self.manager.next_deadline(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let timeout = next.map(|t| t.saturating_duration_since(Instant::now()));
             self.epoll
                 .wait(&mut ready, timeout)
@@ -470,12 +486,21 @@ impl<'a> Root<'a> {
                     _ => warn!(token, "event for an unknown token"),
                 }
             }
+            let now = Instant::now();
+            if !ready.is_empty() || self.timers.first().is_some_and(|&(t, _)| t <= now) {
+                self.manager.status_changed(now);
+            }
             self.fire_timers();
             self.flush_notes();
             // Until the first start is complete (a daemon may leave
             // `starting` by dying as well as by running).
-            if !self.notified_ready {
+            if !self.manager.ready_settled() {
                 self.notify_ready();
+            }
+            self.manager.ping(now);
+            if self.manager.status_due(now) {
+                let text = self.status_line(now);
+                self.manager.status(now, text);
             }
         }
     }
@@ -537,6 +562,8 @@ impl<'a> Root<'a> {
                 libc::SIGCHLD => self.on_sigchld(from)?,
                 libc::SIGTERM | libc::SIGINT => self.on_shutdown_signal(sig),
                 libc::SIGHUP => info!("SIGHUP ignored (the tree is configured at start)"),
+                libc::SIGUSR1 => info!(status = %self.status_line(Instant::now()), "SIGUSR1"),
+                libc::SIGUSR2 => info!("SIGUSR2 ignored"),
                 _ => debug!(signal = sig, "unexpected signal"),
             }
         }
@@ -599,33 +626,36 @@ impl<'a> Root<'a> {
     /// needs in the root's memory first.
     fn fork_child(&mut self, i: usize, standby: bool) -> io::Result<Spawned> {
         let c = &self.children[i];
-        let plan = match &c.cfg.program {
+        let start = crate::daemon::Start {
+            restarts: c.restarts,
+            deaths: &c.deaths,
+            on_restart: c.cfg.on_restart,
+            resume_before: c.resume_before,
+        };
+        let run = match &c.cfg.program {
             Program::Builtin(kind) => {
                 let k = self
                     .registry
                     .get(kind)
                     .expect("kinds are checked in Root::new");
-                Plan::Builtin {
+                Run::Builtin {
                     entry: k.entry,
                     args: &c.cfg.args,
-                    deaths: &c.deaths,
-                    restarts: c.restarts,
-                    on_restart: c.cfg.on_restart,
-                    resume_before: c.resume_before,
                     names: &self.names,
                 }
             }
             Program::Exec(argv) => {
-                Plan::exec(argv, &c.cfg.name, self.regions.region_len(i), c.restarts)?
+                Run::exec(argv, &c.cfg.name, self.regions.region_len(i), &start)?
             }
         };
-        let spawned = spawn::spawn(&Spawn {
+        let spawned = spawn::spawn(&Plan {
             index: i,
             name: &c.cfg.name,
             title: &c.title,
             regions: &self.regions,
             root_pid: self.pid,
-            plan,
+            start,
+            run,
             lock: self.lock.as_ref().map(|l| l.as_raw_fd()),
             standby,
         })?;
@@ -715,8 +745,8 @@ impl<'a> Root<'a> {
             return false;
         }
         let sb = c.standby.take().expect("checked above");
-        let msg = Takeover::new(c.restarts, &c.deaths, c.resume_before).encode();
-        if let Err(e) = sys::write_all(sb.gate.as_raw_fd(), &msg) {
+        let history = History::new(c.restarts, &c.deaths, c.resume_before);
+        if let Err(e) = history.send(sb.gate.as_raw_fd()) {
             warn!(daemon = %c.cfg.name, error = %e, "standby unreachable; forking instead");
             let _ = sys::kill(sb.pid, libc::SIGKILL);
             c.standby = Some(Standby { killed: true, ..sb });
@@ -807,7 +837,7 @@ impl<'a> Root<'a> {
     }
 
     /// Starting × setup pipe readable: end-of-file means its code runs;
-    /// 8 bytes mean setup failed (the exit follows).
+    /// a setup report means setup failed (the exit follows).
     fn on_setup(&mut self, i: usize) {
         let Some(c) = self.children.get_mut(i) else {
             return;
@@ -835,17 +865,47 @@ impl<'a> Root<'a> {
     /// Tells systemd (`Type=notify`) the tree is up, once no daemon of the
     /// first start is still starting.
     fn notify_ready(&mut self) {
-        if self.notified_ready || self.children.iter().any(|c| c.state == State::Starting) {
+        if self.manager.ready_settled() || self.children.iter().any(|c| c.state == State::Starting)
+        {
             return;
         }
-        self.notified_ready = true;
-        let status = format!(
-            "READY=1\nSTATUS=supervising {} daemons",
-            self.children.len()
-        );
-        if let Err(e) = crate::notify::notify(&status) {
-            warn!(error = %e, "could not notify the service manager");
+        let status = self.status_line(Instant::now());
+        self.manager.ready(status);
+    }
+
+    /// The one-line `STATUS=` for systemd: how many daemons are in each
+    /// state, and the restarts within the top supervisor's period.
+    fn status_line(&self, now: Instant) -> String {
+        let mut counts = [0usize; 6];
+        for c in &self.children {
+            counts[c.state as usize] += 1;
         }
+        let period = self.config.supervisor.period;
+        let recent = self
+            .restart_times
+            .iter()
+            .filter(|&&t| now.saturating_duration_since(t) <= period)
+            .count();
+        let mut line = String::new();
+        for s in [
+            State::Running,
+            State::Starting,
+            State::Backoff,
+            State::Stopping,
+            State::Stopped,
+            State::Failed,
+        ] {
+            let n = counts[s as usize];
+            if n > 0 || s == State::Running {
+                line.push_str(&format!("{n} {}, ", s.as_str()));
+            }
+        }
+        line.push_str(&format!(
+            "{recent} restart{} in the last {}",
+            if recent == 1 { "" } else { "s" },
+            crate::config::units::format_duration(period)
+        ));
+        line
     }
 
     /// Remembers a death (the last [`DEATHS_KEPT`]).
@@ -868,14 +928,9 @@ impl<'a> Root<'a> {
     /// from the checkpoint before C (and, that failing too, fresh).
     fn judge_checkpoint(&mut self, i: usize, pid: i32, reason: ExitReason, uptime: Duration) {
         let crashed = reason.is_crash();
-        let h = self.regions.header(i);
-        let resumed = if h.magic.load(std::sync::atomic::Ordering::Acquire) == crate::region::MAGIC
-            && h.pid.load(std::sync::atomic::Ordering::Relaxed) == pid as u32
-        {
+        let resumed = self.regions.header_of(i, Pid(pid)).map_or(0, |h| {
             h.resumed_seq.load(std::sync::atomic::Ordering::Relaxed)
-        } else {
-            0
-        };
+        });
         let c = &mut self.children[i];
         c.resume_before = (crashed && uptime < POISON_WINDOW && resumed != 0).then_some(resumed);
         if let Some(seq) = c.resume_before {
@@ -1141,7 +1196,7 @@ impl<'a> Root<'a> {
             return;
         }
         self.mode = Mode::ShuttingDown(code);
-        let _ = crate::notify::notify("STOPPING=1");
+        self.manager.stopping();
         for i in 0..self.children.len() {
             self.kill_standby(i);
             if self.children[i].state == State::Backoff {
@@ -1226,14 +1281,11 @@ impl Root<'_> {
         let (Some(wd), Some(pid)) = (c.cfg.watchdog, c.pid) else {
             return;
         };
-        let h = self.regions.header(i);
         let mut last = c.started_ns;
         // The heartbeat is the daemon's word: believed only from a header
         // that names the current process, and never later than now.
         let now = sys::monotonic_ns();
-        if h.magic.load(std::sync::atomic::Ordering::Acquire) == crate::region::MAGIC
-            && h.pid.load(std::sync::atomic::Ordering::Relaxed) == pid.0 as u32
-        {
+        if let Some(h) = self.regions.header_of(i, pid) {
             let hb = h.heartbeat_ns.load(std::sync::atomic::Ordering::Acquire);
             if hb <= now {
                 last = last.max(hb);
@@ -1288,36 +1340,6 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<OwnedFd, RootError> {
             }
             Err(e) => return Err(RootError::Io("locking state_dir", e)),
         }
-    }
-}
-
-/// What a setup pipe says.
-enum Setup {
-    /// Nothing to read yet.
-    Pending,
-    /// End of file: the child's code runs (or it exec'd).
-    Ready,
-    /// The child reported a failed step.
-    Failed(ExitReason),
-}
-
-/// Reads a setup pipe without blocking.
-fn read_setup(fd: &OwnedFd) -> Setup {
-    let mut buf = [0u8; 8];
-    match sys::read(fd.as_raw_fd(), &mut buf) {
-        Ok(0) => Setup::Ready,
-        Ok(8) => {
-            let stage = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
-            let errno = i32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
-            match SetupStage::from_u32(stage) {
-                Some(stage) => Setup::Failed(ExitReason::SetupFailed { stage, errno }),
-                None => Setup::Ready,
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Setup::Pending,
-        // A short or failed read: the child is gone or broken; its exit
-        // will tell.
-        Ok(_) | Err(_) => Setup::Ready,
     }
 }
 

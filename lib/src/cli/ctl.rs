@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::control;
 use clap::Subcommand;
-use forkroot::control;
 use serde_json::Value;
 
 /// What to ask the root.
