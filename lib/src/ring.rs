@@ -1466,8 +1466,9 @@ const KEY_PIDFS: u64 = 1 << 63;
 fn process_key(pid: sys::Pid) -> std::io::Result<u64> {
     match sys::proc::pidfs_ino(pid) {
         Ok(Some(ino)) => Ok(ino | KEY_PIDFS),
-        Ok(None) => sys::proc::stat(pid).map(|s| s.start_time & !KEY_PIDFS),
-        Err(e) => Err(e),
+        // No pidfs, no pidfd_open (before Linux 5.3), or a filter refusing
+        // it: the start time.
+        Ok(None) | Err(_) => sys::proc::stat(pid).map(|s| s.start_time & !KEY_PIDFS),
     }
 }
 
@@ -1478,9 +1479,10 @@ fn own_key() -> Result<u64, RingError> {
 }
 
 /// Whether the process that registered as `(pid, key)` is gone: exited, a
-/// zombie, or its pid now names another process (another [`process_key`]).
-/// A process that exists but whose key cannot be read counts as alive.
-/// System calls only, no allocation.
+/// zombie, or its pid now names another process. The key is compared in
+/// the kind it was recorded in (pidfs inode or start time); a process that
+/// exists but whose key of that kind cannot be read counts as alive. System
+/// calls only, no allocation.
 fn process_gone(pid: u32, key: u64) -> bool {
     let Ok(p) = libc::pid_t::try_from(pid) else {
         return true;
@@ -1488,9 +1490,15 @@ fn process_gone(pid: u32, key: u64) -> bool {
     if p <= 0 || pid_gone(pid) {
         return true;
     }
-    match process_key(sys::Pid(p)) {
-        Ok(now) => now != key,
-        Err(e) => e.raw_os_error() == Some(libc::ESRCH),
+    let p = sys::Pid(p);
+    if key & KEY_PIDFS != 0 {
+        match sys::proc::pidfs_ino(p) {
+            Ok(Some(ino)) => ino | KEY_PIDFS != key,
+            Ok(None) => false,
+            Err(e) => e.raw_os_error() == Some(libc::ESRCH),
+        }
+    } else {
+        sys::proc::stat(p).is_ok_and(|s| s.start_time & !KEY_PIDFS != key)
     }
 }
 
