@@ -98,6 +98,7 @@ use std::ptr::{self, NonNull};
 use std::time::{Duration, Instant};
 
 use crate::sync::{fence, spin_loop, AtomicU32, AtomicU64, Ordering, UnsafeCell};
+#[cfg(not(loom))]
 use crate::sys;
 
 mod writers;
