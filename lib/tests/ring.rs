@@ -229,3 +229,32 @@ fn caller_ids_are_judged_by_the_callers_predicate() {
         RingError::ConsumerBusy { holder: me }
     );
 }
+
+#[test]
+fn concurrent_registrations_never_share_a_live_id() {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    let c = cfg(Kind::Mpsc, 4, 8);
+    let len = ring::required_size(&c).unwrap();
+    // SAFETY: fresh memory of `len` bytes, alive for the test.
+    let r = unsafe { ring::init(memory(len), len, &c) }.unwrap();
+    let live = Mutex::new(HashSet::new());
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..300 {
+                    let p = r.producer().unwrap();
+                    let id = p.id().raw();
+                    assert!(live.lock().unwrap().insert(id), "id {id:#x} held twice");
+                    std::thread::yield_now();
+                    assert!(live.lock().unwrap().remove(&id));
+                    drop(p);
+                }
+            });
+        }
+    });
+    assert!(live.lock().unwrap().is_empty());
+    // Every entry was given back: the whole table can be claimed again.
+    let all: Vec<_> = (0..ring::WRITERS).map(|_| r.producer().unwrap()).collect();
+    assert_eq!(all.len(), ring::WRITERS);
+}
