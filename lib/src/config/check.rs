@@ -21,7 +21,14 @@ use super::{
 const TOP_KEYS: &[&str] = &["root", "supervisor", "group", "daemon"];
 const ROOT_KEYS: &[&str] = &["control", "state_dir", "stop_timeout"];
 const SUPERVISOR_KEYS: &[&str] = &["strategy", "intensity", "period"];
-const GROUP_KEYS: &[&str] = &["name", "parent", "strategy", "intensity", "period"];
+const GROUP_KEYS: &[&str] = &[
+    "name",
+    "parent",
+    "strategy",
+    "intensity",
+    "period",
+    "restart",
+];
 const DAEMON_KEYS: &[&str] = &[
     "name",
     "kind",
@@ -524,10 +531,12 @@ impl Checker {
                 self.problem(&at(place, "parent"), why);
             }
         }
+        let restart = self.choice(t, place, "restart", ("a restart type", RESTARTS));
         GroupConfig {
             name: name.unwrap_or_default(),
             parent: parent.map(str::to_owned),
             supervisor: self.supervisor(t, place),
+            restart: restart.unwrap_or(RestartType::Permanent),
         }
     }
 

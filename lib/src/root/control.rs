@@ -14,7 +14,8 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use tracing::{debug, info, warn};
 
-use super::{AfterStop, Mode, Root, State, TOKEN_CONN};
+use super::supervisor::{Event, TOP};
+use super::{Mode, Root, State, TOKEN_CONN};
 use crate::config::{format_duration, Program, Strategy};
 use crate::control::MAX_REQUEST;
 use crate::region::MAGIC;
@@ -251,21 +252,11 @@ impl Root<'_> {
                     return Err("the root is shutting down".into());
                 }
                 info!(daemon = %self.names[i], "{verb} requested over the control socket");
-                let c = &self.children[i];
-                match (verb, c.state) {
-                    ("stop", _) => {
-                        self.stop(i);
-                        self.children[i].after_stop = AfterStop::Rest;
-                    }
-                    ("restart", State::Starting | State::Running) => {
-                        self.stop(i);
-                        self.children[i].after_stop = AfterStop::Start;
-                    }
-                    ("restart", State::Stopping) => self.children[i].after_stop = AfterStop::Start,
-                    (_, State::Starting | State::Running) => {}
-                    (_, State::Stopping) => self.children[i].after_stop = AfterStop::Start,
-                    (_, State::Stopped | State::Backoff | State::Failed) => self.start(i),
-                }
+                self.step(match verb {
+                    "stop" => Event::Stop(i),
+                    "start" => Event::Start(i),
+                    _ => Event::Restart(i),
+                });
                 Ok(json!({ "state": self.children[i].state.as_str() }))
             }
             "logs" => {
@@ -354,7 +345,7 @@ impl Root<'_> {
                     Mode::Supervising => "supervising",
                     Mode::ShuttingDown(_) => "shutting_down",
                 },
-                "restarts_in_period": self.restart_times.len(),
+                "restarts_in_period": self.sup.recent_restarts(TOP, now),
             },
             "daemons": daemons,
         })
@@ -374,10 +365,12 @@ impl Root<'_> {
         };
         json!({
             "supervisor": sup(&self.config.supervisor),
-            "groups": self.config.groups.iter().map(|g| json!({
+            "groups": self.config.groups.iter().zip(&self.sup.groups()[1..]).map(|(g, s)| json!({
                 "name": g.name,
                 "parent": g.parent.as_deref().unwrap_or("root"),
                 "supervisor": sup(&g.supervisor),
+                "state": s.state.as_str(),
+                "restarts": s.restarts,
             })).collect::<Vec<_>>(),
             "daemons": self.children.iter().map(|c| json!({
                 "name": c.cfg.name,
