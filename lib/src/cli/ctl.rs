@@ -18,8 +18,13 @@ pub(crate) enum Ctl {
         #[arg(long)]
         json: bool,
     },
-    /// The supervision tree: supervisors, groups and their daemons.
-    Tree,
+    /// The supervision tree: each supervisor (the top and every group) with
+    /// its state and restarts, and its children in start order.
+    Tree {
+        /// Print the root's JSON document instead of the tree.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop a daemon (SIGTERM, then SIGKILL after stop_timeout) and start it again.
     Restart { name: String },
     /// Stop a daemon and keep it stopped.
@@ -60,7 +65,14 @@ fn exec(socket: &Path, cmd: Ctl) -> std::io::Result<()> {
                 print_status(&v);
             }
         }
-        Ctl::Tree => print_tree(&control::request(socket, "tree")?),
+        Ctl::Tree { json } => {
+            let v = control::request(socket, "tree")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                print_tree(&v["tree"], "");
+            }
+        }
         Ctl::Restart { name } | Ctl::Stop { name } | Ctl::Start { name }
             if name.contains(char::is_whitespace) =>
         {
@@ -172,41 +184,33 @@ fn print_status(v: &Value) {
     }
 }
 
-fn print_tree(v: &Value) {
-    fn sup(s: &Value) -> String {
-        format!(
-            "{}, intensity {} per {}",
-            s["strategy"].as_str().unwrap_or("?"),
-            s["intensity"],
-            s["period"].as_str().unwrap_or("?")
-        )
-    }
-    fn daemons(v: &Value, group: &str, indent: &str) {
-        for d in v["daemons"].as_array().into_iter().flatten() {
-            if d["group"].as_str() == Some(group) {
-                let pid = d["pid"]
-                    .as_i64()
-                    .map_or(String::new(), |p| format!(" pid {p}"));
-                println!(
-                    "{indent}{} [{}{pid}]",
-                    d["name"].as_str().unwrap_or("?"),
-                    d["state"].as_str().unwrap_or("?")
-                );
-            }
+/// `ctl tree`: one line per supervisor (its state, strategy, intensity,
+/// how often its parent restarted it, its restarts within its period) and
+/// per daemon (state, pid, restarts), children indented in start order.
+fn print_tree(node: &Value, indent: &str) {
+    let name = node["name"].as_str().unwrap_or("?");
+    let state = node["state"].as_str().unwrap_or("?");
+    if node["type"] == "group" {
+        println!(
+            "{indent}{name}/ [{state}] {}, intensity {} per {}, {} restart, restarted {}, {} restarts in period",
+            node["strategy"].as_str().unwrap_or("?"),
+            node["intensity"],
+            node["period"].as_str().unwrap_or("?"),
+            node["restart"].as_str().unwrap_or("?"),
+            node["restarts"],
+            node["restarts_in_period"],
+        );
+        let deeper = format!("{indent}  ");
+        for c in node["children"].as_array().into_iter().flatten() {
+            print_tree(c, &deeper);
         }
+    } else {
+        let pid = node["pid"]
+            .as_i64()
+            .map_or(String::new(), |p| format!(" pid {p}"));
+        println!(
+            "{indent}{name} [{state}{pid}] {} restarts",
+            node["restarts"]
+        );
     }
-    fn groups(v: &Value, parent: &str, indent: &str) {
-        for g in v["groups"].as_array().into_iter().flatten() {
-            if g["parent"].as_str() == Some(parent) {
-                let name = g["name"].as_str().unwrap_or("?");
-                println!("{indent}{name}/ ({})", sup(&g["supervisor"]));
-                let deeper = format!("{indent}  ");
-                groups(v, name, &deeper);
-                daemons(v, name, &deeper);
-            }
-        }
-    }
-    println!("root/ ({})", sup(&v["supervisor"]));
-    groups(v, "root", "  ");
-    daemons(v, "root", "  ");
 }

@@ -14,9 +14,9 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use tracing::{debug, info, warn};
 
-use super::supervisor::{Event, TOP};
+use super::supervisor::{Event, Member, TOP};
 use super::{Mode, Root, State, TOKEN_CONN};
-use crate::config::{format_duration, Program, Strategy};
+use crate::config::{format_duration, Program, RestartType, Strategy};
 use crate::control::MAX_REQUEST;
 use crate::region::MAGIC;
 use crate::sys;
@@ -351,26 +351,24 @@ impl Root<'_> {
         })
     }
 
+    /// The supervision tree as it is: each supervisor (the top, then its
+    /// groups) with its state, strategy, intensity and restart counts, and
+    /// its children in start order. The flat lists stay for older readers.
     fn tree(&self) -> Value {
         let sup = |s: &crate::config::SupervisorConfig| {
             json!({
-                "strategy": match s.strategy {
-                    Strategy::OneForOne => "one_for_one",
-                    Strategy::OneForAll => "one_for_all",
-                    Strategy::RestForOne => "rest_for_one",
-                },
+                "strategy": strategy_name(s.strategy),
                 "intensity": s.intensity,
                 "period": format_duration(s.period),
             })
         };
         json!({
+            "tree": self.tree_node(Member::Group(TOP), Instant::now()),
             "supervisor": sup(&self.config.supervisor),
-            "groups": self.config.groups.iter().zip(&self.sup.groups()[1..]).map(|(g, s)| json!({
+            "groups": self.config.groups.iter().map(|g| json!({
                 "name": g.name,
                 "parent": g.parent.as_deref().unwrap_or("root"),
                 "supervisor": sup(&g.supervisor),
-                "state": s.state.as_str(),
-                "restarts": s.restarts,
             })).collect::<Vec<_>>(),
             "daemons": self.children.iter().map(|c| json!({
                 "name": c.cfg.name,
@@ -379,6 +377,43 @@ impl Root<'_> {
                 "pid": c.pid.map(|p| p.0),
             })).collect::<Vec<_>>(),
         })
+    }
+
+    /// One node of `ctl tree`: a group with its children, or a daemon.
+    fn tree_node(&self, m: Member, now: Instant) -> Value {
+        let restart = |r: RestartType| match r {
+            RestartType::Permanent => "permanent",
+            RestartType::Transient => "transient",
+            RestartType::Temporary => "temporary",
+        };
+        match m {
+            Member::Daemon(i) => {
+                let c = &self.children[i];
+                json!({
+                    "type": "daemon",
+                    "name": c.cfg.name,
+                    "state": c.state.as_str(),
+                    "pid": c.pid.map(|p| p.0),
+                    "restart": restart(c.cfg.restart),
+                    "restarts": c.restarts,
+                })
+            }
+            Member::Group(g) => {
+                let grp = &self.sup.groups()[g];
+                json!({
+                    "type": "group",
+                    "name": grp.name,
+                    "state": grp.state.as_str(),
+                    "strategy": strategy_name(grp.strategy),
+                    "intensity": grp.intensity,
+                    "period": format_duration(grp.period),
+                    "restart": restart(grp.restart),
+                    "restarts": grp.restarts,
+                    "restarts_in_period": self.sup.recent_restarts(g, now),
+                    "children": grp.children.iter().map(|&c| self.tree_node(c, now)).collect::<Vec<_>>(),
+                })
+            }
+        }
     }
 
     fn metrics(&self) -> String {
@@ -424,5 +459,14 @@ impl Root<'_> {
         let mut next = after;
         super::flight::since(&self.regions, i, &mut next, &mut records);
         json!({ "daemon": self.names[i], "next": next, "records": records })
+    }
+}
+
+/// A strategy as the config writes it.
+fn strategy_name(s: Strategy) -> &'static str {
+    match s {
+        Strategy::OneForOne => "one_for_one",
+        Strategy::OneForAll => "one_for_all",
+        Strategy::RestForOne => "rest_for_one",
     }
 }

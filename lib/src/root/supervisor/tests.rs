@@ -540,3 +540,5 @@ fn a_group_restarted_by_its_parents_strategy_stops_and_starts_as_a_whole() {
         "a strategy restart is not g's death"
     );
 }
+
+mod model;
