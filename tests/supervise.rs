@@ -365,12 +365,18 @@ fn a_linked_daemon_is_restarted_when_its_link_dies_either_way() {
 /// The daemons named in the log lines that contain `what` (`"started
 /// daemon="`, `"stopped daemon="`), in order, from the `skip`-th such line.
 fn logged(t: &Tree, what: &str, skip: usize) -> Vec<String> {
+    logged_field(t, what, "daemon=", skip)
+}
+
+/// The values of field `key` (`"group="`) in the log lines that contain
+/// `what`, in order, from the `skip`-th such line.
+fn logged_field(t: &Tree, what: &str, key: &str, skip: usize) -> Vec<String> {
     t.log_lines(&[what])
         .iter()
         .skip(skip)
         .filter_map(|l| {
             l.split(' ')
-                .find_map(|w| w.strip_prefix("daemon="))
+                .find_map(|w| w.strip_prefix(key))
                 .map(str::to_owned)
         })
         .collect()
@@ -513,15 +519,7 @@ fn escalation_through_two_groups_exits_69_and_the_sibling_group_is_untouched() {
     let (_, i2) = break_inner(&t);
     assert_eq!(t.wait_code(), 69, "{}", t.log());
     // Each level gave up in turn: inner, outer, then the top.
-    let gave_up: Vec<String> = t
-        .log_lines(&["restart intensity exceeded; giving up"])
-        .iter()
-        .filter_map(|l| {
-            l.split(' ')
-                .find_map(|w| w.strip_prefix("group="))
-                .map(str::to_owned)
-        })
-        .collect();
+    let gave_up = logged_field(&t, "restart intensity exceeded; giving up", "group=", 0);
     assert_eq!(gave_up, ["inner", "outer", "root"], "{}", t.log());
     // i2 was stopped by its group, and only then did the failure go up.
     assert!(t.out("i2").contains(&format!("stop {}", i2.pid)));

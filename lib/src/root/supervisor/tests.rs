@@ -541,4 +541,62 @@ fn a_group_restarted_by_its_parents_strategy_stops_and_starts_as_a_whole() {
     );
 }
 
+#[test]
+fn running_x_timer_asks_the_watchdog() {
+    let mut w = World::started(&daemon("a", ""));
+    w.feed(Event::Timer(0));
+    assert_eq!(w.actions, [Action::CheckWatchdog(0)]);
+}
+
+#[test]
+fn ctl_stop_x_backoff_cancels_the_restart() {
+    let mut w = World::started(&daemon("a", "backoff = \"1s\""));
+    w.crash("a");
+    w.feed(Event::Stop(0));
+    assert_eq!(w.state("a"), DState::Stopped);
+    assert_eq!(w.timers[0], None);
+    w.advance(2 * S);
+    assert_eq!(w.take(), Vec::<String>::new());
+}
+
+#[test]
+fn ctl_restart_x_stopping_starts_it_once_down() {
+    let mut w = World::started(&abc("one_for_one"));
+    w.obedient = false;
+    w.feed(Event::Stop(w.d("a")));
+    w.feed(Event::Restart(w.d("a")));
+    assert_eq!(w.take(), ["-a"]);
+    w.exits("a");
+    assert_eq!(w.take(), ["+a"]);
+}
+
+#[test]
+fn a_death_during_a_group_restart_counts_and_joins_it() {
+    let mut w = World::started(&abc("one_for_all"));
+    w.obedient = false;
+    w.crash("b");
+    assert_eq!(w.take(), ["-c"]);
+    // a, waiting for its turn to stop, dies on its own.
+    w.crash("a");
+    assert_eq!(w.sup.recent_restarts(TOP, w.now), 2);
+    assert_eq!(w.sup.daemon_restarts(w.d("a")), 1);
+    assert_eq!(w.take(), Vec::<String>::new(), "c is still stopping");
+    w.exits("c");
+    assert_eq!(w.take(), ["+a", "+b", "+c"]);
+}
+
+#[test]
+fn start_x_failed_forks_it_and_brings_its_groups_up() {
+    let mut w = World::started(&two_levels(5, "transient"));
+    w.crash("i1");
+    w.crash("i2");
+    assert_eq!(w.state("i2"), DState::Failed);
+    assert_eq!(w.group("inner").state, GState::Failed);
+    w.take();
+    w.feed(Event::Start(w.d("i2")));
+    assert_eq!(w.take(), ["+i2"]);
+    assert_eq!(w.group("inner").state, GState::Running);
+    assert_eq!(w.group("outer").state, GState::Running);
+}
+
 mod model;
