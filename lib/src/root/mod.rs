@@ -649,7 +649,11 @@ impl<'a> Root<'a> {
     /// supervisor must hear of it comes back as an event: a takeover is
     /// `Ready`, a failed fork `ForkFailed`.
     fn start(&mut self, i: usize) -> Option<Event> {
-        debug_assert!(self.mode == Mode::Supervising);
+        if self.mode != Mode::Supervising {
+            // The supervisor starts nothing during a shutdown; should it,
+            // it hears the start failed and leaves the daemon stopped.
+            return Some(Event::ForkFailed(i));
+        }
         self.cancel_timer(i);
         let c = &self.children[i];
         debug_assert!(!c.state.has_process(), "{} started twice", c.cfg.name);
