@@ -4,19 +4,26 @@
 
 use std::time::Duration;
 
-use forkroot::Context;
+use forkroot::{Context, Kind, Setting};
 
-use crate::util::{self, Rng};
+use crate::util::Rng;
 
-pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
-    let mean = util::duration(ctx, "mean_life", Duration::from_secs(5));
-    let signal = match util::string(ctx, "signal") {
-        None => libc::SIGSEGV,
-        Some(name) => match forkroot::config::parse_signal(name) {
-            Ok(s) => s,
-            Err(e) => util::bad_arg(ctx, "signal", &e),
-        },
-    };
+/// The kind, with its settings.
+pub(crate) const KIND: Kind = Kind::new(
+    "flaky",
+    "crashes after a random lifetime (mean_life) with a chosen signal",
+    main,
+)
+.settings(&[
+    Setting::duration("mean_life", "mean lifetime (exponentially distributed)")
+        .default_duration(Duration::from_secs(5))
+        .between(Duration::from_millis(1), Duration::from_secs(86_400)),
+    Setting::signal("signal", "the signal it dies by").default_signal(libc::SIGSEGV),
+]);
+
+fn main(ctx: &mut Context<'_>) -> i32 {
+    let mean: Duration = ctx.arg("mean_life");
+    let signal: i32 = ctx.arg("signal");
     let life = mean.mul_f64(-Rng::seeded().unit().ln());
     tracing::info!(life = ?life, "will die");
     ctx.steady();

@@ -12,48 +12,49 @@
 //! a whole entry (neither `kind` nor `exec`) has the entry as its place
 //! (`daemon[3]`); a TOML syntax error has `FILE:LINE:COL`.
 //!
+//! A daemon's `[daemon.args]` are checked in the same pass against the
+//! settings its kind declares ([`Setting`]): an unknown key gets a
+//! did-you-mean (`daemon[2].args.rtae`), a value of the wrong type or out
+//! of range its place. The daemon reads them typed ([`Args::get`]).
+//!
 //! Sizes, durations and signals are read by [`parse_size`],
-//! [`parse_duration`] and [`parse_signal`], which the root and the daemons
-//! use for their own settings too.
+//! [`parse_duration`] and [`parse_signal`].
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::daemon::Registry;
+
 mod check;
+mod settings;
 pub(crate) mod units;
 
+pub(crate) use settings::check_declaration;
+pub use settings::{Args, Check, FromArg, Setting, Type, Value};
 pub use units::{
     format_duration, parse_duration, parse_signal, parse_size, MAX_DURATION, MAX_SIZE,
 };
 
 impl Config {
-    /// Parses and validates the text of a config file. `file` names it in
-    /// the place of a syntax error (`FILE:LINE:COL`).
+    /// Parses and validates the text of a config file against the daemon
+    /// kinds of `kinds` (each `kind` must be one of them, and its
+    /// `[daemon.args]` must fit the kind's declared settings). `file` names
+    /// the text in the place of a syntax error (`FILE:LINE:COL`).
     ///
     /// Returns the config with every default applied, or every problem
-    /// found, in file order. The `kind` of a daemon is not checked against
-    /// the built-in daemons here; see [`Config::check_kinds`].
-    pub fn parse(text: &str, file: &str) -> Result<Config, Vec<Problem>> {
-        Config::parse_with_kinds(text, file, None)
-    }
-
-    /// Like [`Config::parse`], and with `known` (the kinds built into the
-    /// binary) an unknown `kind` is reported among the other problems.
-    pub fn parse_with_kinds(
-        text: &str,
-        file: &str,
-        known: Option<&[&str]>,
-    ) -> Result<Config, Vec<Problem>> {
+    /// found, in file order.
+    pub fn parse(text: &str, file: &str, kinds: &Registry) -> Result<Config, Vec<Problem>> {
         match text.parse::<toml::Table>() {
-            Ok(doc) => check::check(&doc, known),
+            Ok(doc) => check::check(&doc, kinds),
             Err(e) => Err(vec![syntax_problem(text, file, &e)]),
         }
     }
 
     /// Reports every daemon whose `kind` is not in `known`, the kinds built
     /// into the binary: `daemon[1].kind: unknown kind "x" (built in: idle,
-    /// flaky)`.
+    /// flaky)`. [`Config::parse`] does this already; this is for a config
+    /// built or changed by hand.
     pub fn check_kinds(&self, known: &[&str]) -> Vec<Problem> {
         self.daemons
             .iter()
@@ -79,17 +80,12 @@ impl Config {
     }
 }
 
-/// Reads and parses the config file at `path`. A file that cannot be read
-/// gives one problem whose place is the path.
-pub fn load(path: &Path) -> Result<Config, Vec<Problem>> {
-    load_with_kinds(path, None)
-}
-
-/// [`load`], checking `kind`s against `known` as [`Config::parse_with_kinds`].
-pub fn load_with_kinds(path: &Path, known: Option<&[&str]>) -> Result<Config, Vec<Problem>> {
+/// Reads and parses the config file at `path`, as [`Config::parse`]. A
+/// file that cannot be read gives one problem whose place is the path.
+pub fn load(path: &Path, kinds: &Registry) -> Result<Config, Vec<Problem>> {
     let file = path.display().to_string();
     match std::fs::read_to_string(path) {
-        Ok(text) => Config::parse_with_kinds(&text, &file, known),
+        Ok(text) => Config::parse(&text, &file, kinds),
         Err(e) => Err(vec![Problem {
             place: file,
             message: format!("cannot read the config file: {e}"),
@@ -149,9 +145,12 @@ pub struct Config {
 /// `[root]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RootConfig {
-    /// `control`: path of the control socket; `None` means the default
-    /// (`$XDG_RUNTIME_DIR/forkroot.sock`, else `/run/forkroot.sock`).
+    /// `control`: path of the control socket; `None` means
+    /// [`crate::control::default_socket`].
     pub control: Option<PathBuf>,
+    /// `control_group`: a group whose members may use the control socket
+    /// too (the socket is then mode 0660 and of that group), with its id.
+    pub control_group: Option<(String, u32)>,
     /// `state_dir`: where file-backed regions live, if any.
     pub state_dir: Option<PathBuf>,
     /// `stop_timeout`: time between SIGTERM and SIGKILL. Default 5s.
@@ -259,8 +258,9 @@ pub struct DaemonConfig {
     pub links: Vec<String>,
     /// `backoff`, `backoff_max`.
     pub backoff: Backoff,
-    /// `[daemon.args]`: settings of the kind, passed through as-is.
-    pub args: toml::Table,
+    /// `[daemon.args]`: the settings of its kind, checked against the
+    /// kind's declaration (empty for an exec'd program).
+    pub args: Args,
 }
 
 /// One thing wrong with a configuration, and where.

@@ -330,6 +330,18 @@ impl RegionSet {
         unsafe { &*p.cast::<Header>() }
     }
 
+    /// The header of region `i` if it is initialised and names `pid` as
+    /// the process that last started on it: the only header whose word
+    /// (heartbeat, allocation counters, resumed checkpoint) the root
+    /// believes about that process. A header left by an earlier process,
+    /// or garbage, is `None`.
+    pub fn header_of(&self, i: usize, pid: sys::Pid) -> Option<&Header> {
+        let h = self.header(i);
+        let named = h.magic.load(Ordering::Acquire) == MAGIC
+            && h.pid.load(Ordering::Relaxed) == pid.0 as u32;
+        named.then_some(h)
+    }
+
     /// The read-write descriptor of a region with a file of its own (an
     /// exec'd daemon's), or `None` for a region in the arena.
     pub fn own_fd(&self, i: usize) -> Option<&OwnedFd> {

@@ -8,6 +8,12 @@
 //!   value with a `/`).
 //! - `max_clients`: connections served at once (default 1024); one more is
 //!   answered `-ERR max number of clients reached` and closed.
+//! - `debug`: allow the DEBUG command, which crashes on purpose (default
+//!   false).
+//! - `password`: the AUTH password (optional).
+//!
+//! They are declared once in [`KIND`] and checked with the rest of the
+//! config before anything starts.
 //!
 //! Limits: a request (one command with its arguments) may be up to
 //! [`MAX_REQUEST`] bytes; a larger one is answered with a protocol error and
@@ -38,10 +44,9 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
-use forkroot::Context;
-
-use crate::util;
 use commands::{Action, Db, RESERVE};
+use forkroot::config::Value;
+use forkroot::{Context, Kind, Setting};
 use resp::{Args, Out, Parse, Resume};
 use tasks::{Task, Tasks};
 
@@ -186,18 +191,42 @@ struct Server<'a> {
     tasks: Tasks<'a>,
 }
 
-pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
-    let listen = util::string(ctx, "listen").unwrap_or("127.0.0.1:6380");
-    let max_clients = util::int(ctx, "max_clients", 1024);
-    if !(1..=65536).contains(&max_clients) {
-        util::bad_arg(ctx, "max_clients", "must be in 1..=65536");
+/// The kind, with its settings.
+pub(crate) const KIND: Kind = Kind::new(
+    "kv",
+    "key-value store speaking RESP2 (redis-cli, redis-benchmark); acknowledged writes survive crashes",
+    main,
+)
+.settings(&[
+    Setting::string("listen", "HOST:PORT, or a Unix socket path (any value with a /)")
+        .default_str("127.0.0.1:6380")
+        .check(check_listen),
+    Setting::int("max_clients", "connections served at once")
+        .default_int(1024)
+        .range(1, 65536),
+    Setting::bool("debug", "allow DEBUG (crashes on purpose)").default_bool(false),
+    Setting::string("password", "AUTH password; without it, no AUTH is needed"),
+]);
+
+/// `listen` is a socket path (it has a `/`) or `HOST:PORT`.
+fn check_listen(v: Value<'_>) -> Result<(), String> {
+    let Value::Str(s) = v else { return Ok(()) };
+    let host_port = s
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if s.contains('/') || host_port {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is neither HOST:PORT (\"127.0.0.1:6380\") nor a socket path (with a /)"
+        ))
     }
-    let max_clients = max_clients as usize;
-    let debug = match ctx.args().get("debug") {
-        None => false,
-        Some(toml::Value::Boolean(b)) => *b,
-        Some(v) => util::bad_arg(ctx, "debug", &format!("expected true or false, found {v}")),
-    };
+}
+
+fn main(ctx: &mut Context<'_>) -> i32 {
+    let listen: &str = ctx.arg("listen");
+    let max_clients: usize = ctx.arg("max_clients");
+    let debug: bool = ctx.arg("debug");
 
     let name = ctx.name();
     let restarts = ctx.restarts();

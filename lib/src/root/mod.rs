@@ -25,9 +25,10 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, DaemonConfig, OnRestart, Program};
 use crate::daemon::{Death, ExitReason, Registry, SetupStage};
+use crate::handoff::{read_setup, History, Setup};
 use crate::region::{RegionSet, RegionSpec};
 use crate::sys::{self, Pid, SigSet, WaitStatus};
-use spawn::{Plan, Spawn, Spawned, Takeover};
+use spawn::{Plan, Run, Spawned};
 use supervisor::{Action, Event, Log, Member, Supervisor};
 
 /// Exit code: stopped cleanly, every child reaped.
@@ -39,8 +40,8 @@ pub const EXIT_INTERNAL: i32 = 70;
 /// Exit code: the configuration is invalid; nothing was started.
 pub const EXIT_CONFIG: i32 = 78;
 
-/// How many past deaths the root remembers per daemon.
-const DEATHS_KEPT: usize = 16;
+// How many past deaths the root remembers per daemon.
+use crate::handoff::DEATHS_KEPT;
 
 use crate::checkpoint::POISON_WINDOW;
 
@@ -333,28 +334,20 @@ impl<'a> Root<'a> {
             .control
             .clone()
             .unwrap_or_else(crate::control::default_socket);
-        let control = match control::Server::bind(&socket) {
-            Ok(server) => {
-                epoll
-                    .add(server.listener_fd(), TOKEN_LISTENER)
-                    .map_err(ctx("epoll"))?;
-                info!(socket = %socket.display(), "control socket ready");
-                Some(server)
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::AddrInUse | io::ErrorKind::AlreadyExists
-                ) =>
-            {
-                return Err(RootError::Io("control socket", e));
-            }
-            Err(e) => {
-                // Without a socket the tree still runs; ctl cannot reach it.
-                warn!(error = %e, "no control socket; `forkroot ctl` will not reach this root");
-                None
-            }
-        };
+        // Without its socket the tree could not be managed: whatever the
+        // cause (taken, unwritable), nothing starts (a config problem, 78).
+        let server =
+            control::Server::bind(&socket, config.root.control_group.clone()).map_err(|e| {
+                RootError::Config(vec![crate::config::Problem {
+                    place: "root.control".into(),
+                    message: format!("cannot create the control socket: {e}"),
+                }])
+            })?;
+        epoll
+            .add(server.listener_fd(), TOKEN_LISTENER)
+            .map_err(ctx("epoll"))?;
+        info!(socket = %socket.display(), "control socket ready");
+        let control = Some(server);
         let children = config
             .daemons
             .iter()
@@ -441,7 +434,7 @@ impl<'a> Root<'a> {
             let next = [
                 next,
                 self.sweep_at,
-                self.control_paused,
+                self.control_wake(),
                 self.manager.next_deadline(),
             ]
             .into_iter()
@@ -601,33 +594,36 @@ impl<'a> Root<'a> {
     /// needs in the root's memory first.
     fn fork_child(&mut self, i: usize, standby: bool) -> io::Result<Spawned> {
         let c = &self.children[i];
-        let plan = match &c.cfg.program {
+        let start = crate::daemon::Start {
+            restarts: c.restarts,
+            deaths: &c.deaths,
+            on_restart: c.cfg.on_restart,
+            resume_before: c.resume_before,
+        };
+        let run = match &c.cfg.program {
             Program::Builtin(kind) => {
                 let k = self
                     .registry
                     .get(kind)
                     .expect("kinds are checked in Root::new");
-                Plan::Builtin {
+                Run::Builtin {
                     entry: k.entry,
                     args: &c.cfg.args,
-                    deaths: &c.deaths,
-                    restarts: c.restarts,
-                    on_restart: c.cfg.on_restart,
-                    resume_before: c.resume_before,
                     names: &self.names,
                 }
             }
             Program::Exec(argv) => {
-                Plan::exec(argv, &c.cfg.name, self.regions.region_len(i), c.restarts)?
+                Run::exec(argv, &c.cfg.name, self.regions.region_len(i), &start)?
             }
         };
-        let spawned = spawn::spawn(&Spawn {
+        let spawned = spawn::spawn(&Plan {
             index: i,
             name: &c.cfg.name,
             title: &c.title,
             regions: &self.regions,
             root_pid: self.pid,
-            plan,
+            start,
+            run,
             lock: self.lock.as_ref().map(|l| l.as_raw_fd()),
             standby,
         })?;
@@ -714,8 +710,8 @@ impl<'a> Root<'a> {
             return false;
         }
         let sb = c.standby.take().expect("checked above");
-        let msg = Takeover::new(c.restarts, &c.deaths, c.resume_before).encode();
-        if let Err(e) = sys::write_all(sb.gate.as_raw_fd(), &msg) {
+        let history = History::new(c.restarts, &c.deaths, c.resume_before);
+        if let Err(e) = history.send(sb.gate.as_raw_fd()) {
             warn!(daemon = %c.cfg.name, error = %e, "standby unreachable; forking instead");
             let _ = sys::kill(sb.pid, libc::SIGKILL);
             c.standby = Some(Standby { killed: true, ..sb });
@@ -803,7 +799,7 @@ impl<'a> Root<'a> {
     }
 
     /// Starting × setup pipe readable: end-of-file means its code runs;
-    /// 8 bytes mean setup failed (the exit follows).
+    /// a setup report means setup failed (the exit follows).
     fn on_setup(&mut self, i: usize) {
         let Some(c) = self.children.get_mut(i) else {
             return;
@@ -888,14 +884,9 @@ impl<'a> Root<'a> {
     /// from the checkpoint before C (and, that failing too, fresh).
     fn judge_checkpoint(&mut self, i: usize, pid: i32, reason: ExitReason, uptime: Duration) {
         let crashed = reason.is_crash();
-        let h = self.regions.header(i);
-        let resumed = if h.magic.load(std::sync::atomic::Ordering::Acquire) == crate::region::MAGIC
-            && h.pid.load(std::sync::atomic::Ordering::Relaxed) == pid as u32
-        {
+        let resumed = self.regions.header_of(i, Pid(pid)).map_or(0, |h| {
             h.resumed_seq.load(std::sync::atomic::Ordering::Relaxed)
-        } else {
-            0
-        };
+        });
         let c = &mut self.children[i];
         c.resume_before = (crashed && uptime < POISON_WINDOW && resumed != 0).then_some(resumed);
         if let Some(seq) = c.resume_before {
@@ -959,13 +950,13 @@ impl<'a> Root<'a> {
         let mut events = VecDeque::from([event]);
         while let Some(event) = events.pop_front() {
             for action in self.sup.handle(event, Instant::now()) {
-                events.extend(self.act(action));
+                events.extend(self.carry_out(action));
             }
         }
     }
 
     /// Carries out one action of the supervisor.
-    fn act(&mut self, action: Action) -> Option<Event> {
+    fn carry_out(&mut self, action: Action) -> Option<Event> {
         match action {
             Action::Fork(i) => return self.start(i),
             Action::Term(i) => {
@@ -1066,9 +1057,7 @@ impl<'a> Root<'a> {
 
     fn fire_timers(&mut self) {
         let now = Instant::now();
-        if self.control_paused.is_some_and(|t| t <= now) {
-            self.resume_control();
-        }
+        self.control_timers(now);
         if self.sweep_at.is_some_and(|t| t <= now) {
             self.sweep_at = None;
             if let Err(e) = self.reap() {
@@ -1100,14 +1089,11 @@ impl Root<'_> {
         let (Some(wd), Some(pid)) = (c.cfg.watchdog, c.pid) else {
             return;
         };
-        let h = self.regions.header(i);
         let mut last = c.started_ns;
         // The heartbeat is the daemon's word: believed only from a header
         // that names the current process, and never later than now.
         let now = sys::monotonic_ns();
-        if h.magic.load(std::sync::atomic::Ordering::Acquire) == crate::region::MAGIC
-            && h.pid.load(std::sync::atomic::Ordering::Relaxed) == pid.0 as u32
-        {
+        if let Some(h) = self.regions.header_of(i, pid) {
             let hb = h.heartbeat_ns.load(std::sync::atomic::Ordering::Acquire);
             if hb <= now {
                 last = last.max(hb);
@@ -1162,36 +1148,6 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<OwnedFd, RootError> {
             }
             Err(e) => return Err(RootError::Io("locking state_dir", e)),
         }
-    }
-}
-
-/// What a setup pipe says.
-enum Setup {
-    /// Nothing to read yet.
-    Pending,
-    /// End of file: the child's code runs (or it exec'd).
-    Ready,
-    /// The child reported a failed step.
-    Failed(ExitReason),
-}
-
-/// Reads a setup pipe without blocking.
-fn read_setup(fd: &OwnedFd) -> Setup {
-    let mut buf = [0u8; 8];
-    match sys::read(fd.as_raw_fd(), &mut buf) {
-        Ok(0) => Setup::Ready,
-        Ok(8) => {
-            let stage = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
-            let errno = i32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
-            match SetupStage::from_u32(stage) {
-                Some(stage) => Setup::Failed(ExitReason::SetupFailed { stage, errno }),
-                None => Setup::Ready,
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Setup::Pending,
-        // A short or failed read: the child is gone or broken; its exit
-        // will tell.
-        Ok(_) | Err(_) => Setup::Ready,
     }
 }
 

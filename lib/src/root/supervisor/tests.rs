@@ -6,6 +6,17 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::config::Config;
+use crate::daemon::{Context, Kind, Registry};
+
+/// The one kind these configs name; the table runs no daemon.
+fn kinds() -> Registry {
+    fn never(_: &mut Context<'_>) -> i32 {
+        unreachable!("the table forks nothing")
+    }
+    let mut r = Registry::new();
+    r.add(Kind::new("idle", "does nothing", never));
+    r
+}
 
 /// The loop around the table, with processes that do as they are told: a
 /// fork runs (its setup finishes), and with `obedient` a SIGTERM ends the
@@ -24,7 +35,7 @@ struct World {
 
 impl World {
     fn new(toml: &str) -> World {
-        let config = Config::parse(toml, "test.toml").expect("a valid config");
+        let config = Config::parse(toml, "test.toml", &kinds()).expect("a valid config");
         let names: Vec<String> = config.daemons.iter().map(|d| d.name.clone()).collect();
         let mut links = vec![Vec::new(); names.len()];
         for (i, d) in config.daemons.iter().enumerate() {

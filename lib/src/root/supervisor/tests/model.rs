@@ -336,7 +336,7 @@ proptest! {
         steps in prop::collection::vec(step(), 1..40),
     ) {
         let mut w = World::new(&config);
-        let parsed = Config::parse(&config, "test.toml").expect("a valid config");
+        let parsed = Config::parse(&config, "test.toml", &kinds()).expect("a valid config");
         let mut m = Model::new(&parsed, w.now);
         w.feed(Event::StartAll);
         m.start(Member::Group(TOP));
