@@ -152,17 +152,20 @@ fn ask<T: DeserializeOwned>(socket: &Path, request: &Request) -> Result<Reply<T>
     Ok(control::request(socket, request)?)
 }
 
+/// A reply as a JSON document (`--json`): the reply less the protocol
+/// version, the document `status --json` always printed.
+fn print_json(mut doc: serde_json::Map<String, serde_json::Value>) {
+    doc.remove("v");
+    let doc = serde_json::Value::Object(doc);
+    println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+}
+
 fn exec(socket: &Path, cmd: Ctl) -> Result<(), CtlError> {
     match cmd {
         Ctl::Status { json } => {
             let reply = ask::<StatusReply>(socket, &Request::Status)?;
             if json {
-                // The status document as it always was: the reply less the
-                // protocol version.
-                let mut doc = reply.raw;
-                doc.remove("v");
-                let doc = serde_json::Value::Object(doc);
-                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+                print_json(reply.raw);
             } else {
                 print_status(&reply.body);
             }
@@ -170,10 +173,7 @@ fn exec(socket: &Path, cmd: Ctl) -> Result<(), CtlError> {
         Ctl::Tree { json } => {
             let reply = ask::<TreeReply>(socket, &Request::Tree)?;
             if json {
-                let mut doc = reply.raw;
-                doc.remove("v");
-                let doc = serde_json::Value::Object(doc);
-                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+                print_json(reply.raw);
             } else {
                 match &reply.body.tree {
                     Some(node) => print_node(node, ""),
