@@ -463,6 +463,13 @@ fn one_for_all_in_a_group_restarts_the_group_in_order_and_nothing_outside_it() {
         "{}",
         t.log()
     );
+    // Each start says why: b died, a and c came along with it.
+    assert_eq!(
+        logged_field(&t, "started daemon=", "cause=", 5),
+        ["strategy", "death", "strategy"],
+        "{}",
+        t.log()
+    );
     outside_untouched(&t, &outside);
     t.signal(SIGTERM);
     assert_eq!(t.wait_code(), 0);
@@ -548,6 +555,7 @@ fn a_group_that_gave_up_is_restarted_by_its_parent_and_ctl_tree_shows_it() {
     assert!(t.out("i2").contains(&format!("stop {}", i2.pid)));
     assert_ne!(i1s[2].pid, i1.pid);
     t.wait_log(&["group failed", "group=inner"]);
+    t.wait_log(&["started daemon=i2", "cause=escalation"]);
     let tree = t.poll("ctl tree with inner restarted", || {
         let out = t.ctl(&["tree", "--json"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
@@ -563,6 +571,9 @@ fn a_group_that_gave_up_is_restarted_by_its_parent_and_ctl_tree_shows_it() {
     assert_eq!(side["restarts"], 0);
     assert_eq!(side["children"][0]["name"], "s1");
     assert_eq!(side["children"][0]["state"], "running");
+    assert_eq!(side["children"][0]["cause"], "start");
+    let inner = find_group(root, "inner").expect("inner");
+    assert_eq!(inner["children"][1]["cause"], "escalation", "{tree}");
     assert_eq!(t.starts("s1").len(), 1);
     t.signal(SIGTERM);
     assert_eq!(t.wait_code(), 0);

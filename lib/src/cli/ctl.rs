@@ -404,11 +404,18 @@ fn print_node(node: &TreeNode, indent: &str) {
             state,
             pid,
             restarts,
+            cause,
             ..
         } => {
             let pid = pid.map_or(String::new(), |p| format!(" pid {p}"));
+            // Why it started, once that is more than the tree's start.
+            let cause = if cause == "start" {
+                String::new()
+            } else {
+                format!(" (last start: {cause})")
+            };
             println!(
-                "{indent}{name} [{}{pid}] {restarts} restarts",
+                "{indent}{name} [{}{pid}] {restarts} restarts{cause}",
                 state.as_str()
             );
         }

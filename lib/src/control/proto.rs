@@ -304,6 +304,9 @@ pub enum TreeNode {
         restart: String,
         /// Restarts so far.
         restarts: u32,
+        /// Why its current process started: `start`, `death`, `retry`,
+        /// `link`, `strategy`, `escalation` or `operator`.
+        cause: String,
     },
 }
 

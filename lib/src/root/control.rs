@@ -575,6 +575,7 @@ impl Root<'_> {
                     pid: c.pid.map(|p| p.0),
                     restart: restart(c.cfg.restart),
                     restarts: c.restarts,
+                    cause: self.sup.start_cause(i).as_str().to_owned(),
                 }
             }
             Member::Group(g) => {

@@ -669,7 +669,8 @@ impl<'a> Root<'a> {
                 c.setup_failed = None;
                 let (pid, restarts) = (spawned.pid, c.restarts);
                 self.flush_notes();
-                info!(daemon = %self.children[i].cfg.name, %pid, restarts, "started");
+                let cause = self.sup.start_cause(i).as_str();
+                info!(daemon = %self.children[i].cfg.name, %pid, restarts, cause = %cause, "started");
                 self.began(i);
                 self.ensure_standby(i);
                 None
@@ -720,7 +721,8 @@ impl<'a> Root<'a> {
         c.pid = Some(sb.pid);
         let restarts = c.restarts;
         self.flush_notes();
-        info!(daemon = %self.children[i].cfg.name, pid = %sb.pid, restarts, "standby took over");
+        let cause = self.sup.start_cause(i).as_str();
+        info!(daemon = %self.children[i].cfg.name, pid = %sb.pid, restarts, cause = %cause, "standby took over");
         self.by_pid.insert(sb.pid, (i, Role::Primary));
         self.began(i);
         self.ensure_standby(i);

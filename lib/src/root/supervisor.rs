@@ -138,6 +138,41 @@ pub(crate) enum GThen {
     Fail,
 }
 
+/// Why a daemon's current process started: its `started` log line and
+/// `ctl tree` say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cause {
+    /// The tree, or its group, started (not a restart).
+    Start,
+    /// It died on its own (a crash, or an exit its restart type restarts).
+    Death,
+    /// Its start failed in the root, and was tried again.
+    Retry,
+    /// A daemon linked to it died.
+    Link,
+    /// Its supervisor's `one_for_all`/`rest_for_one` after a sibling died.
+    Strategy,
+    /// Its group gave up and its parent restarted the group.
+    Escalation,
+    /// `ctl start` or `ctl restart`.
+    Operator,
+}
+
+impl Cause {
+    /// The name logs and `ctl tree` show.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Cause::Start => "start",
+            Cause::Death => "death",
+            Cause::Retry => "retry",
+            Cause::Link => "link",
+            Cause::Strategy => "strategy",
+            Cause::Escalation => "escalation",
+            Cause::Operator => "operator",
+        }
+    }
+}
+
 /// What happened, as the loop tells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Event {
@@ -229,6 +264,8 @@ struct Daemon {
     backoff: Duration,
     restarts: u32,
     links: Vec<usize>,
+    /// Why its current (or next) process starts.
+    cause: Cause,
 }
 
 /// A supervisor: the top or a `[[group]]`.
@@ -348,6 +385,7 @@ impl Supervisor {
                 backoff: dc.backoff.initial,
                 restarts: 0,
                 links: links.get(d).cloned().unwrap_or_default(),
+                cause: Cause::Start,
             })
             .collect();
         for g in 0..n {
@@ -374,7 +412,7 @@ impl Supervisor {
     pub(crate) fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
         self.now = now;
         match event {
-            Event::StartAll => self.start_group(TOP),
+            Event::StartAll => self.start_group(TOP, Cause::Start),
             Event::Ready(i) => {
                 if self.daemons[i].state == DState::Starting {
                     self.set(i, DState::Running);
@@ -399,16 +437,22 @@ impl Supervisor {
             Event::Stop(i) => self.operator_stop(i),
             Event::Start(i) => match self.daemons[i].state {
                 DState::Starting | DState::Running => {}
-                DState::Stopping(_) => self.set(i, DState::Stopping(Then::Start)),
-                _ => self.operator_start(i),
-            },
-            Event::Restart(i) => match self.daemons[i].state {
-                DState::Starting | DState::Running => {
-                    self.stop_member(Member::Daemon(i), Then::Start)
+                DState::Stopping(_) => {
+                    self.daemons[i].cause = Cause::Operator;
+                    self.set(i, DState::Stopping(Then::Start));
                 }
-                DState::Stopping(_) => self.set(i, DState::Stopping(Then::Start)),
                 _ => self.operator_start(i),
             },
+            Event::Restart(i) => {
+                self.daemons[i].cause = Cause::Operator;
+                match self.daemons[i].state {
+                    DState::Starting | DState::Running => {
+                        self.stop_member(Member::Daemon(i), Then::Start)
+                    }
+                    DState::Stopping(_) => self.set(i, DState::Stopping(Then::Start)),
+                    _ => self.operator_start(i),
+                }
+            }
             Event::Shutdown(code) => self.shut_down(code),
         }
         while let Some(g) = self.due.pop_front() {
@@ -431,6 +475,11 @@ impl Supervisor {
             .iter()
             .filter(|&&t| now.saturating_duration_since(t) <= grp.period)
             .count()
+    }
+
+    /// Why the daemon's current process started.
+    pub(crate) fn start_cause(&self, i: usize) -> Cause {
+        self.daemons[i].cause
     }
 
     /// The daemon's state as the supervisor sees it.
@@ -531,6 +580,7 @@ impl Supervisor {
                 }
                 let d = &mut self.daemons[i];
                 d.restarts += 1;
+                d.cause = Cause::Retry;
                 let delay = d.backoff.max(FORK_RETRY);
                 self.out.push(Action::Restarted(i));
                 self.set(i, DState::Backoff);
@@ -584,6 +634,7 @@ impl Supervisor {
                 let period = self.groups[g].period;
                 let d = &mut self.daemons[i];
                 d.restarts += 1;
+                d.cause = Cause::Death;
                 // Backoff: reset after a healthy stretch of uptime, else double.
                 if uptime >= period {
                     d.backoff = d.backoff_cfg.initial;
@@ -664,6 +715,7 @@ impl Supervisor {
             if self.daemons[j].state.up() {
                 self.out
                     .push(Action::Log(Log::Linked { daemon: j, link: i }));
+                self.daemons[j].cause = Cause::Link;
                 self.stop_member(Member::Daemon(j), Then::Start);
             }
         }
@@ -693,6 +745,9 @@ impl Supervisor {
             }
             if due && self.restart_type(m) != RestartType::Temporary && !start.contains(&p) {
                 start.push(p);
+                if let Member::Daemon(d) = m {
+                    self.daemons[d].cause = Cause::Strategy;
+                }
             }
         }
         if !start.contains(&dead) {
@@ -849,20 +904,38 @@ impl Supervisor {
 
     /// Starts group `g`: a new incarnation (its window is empty, as OTP's
     /// restarted supervisor's is) starts each of its children in order.
-    fn start_group(&mut self, g: usize) {
+    fn start_group(&mut self, g: usize, cause: Cause) {
         self.groups[g].state = GState::Running;
         self.groups[g].window.clear();
         for p in 0..self.groups[g].children.len() {
-            if self.member_down(self.groups[g].children[p]) {
-                self.start_member(g, p);
+            let m = self.groups[g].children[p];
+            if !self.member_down(m) {
+                continue;
+            }
+            match m {
+                Member::Daemon(i) => {
+                    self.daemons[i].cause = cause;
+                    self.start_daemon(i);
+                }
+                Member::Group(h) => self.start_group(h, cause),
             }
         }
     }
 
+    /// Starts the child at `p` of group `g` after a death: a daemon for
+    /// the cause it has, a group as a whole (failed: its parent restarts
+    /// it; else its siblings' restart takes it along).
     fn start_member(&mut self, g: usize, p: usize) {
         match self.groups[g].children[p] {
             Member::Daemon(i) => self.start_daemon(i),
-            Member::Group(h) => self.start_group(h),
+            Member::Group(h) => {
+                let cause = if self.groups[h].state == GState::Failed {
+                    Cause::Escalation
+                } else {
+                    Cause::Strategy
+                };
+                self.start_group(h, cause)
+            }
         }
     }
 
@@ -899,6 +972,7 @@ impl Supervisor {
             }
             g = self.groups[h].parent;
         }
+        self.daemons[i].cause = Cause::Operator;
         self.start_daemon(i);
     }
 

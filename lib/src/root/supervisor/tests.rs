@@ -610,4 +610,36 @@ fn start_x_failed_forks_it_and_brings_its_groups_up() {
     assert_eq!(w.group("outer").state, GState::Running);
 }
 
+#[test]
+fn every_start_names_its_cause() {
+    let mut w = World::started(&format!(
+        "{}{}{}{}",
+        group("g", "strategy = \"one_for_all\""),
+        daemon("a", "group = \"g\""),
+        daemon("b", "group = \"g\""),
+        daemon("c", "links = [\"a\"]"),
+    ));
+    let cause = |w: &World, n: &str| w.sup.start_cause(w.d(n));
+    assert!(["a", "b", "c"].iter().all(|n| cause(&w, n) == Cause::Start));
+    w.crash("a");
+    assert_eq!(cause(&w, "a"), Cause::Death);
+    assert_eq!(cause(&w, "b"), Cause::Strategy);
+    assert_eq!(cause(&w, "c"), Cause::Link);
+    w.feed(Event::Restart(w.d("b")));
+    assert_eq!(cause(&w, "b"), Cause::Operator);
+    w.fail_forks = true;
+    w.crash("c");
+    assert_eq!(cause(&w, "c"), Cause::Retry);
+
+    let mut w = World::started(&two_levels(5, "permanent").replace(
+        "[[group]]\nname = \"outer\"\nintensity = 0",
+        "[[group]]\nname = \"outer\"\nintensity = 3",
+    ));
+    w.crash("i1");
+    w.crash("i2");
+    assert_eq!(cause(&w, "i1"), Cause::Escalation);
+    assert_eq!(cause(&w, "i2"), Cause::Escalation);
+    assert_eq!(cause(&w, "s1"), Cause::Start);
+}
+
 mod model;
