@@ -21,7 +21,32 @@ fn collatz() -> PathBuf {
         "{} is missing: build it with `cargo build --example collatz` (plain `cargo test` does)",
         bin.display()
     );
+    // `cargo test --test author` builds this test but not the example: a
+    // binary older than its sources would test yesterday's code.
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .expect("the example's mtime");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sources = [root.join("examples/collatz.rs"), root.join("lib/src")];
+    if let Some(newer) = sources.iter().find_map(|s| newer_than(s, built)) {
+        panic!(
+            "{} is older than {}: build it with `cargo build --example collatz` \
+             (plain `cargo test` does)",
+            bin.display(),
+            newer.display()
+        );
+    }
     bin
+}
+
+/// A file at or under `path` modified after `t`, if any.
+fn newer_than(path: &std::path::Path, t: std::time::SystemTime) -> Option<PathBuf> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.is_dir() {
+        let entries = std::fs::read_dir(path).ok()?;
+        return entries.flatten().find_map(|e| newer_than(&e.path(), t));
+    }
+    (meta.modified().ok()? > t).then(|| path.to_owned())
 }
 
 /// Steps of n's Collatz sequence down to 1.
@@ -134,6 +159,12 @@ fn the_authors_binary_has_the_whole_command_line_and_only_its_kinds() {
 
     let help = run_bin_to_end(&bin, &dir, &["--help"]);
     assert_eq!(help.code, Some(0), "{help:?}");
+    // What the command line is, not the library crate's description.
+    assert_eq!(
+        help.stdout.lines().next(),
+        Some("Erlang/OTP-style supervision for native Unix processes"),
+        "{help:?}"
+    );
     for cmd in ["run", "check", "ctl", "kinds"] {
         assert!(
             help.stdout.lines().any(|l| l.trim_start().starts_with(cmd)),
@@ -160,6 +191,37 @@ fn the_authors_binary_has_the_whole_command_line_and_only_its_kinds() {
             .contains("no --config given, and this binary has no demo tree"),
         "{run:?}"
     );
+}
+
+/// The crates `code` names by path (`libc::poll`, `use tracing::...`),
+/// other than the standard library's and the primitive types.
+fn crates_named(code: &str) -> std::collections::BTreeSet<&str> {
+    const NOT_CRATES: &[&str] = &[
+        "std", "core", "alloc", "crate", "self", "super", "u8", "u16", "u32", "u64", "u128",
+        "usize", "i8", "i16", "i32", "i64", "i128", "isize", "f32", "f64", "str", "bool", "char",
+    ];
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut crates = std::collections::BTreeSet::new();
+    for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
+        for (at, _) in line.match_indices("::") {
+            let head = &line[..at];
+            let start = head.rfind(|c: char| !is_ident(c)).map_or(0, |i| i + 1);
+            let name = &head[start..];
+            // Not a crate: a path's later segment (`a::b::`, `<T>::`), a
+            // method's turbofish (`.checkpoints::<T>`), a type's (`f::<T>`).
+            let not_first = head[..start].ends_with([':', '>', '.']);
+            let turbofish = line[at + 2..].starts_with('<');
+            if !name.is_empty()
+                && !not_first
+                && !turbofish
+                && name.starts_with(|c: char| c.is_ascii_lowercase())
+                && !NOT_CRATES.contains(&name)
+            {
+                crates.insert(name);
+            }
+        }
+    }
+    crates
 }
 
 /// The ```LANG blocks of `text`.
@@ -193,7 +255,12 @@ fn the_readme_walks_through_the_examples_real_code_and_config() {
             "README shows a line that examples/collatz.rs does not have: {line}"
         );
     }
-    let tree = blocks(section, "toml");
+    let toml = blocks(section, "toml");
+    let tree: Vec<&str> = toml
+        .iter()
+        .copied()
+        .filter(|b| b.contains("[[daemon]]"))
+        .collect();
     assert_eq!(tree.len(), 1);
     let config_lines: Vec<&str> = config
         .lines()
@@ -204,6 +271,18 @@ fn the_readme_walks_through_the_examples_real_code_and_config() {
         shown, config_lines,
         "README's tree is examples/collatz.toml"
     );
+
+    // An author's Cargo.toml, as shown, has every crate the example names.
+    let deps = toml
+        .iter()
+        .find(|b| b.starts_with("[dependencies]"))
+        .expect("README shows the author's [dependencies]");
+    for krate in crates_named(example) {
+        assert!(
+            deps.lines().any(|l| l.starts_with(&format!("{krate} ="))),
+            "examples/collatz.rs uses the crate {krate}, which README's [dependencies] lacks:\n{deps}"
+        );
+    }
 
     // That config is good.
     let dir = tempfile::tempdir().unwrap();

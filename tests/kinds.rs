@@ -40,7 +40,9 @@ fn flaky_settings_are_checked() {
         daemon("f0", "flaky", "mean_lfe = \"1s\"\nsignal = \"SIGSEGV\"")
             + &daemon("f1", "flaky", "mean_life = 5\nsignal = 11")
             + &daemon("f2", "flaky", "mean_life = \"2d\"\nsignal = \"SIGNOPE\"")
-            + &daemon("f3", "flaky", "mean_life = \"0s\""),
+            + &daemon("f3", "flaky", "mean_life = \"0s\"")
+            + &daemon("f4", "flaky", "signal = \"SIGSTOP\"")
+            + &daemon("f5", "flaky", "signal = \"chld\""),
         &[
             "daemon[0].args.mean_lfe: unknown setting of kind \"flaky\", did you mean \
              \"mean_life\"? (it takes: mean_life, signal)",
@@ -51,6 +53,10 @@ fn flaky_settings_are_checked() {
             "daemon[2].args.signal: \"SIGNOPE\" is not a signal name \
              (e.g. SIGTERM, SIGKILL, SIGSEGV, SIGABRT)",
             "daemon[3].args.mean_life: 0s is out of range (use 1ms..=24h)",
+            "daemon[4].args.signal: \"SIGSTOP\" does not end a process \
+             (use one that does, such as SIGSEGV, SIGABRT, SIGKILL)",
+            "daemon[5].args.signal: \"SIGCHLD\" does not end a process \
+             (use one that does, such as SIGSEGV, SIGABRT, SIGKILL)",
         ],
     );
 }
@@ -60,16 +66,24 @@ fn kv_settings_are_checked() {
     rejected(
         daemon("kv", "kv", "lisen = \"127.0.0.1:1\"\ndebug = \"yes\"")
             + &daemon("kv1", "kv", "max_clients = 0\nlisten = \"nowhere\"")
-            + &daemon("kv2", "kv", "max_clients = 100000\npassword = 1234"),
+            + &daemon("kv2", "kv", "max_clients = 100000\npassword = \"secret\"")
+            + &daemon(
+                "kv3",
+                "kv",
+                &format!("listen = \"/tmp/{}.sock\"", "k".repeat(100)),
+            ),
         &[
             "daemon[0].args.lisen: unknown setting of kind \"kv\", did you mean \"listen\"? \
-             (it takes: listen, max_clients, debug, password)",
+             (it takes: listen, max_clients, debug)",
             "daemon[0].args.debug: expected true or false, found the string \"yes\"",
             "daemon[1].args.listen: \"nowhere\" is neither HOST:PORT (\"127.0.0.1:6380\") \
              nor a socket path (with a /)",
             "daemon[1].args.max_clients: 0 is out of range (use 1..=65536)",
+            "daemon[2].args.password: unknown setting of kind \"kv\" \
+             (it takes: listen, max_clients, debug)",
             "daemon[2].args.max_clients: 100000 is out of range (use 1..=65536)",
-            "daemon[2].args.password: expected a string, found the integer 1234",
+            "daemon[3].args.listen: the socket path is 110 bytes long; \
+             a Unix socket path holds at most 107",
         ],
     );
 }
@@ -121,7 +135,6 @@ fn kinds_lists_every_setting_with_its_default_and_help() {
         "    mean_life = \"5s\"             duration 1ms..=24h: mean lifetime (exponentially distributed)",
         "    signal = \"SIGSEGV\"           signal name: the signal it dies by",
         "    listen = \"127.0.0.1:6380\"    string: HOST:PORT, or a Unix socket path (any value with a /)",
-        "    password (optional)          string: AUTH password; without it, no AUTH is needed",
         "    out (required)               path: file or FIFO to report to",
         "    (no settings)",
     ] {

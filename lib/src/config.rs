@@ -80,16 +80,46 @@ impl Config {
     }
 }
 
+/// The largest config file [`load`] reads.
+pub const MAX_CONFIG: u64 = 16 << 20;
+
 /// Reads and parses the config file at `path`, as [`Config::parse`]. A
-/// file that cannot be read gives one problem whose place is the path.
+/// file that cannot be read, or is larger than [`MAX_CONFIG`], gives one
+/// problem whose place is the path.
 pub fn load(path: &Path, kinds: &Registry) -> Result<Config, Vec<Problem>> {
+    use std::io::Read;
     let file = path.display().to_string();
-    match std::fs::read_to_string(path) {
+    let problem = |message: String| {
+        vec![Problem {
+            place: file.clone(),
+            message,
+        }]
+    };
+    // At most MAX_CONFIG bytes (and one more, to notice): `--config
+    // /dev/zero` or a log file given by mistake must not fill memory.
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CONFIG + 1).read_to_end(&mut bytes))
+        .map_err(|e| problem(format!("cannot read the config file: {e}")))?;
+    if bytes.len() as u64 > MAX_CONFIG {
+        return Err(problem(format!(
+            "larger than {}MiB: not a config file",
+            MAX_CONFIG >> 20
+        )));
+    }
+    match String::from_utf8(bytes) {
         Ok(text) => Config::parse(&text, &file, kinds),
-        Err(e) => Err(vec![Problem {
-            place: file,
-            message: format!("cannot read the config file: {e}"),
-        }]),
+        Err(e) => {
+            // Placed like a syntax error, at the first byte that is not UTF-8.
+            let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let good = std::str::from_utf8(good).unwrap_or_default();
+            let line = good.matches('\n').count() + 1;
+            let col = good.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
+            Err(vec![Problem {
+                place: format!("{file}:{line}:{col}"),
+                message: "not UTF-8 text (a TOML file is UTF-8; a path in it too)".to_owned(),
+            }])
+        }
     }
 }
 

@@ -421,7 +421,18 @@ fn a_daemon_needs_a_name_and_a_program() {
     );
     assert_eq!(
         one("[[daemon]]\nname = \"d\"\nkind = \"\"\n"),
-        "daemon[0].kind: empty; name a built-in daemon such as \"idle\""
+        "daemon[0].kind: empty; name one of this binary's kinds \
+         (built in: idle, flaky, counter, probe)"
+    );
+    let none = Config::parse(
+        "[[daemon]]\nname = \"d\"\nkind = \"\"\n",
+        "t.toml",
+        &Registry::new(),
+    )
+    .expect_err("no kinds");
+    assert_eq!(
+        none[0].to_string(),
+        "daemon[0].kind: empty, and this binary has no kinds; use exec = [...]"
     );
 }
 
@@ -647,10 +658,72 @@ fn reading_an_undeclared_setting_is_a_bug_in_the_daemon() {
 }
 
 #[test]
+#[should_panic(
+    expected = "setting \"rate\": this daemon takes no settings (a kind declares \
+                           them; an exec'd program gets its arguments in exec = [...])"
+)]
+fn reading_a_setting_of_a_daemon_without_any_says_so() {
+    let _: u64 = config::Args::none().get("rate");
+}
+
+#[test]
 #[should_panic(expected = "has no default: read it as an Option")]
 fn reading_an_optional_setting_without_option_is_a_bug_in_the_daemon() {
     let c = parse("[[daemon]]\nname = \"c\"\nkind = \"counter\"\n");
     let _: &str = c.daemons[0].args.get("out");
+}
+
+#[test]
+#[should_panic(
+    expected = "setting \"limit\" (integer 0..=1099511627776) cannot be read as u32: \
+                not every value it accepts fits"
+)]
+fn reading_an_int_as_a_type_narrower_than_its_range_fails_on_the_first_read() {
+    const WIDE: &[Setting] = &[Setting::int("limit", "").default_int(1).range(0, 1 << 40)];
+    let mut r = Registry::new();
+    r.add(Kind::new("wide", "", never).settings(WIDE));
+    let c = Config::parse("[[daemon]]\nname = \"w\"\nkind = \"wide\"\n", "t.toml", &r)
+        .expect("a good config");
+    let args = &c.daemons[0].args;
+    assert_eq!(args.get::<u64>("limit"), 1);
+    assert_eq!(args.get::<Option<i64>>("limit"), Some(1));
+    // The default, 1, fits a u32; the range the config may give does not.
+    let _: u32 = args.get("limit");
+}
+
+#[test]
+fn ints_read_as_every_integer_type_their_range_fits() {
+    const SMALL: &[Setting] = &[Setting::int("n", "").default_int(-5).range(-100, 100)];
+    let mut r = Registry::new();
+    r.add(Kind::new("small", "", never).settings(SMALL));
+    let c = Config::parse("[[daemon]]\nname = \"s\"\nkind = \"small\"\n", "t.toml", &r)
+        .expect("a good config");
+    let a = &c.daemons[0].args;
+    assert_eq!(a.get::<i8>("n"), -5);
+    assert_eq!(a.get::<i16>("n"), -5);
+    assert_eq!(a.get::<i32>("n"), -5);
+    assert_eq!(a.get::<i64>("n"), -5);
+    assert_eq!(a.get::<isize>("n"), -5);
+}
+
+#[test]
+fn a_size_setting_takes_a_range() {
+    const BUF: &[Setting] = &[Setting::size("buffer", "")
+        .default_size(4096)
+        .range(4096, 1 << 20)];
+    let mut r = Registry::new();
+    r.add(Kind::new("buf", "", never).settings(BUF));
+    let config = |v: &str| {
+        format!("[[daemon]]\nname = \"b\"\nkind = \"buf\"\n[daemon.args]\nbuffer = {v}\n")
+    };
+    let c = Config::parse(&config("\"1MiB\""), "t.toml", &r).expect("in range");
+    assert_eq!(c.daemons[0].args.get::<u32>("buffer"), 1 << 20);
+    let p = Config::parse(&config("\"2MiB\""), "t.toml", &r).expect_err("too large");
+    assert_eq!(
+        p[0].to_string(),
+        "daemon[0].args.buffer: 2097152B is out of range (use 4096B..=1048576B)"
+    );
+    assert_eq!(BUF[0].ty.describe(), "size 4096..=1048576 bytes");
 }
 
 #[test]
@@ -694,6 +767,42 @@ fn a_kind_whose_default_breaks_its_own_range_is_refused() {
 }
 
 #[test]
+fn a_kind_that_contradicts_itself_is_refused_with_why() {
+    const EMPTY: &[Setting] =
+        &[Setting::duration("d", "").between(Duration::from_secs(5), Duration::from_secs(1))];
+    const BOTH: &[Setting] = &[Setting::int("n", "").required().default_int(3)];
+    const NOT_A_SIGNAL: &[Setting] = &[Setting::signal("s", "").default_signal(999)];
+    const EMPTY_PATH: &[Setting] = &[Setting::path("p", "").default_str("")];
+    for (settings, want) in [
+        (
+            EMPTY,
+            "kind \"bad\": setting \"d\": between(5s, 1s) accepts nothing",
+        ),
+        (
+            BOTH,
+            "kind \"bad\": setting \"n\" is required and has a default 3; keep one",
+        ),
+        (
+            NOT_A_SIGNAL,
+            "kind \"bad\": setting \"s\": the default 999 is not a signal",
+        ),
+        (
+            EMPTY_PATH,
+            "kind \"bad\": setting \"p\": the default \"\" does not fit path",
+        ),
+    ] {
+        let refused = std::panic::catch_unwind(|| {
+            Registry::new().add(Kind::new("bad", "", never).settings(settings));
+        })
+        .expect_err(want);
+        let message = refused
+            .downcast_ref::<String>()
+            .expect("a formatted message");
+        assert_eq!(message, want);
+    }
+}
+
+#[test]
 fn kinds_are_checked_against_the_registry() {
     let text = "[[daemon]]\nname = \"a\"\nkind = \"idle\"\n\
                 [[daemon]]\nname = \"b\"\nexec = [\"/bin/true\"]\n\
@@ -732,6 +841,29 @@ fn load_reads_a_file_and_names_it_on_error() {
     std::fs::write(&path, "[[daemon]\n").expect("write");
     let p = config::load(&path, &kinds()).expect_err("syntax error");
     assert_eq!(p[0].place, format!("{}:1:10", path.display()));
+
+    // Bytes that are not UTF-8 (a Latin-1 path, say): placed at the first.
+    std::fs::write(
+        &path,
+        b"[[daemon]]\nname = \"a\"\nexec = [\"/opt/caf\xe9\"]\n",
+    )
+    .expect("write");
+    let p = config::load(&path, &kinds()).expect_err("not UTF-8");
+    assert_eq!(
+        p[0].to_string(),
+        format!(
+            "{}:3:18: not UTF-8 text (a TOML file is UTF-8; a path in it too)",
+            path.display()
+        )
+    );
+
+    // Endless input (a device given by mistake) is cut off, not read
+    // until memory runs out.
+    let p = config::load(std::path::Path::new("/dev/zero"), &kinds()).expect_err("endless");
+    assert_eq!(
+        p[0].to_string(),
+        "/dev/zero: larger than 16MiB: not a config file"
+    );
 
     let missing = dir.path().join("missing.toml");
     let p = config::load(&missing, &kinds()).expect_err("missing file");
@@ -848,6 +980,10 @@ fn durations_format_back() {
             assert_eq!(parse_duration(&format_duration(d)), Ok(d));
         }
     }
+    // A kind's default or range may be finer than a config can write: it
+    // is shown as it is, not cut to whole milliseconds.
+    assert_eq!(format_duration(Duration::from_micros(1500)), "1.5ms");
+    assert_eq!(format_duration(Duration::from_nanos(250)), "250ns");
 }
 
 #[test]

@@ -10,7 +10,6 @@
 //!   answered `-ERR max number of clients reached` and closed.
 //! - `debug`: allow the DEBUG command, which crashes on purpose (default
 //!   false).
-//! - `password`: the AUTH password (optional).
 //!
 //! They are declared once in [`KIND`] and checked with the rest of the
 //! config before anything starts.
@@ -205,12 +204,20 @@ pub(crate) const KIND: Kind = Kind::new(
         .default_int(1024)
         .range(1, 65536),
     Setting::bool("debug", "allow DEBUG (crashes on purpose)").default_bool(false),
-    Setting::string("password", "AUTH password; without it, no AUTH is needed"),
 ]);
 
-/// `listen` is a socket path (it has a `/`) or `HOST:PORT`.
+/// `listen` is a socket path (it has a `/`) that fits a socket address,
+/// or `HOST:PORT`.
 fn check_listen(v: Value<'_>) -> Result<(), String> {
+    /// `sun_path` less its NUL.
+    const MAX_SOCKET_PATH: usize = 107;
     let Value::Str(s) = v else { return Ok(()) };
+    if s.contains('/') && s.len() > MAX_SOCKET_PATH {
+        return Err(format!(
+            "the socket path is {} bytes long; a Unix socket path holds at most {MAX_SOCKET_PATH}",
+            s.len()
+        ));
+    }
     let host_port = s
         .rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());

@@ -14,15 +14,17 @@ use crate::Registry;
 
 mod ctl;
 
-/// Erlang/OTP-style supervision for native Unix processes.
+/// Erlang/OTP-style supervision for native Unix processes
 #[derive(Parser, Debug)]
-#[command(name = "forkroot", version, about, long_about = None, after_help = EXIT_CODES)]
+// Not a bare `about`: that is the library crate's description, which the
+// stock binary and an author's binary would both print.
+#[command(name = "forkroot", version, long_about = None, after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
-const EXIT_CODES: &str = "Exit codes of `forkroot run`:
+const EXIT_CODES: &str = "Exit codes of `run`:
   0   stopped cleanly (SIGTERM/SIGINT or `ctl shutdown`), every child reaped
   69  gave up: the top supervisor's restart intensity was exceeded
   70  internal error of the root itself

@@ -795,16 +795,16 @@ impl Checker<'_> {
             }
             (true, false) => {
                 let kind = self.string(t, place, "kind")?;
-                if kind.is_empty() {
-                    self.problem(
-                        &at(place, "kind"),
-                        "empty; name a built-in daemon such as \"idle\"",
-                    );
-                    return None;
-                }
                 if self.kinds.get(kind).is_none() {
                     let known: Vec<&str> = self.kinds.kinds().iter().map(|k| k.name).collect();
-                    let message = if known.is_empty() {
+                    let message = if kind.is_empty() && known.is_empty() {
+                        "empty, and this binary has no kinds; use exec = [...]".to_owned()
+                    } else if kind.is_empty() {
+                        format!(
+                            "empty; name one of this binary's kinds (built in: {})",
+                            known.join(", ")
+                        )
+                    } else if known.is_empty() {
                         format!(
                             "unknown kind {kind:?} (this binary has no kinds; use exec = [...])"
                         )

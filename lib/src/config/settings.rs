@@ -198,16 +198,25 @@ impl Setting {
         Setting::new(name, Type::Path, help)
     }
 
-    /// Limits an int setting to `min..=max`.
+    /// Limits an int setting to `min..=max`, or a size setting to
+    /// `min..=max` bytes.
     ///
     /// # Panics
-    /// At compile time (in a `const`), if the setting is not an int or
-    /// `min > max`.
+    /// At compile time (in a `const`), if the setting is neither an int
+    /// nor a size, if `min > max`, or if a size's `min` is negative.
     pub const fn range(mut self, min: i64, max: i64) -> Setting {
         assert!(min <= max, "range: min > max");
         match self.ty {
             Type::Int { .. } => self.ty = Type::Int { min, max },
-            _ => panic!("range applies to int settings"),
+            Type::Size { .. } => {
+                assert!(min >= 0, "range: a size is not negative");
+                // Both are 0 or more here, so the casts keep their values.
+                self.ty = Type::Size {
+                    min: min as u64,
+                    max: max as u64,
+                };
+            }
+            _ => panic!("range applies to int and size settings"),
         }
         self
     }
@@ -392,24 +401,55 @@ impl Args {
     /// # Panics
     /// When the kind does not declare `name`, or `T` does not fit its type
     /// (a mistake in the daemon's code, not in the config: the config was
-    /// checked against the declaration before anything started).
+    /// checked against the declaration before anything started). An
+    /// integer type must hold the whole declared range, not just the value
+    /// at hand: `u32` for `range(0, 1 << 40)` panics on the first read,
+    /// whatever the config says, rather than only once an operator gives a
+    /// large value.
     pub fn get<'a, T: FromArg<'a>>(&'a self, name: &str) -> T {
         let Some(i) = self.settings.iter().position(|s| s.name == name) else {
-            let declared: Vec<&str> = self.settings.iter().map(|s| s.name).collect();
-            panic!(
-                "setting {name:?} is not declared by this kind (declared: {})",
-                declared.join(", ")
-            );
+            misread(|| {
+                let declared: Vec<&str> = self.settings.iter().map(|s| s.name).collect();
+                if declared.is_empty() {
+                    return format!(
+                        "setting {name:?}: this daemon takes no settings (a kind declares \
+                         them; an exec'd program gets its arguments in exec = [...])"
+                    );
+                }
+                format!(
+                    "setting {name:?} is not declared by this kind (declared: {})",
+                    declared.join(", ")
+                )
+            })
         };
+        let ty = self.settings[i].ty;
+        let what = || format!("setting {name:?} ({})", ty.describe());
+        let t = std::any::type_name::<T>;
+        if !T::fits(ty) {
+            misread(|| {
+                format!(
+                    "{} cannot be read as {}: not every value it accepts fits",
+                    what(),
+                    t()
+                )
+            });
+        }
         match T::from_arg(self.value_at(i)) {
             Ok(v) => v,
-            Err(expected) => panic!(
-                "setting {name:?} ({}) cannot be read as {}: it needs {expected}",
-                self.settings[i].ty.describe(),
-                std::any::type_name::<T>()
-            ),
+            Err(expected) => {
+                misread(|| format!("{} cannot be read as {}: it needs {expected}", what(), t()))
+            }
         }
     }
+}
+
+/// Panics over a setting the daemon's code reads wrongly, with the message
+/// `why` makes. The message and the panic allocate, which is allowed here:
+/// in the steady state (`Context::steady`) the mistake must read as itself,
+/// not as an allocation after fork.
+#[cold]
+fn misread(why: impl FnOnce() -> String) -> ! {
+    crate::alloc::allow(|| std::panic::panic_any(why()))
 }
 
 /// A Rust type a setting's value can be read as (see [`Args::get`]).
@@ -417,6 +457,14 @@ pub trait FromArg<'a>: Sized {
     /// Converts a value (`None`: neither given nor defaulted), or says
     /// what it would need.
     fn from_arg(v: Option<Value<'a>>) -> Result<Self, &'static str>;
+
+    /// Whether every value a setting of type `ty` accepts converts (an
+    /// integer type holds the whole declared range). A type of the wrong
+    /// kind altogether is left to [`FromArg::from_arg`] to refuse.
+    fn fits(ty: Type) -> bool {
+        let _ = ty;
+        true
+    }
 }
 
 impl<'a, T: FromArg<'a>> FromArg<'a> for Option<T> {
@@ -425,6 +473,10 @@ impl<'a, T: FromArg<'a>> FromArg<'a> for Option<T> {
             None => Ok(None),
             Some(v) => T::from_arg(Some(v)).map(Some),
         }
+    }
+
+    fn fits(ty: Type) -> bool {
+        T::fits(ty)
     }
 }
 
@@ -455,10 +507,20 @@ macro_rules! from_int {
                 };
                 <$t>::try_from(n).map_err(|_| "a declared range that fits the type")
             }
+
+            fn fits(ty: Type) -> bool {
+                let (min, max): (i128, i128) = match ty {
+                    Type::Int { min, max } => (min.into(), max.into()),
+                    Type::Size { min, max } => (min.into(), max.into()),
+                    // Signal numbers are small and positive.
+                    _ => return true,
+                };
+                <$t>::try_from(min).is_ok() && <$t>::try_from(max).is_ok()
+            }
         }
     )*};
 }
-from_int!(i64, u64, i32, u32, u16, u8, usize);
+from_int!(i64, u64, i32, u32, i16, u16, i8, u8, isize, usize);
 
 impl<'a> FromArg<'a> for Duration {
     fn from_arg(v: Option<Value<'a>>) -> Result<Self, &'static str> {
@@ -492,20 +554,46 @@ impl<'a> FromArg<'a> for Value<'a> {
     }
 }
 
-/// Checks a kind's declaration against itself: names unique, and each
-/// default accepted by its own setting.
+/// Checks a kind's declaration against itself: names unique, a duration
+/// range that accepts something, no default on a required setting, and
+/// each default accepted by its own setting (a path's too: not empty, no
+/// NUL).
 pub(crate) fn check_declaration(settings: &[Setting]) -> Result<(), String> {
     for (i, s) in settings.iter().enumerate() {
         if settings[..i].iter().any(|t| t.name == s.name) {
             return Err(format!("setting {:?} is declared twice", s.name));
         }
+        if let Type::Duration { min, max } = s.ty {
+            if min > max {
+                return Err(format!(
+                    "setting {:?}: between({:?}, {:?}) accepts nothing",
+                    s.name, min, max
+                ));
+            }
+        }
         let Some(d) = s.default else { continue };
+        if s.required {
+            return Err(format!(
+                "setting {:?} is required and has a default {d}; keep one",
+                s.name
+            ));
+        }
+        if let Value::Signal(n) = d {
+            if nix::sys::signal::Signal::try_from(n).is_err() {
+                return Err(format!(
+                    "setting {:?}: the default {n} is not a signal",
+                    s.name
+                ));
+            }
+        }
         let fits = match (s.ty, d) {
             (Type::Bool, Value::Bool(_)) | (Type::Signal, Value::Signal(_)) => true,
             (Type::Int { min, max }, Value::Int(n)) => (min..=max).contains(&n),
             (Type::Duration { min, max }, Value::Duration(d)) => (min..=max).contains(&d),
             (Type::Size { min, max }, Value::Size(n)) => (min..=max).contains(&n),
-            (Type::Str | Type::Path, Value::Str(_)) => true,
+            (Type::Str, Value::Str(_)) => true,
+            // As the config's paths: not empty, no NUL.
+            (Type::Path, Value::Str(p)) => !p.is_empty() && !p.contains('\0'),
             _ => false,
         };
         if !fits {
