@@ -126,8 +126,10 @@ fn status_tree_metrics_and_json_keep_their_shape() {
     assert_eq!(
         tree.stdout,
         format!(
-            "root/ (one_for_one, intensity 5 per 10s)\n  g/ (one_for_all, intensity 3 per 5s)\n    \
-             alpha [running pid {alpha_pid}]\n  beta [running pid {}]\n",
+            "root/ [running] one_for_one, intensity 5 per 10s, 0 restarts in period\n  \
+             g/ [running] one_for_all, intensity 3 per 5s, permanent restart, restarted 0, \
+             0 restarts in period\n    \
+             alpha [running pid {alpha_pid}] 0 restarts\n  beta [running pid {}] 0 restarts\n",
             v["daemons"][1]["pid"]
         )
     );

@@ -218,6 +218,10 @@ pub struct GroupConfig {
     pub parent: Option<String>,
     /// The group's own strategy, intensity and period.
     pub supervisor: SupervisorConfig,
+    /// `restart`: whether its parent restarts the group after it gave up
+    /// (`transient`: a group that gave up ended with OTP's `shutdown`, which
+    /// is not abnormal, so only `permanent` groups come back).
+    pub restart: RestartType,
 }
 
 /// `restart`: when a daemon that exited is started again (OTP semantics).

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 use crate::control::proto::{
     ActionReply, DaemonState, Empty, HealthReply, LogRecord, LogsReply, MetricsReply, Request,
-    StatusReply, TreeReply,
+    StatusReply, TreeNode, TreeReply,
 };
 use crate::control::{self, proto, Reply};
 
@@ -44,8 +44,13 @@ pub(crate) enum Ctl {
         #[arg(long)]
         json: bool,
     },
-    /// The supervision tree: supervisors, groups and their daemons.
-    Tree,
+    /// The supervision tree: each supervisor (the top and every group) with
+    /// its state and restarts, and its children in start order.
+    Tree {
+        /// Print the root's JSON document instead of the tree.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop a daemon (SIGTERM, then SIGKILL after stop_timeout) and start it again.
     Restart {
         name: String,
@@ -147,22 +152,35 @@ fn ask<T: DeserializeOwned>(socket: &Path, request: &Request) -> Result<Reply<T>
     Ok(control::request(socket, request)?)
 }
 
+/// A reply as a JSON document (`--json`): the reply less the protocol
+/// version, the document `status --json` always printed.
+fn print_json(mut doc: serde_json::Map<String, serde_json::Value>) {
+    doc.remove("v");
+    let doc = serde_json::Value::Object(doc);
+    println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+}
+
 fn exec(socket: &Path, cmd: Ctl) -> Result<(), CtlError> {
     match cmd {
         Ctl::Status { json } => {
             let reply = ask::<StatusReply>(socket, &Request::Status)?;
             if json {
-                // The status document as it always was: the reply less the
-                // protocol version.
-                let mut doc = reply.raw;
-                doc.remove("v");
-                let doc = serde_json::Value::Object(doc);
-                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+                print_json(reply.raw);
             } else {
                 print_status(&reply.body);
             }
         }
-        Ctl::Tree => print_tree(&ask::<TreeReply>(socket, &Request::Tree)?.body),
+        Ctl::Tree { json } => {
+            let reply = ask::<TreeReply>(socket, &Request::Tree)?;
+            if json {
+                print_json(reply.raw);
+            } else {
+                match &reply.body.tree {
+                    Some(node) => print_node(node, ""),
+                    None => print_tree(&reply.body),
+                }
+            }
+        }
         Ctl::Restart { name, wait } => act(socket, Request::Restart { name }, wait)?,
         Ctl::Stop { name, wait } => act(socket, Request::Stop { name }, wait)?,
         Ctl::Start { name, wait } => act(socket, Request::Start { name }, wait)?,
@@ -350,6 +368,61 @@ fn print_status(s: &StatusReply) {
     }
 }
 
+/// `ctl tree`: one line per supervisor (its state, strategy, intensity,
+/// how often its parent restarted it, its restarts within its period) and
+/// per daemon (state, pid, restarts), children indented in start order.
+fn print_node(node: &TreeNode, indent: &str) {
+    match node {
+        TreeNode::Group {
+            name,
+            state,
+            strategy,
+            intensity,
+            period,
+            restart,
+            restarts,
+            restarts_in_period,
+            children,
+        } => {
+            // The top has no parent to restart it.
+            let restarted = if indent.is_empty() {
+                String::new()
+            } else {
+                format!("{restart} restart, restarted {restarts}, ")
+            };
+            println!(
+                "{indent}{name}/ [{state}] {strategy}, intensity {intensity} per {period}, \
+                 {restarted}{restarts_in_period} restarts in period"
+            );
+            let deeper = format!("{indent}  ");
+            for c in children {
+                print_node(c, &deeper);
+            }
+        }
+        TreeNode::Daemon {
+            name,
+            state,
+            pid,
+            restarts,
+            cause,
+            ..
+        } => {
+            let pid = pid.map_or(String::new(), |p| format!(" pid {p}"));
+            // Why it started, once that is more than the tree's start.
+            let cause = if cause == "start" {
+                String::new()
+            } else {
+                format!(" (last start: {cause})")
+            };
+            println!(
+                "{indent}{name} [{}{pid}] {restarts} restarts{cause}",
+                state.as_str()
+            );
+        }
+    }
+}
+
+/// `ctl tree` from a root that sends only the flat lists.
 fn print_tree(t: &TreeReply) {
     fn sup(s: &proto::Supervisor) -> String {
         format!("{}, intensity {} per {}", s.strategy, s.intensity, s.period)

@@ -23,7 +23,14 @@ use crate::daemon::{Kind, Registry};
 const TOP_KEYS: &[&str] = &["root", "supervisor", "group", "daemon"];
 const ROOT_KEYS: &[&str] = &["control", "control_group", "state_dir", "stop_timeout"];
 const SUPERVISOR_KEYS: &[&str] = &["strategy", "intensity", "period"];
-const GROUP_KEYS: &[&str] = &["name", "parent", "strategy", "intensity", "period"];
+const GROUP_KEYS: &[&str] = &[
+    "name",
+    "parent",
+    "strategy",
+    "intensity",
+    "period",
+    "restart",
+];
 const DAEMON_KEYS: &[&str] = &[
     "name",
     "kind",
@@ -686,10 +693,12 @@ impl Checker<'_> {
                 self.problem(&at(place, "parent"), why);
             }
         }
+        let restart = self.choice(t, place, "restart", ("a restart type", RESTARTS));
         GroupConfig {
             name: name.unwrap_or_default(),
             parent: parent.map(str::to_owned),
             supervisor: self.supervisor(t, place),
+            restart: restart.unwrap_or(RestartType::Permanent),
         }
     }
 

@@ -254,12 +254,60 @@ pub struct AllocStatus {
 /// Reply to `tree`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TreeReply {
+    /// The tree as the supervisor holds it, from the top supervisor down
+    /// (absent from a root before nested groups).
+    #[serde(default)]
+    pub tree: Option<Box<TreeNode>>,
     /// The top supervisor.
     pub supervisor: Supervisor,
     /// Nested supervisors, in file order.
     pub groups: Vec<TreeGroup>,
     /// Every daemon, in file order.
     pub daemons: Vec<TreeDaemon>,
+}
+
+/// A node of `tree`: a supervisor with its children in start order, or a
+/// daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TreeNode {
+    /// The top supervisor (`root`) or a `[[group]]`.
+    Group {
+        /// Its name.
+        name: String,
+        /// `running`, `restarting`, `stopping`, `stopped` or `failed`.
+        state: String,
+        /// `one_for_one`, `one_for_all` or `rest_for_one`.
+        strategy: String,
+        /// Restarts allowed per period.
+        intensity: u32,
+        /// The period, as the config writes durations.
+        period: String,
+        /// Its restart type (what its parent does when it gave up).
+        restart: String,
+        /// How often its parent restarted it.
+        restarts: u32,
+        /// Restarts within its period now.
+        restarts_in_period: usize,
+        /// Its daemons and groups, in start order.
+        children: Vec<TreeNode>,
+    },
+    /// A daemon.
+    Daemon {
+        /// Its name.
+        name: String,
+        /// Where it is in its life.
+        state: DaemonState,
+        /// Its process, if it has one.
+        pid: Option<i32>,
+        /// Its restart type.
+        restart: String,
+        /// Restarts so far.
+        restarts: u32,
+        /// Why its current process started: `start`, `death`, `retry`,
+        /// `link`, `strategy`, `escalation` or `operator`.
+        cause: String,
+    },
 }
 
 /// A supervisor's policy.

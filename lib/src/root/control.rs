@@ -14,12 +14,13 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
-use super::{AfterStop, Mode, Root, State, TOKEN_CONN};
-use crate::config::{format_duration, Program, Strategy};
+use super::supervisor::{Event, Member, TOP};
+use super::{Mode, Root, State, TOKEN_CONN};
+use crate::config::{format_duration, Program, RestartType, Strategy};
 use crate::control::proto::{
     self, ActionReply, AllocStatus, DaemonState, DaemonStatus, Empty, Failure, FailureKind,
     HealthReply, LogRecord, LogsReply, MetricsReply, ProgramRef, Request, RootMode, RootStatus,
-    StatusReply, Supervisor, TreeDaemon, TreeGroup, TreeReply, MAX_REQUEST,
+    StatusReply, Supervisor, TreeDaemon, TreeGroup, TreeNode, TreeReply, MAX_REQUEST,
 };
 use crate::sys;
 use crate::sys::cred::Gid;
@@ -418,19 +419,11 @@ impl Root<'_> {
             ));
         }
         info!(daemon = %self.names[i], "{} requested over the control socket", verb.as_str());
-        match (verb, self.children[i].state) {
-            (Verb::Stop, _) => {
-                self.stop(i);
-                self.children[i].after_stop = AfterStop::Rest;
-            }
-            (Verb::Restart, State::Starting | State::Running) => {
-                self.stop(i);
-                self.children[i].after_stop = AfterStop::Start;
-            }
-            (_, State::Stopping) => self.children[i].after_stop = AfterStop::Start,
-            (Verb::Start, State::Starting | State::Running) => {}
-            (_, State::Stopped | State::Backoff | State::Failed) => self.start(i),
-        }
+        self.step(match verb {
+            Verb::Stop => Event::Stop(i),
+            Verb::Start => Event::Start(i),
+            Verb::Restart => Event::Restart(i),
+        });
         let c = &self.children[i];
         Ok(ActionReply {
             state: wire_state(c.state),
@@ -507,7 +500,7 @@ impl Root<'_> {
                 pid: self.pid.0,
                 uptime_ms: ms(now.duration_since(self.started)),
                 mode: self.root_mode(),
-                restarts_in_period: self.restart_times.len(),
+                restarts_in_period: self.sup.recent_restarts(TOP, now),
             },
             daemons,
         }
@@ -528,18 +521,17 @@ impl Root<'_> {
         }
     }
 
+    /// The supervision tree as it is (`tree`: each supervisor with its
+    /// state, strategy, intensity and restart counts, its children in start
+    /// order), and the flat lists older readers know.
     fn tree(&self) -> TreeReply {
         let sup = |s: &crate::config::SupervisorConfig| Supervisor {
-            strategy: match s.strategy {
-                Strategy::OneForOne => "one_for_one",
-                Strategy::OneForAll => "one_for_all",
-                Strategy::RestForOne => "rest_for_one",
-            }
-            .into(),
+            strategy: strategy_name(s.strategy).into(),
             intensity: s.intensity,
             period: format_duration(s.period),
         };
         TreeReply {
+            tree: Some(Box::new(self.tree_node(Member::Group(TOP), Instant::now()))),
             supervisor: sup(&self.config.supervisor),
             groups: self
                 .config
@@ -561,6 +553,49 @@ impl Root<'_> {
                     pid: c.pid.map(|p| p.0),
                 })
                 .collect(),
+        }
+    }
+
+    /// One node of `ctl tree`: a group with its children, or a daemon.
+    fn tree_node(&self, m: Member, now: Instant) -> TreeNode {
+        let restart = |r: RestartType| {
+            match r {
+                RestartType::Permanent => "permanent",
+                RestartType::Transient => "transient",
+                RestartType::Temporary => "temporary",
+            }
+            .to_owned()
+        };
+        match m {
+            Member::Daemon(i) => {
+                let c = &self.children[i];
+                TreeNode::Daemon {
+                    name: c.cfg.name.clone(),
+                    state: wire_state(c.state),
+                    pid: c.pid.map(|p| p.0),
+                    restart: restart(c.cfg.restart),
+                    restarts: c.restarts,
+                    cause: self.sup.start_cause(i).as_str().to_owned(),
+                }
+            }
+            Member::Group(g) => {
+                let grp = &self.sup.groups()[g];
+                TreeNode::Group {
+                    name: grp.name.clone(),
+                    state: grp.state.as_str().to_owned(),
+                    strategy: strategy_name(grp.strategy).to_owned(),
+                    intensity: grp.intensity,
+                    period: format_duration(grp.period),
+                    restart: restart(grp.restart),
+                    restarts: grp.restarts,
+                    restarts_in_period: self.sup.recent_restarts(g, now),
+                    children: grp
+                        .children
+                        .iter()
+                        .map(|&c| self.tree_node(c, now))
+                        .collect(),
+                }
+            }
         }
     }
 
@@ -684,5 +719,14 @@ fn wire_state(s: State) -> DaemonState {
         State::Stopping => DaemonState::Stopping,
         State::Stopped => DaemonState::Stopped,
         State::Failed => DaemonState::Failed,
+    }
+}
+
+/// A strategy as the config writes it.
+fn strategy_name(s: Strategy) -> &'static str {
+    match s {
+        Strategy::OneForOne => "one_for_one",
+        Strategy::OneForAll => "one_for_all",
+        Strategy::RestForOne => "rest_for_one",
     }
 }

@@ -5,14 +5,15 @@
 //! [`Child`] table below). It reads shared memory only to report on it
 //! (heartbeats, flight logs), and treats what it reads there as untrusted.
 //!
-//! Each daemon moves through a small state machine; `DESIGN.md` has the full
-//! state × event table, and each arm of [`Root::on_exit`], [`Root::on_timer`]
-//! and friends is one cell of it.
+//! Every supervision decision is one transition of
+//! [`supervisor::Supervisor`] (the state × event table of `DESIGN.md` §4);
+//! this loop feeds it events ([`Root::step`]) and carries out its actions.
 
 mod control;
 mod flight;
 mod manager;
 mod spawn;
+mod supervisor;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
@@ -22,12 +23,13 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Config, DaemonConfig, OnRestart, Program, RestartType, Strategy};
+use crate::config::{Config, DaemonConfig, OnRestart, Program};
 use crate::daemon::{Death, ExitReason, Registry, SetupStage};
 use crate::handoff::{read_setup, History, Setup};
 use crate::region::{RegionSet, RegionSpec};
 use crate::sys::{self, Pid, SigSet, WaitStatus};
 use spawn::{Plan, Run, Spawned};
+use supervisor::{Action, Event, Log, Member, Supervisor};
 
 /// Exit code: stopped cleanly, every child reaped.
 pub const EXIT_OK: i32 = 0;
@@ -37,10 +39,6 @@ pub const EXIT_GAVE_UP: i32 = 69;
 pub const EXIT_INTERNAL: i32 = 70;
 /// Exit code: the configuration is invalid; nothing was started.
 pub const EXIT_CONFIG: i32 = 78;
-
-/// The pause before retrying a start that failed in the root (fork, or
-/// preparing an exec).
-const FORK_RETRY: Duration = Duration::from_secs(1);
 
 // How many past deaths the root remembers per daemon.
 use crate::handoff::DEATHS_KEPT;
@@ -125,16 +123,6 @@ impl State {
     }
 }
 
-/// What to do when a stopping daemon has exited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AfterStop {
-    /// Stay stopped.
-    Rest,
-    /// Start it again (`ctl restart`, or a sibling's restart under
-    /// `one_for_all`/`rest_for_one`).
-    Start,
-}
-
 /// The root's private record of one daemon. Never shared.
 #[derive(Debug)]
 struct Child {
@@ -153,15 +141,10 @@ struct Child {
     /// Restarts so far (ctl restarts and initial starts excluded).
     restarts: u32,
     deaths: Vec<Death>,
-    /// The delay before the next restart.
-    backoff: Duration,
     /// Pending timer of this child (backoff end, or the SIGKILL deadline).
     deadline: Option<Instant>,
-    after_stop: AfterStop,
     /// The pre-forked backup (`standby = true`).
     standby: Option<Standby>,
-    /// To be stopped for a group restart, after the siblings after it.
-    stop_pending: bool,
     /// How its last process ended (deaths and stops alike), for status.
     last_exit: Option<(ExitReason, Duration)>,
     /// A checkpoint found poison: the next start resumes from an older one.
@@ -242,15 +225,13 @@ pub struct Root<'a> {
     registry: &'a Registry,
     children: Vec<Child>,
     names: Vec<String>,
-    /// `links`, resolved to indices and made symmetric.
-    links: Vec<Vec<usize>>,
     by_pid: HashMap<Pid, (usize, Role)>,
     regions: RegionSet,
     epoll: sys::Epoll,
     signals: OwnedFd,
     timers: BTreeSet<(Instant, usize)>,
-    /// Times of recent restarts under the top supervisor (intensity window).
-    restart_times: VecDeque<Instant>,
+    /// Every supervision decision (the state × event table).
+    sup: Supervisor,
     mode: Mode,
     pid: Pid,
     started: Instant,
@@ -381,11 +362,8 @@ impl<'a> Root<'a> {
                 setup_failed: None,
                 restarts: 0,
                 deaths: Vec::new(),
-                backoff: d.backoff.initial,
                 deadline: None,
-                after_stop: AfterStop::Rest,
                 standby: None,
-                stop_pending: false,
                 last_exit: None,
                 resume_before: None,
             })
@@ -405,9 +383,10 @@ impl<'a> Root<'a> {
                 }
             }
         }
+        let sup = Supervisor::new(&config, &links, Instant::now());
         Ok(Root {
+            sup,
             names,
-            links,
             config,
             registry,
             children,
@@ -416,7 +395,6 @@ impl<'a> Root<'a> {
             epoll,
             signals,
             timers: BTreeSet::new(),
-            restart_times: VecDeque::new(),
             mode: Mode::Supervising,
             pid: sys::getpid(),
             started: Instant::now(),
@@ -433,9 +411,7 @@ impl<'a> Root<'a> {
     /// Starts every daemon in file order.
     pub fn start_all(&mut self) {
         info!(daemons = self.children.len(), "starting the tree");
-        for i in 0..self.children.len() {
-            self.start(i);
-        }
+        self.step(Event::StartAll);
     }
 
     /// The poll loop. Returns the exit code once shut down.
@@ -665,10 +641,14 @@ impl<'a> Root<'a> {
         Ok(spawned)
     }
 
-    /// Stopped/Backoff/Failed × start: fork it (or wake its standby).
-    fn start(&mut self, i: usize) {
+    /// [`Action::Fork`]: fork daemon `i` (or wake its standby). What the
+    /// supervisor must hear of it comes back as an event: a takeover is
+    /// `Ready`, a failed fork `ForkFailed`.
+    fn start(&mut self, i: usize) -> Option<Event> {
         if self.mode != Mode::Supervising {
-            return;
+            // The supervisor starts nothing during a shutdown; should it,
+            // it hears the start failed and leaves the daemon stopped.
+            return Some(Event::ForkFailed(i));
         }
         self.cancel_timer(i);
         let c = &self.children[i];
@@ -679,7 +659,7 @@ impl<'a> Root<'a> {
             }
         }
         if self.take_over(i) {
-            return;
+            return Some(Event::Ready(i));
         }
         match self.fork_child(i, false) {
             Ok(spawned) => {
@@ -687,12 +667,13 @@ impl<'a> Root<'a> {
                 c.pid = Some(spawned.pid);
                 c.setup = Some(spawned.setup);
                 c.setup_failed = None;
-                c.state = State::Starting;
                 let (pid, restarts) = (spawned.pid, c.restarts);
                 self.flush_notes();
-                info!(daemon = %self.children[i].cfg.name, %pid, restarts, "started");
+                let cause = self.sup.start_cause(i).as_str();
+                info!(daemon = %self.children[i].cfg.name, %pid, restarts, cause = %cause, "started");
                 self.began(i);
                 self.ensure_standby(i);
+                None
             }
             Err(e) => {
                 // fork (or preparing it) failed: EAGAIN, ENOMEM, a program
@@ -706,13 +687,7 @@ impl<'a> Root<'a> {
                     errno,
                 };
                 self.record_death(i, reason, Duration::ZERO);
-                if self.count_restart(i) {
-                    let c = &mut self.children[i];
-                    c.restarts += 1;
-                    c.state = State::Backoff;
-                    let delay = c.backoff.max(FORK_RETRY);
-                    self.set_timer(i, Instant::now() + delay);
-                }
+                Some(Event::ForkFailed(i))
             }
         }
     }
@@ -722,7 +697,6 @@ impl<'a> Root<'a> {
         let c = &mut self.children[i];
         c.started = Some(Instant::now());
         c.started_ns = sys::monotonic_ns();
-        c.after_stop = AfterStop::Rest;
         if let Some(wd) = c.cfg.watchdog {
             self.set_timer(i, Instant::now() + wd);
         }
@@ -745,10 +719,10 @@ impl<'a> Root<'a> {
             return false;
         }
         c.pid = Some(sb.pid);
-        c.state = State::Running;
         let restarts = c.restarts;
         self.flush_notes();
-        info!(daemon = %self.children[i].cfg.name, pid = %sb.pid, restarts, "standby took over");
+        let cause = self.sup.start_cause(i).as_str();
+        info!(daemon = %self.children[i].cfg.name, pid = %sb.pid, restarts, cause = %cause, "standby took over");
         self.by_pid.insert(sb.pid, (i, Role::Primary));
         self.began(i);
         self.ensure_standby(i);
@@ -823,9 +797,7 @@ impl<'a> Root<'a> {
             return;
         }
         warn!(daemon = %c.cfg.name, pid = %sb.pid, ?status, "standby died; forking another");
-        if c.state.has_process() && self.count_restart(i) {
-            self.ensure_standby(i);
-        }
+        self.step(Event::StandbyDied(i));
     }
 
     /// Starting × setup pipe readable: end-of-file means its code runs;
@@ -840,11 +812,9 @@ impl<'a> Root<'a> {
             // had before, in the same batch) or a spurious wake-up.
             Setup::Pending => c.setup = Some(fd),
             Setup::Ready => {
-                if c.state == State::Starting {
-                    c.state = State::Running;
-                    debug!(daemon = %c.cfg.name, "running");
-                }
+                debug!(daemon = %c.cfg.name, "running");
                 let _ = self.epoll.delete(fd.as_raw_fd());
+                self.step(Event::Ready(i));
                 self.notify_ready();
             }
             Setup::Failed(reason) => {
@@ -873,11 +843,7 @@ impl<'a> Root<'a> {
             counts[c.state as usize] += 1;
         }
         let period = self.config.supervisor.period;
-        let recent = self
-            .restart_times
-            .iter()
-            .filter(|&&t| now.saturating_duration_since(t) <= period)
-            .count();
+        let recent = self.sup.recent_restarts(supervisor::TOP, now);
         let mut line = String::new();
         for s in [
             State::Running,
@@ -952,8 +918,6 @@ impl<'a> Root<'a> {
         // lives, so this reaches only the dead daemon's group.
         let _ = sys::kill_group(Pid(pid), libc::SIGKILL);
         let was = c.state;
-        // It ended: nothing left to stop for a group restart.
-        c.stop_pending = false;
         c.started = None;
         self.cancel_timer(i);
         self.children[i].last_exit = Some((reason, uptime));
@@ -963,250 +927,120 @@ impl<'a> Root<'a> {
             self.record_death(i, reason, uptime);
             self.judge_checkpoint(i, pid, reason, uptime);
         }
-        let c = &mut self.children[i];
-
         if was == State::Stopping {
             if reason.is_crash() && !matches!(reason, ExitReason::Exited(_)) {
                 // It crashed on its way out: that still gets a report.
                 self.note_exit(i, Pid(pid), reason, uptime);
             } else {
-                info!(daemon = %c.cfg.name, pid, %reason, "stopped");
+                info!(daemon = %self.children[i].cfg.name, pid, %reason, "stopped");
             }
-            let c = &mut self.children[i];
-            c.state = State::Stopped;
-            if c.after_stop == AfterStop::Rest {
-                self.kill_standby(i);
+        } else {
+            // The report waits until the replacement is forked (see `Note`).
+            self.note_exit(i, Pid(pid), reason, uptime);
+        }
+        self.step(Event::Exit {
+            daemon: i,
+            normal: reason.is_normal(),
+            uptime,
+        });
+    }
+
+    /// Feeds `event` to the supervisor and carries out its actions, in
+    /// order. What an action reports back (a failed fork, a takeover) is
+    /// fed in after the batch, so the batch runs as it was decided.
+    fn step(&mut self, event: Event) {
+        let mut events = VecDeque::from([event]);
+        while let Some(event) = events.pop_front() {
+            for action in self.sup.handle(event, Instant::now()) {
+                events.extend(self.carry_out(action));
             }
-            // A restart waits for the whole group to be down (the dead
-            // daemon and its stopped siblings start again together, in
-            // order); maybe_start_group starts this one if it is due.
-            match self.mode {
-                Mode::ShuttingDown(_) => self.stop_next(),
-                Mode::Supervising => {
-                    // A lone restart (`ctl restart`, one_for_one) need not
-                    // wait for anyone else's stop.
-                    let lone = self.config.supervisor.strategy == Strategy::OneForOne;
-                    if lone && self.children[i].after_stop == AfterStop::Start {
-                        self.start(i);
-                    }
-                    self.stop_next_pending();
-                    self.maybe_start_group();
+        }
+    }
+
+    /// Carries out one action of the supervisor.
+    fn carry_out(&mut self, action: Action) -> Option<Event> {
+        match action {
+            Action::Fork(i) => return self.start(i),
+            Action::Term(i) => {
+                // No pid: its fork failed, and the supervisor hears it next.
+                if let Some(pid) = self.children[i].pid {
+                    debug!(daemon = %self.children[i].cfg.name, %pid, "stopping");
+                    kill_tree(pid, libc::SIGTERM);
+                    kill_tree(pid, libc::SIGCONT);
                 }
             }
-            return;
-        }
-        // The report waits until the replacement is forked (see `Note`).
-        self.note_exit(i, Pid(pid), reason, uptime);
-        if let Mode::ShuttingDown(_) = self.mode {
-            self.children[i].state = State::Stopped;
-            return self.stop_next();
-        }
-        self.after_death(i, reason, uptime);
-    }
-
-    /// Counts a restart of daemon `i` against the top supervisor's
-    /// intensity; past it, gives up (the tree shuts down, exit 69) and
-    /// returns false.
-    fn count_restart(&mut self, i: usize) -> bool {
-        let now = Instant::now();
-        let sup = &self.config.supervisor;
-        self.restart_times.push_back(now);
-        while self
-            .restart_times
-            .front()
-            .is_some_and(|&t| now.duration_since(t) > sup.period)
-        {
-            self.restart_times.pop_front();
-        }
-        if self.restart_times.len() <= sup.intensity as usize {
-            return true;
-        }
-        self.flush_notes();
-        let sup = &self.config.supervisor;
-        error!(
-            daemon = %self.children[i].cfg.name,
-            intensity = sup.intensity,
-            period = ?sup.period,
-            "restart intensity exceeded; giving up"
-        );
-        // A daemon whose standby failed still has its primary: that one
-        // is stopped by the shutdown like every other.
-        if self.children[i].pid.is_none() {
-            self.children[i].state = State::Failed;
-        }
-        self.shutdown(EXIT_GAVE_UP);
-        false
-    }
-
-    /// A daemon died on its own (not asked to stop): decide per its restart
-    /// type, the supervisor's intensity and strategy, and its backoff.
-    fn after_death(&mut self, i: usize, reason: ExitReason, uptime: Duration) {
-        if !reason.is_normal() {
-            self.restart_links(i);
-        }
-        let c = &mut self.children[i];
-        let restart = match c.cfg.restart {
-            RestartType::Permanent => true,
-            RestartType::Transient => !reason.is_normal(),
-            RestartType::Temporary => false,
-        };
-        if !restart {
-            info!(daemon = %c.cfg.name, restart = ?c.cfg.restart, "not restarted");
-            c.state = State::Stopped;
-            self.kill_standby(i);
-            return;
-        }
-        if !self.count_restart(i) {
-            return;
-        }
-        let c = &mut self.children[i];
-        c.restarts += 1;
-        // Backoff: reset after a healthy stretch of uptime, else double.
-        if uptime >= self.config.supervisor.period {
-            c.backoff = c.cfg.backoff.initial;
-        }
-        let delay = c.backoff;
-        c.backoff = (c.backoff * 2).min(c.cfg.backoff.max);
-        c.state = State::Backoff;
-        if delay > Duration::ZERO {
-            info!(daemon = %c.cfg.name, delay = ?delay, "restarting after backoff");
-            self.set_timer(i, Instant::now() + delay);
-        }
-        match self.config.supervisor.strategy {
-            Strategy::OneForOne => {
-                if delay == Duration::ZERO {
-                    self.start(i)
+            Action::Kill(i) => {
+                if let Some(pid) = self.children[i].pid {
+                    warn!(daemon = %self.children[i].cfg.name, %pid, timeout = ?self.config.root.stop_timeout, "did not stop in time; killing");
+                    kill_tree(pid, libc::SIGKILL);
                 }
             }
-            Strategy::OneForAll => self.restart_siblings(i, 0),
-            Strategy::RestForOne => self.restart_siblings(i, i + 1),
-        }
-    }
-
-    /// `links`: an abnormal death of daemon `i` takes the daemons linked to
-    /// it (either way) down with it; they are stopped and started again,
-    /// as by `ctl restart` (a link is not a death of theirs, so it does not
-    /// propagate further, nor count against the intensity).
-    fn restart_links(&mut self, i: usize) {
-        for j in self.links[i].clone() {
-            let c = &mut self.children[j];
-            if matches!(c.state, State::Starting | State::Running) {
-                info!(daemon = %c.cfg.name, linked_to = %self.names[i], "restarting: a linked daemon died");
-                self.stop(j);
-                self.children[j].after_stop = AfterStop::Start;
+            Action::SetTimer(i, at) => self.set_timer(i, at),
+            Action::CancelTimer(i) => self.cancel_timer(i),
+            Action::CheckWatchdog(i) => self.check_watchdog(i),
+            Action::ForkStandby(i) => self.ensure_standby(i),
+            Action::KillStandby(i) => self.kill_standby(i),
+            Action::Show(i, state) => self.children[i].state = state,
+            Action::Restarted(i) => self.children[i].restarts += 1,
+            Action::ShutDown(code) => {
+                self.mode = Mode::ShuttingDown(code);
+                self.manager.stopping();
             }
+            Action::Log(log) => self.log_decision(log),
         }
+        None
     }
 
-    /// `one_for_all`/`rest_for_one`: stop the running siblings from index
-    /// `from` on (in reverse order), then start every one of them in order
-    /// once none has a process left (see [`Root::maybe_start_group`]).
-    fn restart_siblings(&mut self, dead: usize, from: usize) {
-        for j in (from..self.children.len()).rev() {
-            if j == dead {
-                continue;
+    /// The log line of a supervisor's decision.
+    fn log_decision(&mut self, log: Log) {
+        let groups = self.sup.groups();
+        match log {
+            Log::NotRestarted(i) => {
+                let c = &self.children[i];
+                info!(daemon = %c.cfg.name, restart = ?c.cfg.restart, "not restarted");
             }
-            // Only siblings that are up (they are stopped one at a time, in
-            // reverse order) or due to start come back: one an operator
-            // stopped, or that ended for good, stays down.
-            let c = &mut self.children[j];
-            let up = matches!(c.state, State::Starting | State::Running);
-            c.stop_pending |= up;
-            if (up || c.state == State::Backoff) && c.cfg.restart != RestartType::Temporary {
-                c.after_stop = AfterStop::Start;
+            Log::Backoff(i, delay) => {
+                info!(daemon = %self.children[i].cfg.name, delay = ?delay, "restarting after backoff");
             }
-        }
-        self.children[dead].after_stop = AfterStop::Start;
-        self.stop_next_pending();
-        self.maybe_start_group();
-    }
-
-    /// Stops the last sibling waiting to be stopped for a group restart,
-    /// unless one is stopping already (one at a time, in reverse order).
-    fn stop_next_pending(&mut self) {
-        if self.children.iter().any(|c| c.state == State::Stopping) {
-            return;
-        }
-        if let Some(j) = self.children.iter().rposition(|c| c.stop_pending) {
-            self.children[j].stop_pending = false;
-            self.stop(j);
-        }
-    }
-
-    /// Starts, in order, every daemon waiting for its group to be down
-    /// (`after_stop == Start` and no process), once no sibling is still
-    /// stopping.
-    fn maybe_start_group(&mut self) {
-        // The group starts again in order once none is still stopping and
-        // none due to start is still waiting out its backoff.
-        let waiting = |c: &Child| {
-            c.state == State::Stopping
-                || c.stop_pending
-                || (c.after_stop == AfterStop::Start && c.deadline.is_some())
-        };
-        if self.children.iter().any(waiting) {
-            return;
-        }
-        for j in 0..self.children.len() {
-            let c = &self.children[j];
-            if c.after_stop == AfterStop::Start && !c.state.has_process() && c.deadline.is_none() {
-                self.start(j);
+            Log::Linked { daemon, link } => {
+                info!(daemon = %self.names[daemon], linked_to = %self.names[link], "restarting: a linked daemon died");
             }
-        }
-    }
-
-    /// Running/Starting × stop: SIGTERM (and SIGCONT, in case it was
-    /// stopped) to its process group; SIGKILL at the deadline.
-    fn stop(&mut self, i: usize) {
-        let c = &mut self.children[i];
-        match c.state {
-            State::Starting | State::Running => {
-                let Some(pid) = c.pid else {
-                    // Its exit is being handled: nothing left to stop.
-                    c.state = State::Stopped;
-                    return;
+            Log::GaveUp { group, member } => {
+                self.flush_notes();
+                let groups = self.sup.groups();
+                let g = &groups[group];
+                let culprit = match member {
+                    Member::Daemon(i) => &self.names[i],
+                    Member::Group(h) => &groups[h].name,
                 };
-                kill_tree(pid, libc::SIGTERM);
-                kill_tree(pid, libc::SIGCONT);
-                c.state = State::Stopping;
-                let deadline = Instant::now() + self.config.root.stop_timeout;
-                debug!(daemon = %c.cfg.name, %pid, "stopping");
-                self.set_timer(i, deadline);
+                error!(
+                    group = %g.name,
+                    daemon = %culprit,
+                    intensity = g.intensity,
+                    period = ?g.period,
+                    "restart intensity exceeded; giving up"
+                );
             }
-            State::Backoff => {
-                c.state = State::Stopped;
-                self.cancel_timer(i);
+            Log::GroupFailed(g) => {
+                error!(group = %groups[g].name, "group failed: its children are stopped")
             }
-            State::Stopping | State::Stopped | State::Failed => {}
+            Log::GroupNotRestarted(g) => {
+                info!(group = %groups[g].name, restart = ?groups[g].restart, "group not restarted")
+            }
+            Log::GroupRestart { group, cause } => {
+                let (g, culprit) = match cause {
+                    Member::Daemon(i) => (&groups[group], &self.names[i]),
+                    Member::Group(h) => (&groups[group], &groups[h].name),
+                };
+                info!(group = %g.name, strategy = ?g.strategy, after = %culprit, "restarting the group's children");
+            }
         }
     }
 
     /// Shuts the tree down: daemons stop one at a time in reverse start
     /// order, then the loop exits with `code`.
     fn shutdown(&mut self, code: i32) {
-        if let Mode::ShuttingDown(_) = self.mode {
-            return;
-        }
-        self.mode = Mode::ShuttingDown(code);
-        self.manager.stopping();
-        for i in 0..self.children.len() {
-            self.kill_standby(i);
-            if self.children[i].state == State::Backoff {
-                self.stop(i);
-            }
-        }
-        self.stop_next();
-    }
-
-    /// During shutdown: stop the last daemon that still has a process,
-    /// unless one is already stopping.
-    fn stop_next(&mut self) {
-        if self.children.iter().any(|c| c.state == State::Stopping) {
-            return;
-        }
-        if let Some(i) = self.children.iter().rposition(|c| c.state.has_process()) {
-            self.stop(i);
-        }
+        self.step(Event::Shutdown(code));
     }
 
     // ----- timers ------------------------------------------------------------
@@ -1242,24 +1076,10 @@ impl<'a> Root<'a> {
         }
     }
 
-    /// Backoff × timer: restart. Stopping × timer: SIGKILL.
-    /// Starting/Running × timer: the watchdog looks at the heartbeat.
+    /// A daemon's timer: the supervisor decides (a backoff's end, a stop's
+    /// deadline, the watchdog's next look).
     fn on_timer(&mut self, i: usize) {
-        let c = &self.children[i];
-        match c.state {
-            State::Starting | State::Running => self.check_watchdog(i),
-            // A group restart waits for the whole group; a lone restart
-            // (one_for_one, or a start the root failed to fork) goes now.
-            State::Backoff if c.after_stop == AfterStop::Start => self.maybe_start_group(),
-            State::Backoff => self.start(i),
-            State::Stopping => {
-                if let Some(pid) = c.pid {
-                    warn!(daemon = %c.cfg.name, %pid, timeout = ?self.config.root.stop_timeout, "did not stop in time; killing");
-                    kill_tree(pid, libc::SIGKILL);
-                }
-            }
-            _ => {}
-        }
+        self.step(Event::Timer(i));
     }
 }
 
