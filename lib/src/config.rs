@@ -291,6 +291,52 @@ pub struct DaemonConfig {
     /// `[daemon.args]`: the settings of its kind, checked against the
     /// kind's declaration (empty for an exec'd program).
     pub args: Args,
+    /// How an exec'd program is run (`None` for a built-in kind).
+    pub exec: Option<ExecSettings>,
+}
+
+/// The settings of an exec'd program, resolved when the config is loaded
+/// (the program through `PATH`, the user and group to their ids), so the
+/// forked child only applies them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecSettings {
+    /// `exec[0]` resolved: itself if it has a `/`, else the first
+    /// executable file of that name in the root's `PATH`.
+    pub path: PathBuf,
+    /// `user`: name and uid; the primary group comes from it unless
+    /// `group` is given.
+    pub user: Option<(String, u32)>,
+    /// The gid to run as (`group`, else the user's primary group).
+    pub gid: Option<u32>,
+    /// Supplementary groups: the user's (`Some(list)`), or none at all
+    /// (`Some([])`, with `group` but no `user`); `None` leaves them as the
+    /// root's.
+    pub groups: Option<Vec<u32>>,
+    /// `cwd`: an existing directory.
+    pub cwd: Option<PathBuf>,
+    /// `umask`, at most 0o777.
+    pub umask: Option<u32>,
+    /// `env`: variables added (or replaced), in name order.
+    pub env: Vec<(String, String)>,
+    /// `env_clear`: start from an empty environment rather than the root's.
+    pub env_clear: bool,
+    /// `rlimits`: `(resource, soft, hard)`, `u64::MAX` meaning infinity.
+    pub rlimits: Vec<(Rlimit, u64, u64)>,
+    /// `no_new_privs`: set `PR_SET_NO_NEW_PRIVS` before the exec.
+    pub no_new_privs: bool,
+    /// `stdin`: the file opened read-only as its standard input
+    /// (default `/dev/null`).
+    pub stdin: PathBuf,
+}
+
+/// A resource of `rlimits`, by the name `ulimit`/systemd use without the
+/// `RLIMIT_` prefix, lower case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rlimit {
+    /// `nofile`, `core`, ...
+    pub name: &'static str,
+    /// The `RLIMIT_*` number.
+    pub resource: u32,
 }
 
 /// One thing wrong with a configuration, and where.

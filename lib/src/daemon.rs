@@ -146,6 +146,20 @@ pub enum SetupStage {
     Fork = 7,
     /// The child's report of its failed start-up did not verify.
     Report = 8,
+    /// Opening an exec'd program's `stdin`.
+    Stdin = 9,
+    /// Setting its `rlimits`.
+    Rlimits = 10,
+    /// Changing to its `cwd`.
+    Cwd = 11,
+    /// Setting its supplementary groups.
+    Groups = 12,
+    /// Setting its group id.
+    Gid = 13,
+    /// Setting its user id.
+    Uid = 14,
+    /// Setting `no_new_privs`.
+    NoNewPrivs = 15,
 }
 
 impl SetupStage {
@@ -161,6 +175,13 @@ impl SetupStage {
             UnknownKind,
             Fork,
             Report,
+            Stdin,
+            Rlimits,
+            Cwd,
+            Groups,
+            Gid,
+            Uid,
+            NoNewPrivs,
         ]
         .into_iter()
         .find(|s| *s as u32 == n)
@@ -178,6 +199,13 @@ impl fmt::Display for SetupStage {
             SetupStage::UnknownKind => "unknown kind",
             SetupStage::Fork => "fork",
             SetupStage::Report => "unreadable setup report",
+            SetupStage::Stdin => "opening stdin",
+            SetupStage::Rlimits => "setrlimit",
+            SetupStage::Cwd => "chdir",
+            SetupStage::Groups => "setgroups",
+            SetupStage::Gid => "setgid",
+            SetupStage::Uid => "setuid",
+            SetupStage::NoNewPrivs => "no_new_privs",
         })
     }
 }

@@ -82,7 +82,7 @@ out = "/var/lib/counter.out"
 
 [[daemon]]
 name = "other"
-exec = ["/usr/bin/prog", "--flag"]
+exec = ["/bin/sh", "--flag"]
 memory = "4MiB"
 restart = "transient"
 on_restart = "decide"
@@ -167,7 +167,7 @@ fn full_example_parses_to_its_values() {
     let o = &c.daemons[1];
     assert_eq!(
         o.program,
-        Program::Exec(vec!["/usr/bin/prog".into(), "--flag".into()])
+        Program::Exec(vec!["/bin/sh".into(), "--flag".into()])
     );
     assert_eq!(o.group, None);
     assert_eq!(o.memory, 4 << 20);
@@ -318,7 +318,8 @@ memroy = "1MiB"
              (expected one of: control, control_group, state_dir, stop_timeout)",
             "daemon[0].memroy: unknown key, did you mean \"memory\"? (expected one of: \
              name, kind, exec, group, memory, restart, on_restart, watchdog, standby, \
-             links, backoff, backoff_max, args)",
+             links, backoff, backoff_max, args, user, unix_group, cwd, umask, env, env_clear, \
+             rlimits, no_new_privs, stdin)",
             "daemon[0].memory: \"4 MB\" is not a size: unknown unit \"MB\", \
              did you mean MiB? (use B, KiB, MiB, GiB)",
         ]

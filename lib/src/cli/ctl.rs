@@ -10,8 +10,8 @@ use clap::{Args, Subcommand};
 use serde::de::DeserializeOwned;
 
 use crate::control::proto::{
-    ActionReply, DaemonState, Empty, HealthReply, LogRecord, LogsReply, MetricsReply, Request,
-    StatusReply, TreeNode, TreeReply,
+    ActionReply, DaemonState, Empty, HealthReply, LogRecord, LogsReply, MetricsReply, OutputLine,
+    Request, StatusReply, TreeNode, TreeReply,
 };
 use crate::control::{self, proto, Reply};
 
@@ -185,17 +185,32 @@ fn exec(socket: &Path, cmd: Ctl) -> Result<(), CtlError> {
         Ctl::Stop { name, wait } => act(socket, Request::Stop { name }, wait)?,
         Ctl::Start { name, wait } => act(socket, Request::Start { name }, wait)?,
         Ctl::Logs { name, follow } => {
-            let mut after = 0u64;
+            let (mut after, mut output_after) = (0u64, 0u64);
+            let mut dropped = 0u64;
             loop {
                 let request = Request::Logs {
                     name: name.clone(),
                     after,
+                    output_after,
                 };
                 let reply = ask::<LogsReply>(socket, &request)?.body;
-                for r in &reply.records {
-                    println!("{}", record_line(r));
+                // The flight log and the output, merged by time.
+                let mut lines: Vec<(u64, String)> = reply
+                    .records
+                    .iter()
+                    .map(|r| (r.time_ns, record_line(r)))
+                    .chain(reply.output.iter().map(|l| (l.time_ns, output_line(l))))
+                    .collect();
+                lines.sort_by_key(|(t, _)| *t);
+                for (_, line) in lines {
+                    println!("{line}");
+                }
+                if reply.output_dropped > dropped {
+                    dropped = reply.output_dropped;
+                    eprintln!("({dropped} output lines dropped by the rate limit so far)");
                 }
                 after = reply.next;
+                output_after = reply.output_next;
                 if !follow {
                     break;
                 }
@@ -289,6 +304,14 @@ fn record_line(r: &LogRecord) -> String {
         r.pid,
         escape(&r.text)
     )
+}
+
+/// One line of a daemon's output, as `logs` prints it: like a flight-log
+/// record, with `OUT` or `ERR` where the level would be.
+fn output_line(l: &OutputLine) -> String {
+    let secs = l.time_ns as f64 / 1e9;
+    let tag = if l.stream == "stdout" { "OUT" } else { "ERR" };
+    format!("{secs:.6} {tag:<5} {}: {}", l.pid, escape(&l.text))
 }
 
 /// `text` with backslashes doubled and control characters (C0, DEL, C1),

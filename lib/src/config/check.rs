@@ -20,6 +20,8 @@ use super::{
 };
 use crate::daemon::{Kind, Registry};
 
+mod exec;
+
 const TOP_KEYS: &[&str] = &["root", "supervisor", "group", "daemon"];
 const ROOT_KEYS: &[&str] = &["control", "control_group", "state_dir", "stop_timeout"];
 const SUPERVISOR_KEYS: &[&str] = &["strategy", "intensity", "period"];
@@ -45,6 +47,16 @@ const DAEMON_KEYS: &[&str] = &[
     "backoff",
     "backoff_max",
     "args",
+    // exec settings (exec.rs)
+    "user",
+    "unix_group",
+    "cwd",
+    "umask",
+    "env",
+    "env_clear",
+    "rlimits",
+    "no_new_privs",
+    "stdin",
 ];
 
 const STRATEGIES: &[(&str, Strategy)] = &[
@@ -760,6 +772,7 @@ impl Checker<'_> {
         };
 
         let args = self.args(t, place, program.as_ref());
+        let exec = self.exec_settings(t, place, program.as_ref());
 
         DaemonConfig {
             name: name.unwrap_or_default(),
@@ -773,6 +786,7 @@ impl Checker<'_> {
             links,
             backoff: Backoff { initial, max },
             args,
+            exec,
         }
     }
 

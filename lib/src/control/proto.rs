@@ -68,6 +68,10 @@ pub enum Request {
         /// The first sequence number wanted (the previous reply's `next`).
         #[serde(default)]
         after: u64,
+        /// The first output line wanted (the previous reply's
+        /// `output_next`).
+        #[serde(default)]
+        output_after: u64,
     },
     /// Stop every daemon and end the root: [`Empty`].
     Shutdown,
@@ -382,6 +386,32 @@ pub struct LogsReply {
     pub next: u64,
     /// Records, oldest first.
     pub records: Vec<LogRecord>,
+    /// The output line number to ask for next.
+    #[serde(default)]
+    pub output_next: u64,
+    /// Lines the daemon wrote on stdout and stderr, oldest first.
+    #[serde(default)]
+    pub output: Vec<OutputLine>,
+    /// Lines of its output the rate limit dropped so far.
+    #[serde(default)]
+    pub output_dropped: u64,
+}
+
+/// One line a daemon wrote on stdout or stderr. Its text is the daemon's:
+/// untrusted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputLine {
+    /// Its number among the daemon's output lines, from 1.
+    pub seq: u64,
+    /// Realtime clock when the root read it, ns since the epoch.
+    pub time_ns: u64,
+    /// The process it is attributed to (the one running when it was read,
+    /// or the one that had just ended).
+    pub pid: u32,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// The line, without its newline.
+    pub text: String,
 }
 
 /// One flight-log record. Its text is the daemon's: untrusted.
@@ -553,6 +583,7 @@ mod tests {
             Request::Logs {
                 name: "kv".into(),
                 after: 7,
+                output_after: 3,
             },
         ] {
             let line = encode_request(&r);

@@ -405,7 +405,11 @@ impl Root<'_> {
             Request::Restart { name } => Body::Action(self.act(Verb::Restart, &name)?),
             Request::Stop { name } => Body::Action(self.act(Verb::Stop, &name)?),
             Request::Start { name } => Body::Action(self.act(Verb::Start, &name)?),
-            Request::Logs { name, after } => Body::Logs(self.logs(self.index_of(&name)?, after)),
+            Request::Logs {
+                name,
+                after,
+                output_after,
+            } => Body::Logs(self.logs(self.index_of(&name)?, after, output_after)),
         })
     }
 
@@ -649,11 +653,17 @@ impl Root<'_> {
         m
     }
 
-    fn logs(&self, i: usize, after: u64) -> LogsReply {
+    fn logs(&self, i: usize, after: u64, output_after: u64) -> LogsReply {
         let mut records = Vec::new();
         let mut next = after;
         super::flight::since(&self.regions, i, &mut next, &mut records);
+        let mut output = Vec::new();
+        let mut output_next = output_after;
+        self.outputs[i].since(&mut output_next, &mut output);
         LogsReply {
+            output_next,
+            output,
+            output_dropped: self.outputs[i].dropped(),
             daemon: self.names[i].clone(),
             next,
             // `since` builds each record from a validated flight-log

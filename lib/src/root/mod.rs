@@ -12,6 +12,7 @@
 mod control;
 mod flight;
 mod manager;
+mod output;
 mod spawn;
 mod supervisor;
 
@@ -201,6 +202,8 @@ const TOKEN_LISTENER: u64 = 1;
 const TOKEN_SETUP: u64 = 1 << 32;
 const TOKEN_CONN: u64 = 2 << 32;
 const TOKEN_STANDBY: u64 = 3 << 32;
+/// An output pipe: the daemon's index times two, plus the stream.
+const TOKEN_OUTPUT: u64 = 4 << 32;
 
 /// SIGCHLD is coalesced: while one is pending, another child's is lost. The
 /// root reaps the child a SIGCHLD names at once (`waitid(P_PID)`, O(1)),
@@ -249,6 +252,8 @@ pub struct Root<'a> {
     notes: Vec<Note>,
     /// The control listener rests until then (after `accept` failed).
     control_paused: Option<Instant>,
+    /// Each daemon's stdout and stderr, by index.
+    outputs: Vec<output::Output>,
 }
 
 /// Runs the tree until it is stopped; returns the exit code documented for
@@ -368,6 +373,18 @@ impl<'a> Root<'a> {
                 resume_before: None,
             })
             .collect();
+        let sink = output::Sink::detect();
+        let mut outputs = Vec::with_capacity(config.daemons.len());
+        for (i, d) in config.daemons.iter().enumerate() {
+            let out = output::Output::new(&d.name, sink).map_err(ctx("output pipes"))?;
+            for stream in [output::Stream::Stdout, output::Stream::Stderr] {
+                let token = TOKEN_OUTPUT | (i as u64 * 2 + stream as u64);
+                epoll
+                    .add(out.read_fd(stream), token)
+                    .map_err(ctx("epoll"))?;
+            }
+            outputs.push(out);
+        }
         let names: Vec<String> = config.daemons.iter().map(|d| d.name.clone()).collect();
         let mut links = vec![Vec::new(); names.len()];
         for (i, d) in config.daemons.iter().enumerate() {
@@ -405,6 +422,7 @@ impl<'a> Root<'a> {
             sweep_at: None,
             notes: Vec::new(),
             control_paused: None,
+            outputs,
         })
     }
 
@@ -451,6 +469,11 @@ impl<'a> Root<'a> {
                     (TOKEN_SETUP, i) => self.on_setup(i as usize),
                     (TOKEN_CONN, id) => self.on_conn(id),
                     (TOKEN_STANDBY, i) => self.on_standby_setup(i as usize),
+                    (TOKEN_OUTPUT, n) => {
+                        if let Some(out) = self.outputs.get_mut(n as usize / 2) {
+                            out.on_readable(output::Stream::from_index(n % 2));
+                        }
+                    }
                     _ => warn!(token, "event for an unknown token"),
                 }
             }
@@ -613,7 +636,16 @@ impl<'a> Root<'a> {
                 }
             }
             Program::Exec(argv) => {
-                Run::exec(argv, &c.cfg.name, self.regions.region_len(i), &start)?
+                let settings = c.cfg.exec.as_ref().ok_or_else(|| {
+                    io::Error::other("an exec'd daemon without its settings (not from check)")
+                })?;
+                Run::exec(
+                    argv,
+                    settings,
+                    &c.cfg.name,
+                    self.regions.region_len(i),
+                    &start,
+                )?
             }
         };
         let spawned = spawn::spawn(&Plan {
@@ -626,6 +658,7 @@ impl<'a> Root<'a> {
             run,
             lock: self.lock.as_ref().map(|l| l.as_raw_fd()),
             standby,
+            output: Some(self.outputs[i].write_fds()),
         })?;
         self.forks += 1;
         let kind = if standby { TOKEN_STANDBY } else { TOKEN_SETUP };
@@ -668,6 +701,7 @@ impl<'a> Root<'a> {
                 c.setup = Some(spawned.setup);
                 c.setup_failed = None;
                 let (pid, restarts) = (spawned.pid, c.restarts);
+                self.outputs[i].started(pid);
                 self.flush_notes();
                 let cause = self.sup.start_cause(i).as_str();
                 info!(daemon = %self.children[i].cfg.name, %pid, restarts, cause = %cause, "started");
@@ -720,6 +754,7 @@ impl<'a> Root<'a> {
         }
         c.pid = Some(sb.pid);
         let restarts = c.restarts;
+        self.outputs[i].started(sb.pid);
         self.flush_notes();
         let cause = self.sup.start_cause(i).as_str();
         info!(daemon = %self.children[i].cfg.name, pid = %sb.pid, restarts, cause = %cause, "standby took over");
@@ -919,6 +954,8 @@ impl<'a> Root<'a> {
         let _ = sys::kill_group(Pid(pid), libc::SIGKILL);
         let was = c.state;
         c.started = None;
+        // Its last lines are its own, not its replacement's.
+        self.outputs[i].ended(Pid(pid));
         self.cancel_timer(i);
         self.children[i].last_exit = Some((reason, uptime));
         // A stop someone asked for is not a death: the daemon's history
@@ -934,6 +971,15 @@ impl<'a> Root<'a> {
             } else {
                 info!(daemon = %self.children[i].cfg.name, pid, %reason, "stopped");
             }
+        } else if let ExitReason::SetupFailed { stage, errno } = reason {
+            // Its code never ran: one line says where setup failed, and the
+            // retry waits as after a failed fork (never sooner than the
+            // backoff floor), counted against the intensity.
+            let name = &self.children[i].cfg.name;
+            let err = io::Error::from_raw_os_error(errno);
+            error!(%pid, "daemon {name:?}: setup failed at {stage}: {err}");
+            self.step(Event::ForkFailed(i));
+            return;
         } else {
             // The report waits until the replacement is forked (see `Note`).
             self.note_exit(i, Pid(pid), reason, uptime);

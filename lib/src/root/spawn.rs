@@ -11,7 +11,9 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 
+use crate::config::ExecSettings;
 use crate::daemon::{Entry, SetupStage, Siblings, Start};
 use crate::handoff::{self, History};
 use crate::region::RegionSet;
@@ -37,75 +39,90 @@ pub(crate) enum Run<'a> {
         names: &'a [String],
     },
     /// A program: exec'd in the forked process.
-    Exec {
-        path: CString,
-        /// Keeps the strings alive that `argv`/`envp` point into.
-        _strings: Vec<CString>,
-        argv: Vec<*const libc::c_char>,
-        envp: Vec<*const libc::c_char>,
-    },
+    Exec(Box<Exec>),
+}
+
+/// An exec'd program's path, arguments, environment and settings, as the
+/// child applies them (C strings and plain numbers, nothing to allocate).
+#[derive(Debug)]
+pub(crate) struct Exec {
+    path: CString,
+    /// Keeps the strings alive that `argv`/`envp` point into.
+    _strings: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+    stdin: CString,
+    rlimits: Vec<(u32, u64, u64)>,
+    cwd: Option<CString>,
+    umask: Option<u32>,
+    groups: Option<Vec<u32>>,
+    gid: Option<u32>,
+    uid: Option<u32>,
+    no_new_privs: bool,
 }
 
 impl Run<'_> {
-    /// Prepares an exec of `argv` with the parent's environment plus what
-    /// the program needs to attach (`handoff::exec_env`: its name, its
-    /// region at fd 3, its start facts).
+    /// Prepares an exec of `argv` as `settings` say: the root's environment
+    /// (or none, with `env_clear`), then `env`, then what the program needs
+    /// to attach (`handoff::exec_env`: its name, its region at fd 3, its
+    /// start facts).
     pub(crate) fn exec(
         argv: &[String],
+        settings: &ExecSettings,
         name: &str,
         region_len: usize,
         start: &Start<'_>,
     ) -> io::Result<Run<'static>> {
-        let nul = |s: String| CString::new(s).map_err(io::Error::other);
-        let path = nul(find_program(&argv[0])?)?;
+        let nul = |s: &[u8]| CString::new(s).map_err(io::Error::other);
         let mut strings: Vec<CString> = Vec::new();
         for a in argv {
-            strings.push(nul(a.clone())?);
+            strings.push(nul(a.as_bytes())?);
         }
         let nargs = strings.len();
-        for (k, v) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k.starts_with("FORKROOT_") || k == "NOTIFY_SOCKET" {
-                continue;
+        let mut vars: Vec<(String, String)> = Vec::new();
+        if !settings.env_clear {
+            for (k, v) in std::env::vars_os() {
+                let k = k.to_string_lossy();
+                if k.starts_with("FORKROOT_") || k == "NOTIFY_SOCKET" {
+                    continue;
+                }
+                vars.push((k.into_owned(), v.to_string_lossy().into_owned()));
             }
-            strings.push(nul(format!("{k}={}", v.to_string_lossy()))?);
+        }
+        for (k, v) in &settings.env {
+            vars.retain(|(old, _)| old != k);
+            vars.push((k.clone(), v.clone()));
+        }
+        for (k, v) in vars {
+            strings.push(nul(format!("{k}={v}").as_bytes())?);
         }
         for var in handoff::exec_env(name, region_len, start) {
-            strings.push(nul(var)?);
+            strings.push(nul(var.as_bytes())?);
         }
         let mut argv: Vec<_> = strings[..nargs].iter().map(|s| s.as_ptr()).collect();
         argv.push(std::ptr::null());
         let mut envp: Vec<_> = strings[nargs..].iter().map(|s| s.as_ptr()).collect();
         envp.push(std::ptr::null());
-        Ok(Run::Exec {
-            path,
+        let path_of = |p: &std::path::Path| nul(p.as_os_str().as_bytes());
+        Ok(Run::Exec(Box::new(Exec {
+            path: path_of(&settings.path)?,
             _strings: strings,
             argv,
             envp,
-        })
+            stdin: path_of(&settings.stdin)?,
+            rlimits: settings
+                .rlimits
+                .iter()
+                .map(|(r, soft, hard)| (r.resource, *soft, *hard))
+                .collect(),
+            cwd: settings.cwd.as_deref().map(path_of).transpose()?,
+            umask: settings.umask,
+            groups: settings.groups.clone(),
+            gid: settings.gid,
+            uid: settings.user.as_ref().map(|(_, uid)| *uid),
+            no_new_privs: settings.no_new_privs,
+        })))
     }
-}
-
-/// `program` itself if it names a path (has a `/`), else the first
-/// executable file of that name in `$PATH`, as a shell would find it.
-fn find_program(program: &str) -> io::Result<String> {
-    use std::os::unix::fs::PermissionsExt;
-    if program.contains('/') {
-        return Ok(program.to_owned());
-    }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    for dir in std::env::split_paths(&path) {
-        let candidate = dir.join(program);
-        if let Ok(meta) = std::fs::metadata(&candidate) {
-            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
-                return Ok(candidate.to_string_lossy().into_owned());
-            }
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("{program:?} is not in PATH"),
-    ))
 }
 
 /// The spawn plan: everything the child needs, decided by the config and
@@ -127,6 +144,8 @@ pub(crate) struct Plan<'a> {
     /// Start as a standby: set up, then wait on a gate pipe for the root's
     /// word to take over (a [`History`]).
     pub(crate) standby: bool,
+    /// Write ends of its stdout and stderr pipes (the root reads them).
+    pub(crate) output: Option<(RawFd, RawFd)>,
 }
 
 /// A forked child, seen from the root.
@@ -183,9 +202,7 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
     sys::title::set(s.title);
 
     match &s.run {
-        Run::Exec {
-            path, argv, envp, ..
-        } => {
+        Run::Exec(exec) => {
             let Some(fd) = s.regions.own_fd(s.index).map(|f| f.as_raw_fd()) else {
                 fail(
                     pipe,
@@ -193,15 +210,32 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
                     io::Error::from_raw_os_error(libc::EBADF),
                 );
             };
-            // Move the region to fd 3 and the pipe to fd 4 (close-on-exec,
-            // so a successful exec reads as end-of-file in the root).
-            let moved = sys::dup_at_least(fd, 5).and_then(|r| {
+            let stdin = match sys::setup::open_read(&exec.stdin) {
+                Ok(fd) => fd,
+                Err(e) => fail(pipe, SetupStage::Stdin, e),
+            };
+            // Its stdin to fd 0, its output pipes to 1 and 2, the region to
+            // fd 3 and the setup pipe to fd 4 (close-on-exec, so a
+            // successful exec reads as end-of-file in the root). Each is
+            // first copied above 4, so no move overwrites another's source.
+            let moved = (|| -> io::Result<()> {
+                let r = sys::dup_at_least(fd, 5)?;
                 let p = sys::dup_at_least(pipe, 5)?;
+                let i = sys::dup_at_least(stdin, 5)?;
+                let out = s.output.map(|(o, e)| -> io::Result<_> {
+                    Ok((sys::dup_at_least(o, 5)?, sys::dup_at_least(e, 5)?))
+                });
+                let out = out.transpose()?;
+                sys::dup2(i, 0)?;
+                if let Some((o, e)) = out {
+                    sys::dup2(o, 1)?;
+                    sys::dup2(e, 2)?;
+                }
                 sys::dup2(r, handoff::EXEC_REGION_FD)?;
                 sys::dup2(p, 4)?;
                 sys::set_cloexec(4, true)?;
                 sys::close_from(5)
-            });
+            })();
             if let Err(e) = moved {
                 fail(pipe, SetupStage::Descriptors, e);
             }
@@ -209,7 +243,8 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
             sys::default_sigpipe();
             sys::restore_fd_limit();
             let _ = SigSet::empty().set_mask();
-            let err = sys::exec(path, argv, envp);
+            apply_settings(exec);
+            let err = sys::exec(&exec.path, &exec.argv, &exec.envp);
             fail(4, SetupStage::Exec, err)
         }
         Run::Builtin { entry, args, names } => {
@@ -250,9 +285,52 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
     }
 }
 
+/// Applies an exec'd program's settings, in the order that keeps each
+/// step possible: limits, directory and mask while still privileged, then
+/// groups before the gid before the uid (after `setuid` the others would
+/// be refused), and `no_new_privs` last. Fork-safe; a failure is reported
+/// on the setup pipe (fd 4 by now).
+fn apply_settings(exec: &Exec) {
+    use sys::setup;
+    for &(resource, soft, hard) in &exec.rlimits {
+        if let Err(e) = setup::set_rlimit(resource, soft, hard) {
+            fail(4, SetupStage::Rlimits, e);
+        }
+    }
+    if let Some(dir) = &exec.cwd {
+        if let Err(e) = setup::chdir(dir) {
+            fail(4, SetupStage::Cwd, e);
+        }
+    }
+    if let Some(mask) = exec.umask {
+        setup::set_umask(mask);
+    }
+    if let Some(groups) = &exec.groups {
+        if let Err(e) = setup::set_groups(groups) {
+            fail(4, SetupStage::Groups, e);
+        }
+    }
+    if let Some(gid) = exec.gid {
+        if let Err(e) = setup::set_gid(gid) {
+            fail(4, SetupStage::Gid, e);
+        }
+    }
+    if let Some(uid) = exec.uid {
+        if let Err(e) = setup::set_uid(uid) {
+            fail(4, SetupStage::Uid, e);
+        }
+    }
+    if exec.no_new_privs {
+        if let Err(e) = setup::set_no_new_privs() {
+            fail(4, SetupStage::NoNewPrivs, e);
+        }
+    }
+}
+
 /// A built-in daemon keeps the `state_dir` lock (fd 3: while any daemon of
 /// this root lives, no other root can take the state_dir) and a standby's
-/// gate (fd 4), and closes everything else inherited from the root (its
+/// gate (fd 4), takes its output pipes as stdout and stderr, and closes
+/// everything else inherited from the root (its
 /// epoll, signalfd, control socket, the regions' descriptors). That closes
 /// the setup pipe too, which tells the root it is up. Fork-safe.
 fn keep_descriptors(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) {
@@ -260,11 +338,19 @@ fn keep_descriptors(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) {
     let moved = (|| -> io::Result<()> {
         let lock = s.lock.map(|fd| sys::dup_at_least(fd, 10)).transpose()?;
         let gate = gate.map(|fd| sys::dup_at_least(fd, 10)).transpose()?;
+        let out = match s.output {
+            Some((o, e)) => Some((sys::dup_at_least(o, 10)?, sys::dup_at_least(e, 10)?)),
+            None => None,
+        };
         if let Some(fd) = lock {
             sys::dup2(fd, LOCK_FD)?;
         }
         if let Some(fd) = gate {
             sys::dup2(fd, GATE_FD)?;
+        }
+        if let Some((o, e)) = out {
+            sys::dup2(o, 1)?;
+            sys::dup2(e, 2)?;
         }
         Ok(())
     })();

@@ -17,6 +17,7 @@ pub mod futex;
 pub mod mem;
 pub mod mutex;
 pub mod proc;
+pub mod setup;
 pub mod title;
 
 /// A process id as the kernel gives it (always > 0 for a real process).
