@@ -13,7 +13,7 @@
 //! The filter is `FORKROOT_LOG` (`tracing_subscriber::EnvFilter` syntax),
 //! default `info`.
 
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicUsize, Ordering};
 
 use tracing::{Event, Subscriber};
 use tracing_subscriber::filter::{filter_fn, EnvFilter};
@@ -26,6 +26,14 @@ use crate::trace::{self, StackWriter};
 const NAME_MAX: usize = 32;
 static NAME: [AtomicU8; NAME_MAX] = [const { AtomicU8::new(0) }; NAME_MAX];
 static NAME_LEN: AtomicUsize = AtomicUsize::new(0);
+/// Where echoed lines go: the root's stderr, which a built-in daemon keeps
+/// at another descriptor once its own stderr is a pipe the root reads.
+static ECHO_FD: AtomicI32 = AtomicI32::new(2);
+
+/// Echoes this daemon's events to `fd` rather than stderr. Fork-safe.
+pub(crate) fn set_echo_fd(fd: i32) {
+    ECHO_FD.store(fd, Ordering::Relaxed);
+}
 
 /// Installs the subscriber as the global default. Call once, in the root,
 /// before forking anything. Returns false if one was already installed.
@@ -90,6 +98,7 @@ impl<S: Subscriber> Layer<S> for Echo {
         );
         trace::format_event(event, &mut out);
         let _ = out.write_str("\n");
-        let _ = crate::sys::write_all(2, out.as_str().as_bytes());
+        let fd = ECHO_FD.load(Ordering::Relaxed);
+        let _ = crate::sys::write_all(fd, out.as_str().as_bytes());
     }
 }

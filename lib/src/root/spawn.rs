@@ -26,6 +26,10 @@ pub(crate) const SETUP_FAILED: i32 = 127;
 const LOCK_FD: RawFd = 3;
 /// Where a standby keeps its gate.
 const GATE_FD: RawFd = 4;
+/// Where a built-in daemon keeps the root's stderr, for the echo of its
+/// flight-log events (`logging`): already tagged and kept in its flight
+/// log, they do not go through the captured stderr a second time.
+const ECHO_FD: RawFd = 5;
 
 /// What the child will run, prepared in the root before the fork so the
 /// child allocates nothing.
@@ -349,15 +353,19 @@ fn keep_descriptors(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) {
             sys::dup2(fd, GATE_FD)?;
         }
         if let Some((o, e)) = out {
+            let echo = sys::dup_at_least(2, 10)?;
             sys::dup2(o, 1)?;
             sys::dup2(e, 2)?;
+            sys::dup2(echo, ECHO_FD)?;
+            crate::logging::set_echo_fd(ECHO_FD);
         }
         Ok(())
     })();
     if let Err(e) = moved {
         fail(pipe, SetupStage::Descriptors, e);
     }
-    if let Err(e) = sys::close_from(GATE_FD + 1) {
+    let keep = if s.output.is_some() { ECHO_FD } else { GATE_FD };
+    if let Err(e) = sys::close_from(keep + 1) {
         fail(pipe, SetupStage::Descriptors, e);
     }
     if gate.is_none() {

@@ -50,7 +50,7 @@ impl Checker<'_> {
             }
             None => return None,
         };
-        let path = self.resolve_program(&argv[0], &at(place, "exec[0]"));
+        let path = self.resolve_program(&argv[0], &format!("{place}.exec[0]"));
         let user = self
             .string(t, place, "user")
             .and_then(|name| match setup::user_by_name(name) {
