@@ -322,3 +322,67 @@ fn setup_failure_after_fork_is_said_once_and_retried_at_the_floor() {
     assert!(back > 0 && started.elapsed() < Duration::from_secs(10));
     t.wait_log(&[&format!("web[{back}] stdout: up")]);
 }
+
+#[test]
+fn under_journald_lines_carry_priorities_and_no_timestamps() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::write_config(
+        &dir,
+        "[[daemon]]\nname = \"j\"\nexec = [\"sh\", \"-c\", \"echo to-out; echo to-err >&2; exec sleep 1000\"]\n",
+    );
+    let log_path = dir.path().join("journal.log");
+    let log = fs::File::create(&log_path).unwrap();
+    let meta = log.metadata().unwrap();
+    let mut root = common::command(&dir)
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .args(["run", "--config", path.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    // A watchdog of our own: this root is not a common::Tree.
+    let deadline = Instant::now() + common::DEADLINE;
+    let text = loop {
+        let text = fs::read_to_string(&log_path).unwrap_or_default();
+        if text.contains("to-err") && text.contains("to-out") {
+            break text;
+        }
+        if Instant::now() > deadline {
+            let _ = root.kill();
+            panic!("no output under journald:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    send(root.id() as i32, libc::SIGTERM).unwrap();
+    let status = loop {
+        if let Some(s) = root.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = root.kill();
+            panic!("the root did not stop");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(0));
+    let pid = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("<6>j[")?
+                .split(']')
+                .next()?
+                .parse::<i32>()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("a stdout line at priority 6:\n{text}"));
+    assert!(text.contains(&format!("<6>j[{pid}]: to-out\n")), "{text}");
+    assert!(text.contains(&format!("<4>j[{pid}]: to-err\n")), "{text}");
+    // Every line of the root's own carries a priority and no timestamp.
+    for line in text.lines() {
+        assert!(line.starts_with('<'), "no priority: {line:?}");
+        assert!(!line.contains("Z "), "a timestamp: {line:?}");
+    }
+    assert!(text.contains("<6>started"), "{text}");
+}

@@ -45,19 +45,73 @@ pub fn init() -> bool {
             EnvFilter::new("info")
         }),
     };
-    let root_only = filter_fn(|_| crate::log::current().is_none());
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .with_filter(root_only);
+    let root_only = || filter_fn(|_| crate::log::current().is_none());
+    let journal = under_journald();
+    let fmt = (!journal).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_target(false)
+            .with_filter(root_only())
+    });
+    // journald stamps each line itself and reads its priority from `<N>`.
+    let journald = journal.then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .event_format(JournalFormat)
+            .with_filter(root_only())
+    });
     tracing_subscriber::registry()
         .with(filter)
         .with(fmt)
+        .with(journald)
         .with(trace::layer())
         .with(Echo)
         .try_init()
         .is_ok()
+}
+
+/// Whether the root's stderr is read by journald: `JOURNAL_STREAM`
+/// (`DEVICE:INODE`) names it, as systemd documents the check.
+pub(crate) fn under_journald() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(var) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    std::fs::metadata("/proc/self/fd/2")
+        .is_ok_and(|meta| var == format!("{}:{}", meta.dev(), meta.ino()))
+}
+
+/// The syslog priority journald reads from a `<N>` line prefix.
+pub(crate) fn priority(level: &tracing::Level) -> u8 {
+    match *level {
+        tracing::Level::ERROR => 3,
+        tracing::Level::WARN => 4,
+        tracing::Level::INFO => 6,
+        _ => 7,
+    }
+}
+
+/// The root's lines under journald: `<N>`, the message and its fields; no
+/// timestamp (journald keeps its own).
+struct JournalFormat;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JournalFormat
+where
+    S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        write!(writer, "<{}>", priority(event.metadata().level()))?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
 }
 
 /// Names this process for echoed lines (a daemon calls it after the fork).

@@ -97,17 +97,9 @@ pub(crate) enum Sink {
 }
 
 impl Sink {
-    /// [`Sink::Journal`] if `JOURNAL_STREAM` (`DEVICE:INODE`) is the
-    /// root's stderr, as systemd documents the check.
+    /// [`Sink::Journal`] if journald reads the root's stderr.
     pub(crate) fn detect() -> Sink {
-        use std::os::unix::fs::MetadataExt;
-        let Ok(var) = std::env::var("JOURNAL_STREAM") else {
-            return Sink::Log;
-        };
-        let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
-            return Sink::Log;
-        };
-        if var == format!("{}:{}", meta.dev(), meta.ino()) {
+        if crate::logging::under_journald() {
             Sink::Journal
         } else {
             Sink::Log
@@ -287,7 +279,11 @@ impl Output {
             }
             Sink::Journal => {
                 // LOG_INFO for stdout, LOG_WARNING for stderr.
-                let level = if stream == Stream::Stdout { 6 } else { 4 };
+                let level = if stream == Stream::Stdout {
+                    crate::logging::priority(&tracing::Level::INFO)
+                } else {
+                    crate::logging::priority(&tracing::Level::WARN)
+                };
                 let line = format!("<{level}>{}[{}]: {text}\n", self.name, self.pid);
                 let _ = sys::write_all(2, line.as_bytes());
             }
