@@ -47,16 +47,6 @@ const DAEMON_KEYS: &[&str] = &[
     "backoff",
     "backoff_max",
     "args",
-    // exec settings (exec.rs)
-    "user",
-    "unix_group",
-    "cwd",
-    "umask",
-    "env",
-    "env_clear",
-    "rlimits",
-    "no_new_privs",
-    "stdin",
 ];
 
 const STRATEGIES: &[(&str, Strategy)] = &[
@@ -602,20 +592,21 @@ impl Checker<'_> {
 
     /// `control_group`: a group of this host, resolved to its id now.
     fn control_group(&mut self, t: &Table, place: &str) -> Option<(String, u32)> {
-        let name = self.string(t, place, "control_group")?;
-        match crate::sys::cred::group_by_name(name) {
-            Ok(Some(gid)) => Some((name.to_owned(), gid)),
-            Ok(None) => {
-                let msg = format!("no group named {name:?} on this host");
-                self.problem(&at(place, "control_group"), msg);
-                None
-            }
-            Err(e) => {
-                let msg = format!("cannot look up group {name:?}: {e}");
-                self.problem(&at(place, "control_group"), msg);
-                None
-            }
-        }
+        let gid = self.group_id(t, place, "control_group")?;
+        let name = t.get("control_group").and_then(Value::as_str)?;
+        Some((name.to_owned(), gid))
+    }
+
+    /// `key`: the name of a group of this host, resolved to its id now.
+    fn group_id(&mut self, t: &Table, place: &str, key: &str) -> Option<u32> {
+        let name = self.string(t, place, key)?;
+        let why = match crate::sys::cred::group_by_name(name) {
+            Ok(Some(gid)) => return Some(gid),
+            Ok(None) => format!("no group named {name:?} on this host"),
+            Err(e) => format!("cannot look up group {name:?}: {e}"),
+        };
+        self.problem(&at(place, key), why);
+        None
     }
 
     /// The strategy, intensity and period of `[supervisor]` or a group.
@@ -717,7 +708,8 @@ impl Checker<'_> {
     fn daemon(&mut self, t: &Table, i: usize, names: &Names<'_>) -> DaemonConfig {
         let place = format!("daemon[{i}]");
         let place = place.as_str();
-        self.unknown_keys(t, place, DAEMON_KEYS);
+        let known: Vec<&str> = DAEMON_KEYS.iter().chain(exec::EXEC_ONLY).copied().collect();
+        self.unknown_keys(t, place, &known);
         let name = self.name(t, place, names);
         let program = self.program(t, place);
 

@@ -13,7 +13,7 @@ use crate::config::{ExecSettings, Program, Rlimit};
 use crate::sys::setup::{self, RLIMITS};
 
 /// The keys that only an exec'd program takes.
-const EXEC_ONLY: &[&str] = &[
+pub(super) const EXEC_ONLY: &[&str] = &[
     "user",
     "unix_group",
     "cwd",
@@ -68,21 +68,7 @@ impl Checker<'_> {
                     None
                 }
             });
-        let group = self.string(t, place, "unix_group").and_then(|name| {
-            match crate::sys::cred::group_by_name(name) {
-                Ok(Some(gid)) => Some(gid),
-                Ok(None) => {
-                    let msg = format!("no group named {name:?} on this host");
-                    self.problem(&at(place, "unix_group"), msg);
-                    None
-                }
-                Err(e) => {
-                    let msg = format!("cannot look up group {name:?}: {e}");
-                    self.problem(&at(place, "unix_group"), msg);
-                    None
-                }
-            }
-        });
+        let group = self.group_id(t, place, "unix_group");
         // With a user: its groups (as a login would have them); with only
         // a group: none, so nothing of the root's stays.
         let groups = match user {
