@@ -180,6 +180,8 @@ enum Note {
         uptime: Duration,
         restarts: u32,
     },
+    /// The last lines a dead process wrote, read when it was reaped.
+    Output { i: usize },
     /// The checkpoint it resumed from is poison.
     Poison {
         i: usize,
@@ -300,9 +302,10 @@ impl<'a> Root<'a> {
         set.block().map_err(ctx("blocking signals"))?;
         let signals = set.signalfd().map_err(ctx("signalfd"))?;
         sys::set_child_subreaper().map_err(ctx("becoming a child subreaper"))?;
-        // One descriptor per region, plus the loop's own.
+        // Per daemon: its region, its two output pipes (both ends), its
+        // setup pipe; plus the loop's own.
         let limit = sys::raise_fd_limit().map_err(ctx("raising RLIMIT_NOFILE"))?;
-        if (limit as usize) < config.daemons.len() * 2 + 64 {
+        if (limit as usize) < config.daemons.len() * 6 + 64 {
             warn!(
                 limit,
                 daemons = config.daemons.len(),
@@ -535,6 +538,7 @@ impl<'a> Root<'a> {
                         );
                     }
                 }
+                Note::Output { i } => self.outputs[i].flush_log(),
                 Note::Poison { i, seq, uptime } => warn!(
                     daemon = %self.children[i].cfg.name,
                     checkpoint = seq,
@@ -956,6 +960,7 @@ impl<'a> Root<'a> {
         c.started = None;
         // Its last lines are its own, not its replacement's.
         self.outputs[i].ended(Pid(pid));
+        self.notes.push(Note::Output { i });
         self.cancel_timer(i);
         self.children[i].last_exit = Some((reason, uptime));
         // A stop someone asked for is not a death: the daemon's history

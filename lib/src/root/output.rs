@@ -123,6 +123,11 @@ pub(crate) struct Output {
     /// Every line dropped so far.
     dropped: u64,
     sink: Sink,
+    /// Lines drained from a dead process (sequence numbers) whose log
+    /// lines wait until its replacement is forked ([`Output::flush_log`]).
+    deferred: Option<(u64, u64)>,
+    /// Inside [`Output::ended`]: lines are kept, their logging deferred.
+    draining: bool,
 }
 
 impl Output {
@@ -138,6 +143,8 @@ impl Output {
             unsaid: 0,
             dropped: 0,
             sink,
+            deferred: None,
+            draining: false,
         })
     }
 
@@ -166,8 +173,14 @@ impl Output {
 
     /// Process `pid` ended: reads what it left in both pipes, then flushes
     /// a line it did not finish, marked with [`PARTIAL`].
+    /// Their log lines wait for [`Output::flush_log`]: writing them takes
+    /// longer than reading them, and the replacement should not wait.
     pub(crate) fn ended(&mut self, pid: Pid) {
         self.pid = pid;
+        // Lines of an earlier death not logged yet go first.
+        self.flush_log();
+        let first = self.next_seq;
+        self.draining = true;
         for stream in [Stream::Stdout, Stream::Stderr] {
             self.read(stream, DRAIN_BUDGET);
             let rest = std::mem::take(&mut self.pipes[stream as usize].partial);
@@ -176,6 +189,24 @@ impl Output {
             }
         }
         self.say_dropped();
+        self.draining = false;
+        self.deferred = Some((first, self.next_seq));
+    }
+
+    /// Logs the lines [`Output::ended`] read. Lines that fell out of the
+    /// buffer meanwhile (more than it keeps) are not logged.
+    pub(crate) fn flush_log(&mut self) {
+        let Some((from, to)) = self.deferred.take() else {
+            return;
+        };
+        for l in self.lines.iter().filter(|l| (from..to).contains(&l.seq)) {
+            let stream = if l.stream == "stdout" {
+                Stream::Stdout
+            } else {
+                Stream::Stderr
+            };
+            self.log(stream, Pid(l.pid as i32), &l.text);
+        }
     }
 
     fn read(&mut self, stream: Stream, budget: usize) {
@@ -256,7 +287,9 @@ impl Output {
     }
 
     fn push(&mut self, stream: Stream, text: String) {
-        self.log(stream, &text);
+        if !self.draining {
+            self.log(stream, self.pid, &text);
+        }
         if self.lines.len() == KEPT_LINES {
             self.lines.pop_front();
         }
@@ -271,11 +304,11 @@ impl Output {
     }
 
     /// Writes one line to the root's log, tagged with the daemon and pid.
-    fn log(&self, stream: Stream, text: &str) {
+    fn log(&self, stream: Stream, pid: Pid, text: &str) {
         let text = escape_controls(text);
         match self.sink {
             Sink::Log => {
-                tracing::info!(target: "forkroot::output", "{}[{}] {}: {text}", self.name, self.pid, stream.as_str())
+                tracing::info!(target: "forkroot::output", "{}[{pid}] {}: {text}", self.name, stream.as_str())
             }
             Sink::Journal => {
                 // LOG_INFO for stdout, LOG_WARNING for stderr.
@@ -284,7 +317,7 @@ impl Output {
                 } else {
                     crate::logging::priority(&tracing::Level::WARN)
                 };
-                let line = format!("<{level}>{}[{}]: {text}\n", self.name, self.pid);
+                let line = format!("<{level}>{}[{pid}]: {text}\n", self.name);
                 let _ = sys::write_all(2, line.as_bytes());
             }
         }
