@@ -8,7 +8,6 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use serde_json::{json, Value};
@@ -17,7 +16,6 @@ use tracing::{debug, info, warn};
 use super::{AfterStop, Mode, Root, State, TOKEN_CONN};
 use crate::config::{format_duration, Program, Strategy};
 use crate::control::MAX_REQUEST;
-use crate::region::MAGIC;
 use crate::sys;
 
 /// Control connections open at once, at most.
@@ -284,12 +282,11 @@ impl Root<'_> {
     /// believed when the header is initialised and names the current pid).
     fn heartbeat_age_ms(&self, i: usize) -> Option<u64> {
         let pid = self.children[i].pid?;
-        let h = self.regions.header(i);
-        if h.magic.load(Ordering::Acquire) != MAGIC || h.pid.load(Ordering::Relaxed) != pid.0 as u32
-        {
-            return None;
-        }
-        let hb = h.heartbeat_ns.load(Ordering::Acquire);
+        let h = self
+            .regions
+            .header(i)
+            .filter(|h| h.owned_by(pid.0 as u32))?;
+        let hb = h.heartbeat_ns;
         (hb != 0).then(|| sys::monotonic_ns().saturating_sub(hb) / 1_000_000)
     }
 
@@ -299,12 +296,10 @@ impl Root<'_> {
         let Some(pid) = self.children[i].pid else {
             return Value::Null;
         };
-        let h = self.regions.header(i);
-        if h.magic.load(Ordering::Acquire) != MAGIC || h.pid.load(Ordering::Relaxed) != pid.0 as u32
-        {
+        let Some(h) = self.regions.header(i).filter(|h| h.owned_by(pid.0 as u32)) else {
             return Value::Null;
-        }
-        let policy = match h.alloc_policy.load(Ordering::Relaxed) {
+        };
+        let policy = match h.alloc_policy {
             0 => "off",
             1 => "count",
             2 => "forbid",
@@ -312,8 +307,8 @@ impl Root<'_> {
         };
         json!({
             "policy": policy,
-            "allocs": h.allocs.load(Ordering::Relaxed),
-            "bytes": h.alloc_bytes.load(Ordering::Relaxed),
+            "allocs": h.allocs,
+            "bytes": h.alloc_bytes,
         })
     }
 
@@ -339,6 +334,7 @@ impl Root<'_> {
                     "restarts": c.restarts,
                     "last_exit": last.map(|(reason, _)| reason.to_string()),
                     "last_exit_uptime_ms": last.map(|(_, uptime)| uptime.as_millis() as u64),
+                    "fault": c.fault,
                     "heartbeat_age_ms": self.heartbeat_age_ms(i),
                     "region_bytes": self.regions.region_len(i),
                     "memory": c.cfg.memory,
@@ -354,7 +350,7 @@ impl Root<'_> {
                     Mode::Supervising => "supervising",
                     Mode::ShuttingDown(_) => "shutting_down",
                 },
-                "restarts_in_period": self.restart_times.len(),
+                "restarts_in_period": self.restart_times.count(),
             },
             "daemons": daemons,
         })

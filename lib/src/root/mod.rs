@@ -37,8 +37,15 @@ pub const EXIT_INTERNAL: i32 = 70;
 pub const EXIT_CONFIG: i32 = 78;
 
 /// The pause before retrying a start that failed in the root (fork, or
-/// preparing an exec).
+/// preparing an exec); doubled up to [`RETRY_MAX`] while the machine keeps
+/// refusing (see [`Root::cannot_start`]).
 const FORK_RETRY: Duration = Duration::from_secs(1);
+/// The longest pause between retries of a start the machine refused.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// How many entries the intensity window keeps at most (see
+/// [`RestartWindow`]).
+const WINDOW_MARKS: usize = 256;
 
 /// How many past deaths the root remembers per daemon.
 const DEATHS_KEPT: usize = 16;
@@ -164,6 +171,12 @@ struct Child {
     last_exit: Option<(ExitReason, Duration)>,
     /// A checkpoint found poison: the next start resumes from an older one.
     resume_before: Option<u64>,
+    /// The last fault the root found in its way (the machine refused a
+    /// start, its region file was damaged), for `ctl status`; cleared by
+    /// the next start that finds none.
+    fault: Option<String>,
+    /// The pause before the next retry of a start the machine refused.
+    retry: Duration,
 }
 
 /// A standby: forked and set up, blocked on its gate until it takes over.
@@ -225,6 +238,52 @@ const TOKEN_STANDBY: u64 = 3 << 32;
 const SWEEP_DELAY: Duration = Duration::from_millis(20);
 const TOKEN_KIND: u64 = !0 << 32;
 
+/// The top supervisor's intensity window: how many restarts happened in
+/// the last `period`, in memory bounded whatever the intensity.
+///
+/// Restarts are counted in buckets `period / WINDOW_MARKS` wide, so at most
+/// `WINDOW_MARKS + 1` buckets are alive at once. A bucket leaves the window
+/// when its first restart does: the count is exact to within one bucket's
+/// width (a restart may leave up to `period / 256` early).
+#[derive(Debug, Default)]
+struct RestartWindow {
+    /// (time of the bucket's first restart, restarts in it), oldest first.
+    marks: VecDeque<(Instant, u64)>,
+    /// Sum of the buckets' counts.
+    count: u64,
+}
+
+impl RestartWindow {
+    /// Counts a restart at `now`; returns how many the window holds.
+    fn record(&mut self, now: Instant, period: Duration) -> u64 {
+        while let Some(&(t, n)) = self.marks.front() {
+            if now.saturating_duration_since(t) <= period {
+                break;
+            }
+            self.marks.pop_front();
+            self.count -= n;
+        }
+        let width = period / WINDOW_MARKS as u32;
+        match self.marks.back_mut() {
+            Some((t, n)) if now.saturating_duration_since(*t) < width => *n += 1,
+            _ => self.marks.push_back((now, 1)),
+        }
+        self.count += 1;
+        self.count
+    }
+
+    /// Restarts in the window as of the last [`RestartWindow::record`].
+    fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Buckets kept in memory.
+    #[cfg(test)]
+    fn kept(&self) -> usize {
+        self.marks.len()
+    }
+}
+
 /// Whether the loop goes on or the root exits with a code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -247,8 +306,8 @@ pub struct Root<'a> {
     epoll: sys::Epoll,
     signals: OwnedFd,
     timers: BTreeSet<(Instant, usize)>,
-    /// Times of recent restarts under the top supervisor (intensity window).
-    restart_times: VecDeque<Instant>,
+    /// Recent restarts under the top supervisor (intensity window).
+    restart_times: RestartWindow,
     mode: Mode,
     pid: Pid,
     started: Instant,
@@ -385,6 +444,8 @@ impl<'a> Root<'a> {
                 stop_pending: false,
                 last_exit: None,
                 resume_before: None,
+                fault: None,
+                retry: FORK_RETRY,
             })
             .collect();
         let names: Vec<String> = config.daemons.iter().map(|d| d.name.clone()).collect();
@@ -413,7 +474,7 @@ impl<'a> Root<'a> {
             epoll,
             signals,
             timers: BTreeSet::new(),
-            restart_times: VecDeque::new(),
+            restart_times: RestartWindow::default(),
             mode: Mode::Supervising,
             pid: sys::getpid(),
             started: Instant::now(),
@@ -597,7 +658,11 @@ impl<'a> Root<'a> {
 
     /// Forks daemon `i`, or its standby. Prepares everything the child
     /// needs in the root's memory first.
-    fn fork_child(&mut self, i: usize, standby: bool) -> io::Result<Spawned> {
+    ///
+    /// The child is in `by_pid` from the moment it exists. If its setup
+    /// pipe cannot be watched, it is killed and the reason comes back with
+    /// it (its exit is then a failed start).
+    fn fork_child(&mut self, i: usize, standby: bool) -> io::Result<(Spawned, Option<ExitReason>)> {
         let c = &self.children[i];
         let plan = match &c.cfg.program {
             Program::Builtin(kind) => {
@@ -630,17 +695,30 @@ impl<'a> Root<'a> {
             standby,
         })?;
         self.forks += 1;
-        let kind = if standby { TOKEN_STANDBY } else { TOKEN_SETUP };
-        self.epoll
-            .add(spawned.setup.as_raw_fd(), kind | i as u64)
-            .map_err(|e| io::Error::new(e.kind(), format!("watching the setup pipe: {e}")))?;
         let role = if standby {
             Role::Standby
         } else {
             Role::Primary
         };
+        // Tracked before anything else can fail: a child the root forgot
+        // would run on, unreaped, beside the replacement forked for it.
         self.by_pid.insert(spawned.pid, (i, role));
-        Ok(spawned)
+        let kind = if standby { TOKEN_STANDBY } else { TOKEN_SETUP };
+        let unwatched = match self.epoll.add(spawned.setup.as_raw_fd(), kind | i as u64) {
+            Ok(()) => None,
+            Err(e) => {
+                // Without its setup pipe the root cannot tell when it is
+                // up: kill it, and let its exit (reaped as usual) be a
+                // failed start.
+                error!(daemon = %c.cfg.name, pid = %spawned.pid, error = %e, "cannot watch the new process's setup pipe; killing it");
+                kill_tree(spawned.pid, libc::SIGKILL);
+                Some(ExitReason::SetupFailed {
+                    stage: SetupStage::Fork,
+                    errno: e.raw_os_error().unwrap_or(libc::EIO),
+                })
+            }
+        };
+        Ok((spawned, unwatched))
     }
 
     /// Stopped/Backoff/Failed × start: fork it (or wake its standby).
@@ -651,6 +729,21 @@ impl<'a> Root<'a> {
         self.cancel_timer(i);
         let c = &self.children[i];
         debug_assert!(!c.state.has_process(), "{} started twice", c.cfg.name);
+        let mut fault = None;
+        match self.regions.ensure(i) {
+            Ok(None) => {}
+            Ok(Some(crate::region::Damage::Made)) => {
+                info!(daemon = %self.children[i].cfg.name, "region made");
+            }
+            Ok(Some(damage)) => {
+                let c = &mut self.children[i];
+                error!(daemon = %c.cfg.name, fault = %damage, "region file damaged");
+                fault = Some(damage.to_string());
+                c.fault = fault.clone();
+            }
+            Err(e) => return self.cannot_start(i, e),
+        }
+        let c = &self.children[i];
         if c.cfg.on_restart == OnRestart::Fresh && !c.deaths.is_empty() {
             if let Err(e) = self.regions.zero_user(i) {
                 warn!(daemon = %c.cfg.name, error = %e, "could not zero the region for a fresh restart");
@@ -660,38 +753,80 @@ impl<'a> Root<'a> {
             return;
         }
         match self.fork_child(i, false) {
-            Ok(spawned) => {
+            Ok((spawned, unwatched)) => {
                 let c = &mut self.children[i];
                 c.pid = Some(spawned.pid);
                 c.setup = Some(spawned.setup);
-                c.setup_failed = None;
+                c.fault = unwatched.map(|r| r.to_string()).or(fault);
+                c.setup_failed = unwatched;
                 c.state = State::Starting;
+                c.retry = FORK_RETRY;
                 let (pid, restarts) = (spawned.pid, c.restarts);
                 self.flush_notes();
                 info!(daemon = %self.children[i].cfg.name, %pid, restarts, "started");
                 self.began(i);
                 self.ensure_standby(i);
             }
-            Err(e) => {
-                // fork (or preparing it) failed: EAGAIN, ENOMEM, a program
-                // not found. A death, so the intensity limit applies, but
-                // retried after a pause rather than at once: the condition
-                // is the machine's and would burn the window in a moment.
-                error!(daemon = %self.children[i].cfg.name, error = %e, "cannot start");
-                let errno = e.raw_os_error().unwrap_or(libc::EINVAL);
-                let reason = ExitReason::SetupFailed {
-                    stage: SetupStage::Fork,
-                    errno,
-                };
-                self.record_death(i, reason, Duration::ZERO);
-                if self.count_restart(i) {
-                    let c = &mut self.children[i];
-                    c.restarts += 1;
-                    c.state = State::Backoff;
-                    let delay = c.backoff.max(FORK_RETRY);
-                    self.set_timer(i, Instant::now() + delay);
-                }
-            }
+            Err(e) => self.cannot_start(i, e),
+        }
+    }
+
+    /// A start of daemon `i` failed in the root (its region, fork, or
+    /// preparing an exec).
+    ///
+    /// When the machine is short of something (processes, descriptors,
+    /// memory, disk: EAGAIN, EMFILE, ENFILE, ENOMEM, ENOSPC, EDQUOT), no
+    /// daemon died and waiting can help: the daemon waits in `backoff`, its
+    /// fault shown by `ctl status`, and is retried after a pause that
+    /// doubles up to [`RETRY_MAX`]; the supervisor's intensity is not
+    /// charged, so the rest of the tree runs on. Anything else (a program
+    /// not found) is a death, charged to the intensity, and retried after
+    /// [`FORK_RETRY`] at least.
+    fn cannot_start(&mut self, i: usize, e: io::Error) {
+        let errno = e.raw_os_error().or_else(|| {
+            e.get_ref()
+                .and_then(|inner| inner.downcast_ref::<io::Error>())
+                .and_then(io::Error::raw_os_error)
+        });
+        let scarce = matches!(
+            errno,
+            Some(
+                libc::EAGAIN
+                    | libc::EMFILE
+                    | libc::ENFILE
+                    | libc::ENOMEM
+                    | libc::ENOSPC
+                    | libc::EDQUOT
+            )
+        ) || matches!(
+            e.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::OutOfMemory | io::ErrorKind::QuotaExceeded
+        );
+        let c = &mut self.children[i];
+        if scarce {
+            let delay = c.retry;
+            c.retry = (c.retry * 2).min(RETRY_MAX);
+            error!(daemon = %c.cfg.name, error = %e, retry_in = ?delay, "cannot start: out of a resource; retrying");
+            c.fault = Some(format!("cannot start: {e} (retrying in {delay:?})"));
+            c.state = State::Backoff;
+            self.set_timer(i, Instant::now() + delay);
+            return;
+        }
+        // A death, so the intensity limit applies, but retried after a
+        // pause rather than at once: it would burn the window in a moment.
+        error!(daemon = %c.cfg.name, error = %e, "cannot start");
+        c.fault = Some(format!("cannot start: {e}"));
+        let reason = ExitReason::SetupFailed {
+            stage: SetupStage::Fork,
+            errno: errno.unwrap_or(libc::EINVAL),
+        };
+        self.record_death(i, reason, Duration::ZERO);
+        if self.count_restart(i) {
+            let c = &mut self.children[i];
+            c.restarts += 1;
+            c.state = State::Backoff;
+            let delay = c.backoff.max(FORK_RETRY);
+            self.set_timer(i, Instant::now() + delay);
         }
     }
 
@@ -740,7 +875,7 @@ impl<'a> Root<'a> {
             return;
         }
         match self.fork_child(i, true) {
-            Ok(sp) => {
+            Ok((sp, _)) => {
                 debug!(daemon = %self.children[i].cfg.name, pid = %sp.pid, "standby forked");
                 self.children[i].standby = Some(Standby {
                     pid: sp.pid,
@@ -868,14 +1003,11 @@ impl<'a> Root<'a> {
     /// from the checkpoint before C (and, that failing too, fresh).
     fn judge_checkpoint(&mut self, i: usize, pid: i32, reason: ExitReason, uptime: Duration) {
         let crashed = reason.is_crash();
-        let h = self.regions.header(i);
-        let resumed = if h.magic.load(std::sync::atomic::Ordering::Acquire) == crate::region::MAGIC
-            && h.pid.load(std::sync::atomic::Ordering::Relaxed) == pid as u32
-        {
-            h.resumed_seq.load(std::sync::atomic::Ordering::Relaxed)
-        } else {
-            0
-        };
+        let resumed = self
+            .regions
+            .header(i)
+            .filter(|h| h.owned_by(pid as u32))
+            .map_or(0, |h| h.resumed_seq);
         let c = &mut self.children[i];
         c.resume_before = (crashed && uptime < POISON_WINDOW && resumed != 0).then_some(resumed);
         if let Some(seq) = c.resume_before {
@@ -961,17 +1093,8 @@ impl<'a> Root<'a> {
     /// intensity; past it, gives up (the tree shuts down, exit 69) and
     /// returns false.
     fn count_restart(&mut self, i: usize) -> bool {
-        let now = Instant::now();
         let sup = &self.config.supervisor;
-        self.restart_times.push_back(now);
-        while self
-            .restart_times
-            .front()
-            .is_some_and(|&t| now.duration_since(t) > sup.period)
-        {
-            self.restart_times.pop_front();
-        }
-        if self.restart_times.len() <= sup.intensity as usize {
+        if self.restart_times.record(Instant::now(), sup.period) <= u64::from(sup.intensity) {
             return true;
         }
         self.flush_notes();
@@ -1226,15 +1349,12 @@ impl Root<'_> {
         let (Some(wd), Some(pid)) = (c.cfg.watchdog, c.pid) else {
             return;
         };
-        let h = self.regions.header(i);
         let mut last = c.started_ns;
         // The heartbeat is the daemon's word: believed only from a header
         // that names the current process, and never later than now.
         let now = sys::monotonic_ns();
-        if h.magic.load(std::sync::atomic::Ordering::Acquire) == crate::region::MAGIC
-            && h.pid.load(std::sync::atomic::Ordering::Relaxed) == pid.0 as u32
-        {
-            let hb = h.heartbeat_ns.load(std::sync::atomic::Ordering::Acquire);
+        if let Some(h) = self.regions.header(i).filter(|h| h.owned_by(pid.0 as u32)) {
+            let hb = h.heartbeat_ns;
             if hb <= now {
                 last = last.max(hb);
             }
@@ -1326,5 +1446,43 @@ fn read_setup(fd: &OwnedFd) -> Setup {
 fn kill_tree(pid: Pid, signal: i32) {
     if sys::kill_group(pid, signal).is_err() {
         let _ = sys::kill(pid, signal);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_restart_window_counts_within_its_period() {
+        let mut w = RestartWindow::default();
+        let t0 = Instant::now();
+        let period = Duration::from_secs(10);
+        for k in 0..5u32 {
+            assert_eq!(
+                w.record(t0 + Duration::from_secs(k.into()), period),
+                u64::from(k) + 1
+            );
+        }
+        // The first four have left the window 11 s after they happened.
+        assert_eq!(w.record(t0 + Duration::from_secs(14), period), 2);
+    }
+
+    #[test]
+    fn the_restart_window_stays_small_with_a_huge_intensity() {
+        // `intensity = 1000000`, `period = "1h"`: a million restarts in the
+        // window must not mean a million entries in the root's memory.
+        let mut w = RestartWindow::default();
+        let t0 = Instant::now();
+        let period = Duration::from_secs(3600);
+        let n = 200_000u32;
+        for k in 0..n {
+            w.record(t0 + Duration::from_millis(k.into()), period);
+        }
+        assert_eq!(w.count(), u64::from(n));
+        assert!(w.kept() <= WINDOW_MARKS + 1, "{} entries kept", w.kept());
+        // An hour after the last, none is left.
+        let later = t0 + Duration::from_millis(n.into()) + period + Duration::from_secs(1);
+        assert_eq!(w.record(later, period), 1);
     }
 }
