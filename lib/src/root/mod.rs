@@ -332,7 +332,12 @@ pub struct Root<'a> {
 pub fn run(config: Config, registry: &Registry) -> Result<i32, RootError> {
     let mut root = Root::new(config, registry)?;
     root.start_all();
-    root.run_loop()
+    let result = root.run_loop();
+    if let Err(e) = &result {
+        error!(error = %e, "the root cannot go on; stopping every daemon");
+        root.stop_all_after_error();
+    }
+    result
 }
 
 impl<'a> Root<'a> {
@@ -362,6 +367,12 @@ impl<'a> Root<'a> {
         set.block().map_err(ctx("blocking signals"))?;
         let signals = set.signalfd().map_err(ctx("signalfd"))?;
         sys::set_child_subreaper().map_err(ctx("becoming a child subreaper"))?;
+        // Not dumpable: no other process of our user may open
+        // /proc/ROOT/fd/N (every region's descriptor, read-write), read our
+        // memory or ptrace us. Daemons inherit it until they have closed
+        // our descriptors (see spawn.rs); exec'd programs get it back from
+        // execve.
+        sys::file::set_dumpable(false).map_err(ctx("PR_SET_DUMPABLE"))?;
         // One descriptor per region, plus the loop's own.
         let limit = sys::raise_fd_limit().map_err(ctx("raising RLIMIT_NOFILE"))?;
         if (limit as usize) < config.daemons.len() * 2 + 64 {
@@ -538,6 +549,47 @@ impl<'a> Root<'a> {
             if !self.notified_ready {
                 self.notify_ready();
             }
+        }
+    }
+
+    /// After a root-level error (its epoll, signalfd or waitid failed) the
+    /// loop cannot go on, but the daemons still get a clean stop: SIGTERM
+    /// to every one at once, SIGKILL to those left after `stop_timeout`,
+    /// each reaped, before the root exits 70. Without the loop, it waits
+    /// for SIGCHLD itself (blocked, so it stays pending for sigtimedwait).
+    fn stop_all_after_error(&mut self) {
+        self.flush_notes();
+        self.mode = Mode::ShuttingDown(EXIT_INTERNAL);
+        for i in 0..self.children.len() {
+            self.kill_standby(i);
+            if let Some(pid) = self.children[i].pid {
+                kill_tree(pid, libc::SIGTERM);
+                kill_tree(pid, libc::SIGCONT);
+                self.children[i].state = State::Stopping;
+            }
+        }
+        let deadline = Instant::now() + self.config.root.stop_timeout;
+        loop {
+            while let Ok(Some((pid, status))) = sys::reap_one() {
+                if let Some((i, role)) = self.by_pid.remove(&pid) {
+                    if role == Role::Primary {
+                        let c = &mut self.children[i];
+                        info!(daemon = %c.cfg.name, %pid, ?status, "stopped");
+                        c.pid = None;
+                        c.state = State::Stopped;
+                    }
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.by_pid.is_empty() || left.is_zero() {
+                break;
+            }
+            sys::wait_signal(libc::SIGCHLD, left);
+        }
+        for (pid, (i, _)) in std::mem::take(&mut self.by_pid) {
+            warn!(daemon = %self.children[i].cfg.name, %pid, timeout = ?self.config.root.stop_timeout, "did not stop in time; killing");
+            kill_tree(pid, libc::SIGKILL);
+            let _ = sys::wait_pid(pid);
         }
     }
 

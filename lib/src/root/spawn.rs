@@ -64,11 +64,14 @@ impl Plan<'_> {
         }
         let nargs = strings.len();
         for (k, v) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k.starts_with("FORKROOT_") || k == "NOTIFY_SOCKET" {
+            // Bytes as they are: an environment need not be UTF-8.
+            use std::os::unix::ffi::OsStrExt;
+            let k = k.as_bytes();
+            if k.starts_with(b"FORKROOT_") || k == b"NOTIFY_SOCKET" {
                 continue;
             }
-            strings.push(nul(format!("{k}={}", v.to_string_lossy()))?);
+            let kv = [k, b"=", v.as_bytes()].concat();
+            strings.push(CString::new(kv).map_err(io::Error::other)?);
         }
         strings.push(nul(format!("FORKROOT_NAME={name}"))?);
         strings.push(nul("FORKROOT_REGION_FD=3".into())?);
@@ -418,6 +421,9 @@ fn child(s: &Spawn<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
             if s.lock.is_none() {
                 sys::close(LOCK_FD);
             }
+            // The root's descriptors are closed: be dumpable again (core
+            // dumps, /proc/PID/fd for the user), which the root is not.
+            let _ = sys::file::set_dumpable(true);
             // A standby waits here, set up, until the primary dies.
             let mut restarts = *restarts;
             let mut resume_before = *resume_before;
