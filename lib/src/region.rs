@@ -442,7 +442,9 @@ impl RegionSet {
         let now = sys::file::fstat(fd.as_raw_fd())?;
         let len = s.len as u64;
         if now.size < len {
-            sys::file::set_len(fd.as_raw_fd(), len)?;
+            // fallocate grows the file and gives it its blocks at once, or
+            // fails whole (ENOSPC): then it is still short, and found so
+            // again at the next try.
             sys::allocate(fd.as_raw_fd(), 0, len)?;
             return Ok(Some(Damage::Truncated { size: now.size }));
         }
