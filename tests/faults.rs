@@ -57,6 +57,34 @@ fn a_truncated_region_file_is_repaired_and_the_root_survives() {
     assert_eq!(t.wait_code(), 0, "{}", t.log());
 }
 
+#[test]
+fn a_replaced_region_file_is_reported_and_the_daemon_keeps_its_own() {
+    let mut t = Tree::start(
+        "[root]\nstate_dir = \"@DIR@/state\"\n\
+         [[daemon]]\nname = \"idle1\"\nkind = \"idle\"\n",
+    );
+    let first = t.poll("idle1 running", || running(&t, "idle1"));
+    let file = t.path("state/idle1.region");
+    let len = std::fs::metadata(&file).unwrap().len();
+    // Another file (of garbage, of the right size) renamed over it.
+    let other = t.path("state/garbage");
+    std::fs::write(&other, vec![0xa5u8; len as usize]).unwrap();
+    std::fs::rename(&other, &file).unwrap();
+    common::send(first, libc::SIGKILL).unwrap();
+    t.wait_log(&["idle1", "replaced"]);
+    t.poll("idle1 running again", || {
+        running(&t, "idle1").filter(|&p| p != first)
+    });
+    let d = t.daemon_status("idle1").unwrap();
+    assert!(
+        d["fault"].as_str().unwrap_or("").contains("replaced"),
+        "{d}"
+    );
+    assert!(root_alive(&t));
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0, "{}", t.log());
+}
+
 /// A root run under `strace`, which makes one of the root's system calls
 /// fail with a real kernel error at a chosen call (strace's `inject`): the
 /// way to reach failures no configuration can cause on demand.
@@ -260,6 +288,7 @@ fn sh_as(uid: u32, script: &str) -> bool {
         .args(["-c", script])
         .uid(uid)
         .gid(uid)
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
         .expect("run sh")
@@ -361,6 +390,13 @@ fn refused_three_times(t: &Tree, what: &str) {
         state_and_fault(t, "b").filter(|(s, f)| s == "backoff" && !f.is_empty())
     });
     assert!(fault.contains(what), "fault: {fault}");
+    // The plain `ctl status` says why, too.
+    let out = t.ctl(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("fault: cannot start") && text.contains(what),
+        "{text}"
+    );
     t.poll("three refused starts of b", || {
         (t.log_lines(&["cannot start", "daemon=b"]).len() >= 3).then_some(())
     });

@@ -169,6 +169,9 @@ fn print_status(v: &Value) {
             human_bytes(d["region_bytes"].as_u64().unwrap_or(0)),
             d["last_exit"].as_str().unwrap_or("-"),
         );
+        if let Some(fault) = d["fault"].as_str() {
+            println!("{:<16} fault: {fault}", "");
+        }
     }
 }
 
