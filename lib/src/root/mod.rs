@@ -226,6 +226,7 @@ enum Role {
 /// connection id in the low ones.
 const TOKEN_SIGNALS: u64 = 0;
 const TOKEN_LISTENER: u64 = 1;
+const TOKEN_WATCH: u64 = 2;
 const TOKEN_SETUP: u64 = 1 << 32;
 const TOKEN_CONN: u64 = 2 << 32;
 const TOKEN_STANDBY: u64 = 3 << 32;
@@ -325,6 +326,12 @@ pub struct Root<'a> {
     notes: Vec<Note>,
     /// The control listener rests until then (after `accept` failed).
     control_paused: Option<Instant>,
+    /// inotify on `state_dir`: another process truncating, writing or
+    /// replacing a region file is seen at once (see [`Root::on_watch`]).
+    watch: Option<OwnedFd>,
+    /// Events read from `watch` while absorbing the root's own, still to
+    /// be looked at: (mask, file name).
+    watch_pending: Vec<(u32, Vec<u8>)>,
 }
 
 /// Runs the tree until it is stopped; returns the exit code documented for
@@ -406,6 +413,22 @@ impl<'a> Root<'a> {
         epoll
             .add(signals.as_raw_fd(), TOKEN_SIGNALS)
             .map_err(ctx("epoll"))?;
+        let watch = match &config.root.state_dir {
+            Some(dir) => match watch_state_dir(dir) {
+                Ok(fd) => {
+                    epoll
+                        .add(fd.as_raw_fd(), TOKEN_WATCH)
+                        .map_err(ctx("epoll"))?;
+                    Some(fd)
+                }
+                Err(e) => {
+                    // Damage is then found before the next start only.
+                    warn!(error = %e, "cannot watch state_dir; damaged region files are found when their daemon restarts");
+                    None
+                }
+            },
+            None => None,
+        };
 
         let socket = config
             .root
@@ -496,6 +519,8 @@ impl<'a> Root<'a> {
             sweep_at: None,
             notes: Vec::new(),
             control_paused: None,
+            watch,
+            watch_pending: Vec::new(),
         })
     }
 
@@ -536,11 +561,15 @@ impl<'a> Root<'a> {
                 match (token & TOKEN_KIND, token & !TOKEN_KIND) {
                     (0, TOKEN_SIGNALS) => self.on_signals()?,
                     (0, TOKEN_LISTENER) => self.on_accept(),
+                    (0, TOKEN_WATCH) => self.on_watch(),
                     (TOKEN_SETUP, i) => self.on_setup(i as usize),
                     (TOKEN_CONN, id) => self.on_conn(id),
                     (TOKEN_STANDBY, i) => self.on_standby_setup(i as usize),
                     _ => warn!(token, "event for an unknown token"),
                 }
+            }
+            if !self.watch_pending.is_empty() {
+                self.on_watch();
             }
             self.fire_timers();
             self.flush_notes();
@@ -590,6 +619,105 @@ impl<'a> Root<'a> {
             warn!(daemon = %self.children[i].cfg.name, %pid, timeout = ?self.config.root.stop_timeout, "did not stop in time; killing");
             kill_tree(pid, libc::SIGKILL);
             let _ = sys::wait_pid(pid);
+        }
+    }
+
+    /// The state_dir watch: another process truncated, grew, wrote,
+    /// removed or replaced a region file. A daemon with a process is
+    /// checked at once (one without is checked before its next start):
+    /// its file's size is put right (see `RegionSet::ensure`), and if its
+    /// bytes were cut or written through the file (a daemon writes its
+    /// region only through its mapping, which raises no event), the daemon
+    /// is SIGKILLed, so that its replacement starts over on state its
+    /// checkpoints verify rather than serve what another process put there.
+    fn on_watch(&mut self) {
+        let mut events = std::mem::take(&mut self.watch_pending);
+        if let Some(fd) = &self.watch {
+            loop {
+                match sys::file::read_events(fd.as_raw_fd(), |mask, name| {
+                    events.push((mask, name.to_vec()))
+                }) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        warn!(error = %e, "reading the state_dir watch");
+                        break;
+                    }
+                }
+            }
+        }
+        let mut seen: Vec<(usize, u32)> = Vec::new();
+        for (mask, name) in events {
+            let Some(i) = self.region_of(&name) else {
+                continue;
+            };
+            match seen.iter_mut().find(|(j, _)| *j == i) {
+                Some((_, m)) => *m |= mask,
+                None => seen.push((i, mask)),
+            }
+        }
+        for (i, mask) in seen {
+            self.check_region_file(i, mask);
+        }
+    }
+
+    /// The daemon whose region file is `name` (`NAME.region`).
+    fn region_of(&self, name: &[u8]) -> Option<usize> {
+        let stem = name.strip_suffix(b".region")?;
+        self.names.iter().position(|n| n.as_bytes() == stem)
+    }
+
+    /// See [`Root::on_watch`].
+    fn check_region_file(&mut self, i: usize, mask: u32) {
+        let Some(pid) = self.children[i]
+            .pid
+            .filter(|_| self.children[i].state.has_process())
+        else {
+            return;
+        };
+        let name = self.children[i].cfg.name.clone();
+        let restart = match self.regions.ensure(i) {
+            Ok(Some(damage)) => {
+                error!(daemon = %name, fault = %damage, "region file damaged");
+                let cut = matches!(damage, crate::region::Damage::Truncated { .. });
+                self.children[i].fault = Some(damage.to_string());
+                cut
+            }
+            Ok(None) if mask & libc::IN_MODIFY != 0 => {
+                let fault = "region file written by another process (not through its mapping)";
+                error!(daemon = %name, fault, "region file damaged");
+                self.children[i].fault = Some(fault.to_owned());
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                error!(daemon = %name, error = %e, "cannot repair the region file");
+                self.children[i].fault = Some(format!("cannot repair the region file: {e}"));
+                true
+            }
+        };
+        self.absorb_own_events(i);
+        if restart {
+            warn!(daemon = %name, %pid, "restarting it on its repaired region");
+            kill_tree(pid, libc::SIGKILL);
+        }
+    }
+
+    /// Reads the state_dir watch's queued events, drops those about daemon
+    /// `i`'s file (the root's own making, repair or zeroing of it), and
+    /// keeps the rest for [`Root::on_watch`].
+    fn absorb_own_events(&mut self, i: usize) {
+        let Some(fd) = &self.watch else { return };
+        let own = format!("{}.region", self.names[i]).into_bytes();
+        let pending = &mut self.watch_pending;
+        while let Ok(n) = sys::file::read_events(fd.as_raw_fd(), |mask, name| {
+            if name != own.as_slice() {
+                pending.push((mask, name.to_vec()));
+            }
+        }) {
+            if n == 0 {
+                break;
+            }
         }
     }
 
@@ -801,6 +929,9 @@ impl<'a> Root<'a> {
                 warn!(daemon = %c.cfg.name, error = %e, "could not zero the region for a fresh restart");
             }
         }
+        // Making, repairing or zeroing the file showed up as events of our
+        // own on the state_dir watch: not another process's doing.
+        self.absorb_own_events(i);
         if self.take_over(i) {
             return;
         }
@@ -1419,6 +1550,19 @@ impl Root<'_> {
             self.set_timer(i, Instant::now() + (wd - age));
         }
     }
+}
+
+/// An inotify watch on `dir` for what another process may do to a region
+/// file: write or truncate it (`IN_MODIFY`), remove or replace it.
+fn watch_state_dir(dir: &std::path::Path) -> io::Result<OwnedFd> {
+    let fd = sys::file::inotify()?;
+    let mask = libc::IN_MODIFY
+        | libc::IN_DELETE
+        | libc::IN_MOVED_FROM
+        | libc::IN_MOVED_TO
+        | libc::IN_CREATE;
+    sys::file::watch(fd.as_raw_fd(), dir, mask)?;
+    Ok(fd)
 }
 
 /// How long a new root waits for the daemons of a root that was just

@@ -86,3 +86,53 @@ pub fn set_dumpable(on: bool) -> io::Result<()> {
     cvt(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, libc::c_ulong::from(on), 0, 0, 0) })?;
     Ok(())
 }
+
+/// An inotify instance (non-blocking, close-on-exec).
+pub fn inotify() -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: inotify_init1 takes flags only.
+    let fd = cvt(unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) })?;
+    // SAFETY: a fresh descriptor that we now own.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Watches directory `dir` for `mask` events on `fd` (an [`inotify`]).
+pub fn watch(fd: RawFd, dir: &std::path::Path, mask: u32) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: `path` is a valid C string.
+    cvt(unsafe { libc::inotify_add_watch(fd, path.as_ptr(), mask) })?;
+    Ok(())
+}
+
+/// Reads the queued events of inotify `fd` (non-blocking) and calls `f`
+/// with each one's mask and file name; returns how many there were (0 when
+/// the queue is empty).
+pub fn read_events(fd: RawFd, mut f: impl FnMut(u32, &[u8])) -> io::Result<usize> {
+    // Aligned for `inotify_event`; room for many events.
+    let mut buf = [0u64; 512];
+    // SAFETY: `buf` is valid for writes of its size in bytes.
+    let n = match cvt_r(|| unsafe { libc::read(fd, buf.as_mut_ptr().cast(), 8 * buf.len()) }) {
+        Ok(n) => n as usize,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    // SAFETY: the first `n` bytes were written by read; u8 has no invalid
+    // values and alignment 1.
+    let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
+    let head = std::mem::size_of::<libc::inotify_event>();
+    let (mut at, mut count) = (0, 0);
+    while at + head <= bytes.len() {
+        let word = |o: usize| u32::from_ne_bytes(bytes[at + o..at + o + 4].try_into().expect("4"));
+        // struct inotify_event { int wd; u32 mask; u32 cookie; u32 len; char name[]; }
+        let mask = word(4);
+        let len = word(12) as usize;
+        let name = bytes.get(at + head..at + head + len).unwrap_or(&[]);
+        // The name is NUL-padded to its length.
+        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        f(mask, &name[..end]);
+        count += 1;
+        at += head + len;
+    }
+    Ok(count)
+}
