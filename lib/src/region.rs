@@ -269,6 +269,11 @@ pub struct RegionSpec<'a> {
 /// Every daemon's region, mapped read-only in the root at one address each
 /// inside a single reservation.
 ///
+/// The root maps them only for its children to inherit: it never reads
+/// them through the mapping itself, but copies bytes out with
+/// [`RegionSet::read`] (`pread` on its descriptor), so a file truncated
+/// under it cannot fault it.
+///
 /// Because the root maps them before forking, every daemon inherits every
 /// region at the same address, read-only; a daemon then maps its own region
 /// writable over the same range ([`RegionSet::enter`]). The read-only views

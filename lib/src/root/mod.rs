@@ -647,6 +647,14 @@ impl<'a> Root<'a> {
             }
         }
         let mut seen: Vec<(usize, u32)> = Vec::new();
+        // Events were lost (the queue overflowed): look at every file.
+        if events
+            .iter()
+            .any(|(mask, _)| mask & libc::IN_Q_OVERFLOW != 0)
+        {
+            warn!("the state_dir watch overflowed; checking every region file");
+            seen.extend((0..self.children.len()).map(|i| (i, 0)));
+        }
         for (mask, name) in events {
             let Some(i) = self.region_of(&name) else {
                 continue;
