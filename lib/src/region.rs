@@ -646,3 +646,74 @@ pub unsafe fn claim(region: NonNull<u8>) -> &'static Header {
     h.heartbeat_ns.store(sys::monotonic_ns(), Ordering::Release);
     h
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The root's reader over a `state_dir` file of any size and any bytes:
+    /// short reads, never a fault; a header only when there is one.
+    #[test]
+    fn the_reader_tolerates_any_size_and_any_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = RegionSpec {
+            name: "r",
+            user: 4096,
+            own_file: false,
+        };
+        let mut set = RegionSet::create(&[spec], Some(dir.path())).unwrap();
+        let len = set.region_len(0);
+        let path = dir.path().join("r.region");
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for size in [
+            0,
+            1,
+            HEADER_BYTES - 1,
+            HEADER_BYTES,
+            5000,
+            LOG_OFFSET + 100,
+            len - 1,
+        ] {
+            file.set_len(size as u64).unwrap();
+            // Garbage in what is left.
+            let garbage: Vec<u8> = (0..size)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect();
+            std::os::unix::fs::FileExt::write_all_at(&file, &garbage, 0).unwrap();
+            assert_eq!(set.header(0).is_some(), size >= HEADER_BYTES, "size {size}");
+            let mut buf = vec![0xeeu8; len + 10];
+            let n = set.read(0, 0, &mut buf).unwrap();
+            assert_eq!(n, size);
+            assert!(buf[n..].iter().all(|&b| b == 0), "zeroed past the file");
+            let copy = set.log_copy(0);
+            assert_eq!(copy.bytes().len(), LOG_SIZE);
+            crate::log::tail(copy.bytes(), crate::log::CAPACITY, |_| {});
+            // Found and made whole before the next start.
+            assert_eq!(
+                set.ensure(0).unwrap(),
+                Some(Damage::Truncated { size: size as u64 })
+            );
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), len as u64);
+            assert_eq!(set.ensure(0).unwrap(), None);
+        }
+        // Longer: cut back.
+        file.set_len(len as u64 + 4096).unwrap();
+        assert_eq!(
+            set.ensure(0).unwrap(),
+            Some(Damage::Grown {
+                size: len as u64 + 4096
+            })
+        );
+        // Another file at the path.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"x").unwrap();
+        assert_eq!(set.ensure(0).unwrap(), Some(Damage::Replaced));
+        assert_eq!(set.ensure(0).unwrap(), None, "reported once");
+    }
+}
