@@ -326,12 +326,9 @@ pub struct Root<'a> {
     notes: Vec<Note>,
     /// The control listener rests until then (after `accept` failed).
     control_paused: Option<Instant>,
-    /// inotify on `state_dir`: another process truncating, writing or
+    /// inotify on `state_dir`: another process truncating, growing or
     /// replacing a region file is seen at once (see [`Root::on_watch`]).
     watch: Option<OwnedFd>,
-    /// Events read from `watch` while absorbing the root's own, still to
-    /// be looked at: (mask, file name).
-    watch_pending: Vec<(u32, Vec<u8>)>,
 }
 
 /// Runs the tree until it is stopped; returns the exit code documented for
@@ -520,7 +517,6 @@ impl<'a> Root<'a> {
             notes: Vec::new(),
             control_paused: None,
             watch,
-            watch_pending: Vec::new(),
         })
     }
 
@@ -567,9 +563,6 @@ impl<'a> Root<'a> {
                     (TOKEN_STANDBY, i) => self.on_standby_setup(i as usize),
                     _ => warn!(token, "event for an unknown token"),
                 }
-            }
-            if !self.watch_pending.is_empty() {
-                self.on_watch();
             }
             self.fire_timers();
             self.flush_notes();
@@ -622,16 +615,16 @@ impl<'a> Root<'a> {
         }
     }
 
-    /// The state_dir watch: another process truncated, grew, wrote,
-    /// removed or replaced a region file. A daemon with a process is
-    /// checked at once (one without is checked before its next start):
-    /// its file's size is put right (see `RegionSet::ensure`), and if its
-    /// bytes were cut or written through the file (a daemon writes its
-    /// region only through its mapping, which raises no event), the daemon
+    /// The state_dir watch: a region file changed. A daemon writes its
+    /// region through its mapping, which raises no event, but zeroing it
+    /// (`MADV_REMOVE`) and the root's own repairs do, so an event says only
+    /// where to look. A daemon with a process has its file checked at once
+    /// (one without is checked before its next start): its size put right
+    /// (see `RegionSet::ensure`), and if its bytes were cut off, the daemon
     /// is SIGKILLed, so that its replacement starts over on state its
-    /// checkpoints verify rather than serve what another process put there.
+    /// checkpoints verify rather than on zeroes where its state was.
     fn on_watch(&mut self) {
-        let mut events = std::mem::take(&mut self.watch_pending);
+        let mut events = Vec::new();
         if let Some(fd) = &self.watch {
             loop {
                 match sys::file::read_events(fd.as_raw_fd(), |mask, name| {
@@ -646,26 +639,20 @@ impl<'a> Root<'a> {
                 }
             }
         }
-        let mut seen: Vec<(usize, u32)> = Vec::new();
-        // Events were lost (the queue overflowed): look at every file.
-        if events
-            .iter()
-            .any(|(mask, _)| mask & libc::IN_Q_OVERFLOW != 0)
-        {
-            warn!("the state_dir watch overflowed; checking every region file");
-            seen.extend((0..self.children.len()).map(|i| (i, 0)));
-        }
+        let mut seen: Vec<usize> = Vec::new();
         for (mask, name) in events {
-            let Some(i) = self.region_of(&name) else {
-                continue;
-            };
-            match seen.iter_mut().find(|(j, _)| *j == i) {
-                Some((_, m)) => *m |= mask,
-                None => seen.push((i, mask)),
+            if mask & libc::IN_Q_OVERFLOW != 0 {
+                // Events were lost: look at every file.
+                warn!("the state_dir watch overflowed; checking every region file");
+                seen = (0..self.children.len()).collect();
+                break;
+            }
+            if let Some(i) = self.region_of(&name).filter(|i| !seen.contains(i)) {
+                seen.push(i);
             }
         }
-        for (i, mask) in seen {
-            self.check_region_file(i, mask);
+        for i in seen {
+            self.check_region_file(i);
         }
     }
 
@@ -676,7 +663,7 @@ impl<'a> Root<'a> {
     }
 
     /// See [`Root::on_watch`].
-    fn check_region_file(&mut self, i: usize, mask: u32) {
+    fn check_region_file(&mut self, i: usize) {
         let Some(pid) = self.children[i]
             .pid
             .filter(|_| self.children[i].state.has_process())
@@ -691,12 +678,6 @@ impl<'a> Root<'a> {
                 self.children[i].fault = Some(damage.to_string());
                 cut
             }
-            Ok(None) if mask & libc::IN_MODIFY != 0 => {
-                let fault = "region file written by another process (not through its mapping)";
-                error!(daemon = %name, fault, "region file damaged");
-                self.children[i].fault = Some(fault.to_owned());
-                true
-            }
             Ok(None) => false,
             Err(e) => {
                 error!(daemon = %name, error = %e, "cannot repair the region file");
@@ -704,28 +685,9 @@ impl<'a> Root<'a> {
                 true
             }
         };
-        self.absorb_own_events(i);
         if restart {
             warn!(daemon = %name, %pid, "restarting it on its repaired region");
             kill_tree(pid, libc::SIGKILL);
-        }
-    }
-
-    /// Reads the state_dir watch's queued events, drops those about daemon
-    /// `i`'s file (the root's own making, repair or zeroing of it), and
-    /// keeps the rest for [`Root::on_watch`].
-    fn absorb_own_events(&mut self, i: usize) {
-        let Some(fd) = &self.watch else { return };
-        let own = format!("{}.region", self.names[i]).into_bytes();
-        let pending = &mut self.watch_pending;
-        while let Ok(n) = sys::file::read_events(fd.as_raw_fd(), |mask, name| {
-            if name != own.as_slice() {
-                pending.push((mask, name.to_vec()));
-            }
-        }) {
-            if n == 0 {
-                break;
-            }
         }
     }
 
@@ -937,9 +899,6 @@ impl<'a> Root<'a> {
                 warn!(daemon = %c.cfg.name, error = %e, "could not zero the region for a fresh restart");
             }
         }
-        // Making, repairing or zeroing the file showed up as events of our
-        // own on the state_dir watch: not another process's doing.
-        self.absorb_own_events(i);
         if self.take_over(i) {
             return;
         }
