@@ -21,6 +21,13 @@ fn root_alive(t: &Tree) -> bool {
     common::Proc::read(t.pid).is_some_and(|p| p.state != 'Z')
 }
 
+/// The root, alive after what the test did, stops with exit 0 on SIGTERM.
+fn stop_cleanly(t: &mut Tree) {
+    assert!(root_alive(t), "{}", t.log());
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0, "{}", t.log());
+}
+
 #[test]
 fn a_truncated_region_file_is_repaired_and_the_root_survives() {
     let mut t = Tree::start(
@@ -52,9 +59,7 @@ fn a_truncated_region_file_is_repaired_and_the_root_survives() {
     });
     assert_eq!(std::fs::metadata(&file).unwrap().len(), len);
     assert_eq!(running(&t, "idle2"), Some(other), "the sibling was touched");
-    assert!(root_alive(&t));
-    t.signal(SIGTERM);
-    assert_eq!(t.wait_code(), 0, "{}", t.log());
+    stop_cleanly(&mut t);
 }
 
 #[test]
@@ -77,9 +82,7 @@ fn a_replaced_region_file_is_reported_and_the_daemon_keeps_its_own() {
     });
     // It runs on the file the root opened: nothing to restart for.
     assert_eq!(running(&t, "idle1"), Some(first));
-    assert!(root_alive(&t));
-    t.signal(SIGTERM);
-    assert_eq!(t.wait_code(), 0, "{}", t.log());
+    stop_cleanly(&mut t);
 }
 
 #[test]
@@ -129,9 +132,7 @@ fn a_region_file_damaged_under_a_running_daemon_is_seen_at_once() {
         .log_lines(&["daemon=idle1"])
         .iter()
         .all(|l| !l.contains("damaged")));
-    assert!(root_alive(&t));
-    t.signal(SIGTERM);
-    assert_eq!(t.wait_code(), 0, "{}", t.log());
+    stop_cleanly(&mut t);
 }
 
 /// A root run under `strace`, which makes one of the root's system calls
@@ -467,8 +468,7 @@ fn fork_refused_by_rlimit_nproc_is_retried_with_backoff() {
     assert!(out.status.success(), "{out:?}");
     t.poll("b running once a process is allowed", || running(&t, "b"));
     assert_eq!(state_and_fault(&t, "b").unwrap().1, "", "the fault stays");
-    t.signal(SIGTERM);
-    assert_eq!(t.wait_code(), 0, "{}", t.log());
+    stop_cleanly(&mut t);
 }
 
 /// The open descriptors of process `pid`, by number.
@@ -534,8 +534,7 @@ fn descriptors_exhausted_in_the_root_are_retried_with_backoff() {
     t.poll("a running once descriptors are allowed", || {
         running(&t, "a")
     });
-    t.signal(SIGTERM);
-    assert_eq!(t.wait_code(), 0, "{}", t.log());
+    stop_cleanly(&mut t);
 }
 
 /// A tmpfs mounted for a test, unmounted when dropped.
@@ -596,7 +595,6 @@ fn a_full_state_dir_stops_only_the_daemon_whose_region_does_not_fit() {
     refused_three_times(&t, "No space left on device");
     fs.resize("16m");
     t.poll("b running once there is room", || running(&t, "b"));
-    t.signal(SIGTERM);
-    assert_eq!(t.wait_code(), 0, "{}", t.log());
+    stop_cleanly(&mut t);
     drop(t);
 }
