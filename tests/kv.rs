@@ -2,9 +2,10 @@
 //! pipelining, and acknowledged writes across SIGKILLs of the daemon.
 
 mod common;
+mod kv_support;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,30 +13,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{Tree, DEADLINE};
+use kv_support::start_kv;
 
-/// A port nobody listens on now (the kernel's pick for port 0).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind port 0")
-        .port()
-}
-
-/// A tree of one kv daemon on a free port.
+/// A tree of one kv daemon on a free port, DEBUG allowed.
 fn start(memory: &str) -> (Tree, u16) {
-    let port = free_port();
-    let t = Tree::start(&format!(
-        r#"
-[[daemon]]
-name = "kv"
-kind = "kv"
-memory = "{memory}"
-[daemon.args]
-listen = "127.0.0.1:{port}"
-debug = true
-"#
-    ));
-    (t, port)
+    start_kv(memory, "debug = true")
 }
 
 /// A RESP reply.
@@ -46,6 +28,12 @@ enum Reply {
     Int(i64),
     Bulk(Option<Vec<u8>>),
     Array(Vec<Reply>),
+    /// RESP3's null (`_`).
+    Null,
+    /// RESP3's map (`%`): keys and values in turn.
+    Map(Vec<Reply>),
+    /// RESP3's verbatim string (`=`): its format and its text.
+    Verbatim(String, Vec<u8>),
 }
 
 use Reply::*;
@@ -136,6 +124,17 @@ impl Client {
                 Bulk(Some(b))
             }
             "*" => Array((0..num()).map(|_| self.read()).collect::<Result<_, _>>()?),
+            "_" => Null,
+            "%" => Map((0..2 * num())
+                .map(|_| self.read())
+                .collect::<Result<_, _>>()?),
+            "=" => {
+                let mut b = vec![0; num() as usize + 2];
+                self.r.read_exact(&mut b)?;
+                b.truncate(b.len() - 2);
+                let text = b.split_off(4);
+                Verbatim(String::from_utf8_lossy(&b[..3]).into(), text)
+            }
             _ => panic!("not RESP: {line:?}"),
         })
     }
@@ -264,6 +263,150 @@ fn strings_counters_and_errors() {
     assert_eq!(st["alloc"]["policy"], "forbid", "{st}");
     assert_eq!(st["alloc"]["allocs"], 0, "{st}");
     assert_eq!(st["restarts"], 0, "{st}");
+}
+
+/// A tree of one kv daemon on a free port, with a password.
+fn start_with_password(password: &str) -> (Tree, u16) {
+    start_kv("4MiB", &format!("password = \"{password}\""))
+}
+
+#[test]
+fn hello_switches_to_resp3_and_reset_back() {
+    let (t, port) = start("4MiB");
+    let mut c = Client::wait(port);
+    let Int(id) = c.cmd(&["CLIENT", "ID"]) else {
+        panic!("CLIENT ID is an integer");
+    };
+    assert_eq!(
+        c.cmd(&["AUTH", "x"]),
+        err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")
+    );
+    assert_eq!(
+        c.cmd(&["HELLO", "4"]),
+        err("NOPROTO unsupported protocol version")
+    );
+    assert_eq!(
+        c.cmd(&["HELLO", "3", "SETNAME", "bad name"]),
+        err("ERR Client names cannot contain spaces, newlines or special characters.")
+    );
+    let Map(hello) = c.cmd(&["HELLO", "3", "SETNAME", "app"]) else {
+        panic!("HELLO 3 replies a map");
+    };
+    let field = |k: &str| {
+        let i = hello.iter().position(|r| *r == bulk(k)).expect(k);
+        hello[i + 1].clone()
+    };
+    assert_eq!(field("proto"), Int(3));
+    assert_eq!(field("id"), Int(id));
+    assert_eq!(field("server"), bulk("redis"));
+    assert_eq!(c.cmd(&["GET", "nope"]), Null);
+    assert_eq!(c.cmd(&["MGET", "nope"]), Array(vec![Null]));
+    assert_eq!(c.cmd(&["CLIENT", "GETNAME"]), bulk("app"));
+    assert_eq!(c.cmd(&["CLIENT", "SETINFO", "LIB-NAME", "redis-py"]), ok());
+    assert_eq!(
+        c.cmd(&["CLIENT", "SETINFO", "COLOR", "red"]),
+        err("ERR Unrecognized option 'COLOR'")
+    );
+    assert_eq!(
+        c.cmd(&["CLIENT", "NOPE"]),
+        err("ERR unknown subcommand 'NOPE'. Try CLIENT HELP.")
+    );
+    assert_eq!(
+        c.cmd(&["CLIENT", "SETNAME"]),
+        err("ERR wrong number of arguments for 'client|setname' command")
+    );
+    assert_eq!(
+        c.cmd(&["CONFIG", "GET", "databases"]),
+        Map(vec![bulk("databases"), bulk("1")])
+    );
+    assert!(matches!(c.cmd(&["INFO"]), Verbatim(f, _) if f == "txt"));
+    assert_eq!(c.cmd(&["RESET"]), Simple("RESET".into()));
+    assert_eq!(c.cmd(&["GET", "nope"]), Bulk(None));
+    assert_eq!(c.cmd(&["CLIENT", "GETNAME"]), Bulk(None));
+    assert_eq!(c.cmd(&["CLIENT", "ID"]), Int(id));
+    // HELLO without a version answers in the protocol in use.
+    assert!(matches!(c.cmd(&["HELLO"]), Array(a) if a.len() == 14));
+    let st = kv_status(&t);
+    assert_eq!(st["alloc"]["allocs"], 0, "{st}");
+}
+
+#[test]
+fn a_password_is_required_when_configured() {
+    let (_t, port) = start_with_password("s3cret");
+    let mut c = Client::wait(port);
+    assert_eq!(c.cmd(&["GET", "k"]), err("NOAUTH Authentication required."));
+    assert_eq!(
+        c.cmd(&["HELLO", "3"]),
+        err("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")
+    );
+    let wrong = err("WRONGPASS invalid username-password pair or user is disabled.");
+    assert_eq!(c.cmd(&["AUTH", "s3cre"]), wrong);
+    assert_eq!(c.cmd(&["AUTH", "s3cret!"]), wrong);
+    assert_eq!(c.cmd(&["AUTH", "admin", "s3cret"]), wrong);
+    assert_eq!(c.cmd(&["HELLO", "3", "AUTH", "default", "nope"]), wrong);
+    assert_eq!(c.cmd(&["GET", "k"]), err("NOAUTH Authentication required."));
+    assert_eq!(c.cmd(&["AUTH", "s3cret"]), ok());
+    assert_eq!(c.cmd(&["SET", "k", "v"]), ok());
+    // RESET logs out again.
+    assert_eq!(c.cmd(&["RESET"]), Simple("RESET".into()));
+    assert_eq!(c.cmd(&["GET", "k"]), err("NOAUTH Authentication required."));
+    assert!(matches!(
+        c.cmd(&["HELLO", "3", "AUTH", "default", "s3cret"]),
+        Map(_)
+    ));
+    assert_eq!(c.cmd(&["GET", "k"]), bulk("v"));
+    assert_eq!(c.cmd(&["AUTH", "default", "s3cret"]), ok());
+}
+
+#[test]
+fn multi_exec_runs_the_block_all_or_nothing() {
+    let (t, port) = start("2MiB");
+    let mut c = Client::wait(port);
+    assert_eq!(c.cmd(&["EXEC"]), err("ERR EXEC without MULTI"));
+    assert_eq!(c.cmd(&["MULTI"]), ok());
+    assert_eq!(c.cmd(&["MULTI"]), err("ERR MULTI calls can not be nested"));
+    assert_eq!(c.cmd(&["SET", "a", "1"]), Simple("QUEUED".into()));
+    assert_eq!(c.cmd(&["INCR", "a"]), Simple("QUEUED".into()));
+    // Queued, not run: another client does not see it yet.
+    let mut other = Client::wait(port);
+    assert_eq!(other.cmd(&["GET", "a"]), Bulk(None));
+    assert_eq!(c.cmd(&["GET", "a"]), Simple("QUEUED".into()));
+    assert_eq!(c.cmd(&["EXEC"]), Array(vec![ok(), Int(2), bulk("2")]));
+    assert_eq!(other.cmd(&["GET", "a"]), bulk("2"));
+    // A refused command discards the block at EXEC.
+    assert_eq!(c.cmd(&["MULTI"]), ok());
+    assert_eq!(c.cmd(&["SET", "b", "1"]), Simple("QUEUED".into()));
+    assert_eq!(
+        c.cmd(&["GET"]),
+        err("ERR wrong number of arguments for 'get' command")
+    );
+    assert_eq!(
+        c.cmd(&["EXEC"]),
+        err("EXECABORT Transaction discarded because of previous errors.")
+    );
+    assert_eq!(c.cmd(&["GET", "b"]), Bulk(None));
+    assert_eq!(c.cmd(&["MULTI"]), ok());
+    assert_eq!(c.cmd(&["SET", "b", "1"]), Simple("QUEUED".into()));
+    assert_eq!(c.cmd(&["DISCARD"]), ok());
+    assert_eq!(c.cmd(&["GET", "b"]), Bulk(None));
+    // A command that fails after it may have written rolls the whole
+    // block back: a SETRANGE that changes more than the journal holds.
+    assert_eq!(c.cmd(&["MULTI"]), ok());
+    assert_eq!(c.cmd(&["SET", "first", "1"]), Simple("QUEUED".into()));
+    assert_eq!(
+        c.cmd(&["SETRANGE", "big", "200000", "x"]),
+        Simple("QUEUED".into())
+    );
+    assert_eq!(
+        c.cmd(&["EXEC"]),
+        err("ERR command changes more than the undo journal holds (split it)")
+    );
+    assert_eq!(c.cmd(&["GET", "first"]), Bulk(None));
+    assert_eq!(c.cmd(&["EXISTS", "big"]), Int(0));
+    // The connection goes on as usual.
+    assert_eq!(c.cmd(&["SET", "first", "2"]), ok());
+    let st = kv_status(&t);
+    assert_eq!(st["alloc"]["allocs"], 0, "{st}");
 }
 
 #[test]

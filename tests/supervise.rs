@@ -359,3 +359,233 @@ fn a_linked_daemon_is_restarted_when_its_link_dies_either_way() {
     t.signal(SIGTERM);
     assert_eq!(t.wait_code(), 0);
 }
+
+// ----- nested groups ----------------------------------------------------
+
+/// The daemons named in the log lines that contain `what` (`"started
+/// daemon="`, `"stopped daemon="`), in order, from the `skip`-th such line.
+fn logged(t: &Tree, what: &str, skip: usize) -> Vec<String> {
+    logged_field(t, what, "daemon=", skip)
+}
+
+/// The values of field `key` (`"group="`) in the log lines that contain
+/// `what`, in order, from the `skip`-th such line.
+fn logged_field(t: &Tree, what: &str, key: &str, skip: usize) -> Vec<String> {
+    t.log_lines(&[what])
+        .iter()
+        .skip(skip)
+        .filter_map(|l| {
+            l.split(' ')
+                .find_map(|w| w.strip_prefix(key))
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// The top (`one_for_all`, so a wrong escalation would show) holds `out1`,
+/// the group `g` (`strategy`) with a, b, c, and `out2`, in that order.
+/// Returns the tree, the first starts of a, b, c, and of out1 and out2.
+fn group_abc(strategy: &str) -> (Tree, Vec<Start>, Vec<Start>) {
+    let g = "group = \"g\"";
+    let config = format!(
+        "[supervisor]\nstrategy = \"one_for_all\"\nintensity = 10\nperiod = \"10s\"\n\n\
+         [[group]]\nname = \"g\"\nstrategy = \"{strategy}\"\nintensity = 10\nperiod = \"10s\"\n\n{}{}{}{}{}",
+        probe("out1", "", ""),
+        probe("a", g, ""),
+        probe("b", g, ""),
+        probe("c", g, ""),
+        probe("out2", "", ""),
+    );
+    let t = Tree::start(&config);
+    let first: Vec<Start> = ["a", "b", "c"]
+        .iter()
+        .map(|n| t.wait_starts(n, 1)[0])
+        .collect();
+    let outside: Vec<Start> = ["out1", "out2"]
+        .iter()
+        .map(|n| t.wait_starts(n, 1)[0])
+        .collect();
+    assert_eq!(
+        logged(&t, "started daemon=", 0),
+        ["out1", "a", "b", "c", "out2"],
+        "declared order: {}",
+        t.log()
+    );
+    (t, first, outside)
+}
+
+/// Nothing outside the group moved: one start each, never stopped.
+fn outside_untouched(t: &Tree, outside: &[Start]) {
+    for (name, s) in ["out1", "out2"].iter().zip(outside) {
+        assert_eq!(t.starts(name).len(), 1, "{name}: {}", t.log());
+        assert!(
+            t.daemons_named(name).iter().any(|p| p.pid == s.pid),
+            "{name}"
+        );
+        assert!(!t.out(name).iter().any(|l| l.starts_with("stop")), "{name}");
+    }
+}
+
+#[test]
+fn one_for_one_in_a_group_restarts_only_the_dead_daemon_though_the_top_is_one_for_all() {
+    let (mut t, first, outside) = group_abc("one_for_one");
+    send(first[1].pid, SIGKILL).unwrap();
+    let b = t.wait_starts("b", 2);
+    assert_ne!(b[1].pid, first[1].pid);
+    assert_eq!(b[1].restarts, 1);
+    // Long enough for a wrong restart of the others to show.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for (name, s) in [("a", first[0]), ("c", first[2])] {
+        assert_eq!(t.starts(name).len(), 1, "{name}: {}", t.log());
+        assert!(t.daemons_named(name).iter().any(|p| p.pid == s.pid));
+    }
+    outside_untouched(&t, &outside);
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0);
+}
+
+#[test]
+fn one_for_all_in_a_group_restarts_the_group_in_order_and_nothing_outside_it() {
+    let (mut t, first, outside) = group_abc("one_for_all");
+    send(first[1].pid, SIGKILL).unwrap();
+    let a = t.wait_starts("a", 2);
+    let c = t.wait_starts("c", 2);
+    t.wait_starts("b", 2);
+    assert_ne!(a[1].pid, first[0].pid);
+    assert_ne!(c[1].pid, first[2].pid);
+    // Stopped gracefully, one at a time in reverse order; started in order.
+    assert!(t.out("a").contains(&format!("stop {}", first[0].pid)));
+    assert!(t.out("c").contains(&format!("stop {}", first[2].pid)));
+    assert_eq!(logged(&t, "stopped daemon=", 0), ["c", "a"], "{}", t.log());
+    assert_eq!(
+        logged(&t, "started daemon=", 5),
+        ["a", "b", "c"],
+        "{}",
+        t.log()
+    );
+    // Each start says why: b died, a and c came along with it.
+    assert_eq!(
+        logged_field(&t, "started daemon=", "cause=", 5),
+        ["strategy", "death", "strategy"],
+        "{}",
+        t.log()
+    );
+    outside_untouched(&t, &outside);
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0);
+}
+
+#[test]
+fn rest_for_one_in_a_group_restarts_the_dead_one_and_those_after_it_in_the_group() {
+    let (mut t, first, outside) = group_abc("rest_for_one");
+    send(first[1].pid, SIGKILL).unwrap();
+    let c = t.wait_starts("c", 2);
+    t.wait_starts("b", 2);
+    assert_ne!(c[1].pid, first[2].pid);
+    assert!(t.out("c").contains(&format!("stop {}", first[2].pid)));
+    assert_eq!(logged(&t, "stopped daemon=", 0), ["c"], "{}", t.log());
+    assert_eq!(logged(&t, "started daemon=", 5), ["b", "c"], "{}", t.log());
+    // a, before b in the group, stayed.
+    assert_eq!(t.starts("a").len(), 1);
+    assert!(t.daemons_named("a").iter().any(|p| p.pid == first[0].pid));
+    outside_untouched(&t, &outside);
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0);
+}
+
+/// root ─ outer (intensity `outer`) ─ inner (one_for_one, intensity 1) ─
+/// [i1, i2]; root ─ side ─ [s1]; the top's intensity is `top`.
+fn two_levels(top: u32, outer: u32) -> Tree {
+    let config = format!(
+        "[supervisor]\nintensity = {top}\nperiod = \"10s\"\n\n\
+         [[group]]\nname = \"outer\"\nintensity = {outer}\nperiod = \"10s\"\n\n\
+         [[group]]\nname = \"inner\"\nparent = \"outer\"\nintensity = 1\nperiod = \"10s\"\n\n\
+         [[group]]\nname = \"side\"\n\n{}{}{}",
+        probe("i1", "group = \"inner\"", ""),
+        probe("i2", "group = \"inner\"", ""),
+        probe("s1", "group = \"side\"", ""),
+    );
+    Tree::start(&config)
+}
+
+/// Kills i1 twice (its first and its second incarnation): inner, at
+/// intensity 1, gives up. Returns i1's and i2's first starts.
+fn break_inner(t: &Tree) -> (Start, Start) {
+    let i1 = t.wait_starts("i1", 1)[0];
+    let i2 = t.wait_starts("i2", 1)[0];
+    t.wait_starts("s1", 1);
+    send(i1.pid, SIGKILL).unwrap();
+    let again = t.wait_starts("i1", 2)[1];
+    send(again.pid, SIGKILL).unwrap();
+    (i1, i2)
+}
+
+#[test]
+fn escalation_through_two_groups_exits_69_and_the_sibling_group_is_untouched() {
+    let mut t = two_levels(0, 0);
+    let (_, i2) = break_inner(&t);
+    assert_eq!(t.wait_code(), 69, "{}", t.log());
+    // Each level gave up in turn: inner, outer, then the top.
+    let gave_up = logged_field(&t, "restart intensity exceeded; giving up", "group=", 0);
+    assert_eq!(gave_up, ["inner", "outer", "root"], "{}", t.log());
+    // i2 was stopped by its group, and only then did the failure go up.
+    assert!(t.out("i2").contains(&format!("stop {}", i2.pid)));
+    // The sibling group's daemon ran once, from start to the final stop.
+    let s1 = t.starts("s1");
+    assert_eq!(s1.len(), 1, "{}", t.log());
+    assert!(t.out("s1").contains(&format!("stop {}", s1[0].pid)));
+    let log = t.log();
+    let root_gave_up = log.find("group=root").expect("the top gave up");
+    let s1_stopped = log.find("stopped daemon=s1").expect("s1 stopped");
+    assert!(
+        s1_stopped > root_gave_up,
+        "s1 stopped only by the shutdown:\n{log}"
+    );
+    assert_eq!(t.starts("i2").len(), 1, "{log}");
+}
+
+#[test]
+fn a_group_that_gave_up_is_restarted_by_its_parent_and_ctl_tree_shows_it() {
+    let mut t = two_levels(10, 10);
+    let (i1, i2) = break_inner(&t);
+    // inner failed; outer restarted it: both of its daemons are new.
+    let i1s = t.wait_starts("i1", 3);
+    let i2s = t.wait_starts("i2", 2);
+    assert_ne!(i2s[1].pid, i2.pid);
+    assert!(t.out("i2").contains(&format!("stop {}", i2.pid)));
+    assert_ne!(i1s[2].pid, i1.pid);
+    t.wait_log(&["group failed", "group=inner"]);
+    t.wait_log(&["started daemon=i2", "cause=escalation"]);
+    let tree = t.poll("ctl tree with inner restarted", || {
+        let out = t.ctl(&["tree", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let inner = find_group(&v["tree"], "inner")?;
+        (inner["restarts"] == 1 && inner["state"] == "running").then_some(v)
+    });
+    let root = &tree["tree"];
+    assert_eq!(root["name"], "root");
+    let outer = find_group(root, "outer").expect("outer");
+    assert_eq!(outer["state"], "running");
+    assert_eq!(outer["restarts_in_period"], 1, "{tree}");
+    let side = find_group(root, "side").expect("side");
+    assert_eq!(side["restarts"], 0);
+    assert_eq!(side["children"][0]["name"], "s1");
+    assert_eq!(side["children"][0]["state"], "running");
+    assert_eq!(side["children"][0]["cause"], "start");
+    let inner = find_group(root, "inner").expect("inner");
+    assert_eq!(inner["children"][1]["cause"], "escalation", "{tree}");
+    assert_eq!(t.starts("s1").len(), 1);
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0);
+}
+
+/// The group named `name` anywhere under `node` in `ctl tree --json`.
+fn find_group<'a>(node: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    if node["name"] == name && node["type"] == "group" {
+        return Some(node);
+    }
+    node["children"]
+        .as_array()?
+        .iter()
+        .find_map(|c| find_group(c, name))
+}

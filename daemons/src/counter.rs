@@ -19,9 +19,20 @@ use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 use forkroot::region::Plain;
-use forkroot::{Context, Resumed};
+use forkroot::{Context, Kind, Resumed, Setting};
 
-use crate::util;
+/// The kind, with its settings.
+pub(crate) const KIND: Kind = Kind::new(
+    "counter",
+    "emits 1, 2, 3, ... to a file; no number skipped or repeated across crashes",
+    main,
+)
+.settings(&[
+    Setting::int("rate", "numbers per second")
+        .default_int(10)
+        .range(1, 10_000_000),
+    Setting::path("out", "file, one number a line (default: the flight log)"),
+]);
 
 /// The checkpointed state.
 #[repr(C)]
@@ -41,16 +52,9 @@ const VERSION: u32 = 1;
 /// At most this many numbers per wake-up, so a stop is noticed quickly.
 const BATCH: u64 = 4096;
 
-pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
-    let rate = util::int(ctx, "rate", 10);
-    if !(1..=10_000_000).contains(&rate) {
-        util::bad_arg(
-            ctx,
-            "rate",
-            &format!("{rate} is not in 1..=10000000 (numbers per second)"),
-        );
-    }
-    let out = util::string(ctx, "out");
+fn main(ctx: &mut Context<'_>) -> i32 {
+    let rate: u64 = ctx.arg("rate");
+    let out: Option<&str> = ctx.arg("out");
     let (mut cp, resumed) = match ctx.checkpoints::<State>(VERSION) {
         Ok(x) => x,
         Err(e) => {
@@ -95,7 +99,7 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
     tracing::info!(next = cp.next, rate, "counting");
     ctx.steady();
 
-    let period = 1_000_000_000 / rate as u64;
+    let period = 1_000_000_000 / rate;
     let mut due = forkroot::sys::monotonic_ns();
     loop {
         let now = forkroot::sys::monotonic_ns();

@@ -2,9 +2,12 @@
 
 use std::time::Duration;
 
-use forkroot::Context;
+use forkroot::{Context, Kind};
 
-pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
+/// The kind: no settings.
+pub(crate) const KIND: Kind = Kind::new("idle", "stays up, heartbeats, does nothing", main);
+
+fn main(ctx: &mut Context<'_>) -> i32 {
     ctx.steady();
     while ctx.sleep(Duration::from_secs(1)) {}
     0

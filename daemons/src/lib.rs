@@ -1,7 +1,8 @@
 //! The daemons built into the forkroot binary.
 //!
-//! Each is a plain [`forkroot::Entry`] registered under its kind name by
-//! [`registry`]; the binary forks them without exec.
+//! Each module declares its [`forkroot::Kind`] (name, entry point and
+//! settings) as a `const KIND`, and [`registry`] registers them; the binary
+//! forks them without exec.
 
 mod counter;
 mod flaky;
@@ -12,32 +13,15 @@ mod util;
 
 use forkroot::Registry;
 
-/// The demo tree `forkroot run` starts when given no `--config`.
-pub const DEMO: &str = include_str!("demo.toml");
-
-/// Every built-in kind.
+/// Every built-in kind, with the demo tree `forkroot run` starts when given
+/// no `--config` (`demo.toml`).
 pub fn registry() -> Registry {
     let mut r = Registry::new();
-    r.add(
-        "counter",
-        "emits 1, 2, 3, ... to a file; no number skipped or repeated across crashes",
-        counter::main,
-    )
-    .add(
-        "kv",
-        "key-value store speaking RESP2 (redis-cli, redis-benchmark); acknowledged writes survive crashes",
-        kv::main,
-    )
-    .add("idle", "stays up, heartbeats, does nothing", idle::main)
-    .add(
-        "flaky",
-        "crashes after a random lifetime (mean_life) with a chosen signal",
-        flaky::main,
-    )
-    .add(
-        "probe",
-        "diagnostics for tests and benchmarks: reports its start, pokes at siblings",
-        probe::main,
-    );
+    r.add(counter::KIND)
+        .add(kv::KIND)
+        .add(idle::KIND)
+        .add(flaky::KIND)
+        .add(probe::KIND)
+        .demo(include_str!("demo.toml"));
     r
 }

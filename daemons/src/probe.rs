@@ -14,6 +14,8 @@
 //!   unless VALUE equals `crash_at`: then crash with SIGSEGV at once (a
 //!   daemon killed by the state it resumed from: poison).
 //!
+//! - `log`: a text to write into its flight log (as a WARN record) right
+//!   after starting, verbatim: control characters and all.
 //! - `allocate = true`: declare the steady state (`Context::steady`), then
 //!   allocate: the allocation policy must abort it (SIGABRT).
 //!
@@ -34,15 +36,33 @@ macro_rules! say {
 }
 use std::time::Duration;
 
-use forkroot::Context;
+use forkroot::{Context, Kind, Setting};
 
 use crate::util;
 
-pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
+/// The kind, with its settings.
+pub(crate) const KIND: Kind = Kind::new(
+    "probe",
+    "diagnostics for tests and benchmarks: reports its start, pokes at siblings",
+    main,
+)
+.settings(&[
+    Setting::path("out", "file or FIFO to report to").required(),
+    Setting::int("fill", "fill the state's first page with this byte").range(0, 255),
+    Setting::string("attack", "a sibling whose read-only region to write into"),
+    Setting::int("exit", "exit with this code right after starting").range(0, 255),
+    Setting::bool("checkpoint", "keep a checkpointed counter").default_bool(false),
+    Setting::int("crash_at", "with checkpoint: crash on resuming this value"),
+    Setting::bool("allocate", "declare the steady state, then allocate").default_bool(false),
+    Setting::string(
+        "log",
+        "a text to write verbatim into its flight log at start",
+    ),
+]);
+
+fn main(ctx: &mut Context<'_>) -> i32 {
     let t0 = forkroot::sys::monotonic_ns();
-    let Some(path) = util::string(ctx, "out") else {
-        util::bad_arg(ctx, "out", "required: a file or FIFO to report to")
-    };
+    let path: &str = ctx.arg("out");
     let mut out = match std::fs::OpenOptions::new()
         .append(true)
         .create(true)
@@ -57,18 +77,19 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
         Some(reason) => say!(out, "deaths {} {reason}", ctx.deaths().len()),
         None => say!(out, "deaths 0 -"),
     };
-    if matches!(
-        ctx.args().get("checkpoint"),
-        Some(toml::Value::Boolean(true))
-    ) {
-        let crash_at = util::int(ctx, "crash_at", -1);
+    if let Some(text) = ctx.arg::<Option<&str>>("log") {
+        tracing::warn!("{text}");
+        say!(out, "logged");
+    }
+    if ctx.arg::<bool>("checkpoint") {
+        let crash_at: Option<i64> = ctx.arg("crash_at");
         let (mut cp, resumed) = match ctx.checkpoints::<u64>(1) {
             Ok(x) => x,
             Err(e) => util::bad_arg(ctx, "checkpoint", &e.to_string()),
         };
         let value = *cp;
         say!(out, "resumed {value} {resumed:?}");
-        if value as i64 == crash_at {
+        if crash_at == i64::try_from(value).ok() {
             say!(out, "crashing at {value}");
             forkroot::sys::die_by(libc::SIGSEGV);
         }
@@ -77,12 +98,11 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
         say!(out, "committed {}", value + 1);
     }
 
-    let fill = util::int(ctx, "fill", -1);
-    if (0..=255).contains(&fill) {
+    if let Some(fill) = ctx.arg::<Option<u8>>("fill") {
         let n = ctx.state().len().min(4096);
-        ctx.state_mut()[..n].fill(fill as u8);
+        ctx.state_mut()[..n].fill(fill);
     }
-    if let Some(target) = util::string(ctx, "attack") {
+    if let Some(target) = ctx.arg::<Option<&str>>("attack") {
         let Some(view) = ctx.siblings().get(target) else {
             util::bad_arg(ctx, "attack", &format!("no sibling named {target:?}"))
         };
@@ -110,16 +130,15 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
         unsafe { std::ptr::write_volatile(addr.as_ptr(), 0x55) };
         say!(out, "wrote");
     }
-    if matches!(ctx.args().get("allocate"), Some(toml::Value::Boolean(true))) {
+    if ctx.arg::<bool>("allocate") {
         say!(out, "allocating");
         ctx.steady();
         let v: Vec<u8> = Vec::with_capacity(4096);
         std::hint::black_box(&v);
         say!(out, "allocated");
     }
-    let code = util::int(ctx, "exit", -1);
-    if code >= 0 {
-        return code as i32;
+    if let Some(code) = ctx.arg::<Option<i32>>("exit") {
+        return code;
     }
     while ctx.sleep(Duration::from_secs(3600)) {}
     say!(out, "stop {pid}");

@@ -1,49 +1,12 @@
-//! Small helpers the built-in daemons share: reading `[daemon.args]` and a
-//! tiny random number generator (no allocation, no dependency).
-
-use std::time::Duration;
+//! Small helpers the built-in daemons share: ending over a setting that
+//! cannot be used, and a tiny random number generator (no allocation, no
+//! dependency).
 
 use forkroot::Context;
 
-/// A duration setting like `"2s"`, or `default` when absent.
-///
-/// The config was validated as TOML by the root, but `[daemon.args]` is
-/// free-form: a bad value here ends the daemon with exit code 2 and a
-/// message naming the setting.
-pub(crate) fn duration(ctx: &Context<'_>, key: &str, default: Duration) -> Duration {
-    match ctx.args().get(key) {
-        None => default,
-        Some(toml::Value::String(s)) => match forkroot::config::parse_duration(s.as_str()) {
-            Ok(d) => d,
-            Err(e) => bad_arg(ctx, key, &e),
-        },
-        Some(v) => bad_arg(
-            ctx,
-            key,
-            &format!("expected a duration string like \"2s\", found {v}"),
-        ),
-    }
-}
-
-/// An integer setting, or `default` when absent.
-pub(crate) fn int(ctx: &Context<'_>, key: &str, default: i64) -> i64 {
-    match ctx.args().get(key) {
-        None => default,
-        Some(toml::Value::Integer(n)) => *n,
-        Some(v) => bad_arg(ctx, key, &format!("expected an integer, found {v}")),
-    }
-}
-
-/// A string setting, if present.
-pub(crate) fn string<'a>(ctx: &Context<'a>, key: &str) -> Option<&'a str> {
-    match ctx.args().get(key) {
-        None => None,
-        Some(toml::Value::String(s)) => Some(s),
-        Some(v) => bad_arg(ctx, key, &format!("expected a string, found {v}")),
-    }
-}
-
-/// Ends the daemon over a bad `[daemon.args]` setting.
+/// Ends the daemon over a setting whose value was valid in the config but
+/// does not work here (a file that cannot be opened, a sibling that is not
+/// there), with exit code 2 and a message naming the setting.
 pub(crate) fn bad_arg(ctx: &Context<'_>, key: &str, why: &str) -> ! {
     eprintln!("forkroot: daemon {:?}: args.{key}: {why}", ctx.name());
     // Not process::exit: that would run exit handlers and flush stdio

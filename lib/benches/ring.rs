@@ -141,7 +141,7 @@ fn ring_latency() -> f64 {
     let pid = fork();
     if pid == 0 {
         let mut c = down.consumer().expect("consumer");
-        let p = up.producer();
+        let p = up.producer().expect("producer");
         let mut buf = [0u8; MSG];
         for _ in 0..PINGS {
             c.recv(&mut buf).expect("recv");
@@ -149,7 +149,7 @@ fn ring_latency() -> f64 {
         }
         child_exit();
     }
-    let p = down.producer();
+    let p = down.producer().expect("producer");
     let mut c = up.consumer().expect("consumer");
     let mut buf = [7u8; MSG];
     let mut rtts = Vec::with_capacity(PINGS);
@@ -191,7 +191,7 @@ fn ring_throughput(n: usize) -> f64 {
     let r = new_ring();
     let pid = fork();
     if pid == 0 {
-        let p = r.producer();
+        let p = r.producer().expect("producer");
         let mut msg = [0u8; MSG];
         for i in 0..n {
             msg[..8].copy_from_slice(&(i as u64).to_le_bytes());

@@ -12,48 +12,49 @@
 //! a whole entry (neither `kind` nor `exec`) has the entry as its place
 //! (`daemon[3]`); a TOML syntax error has `FILE:LINE:COL`.
 //!
+//! A daemon's `[daemon.args]` are checked in the same pass against the
+//! settings its kind declares ([`Setting`]): an unknown key gets a
+//! did-you-mean (`daemon[2].args.rtae`), a value of the wrong type or out
+//! of range its place. The daemon reads them typed ([`Args::get`]).
+//!
 //! Sizes, durations and signals are read by [`parse_size`],
-//! [`parse_duration`] and [`parse_signal`], which the root and the daemons
-//! use for their own settings too.
+//! [`parse_duration`] and [`parse_signal`].
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-mod check;
-mod units;
+use crate::daemon::Registry;
 
+mod check;
+mod settings;
+pub(crate) mod units;
+
+pub(crate) use settings::check_declaration;
+pub use settings::{Args, Check, FromArg, Setting, Type, Value};
 pub use units::{
     format_duration, parse_duration, parse_signal, parse_size, MAX_DURATION, MAX_SIZE,
 };
 
 impl Config {
-    /// Parses and validates the text of a config file. `file` names it in
-    /// the place of a syntax error (`FILE:LINE:COL`).
+    /// Parses and validates the text of a config file against the daemon
+    /// kinds of `kinds` (each `kind` must be one of them, and its
+    /// `[daemon.args]` must fit the kind's declared settings). `file` names
+    /// the text in the place of a syntax error (`FILE:LINE:COL`).
     ///
     /// Returns the config with every default applied, or every problem
-    /// found, in file order. The `kind` of a daemon is not checked against
-    /// the built-in daemons here; see [`Config::check_kinds`].
-    pub fn parse(text: &str, file: &str) -> Result<Config, Vec<Problem>> {
-        Config::parse_with_kinds(text, file, None)
-    }
-
-    /// Like [`Config::parse`], and with `known` (the kinds built into the
-    /// binary) an unknown `kind` is reported among the other problems.
-    pub fn parse_with_kinds(
-        text: &str,
-        file: &str,
-        known: Option<&[&str]>,
-    ) -> Result<Config, Vec<Problem>> {
+    /// found, in file order.
+    pub fn parse(text: &str, file: &str, kinds: &Registry) -> Result<Config, Vec<Problem>> {
         match text.parse::<toml::Table>() {
-            Ok(doc) => check::check(&doc, known),
+            Ok(doc) => check::check(&doc, kinds),
             Err(e) => Err(vec![syntax_problem(text, file, &e)]),
         }
     }
 
     /// Reports every daemon whose `kind` is not in `known`, the kinds built
     /// into the binary: `daemon[1].kind: unknown kind "x" (built in: idle,
-    /// flaky)`.
+    /// flaky)`. [`Config::parse`] does this already; this is for a config
+    /// built or changed by hand.
     pub fn check_kinds(&self, known: &[&str]) -> Vec<Problem> {
         self.daemons
             .iter()
@@ -79,21 +80,46 @@ impl Config {
     }
 }
 
-/// Reads and parses the config file at `path`. A file that cannot be read
-/// gives one problem whose place is the path.
-pub fn load(path: &Path) -> Result<Config, Vec<Problem>> {
-    load_with_kinds(path, None)
-}
+/// The largest config file [`load`] reads.
+pub const MAX_CONFIG: u64 = 16 << 20;
 
-/// [`load`], checking `kind`s against `known` as [`Config::parse_with_kinds`].
-pub fn load_with_kinds(path: &Path, known: Option<&[&str]>) -> Result<Config, Vec<Problem>> {
+/// Reads and parses the config file at `path`, as [`Config::parse`]. A
+/// file that cannot be read, or is larger than [`MAX_CONFIG`], gives one
+/// problem whose place is the path.
+pub fn load(path: &Path, kinds: &Registry) -> Result<Config, Vec<Problem>> {
+    use std::io::Read;
     let file = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(text) => Config::parse_with_kinds(&text, &file, known),
-        Err(e) => Err(vec![Problem {
-            place: file,
-            message: format!("cannot read the config file: {e}"),
-        }]),
+    let problem = |message: String| {
+        vec![Problem {
+            place: file.clone(),
+            message,
+        }]
+    };
+    // At most MAX_CONFIG bytes (and one more, to notice): `--config
+    // /dev/zero` or a log file given by mistake must not fill memory.
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CONFIG + 1).read_to_end(&mut bytes))
+        .map_err(|e| problem(format!("cannot read the config file: {e}")))?;
+    if bytes.len() as u64 > MAX_CONFIG {
+        return Err(problem(format!(
+            "larger than {}MiB: not a config file",
+            MAX_CONFIG >> 20
+        )));
+    }
+    match String::from_utf8(bytes) {
+        Ok(text) => Config::parse(&text, &file, kinds),
+        Err(e) => {
+            // Placed like a syntax error, at the first byte that is not UTF-8.
+            let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let good = std::str::from_utf8(good).unwrap_or_default();
+            let line = good.matches('\n').count() + 1;
+            let col = good.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
+            Err(vec![Problem {
+                place: format!("{file}:{line}:{col}"),
+                message: "not UTF-8 text (a TOML file is UTF-8; a path in it too)".to_owned(),
+            }])
+        }
     }
 }
 
@@ -149,9 +175,12 @@ pub struct Config {
 /// `[root]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RootConfig {
-    /// `control`: path of the control socket; `None` means the default
-    /// (`$XDG_RUNTIME_DIR/forkroot.sock`, else `/run/forkroot.sock`).
+    /// `control`: path of the control socket; `None` means
+    /// [`crate::control::default_socket`].
     pub control: Option<PathBuf>,
+    /// `control_group`: a group whose members may use the control socket
+    /// too (the socket is then mode 0660 and of that group), with its id.
+    pub control_group: Option<(String, u32)>,
     /// `state_dir`: where file-backed regions live, if any.
     pub state_dir: Option<PathBuf>,
     /// `stop_timeout`: time between SIGTERM and SIGKILL. Default 5s.
@@ -189,6 +218,10 @@ pub struct GroupConfig {
     pub parent: Option<String>,
     /// The group's own strategy, intensity and period.
     pub supervisor: SupervisorConfig,
+    /// `restart`: whether its parent restarts the group after it gave up
+    /// (`transient`: a group that gave up ended with OTP's `shutdown`, which
+    /// is not abnormal, so only `permanent` groups come back).
+    pub restart: RestartType,
 }
 
 /// `restart`: when a daemon that exited is started again (OTP semantics).
@@ -255,8 +288,9 @@ pub struct DaemonConfig {
     pub links: Vec<String>,
     /// `backoff`, `backoff_max`.
     pub backoff: Backoff,
-    /// `[daemon.args]`: settings of the kind, passed through as-is.
-    pub args: toml::Table,
+    /// `[daemon.args]`: the settings of its kind, checked against the
+    /// kind's declaration (empty for an exec'd program).
+    pub args: Args,
 }
 
 /// One thing wrong with a configuration, and where.

@@ -1,53 +1,85 @@
 //! The daemon API: what a daemon author writes, and what it is given.
 //!
-//! A daemon is a function, `fn(&mut Context) -> i32`, registered under a
-//! kind name in a [`Registry`]. The root forks a process for it (no exec),
+//! A daemon is a function, `fn(&mut Context) -> i32`, declared as a
+//! [`Kind`] (its name in `kind = "..."`, a line of help, its settings) and
+//! registered in a [`Registry`]. The root forks a process for it (no exec),
 //! maps its region writable, and calls the function with a [`Context`]; the
 //! returned value is the process's exit code (0 is a normal exit).
 //!
-//! ```no_run
-//! use forkroot::{Context, Registry};
+//! ```
+//! use std::time::Duration;
+//! use forkroot::{Context, Kind, Registry, Setting};
+//!
+//! const TICKER: Kind = Kind::new("ticker", "counts ticks across restarts", ticker)
+//!     .settings(&[Setting::duration("every", "time between ticks")
+//!         .default_duration(Duration::from_secs(1))]);
 //!
 //! fn ticker(ctx: &mut Context<'_>) -> i32 {
-//!     // The first 8 bytes of the state survive restarts.
-//!     let mut ticks = u64::from_le_bytes(ctx.state()[..8].try_into().unwrap());
-//!     while ctx.sleep(std::time::Duration::from_secs(1)) {
-//!         ticks += 1;
-//!         ctx.state_mut()[..8].copy_from_slice(&ticks.to_le_bytes());
+//!     let every: Duration = ctx.arg("every");
+//!     // Checkpointed state: a restart resumes from the last commit.
+//!     let Ok((mut ticks, _)) = ctx.checkpoints::<u64>(1) else { return 3 };
+//!     while ctx.sleep(every) {
+//!         *ticks += 1;
+//!         ticks.commit();
 //!     }
 //!     0 // stopped by the root: a normal exit
 //! }
 //!
 //! let mut kinds = Registry::new();
-//! kinds.add("ticker", "counts seconds across restarts", ticker);
+//! kinds.add(TICKER);
+//! assert_eq!(kinds.get("ticker").unwrap().settings[0].name, "every");
 //! ```
 
 use std::fmt;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::config::OnRestart;
-use crate::region::Header;
+use crate::config::{Args, FromArg, OnRestart, Setting};
+use crate::region::{Header, LOG_OFFSET, LOG_SIZE, SYSTEM_SIZE};
 use crate::sys;
 
 /// A daemon's entry point; its return value is the exit code.
 pub type Entry = fn(&mut Context<'_>) -> i32;
 
-/// A daemon kind built into a binary.
+/// A daemon kind: a name for `kind = "..."`, a line of help, the entry
+/// point and the settings it takes in `[daemon.args]`. A `const`, declared
+/// once next to the daemon's code.
 #[derive(Debug, Clone, Copy)]
 pub struct Kind {
     /// The name used in `kind = "..."`.
     pub name: &'static str,
-    /// One line for `--help` and error messages.
+    /// One line for `forkroot kinds`.
     pub about: &'static str,
     /// The entry point.
     pub entry: Entry,
+    /// The settings of `[daemon.args]`, checked before anything starts.
+    pub settings: &'static [Setting],
 }
 
-/// The daemon kinds a binary knows, by name.
+impl Kind {
+    /// A kind without settings (add them with [`Kind::settings`]).
+    pub const fn new(name: &'static str, about: &'static str, entry: Entry) -> Kind {
+        Kind {
+            name,
+            about,
+            entry,
+            settings: &[],
+        }
+    }
+
+    /// The settings this kind takes.
+    pub const fn settings(mut self, settings: &'static [Setting]) -> Kind {
+        self.settings = settings;
+        self
+    }
+}
+
+/// The daemon kinds a binary knows, by name, and the tree `forkroot run`
+/// starts without `--config`, if any.
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     kinds: Vec<Kind>,
+    demo: Option<&'static str>,
 }
 
 impl Registry {
@@ -56,12 +88,31 @@ impl Registry {
         Registry::default()
     }
 
-    /// Registers `entry` under `name`; a later registration of the same name
-    /// replaces the earlier one.
-    pub fn add(&mut self, name: &'static str, about: &'static str, entry: Entry) -> &mut Registry {
-        self.kinds.retain(|k| k.name != name);
-        self.kinds.push(Kind { name, about, entry });
+    /// Registers `kind`; a later registration of the same name replaces the
+    /// earlier one.
+    ///
+    /// # Panics
+    /// When the kind's declaration contradicts itself: two settings of one
+    /// name, or a default its own setting would reject.
+    pub fn add(&mut self, kind: Kind) -> &mut Registry {
+        if let Err(e) = crate::config::check_declaration(kind.settings) {
+            panic!("kind {:?}: {e}", kind.name);
+        }
+        self.kinds.retain(|k| k.name != kind.name);
+        self.kinds.push(kind);
         self
+    }
+
+    /// Sets the demo tree: the config (TOML text) `forkroot run` starts when
+    /// given no `--config`. Without one, `run` needs `--config`.
+    pub fn demo(&mut self, config: &'static str) -> &mut Registry {
+        self.demo = Some(config);
+        self
+    }
+
+    /// The demo tree, if there is one.
+    pub fn demo_config(&self) -> Option<&'static str> {
+        self.demo
     }
 
     /// The kind called `name`.
@@ -93,6 +144,8 @@ pub enum SetupStage {
     UnknownKind = 6,
     /// fork itself (or preparing for it) failed in the root.
     Fork = 7,
+    /// The child's report of its failed start-up did not verify.
+    Report = 8,
 }
 
 impl SetupStage {
@@ -107,6 +160,7 @@ impl SetupStage {
             Exec,
             UnknownKind,
             Fork,
+            Report,
         ]
         .into_iter()
         .find(|s| *s as u32 == n)
@@ -123,6 +177,7 @@ impl fmt::Display for SetupStage {
             SetupStage::Exec => "exec",
             SetupStage::UnknownKind => "unknown kind",
             SetupStage::Fork => "fork",
+            SetupStage::Report => "unreadable setup report",
         })
     }
 }
@@ -226,10 +281,13 @@ pub enum Resumed {
 }
 
 /// Read-only views of the sibling daemons' user areas, by name.
+///
+/// Only daemons forked from the root (built-in kinds) have their siblings
+/// mapped; in an exec'd program ([`Context::from_env`]) there are none.
 #[derive(Debug, Clone, Copy)]
 pub struct Siblings<'a> {
     pub(crate) names: &'a [String],
-    pub(crate) regions: &'a crate::region::RegionSet,
+    pub(crate) regions: Option<&'a crate::region::RegionSet>,
     pub(crate) own: usize,
 }
 
@@ -239,34 +297,322 @@ impl<'a> Siblings<'a> {
     /// while this daemon reads, so the bytes are atomics (load them; a
     /// plain `&[u8]` would let the compiler assume they hold still), and a
     /// crashed owner may have left anything: treat them as untrusted input.
+    /// `None` for an unknown name, this daemon itself, and in an exec'd
+    /// program (siblings are not mapped there).
     pub fn get(&self, name: &str) -> Option<&'a [std::sync::atomic::AtomicU8]> {
+        let regions = self.regions?;
         let i = self.names.iter().position(|n| n == name)?;
-        (i != self.own).then(|| self.regions.user_shared(i))
+        (i != self.own).then(|| regions.user_shared(i))
     }
 
-    /// Names of every daemon of the tree, this one included.
+    /// Names of every daemon of the tree, this one included (empty in an
+    /// exec'd program).
     pub fn names(&self) -> impl Iterator<Item = &'a str> {
         self.names.iter().map(String::as_str)
     }
 }
 
+/// What the root decided for one start of a daemon, carried in one value
+/// from the config and the root's records to the daemon's [`Context`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Start<'a> {
+    /// Restarts before this start.
+    pub(crate) restarts: u32,
+    /// Recent deaths, oldest first.
+    pub(crate) deaths: &'a [Death],
+    /// The configured restart mode.
+    pub(crate) on_restart: OnRestart,
+    /// A poison verdict: resume from a checkpoint older than this.
+    pub(crate) resume_before: Option<u64>,
+}
+
 /// What a running daemon is given: its identity, its region, its siblings'
 /// regions, and its history.
 ///
-/// Built in the child after the fork without allocating.
+/// Built in the child after the fork without allocating (a built-in kind),
+/// or by [`Context::from_env`] in an exec'd program.
 #[derive(Debug)]
 pub struct Context<'a> {
     pub(crate) name: &'a str,
     pub(crate) header: &'a Header,
     pub(crate) state: &'a mut [u8],
     pub(crate) siblings: Siblings<'a>,
-    pub(crate) restarts: u32,
-    pub(crate) deaths: &'a [Death],
-    pub(crate) on_restart: OnRestart,
-    pub(crate) resume_before: Option<u64>,
-    pub(crate) args: &'a toml::Table,
+    pub(crate) start: Start<'a>,
+    pub(crate) args: &'a Args,
     pub(crate) stopping: bool,
     pub(crate) stop_fd: Option<std::os::fd::OwnedFd>,
+}
+
+/// A built-in daemon's own start-up, in the process forked for it once
+/// the prologue ([`crate::prologue::after_fork`]) ran, its region is
+/// mapped writable and its descriptors are arranged: takes the region
+/// ([`take_region`]), builds the [`Context`], runs `entry` and exits with
+/// its return value.
+pub(crate) fn run_builtin(
+    entry: Entry,
+    name: &str,
+    region: &'static mut [u8],
+    siblings: Siblings<'_>,
+    args: &Args,
+    start: Start<'_>,
+) -> ! {
+    let (header, state) = take_region(name, region);
+    let mut ctx = Context {
+        name,
+        header,
+        state,
+        siblings,
+        start,
+        args,
+        stopping: false,
+        stop_fd: None,
+    };
+    let code = crate::prologue::run_or_abort(|| entry(&mut ctx));
+    // Exiting is not the steady state: flushing stdout may allocate.
+    crate::alloc::set_policy(crate::alloc::Policy::Count);
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    sys::exit_now(code)
+}
+
+/// Makes this process the owner of `region` (mapped writable for the rest
+/// of its life, at least [`SYSTEM_SIZE`] bytes): claims its header,
+/// installs its flight log as this process's log, and names the process
+/// for echoed log lines and allocation reports. Returns the header and the
+/// user area. Fork-safe.
+fn take_region(name: &str, region: &'static mut [u8]) -> (&'static Header, &'static mut [u8]) {
+    // The system area (header, flight log) and the state are disjoint
+    // halves: pointers into the first never alias the second.
+    let (system, state) = region.split_at_mut(SYSTEM_SIZE);
+    let base = std::ptr::NonNull::from(system).cast::<u8>();
+    // SAFETY: `system` is the start of the region, mapped writable for the
+    // rest of this process's life (the caller's contract), and nothing else
+    // in this process refers to it.
+    let header = unsafe { crate::region::claim(base) };
+    // SAFETY: the log area lies inside the system area, mapped writable for
+    // the rest of this process's life; this process starts no thread or
+    // transaction before this point.
+    let log = unsafe { crate::log::FlightLog::init(base.as_ptr().add(LOG_OFFSET), LOG_SIZE) };
+    if let Some(log) = log {
+        crate::log::install(log);
+    }
+    crate::alloc::set_name(name);
+    crate::logging::set_daemon_name(name);
+    (header, state)
+}
+
+/// Why [`Context::from_env`] could not attach. Each names what is wrong
+/// and where; none is a crash.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum AttachError {
+    /// `FORKROOT_NAME` is not set: the program was not started by
+    /// forkroot (`exec = [...]` in a config).
+    NotStarted,
+    /// A variable forkroot sets is missing or holds something it never
+    /// writes.
+    BadVariable {
+        /// The variable.
+        name: &'static str,
+        /// What it holds (cut short if long).
+        value: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The region descriptor is not a region the root made (closed, another
+    /// file, or not writable).
+    NotARegion {
+        /// The descriptor (`FORKROOT_REGION_FD`, 3).
+        fd: std::os::fd::RawFd,
+        /// What it is instead.
+        problem: String,
+    },
+    /// The region is too small to hold the library's system area and any
+    /// state.
+    TooSmall {
+        /// The descriptor.
+        fd: std::os::fd::RawFd,
+        /// Its size in bytes.
+        len: u64,
+        /// The least a region has.
+        need: u64,
+    },
+    /// The region's header was written by another layout of the library
+    /// (the region outlived a program built against another version).
+    LayoutChanged {
+        /// The layout found in the header.
+        found: u32,
+        /// The layout this library writes.
+        expected: u32,
+    },
+    /// This process already attached: one `Context` per process owns the
+    /// region.
+    AlreadyAttached,
+}
+
+impl fmt::Display for AttachError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AttachError::NotStarted => f.write_str(
+                "not started by forkroot: FORKROOT_NAME is not set \
+                 (run this program from a forkroot config with exec = [...])",
+            ),
+            AttachError::BadVariable {
+                name,
+                value,
+                problem,
+            } => write!(f, "{name}={value:?} {problem}"),
+            AttachError::NotARegion { fd, problem } => {
+                write!(f, "fd {fd} is not a forkroot region: {problem}")
+            }
+            AttachError::TooSmall { fd, len, need } => write!(
+                f,
+                "fd {fd}: the region is {len} bytes, a region has at least {need}"
+            ),
+            AttachError::LayoutChanged { found, expected } => write!(
+                f,
+                "the region's header has layout {found}, this library writes layout {expected}"
+            ),
+            AttachError::AlreadyAttached => {
+                f.write_str("this process already attached to its region (Context::from_env)")
+            }
+        }
+    }
+}
+
+impl std::error::Error for AttachError {}
+
+/// Whether this process attached with [`Context::from_env`].
+static ATTACHED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl Context<'static> {
+    /// Attaches a program started by forkroot with `exec = [...]` to what
+    /// the root gave it: its region at fd 3 (`FORKROOT_REGION_FD`) and its
+    /// start facts (`FORKROOT_NAME`, `FORKROOT_RESTARTS`,
+    /// `FORKROOT_ON_RESTART`, `FORKROOT_HISTORY`). Call it once, first
+    /// thing in `main`, before starting threads.
+    ///
+    /// The program then has what a built-in daemon has: typed state and
+    /// checkpoints ([`Context::checkpoints`], with `fresh`, `resume`,
+    /// `decide` and poison fall-back the same), transactions over
+    /// [`Context::split_state`], its restart count and deaths,
+    /// [`Context::heartbeat`] for the root's `watchdog`, stop requests
+    /// through [`Context::stopping`]/[`Context::sleep`] (SIGTERM is blocked
+    /// in the calling thread for that), and its flight log: `tracing`
+    /// events go into the region's crash-surviving log (shown in the root's
+    /// crash reports and `ctl logs`) and to stderr. [`Context::steady`]
+    /// forbids allocation only in a program that installs
+    /// `forkroot::alloc::Guarded` as its global allocator.
+    ///
+    /// Not available: siblings' regions are not mapped into exec'd
+    /// programs ([`Context::siblings`] is empty), and there are no
+    /// `[daemon.args]` (a program takes its own arguments).
+    pub fn from_env() -> Result<Context<'static>, AttachError> {
+        use std::sync::atomic::Ordering::AcqRel;
+        if ATTACHED.swap(true, AcqRel) {
+            return Err(AttachError::AlreadyAttached);
+        }
+        let attached =
+            crate::handoff::ExecEnv::read(|k| std::env::var(k).ok()).and_then(Context::attach);
+        if attached.is_err() {
+            ATTACHED.store(false, std::sync::atomic::Ordering::Release);
+        }
+        attached
+    }
+
+    /// [`Context::from_env`] once the environment is read.
+    fn attach(env: crate::handoff::ExecEnv) -> Result<Context<'static>, AttachError> {
+        let region = map_exec_region(env.fd, env.region_size)?;
+        sys::default_crash_signals();
+        let _ = sys::SigSet::of(&[libc::SIGTERM]).block();
+        let name: &'static str = env.name.leak();
+        let (header, state) = take_region(name, region);
+        crate::logging::init();
+        crate::alloc::reset_stats();
+        crate::alloc::set_policy(crate::alloc::Policy::Count);
+        let history = env.history;
+        static NO_ARGS: std::sync::OnceLock<Args> = std::sync::OnceLock::new();
+        Ok(Context {
+            name,
+            header,
+            state,
+            siblings: Siblings {
+                names: &[],
+                regions: None,
+                own: 0,
+            },
+            start: Start {
+                restarts: history.restarts,
+                deaths: history.deaths().to_vec().leak(),
+                on_restart: env.on_restart,
+                resume_before: history.resume_before,
+            },
+            args: NO_ARGS.get_or_init(Args::none),
+            stopping: false,
+            stop_fd: None,
+        })
+    }
+}
+
+/// Maps an exec'd program's region (the root's sealed memfd at `fd`)
+/// read-write for the rest of the process, after checking it is one.
+fn map_exec_region(
+    fd: std::os::fd::RawFd,
+    size_said: u64,
+) -> Result<&'static mut [u8], AttachError> {
+    use crate::region::{LAYOUT, MAGIC};
+    let not = |problem: String| AttachError::NotARegion { fd, problem };
+    let link = format!("/proc/self/fd/{fd}");
+    let target = std::fs::read_link(&link).map_err(|e| not(format!("{link}: {e}")))?;
+    // The root names every exec'd program's memfd "forkroot:NAME".
+    if !target.to_string_lossy().starts_with("/memfd:forkroot:") {
+        return Err(not(format!("it is {}", target.display())));
+    }
+    let len = std::fs::metadata(&link)
+        .map_err(|e| not(format!("{link}: {e}")))?
+        .len();
+    let need = (SYSTEM_SIZE + sys::page_size()) as u64;
+    if len < need {
+        return Err(AttachError::TooSmall { fd, len, need });
+    }
+    if len != size_said {
+        return Err(not(format!(
+            "it is {len} bytes, FORKROOT_REGION_SIZE says {size_said}"
+        )));
+    }
+    let len = usize::try_from(len).map_err(|_| AttachError::TooSmall { fd, len, need })?;
+    let base = sys::reserve(len).map_err(|e| not(format!("reserving {len} bytes: {e}")))?;
+    // SAFETY: [base, base+len) is the reservation just made; nothing refers
+    // into it.
+    if let Err(e) = unsafe { sys::map_fixed(base, len, fd, 0, sys::Access::ReadWrite) } {
+        // SAFETY: the reservation is ours and nothing refers into it.
+        let _ = unsafe { sys::unmap(base, len) };
+        return Err(not(format!("mapping it read-write: {e}")));
+    }
+    // SAFETY: the region is page-aligned, longer than a Header, and Header
+    // is Plain: any bytes are a valid value. The reference ends before the
+    // region is handed out or unmapped.
+    let header = unsafe { &*base.as_ptr().cast::<Header>() };
+    let magic = header.magic.load(Ordering::Acquire);
+    let layout = header.layout.load(Ordering::Relaxed);
+    let refused = if magic == MAGIC && layout != LAYOUT {
+        Some(AttachError::LayoutChanged {
+            found: layout,
+            expected: LAYOUT,
+        })
+    } else if magic != MAGIC && magic != 0 {
+        Some(not("its header is not a forkroot header".into()))
+    } else {
+        None
+    };
+    if let Some(e) = refused {
+        // SAFETY: nothing refers into the mapping any more.
+        let _ = unsafe { sys::unmap(base, len) };
+        return Err(e);
+    }
+    // SAFETY: the mapping is never removed for the rest of the process,
+    // and from_env's ATTACHED flag makes this the only reference into it.
+    Ok(unsafe { std::slice::from_raw_parts_mut(base.as_ptr(), len) })
 }
 
 impl<'a> Context<'a> {
@@ -295,29 +641,29 @@ impl<'a> Context<'a> {
 
     /// How many times this daemon has been restarted (0 on its first start).
     pub fn restarts(&self) -> u32 {
-        self.restarts
+        self.start.restarts
     }
 
     /// Recent deaths of this daemon, oldest first (empty on its first start).
     pub fn deaths(&self) -> &'a [Death] {
-        self.deaths
+        self.start.deaths
     }
 
     /// Why the previous process of this daemon ended, if there was one.
     pub fn last_exit(&self) -> Option<ExitReason> {
-        self.deaths.last().map(|d| d.reason)
+        self.start.deaths.last().map(|d| d.reason)
     }
 
     /// The configured restart mode (`on_restart`).
     pub fn on_restart(&self) -> OnRestart {
-        self.on_restart
+        self.start.on_restart
     }
 
     /// When the root found the checkpoint this daemon last resumed from to
     /// be poison (the daemon crashed soon after resuming from it): resume
     /// from a checkpoint older than this sequence number.
     pub fn resume_before(&self) -> Option<u64> {
-        self.resume_before
+        self.start.resume_before
     }
 
     /// Lays checkpointed state of type `T` (layout `version`) over the
@@ -329,7 +675,7 @@ impl<'a> Context<'a> {
     /// - `decide`: nothing is restored; the daemon looks at
     ///   [`Context::deaths`] and calls `restore`, `restore_before` or `reset`.
     ///
-    /// The state is handed over to the returned [`Checkpoints`]:
+    /// The state is handed over to the returned [`Checkpoints`](crate::checkpoint::Checkpoints):
     /// [`Context::state`] is empty afterwards.
     pub fn checkpoints<T: crate::region::Plain>(
         &mut self,
@@ -338,7 +684,7 @@ impl<'a> Context<'a> {
         use crate::checkpoint::{CheckpointError, Checkpoints};
         let area = std::mem::take(&mut self.state);
         let mut cp = Checkpoints::<T>::attach(area, version)?;
-        let restored = match (self.on_restart, self.resume_before) {
+        let restored = match (self.start.on_restart, self.start.resume_before) {
             (OnRestart::Decide, _) => return Ok((cp, Resumed::Decide)),
             (OnRestart::Fresh, _) => {
                 cp.reset();
@@ -350,7 +696,7 @@ impl<'a> Context<'a> {
         let resumed = match restored {
             Ok(r) => {
                 self.header.resumed_seq.store(r.seq, Ordering::Relaxed);
-                match self.resume_before {
+                match self.start.resume_before {
                     None => Resumed::Resumed { seq: r.seq },
                     Some(poison) => Resumed::FellBack {
                         poison,
@@ -358,7 +704,7 @@ impl<'a> Context<'a> {
                     },
                 }
             }
-            Err(CheckpointError::NoCheckpoint) => match self.resume_before {
+            Err(CheckpointError::NoCheckpoint) => match self.start.resume_before {
                 None => Resumed::Fresh,
                 Some(poison) => Resumed::FellBack { poison, seq: None },
             },
@@ -374,9 +720,21 @@ impl<'a> Context<'a> {
         Ok((cp, resumed))
     }
 
-    /// The `[daemon.args]` table of this daemon.
-    pub fn args(&self) -> &'a toml::Table {
+    /// The daemon's settings (`[daemon.args]`), checked against its kind's
+    /// declaration before the tree started.
+    pub fn args(&self) -> &'a Args {
         self.args
+    }
+
+    /// Setting `name`, typed: `ctx.arg::<u64>("rate")`, or
+    /// `ctx.arg::<Option<&str>>("out")` for a setting without a default.
+    /// See [`Args::get`].
+    ///
+    /// # Panics
+    /// When the kind does not declare `name`, or `T` does not fit its type:
+    /// a mistake in the daemon's code (the config was checked already).
+    pub fn arg<T: FromArg<'a>>(&self, name: &str) -> T {
+        self.args.get(name)
     }
 
     /// Records that the daemon is alive (the watchdog reads this), and

@@ -8,6 +8,11 @@
 //! a tag that changes on every update (so a stale compare-and-swap fails:
 //! no ABA).
 //!
+//! A [`BlockRef`] names its pool as well as its block: [`init`] gives each
+//! pool a random 64-bit identity, stored in the header, and a pool refuses
+//! ([`PoolError::ForeignBlock`]) a reference another pool handed out, so
+//! safe code cannot obtain two `&mut` to one block through two pools.
+//!
 //! Every block records its owner as an [`Owner`] `(slot, generation)` in its
 //! table entry, so the blocks of a dead process can be found and returned
 //! ([`Pool::reclaim`]), and a crash in the middle of an operation can be
@@ -16,7 +21,8 @@
 //! # Layout
 //! ```text
 //! offset 0              PoolHeader (128 B): geometry (magic, version, block
-//!                       size, capacity, offsets, crc), ready word, free-list head
+//!                       size, capacity, offsets, crc), ready word, free-list
+//!                       head, pool identity
 //! offset 128            table: capacity × Entry (16 B): state u64 | next u32 | mark u32
 //! offset blocks_offset  blocks: capacity × block_size (block_size a multiple of 64)
 //! ```
@@ -51,7 +57,7 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering};
 /// First eight bytes of every pool: `"FRKPOOL\0"`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"FRKPOOL\0");
 /// Version of the layout described in the module documentation.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Alignment the pool's memory must have.
 pub const ALIGN: usize = 64;
 /// Largest number of blocks.
@@ -90,8 +96,12 @@ impl Owner {
 }
 
 /// A block owned by the holder of this value (not `Clone`: freeing consumes it).
+///
+/// It carries the identity of the pool that handed it out; any other pool
+/// refuses it with [`PoolError::ForeignBlock`].
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct BlockRef {
+    pool: u64,
     index: u32,
 }
 
@@ -102,14 +112,18 @@ impl BlockRef {
         self.index
     }
 
-    /// A reference to block `index`, for example read back from shared memory.
+    /// A reference to block `index` of `pool`, for example read back from
+    /// shared memory.
     ///
     /// # Safety
-    /// The caller must own the block (its pool records the caller's owner)
+    /// The caller must own the block (`pool` records the caller's owner)
     /// and must not hold another `BlockRef` for it: a `BlockRef` stands for
     /// exclusive access to the block's bytes.
-    pub unsafe fn from_index(index: u32) -> BlockRef {
-        BlockRef { index }
+    pub unsafe fn from_index(pool: &Pool<'_>, index: u32) -> BlockRef {
+        BlockRef {
+            pool: pool.id,
+            index,
+        }
     }
 }
 
@@ -140,6 +154,11 @@ pub enum PoolError {
         /// The index.
         index: u32,
     },
+    /// The block reference was handed out by another pool.
+    ForeignBlock {
+        /// The index.
+        index: u32,
+    },
     /// The block is not owned by the caller (a double free, or a foreign block).
     NotOwner {
         /// The index.
@@ -165,6 +184,9 @@ impl fmt::Display for PoolError {
             PoolError::Exhausted => write!(f, "pool: no free block"),
             PoolError::InvalidOwner => write!(f, "pool: owner slot u32::MAX is reserved"),
             PoolError::OutOfRange { index } => write!(f, "pool: block {index} out of range"),
+            PoolError::ForeignBlock { index } => {
+                write!(f, "pool: block {index} belongs to another pool")
+            }
             PoolError::NotOwner { index, owner } => {
                 write!(
                     f,
@@ -260,6 +282,10 @@ struct PoolHeader {
     /// The tag grows on every successful update, so a compare-and-swap
     /// against a head read before another pop/push fails (no ABA).
     free_head: AtomicU64,
+    /// Random identity chosen by [`init`], written before `ready`; every
+    /// [`BlockRef`] carries it. Not in the checksummed geometry: a pool laid
+    /// out again in the same memory gets a new one.
+    id: u64,
 }
 
 /// One per block.
@@ -305,6 +331,7 @@ pub unsafe fn init<'a>(
         ptr::addr_of_mut!((*h).geo).write(geo);
         // Blocks in index order: 0 at the head.
         ptr::addr_of_mut!((*h).free_head).write(AtomicU64::new(pack_head(0, 1)));
+        ptr::addr_of_mut!((*h).id).write(new_id());
     }
     for i in 0..capacity {
         let next = if i + 1 < capacity { i + 2 } else { 0 };
@@ -339,6 +366,8 @@ pub unsafe fn attach<'a>(ptr: *mut u8, len: usize) -> Result<Pool<'a>, PoolError
     let ready = unsafe { &(*h).ready }.load(Ordering::Acquire);
     // SAFETY: aligned and in bounds; `Geometry` is integers only.
     let geo = unsafe { ptr::addr_of!((*h).geo).read() };
+    // SAFETY: aligned and in bounds; written before `ready` (acquired above).
+    let id = unsafe { ptr::addr_of!((*h).id).read() };
     if geo.magic != MAGIC {
         return Err(PoolError::NotAPool("bad magic"));
     }
@@ -369,8 +398,20 @@ pub unsafe fn attach<'a>(ptr: *mut u8, len: usize) -> Result<Pool<'a>, PoolError
         block_size: geo.block_size as usize,
         table_offset: geo.table_offset as usize,
         blocks_offset: geo.blocks_offset as usize,
+        id,
         _mem: PhantomData,
     })
+}
+
+/// A pool identity: 64 random bits (never 0), so two pools, in this process
+/// or any other, practically never share one.
+fn new_id() -> u64 {
+    loop {
+        let id = uuid::Uuid::new_v4().as_u64_pair().0;
+        if id != 0 {
+            return id;
+        }
+    }
 }
 
 fn check_memory(ptr: *mut u8, len: usize, need: usize) -> Result<(), PoolError> {
@@ -410,6 +451,8 @@ pub struct Pool<'a> {
     block_size: usize,
     table_offset: usize,
     blocks_offset: usize,
+    /// The identity in the header, read once by `attach`.
+    id: u64,
     _mem: PhantomData<&'a [u8]>,
 }
 
@@ -451,6 +494,14 @@ impl<'a> Pool<'a> {
         unsafe { &*self.base.as_ptr().add(off).cast::<Entry>() }
     }
 
+    /// Checks that `block` was handed out by this pool and is in range.
+    fn check_ref(&self, block: &BlockRef) -> Result<(), PoolError> {
+        if block.pool != self.id {
+            return Err(PoolError::ForeignBlock { index: block.index });
+        }
+        self.check_index(block.index)
+    }
+
     fn check_index(&self, index: u32) -> Result<(), PoolError> {
         if index < self.capacity {
             Ok(())
@@ -473,7 +524,10 @@ impl<'a> Pool<'a> {
             Ordering::AcqRel,
             Ordering::Acquire,
         ) {
-            Ok(_) => Ok(BlockRef { index }),
+            Ok(_) => Ok(BlockRef {
+                pool: self.id,
+                index,
+            }),
             // An owned block was on the list: leave it to its owner.
             Err(_) => Err(PoolError::Corrupt),
         }
@@ -482,7 +536,7 @@ impl<'a> Pool<'a> {
     /// Returns `block`, owned by `owner`, to the pool. O(1); no system call.
     pub fn free(&self, block: BlockRef, owner: Owner) -> Result<(), PoolError> {
         let index = block.index;
-        self.check_index(index)?;
+        self.check_ref(&block)?;
         // Release: our writes to the block come before the next owner's.
         match self.entry(index).state.compare_exchange(
             owner.pack(),
@@ -558,7 +612,7 @@ impl<'a> Pool<'a> {
     where
         'a: 'r,
     {
-        let (ptr, len) = self.block_raw(block.index)?;
+        let (ptr, len) = self.block_raw(block)?;
         // SAFETY: the block lies inside the pool's memory, valid for `'a`;
         // the `BlockRef` stands for ownership, so its owner is the only writer.
         Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
@@ -569,16 +623,18 @@ impl<'a> Pool<'a> {
     where
         'a: 'r,
     {
-        let (ptr, len) = self.block_raw(block.index)?;
+        let (ptr, len) = self.block_raw(block)?;
         // SAFETY: the block lies inside the pool's memory, valid for `'a`; a
         // `BlockRef` stands for exclusive ownership of its block (see
-        // `BlockRef::from_index`) and it is borrowed mutably for `'r`, so no
-        // other reference to these bytes exists meanwhile.
+        // `BlockRef::from_index`), `block_raw` checked it is this pool's, and
+        // it is borrowed mutably for `'r`, so no other reference to these
+        // bytes exists meanwhile.
         Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
     }
 
-    fn block_raw(&self, index: u32) -> Result<(*mut u8, usize), PoolError> {
-        self.check_index(index)?;
+    fn block_raw(&self, block: &BlockRef) -> Result<(*mut u8, usize), PoolError> {
+        self.check_ref(block)?;
+        let index = block.index;
         let off = self.blocks_offset + index as usize * self.block_size;
         debug_assert!(
             off + self.block_size <= self.blocks_offset + self.capacity as usize * self.block_size

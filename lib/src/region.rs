@@ -574,6 +574,15 @@ impl RegionSet {
         }
     }
 
+    /// A copy of the header of region `i` if it is initialised and names
+    /// `pid` as the process that last started on it: the only header whose
+    /// word (heartbeat, allocation counters, resumed checkpoint) the root
+    /// believes about that process. A header left by an earlier process,
+    /// garbage, or a file too short to hold one is `None`.
+    pub fn header_of(&self, i: usize, pid: sys::Pid) -> Option<HeaderCopy> {
+        self.header(i).filter(|h| h.owned_by(pid.0 as u32))
+    }
+
     /// The read-write descriptor of a region with a file of its own (an
     /// exec'd daemon's), or `None` for a region in the arena.
     pub fn own_fd(&self, i: usize) -> Option<&OwnedFd> {

@@ -28,7 +28,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::mem::{align_of, size_of};
 use std::ops::{Deref, DerefMut};
-use std::ptr::NonNull;
+use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The value of [`StateHeader`]'s `magic` once the header is complete.
@@ -275,10 +275,15 @@ pub const fn required_size<T>() -> usize {
 /// restarts that want to know what an area holds before attaching it.
 pub fn read_layout(area: &[u8]) -> Result<Option<Layout>, StateError> {
     check_area(area.as_ptr(), area.len(), HEADER_SIZE, AREA_ALIGN)?;
+    // Copied out, not borrowed: a `&StateHeader` made from a read-only slice
+    // would grant its atomics write access they do not have (undefined
+    // behaviour under Stacked Borrows, which Miri checks). A copy torn by a
+    // concurrent writer fails the magic or the crc.
     // SAFETY: the area is at least HEADER_SIZE bytes and AREA_ALIGN-aligned
-    // (checked above); StateHeader is Plain, so any bytes are a valid value.
-    let header = unsafe { &*area.as_ptr().cast::<StateHeader>() };
-    read_header(header)
+    // (checked above), readable for the borrow; StateHeader is Plain, so any
+    // bytes are a valid value.
+    let header = unsafe { ptr::read_volatile(area.as_ptr().cast::<StateHeader>()) };
+    read_header(&header)
 }
 
 fn read_header(header: &StateHeader) -> Result<Option<Layout>, StateError> {
@@ -344,8 +349,12 @@ pub(crate) fn attach_raw(
         }
     }
     zero(area);
-    // SAFETY: as above; `zero` has returned, nothing else in this process
-    // borrows the area.
+    // Derived again: `zero` borrowed the whole area mutably, which ends the
+    // validity of pointers derived from it before (Miri's Stacked Borrows
+    // reports the old one's use as undefined behaviour).
+    let header_ptr = area.as_mut_ptr().cast::<StateHeader>();
+    // SAFETY: in bounds and aligned (checked above); StateHeader is Plain;
+    // `zero` has returned, nothing else in this process borrows the area.
     let header = unsafe { &mut *header_ptr };
     header.crc = want.crc();
     header.version = want.version;
@@ -373,7 +382,8 @@ pub fn zero(area: &mut [u8]) {
     let end = start + area.len();
     let inner_start = round_up(start, PAGE);
     let inner_end = end & !(PAGE - 1);
-    if inner_end > inner_start {
+    // (Miri cannot call madvise; the fill below gives the same zeroes.)
+    if inner_end > inner_start && !cfg!(miri) {
         // MADV_REMOVE either frees the range (it then reads as zeroes) or
         // fails and changes nothing.
         if sys::mem::remove(&mut area[inner_start - start..inner_end - start]).is_ok() {

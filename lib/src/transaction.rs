@@ -892,18 +892,14 @@ impl<'a> Transactions<'a> {
     /// The child of a fork: set up (fork-safe calls only), run the task,
     /// commit, exit.
     fn child(&mut self, i: usize, attempt: u32, daemon: Pid) -> ! {
-        if sys::set_parent_death_signal(libc::SIGKILL).is_err() || sys::getppid() != daemon {
+        if crate::prologue::after_fork(daemon).is_err() {
             sys::exit_now(SETUP_FAILED);
         }
-        sys::default_crash_signals();
         let _ = SigSet::empty().set_mask();
         let _ = sys::close_from(3);
         sys::title::set(&self.title);
         let id = self.slots[i].id;
-        crate::trace::after_fork();
         crate::trace::set_transaction(id);
-        crate::alloc::reset_stats();
-        crate::alloc::set_policy(crate::alloc::Policy::Count);
         let Some(task) = self.slots[i].task else {
             sys::exit_now(SETUP_FAILED)
         };
@@ -913,9 +909,9 @@ impl<'a> Transactions<'a> {
         let buf = unsafe { std::slice::from_raw_parts_mut(self.result_ptr(i), self.max_result) };
         let mut out = Output { buf, len: 0 };
         let input = self.input(i);
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task(input, &mut out)));
-        match ran {
-            Ok(Ok(())) => {
+        // A panic must not unwind into the daemon's code: it is a crash.
+        match crate::prologue::run_or_abort(|| task(input, &mut out)) {
+            Ok(()) => {
                 let len = out.len;
                 let crc = result_crc(id, attempt, out.as_slice());
                 let h = self.header(i);
@@ -926,9 +922,7 @@ impl<'a> Transactions<'a> {
                     .store(COMMIT_TAG << 32 | u64::from(attempt), Ordering::Release);
                 sys::exit_now(0)
             }
-            Ok(Err(())) => sys::exit_now(0),
-            // A panic must not unwind into the daemon's code: it is a crash.
-            Err(_) => sys::die_by(libc::SIGABRT),
+            Err(()) => sys::exit_now(0),
         }
     }
 

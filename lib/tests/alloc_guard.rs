@@ -4,11 +4,16 @@
 //! Runs as its own process (`harness = false`).
 
 use forkroot::alloc::{self, AllocStats, Guarded, Policy};
+use forkroot::config::{Args, Config};
 use forkroot::log::{self as flight, FlightLog, Level};
 use forkroot::region::LOG_SIZE;
+use forkroot::{Context, Kind, Registry, Setting};
 use std::hint::black_box;
 use std::io::Read as _;
 use std::os::fd::FromRawFd as _;
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Duration;
 
 mod common;
 use common::map_shared;
@@ -84,8 +89,39 @@ fn expect_abort(what: &str, o: &Outcome, size: usize) {
     println!("ok   {what}: SIGABRT, message on stderr and in the flight log");
 }
 
+fn never(_: &mut Context<'_>) -> i32 {
+    unreachable!("only the settings are read")
+}
+
+/// A kind with a setting of every type.
+const EVERY: &[Setting] = &[
+    Setting::bool("b", "").default_bool(true),
+    Setting::int("n", "").default_int(7).range(0, 100),
+    Setting::duration("d", "").default_duration(Duration::from_millis(250)),
+    Setting::size("z", "").default_size(4096),
+    Setting::signal("g", "").default_signal(libc::SIGABRT),
+    Setting::string("s", "").default_str("x"),
+    Setting::path("p", ""),
+    Setting::string("o", ""),
+];
+
+/// The checked `[daemon.args]` of a daemon of that kind, made before the
+/// children fork.
+fn args() -> &'static Args {
+    static CONFIG: OnceLock<Config> = OnceLock::new();
+    let c = CONFIG.get_or_init(|| {
+        let mut kinds = Registry::new();
+        kinds.add(Kind::new("every", "", never).settings(EVERY));
+        let text = "[[daemon]]\nname = \"e\"\nkind = \"every\"\n[daemon.args]\n\
+                    s = \"a string the config gave\"\np = \"/var/lib/e\"\nz = \"1MiB\"\n";
+        Config::parse(text, "t.toml", &kinds).expect("a good config")
+    });
+    &c.daemons[0].args
+}
+
 fn main() {
     common::watchdog(30);
+    args();
 
     // Off: nothing counted.
     alloc::reset_stats();
@@ -197,4 +233,46 @@ fn main() {
     assert!(text.starts_with("long big=[1, 1, 1"), "{text}");
     assert!(text.len() <= flight::TEXT_MAX);
     println!("ok   tracing events under forbid: no allocation, record written");
+
+    // Reading settings (`ctx.arg`) in the steady state allocates nothing.
+    let o = in_child("counter", || {
+        let a = args();
+        alloc::set_policy(Policy::Forbid);
+        let ok = a.get::<bool>("b")
+            && a.get::<u8>("n") == 7
+            && a.get::<Duration>("d") == Duration::from_millis(250)
+            && a.get::<usize>("z") == 1 << 20
+            && a.get::<i32>("g") == libc::SIGABRT
+            && a.get::<&str>("s") == "a string the config gave"
+            && a.get::<&Path>("p") == Path::new("/var/lib/e")
+            && a.get::<Option<&str>>("o").is_none();
+        // SAFETY: plain exit.
+        unsafe { libc::_exit(if ok { 0 } else { 3 }) };
+    });
+    assert_eq!(
+        (o.signal, o.code),
+        (None, Some(0)),
+        "settings under forbid: {}",
+        o.stderr
+    );
+    println!("ok   settings of every type read under forbid: no allocation");
+
+    // A daemon's own mistake in reading one still reads as that mistake in
+    // the steady state, not as an allocation.
+    let o = in_child("counter", || {
+        let a = args();
+        alloc::set_policy(Policy::Forbid);
+        let r = std::panic::catch_unwind(|| a.get::<u64>("rtae"));
+        // SAFETY: plain exit.
+        unsafe { libc::_exit(if r.is_err() { 7 } else { 3 }) };
+    });
+    assert_eq!((o.signal, o.code), (None, Some(7)), "{}", o.stderr);
+    assert!(
+        o.stderr.contains(
+            "setting \"rtae\" is not declared by this kind (declared: b, n, d, z, g, s, p, o)"
+        ),
+        "{}",
+        o.stderr
+    );
+    println!("ok   a misread setting under forbid panics with its own message");
 }

@@ -5,8 +5,47 @@ use std::time::Duration;
 
 use forkroot::config::{
     self, check_name, format_duration, parse_duration, parse_signal, parse_size, Config, OnRestart,
-    Problem, Program, RestartType, Strategy,
+    Problem, Program, RestartType, Strategy, Value,
 };
+use forkroot::{Context, Kind, Registry, Setting};
+
+fn never(_: &mut Context<'_>) -> i32 {
+    unreachable!("these tests parse configs; nothing runs")
+}
+
+const FLAKY: &[Setting] = &[
+    Setting::duration("mean_life", "mean lifetime")
+        .default_duration(Duration::from_secs(5))
+        .between(Duration::from_millis(1), Duration::from_secs(3600)),
+    Setting::signal("signal", "its death").default_signal(libc::SIGSEGV),
+];
+const COUNTER: &[Setting] = &[
+    Setting::int("rate", "per second")
+        .default_int(10)
+        .range(1, 10_000_000),
+    Setting::path("out", "file"),
+    Setting::size("buffer", "bytes").default_size(4096),
+    Setting::bool("sync", "fsync").default_bool(false),
+];
+const PROBE: &[Setting] = &[
+    Setting::path("out", "file").required(),
+    Setting::string("mode", "a or b")
+        .default_str("a")
+        .check(|v| match v {
+            Value::Str("a" | "b") => Ok(()),
+            other => Err(format!("{other} is not a mode (use a, b)")),
+        }),
+];
+
+/// Kinds shaped like the built-in ones, with settings of every type.
+fn kinds() -> Registry {
+    let mut r = Registry::new();
+    r.add(Kind::new("idle", "does nothing", never))
+        .add(Kind::new("flaky", "dies", never).settings(FLAKY))
+        .add(Kind::new("counter", "counts", never).settings(COUNTER))
+        .add(Kind::new("probe", "reports", never).settings(PROBE));
+    r
+}
 
 /// The example of the product contract, completed: the link target exists.
 const FULL: &str = r#"
@@ -47,20 +86,20 @@ exec = ["/usr/bin/prog", "--flag"]
 memory = "4MiB"
 restart = "transient"
 on_restart = "decide"
-standby = true
+standby = false
 backoff = "100ms"
 backoff_max = "1m"
 "#;
 
 fn parse(text: &str) -> Config {
-    match Config::parse(text, "test.toml") {
+    match Config::parse(text, "test.toml", &kinds()) {
         Ok(config) => config,
         Err(problems) => panic!("unexpected problems: {problems:#?}"),
     }
 }
 
 fn problems(text: &str) -> Vec<Problem> {
-    match Config::parse(text, "test.toml") {
+    match Config::parse(text, "test.toml", &kinds()) {
         Ok(config) => panic!("expected problems, parsed {config:#?}"),
         Err(problems) => problems,
     }
@@ -118,11 +157,12 @@ fn full_example_parses_to_its_values() {
     assert_eq!(d.links, ["other"]);
     assert_eq!(d.backoff.initial, Duration::ZERO);
     assert_eq!(d.backoff.max, Duration::from_secs(30));
-    assert_eq!(d.args.get("rate").and_then(|v| v.as_integer()), Some(1000));
+    assert_eq!(d.args.get::<u64>("rate"), 1000);
     assert_eq!(
-        d.args.get("out").and_then(|v| v.as_str()),
+        d.args.get::<Option<&str>>("out"),
         Some("/var/lib/counter.out")
     );
+    assert_eq!(d.args.get::<usize>("buffer"), 4096, "the default");
 
     let o = &c.daemons[1];
     assert_eq!(
@@ -134,11 +174,11 @@ fn full_example_parses_to_its_values() {
     assert_eq!(o.restart, RestartType::Transient);
     assert_eq!(o.on_restart, OnRestart::Decide);
     assert_eq!(o.watchdog, None);
-    assert!(o.standby);
+    assert!(!o.standby);
     assert!(o.links.is_empty());
     assert_eq!(o.backoff.initial, Duration::from_millis(100));
     assert_eq!(o.backoff.max, Duration::from_secs(60));
-    assert!(o.args.is_empty());
+    assert!(o.args.settings().is_empty());
 
     assert_eq!(c.daemon("other"), Some(o));
     assert_eq!(c.group("storage"), Some(g));
@@ -167,7 +207,7 @@ fn defaults_are_applied() {
     assert!(d.links.is_empty());
     assert_eq!(d.backoff.initial, Duration::ZERO);
     assert_eq!(d.backoff.max, Duration::from_secs(30));
-    assert!(d.args.is_empty());
+    assert!(d.args.settings().is_empty());
 }
 
 #[test]
@@ -275,7 +315,7 @@ memroy = "1MiB"
         lines,
         [
             "root.contrl: unknown key, did you mean \"control\"? \
-             (expected one of: control, state_dir, stop_timeout)",
+             (expected one of: control, control_group, state_dir, stop_timeout)",
             "daemon[0].memroy: unknown key, did you mean \"memory\"? (expected one of: \
              name, kind, exec, group, memory, restart, on_restart, watchdog, standby, \
              links, backoff, backoff_max, args)",
@@ -381,7 +421,18 @@ fn a_daemon_needs_a_name_and_a_program() {
     );
     assert_eq!(
         one("[[daemon]]\nname = \"d\"\nkind = \"\"\n"),
-        "daemon[0].kind: empty; name a built-in daemon such as \"idle\""
+        "daemon[0].kind: empty; name one of this binary's kinds \
+         (built in: idle, flaky, counter, probe)"
+    );
+    let none = Config::parse(
+        "[[daemon]]\nname = \"d\"\nkind = \"\"\n",
+        "t.toml",
+        &Registry::new(),
+    )
+    .expect_err("no kinds");
+    assert_eq!(
+        none[0].to_string(),
+        "daemon[0].kind: empty, and this binary has no kinds; use exec = [...]"
     );
 }
 
@@ -578,30 +629,206 @@ fn ranges() {
 }
 
 #[test]
-fn args_pass_through_as_is() {
-    let c = parse(&daemon(
-        "[daemon.args]\nrate = 10\nnested = { a = [1, 2] }\nunknown_to_us = true",
-    ));
-    let args = &c.daemons[0].args;
-    assert_eq!(args.len(), 3);
-    assert_eq!(args["unknown_to_us"].as_bool(), Some(true));
-    assert!(args["nested"].is_table());
+fn args_are_typed_with_their_defaults() {
+    let c = parse(
+        "[[daemon]]\nname = \"f\"\nkind = \"flaky\"\n[daemon.args]\nsignal = \"SIGABRT\"\n\
+         [[daemon]]\nname = \"c\"\nkind = \"counter\"\n[daemon.args]\nbuffer = \"1MiB\"\nsync = true\n",
+    );
+    let f = &c.daemons[0].args;
+    assert_eq!(f.get::<Duration>("mean_life"), Duration::from_secs(5));
+    assert!(!f.is_given("mean_life"));
+    assert_eq!(f.get::<i32>("signal"), libc::SIGABRT);
+    assert!(f.is_given("signal"));
+    let k = &c.daemons[1].args;
+    assert_eq!(k.get::<u64>("rate"), 10);
+    assert_eq!(k.get::<Option<&str>>("out"), None);
+    assert_eq!(k.get::<u64>("buffer"), 1 << 20);
+    assert!(k.get::<bool>("sync"));
+    assert_eq!(k.value("buffer"), Some(Value::Size(1 << 20)));
+    assert_eq!(k.value("nothing"), None);
 }
 
 #[test]
-fn kinds_are_checked_against_a_given_list() {
-    let c = parse(
-        "[[daemon]]\nname = \"a\"\nkind = \"idle\"\n\
-         [[daemon]]\nname = \"b\"\nexec = [\"/bin/true\"]\n\
-         [[daemon]]\nname = \"c\"\nkind = \"flakey\"\n",
+#[should_panic(
+    expected = "setting \"rtae\" is not declared by this kind (declared: rate, out, buffer, sync)"
+)]
+fn reading_an_undeclared_setting_is_a_bug_in_the_daemon() {
+    let c = parse("[[daemon]]\nname = \"c\"\nkind = \"counter\"\n");
+    let _: u64 = c.daemons[0].args.get("rtae");
+}
+
+#[test]
+#[should_panic(
+    expected = "setting \"rate\": this daemon takes no settings (a kind declares \
+                           them; an exec'd program gets its arguments in exec = [...])"
+)]
+fn reading_a_setting_of_a_daemon_without_any_says_so() {
+    let _: u64 = config::Args::none().get("rate");
+}
+
+#[test]
+#[should_panic(expected = "has no default: read it as an Option")]
+fn reading_an_optional_setting_without_option_is_a_bug_in_the_daemon() {
+    let c = parse("[[daemon]]\nname = \"c\"\nkind = \"counter\"\n");
+    let _: &str = c.daemons[0].args.get("out");
+}
+
+#[test]
+#[should_panic(
+    expected = "setting \"limit\" (integer 0..=1099511627776) cannot be read as u32: \
+                not every value it accepts fits"
+)]
+fn reading_an_int_as_a_type_narrower_than_its_range_fails_on_the_first_read() {
+    const WIDE: &[Setting] = &[Setting::int("limit", "").default_int(1).range(0, 1 << 40)];
+    let mut r = Registry::new();
+    r.add(Kind::new("wide", "", never).settings(WIDE));
+    let c = Config::parse("[[daemon]]\nname = \"w\"\nkind = \"wide\"\n", "t.toml", &r)
+        .expect("a good config");
+    let args = &c.daemons[0].args;
+    assert_eq!(args.get::<u64>("limit"), 1);
+    assert_eq!(args.get::<Option<i64>>("limit"), Some(1));
+    // The default, 1, fits a u32; the range the config may give does not.
+    let _: u32 = args.get("limit");
+}
+
+#[test]
+fn ints_read_as_every_integer_type_their_range_fits() {
+    const SMALL: &[Setting] = &[Setting::int("n", "").default_int(-5).range(-100, 100)];
+    let mut r = Registry::new();
+    r.add(Kind::new("small", "", never).settings(SMALL));
+    let c = Config::parse("[[daemon]]\nname = \"s\"\nkind = \"small\"\n", "t.toml", &r)
+        .expect("a good config");
+    let a = &c.daemons[0].args;
+    assert_eq!(a.get::<i8>("n"), -5);
+    assert_eq!(a.get::<i16>("n"), -5);
+    assert_eq!(a.get::<i32>("n"), -5);
+    assert_eq!(a.get::<i64>("n"), -5);
+    assert_eq!(a.get::<isize>("n"), -5);
+}
+
+#[test]
+fn a_size_setting_takes_a_range() {
+    const BUF: &[Setting] = &[Setting::size("buffer", "")
+        .default_size(4096)
+        .range(4096, 1 << 20)];
+    let mut r = Registry::new();
+    r.add(Kind::new("buf", "", never).settings(BUF));
+    let config = |v: &str| {
+        format!("[[daemon]]\nname = \"b\"\nkind = \"buf\"\n[daemon.args]\nbuffer = {v}\n")
+    };
+    let c = Config::parse(&config("\"1MiB\""), "t.toml", &r).expect("in range");
+    assert_eq!(c.daemons[0].args.get::<u32>("buffer"), 1 << 20);
+    let p = Config::parse(&config("\"2MiB\""), "t.toml", &r).expect_err("too large");
+    assert_eq!(
+        p[0].to_string(),
+        "daemon[0].args.buffer: 2097152B is out of range (use 4096B..=1048576B)"
     );
-    let p = c.check_kinds(&["idle", "flaky"]);
+    assert_eq!(BUF[0].ty.describe(), "size 4096..=1048576 bytes");
+}
+
+#[test]
+fn bad_args_get_their_place_and_what_is_wrong() {
+    let text = "[[daemon]]\nname = \"c\"\nkind = \"counter\"\n[daemon.args]\n\
+                rtae = 5\nrate = \"fast\"\nout = \"\"\nbuffer = \"4 MB\"\nsync = 1\n\
+                [[daemon]]\nname = \"c2\"\nkind = \"counter\"\n[daemon.args]\nrate = 0\n\
+                [[daemon]]\nname = \"f\"\nkind = \"flaky\"\n[daemon.args]\n\
+                mean_life = \"2h\"\nsignal = \"SIGFOO\"\n\
+                [[daemon]]\nname = \"p\"\nkind = \"probe\"\n[daemon.args]\nmode = \"c\"\n\
+                [[daemon]]\nname = \"i\"\nkind = \"idle\"\n[daemon.args]\nrate = 1\n\
+                [[daemon]]\nname = \"x\"\nexec = [\"/bin/true\"]\n[daemon.args]\nrate = 1\n";
+    let got: Vec<String> = problems(text).iter().map(ToString::to_string).collect();
+    let want = [
+        "daemon[0].args.rtae: unknown setting of kind \"counter\", did you mean \"rate\"? \
+         (it takes: rate, out, buffer, sync)",
+        "daemon[0].args.rate: expected a whole number, found the string \"fast\"",
+        "daemon[0].args.out: empty path (leave the key out for the default)",
+        "daemon[0].args.buffer: \"4 MB\" is not a size: unknown unit \"MB\", did you mean MiB? \
+         (use B, KiB, MiB, GiB)",
+        "daemon[0].args.sync: expected true or false, found the integer 1",
+        "daemon[1].args.rate: 0 is out of range (use 1..=10000000)",
+        "daemon[2].args.mean_life: 2h is out of range (use 1ms..=1h)",
+        "daemon[2].args.signal: \"SIGFOO\" is not a signal name (e.g. SIGTERM, SIGKILL, SIGSEGV, SIGABRT)",
+        "daemon[3].args.out: missing; kind \"probe\" needs it (file)",
+        "daemon[3].args.mode: \"c\" is not a mode (use a, b)",
+        "daemon[4].args.rate: unknown setting: kind \"idle\" takes no settings",
+        "daemon[5].args: an exec'd program takes no [daemon.args]; \
+         give it its options in exec = [...]",
+    ];
+    assert_eq!(got, want);
+}
+
+#[test]
+#[should_panic(
+    expected = "kind \"bad\": setting \"rate\": the default 0 does not fit integer 1..=10"
+)]
+fn a_kind_whose_default_breaks_its_own_range_is_refused() {
+    const BAD: &[Setting] = &[Setting::int("rate", "").default_int(0).range(1, 10)];
+    Registry::new().add(Kind::new("bad", "", never).settings(BAD));
+}
+
+#[test]
+fn a_kind_that_contradicts_itself_is_refused_with_why() {
+    const EMPTY: &[Setting] =
+        &[Setting::duration("d", "").between(Duration::from_secs(5), Duration::from_secs(1))];
+    const BOTH: &[Setting] = &[Setting::int("n", "").required().default_int(3)];
+    const NOT_A_SIGNAL: &[Setting] = &[Setting::signal("s", "").default_signal(999)];
+    const EMPTY_PATH: &[Setting] = &[Setting::path("p", "").default_str("")];
+    for (settings, want) in [
+        (
+            EMPTY,
+            "kind \"bad\": setting \"d\": between(5s, 1s) accepts nothing",
+        ),
+        (
+            BOTH,
+            "kind \"bad\": setting \"n\" is required and has a default 3; keep one",
+        ),
+        (
+            NOT_A_SIGNAL,
+            "kind \"bad\": setting \"s\": the default 999 is not a signal",
+        ),
+        (
+            EMPTY_PATH,
+            "kind \"bad\": setting \"p\": the default \"\" does not fit path",
+        ),
+    ] {
+        let refused = std::panic::catch_unwind(|| {
+            Registry::new().add(Kind::new("bad", "", never).settings(settings));
+        })
+        .expect_err(want);
+        let message = refused
+            .downcast_ref::<String>()
+            .expect("a formatted message");
+        assert_eq!(message, want);
+    }
+}
+
+#[test]
+fn kinds_are_checked_against_the_registry() {
+    let text = "[[daemon]]\nname = \"a\"\nkind = \"idle\"\n\
+                [[daemon]]\nname = \"b\"\nexec = [\"/bin/true\"]\n\
+                [[daemon]]\nname = \"c\"\nkind = \"flakey\"\n[daemon.args]\nx = 1\n";
+    assert_eq!(
+        one(text),
+        "daemon[2].kind: unknown kind \"flakey\", did you mean \"flaky\"? \
+         (built in: idle, flaky, counter, probe)"
+    );
+    let none = Config::parse(text, "t.toml", &Registry::new()).expect_err("no kinds");
+    assert_eq!(
+        none[0].to_string(),
+        "daemon[0].kind: unknown kind \"idle\" (this binary has no kinds; use exec = [...])"
+    );
+
+    // A config checked already, against a smaller list.
+    let c = parse(
+        "[[daemon]]\nname = \"a\"\nkind = \"idle\"\n[[daemon]]\nname = \"c\"\nkind = \"flaky\"\n",
+    );
+    let p = c.check_kinds(&["idle"]);
     let lines: Vec<String> = p.iter().map(ToString::to_string).collect();
     assert_eq!(
         lines,
-        ["daemon[2].kind: unknown kind \"flakey\" (built in: idle, flaky)"]
+        ["daemon[1].kind: unknown kind \"flaky\" (built in: idle)"]
     );
-    assert!(c.check_kinds(&["idle", "flakey"]).is_empty());
+    assert!(c.check_kinds(&["idle", "flaky"]).is_empty());
 }
 
 #[test]
@@ -609,14 +836,37 @@ fn load_reads_a_file_and_names_it_on_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("tree.toml");
     std::fs::write(&path, FULL).expect("write");
-    assert_eq!(config::load(&path), Ok(parse(FULL)));
+    assert_eq!(config::load(&path, &kinds()), Ok(parse(FULL)));
 
     std::fs::write(&path, "[[daemon]\n").expect("write");
-    let p = config::load(&path).expect_err("syntax error");
+    let p = config::load(&path, &kinds()).expect_err("syntax error");
     assert_eq!(p[0].place, format!("{}:1:10", path.display()));
 
+    // Bytes that are not UTF-8 (a Latin-1 path, say): placed at the first.
+    std::fs::write(
+        &path,
+        b"[[daemon]]\nname = \"a\"\nexec = [\"/opt/caf\xe9\"]\n",
+    )
+    .expect("write");
+    let p = config::load(&path, &kinds()).expect_err("not UTF-8");
+    assert_eq!(
+        p[0].to_string(),
+        format!(
+            "{}:3:18: not UTF-8 text (a TOML file is UTF-8; a path in it too)",
+            path.display()
+        )
+    );
+
+    // Endless input (a device given by mistake) is cut off, not read
+    // until memory runs out.
+    let p = config::load(std::path::Path::new("/dev/zero"), &kinds()).expect_err("endless");
+    assert_eq!(
+        p[0].to_string(),
+        "/dev/zero: larger than 16MiB: not a config file"
+    );
+
     let missing = dir.path().join("missing.toml");
-    let p = config::load(&missing).expect_err("missing file");
+    let p = config::load(&missing, &kinds()).expect_err("missing file");
     assert_eq!(p.len(), 1);
     assert_eq!(p[0].place, missing.display().to_string());
     assert!(
@@ -730,6 +980,10 @@ fn durations_format_back() {
             assert_eq!(parse_duration(&format_duration(d)), Ok(d));
         }
     }
+    // A kind's default or range may be finer than a config can write: it
+    // is shown as it is, not cut to whole milliseconds.
+    assert_eq!(format_duration(Duration::from_micros(1500)), "1.5ms");
+    assert_eq!(format_duration(Duration::from_nanos(250)), "250ns");
 }
 
 #[test]
@@ -753,4 +1007,15 @@ fn signals() {
         parse_signal("SIGFOO"),
         Err("\"SIGFOO\" is not a signal name (e.g. SIGTERM, SIGKILL, SIGSEGV, SIGABRT)".into())
     );
+}
+
+#[test]
+fn a_standby_of_an_exec_program_is_refused() {
+    // It would run at once instead of waiting: two owners of one region.
+    assert_eq!(
+        one("[[daemon]]\nname = \"d\"\nexec = [\"/bin/sleep\", \"9\"]\nstandby = true\n"),
+        "daemon[0].standby: a standby needs a built-in kind; an exec'd program cannot wait pre-forked"
+    );
+    // A built-in kind's standby is fine.
+    parse(&daemon("standby = true"));
 }

@@ -73,7 +73,7 @@ fn alloc_free_ownership_and_exhaustion() {
     assert_eq!(p.reclaim(|o| o == A), 0);
     assert_eq!(p.counts(), (2, 1));
     // SAFETY: index 99 is no block; only the range check is exercised.
-    let bogus = unsafe { pool::BlockRef::from_index(99) };
+    let bogus = unsafe { pool::BlockRef::from_index(&p, 99) };
     assert_eq!(
         p.get(&bogus).unwrap_err(),
         PoolError::OutOfRange { index: 99 }
@@ -153,4 +153,47 @@ fn threads_allocate_concurrently() {
         (r.free, r.relinked, r.owned_on_list, r.list_damaged),
         (32, 0, 0, false)
     );
+}
+
+#[test]
+fn a_block_of_one_pool_is_refused_by_another() {
+    let len = pool::required_size(64, 2).unwrap();
+    let (ma, mb) = (memory(len), memory(len));
+    // SAFETY: two fresh memories of `len` bytes, alive for the test.
+    let (pa, pb) = unsafe {
+        (
+            pool::init(ma, len, 64, 2).unwrap(),
+            pool::init(mb, len, 64, 2).unwrap(),
+        )
+    };
+    let mut from_a = pa.alloc(A).unwrap();
+    let mut from_b = pb.alloc(A).unwrap();
+    // Same index in both pools: only the pool tells them apart.
+    assert_eq!(from_a.index(), from_b.index());
+    let index = from_a.index();
+    // Two `&mut` to one block in safe code, if pool b served a's block.
+    let foreign = PoolError::ForeignBlock { index };
+    assert_eq!(pb.get_mut(&mut from_a).unwrap_err(), foreign);
+    assert_eq!(pb.get(&from_a).unwrap_err(), foreign);
+    assert_eq!(pa.get_mut(&mut from_b).unwrap_err(), foreign);
+    // Its own pool serves it, through any handle on the same memory.
+    pa.get_mut(&mut from_a).unwrap()[0] = 7;
+    // SAFETY: the memory `pa` was laid out in, alive for the test.
+    let pa2 = unsafe { pool::attach(ma, len) }.unwrap();
+    assert_eq!(pa2.get(&from_a).unwrap()[0], 7);
+    pb.get_mut(&mut from_b).unwrap()[0] = 9;
+    assert_eq!(pa.get(&from_a).unwrap()[0], 7);
+    // A foreign block is not freed either: both stay owned in their pools.
+    assert_eq!(pa.free(from_b, A).unwrap_err(), foreign);
+    assert_eq!(pa.owner(index), Ok(Some(A)));
+    assert_eq!(pb.owner(index), Ok(Some(A)));
+    pa.free(from_a, A).unwrap();
+    assert_eq!(pa.owner(index), Ok(None));
+    // A pool laid out again in the same memory is a new pool: a block of the
+    // old one is refused.
+    let old = pa.alloc(B).unwrap();
+    // SAFETY: `ma`, alive for the test; no handle on the old pool is used
+    // for anything but the refusal below.
+    let pa3 = unsafe { pool::init(ma, len, 64, 2) }.unwrap();
+    assert_eq!(pa3.get(&old).unwrap_err(), foreign);
 }

@@ -157,7 +157,7 @@ fn check(pool: Pool<'_>, ctl: &Ctl, gens: &[u32; SLOTS]) -> pool::Report {
             "block {i} owned by {o:?}, which does not know it"
         );
         // SAFETY: read only, while its owner is parked; the BlockRef is not freed.
-        let b = unsafe { BlockRef::from_index(i) };
+        let b = unsafe { BlockRef::from_index(&pool, i) };
         assert_eq!(
             pool.get(&b).expect("in range")[..12],
             stamp(o, i),

@@ -66,7 +66,7 @@ fn limits_full_too_large_buffer_too_small() {
     let len = ring::required_size(&c).unwrap();
     // SAFETY: fresh memory of `len` bytes, alive for the test.
     let r = unsafe { ring::init(memory(len), len, &c) }.unwrap();
-    let p = r.producer();
+    let p = r.producer().unwrap();
     let mut cons = r.consumer().unwrap();
     // The same process may take the role again; another live one may not.
     assert!(r.consumer().is_ok());
@@ -107,8 +107,8 @@ fn peek_without_commit_keeps_the_message() {
     let len = ring::required_size(&c).unwrap();
     // SAFETY: fresh memory of `len` bytes, alive for the test.
     let r = unsafe { ring::init(memory(len), len, &c) }.unwrap();
-    r.producer().try_send(b"one").unwrap();
-    r.producer().try_send(b"two").unwrap();
+    r.producer().unwrap().try_send(b"one").unwrap();
+    r.producer().unwrap().try_send(b"two").unwrap();
     let mut cons = r.consumer().unwrap();
     {
         let m = cons.peek().unwrap().unwrap();
@@ -135,8 +135,8 @@ fn corrupt_payload_is_skipped_and_reported() {
     let mem = memory(len);
     // SAFETY: fresh memory of `len` bytes, alive for the test.
     let r = unsafe { ring::init(mem, len, &c) }.unwrap();
-    r.producer().try_send(b"abc").unwrap();
-    r.producer().try_send(b"def").unwrap();
+    r.producer().unwrap().try_send(b"abc").unwrap();
+    r.producer().unwrap().try_send(b"def").unwrap();
     // Flip a payload byte of slot 0 (slots start at 384, payload 16 bytes in).
     // SAFETY: inside the ring's memory; nobody reads it concurrently.
     unsafe { *mem.add(384 + 16) ^= 0xFF };
@@ -159,7 +159,7 @@ fn producer_threads_blocking_consumer() {
     std::thread::scope(|s| {
         for t in 0..THREADS {
             s.spawn(move || {
-                let p = r.producer_as(t + 1);
+                let p = r.producer().unwrap();
                 for i in 0..PER {
                     let mut m = [0u8; 8];
                     m[..4].copy_from_slice(&t.to_le_bytes());
@@ -181,4 +181,80 @@ fn producer_threads_blocking_consumer() {
         assert_eq!(next, [PER; THREADS as usize]);
     });
     assert_eq!(r.stats().lost_uncommitted, 0);
+}
+
+#[test]
+fn writer_table_hands_out_distinct_ids_and_takes_them_back() {
+    let c = cfg(Kind::Mpsc, 4, 8);
+    let len = ring::required_size(&c).unwrap();
+    // SAFETY: fresh memory of `len` bytes, alive for the test.
+    let r = unsafe { ring::init(memory(len), len, &c) }.unwrap();
+    let held: Vec<_> = (0..ring::WRITERS).map(|_| r.producer().unwrap()).collect();
+    let mut ids: Vec<_> = held.iter().map(|p| p.id()).collect();
+    ids.sort_by_key(|id| id.raw());
+    ids.dedup();
+    assert_eq!(ids.len(), ring::WRITERS, "two live producers share an id");
+    assert_eq!(r.producer().unwrap_err(), RingError::WritersFull);
+    // A freed entry is claimed again under a new generation: the old id is
+    // never handed out twice.
+    let old = held[7].id();
+    drop(held);
+    let again: Vec<_> = (0..ring::WRITERS).map(|_| r.producer().unwrap()).collect();
+    let reused = again.iter().find(|p| p.id().slot() == old.slot()).unwrap();
+    assert_ne!(reused.id(), old);
+    assert_ne!(reused.id().generation(), old.generation());
+}
+
+#[test]
+fn caller_ids_are_judged_by_the_callers_predicate() {
+    let c = cfg(Kind::Mpsc, 4, 8);
+    let len = ring::required_size(&c).unwrap();
+    // SAFETY: fresh memory of `len` bytes, alive for the test.
+    let r = unsafe { ring::init(memory(len), len, &c) }.unwrap();
+    // Daemon slot 3 at restart 1 is live, at restart 0 it is dead.
+    let live = ring::WriterId::new(3, 1).unwrap();
+    let me = ring::WriterId::new(9, 1).unwrap();
+    let is_dead = move |w: ring::WriterId| w != live && w != me;
+    let mut cons = r.consumer_with(me, &is_dead).unwrap();
+    r.producer_as(live).try_send(b"hi").unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(cons.try_recv(&mut buf), Ok(Some(2)));
+    assert_eq!(ring::WriterId::new(0, 0), None);
+    assert_eq!(ring::WriterId::from_raw(live.raw()), Some(live));
+    // Another id cannot take the role from a live holder.
+    let other = ring::WriterId::new(4, 1).unwrap();
+    let never = |_: ring::WriterId| false;
+    assert_eq!(
+        r.consumer_with(other, &never).unwrap_err(),
+        RingError::ConsumerBusy { holder: me }
+    );
+}
+
+#[test]
+fn concurrent_registrations_never_share_a_live_id() {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    let c = cfg(Kind::Mpsc, 4, 8);
+    let len = ring::required_size(&c).unwrap();
+    // SAFETY: fresh memory of `len` bytes, alive for the test.
+    let r = unsafe { ring::init(memory(len), len, &c) }.unwrap();
+    let live = Mutex::new(HashSet::new());
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..300 {
+                    let p = r.producer().unwrap();
+                    let id = p.id().raw();
+                    assert!(live.lock().unwrap().insert(id), "id {id:#x} held twice");
+                    std::thread::yield_now();
+                    assert!(live.lock().unwrap().remove(&id));
+                    drop(p);
+                }
+            });
+        }
+    });
+    assert!(live.lock().unwrap().is_empty());
+    // Every entry was given back: the whole table can be claimed again.
+    let all: Vec<_> = (0..ring::WRITERS).map(|_| r.producer().unwrap()).collect();
+    assert_eq!(all.len(), ring::WRITERS);
 }

@@ -76,7 +76,9 @@ fn decode(msg: &[u8]) -> Option<(u32, u64)> {
 }
 
 fn writer(ring: Ring<'_>, ctl: &Ctl, gen: u32) -> ! {
-    let producer = ring.producer();
+    let Ok(producer) = ring.producer() else {
+        exit(6);
+    };
     let mut buf = [0u8; SLOT as usize];
     let mut seq = 0u64;
     loop {

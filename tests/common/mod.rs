@@ -38,6 +38,8 @@ pub(crate) const DIR: &str = "@DIR@";
 pub(crate) struct Tree {
     pub(crate) dir: TempDir,
     child: Arc<Mutex<Child>>,
+    /// The binary running the root: [`BIN`], or an author's own.
+    bin: PathBuf,
     /// The root's pid.
     pub(crate) pid: i32,
     fired: Arc<AtomicBool>,
@@ -57,16 +59,27 @@ impl Tree {
     /// [`Tree::start`], with the root's command adjusted by `adjust` first
     /// (to start it in an unusual environment).
     pub(crate) fn start_with(config: &str, adjust: impl FnOnce(&mut Command)) -> Tree {
+        Tree::launch(Path::new(BIN), config, adjust)
+    }
+
+    /// [`Tree::start`] with another binary that has the `forkroot` command
+    /// line (an author's own, built from `examples/`).
+    pub(crate) fn start_bin(bin: &Path, config: &str) -> Tree {
+        Tree::launch(bin, config, |_| {})
+    }
+
+    fn launch(bin: &Path, config: &str, adjust: impl FnOnce(&mut Command)) -> Tree {
         let dir = tempfile::Builder::new()
             .prefix("forkroot-test")
             .tempdir()
             .expect("temp dir");
         write_config(&dir, config);
-        let child = spawn_root(&dir, adjust);
+        let child = spawn_root(bin, &dir, adjust);
         let pid = child.id() as i32;
         let mut t = Tree {
             dir,
             child: Arc::new(Mutex::new(child)),
+            bin: bin.to_owned(),
             pid,
             fired: Arc::new(AtomicBool::new(false)),
             disarm: None,
@@ -81,7 +94,7 @@ impl Tree {
     /// after the old one died (which must have been waited for).
     pub(crate) fn respawn(&mut self) {
         assert!(self.status.is_some(), "respawn after wait_exit");
-        let child = spawn_root(&self.dir, |_| {});
+        let child = spawn_root(&self.bin, &self.dir, |_| {});
         self.pid = child.id() as i32;
         *self.child.lock().unwrap() = child;
         self.status = None;
@@ -124,6 +137,20 @@ impl Tree {
             .args(args)
             .output()
             .expect("run forkroot ctl")
+    }
+
+    /// The tree's control socket.
+    pub(crate) fn socket(&self) -> PathBuf {
+        self.path("ctl.sock")
+    }
+
+    /// Runs `forkroot ctl --socket DIR/ctl.sock ARGS` to completion (killed,
+    /// failing the test, past the [`DEADLINE`]).
+    pub(crate) fn ctl_run(&self, args: &[&str]) -> Ran {
+        let socket = self.socket();
+        let mut all = vec!["ctl", "--socket", socket.to_str().expect("utf-8 path")];
+        all.extend_from_slice(args);
+        run_to_end(&self.dir, &all)
     }
 
     /// Every daemon's entry of `ctl status --json` (`None` while the root
@@ -304,15 +331,15 @@ impl Drop for Tree {
     }
 }
 
-/// Starts `forkroot run` on `dir`'s `forkroot.toml`, logging (appending)
-/// to `root.log` there.
-fn spawn_root(dir: &TempDir, adjust: impl FnOnce(&mut Command)) -> Child {
+/// Starts `BIN run` on `dir`'s `forkroot.toml`, logging (appending) to
+/// `root.log` there.
+fn spawn_root(bin: &Path, dir: &TempDir, adjust: impl FnOnce(&mut Command)) -> Child {
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.path().join("root.log"))
         .expect("root.log");
-    let mut c = command(dir);
+    let mut c = command_of(bin, dir);
     adjust(&mut c);
     c.args(["run", "--config"])
         .arg(dir.path().join("forkroot.toml"))
@@ -326,7 +353,12 @@ fn spawn_root(dir: &TempDir, adjust: impl FnOnce(&mut Command)) -> Child {
 /// A `forkroot` command with an environment of its own: the log level
 /// fixed, and runtime paths inside the test's temp dir.
 pub(crate) fn command(dir: &TempDir) -> Command {
-    let mut c = Command::new(BIN);
+    command_of(Path::new(BIN), dir)
+}
+
+/// [`command`] for another binary with the `forkroot` command line.
+pub(crate) fn command_of(bin: &Path, dir: &TempDir) -> Command {
+    let mut c = Command::new(bin);
     c.env("FORKROOT_LOG", "info")
         .env("XDG_RUNTIME_DIR", dir.path())
         .env_remove("NOTIFY_SOCKET")
@@ -512,9 +544,35 @@ pub(crate) struct Ran {
 /// Runs `forkroot ARGS` in `dir` to completion, killing it (and failing the
 /// test) if it has not exited by the [`DEADLINE`].
 pub(crate) fn run_to_end(dir: &TempDir, args: &[&str]) -> Ran {
+    run_bin_to_end(Path::new(BIN), dir, args)
+}
+
+/// [`run_to_end`], with the command adjusted by `adjust` first (to run it
+/// as another user, say).
+pub(crate) fn run_to_end_with(
+    dir: &TempDir,
+    args: &[&str],
+    adjust: impl FnOnce(&mut Command),
+) -> Ran {
+    run_to_end_of(Path::new(BIN), dir, args, adjust)
+}
+
+/// [`run_to_end`] for another binary with the `forkroot` command line.
+pub(crate) fn run_bin_to_end(bin: &Path, dir: &TempDir, args: &[&str]) -> Ran {
+    run_to_end_of(bin, dir, args, |_| {})
+}
+
+fn run_to_end_of(
+    bin: &Path,
+    dir: &TempDir,
+    args: &[&str],
+    adjust: impl FnOnce(&mut Command),
+) -> Ran {
     let out = dir.path().join("cmd.stdout");
     let err = dir.path().join("cmd.stderr");
-    let mut child = command(dir)
+    let mut cmd = command_of(bin, dir);
+    adjust(&mut cmd);
+    let mut child = cmd
         .args(args)
         .stdin(Stdio::null())
         .stdout(fs::File::create(&out).expect("stdout file"))
@@ -539,4 +597,36 @@ pub(crate) fn run_to_end(dir: &TempDir, args: &[&str]) -> Ran {
         stdout: fs::read_to_string(&out).unwrap_or_default(),
         stderr: fs::read_to_string(&err).unwrap_or_default(),
     }
+}
+
+/// Runs `bin check` and `bin run` on `config` (in a temp dir) and asserts
+/// that both exit 78 with exactly `want` as the lines placed in a daemon
+/// (`daemon[..`), say nothing started, and that no daemon wrote a `.out`
+/// file.
+pub(crate) fn assert_rejected(bin: &Path, config: &str, want: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, config);
+    let path = path.to_str().unwrap();
+    for cmd in ["check", "run"] {
+        let ran = run_bin_to_end(bin, &dir, &[cmd, "--config", path]);
+        assert_eq!(ran.code, Some(78), "{cmd}: {ran:?}");
+        let got: Vec<&str> = ran
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("daemon["))
+            .collect();
+        assert_eq!(got, want, "{cmd}: {ran:?}");
+        let summary = format!(
+            "{} problems in the configuration; nothing started",
+            want.len()
+        );
+        assert!(ran.stderr.contains(&summary), "{ran:?}");
+        assert!(!ran.stderr.contains("started daemon"), "{ran:?}");
+    }
+    let files: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|f| f.ends_with(".out"))
+        .collect();
+    assert!(files.is_empty(), "a daemon ran: {files:?}");
 }

@@ -1,5 +1,6 @@
-//! `kv`: a key-value store speaking RESP2, so `redis-cli` and
-//! `redis-benchmark` work against it, whose data lives in the daemon's
+//! `kv`: a key-value store speaking RESP2 and RESP3, so `redis-cli`,
+//! `redis-benchmark` and client libraries such as redis-py work against
+//! it, whose data lives in the daemon's
 //! region: a write is journaled, applied and committed before its `+OK`
 //! goes out, so a restarted daemon serves every acknowledged write.
 //!
@@ -8,6 +9,13 @@
 //!   value with a `/`).
 //! - `max_clients`: connections served at once (default 1024); one more is
 //!   answered `-ERR max number of clients reached` and closed.
+//! - `debug`: allow the DEBUG command, which crashes on purpose (default
+//!   false).
+//! - `password`: if set, a connection must `AUTH` (or `HELLO 3 AUTH`)
+//!   with it before any other command, as with Redis' `requirepass`.
+//!
+//! They are declared once in [`KIND`] and checked with the rest of the
+//! config before anything starts.
 //!
 //! Limits: a request (one command with its arguments) may be up to
 //! [`MAX_REQUEST`] bytes; a larger one is answered with a protocol error and
@@ -24,11 +32,13 @@
 //! for a transaction (CALC) stops being parsed until its reply is in.
 //!
 //! Modules: [`resp`] (protocol), [`store`] (the table in the region),
-//! [`journal`] (its undo journal), [`commands`], [`calc`] and [`tasks`]
-//! (the transactions).
+//! [`journal`] (its undo journal), [`commands`] (the command table and
+//! each command), [`glob`] (KEYS and SCAN patterns), [`calc`] and
+//! [`tasks`] (the transactions).
 
 mod calc;
 mod commands;
+mod glob;
 mod journal;
 mod resp;
 mod store;
@@ -38,10 +48,10 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
-use forkroot::Context;
-
-use crate::util;
-use commands::{Action, Db, RESERVE};
+use commands::{Action, Db, ExecFailed, Queued, Session, RESERVE};
+use forkroot::config::Value;
+use forkroot::sys::Epoll;
+use forkroot::{Context, Kind, Setting};
 use resp::{Args, Out, Parse, Resume};
 use tasks::{Task, Tasks};
 
@@ -53,9 +63,15 @@ pub(crate) const MAX_REQUEST: usize = 64 * 1024;
 pub(crate) const MAX_REPLY: usize = 128 * 1024;
 /// Most arguments of one command.
 const MAX_ARGS: usize = 16 * 1024;
-/// Expired keys are swept this often, `SWEEP_BUCKETS` buckets at a time.
+/// Active expiry: a step over `SWEEP_BUCKETS` buckets runs this often, and
+/// again on the very next loop turn while steps keep finding expired keys
+/// (as Redis' active expiry repeats while more than a few of its samples
+/// expired).
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
-const SWEEP_BUCKETS: usize = 256;
+const SWEEP_BUCKETS: usize = 4096;
+
+/// Most events one epoll wait returns.
+const EVENTS: usize = 64;
 
 const LISTENER: u64 = 0;
 const STOP: u64 = 1;
@@ -67,7 +83,8 @@ const CONN_BASE: u64 = 16;
 enum Interest {
     Read,
     Write,
-    /// Waiting for a transaction: nothing (errors and hang-ups still come).
+    /// Waiting for a transaction: taken out of the epoll set until its
+    /// reply is in (a hang-up meanwhile shows when the reply is sent).
     Nothing,
 }
 
@@ -89,6 +106,14 @@ struct Conn {
     waiting: bool,
     closing: bool,
     interest: Interest,
+    /// Its protocol, authentication, id and name.
+    sess: Session,
+    /// After MULTI: where the queued commands start in the input buffer
+    /// (they stay there until EXEC runs them); `None` if the block grew
+    /// past the buffer (EXEC then discards it).
+    queue_from: Option<usize>,
+    /// Commands queued since MULTI.
+    queued: usize,
 }
 
 impl Conn {
@@ -103,6 +128,9 @@ impl Conn {
         waiting: false,
         closing: false,
         interest: Interest::Read,
+        sess: Session::new(0, false),
+        queue_from: None,
+        queued: 0,
     };
 }
 
@@ -117,62 +145,12 @@ enum Stop {
     Parked,
 }
 
-/// A tiny epoll with the three interests a connection needs.
-#[derive(Debug)]
-struct Poller(std::os::fd::OwnedFd);
-
-impl Poller {
-    fn new() -> io::Result<Poller> {
-        use std::os::fd::FromRawFd;
-        // SAFETY: epoll_create1 has no memory preconditions.
-        let fd = forkroot::sys::cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
-        // SAFETY: a fresh descriptor that we now own.
-        Ok(Poller(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
-    }
-
-    fn ctl(&self, op: i32, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
-        let events = match interest {
-            Interest::Read => libc::EPOLLIN | libc::EPOLLRDHUP,
-            Interest::Write => libc::EPOLLOUT,
-            Interest::Nothing => 0,
-        };
-        let mut ev = libc::epoll_event {
-            events: events as u32,
-            u64: token,
-        };
-        // SAFETY: `ev` is valid for the call.
-        forkroot::sys::cvt(unsafe { libc::epoll_ctl(self.0.as_raw_fd(), op, fd, &mut ev) })?;
-        Ok(())
-    }
-
-    fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_ADD, fd, token, Interest::Read)
-    }
-
-    fn set(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_MOD, fd, token, interest)
-    }
-
-    /// Waits up to `timeout`; fills `events`, returns how many.
-    fn wait(&self, events: &mut [libc::epoll_event], timeout: Duration) -> usize {
-        let ms = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
-        // SAFETY: `events` is writable for its length.
-        let n = unsafe {
-            libc::epoll_wait(
-                self.0.as_raw_fd(),
-                events.as_mut_ptr(),
-                events.len() as i32,
-                ms,
-            )
-        };
-        n.max(0) as usize
-    }
-}
-
 /// Everything the loop owns; every buffer is allocated before the steady
 /// state.
 struct Server<'a> {
-    poll: Poller,
+    poll: Epoll,
+    /// Tokens of the ready descriptors (capacity for one wait's worth).
+    ready: Vec<u64>,
     listener: RawFd,
     conns: Vec<Conn>,
     free: Vec<usize>,
@@ -186,18 +164,55 @@ struct Server<'a> {
     tasks: Tasks<'a>,
 }
 
-pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
-    let listen = util::string(ctx, "listen").unwrap_or("127.0.0.1:6380");
-    let max_clients = util::int(ctx, "max_clients", 1024);
-    if !(1..=65536).contains(&max_clients) {
-        util::bad_arg(ctx, "max_clients", "must be in 1..=65536");
+/// The kind, with its settings.
+pub(crate) const KIND: Kind = Kind::new(
+    "kv",
+    "key-value store speaking RESP2/RESP3 (redis-cli, redis-benchmark, redis-py); acknowledged writes survive crashes",
+    main,
+)
+.settings(&[
+    Setting::string("listen", "HOST:PORT, or a Unix socket path (any value with a /)")
+        .default_str("127.0.0.1:6380")
+        .check(check_listen),
+    Setting::int("max_clients", "connections served at once")
+        .default_int(1024)
+        .range(1, 65536),
+    Setting::bool("debug", "allow DEBUG (crashes on purpose)").default_bool(false),
+    Setting::string(
+        "password",
+        "clients must AUTH with it before other commands (default: none)",
+    ),
+]);
+
+/// `listen` is a socket path (it has a `/`) that fits a socket address,
+/// or `HOST:PORT`.
+fn check_listen(v: Value<'_>) -> Result<(), String> {
+    /// `sun_path` less its NUL.
+    const MAX_SOCKET_PATH: usize = 107;
+    let Value::Str(s) = v else { return Ok(()) };
+    if s.contains('/') && s.len() > MAX_SOCKET_PATH {
+        return Err(format!(
+            "the socket path is {} bytes long; a Unix socket path holds at most {MAX_SOCKET_PATH}",
+            s.len()
+        ));
     }
-    let max_clients = max_clients as usize;
-    let debug = match ctx.args().get("debug") {
-        None => false,
-        Some(toml::Value::Boolean(b)) => *b,
-        Some(v) => util::bad_arg(ctx, "debug", &format!("expected true or false, found {v}")),
-    };
+    let host_port = s
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if s.contains('/') || host_port {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is neither HOST:PORT (\"127.0.0.1:6380\") nor a socket path (with a /)"
+        ))
+    }
+}
+
+fn main(ctx: &mut Context<'_>) -> i32 {
+    let listen: &str = ctx.arg("listen");
+    let max_clients: usize = ctx.arg("max_clients");
+    let debug: bool = ctx.arg("debug");
+    let password: Option<&str> = ctx.arg("password");
 
     let name = ctx.name();
     let restarts = ctx.restarts();
@@ -212,7 +227,7 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
             return 3;
         }
     };
-    let Some((journal, store)) = open_store(ctx) else {
+    let Some((mut journal, store)) = open_store(ctx) else {
         return 3;
     };
     let listener = match bind(listen) {
@@ -229,7 +244,7 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
             return 3;
         }
     };
-    let poll = match Poller::new() {
+    let poll = match Epoll::new() {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "epoll");
@@ -249,6 +264,7 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
     }
     let mut server = Server {
         poll,
+        ready: Vec::with_capacity(EVENTS),
         listener: listener.as_raw_fd(),
         conns: vec![Conn::FREE; max_clients],
         free: (0..max_clients).rev().collect(),
@@ -258,7 +274,7 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
         scratch: vec![0; MAX_REQUEST],
         resolved: vec![0; tasks::MAX_INPUT],
         db: Db {
-            journal,
+            journal: &mut *journal,
             store,
             started_ns: forkroot::sys::monotonic_ns(),
             restarts,
@@ -266,6 +282,8 @@ pub(crate) fn main(ctx: &mut Context<'_>) -> i32 {
             commands: 0,
             listen,
             debug,
+            password,
+            next_id: 1,
         },
         tasks,
     };
@@ -415,23 +433,29 @@ fn errno() -> i32 {
 
 impl Server<'_> {
     fn run(&mut self, ctx: &mut Context<'_>) -> i32 {
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 256];
         let mut next_sweep = forkroot::sys::monotonic_ns();
         let mut cursor = 0;
         loop {
             let now = forkroot::sys::monotonic_ns();
             if now >= next_sweep {
-                cursor = self.db.sweep(cursor, SWEEP_BUCKETS);
+                let (next, removed) = self.db.sweep(cursor, SWEEP_BUCKETS);
+                cursor = next;
                 ctx.heartbeat();
-                next_sweep = now + SWEEP_EVERY.as_nanos() as u64;
+                next_sweep = if removed > 0 {
+                    now
+                } else {
+                    now + SWEEP_EVERY.as_nanos() as u64
+                };
             }
             let mut timeout = Duration::from_nanos(next_sweep.saturating_sub(now));
             if let Some(t) = self.tasks.next_timer() {
                 timeout = timeout.min(t);
             }
-            let n = self.poll.wait(&mut events, timeout);
-            for ev in &events[..n] {
-                let (token, bits) = (ev.u64, ev.events);
+            let mut ready = std::mem::take(&mut self.ready);
+            // EINTR gives no events; no other error can come from a valid
+            // epoll descriptor and buffer.
+            let _ = self.poll.wait(&mut ready, Some(timeout));
+            for &token in &ready {
                 match token {
                     LISTENER => self.accept(),
                     STOP => {
@@ -440,9 +464,10 @@ impl Server<'_> {
                         }
                     }
                     TASKS => self.finish_tasks(),
-                    t => self.on_ready((t - CONN_BASE) as usize, bits),
+                    t => self.on_ready((t - CONN_BASE) as usize),
                 }
             }
+            self.ready = ready;
             // Deadlines of transactions pass without an event.
             if self.tasks.next_timer() == Some(Duration::ZERO) {
                 self.finish_tasks();
@@ -494,9 +519,12 @@ impl Server<'_> {
                 continue;
             }
             let gen = self.conns[slot].gen;
+            let id = self.db.next_id;
+            self.db.next_id += 1;
             self.conns[slot] = Conn {
                 fd,
                 gen,
+                sess: Session::new(id, self.db.password.is_none()),
                 ..Conn::FREE
             };
             self.db.clients += 1;
@@ -517,16 +545,11 @@ impl Server<'_> {
         self.db.clients -= 1;
     }
 
-    fn on_ready(&mut self, slot: usize, bits: u32) {
-        let Some(c) = self.conns.get(slot).copied() else {
+    fn on_ready(&mut self, slot: usize) {
+        let Some(c) = self.conns.get(slot) else {
             return;
         };
-        if c.fd < 0 {
-            return;
-        }
-        if c.interest == Interest::Nothing && bits & (libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
-            // Gone while its transaction runs; the reply will be dropped.
-            self.close(slot);
+        if c.fd < 0 || c.interest == Interest::Nothing {
             return;
         }
         if c.interest == Interest::Read && !self.read(slot) {
@@ -541,13 +564,17 @@ impl Server<'_> {
     fn read(&mut self, slot: usize) -> bool {
         let c = &mut self.conns[slot];
         let base = slot * MAX_REQUEST;
-        if c.in_pos == c.in_len {
+        // What must stay: the unparsed input, and a MULTI block's queue.
+        let keep = c.queue_from.map_or(c.in_pos, |q| q.min(c.in_pos));
+        if keep == c.in_len {
             c.in_pos = 0;
             c.in_len = 0;
-        } else if c.in_len == MAX_REQUEST && c.in_pos > 0 {
-            self.ins.copy_within(base + c.in_pos..base + c.in_len, base);
-            c.in_len -= c.in_pos;
-            c.in_pos = 0;
+            c.queue_from = c.queue_from.map(|_| 0);
+        } else if c.in_len == MAX_REQUEST && keep > 0 {
+            self.ins.copy_within(base + keep..base + c.in_len, base);
+            c.in_len -= keep;
+            c.in_pos -= keep;
+            c.queue_from = c.queue_from.map(|q| q - keep);
         }
         if c.in_len == MAX_REQUEST {
             return true;
@@ -596,7 +623,16 @@ impl Server<'_> {
             Interest::Read
         };
         if want != c.interest {
-            let ok = self.poll.set(c.fd, CONN_BASE + slot as u64, want).is_ok();
+            let token = CONN_BASE + slot as u64;
+            let ok = match (c.interest, want) {
+                (_, Interest::Nothing) => self.poll.delete(c.fd),
+                (Interest::Nothing, w) => self
+                    .poll
+                    .add(c.fd, token)
+                    .and_then(|()| self.poll.modify(c.fd, token, w == Interest::Write)),
+                (_, w) => self.poll.modify(c.fd, token, w == Interest::Write),
+            }
+            .is_ok();
             c.interest = want;
             if !ok {
                 self.close(slot);
@@ -628,9 +664,15 @@ impl Server<'_> {
                 return Stop::Blocked;
             }
             let input = &ins[in_base + c.in_pos..in_base + c.in_len];
-            let mut out = Out::new(out_buf, c.out_len);
+            let mut out = Out::new(out_buf, c.out_len).resp3(c.sess.resp3);
             match resp::parse(input, args, MAX_REQUEST, &mut c.resume) {
                 Parse::Incomplete => {
+                    if c.in_pos > 0 && c.in_len == MAX_REQUEST && c.queue_from == Some(0) {
+                        // A MULTI block larger than the input buffer: it
+                        // is dropped, and EXEC will discard it.
+                        c.queue_from = None;
+                        c.sess.multi_error = true;
+                    }
                     if c.in_pos == 0 && c.in_len == MAX_REQUEST {
                         out.error(b"ERR Protocol error: request larger than 65536 bytes");
                         c.out_len = out.len();
@@ -651,7 +693,37 @@ impl Server<'_> {
                 }
                 Parse::Command(used) => {
                     let mark = c.out_len;
-                    let action = db.execute(input, args, &mut out);
+                    if c.sess.multi
+                        && db.queue(input, args, &mut out, &mut c.sess) == Queued::Answered
+                    {
+                        c.queued += 1;
+                        c.out_len = out.len();
+                        c.in_pos += used;
+                        c.resume = Resume::START;
+                        continue;
+                    }
+                    let action = db.execute(input, args, &mut out, &mut c.sess);
+                    if action == Action::Exec {
+                        let block = match c.queue_from {
+                            Some(from) => &ins[in_base + from..in_base + c.in_pos],
+                            None => {
+                                c.sess.multi_error = true;
+                                &[]
+                            }
+                        };
+                        if db.exec(block, c.queued, args, &mut out, &mut c.sess)
+                            == Err(ExecFailed::Overflow)
+                        {
+                            if mark > 0 {
+                                return Stop::Blocked;
+                            }
+                            c.sess.multi = false;
+                            out.error(
+                                b"ERR EXEC replies larger than the output buffer (131072 bytes), \
+                                  nothing was run",
+                            );
+                        }
+                    }
                     if out.overflowed() {
                         // Only read-only commands have replies that can
                         // overflow (RESERVE covers the others): run it again
@@ -667,6 +739,14 @@ impl Server<'_> {
                     c.resume = Resume::START;
                     match action {
                         Action::Done => {}
+                        Action::Multi => {
+                            c.queue_from = Some(c.in_pos);
+                            c.queued = 0;
+                        }
+                        Action::Exec | Action::Discard => {
+                            c.queue_from = None;
+                            c.queued = 0;
+                        }
                         Action::Close => c.closing = true,
                         Action::Crash => forkroot::sys::die_by(libc::SIGSEGV),
                         Action::Calc | Action::TxCrash | Action::TxSleep => {

@@ -1,5 +1,5 @@
-//! RESP2: the request parser and the reply writer, both over caller-owned
-//! fixed buffers (no allocation).
+//! RESP: the request parser and the reply writer (RESP2, or RESP3 after
+//! `HELLO 3`), both over caller-owned fixed buffers (no allocation).
 //!
 //! Requests come as multibulk arrays (`*2\r\n$3\r\nGET\r\n$1\r\nk\r\n`,
 //! what every client library and `redis-cli` send) or as inline commands
@@ -336,6 +336,9 @@ pub(crate) struct Out<'b> {
     buf: &'b mut [u8],
     len: usize,
     overflow: bool,
+    /// Replies in RESP3 (the connection said `HELLO 3`): nulls, maps and
+    /// verbatim strings have their own types.
+    resp3: bool,
 }
 
 impl<'b> Out<'b> {
@@ -345,7 +348,29 @@ impl<'b> Out<'b> {
             buf,
             len,
             overflow: false,
+            resp3: false,
         }
+    }
+
+    /// The same writer, replying in RESP3 if `resp3`.
+    pub(crate) fn resp3(mut self, resp3: bool) -> Out<'b> {
+        self.resp3 = resp3;
+        self
+    }
+
+    /// Switches the protocol of the replies that follow (HELLO, RESET).
+    pub(crate) fn set_resp3(&mut self, resp3: bool) {
+        self.resp3 = resp3;
+    }
+
+    /// Whether `n` more bytes fit; if not, flags the overflow (as a write
+    /// that did not fit would), so the command runs again once the buffer
+    /// drained. For a write command to check before it changes anything.
+    pub(crate) fn reserve(&mut self, n: usize) -> bool {
+        if n > self.free() {
+            self.overflow = true;
+        }
+        !self.overflow
     }
 
     /// Bytes written.
@@ -423,9 +448,32 @@ impl<'b> Out<'b> {
         self.raw(b"\r\n");
     }
 
-    /// The null bulk string `$-1\r\n`.
+    /// The null: `$-1\r\n` (RESP2's null bulk string), `_\r\n` in RESP3.
     pub(crate) fn null(&mut self) {
-        self.raw(b"$-1\r\n");
+        self.raw(if self.resp3 { b"_\r\n" } else { b"$-1\r\n" });
+    }
+
+    /// The head of a map of `n` key/value pairs: `%n` in RESP3, an array of
+    /// `2n` elements in RESP2.
+    pub(crate) fn map(&mut self, n: usize) {
+        if self.resp3 {
+            self.line(b'%', n as i64);
+        } else {
+            self.array(2 * n);
+        }
+    }
+
+    /// A text: a verbatim string (`=len\r\ntxt:...`) in RESP3, a bulk
+    /// string in RESP2 (what INFO replies).
+    pub(crate) fn text(&mut self, b: &[u8]) {
+        if self.resp3 {
+            self.line(b'=', b.len() as i64 + 4);
+            self.raw(b"txt:");
+            self.raw(b);
+            self.raw(b"\r\n");
+        } else {
+            self.bulk(b);
+        }
     }
 
     /// The head of an array of `n` elements.
@@ -664,6 +712,26 @@ mod tests {
             &buf[..n],
             &b"+OK\r\n:-42\r\n$2\r\nhi\r\n$-1\r\n*2\r\n-ERR no\r\n-ERR Protocol error: expected '$', got 'x'\r\n"[..]
         );
+    }
+
+    #[test]
+    fn resp3_replies_have_their_own_types() {
+        let mut buf = [0u8; 128];
+        for (resp3, want) in [
+            (false, &b"$-1\r\n*4\r\n$2\r\nab\r\n"[..]),
+            (true, &b"_\r\n%2\r\n=6\r\ntxt:ab\r\n"[..]),
+        ] {
+            let mut out = Out::new(&mut buf, 0).resp3(resp3);
+            out.null();
+            out.map(2);
+            out.text(b"ab");
+            let n = out.len();
+            assert_eq!(&buf[..n], want);
+        }
+        let mut out = Out::new(&mut buf, 120);
+        assert!(out.reserve(8));
+        assert!(!out.reserve(9));
+        assert!(out.overflowed());
     }
 
     #[test]

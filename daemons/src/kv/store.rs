@@ -16,10 +16,10 @@
 //! | head | table: buckets x Entry     | heap: blocks of 2^class bytes  |
 //!
 //! head:  magic u64 | version u64 | buckets u64 | epoch u64 | live u64
-//!        | used u64 | top u64 | heap_start u64 | free[48] u64
+//!        | used u64 | 0 u64 | heap_start u64 | free[48] u64
 //! Entry: hash u64 | block u64 | expire_ms u64 | epoch u64      (32 bytes)
 //! block: class u32 | klen u32 | vlen u32 | 0 u32 | key | value
-//! free block: class u32 | 0 u32 | next u64                     (0: end)
+//! free block: class u32 | FREE u32 | next u64 | prev u64       (0: none)
 //! ```
 //!
 //! - An entry is live iff its `epoch` equals the head's `epoch` (>= 1); so a
@@ -31,13 +31,22 @@
 //!   always ends.
 //! - `live` counts live entries, expired ones included until they are
 //!   removed (lazily on access, or by [`Store::sweep`]).
-//! - The heap is a bump pointer (`top`) plus one free list per size class;
-//!   a block comes from its class's list, else from the bump pointer, else
-//!   by splitting a free block of a larger class. Blocks are never merged
-//!   (FLUSHALL resets the heap).
+//! - The heap is a buddy allocator: it is tiled at all times by blocks of
+//!   2^class bytes, each aligned to its size (relative to `heap_start`);
+//!   at creation (and FLUSHALL) by the largest such blocks, all free. A
+//!   block comes from its class's free list, else by halving the smallest
+//!   larger free block (the upper halves go on their lists). A freed block
+//!   merges with its buddy (the other half of the block it was split
+//!   from, at `offset ^ 2^class`) while that buddy is free and whole, so
+//!   freed neighbours become one block again and a long-running store
+//!   does not fragment into small blocks. Free lists are doubly linked, so
+//!   taking a buddy out of its list is O(1). A block's second u32 tells
+//!   free (`FREE`, more than any key length) from allocated; a buddy's
+//!   offset is always the start of a block, because the blocks tile the
+//!   heap.
 //! - `used` is the bytes of allocated blocks (for INFO and `-OOM`).
 //! - Every offset and length read from the area (a block, its class, key
-//!   and value lengths, a free-list link, `top`) is checked against the
+//!   and value lengths, a free-list link) is checked against the
 //!   heap before it is used: a damaged table gives [`StoreError::Corrupt`],
 //!   never a panic. [`Store::open`] walks the whole table and every free
 //!   list once (O(buckets + free blocks)), so a damaged table is found at
@@ -94,7 +103,8 @@ pub(crate) enum Cond {
 }
 
 const MAGIC: u64 = u64::from_le_bytes(*b"frkv-tbl");
-const VERSION: u64 = 1;
+/// 2: the buddy heap (1 had a bump pointer and never merged blocks).
+const VERSION: u64 = 2;
 
 const H_MAGIC: usize = 0;
 const H_VERSION: usize = 8;
@@ -102,7 +112,6 @@ const H_BUCKETS: usize = 16;
 const H_EPOCH: usize = 24;
 const H_LIVE: usize = 32;
 const H_USED: usize = 40;
-const H_TOP: usize = 48;
 const H_HEAP_START: usize = 56;
 const H_FREE: usize = 64;
 /// Size classes: blocks of 2^MIN_CLASS ..= 2^(NCLASS - 1) bytes.
@@ -119,6 +128,8 @@ const E_EXPIRE: usize = 16;
 const E_EPOCH: usize = 24;
 
 const BLOCK_HEADER: usize = 16;
+/// The second u32 of a free block (a key is at most `u32::MAX / 2` long).
+const FREE: u32 = u32::MAX;
 
 /// The smallest area [`Store::open`] accepts.
 pub(crate) const MIN_SIZE: usize = 64 * 1024;
@@ -255,9 +266,15 @@ impl Store {
             head[H_VERSION..H_VERSION + 8].copy_from_slice(&VERSION.to_le_bytes());
             head[H_BUCKETS..H_BUCKETS + 8].copy_from_slice(&(buckets as u64).to_le_bytes());
             head[H_EPOCH..H_EPOCH + 8].copy_from_slice(&1u64.to_le_bytes());
-            head[H_TOP..H_TOP + 8].copy_from_slice(&(heap_start as u64).to_le_bytes());
             head[H_HEAP_START..H_HEAP_START + 8]
                 .copy_from_slice(&(heap_start as u64).to_le_bytes());
+            Store {
+                mask: buckets - 1,
+                table: HEAD,
+                heap_start,
+                heap_end: size,
+            }
+            .tile(w)?;
         }
         let d = w.data();
         if rd(d, H_MAGIC) != MAGIC || rd(d, H_VERSION) != VERSION {
@@ -265,12 +282,10 @@ impl Store {
         }
         let buckets = rd(d, H_BUCKETS) as usize;
         let heap_start = rd(d, H_HEAP_START) as usize;
-        let top = rd(d, H_TOP) as usize;
         let plausible = buckets.is_power_of_two()
             && buckets >= 8
             && heap_start == HEAD + buckets * ENTRY
             && heap_start < size
-            && (heap_start..=size).contains(&top)
             && rd(d, H_EPOCH) != 0;
         if !plausible {
             return Ok(Err("the table's head is damaged"));
@@ -290,14 +305,11 @@ impl Store {
     }
 
     /// Walks every bucket and every free list once: `Err(Corrupt)` if an
-    /// entry's block, key or value, or a free block, lies outside the heap,
-    /// if a free list is longer than the heap holds blocks (a cycle), or
-    /// if no bucket is free (a probe would not end).
+    /// entry's block, key or value, or a free block, lies outside the heap
+    /// or is misaligned, if a free block's links or marks disagree, if a
+    /// free list is longer than the heap holds blocks (a cycle), or if no
+    /// bucket is free (a probe would not end).
     fn check(&self, d: &[u8]) -> Result<(), StoreError> {
-        let top = usize::try_from(rd(d, H_TOP)).map_err(|_| StoreError::Corrupt)?;
-        if !(self.heap_start..=self.heap_end).contains(&top) {
-            return Err(StoreError::Corrupt);
-        }
         let epoch = rd(d, H_EPOCH);
         let mut live = 0u64;
         for slot in 0..=self.mask {
@@ -311,17 +323,29 @@ impl Store {
         }
         let mut steps = self.heap_size() >> MIN_CLASS;
         for c in MIN_CLASS..NCLASS {
+            let mut prev = 0;
             let mut b = rd(d, H_FREE + 8 * c);
             while b != 0 {
                 steps = steps.checked_sub(1).ok_or(StoreError::Corrupt)?;
-                let block = self.check_block(usize::try_from(b).unwrap_or(usize::MAX), c)?;
-                if block + (1 << c) > top {
+                let block = self.free_block(d, b, c)?;
+                if rd(d, block + 16) != prev {
                     return Err(StoreError::Corrupt);
                 }
+                prev = b;
                 b = rd(d, block + 8);
             }
         }
         Ok(())
+    }
+
+    /// The free block of class `c` at offset `b`, checked: inside the heap,
+    /// aligned, marked free with that class.
+    fn free_block(&self, d: &[u8], b: u64, c: usize) -> Result<usize, StoreError> {
+        let block = self.check_block(usize::try_from(b).unwrap_or(usize::MAX), c)?;
+        if rd32(d, block) as usize != c || rd32(d, block + 4) != FREE {
+            return Err(StoreError::Corrupt);
+        }
+        Ok(block)
     }
 
     /// Number of buckets.
@@ -362,6 +386,7 @@ impl Store {
     fn check_block(&self, block: usize, c: usize) -> Result<usize, StoreError> {
         let inside = (MIN_CLASS..NCLASS).contains(&c)
             && block >= self.heap_start
+            && (block - self.heap_start) % (1 << c) == 0
             && block
                 .checked_add(1 << c)
                 .is_some_and(|end| end <= self.heap_end);
@@ -467,6 +492,27 @@ impl Store {
         })
     }
 
+    /// Tiles the whole heap with the largest aligned blocks, all free
+    /// (a new table, FLUSHALL). Writes O(log heap) headers.
+    fn tile(&self, w: &mut dyn Bytes) -> Result<(), StoreError> {
+        w.bytes(H_FREE, 8 * NCLASS)?.fill(0);
+        let len = self.heap_end - self.heap_start;
+        let mut rel = 0;
+        while len - rel >= 1 << MIN_CLASS {
+            // The largest class that is aligned at `rel` and fits.
+            let fits = (usize::BITS - 1 - (len - rel).leading_zeros()) as usize;
+            let aligned = if rel == 0 {
+                NCLASS - 1
+            } else {
+                rel.trailing_zeros() as usize
+            };
+            let c = fits.min(aligned).min(NCLASS - 1);
+            self.push_free(w, self.heap_start + rel, c)?;
+            rel += 1 << c;
+        }
+        Ok(())
+    }
+
     /// Allocates a block for `need` bytes; returns its offset and class.
     fn alloc(&self, w: &mut dyn Bytes, need: usize) -> Result<(usize, usize), StoreError> {
         let c = class_of(need);
@@ -474,64 +520,96 @@ impl Store {
             return Err(StoreError::Oom);
         }
         let d = w.data();
-        let head = rd(d, H_FREE + 8 * c);
-        let block = if head != 0 {
-            let head = self.check_block(usize::try_from(head).unwrap_or(usize::MAX), c)?;
-            let next = rd(d, head + 8);
-            wr(w, H_FREE + 8 * c, next)?;
-            head
-        } else {
-            let top = rd(d, H_TOP);
-            let top = match usize::try_from(top) {
-                Ok(t) if (self.heap_start..=self.heap_end).contains(&t) => t,
-                _ => return Err(StoreError::Corrupt),
-            };
-            if top + (1 << c) <= self.heap_end {
-                wr(w, H_TOP, (top + (1 << c)) as u64)?;
-                top
-            } else {
-                self.split(w, c)?
-            }
+        let Some(mut k) = (c..NCLASS).find(|&k| rd(d, H_FREE + 8 * k) != 0) else {
+            return Err(StoreError::Oom);
         };
+        let block = self.free_block(d, rd(d, H_FREE + 8 * k), k)?;
+        self.unlink(w, block, k)?;
+        while k > c {
+            k -= 1;
+            self.push_free(w, block + (1 << k), k)?;
+        }
+        // Marked allocated at once (the caller writes the rest of the
+        // header), so a merge never takes it for a free buddy.
+        let head = w.bytes(block, 8)?;
+        head[..4].copy_from_slice(&(c as u32).to_le_bytes());
+        head[4..8].fill(0);
         let used = rd(w.data(), H_USED);
         wr(w, H_USED, used + (1 << c))?;
         Ok((block, c))
     }
 
-    /// Takes a free block of a larger class than `c`, halving it down to
-    /// `c` and putting the upper halves on their lists.
-    fn split(&self, w: &mut dyn Bytes, c: usize) -> Result<usize, StoreError> {
-        let d = w.data();
-        let Some(mut big) = (c + 1..NCLASS).find(|&k| rd(d, H_FREE + 8 * k) != 0) else {
-            return Err(StoreError::Oom);
-        };
-        let block = rd(d, H_FREE + 8 * big);
-        let block = self.check_block(usize::try_from(block).unwrap_or(usize::MAX), big)?;
-        let next = rd(d, block + 8);
-        wr(w, H_FREE + 8 * big, next)?;
-        while big > c {
-            big -= 1;
-            self.push_free(w, block + (1 << big), big)?;
-        }
-        Ok(block)
-    }
-
+    /// Puts the block at `block` on the free list of class `c`, first.
     fn push_free(&self, w: &mut dyn Bytes, block: usize, c: usize) -> Result<(), StoreError> {
         let head = rd(w.data(), H_FREE + 8 * c);
-        let b = w.bytes(block, 16)?;
+        if head != 0 {
+            let h = self.free_block(w.data(), head, c)?;
+            wr(w, h + 16, block as u64)?;
+        }
+        let b = w.bytes(block, 24)?;
         b[..4].copy_from_slice(&(c as u32).to_le_bytes());
-        b[4..8].fill(0);
+        b[4..8].copy_from_slice(&FREE.to_le_bytes());
         b[8..16].copy_from_slice(&head.to_le_bytes());
+        b[16..24].fill(0);
         wr(w, H_FREE + 8 * c, block as u64)
     }
 
+    /// Takes the free block at `block` (checked by the caller) out of the
+    /// list of class `c`.
+    fn unlink(&self, w: &mut dyn Bytes, block: usize, c: usize) -> Result<(), StoreError> {
+        let d = w.data();
+        let (next, prev) = (rd(d, block + 8), rd(d, block + 16));
+        if next != 0 {
+            let n = self.free_block(d, next, c)?;
+            wr(w, n + 16, prev)?;
+        }
+        if prev != 0 {
+            let p = self.free_block(w.data(), prev, c)?;
+            wr(w, p + 8, next)?;
+        } else {
+            if rd(w.data(), H_FREE + 8 * c) != block as u64 {
+                return Err(StoreError::Corrupt);
+            }
+            wr(w, H_FREE + 8 * c, next)?;
+        }
+        // No longer marked free: a later merge must not find it.
+        w.bytes(block + 4, 4)?.fill(0);
+        Ok(())
+    }
+
     /// Frees the allocated block at `block` (checked: a block outside the
-    /// heap is [`StoreError::Corrupt`]).
+    /// heap is [`StoreError::Corrupt`]), merging it with its buddy while
+    /// the buddy is free and whole.
     fn free(&self, w: &mut dyn Bytes, block: usize) -> Result<(), StoreError> {
-        let c = self.block_class(w.data(), block)?;
-        self.push_free(w, block, c)?;
+        let mut c = self.block_class(w.data(), block)?;
         let used = rd(w.data(), H_USED);
-        wr(w, H_USED, used.saturating_sub(1 << c))
+        wr(w, H_USED, used.saturating_sub(1 << c))?;
+        let mut rel = block - self.heap_start;
+        let len = self.heap_end - self.heap_start;
+        while c + 1 < NCLASS {
+            let buddy = rel ^ (1 << c);
+            if buddy + (1 << c) > len {
+                break;
+            }
+            let at = self.heap_start + buddy;
+            let d = w.data();
+            if rd32(d, at) as usize != c || rd32(d, at + 4) != FREE {
+                break;
+            }
+            self.unlink(w, at, c)?;
+            rel = rel.min(buddy);
+            c += 1;
+        }
+        self.push_free(w, self.heap_start + rel, c)
+    }
+
+    /// Bytes of the largest free block (what the largest value that still
+    /// fits takes, with its key and the block header).
+    pub(crate) fn largest_free(&self, d: &[u8]) -> u64 {
+        (MIN_CLASS..NCLASS)
+            .rev()
+            .find(|&c| rd(d, H_FREE + 8 * c) != 0)
+            .map_or(0, |c| 1 << c)
     }
 
     /// Writes a whole block (header, key, value).
@@ -585,7 +663,10 @@ impl Store {
                 };
                 let (block, _, _) = self.ranges(d, slot)?;
                 let class = rd32(d, block) as usize;
-                if need <= 1 << class {
+                // In place only in a block of the right class: a value that
+                // shrank moves to a smaller block, so the big one merges
+                // back instead of holding a few bytes.
+                if class_of(need) == class {
                     // In place: the new length, then the value after the key.
                     w.bytes(block + 8, 4)?
                         .copy_from_slice(&(val.len() as u32).to_le_bytes());
@@ -707,31 +788,292 @@ impl Store {
         Ok(new)
     }
 
+    /// The slot of `key` if it is live and not expired.
+    fn find(&self, d: &[u8], key: &[u8], now_ms: u64) -> Result<Option<usize>, StoreError> {
+        Ok(match self.probe(d, key, hash(key))? {
+            Probe::Found(slot) if !self.expired(d, slot, now_ms) => Some(slot),
+            _ => None,
+        })
+    }
+
+    /// When `key` expires: `None` if absent (or expired), `Some(0)` if
+    /// never, else `Some(realtime ms)`.
+    pub(crate) fn expiry(
+        &self,
+        d: &[u8],
+        key: &[u8],
+        now_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .find(d, key, now_ms)?
+            .map(|slot| rd(d, self.entry(slot) + E_EXPIRE)))
+    }
+
+    /// Sets when `key` expires (`0`: never). `Ok(false)`: no such key.
+    pub(crate) fn set_expiry(
+        &self,
+        w: &mut dyn Bytes,
+        key: &[u8],
+        at_ms: u64,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let Some(slot) = self.find(w.data(), key, now_ms)? else {
+            return Ok(false);
+        };
+        wr(w, self.entry(slot) + E_EXPIRE, at_ms)?;
+        Ok(true)
+    }
+
+    /// Copies `len` bytes of the heap from `from` to `to` (ranges that do
+    /// not overlap), through a small buffer on the stack.
+    fn copy(w: &mut dyn Bytes, from: usize, to: usize, len: usize) -> Result<(), StoreError> {
+        let mut chunk = [0u8; 4096];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(chunk.len());
+            chunk[..n].copy_from_slice(&w.data()[from + done..from + done + n]);
+            w.bytes(to + done, n)?.copy_from_slice(&chunk[..n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Makes the value of `key` `len` bytes long, creating the key (empty,
+    /// no expiry) if it is absent: a shorter value is cut, a longer one
+    /// padded with zero bytes (moved to a larger block if its block is too
+    /// small). Returns the offset of the value's bytes, for the caller to
+    /// write into with [`Store::write_value`].
+    pub(crate) fn resize(
+        &self,
+        w: &mut dyn Bytes,
+        key: &[u8],
+        len: usize,
+        now_ms: u64,
+    ) -> Result<usize, StoreError> {
+        if len > u32::MAX as usize / 2 {
+            return Err(StoreError::Oom);
+        }
+        let slot = match self.find(w.data(), key, now_ms)? {
+            Some(slot) => slot,
+            None => {
+                self.set(w, key, b"", Ttl::Clear, Cond::Always, now_ms)?;
+                match self.find(w.data(), key, now_ms)? {
+                    Some(slot) => slot,
+                    None => return Err(StoreError::Corrupt),
+                }
+            }
+        };
+        let (block, k, v) = self.ranges(w.data(), slot)?;
+        let class = rd32(w.data(), block) as usize;
+        let need = BLOCK_HEADER + k.len() + len;
+        let old = v.len();
+        let value = if need <= 1 << class {
+            w.bytes(block + 8, 4)?
+                .copy_from_slice(&(len as u32).to_le_bytes());
+            v.start
+        } else {
+            let (nb, nc) = self.alloc(w, need)?;
+            let head = w.bytes(nb, BLOCK_HEADER)?;
+            head[..4].copy_from_slice(&(nc as u32).to_le_bytes());
+            head[4..8].copy_from_slice(&(k.len() as u32).to_le_bytes());
+            head[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+            head[12..16].fill(0);
+            let keep = old.min(len);
+            Self::copy(w, k.start, nb + BLOCK_HEADER, k.len() + keep)?;
+            wr(w, self.entry(slot) + E_BLOCK, nb as u64)?;
+            self.free(w, block)?;
+            nb + BLOCK_HEADER + k.len()
+        };
+        if len > old {
+            w.bytes(value + old, len - old)?.fill(0);
+        }
+        Ok(value)
+    }
+
+    /// Writes `bytes` at `at` in the value that [`Store::resize`] placed at
+    /// `value`.
+    pub(crate) fn write_value(
+        w: &mut dyn Bytes,
+        value: usize,
+        at: usize,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        w.bytes(value + at, bytes.len())?.copy_from_slice(bytes);
+        Ok(())
+    }
+
+    /// Renames `from` to `to`, keeping its value and expiry; an existing
+    /// `to` is replaced unless `nx`. `Ok(None)`: no key `from`;
+    /// `Ok(Some(false))`: `nx` and `to` exists.
+    pub(crate) fn rename(
+        &self,
+        w: &mut dyn Bytes,
+        from: &[u8],
+        to: &[u8],
+        nx: bool,
+        now_ms: u64,
+    ) -> Result<Option<bool>, StoreError> {
+        if self.find(w.data(), from, now_ms)?.is_none() {
+            return Ok(None);
+        }
+        if from == to {
+            return Ok(Some(!nx));
+        }
+        if nx && self.find(w.data(), to, now_ms)?.is_some() {
+            return Ok(Some(false));
+        }
+        // Removes `to` (an expired one too), shifting entries: look again.
+        self.del(w, to, now_ms)?;
+        let Some(src) = self.find(w.data(), from, now_ms)? else {
+            return Err(StoreError::Corrupt);
+        };
+        let d = w.data();
+        let exp = rd(d, self.entry(src) + E_EXPIRE);
+        let (_, _, v) = self.ranges(d, src)?;
+        let (nb, nc) = self.alloc(w, BLOCK_HEADER + to.len() + v.len())?;
+        let head = w.bytes(nb, BLOCK_HEADER + to.len())?;
+        head[..4].copy_from_slice(&(nc as u32).to_le_bytes());
+        head[4..8].copy_from_slice(&(to.len() as u32).to_le_bytes());
+        head[8..12].copy_from_slice(&(v.len() as u32).to_le_bytes());
+        head[12..16].fill(0);
+        head[BLOCK_HEADER..].copy_from_slice(to);
+        Self::copy(w, v.start, nb + BLOCK_HEADER + to.len(), v.len())?;
+        let Probe::Free(slot) = self.probe(w.data(), to, hash(to))? else {
+            return Err(StoreError::Corrupt);
+        };
+        // Filling a free slot moves no other entry: `src` is still there.
+        let d = w.data();
+        let (epoch, live) = (rd(d, H_EPOCH), rd(d, H_LIVE));
+        let e = w.bytes(self.entry(slot), ENTRY)?;
+        e[E_HASH..E_HASH + 8].copy_from_slice(&hash(to).to_le_bytes());
+        e[E_BLOCK..E_BLOCK + 8].copy_from_slice(&(nb as u64).to_le_bytes());
+        e[E_EXPIRE..E_EXPIRE + 8].copy_from_slice(&exp.to_le_bytes());
+        e[E_EPOCH..E_EPOCH + 8].copy_from_slice(&epoch.to_le_bytes());
+        wr(w, H_LIVE, live + 1)?;
+        self.remove(w, src)?;
+        Ok(Some(true))
+    }
+
+    /// The live, unexpired key at the first such slot from `start` on
+    /// (cyclically), if any.
+    pub(crate) fn key_from<'d>(
+        &self,
+        d: &'d [u8],
+        start: usize,
+        now_ms: u64,
+    ) -> Result<Option<&'d [u8]>, StoreError> {
+        let epoch = rd(d, H_EPOCH);
+        for i in 0..=self.mask {
+            let slot = (start + i) & self.mask;
+            if self.is_live(d, slot, epoch) && !self.expired(d, slot, now_ms) {
+                return Ok(Some(&d[self.ranges(d, slot)?.1]));
+            }
+        }
+        Ok(None)
+    }
+
+    /// How many buckets from `cursor` a SCAN step covers to report about
+    /// `keys` keys: the buckets up to the one where `keys` live entries
+    /// were seen, at most `max` (a sparse table is not walked whole in
+    /// one step, nor in `buckets / keys` round trips).
+    pub(crate) fn span(&self, d: &[u8], cursor: usize, keys: usize, max: usize) -> usize {
+        let epoch = rd(d, H_EPOCH);
+        let end = cursor.saturating_add(max).min(self.buckets());
+        let mut seen = 0;
+        for slot in cursor..end {
+            seen += usize::from(self.is_live(d, slot, epoch));
+            if seen >= keys {
+                return slot + 1 - cursor;
+            }
+        }
+        end.saturating_sub(cursor).max(1)
+    }
+
+    /// SCAN's step: calls `f` with each live, unexpired key whose home
+    /// bucket is in `cursor..cursor + count`; returns the next cursor (0
+    /// once every bucket was covered).
+    ///
+    /// A key is reported when its *home* bucket is scanned, wherever
+    /// probing placed it: a deletion shifts entries to earlier slots, but
+    /// never changes a key's home, so a key present for a whole scan is
+    /// reported exactly once. Its entry lies in the run of live slots that
+    /// starts at its home, so the walk goes past the last home bucket to
+    /// the end of that run. The table never grows or shrinks (no rehash),
+    /// so a cursor stays valid for the life of the table.
+    pub(crate) fn scan<'d>(
+        &self,
+        d: &'d [u8],
+        cursor: usize,
+        count: usize,
+        now_ms: u64,
+        f: &mut dyn FnMut(&'d [u8]),
+    ) -> Result<usize, StoreError> {
+        let buckets = self.buckets();
+        if cursor >= buckets {
+            return Ok(0);
+        }
+        let end = cursor.saturating_add(count).min(buckets);
+        let epoch = rd(d, H_EPOCH);
+        let mut i = cursor;
+        // At most one lap past the start (a damaged table has no free slot).
+        while i < cursor + buckets {
+            let slot = i & self.mask;
+            if !self.is_live(d, slot, epoch) {
+                if i >= end {
+                    break;
+                }
+            } else {
+                let home = rd(d, self.entry(slot) + E_HASH) as usize & self.mask;
+                if (cursor..end).contains(&home) && !self.expired(d, slot, now_ms) {
+                    f(&d[self.ranges(d, slot)?.1]);
+                }
+            }
+            i += 1;
+        }
+        Ok(if end == buckets { 0 } else { end })
+    }
+
     /// Removes every key.
     pub(crate) fn flush(&self, w: &mut dyn Bytes) -> Result<(), StoreError> {
         let epoch = rd(w.data(), H_EPOCH);
         wr(w, H_EPOCH, epoch + 1)?;
         wr(w, H_LIVE, 0)?;
         wr(w, H_USED, 0)?;
-        wr(w, H_TOP, self.heap_start as u64)?;
-        w.bytes(H_FREE, 8 * NCLASS)?.fill(0);
-        Ok(())
+        self.tile(w)
     }
 
-    /// Removes expired keys among the `count` buckets from `cursor`;
+    /// The first slot among the `count` from `cursor` (cyclically) that
+    /// holds an expired key, if any: a read-only look, so a sweep opens a
+    /// transaction only when it has something to remove.
+    pub(crate) fn first_expired(
+        &self,
+        d: &[u8],
+        cursor: usize,
+        count: usize,
+        now_ms: u64,
+    ) -> Option<usize> {
+        let epoch = rd(d, H_EPOCH);
+        (0..count.min(self.buckets()))
+            .map(|i| (cursor + i) & self.mask)
+            .find(|&slot| self.is_live(d, slot, epoch) && self.expired(d, slot, now_ms))
+    }
+
+    /// Removes expired keys among the `count` buckets from `cursor`, at
+    /// most `max` of them (so the transaction's journal stays small);
     /// returns the cursor to continue from and the keys removed.
     pub(crate) fn sweep(
         &self,
         w: &mut dyn Bytes,
         cursor: usize,
         count: usize,
+        max: u64,
         now_ms: u64,
     ) -> Result<(usize, u64), StoreError> {
         let epoch = rd(w.data(), H_EPOCH);
         let mut slot = cursor & self.mask;
         let mut removed = 0;
         let mut left = count;
-        while left > 0 {
+        while left > 0 && removed < max {
             let d = w.data();
             if self.is_live(d, slot, epoch) && self.expired(d, slot, now_ms) {
                 // Another entry may shift into this slot: look at it again.
@@ -869,7 +1211,7 @@ pub(crate) mod tests {
         let mut cursor = 0;
         let mut removed = 0;
         for _ in 0..s.buckets() / 64 + 2 {
-            let (c, r) = s.sweep(&mut p, cursor, 64, 100).unwrap();
+            let (c, r) = s.sweep(&mut p, cursor, 64, u64::MAX, 100).unwrap();
             cursor = c;
             removed += r;
         }
@@ -883,6 +1225,87 @@ pub(crate) mod tests {
                 "{k}"
             );
         }
+    }
+
+    #[test]
+    fn expiry_resize_and_rename() {
+        let (mut p, s) = fresh(1 << 20);
+        assert_eq!(s.expiry(&p.0, b"k", 0).unwrap(), None);
+        assert!(!s.set_expiry(&mut p, b"k", 500, 0).unwrap());
+        set(&s, &mut p, "k", "abc").unwrap();
+        assert_eq!(s.expiry(&p.0, b"k", 0).unwrap(), Some(0));
+        assert!(s.set_expiry(&mut p, b"k", 5000, 0).unwrap());
+        assert_eq!(s.expiry(&p.0, b"k", 0).unwrap(), Some(5000));
+        // Grow within the block, then past it (moved), then shrink.
+        let at = s.resize(&mut p, b"k", 5, 0).unwrap();
+        Store::write_value(&mut p, at, 3, b"de").unwrap();
+        assert_eq!(get(&s, &p, "k"), Some(&b"abcde"[..]));
+        let at = s.resize(&mut p, b"k", 3000, 0).unwrap();
+        Store::write_value(&mut p, at, 2999, b"z").unwrap();
+        let v = get(&s, &p, "k").unwrap();
+        assert_eq!(
+            (&v[..5], v[5], v[2999], v.len()),
+            (&b"abcde"[..], 0, b'z', 3000)
+        );
+        s.resize(&mut p, b"k", 2, 0).unwrap();
+        assert_eq!(get(&s, &p, "k"), Some(&b"ab"[..]));
+        assert_eq!(s.expiry(&p.0, b"k", 0).unwrap(), Some(5000));
+        // A new key.
+        s.resize(&mut p, b"new", 2, 0).unwrap();
+        assert_eq!(get(&s, &p, "new"), Some(&[0u8, 0][..]));
+        // Rename keeps value and expiry, replaces the target unless NX.
+        assert_eq!(s.rename(&mut p, b"nope", b"x", false, 0).unwrap(), None);
+        assert_eq!(
+            s.rename(&mut p, b"k", b"new", true, 0).unwrap(),
+            Some(false)
+        );
+        assert_eq!(
+            s.rename(&mut p, b"k", b"new", false, 0).unwrap(),
+            Some(true)
+        );
+        assert_eq!(get(&s, &p, "k"), None);
+        assert_eq!(get(&s, &p, "new"), Some(&b"ab"[..]));
+        assert_eq!(s.expiry(&p.0, b"new", 0).unwrap(), Some(5000));
+        assert_eq!(s.len(&p.0), 1);
+        assert_eq!(
+            s.rename(&mut p, b"new", b"new", false, 0).unwrap(),
+            Some(true)
+        );
+        assert_eq!(s.key_from(&p.0, 12345, 0).unwrap(), Some(&b"new"[..]));
+    }
+
+    #[test]
+    fn a_scan_reports_every_key_present_throughout_once_despite_deletions() {
+        // A small table at its load limit: long runs that wrap around.
+        let (mut p, s) = fresh(MIN_SIZE);
+        let n = s.max_keys() as usize;
+        for i in 0..n {
+            set(&s, &mut p, &format!("k{i}"), "v").unwrap();
+        }
+        // Between the steps, delete every key that was already reported
+        // once its step is done (entries shift back past the cursor).
+        let mut seen = std::collections::HashMap::new();
+        let mut cursor = 0;
+        let mut deleted = std::collections::HashSet::new();
+        loop {
+            let mut got = Vec::new();
+            cursor = s
+                .scan(&p.0, cursor, 7, 1000, &mut |k| got.push(k.to_vec()))
+                .unwrap();
+            for k in got {
+                *seen.entry(k.clone()).or_insert(0) += 1;
+                if k.len() % 2 == 0 {
+                    s.del(&mut p, &k, 1000).unwrap();
+                    deleted.insert(k);
+                }
+            }
+            if cursor == 0 {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), n);
+        assert!(seen.values().all(|&c| c == 1));
+        assert!(!deleted.is_empty());
     }
 
     #[test]
@@ -1004,7 +1427,7 @@ pub(crate) mod tests {
             // The expired key's entry is damaged: the sweep reaches it.
             let mut q = Plain(p.0.clone());
             damage_entry(&mut q.0, b"t", bad);
-            let r = s.sweep(&mut q, 0, s.buckets(), 1000);
+            let r = s.sweep(&mut q, 0, s.buckets(), u64::MAX, 1000);
             assert_eq!(r, Err(StoreError::Corrupt), "{bad}");
             // Reopening finds it.
             assert!(Store::open(&mut q).unwrap().is_err());
@@ -1026,28 +1449,179 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn damaged_free_lists_and_top_are_errors() {
+    fn damaged_free_lists_are_errors() {
         let (mut p, s) = fresh(1 << 20);
+        // `a` and `b2` share a parent block, so freeing `a` merges nothing.
         set(&s, &mut p, "a", "1").unwrap();
+        set(&s, &mut p, "b2", "1").unwrap();
         s.del(&mut p, b"a", 0).unwrap();
         let list = H_FREE + 8 * class_of(BLOCK_HEADER + 2);
         assert_ne!(rd(&p.0, list), 0);
-        for bad in [u64::MAX, 16, p.0.len() as u64 - 8] {
+        for bad in [u64::MAX, 16, p.0.len() as u64 - 8, rd(&p.0, list) + 8] {
             let mut q = Plain(p.0.clone());
             q.0[list..list + 8].copy_from_slice(&bad.to_le_bytes());
             assert_eq!(set(&s, &mut q, "b", "2"), Err(StoreError::Corrupt));
             assert!(Store::open(&mut q).unwrap().is_err());
         }
+        let b = rd(&p.0, list) as usize;
         // A free list that loops on itself.
         let mut q = Plain(p.0.clone());
-        let b = rd(&q.0, list) as usize;
         q.0[b + 8..b + 16].copy_from_slice(&(b as u64).to_le_bytes());
         assert!(Store::open(&mut q).unwrap().is_err());
-        // A bump pointer inside the table.
+        // A free block no longer marked free.
         let mut q = Plain(p.0.clone());
-        q.0[list..list + 8].fill(0);
-        q.0[H_TOP..H_TOP + 8].copy_from_slice(&(HEAD as u64).to_le_bytes());
+        q.0[b + 4..b + 8].fill(0);
         assert_eq!(set(&s, &mut q, "b", "2"), Err(StoreError::Corrupt));
+        assert!(Store::open(&mut q).unwrap().is_err());
+    }
+
+    /// Which free blocks the heap has: (class, count) for each class.
+    fn free_blocks(s: &Store, d: &[u8]) -> Vec<(usize, usize)> {
+        (MIN_CLASS..NCLASS)
+            .map(|c| {
+                let mut n = 0;
+                let mut b = rd(d, H_FREE + 8 * c);
+                while b != 0 {
+                    n += 1;
+                    b = rd(d, b as usize + 8);
+                }
+                (c, n)
+            })
+            .filter(|&(_, n)| n > 0)
+            .inspect(|&(c, _)| assert!(s.largest_free(d) >= 1 << c))
+            .collect()
+    }
+
+    #[test]
+    fn freed_buddies_merge_back_into_the_blocks_they_were_split_from() {
+        let (mut p, s) = fresh(1 << 20);
+        let tiles = free_blocks(&s, &p.0);
+        let largest = s.largest_free(&p.0);
+        // Many small values split the largest block down to 32 bytes.
+        for i in 0..1000 {
+            set(&s, &mut p, &format!("k{i}"), "v").unwrap();
+        }
+        assert!(s.largest_free(&p.0) < largest || tiles.len() > 1);
+        // Deleted in another order than they were set: every merge happens.
+        for i in (0..1000).rev().step_by(2).chain((0..1000).step_by(2)) {
+            assert!(s.del(&mut p, format!("k{i}").as_bytes(), 0).unwrap());
+        }
+        assert_eq!(free_blocks(&s, &p.0), tiles);
+        assert_eq!(s.largest_free(&p.0), largest);
+        assert_eq!(s.used(&p.0), 0);
+        // And FLUSHALL tiles the heap the same way.
+        set(&s, &mut p, "x", "y").unwrap();
+        s.flush(&mut p).unwrap();
+        assert_eq!(free_blocks(&s, &p.0), tiles);
+    }
+
+    /// The largest value (under a 4-byte key) that a SET still stores.
+    fn largest_value(s: &Store, p: &mut Plain) -> usize {
+        let fit = s.largest_free(&p.0) as usize - BLOCK_HEADER - 4;
+        let value = vec![b'x'; fit];
+        assert!(s
+            .set(p, b"big!", &value, Ttl::Clear, Cond::Always, 0)
+            .unwrap());
+        assert!(s.del(p, b"big!", 0).unwrap());
+        fit
+    }
+
+    #[test]
+    fn a_million_mixed_sets_and_deletes_do_not_fragment_the_heap() {
+        // A 64 MiB region; values of random sizes (log-uniform, 1 B to
+        // 16 KiB) under 8,000 keys, set and deleted at random: about half
+        // of the heap is in use at any time.
+        let size = 64 << 20;
+        let (mut p, s) = fresh(size);
+        let fresh_largest = largest_value(&s, &mut p);
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let value = vec![b'v'; 16 << 10];
+        let (mut sets, mut dels, mut ooms) = (0, 0, 0);
+        for _ in 0..1_000_000 {
+            let r = next();
+            let key = format!("k{}", r % 8_000);
+            if r >> 60 < 9 {
+                let len = 1usize << (next() % 15);
+                let len = len + (next() as usize % len);
+                match s.set(
+                    &mut p,
+                    key.as_bytes(),
+                    &value[..len.min(value.len())],
+                    Ttl::Clear,
+                    Cond::Always,
+                    0,
+                ) {
+                    Ok(_) => sets += 1,
+                    Err(StoreError::Oom) => ooms += 1,
+                    Err(e) => panic!("{e:?}"),
+                }
+            } else {
+                s.del(&mut p, key.as_bytes(), 0).unwrap();
+                dels += 1;
+            }
+        }
+        let live = s.len(&p.0);
+        let used = s.used(&p.0);
+        // What the live keys leave usable: 100-byte values until the heap
+        // is full, against the same keys set into a fresh heap.
+        let usable = |s: &Store, p: &mut Plain| {
+            let mut n = 0;
+            while s
+                .set(
+                    p,
+                    format!("fill{n}").as_bytes(),
+                    &value[..100],
+                    Ttl::Clear,
+                    Cond::Always,
+                    0,
+                )
+                .is_ok()
+            {
+                n += 1;
+            }
+            for i in 0..n {
+                s.del(p, format!("fill{i}").as_bytes(), 0).unwrap();
+            }
+            n
+        };
+        let (mut q, t) = fresh(size);
+        let epoch = rd(&p.0, H_EPOCH);
+        for slot in 0..s.buckets() {
+            if s.is_live(&p.0, slot, epoch) {
+                let (_, k, v) = s.ranges(&p.0, slot).unwrap();
+                t.set(&mut q, &p.0[k], &p.0[v], Ttl::Clear, Cond::Always, 0)
+                    .unwrap();
+            }
+        }
+        let after = usable(&s, &mut p);
+        let packed = usable(&t, &mut q);
+        let (live_largest, packed_largest) = (s.largest_free(&p.0), t.largest_free(&q.0));
+        // Every key deleted: the heap is whole again.
+        for slot in (0..s.buckets()).rev() {
+            while s.is_live(&p.0, slot, epoch) {
+                s.remove(&mut p, slot).unwrap();
+            }
+        }
+        let largest = largest_value(&s, &mut p);
+        println!(
+            "{sets} sets ({ooms} out of memory), {dels} deletes; {live} keys, {used} bytes \
+             in blocks; room for {after} more 100-byte values (the same keys in a fresh heap: \
+             {packed}, ratio {:.3}); largest free block {live_largest} bytes (packed: \
+             {packed_largest}); all deleted, the largest value that fits is {largest} \
+             bytes (fresh: {fresh_largest}, ratio {:.3})",
+            after as f64 / packed as f64,
+            largest as f64 / fresh_largest as f64,
+        );
+        assert_eq!(s.len(&p.0), 0);
+        assert!(largest as f64 >= 0.9 * fresh_largest as f64);
+        assert!(after as f64 >= 0.9 * packed as f64);
+        assert!(live_largest as f64 >= 0.9 * packed_largest as f64);
     }
 
     #[test]

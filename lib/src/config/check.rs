@@ -12,16 +12,25 @@ use std::time::Duration;
 
 use toml::{Table, Value};
 
-use super::units::{format_duration, parse_duration, parse_size};
+use super::settings::{Args, Setting, Type, Value as ArgValue};
+use super::units::{format_duration, parse_duration, parse_signal, parse_size};
 use super::{
     Backoff, Config, DaemonConfig, GroupConfig, OnRestart, Problem, Program, RestartType,
     RootConfig, Strategy, SupervisorConfig,
 };
+use crate::daemon::{Kind, Registry};
 
 const TOP_KEYS: &[&str] = &["root", "supervisor", "group", "daemon"];
-const ROOT_KEYS: &[&str] = &["control", "state_dir", "stop_timeout"];
+const ROOT_KEYS: &[&str] = &["control", "control_group", "state_dir", "stop_timeout"];
 const SUPERVISOR_KEYS: &[&str] = &["strategy", "intensity", "period"];
-const GROUP_KEYS: &[&str] = &["name", "parent", "strategy", "intensity", "period"];
+const GROUP_KEYS: &[&str] = &[
+    "name",
+    "parent",
+    "strategy",
+    "intensity",
+    "period",
+    "restart",
+];
 const DAEMON_KEYS: &[&str] = &[
     "name",
     "kind",
@@ -69,12 +78,13 @@ const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Validates a parsed document into a [`Config`], or returns every problem.
 ///
-/// With `known`, a `kind` not in it is a problem too (in its place among
-/// the others, so one pass reports everything).
-pub(super) fn check(doc: &Table, known: Option<&[&str]>) -> Result<Config, Vec<Problem>> {
+/// A `kind` not in `kinds` is a problem, and so is any `[daemon.args]` key
+/// or value its kind does not declare (in its place among the others, so
+/// one pass reports everything).
+pub(super) fn check(doc: &Table, kinds: &Registry) -> Result<Config, Vec<Problem>> {
     let mut c = Checker {
         problems: Vec::new(),
-        known: known.map(|k| k.iter().map(|s| s.to_string()).collect()),
+        kinds,
     };
     c.unknown_keys(doc, "", TOP_KEYS);
 
@@ -83,6 +93,7 @@ pub(super) fn check(doc: &Table, known: Option<&[&str]>) -> Result<Config, Vec<P
         .map(|t| c.root(t))
         .unwrap_or(RootConfig {
             control: None,
+            control_group: None,
             state_dir: None,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
         });
@@ -237,13 +248,13 @@ impl<'a> Names<'a> {
 }
 
 /// Collects problems while reading values with their places.
-struct Checker {
+struct Checker<'r> {
     problems: Vec<Problem>,
-    /// The kinds built into the binary, when the caller knows them.
-    known: Option<Vec<String>>,
+    /// The kinds built into the binary, with their settings.
+    kinds: &'r Registry,
 }
 
-impl Checker {
+impl Checker<'_> {
     fn problem(&mut self, place: &str, message: impl Into<String>) {
         self.problems.push(Problem {
             place: place.to_owned(),
@@ -272,6 +283,145 @@ impl Checker {
             };
             self.problem(&at(place, key), message);
         }
+    }
+
+    /// `[daemon.args]` of a daemon running `program`, checked against its
+    /// kind's settings: unknown keys (with a did-you-mean), then each
+    /// declared setting in declaration order.
+    fn args(&mut self, t: &Table, place: &str, program: Option<&Program>) -> Args {
+        let place = at(place, "args");
+        let table = match t.get("args") {
+            None => None,
+            Some(Value::Table(args)) => Some(args),
+            Some(other) => {
+                self.type_problem(&place, "a table, written [daemon.args]", other);
+                return Args::none();
+            }
+        };
+        let kind = match program {
+            Some(Program::Builtin(kind)) => self.kinds.get(kind),
+            Some(Program::Exec(_)) => {
+                if table.is_some() {
+                    self.problem(
+                        &place,
+                        "an exec'd program takes no [daemon.args]; give it its options in exec = [...]",
+                    );
+                }
+                None
+            }
+            // Neither or both of kind and exec: reported already.
+            None => None,
+        };
+        let (Some(kind), Some(table)) = (kind, table) else {
+            return kind.map_or_else(Args::none, |k| self.settings(&Table::new(), &place, k));
+        };
+        self.settings(table, &place, kind)
+    }
+
+    /// Checks `table` against `kind`'s settings.
+    fn settings(&mut self, table: &Table, place: &str, kind: &Kind) -> Args {
+        let names: Vec<&str> = kind.settings.iter().map(|s| s.name).collect();
+        for key in table.keys() {
+            if names.contains(&key.as_str()) {
+                continue;
+            }
+            let message = if names.is_empty() {
+                format!("unknown setting: kind {:?} takes no settings", kind.name)
+            } else {
+                let list = names.join(", ");
+                match closest(key, &names) {
+                    Some(k) => format!(
+                        "unknown setting of kind {:?}, did you mean {k:?}? (it takes: {list})",
+                        kind.name
+                    ),
+                    None => format!("unknown setting of kind {:?} (it takes: {list})", kind.name),
+                }
+            };
+            self.problem(&at(place, key), message);
+        }
+        let mut args = Args::of(kind.settings);
+        for (i, s) in kind.settings.iter().enumerate() {
+            if !table.contains_key(s.name) {
+                if s.required {
+                    let message = format!("missing; kind {:?} needs it ({})", kind.name, s.help);
+                    self.problem(&at(place, s.name), message);
+                }
+                continue;
+            }
+            if let Some(v) = self.setting(table, place, s) {
+                args.set(i, v);
+            }
+        }
+        args
+    }
+
+    /// The value of one declared setting, present in `table`, checked for
+    /// type, range and the setting's own check.
+    fn setting<'t>(&mut self, table: &'t Table, place: &str, s: &Setting) -> Option<ArgValue<'t>> {
+        let here = at(place, s.name);
+        let out_of_range = |shown: String, min: String, max: String| {
+            format!("{shown} is out of range (use {min}..={max})")
+        };
+        let v = match s.ty {
+            Type::Bool => ArgValue::Bool(self.boolean(table, place, s.name)?),
+            Type::Int { min, max } => match table.get(s.name)? {
+                Value::Integer(n) if (min..=max).contains(n) => ArgValue::Int(*n),
+                Value::Integer(n) => {
+                    let message = out_of_range(n.to_string(), min.to_string(), max.to_string());
+                    self.problem(&here, message);
+                    return None;
+                }
+                other => {
+                    self.type_problem(&here, "a whole number", other);
+                    return None;
+                }
+            },
+            Type::Duration { min, max } => {
+                let d = self.duration(table, place, s.name)?;
+                if !(min..=max).contains(&d) {
+                    let (d, min, max) = (
+                        format_duration(d),
+                        format_duration(min),
+                        format_duration(max),
+                    );
+                    self.problem(&here, out_of_range(d, min, max));
+                    return None;
+                }
+                ArgValue::Duration(d)
+            }
+            Type::Size { min, max } => {
+                let n = self.size(table, place, s.name)?;
+                if !(min..=max).contains(&n) {
+                    let message =
+                        out_of_range(format!("{n}B"), format!("{min}B"), format!("{max}B"));
+                    self.problem(&here, message);
+                    return None;
+                }
+                ArgValue::Size(n)
+            }
+            Type::Signal => {
+                let name = self.string(table, place, s.name)?;
+                match parse_signal(name) {
+                    Ok(n) => ArgValue::Signal(n),
+                    Err(e) => {
+                        self.problem(&here, e);
+                        return None;
+                    }
+                }
+            }
+            Type::Str => ArgValue::Str(self.string(table, place, s.name)?),
+            Type::Path => {
+                self.path(table, place, s.name)?;
+                ArgValue::Str(self.string(table, place, s.name)?)
+            }
+        };
+        if let Some(check) = s.check {
+            if let Err(e) = check(v) {
+                self.problem(&here, e);
+                return None;
+            }
+        }
+        Some(v)
     }
 
     /// A `[name]` table at the top: `None` if absent or not a table.
@@ -430,10 +580,29 @@ impl Checker {
         }
         RootConfig {
             control,
+            control_group: self.control_group(t, place),
             state_dir: self.path(t, place, "state_dir"),
             stop_timeout: self
                 .duration(t, place, "stop_timeout")
                 .unwrap_or(DEFAULT_STOP_TIMEOUT),
+        }
+    }
+
+    /// `control_group`: a group of this host, resolved to its id now.
+    fn control_group(&mut self, t: &Table, place: &str) -> Option<(String, u32)> {
+        let name = self.string(t, place, "control_group")?;
+        match crate::sys::cred::group_by_name(name) {
+            Ok(Some(gid)) => Some((name.to_owned(), gid)),
+            Ok(None) => {
+                let msg = format!("no group named {name:?} on this host");
+                self.problem(&at(place, "control_group"), msg);
+                None
+            }
+            Err(e) => {
+                let msg = format!("cannot look up group {name:?}: {e}");
+                self.problem(&at(place, "control_group"), msg);
+                None
+            }
         }
     }
 
@@ -524,10 +693,12 @@ impl Checker {
                 self.problem(&at(place, "parent"), why);
             }
         }
+        let restart = self.choice(t, place, "restart", ("a restart type", RESTARTS));
         GroupConfig {
             name: name.unwrap_or_default(),
             parent: parent.map(str::to_owned),
             supervisor: self.supervisor(t, place),
+            restart: restart.unwrap_or(RestartType::Permanent),
         }
     }
 
@@ -559,6 +730,15 @@ impl Checker {
         );
         let watchdog = self.positive_duration(t, place, "watchdog");
         let standby = self.boolean(t, place, "standby");
+        if standby == Some(true) && matches!(program, Some(Program::Exec(_))) {
+            // A standby is a forked copy of a built-in daemon waiting at a
+            // gate; an exec'd program would run at once, a second owner of
+            // the same region.
+            self.problem(
+                &at(place, "standby"),
+                "a standby needs a built-in kind; an exec'd program cannot wait pre-forked",
+            );
+        }
         let links = self.links(t, place, names);
 
         let initial = self.duration(t, place, "backoff").unwrap_or(Duration::ZERO);
@@ -579,14 +759,7 @@ impl Checker {
             None => DEFAULT_BACKOFF_MAX.max(initial),
         };
 
-        let args = match t.get("args") {
-            None => Table::new(),
-            Some(Value::Table(args)) => args.clone(),
-            Some(other) => {
-                self.type_problem(&at(place, "args"), "a table, written [daemon.args]", other);
-                Table::new()
-            }
-        };
+        let args = self.args(t, place, program.as_ref());
 
         DaemonConfig {
             name: name.unwrap_or_default(),
@@ -622,20 +795,32 @@ impl Checker {
             }
             (true, false) => {
                 let kind = self.string(t, place, "kind")?;
-                if kind.is_empty() {
-                    self.problem(
-                        &at(place, "kind"),
-                        "empty; name a built-in daemon such as \"idle\"",
-                    );
+                if self.kinds.get(kind).is_none() {
+                    let known: Vec<&str> = self.kinds.kinds().iter().map(|k| k.name).collect();
+                    let message = if kind.is_empty() && known.is_empty() {
+                        "empty, and this binary has no kinds; use exec = [...]".to_owned()
+                    } else if kind.is_empty() {
+                        format!(
+                            "empty; name one of this binary's kinds (built in: {})",
+                            known.join(", ")
+                        )
+                    } else if known.is_empty() {
+                        format!(
+                            "unknown kind {kind:?} (this binary has no kinds; use exec = [...])"
+                        )
+                    } else {
+                        match closest(kind, &known) {
+                            Some(k) => format!(
+                                "unknown kind {kind:?}, did you mean {k:?}? (built in: {})",
+                                known.join(", ")
+                            ),
+                            None => {
+                                format!("unknown kind {kind:?} (built in: {})", known.join(", "))
+                            }
+                        }
+                    };
+                    self.problem(&at(place, "kind"), message);
                     return None;
-                }
-                if let Some(known) = &self.known {
-                    if !known.iter().any(|k| k == kind) {
-                        let message =
-                            format!("unknown kind {kind:?} (built in: {})", known.join(", "));
-                        self.problem(&at(place, "kind"), message);
-                        return None;
-                    }
                 }
                 Some(Program::Builtin(kind.to_owned()))
             }

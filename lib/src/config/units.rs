@@ -107,20 +107,25 @@ pub fn parse_signal(name: &str) -> Result<i32, String> {
 }
 
 /// Formats a duration the way a config writes it, in the largest unit that
-/// keeps it whole: `"1500ms"`, `"2s"`, `"5m"`.
+/// keeps it whole: `"1500ms"`, `"2s"`, `"5m"`; one finer than a millisecond
+/// as Rust shows it (`"1.5ms"`).
 pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms == 0 {
+    if d.is_zero() {
         return "0s".to_owned();
     }
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        // Finer than a config can write (a kind's default or range may
+        // be): shown as it is, `1.5ms`, not cut to whole milliseconds.
+        return format!("{d:?}");
+    }
+    let ms = d.as_millis();
     for (unit, scale) in DURATION_UNITS.iter().rev() {
         let scale = u128::from(*scale);
         if ms % scale == 0 {
             return format!("{}{unit}", ms / scale);
         }
     }
-    // A duration below a millisecond cannot come from a config; show it plainly.
-    format!("{d:?}")
+    format!("{ms}ms")
 }
 
 /// Splits `"  4 MiB "` into `("4", "MiB")`: the number is everything up to

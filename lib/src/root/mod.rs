@@ -5,13 +5,16 @@
 //! [`Child`] table below). It reads shared memory only to report on it
 //! (heartbeats, flight logs), and treats what it reads there as untrusted.
 //!
-//! Each daemon moves through a small state machine; `DESIGN.md` has the full
-//! state × event table, and each arm of [`Root::on_exit`], [`Root::on_timer`]
-//! and friends is one cell of it.
+//! Every supervision decision is one transition of
+//! [`supervisor::Supervisor`] (the state × event table of `DESIGN.md` §4);
+//! this loop feeds it events ([`Root::step`]) and carries out its actions.
 
 mod control;
 mod flight;
+mod manager;
 mod spawn;
+mod supervisor;
+mod window;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
@@ -21,11 +24,13 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Config, DaemonConfig, OnRestart, Program, RestartType, Strategy};
+use crate::config::{Config, DaemonConfig, OnRestart, Program};
 use crate::daemon::{Death, ExitReason, Registry, SetupStage};
+use crate::handoff::{read_setup, History, Setup};
 use crate::region::{RegionSet, RegionSpec};
 use crate::sys::{self, Pid, SigSet, WaitStatus};
-use spawn::{Plan, Spawn, Spawned, Takeover};
+use spawn::{Plan, Run, Spawned};
+use supervisor::{Action, Event, Log, Member, Supervisor};
 
 /// Exit code: stopped cleanly, every child reaped.
 pub const EXIT_OK: i32 = 0;
@@ -36,19 +41,14 @@ pub const EXIT_INTERNAL: i32 = 70;
 /// Exit code: the configuration is invalid; nothing was started.
 pub const EXIT_CONFIG: i32 = 78;
 
-/// The pause before retrying a start that failed in the root (fork, or
-/// preparing an exec); doubled up to [`RETRY_MAX`] while the machine keeps
-/// refusing (see [`Root::cannot_start`]).
-const FORK_RETRY: Duration = Duration::from_secs(1);
-/// The longest pause between retries of a start the machine refused.
+// How many past deaths the root remembers per daemon.
+use crate::handoff::DEATHS_KEPT;
+use supervisor::FORK_RETRY;
+
+/// The first pause before retrying a start the machine refused is
+/// [`FORK_RETRY`]; it doubles up to this while the machine keeps refusing
+/// (see [`Root::cannot_start`]).
 const RETRY_MAX: Duration = Duration::from_secs(30);
-
-/// How many entries the intensity window keeps at most (see
-/// [`RestartWindow`]).
-const WINDOW_MARKS: usize = 256;
-
-/// How many past deaths the root remembers per daemon.
-const DEATHS_KEPT: usize = 16;
 
 use crate::checkpoint::POISON_WINDOW;
 
@@ -130,16 +130,6 @@ impl State {
     }
 }
 
-/// What to do when a stopping daemon has exited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AfterStop {
-    /// Stay stopped.
-    Rest,
-    /// Start it again (`ctl restart`, or a sibling's restart under
-    /// `one_for_all`/`rest_for_one`).
-    Start,
-}
-
 /// The root's private record of one daemon. Never shared.
 #[derive(Debug)]
 struct Child {
@@ -158,15 +148,10 @@ struct Child {
     /// Restarts so far (ctl restarts and initial starts excluded).
     restarts: u32,
     deaths: Vec<Death>,
-    /// The delay before the next restart.
-    backoff: Duration,
     /// Pending timer of this child (backoff end, or the SIGKILL deadline).
     deadline: Option<Instant>,
-    after_stop: AfterStop,
     /// The pre-forked backup (`standby = true`).
     standby: Option<Standby>,
-    /// To be stopped for a group restart, after the siblings after it.
-    stop_pending: bool,
     /// How its last process ended (deaths and stops alike), for status.
     last_exit: Option<(ExitReason, Duration)>,
     /// A checkpoint found poison: the next start resumes from an older one.
@@ -239,52 +224,6 @@ const TOKEN_STANDBY: u64 = 3 << 32;
 const SWEEP_DELAY: Duration = Duration::from_millis(20);
 const TOKEN_KIND: u64 = !0 << 32;
 
-/// The top supervisor's intensity window: how many restarts happened in
-/// the last `period`, in memory bounded whatever the intensity.
-///
-/// Restarts are counted in buckets `period / WINDOW_MARKS` wide, so at most
-/// `WINDOW_MARKS + 1` buckets are alive at once. A bucket leaves the window
-/// when its first restart does: the count is exact to within one bucket's
-/// width (a restart may leave up to `period / 256` early).
-#[derive(Debug, Default)]
-struct RestartWindow {
-    /// (time of the bucket's first restart, restarts in it), oldest first.
-    marks: VecDeque<(Instant, u64)>,
-    /// Sum of the buckets' counts.
-    count: u64,
-}
-
-impl RestartWindow {
-    /// Counts a restart at `now`; returns how many the window holds.
-    fn record(&mut self, now: Instant, period: Duration) -> u64 {
-        while let Some(&(t, n)) = self.marks.front() {
-            if now.saturating_duration_since(t) <= period {
-                break;
-            }
-            self.marks.pop_front();
-            self.count -= n;
-        }
-        let width = period / WINDOW_MARKS as u32;
-        match self.marks.back_mut() {
-            Some((t, n)) if now.saturating_duration_since(*t) < width => *n += 1,
-            _ => self.marks.push_back((now, 1)),
-        }
-        self.count += 1;
-        self.count
-    }
-
-    /// Restarts in the window as of the last [`RestartWindow::record`].
-    fn count(&self) -> u64 {
-        self.count
-    }
-
-    /// Buckets kept in memory.
-    #[cfg(test)]
-    fn kept(&self) -> usize {
-        self.marks.len()
-    }
-}
-
 /// Whether the loop goes on or the root exits with a code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -300,23 +239,21 @@ pub struct Root<'a> {
     registry: &'a Registry,
     children: Vec<Child>,
     names: Vec<String>,
-    /// `links`, resolved to indices and made symmetric.
-    links: Vec<Vec<usize>>,
     by_pid: HashMap<Pid, (usize, Role)>,
     regions: RegionSet,
     epoll: sys::Epoll,
     signals: OwnedFd,
     timers: BTreeSet<(Instant, usize)>,
-    /// Recent restarts under the top supervisor (intensity window).
-    restart_times: RestartWindow,
+    /// Every supervision decision (the state × event table).
+    sup: Supervisor,
     mode: Mode,
     pid: Pid,
     started: Instant,
     /// Forks done, for `ctl metrics`.
     forks: u64,
     control: Option<control::Server>,
-    /// Whether READY=1 went to systemd yet.
-    notified_ready: bool,
+    /// What systemd (`Type=notify`) was told, and its watchdog timer.
+    manager: manager::Manager,
     /// The `state_dir` lock, held for the root's life (and its daemons').
     lock: Option<OwnedFd>,
     /// When to sweep for children whose SIGCHLD was lost (see
@@ -367,7 +304,16 @@ impl<'a> Root<'a> {
         // children without telling us.
         sys::default_signal(libc::SIGCHLD);
         // Signals arrive through the signalfd, never through handlers.
-        let set = SigSet::of(&[libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
+        // SIGUSR1/SIGUSR2 too: their default action would end the root
+        // (and with it, through PDEATHSIG, the whole tree) on a stray kill.
+        let set = SigSet::of(&[
+            libc::SIGCHLD,
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGHUP,
+            libc::SIGUSR1,
+            libc::SIGUSR2,
+        ]);
         set.block().map_err(ctx("blocking signals"))?;
         let signals = set.signalfd().map_err(ctx("signalfd"))?;
         sys::set_child_subreaper().map_err(ctx("becoming a child subreaper"))?;
@@ -432,28 +378,20 @@ impl<'a> Root<'a> {
             .control
             .clone()
             .unwrap_or_else(crate::control::default_socket);
-        let control = match control::Server::bind(&socket) {
-            Ok(server) => {
-                epoll
-                    .add(server.listener_fd(), TOKEN_LISTENER)
-                    .map_err(ctx("epoll"))?;
-                info!(socket = %socket.display(), "control socket ready");
-                Some(server)
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::AddrInUse | io::ErrorKind::AlreadyExists
-                ) =>
-            {
-                return Err(RootError::Io("control socket", e));
-            }
-            Err(e) => {
-                // Without a socket the tree still runs; ctl cannot reach it.
-                warn!(error = %e, "no control socket; `forkroot ctl` will not reach this root");
-                None
-            }
-        };
+        // Without its socket the tree could not be managed: whatever the
+        // cause (taken, unwritable), nothing starts (a config problem, 78).
+        let server =
+            control::Server::bind(&socket, config.root.control_group.clone()).map_err(|e| {
+                RootError::Config(vec![crate::config::Problem {
+                    place: "root.control".into(),
+                    message: format!("cannot create the control socket: {e}"),
+                }])
+            })?;
+        epoll
+            .add(server.listener_fd(), TOKEN_LISTENER)
+            .map_err(ctx("epoll"))?;
+        info!(socket = %socket.display(), "control socket ready");
+        let control = Some(server);
         let children = config
             .daemons
             .iter()
@@ -468,11 +406,8 @@ impl<'a> Root<'a> {
                 setup_failed: None,
                 restarts: 0,
                 deaths: Vec::new(),
-                backoff: d.backoff.initial,
                 deadline: None,
-                after_stop: AfterStop::Rest,
                 standby: None,
-                stop_pending: false,
                 last_exit: None,
                 resume_before: None,
                 fault: None,
@@ -494,9 +429,10 @@ impl<'a> Root<'a> {
                 }
             }
         }
+        let sup = Supervisor::new(&config, &links, Instant::now());
         Ok(Root {
+            sup,
             names,
-            links,
             config,
             registry,
             children,
@@ -505,13 +441,12 @@ impl<'a> Root<'a> {
             epoll,
             signals,
             timers: BTreeSet::new(),
-            restart_times: RestartWindow::default(),
             mode: Mode::Supervising,
             pid: sys::getpid(),
             started: Instant::now(),
             forks: 0,
             control,
-            notified_ready: false,
+            manager: manager::Manager::from_env(sys::getpid().0 as u32),
             lock,
             sweep_at: None,
             notes: Vec::new(),
@@ -523,9 +458,7 @@ impl<'a> Root<'a> {
     /// Starts every daemon in file order.
     pub fn start_all(&mut self) {
         info!(daemons = self.children.len(), "starting the tree");
-        for i in 0..self.children.len() {
-            self.start(i);
-        }
+        self.step(Event::StartAll);
     }
 
     /// The poll loop. Returns the exit code once shut down.
@@ -545,10 +478,15 @@ impl<'a> Root<'a> {
                 }
             }
             let next = self.timers.first().map(|&(t, _)| t);
-            let next = [next, self.sweep_at, self.control_paused]
-                .into_iter()
-                .flatten()
-                .min();
+            let next = [
+                next,
+                self.sweep_at,
+                self.control_wake(),
+                self.manager.next_deadline(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let timeout = next.map(|t| t.saturating_duration_since(Instant::now()));
             self.epoll
                 .wait(&mut ready, timeout)
@@ -564,12 +502,21 @@ impl<'a> Root<'a> {
                     _ => warn!(token, "event for an unknown token"),
                 }
             }
+            let now = Instant::now();
+            if !ready.is_empty() || self.timers.first().is_some_and(|&(t, _)| t <= now) {
+                self.manager.status_changed(now);
+            }
             self.fire_timers();
             self.flush_notes();
             // Until the first start is complete (a daemon may leave
             // `starting` by dying as well as by running).
-            if !self.notified_ready {
+            if !self.manager.ready_settled() {
                 self.notify_ready();
+            }
+            self.manager.ping(now);
+            if self.manager.status_due(now) {
+                let text = self.status_line(now);
+                self.manager.status(now, text);
             }
         }
     }
@@ -748,6 +695,8 @@ impl<'a> Root<'a> {
                 libc::SIGCHLD => self.on_sigchld(from)?,
                 libc::SIGTERM | libc::SIGINT => self.on_shutdown_signal(sig),
                 libc::SIGHUP => info!("SIGHUP ignored (the tree is configured at start)"),
+                libc::SIGUSR1 => info!(status = %self.status_line(Instant::now()), "SIGUSR1"),
+                libc::SIGUSR2 => info!("SIGUSR2 ignored"),
                 _ => debug!(signal = sig, "unexpected signal"),
             }
         }
@@ -814,33 +763,36 @@ impl<'a> Root<'a> {
     /// it (its exit is then a failed start).
     fn fork_child(&mut self, i: usize, standby: bool) -> io::Result<(Spawned, Option<ExitReason>)> {
         let c = &self.children[i];
-        let plan = match &c.cfg.program {
+        let start = crate::daemon::Start {
+            restarts: c.restarts,
+            deaths: &c.deaths,
+            on_restart: c.cfg.on_restart,
+            resume_before: c.resume_before,
+        };
+        let run = match &c.cfg.program {
             Program::Builtin(kind) => {
                 let k = self
                     .registry
                     .get(kind)
                     .expect("kinds are checked in Root::new");
-                Plan::Builtin {
+                Run::Builtin {
                     entry: k.entry,
                     args: &c.cfg.args,
-                    deaths: &c.deaths,
-                    restarts: c.restarts,
-                    on_restart: c.cfg.on_restart,
-                    resume_before: c.resume_before,
                     names: &self.names,
                 }
             }
             Program::Exec(argv) => {
-                Plan::exec(argv, &c.cfg.name, self.regions.region_len(i), c.restarts)?
+                Run::exec(argv, &c.cfg.name, self.regions.region_len(i), &start)?
             }
         };
-        let spawned = spawn::spawn(&Spawn {
+        let spawned = spawn::spawn(&Plan {
             index: i,
             name: &c.cfg.name,
             title: &c.title,
             regions: &self.regions,
             root_pid: self.pid,
-            plan,
+            start,
+            run,
             lock: self.lock.as_ref().map(|l| l.as_raw_fd()),
             standby,
         })?;
@@ -871,10 +823,14 @@ impl<'a> Root<'a> {
         Ok((spawned, unwatched))
     }
 
-    /// Stopped/Backoff/Failed × start: fork it (or wake its standby).
-    fn start(&mut self, i: usize) {
+    /// [`Action::Fork`]: fork daemon `i` (or wake its standby). What the
+    /// supervisor must hear of it comes back as an event: a takeover is
+    /// `Ready`, a failed fork `ForkFailed`.
+    fn start(&mut self, i: usize) -> Option<Event> {
         if self.mode != Mode::Supervising {
-            return;
+            // The supervisor starts nothing during a shutdown; should it,
+            // it hears the start failed and leaves the daemon stopped.
+            return Some(Event::ForkFailed(i));
         }
         self.cancel_timer(i);
         let c = &self.children[i];
@@ -900,7 +856,7 @@ impl<'a> Root<'a> {
             }
         }
         if self.take_over(i) {
-            return;
+            return Some(Event::Ready(i));
         }
         match self.fork_child(i, false) {
             Ok((spawned, unwatched)) => {
@@ -909,13 +865,14 @@ impl<'a> Root<'a> {
                 c.setup = Some(spawned.setup);
                 c.fault = unwatched.map(|r| r.to_string()).or(fault);
                 c.setup_failed = unwatched;
-                c.state = State::Starting;
                 c.retry = FORK_RETRY;
                 let (pid, restarts) = (spawned.pid, c.restarts);
                 self.flush_notes();
-                info!(daemon = %self.children[i].cfg.name, %pid, restarts, "started");
+                let cause = self.sup.start_cause(i).as_str();
+                info!(daemon = %self.children[i].cfg.name, %pid, restarts, cause = %cause, "started");
                 self.began(i);
                 self.ensure_standby(i);
+                None
             }
             Err(e) => self.cannot_start(i, e),
         }
@@ -926,13 +883,13 @@ impl<'a> Root<'a> {
     ///
     /// When the machine is short of something (processes, descriptors,
     /// memory, disk: EAGAIN, EMFILE, ENFILE, ENOMEM, ENOSPC, EDQUOT), no
-    /// daemon died and waiting can help: the daemon waits in `backoff`, its
-    /// fault shown by `ctl status`, and is retried after a pause that
-    /// doubles up to [`RETRY_MAX`]; the supervisor's intensity is not
-    /// charged, so the rest of the tree runs on. Anything else (a program
-    /// not found) is a death, charged to the intensity, and retried after
-    /// [`FORK_RETRY`] at least.
-    fn cannot_start(&mut self, i: usize, e: io::Error) {
+    /// daemon died and waiting can help: the supervisor hears
+    /// [`Event::Refused`] and the daemon waits in `backoff`, its fault shown
+    /// by `ctl status`, retried after a pause that doubles up to
+    /// [`RETRY_MAX`]; the intensity is not charged, so the rest of the tree
+    /// runs on. Anything else (a program not found) is a death
+    /// ([`Event::ForkFailed`]), charged to the intensity.
+    fn cannot_start(&mut self, i: usize, e: io::Error) -> Option<Event> {
         let errno = e.raw_os_error().or_else(|| {
             e.get_ref()
                 .and_then(|inner| inner.downcast_ref::<io::Error>())
@@ -958,9 +915,7 @@ impl<'a> Root<'a> {
             c.retry = (c.retry * 2).min(RETRY_MAX);
             error!(daemon = %c.cfg.name, error = %e, retry_in = ?delay, "cannot start: out of a resource; retrying");
             c.fault = Some(format!("cannot start: {e} (retrying in {delay:?})"));
-            c.state = State::Backoff;
-            self.set_timer(i, Instant::now() + delay);
-            return;
+            return Some(Event::Refused(i, delay));
         }
         // A death, so the intensity limit applies, but retried after a
         // pause rather than at once: it would burn the window in a moment.
@@ -971,13 +926,7 @@ impl<'a> Root<'a> {
             errno: errno.unwrap_or(libc::EINVAL),
         };
         self.record_death(i, reason, Duration::ZERO);
-        if self.count_restart(i) {
-            let c = &mut self.children[i];
-            c.restarts += 1;
-            c.state = State::Backoff;
-            let delay = c.backoff.max(FORK_RETRY);
-            self.set_timer(i, Instant::now() + delay);
-        }
+        Some(Event::ForkFailed(i))
     }
 
     /// Bookkeeping common to a fork and a standby's takeover.
@@ -985,7 +934,6 @@ impl<'a> Root<'a> {
         let c = &mut self.children[i];
         c.started = Some(Instant::now());
         c.started_ns = sys::monotonic_ns();
-        c.after_stop = AfterStop::Rest;
         if let Some(wd) = c.cfg.watchdog {
             self.set_timer(i, Instant::now() + wd);
         }
@@ -1000,18 +948,18 @@ impl<'a> Root<'a> {
             return false;
         }
         let sb = c.standby.take().expect("checked above");
-        let msg = Takeover::new(c.restarts, &c.deaths, c.resume_before).encode();
-        if let Err(e) = sys::write_all(sb.gate.as_raw_fd(), &msg) {
+        let history = History::new(c.restarts, &c.deaths, c.resume_before);
+        if let Err(e) = history.send(sb.gate.as_raw_fd()) {
             warn!(daemon = %c.cfg.name, error = %e, "standby unreachable; forking instead");
             let _ = sys::kill(sb.pid, libc::SIGKILL);
             c.standby = Some(Standby { killed: true, ..sb });
             return false;
         }
         c.pid = Some(sb.pid);
-        c.state = State::Running;
         let restarts = c.restarts;
         self.flush_notes();
-        info!(daemon = %self.children[i].cfg.name, pid = %sb.pid, restarts, "standby took over");
+        let cause = self.sup.start_cause(i).as_str();
+        info!(daemon = %self.children[i].cfg.name, pid = %sb.pid, restarts, cause = %cause, "standby took over");
         self.by_pid.insert(sb.pid, (i, Role::Primary));
         self.began(i);
         self.ensure_standby(i);
@@ -1086,13 +1034,11 @@ impl<'a> Root<'a> {
             return;
         }
         warn!(daemon = %c.cfg.name, pid = %sb.pid, ?status, "standby died; forking another");
-        if c.state.has_process() && self.count_restart(i) {
-            self.ensure_standby(i);
-        }
+        self.step(Event::StandbyDied(i));
     }
 
     /// Starting × setup pipe readable: end-of-file means its code runs;
-    /// 8 bytes mean setup failed (the exit follows).
+    /// a setup report means setup failed (the exit follows).
     fn on_setup(&mut self, i: usize) {
         let Some(c) = self.children.get_mut(i) else {
             return;
@@ -1103,11 +1049,9 @@ impl<'a> Root<'a> {
             // had before, in the same batch) or a spurious wake-up.
             Setup::Pending => c.setup = Some(fd),
             Setup::Ready => {
-                if c.state == State::Starting {
-                    c.state = State::Running;
-                    debug!(daemon = %c.cfg.name, "running");
-                }
+                debug!(daemon = %c.cfg.name, "running");
                 let _ = self.epoll.delete(fd.as_raw_fd());
+                self.step(Event::Ready(i));
                 self.notify_ready();
             }
             Setup::Failed(reason) => {
@@ -1120,17 +1064,43 @@ impl<'a> Root<'a> {
     /// Tells systemd (`Type=notify`) the tree is up, once no daemon of the
     /// first start is still starting.
     fn notify_ready(&mut self) {
-        if self.notified_ready || self.children.iter().any(|c| c.state == State::Starting) {
+        if self.manager.ready_settled() || self.children.iter().any(|c| c.state == State::Starting)
+        {
             return;
         }
-        self.notified_ready = true;
-        let status = format!(
-            "READY=1\nSTATUS=supervising {} daemons",
-            self.children.len()
-        );
-        if let Err(e) = crate::notify::notify(&status) {
-            warn!(error = %e, "could not notify the service manager");
+        let status = self.status_line(Instant::now());
+        self.manager.ready(status);
+    }
+
+    /// The one-line `STATUS=` for systemd: how many daemons are in each
+    /// state, and the restarts within the top supervisor's period.
+    fn status_line(&self, now: Instant) -> String {
+        let mut counts = [0usize; 6];
+        for c in &self.children {
+            counts[c.state as usize] += 1;
         }
+        let period = self.config.supervisor.period;
+        let recent = self.sup.recent_restarts(supervisor::TOP, now);
+        let mut line = String::new();
+        for s in [
+            State::Running,
+            State::Starting,
+            State::Backoff,
+            State::Stopping,
+            State::Stopped,
+            State::Failed,
+        ] {
+            let n = counts[s as usize];
+            if n > 0 || s == State::Running {
+                line.push_str(&format!("{n} {}, ", s.as_str()));
+            }
+        }
+        line.push_str(&format!(
+            "{recent} restart{} in the last {}",
+            if recent == 1 { "" } else { "s" },
+            crate::config::units::format_duration(period)
+        ));
+        line
     }
 
     /// Remembers a death (the last [`DEATHS_KEPT`]).
@@ -1155,8 +1125,7 @@ impl<'a> Root<'a> {
         let crashed = reason.is_crash();
         let resumed = self
             .regions
-            .header(i)
-            .filter(|h| h.owned_by(pid as u32))
+            .header_of(i, Pid(pid))
             .map_or(0, |h| h.resumed_seq);
         let c = &mut self.children[i];
         c.resume_before = (crashed && uptime < POISON_WINDOW && resumed != 0).then_some(resumed);
@@ -1187,8 +1156,6 @@ impl<'a> Root<'a> {
         // lives, so this reaches only the dead daemon's group.
         let _ = sys::kill_group(Pid(pid), libc::SIGKILL);
         let was = c.state;
-        // It ended: nothing left to stop for a group restart.
-        c.stop_pending = false;
         c.started = None;
         self.cancel_timer(i);
         self.children[i].last_exit = Some((reason, uptime));
@@ -1198,241 +1165,120 @@ impl<'a> Root<'a> {
             self.record_death(i, reason, uptime);
             self.judge_checkpoint(i, pid, reason, uptime);
         }
-        let c = &mut self.children[i];
-
         if was == State::Stopping {
             if reason.is_crash() && !matches!(reason, ExitReason::Exited(_)) {
                 // It crashed on its way out: that still gets a report.
                 self.note_exit(i, Pid(pid), reason, uptime);
             } else {
-                info!(daemon = %c.cfg.name, pid, %reason, "stopped");
+                info!(daemon = %self.children[i].cfg.name, pid, %reason, "stopped");
             }
-            let c = &mut self.children[i];
-            c.state = State::Stopped;
-            if c.after_stop == AfterStop::Rest {
-                self.kill_standby(i);
+        } else {
+            // The report waits until the replacement is forked (see `Note`).
+            self.note_exit(i, Pid(pid), reason, uptime);
+        }
+        self.step(Event::Exit {
+            daemon: i,
+            normal: reason.is_normal(),
+            uptime,
+        });
+    }
+
+    /// Feeds `event` to the supervisor and carries out its actions, in
+    /// order. What an action reports back (a failed fork, a takeover) is
+    /// fed in after the batch, so the batch runs as it was decided.
+    fn step(&mut self, event: Event) {
+        let mut events = VecDeque::from([event]);
+        while let Some(event) = events.pop_front() {
+            for action in self.sup.handle(event, Instant::now()) {
+                events.extend(self.carry_out(action));
             }
-            // A restart waits for the whole group to be down (the dead
-            // daemon and its stopped siblings start again together, in
-            // order); maybe_start_group starts this one if it is due.
-            match self.mode {
-                Mode::ShuttingDown(_) => self.stop_next(),
-                Mode::Supervising => {
-                    // A lone restart (`ctl restart`, one_for_one) need not
-                    // wait for anyone else's stop.
-                    let lone = self.config.supervisor.strategy == Strategy::OneForOne;
-                    if lone && self.children[i].after_stop == AfterStop::Start {
-                        self.start(i);
-                    }
-                    self.stop_next_pending();
-                    self.maybe_start_group();
+        }
+    }
+
+    /// Carries out one action of the supervisor.
+    fn carry_out(&mut self, action: Action) -> Option<Event> {
+        match action {
+            Action::Fork(i) => return self.start(i),
+            Action::Term(i) => {
+                // No pid: its fork failed, and the supervisor hears it next.
+                if let Some(pid) = self.children[i].pid {
+                    debug!(daemon = %self.children[i].cfg.name, %pid, "stopping");
+                    kill_tree(pid, libc::SIGTERM);
+                    kill_tree(pid, libc::SIGCONT);
                 }
             }
-            return;
-        }
-        // The report waits until the replacement is forked (see `Note`).
-        self.note_exit(i, Pid(pid), reason, uptime);
-        if let Mode::ShuttingDown(_) = self.mode {
-            self.children[i].state = State::Stopped;
-            return self.stop_next();
-        }
-        self.after_death(i, reason, uptime);
-    }
-
-    /// Counts a restart of daemon `i` against the top supervisor's
-    /// intensity; past it, gives up (the tree shuts down, exit 69) and
-    /// returns false.
-    fn count_restart(&mut self, i: usize) -> bool {
-        let sup = &self.config.supervisor;
-        if self.restart_times.record(Instant::now(), sup.period) <= u64::from(sup.intensity) {
-            return true;
-        }
-        self.flush_notes();
-        let sup = &self.config.supervisor;
-        error!(
-            daemon = %self.children[i].cfg.name,
-            intensity = sup.intensity,
-            period = ?sup.period,
-            "restart intensity exceeded; giving up"
-        );
-        // A daemon whose standby failed still has its primary: that one
-        // is stopped by the shutdown like every other.
-        if self.children[i].pid.is_none() {
-            self.children[i].state = State::Failed;
-        }
-        self.shutdown(EXIT_GAVE_UP);
-        false
-    }
-
-    /// A daemon died on its own (not asked to stop): decide per its restart
-    /// type, the supervisor's intensity and strategy, and its backoff.
-    fn after_death(&mut self, i: usize, reason: ExitReason, uptime: Duration) {
-        if !reason.is_normal() {
-            self.restart_links(i);
-        }
-        let c = &mut self.children[i];
-        let restart = match c.cfg.restart {
-            RestartType::Permanent => true,
-            RestartType::Transient => !reason.is_normal(),
-            RestartType::Temporary => false,
-        };
-        if !restart {
-            info!(daemon = %c.cfg.name, restart = ?c.cfg.restart, "not restarted");
-            c.state = State::Stopped;
-            self.kill_standby(i);
-            return;
-        }
-        if !self.count_restart(i) {
-            return;
-        }
-        let c = &mut self.children[i];
-        c.restarts += 1;
-        // Backoff: reset after a healthy stretch of uptime, else double.
-        if uptime >= self.config.supervisor.period {
-            c.backoff = c.cfg.backoff.initial;
-        }
-        let delay = c.backoff;
-        c.backoff = (c.backoff * 2).min(c.cfg.backoff.max);
-        c.state = State::Backoff;
-        if delay > Duration::ZERO {
-            info!(daemon = %c.cfg.name, delay = ?delay, "restarting after backoff");
-            self.set_timer(i, Instant::now() + delay);
-        }
-        match self.config.supervisor.strategy {
-            Strategy::OneForOne => {
-                if delay == Duration::ZERO {
-                    self.start(i)
+            Action::Kill(i) => {
+                if let Some(pid) = self.children[i].pid {
+                    warn!(daemon = %self.children[i].cfg.name, %pid, timeout = ?self.config.root.stop_timeout, "did not stop in time; killing");
+                    kill_tree(pid, libc::SIGKILL);
                 }
             }
-            Strategy::OneForAll => self.restart_siblings(i, 0),
-            Strategy::RestForOne => self.restart_siblings(i, i + 1),
-        }
-    }
-
-    /// `links`: an abnormal death of daemon `i` takes the daemons linked to
-    /// it (either way) down with it; they are stopped and started again,
-    /// as by `ctl restart` (a link is not a death of theirs, so it does not
-    /// propagate further, nor count against the intensity).
-    fn restart_links(&mut self, i: usize) {
-        for j in self.links[i].clone() {
-            let c = &mut self.children[j];
-            if matches!(c.state, State::Starting | State::Running) {
-                info!(daemon = %c.cfg.name, linked_to = %self.names[i], "restarting: a linked daemon died");
-                self.stop(j);
-                self.children[j].after_stop = AfterStop::Start;
+            Action::SetTimer(i, at) => self.set_timer(i, at),
+            Action::CancelTimer(i) => self.cancel_timer(i),
+            Action::CheckWatchdog(i) => self.check_watchdog(i),
+            Action::ForkStandby(i) => self.ensure_standby(i),
+            Action::KillStandby(i) => self.kill_standby(i),
+            Action::Show(i, state) => self.children[i].state = state,
+            Action::Restarted(i) => self.children[i].restarts += 1,
+            Action::ShutDown(code) => {
+                self.mode = Mode::ShuttingDown(code);
+                self.manager.stopping();
             }
+            Action::Log(log) => self.log_decision(log),
         }
+        None
     }
 
-    /// `one_for_all`/`rest_for_one`: stop the running siblings from index
-    /// `from` on (in reverse order), then start every one of them in order
-    /// once none has a process left (see [`Root::maybe_start_group`]).
-    fn restart_siblings(&mut self, dead: usize, from: usize) {
-        for j in (from..self.children.len()).rev() {
-            if j == dead {
-                continue;
+    /// The log line of a supervisor's decision.
+    fn log_decision(&mut self, log: Log) {
+        let groups = self.sup.groups();
+        match log {
+            Log::NotRestarted(i) => {
+                let c = &self.children[i];
+                info!(daemon = %c.cfg.name, restart = ?c.cfg.restart, "not restarted");
             }
-            // Only siblings that are up (they are stopped one at a time, in
-            // reverse order) or due to start come back: one an operator
-            // stopped, or that ended for good, stays down.
-            let c = &mut self.children[j];
-            let up = matches!(c.state, State::Starting | State::Running);
-            c.stop_pending |= up;
-            if (up || c.state == State::Backoff) && c.cfg.restart != RestartType::Temporary {
-                c.after_stop = AfterStop::Start;
+            Log::Backoff(i, delay) => {
+                info!(daemon = %self.children[i].cfg.name, delay = ?delay, "restarting after backoff");
             }
-        }
-        self.children[dead].after_stop = AfterStop::Start;
-        self.stop_next_pending();
-        self.maybe_start_group();
-    }
-
-    /// Stops the last sibling waiting to be stopped for a group restart,
-    /// unless one is stopping already (one at a time, in reverse order).
-    fn stop_next_pending(&mut self) {
-        if self.children.iter().any(|c| c.state == State::Stopping) {
-            return;
-        }
-        if let Some(j) = self.children.iter().rposition(|c| c.stop_pending) {
-            self.children[j].stop_pending = false;
-            self.stop(j);
-        }
-    }
-
-    /// Starts, in order, every daemon waiting for its group to be down
-    /// (`after_stop == Start` and no process), once no sibling is still
-    /// stopping.
-    fn maybe_start_group(&mut self) {
-        // The group starts again in order once none is still stopping and
-        // none due to start is still waiting out its backoff.
-        let waiting = |c: &Child| {
-            c.state == State::Stopping
-                || c.stop_pending
-                || (c.after_stop == AfterStop::Start && c.deadline.is_some())
-        };
-        if self.children.iter().any(waiting) {
-            return;
-        }
-        for j in 0..self.children.len() {
-            let c = &self.children[j];
-            if c.after_stop == AfterStop::Start && !c.state.has_process() && c.deadline.is_none() {
-                self.start(j);
+            Log::Linked { daemon, link } => {
+                info!(daemon = %self.names[daemon], linked_to = %self.names[link], "restarting: a linked daemon died");
             }
-        }
-    }
-
-    /// Running/Starting × stop: SIGTERM (and SIGCONT, in case it was
-    /// stopped) to its process group; SIGKILL at the deadline.
-    fn stop(&mut self, i: usize) {
-        let c = &mut self.children[i];
-        match c.state {
-            State::Starting | State::Running => {
-                let Some(pid) = c.pid else {
-                    // Its exit is being handled: nothing left to stop.
-                    c.state = State::Stopped;
-                    return;
+            Log::GaveUp { group, member } => {
+                self.flush_notes();
+                let groups = self.sup.groups();
+                let g = &groups[group];
+                let culprit = match member {
+                    Member::Daemon(i) => &self.names[i],
+                    Member::Group(h) => &groups[h].name,
                 };
-                kill_tree(pid, libc::SIGTERM);
-                kill_tree(pid, libc::SIGCONT);
-                c.state = State::Stopping;
-                let deadline = Instant::now() + self.config.root.stop_timeout;
-                debug!(daemon = %c.cfg.name, %pid, "stopping");
-                self.set_timer(i, deadline);
+                error!(
+                    group = %g.name,
+                    daemon = %culprit,
+                    intensity = g.intensity,
+                    period = ?g.period,
+                    "restart intensity exceeded; giving up"
+                );
             }
-            State::Backoff => {
-                c.state = State::Stopped;
-                self.cancel_timer(i);
+            Log::GroupFailed(g) => {
+                error!(group = %groups[g].name, "group failed: its children are stopped")
             }
-            State::Stopping | State::Stopped | State::Failed => {}
+            Log::GroupNotRestarted(g) => {
+                info!(group = %groups[g].name, restart = ?groups[g].restart, "group not restarted")
+            }
+            Log::GroupRestart { group, cause } => {
+                let (g, culprit) = match cause {
+                    Member::Daemon(i) => (&groups[group], &self.names[i]),
+                    Member::Group(h) => (&groups[group], &groups[h].name),
+                };
+                info!(group = %g.name, strategy = ?g.strategy, after = %culprit, "restarting the group's children");
+            }
         }
     }
 
     /// Shuts the tree down: daemons stop one at a time in reverse start
     /// order, then the loop exits with `code`.
     fn shutdown(&mut self, code: i32) {
-        if let Mode::ShuttingDown(_) = self.mode {
-            return;
-        }
-        self.mode = Mode::ShuttingDown(code);
-        let _ = crate::notify::notify("STOPPING=1");
-        for i in 0..self.children.len() {
-            self.kill_standby(i);
-            if self.children[i].state == State::Backoff {
-                self.stop(i);
-            }
-        }
-        self.stop_next();
-    }
-
-    /// During shutdown: stop the last daemon that still has a process,
-    /// unless one is already stopping.
-    fn stop_next(&mut self) {
-        if self.children.iter().any(|c| c.state == State::Stopping) {
-            return;
-        }
-        if let Some(i) = self.children.iter().rposition(|c| c.state.has_process()) {
-            self.stop(i);
-        }
+        self.step(Event::Shutdown(code));
     }
 
     // ----- timers ------------------------------------------------------------
@@ -1451,9 +1297,7 @@ impl<'a> Root<'a> {
 
     fn fire_timers(&mut self) {
         let now = Instant::now();
-        if self.control_paused.is_some_and(|t| t <= now) {
-            self.resume_control();
-        }
+        self.control_timers(now);
         if self.sweep_at.is_some_and(|t| t <= now) {
             self.sweep_at = None;
             if let Err(e) = self.reap() {
@@ -1470,24 +1314,10 @@ impl<'a> Root<'a> {
         }
     }
 
-    /// Backoff × timer: restart. Stopping × timer: SIGKILL.
-    /// Starting/Running × timer: the watchdog looks at the heartbeat.
+    /// A daemon's timer: the supervisor decides (a backoff's end, a stop's
+    /// deadline, the watchdog's next look).
     fn on_timer(&mut self, i: usize) {
-        let c = &self.children[i];
-        match c.state {
-            State::Starting | State::Running => self.check_watchdog(i),
-            // A group restart waits for the whole group; a lone restart
-            // (one_for_one, or a start the root failed to fork) goes now.
-            State::Backoff if c.after_stop == AfterStop::Start => self.maybe_start_group(),
-            State::Backoff => self.start(i),
-            State::Stopping => {
-                if let Some(pid) = c.pid {
-                    warn!(daemon = %c.cfg.name, %pid, timeout = ?self.config.root.stop_timeout, "did not stop in time; killing");
-                    kill_tree(pid, libc::SIGKILL);
-                }
-            }
-            _ => {}
-        }
+        self.step(Event::Timer(i));
     }
 }
 
@@ -1503,7 +1333,7 @@ impl Root<'_> {
         // The heartbeat is the daemon's word: believed only from a header
         // that names the current process, and never later than now.
         let now = sys::monotonic_ns();
-        if let Some(h) = self.regions.header(i).filter(|h| h.owned_by(pid.0 as u32)) {
+        if let Some(h) = self.regions.header_of(i, pid) {
             let hb = h.heartbeat_ns;
             if hb <= now {
                 last = last.max(hb);
@@ -1574,78 +1404,10 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<OwnedFd, RootError> {
     }
 }
 
-/// What a setup pipe says.
-enum Setup {
-    /// Nothing to read yet.
-    Pending,
-    /// End of file: the child's code runs (or it exec'd).
-    Ready,
-    /// The child reported a failed step.
-    Failed(ExitReason),
-}
-
-/// Reads a setup pipe without blocking.
-fn read_setup(fd: &OwnedFd) -> Setup {
-    let mut buf = [0u8; 8];
-    match sys::read(fd.as_raw_fd(), &mut buf) {
-        Ok(0) => Setup::Ready,
-        Ok(8) => {
-            let stage = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
-            let errno = i32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
-            match SetupStage::from_u32(stage) {
-                Some(stage) => Setup::Failed(ExitReason::SetupFailed { stage, errno }),
-                None => Setup::Ready,
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Setup::Pending,
-        // A short or failed read: the child is gone or broken; its exit
-        // will tell.
-        Ok(_) | Err(_) => Setup::Ready,
-    }
-}
-
 /// Signals a daemon's process group, falling back to the process alone if
 /// the group does not exist yet (a child killed before its setsid).
 fn kill_tree(pid: Pid, signal: i32) {
     if sys::kill_group(pid, signal).is_err() {
         let _ = sys::kill(pid, signal);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_restart_window_counts_within_its_period() {
-        let mut w = RestartWindow::default();
-        let t0 = Instant::now();
-        let period = Duration::from_secs(10);
-        for k in 0..5u32 {
-            assert_eq!(
-                w.record(t0 + Duration::from_secs(k.into()), period),
-                u64::from(k) + 1
-            );
-        }
-        // The first four have left the window 11 s after they happened.
-        assert_eq!(w.record(t0 + Duration::from_secs(14), period), 2);
-    }
-
-    #[test]
-    fn the_restart_window_stays_small_with_a_huge_intensity() {
-        // `intensity = 1000000`, `period = "1h"`: a million restarts in the
-        // window must not mean a million entries in the root's memory.
-        let mut w = RestartWindow::default();
-        let t0 = Instant::now();
-        let period = Duration::from_secs(3600);
-        let n = 200_000u32;
-        for k in 0..n {
-            w.record(t0 + Duration::from_millis(k.into()), period);
-        }
-        assert_eq!(w.count(), u64::from(n));
-        assert!(w.kept() <= WINDOW_MARKS + 1, "{} entries kept", w.kept());
-        // An hour after the last, none is left.
-        let later = t0 + Duration::from_millis(n.into()) + period + Duration::from_secs(1);
-        assert_eq!(w.record(later, period), 1);
     }
 }

@@ -11,6 +11,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::time::Duration;
 
+pub mod cred;
 pub mod file;
 pub mod fork;
 pub mod futex;
@@ -96,7 +97,7 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// The result of [`fork`], seen from each side.
+/// The result of `fork`, seen from each side.
 #[derive(Debug)]
 pub enum Forked {
     /// In the parent: the child's pid.

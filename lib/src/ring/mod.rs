@@ -21,13 +21,15 @@
 //!                                     consumer pid, lost/corrupt counters
 //! offset 384  slot 0 .. slot capacity-1, each `stride` bytes (a multiple of 64):
 //!             state: u64 | len: u32 | crc: u32 | payload[slot_size] | padding
+//! then        writer table: 64 entries of 16 B, owner: u64 | key: u64
 //! ```
 //!
 //! # Protocol
 //! Positions are 64-bit counters that only grow; position `p` lives in slot
 //! `p % capacity`. Each slot has one 64-bit *state* word, `seq << 32 | writer`
-//! (`seq` is a position modulo 2^32, `writer` a nonzero producer id, by
-//! default its pid). For slot `i` and position `p ≡ i`:
+//! (`seq` is a position modulo 2^32, `writer` a [`WriterId`]: an opaque
+//! nonzero `(slot, generation)` token, see *Writer identity*). For slot `i`
+//! and position `p ≡ i`:
 //!
 //! | state            | meaning                                              |
 //! |------------------|------------------------------------------------------|
@@ -37,7 +39,7 @@
 //! | `(p + cap, 0)`   | consumed (or skipped): free for the next lap         |
 //!
 //! A producer reserves position `p = tail` by a compare-and-swap of the slot
-//! state from `(p, 0)` to `(p, pid)` (a plain store for [`Kind::Spsc`]), so
+//! state from `(p, 0)` to `(p, id)` (a plain store for [`Kind::Spsc`]), so
 //! the writer's identity is recorded in the same atomic step that reserves the
 //! slot. It then advances `tail`; any producer that finds the slot at `tail`
 //! already reserved helps by advancing `tail`, so a producer that dies right
@@ -52,9 +54,9 @@
 //! recognises the state `(p + cap, _)` and advances `head`.
 //!
 //! Reserved but not committed for longer than a short bounded wait: the
-//! consumer checks whether the writer is alive (`kill(pid, 0)`, and
-//! `/proc/<pid>/stat` for zombies, or the caller's own predicate, see
-//! [`Ring::consumer_with`]). If it is dead the consumer skips the slot with a
+//! consumer checks whether the writer is alive (through the writer table,
+//! or the caller's own predicate, see [`Ring::consumer_with`]). If it is
+//! dead the consumer skips the slot with a
 //! compare-and-swap to `(p + cap, 0)` and counts it in
 //! [`Stats::lost_uncommitted`]. A message is therefore received only if its
 //! writer committed it, whole: a writer killed at any instruction cannot hand
@@ -63,10 +65,31 @@
 //! corruption (a stray write into shared memory).
 //!
 //! Limits: the state compares positions modulo 2^32, which is unambiguous
-//! while capacity < 2^31. A writer id is a pid, so a pid reused by an
-//! unrelated live process before the consumer checks it delays the skip until
-//! that process exits; supervisors that know exactly who died pass their own
-//! predicate to [`Ring::consumer_with`].
+//! while capacity < 2^31.
+//!
+//! # Writer identity
+//! A slot records who reserved it as a [`WriterId`], never as a pid: a pid
+//! is reused once its process is reaped, and a reused pid would make a dead
+//! writer look alive and stall the consumer until the stranger exits. Two
+//! ways to get an id:
+//! - [`Ring::producer`] / [`Ring::consumer`] register the process in the
+//!   ring's *writer table* (64 entries after the slots). Entry `i` holds
+//!   `owner = generation << 32 | pid` and `key`, what tells the process
+//!   from any later one with its pid: the inode number of its pidfd on
+//!   pidfs (Linux 6.9+; never reused while the machine runs), else its
+//!   start time in clock ticks from `/proc/<pid>/stat`. The id is `(i,
+//!   generation)`. Claiming an entry (free, or its owner dead) is a
+//!   compare-and-swap that bumps the generation and marks the entry
+//!   *claiming*; then `key` is stored and the mark cleared (Release). The id
+//!   `(i, g)` is dead iff the entry's generation is no longer `g`, or its
+//!   pid is released, exited, a zombie, or now a process with another key:
+//!   a reused pid is told apart by its key. (Without pidfs, a pid reused
+//!   within the clock tick, 10 ms, in which the dead writer *started* would
+//!   pass.) Every process using one ring must share one pid namespace and
+//!   see its `/proc`.
+//! - [`Ring::producer_as`] / [`Ring::consumer_with`] take an id the caller
+//!   assigns (a supervisor's daemon slot and restart generation) and a
+//!   predicate that judges it: exact, no `/proc`, no table entry.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -75,12 +98,21 @@ use std::ptr::{self, NonNull};
 use std::time::{Duration, Instant};
 
 use crate::sync::{fence, spin_loop, AtomicU32, AtomicU64, Ordering, UnsafeCell};
+#[cfg(not(loom))]
 use crate::sys;
+
+mod writers;
+
+pub use writers::WriterId;
+use writers::{Registration, WriterEntry};
 
 /// First eight bytes of every ring: `"FRKRING\0"`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"FRKRING\0");
 /// Version of the layout described in the module documentation.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// Entries in a ring's writer table: processes registered at once through
+/// [`Ring::producer`] and [`Ring::consumer`].
+pub const WRITERS: usize = 64;
 /// Largest capacity a ring accepts (positions are compared modulo 2^32).
 pub const MAX_CAPACITY: u32 = 1 << 30;
 /// Largest slot size a ring accepts.
@@ -166,9 +198,14 @@ pub enum RingError {
     },
     /// Another live process is the ring's consumer.
     ConsumerBusy {
-        /// Its pid.
-        pid: u32,
+        /// Its id.
+        holder: WriterId,
     },
+    /// Every entry of the writer table belongs to a live process.
+    WritersFull,
+    /// This process's identity (pidfd inode or `/proc/self/stat` start time) could not be read,
+    /// so it cannot register in the writer table.
+    NoIdentity(std::io::ErrorKind),
     /// A committed message failed its checks (length or crc32) and was
     /// skipped; the ring stays usable.
     Corrupt {
@@ -194,7 +231,16 @@ impl fmt::Display for RingError {
             RingError::BufferTooSmall { need } => {
                 write!(f, "ring: buffer too small for a {need}-byte message")
             }
-            RingError::ConsumerBusy { pid } => write!(f, "ring: pid {pid} is the consumer"),
+            RingError::ConsumerBusy { holder } => {
+                write!(f, "ring: writer {holder} is the consumer")
+            }
+            RingError::WritersFull => {
+                write!(
+                    f,
+                    "ring: all {WRITERS} writer table entries are held by live processes"
+                )
+            }
+            RingError::NoIdentity(e) => write!(f, "ring: cannot read /proc/self/stat: {e}"),
             RingError::Corrupt { pos } => write!(f, "ring: message at position {pos} is corrupt"),
         }
     }
@@ -243,6 +289,7 @@ impl Geometry {
         let total = (cfg.capacity as usize)
             .checked_mul(stride)
             .and_then(|s| s.checked_add(slots_offset))
+            .and_then(|s| s.checked_add(WRITERS * size_of::<WriterEntry>()))
             .ok_or(RingError::InvalidConfig("ring too large"))?;
         let mut g = Geometry {
             magic: MAGIC,
@@ -321,7 +368,7 @@ struct ConsumerLine {
     data_futex: AtomicU32,
     /// 1 while the consumer sleeps (or is about to) on `data_futex`.
     data_waiters: AtomicU32,
-    /// Pid of the process that holds the consumer role, 0 if none.
+    /// [`WriterId`] of the process that holds the consumer role, 0 if none.
     consumer: AtomicU32,
     /// Slots skipped because their writer died before committing.
     lost: AtomicU64,
@@ -411,6 +458,20 @@ pub unsafe fn init<'a>(ptr: *mut u8, len: usize, cfg: &Config) -> Result<Ring<'a
             ptr.add(off).cast::<SlotHeader>().write(SlotHeader {
                 state: AtomicU64::new(pack(i, 0)),
                 meta: UnsafeCell::new(SlotMeta { len: 0, crc: 0 }),
+            });
+        }
+    }
+    let table = geo.slots_offset as usize + geo.capacity as usize * geo.stride as usize;
+    for i in 0..WRITERS {
+        let off = table + i * size_of::<WriterEntry>();
+        debug_assert!(off + size_of::<WriterEntry>() <= geo.total_len as usize);
+        // SAFETY: the table lies between the last slot and `total_len <=
+        // len`; it starts 64-aligned (after whole strides) and entries are
+        // 16 bytes, so each is in bounds and 8-aligned.
+        unsafe {
+            ptr.add(off).cast::<WriterEntry>().write(WriterEntry {
+                owner: AtomicU64::new(0),
+                key: AtomicU64::new(0),
             });
         }
     }
@@ -576,67 +637,107 @@ impl<'a> Ring<'a> {
         }
     }
 
-    /// A producer whose identity is this process's pid.
+    /// A producer registered in the ring's writer table (see *Writer
+    /// identity* in the module documentation); dropping it gives the entry
+    /// back.
     ///
     /// The handle belongs to this process: a forked child must make its own
     /// (the id is cached, so sending makes no system call).
-    pub fn producer(&self) -> Producer<'a> {
-        self.producer_as(current_pid())
+    pub fn producer(&self) -> Result<Producer<'a>, RingError> {
+        let reg = self.register()?;
+        Ok(Producer {
+            ring: *self,
+            id: reg.id,
+            _reg: Some(reg),
+        })
     }
 
-    /// A producer with an identity of the caller's choosing (nonzero), which
-    /// the consumer's liveness predicate must understand (see
-    /// [`Ring::consumer_with`]), for example a supervisor slot and generation
-    /// packed into 32 bits.
-    pub fn producer_as(&self, id: u32) -> Producer<'a> {
-        assert!(id != 0, "ring: producer id 0 is reserved");
-        Producer { ring: *self, id }
+    /// A producer with an id of the caller's choosing, which the consumer's
+    /// predicate must judge (see [`Ring::consumer_with`]); for example a
+    /// supervisor's daemon slot and restart generation. Pair it only with a
+    /// consumer from [`Ring::consumer_with`]: the writer table knows nothing
+    /// of such ids, and [`Ring::consumer`] would judge them dead.
+    pub fn producer_as(&self, id: WriterId) -> Producer<'a> {
+        Producer {
+            ring: *self,
+            id,
+            _reg: None,
+        }
     }
 
-    /// Takes the consumer role for this process, whose writers' liveness is
-    /// checked with `kill(pid, 0)` (and `/proc`, for zombies).
+    /// Takes the consumer role for this process, registered in the writer
+    /// table, which also judges the writers' liveness.
     ///
     /// Fails with [`RingError::ConsumerBusy`] while another live process
-    /// holds the role; a dead holder's role is taken over, and the new
-    /// consumer resumes at the first message not yet consumed.
+    /// holds the role (this process may take it again); a dead holder's role
+    /// is taken over, and the new consumer resumes at the first message not
+    /// yet consumed.
     pub fn consumer(&self) -> Result<Consumer<'a>, RingError> {
-        self.consumer_with(&pid_is_dead)
+        let reg = self.register()?;
+        let me = reg.id;
+        let (pid, key) = (reg.pid, reg.key);
+        self.take_role(me, |holder| {
+            self.registered_to(holder, pid, key) || self.registered_dead(holder)
+        })?;
+        Ok(self.new_consumer(me, Judge::Table, Some(reg)))
     }
 
-    /// Like [`Ring::consumer`], but producers' ids are judged dead by
-    /// `is_dead` (which also judges a previous consumer's pid).
+    /// Takes the consumer role as `me`, an id of the caller's choosing;
+    /// `is_dead` judges producers' ids and a previous consumer's.
     pub fn consumer_with(
         &self,
-        is_dead: &'a (dyn Fn(u32) -> bool + Sync),
+        me: WriterId,
+        is_dead: &'a (dyn Fn(WriterId) -> bool + Sync),
     ) -> Result<Consumer<'a>, RingError> {
-        let me = current_pid();
+        self.take_role(me, |holder| holder == me || is_dead(holder))?;
+        Ok(self.new_consumer(me, Judge::Caller(is_dead), None))
+    }
+
+    /// Moves the consumer role to `me` if it is free or `may_take` says its
+    /// holder may be replaced.
+    fn take_role(
+        &self,
+        me: WriterId,
+        may_take: impl Fn(WriterId) -> bool,
+    ) -> Result<(), RingError> {
         let slot = &self.header().consumer.consumer;
         let mut cur = slot.load(Ordering::Acquire);
         loop {
-            if cur != 0 && cur != me && !is_dead(cur) {
-                return Err(RingError::ConsumerBusy { pid: cur });
+            if let Some(holder) = WriterId::from_raw(cur) {
+                if !may_take(holder) {
+                    return Err(RingError::ConsumerBusy { holder });
+                }
             }
-            match slot.compare_exchange(cur, me, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => break,
+            match slot.compare_exchange(cur, me.raw(), Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(()),
                 Err(now) => cur = now,
             }
         }
+    }
+
+    fn new_consumer(
+        &self,
+        me: WriterId,
+        judge: Judge<'a>,
+        reg: Option<Registration<'a>>,
+    ) -> Consumer<'a> {
         // A consumer killed while asleep left its waiter flag raised, which
         // would cost producers a needless wake per message: clear it.
         self.header()
             .consumer
             .data_waiters
             .store(0, Ordering::Relaxed);
-        Ok(Consumer {
+        Consumer {
             ring: *self,
             me,
-            is_dead,
+            judge,
             stall: None,
-        })
+            _reg: reg,
+        }
     }
 
     /// Reserves the next position for writer `id`, or reports the ring full.
-    fn reserve(&self, id: u32) -> Result<u64, RingError> {
+    fn reserve(&self, id: WriterId) -> Result<u64, RingError> {
         let p = &self.header().producers;
         let mut pos = p.tail.load(Ordering::Relaxed);
         loop {
@@ -647,7 +748,7 @@ impl<'a> Ring<'a> {
             let (seq, writer) = unpack(state);
             let dif = seq.wrapping_sub(pos as u32) as i32;
             if dif == 0 && writer == 0 {
-                let mine = pack(pos as u32, id);
+                let mine = pack(pos as u32, id.raw());
                 match self.cfg.kind {
                     Kind::Spsc => slot.state.store(mine, Ordering::Relaxed),
                     Kind::Mpsc => {
@@ -714,14 +815,29 @@ impl<'a> Ring<'a> {
     }
 }
 
+/// How a consumer judges whether a writer is dead.
+#[derive(Clone, Copy)]
+enum Judge<'a> {
+    /// Through the ring's writer table.
+    Table,
+    /// The caller's predicate.
+    Caller(&'a (dyn Fn(WriterId) -> bool + Sync)),
+}
+
 /// The sending side of a ring, for one process (see [`Ring::producer`]).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Producer<'a> {
     ring: Ring<'a>,
-    id: u32,
+    id: WriterId,
+    _reg: Option<Registration<'a>>,
 }
 
 impl Producer<'_> {
+    /// The id this producer's reservations carry.
+    pub fn id(&self) -> WriterId {
+        self.id
+    }
+
     /// Sends `msg` if there is room: no allocation, no system call unless
     /// the consumer sleeps.
     pub fn try_send(&self, msg: &[u8]) -> Result<(), RingError> {
@@ -798,17 +914,19 @@ impl Producer<'_> {
 /// role to the next [`Ring::consumer`] call, which resumes where it stopped.
 pub struct Consumer<'a> {
     ring: Ring<'a>,
-    me: u32,
-    is_dead: &'a (dyn Fn(u32) -> bool + Sync),
+    me: WriterId,
+    judge: Judge<'a>,
     /// The reserved slot we are waiting on and since when.
     stall: Option<(u64, Instant)>,
+    /// Our writer table entry, given back after the role (field drop order).
+    _reg: Option<Registration<'a>>,
 }
 
 impl fmt::Debug for Consumer<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Consumer")
             .field("ring", &self.ring)
-            .field("pid", &self.me)
+            .field("id", &self.me)
             .finish_non_exhaustive()
     }
 }
@@ -816,7 +934,7 @@ impl fmt::Debug for Consumer<'_> {
 impl Drop for Consumer<'_> {
     fn drop(&mut self) {
         let _ = self.ring.header().consumer.consumer.compare_exchange(
-            self.me,
+            self.me.raw(),
             0,
             Ordering::Release,
             Ordering::Relaxed,
@@ -876,13 +994,23 @@ impl<'a> Consumer<'a> {
                     return Ok(probe);
                 }
             }
-            let (_, writer) = unpack(state);
-            if !(self.is_dead)(writer) {
+            if !self.writer_dead(state) {
                 self.stall = Some((pos, now));
                 return Ok(probe);
             }
             self.skip(pos, state);
             self.stall = None;
+        }
+    }
+
+    /// Whether the writer that reserved a slot now in `state` is dead.
+    fn writer_dead(&self, state: u64) -> bool {
+        let Some(writer) = WriterId::from_raw(unpack(state).1) else {
+            return false;
+        };
+        match self.judge {
+            Judge::Table => self.ring.registered_dead(writer),
+            Judge::Caller(is_dead) => is_dead(writer),
         }
     }
 
@@ -1113,37 +1241,6 @@ impl Deref for Peeked<'_, '_> {
     }
 }
 
-fn current_pid() -> u32 {
-    sys::getpid().0 as u32
-}
-
-/// Whether process `pid` has exited: `kill(pid, 0)` fails with `ESRCH`, or
-/// `/proc/<pid>/stat` shows it a zombie (exited, not yet reaped). Makes
-/// system calls and allocates nothing.
-pub fn pid_is_dead(pid: u32) -> bool {
-    #[cfg(loom)]
-    {
-        let _ = pid;
-        false
-    }
-    #[cfg(not(loom))]
-    {
-        let Ok(p) = libc::pid_t::try_from(pid) else {
-            return true;
-        };
-        if p <= 0 {
-            return true;
-        }
-        // Signal 0 only checks for existence and permission.
-        if let Err(e) = sys::kill(sys::Pid(p), 0) {
-            if e.raw_os_error() == Some(libc::ESRCH) {
-                return true;
-            }
-        }
-        sys::proc::state(sys::Pid(p)).is_ok_and(|s| s == b'Z' || s == b'X')
-    }
-}
-
 // A failed wait or wake needs no handling: every waiter re-checks its
 // condition after waking, for whatever reason, and bounds its sleep.
 #[cfg(not(loom))]
@@ -1199,6 +1296,14 @@ mod loom_tests {
         (mem, ring)
     }
 
+    /// Writer id `n` (slot `n`, generation 1).
+    fn id(n: u16) -> WriterId {
+        WriterId::new(n, 1).unwrap()
+    }
+
+    /// The consumer's own id.
+    const ME: u16 = 100;
+
     /// One consumer step: receive a ready message, skip a dead writer's
     /// slot, or yield.
     /// A producer thread (writer `id`) sending `[i; 4]` for each `i` in
@@ -1206,7 +1311,7 @@ mod loom_tests {
     fn spawn_sender(
         mem: &Arc<Mem>,
         ring: Ring<'static>,
-        id: u32,
+        id: WriterId,
         values: std::ops::Range<u8>,
     ) -> loom::thread::JoinHandle<()> {
         let mem = mem.clone();
@@ -1234,7 +1339,7 @@ mod loom_tests {
                 c.release(pos);
                 out.push(m);
             }
-            Probe::InFlight { pos, state } if (c.is_dead)(unpack(state).1) => c.skip(pos, state),
+            Probe::InFlight { pos, state } if c.writer_dead(state) => c.skip(pos, state),
             _ => loom::thread::yield_now(),
         }
     }
@@ -1248,12 +1353,14 @@ mod loom_tests {
                     let mem = mem.clone();
                     loom::thread::spawn(move || {
                         let _mem = mem;
-                        ring.producer_as(id.into()).try_send(&[id; 4]).unwrap();
+                        ring.producer_as(self::id(id.into()))
+                            .try_send(&[id; 4])
+                            .unwrap();
                     })
                 })
                 .collect();
-            let never = |_: u32| false;
-            let c = ring.consumer_with(&never).unwrap();
+            let never = |_: WriterId| false;
+            let c = ring.consumer_with(id(ME), &never).unwrap();
             let mut got = Vec::new();
             while got.len() < 2 {
                 step(&c, &mut got);
@@ -1270,9 +1377,9 @@ mod loom_tests {
     fn loom_spsc_wraps_around_when_full() {
         model(|| {
             let (mem, ring) = setup(Kind::Spsc, 2);
-            let producer = spawn_sender(&mem, ring, 7, 0..3);
-            let never = |_: u32| false;
-            let c = ring.consumer_with(&never).unwrap();
+            let producer = spawn_sender(&mem, ring, id(7), 0..3);
+            let never = |_: WriterId| false;
+            let c = ring.consumer_with(id(ME), &never).unwrap();
             let mut got = Vec::new();
             while got.len() < 3 {
                 step(&c, &mut got);
@@ -1291,18 +1398,18 @@ mod loom_tests {
             let (m1, d1) = (mem.clone(), dead.clone());
             let dying = loom::thread::spawn(move || {
                 let _mem = m1;
-                ring.reserve(1).unwrap();
+                ring.reserve(id(1)).unwrap();
                 d1.store(true, Ordering::Release);
             });
             // Writer 2 sends normally.
             let m2 = mem.clone();
             let live = loom::thread::spawn(move || {
                 let _mem = m2;
-                ring.producer_as(2).try_send(&[2; 4]).unwrap();
+                ring.producer_as(id(2)).try_send(&[2; 4]).unwrap();
             });
             let d = dead.clone();
-            let is_dead = move |w: u32| w == 1 && d.load(Ordering::Acquire);
-            let c = ring.consumer_with(&is_dead).unwrap();
+            let is_dead = move |w: WriterId| w == id(1) && d.load(Ordering::Acquire);
+            let c = ring.consumer_with(id(ME), &is_dead).unwrap();
             let mut got = Vec::new();
             while got.is_empty() || ring.stats().lost_uncommitted == 0 {
                 step(&c, &mut got);
@@ -1311,7 +1418,7 @@ mod loom_tests {
             dying.join().unwrap();
             live.join().unwrap();
             // The skipped slot is reusable: a third send fits.
-            ring.producer_as(3).try_send(&[3; 4]).unwrap();
+            ring.producer_as(id(3)).try_send(&[3; 4]).unwrap();
             while got.len() < 2 {
                 step(&c, &mut got);
             }
@@ -1323,12 +1430,12 @@ mod loom_tests {
     fn loom_consumer_dies_between_release_and_head() {
         model(|| {
             let (mem, ring) = setup(Kind::Spsc, 2);
-            ring.producer_as(1).try_send(&[1; 4]).unwrap();
+            ring.producer_as(id(1)).try_send(&[1; 4]).unwrap();
             // A consumer releases slot 0 and dies before advancing head.
             ring.slot(0).state.store(pack(2, 0), Ordering::Release);
-            let producer = spawn_sender(&mem, ring, 1, 2..4);
-            let never = |_: u32| false;
-            let c = ring.consumer_with(&never).unwrap();
+            let producer = spawn_sender(&mem, ring, id(1), 2..4);
+            let never = |_: WriterId| false;
+            let c = ring.consumer_with(id(ME), &never).unwrap();
             let mut got = Vec::new();
             while got.len() < 2 {
                 step(&c, &mut got);
