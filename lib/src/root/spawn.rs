@@ -83,22 +83,23 @@ impl Run<'_> {
             strings.push(nul(a.as_bytes())?);
         }
         let nargs = strings.len();
-        let mut vars: Vec<(String, String)> = Vec::new();
+        // Bytes as they are: an environment need not be UTF-8.
+        let mut vars: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         if !settings.env_clear {
             for (k, v) in std::env::vars_os() {
-                let k = k.to_string_lossy();
-                if k.starts_with("FORKROOT_") || k == "NOTIFY_SOCKET" {
+                let k = k.as_bytes();
+                if k.starts_with(b"FORKROOT_") || k == b"NOTIFY_SOCKET" {
                     continue;
                 }
-                vars.push((k.into_owned(), v.to_string_lossy().into_owned()));
+                vars.push((k.to_vec(), v.as_bytes().to_vec()));
             }
         }
         for (k, v) in &settings.env {
-            vars.retain(|(old, _)| old != k);
-            vars.push((k.clone(), v.clone()));
+            vars.retain(|(old, _)| old != k.as_bytes());
+            vars.push((k.as_bytes().to_vec(), v.as_bytes().to_vec()));
         }
         for (k, v) in vars {
-            strings.push(nul(format!("{k}={v}").as_bytes())?);
+            strings.push(nul(&[&k[..], b"=", &v[..]].concat())?);
         }
         for var in handoff::exec_env(name, region_len, start) {
             strings.push(nul(var.as_bytes())?);
@@ -262,6 +263,9 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
                 Err(e) => fail(pipe, SetupStage::Region, e),
             };
             keep_descriptors(s, pipe, gate);
+            // The root's descriptors are closed: be dumpable again (core
+            // dumps, /proc/PID/fd for the user), which the root is not.
+            let _ = sys::file::set_dumpable(true);
             // A standby waits here, set up, until the primary dies.
             let mut start = s.start;
             let took;

@@ -12,6 +12,7 @@ use std::ptr::NonNull;
 use std::time::Duration;
 
 pub mod cred;
+pub mod file;
 pub mod fork;
 pub mod futex;
 pub mod mem;
