@@ -132,6 +132,10 @@ pub struct RegionSpec<'a> {
     pub own_file: bool,
 }
 
+/// Address space reserved (not memory: `PROT_NONE`, `MAP_NORESERVE`) after
+/// the regions of the start, for the regions of daemons added by a reload.
+pub const GROWTH: usize = 64 << 30;
+
 /// Every daemon's region, mapped read-only in the root at one address each
 /// inside a single reservation.
 ///
@@ -154,6 +158,8 @@ pub struct RegionSet {
     slots: Vec<Slot>,
     /// The arena memfd (read-write), if any region lives in it.
     arena: Option<OwnedFd>,
+    /// Where the next own-file region goes (after a guard page).
+    end: usize,
 }
 
 impl RegionSet {
@@ -182,15 +188,17 @@ impl RegionSet {
             .map(|(_, l)| l + page)
             .sum();
         let len = page + arena_len + page + own_len;
-        let base = sys::reserve(len)?;
+        // Room for regions added at run time, if the address space allows.
+        let (base, len) = match sys::reserve(len + GROWTH) {
+            Ok(base) => (base, len + GROWTH),
+            Err(_) => (sys::reserve(len)?, len),
+        };
         let mut set = RegionSet {
             base,
             len,
             slots: Vec::with_capacity(specs.len()),
             arena: None,
-        };
-        let err = |name: &str, len: usize, e: io::Error| {
-            io::Error::new(e.kind(), format!("region of {name:?} ({len} bytes): {e}"))
+            end: 0,
         };
         if arena_len > 0 {
             let arena = sys::memfd_sealed(c"forkroot:arena", arena_len as u64).map_err(|e| {
@@ -225,41 +233,121 @@ impl RegionSet {
                 arena_off += rlen;
                 continue;
             }
-            let name = spec.name;
-            // A region handed to an exec'd program (`own_file`) is always a
-            // sealed memfd, even with a state_dir: a regular file cannot be
-            // sealed, and a program that truncated it would make the root's
-            // next read of its mapping a SIGBUS. Such regions live as long
-            // as the root.
-            let fd = match state_dir.filter(|_| !spec.own_file) {
-                Some(dir) => sys::file_region(&dir.join(format!("{name}.region")), rlen as u64),
-                None => {
-                    let cname =
-                        CString::new(format!("forkroot:{name}")).map_err(io::Error::other)?;
-                    sys::memfd_sealed(&cname, rlen as u64)
-                }
-            }
-            .map_err(|e| err(name, rlen, e))?;
-            let ro = sys::reopen_read_only(fd.as_raw_fd())?;
-            // SAFETY: [addr, addr+rlen) lies inside our reservation, and no
-            // reference into it exists yet.
-            unsafe {
-                sys::map_fixed(
-                    set.addr(own_off),
-                    rlen,
-                    ro.as_raw_fd(),
-                    0,
-                    sys::Access::ReadOnly,
-                )?
-            };
-            set.slots.push(Slot {
-                offset: own_off,
-                len: rlen,
-                backing: Backing::Own(fd),
-            });
+            set.slots.push(set.map_own(spec, own_off, rlen, state_dir)?);
             own_off += rlen + page;
         }
+        set.end = own_off;
         Ok(set)
+    }
+
+    /// Creates the file of an own-file region (an exec'd program's sealed
+    /// memfd, or a built-in daemon's `state_dir` file) and maps it
+    /// read-only at `offset` of the reservation.
+    fn map_own(
+        &self,
+        spec: &RegionSpec<'_>,
+        offset: usize,
+        rlen: usize,
+        state_dir: Option<&Path>,
+    ) -> io::Result<Slot> {
+        let name = spec.name;
+        let err = |e: io::Error| {
+            io::Error::new(e.kind(), format!("region of {name:?} ({rlen} bytes): {e}"))
+        };
+        // A region handed to an exec'd program (`own_file`) is always a
+        // sealed memfd, even with a state_dir: a regular file cannot be
+        // sealed, and a program that truncated it would make the root's
+        // next read of its mapping a SIGBUS. Such regions live as long
+        // as the root.
+        let fd = match state_dir.filter(|_| !spec.own_file) {
+            Some(dir) => sys::file_region(&dir.join(format!("{name}.region")), rlen as u64),
+            None => {
+                let cname = CString::new(format!("forkroot:{name}")).map_err(io::Error::other)?;
+                sys::memfd_sealed(&cname, rlen as u64)
+            }
+        }
+        .map_err(err)?;
+        let ro = sys::reopen_read_only(fd.as_raw_fd())?;
+        // SAFETY: [addr, addr+rlen) lies inside our reservation (the
+        // callers check), and nothing refers into it: it was never mapped
+        // before, or held a region no longer in use.
+        unsafe {
+            sys::map_fixed(
+                self.addr(offset),
+                rlen,
+                ro.as_raw_fd(),
+                0,
+                sys::Access::ReadOnly,
+            )?
+        };
+        Ok(Slot {
+            offset,
+            len: rlen,
+            backing: Backing::Own(fd),
+        })
+    }
+
+    /// A region for a daemon added at run time (a reload): a file of its
+    /// own, mapped in the room [`GROWTH`] left at the end of the
+    /// reservation. Processes forked before do not see it. Returns its
+    /// index, the next one.
+    pub fn add(&mut self, spec: &RegionSpec<'_>, state_dir: Option<&Path>) -> io::Result<usize> {
+        let slot = self.grow(spec, state_dir)?;
+        self.slots.push(slot);
+        Ok(self.slots.len() - 1)
+    }
+
+    /// Region `i` is replaced by a new, empty one of `spec`'s size (its
+    /// daemon's `memory` changed at a reload, and it has no process). The
+    /// old one's memory is released.
+    pub fn replace(
+        &mut self,
+        i: usize,
+        spec: &RegionSpec<'_>,
+        state_dir: Option<&Path>,
+    ) -> io::Result<()> {
+        let slot = self.grow(spec, state_dir)?;
+        self.release(i);
+        self.slots[i] = slot;
+        Ok(())
+    }
+
+    /// Gives back the memory of region `i` (its daemon was removed, or its
+    /// region replaced): its pages are punched out of the file, and its
+    /// mapping reads as zeros from then on. A `state_dir` file is kept.
+    pub fn release(&mut self, i: usize) {
+        let (fd, off) = self.file(i);
+        let state_file = matches!(self.slots[i].backing, Backing::Own(_)) && self.is_state_file(i);
+        if !state_file {
+            let _ = sys::punch_hole(fd, off, self.slots[i].len as u64);
+        }
+    }
+
+    /// Whether region `i` is a regular file (a `state_dir` region), whose
+    /// contents must survive the root.
+    fn is_state_file(&self, i: usize) -> bool {
+        let (fd, _) = self.file(i);
+        sys::is_regular_file(fd)
+    }
+
+    /// Maps a new own-file region after the last one, if the reservation
+    /// has room left.
+    fn grow(&mut self, spec: &RegionSpec<'_>, state_dir: Option<&Path>) -> io::Result<Slot> {
+        let page = sys::page_size();
+        let rlen = SYSTEM_SIZE + page_round(spec.user) as usize;
+        if self.end + rlen + page > self.len {
+            return Err(io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                format!(
+                    "no address space left for regions added at run time ({} reserved at start, {} bytes asked): restart the root",
+                    GROWTH,
+                    rlen
+                ),
+            ));
+        }
+        let slot = self.map_own(spec, self.end, rlen, state_dir)?;
+        self.end += rlen + page;
+        Ok(slot)
     }
 
     fn addr(&self, offset: usize) -> NonNull<u8> {

@@ -12,6 +12,7 @@
 mod control;
 mod flight;
 mod manager;
+mod reload;
 mod spawn;
 mod supervisor;
 
@@ -19,6 +20,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
@@ -149,6 +151,38 @@ struct Child {
     last_exit: Option<(ExitReason, Duration)>,
     /// A checkpoint found poison: the next start resumes from an older one.
     resume_before: Option<u64>,
+    /// Taken out of the tree by a reload: its index stays taken (the
+    /// supervisor, the regions and the pids' routes are indexed alike),
+    /// and nothing shows it.
+    removed: bool,
+}
+
+impl Child {
+    /// A daemon of the tree, not started.
+    fn new(cfg: DaemonConfig) -> Child {
+        Child {
+            title: Child::title(&cfg.name),
+            cfg,
+            state: State::Stopped,
+            pid: None,
+            started: None,
+            started_ns: 0,
+            setup: None,
+            setup_failed: None,
+            restarts: 0,
+            deaths: Vec::new(),
+            deadline: None,
+            standby: None,
+            last_exit: None,
+            resume_before: None,
+            removed: false,
+        }
+    }
+
+    /// The process title of daemon `name`.
+    fn title(name: &str) -> Vec<u8> {
+        format!("forkroot: {name}").into_bytes()
+    }
 }
 
 /// A standby: forked and set up, blocked on its gate until it takes over.
@@ -249,12 +283,20 @@ pub struct Root<'a> {
     notes: Vec<Note>,
     /// The control listener rests until then (after `accept` failed).
     control_paused: Option<Instant>,
+    /// The file the tree was read from (none for a demo tree): what a
+    /// reload reads again.
+    config_path: Option<PathBuf>,
+    /// A reload being carried out.
+    reloading: Option<reload::Reloading>,
 }
 
 /// Runs the tree until it is stopped; returns the exit code documented for
-/// `forkroot run` (0 stopped, 69 gave up).
-pub fn run(config: Config, registry: &Registry) -> Result<i32, RootError> {
+/// `forkroot run` (0 stopped, 69 gave up). `file` is where `config` was
+/// read from, read again by a reload.
+pub fn run(config: Config, file: Option<&Path>, registry: &Registry) -> Result<i32, RootError> {
     let mut root = Root::new(config, registry)?;
+    // Absolute, so the reload reads the same file whatever the directory.
+    root.config_path = file.map(|f| std::path::absolute(f).unwrap_or_else(|_| f.to_path_buf()));
     root.start_all();
     root.run_loop()
 }
@@ -348,41 +390,10 @@ impl<'a> Root<'a> {
             .map_err(ctx("epoll"))?;
         info!(socket = %socket.display(), "control socket ready");
         let control = Some(server);
-        let children = config
-            .daemons
-            .iter()
-            .map(|d| Child {
-                cfg: d.clone(),
-                title: format!("forkroot: {}", d.name).into_bytes(),
-                state: State::Stopped,
-                pid: None,
-                started: None,
-                started_ns: 0,
-                setup: None,
-                setup_failed: None,
-                restarts: 0,
-                deaths: Vec::new(),
-                deadline: None,
-                standby: None,
-                last_exit: None,
-                resume_before: None,
-            })
-            .collect();
+        let children = config.daemons.iter().cloned().map(Child::new).collect();
         let names: Vec<String> = config.daemons.iter().map(|d| d.name.clone()).collect();
-        let mut links = vec![Vec::new(); names.len()];
-        for (i, d) in config.daemons.iter().enumerate() {
-            for other in &d.links {
-                // The config checked that every link names a daemon.
-                if let Some(j) = names.iter().position(|n| n == other) {
-                    if !links[i].contains(&j) {
-                        links[i].push(j);
-                    }
-                    if !links[j].contains(&i) {
-                        links[j].push(i);
-                    }
-                }
-            }
-        }
+        let daemons: Vec<Option<&DaemonConfig>> = config.daemons.iter().map(Some).collect();
+        let links = reload::resolve_links(&daemons);
         let sup = Supervisor::new(&config, &links, Instant::now());
         Ok(Root {
             sup,
@@ -405,6 +416,8 @@ impl<'a> Root<'a> {
             sweep_at: None,
             notes: Vec::new(),
             control_paused: None,
+            config_path: None,
+            reloading: None,
         })
     }
 
@@ -459,6 +472,7 @@ impl<'a> Root<'a> {
                 self.manager.status_changed(now);
             }
             self.fire_timers();
+            self.advance_reload();
             self.flush_notes();
             // Until the first start is complete (a daemon may leave
             // `starting` by dying as well as by running).
@@ -529,7 +543,11 @@ impl<'a> Root<'a> {
             match sig {
                 libc::SIGCHLD => self.on_sigchld(from)?,
                 libc::SIGTERM | libc::SIGINT => self.on_shutdown_signal(sig),
-                libc::SIGHUP => info!("SIGHUP ignored (the tree is configured at start)"),
+                libc::SIGHUP => {
+                    info!("SIGHUP: reloading the config file");
+                    // Refusals and a bad file are logged by `reload`.
+                    let _ = self.reload(false);
+                }
                 libc::SIGUSR1 => info!(status = %self.status_line(Instant::now()), "SIGUSR1"),
                 libc::SIGUSR2 => info!("SIGUSR2 ignored"),
                 _ => debug!(signal = sig, "unexpected signal"),
@@ -827,7 +845,9 @@ impl<'a> Root<'a> {
     /// Tells systemd (`Type=notify`) the tree is up, once no daemon of the
     /// first start is still starting.
     fn notify_ready(&mut self) {
-        if self.manager.ready_settled() || self.children.iter().any(|c| c.state == State::Starting)
+        if self.manager.ready_settled()
+            || self.reloading.is_some()
+            || self.children.iter().any(|c| c.state == State::Starting)
         {
             return;
         }
@@ -839,7 +859,7 @@ impl<'a> Root<'a> {
     /// state, and the restarts within the top supervisor's period.
     fn status_line(&self, now: Instant) -> String {
         let mut counts = [0usize; 6];
-        for c in &self.children {
+        for c in self.children.iter().filter(|c| !c.removed) {
             counts[c.state as usize] += 1;
         }
         let period = self.config.supervisor.period;

@@ -1058,5 +1058,7 @@ impl Supervisor {
     }
 }
 
+mod reload;
+
 #[cfg(test)]
 mod tests;
