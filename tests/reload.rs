@@ -248,3 +248,79 @@ fn sighup_reloads() {
     t.signal(libc::SIGTERM);
     assert_eq!(t.wait_code(), 0);
 }
+
+#[test]
+fn reload_in_groups_adds_in_place_changes_settings_and_refuses_new_groups() {
+    let grouped = |extra: &str, intensity: u32| {
+        format!(
+            r#"
+[[group]]
+name = "g"
+strategy = "one_for_all"
+intensity = {intensity}
+[[daemon]]
+name = "top"
+kind = "idle"
+[[daemon]]
+name = "x"
+kind = "idle"
+group = "g"
+{extra}
+[[daemon]]
+name = "y"
+kind = "idle"
+group = "g"
+"#
+        )
+    };
+    let t = Tree::start(&grouped("", 5));
+    let pids: Vec<i32> = ["top", "x", "y"]
+        .iter()
+        .map(|n| running_pid(&t, n))
+        .collect();
+
+    // A new group is refused, whole.
+    write_config(
+        &t.dir,
+        &format!("{}\n[[group]]\nname = \"h\"\n", grouped("", 5)),
+    );
+    let r = t.ctl_run(&["reload"]);
+    assert_eq!(r.code, Some(1), "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("group: the set of [[group]]s"),
+        "{}",
+        r.stderr
+    );
+
+    // A daemon added inside the group, and the group's intensity changed.
+    write_config(
+        &t.dir,
+        &grouped(
+            "[[daemon]]\nname = \"z\"\nkind = \"idle\"\ngroup = \"g\"",
+            7,
+        ),
+    );
+    let r = t.ctl_run(&["reload"]);
+    assert_eq!(r.code, Some(0), "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("set     group[0] (g)"), "{}", r.stdout);
+    let z = running_pid(&t, "z");
+    t.wait_log(&["reload done"]);
+    let after: Vec<i32> = ["top", "x", "y"]
+        .iter()
+        .map(|n| running_pid(&t, n))
+        .collect();
+    assert_eq!(pids, after, "the others keep their processes");
+    let tree = t.ctl_run(&["tree"]);
+    let g = &tree.stdout[tree.stdout.find("g/").expect("group g")..];
+    assert!(g.contains("intensity 7"), "{}", tree.stdout);
+    let at = |n: &str| g.find(&format!("  {n} [")).expect(n);
+    assert!(at("x") < at("z") && at("z") < at("y"), "{}", tree.stdout);
+
+    // The added daemon is one of the group: its death restarts x and y.
+    common::send(z, libc::SIGKILL).expect("kill z");
+    t.poll("x restarted with its group", || {
+        let d = t.daemon_status("x")?;
+        (d["state"] == "running" && d["pid"].as_i64()? as i32 != pids[1]).then_some(())
+    });
+    assert_eq!(running_pid(&t, "top"), pids[0]);
+}

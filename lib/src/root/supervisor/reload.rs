@@ -131,3 +131,106 @@ impl Supervisor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, VecDeque};
+    use std::time::{Duration, Instant};
+
+    use super::super::{Action, Event, Member, Supervisor, TOP};
+    use crate::config::Config;
+    use crate::daemon::{Context, Kind, Registry};
+
+    fn config(toml: &str) -> Config {
+        fn never(_: &mut Context<'_>) -> i32 {
+            unreachable!("the table forks nothing")
+        }
+        let mut r = Registry::new();
+        r.add(Kind::new("idle", "does nothing", never));
+        Config::parse(toml, "test.toml", &r).expect("a valid config")
+    }
+
+    /// Feeds `event`, then plays obedient processes (a fork runs, a
+    /// SIGTERM ends it, a timer fires when due) until nothing is left;
+    /// returns the daemons forked, in order.
+    fn play(s: &mut Supervisor, event: Event, now: Instant) -> Vec<usize> {
+        let mut forks = Vec::new();
+        let mut timers: BTreeMap<usize, Instant> = BTreeMap::new();
+        let mut events = VecDeque::from([(event, now)]);
+        let mut t = now;
+        for _ in 0..1000 {
+            let Some((e, at)) = events.pop_front().or_else(|| {
+                let (&i, &at) = timers.iter().min_by_key(|(_, &at)| at)?;
+                timers.remove(&i);
+                Some((Event::Timer(i), at))
+            }) else {
+                return forks;
+            };
+            t = t.max(at);
+            for a in s.handle(e, t) {
+                match a {
+                    Action::Fork(i) => {
+                        forks.push(i);
+                        events.push_back((Event::Ready(i), t));
+                    }
+                    Action::Term(i) => {
+                        timers.remove(&i);
+                        events.push_back((
+                            Event::Exit {
+                                daemon: i,
+                                normal: true,
+                                uptime: Duration::from_secs(1),
+                            },
+                            t,
+                        ));
+                    }
+                    Action::SetTimer(i, at) => {
+                        timers.insert(i, at);
+                    }
+                    Action::CancelTimer(i) => {
+                        timers.remove(&i);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        panic!("the tree never settled");
+    }
+
+    #[test]
+    fn a_retired_daemon_leaves_its_groups_restarts_and_an_added_one_joins_them() {
+        let c = config(
+            "[supervisor]\nstrategy = \"one_for_all\"\nintensity = 10\n\
+             [[daemon]]\nname = \"a\"\nkind = \"idle\"\n\
+             [[daemon]]\nname = \"b\"\nkind = \"idle\"\n\
+             [[daemon]]\nname = \"c\"\nkind = \"idle\"\n",
+        );
+        let now = Instant::now();
+        let mut s = Supervisor::new(&c, &[vec![1], vec![0], vec![]], now);
+        assert_eq!(play(&mut s, Event::StartAll, now), [0, 1, 2]);
+        // b is removed: stopped as an operator would, then retired.
+        assert!(play(&mut s, Event::Stop(1), now).is_empty());
+        s.retire(1);
+        assert!(s.daemons[0].links.is_empty(), "no link to a retired daemon");
+        // d is added between a and c, and started.
+        let d = s.add(&c.daemons[1], TOP, s.daemon_pos(0) + 1);
+        assert_eq!(d, 3);
+        assert_eq!(
+            s.groups()[TOP].children,
+            [Member::Daemon(0), Member::Daemon(3), Member::Daemon(2)]
+        );
+        assert_eq!(
+            (s.daemon_pos(0), s.daemon_pos(3), s.daemon_pos(2)),
+            (0, 1, 2)
+        );
+        assert_eq!(play(&mut s, Event::Start(d), now), [3]);
+        // a dies: one_for_all restarts its group in order, with d, never b.
+        let died = Event::Exit {
+            daemon: 0,
+            normal: false,
+            uptime: Duration::from_secs(1),
+        };
+        assert_eq!(play(&mut s, died, now), [0, 3, 2]);
+        assert!(s.wants_up(3) && !s.wants_up(1));
+    }
+}
