@@ -406,6 +406,9 @@ fn print_status(s: &StatusReply) {
             human_bytes(d.region_bytes as u64),
             d.last_exit.as_deref().unwrap_or("-"),
         );
+        if let Some(fault) = &d.fault {
+            println!("{:<16} fault: {fault}", "");
+        }
     }
 }
 

@@ -238,6 +238,10 @@ pub struct DaemonStatus {
     pub last_exit: Option<String>,
     /// How long that process had run.
     pub last_exit_uptime_ms: Option<u64>,
+    /// Why the root could not start it, or what it found wrong with its
+    /// `state_dir` file (truncated, grown, replaced), if anything.
+    #[serde(default)]
+    pub fault: Option<String>,
     /// Age of its last heartbeat, if its header names its current process.
     pub heartbeat_age_ms: Option<u64>,
     /// Bytes of its whole region.

@@ -8,7 +8,6 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -436,21 +435,21 @@ impl Root<'_> {
     /// The header of daemon `i`, if it is initialised and names the
     /// daemon's current process (a header is the daemon's to write, so
     /// nothing else in it is believed).
-    fn live_header(&self, i: usize) -> Option<&crate::region::Header> {
+    fn live_header(&self, i: usize) -> Option<crate::region::HeaderCopy> {
         let pid = self.children[i].pid?;
         self.regions.header_of(i, pid)
     }
 
     /// Heartbeat age of daemon `i` in ms, from its header.
     fn heartbeat_age_ms(&self, i: usize) -> Option<u64> {
-        let hb = self.live_header(i)?.heartbeat_ns.load(Ordering::Acquire);
+        let hb = self.live_header(i)?.heartbeat_ns;
         (hb != 0).then(|| sys::monotonic_ns().saturating_sub(hb) / 1_000_000)
     }
 
     /// The allocation policy and counters daemon `i` last published.
     fn alloc_status(&self, i: usize) -> Option<AllocStatus> {
         let h = self.live_header(i)?;
-        let policy = match h.alloc_policy.load(Ordering::Relaxed) {
+        let policy = match h.alloc_policy {
             0 => "off",
             1 => "count",
             2 => "forbid",
@@ -458,8 +457,8 @@ impl Root<'_> {
         };
         Some(AllocStatus {
             policy: policy.into(),
-            allocs: h.allocs.load(Ordering::Relaxed),
-            bytes: h.alloc_bytes.load(Ordering::Relaxed),
+            allocs: h.allocs,
+            bytes: h.alloc_bytes,
         })
     }
 
@@ -492,6 +491,7 @@ impl Root<'_> {
                 restarts: c.restarts,
                 last_exit: c.last_exit.map(|(reason, _)| reason.to_string()),
                 last_exit_uptime_ms: c.last_exit.map(|(_, uptime)| ms(uptime)),
+                fault: c.fault.clone(),
                 heartbeat_age_ms: self.heartbeat_age_ms(i),
                 region_bytes: self.regions.region_len(i),
                 memory: c.cfg.memory,

@@ -12,6 +12,7 @@ use std::ptr::NonNull;
 use std::time::Duration;
 
 pub mod cred;
+pub mod file;
 pub mod fork;
 pub mod futex;
 pub mod mem;
@@ -352,18 +353,6 @@ pub fn punch_hole(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
     // SAFETY: fallocate only operates on the file behind `fd`.
     cvt_r(|| unsafe { libc::fallocate(fd, mode, offset as i64, len as i64) })?;
     Ok(())
-}
-
-/// Whether `fd` is a regular file (not a memfd).
-pub fn is_regular_file(fd: RawFd) -> bool {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: fstat writes a `stat` into the buffer we own.
-    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
-        return false;
-    }
-    // SAFETY: fstat succeeded, so it filled the buffer.
-    let st = unsafe { st.assume_init() };
-    st.st_mode & libc::S_IFMT == libc::S_IFREG
 }
 
 /// Opens the file behind `fd` again, read-only: a new open file description
