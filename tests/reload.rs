@@ -324,3 +324,43 @@ group = "g"
     });
     assert_eq!(running_pid(&t, "top"), pids[0]);
 }
+
+#[test]
+fn reload_with_a_state_dir_makes_resizes_and_keeps_region_files() {
+    let with = |daemons: &str| {
+        format!(
+            "[root]\nstate_dir = \"{}\"\n{daemons}",
+            common::DIR.to_owned() + "/state"
+        )
+    };
+    let t = Tree::start(&with(
+        "[[daemon]]\nname = \"a\"\nkind = \"idle\"\nmemory = \"64KiB\"\n\
+         [[daemon]]\nname = \"b\"\nkind = \"idle\"\n",
+    ));
+    running_pid(&t, "a");
+    running_pid(&t, "b");
+    let file = |n: &str| t.path(&format!("state/{n}.region"));
+    let len = |n: &str| std::fs::metadata(file(n)).map(|m| m.len()).ok();
+    assert_eq!(len("a"), Some(64 * 1024 + 64 * 1024));
+    write_config(
+        &t.dir,
+        &with(
+            "[[daemon]]\nname = \"a\"\nkind = \"idle\"\nmemory = \"128KiB\"\n\
+             [[daemon]]\nname = \"n\"\nkind = \"idle\"\n",
+        ),
+    );
+    let r = t.ctl_run(&["reload"]);
+    assert_eq!(r.code, Some(0), "{}{}", r.stdout, r.stderr);
+    running_pid(&t, "n");
+    t.wait_log(&["reload done"]);
+    assert_eq!(len("a"), Some(64 * 1024 + 128 * 1024), "a's file resized");
+    assert!(
+        len("n").is_some(),
+        "the added daemon's region is its state_dir file"
+    );
+    assert!(
+        len("b").is_some(),
+        "a removed daemon's state is kept on disk"
+    );
+    t.wait_log(&["the region no longer fits", "resized"]);
+}
