@@ -266,6 +266,10 @@ pub struct RegionSpec<'a> {
     pub own_file: bool,
 }
 
+/// Address space reserved (not memory: `PROT_NONE`, `MAP_NORESERVE`) after
+/// the regions of the start, for the regions of daemons added by a reload.
+pub const GROWTH: usize = 64 << 30;
+
 /// Every daemon's region, mapped read-only in the root at one address each
 /// inside a single reservation.
 ///
@@ -293,6 +297,8 @@ pub struct RegionSet {
     slots: Vec<Slot>,
     /// The arena memfd (read-write), if any region lives in it.
     arena: Option<OwnedFd>,
+    /// Where the next own-file region goes (after a guard page).
+    end: usize,
 }
 
 impl RegionSet {
@@ -321,12 +327,17 @@ impl RegionSet {
             .map(|(_, l)| l + page)
             .sum();
         let len = page + arena_len + page + own_len;
-        let base = sys::reserve(len)?;
+        // Room for regions added at run time, if the address space allows.
+        let (base, len) = match sys::reserve(len + GROWTH) {
+            Ok(base) => (base, len + GROWTH),
+            Err(_) => (sys::reserve(len)?, len),
+        };
         let mut set = RegionSet {
             base,
             len,
             slots: Vec::with_capacity(specs.len()),
             arena: None,
+            end: 0,
         };
         if arena_len > 0 {
             let arena = sys::memfd_sealed(c"forkroot:arena", arena_len as u64).map_err(|e| {
@@ -384,6 +395,7 @@ impl RegionSet {
             });
             own_off += rlen + page;
         }
+        set.end = own_off;
         // A file that cannot be made now (a full disk, no memory, no
         // descriptor) leaves its daemon, not the tree, unable to start:
         // `ensure` tries again before each start.
@@ -427,6 +439,78 @@ impl RegionSet {
         s.id = Some((id.dev, id.ino));
         s.backing = Backing::Own(fd);
         Ok(())
+    }
+
+    /// A region for a daemon added at run time (a reload): a file of its
+    /// own (a sealed memfd, or its `state_dir` file), placed in the room
+    /// [`GROWTH`] left at the end of the reservation. Processes forked
+    /// before do not see it. Returns its index, the next one. A file that
+    /// cannot be made now is made by [`RegionSet::ensure`] before a start,
+    /// as at [`RegionSet::create`].
+    pub fn add(&mut self, spec: &RegionSpec<'_>, state_dir: Option<&Path>) -> io::Result<usize> {
+        let slot = self.grow(spec, state_dir)?;
+        self.slots.push(slot);
+        let i = self.slots.len() - 1;
+        if let Err(e) = self.make(i) {
+            tracing::error!(daemon = %spec.name, error = %e, "cannot make the region");
+        }
+        Ok(i)
+    }
+
+    /// Region `i` is replaced by one of `spec`'s size, at a new place (its
+    /// daemon's `memory` changed at a reload, and it has no process). The
+    /// old one is released; a `state_dir` file is the same file, resized.
+    pub fn replace(
+        &mut self,
+        i: usize,
+        spec: &RegionSpec<'_>,
+        state_dir: Option<&Path>,
+    ) -> io::Result<()> {
+        let slot = self.grow(spec, state_dir)?;
+        self.release(i);
+        self.slots[i] = slot;
+        if let Err(e) = self.make(i) {
+            tracing::error!(daemon = %spec.name, error = %e, "cannot make the region");
+        }
+        Ok(())
+    }
+
+    /// Gives back the memory of region `i` (its daemon was removed, or its
+    /// region replaced): its pages are punched out of its file, which
+    /// reads as zeroes from then on. A `state_dir` file is kept whole.
+    pub fn release(&mut self, i: usize) {
+        if self.slots[i].path.is_none() && !matches!(self.slots[i].backing, Backing::Missing) {
+            let (fd, off) = self.file(i);
+            let _ = sys::punch_hole(fd, off, self.slots[i].len as u64);
+        }
+    }
+
+    /// A slot for a new own-file region after the last one, if the
+    /// reservation has room left (its file not made yet).
+    fn grow(&mut self, spec: &RegionSpec<'_>, state_dir: Option<&Path>) -> io::Result<Slot> {
+        let page = sys::page_size();
+        let rlen = SYSTEM_SIZE + page_round(spec.user) as usize;
+        if self.end + rlen + page > self.len {
+            return Err(io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                format!(
+                    "no address space left for regions added at run time \
+                     ({GROWTH} bytes reserved at start, {rlen} asked): restart the root"
+                ),
+            ));
+        }
+        let slot = Slot {
+            offset: self.end,
+            len: rlen,
+            backing: Backing::Missing,
+            name: spec.name.to_owned(),
+            path: state_dir
+                .filter(|_| !spec.own_file)
+                .map(|dir| dir.join(format!("{}.region", spec.name))),
+            id: None,
+        };
+        self.end += rlen + page;
+        Ok(slot)
     }
 
     /// Before a start of daemon `i`: makes its region if it could not be

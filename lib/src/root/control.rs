@@ -18,8 +18,8 @@ use super::{Mode, Root, State, TOKEN_CONN};
 use crate::config::{format_duration, Program, RestartType, Strategy};
 use crate::control::proto::{
     self, ActionReply, AllocStatus, DaemonState, DaemonStatus, Empty, Failure, FailureKind,
-    HealthReply, LogRecord, LogsReply, MetricsReply, ProgramRef, Request, RootMode, RootStatus,
-    StatusReply, Supervisor, TreeDaemon, TreeGroup, TreeNode, TreeReply, MAX_REQUEST,
+    HealthReply, LogRecord, LogsReply, MetricsReply, ProgramRef, ReloadReply, Request, RootMode,
+    RootStatus, StatusReply, Supervisor, TreeDaemon, TreeGroup, TreeNode, TreeReply, MAX_REQUEST,
 };
 use crate::sys;
 use crate::sys::cred::Gid;
@@ -381,9 +381,7 @@ impl Root<'_> {
     }
 
     fn index_of(&self, name: &str) -> Result<usize, Failure> {
-        self.names
-            .iter()
-            .position(|n| n == name)
+        self.live_index(name)
             .ok_or_else(|| Failure::new(FailureKind::Failed, format!("no daemon named {name:?}")))
     }
 
@@ -409,6 +407,10 @@ impl Root<'_> {
                 after,
                 output_after,
             } => Body::Logs(self.logs(self.index_of(&name)?, after, output_after)),
+            Request::Reload { dry_run } => {
+                info!(dry_run, "reload requested over the control socket");
+                Body::Reload(self.reload(dry_run)?)
+            }
         })
     }
 
@@ -478,6 +480,7 @@ impl Root<'_> {
             .children
             .iter()
             .enumerate()
+            .filter(|(_, c)| !c.removed)
             .map(|(i, c)| DaemonStatus {
                 name: c.cfg.name.clone(),
                 program: match &c.cfg.program {
@@ -519,7 +522,7 @@ impl Root<'_> {
             not_ready: self
                 .children
                 .iter()
-                .filter(|c| !matches!(c.state, State::Running | State::Stopped))
+                .filter(|c| !c.removed && !matches!(c.state, State::Running | State::Stopped))
                 .map(|c| (c.cfg.name.clone(), wire_state(c.state)))
                 .collect(),
         }
@@ -550,6 +553,7 @@ impl Root<'_> {
             daemons: self
                 .children
                 .iter()
+                .filter(|c| !c.removed)
                 .map(|c| TreeDaemon {
                     name: c.cfg.name.clone(),
                     group: c.cfg.group.clone().unwrap_or_else(|| "root".into()),
@@ -628,8 +632,9 @@ impl Root<'_> {
 \
              forkroot_control_closed_total{{why=\"timeout\"}} {expired}"
         );
+        let live = || self.children.iter().enumerate().filter(|(_, c)| !c.removed);
         let _ = writeln!(m, "# TYPE forkroot_restarts_total counter");
-        for c in &self.children {
+        for (_, c) in live() {
             let _ = writeln!(
                 m,
                 "forkroot_restarts_total{{daemon=\"{}\"}} {}",
@@ -637,12 +642,12 @@ impl Root<'_> {
             );
         }
         let _ = writeln!(m, "# TYPE forkroot_up gauge");
-        for c in &self.children {
+        for (_, c) in live() {
             let up = u8::from(c.state == State::Running);
             let _ = writeln!(m, "forkroot_up{{daemon=\"{}\"}} {up}", c.cfg.name);
         }
         let _ = writeln!(m, "# TYPE forkroot_region_bytes gauge");
-        for (i, c) in self.children.iter().enumerate() {
+        for (i, c) in live() {
             let _ = writeln!(
                 m,
                 "forkroot_region_bytes{{daemon=\"{}\"}} {}",
@@ -699,6 +704,7 @@ enum Body {
     Health(HealthReply),
     Action(ActionReply),
     Logs(LogsReply),
+    Reload(ReloadReply),
     Empty(Empty),
 }
 

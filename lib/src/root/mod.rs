@@ -13,6 +13,7 @@ mod control;
 mod flight;
 mod manager;
 mod output;
+mod reload;
 mod spawn;
 mod supervisor;
 mod window;
@@ -21,6 +22,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
@@ -163,6 +165,40 @@ struct Child {
     fault: Option<String>,
     /// The pause before the next retry of a start the machine refused.
     retry: Duration,
+    /// Taken out of the tree by a reload: its index stays taken (the
+    /// supervisor, the regions and the pids' routes are indexed alike),
+    /// and nothing shows it.
+    removed: bool,
+}
+
+impl Child {
+    /// A daemon of the tree, not started.
+    fn new(cfg: DaemonConfig) -> Child {
+        Child {
+            title: Child::title(&cfg.name),
+            cfg,
+            state: State::Stopped,
+            pid: None,
+            started: None,
+            started_ns: 0,
+            setup: None,
+            setup_failed: None,
+            restarts: 0,
+            deaths: Vec::new(),
+            deadline: None,
+            standby: None,
+            last_exit: None,
+            resume_before: None,
+            fault: None,
+            retry: FORK_RETRY,
+            removed: false,
+        }
+    }
+
+    /// The process title of daemon `name`.
+    fn title(name: &str) -> Vec<u8> {
+        format!("forkroot: {name}").into_bytes()
+    }
 }
 
 /// A standby: forked and set up, blocked on its gate until it takes over.
@@ -219,7 +255,7 @@ const TOKEN_SETUP: u64 = 1 << 32;
 const TOKEN_CONN: u64 = 2 << 32;
 const TOKEN_STANDBY: u64 = 3 << 32;
 /// An output pipe: the daemon's index times two, plus the stream.
-const TOKEN_OUTPUT: u64 = 4 << 32;
+pub(crate) const TOKEN_OUTPUT: u64 = 4 << 32;
 
 /// SIGCHLD is coalesced: while one is pending, another child's is lost. The
 /// root reaps the child a SIGCHLD names at once (`waitid(P_PID)`, O(1)),
@@ -268,6 +304,11 @@ pub struct Root<'a> {
     notes: Vec<Note>,
     /// The control listener rests until then (after `accept` failed).
     control_paused: Option<Instant>,
+    /// The file the tree was read from (none for a demo tree): what a
+    /// reload reads again.
+    config_path: Option<PathBuf>,
+    /// A reload being carried out.
+    reloading: Option<reload::Reloading>,
     /// inotify on `state_dir`: another process truncating, growing or
     /// replacing a region file is seen at once (see [`Root::on_watch`]).
     watch: Option<OwnedFd>,
@@ -276,9 +317,12 @@ pub struct Root<'a> {
 }
 
 /// Runs the tree until it is stopped; returns the exit code documented for
-/// `forkroot run` (0 stopped, 69 gave up).
-pub fn run(config: Config, registry: &Registry) -> Result<i32, RootError> {
+/// `forkroot run` (0 stopped, 69 gave up). `file` is where `config` was
+/// read from, read again by a reload.
+pub fn run(config: Config, file: Option<&Path>, registry: &Registry) -> Result<i32, RootError> {
     let mut root = Root::new(config, registry)?;
+    // Absolute, so the reload reads the same file whatever the directory.
+    root.config_path = file.map(|f| std::path::absolute(f).unwrap_or_else(|_| f.to_path_buf()));
     root.start_all();
     let result = root.run_loop();
     if let Err(e) = &result {
@@ -400,55 +444,17 @@ impl<'a> Root<'a> {
             .map_err(ctx("epoll"))?;
         info!(socket = %socket.display(), "control socket ready");
         let control = Some(server);
-        let children = config
-            .daemons
-            .iter()
-            .map(|d| Child {
-                cfg: d.clone(),
-                title: format!("forkroot: {}", d.name).into_bytes(),
-                state: State::Stopped,
-                pid: None,
-                started: None,
-                started_ns: 0,
-                setup: None,
-                setup_failed: None,
-                restarts: 0,
-                deaths: Vec::new(),
-                deadline: None,
-                standby: None,
-                last_exit: None,
-                resume_before: None,
-                fault: None,
-                retry: FORK_RETRY,
-            })
-            .collect();
+        let children = config.daemons.iter().cloned().map(Child::new).collect();
         let sink = output::Sink::detect();
         let mut outputs = Vec::with_capacity(config.daemons.len());
         for (i, d) in config.daemons.iter().enumerate() {
-            let out = output::Output::new(&d.name, sink).map_err(ctx("output pipes"))?;
-            for stream in [output::Stream::Stdout, output::Stream::Stderr] {
-                let token = TOKEN_OUTPUT | (i as u64 * 2 + stream as u64);
-                epoll
-                    .add(out.read_fd(stream), token)
-                    .map_err(ctx("epoll"))?;
-            }
-            outputs.push(out);
+            outputs.push(
+                output::Output::watched(&d.name, sink, &epoll, i).map_err(ctx("output pipes"))?,
+            );
         }
         let names: Vec<String> = config.daemons.iter().map(|d| d.name.clone()).collect();
-        let mut links = vec![Vec::new(); names.len()];
-        for (i, d) in config.daemons.iter().enumerate() {
-            for other in &d.links {
-                // The config checked that every link names a daemon.
-                if let Some(j) = names.iter().position(|n| n == other) {
-                    if !links[i].contains(&j) {
-                        links[i].push(j);
-                    }
-                    if !links[j].contains(&i) {
-                        links[j].push(i);
-                    }
-                }
-            }
-        }
+        let daemons: Vec<Option<&DaemonConfig>> = config.daemons.iter().map(Some).collect();
+        let links = reload::resolve_links(&daemons);
         let sup = Supervisor::new(&config, &links, Instant::now());
         Ok(Root {
             sup,
@@ -471,6 +477,8 @@ impl<'a> Root<'a> {
             sweep_at: None,
             notes: Vec::new(),
             control_paused: None,
+            config_path: None,
+            reloading: None,
             watch,
             outputs,
         })
@@ -533,6 +541,7 @@ impl<'a> Root<'a> {
                 self.manager.status_changed(now);
             }
             self.fire_timers();
+            self.advance_reload();
             self.flush_notes();
             // Until the first start is complete (a daemon may leave
             // `starting` by dying as well as by running).
@@ -721,7 +730,11 @@ impl<'a> Root<'a> {
             match sig {
                 libc::SIGCHLD => self.on_sigchld(from)?,
                 libc::SIGTERM | libc::SIGINT => self.on_shutdown_signal(sig),
-                libc::SIGHUP => info!("SIGHUP ignored (the tree is configured at start)"),
+                libc::SIGHUP => {
+                    info!("SIGHUP: reloading the config file");
+                    // Refusals and a bad file are logged by `reload`.
+                    let _ = self.reload(false);
+                }
                 libc::SIGUSR1 => info!(status = %self.status_line(Instant::now()), "SIGUSR1"),
                 libc::SIGUSR2 => info!("SIGUSR2 ignored"),
                 _ => debug!(signal = sig, "unexpected signal"),
@@ -1103,7 +1116,9 @@ impl<'a> Root<'a> {
     /// Tells systemd (`Type=notify`) the tree is up, once no daemon of the
     /// first start is still starting.
     fn notify_ready(&mut self) {
-        if self.manager.ready_settled() || self.children.iter().any(|c| c.state == State::Starting)
+        if self.manager.ready_settled()
+            || self.reloading.is_some()
+            || self.children.iter().any(|c| c.state == State::Starting)
         {
             return;
         }
@@ -1115,7 +1130,7 @@ impl<'a> Root<'a> {
     /// state, and the restarts within the top supervisor's period.
     fn status_line(&self, now: Instant) -> String {
         let mut counts = [0usize; 6];
-        for c in &self.children {
+        for c in self.children.iter().filter(|c| !c.removed) {
             counts[c.state as usize] += 1;
         }
         let period = self.config.supervisor.period;

@@ -148,6 +148,21 @@ impl Output {
         })
     }
 
+    /// [`Output::new`] for daemon `i`, its read ends watched by `epoll`.
+    pub(crate) fn watched(
+        name: &str,
+        sink: Sink,
+        epoll: &sys::Epoll,
+        i: usize,
+    ) -> io::Result<Output> {
+        let out = Output::new(name, sink)?;
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let token = super::TOKEN_OUTPUT | (i as u64 * 2 + stream as u64);
+            epoll.add(out.read_fd(stream), token)?;
+        }
+        Ok(out)
+    }
+
     /// The read end of `stream`'s pipe, for the poll loop.
     pub(crate) fn read_fd(&self, stream: Stream) -> RawFd {
         self.pipes[stream as usize].read.as_raw_fd()

@@ -1078,5 +1078,7 @@ impl Supervisor {
     }
 }
 
+mod reload;
+
 #[cfg(test)]
 mod tests;
