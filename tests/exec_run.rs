@@ -386,3 +386,20 @@ fn under_journald_lines_carry_priorities_and_no_timestamps() {
     }
     assert!(text.contains("<6>started"), "{text}");
 }
+
+#[test]
+fn a_daemon_added_by_reload_has_its_output_captured() {
+    let t = Tree::start("[[daemon]]\nname = \"first\"\nexec = [\"sleep\", \"1000\"]\n");
+    t.poll("first running", || running_pid(&t, "first"));
+    common::write_config(
+        &t.dir,
+        "[[daemon]]\nname = \"first\"\nexec = [\"sleep\", \"1000\"]\n\
+         [[daemon]]\nname = \"added\"\nexec = [\"sh\", \"-c\", \"echo from-added; exec sleep 1000\"]\n",
+    );
+    let r = t.ctl_run(&["reload"]);
+    assert_eq!(r.code, Some(0), "ctl reload: {}{}", r.stdout, r.stderr);
+    let pid = t.poll("added running", || running_pid(&t, "added"));
+    t.wait_log(&[&format!("added[{pid}] stdout: from-added")]);
+    let (logs, _) = ctl_logs(&t, "added");
+    assert!(logs.contains(&shown(pid, "from-added")), "{logs}");
+}
