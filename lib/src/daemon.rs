@@ -201,6 +201,12 @@ pub enum ExitReason {
         /// The errno of the failed call.
         errno: i32,
     },
+    /// The root killed it (SIGKILL): its watchdog expired (no heartbeat,
+    /// no `WATCHDOG=1` in time, or it sent `WATCHDOG=trigger`).
+    Watchdog,
+    /// The root killed it (SIGKILL): it was not ready within its
+    /// `start_timeout`.
+    StartTimeout,
 }
 
 impl ExitReason {
@@ -221,6 +227,8 @@ impl ExitReason {
                 ![libc::SIGKILL, libc::SIGTERM, libc::SIGINT].contains(&signal)
             }
             ExitReason::SetupFailed { .. } => false,
+            // A hang is the daemon's own doing.
+            ExitReason::Watchdog | ExitReason::StartTimeout => true,
         }
     }
 }
@@ -243,6 +251,8 @@ impl fmt::Display for ExitReason {
                     std::io::Error::from_raw_os_error(errno)
                 )
             }
+            ExitReason::Watchdog => f.write_str("killed by the watchdog"),
+            ExitReason::StartTimeout => f.write_str("killed: not ready within start_timeout"),
         }
     }
 }

@@ -365,6 +365,9 @@ fn print_status(s: &StatusReply) {
             human_bytes(d.region_bytes as u64),
             d.last_exit.as_deref().unwrap_or("-"),
         );
+        if let Some(status) = &d.status {
+            println!("{:<16} status: {}", "", escape(status));
+        }
     }
 }
 

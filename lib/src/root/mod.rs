@@ -12,6 +12,7 @@
 mod control;
 mod flight;
 mod manager;
+mod notify;
 mod spawn;
 mod supervisor;
 
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Config, DaemonConfig, OnRestart, Program};
+use crate::config::{Config, DaemonConfig, OnRestart, Program, Readiness};
 use crate::daemon::{Death, ExitReason, Registry, SetupStage};
 use crate::handoff::{read_setup, History, Setup};
 use crate::region::{RegionSet, RegionSpec};
@@ -149,6 +150,17 @@ struct Child {
     last_exit: Option<(ExitReason, Duration)>,
     /// A checkpoint found poison: the next start resumes from an older one.
     resume_before: Option<u64>,
+    /// Read end of its notification pipe (`notify_fd`) while it starts.
+    notify_pipe: Option<OwnedFd>,
+    /// When it became ready (monotonic ns): the watchdog counts from here.
+    ready_ns: u64,
+    /// Its last `WATCHDOG=1` (monotonic ns), 0 if none.
+    ping_ns: u64,
+    /// Its last `STATUS=`, for `ctl status`.
+    status_text: Option<String>,
+    /// The root SIGKILLed it for this (watchdog, start timeout): the
+    /// reason its SIGKILL death is recorded with.
+    killed_for: Option<ExitReason>,
 }
 
 /// A standby: forked and set up, blocked on its gate until it takes over.
@@ -198,9 +210,11 @@ enum Role {
 /// connection id in the low ones.
 const TOKEN_SIGNALS: u64 = 0;
 const TOKEN_LISTENER: u64 = 1;
+const TOKEN_NOTIFY: u64 = 2;
 const TOKEN_SETUP: u64 = 1 << 32;
 const TOKEN_CONN: u64 = 2 << 32;
 const TOKEN_STANDBY: u64 = 3 << 32;
+const TOKEN_NOTIFY_FD: u64 = 4 << 32;
 
 /// SIGCHLD is coalesced: while one is pending, another child's is lost. The
 /// root reaps the child a SIGCHLD names at once (`waitid(P_PID)`, O(1)),
@@ -240,6 +254,8 @@ pub struct Root<'a> {
     control: Option<control::Server>,
     /// What systemd (`Type=notify`) was told, and its watchdog timer.
     manager: manager::Manager,
+    /// The socket daemons send their own notifications to.
+    notify: notify::Socket,
     /// The `state_dir` lock, held for the root's life (and its daemons').
     lock: Option<OwnedFd>,
     /// When to sweep for children whose SIGCHLD was lost (see
@@ -348,6 +364,9 @@ impl<'a> Root<'a> {
             .map_err(ctx("epoll"))?;
         info!(socket = %socket.display(), "control socket ready");
         let control = Some(server);
+        let notify =
+            notify::Socket::bind(sys::getpid()).map_err(ctx("binding the notify socket"))?;
+        epoll.add(notify.fd(), TOKEN_NOTIFY).map_err(ctx("epoll"))?;
         let children = config
             .daemons
             .iter()
@@ -366,6 +385,11 @@ impl<'a> Root<'a> {
                 standby: None,
                 last_exit: None,
                 resume_before: None,
+                notify_pipe: None,
+                ready_ns: 0,
+                ping_ns: 0,
+                status_text: None,
+                killed_for: None,
             })
             .collect();
         let names: Vec<String> = config.daemons.iter().map(|d| d.name.clone()).collect();
@@ -401,6 +425,7 @@ impl<'a> Root<'a> {
             forks: 0,
             control,
             manager: manager::Manager::from_env(sys::getpid().0 as u32),
+            notify,
             lock,
             sweep_at: None,
             notes: Vec::new(),
@@ -448,6 +473,8 @@ impl<'a> Root<'a> {
                 match (token & TOKEN_KIND, token & !TOKEN_KIND) {
                     (0, TOKEN_SIGNALS) => self.on_signals()?,
                     (0, TOKEN_LISTENER) => self.on_accept(),
+                    (0, TOKEN_NOTIFY) => self.on_notify(),
+                    (TOKEN_NOTIFY_FD, i) => self.on_notify_fd(i as usize),
                     (TOKEN_SETUP, i) => self.on_setup(i as usize),
                     (TOKEN_CONN, id) => self.on_conn(id),
                     (TOKEN_STANDBY, i) => self.on_standby_setup(i as usize),
@@ -613,8 +640,17 @@ impl<'a> Root<'a> {
                 }
             }
             Program::Exec(argv) => {
-                Run::exec(argv, &c.cfg.name, self.regions.region_len(i), &start)?
+                let mut env = vec![format!("NOTIFY_SOCKET={}", self.notify.env())];
+                if let Some(wd) = c.cfg.watchdog {
+                    env.push(format!("WATCHDOG_USEC={}", wd.as_micros()));
+                }
+                Run::exec(argv, &c.cfg.name, self.regions.region_len(i), &start, &env)?
             }
+        };
+        // `notify_fd`: the program writes a newline on its end when ready.
+        let notify_pipe = match c.cfg.readiness {
+            Readiness::Fd(n) if !standby => Some((sys::pipe_cloexec(true)?, n)),
+            _ => None,
         };
         let spawned = spawn::spawn(&Plan {
             index: i,
@@ -626,7 +662,16 @@ impl<'a> Root<'a> {
             run,
             lock: self.lock.as_ref().map(|l| l.as_raw_fd()),
             standby,
+            notify_fd: notify_pipe.as_ref().map(|((_, w), n)| (w.as_raw_fd(), *n)),
         })?;
+        if let Some(((rd, _), _)) = notify_pipe {
+            self.epoll
+                .add(rd.as_raw_fd(), TOKEN_NOTIFY_FD | i as u64)
+                .map_err(|e| {
+                    io::Error::new(e.kind(), format!("watching the notification pipe: {e}"))
+                })?;
+            self.children[i].notify_pipe = Some(rd);
+        }
         self.forks += 1;
         let kind = if standby { TOKEN_STANDBY } else { TOKEN_SETUP };
         self.epoll
@@ -697,9 +742,10 @@ impl<'a> Root<'a> {
         let c = &mut self.children[i];
         c.started = Some(Instant::now());
         c.started_ns = sys::monotonic_ns();
-        if let Some(wd) = c.cfg.watchdog {
-            self.set_timer(i, Instant::now() + wd);
-        }
+        c.ready_ns = c.started_ns;
+        c.ping_ns = 0;
+        c.status_text = None;
+        c.killed_for = None;
     }
 
     /// With `standby = true`: hands the daemon to its ready standby, which
@@ -812,10 +858,14 @@ impl<'a> Root<'a> {
             // had before, in the same batch) or a spurious wake-up.
             Setup::Pending => c.setup = Some(fd),
             Setup::Ready => {
-                debug!(daemon = %c.cfg.name, "running");
                 let _ = self.epoll.delete(fd.as_raw_fd());
-                self.step(Event::Ready(i));
-                self.notify_ready();
+                // A program that says when it is ready is only exec'd yet.
+                if c.cfg.readiness == Readiness::Exec {
+                    debug!(daemon = %c.cfg.name, "running");
+                    self.ready(i);
+                } else {
+                    debug!(daemon = %c.cfg.name, "exec'd; waiting for it to say ready");
+                }
             }
             Setup::Failed(reason) => {
                 c.setup_failed = Some(reason);
@@ -824,10 +874,28 @@ impl<'a> Root<'a> {
         }
     }
 
-    /// Tells systemd (`Type=notify`) the tree is up, once no daemon of the
-    /// first start is still starting.
+    /// Daemon `i` is ready: from `starting` to `running` (and the
+    /// watchdog counts from now).
+    fn ready(&mut self, i: usize) {
+        let c = &mut self.children[i];
+        if c.state != State::Starting {
+            return;
+        }
+        c.ready_ns = sys::monotonic_ns();
+        self.step(Event::Ready(i));
+        self.notify_ready();
+    }
+
+    /// Tells systemd (`Type=notify`) the tree is up, once the first start
+    /// is done: the top supervisor started every child in order (each
+    /// ready, or down for good), and no daemon is still starting.
     fn notify_ready(&mut self) {
-        if self.manager.ready_settled() || self.children.iter().any(|c| c.state == State::Starting)
+        if self.manager.ready_settled()
+            || matches!(
+                self.sup.groups()[supervisor::TOP].state,
+                supervisor::GState::Starting { .. }
+            )
+            || self.children.iter().any(|c| c.state == State::Starting)
         {
             return;
         }
@@ -906,8 +974,20 @@ impl<'a> Root<'a> {
             }
             let _ = self.epoll.delete(fd.as_raw_fd());
         }
+        if let Some(fd) = c.notify_pipe.take() {
+            let _ = self.epoll.delete(fd.as_raw_fd());
+        }
+        let killed_for = c.killed_for.take();
         let reason = c.setup_failed.take().unwrap_or(match status {
             WaitStatus::Exited(code) => ExitReason::Exited(code),
+            // The root's own SIGKILL: recorded as why the root sent it.
+            WaitStatus::Signaled {
+                signal: libc::SIGKILL,
+                core,
+            } => killed_for.unwrap_or(ExitReason::Signaled {
+                signal: libc::SIGKILL,
+                core,
+            }),
             WaitStatus::Signaled { signal, core } => ExitReason::Signaled { signal, core },
         });
         let uptime = c.started.map_or(Duration::ZERO, |t| t.elapsed());
@@ -977,6 +1057,19 @@ impl<'a> Root<'a> {
             }
             Action::SetTimer(i, at) => self.set_timer(i, at),
             Action::CancelTimer(i) => self.cancel_timer(i),
+            Action::ExtendTimer(i, at) => {
+                if self.children[i].deadline.is_some_and(|d| d < at) {
+                    self.set_timer(i, at);
+                }
+            }
+            Action::StartTimedOut(i) => {
+                let c = &mut self.children[i];
+                if let Some(pid) = c.pid {
+                    error!(daemon = %c.cfg.name, %pid, start_timeout = ?c.cfg.start_timeout, "not ready within start_timeout; killing");
+                    c.killed_for = Some(ExitReason::StartTimeout);
+                    kill_tree(pid, libc::SIGKILL);
+                }
+            }
             Action::CheckWatchdog(i) => self.check_watchdog(i),
             Action::ForkStandby(i) => self.ensure_standby(i),
             Action::KillStandby(i) => self.kill_standby(i),
@@ -1091,7 +1184,9 @@ impl Root<'_> {
         let (Some(wd), Some(pid)) = (c.cfg.watchdog, c.pid) else {
             return;
         };
-        let mut last = c.started_ns;
+        // From when it became ready, its last `WATCHDOG=1`, or its last
+        // heartbeat, whichever is latest.
+        let mut last = c.ready_ns.max(c.ping_ns);
         // The heartbeat is the daemon's word: believed only from a header
         // that names the current process, and never later than now.
         let now = sys::monotonic_ns();
@@ -1104,6 +1199,7 @@ impl Root<'_> {
         let age = Duration::from_nanos(now.saturating_sub(last));
         if age >= wd {
             error!(daemon = %c.cfg.name, %pid, age = ?age, watchdog = ?wd, "watchdog: no heartbeat; killing");
+            self.children[i].killed_for = Some(ExitReason::Watchdog);
             kill_tree(pid, libc::SIGKILL);
         } else {
             self.set_timer(i, Instant::now() + (wd - age));

@@ -49,12 +49,14 @@ pub(crate) enum Run<'a> {
 impl Run<'_> {
     /// Prepares an exec of `argv` with the parent's environment plus what
     /// the program needs to attach (`handoff::exec_env`: its name, its
-    /// region at fd 3, its start facts).
+    /// region at fd 3, its start facts) and `notify` (`NOTIFY_SOCKET`,
+    /// `WATCHDOG_USEC`: the root's, not its service manager's).
     pub(crate) fn exec(
         argv: &[String],
         name: &str,
         region_len: usize,
         start: &Start<'_>,
+        notify: &[String],
     ) -> io::Result<Run<'static>> {
         let nul = |s: String| CString::new(s).map_err(io::Error::other);
         let path = nul(find_program(&argv[0])?)?;
@@ -65,13 +67,18 @@ impl Run<'_> {
         let nargs = strings.len();
         for (k, v) in std::env::vars_os() {
             let k = k.to_string_lossy();
-            if k.starts_with("FORKROOT_") || k == "NOTIFY_SOCKET" {
+            if k.starts_with("FORKROOT_")
+                || matches!(&*k, "NOTIFY_SOCKET" | "WATCHDOG_USEC" | "WATCHDOG_PID")
+            {
                 continue;
             }
             strings.push(nul(format!("{k}={}", v.to_string_lossy()))?);
         }
         for var in handoff::exec_env(name, region_len, start) {
             strings.push(nul(var)?);
+        }
+        for var in notify {
+            strings.push(nul(var.clone())?);
         }
         let mut argv: Vec<_> = strings[..nargs].iter().map(|s| s.as_ptr()).collect();
         argv.push(std::ptr::null());
@@ -127,6 +134,9 @@ pub(crate) struct Plan<'a> {
     /// Start as a standby: set up, then wait on a gate pipe for the root's
     /// word to take over (a [`History`]).
     pub(crate) standby: bool,
+    /// `notify_fd`: (the write end of the root's notification pipe, the
+    /// descriptor number the program gets it at).
+    pub(crate) notify_fd: Option<(RawFd, RawFd)>,
 }
 
 /// A forked child, seen from the root.
@@ -194,13 +204,27 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
                 );
             };
             // Move the region to fd 3 and the pipe to fd 4 (close-on-exec,
-            // so a successful exec reads as end-of-file in the root).
+            // so a successful exec reads as end-of-file in the root), and
+            // the notification pipe to `notify_fd` (N >= 5, inherited).
             let moved = sys::dup_at_least(fd, 5).and_then(|r| {
                 let p = sys::dup_at_least(pipe, 5)?;
+                let n = s
+                    .notify_fd
+                    .map(|(from, to)| sys::dup_at_least(from, 5).map(|d| (d, to)))
+                    .transpose()?;
                 sys::dup2(r, handoff::EXEC_REGION_FD)?;
                 sys::dup2(p, 4)?;
                 sys::set_cloexec(4, true)?;
-                sys::close_from(5)
+                match n {
+                    Some((d, to)) => {
+                        sys::dup2(d, to)?;
+                        // dup2 onto itself keeps close-on-exec: clear it.
+                        sys::set_cloexec(to, false)?;
+                        sys::close_between(5, to - 1)?;
+                        sys::close_from(to + 1)
+                    }
+                    None => sys::close_from(5),
+                }
             });
             if let Err(e) = moved {
                 fail(pipe, SetupStage::Descriptors, e);
