@@ -351,6 +351,8 @@ pub struct Context<'a> {
     pub(crate) args: &'a Args,
     pub(crate) stopping: bool,
     pub(crate) stop_fd: Option<std::os::fd::OwnedFd>,
+    /// Attached by [`Context::from_env`]: `$NOTIFY_SOCKET` is the root's.
+    pub(crate) exec: bool,
 }
 
 /// A built-in daemon's own start-up, in the process forked for it once
@@ -376,6 +378,7 @@ pub(crate) fn run_builtin(
         args,
         stopping: false,
         stop_fd: None,
+        exec: false,
     };
     let code = crate::prologue::run_or_abort(|| entry(&mut ctx));
     // Exiting is not the steady state: flushing stdout may allocate.
@@ -560,7 +563,22 @@ impl Context<'static> {
             args: NO_ARGS.get_or_init(Args::none),
             stopping: false,
             stop_fd: None,
+            exec: true,
         })
+    }
+
+    /// Tells the root this daemon is ready: `READY=1` on `$NOTIFY_SOCKET`,
+    /// what a daemon with `readiness = "notify"` must send before its
+    /// `start_timeout`. Only an exec'd program ([`Context::from_env`])
+    /// sends it; a built-in daemon is ready when its setup ends, and this
+    /// returns `Ok(false)` there (its `NOTIFY_SOCKET`, if any, is the
+    /// root's own manager's). Allowed after [`Context::steady`]: the few
+    /// allocations of sending are permitted.
+    pub fn ready(&self) -> std::io::Result<bool> {
+        if !self.exec {
+            return Ok(false);
+        }
+        crate::alloc::allow(|| crate::notify::notify("READY=1"))
     }
 }
 

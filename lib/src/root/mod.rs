@@ -649,7 +649,13 @@ impl<'a> Root<'a> {
         };
         // `notify_fd`: the program writes a newline on its end when ready.
         let notify_pipe = match c.cfg.readiness {
-            Readiness::Fd(n) if !standby => Some((sys::pipe_cloexec(true)?, n)),
+            Readiness::Fd(n) if !standby => {
+                // Blocking for the program (its end is its own), not for
+                // the root.
+                let (rd, wr) = sys::pipe_cloexec(false)?;
+                sys::set_nonblocking(rd.as_raw_fd())?;
+                Some(((rd, wr), n))
+            }
             _ => None,
         };
         let spawned = spawn::spawn(&Plan {
