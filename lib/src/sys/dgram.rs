@@ -106,7 +106,7 @@ pub fn recv_with_creds(sock: RawFd, buf: &mut [u8]) -> io::Result<Option<Datagra
         let mut c = libc::CMSG_FIRSTHDR(&msg);
         while !c.is_null() {
             let data = libc::CMSG_DATA(c);
-            let data_len = (*c).cmsg_len as usize - (data as usize - c as usize);
+            let data_len = ((*c).cmsg_len as usize).saturating_sub(data as usize - c as usize);
             match ((*c).cmsg_level, (*c).cmsg_type) {
                 (libc::SOL_SOCKET, libc::SCM_CREDENTIALS)
                     if data_len >= std::mem::size_of::<libc::ucred>() =>
