@@ -310,3 +310,37 @@ start_timeout = "0s"
         ],
     );
 }
+
+/// `EXTEND_TIMEOUT_USEC` moves the start deadline (a start longer than
+/// `start_timeout` succeeds), `MAINPID=` is refused, and
+/// `WATCHDOG=trigger` has the program killed at once, reason `watchdog`.
+#[test]
+fn extend_timeout_mainpid_and_watchdog_trigger() {
+    let config = format!(
+        "[supervisor]\nintensity = 100\n\
+         [[daemon]]\nname = \"slow\"\nreadiness = \"notify\"\nstart_timeout = \"1s\"\n{}\n",
+        prog(&[
+            "send:EXTEND_TIMEOUT_USEC=5000000\\nMAINPID=1",
+            "sleep:2",
+            "send:READY=1",
+            "wait:@DIR@/go",
+            "send:WATCHDOG=trigger",
+        ])
+    );
+    let mut t = Tree::start(&config);
+    let d = t.poll("slow running", || {
+        let d = t.daemon_status("slow")?;
+        (d["state"] == "running").then_some(d)
+    });
+    assert_eq!(d["restarts"], 0, "the extended start was not cut: {d}");
+    t.wait_log(&["MAINPID= refused", "daemon=slow"]);
+    std::fs::write(t.path("go"), "").unwrap();
+    let d = t.poll("slow killed by its own trigger", || {
+        let d = t.daemon_status("slow")?;
+        (d["restarts"] == 1).then_some(d)
+    });
+    assert_eq!(d["last_exit"], "killed by the watchdog", "{d}");
+    assert!(t.log().contains("WATCHDOG=trigger"), "{}", t.log());
+    t.signal(libc::SIGTERM);
+    assert_eq!(t.wait_code(), 0, "{}", t.log());
+}
