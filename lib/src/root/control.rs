@@ -8,7 +8,6 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -19,8 +18,8 @@ use super::{Mode, Root, State, TOKEN_CONN};
 use crate::config::{format_duration, Program, RestartType, Strategy};
 use crate::control::proto::{
     self, ActionReply, AllocStatus, DaemonState, DaemonStatus, Empty, Failure, FailureKind,
-    HealthReply, LogRecord, LogsReply, MetricsReply, ProgramRef, Request, RootMode, RootStatus,
-    StatusReply, Supervisor, TreeDaemon, TreeGroup, TreeNode, TreeReply, MAX_REQUEST,
+    HealthReply, LogRecord, LogsReply, MetricsReply, ProgramRef, ReloadReply, Request, RootMode,
+    RootStatus, StatusReply, Supervisor, TreeDaemon, TreeGroup, TreeNode, TreeReply, MAX_REQUEST,
 };
 use crate::sys;
 use crate::sys::cred::Gid;
@@ -382,9 +381,7 @@ impl Root<'_> {
     }
 
     fn index_of(&self, name: &str) -> Result<usize, Failure> {
-        self.names
-            .iter()
-            .position(|n| n == name)
+        self.live_index(name)
             .ok_or_else(|| Failure::new(FailureKind::Failed, format!("no daemon named {name:?}")))
     }
 
@@ -406,6 +403,10 @@ impl Root<'_> {
             Request::Stop { name } => Body::Action(self.act(Verb::Stop, &name)?),
             Request::Start { name } => Body::Action(self.act(Verb::Start, &name)?),
             Request::Logs { name, after } => Body::Logs(self.logs(self.index_of(&name)?, after)),
+            Request::Reload { dry_run } => {
+                info!(dry_run, "reload requested over the control socket");
+                Body::Reload(self.reload(dry_run)?)
+            }
         })
     }
 
@@ -434,7 +435,7 @@ impl Root<'_> {
     /// The header of daemon `i`, if it is initialised and names the
     /// daemon's current process (a header is the daemon's to write, so
     /// nothing else in it is believed).
-    fn live_header(&self, i: usize) -> Option<&crate::region::Header> {
+    fn live_header(&self, i: usize) -> Option<crate::region::HeaderCopy> {
         let pid = self.children[i].pid?;
         self.regions.header_of(i, pid)
     }
@@ -442,9 +443,7 @@ impl Root<'_> {
     /// Heartbeat age of daemon `i` in ms: its header's heartbeat or its
     /// last `WATCHDOG=1`, whichever is newer.
     fn heartbeat_age_ms(&self, i: usize) -> Option<u64> {
-        let hb = self
-            .live_header(i)
-            .map_or(0, |h| h.heartbeat_ns.load(Ordering::Acquire));
+        let hb = self.live_header(i).map_or(0, |h| h.heartbeat_ns);
         let now = sys::monotonic_ns();
         let last = [hb, self.children[i].ping_ns]
             .into_iter()
@@ -456,7 +455,7 @@ impl Root<'_> {
     /// The allocation policy and counters daemon `i` last published.
     fn alloc_status(&self, i: usize) -> Option<AllocStatus> {
         let h = self.live_header(i)?;
-        let policy = match h.alloc_policy.load(Ordering::Relaxed) {
+        let policy = match h.alloc_policy {
             0 => "off",
             1 => "count",
             2 => "forbid",
@@ -464,8 +463,8 @@ impl Root<'_> {
         };
         Some(AllocStatus {
             policy: policy.into(),
-            allocs: h.allocs.load(Ordering::Relaxed),
-            bytes: h.alloc_bytes.load(Ordering::Relaxed),
+            allocs: h.allocs,
+            bytes: h.alloc_bytes,
         })
     }
 
@@ -483,6 +482,7 @@ impl Root<'_> {
             .children
             .iter()
             .enumerate()
+            .filter(|(_, c)| !c.removed)
             .map(|(i, c)| DaemonStatus {
                 name: c.cfg.name.clone(),
                 program: match &c.cfg.program {
@@ -497,6 +497,7 @@ impl Root<'_> {
                 restarts: c.restarts,
                 last_exit: c.last_exit.map(|(reason, _)| reason.to_string()),
                 last_exit_uptime_ms: c.last_exit.map(|(_, uptime)| ms(uptime)),
+                fault: c.fault.clone(),
                 heartbeat_age_ms: self.heartbeat_age_ms(i),
                 status: c.status_text.clone(),
                 region_bytes: self.regions.region_len(i),
@@ -524,7 +525,7 @@ impl Root<'_> {
             not_ready: self
                 .children
                 .iter()
-                .filter(|c| !matches!(c.state, State::Running | State::Stopped))
+                .filter(|c| !c.removed && !matches!(c.state, State::Running | State::Stopped))
                 .map(|c| (c.cfg.name.clone(), wire_state(c.state)))
                 .collect(),
         }
@@ -555,6 +556,7 @@ impl Root<'_> {
             daemons: self
                 .children
                 .iter()
+                .filter(|c| !c.removed)
                 .map(|c| TreeDaemon {
                     name: c.cfg.name.clone(),
                     group: c.cfg.group.clone().unwrap_or_else(|| "root".into()),
@@ -638,8 +640,9 @@ impl Root<'_> {
             "# TYPE forkroot_notify_rejected_total counter\nforkroot_notify_rejected_total {}",
             self.notify.rejected
         );
+        let live = || self.children.iter().enumerate().filter(|(_, c)| !c.removed);
         let _ = writeln!(m, "# TYPE forkroot_restarts_total counter");
-        for c in &self.children {
+        for (_, c) in live() {
             let _ = writeln!(
                 m,
                 "forkroot_restarts_total{{daemon=\"{}\"}} {}",
@@ -647,12 +650,12 @@ impl Root<'_> {
             );
         }
         let _ = writeln!(m, "# TYPE forkroot_up gauge");
-        for c in &self.children {
+        for (_, c) in live() {
             let up = u8::from(c.state == State::Running);
             let _ = writeln!(m, "forkroot_up{{daemon=\"{}\"}} {up}", c.cfg.name);
         }
         let _ = writeln!(m, "# TYPE forkroot_region_bytes gauge");
-        for (i, c) in self.children.iter().enumerate() {
+        for (i, c) in live() {
             let _ = writeln!(
                 m,
                 "forkroot_region_bytes{{daemon=\"{}\"}} {}",
@@ -703,6 +706,7 @@ enum Body {
     Health(HealthReply),
     Action(ActionReply),
     Logs(LogsReply),
+    Reload(ReloadReply),
     Empty(Empty),
 }
 
