@@ -130,6 +130,11 @@ fn main() -> ExitCode {
         ?resumed,
         "counting"
     );
+    // Ready (for `readiness = "notify"`): the state is checked and the
+    // output file agrees with it.
+    if let Err(e) = ctx.ready() {
+        tracing::warn!(error = %e, "could not tell the root it is ready");
+    }
     ctx.steady();
     loop {
         for _ in 0..BATCH {

@@ -112,6 +112,7 @@ fn status_tree_metrics_and_json_keep_their_shape() {
             "restarts",
             "standby_pid",
             "state",
+            "status",
             "uptime_ms"
         ]
     );

@@ -291,3 +291,18 @@ fn an_exec_program_gets_its_on_restart_mode_and_deaths_from_the_root() {
     assert_eq!(t.wait_code(), 0, "{}", t.log());
     assert!(counted(&t) > 0);
 }
+
+/// `ctx.ready()` speaks the notify protocol: with `readiness = "notify"`
+/// the program is `running` only once it checked its state and said so.
+#[test]
+fn an_exec_program_says_ready_through_the_library() {
+    let mut t = Tree::start(&config("readiness = \"notify\"\nstart_timeout = \"20s\""));
+    t.poll("count running", || running(&t));
+    let log = t.log();
+    assert!(log.contains("ready (READY=1) daemon=count"), "{log}");
+    // It said so after its start-up check, not before.
+    let checked = log.find("lines checked by a transaction").expect("checked");
+    assert!(checked < log.find("ready (READY=1)").unwrap(), "{log}");
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0, "{}", t.log());
+}

@@ -262,14 +262,14 @@ impl Drop for Traced {
 
 #[test]
 fn a_child_whose_setup_pipe_cannot_be_watched_is_killed_not_left_running() {
-    // The root's fifth epoll_ctl is the first daemon's setup pipe (after
-    // the signalfd, the control socket, and the daemon's stdout and stderr
-    // pipes): it fails with ENOSPC, as when the user's epoll watches are
-    // exhausted.
+    // The root's sixth epoll_ctl is the first daemon's setup pipe (after
+    // the signalfd, the control socket, the notify socket, and the daemon's
+    // stdout and stderr pipes): it fails with ENOSPC, as when the user's
+    // epoll watches are exhausted.
     let mut t = Traced::start(
         "[[daemon]]\nname = \"idle\"\nkind = \"idle\"\n",
         "epoll_ctl",
-        "epoll_ctl:error=ENOSPC:when=5",
+        "epoll_ctl:error=ENOSPC:when=6",
     );
     let line = t.poll("the failed watch reported", || {
         t.log()

@@ -288,6 +288,11 @@ pub struct DaemonConfig {
     pub links: Vec<String>,
     /// `backoff`, `backoff_max`.
     pub backoff: Backoff,
+    /// `readiness`/`notify_fd`: when the daemon counts as ready.
+    pub readiness: Readiness,
+    /// `start_timeout`: from fork to ready at most this long, else the
+    /// start is a failure (default 90s).
+    pub start_timeout: Duration,
     /// `[daemon.args]`: the settings of its kind, checked against the
     /// kind's declaration (empty for an exec'd program).
     pub args: Args,
@@ -337,6 +342,20 @@ pub struct Rlimit {
     pub name: &'static str,
     /// The `RLIMIT_*` number.
     pub resource: u32,
+}
+
+/// `readiness`: when a daemon counts as ready (`running`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// When its setup ends: a built-in daemon's code runs, a program is
+    /// exec'd.
+    Exec,
+    /// When it sends `READY=1` to `$NOTIFY_SOCKET` (systemd's
+    /// `Type=notify`).
+    Notify,
+    /// When it writes a newline to this descriptor (`notify_fd`, s6's
+    /// notification-fd).
+    Fd(i32),
 }
 
 /// One thing wrong with a configuration, and where.

@@ -229,6 +229,12 @@ pub enum ExitReason {
         /// The errno of the failed call.
         errno: i32,
     },
+    /// The root killed it (SIGKILL): its watchdog expired (no heartbeat,
+    /// no `WATCHDOG=1` in time, or it sent `WATCHDOG=trigger`).
+    Watchdog,
+    /// The root killed it (SIGKILL): it was not ready within its
+    /// `start_timeout`.
+    StartTimeout,
 }
 
 impl ExitReason {
@@ -249,6 +255,8 @@ impl ExitReason {
                 ![libc::SIGKILL, libc::SIGTERM, libc::SIGINT].contains(&signal)
             }
             ExitReason::SetupFailed { .. } => false,
+            // A hang is the daemon's own doing.
+            ExitReason::Watchdog | ExitReason::StartTimeout => true,
         }
     }
 }
@@ -271,6 +279,8 @@ impl fmt::Display for ExitReason {
                     std::io::Error::from_raw_os_error(errno)
                 )
             }
+            ExitReason::Watchdog => f.write_str("killed by the watchdog"),
+            ExitReason::StartTimeout => f.write_str("killed: not ready within start_timeout"),
         }
     }
 }
@@ -373,6 +383,8 @@ pub struct Context<'a> {
     pub(crate) args: &'a Args,
     pub(crate) stopping: bool,
     pub(crate) stop_fd: Option<std::os::fd::OwnedFd>,
+    /// Attached by [`Context::from_env`]: `$NOTIFY_SOCKET` is the root's.
+    pub(crate) exec: bool,
 }
 
 /// A built-in daemon's own start-up, in the process forked for it once
@@ -398,6 +410,7 @@ pub(crate) fn run_builtin(
         args,
         stopping: false,
         stop_fd: None,
+        exec: false,
     };
     let code = crate::prologue::run_or_abort(|| entry(&mut ctx));
     // Exiting is not the steady state: flushing stdout may allocate.
@@ -582,7 +595,22 @@ impl Context<'static> {
             args: NO_ARGS.get_or_init(Args::none),
             stopping: false,
             stop_fd: None,
+            exec: true,
         })
+    }
+
+    /// Tells the root this daemon is ready: `READY=1` on `$NOTIFY_SOCKET`,
+    /// what a daemon with `readiness = "notify"` must send before its
+    /// `start_timeout`. Only an exec'd program ([`Context::from_env`])
+    /// sends it; a built-in daemon is ready when its setup ends, and this
+    /// returns `Ok(false)` there (its `NOTIFY_SOCKET`, if any, is the
+    /// root's own manager's). Allowed after [`Context::steady`]: the few
+    /// allocations of sending are permitted.
+    pub fn ready(&self) -> std::io::Result<bool> {
+        if !self.exec {
+            return Ok(false);
+        }
+        crate::alloc::allow(|| crate::notify::notify("READY=1"))
     }
 }
 

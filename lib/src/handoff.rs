@@ -227,6 +227,8 @@ impl History {
                 ExitReason::Exited(code) => (0, code, 0),
                 ExitReason::Signaled { signal, core } => (1, signal, i32::from(core)),
                 ExitReason::SetupFailed { stage, errno } => (2, stage as i32, errno),
+                ExitReason::Watchdog => (3, 0, 0),
+                ExitReason::StartTimeout => (4, 0, 0),
             };
             *r = DeathRecord {
                 kind,
@@ -267,6 +269,8 @@ impl History {
                         .ok_or(MessageError::Field("deaths.stage"))?,
                     errno: r.b,
                 },
+                3 => ExitReason::Watchdog,
+                4 => ExitReason::StartTimeout,
                 _ => return Err(MessageError::Field("deaths.kind")),
             };
             *d = Death {

@@ -160,6 +160,8 @@ fn describe(out: &mut Out<'_>, e: TxError) {
                     out.num(i64::from(code));
                 }
                 ExitReason::SetupFailed { .. } => out.raw(b"could not be forked"),
+                // Daemons' reasons; a transaction never ends with these.
+                ExitReason::Watchdog | ExitReason::StartTimeout => out.raw(b"killed by the root"),
             }
             out.raw(b")");
             attempts(out, n);

@@ -432,6 +432,9 @@ fn print_status(s: &StatusReply) {
         if let Some(fault) = &d.fault {
             println!("{:<16} fault: {fault}", "");
         }
+        if let Some(status) = &d.status {
+            println!("{:<16} status: {}", "", escape(status));
+        }
     }
 }
 

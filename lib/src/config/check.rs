@@ -15,8 +15,8 @@ use toml::{Table, Value};
 use super::settings::{Args, Setting, Type, Value as ArgValue};
 use super::units::{format_duration, parse_duration, parse_signal, parse_size};
 use super::{
-    Backoff, Config, DaemonConfig, GroupConfig, OnRestart, Problem, Program, RestartType,
-    RootConfig, Strategy, SupervisorConfig,
+    Backoff, Config, DaemonConfig, GroupConfig, OnRestart, Problem, Program, Readiness,
+    RestartType, RootConfig, Strategy, SupervisorConfig,
 };
 use crate::daemon::{Kind, Registry};
 
@@ -46,6 +46,9 @@ const DAEMON_KEYS: &[&str] = &[
     "links",
     "backoff",
     "backoff_max",
+    "readiness",
+    "notify_fd",
+    "start_timeout",
     "args",
 ];
 
@@ -58,6 +61,18 @@ const RESTARTS: &[(&str, RestartType)] = &[
     ("permanent", RestartType::Permanent),
     ("transient", RestartType::Transient),
     ("temporary", RestartType::Temporary),
+];
+/// `readiness` as written; `fd` takes its number from `notify_fd`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadinessKey {
+    Exec,
+    Notify,
+    Fd,
+}
+const READINESS: &[(&str, ReadinessKey)] = &[
+    ("exec", ReadinessKey::Exec),
+    ("notify", ReadinessKey::Notify),
+    ("fd", ReadinessKey::Fd),
 ];
 const ON_RESTARTS: &[(&str, OnRestart)] = &[
     ("fresh", OnRestart::Fresh),
@@ -77,6 +92,12 @@ const DEFAULT_INTENSITY: u32 = 5;
 const DEFAULT_PERIOD: Duration = Duration::from_secs(10);
 const DEFAULT_MEMORY: u64 = 1 << 20;
 const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// As systemd's `DefaultTimeoutStartSec`.
+const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(90);
+/// `notify_fd` below this is stdin/stdout/stderr, the region (3) or the
+/// setup pipe (4).
+const FIRST_NOTIFY_FD: i64 = 5;
+const LAST_NOTIFY_FD: i64 = 255;
 
 /// Validates a parsed document into a [`Config`], or returns every problem.
 ///
@@ -763,6 +784,10 @@ impl Checker<'_> {
             None => DEFAULT_BACKOFF_MAX.max(initial),
         };
 
+        let readiness = self.readiness(t, place, program.as_ref(), watchdog.is_some());
+        let start_timeout = self
+            .positive_duration(t, place, "start_timeout")
+            .unwrap_or(DEFAULT_START_TIMEOUT);
         let args = self.args(t, place, program.as_ref());
         let exec = self.exec_settings(t, place, program.as_ref());
 
@@ -777,9 +802,88 @@ impl Checker<'_> {
             standby: standby.unwrap_or(false),
             links,
             backoff: Backoff { initial, max },
+            readiness,
+            start_timeout,
             args,
             exec,
         }
+    }
+
+    /// `readiness` and `notify_fd`: how the root learns that the daemon
+    /// is ready. Built-in daemons are ready when their setup ends; an
+    /// exec'd program by default when it is exec'd, or by its
+    /// notification descriptor when `notify_fd` is given. A watchdog needs
+    /// a program that can keep it: `readiness = "exec"` says it speaks
+    /// none of the protocols.
+    fn readiness(
+        &mut self,
+        t: &Table,
+        place: &str,
+        program: Option<&Program>,
+        watchdog: bool,
+    ) -> Readiness {
+        let key = self.choice(t, place, "readiness", ("a readiness", READINESS));
+        let fd = match t.get("notify_fd") {
+            None => None,
+            Some(Value::Integer(n)) if (FIRST_NOTIFY_FD..=LAST_NOTIFY_FD).contains(n) => {
+                Some(*n as i32)
+            }
+            Some(Value::Integer(n)) => {
+                self.problem(
+                    &at(place, "notify_fd"),
+                    format!(
+                        "{n} is out of range (use {FIRST_NOTIFY_FD}..={LAST_NOTIFY_FD}: 0-2 are stdio, 3 is the region, 4 is the setup pipe)"
+                    ),
+                );
+                return Readiness::Exec;
+            }
+            Some(other) => {
+                self.type_problem(&at(place, "notify_fd"), "a descriptor number", other);
+                return Readiness::Exec;
+            }
+        };
+        if matches!(program, Some(Program::Builtin(_))) {
+            for k in ["readiness", "notify_fd"] {
+                if t.contains_key(k) {
+                    self.problem(
+                        &at(place, k),
+                        "a built-in daemon is ready when its setup ends; readiness and notify_fd are for exec'd programs",
+                    );
+                }
+            }
+            return Readiness::Exec;
+        }
+        let readiness = match (key, fd) {
+            (Some(ReadinessKey::Fd) | None, Some(n)) => Readiness::Fd(n),
+            (Some(ReadinessKey::Fd), None) => {
+                self.problem(
+                    &at(place, "readiness"),
+                    "\"fd\" needs notify_fd = N (the descriptor on which the program writes a newline when ready)",
+                );
+                Readiness::Exec
+            }
+            (Some(other), Some(_)) => {
+                let name = if other == ReadinessKey::Exec {
+                    "exec"
+                } else {
+                    "notify"
+                };
+                self.problem(
+                    &at(place, "notify_fd"),
+                    format!("given with readiness = {name:?}; use readiness = \"fd\" (or leave readiness out)"),
+                );
+                Readiness::Exec
+            }
+            (Some(ReadinessKey::Notify), None) => Readiness::Notify,
+            (Some(ReadinessKey::Exec) | None, None) => Readiness::Exec,
+        };
+        if watchdog && key == Some(ReadinessKey::Exec) {
+            self.problem(
+                &at(place, "watchdog"),
+                "nothing can keep this watchdog: readiness = \"exec\" says the program speaks no notify protocol (use readiness = \"notify\" and send WATCHDOG=1, or leave readiness out for a program that heartbeats through the forkroot library)",
+            );
+        }
+        readiness
     }
 
     /// Exactly one of `kind` and `exec`.

@@ -246,8 +246,12 @@ pub struct DaemonStatus {
     /// `state_dir` file (truncated, grown, replaced), if anything.
     #[serde(default)]
     pub fault: Option<String>,
-    /// Age of its last heartbeat, if its header names its current process.
+    /// Age of its last heartbeat (its header's, if the header names its
+    /// current process, or its last `WATCHDOG=1`, whichever is newer).
     pub heartbeat_age_ms: Option<u64>,
+    /// Its last `STATUS=` line (sd_notify), if its current process sent one.
+    #[serde(default)]
+    pub status: Option<String>,
     /// Bytes of its whole region.
     pub region_bytes: usize,
     /// Bytes of its state (`memory` in the config).

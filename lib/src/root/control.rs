@@ -444,10 +444,16 @@ impl Root<'_> {
         self.regions.header_of(i, pid)
     }
 
-    /// Heartbeat age of daemon `i` in ms, from its header.
+    /// Heartbeat age of daemon `i` in ms: its header's heartbeat or its
+    /// last `WATCHDOG=1`, whichever is newer.
     fn heartbeat_age_ms(&self, i: usize) -> Option<u64> {
-        let hb = self.live_header(i)?.heartbeat_ns;
-        (hb != 0).then(|| sys::monotonic_ns().saturating_sub(hb) / 1_000_000)
+        let hb = self.live_header(i).map_or(0, |h| h.heartbeat_ns);
+        let now = sys::monotonic_ns();
+        let last = [hb, self.children[i].ping_ns]
+            .into_iter()
+            .filter(|&t| t != 0 && t <= now)
+            .max()?;
+        Some(now.saturating_sub(last) / 1_000_000)
     }
 
     /// The allocation policy and counters daemon `i` last published.
@@ -497,6 +503,7 @@ impl Root<'_> {
                 last_exit_uptime_ms: c.last_exit.map(|(_, uptime)| ms(uptime)),
                 fault: c.fault.clone(),
                 heartbeat_age_ms: self.heartbeat_age_ms(i),
+                status: c.status_text.clone(),
                 region_bytes: self.regions.region_len(i),
                 memory: c.cfg.memory,
                 alloc: self.alloc_status(i),
@@ -631,6 +638,11 @@ impl Root<'_> {
              forkroot_control_closed_total{{why=\"evicted\"}} {evicted}
 \
              forkroot_control_closed_total{{why=\"timeout\"}} {expired}"
+        );
+        let _ = writeln!(
+            m,
+            "# TYPE forkroot_notify_rejected_total counter\nforkroot_notify_rejected_total {}",
+            self.notify.rejected
         );
         let live = || self.children.iter().enumerate().filter(|(_, c)| !c.removed);
         let _ = writeln!(m, "# TYPE forkroot_restarts_total counter");

@@ -12,6 +12,7 @@
 mod control;
 mod flight;
 mod manager;
+mod notify;
 mod output;
 mod reload;
 mod spawn;
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Config, DaemonConfig, OnRestart, Program};
+use crate::config::{Config, DaemonConfig, OnRestart, Program, Readiness};
 use crate::daemon::{Death, ExitReason, Registry, SetupStage};
 use crate::handoff::{read_setup, History, Setup};
 use crate::region::{RegionSet, RegionSpec};
@@ -169,6 +170,17 @@ struct Child {
     /// supervisor, the regions and the pids' routes are indexed alike),
     /// and nothing shows it.
     removed: bool,
+    /// Read end of its notification pipe (`notify_fd`) while it starts.
+    notify_pipe: Option<OwnedFd>,
+    /// When it became ready (monotonic ns): the watchdog counts from here.
+    ready_ns: u64,
+    /// Its last `WATCHDOG=1` (monotonic ns), 0 if none.
+    ping_ns: u64,
+    /// Its last `STATUS=`, for `ctl status`.
+    status_text: Option<String>,
+    /// The root SIGKILLed it for this (watchdog, start timeout): the
+    /// reason its SIGKILL death is recorded with.
+    killed_for: Option<ExitReason>,
 }
 
 impl Child {
@@ -192,6 +204,11 @@ impl Child {
             fault: None,
             retry: FORK_RETRY,
             removed: false,
+            notify_pipe: None,
+            ready_ns: 0,
+            ping_ns: 0,
+            status_text: None,
+            killed_for: None,
         }
     }
 
@@ -251,11 +268,13 @@ enum Role {
 const TOKEN_SIGNALS: u64 = 0;
 const TOKEN_LISTENER: u64 = 1;
 const TOKEN_WATCH: u64 = 2;
+const TOKEN_NOTIFY: u64 = 3;
 const TOKEN_SETUP: u64 = 1 << 32;
 const TOKEN_CONN: u64 = 2 << 32;
 const TOKEN_STANDBY: u64 = 3 << 32;
 /// An output pipe: the daemon's index times two, plus the stream.
 pub(crate) const TOKEN_OUTPUT: u64 = 4 << 32;
+const TOKEN_NOTIFY_FD: u64 = 5 << 32;
 
 /// SIGCHLD is coalesced: while one is pending, another child's is lost. The
 /// root reaps the child a SIGCHLD names at once (`waitid(P_PID)`, O(1)),
@@ -295,6 +314,8 @@ pub struct Root<'a> {
     control: Option<control::Server>,
     /// What systemd (`Type=notify`) was told, and its watchdog timer.
     manager: manager::Manager,
+    /// The socket daemons send their own notifications to.
+    notify: notify::Socket,
     /// The `state_dir` lock, held for the root's life (and its daemons').
     lock: Option<OwnedFd>,
     /// When to sweep for children whose SIGCHLD was lost (see
@@ -444,6 +465,9 @@ impl<'a> Root<'a> {
             .map_err(ctx("epoll"))?;
         info!(socket = %socket.display(), "control socket ready");
         let control = Some(server);
+        let notify =
+            notify::Socket::bind(sys::getpid()).map_err(ctx("binding the notify socket"))?;
+        epoll.add(notify.fd(), TOKEN_NOTIFY).map_err(ctx("epoll"))?;
         let children = config.daemons.iter().cloned().map(Child::new).collect();
         let sink = output::Sink::detect();
         let mut outputs = Vec::with_capacity(config.daemons.len());
@@ -473,6 +497,7 @@ impl<'a> Root<'a> {
             forks: 0,
             control,
             manager: manager::Manager::from_env(sys::getpid().0 as u32),
+            notify,
             lock,
             sweep_at: None,
             notes: Vec::new(),
@@ -525,6 +550,8 @@ impl<'a> Root<'a> {
                     (0, TOKEN_SIGNALS) => self.on_signals()?,
                     (0, TOKEN_LISTENER) => self.on_accept(),
                     (0, TOKEN_WATCH) => self.on_watch(),
+                    (0, TOKEN_NOTIFY) => self.on_notify(),
+                    (TOKEN_NOTIFY_FD, i) => self.on_notify_fd(i as usize),
                     (TOKEN_SETUP, i) => self.on_setup(i as usize),
                     (TOKEN_CONN, id) => self.on_conn(id),
                     (TOKEN_STANDBY, i) => self.on_standby_setup(i as usize),
@@ -825,14 +852,30 @@ impl<'a> Root<'a> {
                 let settings = c.cfg.exec.as_ref().ok_or_else(|| {
                     io::Error::other("an exec'd daemon without its settings (not from check)")
                 })?;
+                let mut env = vec![format!("NOTIFY_SOCKET={}", self.notify.env())];
+                if let Some(wd) = c.cfg.watchdog {
+                    env.push(format!("WATCHDOG_USEC={}", wd.as_micros()));
+                }
                 Run::exec(
                     argv,
                     settings,
                     &c.cfg.name,
                     self.regions.region_len(i),
                     &start,
+                    &env,
                 )?
             }
+        };
+        // `notify_fd`: the program writes a newline on its end when ready.
+        let notify_pipe = match c.cfg.readiness {
+            Readiness::Fd(n) if !standby => {
+                // Blocking for the program (its end is its own), not for
+                // the root.
+                let (rd, wr) = sys::pipe_cloexec(false)?;
+                sys::set_nonblocking(rd.as_raw_fd())?;
+                Some(((rd, wr), n))
+            }
+            _ => None,
         };
         let spawned = spawn::spawn(&Plan {
             index: i,
@@ -845,6 +888,7 @@ impl<'a> Root<'a> {
             lock: self.lock.as_ref().map(|l| l.as_raw_fd()),
             standby,
             output: Some(self.outputs[i].write_fds()),
+            notify_fd: notify_pipe.as_ref().map(|((_, w), n)| (w.as_raw_fd(), *n)),
         })?;
         self.forks += 1;
         let role = if standby {
@@ -869,6 +913,27 @@ impl<'a> Root<'a> {
                     errno: e.raw_os_error().unwrap_or(libc::EIO),
                 })
             }
+        };
+        // Its notification pipe likewise: unwatched, it could never be
+        // ready; a failed start at once rather than at its start_timeout.
+        let unwatched = match notify_pipe {
+            Some(((rd, _), _)) if unwatched.is_none() => {
+                match self.epoll.add(rd.as_raw_fd(), TOKEN_NOTIFY_FD | i as u64) {
+                    Ok(()) => {
+                        self.children[i].notify_pipe = Some(rd);
+                        None
+                    }
+                    Err(e) => {
+                        error!(daemon = %self.children[i].cfg.name, pid = %spawned.pid, error = %e, "cannot watch the new process's notify_fd pipe; killing it");
+                        kill_tree(spawned.pid, libc::SIGKILL);
+                        Some(ExitReason::SetupFailed {
+                            stage: SetupStage::Fork,
+                            errno: e.raw_os_error().unwrap_or(libc::EIO),
+                        })
+                    }
+                }
+            }
+            _ => unwatched,
         };
         Ok((spawned, unwatched))
     }
@@ -985,9 +1050,10 @@ impl<'a> Root<'a> {
         let c = &mut self.children[i];
         c.started = Some(Instant::now());
         c.started_ns = sys::monotonic_ns();
-        if let Some(wd) = c.cfg.watchdog {
-            self.set_timer(i, Instant::now() + wd);
-        }
+        c.ready_ns = c.started_ns;
+        c.ping_ns = 0;
+        c.status_text = None;
+        c.killed_for = None;
     }
 
     /// With `standby = true`: hands the daemon to its ready standby, which
@@ -1101,10 +1167,14 @@ impl<'a> Root<'a> {
             // had before, in the same batch) or a spurious wake-up.
             Setup::Pending => c.setup = Some(fd),
             Setup::Ready => {
-                debug!(daemon = %c.cfg.name, "running");
                 let _ = self.epoll.delete(fd.as_raw_fd());
-                self.step(Event::Ready(i));
-                self.notify_ready();
+                // A program that says when it is ready is only exec'd yet.
+                if c.cfg.readiness == Readiness::Exec {
+                    debug!(daemon = %c.cfg.name, "running");
+                    self.ready(i);
+                } else {
+                    debug!(daemon = %c.cfg.name, "exec'd; waiting for it to say ready");
+                }
             }
             Setup::Failed(reason) => {
                 c.setup_failed = Some(reason);
@@ -1113,11 +1183,28 @@ impl<'a> Root<'a> {
         }
     }
 
-    /// Tells systemd (`Type=notify`) the tree is up, once no daemon of the
-    /// first start is still starting.
+    /// Daemon `i` is ready: from `starting` to `running` (and the
+    /// watchdog counts from now).
+    fn ready(&mut self, i: usize) {
+        let c = &mut self.children[i];
+        if c.state != State::Starting {
+            return;
+        }
+        c.ready_ns = sys::monotonic_ns();
+        self.step(Event::Ready(i));
+        self.notify_ready();
+    }
+
+    /// Tells systemd (`Type=notify`) the tree is up, once the first start
+    /// is done: the top supervisor started every child in order (each
+    /// ready, or down for good), and no daemon is still starting.
     fn notify_ready(&mut self) {
         if self.manager.ready_settled()
             || self.reloading.is_some()
+            || matches!(
+                self.sup.groups()[supervisor::TOP].state,
+                supervisor::GState::Starting { .. }
+            )
             || self.children.iter().any(|c| c.state == State::Starting)
         {
             return;
@@ -1198,8 +1285,20 @@ impl<'a> Root<'a> {
             }
             let _ = self.epoll.delete(fd.as_raw_fd());
         }
+        if let Some(fd) = c.notify_pipe.take() {
+            let _ = self.epoll.delete(fd.as_raw_fd());
+        }
+        let killed_for = c.killed_for.take();
         let reason = c.setup_failed.take().unwrap_or(match status {
             WaitStatus::Exited(code) => ExitReason::Exited(code),
+            // The root's own SIGKILL: recorded as why the root sent it.
+            WaitStatus::Signaled {
+                signal: libc::SIGKILL,
+                core,
+            } => killed_for.unwrap_or(ExitReason::Signaled {
+                signal: libc::SIGKILL,
+                core,
+            }),
             WaitStatus::Signaled { signal, core } => ExitReason::Signaled { signal, core },
         });
         let uptime = c.started.map_or(Duration::ZERO, |t| t.elapsed());
@@ -1282,6 +1381,19 @@ impl<'a> Root<'a> {
             }
             Action::SetTimer(i, at) => self.set_timer(i, at),
             Action::CancelTimer(i) => self.cancel_timer(i),
+            Action::ExtendTimer(i, at) => {
+                if self.children[i].deadline.is_some_and(|d| d < at) {
+                    self.set_timer(i, at);
+                }
+            }
+            Action::StartTimedOut(i) => {
+                let c = &mut self.children[i];
+                if let Some(pid) = c.pid {
+                    error!(daemon = %c.cfg.name, %pid, start_timeout = ?c.cfg.start_timeout, "not ready within start_timeout; killing");
+                    c.killed_for = Some(ExitReason::StartTimeout);
+                    kill_tree(pid, libc::SIGKILL);
+                }
+            }
             Action::CheckWatchdog(i) => self.check_watchdog(i),
             Action::ForkStandby(i) => self.ensure_standby(i),
             Action::KillStandby(i) => self.kill_standby(i),
@@ -1396,7 +1508,9 @@ impl Root<'_> {
         let (Some(wd), Some(pid)) = (c.cfg.watchdog, c.pid) else {
             return;
         };
-        let mut last = c.started_ns;
+        // From when it became ready, its last `WATCHDOG=1`, or its last
+        // heartbeat, whichever is latest.
+        let mut last = c.ready_ns.max(c.ping_ns);
         // The heartbeat is the daemon's word: believed only from a header
         // that names the current process, and never later than now.
         let now = sys::monotonic_ns();
@@ -1409,6 +1523,7 @@ impl Root<'_> {
         let age = Duration::from_nanos(now.saturating_sub(last));
         if age >= wd {
             error!(daemon = %c.cfg.name, %pid, age = ?age, watchdog = ?wd, "watchdog: no heartbeat; killing");
+            self.children[i].killed_for = Some(ExitReason::Watchdog);
             kill_tree(pid, libc::SIGKILL);
         } else {
             self.set_timer(i, Instant::now() + (wd - age));

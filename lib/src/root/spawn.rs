@@ -69,13 +69,15 @@ impl Run<'_> {
     /// Prepares an exec of `argv` as `settings` say: the root's environment
     /// (or none, with `env_clear`), then `env`, then what the program needs
     /// to attach (`handoff::exec_env`: its name, its region at fd 3, its
-    /// start facts).
+    /// start facts) and `notify` (`NOTIFY_SOCKET`, `WATCHDOG_USEC`: the
+    /// root's, not its service manager's).
     pub(crate) fn exec(
         argv: &[String],
         settings: &ExecSettings,
         name: &str,
         region_len: usize,
         start: &Start<'_>,
+        notify: &[String],
     ) -> io::Result<Run<'static>> {
         let nul = |s: &[u8]| CString::new(s).map_err(io::Error::other);
         let mut strings: Vec<CString> = Vec::new();
@@ -88,7 +90,9 @@ impl Run<'_> {
         if !settings.env_clear {
             for (k, v) in std::env::vars_os() {
                 let k = k.as_bytes();
-                if k.starts_with(b"FORKROOT_") || k == b"NOTIFY_SOCKET" {
+                if k.starts_with(b"FORKROOT_")
+                    || matches!(k, b"NOTIFY_SOCKET" | b"WATCHDOG_USEC" | b"WATCHDOG_PID")
+                {
                     continue;
                 }
                 vars.push((k.to_vec(), v.as_bytes().to_vec()));
@@ -102,6 +106,9 @@ impl Run<'_> {
             strings.push(nul(&[&k[..], b"=", &v[..]].concat())?);
         }
         for var in handoff::exec_env(name, region_len, start) {
+            strings.push(nul(var.as_bytes())?);
+        }
+        for var in notify {
             strings.push(nul(var.as_bytes())?);
         }
         let mut argv: Vec<_> = strings[..nargs].iter().map(|s| s.as_ptr()).collect();
@@ -151,6 +158,9 @@ pub(crate) struct Plan<'a> {
     pub(crate) standby: bool,
     /// Write ends of its stdout and stderr pipes (the root reads them).
     pub(crate) output: Option<(RawFd, RawFd)>,
+    /// `notify_fd`: (the write end of the root's notification pipe, the
+    /// descriptor number the program gets it at).
+    pub(crate) notify_fd: Option<(RawFd, RawFd)>,
 }
 
 /// A forked child, seen from the root.
@@ -220,9 +230,10 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
                 Err(e) => fail(pipe, SetupStage::Stdin, e),
             };
             // Its stdin to fd 0, its output pipes to 1 and 2, the region to
-            // fd 3 and the setup pipe to fd 4 (close-on-exec, so a
-            // successful exec reads as end-of-file in the root). Each is
-            // first copied above 4, so no move overwrites another's source.
+            // fd 3, the setup pipe to fd 4 (close-on-exec, so a successful
+            // exec reads as end-of-file in the root) and the notification
+            // pipe to `notify_fd` (N >= 5, inherited). Each is first copied
+            // above 4, so no move overwrites another's source.
             let moved = (|| -> io::Result<()> {
                 let r = sys::dup_at_least(fd, 5)?;
                 let p = sys::dup_at_least(pipe, 5)?;
@@ -231,6 +242,10 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
                     Ok((sys::dup_at_least(o, 5)?, sys::dup_at_least(e, 5)?))
                 });
                 let out = out.transpose()?;
+                let n = s
+                    .notify_fd
+                    .map(|(from, to)| sys::dup_at_least(from, 5).map(|d| (d, to)))
+                    .transpose()?;
                 sys::dup2(i, 0)?;
                 if let Some((o, e)) = out {
                     sys::dup2(o, 1)?;
@@ -239,7 +254,16 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
                 sys::dup2(r, handoff::EXEC_REGION_FD)?;
                 sys::dup2(p, 4)?;
                 sys::set_cloexec(4, true)?;
-                sys::close_from(5)
+                match n {
+                    Some((d, to)) => {
+                        sys::dup2(d, to)?;
+                        // dup2 onto itself keeps close-on-exec: clear it.
+                        sys::set_cloexec(to, false)?;
+                        sys::close_between(5, to - 1)?;
+                        sys::close_from(to + 1)
+                    }
+                    None => sys::close_from(5),
+                }
             })();
             if let Err(e) = moved {
                 fail(pipe, SetupStage::Descriptors, e);

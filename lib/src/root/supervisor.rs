@@ -96,6 +96,20 @@ impl DState {
 /// Where a group (a supervisor) is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum GState {
+    /// Starting its children in order, each once the one before it is
+    /// ready (OTP's `start_children`): the child at `awaiting` was started
+    /// and is not ready yet; those at `next` (ascending) are still to
+    /// start. A child that ends for good while awaited is passed over.
+    Starting {
+        /// The position started last, until it is ready (or down for good).
+        awaiting: Option<usize>,
+        /// Positions still to start, in order.
+        next: Vec<usize>,
+        /// Why they start: `Some` for a group's own start (every child
+        /// starts for that cause), `None` after a restart of some of them
+        /// (each daemon keeps its own cause).
+        cause: Option<Cause>,
+    },
     /// Supervising its children.
     Running,
     /// A `one_for_all`/`rest_for_one` restart: the children at the
@@ -122,6 +136,7 @@ impl GState {
     /// The name `ctl tree` shows.
     pub(crate) fn as_str(&self) -> &'static str {
         match self {
+            GState::Starting { .. } => "starting",
             GState::Running => "running",
             GState::Restarting { .. } => "restarting",
             GState::Stopping(_) => "stopping",
@@ -180,8 +195,13 @@ impl Cause {
 pub(crate) enum Event {
     /// Start the tree: every child of the top in order.
     StartAll,
-    /// A daemon's setup finished (its code runs).
+    /// A daemon is ready: its setup finished (built-in, `readiness =
+    /// "exec"`), it sent `READY=1` (`notify`), or wrote a newline to its
+    /// notification descriptor (`fd`); or a standby took over.
     Ready(usize),
+    /// The daemon asked for more time (`EXTEND_TIMEOUT_USEC`): its start
+    /// or stop deadline moves to at least this far from now.
+    Extend(usize, Duration),
     /// A daemon's process was reaped. `normal`: exit code 0.
     Exit {
         daemon: usize,
@@ -222,6 +242,11 @@ pub(crate) enum Action {
     SetTimer(usize, Instant),
     /// Disarm the daemon's timer.
     CancelTimer(usize),
+    /// Move the daemon's timer to this moment if it is armed for earlier.
+    ExtendTimer(usize, Instant),
+    /// SIGKILL the daemon's process group: it was not ready within its
+    /// `start_timeout` (its exit is a death, reason `start_timeout`).
+    StartTimedOut(usize),
     /// The watchdog's look at the daemon's heartbeat.
     CheckWatchdog(usize),
     /// Fork a standby for the daemon (its old one died).
@@ -271,6 +296,10 @@ struct Daemon {
     links: Vec<usize>,
     /// Why its current (or next) process starts.
     cause: Cause,
+    /// From fork to ready at most this long.
+    start_timeout: Duration,
+    /// Its watchdog deadline, looked at once it is running.
+    watchdog: Option<Duration>,
 }
 
 /// A supervisor: the top or a `[[group]]`.
@@ -391,6 +420,8 @@ impl Supervisor {
                 restarts: 0,
                 links: links.get(d).cloned().unwrap_or_default(),
                 cause: Cause::Start,
+                start_timeout: dc.start_timeout,
+                watchdog: dc.watchdog,
             })
             .collect();
         for g in 0..n {
@@ -418,9 +449,13 @@ impl Supervisor {
         self.now = now;
         match event {
             Event::StartAll => self.start_group(TOP, Cause::Start),
-            Event::Ready(i) => {
-                if self.daemons[i].state == DState::Starting {
-                    self.set(i, DState::Running);
+            Event::Ready(i) => self.on_ready(i),
+            Event::Extend(i, by) => {
+                if matches!(
+                    self.daemons[i].state,
+                    DState::Starting | DState::Stopping(_)
+                ) {
+                    self.out.push(Action::ExtendTimer(i, self.now + by));
                 }
             }
             Event::Exit {
@@ -513,6 +548,20 @@ impl Supervisor {
         }
     }
 
+    /// Starting × ready: running; the start deadline gives way to the
+    /// watchdog's first look.
+    fn on_ready(&mut self, i: usize) {
+        if self.daemons[i].state != DState::Starting {
+            return;
+        }
+        self.set(i, DState::Running);
+        self.due.push_back(self.daemons[i].group);
+        self.out.push(Action::CancelTimer(i));
+        if let Some(wd) = self.daemons[i].watchdog {
+            self.out.push(Action::SetTimer(i, self.now + wd));
+        }
+    }
+
     /// Starting/Running/Stopping × exit.
     fn on_exit(&mut self, i: usize, normal: bool, uptime: Duration) {
         match self.daemons[i].state {
@@ -528,6 +577,8 @@ impl Supervisor {
             // No process of its was known: nothing to decide.
             _ => {}
         }
+        // A group starting its children may await this one.
+        self.due.push_back(self.daemons[i].group);
     }
 
     /// A stopping daemon is down: it rests, or starts again.
@@ -544,11 +595,13 @@ impl Supervisor {
     }
 
     /// Backoff × timer: restart (with its group, if the group holds it).
-    /// Stopping × timer: SIGKILL. Starting/Running × timer: watchdog.
+    /// Stopping × timer: SIGKILL. Starting × timer: not ready in time,
+    /// SIGKILL (its exit is a death). Running × timer: watchdog.
     fn on_timer(&mut self, i: usize) {
         let (g, pos) = (self.daemons[i].group, self.daemons[i].pos);
         match self.daemons[i].state {
-            DState::Starting | DState::Running => self.out.push(Action::CheckWatchdog(i)),
+            DState::Starting => self.out.push(Action::StartTimedOut(i)),
+            DState::Running => self.out.push(Action::CheckWatchdog(i)),
             DState::Stopping(_) => self.out.push(Action::Kill(i)),
             DState::Backoff if self.stopping(g) => {
                 self.set(i, DState::Stopped);
@@ -750,6 +803,8 @@ impl Supervisor {
         let (mut stop, mut start) =
             match std::mem::replace(&mut self.groups[g].state, GState::Running) {
                 GState::Restarting { stop, start } => (stop, start),
+                // Those not started yet are due to start with the rest.
+                GState::Starting { next, .. } => (Vec::new(), next),
                 _ => (Vec::new(), Vec::new()),
             };
         let children = self.groups[g].children.clone();
@@ -786,6 +841,7 @@ impl Supervisor {
     /// Moves group `g`'s restart or stop on as far as it goes now.
     fn progress(&mut self, g: usize) {
         match self.groups[g].state {
+            GState::Starting { .. } => self.progress_start(g),
             GState::Restarting { .. } => self.progress_restart(g),
             GState::Stopping(then) => self.progress_stop(g, then),
             _ => {}
@@ -835,9 +891,55 @@ impl Supervisor {
         else {
             return;
         };
-        for p in start {
-            if self.member_down(self.groups[g].children[p]) {
-                self.start_member(g, p);
+        self.groups[g].state = GState::Starting {
+            awaiting: None,
+            next: start,
+            cause: None,
+        };
+        self.progress_start(g);
+    }
+
+    /// Starts group `g`'s next child once the one it awaits is ready (a
+    /// daemon `running`, a group done starting) or down for good; when
+    /// none is left, the group runs and its parent looks again.
+    fn progress_start(&mut self, g: usize) {
+        loop {
+            let GState::Starting {
+                awaiting,
+                next,
+                cause,
+            } = &self.groups[g].state
+            else {
+                return;
+            };
+            let cause = *cause;
+            if let Some(p) = *awaiting {
+                if self.member_pending(self.groups[g].children[p]) {
+                    return;
+                }
+            }
+            let Some(&p) = next.first() else {
+                self.groups[g].state = GState::Running;
+                if let Some(parent) = self.groups[g].parent {
+                    self.due.push_back(parent);
+                }
+                return;
+            };
+            if let GState::Starting { awaiting, next, .. } = &mut self.groups[g].state {
+                next.remove(0);
+                *awaiting = Some(p);
+            }
+            let m = self.groups[g].children[p];
+            if !self.member_down(m) {
+                continue;
+            }
+            match (m, cause) {
+                (Member::Daemon(i), Some(c)) => {
+                    self.daemons[i].cause = c;
+                    self.start_daemon(i);
+                }
+                (Member::Group(h), Some(c)) => self.start_group(h, c),
+                (_, None) => self.start_member(g, p),
             }
         }
     }
@@ -898,10 +1000,7 @@ impl Supervisor {
                 DState::Stopping(_) | DState::Stopped | DState::Failed => {}
             },
             Member::Group(h) => {
-                if matches!(
-                    self.groups[h].state,
-                    GState::Running | GState::Restarting { .. }
-                ) {
+                if self.member_up(m) {
                     self.stop_group(h, GThen::Rest);
                 }
             }
@@ -923,23 +1022,16 @@ impl Supervisor {
     }
 
     /// Starts group `g`: a new incarnation (its window is empty, as OTP's
-    /// restarted supervisor's is) starts each of its children in order.
+    /// restarted supervisor's is) starts each of its children in order,
+    /// each once the one before it is ready.
     fn start_group(&mut self, g: usize, cause: Cause) {
-        self.groups[g].state = GState::Running;
         self.groups[g].window.clear();
-        for p in 0..self.groups[g].children.len() {
-            let m = self.groups[g].children[p];
-            if !self.member_down(m) {
-                continue;
-            }
-            match m {
-                Member::Daemon(i) => {
-                    self.daemons[i].cause = cause;
-                    self.start_daemon(i);
-                }
-                Member::Group(h) => self.start_group(h, cause),
-            }
-        }
+        self.groups[g].state = GState::Starting {
+            awaiting: None,
+            next: (0..self.groups[g].children.len()).collect(),
+            cause: Some(cause),
+        };
+        self.progress_start(g);
     }
 
     /// Starts the child at `p` of group `g` after a death: a daemon for
@@ -967,6 +1059,10 @@ impl Supervisor {
             self.out.push(Action::CancelTimer(i));
         }
         self.out.push(Action::Fork(i));
+        self.out.push(Action::SetTimer(
+            i,
+            self.now + self.daemons[i].start_timeout,
+        ));
         self.set(i, DState::Starting);
     }
 
@@ -1045,11 +1141,33 @@ impl Supervisor {
         matches!(&self.groups[g].state, GState::Restarting { start, .. } if start.contains(&pos))
     }
 
-    /// The child at `pos` is out of group `g`'s restart.
+    /// The child at `pos` is out of group `g`'s restart or start.
     fn forget(&mut self, g: usize, pos: usize) {
-        if let GState::Restarting { stop, start } = &mut self.groups[g].state {
-            stop.retain(|&p| p != pos);
-            start.retain(|&p| p != pos);
+        match &mut self.groups[g].state {
+            GState::Restarting { stop, start } => {
+                stop.retain(|&p| p != pos);
+                start.retain(|&p| p != pos);
+            }
+            GState::Starting { next, .. } => next.retain(|&p| p != pos),
+            _ => {}
+        }
+    }
+
+    /// Whether a child a starting group awaits may still become ready: a
+    /// daemon on its way up (or restarting), a group still starting.
+    fn member_pending(&self, m: Member) -> bool {
+        match m {
+            Member::Daemon(i) => matches!(
+                self.daemons[i].state,
+                DState::Starting
+                    | DState::Backoff
+                    | DState::Waiting
+                    | DState::Stopping(Then::Start)
+            ),
+            Member::Group(h) => matches!(
+                self.groups[h].state,
+                GState::Starting { .. } | GState::Restarting { .. }
+            ),
         }
     }
 
@@ -1058,7 +1176,7 @@ impl Supervisor {
             Member::Daemon(i) => self.daemons[i].state.up(),
             Member::Group(h) => matches!(
                 self.groups[h].state,
-                GState::Running | GState::Restarting { .. }
+                GState::Starting { .. } | GState::Running | GState::Restarting { .. }
             ),
         }
     }

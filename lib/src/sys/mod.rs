@@ -12,6 +12,7 @@ use std::ptr::NonNull;
 use std::time::Duration;
 
 pub mod cred;
+pub mod dgram;
 pub mod file;
 pub mod fork;
 pub mod futex;
@@ -234,9 +235,19 @@ pub fn pipe_cloexec(nonblocking: bool) -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Closes every descriptor from `first` up. Fork-safe.
 pub fn close_from(first: RawFd) -> io::Result<()> {
+    close_between(first, RawFd::MAX)
+}
+
+/// Closes every descriptor from `first` to `last`, both included.
+/// Fork-safe.
+pub fn close_between(first: RawFd, last: RawFd) -> io::Result<()> {
+    if last < first {
+        return Ok(());
+    }
     // SAFETY: close_range only closes descriptors; the caller owns none of
-    // them past `first` any more (that is the point of calling it).
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, first as u32, u32::MAX, 0u32) } as i32;
+    // them in the range any more (that is the point of calling it).
+    let rc =
+        unsafe { libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0u32) } as i32;
     match cvt(rc) {
         Ok(_) => Ok(()),
         // Before Linux 5.9 (or under a seccomp filter without it): close
@@ -248,8 +259,8 @@ pub fn close_from(first: RawFd) -> io::Result<()> {
             };
             // SAFETY: `lim` is a valid rlimit to fill.
             cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
-            let last = lim.rlim_cur.min(1 << 20) as RawFd;
-            for fd in first..last {
+            let end = (lim.rlim_cur.min(1 << 20) as RawFd).min(last.saturating_add(1));
+            for fd in first..end {
                 close(fd);
             }
             Ok(())
@@ -270,6 +281,15 @@ pub fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
 pub fn dup_at_least(fd: RawFd, min: RawFd) -> io::Result<RawFd> {
     // SAFETY: F_DUPFD_CLOEXEC only manipulates the descriptor table.
     cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) })
+}
+
+/// Makes reads and writes on `fd`'s open file description non-blocking.
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL only read and change the file status flags.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+    Ok(())
 }
 
 /// Sets or clears close-on-exec on `fd`. Fork-safe.

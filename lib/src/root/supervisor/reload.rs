@@ -39,6 +39,8 @@ impl Supervisor {
             restarts: 0,
             links: Vec::new(),
             cause: super::Cause::Start,
+            start_timeout: cfg.start_timeout,
+            watchdog: cfg.watchdog,
         });
         self.shift(g, pos, true);
         self.groups[g].children.insert(pos, Member::Daemon(i));
@@ -53,6 +55,8 @@ impl Supervisor {
         d.restart = cfg.restart;
         d.backoff_cfg = cfg.backoff;
         d.backoff = cfg.backoff.initial;
+        d.start_timeout = cfg.start_timeout;
+        d.watchdog = cfg.watchdog;
     }
 
     /// Every daemon's links, resolved and symmetric (retired ones empty).

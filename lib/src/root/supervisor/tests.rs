@@ -31,6 +31,8 @@ struct World {
     obedient: bool,
     /// Forks fail (EAGAIN).
     fail_forks: bool,
+    /// Forked processes are not ready until a test says so.
+    slow: bool,
 }
 
 impl World {
@@ -59,6 +61,7 @@ impl World {
             names,
             obedient: true,
             fail_forks: false,
+            slow: false,
         }
     }
 
@@ -87,7 +90,9 @@ impl World {
                     Action::Fork(i) => {
                         assert!(!self.up[i], "{} forked while it runs", self.names[i]);
                         self.up[i] = true;
-                        events.push_back(Event::Ready(i));
+                        if !self.slow {
+                            events.push_back(Event::Ready(i));
+                        }
                     }
                     Action::Term(i) if self.obedient => events.push_back(Event::Exit {
                         daemon: i,
@@ -643,3 +648,88 @@ fn every_start_names_its_cause() {
 }
 
 mod model;
+
+#[test]
+fn start_forks_each_child_once_the_one_before_it_is_ready() {
+    let mut w = World::new(&format!(
+        "{}{}{}{}{}",
+        group("g", ""),
+        daemon("a", ""),
+        daemon("g1", "group = \"g\""),
+        daemon("g2", "group = \"g\""),
+        daemon("b", ""),
+    ));
+    w.slow = true;
+    w.feed(Event::StartAll);
+    assert_eq!(w.take(), ["+a"]);
+    assert_eq!(w.group("root").state.as_str(), "starting");
+    w.feed(Event::Ready(w.d("a")));
+    assert_eq!(w.take(), ["+g1"], "g starts, its first child first");
+    w.feed(Event::Ready(w.d("g1")));
+    assert_eq!(w.take(), ["+g2"]);
+    assert_eq!(w.group("g").state.as_str(), "starting");
+    w.feed(Event::Ready(w.d("g2")));
+    assert_eq!(w.take(), ["+b"], "b waits for all of g");
+    assert_eq!(w.group("g").state.as_str(), "running");
+    w.feed(Event::Ready(w.d("b")));
+    assert_eq!(w.group("root").state.as_str(), "running");
+}
+
+#[test]
+fn a_child_that_dies_while_awaited_holds_the_next_until_its_restart_is_ready() {
+    let mut w = World::new(&format!(
+        "{}{}",
+        daemon("a", "backoff = \"1s\""),
+        daemon("b", "")
+    ));
+    w.slow = true;
+    w.feed(Event::StartAll);
+    w.crash("a");
+    assert_eq!(w.state("a"), DState::Backoff);
+    assert_eq!(w.take(), ["+a"], "b is not started past a dead a");
+    w.advance(S);
+    assert_eq!(w.take(), ["+a"]);
+    w.feed(Event::Ready(0));
+    assert_eq!(w.take(), ["+b"]);
+}
+
+#[test]
+fn starting_x_timer_is_a_start_timeout() {
+    let mut w = World::new(&daemon("a", "start_timeout = \"2s\""));
+    w.slow = true;
+    w.feed(Event::StartAll);
+    assert_eq!(w.timers[0], Some(w.now + 2 * S));
+    w.advance(2 * S);
+    assert!(
+        w.actions.contains(&Action::StartTimedOut(0)),
+        "{:?}",
+        w.actions
+    );
+    // The kill's exit is a death like any other.
+    w.crash("a");
+    assert_eq!(w.sup.daemon_restarts(0), 1);
+    assert_eq!(w.state("a"), DState::Starting);
+}
+
+#[test]
+fn extend_moves_a_start_deadline_and_ready_arms_the_watchdog() {
+    let mut w = World::new(&daemon("a", "start_timeout = \"2s\"\nwatchdog = \"5s\""));
+    w.slow = true;
+    w.feed(Event::StartAll);
+    w.actions.clear();
+    w.feed(Event::Extend(0, 10 * S));
+    assert_eq!(w.actions, [Action::ExtendTimer(0, w.now + 10 * S)]);
+    w.actions.clear();
+    w.feed(Event::Ready(0));
+    assert_eq!(
+        w.timers[0],
+        Some(w.now + 5 * S),
+        "the watchdog's first look"
+    );
+    w.actions.clear();
+    w.feed(Event::Extend(0, 10 * S));
+    assert!(
+        w.actions.is_empty(),
+        "a running daemon has no start deadline"
+    );
+}
