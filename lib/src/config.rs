@@ -288,6 +288,10 @@ pub struct DaemonConfig {
     pub links: Vec<String>,
     /// `backoff`, `backoff_max`.
     pub backoff: Backoff,
+    /// `mailbox`: messages its mailbox holds (default 64).
+    pub mailbox: u32,
+    /// `mailbox_message`: bytes of its largest message (default 1KiB).
+    pub mailbox_message: u32,
     /// `[daemon.args]`: the settings of its kind, checked against the
     /// kind's declaration (empty for an exec'd program).
     pub args: Args,

@@ -341,6 +341,7 @@ pub struct Context<'a> {
     pub(crate) args: &'a Args,
     pub(crate) stopping: bool,
     pub(crate) stop_fd: Option<std::os::fd::OwnedFd>,
+    pub(crate) mail: Option<crate::mailbox::Mailbox>,
 }
 
 /// A built-in daemon's own start-up, in the process forked for it once
@@ -355,6 +356,7 @@ pub(crate) fn run_builtin(
     siblings: Siblings<'_>,
     args: &Args,
     start: Start<'_>,
+    mail: crate::mailbox::Mailbox,
 ) -> ! {
     let (header, state) = take_region(name, region);
     let mut ctx = Context {
@@ -366,6 +368,7 @@ pub(crate) fn run_builtin(
         args,
         stopping: false,
         stop_fd: None,
+        mail: Some(mail),
     };
     let code = crate::prologue::run_or_abort(|| entry(&mut ctx));
     // Exiting is not the steady state: flushing stdout may allocate.
@@ -523,6 +526,7 @@ impl Context<'static> {
     /// [`Context::from_env`] once the environment is read.
     fn attach(env: crate::handoff::ExecEnv) -> Result<Context<'static>, AttachError> {
         let region = map_exec_region(env.fd, env.region_size)?;
+        let mail = crate::mailbox::Mailbox::from_env(|k| std::env::var(k).ok(), &env.name)?;
         sys::default_crash_signals();
         let _ = sys::SigSet::of(&[libc::SIGTERM]).block();
         let name: &'static str = env.name.leak();
@@ -550,6 +554,7 @@ impl Context<'static> {
             args: NO_ARGS.get_or_init(Args::none),
             stopping: false,
             stop_fd: None,
+            mail: Some(mail),
         })
     }
 }
@@ -613,6 +618,58 @@ fn map_exec_region(
     // SAFETY: the mapping is never removed for the rest of the process,
     // and from_env's ATTACHED flag makes this the only reference into it.
     Ok(unsafe { std::slice::from_raw_parts_mut(base.as_ptr(), len) })
+}
+
+/// Mailboxes (`lib/src/mailbox.rs`): send by name, receive, look names up.
+impl Context<'_> {
+    /// Sends `body` to the daemon called `to`, into its mailbox: it waits
+    /// there while `to` is down, for its replacement. Never blocks: a full
+    /// mailbox is [`SendError::Full`](crate::mailbox::SendError::Full), an
+    /// unknown name `NoSuchName`, a body over the receiver's
+    /// `mailbox_message` `TooLarge`.
+    pub fn send(&self, to: &str, body: &[u8]) -> Result<(), crate::mailbox::SendError> {
+        self.mail
+            .as_ref()
+            .ok_or(crate::mailbox::SendError::NoPost)?
+            .send(to, body)
+    }
+
+    /// The next message in this daemon's mailbox, waiting at most `timeout`
+    /// (`None`: until one comes) without spinning for long (the ring's
+    /// futex); `Ok(None)` on timeout.
+    pub fn recv(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> Result<Option<crate::mailbox::Message>, crate::mailbox::RecvError> {
+        self.mail
+            .as_mut()
+            .ok_or(crate::mailbox::RecvError::NoPost)?
+            .recv(timeout)
+    }
+
+    /// [`Context::recv`] into the caller's buffer, without allocating.
+    pub fn recv_into(
+        &mut self,
+        buf: &mut [u8],
+        timeout: Option<Duration>,
+    ) -> Result<Option<crate::mailbox::Envelope>, crate::mailbox::RecvError> {
+        self.mail
+            .as_mut()
+            .ok_or(crate::mailbox::RecvError::NoPost)?
+            .recv_into(buf, timeout)
+    }
+
+    /// The counters of this daemon's mailbox (messages skipped because
+    /// their writer died mid-send, or because they failed their crc).
+    pub fn mailbox_stats(&self) -> Option<crate::ring::Stats> {
+        self.mail.as_ref()?.stats().ok()
+    }
+
+    /// The current incarnation of the daemon called `name`: its pid (if a
+    /// process exists), state and restarts, as the root published them.
+    pub fn whereis(&self, name: &str) -> Option<crate::mailbox::Whereabouts> {
+        self.mail.as_ref()?.whereis(name)
+    }
 }
 
 impl<'a> Context<'a> {

@@ -44,6 +44,8 @@ const DAEMON_KEYS: &[&str] = &[
     "links",
     "backoff",
     "backoff_max",
+    "mailbox",
+    "mailbox_message",
     "args",
 ];
 
@@ -760,6 +762,7 @@ impl Checker<'_> {
         };
 
         let args = self.args(t, place, program.as_ref());
+        let (mailbox, mailbox_message) = self.mailbox(t, place);
 
         DaemonConfig {
             name: name.unwrap_or_default(),
@@ -772,8 +775,49 @@ impl Checker<'_> {
             standby: standby.unwrap_or(false),
             links,
             backoff: Backoff { initial, max },
+            mailbox,
+            mailbox_message,
             args,
         }
+    }
+
+    /// `mailbox` (messages: a power of two in 2 ..= 65536) and
+    /// `mailbox_message` (a size in 1B ..= 1MiB).
+    fn mailbox(&mut self, t: &Table, place: &str) -> (u32, u32) {
+        use crate::mailbox::{DEFAULT_CAPACITY, DEFAULT_MESSAGE, MAX_CAPACITY, MAX_MESSAGE};
+        let capacity = match t.get("mailbox") {
+            None => DEFAULT_CAPACITY,
+            Some(Value::Integer(n)) => match u32::try_from(*n) {
+                Ok(n) if (2..=MAX_CAPACITY).contains(&n) && n.is_power_of_two() => n,
+                _ => {
+                    self.problem(
+                        &at(place, "mailbox"),
+                        format!("{n} is not a power of two from 2 to {MAX_CAPACITY} (messages)"),
+                    );
+                    DEFAULT_CAPACITY
+                }
+            },
+            Some(other) => {
+                self.type_problem(
+                    &at(place, "mailbox"),
+                    "a number of messages such as 64",
+                    other,
+                );
+                DEFAULT_CAPACITY
+            }
+        };
+        let message = match self.size(t, place, "mailbox_message") {
+            None => DEFAULT_MESSAGE,
+            Some(n) if (1..=u64::from(MAX_MESSAGE)).contains(&n) => n as u32,
+            Some(n) => {
+                self.problem(
+                    &at(place, "mailbox_message"),
+                    format!("{n} bytes is not from 1B to 1MiB"),
+                );
+                DEFAULT_MESSAGE
+            }
+        };
+        (capacity, message)
     }
 
     /// Exactly one of `kind` and `exec`.

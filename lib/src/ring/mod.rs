@@ -779,24 +779,36 @@ impl<'a> Ring<'a> {
         }
     }
 
-    /// Writes `msg` into the slot of `pos`, reserved by the caller, and commits it.
-    fn write_commit(&self, pos: u64, msg: &[u8]) {
-        debug_assert!(msg.len() <= self.cfg.slot_size as usize);
+    /// Writes the concatenation of `parts` into the slot of `pos`, reserved
+    /// by the caller, and commits it.
+    fn write_commit(&self, pos: u64, parts: &[&[u8]]) {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        debug_assert!(total <= self.cfg.slot_size as usize);
         let slot = self.slot(pos);
         let crc = if self.cfg.checksum {
-            crc32fast::hash(msg)
+            let mut h = crc32fast::Hasher::new();
+            for p in parts {
+                h.update(p);
+            }
+            h.finalize()
         } else {
             0
         };
         let dst = self.payload(pos);
         slot.meta.with_mut(|m| {
-            // SAFETY: the slot is reserved by us (state `(pos, id)`), so no
-            // one else reads or writes its meta or payload until we commit;
-            // `msg.len() <= slot_size` bytes fit after the header.
+            let mut at = 0;
+            for p in parts {
+                // SAFETY: the slot is reserved by us (state `(pos, id)`), so
+                // no one else reads or writes its meta or payload until we
+                // commit; the parts total at most `slot_size` bytes (checked
+                // by the caller), which fit after the header.
+                unsafe { ptr::copy_nonoverlapping(p.as_ptr(), dst.add(at), p.len()) };
+                at += p.len();
+            }
+            // SAFETY: as above: the meta is ours until the commit.
             unsafe {
-                ptr::copy_nonoverlapping(msg.as_ptr(), dst, msg.len());
                 m.write(SlotMeta {
-                    len: msg.len() as u32,
+                    len: total as u32,
                     crc,
                 });
             }
@@ -841,23 +853,29 @@ impl Producer<'_> {
     /// Sends `msg` if there is room: no allocation, no system call unless
     /// the consumer sleeps.
     pub fn try_send(&self, msg: &[u8]) -> Result<(), RingError> {
-        self.check_len(msg)?;
+        self.try_send_parts(&[msg])
+    }
+
+    /// Sends the concatenation of `parts` as one message if there is room
+    /// (a header and a body without copying them together first).
+    pub fn try_send_parts(&self, parts: &[&[u8]]) -> Result<(), RingError> {
+        self.check_len(parts.iter().map(|p| p.len()).sum())?;
         let pos = self.ring.reserve(self.id)?;
-        self.ring.write_commit(pos, msg);
+        self.ring.write_commit(pos, parts);
         Ok(())
     }
 
     /// Sends `msg`, sleeping while the ring is full, at most `timeout`
     /// (`None`: as long as it takes). Returns [`RingError::Full`] on timeout.
     pub fn send_timeout(&self, msg: &[u8], timeout: Option<Duration>) -> Result<(), RingError> {
-        self.check_len(msg)?;
+        self.check_len(msg.len())?;
         let deadline = timeout.map(|t| Instant::now() + t);
         let p = &self.ring.header().producers;
         let spin_until = Instant::now() + SPIN_FOR;
         loop {
             match self.ring.reserve(self.id) {
                 Ok(pos) => {
-                    self.ring.write_commit(pos, msg);
+                    self.ring.write_commit(pos, &[msg]);
                     return Ok(());
                 }
                 Err(RingError::Full) => {}
@@ -880,7 +898,7 @@ impl Producer<'_> {
             // a slot before it could see the flag.
             match self.ring.reserve(self.id) {
                 Ok(pos) => {
-                    self.ring.write_commit(pos, msg);
+                    self.ring.write_commit(pos, &[msg]);
                     return Ok(());
                 }
                 Err(RingError::Full) => {}
@@ -896,13 +914,10 @@ impl Producer<'_> {
         }
     }
 
-    fn check_len(&self, msg: &[u8]) -> Result<(), RingError> {
+    fn check_len(&self, len: usize) -> Result<(), RingError> {
         let max = self.ring.cfg.slot_size as usize;
-        if msg.len() > max {
-            return Err(RingError::TooLarge {
-                len: msg.len(),
-                max,
-            });
+        if len > max {
+            return Err(RingError::TooLarge { len, max });
         }
         Ok(())
     }

@@ -26,6 +26,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::{Config, DaemonConfig, OnRestart, Program};
 use crate::daemon::{Death, ExitReason, Registry, SetupStage};
 use crate::handoff::{read_setup, History, Setup};
+use crate::mailbox::{PostOffice, Presence, Shape};
 use crate::region::{RegionSet, RegionSpec};
 use crate::sys::{self, Pid, SigSet, WaitStatus};
 use spawn::{Plan, Run, Spawned};
@@ -227,6 +228,8 @@ pub struct Root<'a> {
     names: Vec<String>,
     by_pid: HashMap<Pid, (usize, Role)>,
     regions: RegionSet,
+    /// Every daemon's mailbox and the registry (`lib/src/mailbox.rs`).
+    post: PostOffice,
     epoll: sys::Epoll,
     signals: OwnedFd,
     timers: BTreeSet<(Instant, usize)>,
@@ -324,6 +327,16 @@ impl<'a> Root<'a> {
         };
         let regions = RegionSet::create(&specs, config.root.state_dir.as_deref())
             .map_err(ctx("mapping regions"))?;
+        let shapes: Vec<Shape<'_>> = config
+            .daemons
+            .iter()
+            .map(|d| Shape {
+                name: &d.name,
+                capacity: d.mailbox,
+                message: d.mailbox_message,
+            })
+            .collect();
+        let post = PostOffice::create(&shapes).map_err(ctx("making the mailboxes"))?;
         let epoll = sys::Epoll::new().map_err(ctx("epoll"))?;
         epoll
             .add(signals.as_raw_fd(), TOKEN_SIGNALS)
@@ -392,6 +405,7 @@ impl<'a> Root<'a> {
             children,
             by_pid: HashMap::new(),
             regions,
+            post,
             epoll,
             signals,
             timers: BTreeSet::new(),
@@ -593,6 +607,7 @@ impl<'a> Root<'a> {
     /// Forks daemon `i`, or its standby. Prepares everything the child
     /// needs in the root's memory first.
     fn fork_child(&mut self, i: usize, standby: bool) -> io::Result<Spawned> {
+        let writer = self.post.begin(i, standby);
         let c = &self.children[i];
         let start = crate::daemon::Start {
             restarts: c.restarts,
@@ -612,9 +627,14 @@ impl<'a> Root<'a> {
                     names: &self.names,
                 }
             }
-            Program::Exec(argv) => {
-                Run::exec(argv, &c.cfg.name, self.regions.region_len(i), &start)?
-            }
+            Program::Exec(argv) => Run::exec(
+                argv,
+                &c.cfg.name,
+                self.regions.region_len(i),
+                &start,
+                writer,
+            )
+            .inspect_err(|_| self.failed_fork(i, standby))?,
         };
         let spawned = spawn::spawn(&Plan {
             index: i,
@@ -626,7 +646,14 @@ impl<'a> Root<'a> {
             run,
             lock: self.lock.as_ref().map(|l| l.as_raw_fd()),
             standby,
-        })?;
+            post: self.post.post(),
+            writer,
+            post_fds: self.post.fds(),
+        })
+        .inspect_err(|_| self.failed_fork(i, standby))?;
+        if !standby {
+            self.post.forked(i, spawned.pid.0 as u32);
+        }
         self.forks += 1;
         let kind = if standby { TOKEN_STANDBY } else { TOKEN_SETUP };
         self.epoll
@@ -639,6 +666,13 @@ impl<'a> Root<'a> {
         };
         self.by_pid.insert(spawned.pid, (i, role));
         Ok(spawned)
+    }
+
+    /// A fork of daemon `i` did not happen: its writer id is dead.
+    fn failed_fork(&self, i: usize, standby: bool) {
+        if !standby {
+            self.post.ended(i);
+        }
     }
 
     /// [`Action::Fork`]: fork daemon `i` (or wake its standby). What the
@@ -719,6 +753,7 @@ impl<'a> Root<'a> {
             return false;
         }
         c.pid = Some(sb.pid);
+        self.post.took_over(i, sb.pid.0 as u32);
         let restarts = c.restarts;
         self.flush_notes();
         let cause = self.sup.start_cause(i).as_str();
@@ -912,6 +947,8 @@ impl<'a> Root<'a> {
         });
         let uptime = c.started.map_or(Duration::ZERO, |t| t.elapsed());
         let pid = c.pid.take().map_or(0, |p| p.0);
+        // Reaped: messages it left half-written are skipped from now on.
+        self.post.ended(i);
         // Whatever it forked dies with it (its process group: transactions,
         // an exec'd program's children), so nothing outlives it holding its
         // region writable. The group's id cannot be reused while any member
@@ -980,8 +1017,14 @@ impl<'a> Root<'a> {
             Action::CheckWatchdog(i) => self.check_watchdog(i),
             Action::ForkStandby(i) => self.ensure_standby(i),
             Action::KillStandby(i) => self.kill_standby(i),
-            Action::Show(i, state) => self.children[i].state = state,
-            Action::Restarted(i) => self.children[i].restarts += 1,
+            Action::Show(i, state) => {
+                self.children[i].state = state;
+                self.publish(i);
+            }
+            Action::Restarted(i) => {
+                self.children[i].restarts += 1;
+                self.publish(i);
+            }
             Action::ShutDown(code) => {
                 self.mode = Mode::ShuttingDown(code);
                 self.manager.stopping();
@@ -989,6 +1032,20 @@ impl<'a> Root<'a> {
             Action::Log(log) => self.log_decision(log),
         }
         None
+    }
+
+    /// Publishes daemon `i`'s state and restarts in the registry.
+    fn publish(&self, i: usize) {
+        let c = &self.children[i];
+        let presence = match c.state {
+            State::Starting => Presence::Starting,
+            State::Running => Presence::Running,
+            State::Backoff => Presence::Backoff,
+            State::Stopping => Presence::Stopping,
+            State::Stopped => Presence::Stopped,
+            State::Failed => Presence::Failed,
+        };
+        self.post.show(i, presence, c.restarts);
     }
 
     /// The log line of a supervisor's decision.

@@ -55,6 +55,7 @@ impl Run<'_> {
         name: &str,
         region_len: usize,
         start: &Start<'_>,
+        writer: crate::ring::WriterId,
     ) -> io::Result<Run<'static>> {
         let nul = |s: String| CString::new(s).map_err(io::Error::other);
         let path = nul(find_program(&argv[0])?)?;
@@ -71,6 +72,9 @@ impl Run<'_> {
             strings.push(nul(format!("{k}={}", v.to_string_lossy()))?);
         }
         for var in handoff::exec_env(name, region_len, start) {
+            strings.push(nul(var)?);
+        }
+        for var in crate::mailbox::PostOffice::exec_env(writer) {
             strings.push(nul(var)?);
         }
         let mut argv: Vec<_> = strings[..nargs].iter().map(|s| s.as_ptr()).collect();
@@ -127,6 +131,11 @@ pub(crate) struct Plan<'a> {
     /// Start as a standby: set up, then wait on a gate pipe for the root's
     /// word to take over (a [`History`]).
     pub(crate) standby: bool,
+    /// The mailboxes and registry, and this incarnation's writer id.
+    pub(crate) post: crate::mailbox::Post,
+    pub(crate) writer: crate::ring::WriterId,
+    /// The post's and the read-only registry's descriptors (for exec).
+    pub(crate) post_fds: (RawFd, RawFd),
 }
 
 /// A forked child, seen from the root.
@@ -194,13 +203,18 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
                 );
             };
             // Move the region to fd 3 and the pipe to fd 4 (close-on-exec,
-            // so a successful exec reads as end-of-file in the root).
-            let moved = sys::dup_at_least(fd, 5).and_then(|r| {
-                let p = sys::dup_at_least(pipe, 5)?;
+            // so a successful exec reads as end-of-file in the root), the
+            // post to 5 and the registry to 6.
+            let moved = sys::dup_at_least(fd, 7).and_then(|r| {
+                let p = sys::dup_at_least(pipe, 7)?;
+                let post = sys::dup_at_least(s.post_fds.0, 7)?;
+                let reg = sys::dup_at_least(s.post_fds.1, 7)?;
                 sys::dup2(r, handoff::EXEC_REGION_FD)?;
                 sys::dup2(p, 4)?;
                 sys::set_cloexec(4, true)?;
-                sys::close_from(5)
+                sys::dup2(post, crate::mailbox::EXEC_POST_FD)?;
+                sys::dup2(reg, crate::mailbox::EXEC_REGISTRY_FD)?;
+                sys::close_from(7)
             });
             if let Err(e) = moved {
                 fail(pipe, SetupStage::Descriptors, e);
@@ -245,7 +259,8 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
                 regions: Some(s.regions),
                 own: s.index,
             };
-            crate::daemon::run_builtin(*entry, s.name, region, siblings, args, start)
+            let mail = crate::mailbox::Mailbox::new(s.post, s.index, s.writer);
+            crate::daemon::run_builtin(*entry, s.name, region, siblings, args, start, mail)
         }
     }
 }

@@ -1,0 +1,188 @@
+//! Mailboxes through the real binary: `examples/mail.rs` run with
+//! `exec = [...]` sends and receives by name. Messages sent while the
+//! receiver is down wait for its replacement, in order; a sender SIGKILLed
+//! mid-send leaves no torn message; a full mailbox, an unknown name and a
+//! message too large are clear errors.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::{send, Tree};
+use libc::{SIGKILL, SIGTERM};
+
+/// The example program, built for the profile the tests run in.
+fn mail() -> &'static PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let bin_dir = std::path::Path::new(common::BIN).parent().expect("bin dir");
+        let mut build = Command::new(env!("CARGO"));
+        build
+            .args(["build", "--quiet", "--example", "mail"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if bin_dir.ends_with("release") {
+            build.arg("--release");
+        }
+        assert!(
+            build.status().expect("run cargo build").success(),
+            "cargo build --example mail failed"
+        );
+        bin_dir.join("examples").join("mail")
+    })
+}
+
+fn daemon(name: &str, args: &str, keys: &str) -> String {
+    format!(
+        "[[daemon]]\nname = \"{name}\"\nexec = [\"{}\", {args}]\nmemory = \"64KiB\"\n{keys}\n",
+        mail().display()
+    )
+}
+
+fn lines(t: &Tree, file: &str) -> Vec<String> {
+    std::fs::read_to_string(t.path(file))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn pid_of(t: &Tree, name: &str) -> Option<i32> {
+    let d = t.daemon_status(name)?;
+    (d["state"] == "running").then(|| d["pid"].as_i64().map(|p| p as i32))?
+}
+
+#[test]
+fn a_thousand_messages_sent_while_the_receiver_is_down_reach_its_replacement_in_order() {
+    let config = format!(
+        "[supervisor]\nintensity = 100\nperiod = \"10s\"\n{}{}",
+        daemon(
+            "inbox",
+            "\"recv\", \"@DIR@/inbox.out\"",
+            "mailbox = 1024\nbackoff = \"2s\""
+        ),
+        daemon(
+            "outbox",
+            "\"burst\", \"inbox\", \"1000\", \"@DIR@/outbox.out\"",
+            ""
+        ),
+    );
+    let mut t = Tree::start(&config);
+    let first: i32 = t.poll("inbox started", || {
+        let l = lines(&t, "inbox.out");
+        l.first()?.strip_prefix("start ")?.parse().ok()
+    });
+    send(first, SIGKILL).expect("kill inbox");
+    t.poll("outbox sent its burst", || {
+        lines(&t, "outbox.out")
+            .contains(&"sent 1000".to_owned())
+            .then_some(())
+    });
+    // The burst went out while inbox had no process (outbox waited for
+    // `whereis` to show none, and the backoff keeps it down for 2s).
+    let starts = |l: &[String]| l.iter().filter(|s| s.starts_with("start ")).count();
+    assert_eq!(
+        starts(&lines(&t, "inbox.out")),
+        1,
+        "inbox restarted too early"
+    );
+    let got = t.poll("the replacement received 1000 messages", || {
+        let l = lines(&t, "inbox.out");
+        let at = l.iter().rposition(|s| s.starts_with("start "))?;
+        (at > 0 && l.len() - at > 1000).then(|| l[at + 1..].to_vec())
+    });
+    let want: Vec<String> = (0..1000).map(|i| format!("outbox {i}")).collect();
+    assert_eq!(got, want, "delivered in order, none lost or repeated");
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0, "{}", t.log());
+}
+
+#[test]
+fn a_sender_killed_mid_send_leaves_no_torn_message() {
+    let config = format!(
+        "[supervisor]\nintensity = 1000\nperiod = \"1s\"\n{}{}",
+        daemon(
+            "inbox",
+            "\"recv\", \"@DIR@/inbox.out\"",
+            "mailbox = 64\nmailbox_message = \"64KiB\""
+        ),
+        daemon("pump", "\"pattern\", \"inbox\", \"65536\"", ""),
+    );
+    let mut t = Tree::start(&config);
+    let seed = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(std::process::id());
+    eprintln!("seed {seed:#x}");
+    let mut rng = seed;
+    let mut last = None;
+    const KILLS: usize = 30;
+    for _ in 0..KILLS {
+        let pid = t.poll("pump running with a new pid", || {
+            pid_of(&t, "pump").filter(|&p| Some(p) != last)
+        });
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_micros(2_000 + rng % 20_000));
+        send(pid, SIGKILL).expect("kill pump");
+        last = Some(pid);
+    }
+    // The receiver goes on after the last kill.
+    let ok_lines = |t: &Tree| {
+        lines(t, "inbox.out")
+            .iter()
+            .filter(|l| l.starts_with("pump ok"))
+            .count()
+    };
+    let before = ok_lines(&t);
+    t.poll("inbox receiving after the last kill", || {
+        (ok_lines(&t) > before + 100).then_some(())
+    });
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0, "{}", t.log());
+    let l = lines(&t, "inbox.out");
+    let torn: Vec<&String> = l.iter().filter(|s| s.contains(" torn ")).collect();
+    assert!(torn.is_empty(), "torn messages delivered: {torn:?}");
+    let other: Vec<&String> = l
+        .iter()
+        .filter(|s| {
+            !s.starts_with("pump ok ") && !s.starts_with("start ") && !s.starts_with("skipped ")
+        })
+        .collect();
+    assert!(other.is_empty(), "unexpected lines: {other:?}");
+    let skipped = l
+        .iter()
+        .find_map(|s| s.strip_prefix("skipped "))
+        .expect("the receiver's counters at its stop");
+    eprintln!(
+        "{KILLS} kills of a sender of 64 KiB messages: {} messages whole, \
+         skipped (writer died mid-send) and corrupt: {skipped}",
+        ok_lines(&t)
+    );
+    assert!(skipped.ends_with("corrupt 0"), "{skipped}");
+}
+
+#[test]
+fn a_full_mailbox_an_unknown_name_and_a_message_too_large_are_clear_errors() {
+    // `sink` runs a program that never reads: its mailbox of 4 fills up.
+    let config = format!(
+        "[[daemon]]\nname = \"sink\"\nexec = [\"sleep\", \"1000\"]\nmailbox = 4\n{}",
+        daemon("client", "\"errors\", \"sink\", \"@DIR@/client.out\"", ""),
+    );
+    let mut t = Tree::start(&config);
+    let l = t.poll("client done", || {
+        let l = lines(&t, "client.out");
+        l.contains(&"done".to_owned()).then_some(l)
+    });
+    assert_eq!(
+        l,
+        [
+            "sent 4 then: send to sink: its mailbox is full",
+            "send: no daemon is named \"nobody\"",
+            "send to sink: a 100000-byte message exceeds its mailbox_message of 1024 bytes",
+            "done",
+        ]
+    );
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0, "{}", t.log());
+}
