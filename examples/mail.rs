@@ -4,7 +4,9 @@
 //! - `recv OUT`: writes `start PID` to OUT, then each message it receives
 //!   as a line (`FROM BODY-AS-TEXT`); a message of the `pattern` shape
 //!   (below) is checked byte for byte and written as `FROM ok N` or
-//!   `FROM torn N`.
+//!   `FROM torn N`; a DOWN or EXIT as `Down NAME pid PID REASON restarts
+//!   N`.
+//! - `watch NAME OUT`: monitors NAME, then does what `recv` does.
 //! - `burst TO N OUT`: waits until `TO` has no process (`whereis`), sends
 //!   it the numbers 0..N, then writes `sent N` to OUT and idles.
 //! - `pattern TO SIZE`: sends `TO` messages of SIZE bytes, each its
@@ -25,7 +27,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use forkroot::mailbox::SendError;
+use forkroot::mailbox::{MessageKind, SendError};
 use forkroot::Context;
 
 fn main() -> ExitCode {
@@ -46,18 +48,29 @@ fn main() -> ExitCode {
             .expect("open the output file")
     };
     match arg(0) {
-        "recv" => {
-            let mut out = open(arg(1));
+        "recv" | "watch" => {
+            let out_at = if arg(0) == "watch" { 2 } else { 1 };
+            let mut out = open(arg(out_at));
+            if arg(0) == "watch" {
+                ctx.monitor(arg(1)).expect("monitor");
+            }
             writeln!(out, "start {}", std::process::id()).expect("write");
-            let mut buf = vec![0u8; 1 << 20];
             loop {
-                match ctx.recv_into(&mut buf, Some(Duration::from_millis(200))) {
+                match ctx.recv(Some(Duration::from_millis(200))) {
                     Ok(Some(m)) => {
-                        let body = &buf[..m.len];
-                        let line = match check_pattern(body) {
-                            Some((n, true)) => format!("{} ok {n}", m.from),
-                            Some((n, false)) => format!("{} torn {n}", m.from),
-                            None => format!("{} {}", m.from, String::from_utf8_lossy(body)),
+                        let line = match (m.kind, m.gone, check_pattern(&m.body)) {
+                            (MessageKind::User, _, Some((n, true))) => format!("{} ok {n}", m.from),
+                            (MessageKind::User, _, Some((n, false))) => {
+                                format!("{} torn {n}", m.from)
+                            }
+                            (MessageKind::User, _, None) => {
+                                format!("{} {}", m.from, String::from_utf8_lossy(&m.body))
+                            }
+                            (kind, Some(g), _) => format!(
+                                "{kind:?} {} pid {} {} restarts {}",
+                                g.name, g.pid, g.reason, g.restarts
+                            ),
+                            (kind, None, _) => format!("{kind:?} unreadable"),
                         };
                         writeln!(out, "{line}").expect("write");
                     }
@@ -122,7 +135,7 @@ fn main() -> ExitCode {
             while ctx.sleep(Duration::from_secs(1)) {}
         }
         other => {
-            eprintln!("mail: unknown role {other:?} (recv, burst, pattern, errors)");
+            eprintln!("mail: unknown role {other:?} (recv, watch, burst, pattern, errors)");
             return ExitCode::from(2);
         }
     }

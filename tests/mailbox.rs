@@ -186,3 +186,100 @@ fn a_full_mailbox_an_unknown_name_and_a_message_too_large_are_clear_errors() {
     t.signal(SIGTERM);
     assert_eq!(t.wait_code(), 0, "{}", t.log());
 }
+
+/// The first `start PID` line of `file`, once there is one.
+fn started(t: &Tree, file: &str, nth: usize) -> i32 {
+    t.poll(&format!("{file} start #{nth}"), || {
+        let l = lines(t, file);
+        let starts: Vec<&String> = l.iter().filter(|s| s.starts_with("start ")).collect();
+        starts.get(nth)?.strip_prefix("start ")?.parse().ok()
+    })
+}
+
+#[test]
+fn a_monitor_gets_down_with_the_reason_and_the_monitored_daemon_is_restarted_untouched() {
+    let config = format!(
+        "{}{}",
+        daemon("victim", "\"recv\", \"@DIR@/victim.out\"", ""),
+        daemon(
+            "watcher",
+            "\"watch\", \"victim\", \"@DIR@/watcher.out\"",
+            ""
+        ),
+    );
+    let mut t = Tree::start(&config);
+    let watcher = started(&t, "watcher.out", 0);
+    let victim = started(&t, "victim.out", 0);
+    send(victim, libc::SIGSEGV).expect("kill victim");
+    let down = t.poll("watcher got DOWN", || {
+        lines(&t, "watcher.out")
+            .into_iter()
+            .find(|l| l.starts_with("Down "))
+    });
+    assert_eq!(
+        down,
+        format!("Down victim pid {victim} killed by SIGSEGV restarts 0")
+    );
+    // The victim is restarted by its supervisor as always; the watcher is
+    // the same process, and its monitor fired once: a second death sends
+    // nothing.
+    let second = started(&t, "victim.out", 1);
+    assert_ne!(second, victim);
+    send(second, SIGKILL).expect("kill victim again");
+    started(&t, "victim.out", 2);
+    assert_eq!(pid_of(&t, "watcher"), Some(watcher));
+    let downs = lines(&t, "watcher.out")
+        .iter()
+        .filter(|l| l.starts_with("Down "))
+        .count();
+    assert_eq!(downs, 1, "a monitor fires once");
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0, "{}", t.log());
+}
+
+#[test]
+fn a_link_restarts_its_peer_unless_the_peer_traps_exits_and_gets_exit_instead() {
+    let config = format!(
+        "{}{}{}",
+        daemon("victim", "\"recv\", \"@DIR@/victim.out\"", ""),
+        daemon(
+            "trapper",
+            "\"recv\", \"@DIR@/trapper.out\"",
+            "links = [\"victim\"]\ntrap_exits = true"
+        ),
+        daemon(
+            "plain",
+            "\"recv\", \"@DIR@/plain.out\"",
+            "links = [\"victim\"]"
+        ),
+    );
+    let mut t = Tree::start(&config);
+    let trapper = started(&t, "trapper.out", 0);
+    let plain = started(&t, "plain.out", 0);
+    let victim = started(&t, "victim.out", 0);
+    send(victim, SIGKILL).expect("kill victim");
+    let exit = t.poll("trapper got EXIT", || {
+        lines(&t, "trapper.out")
+            .into_iter()
+            .find(|l| l.starts_with("Exit "))
+    });
+    assert_eq!(
+        exit,
+        format!("Exit victim pid {victim} killed by SIGKILL restarts 0")
+    );
+    // The linked daemon without trap_exits went down with its link and
+    // came back as a new process; the one that traps exits did not.
+    let plain2 = started(&t, "plain.out", 1);
+    assert_ne!(plain2, plain);
+    started(&t, "victim.out", 1);
+    assert_eq!(pid_of(&t, "trapper"), Some(trapper));
+    assert_eq!(
+        lines(&t, "trapper.out")
+            .iter()
+            .filter(|l| l.starts_with("start "))
+            .count(),
+        1
+    );
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0, "{}", t.log());
+}

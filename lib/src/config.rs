@@ -288,6 +288,9 @@ pub struct DaemonConfig {
     pub links: Vec<String>,
     /// `backoff`, `backoff_max`.
     pub backoff: Backoff,
+    /// `trap_exits`: the death of a linked daemon arrives as an EXIT
+    /// message in its mailbox instead of restarting it (default false).
+    pub trap_exits: bool,
     /// `mailbox`: messages its mailbox holds (default 64).
     pub mailbox: u32,
     /// `mailbox_message`: bytes of its largest message (default 1KiB).

@@ -659,6 +659,29 @@ impl Context<'_> {
             .recv_into(buf, timeout)
     }
 
+    /// Monitors the daemon called `name`: when its process ends, for any
+    /// reason, the root puts a DOWN message ([`MessageKind::Down`], with a
+    /// [`Gone`]: its name, old pid, reason and restarts) into this
+    /// daemon's mailbox, once, without affecting either daemon. The monitor
+    /// ends when it fires or when this process ends.
+    ///
+    /// [`MessageKind::Down`]: crate::mailbox::MessageKind::Down
+    /// [`Gone`]: crate::mailbox::Gone
+    pub fn monitor(&self, name: &str) -> Result<(), crate::mailbox::SendError> {
+        self.mail
+            .as_ref()
+            .ok_or(crate::mailbox::SendError::NoPost)?
+            .monitor(name)
+    }
+
+    /// Drops a monitor set with [`Context::monitor`].
+    pub fn demonitor(&self, name: &str) -> Result<(), crate::mailbox::SendError> {
+        self.mail
+            .as_ref()
+            .ok_or(crate::mailbox::SendError::NoPost)?
+            .demonitor(name)
+    }
+
     /// The counters of this daemon's mailbox (messages skipped because
     /// their writer died mid-send, or because they failed their crc).
     pub fn mailbox_stats(&self) -> Option<crate::ring::Stats> {

@@ -27,7 +27,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::ring::{self, Consumer, Kind, Ring, RingError, WriterId};
@@ -43,6 +43,8 @@ pub const DEFAULT_CAPACITY: u32 = 64;
 pub const DEFAULT_MESSAGE: u32 = 1024;
 /// Largest `mailbox` (messages).
 pub const MAX_CAPACITY: u32 = 1 << 16;
+/// Smallest `mailbox_message` (bytes): a DOWN or EXIT message fits.
+pub const MIN_MESSAGE: u32 = 64;
 /// Largest `mailbox_message` (bytes).
 pub const MAX_MESSAGE: u32 = 1 << 20;
 /// The writer slot of the root itself (system messages).
@@ -73,7 +75,12 @@ pub struct Directory {
     pub count: u32,
     /// Bytes of the post.
     pub post_len: u64,
-    _pad: [u64; 5],
+    /// Offset in the post of the monitor table: `count` rows of `words`
+    /// `AtomicU64`; bit `w` of row `j` set means daemon `w` monitors `j`.
+    pub monitors_offset: u64,
+    /// Words per row of the monitor table.
+    pub words: u64,
+    _pad: [u64; 3],
 }
 
 /// One daemon in the registry. `name`, `ring_offset`, `ring_len` are written
@@ -119,12 +126,20 @@ const HEAD: usize = size_of::<Head>();
 pub enum MessageKind {
     /// Sent by a daemon with [`crate::Context::send`].
     User,
+    /// From the root: a daemon this one monitors ended (its body is a
+    /// [`Gone`]).
+    Down,
+    /// From the root: a daemon linked to this one died, and this one traps
+    /// exits (its body is a [`Gone`]).
+    Exit,
 }
 
 impl MessageKind {
     fn from_u32(v: u32) -> Option<MessageKind> {
         match v {
             1 => Some(MessageKind::User),
+            2 => Some(MessageKind::Down),
+            3 => Some(MessageKind::Exit),
             _ => None,
         }
     }
@@ -132,7 +147,96 @@ impl MessageKind {
     fn as_u32(self) -> u32 {
         match self {
             MessageKind::User => 1,
+            MessageKind::Down => 2,
+            MessageKind::Exit => 3,
         }
+    }
+
+    /// Whether the root sent it (DOWN, EXIT) rather than a daemon.
+    pub fn is_system(self) -> bool {
+        !matches!(self, MessageKind::User)
+    }
+}
+
+/// The body of a DOWN or EXIT message: who ended, and how. Encoded in
+/// [`GONE_BYTES`] little-endian bytes: `pid u32, restarts u32, reason kind
+/// u32 (0 exited, 1 signaled, 2 setup failed), a i32, b i32, name_len u32,
+/// name [u8; 32]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gone {
+    /// The daemon's name.
+    pub name: &'static str,
+    /// The pid of the process that ended.
+    pub pid: u32,
+    /// How it ended.
+    pub reason: crate::ExitReason,
+    /// Its restarts before that process.
+    pub restarts: u32,
+}
+
+/// Bytes of a [`Gone`] body.
+pub const GONE_BYTES: usize = 24 + NAME_BYTES;
+
+impl Gone {
+    fn encode(
+        i: usize,
+        post: &Post,
+        pid: u32,
+        reason: crate::ExitReason,
+        restarts: u32,
+    ) -> [u8; GONE_BYTES] {
+        use crate::ExitReason::*;
+        let (kind, a, b) = match reason {
+            Exited(code) => (0u32, code, 0),
+            Signaled { signal, core } => (1, signal, i32::from(core)),
+            SetupFailed { stage, errno } => (2, stage as i32, errno),
+        };
+        let e = post.entry(i);
+        let mut out = [0u8; GONE_BYTES];
+        let words = [pid, restarts, kind, a as u32, b as u32, e.name_len];
+        for (k, w) in words.iter().enumerate() {
+            out[k * 4..k * 4 + 4].copy_from_slice(&w.to_le_bytes());
+        }
+        out[24..].copy_from_slice(&e.name);
+        out
+    }
+
+    /// Decodes the body of a DOWN or EXIT message; `None` for anything
+    /// else (it names a daemon of this tree, or it is not one).
+    pub fn decode(post: &Post, body: &[u8]) -> Option<Gone> {
+        if body.len() != GONE_BYTES {
+            return None;
+        }
+        let w = |k: usize| {
+            u32::from_le_bytes([
+                body[k * 4],
+                body[k * 4 + 1],
+                body[k * 4 + 2],
+                body[k * 4 + 3],
+            ])
+        };
+        let (a, b) = (w(3) as i32, w(4) as i32);
+        let reason = match w(2) {
+            0 => crate::ExitReason::Exited(a),
+            1 => crate::ExitReason::Signaled {
+                signal: a,
+                core: b != 0,
+            },
+            2 => crate::ExitReason::SetupFailed {
+                stage: crate::daemon::SetupStage::from_u32(a as u32)?,
+                errno: b,
+            },
+            _ => return None,
+        };
+        let n = (w(5) as usize).min(NAME_BYTES);
+        let name = std::str::from_utf8(&body[24..24 + n]).ok()?;
+        let i = post.find(name)?;
+        Some(Gone {
+            name: post.name(i),
+            pid: w(0),
+            reason,
+            restarts: w(1),
+        })
     }
 }
 
@@ -285,6 +389,8 @@ pub struct Message {
     pub from: &'static str,
     /// Its bytes.
     pub body: Vec<u8>,
+    /// For DOWN and EXIT: who ended, and how.
+    pub gone: Option<Gone>,
 }
 
 /// Views of the registry (read-only) and the post (read-write), valid for
@@ -391,6 +497,27 @@ impl Post {
         unsafe { ring::attach(self.post.as_ptr().add(off), len) }
     }
 
+    /// The word and bit that say "`watcher` monitors `j`".
+    fn monitor_bit(&self, j: usize, watcher: usize) -> (&'static AtomicU64, u64) {
+        debug_assert!(j < self.count && watcher < self.count);
+        let words = self.count.div_ceil(64);
+        let off = self.monitors_offset() + (j * words + watcher / 64) * 8;
+        debug_assert!(off + 8 <= self.post_len);
+        // SAFETY: the monitor table (`count * words` words) lies inside the
+        // post (laid out by `PostOffice::create`, checked by `from_fds`),
+        // 8-aligned; any bits are a valid atomic; mapped for the rest of
+        // the process.
+        let word = unsafe { &*self.post.as_ptr().add(off).cast::<AtomicU64>() };
+        (word, 1u64 << (watcher % 64))
+    }
+
+    fn monitors_offset(&self) -> usize {
+        // SAFETY: the registry starts with a Directory (checked when the
+        // view was made); integers only, written before any fork.
+        let dir = unsafe { &*self.registry.as_ptr().cast::<Directory>() };
+        dir.monitors_offset as usize
+    }
+
     /// Makes this view the one [`judge`] reads. Fork-safe.
     fn install(&self) {
         REGISTRY_COUNT.store(self.count, Ordering::Release);
@@ -424,6 +551,16 @@ impl Post {
                 "the post is {post_len} bytes, the registry says {}",
                 dir.post_len
             )));
+        }
+        let words = (dir.count as usize).div_ceil(64);
+        let table = (dir.count as usize * words * 8).max(8);
+        if dir.words as usize != words
+            || dir.monitors_offset % 8 != 0
+            || (dir.monitors_offset as usize).saturating_add(table) > post_len
+        {
+            return Err(io::Error::other(
+                "the registry places the monitors outside the post",
+            ));
         }
         let post = map(post_fd, post_len, sys::Access::ReadWrite)?;
         Ok(Post {
@@ -607,9 +744,10 @@ impl Mailbox {
                 got.commit();
                 continue;
             };
+            // A system message comes from the root's writer only.
             let from = match head.from {
-                f if f == u32::from(ROOT_SLOT) => "root",
-                f if (f as usize) < post.count => post.name(f as usize),
+                f if f == u32::from(ROOT_SLOT) && kind.is_system() => "root",
+                f if (f as usize) < post.count && !kind.is_system() => post.name(f as usize),
                 _ => {
                     got.commit();
                     continue;
@@ -635,12 +773,19 @@ impl Mailbox {
             .config()
             .slot_size as usize;
         let mut buf = vec![0; size];
+        let post = self.post;
         Ok(self.recv_into(&mut buf, timeout)?.map(|e| {
             buf.truncate(e.len);
+            let gone = e
+                .kind
+                .is_system()
+                .then(|| Gone::decode(&post, &buf))
+                .flatten();
             Message {
                 kind: e.kind,
                 from: e.from,
                 body: buf,
+                gone,
             }
         }))
     }
@@ -649,6 +794,30 @@ impl Mailbox {
     /// their writer died before committing them, or failed their crc.
     pub fn stats(&self) -> Result<ring::Stats, RingError> {
         Ok(self.post.ring(self.me)?.stats())
+    }
+
+    /// Monitors the daemon called `name`: when its process ends (for any
+    /// reason), the root puts a DOWN message into this mailbox, once. A
+    /// monitor lasts until it fires or this process ends.
+    pub fn monitor(&self, name: &str) -> Result<(), SendError> {
+        let j = self
+            .post
+            .find(name)
+            .ok_or_else(|| SendError::NoSuchName(name.to_owned()))?;
+        let (word, bit) = self.post.monitor_bit(j, self.me);
+        word.fetch_or(bit, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Drops a monitor of `name` (nothing if there was none).
+    pub fn demonitor(&self, name: &str) -> Result<(), SendError> {
+        let j = self
+            .post
+            .find(name)
+            .ok_or_else(|| SendError::NoSuchName(name.to_owned()))?;
+        let (word, bit) = self.post.monitor_bit(j, self.me);
+        word.fetch_and(!bit, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Where the daemon called `name` is now.
@@ -696,6 +865,14 @@ pub struct PostOffice {
     generations: Vec<u16>,
     /// A standby's id, published when it takes over.
     pending: Vec<Option<WriterId>>,
+    /// Each mailbox as `ring::init` made it: the root sends through these,
+    /// never re-reading a ring's geometry from shared memory.
+    rings: Vec<Ring<'static>>,
+    /// How each daemon's last process ended: `(pid, reason, restarts)`,
+    /// for the EXIT messages its links get.
+    last: Vec<Option<(u32, crate::ExitReason, u32)>>,
+    /// System messages not delivered (a full mailbox).
+    dropped: u64,
 }
 
 impl PostOffice {
@@ -708,6 +885,7 @@ impl PostOffice {
             ));
         }
         let mut layout = Vec::with_capacity(daemons.len());
+        let mut rings = Vec::with_capacity(daemons.len());
         let mut post_len = 0usize;
         for d in daemons {
             let cfg = ring_config(d);
@@ -716,7 +894,11 @@ impl PostOffice {
             layout.push((post_len, len, cfg));
             post_len = (post_len + len).next_multiple_of(ring::ALIGN);
         }
-        let post_len = crate::region::page_round(post_len.max(1) as u64) as usize;
+        let monitors_offset = post_len;
+        let words = daemons.len().div_ceil(64);
+        let post_len =
+            crate::region::page_round((post_len + daemons.len() * words * 8).max(8) as u64)
+                as usize;
         let reg_len = crate::region::page_round(
             (size_of::<Directory>() + daemons.len() * size_of::<Entry>()) as u64,
         ) as usize;
@@ -736,7 +918,9 @@ impl PostOffice {
                 version: VERSION,
                 count: daemons.len() as u32,
                 post_len: post_len as u64,
-                _pad: [0; 5],
+                monitors_offset: monitors_offset as u64,
+                words: words as u64,
+                _pad: [0; 3],
             });
         }
         for (i, (d, &(off, len, cfg))) in daemons.iter().zip(&layout).enumerate() {
@@ -760,9 +944,11 @@ impl PostOffice {
                 });
             }
             // SAFETY: `[off, off+len)` lies inside the post (summed above),
-            // 128-aligned, and no process uses it yet.
-            unsafe { ring::init(post.as_ptr().add(off), len, &cfg) }
+            // 128-aligned, and no process uses it yet; the mapping lives as
+            // long as the root.
+            let ring = unsafe { ring::init(post.as_ptr().add(off), len, &cfg) }
                 .map_err(|e| io::Error::other(format!("mailbox of {}: {e}", d.name)))?;
+            rings.push(ring);
         }
         Ok(PostOffice {
             view: Post {
@@ -776,6 +962,9 @@ impl PostOffice {
             registry_ro,
             generations: vec![0; daemons.len()],
             pending: vec![None; daemons.len()],
+            rings,
+            last: vec![None; daemons.len()],
+            dropped: 0,
         })
     }
 
@@ -834,6 +1023,73 @@ impl PostOffice {
         let life = e.life.load(Ordering::Relaxed);
         e.life.store(life & !1, Ordering::Release);
         e.pid.store(0, Ordering::Release);
+    }
+
+    /// Daemon `i`'s process `pid` was reaped after ending with `reason`
+    /// (`restarts` before it): its writer id is dead from now on, every
+    /// daemon monitoring it gets a DOWN message (and the monitor is gone),
+    /// and the monitors it held are dropped. Bounded: a row and a column of
+    /// the monitor table, one bounded send per watcher. Returns how many
+    /// DOWN messages were delivered.
+    pub fn died(&mut self, i: usize, pid: u32, reason: crate::ExitReason, restarts: u32) -> usize {
+        self.ended(i);
+        self.last[i] = Some((pid, reason, restarts));
+        let n = self.view.count;
+        let body = Gone::encode(i, &self.view, pid, reason, restarts);
+        let mut delivered = 0;
+        for k in 0..n.div_ceil(64) {
+            let (word, _) = self.view.monitor_bit(i, k * 64);
+            // Whatever daemons wrote here is only bits: each one names a
+            // daemon of the tree or is ignored.
+            let mut bits = word.swap(0, Ordering::AcqRel);
+            while bits != 0 {
+                let w = k * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                if w < n && self.deliver(w, MessageKind::Down, &body) {
+                    delivered += 1;
+                }
+            }
+        }
+        for j in 0..n {
+            let (word, bit) = self.view.monitor_bit(j, i);
+            word.fetch_and(!bit, Ordering::AcqRel);
+        }
+        delivered
+    }
+
+    /// Tells daemon `to` (which traps exits) that `link` died: an EXIT
+    /// message with how `link`'s last process ended. Whether it was
+    /// delivered.
+    pub fn exit_to(&mut self, to: usize, link: usize) -> bool {
+        let Some((pid, reason, restarts)) = self.last[link] else {
+            return false;
+        };
+        let body = Gone::encode(link, &self.view, pid, reason, restarts);
+        self.deliver(to, MessageKind::Exit, &body)
+    }
+
+    /// Puts a system message into daemon `to`'s mailbox, as the root's
+    /// writer, with a bounded search for a free slot: a full (or damaged)
+    /// mailbox loses the message, counted in [`PostOffice::dropped`].
+    fn deliver(&mut self, to: usize, kind: MessageKind, body: &[u8]) -> bool {
+        let head = head_bytes(&Head {
+            kind: kind.as_u32(),
+            from: u32::from(ROOT_SLOT),
+        });
+        let root = WriterId::new(ROOT_SLOT, 1).expect("nonzero");
+        let sent = self.rings[to]
+            .producer_as(root)
+            .try_send_bounded(&[&head, body])
+            .is_ok();
+        if !sent {
+            self.dropped += 1;
+        }
+        sent
+    }
+
+    /// System messages lost to full mailboxes so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
     }
 
     /// Publishes daemon `i`'s state and restart count.

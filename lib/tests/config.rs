@@ -318,7 +318,7 @@ memroy = "1MiB"
              (expected one of: control, control_group, state_dir, stop_timeout)",
             "daemon[0].memroy: unknown key, did you mean \"memory\"? (expected one of: \
              name, kind, exec, group, memory, restart, on_restart, watchdog, standby, \
-             links, backoff, backoff_max, mailbox, mailbox_message, args)",
+             links, backoff, backoff_max, trap_exits, mailbox, mailbox_message, args)",
             "daemon[0].memory: \"4 MB\" is not a size: unknown unit \"MB\", \
              did you mean MiB? (use B, KiB, MiB, GiB)",
         ]
@@ -1046,10 +1046,12 @@ fn mailbox_keys_are_checked_with_their_place() {
     );
     assert_eq!(
         one(&daemon("mailbox_message = \"2MiB\"")),
-        "daemon[0].mailbox_message: 2097152 bytes is not from 1B to 1MiB"
+        "daemon[0].mailbox_message: 2097152 bytes is not from 64B to 1MiB \
+         (a DOWN or EXIT message takes 64)"
     );
     assert_eq!(
-        one(&daemon("mailbox_message = 0")),
-        "daemon[0].mailbox_message: 0 bytes is not from 1B to 1MiB"
+        one(&daemon("mailbox_message = 63")),
+        "daemon[0].mailbox_message: 63 bytes is not from 64B to 1MiB \
+         (a DOWN or EXIT message takes 64)"
     );
 }

@@ -44,6 +44,7 @@ const DAEMON_KEYS: &[&str] = &[
     "links",
     "backoff",
     "backoff_max",
+    "trap_exits",
     "mailbox",
     "mailbox_message",
     "args",
@@ -763,6 +764,7 @@ impl Checker<'_> {
 
         let args = self.args(t, place, program.as_ref());
         let (mailbox, mailbox_message) = self.mailbox(t, place);
+        let trap_exits = self.boolean(t, place, "trap_exits").unwrap_or(false);
 
         DaemonConfig {
             name: name.unwrap_or_default(),
@@ -775,6 +777,7 @@ impl Checker<'_> {
             standby: standby.unwrap_or(false),
             links,
             backoff: Backoff { initial, max },
+            trap_exits,
             mailbox,
             mailbox_message,
             args,
@@ -782,9 +785,11 @@ impl Checker<'_> {
     }
 
     /// `mailbox` (messages: a power of two in 2 ..= 65536) and
-    /// `mailbox_message` (a size in 1B ..= 1MiB).
+    /// `mailbox_message` (a size in 64B ..= 1MiB).
     fn mailbox(&mut self, t: &Table, place: &str) -> (u32, u32) {
-        use crate::mailbox::{DEFAULT_CAPACITY, DEFAULT_MESSAGE, MAX_CAPACITY, MAX_MESSAGE};
+        use crate::mailbox::{
+            DEFAULT_CAPACITY, DEFAULT_MESSAGE, MAX_CAPACITY, MAX_MESSAGE, MIN_MESSAGE,
+        };
         let capacity = match t.get("mailbox") {
             None => DEFAULT_CAPACITY,
             Some(Value::Integer(n)) => match u32::try_from(*n) {
@@ -808,11 +813,11 @@ impl Checker<'_> {
         };
         let message = match self.size(t, place, "mailbox_message") {
             None => DEFAULT_MESSAGE,
-            Some(n) if (1..=u64::from(MAX_MESSAGE)).contains(&n) => n as u32,
+            Some(n) if (u64::from(MIN_MESSAGE)..=u64::from(MAX_MESSAGE)).contains(&n) => n as u32,
             Some(n) => {
                 self.problem(
                     &at(place, "mailbox_message"),
-                    format!("{n} bytes is not from 1B to 1MiB"),
+                    format!("{n} bytes is not from {MIN_MESSAGE}B to 1MiB (a DOWN or EXIT message takes {MIN_MESSAGE})"),
                 );
                 DEFAULT_MESSAGE
             }

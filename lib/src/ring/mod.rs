@@ -737,10 +737,14 @@ impl<'a> Ring<'a> {
     }
 
     /// Reserves the next position for writer `id`, or reports the ring full.
-    fn reserve(&self, id: WriterId) -> Result<u64, RingError> {
+    /// Reserves the next free slot for `id`, giving up as [`RingError::Full`]
+    /// after `max_steps` looks at slots (a bound for a writer that must not
+    /// trust the ring: positions and states another process may have
+    /// scribbled over).
+    fn reserve(&self, id: WriterId, max_steps: u32) -> Result<u64, RingError> {
         let p = &self.header().producers;
         let mut pos = p.tail.load(Ordering::Relaxed);
-        loop {
+        for _ in 0..max_steps {
             let slot = self.slot(pos);
             // Acquire: pairs with the consumer's release of this slot, so our
             // payload writes come after its reads of the previous lap.
@@ -777,6 +781,7 @@ impl<'a> Ring<'a> {
                 pos = p.tail.load(Ordering::Relaxed);
             }
         }
+        Err(RingError::Full)
     }
 
     /// Writes the concatenation of `parts` into the slot of `pos`, reserved
@@ -860,7 +865,20 @@ impl Producer<'_> {
     /// (a header and a body without copying them together first).
     pub fn try_send_parts(&self, parts: &[&[u8]]) -> Result<(), RingError> {
         self.check_len(parts.iter().map(|p| p.len()).sum())?;
-        let pos = self.ring.reserve(self.id)?;
+        let pos = self.ring.reserve(self.id, u32::MAX)?;
+        self.ring.write_commit(pos, parts);
+        Ok(())
+    }
+
+    /// [`Producer::try_send_parts`] with a bounded search for a free slot
+    /// (twice the capacity): for a writer such as a supervisor that must
+    /// not loop on a ring another process damaged. May say
+    /// [`RingError::Full`] under heavy contention.
+    pub fn try_send_bounded(&self, parts: &[&[u8]]) -> Result<(), RingError> {
+        self.check_len(parts.iter().map(|p| p.len()).sum())?;
+        let pos = self
+            .ring
+            .reserve(self.id, self.ring.cfg.capacity.saturating_mul(2))?;
         self.ring.write_commit(pos, parts);
         Ok(())
     }
@@ -873,7 +891,7 @@ impl Producer<'_> {
         let p = &self.ring.header().producers;
         let spin_until = Instant::now() + SPIN_FOR;
         loop {
-            match self.ring.reserve(self.id) {
+            match self.ring.reserve(self.id, u32::MAX) {
                 Ok(pos) => {
                     self.ring.write_commit(pos, &[msg]);
                     return Ok(());
@@ -896,7 +914,7 @@ impl Producer<'_> {
             let v = p.space_futex.load(Ordering::Acquire);
             // Re-check after raising the flag: the consumer may have released
             // a slot before it could see the flag.
-            match self.ring.reserve(self.id) {
+            match self.ring.reserve(self.id, u32::MAX) {
                 Ok(pos) => {
                     self.ring.write_commit(pos, &[msg]);
                     return Ok(());
@@ -1413,7 +1431,7 @@ mod loom_tests {
             let (m1, d1) = (mem.clone(), dead.clone());
             let dying = loom::thread::spawn(move || {
                 let _mem = m1;
-                ring.reserve(id(1)).unwrap();
+                ring.reserve(id(1), u32::MAX).unwrap();
                 d1.store(true, Ordering::Release);
             });
             // Writer 2 sends normally.

@@ -947,8 +947,12 @@ impl<'a> Root<'a> {
         });
         let uptime = c.started.map_or(Duration::ZERO, |t| t.elapsed());
         let pid = c.pid.take().map_or(0, |p| p.0);
-        // Reaped: messages it left half-written are skipped from now on.
-        self.post.ended(i);
+        // Reaped: messages it left half-written are skipped from now on,
+        // and whoever monitors it hears of it.
+        let downs = self.post.died(i, pid as u32, reason, c.restarts);
+        if downs > 0 {
+            debug!(daemon = %c.cfg.name, downs, "DOWN delivered");
+        }
         // Whatever it forked dies with it (its process group: transactions,
         // an exec'd program's children), so nothing outlives it holding its
         // region writable. The group's id cannot be reused while any member
@@ -1028,6 +1032,14 @@ impl<'a> Root<'a> {
             Action::ShutDown(code) => {
                 self.mode = Mode::ShuttingDown(code);
                 self.manager.stopping();
+            }
+            Action::Exit { to, link } => {
+                let (name, from) = (&self.children[to].cfg.name, &self.children[link].cfg.name);
+                if self.post.exit_to(to, link) {
+                    info!(daemon = %name, link = %from, "link died; EXIT delivered (trap_exits)");
+                } else {
+                    warn!(daemon = %name, link = %from, "link died; its mailbox is full, EXIT lost");
+                }
             }
             Action::Log(log) => self.log_decision(log),
         }

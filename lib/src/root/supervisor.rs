@@ -229,6 +229,9 @@ pub(crate) enum Action {
     Restarted(usize),
     /// The tree is stopping; the root exits with this code when it is down.
     ShutDown(i32),
+    /// `trap_exits`: tell daemon `to` that `link`, linked to it, died
+    /// (an EXIT message in its mailbox) instead of restarting it.
+    Exit { to: usize, link: usize },
     /// A decision worth a log line.
     Log(Log),
 }
@@ -264,6 +267,8 @@ struct Daemon {
     backoff: Duration,
     restarts: u32,
     links: Vec<usize>,
+    /// `trap_exits`: a link's death is a message, not a restart.
+    trap_exits: bool,
     /// Why its current (or next) process starts.
     cause: Cause,
 }
@@ -385,6 +390,7 @@ impl Supervisor {
                 backoff: dc.backoff.initial,
                 restarts: 0,
                 links: links.get(d).cloned().unwrap_or_default(),
+                trap_exits: dc.trap_exits,
                 cause: Cause::Start,
             })
             .collect();
@@ -709,10 +715,15 @@ impl Supervisor {
 
     /// `links`: an abnormal death takes the daemons linked to it down and
     /// up again, as `ctl restart` would (not a death of theirs: it neither
-    /// propagates further nor counts against an intensity).
+    /// propagates further nor counts against an intensity); a linked
+    /// daemon that traps exits gets an EXIT message instead.
     fn restart_links(&mut self, i: usize) {
         for j in self.daemons[i].links.clone() {
-            if self.daemons[j].state.up() {
+            if self.daemons[j].trap_exits {
+                if self.daemons[j].state.up() {
+                    self.out.push(Action::Exit { to: j, link: i });
+                }
+            } else if self.daemons[j].state.up() {
                 self.out
                     .push(Action::Log(Log::Linked { daemon: j, link: i }));
                 self.daemons[j].cause = Cause::Link;
