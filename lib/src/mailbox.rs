@@ -605,9 +605,12 @@ impl fmt::Debug for Mailbox {
 }
 
 impl Mailbox {
-    /// The mailbox of daemon `me`, writing as `id`. Fork-safe: allocates
-    /// nothing, makes no system call.
-    pub(crate) fn new(post: Post, me: usize, id: WriterId) -> Mailbox {
+    /// The mailbox of daemon `me`, writing as `id`, the id the root
+    /// assigned this process ([`PostOffice::begin`]). Daemons get theirs in
+    /// their `Context`; this is for a process that stands in for daemon
+    /// `me` (benchmarks, tests). Fork-safe: allocates nothing, makes no
+    /// system call.
+    pub fn new(post: Post, me: usize, id: WriterId) -> Mailbox {
         post.install();
         Mailbox {
             post,
