@@ -7,6 +7,8 @@
 //!   `FROM torn N`; a DOWN or EXIT as `Down NAME pid PID REASON restarts
 //!   N`.
 //! - `watch NAME OUT`: monitors NAME, then does what `recv` does.
+//! - `where NAME OUT`: writes what `whereis(NAME)` says whenever it
+//!   changes (`NAME pid PID STATE restarts N`).
 //! - `burst TO N OUT`: waits until `TO` has no process (`whereis`), sends
 //!   it the numbers 0..N, then writes `sent N` to OUT and idles.
 //! - `pattern TO SIZE`: sends `TO` messages of SIZE bytes, each its
@@ -89,6 +91,19 @@ fn main() -> ExitCode {
                 }
             }
         }
+        "where" => {
+            let mut out = open(arg(2));
+            let mut last = String::new();
+            while ctx.sleep(Duration::from_millis(5)) {
+                let w = ctx.whereis(arg(1)).expect("a known name");
+                let pid = w.pid.map_or("none".to_owned(), |p| p.to_string());
+                let line = format!("{} pid {pid} {:?} restarts {}", arg(1), w.state, w.restarts);
+                if line != last {
+                    writeln!(out, "{line}").expect("write");
+                    last = line;
+                }
+            }
+        }
         "burst" => {
             let (to, n) = (arg(1), arg(2).parse::<u32>().expect("a count"));
             while ctx.whereis(to).expect("a known name").pid.is_some() {
@@ -135,7 +150,7 @@ fn main() -> ExitCode {
             while ctx.sleep(Duration::from_secs(1)) {}
         }
         other => {
-            eprintln!("mail: unknown role {other:?} (recv, watch, burst, pattern, errors)");
+            eprintln!("mail: unknown role {other:?} (recv, watch, where, burst, pattern, errors)");
             return ExitCode::from(2);
         }
     }

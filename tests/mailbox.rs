@@ -187,6 +187,43 @@ fn a_full_mailbox_an_unknown_name_and_a_message_too_large_are_clear_errors() {
     assert_eq!(t.wait_code(), 0, "{}", t.log());
 }
 
+#[test]
+fn whereis_follows_the_current_incarnation() {
+    let config = format!(
+        "{}{}",
+        daemon("victim", "\"recv\", \"@DIR@/victim.out\"", ""),
+        daemon("finder", "\"where\", \"victim\", \"@DIR@/finder.out\"", ""),
+    );
+    let mut t = Tree::start(&config);
+    let first = started(&t, "victim.out", 0);
+    let running = |pid: i32, restarts: u32| format!("victim pid {pid} Running restarts {restarts}");
+    t.poll("finder sees the first victim", || {
+        lines(&t, "finder.out")
+            .contains(&running(first, 0))
+            .then_some(())
+    });
+    send(first, SIGKILL).expect("kill victim");
+    let second = started(&t, "victim.out", 1);
+    t.poll("finder sees the replacement", || {
+        lines(&t, "finder.out")
+            .contains(&running(second, 1))
+            .then_some(())
+    });
+    assert_eq!(pid_of(&t, "victim"), Some(second));
+    // Between the two, no line names a pid other than theirs: a name is
+    // never bound to a process that is not its current incarnation.
+    let allowed = [
+        "victim pid none ".to_owned(),
+        format!("victim pid {first} "),
+        format!("victim pid {second} "),
+    ];
+    for l in lines(&t, "finder.out") {
+        assert!(allowed.iter().any(|p| l.starts_with(p)), "{l}");
+    }
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0, "{}", t.log());
+}
+
 /// The first `start PID` line of `file`, once there is one.
 fn started(t: &Tree, file: &str, nth: usize) -> i32 {
     t.poll(&format!("{file} start #{nth}"), || {
@@ -273,6 +310,39 @@ fn a_link_restarts_its_peer_unless_the_peer_traps_exits_and_gets_exit_instead() 
     assert_ne!(plain2, plain);
     started(&t, "victim.out", 1);
     assert_eq!(pid_of(&t, "trapper"), Some(trapper));
+    // Each start is counted with its cause, in `ctl status --json` and in
+    // the metrics.
+    let causes = |name: &str| {
+        let d = t.daemon_status(name).expect("status");
+        (d["cause"].clone(), d["starts_by_cause"].clone())
+    };
+    assert_eq!(
+        causes("plain"),
+        (
+            serde_json::json!("link"),
+            serde_json::json!({"start": 1, "link": 1})
+        )
+    );
+    assert_eq!(
+        causes("victim"),
+        (
+            serde_json::json!("death"),
+            serde_json::json!({"start": 1, "death": 1})
+        )
+    );
+    assert_eq!(
+        causes("trapper"),
+        (serde_json::json!("start"), serde_json::json!({"start": 1}))
+    );
+    let m = t.ctl_run(&["metrics"]).stdout;
+    for line in [
+        "forkroot_starts_total{daemon=\"plain\",cause=\"link\"} 1\n",
+        "forkroot_starts_total{daemon=\"victim\",cause=\"death\"} 1\n",
+        "forkroot_starts_total{daemon=\"trapper\",cause=\"link\"} 0\n",
+        "forkroot_system_messages_dropped_total 0\n",
+    ] {
+        assert!(m.contains(line), "{line} missing from:\n{m}");
+    }
     assert_eq!(
         lines(&t, "trapper.out")
             .iter()

@@ -230,6 +230,9 @@ pub struct Root<'a> {
     regions: RegionSet,
     /// Every daemon's mailbox and the registry (`lib/src/mailbox.rs`).
     post: PostOffice,
+    /// Starts of each daemon by cause (`supervisor::Cause::ALL` order),
+    /// for `ctl status` and `metrics`.
+    starts_by_cause: Vec<[u64; 7]>,
     epoll: sys::Epoll,
     signals: OwnedFd,
     timers: BTreeSet<(Instant, usize)>,
@@ -405,6 +408,7 @@ impl<'a> Root<'a> {
             children,
             by_pid: HashMap::new(),
             regions,
+            starts_by_cause: vec![[0; 7]; post.post().count()],
             post,
             epoll,
             signals,
@@ -668,6 +672,13 @@ impl<'a> Root<'a> {
         Ok(spawned)
     }
 
+    /// Counts a start of daemon `i` under its cause; returns the cause's name.
+    fn count_start(&mut self, i: usize) -> &'static str {
+        let cause = self.sup.start_cause(i);
+        self.starts_by_cause[i][cause.index()] += 1;
+        cause.as_str()
+    }
+
     /// A fork of daemon `i` did not happen: its writer id is dead.
     fn failed_fork(&self, i: usize, standby: bool) {
         if !standby {
@@ -703,7 +714,7 @@ impl<'a> Root<'a> {
                 c.setup_failed = None;
                 let (pid, restarts) = (spawned.pid, c.restarts);
                 self.flush_notes();
-                let cause = self.sup.start_cause(i).as_str();
+                let cause = self.count_start(i);
                 info!(daemon = %self.children[i].cfg.name, %pid, restarts, cause = %cause, "started");
                 self.began(i);
                 self.ensure_standby(i);
@@ -756,7 +767,7 @@ impl<'a> Root<'a> {
         self.post.took_over(i, sb.pid.0 as u32);
         let restarts = c.restarts;
         self.flush_notes();
-        let cause = self.sup.start_cause(i).as_str();
+        let cause = self.count_start(i);
         info!(daemon = %self.children[i].cfg.name, pid = %sb.pid, restarts, cause = %cause, "standby took over");
         self.by_pid.insert(sb.pid, (i, Role::Primary));
         self.began(i);

@@ -159,6 +159,22 @@ pub(crate) enum Cause {
 }
 
 impl Cause {
+    /// Every cause, in the order `ctl status` and `metrics` count them.
+    pub(crate) const ALL: [Cause; 7] = [
+        Cause::Start,
+        Cause::Death,
+        Cause::Retry,
+        Cause::Link,
+        Cause::Strategy,
+        Cause::Escalation,
+        Cause::Operator,
+    ];
+
+    /// Its place in [`Cause::ALL`].
+    pub(crate) fn index(self) -> usize {
+        Cause::ALL.iter().position(|&c| c == self).unwrap_or(0)
+    }
+
     /// The name logs and `ctl tree` show.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
