@@ -803,24 +803,25 @@ impl Mailbox {
     /// reason), the root puts a DOWN message into this mailbox, once. A
     /// monitor lasts until it fires or this process ends.
     pub fn monitor(&self, name: &str) -> Result<(), SendError> {
-        let j = self
-            .post
-            .find(name)
-            .ok_or_else(|| SendError::NoSuchName(name.to_owned()))?;
-        let (word, bit) = self.post.monitor_bit(j, self.me);
+        let (word, bit) = self.my_monitor_bit(name)?;
         word.fetch_or(bit, Ordering::AcqRel);
         Ok(())
     }
 
     /// Drops a monitor of `name` (nothing if there was none).
     pub fn demonitor(&self, name: &str) -> Result<(), SendError> {
+        let (word, bit) = self.my_monitor_bit(name)?;
+        word.fetch_and(!bit, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// The word and bit that say "this daemon monitors `name`".
+    fn my_monitor_bit(&self, name: &str) -> Result<(&'static AtomicU64, u64), SendError> {
         let j = self
             .post
             .find(name)
             .ok_or_else(|| SendError::NoSuchName(name.to_owned()))?;
-        let (word, bit) = self.post.monitor_bit(j, self.me);
-        word.fetch_and(!bit, Ordering::AcqRel);
-        Ok(())
+        Ok(self.post.monitor_bit(j, self.me))
     }
 
     /// Where the daemon called `name` is now.
