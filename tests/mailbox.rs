@@ -14,24 +14,36 @@ use std::time::Duration;
 use common::{send, Tree};
 use libc::{SIGKILL, SIGTERM};
 
-/// The example program, built for the profile the tests run in.
-fn mail() -> &'static PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
+/// An example binary, built once for the profile the tests run in.
+fn example(name: &'static str, cell: &'static OnceLock<PathBuf>) -> &'static PathBuf {
+    cell.get_or_init(|| {
         let bin_dir = std::path::Path::new(common::BIN).parent().expect("bin dir");
         let mut build = Command::new(env!("CARGO"));
         build
-            .args(["build", "--quiet", "--example", "mail"])
+            .args(["build", "--quiet", "--example", name])
             .current_dir(env!("CARGO_MANIFEST_DIR"));
         if bin_dir.ends_with("release") {
             build.arg("--release");
         }
         assert!(
             build.status().expect("run cargo build").success(),
-            "cargo build --example mail failed"
+            "cargo build --example {name} failed"
         );
-        bin_dir.join("examples").join("mail")
+        bin_dir.join("examples").join(name)
     })
+}
+
+/// `examples/mail.rs`: an exec'd program with a mailbox.
+fn mail() -> &'static PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    example("mail", &PATH)
+}
+
+/// `examples/mail_kinds.rs`: an author's binary whose built-in kinds use
+/// their mailboxes.
+fn mail_kinds() -> &'static PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    example("mail_kinds", &PATH)
 }
 
 fn daemon(name: &str, args: &str, keys: &str) -> String {
@@ -220,6 +232,44 @@ fn whereis_follows_the_current_incarnation() {
     for l in lines(&t, "finder.out") {
         assert!(allowed.iter().any(|p| l.starts_with(p)), "{l}");
     }
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0, "{}", t.log());
+}
+
+#[test]
+fn built_in_daemons_send_receive_and_monitor_by_name() {
+    // Built-in kinds (forked, not exec'd) next to an exec'd program that
+    // monitors one of them: the same post and registry serve both.
+    let config = format!(
+        "[[daemon]]\nname = \"inbox\"\nkind = \"inbox\"\nmailbox = 256\n\
+         [daemon.args]\nout = \"@DIR@/inbox.out\"\n\
+         [[daemon]]\nname = \"sender\"\nkind = \"sender\"\n\
+         [daemon.args]\nto = \"inbox\"\ncount = 500\n{}",
+        daemon(
+            "watcher",
+            "\"watch\", \"sender\", \"@DIR@/watcher.out\"",
+            ""
+        ),
+    );
+    let mut t = Tree::start_bin(mail_kinds(), &config);
+    let got = t.poll("inbox received 500 messages", || {
+        let l = lines(&t, "inbox.out");
+        (l.len() > 500).then(|| l[1..].to_vec())
+    });
+    let want: Vec<String> = (0..500).map(|i| format!("sender {i}")).collect();
+    assert_eq!(got, want);
+    started(&t, "watcher.out", 0);
+    let sender = pid_of(&t, "sender").expect("sender running");
+    send(sender, SIGKILL).expect("kill sender");
+    let down = t.poll("watcher got DOWN", || {
+        lines(&t, "watcher.out")
+            .into_iter()
+            .find(|l| l.starts_with("Down "))
+    });
+    assert_eq!(
+        down,
+        format!("Down sender pid {sender} killed by SIGKILL restarts 0")
+    );
     t.signal(SIGTERM);
     assert_eq!(t.wait_code(), 0, "{}", t.log());
 }
