@@ -99,6 +99,7 @@ fn status_tree_metrics_and_json_keep_their_shape() {
         keys(d),
         [
             "alloc",
+            "cause",
             "fault",
             "group",
             "heartbeat_age_ms",
@@ -111,11 +112,14 @@ fn status_tree_metrics_and_json_keep_their_shape() {
             "region_bytes",
             "restarts",
             "standby_pid",
+            "starts_by_cause",
             "state",
             "status",
             "uptime_ms"
         ]
     );
+    assert_eq!(d["cause"], "start");
+    assert_eq!(d["starts_by_cause"], serde_json::json!({ "start": 1 }));
     assert_eq!(d["program"], serde_json::json!({ "kind": "probe" }));
     assert_eq!(d["group"], "g");
     assert_eq!(d["pid"], alpha_pid);

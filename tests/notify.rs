@@ -244,15 +244,15 @@ fn start_timeout_kills_and_counts_as_a_death() {
     assert!(log.contains("restart intensity exceeded"), "{log}");
 }
 
-/// `notify_fd = 5`: a newline on descriptor 5 means ready (s6's
+/// `notify_fd = 7`: a newline on descriptor 7 means ready (s6's
 /// notification-fd), from a shell script.
 #[test]
 fn notify_fd_readiness_from_a_shell_script() {
     let config = r#"
 [[daemon]]
 name = "s6ish"
-notify_fd = 5
-exec = ["/bin/sh", "-c", "while [ ! -e @DIR@/go ]; do sleep 0.02; done; echo >&5; exec sleep 1000"]
+notify_fd = 7
+exec = ["/bin/sh", "-c", "while [ ! -e @DIR@/go ]; do sleep 0.02; done; echo >&7; exec sleep 1000"]
 "#;
     let mut t = Tree::start(config);
     t.poll("s6ish started", || {
@@ -303,7 +303,7 @@ start_timeout = "0s"
         &[
             "daemon[0].watchdog: nothing can keep this watchdog: readiness = \"exec\" says the program speaks no notify protocol (use readiness = \"notify\" and send WATCHDOG=1, or leave readiness out for a program that heartbeats through the forkroot library)",
             "daemon[1].readiness: \"fd\" needs notify_fd = N (the descriptor on which the program writes a newline when ready)",
-            "daemon[2].notify_fd: 3 is out of range (use 5..=255: 0-2 are stdio, 3 is the region, 4 is the setup pipe)",
+            "daemon[2].notify_fd: 3 is out of range (use 7..=255: 0-2 are stdio, 3 is the region, 4 is the setup pipe, 5 and 6 the mailboxes)",
             "daemon[3].readiness: a built-in daemon is ready when its setup ends; readiness and notify_fd are for exec'd programs",
             "daemon[4].notify_fd: given with readiness = \"notify\"; use readiness = \"fd\" (or leave readiness out)",
             "daemon[4].start_timeout: must be longer than 0s",

@@ -293,6 +293,13 @@ pub struct DaemonConfig {
     /// `start_timeout`: from fork to ready at most this long, else the
     /// start is a failure (default 90s).
     pub start_timeout: Duration,
+    /// `trap_exits`: the death of a linked daemon arrives as an EXIT
+    /// message in its mailbox instead of restarting it (default false).
+    pub trap_exits: bool,
+    /// `mailbox`: messages its mailbox holds (default 64).
+    pub mailbox: u32,
+    /// `mailbox_message`: bytes of its largest message (default 1KiB).
+    pub mailbox_message: u32,
     /// `[daemon.args]`: the settings of its kind, checked against the
     /// kind's declaration (empty for an exec'd program).
     pub args: Args,

@@ -385,6 +385,7 @@ pub struct Context<'a> {
     pub(crate) stop_fd: Option<std::os::fd::OwnedFd>,
     /// Attached by [`Context::from_env`]: `$NOTIFY_SOCKET` is the root's.
     pub(crate) exec: bool,
+    pub(crate) mail: Option<crate::mailbox::Mailbox>,
 }
 
 /// A built-in daemon's own start-up, in the process forked for it once
@@ -399,6 +400,7 @@ pub(crate) fn run_builtin(
     siblings: Siblings<'_>,
     args: &Args,
     start: Start<'_>,
+    mail: Option<crate::mailbox::Mailbox>,
 ) -> ! {
     let (header, state) = take_region(name, region);
     let mut ctx = Context {
@@ -411,6 +413,7 @@ pub(crate) fn run_builtin(
         stopping: false,
         stop_fd: None,
         exec: false,
+        mail,
     };
     let code = crate::prologue::run_or_abort(|| entry(&mut ctx));
     // Exiting is not the steady state: flushing stdout may allocate.
@@ -568,6 +571,7 @@ impl Context<'static> {
     /// [`Context::from_env`] once the environment is read.
     fn attach(env: crate::handoff::ExecEnv) -> Result<Context<'static>, AttachError> {
         let region = map_exec_region(env.fd, env.region_size)?;
+        let mail = crate::mailbox::Mailbox::from_env(|k| std::env::var(k).ok(), &env.name)?;
         sys::default_crash_signals();
         let _ = sys::SigSet::of(&[libc::SIGTERM]).block();
         let name: &'static str = env.name.leak();
@@ -596,6 +600,7 @@ impl Context<'static> {
             stopping: false,
             stop_fd: None,
             exec: true,
+            mail,
         })
     }
 
@@ -673,6 +678,81 @@ fn map_exec_region(
     // SAFETY: the mapping is never removed for the rest of the process,
     // and from_env's ATTACHED flag makes this the only reference into it.
     Ok(unsafe { std::slice::from_raw_parts_mut(base.as_ptr(), len) })
+}
+
+/// Mailboxes (`lib/src/mailbox.rs`): send by name, receive, look names up.
+impl Context<'_> {
+    /// Sends `body` to the daemon called `to`, into its mailbox: it waits
+    /// there while `to` is down, for its replacement. Never blocks: a full
+    /// mailbox is [`SendError::Full`](crate::mailbox::SendError::Full), an
+    /// unknown name `NoSuchName`, a body over the receiver's
+    /// `mailbox_message` `TooLarge`.
+    pub fn send(&self, to: &str, body: &[u8]) -> Result<(), crate::mailbox::SendError> {
+        self.mail
+            .as_ref()
+            .ok_or(crate::mailbox::SendError::NoPost)?
+            .send(to, body)
+    }
+
+    /// The next message in this daemon's mailbox, waiting at most `timeout`
+    /// (`None`: until one comes) without spinning for long (the ring's
+    /// futex); `Ok(None)` on timeout.
+    pub fn recv(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> Result<Option<crate::mailbox::Message>, crate::mailbox::RecvError> {
+        self.mail
+            .as_mut()
+            .ok_or(crate::mailbox::RecvError::NoPost)?
+            .recv(timeout)
+    }
+
+    /// [`Context::recv`] into the caller's buffer, without allocating.
+    pub fn recv_into(
+        &mut self,
+        buf: &mut [u8],
+        timeout: Option<Duration>,
+    ) -> Result<Option<crate::mailbox::Envelope>, crate::mailbox::RecvError> {
+        self.mail
+            .as_mut()
+            .ok_or(crate::mailbox::RecvError::NoPost)?
+            .recv_into(buf, timeout)
+    }
+
+    /// Monitors the daemon called `name`: when its process ends, for any
+    /// reason, the root puts a DOWN message ([`MessageKind::Down`], with a
+    /// [`Gone`]: its name, old pid, reason and restarts) into this
+    /// daemon's mailbox, once, without affecting either daemon. The monitor
+    /// ends when it fires or when this process ends.
+    ///
+    /// [`MessageKind::Down`]: crate::mailbox::MessageKind::Down
+    /// [`Gone`]: crate::mailbox::Gone
+    pub fn monitor(&self, name: &str) -> Result<(), crate::mailbox::SendError> {
+        self.mail
+            .as_ref()
+            .ok_or(crate::mailbox::SendError::NoPost)?
+            .monitor(name)
+    }
+
+    /// Drops a monitor set with [`Context::monitor`].
+    pub fn demonitor(&self, name: &str) -> Result<(), crate::mailbox::SendError> {
+        self.mail
+            .as_ref()
+            .ok_or(crate::mailbox::SendError::NoPost)?
+            .demonitor(name)
+    }
+
+    /// The counters of this daemon's mailbox (messages skipped because
+    /// their writer died mid-send, or because they failed their crc).
+    pub fn mailbox_stats(&self) -> Option<crate::ring::Stats> {
+        self.mail.as_ref()?.stats().ok()
+    }
+
+    /// The current incarnation of the daemon called `name`: its pid (if a
+    /// process exists), state and restarts, as the root published them.
+    pub fn whereis(&self, name: &str) -> Option<crate::mailbox::Whereabouts> {
+        self.mail.as_ref()?.whereis(name)
+    }
 }
 
 impl<'a> Context<'a> {

@@ -60,6 +60,7 @@ mod handoff;
 pub mod log;
 #[doc(hidden)]
 pub mod logging;
+pub mod mailbox;
 pub mod mutex;
 pub mod notify;
 pub mod pool;

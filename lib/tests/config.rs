@@ -318,8 +318,9 @@ memroy = "1MiB"
              (expected one of: control, control_group, state_dir, stop_timeout)",
             "daemon[0].memroy: unknown key, did you mean \"memory\"? (expected one of: \
              name, kind, exec, group, memory, restart, on_restart, watchdog, standby, \
-             links, backoff, backoff_max, readiness, notify_fd, start_timeout, args, user, \
-             unix_group, cwd, umask, env, env_clear, rlimits, no_new_privs, stdin)",
+             links, backoff, backoff_max, readiness, notify_fd, start_timeout, trap_exits, \
+             mailbox, mailbox_message, args, user, unix_group, cwd, umask, env, env_clear, \
+             rlimits, no_new_privs, stdin)",
             "daemon[0].memory: \"4 MB\" is not a size: unknown unit \"MB\", \
              did you mean MiB? (use B, KiB, MiB, GiB)",
         ]
@@ -1019,4 +1020,40 @@ fn a_standby_of_an_exec_program_is_refused() {
     );
     // A built-in kind's standby is fine.
     parse(&daemon("standby = true"));
+}
+
+#[test]
+fn mailbox_keys_are_checked_with_their_place() {
+    let c = parse(&daemon(""));
+    assert_eq!(
+        (c.daemons[0].mailbox, c.daemons[0].mailbox_message),
+        (64, 1024)
+    );
+    let c = parse(&daemon("mailbox = 1024\nmailbox_message = \"64KiB\""));
+    assert_eq!(
+        (c.daemons[0].mailbox, c.daemons[0].mailbox_message),
+        (1024, 65536)
+    );
+    assert_eq!(
+        one(&daemon("mailbox = 3")),
+        "daemon[0].mailbox: 3 is not a power of two from 2 to 65536 (messages)"
+    );
+    assert_eq!(
+        one(&daemon("mailbox = 131072")),
+        "daemon[0].mailbox: 131072 is not a power of two from 2 to 65536 (messages)"
+    );
+    assert_eq!(
+        one(&daemon("mailbox = \"64\"")),
+        "daemon[0].mailbox: expected a number of messages such as 64, found the string \"64\""
+    );
+    assert_eq!(
+        one(&daemon("mailbox_message = \"2MiB\"")),
+        "daemon[0].mailbox_message: 2097152 bytes is not from 64B to 1MiB \
+         (a DOWN or EXIT message takes 64)"
+    );
+    assert_eq!(
+        one(&daemon("mailbox_message = 63")),
+        "daemon[0].mailbox_message: 63 bytes is not from 64B to 1MiB \
+         (a DOWN or EXIT message takes 64)"
+    );
 }

@@ -49,6 +49,9 @@ const DAEMON_KEYS: &[&str] = &[
     "readiness",
     "notify_fd",
     "start_timeout",
+    "trap_exits",
+    "mailbox",
+    "mailbox_message",
     "args",
 ];
 
@@ -96,7 +99,7 @@ const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(90);
 /// `notify_fd` below this is stdin/stdout/stderr, the region (3) or the
 /// setup pipe (4).
-const FIRST_NOTIFY_FD: i64 = 5;
+const FIRST_NOTIFY_FD: i64 = 7;
 const LAST_NOTIFY_FD: i64 = 255;
 
 /// Validates a parsed document into a [`Config`], or returns every problem.
@@ -790,6 +793,8 @@ impl Checker<'_> {
             .unwrap_or(DEFAULT_START_TIMEOUT);
         let args = self.args(t, place, program.as_ref());
         let exec = self.exec_settings(t, place, program.as_ref());
+        let (mailbox, mailbox_message) = self.mailbox(t, place);
+        let trap_exits = self.boolean(t, place, "trap_exits").unwrap_or(false);
 
         DaemonConfig {
             name: name.unwrap_or_default(),
@@ -804,6 +809,9 @@ impl Checker<'_> {
             backoff: Backoff { initial, max },
             readiness,
             start_timeout,
+            trap_exits,
+            mailbox,
+            mailbox_message,
             args,
             exec,
         }
@@ -832,7 +840,7 @@ impl Checker<'_> {
                 self.problem(
                     &at(place, "notify_fd"),
                     format!(
-                        "{n} is out of range (use {FIRST_NOTIFY_FD}..={LAST_NOTIFY_FD}: 0-2 are stdio, 3 is the region, 4 is the setup pipe)"
+                        "{n} is out of range (use {FIRST_NOTIFY_FD}..={LAST_NOTIFY_FD}: 0-2 are stdio, 3 is the region, 4 is the setup pipe, 5 and 6 the mailboxes)"
                     ),
                 );
                 return Readiness::Exec;
@@ -884,6 +892,47 @@ impl Checker<'_> {
             );
         }
         readiness
+    }
+
+    /// `mailbox` (messages: a power of two in 2 ..= 65536) and
+    /// `mailbox_message` (a size in 64B ..= 1MiB).
+    fn mailbox(&mut self, t: &Table, place: &str) -> (u32, u32) {
+        use crate::mailbox::{
+            DEFAULT_CAPACITY, DEFAULT_MESSAGE, MAX_CAPACITY, MAX_MESSAGE, MIN_MESSAGE,
+        };
+        let capacity = match t.get("mailbox") {
+            None => DEFAULT_CAPACITY,
+            Some(Value::Integer(n)) => match u32::try_from(*n) {
+                Ok(n) if (2..=MAX_CAPACITY).contains(&n) && n.is_power_of_two() => n,
+                _ => {
+                    self.problem(
+                        &at(place, "mailbox"),
+                        format!("{n} is not a power of two from 2 to {MAX_CAPACITY} (messages)"),
+                    );
+                    DEFAULT_CAPACITY
+                }
+            },
+            Some(other) => {
+                self.type_problem(
+                    &at(place, "mailbox"),
+                    "a number of messages such as 64",
+                    other,
+                );
+                DEFAULT_CAPACITY
+            }
+        };
+        let message = match self.size(t, place, "mailbox_message") {
+            None => DEFAULT_MESSAGE,
+            Some(n) if (u64::from(MIN_MESSAGE)..=u64::from(MAX_MESSAGE)).contains(&n) => n as u32,
+            Some(n) => {
+                self.problem(
+                    &at(place, "mailbox_message"),
+                    format!("{n} bytes is not from {MIN_MESSAGE}B to 1MiB (a DOWN or EXIT message takes {MIN_MESSAGE})"),
+                );
+                DEFAULT_MESSAGE
+            }
+        };
+        (capacity, message)
     }
 
     /// Exactly one of `kind` and `exec`.

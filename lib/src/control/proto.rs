@@ -258,6 +258,13 @@ pub struct DaemonStatus {
     pub memory: u64,
     /// Its allocation policy and counters, as it last published them.
     pub alloc: Option<AllocStatus>,
+    /// Why its current process started (`start`, `death`, `retry`, `link`,
+    /// `strategy`, `escalation`, `operator`); absent without a process.
+    #[serde(default)]
+    pub cause: Option<String>,
+    /// Its starts so far by cause (causes never seen left out).
+    #[serde(default)]
+    pub starts_by_cause: std::collections::BTreeMap<String, u64>,
 }
 
 /// A daemon's allocation policy and counters.

@@ -737,10 +737,14 @@ impl<'a> Ring<'a> {
     }
 
     /// Reserves the next position for writer `id`, or reports the ring full.
-    fn reserve(&self, id: WriterId) -> Result<u64, RingError> {
+    /// Reserves the next free slot for `id`, giving up as [`RingError::Full`]
+    /// after `max_steps` looks at slots (a bound for a writer that must not
+    /// trust the ring: positions and states another process may have
+    /// scribbled over).
+    fn reserve(&self, id: WriterId, max_steps: u32) -> Result<u64, RingError> {
         let p = &self.header().producers;
         let mut pos = p.tail.load(Ordering::Relaxed);
-        loop {
+        for _ in 0..max_steps {
             let slot = self.slot(pos);
             // Acquire: pairs with the consumer's release of this slot, so our
             // payload writes come after its reads of the previous lap.
@@ -777,26 +781,39 @@ impl<'a> Ring<'a> {
                 pos = p.tail.load(Ordering::Relaxed);
             }
         }
+        Err(RingError::Full)
     }
 
-    /// Writes `msg` into the slot of `pos`, reserved by the caller, and commits it.
-    fn write_commit(&self, pos: u64, msg: &[u8]) {
-        debug_assert!(msg.len() <= self.cfg.slot_size as usize);
+    /// Writes the concatenation of `parts` into the slot of `pos`, reserved
+    /// by the caller, and commits it.
+    fn write_commit(&self, pos: u64, parts: &[&[u8]]) {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        debug_assert!(total <= self.cfg.slot_size as usize);
         let slot = self.slot(pos);
         let crc = if self.cfg.checksum {
-            crc32fast::hash(msg)
+            let mut h = crc32fast::Hasher::new();
+            for p in parts {
+                h.update(p);
+            }
+            h.finalize()
         } else {
             0
         };
         let dst = self.payload(pos);
         slot.meta.with_mut(|m| {
-            // SAFETY: the slot is reserved by us (state `(pos, id)`), so no
-            // one else reads or writes its meta or payload until we commit;
-            // `msg.len() <= slot_size` bytes fit after the header.
+            let mut at = 0;
+            for p in parts {
+                // SAFETY: the slot is reserved by us (state `(pos, id)`), so
+                // no one else reads or writes its meta or payload until we
+                // commit; the parts total at most `slot_size` bytes (checked
+                // by the caller), which fit after the header.
+                unsafe { ptr::copy_nonoverlapping(p.as_ptr(), dst.add(at), p.len()) };
+                at += p.len();
+            }
+            // SAFETY: as above: the meta is ours until the commit.
             unsafe {
-                ptr::copy_nonoverlapping(msg.as_ptr(), dst, msg.len());
                 m.write(SlotMeta {
-                    len: msg.len() as u32,
+                    len: total as u32,
                     crc,
                 });
             }
@@ -841,23 +858,42 @@ impl Producer<'_> {
     /// Sends `msg` if there is room: no allocation, no system call unless
     /// the consumer sleeps.
     pub fn try_send(&self, msg: &[u8]) -> Result<(), RingError> {
-        self.check_len(msg)?;
-        let pos = self.ring.reserve(self.id)?;
-        self.ring.write_commit(pos, msg);
+        self.try_send_parts(&[msg])
+    }
+
+    /// Sends the concatenation of `parts` as one message if there is room
+    /// (a header and a body without copying them together first).
+    pub fn try_send_parts(&self, parts: &[&[u8]]) -> Result<(), RingError> {
+        self.check_len(parts.iter().map(|p| p.len()).sum())?;
+        let pos = self.ring.reserve(self.id, u32::MAX)?;
+        self.ring.write_commit(pos, parts);
+        Ok(())
+    }
+
+    /// [`Producer::try_send_parts`] with a bounded search for a free slot
+    /// (twice the capacity): for a writer such as a supervisor that must
+    /// not loop on a ring another process damaged. May say
+    /// [`RingError::Full`] under heavy contention.
+    pub fn try_send_bounded(&self, parts: &[&[u8]]) -> Result<(), RingError> {
+        self.check_len(parts.iter().map(|p| p.len()).sum())?;
+        let pos = self
+            .ring
+            .reserve(self.id, self.ring.cfg.capacity.saturating_mul(2))?;
+        self.ring.write_commit(pos, parts);
         Ok(())
     }
 
     /// Sends `msg`, sleeping while the ring is full, at most `timeout`
     /// (`None`: as long as it takes). Returns [`RingError::Full`] on timeout.
     pub fn send_timeout(&self, msg: &[u8], timeout: Option<Duration>) -> Result<(), RingError> {
-        self.check_len(msg)?;
+        self.check_len(msg.len())?;
         let deadline = timeout.map(|t| Instant::now() + t);
         let p = &self.ring.header().producers;
         let spin_until = Instant::now() + SPIN_FOR;
         loop {
-            match self.ring.reserve(self.id) {
+            match self.ring.reserve(self.id, u32::MAX) {
                 Ok(pos) => {
-                    self.ring.write_commit(pos, msg);
+                    self.ring.write_commit(pos, &[msg]);
                     return Ok(());
                 }
                 Err(RingError::Full) => {}
@@ -878,9 +914,9 @@ impl Producer<'_> {
             let v = p.space_futex.load(Ordering::Acquire);
             // Re-check after raising the flag: the consumer may have released
             // a slot before it could see the flag.
-            match self.ring.reserve(self.id) {
+            match self.ring.reserve(self.id, u32::MAX) {
                 Ok(pos) => {
-                    self.ring.write_commit(pos, msg);
+                    self.ring.write_commit(pos, &[msg]);
                     return Ok(());
                 }
                 Err(RingError::Full) => {}
@@ -896,13 +932,10 @@ impl Producer<'_> {
         }
     }
 
-    fn check_len(&self, msg: &[u8]) -> Result<(), RingError> {
+    fn check_len(&self, len: usize) -> Result<(), RingError> {
         let max = self.ring.cfg.slot_size as usize;
-        if msg.len() > max {
-            return Err(RingError::TooLarge {
-                len: msg.len(),
-                max,
-            });
+        if len > max {
+            return Err(RingError::TooLarge { len, max });
         }
         Ok(())
     }
@@ -1398,7 +1431,7 @@ mod loom_tests {
             let (m1, d1) = (mem.clone(), dead.clone());
             let dying = loom::thread::spawn(move || {
                 let _mem = m1;
-                ring.reserve(id(1)).unwrap();
+                ring.reserve(id(1), u32::MAX).unwrap();
                 d1.store(true, Ordering::Release);
             });
             // Writer 2 sends normally.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
-use super::supervisor::{Event, Member, TOP};
+use super::supervisor::{Cause, Event, Member, TOP};
 use super::{Mode, Root, State, TOKEN_CONN};
 use crate::config::{format_duration, Program, RestartType, Strategy};
 use crate::control::proto::{
@@ -507,6 +507,13 @@ impl Root<'_> {
                 region_bytes: self.regions.region_len(i),
                 memory: c.cfg.memory,
                 alloc: self.alloc_status(i),
+                cause: c.pid.map(|_| self.sup.start_cause(i).as_str().to_owned()),
+                starts_by_cause: Cause::ALL
+                    .iter()
+                    .zip(self.starts_by_cause.get(i).copied().unwrap_or_default())
+                    .filter(|&(_, n)| n > 0)
+                    .map(|(c, n)| (c.as_str().to_owned(), n))
+                    .collect(),
             })
             .collect();
         StatusReply {
@@ -653,6 +660,23 @@ impl Root<'_> {
                 c.cfg.name, c.restarts
             );
         }
+        let _ = writeln!(m, "# TYPE forkroot_starts_total counter");
+        for (c, counts) in self.children.iter().zip(&self.starts_by_cause) {
+            for (cause, n) in Cause::ALL.iter().zip(counts) {
+                let _ = writeln!(
+                    m,
+                    "forkroot_starts_total{{daemon=\"{}\",cause=\"{}\"}} {n}",
+                    c.cfg.name,
+                    cause.as_str()
+                );
+            }
+        }
+        let _ = writeln!(
+            m,
+            "# TYPE forkroot_system_messages_dropped_total counter\n\
+             forkroot_system_messages_dropped_total {}",
+            self.post.dropped()
+        );
         let _ = writeln!(m, "# TYPE forkroot_up gauge");
         for (_, c) in live() {
             let up = u8::from(c.state == State::Running);

@@ -31,6 +31,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::{Config, DaemonConfig, OnRestart, Program, Readiness};
 use crate::daemon::{Death, ExitReason, Registry, SetupStage};
 use crate::handoff::{read_setup, History, Setup};
+use crate::mailbox::{PostOffice, Presence, Shape};
 use crate::region::{RegionSet, RegionSpec};
 use crate::sys::{self, Pid, SigSet, WaitStatus};
 use spawn::{Plan, Run, Spawned};
@@ -301,6 +302,11 @@ pub struct Root<'a> {
     names: Vec<String>,
     by_pid: HashMap<Pid, (usize, Role)>,
     regions: RegionSet,
+    /// Every daemon's mailbox and the registry (`lib/src/mailbox.rs`).
+    post: PostOffice,
+    /// Starts of each daemon by cause (`supervisor::Cause::ALL` order),
+    /// for `ctl status` and `metrics`.
+    starts_by_cause: Vec<[u64; 7]>,
     epoll: sys::Epoll,
     signals: OwnedFd,
     timers: BTreeSet<(Instant, usize)>,
@@ -425,6 +431,16 @@ impl<'a> Root<'a> {
         };
         let regions = RegionSet::create(&specs, config.root.state_dir.as_deref())
             .map_err(ctx("mapping regions"))?;
+        let shapes: Vec<Shape<'_>> = config
+            .daemons
+            .iter()
+            .map(|d| Shape {
+                name: &d.name,
+                capacity: d.mailbox,
+                message: d.mailbox_message,
+            })
+            .collect();
+        let post = PostOffice::create(&shapes).map_err(ctx("making the mailboxes"))?;
         let epoll = sys::Epoll::new().map_err(ctx("epoll"))?;
         epoll
             .add(signals.as_raw_fd(), TOKEN_SIGNALS)
@@ -488,6 +504,8 @@ impl<'a> Root<'a> {
             children,
             by_pid: HashMap::new(),
             regions,
+            starts_by_cause: vec![[0; 7]; post.post().count()],
+            post,
             epoll,
             signals,
             timers: BTreeSet::new(),
@@ -829,6 +847,21 @@ impl<'a> Root<'a> {
     /// pipe cannot be watched, it is killed and the reason comes back with
     /// it (its exit is then a failed start).
     fn fork_child(&mut self, i: usize, standby: bool) -> io::Result<(Spawned, Option<ExitReason>)> {
+        let writer = self.post.begin(i, standby);
+        let forked = self.fork_child_with(i, standby, writer);
+        if forked.is_err() {
+            self.failed_fork(i, standby);
+        }
+        forked
+    }
+
+    /// [`Root::fork_child`] once the mailbox writer id is assigned.
+    fn fork_child_with(
+        &mut self,
+        i: usize,
+        standby: bool,
+        writer: crate::ring::WriterId,
+    ) -> io::Result<(Spawned, Option<ExitReason>)> {
         let c = &self.children[i];
         let start = crate::daemon::Start {
             restarts: c.restarts,
@@ -863,6 +896,7 @@ impl<'a> Root<'a> {
                     self.regions.region_len(i),
                     &start,
                     &env,
+                    writer,
                 )?
             }
         };
@@ -889,7 +923,13 @@ impl<'a> Root<'a> {
             standby,
             output: Some(self.outputs[i].write_fds()),
             notify_fd: notify_pipe.as_ref().map(|((_, w), n)| (w.as_raw_fd(), *n)),
+            post: self.post.post(),
+            writer,
+            post_fds: self.post.fds(),
         })?;
+        if !standby {
+            self.post.forked(i, spawned.pid.0 as u32);
+        }
         self.forks += 1;
         let role = if standby {
             Role::Standby
@@ -938,6 +978,24 @@ impl<'a> Root<'a> {
         Ok((spawned, unwatched))
     }
 
+    /// Counts a start of daemon `i` under its cause; returns the cause's name.
+    fn count_start(&mut self, i: usize) -> &'static str {
+        let cause = self.sup.start_cause(i);
+        if self.starts_by_cause.len() <= i {
+            // A daemon a reload added.
+            self.starts_by_cause.resize(i + 1, [0; 7]);
+        }
+        self.starts_by_cause[i][cause.index()] += 1;
+        cause.as_str()
+    }
+
+    /// A fork of daemon `i` did not happen: its writer id is dead.
+    fn failed_fork(&self, i: usize, standby: bool) {
+        if !standby {
+            self.post.ended(i);
+        }
+    }
+
     /// [`Action::Fork`]: fork daemon `i` (or wake its standby). What the
     /// supervisor must hear of it comes back as an event: a takeover is
     /// `Ready`, a failed fork `ForkFailed`.
@@ -984,7 +1042,7 @@ impl<'a> Root<'a> {
                 let (pid, restarts) = (spawned.pid, c.restarts);
                 self.outputs[i].started(pid);
                 self.flush_notes();
-                let cause = self.sup.start_cause(i).as_str();
+                let cause = self.count_start(i);
                 info!(daemon = %self.children[i].cfg.name, %pid, restarts, cause = %cause, "started");
                 self.began(i);
                 self.ensure_standby(i);
@@ -1073,10 +1131,11 @@ impl<'a> Root<'a> {
             return false;
         }
         c.pid = Some(sb.pid);
+        self.post.took_over(i, sb.pid.0 as u32);
         let restarts = c.restarts;
         self.outputs[i].started(sb.pid);
         self.flush_notes();
-        let cause = self.sup.start_cause(i).as_str();
+        let cause = self.count_start(i);
         info!(daemon = %self.children[i].cfg.name, pid = %sb.pid, restarts, cause = %cause, "standby took over");
         self.by_pid.insert(sb.pid, (i, Role::Primary));
         self.began(i);
@@ -1303,6 +1362,12 @@ impl<'a> Root<'a> {
         });
         let uptime = c.started.map_or(Duration::ZERO, |t| t.elapsed());
         let pid = c.pid.take().map_or(0, |p| p.0);
+        // Reaped: messages it left half-written are skipped from now on,
+        // and whoever monitors it hears of it.
+        let downs = self.post.died(i, pid as u32, reason, c.restarts);
+        if downs > 0 {
+            debug!(daemon = %c.cfg.name, downs, "DOWN delivered");
+        }
         // Whatever it forked dies with it (its process group: transactions,
         // an exec'd program's children), so nothing outlives it holding its
         // region writable. The group's id cannot be reused while any member
@@ -1397,15 +1462,43 @@ impl<'a> Root<'a> {
             Action::CheckWatchdog(i) => self.check_watchdog(i),
             Action::ForkStandby(i) => self.ensure_standby(i),
             Action::KillStandby(i) => self.kill_standby(i),
-            Action::Show(i, state) => self.children[i].state = state,
-            Action::Restarted(i) => self.children[i].restarts += 1,
+            Action::Show(i, state) => {
+                self.children[i].state = state;
+                self.publish(i);
+            }
+            Action::Restarted(i) => {
+                self.children[i].restarts += 1;
+                self.publish(i);
+            }
             Action::ShutDown(code) => {
                 self.mode = Mode::ShuttingDown(code);
                 self.manager.stopping();
             }
+            Action::Exit { to, link } => {
+                let (name, from) = (&self.children[to].cfg.name, &self.children[link].cfg.name);
+                if self.post.exit_to(to, link) {
+                    info!(daemon = %name, link = %from, "link died; EXIT delivered (trap_exits)");
+                } else {
+                    warn!(daemon = %name, link = %from, "link died; its mailbox is full, EXIT lost");
+                }
+            }
             Action::Log(log) => self.log_decision(log),
         }
         None
+    }
+
+    /// Publishes daemon `i`'s state and restarts in the registry.
+    fn publish(&self, i: usize) {
+        let c = &self.children[i];
+        let presence = match c.state {
+            State::Starting => Presence::Starting,
+            State::Running => Presence::Running,
+            State::Backoff => Presence::Backoff,
+            State::Stopping => Presence::Stopping,
+            State::Stopped => Presence::Stopped,
+            State::Failed => Presence::Failed,
+        };
+        self.post.show(i, presence, c.restarts);
     }
 
     /// The log line of a supervisor's decision.

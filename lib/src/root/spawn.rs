@@ -78,6 +78,7 @@ impl Run<'_> {
         region_len: usize,
         start: &Start<'_>,
         notify: &[String],
+        writer: crate::ring::WriterId,
     ) -> io::Result<Run<'static>> {
         let nul = |s: &[u8]| CString::new(s).map_err(io::Error::other);
         let mut strings: Vec<CString> = Vec::new();
@@ -109,6 +110,9 @@ impl Run<'_> {
             strings.push(nul(var.as_bytes())?);
         }
         for var in notify {
+            strings.push(nul(var.as_bytes())?);
+        }
+        for var in crate::mailbox::PostOffice::exec_env(writer) {
             strings.push(nul(var.as_bytes())?);
         }
         let mut argv: Vec<_> = strings[..nargs].iter().map(|s| s.as_ptr()).collect();
@@ -161,6 +165,11 @@ pub(crate) struct Plan<'a> {
     /// `notify_fd`: (the write end of the root's notification pipe, the
     /// descriptor number the program gets it at).
     pub(crate) notify_fd: Option<(RawFd, RawFd)>,
+    /// The mailboxes and registry, and this incarnation's writer id.
+    pub(crate) post: crate::mailbox::Post,
+    pub(crate) writer: crate::ring::WriterId,
+    /// The post's and the read-only registry's descriptors (for exec).
+    pub(crate) post_fds: (RawFd, RawFd),
 }
 
 /// A forked child, seen from the root.
@@ -231,20 +240,24 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
             };
             // Its stdin to fd 0, its output pipes to 1 and 2, the region to
             // fd 3, the setup pipe to fd 4 (close-on-exec, so a successful
-            // exec reads as end-of-file in the root) and the notification
-            // pipe to `notify_fd` (N >= 5, inherited). Each is first copied
-            // above 4, so no move overwrites another's source.
+            // exec reads as end-of-file in the root), the mailboxes' post to
+            // 5 and registry to 6, and the notification pipe to `notify_fd`
+            // (N >= 7, inherited). Each is first copied above 6, so no move
+            // overwrites another's source.
             let moved = (|| -> io::Result<()> {
-                let r = sys::dup_at_least(fd, 5)?;
-                let p = sys::dup_at_least(pipe, 5)?;
-                let i = sys::dup_at_least(stdin, 5)?;
+                const ABOVE: RawFd = 7;
+                let r = sys::dup_at_least(fd, ABOVE)?;
+                let p = sys::dup_at_least(pipe, ABOVE)?;
+                let i = sys::dup_at_least(stdin, ABOVE)?;
+                let post = sys::dup_at_least(s.post_fds.0, ABOVE)?;
+                let reg = sys::dup_at_least(s.post_fds.1, ABOVE)?;
                 let out = s.output.map(|(o, e)| -> io::Result<_> {
-                    Ok((sys::dup_at_least(o, 5)?, sys::dup_at_least(e, 5)?))
+                    Ok((sys::dup_at_least(o, ABOVE)?, sys::dup_at_least(e, ABOVE)?))
                 });
                 let out = out.transpose()?;
                 let n = s
                     .notify_fd
-                    .map(|(from, to)| sys::dup_at_least(from, 5).map(|d| (d, to)))
+                    .map(|(from, to)| sys::dup_at_least(from, ABOVE).map(|d| (d, to)))
                     .transpose()?;
                 sys::dup2(i, 0)?;
                 if let Some((o, e)) = out {
@@ -254,15 +267,17 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
                 sys::dup2(r, handoff::EXEC_REGION_FD)?;
                 sys::dup2(p, 4)?;
                 sys::set_cloexec(4, true)?;
+                sys::dup2(post, crate::mailbox::EXEC_POST_FD)?;
+                sys::dup2(reg, crate::mailbox::EXEC_REGISTRY_FD)?;
                 match n {
                     Some((d, to)) => {
                         sys::dup2(d, to)?;
                         // dup2 onto itself keeps close-on-exec: clear it.
                         sys::set_cloexec(to, false)?;
-                        sys::close_between(5, to - 1)?;
+                        sys::close_between(ABOVE, to - 1)?;
                         sys::close_from(to + 1)
                     }
-                    None => sys::close_from(5),
+                    None => sys::close_from(ABOVE),
                 }
             })();
             if let Err(e) = moved {
@@ -312,7 +327,11 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
                 regions: Some(s.regions),
                 own: s.index,
             };
-            crate::daemon::run_builtin(*entry, s.name, region, siblings, args, start)
+            // A daemon a reload added has no mailbox (the post is laid out
+            // once, at start).
+            let mail = (s.index < s.post.count())
+                .then(|| crate::mailbox::Mailbox::new(s.post, s.index, s.writer));
+            crate::daemon::run_builtin(*entry, s.name, region, siblings, args, start, mail)
         }
     }
 }

@@ -176,6 +176,22 @@ pub(crate) enum Cause {
 }
 
 impl Cause {
+    /// Every cause, in the order `ctl status` and `metrics` count them.
+    pub(crate) const ALL: [Cause; 7] = [
+        Cause::Start,
+        Cause::Death,
+        Cause::Retry,
+        Cause::Link,
+        Cause::Strategy,
+        Cause::Escalation,
+        Cause::Operator,
+    ];
+
+    /// Its place in [`Cause::ALL`].
+    pub(crate) fn index(self) -> usize {
+        Cause::ALL.iter().position(|&c| c == self).unwrap_or(0)
+    }
+
     /// The name logs and `ctl tree` show.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -259,6 +275,9 @@ pub(crate) enum Action {
     Restarted(usize),
     /// The tree is stopping; the root exits with this code when it is down.
     ShutDown(i32),
+    /// `trap_exits`: tell daemon `to` that `link`, linked to it, died
+    /// (an EXIT message in its mailbox) instead of restarting it.
+    Exit { to: usize, link: usize },
     /// A decision worth a log line.
     Log(Log),
 }
@@ -294,6 +313,8 @@ struct Daemon {
     backoff: Duration,
     restarts: u32,
     links: Vec<usize>,
+    /// `trap_exits`: a link's death is a message, not a restart.
+    trap_exits: bool,
     /// Why its current (or next) process starts.
     cause: Cause,
     /// From fork to ready at most this long.
@@ -419,6 +440,7 @@ impl Supervisor {
                 backoff: dc.backoff.initial,
                 restarts: 0,
                 links: links.get(d).cloned().unwrap_or_default(),
+                trap_exits: dc.trap_exits,
                 cause: Cause::Start,
                 start_timeout: dc.start_timeout,
                 watchdog: dc.watchdog,
@@ -782,10 +804,15 @@ impl Supervisor {
 
     /// `links`: an abnormal death takes the daemons linked to it down and
     /// up again, as `ctl restart` would (not a death of theirs: it neither
-    /// propagates further nor counts against an intensity).
+    /// propagates further nor counts against an intensity); a linked
+    /// daemon that traps exits gets an EXIT message instead.
     fn restart_links(&mut self, i: usize) {
         for j in self.daemons[i].links.clone() {
-            if self.daemons[j].state.up() {
+            if self.daemons[j].trap_exits {
+                if self.daemons[j].state.up() {
+                    self.out.push(Action::Exit { to: j, link: i });
+                }
+            } else if self.daemons[j].state.up() {
                 self.out
                     .push(Action::Log(Log::Linked { daemon: j, link: i }));
                 self.daemons[j].cause = Cause::Link;

@@ -469,6 +469,18 @@ pub unsafe fn unmap(addr: NonNull<u8>, len: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// `MADV_DONTFORK` on `[addr, addr+len)`: a child forked later does not
+/// inherit the mapping (the root keeps its writable views to itself).
+///
+/// # Safety
+/// The range must be a whole mapping of this process (page-aligned).
+pub unsafe fn dont_fork(addr: NonNull<u8>, len: usize) -> io::Result<()> {
+    // SAFETY: the caller guarantees the range; the advice changes only what
+    // a future fork copies.
+    cvt(unsafe { libc::madvise(addr.as_ptr().cast(), len, libc::MADV_DONTFORK) })?;
+    Ok(())
+}
+
 /// Gives SIGPIPE its default action back (the Rust runtime ignores it), as
 /// a program started from a shell expects. Fork-safe.
 pub fn default_sigpipe() {

@@ -41,6 +41,7 @@ impl Supervisor {
             cause: super::Cause::Start,
             start_timeout: cfg.start_timeout,
             watchdog: cfg.watchdog,
+            trap_exits: cfg.trap_exits,
         });
         self.shift(g, pos, true);
         self.groups[g].children.insert(pos, Member::Daemon(i));

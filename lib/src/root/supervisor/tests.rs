@@ -405,6 +405,28 @@ fn a_link_restarts_the_linked_daemon_without_counting_it() {
 }
 
 #[test]
+fn a_link_that_traps_exits_gets_an_exit_message_instead_of_a_restart() {
+    let mut w = World::started(&format!(
+        "{}{}{}",
+        daemon("a", "links = [\"b\", \"c\"]"),
+        daemon("b", "trap_exits = true"),
+        daemon("c", "")
+    ));
+    w.crash("a");
+    assert!(w.actions.contains(&Action::Exit {
+        to: w.d("b"),
+        link: w.d("a")
+    }));
+    // b stays up; c goes down with its link and comes back.
+    assert_eq!(w.take(), ["-c", "+a", "+c"]);
+    assert_eq!(w.state("b"), DState::Running);
+    // A normal exit sends nothing along a link.
+    w.actions.clear();
+    w.exits("a");
+    assert!(!w.actions.iter().any(|a| matches!(a, Action::Exit { .. })));
+}
+
+#[test]
 fn fork_failed_x_starting_retries_after_a_second_and_counts() {
     let mut w = World::started(&daemon("a", ""));
     // The replacement's fork fails.
