@@ -879,8 +879,8 @@ impl<'a> Root<'a> {
         });
     }
 
-    /// Seed 004's last question: a daemon restored to the state it died in
-    /// may die the same way again. If it crashed (not killed by SIGKILL,
+    /// Poison: a daemon restored to the state it died in may die the same
+    /// way again. If it crashed (not killed by SIGKILL,
     /// SIGTERM or SIGINT, which come from outside) within [`POISON_WINDOW`]
     /// of resuming from checkpoint C, C is poison: the next start resumes
     /// from the checkpoint before C (and, that failing too, fresh).
