@@ -397,7 +397,7 @@ fn take_region(name: &str, region: &'static mut [u8]) -> (&'static Header, &'sta
         crate::log::install(log);
     }
     crate::alloc::set_name(name);
-    crate::logging::set_daemon_name(name);
+    crate::subscriber::set_daemon_name(name);
     (header, state)
 }
 
@@ -527,7 +527,7 @@ impl Context<'static> {
         let _ = sys::SigSet::of(&[libc::SIGTERM]).block();
         let name: &'static str = env.name.leak();
         let (header, state) = take_region(name, region);
-        crate::logging::init();
+        crate::subscriber::init();
         crate::alloc::reset_stats();
         crate::alloc::set_policy(crate::alloc::Policy::Count);
         let history = env.history;

@@ -652,7 +652,7 @@ impl Root<'_> {
     fn logs(&self, i: usize, after: u64) -> LogsReply {
         let mut records = Vec::new();
         let mut next = after;
-        super::flight::since(&self.regions, i, &mut next, &mut records);
+        super::log_reader::since(&self.regions, i, &mut next, &mut records);
         LogsReply {
             daemon: self.names[i].clone(),
             next,

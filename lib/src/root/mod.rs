@@ -10,7 +10,7 @@
 //! this loop feeds it events ([`Root::step`]) and carries out its actions.
 
 mod control;
-mod flight;
+mod log_reader;
 mod manager;
 mod spawn;
 mod supervisor;
@@ -500,7 +500,7 @@ impl<'a> Root<'a> {
                     if reason.is_normal() {
                         info!(daemon = %name, %pid, uptime = ?uptime, "exited normally");
                     } else {
-                        let last = flight::last_lines(&self.regions, i, pid, 8);
+                        let last = log_reader::last_lines(&self.regions, i, pid, 8);
                         error!(
                             daemon = %name,
                             %pid,
