@@ -40,7 +40,7 @@ impl Epoll {
             u64: token,
         };
         // SAFETY: `ev` is valid for the call.
-        cvt(unsafe { libc::epoll_ctl(self.0.as_raw_fd(), op, fd, &mut ev) })?;
+        cvt(unsafe { libc::epoll_ctl(self.0.as_raw_fd(), op, fd, &raw mut ev) })?;
         Ok(())
     }
 

@@ -18,7 +18,7 @@ pub fn write_all(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// flock(LOCK_EX | LOCK_NB): whether the lock was taken.
+/// `flock(LOCK_EX | LOCK_NB)`: whether the lock was taken.
 pub fn try_lock_exclusive(fd: RawFd) -> io::Result<bool> {
     // SAFETY: flock has no memory preconditions.
     match cvt_r(|| unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) }) {
@@ -42,7 +42,7 @@ pub fn raise_fd_limit() -> io::Result<u64> {
         rlim_max: 0,
     };
     // SAFETY: `lim` is a valid rlimit to fill.
-    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) })?;
     let _ = ORIGINAL_FD_LIMIT.compare_exchange(
         0,
         lim.rlim_cur,
@@ -53,7 +53,7 @@ pub fn raise_fd_limit() -> io::Result<u64> {
         lim.rlim_cur = lim.rlim_max;
         // SAFETY: `lim` is a valid rlimit; raising the soft limit up to the
         // hard one needs no privilege.
-        cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
+        cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) })?;
     }
     Ok(lim.rlim_cur)
 }
@@ -72,9 +72,9 @@ pub fn restore_fd_limit() {
     // SAFETY: `lim` is a valid rlimit to fill, then to set; lowering the
     // soft limit needs no privilege.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) == 0 {
             lim.rlim_cur = (original as libc::rlim_t).min(lim.rlim_max);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim);
         }
     }
 }
@@ -111,13 +111,13 @@ pub fn close_from(first: RawFd) -> io::Result<()> {
         Ok(_) => Ok(()),
         // Before Linux 5.9 (or under a seccomp filter without it): close
         // one by one, up to the descriptor limit.
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EPERM)) => {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
             let mut lim = libc::rlimit {
                 rlim_cur: 0,
                 rlim_max: 0,
             };
             // SAFETY: `lim` is a valid rlimit to fill.
-            cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+            cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) })?;
             let last = lim.rlim_cur.min(1 << 20) as RawFd;
             for fd in first..last {
                 close(fd);

@@ -85,7 +85,7 @@ pub fn reopen_read_only(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
-/// Reserves `len` bytes of address space with no access (PROT_NONE) and no
+/// Reserves `len` bytes of address space with no access (`PROT_NONE`) and no
 /// memory behind them; regions are mapped into it with [`map_fixed`], and
 /// what stays unmapped between them is a guard.
 pub fn reserve(len: usize) -> io::Result<NonNull<u8>> {
@@ -109,9 +109,9 @@ pub fn reserve(len: usize) -> io::Result<NonNull<u8>> {
 /// Access to a mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
-    /// PROT_READ.
+    /// `PROT_READ`.
     ReadOnly,
-    /// PROT_READ | PROT_WRITE.
+    /// `PROT_READ | PROT_WRITE`.
     ReadWrite,
 }
 
@@ -177,6 +177,7 @@ pub unsafe fn protect(addr: NonNull<u8>, len: usize, access: Access) -> io::Resu
 }
 
 /// The system's page size.
+#[must_use]
 pub fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }

@@ -5,6 +5,17 @@
 //! *fork-safe* neither allocate nor lock, so a freshly forked child may call
 //! them before it is settled.
 
+// The kernel's integer types (pid_t, id_t, c_long, ssize_t, rlim_t,
+// time_t) are converted to and from Rust's here, at the boundary, on
+// purpose: each converted value is one the kernel bounds (a pid > 0, a
+// byte count `cvt` checked is not -1, a clock reading >= 0), so
+// `clippy::pedantic`'s cast lints would flag only those conversions.
+#![allow(
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::cast_possible_truncation
+)]
+
 use std::io;
 
 pub mod cred;
@@ -61,7 +72,7 @@ pub fn cvt<T: IsMinusOne>(t: T) -> io::Result<T> {
 pub fn cvt_r<T: IsMinusOne>(mut f: impl FnMut() -> T) -> io::Result<T> {
     loop {
         match cvt(f()) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             other => return other,
         }
     }
@@ -81,12 +92,14 @@ minus_one!(i32, i64, isize);
 
 /// Monotonic clock in nanoseconds (vDSO, no syscall). Fork-safe.
 #[inline]
+#[must_use]
 pub fn monotonic_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC)
 }
 
 /// Wall clock in nanoseconds since the epoch. Fork-safe.
 #[inline]
+#[must_use]
 pub fn realtime_ns() -> u64 {
     clock_ns(libc::CLOCK_REALTIME)
 }
@@ -98,6 +111,6 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid, writable timespec; both clocks always exist.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
+    unsafe { libc::clock_gettime(clock, &raw mut ts) };
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }

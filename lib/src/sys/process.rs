@@ -7,12 +7,14 @@ use std::io;
 
 /// The calling process's id. Fork-safe.
 #[inline]
+#[must_use]
 pub fn getpid() -> Pid {
     // SAFETY: getpid has no preconditions and cannot fail.
     Pid(unsafe { libc::getpid() })
 }
 
 /// The parent's id. Fork-safe.
+#[must_use]
 pub fn getppid() -> Pid {
     // SAFETY: getppid has no preconditions and cannot fail.
     Pid(unsafe { libc::getppid() })
@@ -26,6 +28,7 @@ pub fn exit_now(code: i32) -> ! {
 }
 
 /// How many threads this process has (from `/proc/self/status`), if known.
+#[must_use]
 pub fn thread_count() -> Option<usize> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("Threads:"))?;
@@ -84,7 +87,7 @@ pub enum WaitStatus {
 pub fn reap_one() -> io::Result<Option<(Pid, WaitStatus)>> {
     let mut status = 0;
     // SAFETY: `status` is a valid writable int.
-    let pid = match cvt_r(|| unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) }) {
+    let pid = match cvt_r(|| unsafe { libc::waitpid(-1, &raw mut status, libc::WNOHANG) }) {
         Ok(p) => p,
         Err(e) if e.raw_os_error() == Some(libc::ECHILD) => return Ok(None),
         Err(e) => return Err(e),
@@ -118,7 +121,7 @@ pub fn reap_pid(pid: Pid) -> io::Result<Option<WaitStatus>> {
         libc::waitid(
             libc::P_PID,
             pid.0 as libc::id_t,
-            &mut info,
+            &raw mut info,
             libc::WEXITED | libc::WNOHANG,
         )
     });
@@ -152,7 +155,12 @@ pub fn wait_pid(pid: Pid) -> io::Result<Option<WaitStatus>> {
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     // SAFETY: `info` is a valid siginfo_t to fill.
     let rc = cvt_r(|| unsafe {
-        libc::waitid(libc::P_PID, pid.0 as libc::id_t, &mut info, libc::WEXITED)
+        libc::waitid(
+            libc::P_PID,
+            pid.0 as libc::id_t,
+            &raw mut info,
+            libc::WEXITED,
+        )
     });
     match rc {
         Ok(_) => {}
@@ -172,6 +180,7 @@ pub fn wait_pid(pid: Pid) -> io::Result<Option<WaitStatus>> {
 
 /// execv(2) with a prepared, NUL-terminated argument vector and environment.
 /// Returns only on failure. Fork-safe.
+#[must_use]
 pub fn exec(path: &CStr, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -> io::Error {
     debug_assert!(argv.last().is_some_and(|p| p.is_null()));
     debug_assert!(envp.last().is_some_and(|p| p.is_null()));

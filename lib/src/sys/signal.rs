@@ -33,6 +33,7 @@ impl std::fmt::Debug for SigSet {
 
 impl SigSet {
     /// The empty set. Fork-safe.
+    #[must_use]
     pub fn empty() -> SigSet {
         let mut set = std::mem::MaybeUninit::uninit();
         // SAFETY: sigemptyset initialises the set it is given.
@@ -42,11 +43,12 @@ impl SigSet {
     }
 
     /// The set of `signals`. Fork-safe.
+    #[must_use]
     pub fn of(signals: &[i32]) -> SigSet {
         let mut set = SigSet::empty();
         for &s in signals {
             // SAFETY: `set.0` is initialised; an invalid number is ignored.
-            unsafe { libc::sigaddset(&mut set.0, s) };
+            unsafe { libc::sigaddset(&raw mut set.0, s) };
         }
         set
     }
@@ -54,7 +56,9 @@ impl SigSet {
     /// Replaces the calling thread's signal mask with this set. Fork-safe.
     pub fn set_mask(&self) -> io::Result<()> {
         // SAFETY: both pointers are valid for the call.
-        let rc = unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+        let rc = unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &raw const self.0, std::ptr::null_mut())
+        };
         if rc != 0 {
             return Err(io::Error::from_raw_os_error(rc));
         }
@@ -64,7 +68,9 @@ impl SigSet {
     /// Adds this set to the calling thread's blocked signals.
     pub fn block(&self) -> io::Result<()> {
         // SAFETY: both pointers are valid for the call.
-        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &self.0, std::ptr::null_mut()) };
+        let rc = unsafe {
+            libc::pthread_sigmask(libc::SIG_BLOCK, &raw const self.0, std::ptr::null_mut())
+        };
         if rc != 0 {
             return Err(io::Error::from_raw_os_error(rc));
         }
@@ -74,8 +80,13 @@ impl SigSet {
     /// A non-blocking, close-on-exec signalfd for this set.
     pub fn signalfd(&self) -> io::Result<OwnedFd> {
         // SAFETY: `self.0` is a valid sigset for the call.
-        let raw =
-            cvt(unsafe { libc::signalfd(-1, &self.0, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) })?;
+        let raw = cvt(unsafe {
+            libc::signalfd(
+                -1,
+                &raw const self.0,
+                libc::SFD_NONBLOCK | libc::SFD_CLOEXEC,
+            )
+        })?;
         // SAFETY: signalfd returned a fresh descriptor that we now own.
         Ok(unsafe { OwnedFd::from_raw_fd(raw) })
     }
@@ -89,7 +100,7 @@ pub fn read_signalfd(fd: RawFd) -> io::Result<Option<(i32, Pid)>> {
     let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
     let size = std::mem::size_of::<libc::signalfd_siginfo>();
     // SAFETY: `info` is a writable buffer of `size` bytes.
-    let n = unsafe { libc::read(fd, (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+    let n = unsafe { libc::read(fd, (&raw mut info).cast(), size) };
     if n == -1 {
         let e = io::Error::last_os_error();
         return match e.kind() {
@@ -128,6 +139,7 @@ pub fn default_sigpipe() {
 }
 
 /// The name of a signal (`"SIGKILL"`), or `"signal N"` for an unnamed one.
+#[must_use]
 pub fn signal_name(signal: i32) -> std::borrow::Cow<'static, str> {
     match nix::sys::signal::Signal::try_from(signal) {
         Ok(s) => s.as_str().into(),
@@ -137,9 +149,10 @@ pub fn signal_name(signal: i32) -> std::borrow::Cow<'static, str> {
 
 /// Waits up to `d` for `signal` (which must be blocked) and consumes it.
 /// Returns whether it arrived. Fork-safe.
+#[must_use]
 pub fn wait_signal(signal: i32, d: Duration) -> bool {
     let set = SigSet::of(&[signal]);
-    let deadline = monotonic_ns().saturating_add(d.as_nanos().min(u64::MAX as u128) as u64);
+    let deadline = monotonic_ns().saturating_add(d.as_nanos().min(u128::from(u64::MAX)) as u64);
     loop {
         let left = deadline.saturating_sub(monotonic_ns());
         let ts = libc::timespec {
@@ -147,7 +160,8 @@ pub fn wait_signal(signal: i32, d: Duration) -> bool {
             tv_nsec: (left % 1_000_000_000) as libc::c_long,
         };
         // SAFETY: `set` and `ts` are valid; a NULL siginfo is allowed.
-        let rc = unsafe { libc::sigtimedwait(&set.0, std::ptr::null_mut(), &ts) };
+        let rc =
+            unsafe { libc::sigtimedwait(&raw const set.0, std::ptr::null_mut(), &raw const ts) };
         if rc == signal {
             return true;
         }
@@ -160,6 +174,7 @@ pub fn wait_signal(signal: i32, d: Duration) -> bool {
 }
 
 /// Consumes `signal` if it is pending (it must be blocked). Fork-safe.
+#[must_use]
 pub fn take_pending(signal: i32) -> bool {
     wait_signal(signal, Duration::ZERO)
 }
@@ -177,7 +192,7 @@ pub fn die_by(signal: i32) -> ! {
 
 /// Restores the default action of `signal` (for SIGCHLD: children stay
 /// zombies until reaped, rather than being reaped by the kernel as under
-/// SIG_IGN). Fork-safe.
+/// `SIG_IGN`). Fork-safe.
 pub fn default_signal(signal: i32) {
     // SAFETY: SIG_DFL is a valid disposition for any catchable signal.
     unsafe { libc::signal(signal, libc::SIG_DFL) };
