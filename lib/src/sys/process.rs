@@ -114,43 +114,18 @@ pub fn reap_one() -> io::Result<Option<(Pid, WaitStatus)>> {
 /// child). Unlike `waitpid(-1)`, the kernel finds it without walking every
 /// child of the caller.
 pub fn reap_pid(pid: Pid) -> io::Result<Option<WaitStatus>> {
-    // SAFETY: siginfo_t is plain data; all-zero is a valid value.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `info` is a valid siginfo_t to fill.
-    let rc = cvt_r(|| unsafe {
-        libc::waitid(
-            libc::P_PID,
-            pid.0 as libc::id_t,
-            &raw mut info,
-            libc::WEXITED | libc::WNOHANG,
-        )
-    });
-    match rc {
-        Ok(_) => {}
-        Err(e) if e.raw_os_error() == Some(libc::ECHILD) => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    // SAFETY: waitid filled `info` for a child (or left si_pid 0).
-    let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
-    if pid == 0 {
-        return Ok(None);
-    }
-    Ok(Some(match info.si_code {
-        libc::CLD_EXITED => WaitStatus::Exited(status),
-        libc::CLD_DUMPED => WaitStatus::Signaled {
-            signal: status,
-            core: true,
-        },
-        _ => WaitStatus::Signaled {
-            signal: status,
-            core: false,
-        },
-    }))
+    wait_id(pid, libc::WNOHANG)
 }
 
 /// `waitid(P_PID, pid, WEXITED)`: waits for the child to end and reaps it;
 /// `None` if it is not (or no longer) our child.
 pub fn wait_pid(pid: Pid) -> io::Result<Option<WaitStatus>> {
+    wait_id(pid, 0)
+}
+
+/// `waitid(P_PID, pid, WEXITED | flags)`: how the child ended, or `None`
+/// if it is not our child (or, with `WNOHANG`, has not ended). Fork-safe.
+fn wait_id(pid: Pid, flags: libc::c_int) -> io::Result<Option<WaitStatus>> {
     // SAFETY: siginfo_t is plain data; all-zero is a valid value.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     // SAFETY: `info` is a valid siginfo_t to fill.
@@ -159,7 +134,7 @@ pub fn wait_pid(pid: Pid) -> io::Result<Option<WaitStatus>> {
             libc::P_PID,
             pid.0 as libc::id_t,
             &raw mut info,
-            libc::WEXITED,
+            libc::WEXITED | flags,
         )
     });
     match rc {
@@ -167,8 +142,12 @@ pub fn wait_pid(pid: Pid) -> io::Result<Option<WaitStatus>> {
         Err(e) if e.raw_os_error() == Some(libc::ECHILD) => return Ok(None),
         Err(e) => return Err(e),
     }
-    // SAFETY: waitid filled `info` for an ended child.
-    let status = unsafe { info.si_status() };
+    // SAFETY: waitid filled `info` for a child (or, under WNOHANG, left
+    // si_pid 0).
+    let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+    if pid == 0 {
+        return Ok(None);
+    }
     Ok(Some(match info.si_code {
         libc::CLD_EXITED => WaitStatus::Exited(status),
         code => WaitStatus::Signaled {
