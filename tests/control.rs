@@ -99,6 +99,7 @@ fn status_tree_metrics_and_json_keep_their_shape() {
         keys(d),
         [
             "alloc",
+            "fault",
             "group",
             "heartbeat_age_ms",
             "last_exit",

@@ -292,3 +292,60 @@ exec = ["/bin/sh", "-c", "for i in $(seq 100); do (sleep 0.3 &); done; echo spaw
     assert!(Proc::pid_gone(root.pid) || root.is_gone());
     assert!(tree.log().contains("every daemon stopped"));
 }
+
+#[test]
+fn a_reload_says_reloading_then_ready() {
+    let (mut tree, mut n) = start_notified(TWO_IDLE, &[]);
+    n.until("READY=1", |s| s.iter().any(|m| m.contains("READY=1")));
+    common::write_config(
+        &tree.dir,
+        "[[daemon]]\nname = \"a\"\nkind = \"idle\"\n[[daemon]]\nname = \"c\"\nkind = \"idle\"\n",
+    );
+    let r = tree.ctl_run(&["reload"]);
+    assert_eq!(r.code, Some(0), "{}{}", r.stdout, r.stderr);
+    n.until("READY=1 after RELOADING=1", |s| {
+        s.iter()
+            .flat_map(|m| m.lines())
+            .filter(|l| l.starts_with("READY=1"))
+            .count()
+            == 2
+    });
+    let reloading = n.first("RELOADING=1").expect("RELOADING=1 sent");
+    let msg = &n.seen[reloading];
+    let usec: u64 = msg
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .expect("MONOTONIC_USEC with RELOADING=1")
+        .parse()
+        .expect("a number");
+    // SAFETY: clock_gettime writes into the timespec we own.
+    let now_usec = unsafe {
+        let mut ts = std::mem::zeroed::<libc::timespec>();
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+    };
+    assert!(
+        usec <= now_usec && now_usec - usec < 10_000_000,
+        "{usec} vs {now_usec}"
+    );
+    let second_ready = n
+        .seen
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.lines().any(|l| l.starts_with("READY=1")))
+        .nth(1)
+        .map(|(i, _)| i)
+        .unwrap();
+    assert!(reloading < second_ready, "{:?}", n.seen);
+    // READY=1 comes once the reload is done: the added daemon runs.
+    assert_eq!(tree.daemon_status("c").unwrap()["state"], "running");
+    assert!(tree.daemon_status("b").is_none());
+    // A rejected reload says nothing: the tree never stopped being ready.
+    common::write_config(&tree.dir, "[[daemon]]\nname = 1\n");
+    assert_eq!(tree.ctl_run(&["reload"]).code, Some(1));
+    tree.signal(libc::SIGTERM);
+    n.until("STOPPING=1", |s| s.iter().any(|m| m.contains("STOPPING=1")));
+    assert_eq!(tree.wait_code(), 0);
+    assert_eq!(n.count("RELOADING=1"), 1, "{:?}", n.seen);
+    assert_eq!(n.count("READY=1"), 2, "{:?}", n.seen);
+}

@@ -308,7 +308,11 @@ impl<'a> Siblings<'a> {
     /// Names of every daemon of the tree, this one included (empty in an
     /// exec'd program).
     pub fn names(&self) -> impl Iterator<Item = &'a str> {
-        self.names.iter().map(String::as_str)
+        // An empty name: a daemon a reload removed.
+        self.names
+            .iter()
+            .map(String::as_str)
+            .filter(|n| !n.is_empty())
     }
 }
 

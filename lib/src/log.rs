@@ -573,8 +573,9 @@ impl<'a> View<'a> {
 /// Calls `f` with the last `n` valid records of the log in `area`, oldest
 /// first, and returns how many it passed.
 ///
-/// `area` is the log area of a region (normally mapped read-only by the
-/// root) and is not trusted: invalid, torn or in-progress records are
+/// `area` is a log area the caller owns: the root passes a private copy
+/// ([`crate::region::RegionSet::log_copy`]), never its mapping of a region
+/// another process writes and may truncate. It is not trusted: invalid, torn or in-progress records are
 /// skipped, nothing panics, and the work is bounded by [`CAPACITY`] whatever
 /// the bytes hold. The header is not needed, so records survive even if a
 /// buggy writer smashed it. An area shorter than a [`FlightLog`] or not

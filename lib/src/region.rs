@@ -49,9 +49,10 @@ plain!(
 unsafe impl<T: Plain, const N: usize> Plain for [T; N] {}
 
 use std::ffi::CString;
+use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 
 use crate::sys;
@@ -109,6 +110,9 @@ enum Backing {
     /// A file of its own: an exec'd daemon's memfd (handed to it as fd 3)
     /// or a `state_dir` file.
     Own(OwnedFd),
+    /// Its file could not be made (ENOSPC, ENOMEM, EMFILE, ...): the range
+    /// stays reserved and unmapped until [`RegionSet::ensure`] makes it.
+    Missing,
 }
 
 #[derive(Debug)]
@@ -118,6 +122,136 @@ struct Slot {
     /// Bytes of the region: SYSTEM_SIZE + the page-rounded user size.
     len: usize,
     backing: Backing,
+    /// The daemon's name (for a memfd's name and messages).
+    name: String,
+    /// The `state_dir` file, for a region that has one.
+    path: Option<PathBuf>,
+    /// Device and inode of that file when the root opened it: a file at
+    /// `path` with another identity replaced it.
+    id: Option<(u64, u64)>,
+}
+
+/// What [`RegionSet::ensure`] found wrong with a region's file (and put
+/// right where it could).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Damage {
+    /// The file was shorter than the region (truncated by someone): it was
+    /// grown back, and the bytes past `size` read as zeroes now.
+    Truncated {
+        /// Its size when found.
+        size: u64,
+    },
+    /// The file was longer than the region: cut back to the region's size
+    /// (nothing the daemon maps changed).
+    Grown {
+        /// Its size when found.
+        size: u64,
+    },
+    /// Another file (or none) is at the region file's path now: the daemon
+    /// keeps the file the root opened, and a later root will use the new
+    /// one.
+    Replaced,
+    /// The file could not be made before; it is now, empty.
+    Made,
+}
+
+impl fmt::Display for Damage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Damage::Truncated { size } => {
+                write!(
+                    f,
+                    "region file truncated to {size} bytes (restored, zeroed past it)"
+                )
+            }
+            Damage::Grown { size } => write!(f, "region file grown to {size} bytes (cut back)"),
+            Damage::Replaced => write!(
+                f,
+                "region file replaced or removed (the daemon keeps the file the root opened)"
+            ),
+            Damage::Made => write!(f, "region made (it could not be before)"),
+        }
+    }
+}
+
+/// Plain values copied out of a region's [`Header`] (see
+/// [`RegionSet::header`]): the owner's word, to check before believing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeaderCopy {
+    /// [`Header::magic`].
+    pub magic: u64,
+    /// [`Header::layout`].
+    pub layout: u32,
+    /// [`Header::pid`].
+    pub pid: u32,
+    /// [`Header::heartbeat_ns`].
+    pub heartbeat_ns: u64,
+    /// [`Header::starts`].
+    pub starts: u64,
+    /// [`Header::alloc_policy`].
+    pub alloc_policy: u32,
+    /// [`Header::allocs`].
+    pub allocs: u64,
+    /// [`Header::alloc_bytes`].
+    pub alloc_bytes: u64,
+    /// [`Header::resumed_seq`].
+    pub resumed_seq: u64,
+}
+
+impl HeaderCopy {
+    /// Whether the header is initialised and names process `pid` as its
+    /// owner: only then is the rest of it that process's word.
+    pub fn owned_by(&self, pid: u32) -> bool {
+        self.magic == MAGIC && self.layout == LAYOUT && self.pid == pid
+    }
+
+    fn decode(b: &[u8; HEADER_BYTES]) -> HeaderCopy {
+        use std::mem::offset_of;
+        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
+        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"));
+        HeaderCopy {
+            magic: u64_at(offset_of!(Header, magic)),
+            layout: u32_at(offset_of!(Header, layout)),
+            pid: u32_at(offset_of!(Header, pid)),
+            heartbeat_ns: u64_at(offset_of!(Header, heartbeat_ns)),
+            starts: u64_at(offset_of!(Header, starts)),
+            alloc_policy: u32_at(offset_of!(Header, alloc_policy)),
+            allocs: u64_at(offset_of!(Header, allocs)),
+            alloc_bytes: u64_at(offset_of!(Header, alloc_bytes)),
+            resumed_seq: u64_at(offset_of!(Header, resumed_seq)),
+        }
+    }
+}
+
+const HEADER_BYTES: usize = std::mem::size_of::<Header>();
+
+/// A private copy of a region's flight log area, 8-byte aligned, for
+/// [`crate::log::tail`]. Bytes the file did not have read as zeroes.
+#[derive(Debug)]
+pub struct LogCopy {
+    words: Box<[u64]>,
+}
+
+impl LogCopy {
+    /// The copied bytes.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the words are owned, initialised and not shared; u8 has no
+        // invalid values and an alignment of 1, and the byte length is the
+        // words' length times 8.
+        unsafe {
+            std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.words.len() * 8)
+        }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`, and `&mut self` makes this the only view.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.words.as_mut_ptr().cast::<u8>(),
+                self.words.len() * 8,
+            )
+        }
+    }
 }
 
 /// What [`RegionSet::create`] makes for one daemon.
@@ -132,8 +266,17 @@ pub struct RegionSpec<'a> {
     pub own_file: bool,
 }
 
+/// Address space reserved (not memory: `PROT_NONE`, `MAP_NORESERVE`) after
+/// the regions of the start, for the regions of daemons added by a reload.
+pub const GROWTH: usize = 64 << 30;
+
 /// Every daemon's region, mapped read-only in the root at one address each
 /// inside a single reservation.
+///
+/// The root maps them only for its children to inherit: it never reads
+/// them through the mapping itself, but copies bytes out with
+/// [`RegionSet::read`] (`pread` on its descriptor), so a file truncated
+/// under it cannot fault it.
 ///
 /// Because the root maps them before forking, every daemon inherits every
 /// region at the same address, read-only; a daemon then maps its own region
@@ -154,6 +297,8 @@ pub struct RegionSet {
     slots: Vec<Slot>,
     /// The arena memfd (read-write), if any region lives in it.
     arena: Option<OwnedFd>,
+    /// Where the next own-file region goes (after a guard page).
+    end: usize,
 }
 
 impl RegionSet {
@@ -182,15 +327,17 @@ impl RegionSet {
             .map(|(_, l)| l + page)
             .sum();
         let len = page + arena_len + page + own_len;
-        let base = sys::reserve(len)?;
+        // Room for regions added at run time, if the address space allows.
+        let (base, len) = match sys::reserve(len + GROWTH) {
+            Ok(base) => (base, len + GROWTH),
+            Err(_) => (sys::reserve(len)?, len),
+        };
         let mut set = RegionSet {
             base,
             len,
             slots: Vec::with_capacity(specs.len()),
             arena: None,
-        };
-        let err = |name: &str, len: usize, e: io::Error| {
-            io::Error::new(e.kind(), format!("region of {name:?} ({len} bytes): {e}"))
+            end: 0,
         };
         if arena_len > 0 {
             let arena = sys::memfd_sealed(c"forkroot:arena", arena_len as u64).map_err(|e| {
@@ -216,50 +363,192 @@ impl RegionSet {
         let mut arena_off = 0usize;
         let mut own_off = page + arena_len + page;
         for (spec, &rlen) in specs.iter().zip(&lens) {
+            let name = spec.name.to_owned();
             if in_arena(spec) {
                 set.slots.push(Slot {
                     offset: page + arena_off,
                     len: rlen,
                     backing: Backing::Arena(arena_off as u64),
+                    name,
+                    path: None,
+                    id: None,
                 });
                 arena_off += rlen;
                 continue;
             }
-            let name = spec.name;
             // A region handed to an exec'd program (`own_file`) is always a
             // sealed memfd, even with a state_dir: a regular file cannot be
-            // sealed, and a program that truncated it would make the root's
-            // next read of its mapping a SIGBUS. Such regions live as long
-            // as the root.
-            let fd = match state_dir.filter(|_| !spec.own_file) {
-                Some(dir) => sys::file_region(&dir.join(format!("{name}.region")), rlen as u64),
-                None => {
-                    let cname =
-                        CString::new(format!("forkroot:{name}")).map_err(io::Error::other)?;
-                    sys::memfd_sealed(&cname, rlen as u64)
-                }
-            }
-            .map_err(|e| err(name, rlen, e))?;
-            let ro = sys::reopen_read_only(fd.as_raw_fd())?;
-            // SAFETY: [addr, addr+rlen) lies inside our reservation, and no
-            // reference into it exists yet.
-            unsafe {
-                sys::map_fixed(
-                    set.addr(own_off),
-                    rlen,
-                    ro.as_raw_fd(),
-                    0,
-                    sys::Access::ReadOnly,
-                )?
-            };
+            // sealed, and a program could truncate it. Such regions live as
+            // long as the root. A `state_dir` file can be truncated by any
+            // process of the user: the root never reads its mapping (see
+            // `read`), and `ensure` repairs it before each start.
+            let path = state_dir
+                .filter(|_| !spec.own_file)
+                .map(|dir| dir.join(format!("{}.region", spec.name)));
             set.slots.push(Slot {
                 offset: own_off,
                 len: rlen,
-                backing: Backing::Own(fd),
+                backing: Backing::Missing,
+                name,
+                path,
+                id: None,
             });
             own_off += rlen + page;
         }
+        set.end = own_off;
+        // A file that cannot be made now (a full disk, no memory, no
+        // descriptor) leaves its daemon, not the tree, unable to start:
+        // `ensure` tries again before each start.
+        for i in 0..set.slots.len() {
+            if matches!(set.slots[i].backing, Backing::Missing) {
+                if let Err(e) = set.make(i) {
+                    tracing::error!(daemon = %set.slots[i].name, error = %e, "cannot make the region");
+                }
+            }
+        }
         Ok(set)
+    }
+
+    /// Makes the file of own-file region `i` (a `state_dir` file, or a
+    /// sealed memfd) and maps it read-only at its place.
+    fn make(&mut self, i: usize) -> io::Result<()> {
+        let s = &self.slots[i];
+        let (name, rlen) = (&s.name, s.len);
+        let fd = match &s.path {
+            Some(path) => sys::file_region(path, rlen as u64),
+            None => {
+                let cname = CString::new(format!("forkroot:{name}")).map_err(io::Error::other)?;
+                sys::memfd_sealed(&cname, rlen as u64)
+            }
+        }
+        .map_err(|e| io::Error::new(e.kind(), format!("region of {name:?} ({rlen} bytes): {e}")))?;
+        let ro = sys::reopen_read_only(fd.as_raw_fd())?;
+        // SAFETY: [addr, addr+rlen) is this slot's range inside our
+        // reservation; the root never makes references into it.
+        unsafe {
+            sys::map_fixed(
+                self.addr(s.offset),
+                rlen,
+                ro.as_raw_fd(),
+                0,
+                sys::Access::ReadOnly,
+            )?
+        };
+        let id = sys::file::fstat(fd.as_raw_fd())?;
+        let s = &mut self.slots[i];
+        s.id = Some((id.dev, id.ino));
+        s.backing = Backing::Own(fd);
+        Ok(())
+    }
+
+    /// A region for a daemon added at run time (a reload): a file of its
+    /// own (a sealed memfd, or its `state_dir` file), placed in the room
+    /// [`GROWTH`] left at the end of the reservation. Processes forked
+    /// before do not see it. Returns its index, the next one. A file that
+    /// cannot be made now is made by [`RegionSet::ensure`] before a start,
+    /// as at [`RegionSet::create`].
+    pub fn add(&mut self, spec: &RegionSpec<'_>, state_dir: Option<&Path>) -> io::Result<usize> {
+        let slot = self.grow(spec, state_dir)?;
+        self.slots.push(slot);
+        let i = self.slots.len() - 1;
+        if let Err(e) = self.make(i) {
+            tracing::error!(daemon = %spec.name, error = %e, "cannot make the region");
+        }
+        Ok(i)
+    }
+
+    /// Region `i` is replaced by one of `spec`'s size, at a new place (its
+    /// daemon's `memory` changed at a reload, and it has no process). The
+    /// old one is released; a `state_dir` file is the same file, resized.
+    pub fn replace(
+        &mut self,
+        i: usize,
+        spec: &RegionSpec<'_>,
+        state_dir: Option<&Path>,
+    ) -> io::Result<()> {
+        let slot = self.grow(spec, state_dir)?;
+        self.release(i);
+        self.slots[i] = slot;
+        if let Err(e) = self.make(i) {
+            tracing::error!(daemon = %spec.name, error = %e, "cannot make the region");
+        }
+        Ok(())
+    }
+
+    /// Gives back the memory of region `i` (its daemon was removed, or its
+    /// region replaced): its pages are punched out of its file, which
+    /// reads as zeroes from then on. A `state_dir` file is kept whole.
+    pub fn release(&mut self, i: usize) {
+        if self.slots[i].path.is_none() && !matches!(self.slots[i].backing, Backing::Missing) {
+            let (fd, off) = self.file(i);
+            let _ = sys::punch_hole(fd, off, self.slots[i].len as u64);
+        }
+    }
+
+    /// A slot for a new own-file region after the last one, if the
+    /// reservation has room left (its file not made yet).
+    fn grow(&mut self, spec: &RegionSpec<'_>, state_dir: Option<&Path>) -> io::Result<Slot> {
+        let page = sys::page_size();
+        let rlen = SYSTEM_SIZE + page_round(spec.user) as usize;
+        if self.end + rlen + page > self.len {
+            return Err(io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                format!(
+                    "no address space left for regions added at run time \
+                     ({GROWTH} bytes reserved at start, {rlen} asked): restart the root"
+                ),
+            ));
+        }
+        let slot = Slot {
+            offset: self.end,
+            len: rlen,
+            backing: Backing::Missing,
+            name: spec.name.to_owned(),
+            path: state_dir
+                .filter(|_| !spec.own_file)
+                .map(|dir| dir.join(format!("{}.region", spec.name))),
+            id: None,
+        };
+        self.end += rlen + page;
+        Ok(slot)
+    }
+
+    /// Before a start of daemon `i`: makes its region if it could not be
+    /// made before, and checks the file of a `state_dir` region (which any
+    /// process of the user may truncate, grow or replace), putting its size
+    /// right. Returns what it found; an error (ENOSPC, ENOMEM, EMFILE ...)
+    /// means the daemon cannot start now.
+    pub fn ensure(&mut self, i: usize) -> io::Result<Option<Damage>> {
+        if matches!(self.slots[i].backing, Backing::Missing) {
+            self.make(i)?;
+            return Ok(Some(Damage::Made));
+        }
+        let s = &self.slots[i];
+        let (Backing::Own(fd), Some(path)) = (&s.backing, &s.path) else {
+            // The arena and memfds are sealed against resizing.
+            return Ok(None);
+        };
+        let now = sys::file::fstat(fd.as_raw_fd())?;
+        let len = s.len as u64;
+        if now.size < len {
+            // fallocate grows the file and gives it its blocks at once, or
+            // fails whole (ENOSPC): then it is still short, and found so
+            // again at the next try.
+            sys::allocate(fd.as_raw_fd(), 0, len)?;
+            return Ok(Some(Damage::Truncated { size: now.size }));
+        }
+        if now.size > len {
+            sys::file::set_len(fd.as_raw_fd(), len)?;
+            return Ok(Some(Damage::Grown { size: now.size }));
+        }
+        let at_path = sys::file::stat(path).ok().map(|f| (f.dev, f.ino));
+        if at_path != s.id {
+            // Reported once: the identity the root checks against is now
+            // the new file's (or none).
+            self.slots[i].id = at_path;
+            return Ok(Some(Damage::Replaced));
+        }
+        Ok(None)
     }
 
     fn addr(&self, offset: usize) -> NonNull<u8> {
@@ -279,6 +568,7 @@ impl RegionSet {
                 *off,
             ),
             Backing::Own(fd) => (fd.as_raw_fd(), 0),
+            Backing::Missing => (-1, 0),
         }
     }
 
@@ -292,15 +582,61 @@ impl RegionSet {
         self.slots.is_empty()
     }
 
-    /// Region `i`, whole, as this process maps it (read-only in the root
-    /// and in siblings). Its contents may change under the reader, and a
-    /// crashed owner may have left anything in it: read it as untrusted.
-    pub fn view(&self, i: usize) -> &[u8] {
+    /// Copies bytes `[offset, offset + buf.len())` of region `i` into
+    /// `buf` and returns how many there were.
+    ///
+    /// This is how the root reads shared memory, whatever backs it: with
+    /// pread(2) on its own descriptor, never through its mapping. The kernel
+    /// does the copy, so a file truncated under the root gives a short read
+    /// (the rest of `buf` is zeroed), never a SIGBUS; and the root's code
+    /// never holds a reference to bytes another process is writing. The copy
+    /// is not atomic: a value the owner writes meanwhile may be torn, so
+    /// callers validate what they read (the flight log's records carry a
+    /// hash; [`RegionSet::header`] reads until two copies agree).
+    pub fn read(&self, i: usize, offset: usize, buf: &mut [u8]) -> io::Result<usize> {
         let s = &self.slots[i];
-        // SAFETY: the range is mapped (read-only or better) for as long as
-        // `self` lives; u8 has no invalid values. Another process may write
-        // it concurrently, which callers treat as untrusted input.
-        unsafe { std::slice::from_raw_parts(self.addr(s.offset).as_ptr(), s.len) }
+        let end = s.len.min(offset.saturating_add(buf.len()));
+        let want = end.saturating_sub(offset);
+        let (fd, base) = self.file(i);
+        let n = if want == 0 || fd < 0 {
+            0
+        } else {
+            sys::file::pread_full(fd, &mut buf[..want], base + offset as u64)?
+        };
+        buf[n..].fill(0);
+        Ok(n)
+    }
+
+    /// A copy of the header of region `i`, or `None` if the file is too
+    /// short to hold one or cannot be read. Read until two consecutive
+    /// copies agree (at most a few times), so a heartbeat the owner writes
+    /// meanwhile is not seen torn.
+    pub fn header(&self, i: usize) -> Option<HeaderCopy> {
+        let mut last = None;
+        for _ in 0..4 {
+            let mut b = [0u8; HEADER_BYTES];
+            if self.read(i, 0, &mut b).ok()? < HEADER_BYTES {
+                return None;
+            }
+            let h = HeaderCopy::decode(&b);
+            if last == Some(h) {
+                break;
+            }
+            last = Some(h);
+        }
+        last
+    }
+
+    /// A copy of the flight log area of region `i` (see [`RegionSet::read`];
+    /// unreadable bytes read as zeroes, which no record validates).
+    pub fn log_copy(&self, i: usize) -> LogCopy {
+        let mut copy = LogCopy {
+            words: vec![0u64; LOG_SIZE / 8].into_boxed_slice(),
+        };
+        if self.read(i, LOG_OFFSET, copy.bytes_mut()).is_err() {
+            copy.bytes_mut().fill(0);
+        }
+        copy
     }
 
     /// The user area of region `i` as bytes another process may be writing
@@ -322,24 +658,13 @@ impl RegionSet {
         }
     }
 
-    /// The header of region `i`, for reading.
-    pub fn header(&self, i: usize) -> &Header {
-        let p = self.addr(self.slots[i].offset).as_ptr();
-        // SAFETY: every region starts page-aligned and is longer than a
-        // Header; Header is Plain, so any bytes are a valid value.
-        unsafe { &*p.cast::<Header>() }
-    }
-
-    /// The header of region `i` if it is initialised and names `pid` as
-    /// the process that last started on it: the only header whose word
-    /// (heartbeat, allocation counters, resumed checkpoint) the root
+    /// A copy of the header of region `i` if it is initialised and names
+    /// `pid` as the process that last started on it: the only header whose
+    /// word (heartbeat, allocation counters, resumed checkpoint) the root
     /// believes about that process. A header left by an earlier process,
-    /// or garbage, is `None`.
-    pub fn header_of(&self, i: usize, pid: sys::Pid) -> Option<&Header> {
-        let h = self.header(i);
-        let named = h.magic.load(Ordering::Acquire) == MAGIC
-            && h.pid.load(Ordering::Relaxed) == pid.0 as u32;
-        named.then_some(h)
+    /// garbage, or a file too short to hold one is `None`.
+    pub fn header_of(&self, i: usize, pid: sys::Pid) -> Option<HeaderCopy> {
+        self.header(i).filter(|h| h.owned_by(pid.0 as u32))
     }
 
     /// The read-write descriptor of a region with a file of its own (an
@@ -347,7 +672,7 @@ impl RegionSet {
     pub fn own_fd(&self, i: usize) -> Option<&OwnedFd> {
         match &self.slots[i].backing {
             Backing::Own(fd) => Some(fd),
-            Backing::Arena(_) => None,
+            Backing::Arena(_) | Backing::Missing => None,
         }
     }
 
@@ -413,4 +738,75 @@ pub unsafe fn claim(region: NonNull<u8>) -> &'static Header {
     h.starts.fetch_add(1, Ordering::Relaxed);
     h.heartbeat_ns.store(sys::monotonic_ns(), Ordering::Release);
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The root's reader over a `state_dir` file of any size and any bytes:
+    /// short reads, never a fault; a header only when there is one.
+    #[test]
+    fn the_reader_tolerates_any_size_and_any_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = RegionSpec {
+            name: "r",
+            user: 4096,
+            own_file: false,
+        };
+        let mut set = RegionSet::create(&[spec], Some(dir.path())).unwrap();
+        let len = set.region_len(0);
+        let path = dir.path().join("r.region");
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for size in [
+            0,
+            1,
+            HEADER_BYTES - 1,
+            HEADER_BYTES,
+            5000,
+            LOG_OFFSET + 100,
+            len - 1,
+        ] {
+            file.set_len(size as u64).unwrap();
+            // Garbage in what is left.
+            let garbage: Vec<u8> = (0..size)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect();
+            std::os::unix::fs::FileExt::write_all_at(&file, &garbage, 0).unwrap();
+            assert_eq!(set.header(0).is_some(), size >= HEADER_BYTES, "size {size}");
+            let mut buf = vec![0xeeu8; len + 10];
+            let n = set.read(0, 0, &mut buf).unwrap();
+            assert_eq!(n, size);
+            assert!(buf[n..].iter().all(|&b| b == 0), "zeroed past the file");
+            let copy = set.log_copy(0);
+            assert_eq!(copy.bytes().len(), LOG_SIZE);
+            crate::log::tail(copy.bytes(), crate::log::CAPACITY, |_| {});
+            // Found and made whole before the next start.
+            assert_eq!(
+                set.ensure(0).unwrap(),
+                Some(Damage::Truncated { size: size as u64 })
+            );
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), len as u64);
+            assert_eq!(set.ensure(0).unwrap(), None);
+        }
+        // Longer: cut back.
+        file.set_len(len as u64 + 4096).unwrap();
+        assert_eq!(
+            set.ensure(0).unwrap(),
+            Some(Damage::Grown {
+                size: len as u64 + 4096
+            })
+        );
+        // Another file at the path.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"x").unwrap();
+        assert_eq!(set.ensure(0).unwrap(), Some(Damage::Replaced));
+        assert_eq!(set.ensure(0).unwrap(), None, "reported once");
+    }
 }

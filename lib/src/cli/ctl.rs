@@ -10,8 +10,8 @@ use clap::{Args, Subcommand};
 use serde::de::DeserializeOwned;
 
 use crate::control::proto::{
-    ActionReply, DaemonState, Empty, HealthReply, LogRecord, LogsReply, MetricsReply, Request,
-    StatusReply, TreeNode, TreeReply,
+    ActionReply, DaemonState, Empty, HealthReply, LogRecord, LogsReply, MetricsReply, ReloadReply,
+    Request, StatusReply, TreeNode, TreeReply,
 };
 use crate::control::{self, proto, Reply};
 
@@ -28,7 +28,8 @@ pub(crate) const EXIT_UNREACHABLE: i32 = 69;
 pub(crate) const EXIT_CODES: &str = "Exit codes:
   0   done
   1   the root refused the request, or the action failed (a daemon that did not
-      reach the state --wait waits for; a tree not ready for `health --ready`)
+      reach the state --wait waits for; a tree not ready for `health --ready`;
+      a config file with problems for `reload`)
   2   usage error: bad arguments, or a --config file that cannot be read
   69  the root cannot be reached (no socket, nobody listening, no reply)";
 
@@ -87,6 +88,17 @@ pub(crate) enum Ctl {
         /// Also require the tree to be ready.
         #[arg(long)]
         ready: bool,
+    },
+    /// Read the root's config file again and apply it: added daemons
+    /// start, removed ones stop, changed ones restart, the others keep
+    /// running untouched. A file with any problem changes nothing (exit 1,
+    /// with every problem). Returns once the file is accepted; `status`
+    /// shows the restarts as they happen.
+    Reload {
+        /// Print the plan (added, removed, changed with which keys,
+        /// unchanged) and change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Stop every daemon in reverse order and end the root (exit 0).
     Shutdown,
@@ -221,12 +233,41 @@ fn exec(socket: &Path, cmd: Ctl) -> Result<(), CtlError> {
             }
             println!("{}", if ready { "ready" } else { "alive" });
         }
+        Ctl::Reload { dry_run } => {
+            let plan = ask::<ReloadReply>(socket, &Request::Reload { dry_run })?.body;
+            print_plan(&plan);
+        }
         Ctl::Shutdown => {
             ask::<Empty>(socket, &Request::Shutdown)?;
             println!("shutting down");
         }
     }
     Ok(())
+}
+
+/// A reload's plan, one line per daemon (`add`, `remove`, `change`,
+/// `keep`) after a line that says whether it is carried out.
+fn print_plan(plan: &ReloadReply) {
+    if plan.applied {
+        println!("reloading {}", plan.file);
+    } else {
+        println!("dry run of {}: nothing changed", plan.file);
+    }
+    for name in &plan.added {
+        println!("add     {name}");
+    }
+    for name in &plan.removed {
+        println!("remove  {name}");
+    }
+    for (name, keys) in &plan.changed {
+        println!("change  {name} ({})", keys.join(", "));
+    }
+    for name in &plan.unchanged {
+        println!("keep    {name}");
+    }
+    for what in &plan.settings {
+        println!("set     {what}");
+    }
 }
 
 /// `restart`, `stop` or `start`, then with `--wait` until it is done.
@@ -365,6 +406,9 @@ fn print_status(s: &StatusReply) {
             human_bytes(d.region_bytes as u64),
             d.last_exit.as_deref().unwrap_or("-"),
         );
+        if let Some(fault) = &d.fault {
+            println!("{:<16} fault: {fault}", "");
+        }
     }
 }
 

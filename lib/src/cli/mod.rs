@@ -113,7 +113,7 @@ pub fn main(registry: &Registry) -> ExitCode {
             }
             match load(config.as_deref(), registry) {
                 Err(code) => code,
-                Ok(c) => match root::run(c, registry) {
+                Ok(c) => match root::run(c, config.as_deref(), registry) {
                     Ok(code) => code,
                     Err(e) => {
                         tracing::error!("{e}");

@@ -69,6 +69,14 @@ pub enum Request {
         #[serde(default)]
         after: u64,
     },
+    /// Read the config file the root was started with again and apply
+    /// it, or with `dry_run` only say what applying it would do:
+    /// [`ReloadReply`]. A file with any problem changes nothing.
+    Reload {
+        /// Plan only.
+        #[serde(default)]
+        dry_run: bool,
+    },
     /// Stop every daemon and end the root: [`Empty`].
     Shutdown,
 }
@@ -230,6 +238,10 @@ pub struct DaemonStatus {
     pub last_exit: Option<String>,
     /// How long that process had run.
     pub last_exit_uptime_ms: Option<u64>,
+    /// Why the root could not start it, or what it found wrong with its
+    /// `state_dir` file (truncated, grown, replaced), if anything.
+    #[serde(default)]
+    pub fault: Option<String>,
     /// Age of its last heartbeat, if its header names its current process.
     pub heartbeat_age_ms: Option<u64>,
     /// Bytes of its whole region.
@@ -361,6 +373,26 @@ pub struct ActionReply {
     /// Its process, if it has one (during `stopping`, the one being stopped).
     #[serde(default)]
     pub pid: Option<i32>,
+}
+
+/// Reply to `reload`: the plan, by daemon name, in file order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReply {
+    /// The file read.
+    pub file: String,
+    /// Whether the plan is being carried out (false for a dry run).
+    pub applied: bool,
+    /// Daemons to start.
+    pub added: Vec<String>,
+    /// Daemons to stop, and forget.
+    pub removed: Vec<String>,
+    /// Daemons to restart with new settings, with the keys that changed.
+    pub changed: Vec<(String, Vec<String>)>,
+    /// Daemons left as they are (their process keeps running).
+    pub unchanged: Vec<String>,
+    /// Supervisor settings that change in place (`root.stop_timeout`,
+    /// `supervisor`, `group[0]`).
+    pub settings: Vec<String>,
 }
 
 /// Reply to `health`.

@@ -8,7 +8,6 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -19,8 +18,8 @@ use super::{Mode, Root, State, TOKEN_CONN};
 use crate::config::{format_duration, Program, RestartType, Strategy};
 use crate::control::proto::{
     self, ActionReply, AllocStatus, DaemonState, DaemonStatus, Empty, Failure, FailureKind,
-    HealthReply, LogRecord, LogsReply, MetricsReply, ProgramRef, Request, RootMode, RootStatus,
-    StatusReply, Supervisor, TreeDaemon, TreeGroup, TreeNode, TreeReply, MAX_REQUEST,
+    HealthReply, LogRecord, LogsReply, MetricsReply, ProgramRef, ReloadReply, Request, RootMode,
+    RootStatus, StatusReply, Supervisor, TreeDaemon, TreeGroup, TreeNode, TreeReply, MAX_REQUEST,
 };
 use crate::sys;
 use crate::sys::cred::Gid;
@@ -382,9 +381,7 @@ impl Root<'_> {
     }
 
     fn index_of(&self, name: &str) -> Result<usize, Failure> {
-        self.names
-            .iter()
-            .position(|n| n == name)
+        self.live_index(name)
             .ok_or_else(|| Failure::new(FailureKind::Failed, format!("no daemon named {name:?}")))
     }
 
@@ -406,6 +403,10 @@ impl Root<'_> {
             Request::Stop { name } => Body::Action(self.act(Verb::Stop, &name)?),
             Request::Start { name } => Body::Action(self.act(Verb::Start, &name)?),
             Request::Logs { name, after } => Body::Logs(self.logs(self.index_of(&name)?, after)),
+            Request::Reload { dry_run } => {
+                info!(dry_run, "reload requested over the control socket");
+                Body::Reload(self.reload(dry_run)?)
+            }
         })
     }
 
@@ -434,21 +435,21 @@ impl Root<'_> {
     /// The header of daemon `i`, if it is initialised and names the
     /// daemon's current process (a header is the daemon's to write, so
     /// nothing else in it is believed).
-    fn live_header(&self, i: usize) -> Option<&crate::region::Header> {
+    fn live_header(&self, i: usize) -> Option<crate::region::HeaderCopy> {
         let pid = self.children[i].pid?;
         self.regions.header_of(i, pid)
     }
 
     /// Heartbeat age of daemon `i` in ms, from its header.
     fn heartbeat_age_ms(&self, i: usize) -> Option<u64> {
-        let hb = self.live_header(i)?.heartbeat_ns.load(Ordering::Acquire);
+        let hb = self.live_header(i)?.heartbeat_ns;
         (hb != 0).then(|| sys::monotonic_ns().saturating_sub(hb) / 1_000_000)
     }
 
     /// The allocation policy and counters daemon `i` last published.
     fn alloc_status(&self, i: usize) -> Option<AllocStatus> {
         let h = self.live_header(i)?;
-        let policy = match h.alloc_policy.load(Ordering::Relaxed) {
+        let policy = match h.alloc_policy {
             0 => "off",
             1 => "count",
             2 => "forbid",
@@ -456,8 +457,8 @@ impl Root<'_> {
         };
         Some(AllocStatus {
             policy: policy.into(),
-            allocs: h.allocs.load(Ordering::Relaxed),
-            bytes: h.alloc_bytes.load(Ordering::Relaxed),
+            allocs: h.allocs,
+            bytes: h.alloc_bytes,
         })
     }
 
@@ -475,6 +476,7 @@ impl Root<'_> {
             .children
             .iter()
             .enumerate()
+            .filter(|(_, c)| !c.removed)
             .map(|(i, c)| DaemonStatus {
                 name: c.cfg.name.clone(),
                 program: match &c.cfg.program {
@@ -489,6 +491,7 @@ impl Root<'_> {
                 restarts: c.restarts,
                 last_exit: c.last_exit.map(|(reason, _)| reason.to_string()),
                 last_exit_uptime_ms: c.last_exit.map(|(_, uptime)| ms(uptime)),
+                fault: c.fault.clone(),
                 heartbeat_age_ms: self.heartbeat_age_ms(i),
                 region_bytes: self.regions.region_len(i),
                 memory: c.cfg.memory,
@@ -515,7 +518,7 @@ impl Root<'_> {
             not_ready: self
                 .children
                 .iter()
-                .filter(|c| !matches!(c.state, State::Running | State::Stopped))
+                .filter(|c| !c.removed && !matches!(c.state, State::Running | State::Stopped))
                 .map(|c| (c.cfg.name.clone(), wire_state(c.state)))
                 .collect(),
         }
@@ -546,6 +549,7 @@ impl Root<'_> {
             daemons: self
                 .children
                 .iter()
+                .filter(|c| !c.removed)
                 .map(|c| TreeDaemon {
                     name: c.cfg.name.clone(),
                     group: c.cfg.group.clone().unwrap_or_else(|| "root".into()),
@@ -624,8 +628,9 @@ impl Root<'_> {
 \
              forkroot_control_closed_total{{why=\"timeout\"}} {expired}"
         );
+        let live = || self.children.iter().enumerate().filter(|(_, c)| !c.removed);
         let _ = writeln!(m, "# TYPE forkroot_restarts_total counter");
-        for c in &self.children {
+        for (_, c) in live() {
             let _ = writeln!(
                 m,
                 "forkroot_restarts_total{{daemon=\"{}\"}} {}",
@@ -633,12 +638,12 @@ impl Root<'_> {
             );
         }
         let _ = writeln!(m, "# TYPE forkroot_up gauge");
-        for c in &self.children {
+        for (_, c) in live() {
             let up = u8::from(c.state == State::Running);
             let _ = writeln!(m, "forkroot_up{{daemon=\"{}\"}} {up}", c.cfg.name);
         }
         let _ = writeln!(m, "# TYPE forkroot_region_bytes gauge");
-        for (i, c) in self.children.iter().enumerate() {
+        for (i, c) in live() {
             let _ = writeln!(
                 m,
                 "forkroot_region_bytes{{daemon=\"{}\"}} {}",
@@ -689,6 +694,7 @@ enum Body {
     Health(HealthReply),
     Action(ActionReply),
     Logs(LogsReply),
+    Reload(ReloadReply),
     Empty(Empty),
 }
 

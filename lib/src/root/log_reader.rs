@@ -1,16 +1,14 @@
 //! The root's reading of daemons' flight logs: the last records for a crash
 //! report, and records after a sequence number for `ctl logs`. The bytes
-//! are the daemon's and untrusted; [`crate::log`] validates every record.
+//! are the daemon's and untrusted: the root reads a private copy of them
+//! ([`RegionSet::log_copy`], never its mapping), and [`crate::log`]
+//! validates every record.
 
 use serde_json::{json, Value};
 
 use crate::log;
-use crate::region::{RegionSet, LOG_OFFSET, LOG_SIZE};
+use crate::region::RegionSet;
 use crate::sys::Pid;
-
-fn area(regions: &RegionSet, i: usize) -> &[u8] {
-    &regions.view(i)[LOG_OFFSET..LOG_OFFSET + LOG_SIZE]
-}
 
 /// The last `n` records that process `pid` wrote
 /// into daemon `i`'s flight log, as `LEVEL pid: text` lines. Its
@@ -18,7 +16,8 @@ fn area(regions: &RegionSet, i: usize) -> &[u8] {
 pub(crate) fn last_lines(regions: &RegionSet, i: usize, pid: Pid, n: usize) -> Vec<String> {
     let mut lines = Vec::with_capacity(log::CAPACITY);
     let mut newer = false;
-    log::tail(area(regions, i), log::CAPACITY, |r| {
+    let copy = regions.log_copy(i);
+    log::tail(copy.bytes(), log::CAPACITY, |r| {
         // Records are oldest first: everything after the replacement's
         // first record is the replacement's.
         if r.pid() == pid.0 as u32 && !newer {
@@ -38,11 +37,12 @@ pub(crate) fn since(regions: &RegionSet, i: usize, from: &mut u64, out: &mut Vec
     // A log formatted again (its area was found damaged) numbers from 0:
     // a cursor past its newest record starts over.
     let mut newest = None;
-    log::tail(area(regions, i), 1, |r| newest = Some(r.seq()));
+    let copy = regions.log_copy(i);
+    log::tail(copy.bytes(), 1, |r| newest = Some(r.seq()));
     if newest.is_some_and(|n| n < from.saturating_sub(1)) {
         *from = 0;
     }
-    log::tail(area(regions, i), log::CAPACITY, |r| {
+    log::tail(copy.bytes(), log::CAPACITY, |r| {
         if r.seq() >= *from {
             out.push(json!({
                 "seq": r.seq(),

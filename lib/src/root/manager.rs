@@ -1,8 +1,9 @@
 //! The root's side of systemd's notify protocol (`Type=notify`): what it
 //! tells the service manager above it, and when.
 //!
-//! The sequence is fixed by [`Manager`]: `READY=1` at most once and never
-//! after `STOPPING=1`; `STATUS=` one line, sent only when its text changed
+//! The sequence is fixed by [`Manager`]: `READY=1` once the first start
+//! is ready, and again only to end a reload (`RELOADING=1` with
+//! `MONOTONIC_USEC`, sent when a reload begins), never after `STOPPING=1`; `STATUS=` one line, sent only when its text changed
 //! and at most once per [`STATUS_EVERY`]; `WATCHDOG=1` at half of
 //! `WATCHDOG_USEC` from the poll loop (a timer, so a stuck loop stops the
 //! pings and systemd's `WatchdogSec` fires). Without `NOTIFY_SOCKET` every
@@ -24,6 +25,8 @@ pub(crate) struct Manager {
     ping_every: Option<Duration>,
     next_ping: Option<Instant>,
     ready: bool,
+    /// `RELOADING=1` sent; `READY=1` not yet.
+    reloading: bool,
     stopping: bool,
     status: String,
     /// A status change seen, not yet sent (rate limit).
@@ -49,6 +52,7 @@ impl Manager {
             ping_every,
             next_ping: ping_every.map(|_| Instant::now()),
             ready: false,
+            reloading: false,
             stopping: false,
             status: String::new(),
             status_due: None,
@@ -56,9 +60,10 @@ impl Manager {
         }
     }
 
-    /// Whether `READY=1` was sent or can no longer be (after `STOPPING=1`).
+    /// Whether `READY=1` was sent (and no reload began since) or can no
+    /// longer be (after `STOPPING=1`).
     pub(crate) fn ready_settled(&self) -> bool {
-        self.ready || self.stopping
+        (self.ready && !self.reloading) || self.stopping
     }
 
     /// `READY=1` with the current status; never after `STOPPING=1`.
@@ -67,9 +72,22 @@ impl Manager {
             return;
         }
         self.ready = true;
+        self.reloading = false;
         send(&format!("READY=1\nSTATUS={status}"));
         self.status = status;
         self.status_sent = Some(Instant::now());
+    }
+
+    /// `RELOADING=1` with `MONOTONIC_USEC` (systemd's `Type=notify-reload`
+    /// protocol), once the tree was ready: a reload begins, and the next
+    /// [`Manager::ready`] ends it.
+    pub(crate) fn reloading(&mut self) {
+        if !self.ready || self.reloading || self.stopping {
+            return;
+        }
+        self.reloading = true;
+        let usec = crate::sys::monotonic_ns() / 1000;
+        send(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
     }
 
     /// `STOPPING=1`, once; after it no `READY=1` is sent.

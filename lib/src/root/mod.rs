@@ -12,13 +12,16 @@
 mod control;
 mod log_reader;
 mod manager;
+mod reload;
 mod spawn;
 mod supervisor;
+mod window;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
@@ -42,6 +45,12 @@ pub const EXIT_CONFIG: i32 = 78;
 
 // How many past deaths the root remembers per daemon.
 use crate::handoff::DEATHS_KEPT;
+use supervisor::FORK_RETRY;
+
+/// The first pause before retrying a start the machine refused is
+/// [`FORK_RETRY`]; it doubles up to this while the machine keeps refusing
+/// (see [`Root::cannot_start`]).
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 use crate::checkpoint::POISON_WINDOW;
 
@@ -149,6 +158,46 @@ struct Child {
     last_exit: Option<(ExitReason, Duration)>,
     /// A checkpoint found poison: the next start resumes from an older one.
     resume_before: Option<u64>,
+    /// The last fault the root found in its way (the machine refused a
+    /// start, its region file was damaged), for `ctl status`; cleared by
+    /// the next start that finds none.
+    fault: Option<String>,
+    /// The pause before the next retry of a start the machine refused.
+    retry: Duration,
+    /// Taken out of the tree by a reload: its index stays taken (the
+    /// supervisor, the regions and the pids' routes are indexed alike),
+    /// and nothing shows it.
+    removed: bool,
+}
+
+impl Child {
+    /// A daemon of the tree, not started.
+    fn new(cfg: DaemonConfig) -> Child {
+        Child {
+            title: Child::title(&cfg.name),
+            cfg,
+            state: State::Stopped,
+            pid: None,
+            started: None,
+            started_ns: 0,
+            setup: None,
+            setup_failed: None,
+            restarts: 0,
+            deaths: Vec::new(),
+            deadline: None,
+            standby: None,
+            last_exit: None,
+            resume_before: None,
+            fault: None,
+            retry: FORK_RETRY,
+            removed: false,
+        }
+    }
+
+    /// The process title of daemon `name`.
+    fn title(name: &str) -> Vec<u8> {
+        format!("forkroot: {name}").into_bytes()
+    }
 }
 
 /// A standby: forked and set up, blocked on its gate until it takes over.
@@ -198,6 +247,7 @@ enum Role {
 /// connection id in the low ones.
 const TOKEN_SIGNALS: u64 = 0;
 const TOKEN_LISTENER: u64 = 1;
+const TOKEN_WATCH: u64 = 2;
 const TOKEN_SETUP: u64 = 1 << 32;
 const TOKEN_CONN: u64 = 2 << 32;
 const TOKEN_STANDBY: u64 = 3 << 32;
@@ -249,14 +299,30 @@ pub struct Root<'a> {
     notes: Vec<Note>,
     /// The control listener rests until then (after `accept` failed).
     control_paused: Option<Instant>,
+    /// The file the tree was read from (none for a demo tree): what a
+    /// reload reads again.
+    config_path: Option<PathBuf>,
+    /// A reload being carried out.
+    reloading: Option<reload::Reloading>,
+    /// inotify on `state_dir`: another process truncating, growing or
+    /// replacing a region file is seen at once (see [`Root::on_watch`]).
+    watch: Option<OwnedFd>,
 }
 
 /// Runs the tree until it is stopped; returns the exit code documented for
-/// `forkroot run` (0 stopped, 69 gave up).
-pub fn run(config: Config, registry: &Registry) -> Result<i32, RootError> {
+/// `forkroot run` (0 stopped, 69 gave up). `file` is where `config` was
+/// read from, read again by a reload.
+pub fn run(config: Config, file: Option<&Path>, registry: &Registry) -> Result<i32, RootError> {
     let mut root = Root::new(config, registry)?;
+    // Absolute, so the reload reads the same file whatever the directory.
+    root.config_path = file.map(|f| std::path::absolute(f).unwrap_or_else(|_| f.to_path_buf()));
     root.start_all();
-    root.run_loop()
+    let result = root.run_loop();
+    if let Err(e) = &result {
+        error!(error = %e, "the root cannot go on; stopping every daemon");
+        root.stop_all_after_error();
+    }
+    result
 }
 
 impl<'a> Root<'a> {
@@ -295,6 +361,12 @@ impl<'a> Root<'a> {
         set.block().map_err(ctx("blocking signals"))?;
         let signals = set.signalfd().map_err(ctx("signalfd"))?;
         sys::set_child_subreaper().map_err(ctx("becoming a child subreaper"))?;
+        // Not dumpable: no other process of our user may open
+        // /proc/ROOT/fd/N (every region's descriptor, read-write), read our
+        // memory or ptrace us. Daemons inherit it until they have closed
+        // our descriptors (see spawn.rs); exec'd programs get it back from
+        // execve.
+        sys::file::set_dumpable(false).map_err(ctx("PR_SET_DUMPABLE"))?;
         // One descriptor per region, plus the loop's own.
         let limit = sys::raise_fd_limit().map_err(ctx("raising RLIMIT_NOFILE"))?;
         if (limit as usize) < config.daemons.len() * 2 + 64 {
@@ -328,6 +400,22 @@ impl<'a> Root<'a> {
         epoll
             .add(signals.as_raw_fd(), TOKEN_SIGNALS)
             .map_err(ctx("epoll"))?;
+        let watch = match &config.root.state_dir {
+            Some(dir) => match watch_state_dir(dir) {
+                Ok(fd) => {
+                    epoll
+                        .add(fd.as_raw_fd(), TOKEN_WATCH)
+                        .map_err(ctx("epoll"))?;
+                    Some(fd)
+                }
+                Err(e) => {
+                    // Damage is then found before the next start only.
+                    warn!(error = %e, "cannot watch state_dir; damaged region files are found when their daemon restarts");
+                    None
+                }
+            },
+            None => None,
+        };
 
         let socket = config
             .root
@@ -348,41 +436,10 @@ impl<'a> Root<'a> {
             .map_err(ctx("epoll"))?;
         info!(socket = %socket.display(), "control socket ready");
         let control = Some(server);
-        let children = config
-            .daemons
-            .iter()
-            .map(|d| Child {
-                cfg: d.clone(),
-                title: format!("forkroot: {}", d.name).into_bytes(),
-                state: State::Stopped,
-                pid: None,
-                started: None,
-                started_ns: 0,
-                setup: None,
-                setup_failed: None,
-                restarts: 0,
-                deaths: Vec::new(),
-                deadline: None,
-                standby: None,
-                last_exit: None,
-                resume_before: None,
-            })
-            .collect();
+        let children = config.daemons.iter().cloned().map(Child::new).collect();
         let names: Vec<String> = config.daemons.iter().map(|d| d.name.clone()).collect();
-        let mut links = vec![Vec::new(); names.len()];
-        for (i, d) in config.daemons.iter().enumerate() {
-            for other in &d.links {
-                // The config checked that every link names a daemon.
-                if let Some(j) = names.iter().position(|n| n == other) {
-                    if !links[i].contains(&j) {
-                        links[i].push(j);
-                    }
-                    if !links[j].contains(&i) {
-                        links[j].push(i);
-                    }
-                }
-            }
-        }
+        let daemons: Vec<Option<&DaemonConfig>> = config.daemons.iter().map(Some).collect();
+        let links = reload::resolve_links(&daemons);
         let sup = Supervisor::new(&config, &links, Instant::now());
         Ok(Root {
             sup,
@@ -405,6 +462,9 @@ impl<'a> Root<'a> {
             sweep_at: None,
             notes: Vec::new(),
             control_paused: None,
+            config_path: None,
+            reloading: None,
+            watch,
         })
     }
 
@@ -448,6 +508,7 @@ impl<'a> Root<'a> {
                 match (token & TOKEN_KIND, token & !TOKEN_KIND) {
                     (0, TOKEN_SIGNALS) => self.on_signals()?,
                     (0, TOKEN_LISTENER) => self.on_accept(),
+                    (0, TOKEN_WATCH) => self.on_watch(),
                     (TOKEN_SETUP, i) => self.on_setup(i as usize),
                     (TOKEN_CONN, id) => self.on_conn(id),
                     (TOKEN_STANDBY, i) => self.on_standby_setup(i as usize),
@@ -459,6 +520,7 @@ impl<'a> Root<'a> {
                 self.manager.status_changed(now);
             }
             self.fire_timers();
+            self.advance_reload();
             self.flush_notes();
             // Until the first start is complete (a daemon may leave
             // `starting` by dying as well as by running).
@@ -470,6 +532,123 @@ impl<'a> Root<'a> {
                 let text = self.status_line(now);
                 self.manager.status(now, text);
             }
+        }
+    }
+
+    /// After a root-level error (its epoll, signalfd or waitid failed) the
+    /// loop cannot go on, but the daemons still get a clean stop: SIGTERM
+    /// to every one at once, SIGKILL to those left after `stop_timeout`,
+    /// each reaped, before the root exits 70. Without the loop, it waits
+    /// for SIGCHLD itself (blocked, so it stays pending for sigtimedwait).
+    fn stop_all_after_error(&mut self) {
+        self.flush_notes();
+        self.mode = Mode::ShuttingDown(EXIT_INTERNAL);
+        for i in 0..self.children.len() {
+            self.kill_standby(i);
+            if let Some(pid) = self.children[i].pid {
+                kill_tree(pid, libc::SIGTERM);
+                kill_tree(pid, libc::SIGCONT);
+                self.children[i].state = State::Stopping;
+            }
+        }
+        let deadline = Instant::now() + self.config.root.stop_timeout;
+        loop {
+            while let Ok(Some((pid, status))) = sys::reap_one() {
+                if let Some((i, role)) = self.by_pid.remove(&pid) {
+                    if role == Role::Primary {
+                        let c = &mut self.children[i];
+                        info!(daemon = %c.cfg.name, %pid, ?status, "stopped");
+                        c.pid = None;
+                        c.state = State::Stopped;
+                    }
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.by_pid.is_empty() || left.is_zero() {
+                break;
+            }
+            sys::wait_signal(libc::SIGCHLD, left);
+        }
+        for (pid, (i, _)) in std::mem::take(&mut self.by_pid) {
+            warn!(daemon = %self.children[i].cfg.name, %pid, timeout = ?self.config.root.stop_timeout, "did not stop in time; killing");
+            kill_tree(pid, libc::SIGKILL);
+            let _ = sys::wait_pid(pid);
+        }
+    }
+
+    /// The state_dir watch: a region file changed. A daemon writes its
+    /// region through its mapping, which raises no event, but zeroing it
+    /// (`MADV_REMOVE`) and the root's own repairs do, so an event says only
+    /// where to look. A daemon with a process has its file checked at once
+    /// (one without is checked before its next start): its size put right
+    /// (see `RegionSet::ensure`), and if its bytes were cut off, the daemon
+    /// is SIGKILLed, so that its replacement starts over on state its
+    /// checkpoints verify rather than on zeroes where its state was.
+    fn on_watch(&mut self) {
+        let mut events = Vec::new();
+        if let Some(fd) = &self.watch {
+            loop {
+                match sys::file::read_events(fd.as_raw_fd(), |mask, name| {
+                    events.push((mask, name.to_vec()))
+                }) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        warn!(error = %e, "reading the state_dir watch");
+                        break;
+                    }
+                }
+            }
+        }
+        let mut seen: Vec<usize> = Vec::new();
+        for (mask, name) in events {
+            if mask & libc::IN_Q_OVERFLOW != 0 {
+                // Events were lost: look at every file.
+                warn!("the state_dir watch overflowed; checking every region file");
+                seen = (0..self.children.len()).collect();
+                break;
+            }
+            if let Some(i) = self.region_of(&name).filter(|i| !seen.contains(i)) {
+                seen.push(i);
+            }
+        }
+        for i in seen {
+            self.check_region_file(i);
+        }
+    }
+
+    /// The daemon whose region file is `name` (`NAME.region`).
+    fn region_of(&self, name: &[u8]) -> Option<usize> {
+        let stem = name.strip_suffix(b".region")?;
+        self.names.iter().position(|n| n.as_bytes() == stem)
+    }
+
+    /// See [`Root::on_watch`].
+    fn check_region_file(&mut self, i: usize) {
+        let Some(pid) = self.children[i]
+            .pid
+            .filter(|_| self.children[i].state.has_process())
+        else {
+            return;
+        };
+        let name = self.children[i].cfg.name.clone();
+        let restart = match self.regions.ensure(i) {
+            Ok(Some(damage)) => {
+                error!(daemon = %name, fault = %damage, "region file damaged");
+                let cut = matches!(damage, crate::region::Damage::Truncated { .. });
+                self.children[i].fault = Some(damage.to_string());
+                cut
+            }
+            Ok(None) => false,
+            Err(e) => {
+                error!(daemon = %name, error = %e, "cannot repair the region file");
+                self.children[i].fault = Some(format!("cannot repair the region file: {e}"));
+                true
+            }
+        };
+        if restart {
+            warn!(daemon = %name, %pid, "restarting it on its repaired region");
+            kill_tree(pid, libc::SIGKILL);
         }
     }
 
@@ -529,7 +708,11 @@ impl<'a> Root<'a> {
             match sig {
                 libc::SIGCHLD => self.on_sigchld(from)?,
                 libc::SIGTERM | libc::SIGINT => self.on_shutdown_signal(sig),
-                libc::SIGHUP => info!("SIGHUP ignored (the tree is configured at start)"),
+                libc::SIGHUP => {
+                    info!("SIGHUP: reloading the config file");
+                    // Refusals and a bad file are logged by `reload`.
+                    let _ = self.reload(false);
+                }
                 libc::SIGUSR1 => info!(status = %self.status_line(Instant::now()), "SIGUSR1"),
                 libc::SIGUSR2 => info!("SIGUSR2 ignored"),
                 _ => debug!(signal = sig, "unexpected signal"),
@@ -592,7 +775,11 @@ impl<'a> Root<'a> {
 
     /// Forks daemon `i`, or its standby. Prepares everything the child
     /// needs in the root's memory first.
-    fn fork_child(&mut self, i: usize, standby: bool) -> io::Result<Spawned> {
+    ///
+    /// The child is in `by_pid` from the moment it exists. If its setup
+    /// pipe cannot be watched, it is killed and the reason comes back with
+    /// it (its exit is then a failed start).
+    fn fork_child(&mut self, i: usize, standby: bool) -> io::Result<(Spawned, Option<ExitReason>)> {
         let c = &self.children[i];
         let start = crate::daemon::Start {
             restarts: c.restarts,
@@ -628,17 +815,30 @@ impl<'a> Root<'a> {
             standby,
         })?;
         self.forks += 1;
-        let kind = if standby { TOKEN_STANDBY } else { TOKEN_SETUP };
-        self.epoll
-            .add(spawned.setup.as_raw_fd(), kind | i as u64)
-            .map_err(|e| io::Error::new(e.kind(), format!("watching the setup pipe: {e}")))?;
         let role = if standby {
             Role::Standby
         } else {
             Role::Primary
         };
+        // Tracked before anything else can fail: a child the root forgot
+        // would run on, unreaped, beside the replacement forked for it.
         self.by_pid.insert(spawned.pid, (i, role));
-        Ok(spawned)
+        let kind = if standby { TOKEN_STANDBY } else { TOKEN_SETUP };
+        let unwatched = match self.epoll.add(spawned.setup.as_raw_fd(), kind | i as u64) {
+            Ok(()) => None,
+            Err(e) => {
+                // Without its setup pipe the root cannot tell when it is
+                // up: kill it, and let its exit (reaped as usual) be a
+                // failed start.
+                error!(daemon = %c.cfg.name, pid = %spawned.pid, error = %e, "cannot watch the new process's setup pipe; killing it");
+                kill_tree(spawned.pid, libc::SIGKILL);
+                Some(ExitReason::SetupFailed {
+                    stage: SetupStage::Fork,
+                    errno: e.raw_os_error().unwrap_or(libc::EIO),
+                })
+            }
+        };
+        Ok((spawned, unwatched))
     }
 
     /// [`Action::Fork`]: fork daemon `i` (or wake its standby). What the
@@ -653,6 +853,21 @@ impl<'a> Root<'a> {
         self.cancel_timer(i);
         let c = &self.children[i];
         debug_assert!(!c.state.has_process(), "{} started twice", c.cfg.name);
+        let mut fault = None;
+        match self.regions.ensure(i) {
+            Ok(None) => {}
+            Ok(Some(crate::region::Damage::Made)) => {
+                info!(daemon = %self.children[i].cfg.name, "region made");
+            }
+            Ok(Some(damage)) => {
+                let c = &mut self.children[i];
+                error!(daemon = %c.cfg.name, fault = %damage, "region file damaged");
+                fault = Some(damage.to_string());
+                c.fault = fault.clone();
+            }
+            Err(e) => return self.cannot_start(i, e),
+        }
+        let c = &self.children[i];
         if c.cfg.on_restart == OnRestart::Fresh && !c.deaths.is_empty() {
             if let Err(e) = self.regions.zero_user(i) {
                 warn!(daemon = %c.cfg.name, error = %e, "could not zero the region for a fresh restart");
@@ -662,11 +877,13 @@ impl<'a> Root<'a> {
             return Some(Event::Ready(i));
         }
         match self.fork_child(i, false) {
-            Ok(spawned) => {
+            Ok((spawned, unwatched)) => {
                 let c = &mut self.children[i];
                 c.pid = Some(spawned.pid);
                 c.setup = Some(spawned.setup);
-                c.setup_failed = None;
+                c.fault = unwatched.map(|r| r.to_string()).or(fault);
+                c.setup_failed = unwatched;
+                c.retry = FORK_RETRY;
                 let (pid, restarts) = (spawned.pid, c.restarts);
                 self.flush_notes();
                 let cause = self.sup.start_cause(i).as_str();
@@ -675,21 +892,59 @@ impl<'a> Root<'a> {
                 self.ensure_standby(i);
                 None
             }
-            Err(e) => {
-                // fork (or preparing it) failed: EAGAIN, ENOMEM, a program
-                // not found. A death, so the intensity limit applies, but
-                // retried after a pause rather than at once: the condition
-                // is the machine's and would burn the window in a moment.
-                error!(daemon = %self.children[i].cfg.name, error = %e, "cannot start");
-                let errno = e.raw_os_error().unwrap_or(libc::EINVAL);
-                let reason = ExitReason::SetupFailed {
-                    stage: SetupStage::Fork,
-                    errno,
-                };
-                self.record_death(i, reason, Duration::ZERO);
-                Some(Event::ForkFailed(i))
-            }
+            Err(e) => self.cannot_start(i, e),
         }
+    }
+
+    /// A start of daemon `i` failed in the root (its region, fork, or
+    /// preparing an exec).
+    ///
+    /// When the machine is short of something (processes, descriptors,
+    /// memory, disk: EAGAIN, EMFILE, ENFILE, ENOMEM, ENOSPC, EDQUOT), no
+    /// daemon died and waiting can help: the supervisor hears
+    /// [`Event::Refused`] and the daemon waits in `backoff`, its fault shown
+    /// by `ctl status`, retried after a pause that doubles up to
+    /// [`RETRY_MAX`]; the intensity is not charged, so the rest of the tree
+    /// runs on. Anything else (a program not found) is a death
+    /// ([`Event::ForkFailed`]), charged to the intensity.
+    fn cannot_start(&mut self, i: usize, e: io::Error) -> Option<Event> {
+        let errno = e.raw_os_error().or_else(|| {
+            e.get_ref()
+                .and_then(|inner| inner.downcast_ref::<io::Error>())
+                .and_then(io::Error::raw_os_error)
+        });
+        let scarce = matches!(
+            errno,
+            Some(
+                libc::EAGAIN
+                    | libc::EMFILE
+                    | libc::ENFILE
+                    | libc::ENOMEM
+                    | libc::ENOSPC
+                    | libc::EDQUOT
+            )
+        ) || matches!(
+            e.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::OutOfMemory | io::ErrorKind::QuotaExceeded
+        );
+        let c = &mut self.children[i];
+        if scarce {
+            let delay = c.retry;
+            c.retry = (c.retry * 2).min(RETRY_MAX);
+            error!(daemon = %c.cfg.name, error = %e, retry_in = ?delay, "cannot start: out of a resource; retrying");
+            c.fault = Some(format!("cannot start: {e} (retrying in {delay:?})"));
+            return Some(Event::Refused(i, delay));
+        }
+        // A death, so the intensity limit applies, but retried after a
+        // pause rather than at once: it would burn the window in a moment.
+        error!(daemon = %c.cfg.name, error = %e, "cannot start");
+        c.fault = Some(format!("cannot start: {e}"));
+        let reason = ExitReason::SetupFailed {
+            stage: SetupStage::Fork,
+            errno: errno.unwrap_or(libc::EINVAL),
+        };
+        self.record_death(i, reason, Duration::ZERO);
+        Some(Event::ForkFailed(i))
     }
 
     /// Bookkeeping common to a fork and a standby's takeover.
@@ -736,7 +991,7 @@ impl<'a> Root<'a> {
             return;
         }
         match self.fork_child(i, true) {
-            Ok(sp) => {
+            Ok((sp, _)) => {
                 debug!(daemon = %self.children[i].cfg.name, pid = %sp.pid, "standby forked");
                 self.children[i].standby = Some(Standby {
                     pid: sp.pid,
@@ -827,7 +1082,9 @@ impl<'a> Root<'a> {
     /// Tells systemd (`Type=notify`) the tree is up, once no daemon of the
     /// first start is still starting.
     fn notify_ready(&mut self) {
-        if self.manager.ready_settled() || self.children.iter().any(|c| c.state == State::Starting)
+        if self.manager.ready_settled()
+            || self.reloading.is_some()
+            || self.children.iter().any(|c| c.state == State::Starting)
         {
             return;
         }
@@ -839,7 +1096,7 @@ impl<'a> Root<'a> {
     /// state, and the restarts within the top supervisor's period.
     fn status_line(&self, now: Instant) -> String {
         let mut counts = [0usize; 6];
-        for c in &self.children {
+        for c in self.children.iter().filter(|c| !c.removed) {
             counts[c.state as usize] += 1;
         }
         let period = self.config.supervisor.period;
@@ -886,9 +1143,10 @@ impl<'a> Root<'a> {
     /// from the checkpoint before C (and, that failing too, fresh).
     fn judge_checkpoint(&mut self, i: usize, pid: i32, reason: ExitReason, uptime: Duration) {
         let crashed = reason.is_crash();
-        let resumed = self.regions.header_of(i, Pid(pid)).map_or(0, |h| {
-            h.resumed_seq.load(std::sync::atomic::Ordering::Relaxed)
-        });
+        let resumed = self
+            .regions
+            .header_of(i, Pid(pid))
+            .map_or(0, |h| h.resumed_seq);
         let c = &mut self.children[i];
         c.resume_before = (crashed && uptime < POISON_WINDOW && resumed != 0).then_some(resumed);
         if let Some(seq) = c.resume_before {
@@ -1096,7 +1354,7 @@ impl Root<'_> {
         // that names the current process, and never later than now.
         let now = sys::monotonic_ns();
         if let Some(h) = self.regions.header_of(i, pid) {
-            let hb = h.heartbeat_ns.load(std::sync::atomic::Ordering::Acquire);
+            let hb = h.heartbeat_ns;
             if hb <= now {
                 last = last.max(hb);
             }
@@ -1109,6 +1367,19 @@ impl Root<'_> {
             self.set_timer(i, Instant::now() + (wd - age));
         }
     }
+}
+
+/// An inotify watch on `dir` for what another process may do to a region
+/// file: write or truncate it (`IN_MODIFY`), remove or replace it.
+fn watch_state_dir(dir: &std::path::Path) -> io::Result<OwnedFd> {
+    let fd = sys::file::inotify()?;
+    let mask = libc::IN_MODIFY
+        | libc::IN_DELETE
+        | libc::IN_MOVED_FROM
+        | libc::IN_MOVED_TO
+        | libc::IN_CREATE;
+    sys::file::watch(fd.as_raw_fd(), dir, mask)?;
+    Ok(fd)
 }
 
 /// How long a new root waits for the daemons of a root that was just

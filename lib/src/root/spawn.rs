@@ -64,11 +64,14 @@ impl Run<'_> {
         }
         let nargs = strings.len();
         for (k, v) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k.starts_with("FORKROOT_") || k == "NOTIFY_SOCKET" {
+            // Bytes as they are: an environment need not be UTF-8.
+            use std::os::unix::ffi::OsStrExt;
+            let k = k.as_bytes();
+            if k.starts_with(b"FORKROOT_") || k == b"NOTIFY_SOCKET" {
                 continue;
             }
-            strings.push(nul(format!("{k}={}", v.to_string_lossy()))?);
+            let kv = [k, b"=", v.as_bytes()].concat();
+            strings.push(CString::new(kv).map_err(io::Error::other)?);
         }
         for var in handoff::exec_env(name, region_len, start) {
             strings.push(nul(var)?);
@@ -223,6 +226,9 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
                 Err(e) => fail(pipe, SetupStage::Region, e),
             };
             keep_descriptors(s, pipe, gate);
+            // The root's descriptors are closed: be dumpable again (core
+            // dumps, /proc/PID/fd for the user), which the root is not.
+            let _ = sys::file::set_dumpable(true);
             // A standby waits here, set up, until the primary dies.
             let mut start = s.start;
             let took;

@@ -15,6 +15,8 @@
 //! `DESIGN.md` §4 shows the table cell by cell.
 
 use std::collections::VecDeque;
+
+use super::window::RestartWindow;
 use std::time::{Duration, Instant};
 
 use super::{State, EXIT_GAVE_UP};
@@ -188,6 +190,9 @@ pub(crate) enum Event {
     },
     /// The root could not fork (or prepare) a daemon it was told to start.
     ForkFailed(usize),
+    /// The machine refused a start (no process, descriptor, memory or disk
+    /// to spare): retry after the pause given, charging no intensity.
+    Refused(usize, Duration),
     /// A daemon's timer fired.
     Timer(usize),
     /// A daemon's standby died unasked.
@@ -279,8 +284,8 @@ pub(crate) struct Group {
     pub(crate) intensity: u32,
     pub(crate) period: Duration,
     pub(crate) restart: RestartType,
-    /// Times of its restarts within `period` (its intensity window).
-    window: VecDeque<Instant>,
+    /// Its restarts within `period` (its intensity window, bounded).
+    window: RestartWindow,
     /// How often its parent restarted it.
     pub(crate) restarts: u32,
     pub(crate) state: GState,
@@ -366,7 +371,7 @@ impl Supervisor {
                     intensity: sup.intensity,
                     period: sup.period,
                     restart,
-                    window: VecDeque::new(),
+                    window: RestartWindow::default(),
                     restarts: 0,
                     state: GState::Stopped,
                 }
@@ -424,6 +429,7 @@ impl Supervisor {
                 uptime,
             } => self.on_exit(daemon, normal, uptime),
             Event::ForkFailed(i) => self.on_fork_failed(i),
+            Event::Refused(i, delay) => self.on_refused(i, delay),
             Event::Timer(i) => self.on_timer(i),
             Event::StandbyDied(i) => {
                 let g = self.daemons[i].group;
@@ -471,10 +477,7 @@ impl Supervisor {
     /// Restarts within group `g`'s period, as of `now`.
     pub(crate) fn recent_restarts(&self, g: usize, now: Instant) -> usize {
         let grp = &self.groups[g];
-        grp.window
-            .iter()
-            .filter(|&&t| now.saturating_duration_since(t) <= grp.period)
-            .count()
+        grp.window.count_at(now, grp.period) as usize
     }
 
     /// Why the daemon's current process started.
@@ -563,31 +566,56 @@ impl Supervisor {
     /// Starting × fork failed: a death, retried after at least
     /// [`FORK_RETRY`] (a passing shortage must not burn the window at once).
     fn on_fork_failed(&mut self, i: usize) {
+        if !self.start_failed(i) {
+            return;
+        }
+        let g = self.daemons[i].group;
+        if !self.count_restart(g, Member::Daemon(i)) {
+            return;
+        }
+        let d = &mut self.daemons[i];
+        d.restarts += 1;
+        d.cause = Cause::Retry;
+        let delay = d.backoff.max(FORK_RETRY);
+        self.out.push(Action::Restarted(i));
+        self.set(i, DState::Backoff);
+        self.out.push(Action::SetTimer(i, self.now + delay));
+    }
+
+    /// A start of daemon `i` failed (its fork, or the machine refused it):
+    /// it is down. Whether its supervisor is to decide what next (not when
+    /// it was being stopped anyway, or its group is stopping).
+    fn start_failed(&mut self, i: usize) -> bool {
         let g = self.daemons[i].group;
         match self.daemons[i].state {
             DState::Stopping(then) => {
                 self.out.push(Action::CancelTimer(i));
                 self.down(i, then);
+                false
             }
             DState::Starting => {
                 self.set(i, DState::Stopped);
                 if self.stopping(g) {
                     self.due.push_back(g);
-                    return;
+                    return false;
                 }
-                if !self.count_restart(g, Member::Daemon(i)) {
-                    return;
-                }
-                let d = &mut self.daemons[i];
-                d.restarts += 1;
-                d.cause = Cause::Retry;
-                let delay = d.backoff.max(FORK_RETRY);
-                self.out.push(Action::Restarted(i));
-                self.set(i, DState::Backoff);
-                self.out.push(Action::SetTimer(i, self.now + delay));
+                true
             }
-            _ => {}
+            _ => false,
         }
+    }
+
+    /// Starting × the machine refused the start: nobody died, so nothing
+    /// is charged to the intensity and the restart count stays; the daemon
+    /// waits in backoff for the pause the root chose (it doubles while the
+    /// machine keeps refusing), and the rest of the tree runs on.
+    fn on_refused(&mut self, i: usize, delay: Duration) {
+        if !self.start_failed(i) {
+            return;
+        }
+        self.daemons[i].cause = Cause::Retry;
+        self.set(i, DState::Backoff);
+        self.out.push(Action::SetTimer(i, self.now + delay));
     }
 
     /// A child's end that nobody asked for (a daemon's exit, a group that
@@ -670,15 +698,7 @@ impl Supervisor {
     fn count_restart(&mut self, g: usize, m: Member) -> bool {
         let now = self.now;
         let grp = &mut self.groups[g];
-        grp.window.push_back(now);
-        while grp
-            .window
-            .front()
-            .is_some_and(|&t| now.saturating_duration_since(t) > grp.period)
-        {
-            grp.window.pop_front();
-        }
-        if grp.window.len() <= grp.intensity as usize {
+        if grp.window.record(now, grp.period) <= u64::from(grp.intensity) {
             return true;
         }
         self.give_up(g, m);
@@ -1057,6 +1077,8 @@ impl Supervisor {
         }
     }
 }
+
+mod reload;
 
 #[cfg(test)]
 mod tests;

@@ -66,10 +66,17 @@ pub fn allocate(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
 /// Discards the contents of `[offset, offset+len)` (they read back as
 /// zeroes) and allocates the blocks again.
 pub fn zero_range(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
+    punch_hole(fd, offset, len)?;
+    allocate(fd, offset, len)
+}
+
+/// Discards the contents of `[offset, offset+len)` and frees their memory
+/// (they read back as zeroes); the file keeps its size.
+pub fn punch_hole(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
     let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
     // SAFETY: fallocate only operates on the file behind `fd`.
     cvt_r(|| unsafe { libc::fallocate(fd, mode, offset as i64, len as i64) })?;
-    allocate(fd, offset, len)
+    Ok(())
 }
 
 /// Opens the file behind `fd` again, read-only: a new open file description

@@ -21,6 +21,7 @@ use std::io;
 pub mod cred;
 mod epoll;
 mod fd;
+pub mod file;
 pub mod fork;
 pub mod futex;
 pub mod mem;
@@ -37,8 +38,8 @@ pub use fd::{
 };
 pub use fork::{fork, Forked};
 pub use mem::{
-    allocate, file_region, map_fixed, memfd_sealed, page_size, protect, reopen_read_only, reserve,
-    unmap, zero_range, Access,
+    allocate, file_region, map_fixed, memfd_sealed, page_size, protect, punch_hole,
+    reopen_read_only, reserve, unmap, zero_range, Access,
 };
 pub use process::{
     exec, exit_now, getpid, getppid, reap_one, reap_pid, set_child_subreaper, set_comm,

@@ -149,7 +149,6 @@ pub fn signal_name(signal: i32) -> std::borrow::Cow<'static, str> {
 
 /// Waits up to `d` for `signal` (which must be blocked) and consumes it.
 /// Returns whether it arrived. Fork-safe.
-#[must_use]
 pub fn wait_signal(signal: i32, d: Duration) -> bool {
     let set = SigSet::of(&[signal]);
     let deadline = monotonic_ns().saturating_add(d.as_nanos().min(u128::from(u64::MAX)) as u64);

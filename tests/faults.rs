@@ -1,0 +1,600 @@
+//! Faults beyond kills, through the real binary: region files truncated
+//! under the root, resources exhausted (descriptors, processes, disk),
+//! the root's own system calls failing. The root must never fall: each
+//! fault is detected, reported with the daemon's name, and recovered from.
+
+mod common;
+
+use common::Tree;
+use libc::SIGTERM;
+
+/// The daemon's pid while it is running, from `ctl status --json`.
+fn running(t: &Tree, name: &str) -> Option<i32> {
+    let d = t.daemon_status(name)?;
+    (d["state"] == "running")
+        .then(|| d["pid"].as_i64())?
+        .map(|p| p as i32)
+}
+
+/// Whether the root process is still alive (not even a zombie).
+fn root_alive(t: &Tree) -> bool {
+    common::Proc::read(t.pid).is_some_and(|p| p.state != 'Z')
+}
+
+/// The root, alive after what the test did, stops with exit 0 on SIGTERM.
+fn stop_cleanly(t: &mut Tree) {
+    assert!(root_alive(t), "{}", t.log());
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0, "{}", t.log());
+}
+
+#[test]
+fn a_truncated_region_file_is_repaired_and_the_root_survives() {
+    let mut t = Tree::start(
+        "[root]\nstate_dir = \"@DIR@/state\"\n\
+         [[daemon]]\nname = \"idle1\"\nkind = \"idle\"\n\
+         [[daemon]]\nname = \"idle2\"\nkind = \"idle\"\n",
+    );
+    let first = t.poll("idle1 running", || running(&t, "idle1"));
+    let other = t.poll("idle2 running", || running(&t, "idle2"));
+    let file = t.path("state/idle1.region");
+    let len = std::fs::metadata(&file).expect("region file").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .and_then(|f| f.set_len(0))
+        .expect("truncate the region file");
+    // The root answers (it used to die of SIGBUS reading the region).
+    let out = t.ctl(&["status"]);
+    assert!(
+        out.status.success() && root_alive(&t),
+        "ctl status after truncation: {out:?}\n--- root log ---\n{}",
+        t.log()
+    );
+    // Detected and reported by name, the file restored to its size, and the
+    // daemon running again on it; its sibling untouched.
+    t.wait_log(&["idle1", "truncated"]);
+    t.poll("idle1 running again", || {
+        running(&t, "idle1").filter(|&p| p != first)
+    });
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), len);
+    assert_eq!(running(&t, "idle2"), Some(other), "the sibling was touched");
+    stop_cleanly(&mut t);
+}
+
+#[test]
+fn a_replaced_region_file_is_reported_and_the_daemon_keeps_its_own() {
+    let mut t = Tree::start(
+        "[root]\nstate_dir = \"@DIR@/state\"\n\
+         [[daemon]]\nname = \"idle1\"\nkind = \"idle\"\n",
+    );
+    let first = t.poll("idle1 running", || running(&t, "idle1"));
+    let file = t.path("state/idle1.region");
+    let len = std::fs::metadata(&file).unwrap().len();
+    // Another file (of garbage, of the right size) renamed over it.
+    let other = t.path("state/garbage");
+    std::fs::write(&other, vec![0xa5u8; len as usize]).unwrap();
+    std::fs::rename(&other, &file).unwrap();
+    t.wait_log(&["idle1", "replaced"]);
+    t.poll("the fault in status", || {
+        let d = t.daemon_status("idle1")?;
+        d["fault"].as_str()?.contains("replaced").then_some(())
+    });
+    // It runs on the file the root opened: nothing to restart for.
+    assert_eq!(running(&t, "idle1"), Some(first));
+    stop_cleanly(&mut t);
+}
+
+#[test]
+fn a_region_file_damaged_under_a_running_daemon_is_seen_at_once() {
+    let mut t = Tree::start(
+        "[root]\nstate_dir = \"@DIR@/state\"\n\
+         [[daemon]]\nname = \"idle1\"\nkind = \"idle\"\nmemory = \"1MiB\"\n\
+         [[daemon]]\nname = \"idle2\"\nkind = \"idle\"\nmemory = \"1MiB\"\n",
+    );
+    let one = t.poll("idle1 running", || running(&t, "idle1"));
+    let two = t.poll("idle2 running", || running(&t, "idle2"));
+    // idle1's state zeroed the way a daemon zeroes its own (state::zero:
+    // MADV_REMOVE punches a hole): the same event as a damage, but no
+    // damage, and no reason to restart it.
+    let file1 = std::fs::OpenOptions::new()
+        .write(true)
+        .open(t.path("state/idle1.region"))
+        .unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: fallocate on a file we opened; no memory is passed.
+    let rc = unsafe {
+        libc::fallocate(
+            file1.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            128 * 1024,
+            256 * 1024,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    // idle2's last page cut off: the idle daemon never touches it, so it
+    // would not die of it; the root must see it by itself.
+    let file2 = t.path("state/idle2.region");
+    let len = std::fs::metadata(&file2).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file2)
+        .and_then(|f| f.set_len(len - 4096))
+        .unwrap();
+    t.wait_log(&["idle2", "truncated"]);
+    t.poll("idle2 restarted on its repaired region", || {
+        running(&t, "idle2").filter(|&p| p != two)
+    });
+    assert_eq!(std::fs::metadata(&file2).unwrap().len(), len);
+    // The root read both events in order: idle1 was left alone.
+    assert_eq!(running(&t, "idle1"), Some(one), "{}", t.log());
+    assert!(t
+        .log_lines(&["daemon=idle1"])
+        .iter()
+        .all(|l| !l.contains("damaged")));
+    stop_cleanly(&mut t);
+}
+
+/// A root run under `strace`, which makes one of the root's system calls
+/// fail with a real kernel error at a chosen call (strace's `inject`): the
+/// way to reach failures no configuration can cause on demand.
+struct Traced {
+    dir: tempfile::TempDir,
+    strace: std::process::Child,
+    /// The root's pid (strace's child).
+    root: i32,
+    strace_pid: i32,
+}
+
+impl Traced {
+    /// Starts `forkroot run` on `config` under `strace -e inject=INJECT`.
+    fn start(config: &str, trace: &str, inject: &str) -> Traced {
+        let dir = tempfile::Builder::new()
+            .prefix("forkroot-test")
+            .tempdir()
+            .expect("temp dir");
+        let path = common::write_config(&dir, config);
+        let log = std::fs::File::create(dir.path().join("root.log")).expect("root.log");
+        let mut c = std::process::Command::new("strace");
+        c.args(["-o", "/dev/null", "-e"])
+            .arg(format!("trace={trace}"))
+            .arg("-e")
+            .arg(format!("inject={inject}"))
+            .arg(common::BIN);
+        let mut c = {
+            // The environment `common::command` gives, on strace instead.
+            let template = common::command(&dir);
+            for (k, v) in template.get_envs() {
+                match v {
+                    Some(v) => c.env(k, v),
+                    None => c.env_remove(k),
+                };
+            }
+            c.current_dir(dir.path());
+            c
+        };
+        let strace = c
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .spawn()
+            .expect("run strace (apt-get install strace)");
+        let sp = strace.id() as i32;
+        let mut t = Traced {
+            dir,
+            strace,
+            root: 0,
+            strace_pid: sp,
+        };
+        t.root = t.poll("the root under strace", || {
+            // strace may fork a short-lived helper first: the root is the
+            // child that has become `forkroot`.
+            common::children(sp)
+                .into_iter()
+                .find(|p| p.comm == "forkroot")
+                .map(|p| p.pid)
+        });
+        t
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("root.log")).unwrap_or_default()
+    }
+
+    fn poll<T>(&self, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = std::time::Instant::now() + common::DEADLINE;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            if std::time::Instant::now() > deadline {
+                let proc = |f: &str| {
+                    std::fs::read_to_string(format!("/proc/{}/{f}", self.root)).unwrap_or_default()
+                };
+                panic!(
+                    "timed out waiting for {what}\n{:?}\n--- root {} ---\nwchan {} syscall {}{}\n--- root log ---\n{}",
+                    common::descendants(self.strace_pid),
+                    self.root,
+                    proc("wchan"),
+                    proc("syscall"),
+                    proc("status").lines().filter(|l| l.starts_with("State") || l.starts_with("TracerPid")).collect::<Vec<_>>().join(" "),
+                    self.log()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    /// The root's children named `forkroot: NAME`.
+    fn daemons_named(&self, name: &str) -> Vec<common::Proc> {
+        let comm = common::comm_of(name);
+        common::children(self.root)
+            .into_iter()
+            .filter(|p| p.comm == comm && p.state != 'Z')
+            .collect()
+    }
+
+    /// Waits for strace (and so the root) to exit; the root's exit code.
+    fn wait_code(&mut self) -> Option<i32> {
+        let strace = &mut self.strace;
+        let mut status = None;
+        let deadline = std::time::Instant::now() + common::WATCHDOG;
+        while status.is_none() && std::time::Instant::now() < deadline {
+            status = strace.try_wait().expect("wait for strace");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(status.is_some(), "the root did not exit\n{}", self.log());
+        status.and_then(|s| s.code())
+    }
+}
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        if let Ok(None) = self.strace.try_wait() {
+            common::kill_descendants(self.strace.id() as i32);
+            let _ = self.strace.kill();
+            let _ = self.strace.wait();
+        }
+    }
+}
+
+#[test]
+fn a_child_whose_setup_pipe_cannot_be_watched_is_killed_not_left_running() {
+    // The root's third epoll_ctl is the first daemon's setup pipe (after
+    // the signalfd and the control socket): it fails with ENOSPC, as when
+    // the user's epoll watches are exhausted.
+    let mut t = Traced::start(
+        "[[daemon]]\nname = \"idle\"\nkind = \"idle\"\n",
+        "epoll_ctl",
+        "epoll_ctl:error=ENOSPC:when=3",
+    );
+    let line = t.poll("the failed watch reported", || {
+        t.log()
+            .lines()
+            .find(|l| l.contains("setup pipe") && l.contains("daemon=idle"))
+            .map(str::to_owned)
+    });
+    assert!(line.contains("No space left"), "{line}");
+    t.poll("the daemon restarted", || {
+        t.log().contains("restarts=1").then_some(())
+    });
+    // One owner of the region: the first child was killed and reaped, not
+    // left running beside its replacement.
+    t.poll("exactly one idle process", || {
+        (t.daemons_named("idle").len() == 1).then_some(())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(t.daemons_named("idle").len(), 1, "{}", t.log());
+    common::send(t.root, libc::SIGTERM).unwrap();
+    assert_eq!(t.wait_code(), Some(0), "{}", t.log());
+}
+
+#[test]
+fn a_root_level_error_stops_the_daemons_gracefully_before_exit_70() {
+    // The first waitid (reaping the daemon the test kills) fails: the root
+    // cannot supervise any more, and must stop the others cleanly.
+    let mut t = Traced::start(
+        "[root]\nstop_timeout = \"5s\"\n\
+         [[daemon]]\nname = \"polite\"\n\
+         exec = [\"/bin/sh\", \"-c\", \"trap 'echo term > @DIR@/polite.term; exit 0' TERM; \
+         echo up > @DIR@/polite.up; while :; do sleep 0.05; done\"]\n\
+         [[daemon]]\nname = \"victim\"\nkind = \"idle\"\n",
+        "waitid",
+        "waitid:error=EINVAL:when=1",
+    );
+    let up = t.dir.path().join("polite.up");
+    t.poll("polite up", || up.exists().then_some(()));
+    let victim = t.poll("victim running", || {
+        t.daemons_named("victim").first().map(|p| p.pid)
+    });
+    common::send(victim, libc::SIGKILL).unwrap();
+    assert_eq!(t.wait_code(), Some(70), "{}", t.log());
+    let term = std::fs::read_to_string(t.dir.path().join("polite.term")).unwrap_or_default();
+    assert_eq!(
+        term.trim(),
+        "term",
+        "polite was not stopped with SIGTERM\n{}",
+        t.log()
+    );
+    assert!(t.log().contains("stopping every daemon"), "{}", t.log());
+}
+
+/// Makes the root of `c` run as `uid` (and gid), with its temp dir (its
+/// current directory) owned by that user: limits such as RLIMIT_NPROC bind
+/// only a user other than root, and /proc's checks only bite between equals.
+fn as_user(c: &mut std::process::Command, uid: u32) {
+    use std::os::unix::process::CommandExt;
+    let dir = c.get_current_dir().expect("the root runs in its temp dir");
+    std::os::unix::fs::chown(dir, Some(uid), Some(uid)).expect("chown the temp dir");
+    c.uid(uid).gid(uid);
+}
+
+/// Runs `script` with `sh -c` as `uid`; whether it exited 0.
+fn sh_as(uid: u32, script: &str) -> bool {
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new("/bin/sh")
+        .args(["-c", script])
+        .uid(uid)
+        .gid(uid)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run sh")
+        .success()
+}
+
+#[test]
+fn the_root_is_not_dumpable_and_its_daemons_are() {
+    const UID: u32 = 61_002;
+    let t = Tree::start_with("[[daemon]]\nname = \"idle\"\nkind = \"idle\"\n", |c| {
+        as_user(c, UID)
+    });
+    let daemon = t.poll("idle running", || running(&t, "idle"));
+    // The region arena's descriptor in the root, read-write.
+    let fd = t.poll("the root's arena descriptor", || {
+        std::fs::read_dir(format!("/proc/{}/fd", t.pid))
+            .ok()?
+            .flatten()
+            .find(|e| {
+                std::fs::read_link(e.path())
+                    .is_ok_and(|l| l.to_string_lossy().contains("forkroot:arena"))
+            })
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+    });
+    // Another process of the root's user cannot open it (and so cannot
+    // write any daemon's region through it), nor list the root's fds.
+    let open = format!("exec 3<> /proc/{}/fd/{fd}", t.pid);
+    assert!(
+        !sh_as(UID, &open),
+        "a process of the same user opened {open}"
+    );
+    assert!(!sh_as(UID, &format!("ls /proc/{}/fd", t.pid)));
+    // The daemon, its descriptors closed, is dumpable again: its user can
+    // inspect it, and a crash of it can dump core.
+    assert!(
+        sh_as(UID, &format!("ls /proc/{daemon}/fd")),
+        "the daemon is not dumpable"
+    );
+}
+
+#[test]
+fn environment_bytes_reach_an_exec_d_program_unchanged() {
+    use std::os::unix::ffi::OsStrExt;
+    let value = std::ffi::OsStr::from_bytes(b"a\xffb");
+    let t = Tree::start_with(
+        "[[daemon]]\nname = \"env\"\nrestart = \"temporary\"\n\
+         exec = [\"/bin/sh\", \"-c\", \"printf %s \\\"$TEST_BYTES\\\" > @DIR@/env.tmp && mv @DIR@/env.tmp @DIR@/env.out\"]\n",
+        |c| {
+            c.env("TEST_BYTES", value);
+        },
+    );
+    let out = t.path("env.out");
+    let got = t.poll("the program's output", || std::fs::read(&out).ok());
+    assert_eq!(got, b"a\xffb", "{:?}", String::from_utf8_lossy(&got));
+}
+
+/// Sets `resource` of the root of `c` to `limit` (soft and hard) before it
+/// starts.
+fn limit(c: &mut std::process::Command, resource: libc::__rlimit_resource_t, limit: u64) {
+    use std::os::unix::process::CommandExt;
+    let lim = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: the closure runs in the forked child before exec and makes
+    // one async-signal-safe call on a value it owns.
+    unsafe {
+        c.pre_exec(move || {
+            if libc::setrlimit(resource, &lim) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
+/// The daemon's state and fault in `ctl status --json`.
+fn state_and_fault(t: &Tree, name: &str) -> Option<(String, String)> {
+    let d = t.daemon_status(name)?;
+    Some((
+        d["state"].as_str()?.to_owned(),
+        d["fault"].as_str().unwrap_or("").to_owned(),
+    ))
+}
+
+/// Two idle daemons `a` and `b` under a supervisor that gives up after
+/// two restarts in a minute: a start the machine refuses must not count.
+const TWO_IDLE: &str = "[supervisor]\nintensity = 2\nperiod = \"60s\"\n\
+    [[daemon]]\nname = \"a\"\nkind = \"idle\"\n\
+    [[daemon]]\nname = \"b\"\nkind = \"idle\"\n";
+
+/// Waits until `b` is in backoff with a fault containing `what`, has been
+/// refused three times (past the intensity, had it counted), and `a` ran
+/// on untouched.
+fn refused_three_times(t: &Tree, what: &str) {
+    let a = t.poll("a running", || running(t, "a"));
+    let (_, fault) = t.poll("b in backoff with a fault", || {
+        state_and_fault(t, "b").filter(|(s, f)| s == "backoff" && !f.is_empty())
+    });
+    assert!(fault.contains(what), "fault: {fault}");
+    // The plain `ctl status` says why, too.
+    let out = t.ctl(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("fault: cannot start") && text.contains(what),
+        "{text}"
+    );
+    t.poll("three refused starts of b", || {
+        (t.log_lines(&["cannot start", "daemon=b"]).len() >= 3).then_some(())
+    });
+    assert!(root_alive(t), "{}", t.log());
+    assert_eq!(running(t, "a"), Some(a), "a was touched\n{}", t.log());
+}
+
+#[test]
+fn fork_refused_by_rlimit_nproc_is_retried_with_backoff() {
+    const UID: u32 = 61_003;
+    // The root and one daemon: the second fork fails with EAGAIN.
+    let mut t = Tree::start_with(TWO_IDLE, |c| {
+        as_user(c, UID);
+        limit(c, libc::RLIMIT_NPROC, 2);
+    });
+    refused_three_times(&t, "Resource temporarily unavailable");
+    // A process slot comes free: the next retry takes it.
+    let out = t.ctl(&["stop", "a"]);
+    assert!(out.status.success(), "{out:?}");
+    t.poll("b running once a process is allowed", || running(&t, "b"));
+    assert_eq!(state_and_fault(&t, "b").unwrap().1, "", "the fault stays");
+    stop_cleanly(&mut t);
+}
+
+/// The open descriptors of process `pid`, by number.
+fn fds(pid: i32) -> Vec<u64> {
+    let mut v: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_unstable();
+    v
+}
+
+/// Sets the soft RLIMIT_NOFILE of process `pid` (its hard limit kept).
+fn set_soft_nofile(pid: i32, soft: u64) {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `old` is a valid rlimit to fill; nothing is set.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let new = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: `new` is a valid rlimit; lowering or raising a soft limit
+    // below the hard one needs no privilege over a process of our user.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn descriptors_exhausted_in_the_root_are_retried_with_backoff() {
+    let mut t = Tree::start(TWO_IDLE);
+    let a = t.poll("a running", || running(&t, "a"));
+    t.poll("b running", || running(&t, "b"));
+    // Room for one more descriptor (a control connection), not for the two
+    // ends of a daemon's setup pipe: the limit is the second free number,
+    // read when no control connection is open (the same set twice).
+    let held = t.poll("the root's descriptors at rest", || {
+        let first = fds(t.pid);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        (fds(t.pid) == first).then_some(first)
+    });
+    let second_free = (0u64..)
+        .filter(|n| !held.contains(n))
+        .nth(1)
+        .expect("a free number");
+    set_soft_nofile(t.pid, second_free);
+    common::send(a, libc::SIGKILL).unwrap();
+    let (_, fault) = t.poll("a in backoff with a fault", || {
+        state_and_fault(&t, "a").filter(|(s, f)| s == "backoff" && !f.is_empty())
+    });
+    assert!(fault.contains("Too many open files"), "fault: {fault}");
+    t.poll("a refused twice", || {
+        (t.log_lines(&["cannot start", "daemon=a"]).len() >= 2).then_some(())
+    });
+    assert!(root_alive(&t), "{}", t.log());
+    set_soft_nofile(t.pid, 1024);
+    t.poll("a running once descriptors are allowed", || {
+        running(&t, "a")
+    });
+    stop_cleanly(&mut t);
+}
+
+/// A tmpfs mounted for a test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(path: std::path::PathBuf, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(&path).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={size}"))
+            .arg("tmpfs")
+            .arg(&path)
+            .status()
+            .expect("run mount")
+            .success();
+        assert!(ok, "mount a tmpfs at {}", path.display());
+        Tmpfs(path)
+    }
+
+    fn resize(&self, size: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o"])
+            .arg(format!("remount,size={size}"))
+            .arg(&self.0)
+            .status()
+            .expect("run mount")
+            .success();
+        assert!(ok, "remount {}", self.0.display());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_state_dir_stops_only_the_daemon_whose_region_does_not_fit() {
+    let dir = tempfile::Builder::new()
+        .prefix("forkroot-test-fs")
+        .tempdir()
+        .unwrap();
+    // 1 MiB: the small region (64 KiB + 64 KiB) fits, the big one does not.
+    let fs = Tmpfs::mount(dir.path().join("state"), "1m");
+    let config = format!(
+        "[root]\nstate_dir = \"{}\"\n\
+         [supervisor]\nintensity = 2\nperiod = \"60s\"\n\
+         [[daemon]]\nname = \"a\"\nkind = \"idle\"\nmemory = \"64KiB\"\n\
+         [[daemon]]\nname = \"b\"\nkind = \"idle\"\nmemory = \"4MiB\"\n",
+        fs.0.display()
+    );
+    let mut t = Tree::start(&config);
+    refused_three_times(&t, "No space left on device");
+    fs.resize("16m");
+    t.poll("b running once there is room", || running(&t, "b"));
+    stop_cleanly(&mut t);
+    drop(t);
+}
