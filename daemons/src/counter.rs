@@ -1,4 +1,4 @@
-//! `counter`: the process-pair exercise (seed 004). Emits 1, 2, 3, ... at
+//! `counter`: the process-pair exercise. Emits 1, 2, 3, ... at
 //! `rate` per second to `out`, one number a line; after any number of
 //! SIGKILLs at any instruction, the file holds exactly 1..N: no number
 //! skipped, none repeated.

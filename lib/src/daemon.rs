@@ -445,7 +445,7 @@ fn take_region(name: &str, region: &'static mut [u8]) -> (&'static Header, &'sta
         crate::log::install(log);
     }
     crate::alloc::set_name(name);
-    crate::logging::set_daemon_name(name);
+    crate::subscriber::set_daemon_name(name);
     (header, state)
 }
 
@@ -576,7 +576,7 @@ impl Context<'static> {
         let _ = sys::SigSet::of(&[libc::SIGTERM]).block();
         let name: &'static str = env.name.leak();
         let (header, state) = take_region(name, region);
-        crate::logging::init();
+        crate::subscriber::init();
         crate::alloc::reset_stats();
         crate::alloc::set_policy(crate::alloc::Policy::Count);
         let history = env.history;
@@ -646,38 +646,31 @@ fn map_exec_region(
         )));
     }
     let len = usize::try_from(len).map_err(|_| AttachError::TooSmall { fd, len, need })?;
-    let base = sys::reserve(len).map_err(|e| not(format!("reserving {len} bytes: {e}")))?;
-    // SAFETY: [base, base+len) is the reservation just made; nothing refers
-    // into it.
-    if let Err(e) = unsafe { sys::map_fixed(base, len, fd, 0, sys::Access::ReadWrite) } {
-        // SAFETY: the reservation is ours and nothing refers into it.
-        let _ = unsafe { sys::unmap(base, len) };
-        return Err(not(format!("mapping it read-write: {e}")));
-    }
-    // SAFETY: the region is page-aligned, longer than a Header, and Header
-    // is Plain: any bytes are a valid value. The reference ends before the
-    // region is handed out or unmapped.
-    let header = unsafe { &*base.as_ptr().cast::<Header>() };
+    // SAFETY: the file is the root's sealed memfd for this daemon (checked
+    // above): it cannot shrink, so no access through the mapping can fault
+    // past its end. Other processes see its bytes only read-only; this
+    // process's own accesses go through the one `&mut [u8]` made below.
+    let map = unsafe { memmap2::MmapOptions::new().len(len).map_mut(fd) }
+        .map_err(|e| not(format!("mapping it read-write: {e}")))?;
+    // SAFETY: the mapping is page-aligned and longer than a Header, and
+    // Header is Plain: any bytes are a valid value. The reference ends
+    // before the mapping is handed out or dropped.
+    let header = unsafe { &*map.as_ptr().cast::<Header>() };
     let magic = header.magic.load(Ordering::Acquire);
     let layout = header.layout.load(Ordering::Relaxed);
-    let refused = if magic == MAGIC && layout != LAYOUT {
-        Some(AttachError::LayoutChanged {
+    if magic == MAGIC && layout != LAYOUT {
+        return Err(AttachError::LayoutChanged {
             found: layout,
             expected: LAYOUT,
-        })
-    } else if magic != MAGIC && magic != 0 {
-        Some(not("its header is not a forkroot header".into()))
-    } else {
-        None
-    };
-    if let Some(e) = refused {
-        // SAFETY: nothing refers into the mapping any more.
-        let _ = unsafe { sys::unmap(base, len) };
-        return Err(e);
+        });
     }
-    // SAFETY: the mapping is never removed for the rest of the process,
-    // and from_env's ATTACHED flag makes this the only reference into it.
-    Ok(unsafe { std::slice::from_raw_parts_mut(base.as_ptr(), len) })
+    if magic != MAGIC && magic != 0 {
+        return Err(not("its header is not a forkroot header".into()));
+    }
+    // Mapped for the rest of the process; from_env's ATTACHED flag makes
+    // this the only reference into it.
+    let map: &'static mut memmap2::MmapMut = Box::leak(Box::new(map));
+    Ok(map)
 }
 
 /// Mailboxes (`lib/src/mailbox.rs`): send by name, receive, look names up.

@@ -41,7 +41,7 @@
 //!   [`config`] (the configuration, settings, sizes and durations),
 //!   [`notify`] (readiness).
 //!
-//! The root's own machinery (`root`, `cli`, `control`, `logging`, `sync`,
+//! The root's own machinery (`root`, `cli`, `control`, `subscriber`, `sync`,
 //! `sys`) is public for the `forkroot` binary and the tests, hidden from
 //! these docs, and not an API to build on.
 
@@ -58,8 +58,6 @@ pub mod control;
 pub mod daemon;
 mod handoff;
 pub mod log;
-#[doc(hidden)]
-pub mod logging;
 pub mod mailbox;
 pub mod mutex;
 pub mod notify;
@@ -73,6 +71,8 @@ pub mod ring;
 #[allow(rustdoc::private_intra_doc_links)]
 pub mod root;
 pub mod state;
+#[doc(hidden)]
+pub mod subscriber;
 #[doc(hidden)]
 pub mod sync;
 #[doc(hidden)]

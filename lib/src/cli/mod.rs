@@ -104,7 +104,7 @@ pub fn main(registry: &Registry) -> ExitCode {
             0
         }
         Command::Run { config } => {
-            crate::logging::init();
+            crate::subscriber::init();
             if !guarded_allocator() {
                 tracing::warn!(
                     "this binary does not install forkroot::alloc::Guarded as its global \

@@ -697,7 +697,7 @@ impl Root<'_> {
     fn logs(&self, i: usize, after: u64, output_after: u64) -> LogsReply {
         let mut records = Vec::new();
         let mut next = after;
-        super::flight::since(&self.regions, i, &mut next, &mut records);
+        super::log_reader::since(&self.regions, i, &mut next, &mut records);
         let mut output = Vec::new();
         let mut output_next = output_after;
         self.outputs[i].since(&mut output_next, &mut output);

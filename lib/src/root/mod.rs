@@ -10,7 +10,7 @@
 //! this loop feeds it events ([`Root::step`]) and carries out its actions.
 
 mod control;
-mod flight;
+mod log_reader;
 mod manager;
 mod notify;
 mod output;
@@ -745,7 +745,7 @@ impl<'a> Root<'a> {
                     if reason.is_normal() {
                         info!(daemon = %name, %pid, uptime = ?uptime, "exited normally");
                     } else {
-                        let last = flight::last_lines(&self.regions, i, pid, 8);
+                        let last = log_reader::last_lines(&self.regions, i, pid, 8);
                         error!(
                             daemon = %name,
                             %pid,
@@ -1316,8 +1316,8 @@ impl<'a> Root<'a> {
         });
     }
 
-    /// Seed 004's last question: a daemon restored to the state it died in
-    /// may die the same way again. If it crashed (not killed by SIGKILL,
+    /// Poison: a daemon restored to the state it died in may die the same
+    /// way again. If it crashed (not killed by SIGKILL,
     /// SIGTERM or SIGINT, which come from outside) within [`POISON_WINDOW`]
     /// of resuming from checkpoint C, C is poison: the next start resumes
     /// from the checkpoint before C (and, that failing too, fresh).

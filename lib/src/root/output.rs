@@ -99,7 +99,7 @@ pub(crate) enum Sink {
 impl Sink {
     /// [`Sink::Journal`] if journald reads the root's stderr.
     pub(crate) fn detect() -> Sink {
-        if crate::logging::under_journald() {
+        if crate::subscriber::under_journald() {
             Sink::Journal
         } else {
             Sink::Log
@@ -328,9 +328,9 @@ impl Output {
             Sink::Journal => {
                 // LOG_INFO for stdout, LOG_WARNING for stderr.
                 let level = if stream == Stream::Stdout {
-                    crate::logging::priority(&tracing::Level::INFO)
+                    crate::subscriber::priority(&tracing::Level::INFO)
                 } else {
-                    crate::logging::priority(&tracing::Level::WARN)
+                    crate::subscriber::priority(&tracing::Level::WARN)
                 };
                 let line = format!("<{level}>{}[{pid}]: {text}\n", self.name);
                 let _ = sys::write_all(2, line.as_bytes());

@@ -404,7 +404,7 @@ fn keep_descriptors(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) {
             sys::dup2(o, 1)?;
             sys::dup2(e, 2)?;
             sys::dup2(echo, ECHO_FD)?;
-            crate::logging::set_echo_fd(ECHO_FD);
+            crate::subscriber::set_echo_fd(ECHO_FD);
         }
         Ok(())
     })();

@@ -1,6 +1,30 @@
-//! Hooks that run around `fork`.
+//! `fork` itself, and the hooks that run around it.
 
+use super::{cvt, Pid};
 use std::io;
+
+/// The result of `fork`, seen from each side.
+#[derive(Debug)]
+pub enum Forked {
+    /// In the parent: the child's pid.
+    Parent(Pid),
+    /// In the child.
+    Child,
+}
+
+/// fork(2).
+///
+/// # Safety
+/// The caller must be single-threaded, or the child must restrict itself to
+/// async-signal-safe calls until it execs or exits: another thread may have
+/// held a lock (the allocator's among them) at the moment of the fork.
+pub unsafe fn fork() -> io::Result<Forked> {
+    // SAFETY: the caller upholds the single-threaded precondition.
+    match cvt(unsafe { libc::fork() })? {
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(Pid(pid))),
+    }
+}
 
 /// `pthread_atfork(NULL, NULL, handler)`: registers `handler` to run in
 /// every child this process forks, right after the fork, in the forking

@@ -18,11 +18,11 @@ use std::time::Duration;
 pub fn wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> io::Result<()> {
     let ts = timeout.map(|d| libc::timespec {
         tv_sec: d.as_secs().min(i32::MAX as u64) as libc::time_t,
-        tv_nsec: d.subsec_nanos() as libc::c_long,
+        tv_nsec: libc::c_long::from(d.subsec_nanos()),
     });
     let tsp = ts
         .as_ref()
-        .map_or(ptr::null(), |t| t as *const libc::timespec);
+        .map_or(ptr::null(), ptr::from_ref::<libc::timespec>);
     // SAFETY: `word` is an aligned 32-bit atomic valid for the call;
     // FUTEX_WAIT only reads it and sleeps; `tsp` is null or points to a
     // timespec that lives through the call.

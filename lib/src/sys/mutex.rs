@@ -61,7 +61,7 @@ pub unsafe fn init_robust_shared(m: *mut libc::pthread_mutex_t) -> io::Result<()
     r
 }
 
-/// pthread_mutex_lock(3): waits for the mutex. For a robust mutex whose
+/// `pthread_mutex_lock(3)`: waits for the mutex. For a robust mutex whose
 /// owner died, the error is `EOWNERDEAD` (and the caller holds the lock);
 /// for one abandoned in that state, `ENOTRECOVERABLE`.
 ///
@@ -74,7 +74,7 @@ pub unsafe fn lock(m: *mut libc::pthread_mutex_t) -> io::Result<()> {
     check(unsafe { libc::pthread_mutex_lock(m) })
 }
 
-/// pthread_mutex_timedlock(3) with an absolute `CLOCK_REALTIME` deadline
+/// `pthread_mutex_timedlock(3)` with an absolute `CLOCK_REALTIME` deadline
 /// (time since the epoch); `ETIMEDOUT` once it has passed. Otherwise as
 /// [`lock`].
 ///
@@ -84,14 +84,14 @@ pub unsafe fn lock(m: *mut libc::pthread_mutex_t) -> io::Result<()> {
 pub unsafe fn timed_lock(m: *mut libc::pthread_mutex_t, deadline: Duration) -> io::Result<()> {
     let ts = libc::timespec {
         tv_sec: deadline.as_secs() as libc::time_t,
-        tv_nsec: deadline.subsec_nanos() as libc::c_long,
+        tv_nsec: libc::c_long::from(deadline.subsec_nanos()),
     };
     // SAFETY: the caller guarantees `m`; `ts` is a valid timespec that
     // lives through the call.
-    check(unsafe { libc::pthread_mutex_timedlock(m, &ts) })
+    check(unsafe { libc::pthread_mutex_timedlock(m, &raw const ts) })
 }
 
-/// pthread_mutex_unlock(3). Fork-safe.
+/// `pthread_mutex_unlock(3)`. Fork-safe.
 ///
 /// # Safety
 /// `m` must be an initialised mutex held by the calling thread.
@@ -101,7 +101,7 @@ pub unsafe fn unlock(m: *mut libc::pthread_mutex_t) -> io::Result<()> {
     check(unsafe { libc::pthread_mutex_unlock(m) })
 }
 
-/// pthread_mutex_consistent(3): marks a robust mutex taken over from a dead
+/// `pthread_mutex_consistent(3)`: marks a robust mutex taken over from a dead
 /// owner (`EOWNERDEAD`) as consistent again. Fork-safe.
 ///
 /// # Safety

@@ -1,0 +1,170 @@
+//! Descriptors: reading, writing, duplicating, closing, locking, and the
+//! process's limit on how many it may hold.
+
+use super::{cvt, cvt_r};
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+/// Writes all of `buf` to `fd`, retrying on EINTR. Fork-safe.
+pub fn write_all(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is a valid readable slice of `buf.len()` bytes.
+        let n = cvt_r(|| unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) })?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
+}
+
+/// `flock(LOCK_EX | LOCK_NB)`: whether the lock was taken.
+pub fn try_lock_exclusive(fd: RawFd) -> io::Result<bool> {
+    // SAFETY: flock has no memory preconditions.
+    match cvt_r(|| unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) }) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The soft limit on open descriptors the root started with, before
+/// [`raise_fd_limit`]: programs it execs get it back (a raised limit breaks
+/// programs that use `select`).
+static ORIGINAL_FD_LIMIT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Raises the soft limit on open descriptors to the hard limit (the root
+/// holds descriptors for regions, pipes and connections). Returns the new
+/// soft limit.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit to fill.
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) })?;
+    let _ = ORIGINAL_FD_LIMIT.compare_exchange(
+        0,
+        lim.rlim_cur,
+        std::sync::atomic::Ordering::Relaxed,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is a valid rlimit; raising the soft limit up to the
+        // hard one needs no privilege.
+        cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) })?;
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// Gives back the soft descriptor limit the process started with (see
+/// [`raise_fd_limit`]). Fork-safe.
+pub fn restore_fd_limit() {
+    let original = ORIGINAL_FD_LIMIT.load(std::sync::atomic::Ordering::Relaxed);
+    if original == 0 {
+        return;
+    }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit to fill, then to set; lowering the
+    // soft limit needs no privilege.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) == 0 {
+            lim.rlim_cur = (original as libc::rlim_t).min(lim.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim);
+        }
+    }
+}
+
+/// Closes `fd`. Fork-safe.
+pub fn close(fd: RawFd) {
+    // SAFETY: the caller gives up `fd`; close has no memory preconditions.
+    unsafe { libc::close(fd) };
+}
+
+/// read(2) into `buf`, retrying on EINTR; returns 0 at end of file.
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a valid writable slice of `buf.len()` bytes.
+    let n = cvt_r(|| unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })?;
+    Ok(n as usize)
+}
+
+/// A pipe whose both ends are close-on-exec (and non-blocking if asked).
+pub fn pipe_cloexec(nonblocking: bool) -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    let flags = libc::O_CLOEXEC | if nonblocking { libc::O_NONBLOCK } else { 0 };
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), flags) })?;
+    // SAFETY: pipe2 succeeded, so both are fresh descriptors we now own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Closes every descriptor from `first` up. Fork-safe.
+pub fn close_from(first: RawFd) -> io::Result<()> {
+    close_between(first, RawFd::MAX)
+}
+
+/// Closes every descriptor from `first` to `last`, both included.
+/// Fork-safe.
+pub fn close_between(first: RawFd, last: RawFd) -> io::Result<()> {
+    if last < first {
+        return Ok(());
+    }
+    // SAFETY: close_range only closes descriptors; the caller owns none of
+    // them in the range any more (that is the point of calling it).
+    let rc =
+        unsafe { libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0u32) } as i32;
+    match cvt(rc) {
+        Ok(_) => Ok(()),
+        // Before Linux 5.9 (or under a seccomp filter without it): close
+        // one by one, up to the descriptor limit.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: `lim` is a valid rlimit to fill.
+            cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) })?;
+            let end = (lim.rlim_cur.min(1 << 20) as RawFd).min(last.saturating_add(1));
+            for fd in first..end {
+                close(fd);
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Makes reads and writes on `fd`'s open file description non-blocking.
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL only read and change the file status flags.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+    Ok(())
+}
+
+/// dup2(2): makes `to` a copy of `from` (without close-on-exec). Fork-safe.
+pub fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
+    // SAFETY: dup2 only manipulates the descriptor table.
+    cvt_r(|| unsafe { libc::dup2(from, to) })?;
+    Ok(())
+}
+
+/// Duplicates `fd` onto the lowest free number >= `min`, close-on-exec.
+/// Fork-safe.
+pub fn dup_at_least(fd: RawFd, min: RawFd) -> io::Result<RawFd> {
+    // SAFETY: F_DUPFD_CLOEXEC only manipulates the descriptor table.
+    cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) })
+}
+
+/// Sets or clears close-on-exec on `fd`. Fork-safe.
+pub fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
+    let flags = if on { libc::FD_CLOEXEC } else { 0 };
+    // SAFETY: F_SETFD only changes the descriptor's flags.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, flags) })?;
+    Ok(())
+}
