@@ -146,6 +146,8 @@ pub enum SetupStage {
     Fork = 7,
     /// The child's report of its failed start-up did not verify.
     Report = 8,
+    /// Entering its cgroup (writing `cgroup.procs`).
+    Cgroup = 9,
 }
 
 impl SetupStage {
@@ -161,6 +163,7 @@ impl SetupStage {
             UnknownKind,
             Fork,
             Report,
+            Cgroup,
         ]
         .into_iter()
         .find(|s| *s as u32 == n)
@@ -178,6 +181,7 @@ impl fmt::Display for SetupStage {
             SetupStage::UnknownKind => "unknown kind",
             SetupStage::Fork => "fork",
             SetupStage::Report => "unreadable setup report",
+            SetupStage::Cgroup => "entering its cgroup",
         })
     }
 }

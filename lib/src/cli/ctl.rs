@@ -349,6 +349,9 @@ fn print_status(s: &StatusReply) {
         human_ms(Some(s.root.uptime_ms)),
         s.root.mode.as_str()
     );
+    if !s.root.containment.is_empty() {
+        println!("containment: {}", s.root.containment);
+    }
     println!(
         "{:<16} {:<9} {:>7} {:>8} {:>8} {:>9} {:>8}  LAST EXIT",
         "NAME", "STATE", "PID", "UPTIME", "RESTARTS", "HEARTBEAT", "REGION"

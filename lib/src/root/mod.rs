@@ -9,6 +9,7 @@
 //! [`supervisor::Supervisor`] (the state × event table of `DESIGN.md` §4);
 //! this loop feeds it events ([`Root::step`]) and carries out its actions.
 
+pub(crate) mod cgroup;
 mod control;
 mod flight;
 mod manager;
@@ -149,6 +150,9 @@ struct Child {
     last_exit: Option<(ExitReason, Duration)>,
     /// A checkpoint found poison: the next start resumes from an older one.
     resume_before: Option<u64>,
+    /// Its process has ended but its cgroup still holds processes (being
+    /// killed): the exit the supervisor hears once the cgroup is empty.
+    ending: Option<Event>,
 }
 
 /// A standby: forked and set up, blocked on its gate until it takes over.
@@ -201,6 +205,7 @@ const TOKEN_LISTENER: u64 = 1;
 const TOKEN_SETUP: u64 = 1 << 32;
 const TOKEN_CONN: u64 = 2 << 32;
 const TOKEN_STANDBY: u64 = 3 << 32;
+const TOKEN_CGROUP: u64 = 4 << 32;
 
 /// SIGCHLD is coalesced: while one is pending, another child's is lost. The
 /// root reaps the child a SIGCHLD names at once (`waitid(P_PID)`, O(1)),
@@ -249,6 +254,9 @@ pub struct Root<'a> {
     notes: Vec<Note>,
     /// The control listener rests until then (after `accept` failed).
     control_paused: Option<Instant>,
+    /// How everything a daemon forked is ended with it: its cgroup, or its
+    /// process group.
+    contain: Option<cgroup::Containment>,
 }
 
 /// Runs the tree until it is stopped; returns the exit code documented for
@@ -348,6 +356,17 @@ impl<'a> Root<'a> {
             .map_err(ctx("epoll"))?;
         info!(socket = %socket.display(), "control socket ready");
         let control = Some(server);
+        let contain = cgroup::Containment::set_up(&config.daemons, &epoll, TOKEN_CGROUP)
+            .map_err(ctx("setting up the daemons' cgroups"))?;
+        match &contain {
+            cgroup::Containment::Cgroups(_) => {
+                info!(containment = %contain.describe(), "each daemon runs in its own cgroup")
+            }
+            cgroup::Containment::ProcessGroups(_) => warn!(
+                containment = %contain.describe(),
+                "daemons are stopped by process group: a process that leaves its group (setsid) can outlive its daemon"
+            ),
+        }
         let children = config
             .daemons
             .iter()
@@ -366,6 +385,7 @@ impl<'a> Root<'a> {
                 standby: None,
                 last_exit: None,
                 resume_before: None,
+                ending: None,
             })
             .collect();
         let names: Vec<String> = config.daemons.iter().map(|d| d.name.clone()).collect();
@@ -405,6 +425,7 @@ impl<'a> Root<'a> {
             sweep_at: None,
             notes: Vec::new(),
             control_paused: None,
+            contain: Some(contain),
         })
     }
 
@@ -426,6 +447,9 @@ impl<'a> Root<'a> {
                 {
                     // Orphans a daemon left behind, reparented to us.
                     let _ = self.reap();
+                    if let Some(Err(e)) = self.contain.take().map(cgroup::Containment::remove) {
+                        warn!(error = %e, "could not remove every cgroup");
+                    }
                     info!(code, "every daemon stopped; exiting");
                     return Ok(code);
                 }
@@ -451,6 +475,7 @@ impl<'a> Root<'a> {
                     (TOKEN_SETUP, i) => self.on_setup(i as usize),
                     (TOKEN_CONN, id) => self.on_conn(id),
                     (TOKEN_STANDBY, i) => self.on_standby_setup(i as usize),
+                    (TOKEN_CGROUP, i) => self.on_cgroup_events(i as usize),
                     _ => warn!(token, "event for an unknown token"),
                 }
             }
@@ -546,9 +571,9 @@ impl<'a> Root<'a> {
             }
             Mode::ShuttingDown(_) => {
                 warn!(signal = %sys::signal_name(sig), "second stop signal: killing every daemon now");
-                for c in &self.children {
-                    if let Some(pid) = c.pid {
-                        kill_tree(pid, libc::SIGKILL);
+                for i in 0..self.children.len() {
+                    if let Some(pid) = self.children[i].pid {
+                        self.kill_all(i, pid);
                     }
                 }
             }
@@ -616,6 +641,12 @@ impl<'a> Root<'a> {
                 Run::exec(argv, &c.cfg.name, self.regions.region_len(i), &start)?
             }
         };
+        // A standby waits in the root's cgroup and is moved into the
+        // daemon's when it takes over (the daemon's is killed on its death).
+        let procs = match standby {
+            true => None,
+            false => self.containment().procs(i)?,
+        };
         let spawned = spawn::spawn(&Plan {
             index: i,
             name: &c.cfg.name,
@@ -626,7 +657,9 @@ impl<'a> Root<'a> {
             run,
             lock: self.lock.as_ref().map(|l| l.as_raw_fd()),
             standby,
+            cgroup: cgroup::raw(&procs),
         })?;
+        drop(procs);
         self.forks += 1;
         let kind = if standby { TOKEN_STANDBY } else { TOKEN_SETUP };
         self.epoll
@@ -711,6 +744,12 @@ impl<'a> Root<'a> {
             return false;
         }
         let sb = c.standby.take().expect("checked above");
+        if let Err(e) = self.contain.as_ref().map_or(Ok(()), |k| k.adopt(i, sb.pid)) {
+            warn!(daemon = %c.cfg.name, error = %e, "cannot move the standby into the daemon's cgroup; forking instead");
+            let _ = sys::kill(sb.pid, libc::SIGKILL);
+            c.standby = Some(Standby { killed: true, ..sb });
+            return false;
+        }
         let history = History::new(c.restarts, &c.deaths, c.resume_before);
         if let Err(e) = history.send(sb.gate.as_raw_fd()) {
             warn!(daemon = %c.cfg.name, error = %e, "standby unreachable; forking instead");
@@ -938,11 +977,54 @@ impl<'a> Root<'a> {
             // The report waits until the replacement is forked (see `Note`).
             self.note_exit(i, Pid(pid), reason, uptime);
         }
-        self.step(Event::Exit {
+        let exit = Event::Exit {
             daemon: i,
             normal: reason.is_normal(),
             uptime,
-        });
+        };
+        // What it forked is ended before anything else happens to it: the
+        // supervisor hears of the exit (and starts a replacement) only once
+        // its cgroup is empty, so two incarnations never overlap.
+        match self.containment().end_rest(i) {
+            Ok(false) => self.step(exit),
+            Ok(true) => self.children[i].ending = Some(exit),
+            Err(e) => {
+                error!(daemon = %self.children[i].cfg.name, error = %e, "cannot end what the daemon forked");
+                self.step(exit);
+            }
+        }
+    }
+
+    /// Daemon `i`'s `cgroup.events` changed: once its cgroup is empty, the
+    /// exit it was waiting for goes to the supervisor.
+    fn on_cgroup_events(&mut self, i: usize) {
+        let empty = match self.containment().is_empty(i) {
+            Ok(empty) => empty,
+            Err(e) => {
+                warn!(daemon = %self.children[i].cfg.name, error = %e, "cannot read cgroup.events");
+                true
+            }
+        };
+        if empty {
+            if let Some(exit) = self.children[i].ending.take() {
+                debug!(daemon = %self.children[i].cfg.name, "cgroup empty");
+                self.step(exit);
+            }
+        }
+    }
+
+    /// The containment; present until the root's last moment.
+    fn containment(&self) -> &cgroup::Containment {
+        self.contain.as_ref().expect("removed only on the way out")
+    }
+
+    /// SIGKILLs daemon `i` and everything it forked: its cgroup, and its
+    /// process group (its process may not have entered its cgroup yet).
+    fn kill_all(&self, i: usize, pid: Pid) {
+        if let Err(e) = self.containment().kill(i) {
+            warn!(daemon = %self.children[i].cfg.name, error = %e, "cgroup.kill failed");
+        }
+        kill_tree(pid, libc::SIGKILL);
     }
 
     /// Feeds `event` to the supervisor and carries out its actions, in
@@ -972,7 +1054,7 @@ impl<'a> Root<'a> {
             Action::Kill(i) => {
                 if let Some(pid) = self.children[i].pid {
                     warn!(daemon = %self.children[i].cfg.name, %pid, timeout = ?self.config.root.stop_timeout, "did not stop in time; killing");
-                    kill_tree(pid, libc::SIGKILL);
+                    self.kill_all(i, pid);
                 }
             }
             Action::SetTimer(i, at) => self.set_timer(i, at),
@@ -1104,7 +1186,7 @@ impl Root<'_> {
         let age = Duration::from_nanos(now.saturating_sub(last));
         if age >= wd {
             error!(daemon = %c.cfg.name, %pid, age = ?age, watchdog = ?wd, "watchdog: no heartbeat; killing");
-            kill_tree(pid, libc::SIGKILL);
+            self.kill_all(i, pid);
         } else {
             self.set_timer(i, Instant::now() + (wd - age));
         }

@@ -11,6 +11,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::time::Duration;
 
+pub mod cgroup;
 pub mod cred;
 pub mod fork;
 pub mod futex;
@@ -733,6 +734,19 @@ impl Epoll {
     /// Watches `fd` for readability (and hang-up), reporting `token`.
     pub fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_ADD, fd, token, false)
+    }
+
+    /// Watches `fd` for `EPOLLPRI` alone, reporting `token`: a kernfs file
+    /// such as `cgroup.events` raises it when its contents change (it is
+    /// always readable, so `EPOLLIN` would fire on every wait).
+    pub fn add_priority(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLPRI as u32,
+            u64: token,
+        };
+        // SAFETY: `ev` is valid for the call.
+        cvt(unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) })?;
+        Ok(())
     }
 
     /// Changes what `fd` is watched for: readability, or writability when
