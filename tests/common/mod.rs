@@ -93,8 +93,13 @@ impl Tree {
     /// Starts a new root on the same config and temp dir, as systemd would
     /// after the old one died (which must have been waited for).
     pub(crate) fn respawn(&mut self) {
+        self.respawn_with(|_| {});
+    }
+
+    /// [`Tree::respawn`], with the root's command adjusted by `adjust`.
+    pub(crate) fn respawn_with(&mut self, adjust: impl FnOnce(&mut Command)) {
         assert!(self.status.is_some(), "respawn after wait_exit");
-        let child = spawn_root(&self.bin, &self.dir, |_| {});
+        let child = spawn_root(&self.bin, &self.dir, adjust);
         self.pid = child.id() as i32;
         *self.child.lock().unwrap() = child;
         self.status = None;
