@@ -104,13 +104,15 @@ struct DaemonCgroup {
 
 impl Containment {
     /// Makes a cgroup per daemon under the root's own (writing each one's
-    /// limits) and watches each one's `cgroup.events` in `epoll` as
+    /// limits; `socket`, the root's control socket, names the root where
+    /// it needs a cgroup of its own) and watches each one's `cgroup.events` in `epoll` as
     /// `token | index`; or, where that is not possible, says why and falls
     /// back to process groups. An error is a cgroup that exists but cannot
     /// be set up as asked (a limit that cannot be written, a leftover
     /// cgroup whose processes do not die).
     pub(crate) fn set_up(
         daemons: &[DaemonConfig],
+        socket: &Path,
         epoll: &Epoll,
         token: u64,
     ) -> io::Result<Containment> {
@@ -119,8 +121,10 @@ impl Containment {
             Err(why) => return Ok(Containment::ProcessGroups(why)),
         };
         let (base, leaf, made_base) = if probe.at_top {
-            // Not delegated: a cgroup of our own beside the host's.
-            let base = probe.mount.join(format!("forkroot.{}", sys::getpid()));
+            // Not delegated: a cgroup of our own beside the host's, named
+            // by the control socket (which only one live root can hold), so
+            // the next root on the same config finds what a killed one left.
+            let base = probe.mount.join(top_name(socket));
             if let Err(e) = make_dir(&base) {
                 return Ok(Containment::ProcessGroups(e.to_string()));
             }
@@ -309,6 +313,13 @@ impl Cgroups {
         }
         first
     }
+}
+
+/// `forkroot@PATH` with the socket's path, `/` written as `_` (a cgroup
+/// name is one path component).
+fn top_name(socket: &Path) -> String {
+    let path = socket.to_string_lossy().replace('/', "_");
+    format!("forkroot@{path}")
 }
 
 /// mkdir that accepts an existing directory (a leftover of a killed root).

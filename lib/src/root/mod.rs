@@ -356,7 +356,7 @@ impl<'a> Root<'a> {
             .map_err(ctx("epoll"))?;
         info!(socket = %socket.display(), "control socket ready");
         let control = Some(server);
-        let contain = cgroup::Containment::set_up(&config.daemons, &epoll, TOKEN_CGROUP)
+        let contain = cgroup::Containment::set_up(&config.daemons, &socket, &epoll, TOKEN_CGROUP)
             .map_err(ctx("setting up the daemons' cgroups"))?;
         match &contain {
             cgroup::Containment::Cgroups(_) => {
