@@ -318,7 +318,7 @@ memroy = "1MiB"
              (expected one of: control, control_group, state_dir, stop_timeout)",
             "daemon[0].memroy: unknown key, did you mean \"memory\"? (expected one of: \
              name, kind, exec, group, memory, restart, on_restart, watchdog, standby, \
-             links, backoff, backoff_max, args)",
+             links, backoff, backoff_max, args, memory_max, pids_max, cpu_weight)",
             "daemon[0].memory: \"4 MB\" is not a size: unknown unit \"MB\", \
              did you mean MiB? (use B, KiB, MiB, GiB)",
         ]
@@ -1018,4 +1018,36 @@ fn a_standby_of_an_exec_program_is_refused() {
     );
     // A built-in kind's standby is fine.
     parse(&daemon("standby = true"));
+}
+
+#[test]
+fn cgroup_limits_out_of_range_or_of_the_wrong_type_are_refused() {
+    let lines: Vec<String> = problems(
+        r#"
+[[daemon]]
+name = "a"
+kind = "idle"
+pids_max = 0
+cpu_weight = 10001
+memory_max = "4 MB"
+
+[[daemon]]
+name = "b"
+kind = "idle"
+cpu_weight = "high"
+"#,
+    )
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    assert_eq!(
+        lines,
+        [
+            "daemon[0].memory_max: \"4 MB\" is not a size: unknown unit \"MB\", \
+             did you mean MiB? (use B, KiB, MiB, GiB)",
+            "daemon[0].pids_max: 0 is out of range (1..=4294967295)",
+            "daemon[0].cpu_weight: 10001 is out of range (1..=10000)",
+            "daemon[1].cpu_weight: expected a whole number, found the string \"high\"",
+        ]
+    );
 }

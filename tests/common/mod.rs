@@ -333,6 +333,34 @@ impl Drop for Tree {
         if let Some(w) = self.watchdog.take() {
             let _ = w.join();
         }
+        remove_top_cgroup(&self.socket());
+    }
+}
+
+/// A root run from the cgroup v2 hierarchy's top cgroup works in
+/// `forkroot@SOCKET` there; one that was killed leaves it behind (empty:
+/// its daemons died with it). Removes it, and only if empty.
+fn remove_top_cgroup(socket: &Path) {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mount = info.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split(' ').next()? == "cgroup2").then_some(())?;
+        left.split(' ').nth(4).map(PathBuf::from)
+    });
+    let Some(mount) = mount else { return };
+    let top = mount.join(format!(
+        "forkroot@{}",
+        socket.to_string_lossy().replace('/', "_")
+    ));
+    if let Ok(dir) = fs::read_dir(&top) {
+        for e in dir.flatten() {
+            if e.path().is_dir() {
+                let _ = fs::remove_dir(e.path());
+            }
+        }
+        let _ = fs::remove_dir(&top);
     }
 }
 
