@@ -16,17 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use common::{Proc, Tree};
 
-/// The cgroup v2 mount, from /proc/self/mountinfo.
-fn mount() -> Option<PathBuf> {
-    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        if right.split(' ').next()? != "cgroup2" {
-            return None;
-        }
-        left.split(' ').nth(4).map(PathBuf::from)
-    })
-}
+use common::cgroup2_mount as mount;
 
 /// A fresh cgroup for one test's root; whatever is left in it is killed
 /// and it is removed when the test ends.

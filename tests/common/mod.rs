@@ -337,19 +337,23 @@ impl Drop for Tree {
     }
 }
 
+/// The cgroup v2 mount, from /proc/self/mountinfo.
+pub(crate) fn cgroup2_mount() -> Option<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        if right.split(' ').next()? != "cgroup2" {
+            return None;
+        }
+        left.split(' ').nth(4).map(PathBuf::from)
+    })
+}
+
 /// A root run from the cgroup v2 hierarchy's top cgroup works in
 /// `forkroot@SOCKET` there; one that was killed leaves it behind (empty:
 /// its daemons died with it). Removes it, and only if empty.
 fn remove_top_cgroup(socket: &Path) {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let mount = info.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        (right.split(' ').next()? == "cgroup2").then_some(())?;
-        left.split(' ').nth(4).map(PathBuf::from)
-    });
-    let Some(mount) = mount else { return };
+    let Some(mount) = cgroup2_mount() else { return };
     let top = mount.join(format!(
         "forkroot@{}",
         socket.to_string_lossy().replace('/', "_")

@@ -9,11 +9,13 @@
 //! root falls back to signalling the daemon's process group (see
 //! DESIGN.md §3).
 
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use crate::config::{DaemonConfig, Limits};
+use crate::sys::cgroup::Inotify;
 use crate::sys::{self, Epoll, Pid};
 
 /// What the root found of cgroup v2 where it runs.
@@ -92,21 +94,20 @@ pub(crate) struct Cgroups {
     made_base: bool,
     /// Controllers the root enabled in `base`'s `cgroup.subtree_control`.
     enabled: Vec<&'static str>,
-    daemons: Vec<DaemonCgroup>,
-}
-
-#[derive(Debug)]
-struct DaemonCgroup {
-    dir: PathBuf,
-    /// `cgroup.events`, watched with `EPOLLPRI` in the root's poll loop.
-    events: OwnedFd,
+    /// Each daemon's cgroup directory.
+    daemons: Vec<PathBuf>,
+    /// One descriptor, in the root's epoll set, watching every daemon's
+    /// `cgroup.events` (no descriptor per daemon: DESIGN.md §1, 5).
+    inotify: Inotify,
+    /// Watch descriptor → daemon.
+    watches: HashMap<i32, usize>,
 }
 
 impl Containment {
     /// Makes a cgroup per daemon under the root's own (writing each one's
     /// limits; `socket`, the root's control socket, names the root where
-    /// it needs a cgroup of its own) and watches each one's `cgroup.events` in `epoll` as
-    /// `token | index`; or, where that is not possible, says why and falls
+    /// it needs a cgroup of its own) and watches their `cgroup.events`
+    /// through one inotify descriptor in `epoll` as `token`; or, where that is not possible, says why and falls
     /// back to process groups. An error is a cgroup that exists but cannot
     /// be set up as asked (a limit that cannot be written, a leftover
     /// cgroup whose processes do not die).
@@ -146,8 +147,13 @@ impl Containment {
             made_base,
             enabled: Vec::new(),
             daemons: Vec::with_capacity(daemons.len()),
+            inotify: Inotify::new()?,
+            watches: HashMap::with_capacity(daemons.len()),
         };
-        if let Err(e) = cg.fill(daemons, &probe, epoll, token) {
+        let filled = cg
+            .fill(daemons, &probe)
+            .and_then(|()| epoll.add(cg.inotify.as_raw_fd(), token));
+        if let Err(e) = filled {
             // Undo what was made; the error that stopped us is the one to report.
             let _ = cg.remove();
             return Err(e);
@@ -172,7 +178,7 @@ impl Containment {
         let Containment::Cgroups(cg) = self else {
             return Ok(None);
         };
-        let path = cg.daemons[i].dir.join("cgroup.procs");
+        let path = cg.daemons[i].join("cgroup.procs");
         let file = std::fs::OpenOptions::new()
             .write(true)
             .open(&path)
@@ -184,7 +190,7 @@ impl Containment {
     pub(crate) fn adopt(&self, i: usize, pid: Pid) -> io::Result<()> {
         match self {
             Containment::Cgroups(cg) => {
-                sys::cgroup::write(&cg.daemons[i].dir, "cgroup.procs", &pid.0.to_string())
+                sys::cgroup::write(&cg.daemons[i], "cgroup.procs", &pid.0.to_string())
             }
             Containment::ProcessGroups(_) => Ok(()),
         }
@@ -193,7 +199,7 @@ impl Containment {
     /// SIGKILLs everything in daemon `i`'s cgroup (nothing without one).
     pub(crate) fn kill(&self, i: usize) -> io::Result<()> {
         match self {
-            Containment::Cgroups(cg) => sys::cgroup::write(&cg.daemons[i].dir, "cgroup.kill", "1"),
+            Containment::Cgroups(cg) => sys::cgroup::write(&cg.daemons[i], "cgroup.kill", "1"),
             Containment::ProcessGroups(_) => Ok(()),
         }
     }
@@ -210,12 +216,23 @@ impl Containment {
     }
 
     /// Whether daemon `i`'s cgroup is empty (always, without cgroups).
-    /// Also re-arms its `cgroup.events` watch.
     pub(crate) fn is_empty(&self, i: usize) -> io::Result<bool> {
         match self {
-            Containment::Cgroups(cg) => Ok(!sys::cgroup::populated(&cg.daemons[i].events)?),
+            Containment::Cgroups(cg) => Ok(!sys::cgroup::populated(&cg.daemons[i])?),
             Containment::ProcessGroups(_) => Ok(true),
         }
+    }
+
+    /// The daemons whose `cgroup.events` changed since the last call (the
+    /// inotify descriptor was readable), in `out`.
+    pub(crate) fn changed(&self, out: &mut Vec<usize>) -> io::Result<()> {
+        let Containment::Cgroups(cg) = self else {
+            return Ok(());
+        };
+        let mut wds = Vec::new();
+        cg.inotify.read(&mut wds)?;
+        out.extend(wds.iter().filter_map(|wd| cg.watches.get(wd).copied()));
+        Ok(())
     }
 
     /// Removes every cgroup the root made (their processes are gone: the
@@ -230,13 +247,7 @@ impl Containment {
 }
 
 impl Cgroups {
-    fn fill(
-        &mut self,
-        daemons: &[DaemonConfig],
-        probe: &Probe,
-        epoll: &Epoll,
-        token: u64,
-    ) -> io::Result<()> {
+    fn fill(&mut self, daemons: &[DaemonConfig], probe: &Probe) -> io::Result<()> {
         for (k, &(key, controller, _)) in LIMITS.iter().enumerate() {
             if !daemons.iter().any(|d| values(&d.limits)[k].is_some()) {
                 continue;
@@ -259,23 +270,21 @@ impl Cgroups {
         for (i, d) in daemons.iter().enumerate() {
             let dir = self.base.join(&d.name);
             make_dir(&dir)?;
-            let events = std::fs::File::open(dir.join("cgroup.events"))
-                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
-            let events = OwnedFd::from(events);
+            let wd = self.inotify.watch_modify(&dir.join("cgroup.events"))?;
+            self.watches.insert(wd, i);
             if !dir.join("cgroup.kill").exists() {
                 return Err(io::Error::new(
                     io::ErrorKind::Unsupported,
                     "this kernel has no cgroup.kill (Linux 5.14 or later)",
                 ));
             }
-            drain_leftover(&dir, &events)?;
+            drain_leftover(&dir, &self.inotify)?;
             for (k, v) in values(&d.limits).into_iter().enumerate() {
                 if let Some(v) = v {
                     sys::cgroup::write(&dir, LIMITS[k].2, &v.to_string())?;
                 }
             }
-            epoll.add_priority(events.as_raw_fd(), token | i as u64)?;
-            self.daemons.push(DaemonCgroup { dir, events });
+            self.daemons.push(dir);
         }
         Ok(())
     }
@@ -289,9 +298,8 @@ impl Cgroups {
                 }
             }
         };
-        for d in self.daemons {
-            drop(d.events);
-            keep(remove_dir(&d.dir));
+        for dir in &self.daemons {
+            keep(remove_dir(dir));
         }
         for c in &self.enabled {
             keep(sys::cgroup::write(
@@ -344,14 +352,20 @@ const LEFTOVER_WAIT_MS: i32 = 5_000;
 /// daemons forked: kill it and wait until it is empty, so the new daemon
 /// does not overlap the old one's processes. Start-up only, before the
 /// poll loop.
-fn drain_leftover(dir: &Path, events: &OwnedFd) -> io::Result<()> {
-    if !sys::cgroup::populated(events)? {
+fn drain_leftover(dir: &Path, inotify: &Inotify) -> io::Result<()> {
+    if !sys::cgroup::populated(dir)? {
         return Ok(());
     }
     tracing::warn!(cgroup = %dir.display(), "processes left from an earlier root; killing them");
     sys::cgroup::write(dir, "cgroup.kill", "1")?;
-    while sys::cgroup::populated(events)? {
-        if !sys::cgroup::wait_changed(events, LEFTOVER_WAIT_MS)? {
+    let mut seen = Vec::new();
+    while sys::cgroup::populated(dir)? {
+        seen.clear();
+        inotify.read(&mut seen)?;
+        if !sys::cgroup::populated(dir)? {
+            break;
+        }
+        if !sys::cgroup::wait_readable(inotify, LEFTOVER_WAIT_MS)? {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("{}: still populated 5s after cgroup.kill", dir.display()),

@@ -475,7 +475,7 @@ impl<'a> Root<'a> {
                     (TOKEN_SETUP, i) => self.on_setup(i as usize),
                     (TOKEN_CONN, id) => self.on_conn(id),
                     (TOKEN_STANDBY, i) => self.on_standby_setup(i as usize),
-                    (TOKEN_CGROUP, i) => self.on_cgroup_events(i as usize),
+                    (TOKEN_CGROUP, 0) => self.on_cgroup_events(),
                     _ => warn!(token, "event for an unknown token"),
                 }
             }
@@ -995,9 +995,22 @@ impl<'a> Root<'a> {
         }
     }
 
-    /// Daemon `i`'s `cgroup.events` changed: once its cgroup is empty, the
-    /// exit it was waiting for goes to the supervisor.
-    fn on_cgroup_events(&mut self, i: usize) {
+    /// Some daemons' `cgroup.events` changed: each whose cgroup is empty
+    /// and that waited for it has its exit go to the supervisor.
+    fn on_cgroup_events(&mut self) {
+        let mut changed = Vec::new();
+        if let Err(e) = self.containment().changed(&mut changed) {
+            warn!(error = %e, "reading cgroup events");
+        }
+        for i in changed {
+            if self.children[i].ending.is_some() {
+                self.on_cgroup_changed(i);
+            }
+        }
+    }
+
+    /// Daemon `i`'s `cgroup.events` changed while its exit waits.
+    fn on_cgroup_changed(&mut self, i: usize) {
         let empty = match self.containment().is_empty(i) {
             Ok(empty) => empty,
             Err(e) => {

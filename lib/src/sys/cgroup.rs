@@ -2,8 +2,10 @@
 //! in, and the few file operations the root makes on it. The policy (which
 //! cgroups, when to kill) is in `root/cgroup.rs`.
 
+use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// Where the cgroup v2 hierarchy is mounted, from `/proc/self/mountinfo`
@@ -68,34 +70,91 @@ pub fn enter(procs: RawFd) -> io::Result<()> {
     super::write_all(procs, b"0")
 }
 
-/// Whether the cgroup whose `cgroup.events` is open at `events` still has
-/// a live process in it or in a descendant (its `populated` line). Reading
-/// also re-arms the descriptor's `EPOLLPRI`, which the kernel raises when
-/// the file changes.
-pub fn populated(events: &impl AsRawFd) -> io::Result<bool> {
-    let mut buf = [0u8; 128];
-    // SAFETY: `buf` is a valid writable slice of `buf.len()` bytes.
-    let n = super::cvt_r(|| unsafe {
-        libc::pread(events.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
-    })?;
-    let text = std::str::from_utf8(&buf[..n as usize]).map_err(|_| io::ErrorKind::InvalidData)?;
+/// Whether the cgroup at `dir` still has a live process in it or in a
+/// descendant (the `populated` line of its `cgroup.events`; a process
+/// that has exited counts as gone even before it is reaped).
+pub fn populated(dir: &Path) -> io::Result<bool> {
+    let path = dir.join("cgroup.events");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
     match text.lines().find_map(|l| l.strip_prefix("populated ")) {
         Some("0") => Ok(false),
         Some("1") => Ok(true),
         _ => Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("cgroup.events has no populated line: {text:?}"),
+            format!("{}: no populated line in {text:?}", path.display()),
         )),
     }
 }
 
-/// Waits up to `timeout_ms` for `EPOLLPRI` on `fd` (a `cgroup.events`
-/// descriptor: the file changed). For the root's start-up only, before its
-/// poll loop runs. Returns whether it came.
-pub fn wait_changed(fd: &impl AsRawFd, timeout_ms: i32) -> io::Result<bool> {
+/// An inotify instance (non-blocking, close-on-exec): one descriptor that
+/// watches every daemon's `cgroup.events`, which the kernel marks modified
+/// when its contents change.
+#[derive(Debug)]
+pub struct Inotify(OwnedFd);
+
+impl Inotify {
+    /// A new instance.
+    pub fn new() -> io::Result<Inotify> {
+        // SAFETY: inotify_init1 takes flags only.
+        let raw = super::cvt(unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) })?;
+        // SAFETY: a fresh descriptor that we now own.
+        Ok(Inotify(unsafe { OwnedFd::from_raw_fd(raw) }))
+    }
+
+    /// Watches `path` for modification; returns the watch descriptor its
+    /// events carry.
+    pub fn watch_modify(&self, path: &Path) -> io::Result<i32> {
+        let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+        // SAFETY: a NUL-terminated path that lives across the call.
+        super::cvt(unsafe {
+            libc::inotify_add_watch(self.0.as_raw_fd(), c.as_ptr(), libc::IN_MODIFY)
+        })
+    }
+
+    /// Appends the watch descriptors of every pending event to `out`, until
+    /// none is left.
+    pub fn read(&self, out: &mut Vec<i32>) -> io::Result<()> {
+        // Aligned for inotify_event; watches of files carry no name, but
+        // names are skipped by their length all the same.
+        let mut buf = [0u64; 512];
+        loop {
+            let bytes = buf.len() * 8;
+            // SAFETY: `buf` is valid writable memory of `bytes` bytes.
+            let n = match super::cvt_r(|| unsafe {
+                libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), bytes)
+            }) {
+                Ok(n) => n as usize,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let head = std::mem::size_of::<libc::inotify_event>();
+            let mut at = 0;
+            while at + head <= n {
+                // SAFETY: the kernel wrote a whole event header at `at`
+                // (checked against `n`); read_unaligned needs no alignment.
+                let ev: libc::inotify_event =
+                    unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<u8>().add(at).cast()) };
+                out.push(ev.wd);
+                at += head + ev.len as usize;
+            }
+        }
+    }
+}
+
+impl AsRawFd for Inotify {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Waits up to `timeout_ms` for `fd` (an [`Inotify`]) to be readable. For
+/// the root's start-up only, before its poll loop runs. Returns whether it
+/// became readable.
+pub fn wait_readable(fd: &impl AsRawFd, timeout_ms: i32) -> io::Result<bool> {
     let mut p = libc::pollfd {
         fd: fd.as_raw_fd(),
-        events: libc::POLLPRI,
+        events: libc::POLLIN,
         revents: 0,
     };
     // SAFETY: one valid pollfd for the call.

@@ -736,19 +736,6 @@ impl Epoll {
         self.ctl(libc::EPOLL_CTL_ADD, fd, token, false)
     }
 
-    /// Watches `fd` for `EPOLLPRI` alone, reporting `token`: a kernfs file
-    /// such as `cgroup.events` raises it when its contents change (it is
-    /// always readable, so `EPOLLIN` would fire on every wait).
-    pub fn add_priority(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        let mut ev = libc::epoll_event {
-            events: libc::EPOLLPRI as u32,
-            u64: token,
-        };
-        // SAFETY: `ev` is valid for the call.
-        cvt(unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) })?;
-        Ok(())
-    }
-
     /// Changes what `fd` is watched for: readability, or writability when
     /// `writable` (for a reply that did not fit in the socket buffer).
     pub fn modify(&self, fd: RawFd, token: u64, writable: bool) -> io::Result<()> {
