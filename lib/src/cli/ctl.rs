@@ -349,9 +349,6 @@ fn print_status(s: &StatusReply) {
         human_ms(Some(s.root.uptime_ms)),
         s.root.mode.as_str()
     );
-    if !s.root.containment.is_empty() {
-        println!("containment: {}", s.root.containment);
-    }
     println!(
         "{:<16} {:<9} {:>7} {:>8} {:>8} {:>9} {:>8}  LAST EXIT",
         "NAME", "STATE", "PID", "UPTIME", "RESTARTS", "HEARTBEAT", "REGION"
@@ -368,6 +365,11 @@ fn print_status(s: &StatusReply) {
             human_bytes(d.region_bytes as u64),
             d.last_exit.as_deref().unwrap_or("-"),
         );
+    }
+    // Under the table, which keeps its shape: how a daemon's processes
+    // end with it.
+    if !s.root.containment.is_empty() {
+        println!("containment: {}", s.root.containment);
     }
 }
 
