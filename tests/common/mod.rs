@@ -350,14 +350,21 @@ pub(crate) fn cgroup2_mount() -> Option<PathBuf> {
 }
 
 /// A root run from the cgroup v2 hierarchy's top cgroup works in
-/// `forkroot@SOCKET` there; one that was killed leaves it behind (empty:
-/// its daemons died with it). Removes it, and only if empty.
+/// `forkroot@SOCKET` there; one that was killed leaves it behind (emptied
+/// as its daemons die with it, PDEATHSIG being asynchronous). Removes it
+/// once empty.
 fn remove_top_cgroup(socket: &Path) {
     let Some(mount) = cgroup2_mount() else { return };
     let top = mount.join(format!(
         "forkroot@{}",
         socket.to_string_lossy().replace('/', "_")
     ));
+    let deadline = Instant::now() + DEADLINE;
+    while fs::read_to_string(top.join("cgroup.events")).is_ok_and(|e| e.contains("populated 1"))
+        && Instant::now() < deadline
+    {
+        thread::sleep(Duration::from_millis(5));
+    }
     if let Ok(dir) = fs::read_dir(&top) {
         for e in dir.flatten() {
             if e.path().is_dir() {
