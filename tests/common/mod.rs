@@ -359,19 +359,19 @@ fn remove_top_cgroup(socket: &Path) {
         "forkroot@{}",
         socket.to_string_lossy().replace('/', "_")
     ));
+    // rmdir fails (EBUSY) while a dead daemon is not yet reaped.
     let deadline = Instant::now() + DEADLINE;
-    while fs::read_to_string(top.join("cgroup.events")).is_ok_and(|e| e.contains("populated 1"))
-        && Instant::now() < deadline
-    {
-        thread::sleep(Duration::from_millis(5));
-    }
-    if let Ok(dir) = fs::read_dir(&top) {
-        for e in dir.flatten() {
-            if e.path().is_dir() {
-                let _ = fs::remove_dir(e.path());
+    while top.exists() && Instant::now() < deadline {
+        if let Ok(dir) = fs::read_dir(&top) {
+            for e in dir.flatten() {
+                if e.path().is_dir() {
+                    let _ = fs::remove_dir(e.path());
+                }
             }
         }
-        let _ = fs::remove_dir(&top);
+        if fs::remove_dir(&top).is_err() {
+            thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 
