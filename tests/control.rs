@@ -90,7 +90,18 @@ fn status_tree_metrics_and_json_keep_their_shape() {
     assert_eq!(v["ok"], true);
     assert_eq!(
         keys(&v["root"]),
-        ["mode", "pid", "restarts_in_period", "uptime_ms"]
+        [
+            "containment",
+            "mode",
+            "pid",
+            "restarts_in_period",
+            "uptime_ms"
+        ]
+    );
+    let containment = v["root"]["containment"].as_str().unwrap();
+    assert!(
+        containment.starts_with("cgroup /") || containment.starts_with("process-group ("),
+        "{containment}"
     );
     assert_eq!(v["root"]["pid"], t.pid);
     assert_eq!(v["root"]["mode"], "supervising");

@@ -303,8 +303,22 @@ pub struct DaemonConfig {
     /// `[daemon.args]`: the settings of its kind, checked against the
     /// kind's declaration (empty for an exec'd program).
     pub args: Args,
+    /// `memory_max`, `pids_max`, `cpu_weight`: limits on its cgroup.
+    pub limits: Limits,
     /// How an exec'd program is run (`None` for a built-in kind).
     pub exec: Option<ExecSettings>,
+}
+
+/// Limits written to a daemon's cgroup (cgroup v2 only; `check` refuses
+/// one whose controller is not available).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// `memory_max`: bytes (`memory.max`).
+    pub memory_max: Option<u64>,
+    /// `pids_max`: tasks (`pids.max`).
+    pub pids_max: Option<u64>,
+    /// `cpu_weight`: 1..=10000, default 100 (`cpu.weight`).
+    pub cpu_weight: Option<u64>,
 }
 
 /// The settings of an exec'd program, resolved when the config is loaded

@@ -160,6 +160,8 @@ pub enum SetupStage {
     Uid = 14,
     /// Setting `no_new_privs`.
     NoNewPrivs = 15,
+    /// Entering its cgroup (writing `cgroup.procs`).
+    Cgroup = 16,
 }
 
 impl SetupStage {
@@ -182,6 +184,7 @@ impl SetupStage {
             Gid,
             Uid,
             NoNewPrivs,
+            Cgroup,
         ]
         .into_iter()
         .find(|s| *s as u32 == n)
@@ -206,6 +209,7 @@ impl fmt::Display for SetupStage {
             SetupStage::Gid => "setgid",
             SetupStage::Uid => "setuid",
             SetupStage::NoNewPrivs => "no_new_privs",
+            SetupStage::Cgroup => "entering its cgroup",
         })
     }
 }

@@ -319,8 +319,8 @@ memroy = "1MiB"
             "daemon[0].memroy: unknown key, did you mean \"memory\"? (expected one of: \
              name, kind, exec, group, memory, restart, on_restart, watchdog, standby, \
              links, backoff, backoff_max, readiness, notify_fd, start_timeout, trap_exits, \
-             mailbox, mailbox_message, args, user, unix_group, cwd, umask, env, env_clear, \
-             rlimits, no_new_privs, stdin)",
+             mailbox, mailbox_message, args, memory_max, pids_max, cpu_weight, user, \
+             unix_group, cwd, umask, env, env_clear, rlimits, no_new_privs, stdin)",
             "daemon[0].memory: \"4 MB\" is not a size: unknown unit \"MB\", \
              did you mean MiB? (use B, KiB, MiB, GiB)",
         ]
@@ -1055,5 +1055,37 @@ fn mailbox_keys_are_checked_with_their_place() {
         one(&daemon("mailbox_message = 63")),
         "daemon[0].mailbox_message: 63 bytes is not from 64B to 1MiB \
          (a DOWN or EXIT message takes 64)"
+    );
+}
+
+#[test]
+fn cgroup_limits_out_of_range_or_of_the_wrong_type_are_refused() {
+    let lines: Vec<String> = problems(
+        r#"
+[[daemon]]
+name = "a"
+kind = "idle"
+pids_max = 0
+cpu_weight = 10001
+memory_max = "4 MB"
+
+[[daemon]]
+name = "b"
+kind = "idle"
+cpu_weight = "high"
+"#,
+    )
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    assert_eq!(
+        lines,
+        [
+            "daemon[0].memory_max: \"4 MB\" is not a size: unknown unit \"MB\", \
+             did you mean MiB? (use B, KiB, MiB, GiB)",
+            "daemon[0].pids_max: 0 is out of range (1..=4294967295)",
+            "daemon[0].cpu_weight: 10001 is out of range (1..=10000)",
+            "daemon[1].cpu_weight: expected a whole number, found the string \"high\"",
+        ]
     );
 }

@@ -93,8 +93,13 @@ impl Tree {
     /// Starts a new root on the same config and temp dir, as systemd would
     /// after the old one died (which must have been waited for).
     pub(crate) fn respawn(&mut self) {
+        self.respawn_with(|_| {});
+    }
+
+    /// [`Tree::respawn`], with the root's command adjusted by `adjust`.
+    pub(crate) fn respawn_with(&mut self, adjust: impl FnOnce(&mut Command)) {
         assert!(self.status.is_some(), "respawn after wait_exit");
-        let child = spawn_root(&self.bin, &self.dir, |_| {});
+        let child = spawn_root(&self.bin, &self.dir, adjust);
         self.pid = child.id() as i32;
         *self.child.lock().unwrap() = child;
         self.status = None;
@@ -327,6 +332,45 @@ impl Drop for Tree {
         self.disarm.take();
         if let Some(w) = self.watchdog.take() {
             let _ = w.join();
+        }
+        remove_top_cgroup(&self.socket());
+    }
+}
+
+/// The cgroup v2 mount, from /proc/self/mountinfo.
+pub(crate) fn cgroup2_mount() -> Option<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        if right.split(' ').next()? != "cgroup2" {
+            return None;
+        }
+        left.split(' ').nth(4).map(PathBuf::from)
+    })
+}
+
+/// A root run from the cgroup v2 hierarchy's top cgroup works in
+/// `forkroot@SOCKET` there; one that was killed leaves it behind (emptied
+/// as its daemons die with it, PDEATHSIG being asynchronous). Removes it
+/// once empty.
+fn remove_top_cgroup(socket: &Path) {
+    let Some(mount) = cgroup2_mount() else { return };
+    let top = mount.join(format!(
+        "forkroot@{}",
+        socket.to_string_lossy().replace('/', "_")
+    ));
+    // rmdir fails (EBUSY) while a dead daemon is not yet reaped.
+    let deadline = Instant::now() + DEADLINE;
+    while top.exists() && Instant::now() < deadline {
+        if let Ok(dir) = fs::read_dir(&top) {
+            for e in dir.flatten() {
+                if e.path().is_dir() {
+                    let _ = fs::remove_dir(e.path());
+                }
+            }
+        }
+        if fs::remove_dir(&top).is_err() {
+            thread::sleep(Duration::from_millis(5));
         }
     }
 }

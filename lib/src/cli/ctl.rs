@@ -436,6 +436,11 @@ fn print_status(s: &StatusReply) {
             println!("{:<16} status: {}", "", escape(status));
         }
     }
+    // Under the table, which keeps its shape: how a daemon's processes
+    // end with it.
+    if !s.root.containment.is_empty() {
+        println!("containment: {}", s.root.containment);
+    }
 }
 
 /// `ctl tree`: one line per supervisor (its state, strategy, intensity,

@@ -15,7 +15,7 @@ use toml::{Table, Value};
 use super::settings::{Args, Setting, Type, Value as ArgValue};
 use super::units::{format_duration, parse_duration, parse_signal, parse_size};
 use super::{
-    Backoff, Config, DaemonConfig, GroupConfig, OnRestart, Problem, Program, Readiness,
+    Backoff, Config, DaemonConfig, GroupConfig, Limits, OnRestart, Problem, Program, Readiness,
     RestartType, RootConfig, Strategy, SupervisorConfig,
 };
 use crate::daemon::{Kind, Registry};
@@ -53,6 +53,9 @@ const DAEMON_KEYS: &[&str] = &[
     "mailbox",
     "mailbox_message",
     "args",
+    "memory_max",
+    "pids_max",
+    "cpu_weight",
 ];
 
 const STRATEGIES: &[(&str, Strategy)] = &[
@@ -795,6 +798,7 @@ impl Checker<'_> {
         let exec = self.exec_settings(t, place, program.as_ref());
         let (mailbox, mailbox_message) = self.mailbox(t, place);
         let trap_exits = self.boolean(t, place, "trap_exits").unwrap_or(false);
+        let limits = self.limits(t, place);
 
         DaemonConfig {
             name: name.unwrap_or_default(),
@@ -814,6 +818,65 @@ impl Checker<'_> {
             mailbox_message,
             args,
             exec,
+            limits,
+        }
+    }
+
+    /// `memory_max`, `pids_max`, `cpu_weight`: each needs its cgroup v2
+    /// controller where this runs; one that is not there is refused, never
+    /// accepted and ignored.
+    fn limits(&mut self, t: &Table, place: &str) -> Limits {
+        let limits = Limits {
+            memory_max: self.size(t, place, "memory_max"),
+            pids_max: self.whole(t, place, "pids_max", 1..=u64::from(u32::MAX)),
+            cpu_weight: self.whole(t, place, "cpu_weight", 1..=10_000),
+        };
+        let set = [limits.memory_max, limits.pids_max, limits.cpu_weight];
+        if set.iter().all(Option::is_none) {
+            return limits;
+        }
+        let probe = crate::root::cgroup::probe();
+        for (k, (key, controller, _)) in crate::root::cgroup::LIMITS.iter().enumerate() {
+            if set[k].is_none() {
+                continue;
+            }
+            let why = match &probe {
+                Err(why) => format!("needs a cgroup v2 hierarchy, and there is none to use here: {why}"),
+                Ok(p) if !p.controllers.iter().any(|c| c == controller) => format!(
+                    "needs the cgroup v2 {controller} controller, which is not available here (this cgroup offers: {})",
+                    if p.controllers.is_empty() { "none".to_owned() } else { p.controllers.join(" ") }
+                ),
+                Ok(_) => continue,
+            };
+            self.problem(&at(place, key), why);
+        }
+        limits
+    }
+
+    /// A whole number within `range`.
+    fn whole(
+        &mut self,
+        t: &Table,
+        place: &str,
+        key: &str,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Option<u64> {
+        let place = at(place, key);
+        match t.get(key)? {
+            Value::Integer(n) => match u64::try_from(*n) {
+                Ok(n) if range.contains(&n) => Some(n),
+                _ => {
+                    self.problem(
+                        &place,
+                        format!("{n} is out of range ({}..={})", range.start(), range.end()),
+                    );
+                    None
+                }
+            },
+            other => {
+                self.type_problem(&place, "a whole number", other);
+                None
+            }
         }
     }
 

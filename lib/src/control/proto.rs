@@ -207,6 +207,10 @@ pub struct RootStatus {
     pub mode: RootMode,
     /// Restarts counted in the top supervisor's intensity window.
     pub restarts_in_period: usize,
+    /// How a daemon's processes are ended with it: `cgroup PATH` (each
+    /// daemon in its own cgroup under PATH), or `process-group (WHY)`.
+    #[serde(default)]
+    pub containment: String,
 }
 
 /// What a daemon runs.

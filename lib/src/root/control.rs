@@ -522,6 +522,11 @@ impl Root<'_> {
                 uptime_ms: ms(now.duration_since(self.started)),
                 mode: self.root_mode(),
                 restarts_in_period: self.sup.recent_restarts(TOP, now),
+                containment: self
+                    .contain
+                    .as_ref()
+                    .map(|c| c.describe())
+                    .unwrap_or_default(),
             },
             daemons,
         }

@@ -9,6 +9,7 @@
 //! [`supervisor::Supervisor`] (the state × event table of `DESIGN.md` §4);
 //! this loop feeds it events ([`Root::step`]) and carries out its actions.
 
+pub(crate) mod cgroup;
 mod control;
 mod log_reader;
 mod manager;
@@ -182,6 +183,9 @@ struct Child {
     /// The root SIGKILLed it for this (watchdog, start timeout): the
     /// reason its SIGKILL death is recorded with.
     killed_for: Option<ExitReason>,
+    /// Its process has ended but its cgroup still holds processes (being
+    /// killed): the exit the supervisor hears once the cgroup is empty.
+    ending: Option<Event>,
 }
 
 impl Child {
@@ -210,6 +214,7 @@ impl Child {
             ping_ns: 0,
             status_text: None,
             killed_for: None,
+            ending: None,
         }
     }
 
@@ -276,6 +281,7 @@ const TOKEN_STANDBY: u64 = 3 << 32;
 /// An output pipe: the daemon's index times two, plus the stream.
 pub(crate) const TOKEN_OUTPUT: u64 = 4 << 32;
 const TOKEN_NOTIFY_FD: u64 = 5 << 32;
+const TOKEN_CGROUP: u64 = 6 << 32;
 
 /// SIGCHLD is coalesced: while one is pending, another child's is lost. The
 /// root reaps the child a SIGCHLD names at once (`waitid(P_PID)`, O(1)),
@@ -341,6 +347,9 @@ pub struct Root<'a> {
     watch: Option<OwnedFd>,
     /// Each daemon's stdout and stderr, by index.
     outputs: Vec<output::Output>,
+    /// How everything a daemon forked is ended with it: its cgroup, or its
+    /// process group.
+    contain: Option<cgroup::Containment>,
 }
 
 /// Runs the tree until it is stopped; returns the exit code documented for
@@ -481,6 +490,17 @@ impl<'a> Root<'a> {
             .map_err(ctx("epoll"))?;
         info!(socket = %socket.display(), "control socket ready");
         let control = Some(server);
+        let contain = cgroup::Containment::set_up(&config.daemons, &socket, &epoll, TOKEN_CGROUP)
+            .map_err(ctx("setting up the daemons' cgroups"))?;
+        match &contain {
+            cgroup::Containment::Cgroups(_) => {
+                info!(containment = %contain.describe(), "each daemon runs in its own cgroup")
+            }
+            cgroup::Containment::ProcessGroups(_) => warn!(
+                containment = %contain.describe(),
+                "daemons are stopped by process group: a process that leaves its group (setsid) can outlive its daemon"
+            ),
+        }
         let notify =
             notify::Socket::bind(sys::getpid()).map_err(ctx("binding the notify socket"))?;
         epoll.add(notify.fd(), TOKEN_NOTIFY).map_err(ctx("epoll"))?;
@@ -524,6 +544,7 @@ impl<'a> Root<'a> {
             reloading: None,
             watch,
             outputs,
+            contain: Some(contain),
         })
     }
 
@@ -545,6 +566,9 @@ impl<'a> Root<'a> {
                 {
                     // Orphans a daemon left behind, reparented to us.
                     let _ = self.reap();
+                    if let Some(Err(e)) = self.contain.take().map(cgroup::Containment::remove) {
+                        warn!(error = %e, "could not remove every cgroup");
+                    }
                     info!(code, "every daemon stopped; exiting");
                     return Ok(code);
                 }
@@ -578,6 +602,7 @@ impl<'a> Root<'a> {
                             out.on_readable(output::Stream::from_index(n % 2));
                         }
                     }
+                    (TOKEN_CGROUP, 0) => self.on_cgroup_events(),
                     _ => warn!(token, "event for an unknown token"),
                 }
             }
@@ -796,9 +821,9 @@ impl<'a> Root<'a> {
             }
             Mode::ShuttingDown(_) => {
                 warn!(signal = %sys::signal_name(sig), "second stop signal: killing every daemon now");
-                for c in &self.children {
-                    if let Some(pid) = c.pid {
-                        kill_tree(pid, libc::SIGKILL);
+                for i in 0..self.children.len() {
+                    if let Some(pid) = self.children[i].pid {
+                        self.kill_all(i, pid);
                     }
                 }
             }
@@ -900,6 +925,12 @@ impl<'a> Root<'a> {
                 )?
             }
         };
+        // A standby waits in the root's cgroup and is moved into the
+        // daemon's when it takes over (the daemon's is killed on its death).
+        let procs = match standby {
+            true => None,
+            false => self.containment().procs(i)?,
+        };
         // `notify_fd`: the program writes a newline on its end when ready.
         let notify_pipe = match c.cfg.readiness {
             Readiness::Fd(n) if !standby => {
@@ -926,7 +957,9 @@ impl<'a> Root<'a> {
             post: self.post.post(),
             writer,
             post_fds: self.post.fds(),
+            cgroup: cgroup::raw(&procs),
         })?;
+        drop(procs);
         if !standby {
             self.post.forked(i, spawned.pid.0 as u32);
         }
@@ -1123,6 +1156,12 @@ impl<'a> Root<'a> {
             return false;
         }
         let sb = c.standby.take().expect("checked above");
+        if let Err(e) = self.contain.as_ref().map_or(Ok(()), |k| k.adopt(i, sb.pid)) {
+            warn!(daemon = %c.cfg.name, error = %e, "cannot move the standby into the daemon's cgroup; forking instead");
+            let _ = sys::kill(sb.pid, libc::SIGKILL);
+            c.standby = Some(Standby { killed: true, ..sb });
+            return false;
+        }
         let history = History::new(c.restarts, &c.deaths, c.resume_before);
         if let Err(e) = history.send(sb.gate.as_raw_fd()) {
             warn!(daemon = %c.cfg.name, error = %e, "standby unreachable; forking instead");
@@ -1407,11 +1446,67 @@ impl<'a> Root<'a> {
             // The report waits until the replacement is forked (see `Note`).
             self.note_exit(i, Pid(pid), reason, uptime);
         }
-        self.step(Event::Exit {
+        let exit = Event::Exit {
             daemon: i,
             normal: reason.is_normal(),
             uptime,
-        });
+        };
+        // What it forked is ended before anything else happens to it: the
+        // supervisor hears of the exit (and starts a replacement) only once
+        // its cgroup is empty, so two incarnations never overlap.
+        match self.containment().end_rest(i) {
+            Ok(false) => self.step(exit),
+            Ok(true) => self.children[i].ending = Some(exit),
+            Err(e) => {
+                error!(daemon = %self.children[i].cfg.name, error = %e, "cannot end what the daemon forked");
+                self.step(exit);
+            }
+        }
+    }
+
+    /// Some daemons' `cgroup.events` changed: each whose cgroup is empty
+    /// and that waited for it has its exit go to the supervisor.
+    fn on_cgroup_events(&mut self) {
+        let mut changed = Vec::new();
+        if let Err(e) = self.containment().changed(&mut changed) {
+            warn!(error = %e, "reading cgroup events");
+        }
+        for i in changed {
+            if self.children[i].ending.is_some() {
+                self.on_cgroup_changed(i);
+            }
+        }
+    }
+
+    /// Daemon `i`'s `cgroup.events` changed while its exit waits.
+    fn on_cgroup_changed(&mut self, i: usize) {
+        let empty = match self.containment().is_empty(i) {
+            Ok(empty) => empty,
+            Err(e) => {
+                warn!(daemon = %self.children[i].cfg.name, error = %e, "cannot read cgroup.events");
+                true
+            }
+        };
+        if empty {
+            if let Some(exit) = self.children[i].ending.take() {
+                debug!(daemon = %self.children[i].cfg.name, "cgroup empty");
+                self.step(exit);
+            }
+        }
+    }
+
+    /// The containment; present until the root's last moment.
+    fn containment(&self) -> &cgroup::Containment {
+        self.contain.as_ref().expect("removed only on the way out")
+    }
+
+    /// SIGKILLs daemon `i` and everything it forked: its cgroup, and its
+    /// process group (its process may not have entered its cgroup yet).
+    fn kill_all(&self, i: usize, pid: Pid) {
+        if let Err(e) = self.containment().kill(i) {
+            warn!(daemon = %self.children[i].cfg.name, error = %e, "cgroup.kill failed");
+        }
+        kill_tree(pid, libc::SIGKILL);
     }
 
     /// Feeds `event` to the supervisor and carries out its actions, in
@@ -1441,7 +1536,7 @@ impl<'a> Root<'a> {
             Action::Kill(i) => {
                 if let Some(pid) = self.children[i].pid {
                     warn!(daemon = %self.children[i].cfg.name, %pid, timeout = ?self.config.root.stop_timeout, "did not stop in time; killing");
-                    kill_tree(pid, libc::SIGKILL);
+                    self.kill_all(i, pid);
                 }
             }
             Action::SetTimer(i, at) => self.set_timer(i, at),
@@ -1617,7 +1712,7 @@ impl Root<'_> {
         if age >= wd {
             error!(daemon = %c.cfg.name, %pid, age = ?age, watchdog = ?wd, "watchdog: no heartbeat; killing");
             self.children[i].killed_for = Some(ExitReason::Watchdog);
-            kill_tree(pid, libc::SIGKILL);
+            self.kill_all(i, pid);
         } else {
             self.set_timer(i, Instant::now() + (wd - age));
         }

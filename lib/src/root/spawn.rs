@@ -170,6 +170,8 @@ pub(crate) struct Plan<'a> {
     pub(crate) writer: crate::ring::WriterId,
     /// The post's and the read-only registry's descriptors (for exec).
     pub(crate) post_fds: (RawFd, RawFd),
+    /// Its cgroup's `cgroup.procs`, which the child enters first.
+    pub(crate) cgroup: Option<RawFd>,
 }
 
 /// A forked child, seen from the root.
@@ -217,6 +219,10 @@ fn fail(pipe: RawFd, stage: SetupStage, err: io::Error) -> ! {
 fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
     if let Err(e) = crate::prologue::after_fork(s.root_pid) {
         fail(pipe, SetupStage::Orphaned, e);
+    }
+    // Into its cgroup before anything it runs can fork.
+    if let Some(Err(e)) = s.cgroup.map(sys::cgroup::enter) {
+        fail(pipe, SetupStage::Cgroup, e);
     }
     // Own session and process group, so a stop reaches whatever the daemon
     // forks, and a terminal's ^C reaches only the root.

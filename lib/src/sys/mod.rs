@@ -18,6 +18,7 @@
 
 use std::io;
 
+pub mod cgroup;
 pub mod cred;
 pub mod dgram;
 mod epoll;

@@ -1,0 +1,393 @@
+//! A daemon's whole process tree is the daemon.
+//!
+//! With a writable cgroup v2 hierarchy, every daemon runs in a cgroup of
+//! its own, a child of the root's cgroup: whatever it forks, `setsid` or
+//! double-fork included, stays in it. When the daemon's process ends, the
+//! root ends the rest with `cgroup.kill` and tells its supervisor of the
+//! exit only once `cgroup.events` says `populated 0`, so a replacement
+//! never overlaps anything of the incarnation before it. Without one, the
+//! root falls back to signalling the daemon's process group (see
+//! DESIGN.md §3).
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use crate::config::{DaemonConfig, Limits};
+use crate::sys::cgroup::Inotify;
+use crate::sys::{self, Epoll, Pid};
+
+/// What the root found of cgroup v2 where it runs.
+#[derive(Debug)]
+pub(crate) struct Probe {
+    /// The hierarchy's mount point.
+    mount: PathBuf,
+    /// The root's own cgroup, as a directory.
+    own: PathBuf,
+    /// Whether `own` is the hierarchy's top cgroup (no delegation: the root
+    /// makes a cgroup of its own under it).
+    at_top: bool,
+    /// The controllers `own` offers its children (`cgroup.controllers`).
+    pub(crate) controllers: Vec<String>,
+}
+
+/// Finds the cgroup v2 hierarchy and this process's place in it, or says
+/// why there is none to use.
+pub(crate) fn probe() -> Result<Probe, String> {
+    let mount = match sys::cgroup::mount_point() {
+        Ok(Some(m)) => m,
+        Ok(None) => return Err("no cgroup2 file system in /proc/self/mountinfo".into()),
+        Err(e) => return Err(format!("reading /proc/self/mountinfo: {e}")),
+    };
+    let path = match sys::cgroup::own_path() {
+        Ok(Some(p)) => p,
+        Ok(None) => return Err("no cgroup v2 line (0::) in /proc/self/cgroup".into()),
+        Err(e) => return Err(format!("reading /proc/self/cgroup: {e}")),
+    };
+    let own = mount.join(path.trim_start_matches('/'));
+    let controllers = std::fs::read_to_string(own.join("cgroup.controllers"))
+        .map_err(|e| format!("{}: {e}", own.join("cgroup.controllers").display()))?
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    Ok(Probe {
+        at_top: path == "/",
+        mount,
+        own,
+        controllers,
+    })
+}
+
+/// The controller a limit needs, and the file it is written to.
+pub(crate) const LIMITS: [(&str, &str, &str); 3] = [
+    ("memory_max", "memory", "memory.max"),
+    ("pids_max", "pids", "pids.max"),
+    ("cpu_weight", "cpu", "cpu.weight"),
+];
+
+/// The values a daemon set, in the order of [`LIMITS`].
+fn values(l: &Limits) -> [Option<u64>; 3] {
+    [l.memory_max, l.pids_max, l.cpu_weight]
+}
+
+/// How the root ends everything a daemon forked.
+#[derive(Debug)]
+pub(crate) enum Containment {
+    /// Every daemon in a cgroup of its own.
+    Cgroups(Cgroups),
+    /// No writable cgroup v2 here (why): the daemon's process group is
+    /// signalled, and a process that left it (`setsid`) can outlive it.
+    ProcessGroups(String),
+}
+
+/// The daemons' cgroups.
+#[derive(Debug)]
+pub(crate) struct Cgroups {
+    /// The parent of every daemon's cgroup.
+    base: PathBuf,
+    /// `base/root`, where the root moved itself so that `base` holds no
+    /// process (cgroup v2 gives controllers only to cgroups without any).
+    leaf: Option<PathBuf>,
+    /// The root made `base` (it ran in the hierarchy's top cgroup) and
+    /// removes it at exit.
+    made_base: bool,
+    /// Controllers the root enabled in `base`'s `cgroup.subtree_control`.
+    enabled: Vec<&'static str>,
+    /// Each daemon's cgroup directory.
+    daemons: Vec<PathBuf>,
+    /// One descriptor, in the root's epoll set, watching every daemon's
+    /// `cgroup.events` (no descriptor per daemon: DESIGN.md §1, 5).
+    inotify: Inotify,
+    /// Watch descriptor → daemon.
+    watches: HashMap<i32, usize>,
+}
+
+impl Containment {
+    /// Makes a cgroup per daemon under the root's own (writing each one's
+    /// limits; `socket`, the root's control socket, names the root where
+    /// it needs a cgroup of its own) and watches their `cgroup.events`
+    /// through one inotify descriptor in `epoll` as `token`; or, where that is not possible, says why and falls
+    /// back to process groups. An error is a cgroup that exists but cannot
+    /// be set up as asked (a limit that cannot be written, a leftover
+    /// cgroup whose processes do not die).
+    pub(crate) fn set_up(
+        daemons: &[DaemonConfig],
+        socket: &Path,
+        epoll: &Epoll,
+        token: u64,
+    ) -> io::Result<Containment> {
+        let probe = match probe() {
+            Ok(p) => p,
+            Err(why) => return Ok(Containment::ProcessGroups(why)),
+        };
+        let (base, leaf, made_base) = if probe.at_top {
+            // Not delegated: a cgroup of our own beside the host's, named
+            // by the control socket (which only one live root can hold), so
+            // the next root on the same config finds what a killed one left.
+            let base = probe.mount.join(top_name(socket));
+            if let Err(e) = make_dir(&base) {
+                return Ok(Containment::ProcessGroups(e.to_string()));
+            }
+            (base, None, true)
+        } else {
+            let leaf = probe.own.join("root");
+            let moved = make_dir(&leaf).and_then(|()| {
+                sys::cgroup::write(&leaf, "cgroup.procs", &sys::getpid().0.to_string())
+            });
+            if let Err(e) = moved {
+                let _ = std::fs::remove_dir(&leaf);
+                return Ok(Containment::ProcessGroups(e.to_string()));
+            }
+            (probe.own.clone(), Some(leaf), false)
+        };
+        let mut cg = Cgroups {
+            base,
+            leaf,
+            made_base,
+            enabled: Vec::new(),
+            daemons: Vec::with_capacity(daemons.len()),
+            inotify: Inotify::new()?,
+            watches: HashMap::with_capacity(daemons.len()),
+        };
+        let filled = cg
+            .fill(daemons, &probe)
+            .and_then(|()| epoll.add(cg.inotify.as_raw_fd(), token));
+        if let Err(e) = filled {
+            // Undo what was made; the error that stopped us is the one to report.
+            let _ = cg.remove();
+            return Err(e);
+        }
+        Ok(Containment::Cgroups(cg))
+    }
+
+    /// One line for the log and `ctl status`.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Containment::Cgroups(cg) => format!("cgroup {}", cg.base.display()),
+            Containment::ProcessGroups(why) => {
+                format!("process-group (no writable cgroup v2: {why})")
+            }
+        }
+    }
+
+    /// Opens daemon `i`'s `cgroup.procs` for its forked child to enter
+    /// ([`sys::cgroup::enter`]) before it runs anything; `None` without
+    /// cgroups.
+    pub(crate) fn procs(&self, i: usize) -> io::Result<Option<OwnedFd>> {
+        let Containment::Cgroups(cg) = self else {
+            return Ok(None);
+        };
+        // A daemon a reload added has no cgroup (they are made at start):
+        // its process group is what contains it.
+        let Some(dir) = cg.daemons.get(i) else {
+            return Ok(None);
+        };
+        let path = dir.join("cgroup.procs");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        Ok(Some(OwnedFd::from(file)))
+    }
+
+    /// Moves `pid` (a standby taking over) into daemon `i`'s cgroup.
+    pub(crate) fn adopt(&self, i: usize, pid: Pid) -> io::Result<()> {
+        match self {
+            Containment::Cgroups(cg) => match cg.daemons.get(i) {
+                Some(dir) => sys::cgroup::write(dir, "cgroup.procs", &pid.0.to_string()),
+                None => Ok(()),
+            },
+            Containment::ProcessGroups(_) => Ok(()),
+        }
+    }
+
+    /// SIGKILLs everything in daemon `i`'s cgroup (nothing without one).
+    pub(crate) fn kill(&self, i: usize) -> io::Result<()> {
+        match self {
+            Containment::Cgroups(cg) => match cg.daemons.get(i) {
+                Some(dir) => sys::cgroup::write(dir, "cgroup.kill", "1"),
+                None => Ok(()),
+            },
+            Containment::ProcessGroups(_) => Ok(()),
+        }
+    }
+
+    /// Daemon `i`'s process ended: whether anything is left in its cgroup.
+    /// If so, it is killed, and the root waits for [`Self::is_empty`] before
+    /// the daemon's exit counts (and a replacement starts).
+    pub(crate) fn end_rest(&self, i: usize) -> io::Result<bool> {
+        if self.is_empty(i)? {
+            return Ok(false);
+        }
+        self.kill(i)?;
+        Ok(!self.is_empty(i)?)
+    }
+
+    /// Whether daemon `i`'s cgroup is empty (always, without cgroups).
+    pub(crate) fn is_empty(&self, i: usize) -> io::Result<bool> {
+        match self {
+            Containment::Cgroups(cg) => match cg.daemons.get(i) {
+                Some(dir) => Ok(!sys::cgroup::populated(dir)?),
+                None => Ok(true),
+            },
+            Containment::ProcessGroups(_) => Ok(true),
+        }
+    }
+
+    /// The daemons whose `cgroup.events` changed since the last call (the
+    /// inotify descriptor was readable), in `out`.
+    pub(crate) fn changed(&self, out: &mut Vec<usize>) -> io::Result<()> {
+        let Containment::Cgroups(cg) = self else {
+            return Ok(());
+        };
+        let mut wds = Vec::new();
+        cg.inotify.read(&mut wds)?;
+        out.extend(wds.iter().filter_map(|wd| cg.watches.get(wd).copied()));
+        Ok(())
+    }
+
+    /// Removes every cgroup the root made (their processes are gone: the
+    /// root exits only after every daemon's cgroup emptied) and moves the
+    /// root back where it was.
+    pub(crate) fn remove(self) -> io::Result<()> {
+        match self {
+            Containment::Cgroups(cg) => cg.remove(),
+            Containment::ProcessGroups(_) => Ok(()),
+        }
+    }
+}
+
+impl Cgroups {
+    fn fill(&mut self, daemons: &[DaemonConfig], probe: &Probe) -> io::Result<()> {
+        for (k, &(key, controller, _)) in LIMITS.iter().enumerate() {
+            if !daemons.iter().any(|d| values(&d.limits)[k].is_some()) {
+                continue;
+            }
+            if !probe.controllers.iter().any(|c| c == controller) {
+                // `check` refuses this; a hierarchy that changed since is
+                // refused here too, never ignored.
+                return Err(io::Error::other(format!(
+                    "{key} needs the {controller} controller, which {} does not offer",
+                    probe.own.display()
+                )));
+            }
+            sys::cgroup::write(
+                &self.base,
+                "cgroup.subtree_control",
+                &format!("+{controller}"),
+            )?;
+            self.enabled.push(controller);
+        }
+        for (i, d) in daemons.iter().enumerate() {
+            let dir = self.base.join(&d.name);
+            make_dir(&dir)?;
+            let wd = self.inotify.watch_modify(&dir.join("cgroup.events"))?;
+            self.watches.insert(wd, i);
+            if !dir.join("cgroup.kill").exists() {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "this kernel has no cgroup.kill (Linux 5.14 or later)",
+                ));
+            }
+            drain_leftover(&dir, &self.inotify)?;
+            for (k, v) in values(&d.limits).into_iter().enumerate() {
+                if let Some(v) = v {
+                    sys::cgroup::write(&dir, LIMITS[k].2, &v.to_string())?;
+                }
+            }
+            self.daemons.push(dir);
+        }
+        Ok(())
+    }
+
+    fn remove(self) -> io::Result<()> {
+        let mut first: io::Result<()> = Ok(());
+        let mut keep = |r: io::Result<()>| {
+            if let Err(e) = r {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        };
+        for dir in &self.daemons {
+            keep(remove_dir(dir));
+        }
+        for c in &self.enabled {
+            keep(sys::cgroup::write(
+                &self.base,
+                "cgroup.subtree_control",
+                &format!("-{c}"),
+            ));
+        }
+        if let Some(leaf) = &self.leaf {
+            keep(sys::cgroup::write(
+                &self.base,
+                "cgroup.procs",
+                &sys::getpid().0.to_string(),
+            ));
+            keep(remove_dir(leaf));
+        }
+        if self.made_base {
+            keep(remove_dir(&self.base));
+        }
+        first
+    }
+}
+
+/// `forkroot@PATH` with the socket's path, `/` written as `_` (a cgroup
+/// name is one path component).
+fn top_name(socket: &Path) -> String {
+    let path = socket.to_string_lossy().replace('/', "_");
+    format!("forkroot@{path}")
+}
+
+/// mkdir that accepts an existing directory (a leftover of a killed root).
+fn make_dir(dir: &Path) -> io::Result<()> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
+    }
+}
+
+fn remove_dir(dir: &Path) -> io::Result<()> {
+    std::fs::remove_dir(dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("removing {}: {e}", dir.display())))
+}
+
+/// How long the root's start-up waits for what a killed root left in a
+/// daemon's cgroup to die.
+const LEFTOVER_WAIT_MS: i32 = 5_000;
+
+/// A cgroup left by a root that was killed may still hold what its
+/// daemons forked: kill it and wait until it is empty, so the new daemon
+/// does not overlap the old one's processes. Start-up only, before the
+/// poll loop.
+fn drain_leftover(dir: &Path, inotify: &Inotify) -> io::Result<()> {
+    if !sys::cgroup::populated(dir)? {
+        return Ok(());
+    }
+    tracing::warn!(cgroup = %dir.display(), "processes left from an earlier root; killing them");
+    sys::cgroup::write(dir, "cgroup.kill", "1")?;
+    let mut seen = Vec::new();
+    while sys::cgroup::populated(dir)? {
+        seen.clear();
+        inotify.read(&mut seen)?;
+        if !sys::cgroup::populated(dir)? {
+            break;
+        }
+        if !sys::cgroup::wait_readable(inotify, LEFTOVER_WAIT_MS)? {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{}: still populated 5s after cgroup.kill", dir.display()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The descriptor a spawn plan carries for the child to enter.
+pub(crate) fn raw(fd: &Option<OwnedFd>) -> Option<RawFd> {
+    fd.as_ref().map(AsRawFd::as_raw_fd)
+}

@@ -1,0 +1,329 @@
+//! A daemon's whole process tree is the daemon: with a writable cgroup v2
+//! hierarchy, what an exec'd program forks (a `setsid` grandchild
+//! included) dies with it on stop, restart, death and the root's clean
+//! exit, and never overlaps the next incarnation; without one, the
+//! process-group fallback is reported. Each test runs its root in a fresh
+//! cgroup of its own, never the test runner's.
+
+mod common;
+
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use common::{Proc, Tree};
+
+use common::cgroup2_mount as mount;
+
+/// A fresh cgroup for one test's root; whatever is left in it is killed
+/// and it is removed when the test ends.
+struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    /// `None` where this machine has no writable cgroup v2.
+    fn new() -> Option<TestCgroup> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = mount()?.join(format!(
+            "forkroot-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        fs::create_dir(&dir).ok()?;
+        Some(TestCgroup(dir))
+    }
+
+    /// Makes the root's command enter this cgroup between fork and exec.
+    fn enter(&self, c: &mut Command) {
+        let procs = fs::OpenOptions::new()
+            .write(true)
+            .open(self.0.join("cgroup.procs"))
+            .expect("open cgroup.procs");
+        // SAFETY: the closure makes one write(2) (async-signal-safe) on a
+        // descriptor opened before the fork, and allocates nothing.
+        unsafe {
+            c.pre_exec(move || {
+                let n = libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1);
+                if n == 1 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
+
+    /// The cgroups below this one.
+    fn children(&self) -> Vec<String> {
+        fs::read_dir(&self.0)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // Only this test's root and its daemons were ever in here.
+        let _ = fs::write(self.0.join("cgroup.kill"), "1");
+        for _ in 0..1000 {
+            let events = fs::read_to_string(self.0.join("cgroup.events")).unwrap_or_default();
+            if !events.contains("populated 1") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        for child in self.children() {
+            let _ = fs::remove_dir(self.0.join(child));
+        }
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+/// A program whose grandchild leaves its process group and session
+/// (`setsid`), records its pid, and holds a lock while it lives: a
+/// grandchild that finds the lock taken (its predecessor still alive)
+/// records an overlap.
+const GRANDPARENT: &str = r#"
+[[daemon]]
+name = "web"
+exec = ["/bin/sh", "-c", "setsid /bin/sh -c 'echo $$ >> @DIR@/gc; flock -n @DIR@/lock sleep 778 || echo $$ >> @DIR@/overlap' & wait"]
+"#;
+
+/// The grandchildren recorded so far.
+fn grandchildren(t: &Tree) -> Vec<i32> {
+    fs::read_to_string(t.path("gc"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Waits for the `n`th grandchild and returns it as a process.
+fn wait_grandchild(t: &Tree, n: usize) -> Proc {
+    let pid = t.poll(&format!("grandchild #{n}"), || {
+        grandchildren(t).get(n - 1).copied()
+    });
+    // It holds the lock once `flock` has started its `sleep`.
+    t.poll("the grandchild's sleep", || {
+        common::descendants(pid)
+            .iter()
+            .any(|p| p.comm == "sleep")
+            .then_some(())
+    });
+    Proc::read(pid).expect("grandchild alive")
+}
+
+#[test]
+fn setsid_grandchild_dies_with_its_daemon_and_never_overlaps() {
+    let Some(cg) = TestCgroup::new() else {
+        return fallback_when_no_cgroup();
+    };
+    let mut t = Tree::start_with(GRANDPARENT, |c| cg.enter(c));
+    t.wait_log(&[
+        "each daemon runs in its own cgroup",
+        &cg.0.display().to_string(),
+    ]);
+    let status = t.ctl_run(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(
+        status["root"]["containment"],
+        format!("cgroup {}", cg.0.display())
+    );
+
+    // The root left its cgroup for a leaf; the daemon has its own.
+    let first = wait_grandchild(&t, 1);
+    let mut kids = cg.children();
+    kids.sort();
+    assert_eq!(kids, ["root", "web"]);
+    let procs = fs::read_to_string(cg.0.join("web/cgroup.procs")).unwrap();
+    assert!(procs.lines().any(|l| l == first.pid.to_string()), "{procs}");
+
+    // Restart: the grandchild is gone before the next one starts.
+    assert_eq!(t.ctl_run(&["restart", "web", "--wait"]).code, Some(0));
+    let second = wait_grandchild(&t, 2);
+    assert!(first.is_gone(), "{first:?} outlived a restart");
+
+    // Death of the daemon's own process: the same.
+    let web = t.daemon_status("web").unwrap()["pid"].as_i64().unwrap() as i32;
+    common::send(web, libc::SIGKILL).unwrap();
+    let third = wait_grandchild(&t, 3);
+    t.wait_gone(&[second]);
+
+    // Stop.
+    assert_eq!(t.ctl_run(&["stop", "web", "--wait"]).code, Some(0));
+    t.wait_gone(&[third]);
+    assert_eq!(t.ctl_run(&["start", "web", "--wait"]).code, Some(0));
+    let fourth = wait_grandchild(&t, 4);
+
+    // The root's clean exit: nothing left, the cgroups removed, the root
+    // back where it started.
+    t.signal(libc::SIGTERM);
+    assert_eq!(t.wait_code(), 0, "{}", t.log());
+    t.wait_dead(&[fourth]);
+    assert!(cg.children().is_empty(), "left: {:?}", cg.children());
+    assert!(
+        !t.path("overlap").exists(),
+        "two incarnations overlapped: {}",
+        fs::read_to_string(t.path("overlap")).unwrap_or_default()
+    );
+}
+
+#[test]
+fn a_killed_roots_leftovers_are_ended_by_the_next_root() {
+    let Some(cg) = TestCgroup::new() else {
+        return fallback_when_no_cgroup();
+    };
+    let mut t = Tree::start_with(GRANDPARENT, |c| cg.enter(c));
+    let first = wait_grandchild(&t, 1);
+    // kill -9 of the root: its daemon dies (PDEATHSIG), the setsid
+    // grandchild does not, and stays in the daemon's cgroup.
+    t.signal(libc::SIGKILL);
+    t.wait_exit();
+    assert!(
+        !first.is_dead(),
+        "the grandchild died with the root already"
+    );
+    // A new root in the same place ends it before starting the daemon.
+    t.respawn_with(|c| cg.enter(c));
+    let second = wait_grandchild(&t, 2);
+    assert!(first.is_dead(), "{first:?} survived the next root's start");
+    t.wait_log(&["processes left from an earlier root"]);
+    t.signal(libc::SIGTERM);
+    assert_eq!(t.wait_code(), 0, "{}", t.log());
+    t.wait_dead(&[second]);
+    assert!(!t.path("overlap").exists());
+}
+
+/// Without a cgroup v2 mount (the root runs in a mount namespace where it
+/// is unmounted), the root says so once and `ctl status` shows the mode.
+#[test]
+fn without_cgroup_v2_the_process_group_fallback_is_reported() {
+    let Some(m) = mount() else {
+        return fallback_when_no_cgroup();
+    };
+    let target = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()).unwrap();
+    let t = Tree::start_with(GRANDPARENT, |c| {
+        // SAFETY: unshare, mount and umount2 are plain system calls
+        // (async-signal-safe), on strings made before the fork.
+        unsafe {
+            c.pre_exec(move || {
+                let root = c"/";
+                if libc::unshare(libc::CLONE_NEWNS) != 0
+                    || libc::mount(
+                        std::ptr::null(),
+                        root.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    ) != 0
+                    || libc::umount2(target.as_ptr(), libc::MNT_DETACH) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    check_fallback_reported(&t);
+}
+
+fn check_fallback_reported(t: &Tree) {
+    let line = t.wait_log(&["daemons are stopped by process group"]);
+    assert!(line.contains("no cgroup2 file system"), "{line}");
+    assert_eq!(
+        t.log_lines(&["daemons are stopped by process group"]).len(),
+        1
+    );
+    let status = t.ctl_run(&["status"]);
+    assert!(
+        status
+            .stdout
+            .contains("containment: process-group (no writable cgroup v2"),
+        "{}",
+        status.stdout
+    );
+}
+
+/// Where this machine has no writable cgroup v2 at all, the root must run
+/// in the fallback and say so.
+fn fallback_when_no_cgroup() {
+    let t = Tree::start(GRANDPARENT);
+    let line = t.wait_log(&["containment="]);
+    assert!(line.contains("process-group"), "{line}");
+}
+
+/// Limits are written to the daemon's cgroup where the controller is
+/// available, and refused by `check` (exit 78, naming the key and the
+/// controller) where it is not.
+#[test]
+fn limits_are_applied_where_available_and_refused_where_not() {
+    let Some(cg) = TestCgroup::new() else {
+        return fallback_when_no_cgroup();
+    };
+    let offered = fs::read_to_string(cg.0.join("cgroup.controllers")).unwrap_or_default();
+    let config = r#"
+[[daemon]]
+name = "web"
+exec = ["/bin/sleep", "779"]
+memory_max = "64MiB"
+pids_max = 16
+cpu_weight = 50
+"#;
+    // `check` runs where the root would: in the test's cgroup.
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::write_config(&dir, config);
+    let ran = common::run_to_end_with(&dir, &["check", "--config", path.to_str().unwrap()], |c| {
+        cg.enter(c)
+    });
+    let needed = [
+        ("memory_max", "memory"),
+        ("pids_max", "pids"),
+        ("cpu_weight", "cpu"),
+    ];
+    let missing: Vec<_> = needed
+        .iter()
+        .filter(|(_, c)| !offered.split_whitespace().any(|o| o == *c))
+        .collect();
+    if missing.is_empty() {
+        assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+        let t = Tree::start_with(config, |c| cg.enter(c));
+        t.poll("web in its cgroup", || {
+            (!fs::read_to_string(cg.0.join("web/cgroup.procs"))
+                .unwrap_or_default()
+                .is_empty())
+            .then_some(())
+        });
+        let read = |f: &str| fs::read_to_string(cg.0.join("web").join(f)).unwrap();
+        assert_eq!(read("memory.max").trim(), "67108864");
+        assert_eq!(read("pids.max").trim(), "16");
+        assert_eq!(read("cpu.weight").trim(), "50");
+    } else {
+        assert_eq!(
+            ran.code,
+            Some(78),
+            "stdout {} stderr {}",
+            ran.stdout,
+            ran.stderr
+        );
+        for (key, controller) in missing {
+            let line = ran
+                .stderr
+                .lines()
+                .find(|l| l.contains(&format!("daemon[0].{key}")))
+                .unwrap_or_else(|| panic!("no problem for {key}: {}", ran.stderr));
+            assert!(line.contains(&format!("{controller} controller")), "{line}");
+            assert!(line.contains("not available here"), "{line}");
+        }
+        // `run` refuses the same, and starts nothing.
+        let mut t = Tree::start_with(config, |c| cg.enter(c));
+        assert_eq!(t.wait_code(), 78, "{}", t.log());
+        assert!(cg.children().is_empty(), "{:?}", cg.children());
+    }
+}
