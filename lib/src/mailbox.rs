@@ -35,7 +35,7 @@ use crate::sys;
 
 /// `"FKPOST01"`: the first word of an initialised registry.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"FKPOST01");
-/// Layout version of [`Directory`], [`Entry`] and [`Head`].
+/// Layout version of `Directory`, `Entry` and `Head`.
 pub const VERSION: u32 = 1;
 /// Messages a mailbox holds unless `mailbox` says otherwise.
 pub const DEFAULT_CAPACITY: u32 = 64;
@@ -399,7 +399,7 @@ pub struct Message {
 
 /// Views of the registry (read-only) and the post (read-write), valid for
 /// the rest of the process: the root maps them before its first fork and
-/// never unmaps them; an exec'd program maps them in [`Post::from_fds`].
+/// never unmaps them; an exec'd program maps them in `Post::from_fds`.
 #[derive(Debug, Clone, Copy)]
 pub struct Post {
     registry: NonNull<u8>,
