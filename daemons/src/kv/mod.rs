@@ -70,6 +70,12 @@ const MAX_ARGS: usize = 16 * 1024;
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 const SWEEP_BUCKETS: usize = 4096;
 
+/// The background check of the table ([`store::Store::scrub`]) covers
+/// this many buckets with each expiry step: a read of about 128 KiB of
+/// entries, a few microseconds, so it never holds up a request; a table
+/// of a million buckets is checked about every 25 s.
+const SCRUB_BUCKETS: usize = 4096;
+
 /// Most events one epoll wait returns.
 const EVENTS: usize = 64;
 
@@ -435,11 +441,13 @@ impl Server<'_> {
     fn run(&mut self, ctx: &mut Context<'_>) -> i32 {
         let mut next_sweep = forkroot::sys::monotonic_ns();
         let mut cursor = 0;
+        let mut scrubbed = 0;
         loop {
             let now = forkroot::sys::monotonic_ns();
             if now >= next_sweep {
                 let (next, removed) = self.db.sweep(cursor, SWEEP_BUCKETS);
                 cursor = next;
+                scrubbed = self.db.scrub(scrubbed, SCRUB_BUCKETS);
                 ctx.heartbeat();
                 next_sweep = if removed > 0 {
                     now
@@ -863,7 +871,7 @@ impl Server<'_> {
 #[cfg(test)]
 mod tests {
     use super::journal::tests::area;
-    use super::store::{tests::damage_entry, Cond, Ttl};
+    use super::store::{tests::damage_entry, Cond, StoreError, Ttl};
     use super::*;
 
     #[test]
@@ -902,30 +910,37 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_table_is_discarded_at_attach() {
+    fn a_damaged_entry_is_found_when_touched_and_by_the_scrub_not_at_attach() {
         let a = area(1 << 20);
         let (ptr, len) = (a.as_mut_ptr(), a.len());
         let (j, s) = open_table(a).unwrap();
         let mut j = j;
-        j.transact(&mut |w| {
-            s.set(w, b"k", b"v", Ttl::Clear, Cond::Always, 0)
-                .map(i64::from)
-        })
-        .unwrap();
+        for k in [&b"k"[..], b"other"] {
+            j.transact(&mut |w| {
+                s.set(w, k, b"v", Ttl::Clear, Cond::Always, 0)
+                    .map(i64::from)
+            })
+            .unwrap();
+        }
         let at = j.data().as_ptr() as usize - ptr as usize;
         let blob = j.data().len();
         drop(j);
         // SAFETY: the journal above is gone; the area is leaked memory.
         let again = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
         damage_entry(&mut again[at..at + blob], b"k", u64::MAX);
-        let (mut j, s) = open_table(again).unwrap();
-        assert_eq!(s.len(j.data()), 0);
-        assert_eq!(s.get(j.data(), b"k", 0), Ok(None));
-        j.transact(&mut |w| {
-            s.set(w, b"k", b"w", Ttl::Clear, Cond::Always, 0)
-                .map(i64::from)
-        })
-        .unwrap();
-        assert_eq!(s.get(j.data(), b"k", 0), Ok(Some(&b"w"[..])));
+        // Attaching reads the head only: the keys are kept.
+        let (j, s) = open_table(again).unwrap();
+        assert_eq!(s.len(j.data()), 2);
+        assert_eq!(s.get(j.data(), b"other", 0), Ok(Some(&b"v"[..])));
+        assert_eq!(s.get(j.data(), b"k", 0), Err(StoreError::Corrupt));
+        let mut cursor = 0;
+        let damaged = loop {
+            match s.scrub(j.data(), cursor, 64) {
+                Ok(0) => break None,
+                Ok(next) => cursor = next,
+                Err((bucket, _)) => break Some(bucket),
+            }
+        };
+        assert!(damaged.is_some());
     }
 }
