@@ -318,7 +318,7 @@ memroy = "1MiB"
              (expected one of: control, control_group, state_dir, stop_timeout)",
             "daemon[0].memroy: unknown key, did you mean \"memory\"? (expected one of: \
              name, kind, exec, group, memory, restart, on_restart, watchdog, standby, \
-             links, backoff, backoff_max, args)",
+             links, listen, backoff, backoff_max, args)",
             "daemon[0].memory: \"4 MB\" is not a size: unknown unit \"MB\", \
              did you mean MiB? (use B, KiB, MiB, GiB)",
         ]

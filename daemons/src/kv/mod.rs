@@ -6,7 +6,9 @@
 //!
 //! Settings (`[daemon.args]`):
 //! - `listen`: `"127.0.0.1:6380"` (default), or a Unix socket path (any
-//!   value with a `/`).
+//!   value with a `/`), bound by kv itself. A daemon-level `listen =
+//!   ["tcp:..."]` takes its place: kv then serves on the first socket the
+//!   root holds, so clients are never refused while it restarts.
 //! - `max_clients`: connections served at once (default 1024); one more is
 //!   answered `-ERR max number of clients reached` and closed.
 //! - `debug`: allow the DEBUG command, which crashes on purpose (default
@@ -236,12 +238,28 @@ fn main(ctx: &mut Context<'_>) -> i32 {
     let Some((mut journal, store)) = open_store(ctx) else {
         return 3;
     };
-    let listener = match bind(listen) {
-        Ok(fd) => fd,
-        Err(e) => {
-            tracing::error!(listen, error = %e, "cannot listen");
-            return 4;
-        }
+    // A socket the root holds (the daemon's `listen`) outlives this
+    // process: clients that connect while kv restarts wait in its backlog.
+    // Without one, kv binds `args.listen` itself.
+    let held = ctx
+        .listeners()
+        .next()
+        .map(|l| (l.fd.as_raw_fd(), l.address));
+    let (listener, listen) = match held {
+        Some((fd, address)) => match set_nonblocking(fd) {
+            Ok(()) => (Listening::Held(fd), address),
+            Err(e) => {
+                tracing::error!(listen = address, error = %e, "cannot use the socket");
+                return 4;
+            }
+        },
+        None => match bind(listen) {
+            Ok(fd) => (Listening::Own(fd), listen),
+            Err(e) => {
+                tracing::error!(listen, error = %e, "cannot listen");
+                return 4;
+            }
+        },
     };
     let stop = match ctx.stop_fd() {
         Ok(fd) => fd,
@@ -302,11 +320,29 @@ fn main(ctx: &mut Context<'_>) -> i32 {
     );
     ctx.steady();
     let code = server.run(ctx);
-    drop(listener);
-    if listen.contains('/') {
-        let _ = forkroot::alloc::allow(|| std::fs::remove_file(listen));
+    if let Listening::Own(fd) = listener {
+        drop(fd);
+        if listen.contains('/') {
+            let _ = forkroot::alloc::allow(|| std::fs::remove_file(listen));
+        }
     }
     code
+}
+
+/// Where kv accepts: a socket the root holds, or one of its own (removed
+/// at exit if it is a Unix socket).
+enum Listening {
+    Held(RawFd),
+    Own(std::os::fd::OwnedFd),
+}
+
+impl Listening {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Listening::Held(fd) => *fd,
+            Listening::Own(fd) => fd.as_raw_fd(),
+        }
+    }
 }
 
 /// Attaches the journaled table in the state (see [`open_table`]).

@@ -35,6 +35,7 @@ const DAEMON_KEYS: &[&str] = &[
     "watchdog",
     "standby",
     "links",
+    "listen",
     "backoff",
     "backoff_max",
     "args",
@@ -731,6 +732,7 @@ impl Checker<'_> {
             );
         }
         let links = self.links(t, place, names);
+        let listen = self.listen(t, place);
 
         let initial = self.duration(t, place, "backoff").unwrap_or(Duration::ZERO);
         let max = match self.duration(t, place, "backoff_max") {
@@ -762,6 +764,7 @@ impl Checker<'_> {
             watchdog,
             standby: standby.unwrap_or(false),
             links,
+            listen,
             backoff: Backoff { initial, max },
             args,
         }
@@ -854,6 +857,55 @@ impl Checker<'_> {
             }
         }
         ok.then_some(argv)
+    }
+
+    /// `listen`: the addresses of the sockets the root holds for the
+    /// daemon, each `tcp:IP:PORT` or `unix:PATH` (see `crate::listen`).
+    fn listen(&mut self, t: &Table, place: &str) -> Vec<String> {
+        let place = at(place, "listen");
+        let items = match t.get("listen") {
+            None => return Vec::new(),
+            Some(Value::Array(items)) => items,
+            Some(other) => {
+                self.type_problem(&place, "an array of addresses", other);
+                return Vec::new();
+            }
+        };
+        if items.len() > crate::listen::MAX_LISTEN {
+            self.problem(
+                &place,
+                format!(
+                    "{} addresses; a daemon holds at most {}",
+                    items.len(),
+                    crate::listen::MAX_LISTEN
+                ),
+            );
+            return Vec::new();
+        }
+        let mut listen: Vec<String> = Vec::with_capacity(items.len());
+        let mut seen = Vec::with_capacity(items.len());
+        for (j, item) in items.iter().enumerate() {
+            let place = format!("{place}[{j}]");
+            let Value::String(text) = item else {
+                self.type_problem(
+                    &place,
+                    "an address (\"tcp:IP:PORT\" or \"unix:PATH\")",
+                    item,
+                );
+                continue;
+            };
+            match crate::listen::Address::parse(text) {
+                Ok(a) if seen.contains(&a) => {
+                    self.problem(&place, format!("{text:?} is listed twice"));
+                }
+                Ok(a) => {
+                    seen.push(a);
+                    listen.push(text.clone());
+                }
+                Err(why) => self.problem(&place, why),
+            }
+        }
+        listen
     }
 
     fn links(&mut self, t: &Table, place: &str, names: &Names<'_>) -> Vec<String> {

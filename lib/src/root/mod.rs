@@ -246,6 +246,9 @@ pub struct Root<'a> {
     links: Vec<Vec<usize>>,
     by_pid: HashMap<Pid, (usize, Role)>,
     regions: RegionSet,
+    /// Each daemon's listening sockets (`listen`), bound once in
+    /// [`Root::new`] and handed to every incarnation.
+    listeners: Vec<Vec<OwnedFd>>,
     epoll: sys::Epoll,
     signals: OwnedFd,
     timers: BTreeSet<(Instant, usize)>,
@@ -268,6 +271,35 @@ pub struct Root<'a> {
     notes: Vec<Note>,
     /// The control listener rests until then (after `accept` failed).
     control_paused: Option<Instant>,
+}
+
+/// Binds every daemon's `listen` sockets, before any fork. An address
+/// that cannot be bound (taken, no permission) is a config problem placed
+/// at its entry (exit 78): nothing starts.
+fn bind_listeners(config: &Config) -> Result<Vec<Vec<OwnedFd>>, RootError> {
+    let mut problems = Vec::new();
+    let mut all = Vec::with_capacity(config.daemons.len());
+    for (i, d) in config.daemons.iter().enumerate() {
+        let mut fds = Vec::with_capacity(d.listen.len());
+        for (j, text) in d.listen.iter().enumerate() {
+            let bound = crate::listen::Address::parse(text)
+                .map_err(io::Error::other)
+                .and_then(|a| a.bind());
+            match bound {
+                Ok(fd) => fds.push(fd),
+                Err(e) => problems.push(crate::config::Problem {
+                    place: format!("daemon[{i}].listen[{j}]"),
+                    message: format!("cannot listen on {text:?}: {e}"),
+                }),
+            }
+        }
+        all.push(fds);
+    }
+    if problems.is_empty() {
+        Ok(all)
+    } else {
+        Err(RootError::Config(problems))
+    }
 }
 
 /// Runs the tree until it is stopped; returns the exit code documented for
@@ -343,6 +375,7 @@ impl<'a> Root<'a> {
         };
         let regions = RegionSet::create(&specs, config.root.state_dir.as_deref())
             .map_err(ctx("mapping regions"))?;
+        let listeners = bind_listeners(&config)?;
         let epoll = sys::Epoll::new().map_err(ctx("epoll"))?;
         epoll
             .add(signals.as_raw_fd(), TOKEN_SIGNALS)
@@ -408,6 +441,7 @@ impl<'a> Root<'a> {
         Ok(Root {
             names,
             links,
+            listeners,
             config,
             registry,
             children,
@@ -636,9 +670,13 @@ impl<'a> Root<'a> {
                     names: &self.names,
                 }
             }
-            Program::Exec(argv) => {
-                Run::exec(argv, &c.cfg.name, self.regions.region_len(i), &start)?
-            }
+            Program::Exec(argv) => Run::exec(
+                argv,
+                &c.cfg.name,
+                self.regions.region_len(i),
+                &start,
+                &c.cfg.listen,
+            )?,
         };
         let spawned = spawn::spawn(&Plan {
             index: i,
@@ -650,6 +688,8 @@ impl<'a> Root<'a> {
             run,
             lock: self.lock.as_ref().map(|l| l.as_raw_fd()),
             standby,
+            listeners: &self.listeners[i],
+            listen: &c.cfg.listen,
         })?;
         self.forks += 1;
         let kind = if standby { TOKEN_STANDBY } else { TOKEN_SETUP };

@@ -8,12 +8,14 @@
 //! (`handoff::report_setup_failure`: stage and errno, with a version and a
 //! crc) over a close-on-exec pipe, followed by `_exit(127)`.
 
+use std::cell::UnsafeCell;
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use crate::daemon::{Entry, SetupStage, Siblings, Start};
 use crate::handoff::{self, History};
+use crate::listen;
 use crate::region::RegionSet;
 use crate::sys::{self, Forked, Pid, SigSet};
 
@@ -43,18 +45,23 @@ pub(crate) enum Run<'a> {
         _strings: Vec<CString>,
         argv: Vec<*const libc::c_char>,
         envp: Vec<*const libc::c_char>,
+        /// `LISTEN_PID=`, completed with the child's pid after the fork
+        /// (an entry of `envp` points at it); `None` without `listen`.
+        listen_pid: Option<Box<UnsafeCell<[u8; listen::PID_VAR_LEN]>>>,
     },
 }
 
 impl Run<'_> {
     /// Prepares an exec of `argv` with the parent's environment plus what
     /// the program needs to attach (`handoff::exec_env`: its name, its
-    /// region at fd 3, its start facts).
+    /// region's descriptor, its start facts) and, with `listen`, systemd's
+    /// `LISTEN_*` variables (`listen::exec_env`).
     pub(crate) fn exec(
         argv: &[String],
         name: &str,
         region_len: usize,
         start: &Start<'_>,
+        listen: &[String],
     ) -> io::Result<Run<'static>> {
         let nul = |s: String| CString::new(s).map_err(io::Error::other);
         let path = nul(find_program(&argv[0])?)?;
@@ -65,25 +72,41 @@ impl Run<'_> {
         let nargs = strings.len();
         for (k, v) in std::env::vars_os() {
             let k = k.to_string_lossy();
-            if k.starts_with("FORKROOT_") || k == "NOTIFY_SOCKET" {
+            if k.starts_with("FORKROOT_") || k.starts_with("LISTEN_") || k == "NOTIFY_SOCKET" {
                 continue;
             }
             strings.push(nul(format!("{k}={}", v.to_string_lossy()))?);
         }
-        for var in handoff::exec_env(name, region_len, start) {
+        let region_fd = exec_region_fd(listen.len());
+        for var in handoff::exec_env(name, region_fd, region_len, start) {
+            strings.push(nul(var)?);
+        }
+        for var in listen::exec_env(name, listen) {
             strings.push(nul(var)?);
         }
         let mut argv: Vec<_> = strings[..nargs].iter().map(|s| s.as_ptr()).collect();
         argv.push(std::ptr::null());
         let mut envp: Vec<_> = strings[nargs..].iter().map(|s| s.as_ptr()).collect();
+        let listen_pid = (!listen.is_empty()).then(|| Box::new(UnsafeCell::new(listen::pid_var())));
+        if let Some(cell) = &listen_pid {
+            envp.push(cell.get().cast::<libc::c_char>().cast_const());
+        }
         envp.push(std::ptr::null());
         Ok(Run::Exec {
             path,
             _strings: strings,
             argv,
             envp,
+            listen_pid,
         })
     }
+}
+
+/// Where an exec'd program finds its region: fd 3 without listening
+/// sockets; after them (3 + n) with n, which systemd's protocol puts at
+/// 3.. (`FORKROOT_REGION_FD` says which, in both cases).
+fn exec_region_fd(listeners: usize) -> RawFd {
+    handoff::EXEC_REGION_FD + listeners as RawFd
 }
 
 /// `program` itself if it names a path (has a `/`), else the first
@@ -127,6 +150,10 @@ pub(crate) struct Plan<'a> {
     /// Start as a standby: set up, then wait on a gate pipe for the root's
     /// word to take over (a [`History`]).
     pub(crate) standby: bool,
+    /// The listening sockets the root holds for this daemon, and their
+    /// `listen` entries (same order).
+    pub(crate) listeners: &'a [OwnedFd],
+    pub(crate) listen: &'a [String],
 }
 
 /// A forked child, seen from the root.
@@ -184,7 +211,11 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
 
     match &s.run {
         Run::Exec {
-            path, argv, envp, ..
+            path,
+            argv,
+            envp,
+            listen_pid,
+            ..
         } => {
             let Some(fd) = s.regions.own_fd(s.index).map(|f| f.as_raw_fd()) else {
                 fail(
@@ -193,15 +224,33 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
                     io::Error::from_raw_os_error(libc::EBADF),
                 );
             };
-            // Move the region to fd 3 and the pipe to fd 4 (close-on-exec,
-            // so a successful exec reads as end-of-file in the root).
-            let moved = sys::dup_at_least(fd, 5).and_then(|r| {
-                let p = sys::dup_at_least(pipe, 5)?;
-                sys::dup2(r, handoff::EXEC_REGION_FD)?;
-                sys::dup2(p, 4)?;
-                sys::set_cloexec(4, true)?;
-                sys::close_from(5)
-            });
+            if let Some(cell) = listen_pid {
+                // SAFETY: this forked child is single-threaded and nothing
+                // else in it refers to the buffer; `envp` points at it and
+                // is read only by the exec below.
+                let buf = unsafe { &mut *cell.get() };
+                listen::write_pid(buf, sys::getpid().0.unsigned_abs());
+            }
+            // Listening sockets to fd 3.. (systemd's protocol), the region
+            // after them, the pipe after that (close-on-exec, so a
+            // successful exec reads as end-of-file in the root).
+            let region_fd = exec_region_fd(s.listeners.len());
+            let pipe_fd = region_fd + 1;
+            let above = pipe_fd + 1;
+            let moved = (|| -> io::Result<()> {
+                // Every source goes above the targets first, so no dup2
+                // below lands on a descriptor still to be moved.
+                let r = sys::dup_at_least(fd, above)?;
+                let p = sys::dup_at_least(pipe, above)?;
+                let high = raise(s.listeners, above)?;
+                for (k, &from) in high[..s.listeners.len()].iter().enumerate() {
+                    sys::dup2(from, listen::EXEC_FIRST_FD + k as RawFd)?;
+                }
+                sys::dup2(r, region_fd)?;
+                sys::dup2(p, pipe_fd)?;
+                sys::set_cloexec(pipe_fd, true)?;
+                sys::close_from(above)
+            })();
             if let Err(e) = moved {
                 fail(pipe, SetupStage::Descriptors, e);
             }
@@ -210,7 +259,7 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
             sys::restore_fd_limit();
             let _ = SigSet::empty().set_mask();
             let err = sys::exec(path, argv, envp);
-            fail(4, SetupStage::Exec, err)
+            fail(exec_region_fd(s.listeners.len()) + 1, SetupStage::Exec, err)
         }
         Run::Builtin { entry, args, names } => {
             // SIGTERM stays blocked: the daemon takes it through
@@ -245,33 +294,45 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
                 regions: Some(s.regions),
                 own: s.index,
             };
-            crate::daemon::run_builtin(*entry, s.name, region, siblings, args, start)
+            let held = listen::Held {
+                first: listen::BUILTIN_FIRST_FD,
+                addresses: s.listen,
+            };
+            crate::daemon::run_builtin(*entry, s.name, region, siblings, args, start, held)
         }
     }
 }
 
 /// A built-in daemon keeps the `state_dir` lock (fd 3: while any daemon of
-/// this root lives, no other root can take the state_dir) and a standby's
-/// gate (fd 4), and closes everything else inherited from the root (its
-/// epoll, signalfd, control socket, the regions' descriptors). That closes
-/// the setup pipe too, which tells the root it is up. Fork-safe.
+/// this root lives, no other root can take the state_dir), a standby's
+/// gate (fd 4) and its listening sockets (fd 5..), and closes everything
+/// else inherited from the root (its epoll, signalfd, control socket, the
+/// regions' descriptors). That closes the setup pipe too, which tells the
+/// root it is up. Fork-safe.
 fn keep_descriptors(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) {
-    let pipe = sys::dup_at_least(pipe, 10).unwrap_or(pipe);
+    let n = s.listeners.len() as RawFd;
+    // Above every descriptor placed below, so no dup2 lands on a source.
+    let high = (listen::BUILTIN_FIRST_FD + n).max(10);
+    let pipe = sys::dup_at_least(pipe, high).unwrap_or(pipe);
     let moved = (|| -> io::Result<()> {
-        let lock = s.lock.map(|fd| sys::dup_at_least(fd, 10)).transpose()?;
-        let gate = gate.map(|fd| sys::dup_at_least(fd, 10)).transpose()?;
+        let lock = s.lock.map(|fd| sys::dup_at_least(fd, high)).transpose()?;
+        let gate = gate.map(|fd| sys::dup_at_least(fd, high)).transpose()?;
+        let listeners = raise(s.listeners, high)?;
         if let Some(fd) = lock {
             sys::dup2(fd, LOCK_FD)?;
         }
         if let Some(fd) = gate {
             sys::dup2(fd, GATE_FD)?;
         }
+        for (k, &from) in listeners[..s.listeners.len()].iter().enumerate() {
+            sys::dup2(from, listen::BUILTIN_FIRST_FD + k as RawFd)?;
+        }
         Ok(())
     })();
     if let Err(e) = moved {
         fail(pipe, SetupStage::Descriptors, e);
     }
-    if let Err(e) = sys::close_from(GATE_FD + 1) {
+    if let Err(e) = sys::close_from(listen::BUILTIN_FIRST_FD + n) {
         fail(pipe, SetupStage::Descriptors, e);
     }
     if gate.is_none() {
@@ -280,4 +341,19 @@ fn keep_descriptors(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) {
     if s.lock.is_none() {
         sys::close(LOCK_FD);
     }
+}
+
+/// Copies of the listening sockets at descriptors >= `min` (close-on-exec;
+/// the dup2 that places each clears that), in a fixed array so the forked
+/// child allocates nothing. Fork-safe.
+fn raise(listeners: &[OwnedFd], min: RawFd) -> io::Result<[RawFd; listen::MAX_LISTEN]> {
+    debug_assert!(
+        listeners.len() <= listen::MAX_LISTEN,
+        "checked with the config"
+    );
+    let mut high = [-1; listen::MAX_LISTEN];
+    for (slot, l) in high.iter_mut().zip(listeners) {
+        *slot = sys::dup_at_least(l.as_raw_fd(), min)?;
+    }
+    Ok(high)
 }
