@@ -73,10 +73,11 @@ const SWEEP_EVERY: Duration = Duration::from_millis(100);
 const SWEEP_BUCKETS: usize = 4096;
 
 /// The background check of the table ([`store::Store::scrub`]) covers
-/// this many buckets with each expiry step: a read of about 128 KiB of
-/// entries, a few microseconds, so it never holds up a request; a table
-/// of a million buckets is checked about every 25 s.
-const SCRUB_BUCKETS: usize = 4096;
+/// this many buckets with each expiry step: their entries (32 KiB) and
+/// the heap block of each live one, a page fault each the first time, so
+/// a step costs tens of microseconds and never holds up a request for
+/// long; a table of a million buckets is checked about every 100 s.
+const SCRUB_BUCKETS: usize = 1024;
 
 /// Most events one epoll wait returns.
 const EVENTS: usize = 64;
@@ -475,9 +476,15 @@ fn errno() -> i32 {
 
 impl Server<'_> {
     fn run(&mut self, ctx: &mut Context<'_>) -> i32 {
-        let mut next_sweep = forkroot::sys::monotonic_ns();
+        // The first step waits a period: a replacement answers the
+        // clients that queued while it was down before it reads anything
+        // it does not need.
+        let start = forkroot::sys::monotonic_ns();
+        let mut next_sweep = start + SWEEP_EVERY.as_nanos() as u64;
         let mut cursor = 0;
-        let mut scrubbed = 0;
+        // Each incarnation starts the check somewhere else, so one killed
+        // again and again still checks the whole table over its lives.
+        let mut scrubbed = (start / 1000) as usize & (self.db.store.buckets() - 1);
         loop {
             let now = forkroot::sys::monotonic_ns();
             if now >= next_sweep {
