@@ -286,6 +286,9 @@ pub struct DaemonConfig {
     pub standby: bool,
     /// `links`: names of daemons linked to this one.
     pub links: Vec<String>,
+    /// `listen`: addresses (`tcp:IP:PORT`, `unix:PATH`) of the listening
+    /// sockets the root binds once and hands to every incarnation.
+    pub listen: Vec<String>,
     /// `backoff`, `backoff_max`.
     pub backoff: Backoff,
     /// `readiness`/`notify_fd`: when the daemon counts as ready.

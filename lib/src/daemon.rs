@@ -390,6 +390,8 @@ pub struct Context<'a> {
     /// Attached by [`Context::from_env`]: `$NOTIFY_SOCKET` is the root's.
     pub(crate) exec: bool,
     pub(crate) mail: Option<crate::mailbox::Mailbox>,
+    /// The listening sockets the root holds for this daemon.
+    pub(crate) listeners: crate::listen::Held<'a>,
 }
 
 /// A built-in daemon's own start-up, in the process forked for it once
@@ -397,6 +399,9 @@ pub struct Context<'a> {
 /// mapped writable and its descriptors are arranged: takes the region
 /// ([`take_region`]), builds the [`Context`], runs `entry` and exits with
 /// its return value.
+// Each argument is one fact the forked child was handed; bundling them
+// would only move the list into a struct built for one call.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run_builtin(
     entry: Entry,
     name: &str,
@@ -405,6 +410,7 @@ pub(crate) fn run_builtin(
     args: &Args,
     start: Start<'_>,
     mail: Option<crate::mailbox::Mailbox>,
+    listeners: crate::listen::Held<'_>,
 ) -> ! {
     let (header, state) = take_region(name, region);
     let mut ctx = Context {
@@ -418,6 +424,7 @@ pub(crate) fn run_builtin(
         stop_fd: None,
         exec: false,
         mail,
+        listeners,
     };
     let code = crate::prologue::run_or_abort(|| entry(&mut ctx));
     // Exiting is not the steady state: flushing stdout may allocate.
@@ -474,7 +481,7 @@ pub enum AttachError {
     /// The region descriptor is not a region the root made (closed, another
     /// file, or not writable).
     NotARegion {
-        /// The descriptor (`FORKROOT_REGION_FD`, 3).
+        /// The descriptor (`FORKROOT_REGION_FD`: 3, or 3 + n after n listening sockets).
         fd: std::os::fd::RawFd,
         /// What it is instead.
         problem: String,
@@ -564,8 +571,18 @@ impl Context<'static> {
         if ATTACHED.swap(true, AcqRel) {
             return Err(AttachError::AlreadyAttached);
         }
-        let attached =
-            crate::handoff::ExecEnv::read(|k| std::env::var(k).ok()).and_then(Context::attach);
+        let attached = crate::handoff::ExecEnv::read(|k| std::env::var(k).ok())
+            .and_then(|env| {
+                let listen = crate::listen::from_env(|k| std::env::var(k).ok()).map_err(
+                    |(name, value)| AttachError::BadVariable {
+                        name,
+                        value,
+                        problem: "does not describe the listening sockets forkroot passes".into(),
+                    },
+                )?;
+                Ok((env, listen))
+            })
+            .and_then(|(env, listen)| Context::attach(env, listen));
         if attached.is_err() {
             ATTACHED.store(false, std::sync::atomic::Ordering::Release);
         }
@@ -573,7 +590,10 @@ impl Context<'static> {
     }
 
     /// [`Context::from_env`] once the environment is read.
-    fn attach(env: crate::handoff::ExecEnv) -> Result<Context<'static>, AttachError> {
+    fn attach(
+        env: crate::handoff::ExecEnv,
+        listen: Vec<String>,
+    ) -> Result<Context<'static>, AttachError> {
         let region = map_exec_region(env.fd, env.region_size)?;
         let mail = crate::mailbox::Mailbox::from_env(|k| std::env::var(k).ok(), &env.name)?;
         sys::default_crash_signals();
@@ -605,6 +625,10 @@ impl Context<'static> {
             stop_fd: None,
             exec: true,
             mail,
+            listeners: crate::listen::Held {
+                first: crate::listen::EXEC_FIRST_FD,
+                addresses: listen.leak(),
+            },
         })
     }
 
@@ -923,6 +947,18 @@ impl<'a> Context<'a> {
             self.stop_fd = Some(sys::SigSet::of(&[libc::SIGTERM]).signalfd()?);
         }
         Ok(self.stop_fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1))
+    }
+
+    /// The listening sockets the root holds for this daemon (`listen`), in
+    /// the order of the config: bound once by the root before the first
+    /// fork and the same in every incarnation, so connections that arrive
+    /// while the daemon is down wait in the kernel's backlog for the next
+    /// one. They are blocking as the root made them; a daemon with a poll
+    /// loop makes them non-blocking (a flag of the socket, shared with
+    /// every copy). An exec'd program gets them through systemd's
+    /// `LISTEN_FDS` (see [`crate::listen`]). Empty without `listen`.
+    pub fn listeners(&self) -> impl Iterator<Item = crate::listen::Listener<'a>> + 'a {
+        self.listeners.iter()
     }
 
     /// Carves the first `bytes` (rounded up to 64) off the state for another

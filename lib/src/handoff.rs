@@ -413,7 +413,8 @@ const RESTARTS: &str = "FORKROOT_RESTARTS";
 const ON_RESTART: &str = "FORKROOT_ON_RESTART";
 const HISTORY: &str = "FORKROOT_HISTORY";
 
-/// The descriptor an exec'd program finds its region at.
+/// The descriptor an exec'd program finds its region at when it has no
+/// listening sockets (after them when it has: `crate::listen`).
 pub(crate) const EXEC_REGION_FD: RawFd = 3;
 
 fn on_restart_name(m: OnRestart) -> &'static str {
@@ -426,11 +427,16 @@ fn on_restart_name(m: OnRestart) -> &'static str {
 
 /// `NAME=value` strings the root adds to an exec'd program's environment
 /// (prepared in the root, before the fork).
-pub(crate) fn exec_env(name: &str, region_len: usize, start: &Start<'_>) -> Vec<String> {
+pub(crate) fn exec_env(
+    name: &str,
+    region_fd: RawFd,
+    region_len: usize,
+    start: &Start<'_>,
+) -> Vec<String> {
     let history = History::new(start.restarts, start.deaths, start.resume_before);
     vec![
         format!("{NAME}={name}"),
-        format!("{REGION_FD}={EXEC_REGION_FD}"),
+        format!("{REGION_FD}={region_fd}"),
         format!("{REGION_SIZE}={region_len}"),
         format!("{RESTARTS}={}", start.restarts),
         format!("{ON_RESTART}={}", on_restart_name(start.on_restart)),
@@ -576,7 +582,7 @@ mod tests {
             on_restart: OnRestart::Decide,
             resume_before: Some(9),
         };
-        let vars = exec_env("web", 1 << 20, &start);
+        let vars = exec_env("web", EXEC_REGION_FD, 1 << 20, &start);
         let get = |vars: &[String], k: &str| {
             vars.iter()
                 .find_map(|v| v.strip_prefix(k)?.strip_prefix('=').map(str::to_owned))

@@ -57,6 +57,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 mod handoff;
+pub mod listen;
 pub mod log;
 pub mod mailbox;
 pub mod mutex;

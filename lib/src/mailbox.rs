@@ -58,10 +58,6 @@ pub(crate) const POST_FD_VAR: &str = "FORKROOT_POST_FD";
 pub(crate) const REGISTRY_FD_VAR: &str = "FORKROOT_REGISTRY_FD";
 /// Its writer id, `(slot, generation)` as [`WriterId::raw`].
 pub(crate) const WRITER_VAR: &str = "FORKROOT_WRITER";
-/// Where an exec'd program finds the post.
-pub(crate) const EXEC_POST_FD: RawFd = 5;
-/// Where an exec'd program finds the registry.
-pub(crate) const EXEC_REGISTRY_FD: RawFd = 6;
 
 /// The registry's first bytes; written once by the root before any fork.
 #[repr(C)]
@@ -1141,10 +1137,10 @@ impl PostOffice {
     }
 
     /// The environment an exec'd program finds its mailbox with.
-    pub fn exec_env(id: WriterId) -> [String; 3] {
+    pub fn exec_env(id: WriterId, post_fd: RawFd, registry_fd: RawFd) -> [String; 3] {
         [
-            format!("{POST_FD_VAR}={EXEC_POST_FD}"),
-            format!("{REGISTRY_FD_VAR}={EXEC_REGISTRY_FD}"),
+            format!("{POST_FD_VAR}={post_fd}"),
+            format!("{REGISTRY_FD_VAR}={registry_fd}"),
             format!("{WRITER_VAR}={}", id.raw()),
         ]
     }

@@ -480,3 +480,37 @@ fn inspect_reads_a_read_only_area_without_its_type() {
         Err(StateError::LayoutChanged { .. })
     ));
 }
+
+/// Attach reads slot headers only; the crc of the newest slot is checked
+/// when a restore picks it or a commit keeps it. A damaged payload under an
+/// intact header is passed over by both: restore falls back, and a commit
+/// overwrites the damaged slot, never the last checkpoint that verifies.
+#[test]
+fn a_damaged_newest_payload_is_found_when_restore_or_commit_needs_it() {
+    let mut shm = Shm::new(64 * 1024);
+    commit_n(shm.area(), 2, 5); // slots hold 4 and 5
+    let newest = (0..2)
+        .find(|&i| shm.area()[slot_offset(i)] == 5)
+        .expect("a slot with seq 5");
+    let payload = slot_offset(newest) + SLOT_HEADER + 8;
+    shm.area()[payload] ^= 0x40;
+    // Restore: the newest fails its crc, the one before it is resumed.
+    let mut c = Checkpoints::<S>::attach_with(shm.area(), 1, 2).unwrap();
+    assert_eq!(c.restore().unwrap().seq, 4);
+    assert_eq!(c.counter, 4);
+    assert!(consistent(&c));
+    // Commit without a restore first: it must keep 4 (the one that
+    // verifies) and write over the damaged 5.
+    let mut c = Checkpoints::<S>::attach_with(shm.area(), 1, 2).unwrap();
+    set(&mut c, 6);
+    let done = c.commit();
+    assert_eq!(done.slot, newest, "the damaged slot is the one written");
+    let states = c.scan();
+    assert!(states.as_slice().contains(&SlotState::Valid { seq: 4 }));
+    assert!(states
+        .as_slice()
+        .contains(&SlotState::Valid { seq: done.seq }));
+    let mut c = Checkpoints::<S>::attach_with(shm.area(), 1, 2).unwrap();
+    assert_eq!(c.restore().unwrap().seq, done.seq);
+    assert_eq!(c.counter, 6);
+}

@@ -318,9 +318,9 @@ memroy = "1MiB"
              (expected one of: control, control_group, state_dir, stop_timeout)",
             "daemon[0].memroy: unknown key, did you mean \"memory\"? (expected one of: \
              name, kind, exec, group, memory, restart, on_restart, watchdog, standby, \
-             links, backoff, backoff_max, readiness, notify_fd, start_timeout, trap_exits, \
-             mailbox, mailbox_message, args, memory_max, pids_max, cpu_weight, user, \
-             unix_group, cwd, umask, env, env_clear, rlimits, no_new_privs, stdin)",
+             links, listen, backoff, backoff_max, readiness, notify_fd, start_timeout, \
+             trap_exits, mailbox, mailbox_message, args, memory_max, pids_max, cpu_weight, \
+             user, unix_group, cwd, umask, env, env_clear, rlimits, no_new_privs, stdin)",
             "daemon[0].memory: \"4 MB\" is not a size: unknown unit \"MB\", \
              did you mean MiB? (use B, KiB, MiB, GiB)",
         ]

@@ -557,6 +557,26 @@ impl Db<'_> {
         next
     }
 
+    /// One step of the background check over `count` buckets from
+    /// `cursor` ([`Store::scrub`]); returns the next cursor. A damaged
+    /// entry is logged with its bucket, and the step goes on after it:
+    /// the entry stays an error for the commands that touch it.
+    pub(crate) fn scrub(&mut self, cursor: usize, count: usize) -> usize {
+        let store = self.store;
+        match store.scrub(self.journal.data(), cursor, count) {
+            Ok(next) => next,
+            Err((bucket, _)) => {
+                forkroot::alloc::allow(|| {
+                    tracing::error!(
+                        bucket,
+                        "the kv table is damaged: an entry points outside the heap"
+                    )
+                });
+                (bucket + 1) & (store.buckets() - 1)
+            }
+        }
+    }
+
     /// Executes the command in `args` (ranges of `buf`) for the connection
     /// `sess`, writing its reply.
     pub(crate) fn execute(

@@ -6,7 +6,9 @@
 //!
 //! Settings (`[daemon.args]`):
 //! - `listen`: `"127.0.0.1:6380"` (default), or a Unix socket path (any
-//!   value with a `/`).
+//!   value with a `/`), bound by kv itself. A daemon-level `listen =
+//!   ["tcp:..."]` takes its place: kv then serves on the first socket the
+//!   root holds, so clients are never refused while it restarts.
 //! - `max_clients`: connections served at once (default 1024); one more is
 //!   answered `-ERR max number of clients reached` and closed.
 //! - `debug`: allow the DEBUG command, which crashes on purpose (default
@@ -69,6 +71,13 @@ const MAX_ARGS: usize = 16 * 1024;
 /// expired).
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 const SWEEP_BUCKETS: usize = 4096;
+
+/// The background check of the table ([`store::Store::scrub`]) covers
+/// this many buckets with each expiry step: their entries (32 KiB) and
+/// the heap block of each live one, a page fault each the first time, so
+/// a step costs tens of microseconds and never holds up a request for
+/// long; a table of a million buckets is checked about every 100 s.
+const SCRUB_BUCKETS: usize = 1024;
 
 /// Most events one epoll wait returns.
 const EVENTS: usize = 64;
@@ -230,12 +239,28 @@ fn main(ctx: &mut Context<'_>) -> i32 {
     let Some((mut journal, store)) = open_store(ctx) else {
         return 3;
     };
-    let listener = match bind(listen) {
-        Ok(fd) => fd,
-        Err(e) => {
-            tracing::error!(listen, error = %e, "cannot listen");
-            return 4;
-        }
+    // A socket the root holds (the daemon's `listen`) outlives this
+    // process: clients that connect while kv restarts wait in its backlog.
+    // Without one, kv binds `args.listen` itself.
+    let held = ctx
+        .listeners()
+        .next()
+        .map(|l| (l.fd.as_raw_fd(), l.address));
+    let (listener, listen) = match held {
+        Some((fd, address)) => match set_nonblocking(fd) {
+            Ok(()) => (Listening::Held(fd), address),
+            Err(e) => {
+                tracing::error!(listen = address, error = %e, "cannot use the socket");
+                return 4;
+            }
+        },
+        None => match bind(listen) {
+            Ok(fd) => (Listening::Own(fd), listen),
+            Err(e) => {
+                tracing::error!(listen, error = %e, "cannot listen");
+                return 4;
+            }
+        },
     };
     let stop = match ctx.stop_fd() {
         Ok(fd) => fd,
@@ -296,11 +321,29 @@ fn main(ctx: &mut Context<'_>) -> i32 {
     );
     ctx.steady();
     let code = server.run(ctx);
-    drop(listener);
-    if listen.contains('/') {
-        let _ = forkroot::alloc::allow(|| std::fs::remove_file(listen));
+    if let Listening::Own(fd) = listener {
+        drop(fd);
+        if listen.contains('/') {
+            let _ = forkroot::alloc::allow(|| std::fs::remove_file(listen));
+        }
     }
     code
+}
+
+/// Where kv accepts: a socket the root holds, or one of its own (removed
+/// at exit if it is a Unix socket).
+enum Listening {
+    Held(RawFd),
+    Own(std::os::fd::OwnedFd),
+}
+
+impl Listening {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Listening::Held(fd) => *fd,
+            Listening::Own(fd) => fd.as_raw_fd(),
+        }
+    }
 }
 
 /// Attaches the journaled table in the state (see [`open_table`]).
@@ -433,13 +476,21 @@ fn errno() -> i32 {
 
 impl Server<'_> {
     fn run(&mut self, ctx: &mut Context<'_>) -> i32 {
-        let mut next_sweep = forkroot::sys::monotonic_ns();
+        // The first step waits a period: a replacement answers the
+        // clients that queued while it was down before it reads anything
+        // it does not need.
+        let start = forkroot::sys::monotonic_ns();
+        let mut next_sweep = start + SWEEP_EVERY.as_nanos() as u64;
         let mut cursor = 0;
+        // Each incarnation starts the check somewhere else, so one killed
+        // again and again still checks the whole table over its lives.
+        let mut scrubbed = (start / 1000) as usize & (self.db.store.buckets() - 1);
         loop {
             let now = forkroot::sys::monotonic_ns();
             if now >= next_sweep {
                 let (next, removed) = self.db.sweep(cursor, SWEEP_BUCKETS);
                 cursor = next;
+                scrubbed = self.db.scrub(scrubbed, SCRUB_BUCKETS);
                 ctx.heartbeat();
                 next_sweep = if removed > 0 {
                     now
@@ -863,7 +914,7 @@ impl Server<'_> {
 #[cfg(test)]
 mod tests {
     use super::journal::tests::area;
-    use super::store::{tests::damage_entry, Cond, Ttl};
+    use super::store::{tests::damage_entry, Cond, StoreError, Ttl};
     use super::*;
 
     #[test]
@@ -902,30 +953,37 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_table_is_discarded_at_attach() {
+    fn a_damaged_entry_is_found_when_touched_and_by_the_scrub_not_at_attach() {
         let a = area(1 << 20);
         let (ptr, len) = (a.as_mut_ptr(), a.len());
         let (j, s) = open_table(a).unwrap();
         let mut j = j;
-        j.transact(&mut |w| {
-            s.set(w, b"k", b"v", Ttl::Clear, Cond::Always, 0)
-                .map(i64::from)
-        })
-        .unwrap();
+        for k in [&b"k"[..], b"other"] {
+            j.transact(&mut |w| {
+                s.set(w, k, b"v", Ttl::Clear, Cond::Always, 0)
+                    .map(i64::from)
+            })
+            .unwrap();
+        }
         let at = j.data().as_ptr() as usize - ptr as usize;
         let blob = j.data().len();
         drop(j);
         // SAFETY: the journal above is gone; the area is leaked memory.
         let again = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
         damage_entry(&mut again[at..at + blob], b"k", u64::MAX);
-        let (mut j, s) = open_table(again).unwrap();
-        assert_eq!(s.len(j.data()), 0);
-        assert_eq!(s.get(j.data(), b"k", 0), Ok(None));
-        j.transact(&mut |w| {
-            s.set(w, b"k", b"w", Ttl::Clear, Cond::Always, 0)
-                .map(i64::from)
-        })
-        .unwrap();
-        assert_eq!(s.get(j.data(), b"k", 0), Ok(Some(&b"w"[..])));
+        // Attaching reads the head only: the keys are kept.
+        let (j, s) = open_table(again).unwrap();
+        assert_eq!(s.len(j.data()), 2);
+        assert_eq!(s.get(j.data(), b"other", 0), Ok(Some(&b"v"[..])));
+        assert_eq!(s.get(j.data(), b"k", 0), Err(StoreError::Corrupt));
+        let mut cursor = 0;
+        let damaged = loop {
+            match s.scrub(j.data(), cursor, 64) {
+                Ok(0) => break None,
+                Ok(next) => cursor = next,
+                Err((bucket, _)) => break Some(bucket),
+            }
+        };
+        assert!(damaged.is_some());
     }
 }

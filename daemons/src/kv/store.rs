@@ -48,9 +48,14 @@
 //! - Every offset and length read from the area (a block, its class, key
 //!   and value lengths, a free-list link) is checked against the
 //!   heap before it is used: a damaged table gives [`StoreError::Corrupt`],
-//!   never a panic. [`Store::open`] walks the whole table and every free
-//!   list once (O(buckets + free blocks)), so a damaged table is found at
-//!   attach.
+//!   never a panic. [`Store::open`] reads only the head (O(1) of the
+//!   data, so a restart costs the same with 1 GiB of keys as with none):
+//!   an entry is checked when a command touches it, a free block when the
+//!   allocator takes or merges it (a free list that loops shows as a block
+//!   taken twice, which is then no longer marked free), and
+//!   [`Store::scrub`] checks the entries a few thousand buckets at a time
+//!   while the daemon serves, so a damaged entry nobody touches is
+//!   reported too.
 
 use std::ops::Range;
 
@@ -296,46 +301,37 @@ impl Store {
             heap_start,
             heap_end: size,
         };
-        if !fresh && store.check(d).is_err() {
-            return Ok(Err(
-                "the table is damaged (an entry or a free block points outside the heap)",
-            ));
+        let free_heads_inside = (MIN_CLASS..NCLASS).all(|c| {
+            let b = rd(d, H_FREE + 8 * c);
+            b == 0 || store.free_block(d, b, c).is_ok()
+        });
+        if rd(d, H_LIVE) > store.max_keys() || !free_heads_inside {
+            return Ok(Err("the table's head is damaged"));
         }
         Ok(Ok(store))
     }
 
-    /// Walks every bucket and every free list once: `Err(Corrupt)` if an
-    /// entry's block, key or value, or a free block, lies outside the heap
-    /// or is misaligned, if a free block's links or marks disagree, if a
-    /// free list is longer than the heap holds blocks (a cycle), or if no
-    /// bucket is free (a probe would not end).
-    fn check(&self, d: &[u8]) -> Result<(), StoreError> {
+    /// One step of the background check: verifies the live entries of the
+    /// `count` buckets from `cursor` (their blocks, keys and values lie
+    /// inside the heap) and returns the cursor to continue from (0 after
+    /// the last bucket). `Err((slot, Corrupt))` names the first damaged
+    /// entry; the caller continues after it. Reads only: O(`count`), so
+    /// a step between two loop turns never holds up a request.
+    pub(crate) fn scrub(
+        &self,
+        d: &[u8],
+        cursor: usize,
+        count: usize,
+    ) -> Result<usize, (usize, StoreError)> {
         let epoch = rd(d, H_EPOCH);
-        let mut live = 0u64;
-        for slot in 0..=self.mask {
+        let start = cursor.min(self.buckets());
+        let end = start.saturating_add(count).min(self.buckets());
+        for slot in start..end {
             if self.is_live(d, slot, epoch) {
-                self.ranges(d, slot)?;
-                live += 1;
+                self.ranges(d, slot).map_err(|e| (slot, e))?;
             }
         }
-        if live > self.max_keys() {
-            return Err(StoreError::Corrupt);
-        }
-        let mut steps = self.heap_size() >> MIN_CLASS;
-        for c in MIN_CLASS..NCLASS {
-            let mut prev = 0;
-            let mut b = rd(d, H_FREE + 8 * c);
-            while b != 0 {
-                steps = steps.checked_sub(1).ok_or(StoreError::Corrupt)?;
-                let block = self.free_block(d, b, c)?;
-                if rd(d, block + 16) != prev {
-                    return Err(StoreError::Corrupt);
-                }
-                prev = b;
-                b = rd(d, block + 8);
-            }
-        }
-        Ok(())
+        Ok(if end == self.buckets() { 0 } else { end })
     }
 
     /// The free block of class `c` at offset `b`, checked: inside the heap,
@@ -1429,8 +1425,9 @@ pub(crate) mod tests {
             damage_entry(&mut q.0, b"t", bad);
             let r = s.sweep(&mut q, 0, s.buckets(), u64::MAX, 1000);
             assert_eq!(r, Err(StoreError::Corrupt), "{bad}");
-            // Reopening finds it.
-            assert!(Store::open(&mut q).unwrap().is_err());
+            // Reopening does not look (O(1)); the background check finds it.
+            assert_eq!(Store::open(&mut q).unwrap(), Ok(s));
+            assert_eq!(scrub_all(&s, &q.0), Some(slot_of(&s, &q.0, b"t")), "{bad}");
         }
         // A block inside the heap whose lengths run past it.
         let mut q = Plain(p.0.clone());
@@ -1443,9 +1440,34 @@ pub(crate) mod tests {
         q.0[block..block + 4].copy_from_slice(&40u32.to_le_bytes());
         q.0[block + 4..block + 8].copy_from_slice(&1u32.to_le_bytes());
         assert_eq!(s.del(&mut q, b"a", 1000), Err(StoreError::Corrupt));
-        // The undamaged table still works.
+        // The undamaged table still works, and the background check passes.
         assert_eq!(get(&s, &p, "a"), Some(&b"1"[..]));
         assert!(Store::open(&mut p).unwrap().is_ok());
+        assert_eq!(scrub_all(&s, &p.0), None);
+    }
+
+    /// Runs the background check over the whole table in small steps:
+    /// the first damaged bucket, if any.
+    fn scrub_all(s: &Store, d: &[u8]) -> Option<usize> {
+        let mut cursor = 0;
+        loop {
+            match s.scrub(d, cursor, 7) {
+                Ok(0) => return None,
+                Ok(next) => cursor = next,
+                Err((slot, e)) => {
+                    assert_eq!(e, StoreError::Corrupt);
+                    return Some(slot);
+                }
+            }
+        }
+    }
+
+    /// The bucket that holds `key`.
+    fn slot_of(s: &Store, d: &[u8], key: &[u8]) -> usize {
+        let epoch = rd(d, H_EPOCH);
+        (0..s.buckets())
+            .find(|&slot| s.is_live(d, slot, epoch) && rd(d, s.entry(slot) + E_HASH) == hash(key))
+            .unwrap()
     }
 
     #[test]
@@ -1461,13 +1483,17 @@ pub(crate) mod tests {
             let mut q = Plain(p.0.clone());
             q.0[list..list + 8].copy_from_slice(&bad.to_le_bytes());
             assert_eq!(set(&s, &mut q, "b", "2"), Err(StoreError::Corrupt));
+            // A list's head is in the table's head, which opening checks.
             assert!(Store::open(&mut q).unwrap().is_err());
         }
         let b = rd(&p.0, list) as usize;
-        // A free list that loops on itself.
+        // A free list that loops on itself: the block is taken once, and
+        // taking it again finds it no longer marked free.
         let mut q = Plain(p.0.clone());
         q.0[b + 8..b + 16].copy_from_slice(&(b as u64).to_le_bytes());
-        assert!(Store::open(&mut q).unwrap().is_err());
+        assert!(Store::open(&mut q).unwrap().is_ok());
+        set(&s, &mut q, "b", "2").unwrap();
+        assert_eq!(set(&s, &mut q, "c", "3"), Err(StoreError::Corrupt));
         // A free block no longer marked free.
         let mut q = Plain(p.0.clone());
         q.0[b + 4..b + 8].fill(0);
@@ -1633,6 +1659,9 @@ pub(crate) mod tests {
             p.0[at..at + 8].copy_from_slice(&epoch.to_le_bytes());
         }
         assert_eq!(s.get(&p.0, b"x", 0), Err(StoreError::Corrupt));
-        assert!(Store::open(&mut p).unwrap().is_err());
+        // More live entries than the table takes: the head says so.
+        let mut h = Plain(p.0.clone());
+        h.0[H_LIVE..H_LIVE + 8].copy_from_slice(&(s.buckets() as u64).to_le_bytes());
+        assert!(Store::open(&mut h).unwrap().is_err());
     }
 }

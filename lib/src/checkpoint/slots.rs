@@ -149,6 +149,34 @@ impl Geometry {
     }
 }
 
+/// What slot `i`'s header claims, without reading its payload (O(1)):
+/// `Empty`, `Corrupt` for a seq or length no commit writes, else `Valid`
+/// or `Poisoned`, still to be verified ([`check_slot_at`]).
+///
+/// # Safety
+/// As for [`check_slot_at`].
+unsafe fn peek_slot_at(base: *const u8, geo: &Geometry, i: usize, size: usize) -> SlotState {
+    let off = geo.first_slot + i * geo.stride;
+    debug_assert!(off + LINE + size <= geo.total);
+    let h = base.wrapping_add(off).cast::<SlotHeader>();
+    // SAFETY: in bounds, 64-aligned and readable by the caller's contract;
+    // plain integer reads of a Plain header (any bits are valid), through
+    // the raw pointer as in `check_slot_at`.
+    let (seq, len, poison) = unsafe {
+        (
+            ptr::read_volatile(ptr::addr_of!((*h).seq).cast::<u64>()),
+            ptr::read_volatile(ptr::addr_of!((*h).len).cast::<u64>()),
+            ptr::read_volatile(ptr::addr_of!((*h).poison).cast::<u32>()),
+        )
+    };
+    match seq {
+        0 => SlotState::Empty,
+        _ if seq > MAX_SEQ || len != size as u64 => SlotState::Corrupt { seq },
+        _ if poison != 0 => SlotState::Poisoned { seq },
+        _ => SlotState::Valid { seq },
+    }
+}
+
 /// Verifies slot `i` of a slots area at `base` (O(size)).
 ///
 /// # Safety
@@ -300,8 +328,13 @@ pub struct Checkpoints<'a, T: Plain> {
     base: NonNull<u8>,
     geo: Geometry,
     slots: usize,
-    /// This process's knowledge of each slot (refreshed by scans, updated by commits).
+    /// This process's knowledge of each slot: what its header claims
+    /// (read at attach and restore, O(slots)), updated by commits.
     known: [SlotState; MAX_SLOTS as usize],
+    /// Whether `known[i]` was verified (its crc checked, O(size)): a slot
+    /// is verified when a restore picks it or a commit keeps it, never all
+    /// of them at attach.
+    verified: [bool; MAX_SLOTS as usize],
     /// Next sequence number to publish: above every seq that verified.
     next_seq: u64,
     /// After a restore from C: the seq of the checkpoint before C, kept
@@ -342,7 +375,9 @@ impl<'a, T: Plain> Checkpoints<'a, T> {
     /// checkpoint, live state zeroed). An area of the same layout is left as
     /// it is: the live copy holds whatever the last process left in it, which
     /// may be mid-update; call [`Checkpoints::restore`] to resume from the
-    /// last checkpoint. Every slot is verified (O(slots × size)).
+    /// last checkpoint. Only the slots' headers are read (O(slots), not
+    /// O(slots × size)): a slot's crc is checked when a restore picks it
+    /// or a commit keeps it.
     pub fn attach_with(area: &'a mut [u8], version: u32, slots: u32) -> Result<Self, StateError> {
         let slots = slots.clamp(MIN_SLOTS, MAX_SLOTS);
         let want = Layout::of::<T>(version, Kind::Slots, u64::from(slots));
@@ -355,6 +390,7 @@ impl<'a, T: Plain> Checkpoints<'a, T> {
             geo,
             slots: slots as usize,
             known: [SlotState::Empty; MAX_SLOTS as usize],
+            verified: [false; MAX_SLOTS as usize],
             next_seq: 1,
             pinned: None,
             status,
@@ -425,15 +461,29 @@ impl<'a, T: Plain> Checkpoints<'a, T> {
         unsafe { check_slot_at(self.base.as_ptr(), &self.geo, i, size_of::<T>()) }
     }
 
-    /// Verifies every slot and refreshes this process's view of them.
+    /// Reads every slot's header (O(slots)) and refreshes this process's
+    /// view of them; nothing is verified yet.
     fn rescan(&mut self) {
         for i in 0..self.slots {
-            let s = self.check_slot(i);
+            // SAFETY: the attached area holds geo.total bytes and is
+            // aligned (`attach_raw`); i < slots.
+            let s = unsafe { peek_slot_at(self.base.as_ptr(), &self.geo, i, size_of::<T>()) };
             if let SlotState::Valid { seq } | SlotState::Poisoned { seq } = s {
                 self.next_seq = self.next_seq.max(seq + 1);
             }
             self.known[i] = s;
+            self.verified[i] = false;
         }
+    }
+
+    /// Verifies slot `i` if it was not yet (O(size) once), and returns
+    /// what it holds.
+    fn verify(&mut self, i: usize) -> SlotState {
+        if !self.verified[i] {
+            self.known[i] = self.check_slot(i);
+            self.verified[i] = true;
+        }
+        self.known[i]
     }
 
     /// Verifies every slot's crc now and reports what each holds.
@@ -510,6 +560,13 @@ impl<'a, T: Plain> Checkpoints<'a, T> {
     /// reads as empty; after 3, `s` is the complete new checkpoint. The
     /// newest previous checkpoint is valid in every case.
     pub fn commit(&mut self) -> Committed {
+        // The slot kept intact must really be a checkpoint: verify the
+        // newest claimed one (once) before another is overwritten.
+        while let Some((i, _)) = self.newest_valid(u64::MAX) {
+            if matches!(self.verify(i), SlotState::Valid { .. }) {
+                break;
+            }
+        }
         let slot = self.pick_target();
         let seq = self.next_seq;
         let len = size_of::<T>();
@@ -537,12 +594,15 @@ impl<'a, T: Plain> Checkpoints<'a, T> {
             Ordering::Relaxed,
         );
         self.known[slot] = SlotState::Valid { seq };
+        self.verified[slot] = true;
         self.next_seq = seq + 1;
         Committed { slot, seq }
     }
 
-    /// Resumes from the newest valid checkpoint: verifies every slot's crc,
-    /// copies the newest valid, unpoisoned one into the live state.
+    /// Resumes from the newest valid checkpoint: reads every slot's header,
+    /// verifies the crc of the newest unpoisoned one (the next newest if it
+    /// fails, and so on) and copies it into the live state: O(slots +
+    /// size), one slot verified unless some are damaged.
     ///
     /// With no such checkpoint the live state is zeroed and
     /// [`CheckpointError::NoCheckpoint`] returned: after `restore` the live
@@ -574,14 +634,24 @@ impl<'a, T: Plain> Checkpoints<'a, T> {
                 }
             }
         }
-        let Some((slot, seq)) = self.newest_valid(limit) else {
+        let picked = loop {
+            match self.newest_valid(limit) {
+                None => break None,
+                Some((i, _)) => {
+                    if let SlotState::Valid { seq } = self.verify(i) {
+                        break Some((i, seq));
+                    }
+                }
+            }
+        };
+        let Some((slot, seq)) = picked else {
             self.reset();
             self.control().restored_seq.store(0, Ordering::Relaxed);
             return Err(CheckpointError::NoCheckpoint);
         };
         // SAFETY: distinct in-bounds ranges of size_of::<T>() bytes; `&mut
         // self` excludes references into the live copy; the payload verified
-        // in `rescan` and only a committer (this process) writes slots.
+        // just above and only a committer (this process) writes slots.
         unsafe {
             ptr::copy_nonoverlapping(
                 self.payload_ptr(slot),

@@ -44,6 +44,7 @@ const DAEMON_KEYS: &[&str] = &[
     "watchdog",
     "standby",
     "links",
+    "listen",
     "backoff",
     "backoff_max",
     "readiness",
@@ -771,6 +772,7 @@ impl Checker<'_> {
             );
         }
         let links = self.links(t, place, names);
+        let listen = self.listen(t, place);
 
         let initial = self.duration(t, place, "backoff").unwrap_or(Duration::ZERO);
         let max = match self.duration(t, place, "backoff_max") {
@@ -791,6 +793,20 @@ impl Checker<'_> {
         };
 
         let readiness = self.readiness(t, place, program.as_ref(), watchdog.is_some());
+        if let Readiness::Fd(n) = readiness {
+            // The listening sockets come first (3..), then the region, the
+            // setup pipe and the mailboxes: N must be above all of them.
+            let first_free = FIRST_NOTIFY_FD + listen.len() as i64;
+            if i64::from(n) < first_free {
+                self.problem(
+                    &at(place, "notify_fd"),
+                    format!(
+                        "{n} is taken with {} listen socket(s): use {first_free} or more",
+                        listen.len()
+                    ),
+                );
+            }
+        }
         let start_timeout = self
             .positive_duration(t, place, "start_timeout")
             .unwrap_or(DEFAULT_START_TIMEOUT);
@@ -810,6 +826,7 @@ impl Checker<'_> {
             watchdog,
             standby: standby.unwrap_or(false),
             links,
+            listen,
             backoff: Backoff { initial, max },
             readiness,
             start_timeout,
@@ -1085,6 +1102,55 @@ impl Checker<'_> {
             }
         }
         ok.then_some(argv)
+    }
+
+    /// `listen`: the addresses of the sockets the root holds for the
+    /// daemon, each `tcp:IP:PORT` or `unix:PATH` (see `crate::listen`).
+    fn listen(&mut self, t: &Table, place: &str) -> Vec<String> {
+        let place = at(place, "listen");
+        let items = match t.get("listen") {
+            None => return Vec::new(),
+            Some(Value::Array(items)) => items,
+            Some(other) => {
+                self.type_problem(&place, "an array of addresses", other);
+                return Vec::new();
+            }
+        };
+        if items.len() > crate::listen::MAX_LISTEN {
+            self.problem(
+                &place,
+                format!(
+                    "{} addresses; a daemon holds at most {}",
+                    items.len(),
+                    crate::listen::MAX_LISTEN
+                ),
+            );
+            return Vec::new();
+        }
+        let mut listen: Vec<String> = Vec::with_capacity(items.len());
+        let mut seen = Vec::with_capacity(items.len());
+        for (j, item) in items.iter().enumerate() {
+            let place = format!("{place}[{j}]");
+            let Value::String(text) = item else {
+                self.type_problem(
+                    &place,
+                    "an address (\"tcp:IP:PORT\" or \"unix:PATH\")",
+                    item,
+                );
+                continue;
+            };
+            match crate::listen::Address::parse(text) {
+                Ok(a) if seen.contains(&a) => {
+                    self.problem(&place, format!("{text:?} is listed twice"));
+                }
+                Ok(a) => {
+                    seen.push(a);
+                    listen.push(text.clone());
+                }
+                Err(why) => self.problem(&place, why),
+            }
+        }
+        listen
     }
 
     fn links(&mut self, t: &Table, place: &str, names: &Names<'_>) -> Vec<String> {

@@ -313,6 +313,9 @@ pub struct Root<'a> {
     /// Starts of each daemon by cause (`supervisor::Cause::ALL` order),
     /// for `ctl status` and `metrics`.
     starts_by_cause: Vec<[u64; 7]>,
+    /// Each daemon's listening sockets (`listen`), bound once in
+    /// [`Root::new`] and handed to every incarnation.
+    listeners: Vec<Vec<OwnedFd>>,
     epoll: sys::Epoll,
     signals: OwnedFd,
     timers: BTreeSet<(Instant, usize)>,
@@ -350,6 +353,35 @@ pub struct Root<'a> {
     /// How everything a daemon forked is ended with it: its cgroup, or its
     /// process group.
     contain: Option<cgroup::Containment>,
+}
+
+/// Binds every daemon's `listen` sockets, before any fork. An address
+/// that cannot be bound (taken, no permission) is a config problem placed
+/// at its entry (exit 78): nothing starts.
+fn bind_listeners(config: &Config) -> Result<Vec<Vec<OwnedFd>>, RootError> {
+    let mut problems = Vec::new();
+    let mut all = Vec::with_capacity(config.daemons.len());
+    for (i, d) in config.daemons.iter().enumerate() {
+        let mut fds = Vec::with_capacity(d.listen.len());
+        for (j, text) in d.listen.iter().enumerate() {
+            let bound = crate::listen::Address::parse(text)
+                .map_err(io::Error::other)
+                .and_then(|a| a.bind());
+            match bound {
+                Ok(fd) => fds.push(fd),
+                Err(e) => problems.push(crate::config::Problem {
+                    place: format!("daemon[{i}].listen[{j}]"),
+                    message: format!("cannot listen on {text:?}: {e}"),
+                }),
+            }
+        }
+        all.push(fds);
+    }
+    if problems.is_empty() {
+        Ok(all)
+    } else {
+        Err(RootError::Config(problems))
+    }
 }
 
 /// Runs the tree until it is stopped; returns the exit code documented for
@@ -450,6 +482,7 @@ impl<'a> Root<'a> {
             })
             .collect();
         let post = PostOffice::create(&shapes).map_err(ctx("making the mailboxes"))?;
+        let listeners = bind_listeners(&config)?;
         let epoll = sys::Epoll::new().map_err(ctx("epoll"))?;
         epoll
             .add(signals.as_raw_fd(), TOKEN_SIGNALS)
@@ -519,6 +552,7 @@ impl<'a> Root<'a> {
         Ok(Root {
             sup,
             names,
+            listeners,
             config,
             registry,
             children,
@@ -922,6 +956,7 @@ impl<'a> Root<'a> {
                     &start,
                     &env,
                     writer,
+                    &c.cfg.listen,
                 )?
             }
         };
@@ -958,6 +993,8 @@ impl<'a> Root<'a> {
             writer,
             post_fds: self.post.fds(),
             cgroup: cgroup::raw(&procs),
+            listeners: self.listeners.get(i).map_or(&[][..], |l| &l[..]),
+            listen: &c.cfg.listen,
         })?;
         drop(procs);
         if !standby {

@@ -260,6 +260,12 @@ impl Root<'_> {
                     ),
                 });
             }
+            if d.listen != c.cfg.listen {
+                problems.push(Problem {
+                    place: format!("daemon[{k}].listen"),
+                    message: "the sockets the root holds are bound at start and cannot change while the root runs; restart the root to change them".into(),
+                });
+            }
             let keys = changed_keys(&c.cfg, d);
             if keys.is_empty() {
                 plan.unchanged.push(i);
@@ -270,6 +276,14 @@ impl Root<'_> {
         plan.added = (0..new.daemons.len())
             .filter(|&k| self.live_index(&new.daemons[k].name).is_none())
             .collect();
+        for &k in &plan.added {
+            if !new.daemons[k].listen.is_empty() {
+                problems.push(Problem {
+                    place: format!("daemon[{k}].listen"),
+                    message: "the sockets the root holds are bound at start: a daemon a reload adds cannot have listen; restart the root".into(),
+                });
+            }
+        }
         if problems.is_empty() {
             Ok(plan)
         } else {

@@ -8,6 +8,7 @@
 //! (`handoff::report_setup_failure`: stage and errno, with a version and a
 //! crc) over a close-on-exec pipe, followed by `_exit(127)`.
 
+use std::cell::UnsafeCell;
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -16,6 +17,7 @@ use std::os::unix::ffi::OsStrExt;
 use crate::config::ExecSettings;
 use crate::daemon::{Entry, SetupStage, Siblings, Start};
 use crate::handoff::{self, History};
+use crate::listen;
 use crate::region::RegionSet;
 use crate::sys::{self, Forked, Pid, SigSet};
 
@@ -30,6 +32,8 @@ const GATE_FD: RawFd = 4;
 /// flight-log events (`logging`): already tagged and kept in its flight
 /// log, they do not go through the captured stderr a second time.
 const ECHO_FD: RawFd = 5;
+/// An exec'd program's descriptors are first copied at least this high.
+const EXEC_ABOVE: RawFd = 10;
 
 /// What the child will run, prepared in the root before the fork so the
 /// child allocates nothing.
@@ -63,14 +67,20 @@ pub(crate) struct Exec {
     gid: Option<u32>,
     uid: Option<u32>,
     no_new_privs: bool,
+    /// `LISTEN_PID=`, completed with the child's pid after the fork
+    /// (an entry of `envp` points at it); `None` without `listen`.
+    listen_pid: Option<Box<UnsafeCell<[u8; listen::PID_VAR_LEN]>>>,
 }
 
 impl Run<'_> {
     /// Prepares an exec of `argv` as `settings` say: the root's environment
     /// (or none, with `env_clear`), then `env`, then what the program needs
-    /// to attach (`handoff::exec_env`: its name, its region at fd 3, its
-    /// start facts) and `notify` (`NOTIFY_SOCKET`, `WATCHDOG_USEC`: the
-    /// root's, not its service manager's).
+    /// to attach (`handoff::exec_env`: its name, its region's descriptor,
+    /// its start facts), `notify` (`NOTIFY_SOCKET`, `WATCHDOG_USEC`: the
+    /// root's, not its service manager's), its mailbox's descriptors and,
+    /// with `listen`, systemd's `LISTEN_*` variables (`listen::exec_env`).
+    // One argument per part of the program's environment; see above.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn exec(
         argv: &[String],
         settings: &ExecSettings,
@@ -79,6 +89,7 @@ impl Run<'_> {
         start: &Start<'_>,
         notify: &[String],
         writer: crate::ring::WriterId,
+        listen: &[String],
     ) -> io::Result<Run<'static>> {
         let nul = |s: &[u8]| CString::new(s).map_err(io::Error::other);
         let mut strings: Vec<CString> = Vec::new();
@@ -92,6 +103,7 @@ impl Run<'_> {
             for (k, v) in std::env::vars_os() {
                 let k = k.as_bytes();
                 if k.starts_with(b"FORKROOT_")
+                    || k.starts_with(b"LISTEN_")
                     || matches!(k, b"NOTIFY_SOCKET" | b"WATCHDOG_USEC" | b"WATCHDOG_PID")
                 {
                     continue;
@@ -106,18 +118,26 @@ impl Run<'_> {
         for (k, v) in vars {
             strings.push(nul(&[&k[..], b"=", &v[..]].concat())?);
         }
-        for var in handoff::exec_env(name, region_len, start) {
+        let region_fd = exec_region_fd(listen.len());
+        for var in handoff::exec_env(name, region_fd, region_len, start) {
+            strings.push(nul(var.as_bytes())?);
+        }
+        for var in listen::exec_env(name, listen) {
             strings.push(nul(var.as_bytes())?);
         }
         for var in notify {
             strings.push(nul(var.as_bytes())?);
         }
-        for var in crate::mailbox::PostOffice::exec_env(writer) {
+        for var in crate::mailbox::PostOffice::exec_env(writer, region_fd + 2, region_fd + 3) {
             strings.push(nul(var.as_bytes())?);
         }
         let mut argv: Vec<_> = strings[..nargs].iter().map(|s| s.as_ptr()).collect();
         argv.push(std::ptr::null());
         let mut envp: Vec<_> = strings[nargs..].iter().map(|s| s.as_ptr()).collect();
+        let listen_pid = (!listen.is_empty()).then(|| Box::new(UnsafeCell::new(listen::pid_var())));
+        if let Some(cell) = &listen_pid {
+            envp.push(cell.get().cast::<libc::c_char>().cast_const());
+        }
         envp.push(std::ptr::null());
         let path_of = |p: &std::path::Path| nul(p.as_os_str().as_bytes());
         Ok(Run::Exec(Box::new(Exec {
@@ -137,8 +157,16 @@ impl Run<'_> {
             gid: settings.gid,
             uid: settings.user.as_ref().map(|(_, uid)| *uid),
             no_new_privs: settings.no_new_privs,
+            listen_pid,
         })))
     }
+}
+
+/// Where an exec'd program finds its region: fd 3 without listening
+/// sockets; after them (3 + n) with n, which systemd's protocol puts at
+/// 3.. (`FORKROOT_REGION_FD` says which, in both cases).
+fn exec_region_fd(listeners: usize) -> RawFd {
+    handoff::EXEC_REGION_FD + listeners as RawFd
 }
 
 /// The spawn plan: everything the child needs, decided by the config and
@@ -172,6 +200,10 @@ pub(crate) struct Plan<'a> {
     pub(crate) post_fds: (RawFd, RawFd),
     /// Its cgroup's `cgroup.procs`, which the child enters first.
     pub(crate) cgroup: Option<RawFd>,
+    /// The listening sockets the root holds for this daemon, and their
+    /// `listen` entries (same order).
+    pub(crate) listeners: &'a [OwnedFd],
+    pub(crate) listen: &'a [String],
 }
 
 /// A forked child, seen from the root.
@@ -240,50 +272,66 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
                     io::Error::from_raw_os_error(libc::EBADF),
                 );
             };
+            if let Some(cell) = &exec.listen_pid {
+                // SAFETY: this forked child is single-threaded and nothing
+                // else in it refers to the buffer; `envp` points at it and
+                // is read only by the exec below.
+                let buf = unsafe { &mut *cell.get() };
+                listen::write_pid(buf, sys::getpid().0.unsigned_abs());
+            }
             let stdin = match sys::setup::open_read(&exec.stdin) {
                 Ok(fd) => fd,
                 Err(e) => fail(pipe, SetupStage::Stdin, e),
             };
-            // Its stdin to fd 0, its output pipes to 1 and 2, the region to
-            // fd 3, the setup pipe to fd 4 (close-on-exec, so a successful
-            // exec reads as end-of-file in the root), the mailboxes' post to
-            // 5 and registry to 6, and the notification pipe to `notify_fd`
-            // (N >= 7, inherited). Each is first copied above 6, so no move
-            // overwrites another's source.
+            // Its stdin to fd 0, its output pipes to 1 and 2, its listening
+            // sockets to 3.. (systemd's protocol), the region after them
+            // (3 + n), the setup pipe after that (close-on-exec, so a
+            // successful exec reads as end-of-file in the root), the
+            // mailboxes' post and registry after it, and the notification
+            // pipe to `notify_fd` (above all of them, inherited). Each is
+            // first copied above the targets, so no move overwrites another's
+            // source.
+            let region_fd = exec_region_fd(s.listeners.len());
+            let pipe_fd = region_fd + 1;
+            let (post_fd, registry_fd) = (region_fd + 2, region_fd + 3);
             let moved = (|| -> io::Result<()> {
-                const ABOVE: RawFd = 7;
-                let r = sys::dup_at_least(fd, ABOVE)?;
-                let p = sys::dup_at_least(pipe, ABOVE)?;
-                let i = sys::dup_at_least(stdin, ABOVE)?;
-                let post = sys::dup_at_least(s.post_fds.0, ABOVE)?;
-                let reg = sys::dup_at_least(s.post_fds.1, ABOVE)?;
+                let above = (registry_fd + 1).max(EXEC_ABOVE);
+                let r = sys::dup_at_least(fd, above)?;
+                let p = sys::dup_at_least(pipe, above)?;
+                let i = sys::dup_at_least(stdin, above)?;
+                let post = sys::dup_at_least(s.post_fds.0, above)?;
+                let reg = sys::dup_at_least(s.post_fds.1, above)?;
+                let high = raise(s.listeners, above)?;
                 let out = s.output.map(|(o, e)| -> io::Result<_> {
-                    Ok((sys::dup_at_least(o, ABOVE)?, sys::dup_at_least(e, ABOVE)?))
+                    Ok((sys::dup_at_least(o, above)?, sys::dup_at_least(e, above)?))
                 });
                 let out = out.transpose()?;
                 let n = s
                     .notify_fd
-                    .map(|(from, to)| sys::dup_at_least(from, ABOVE).map(|d| (d, to)))
+                    .map(|(from, to)| sys::dup_at_least(from, above.max(to + 1)).map(|d| (d, to)))
                     .transpose()?;
                 sys::dup2(i, 0)?;
                 if let Some((o, e)) = out {
                     sys::dup2(o, 1)?;
                     sys::dup2(e, 2)?;
                 }
-                sys::dup2(r, handoff::EXEC_REGION_FD)?;
-                sys::dup2(p, 4)?;
-                sys::set_cloexec(4, true)?;
-                sys::dup2(post, crate::mailbox::EXEC_POST_FD)?;
-                sys::dup2(reg, crate::mailbox::EXEC_REGISTRY_FD)?;
+                for (k, &from) in high[..s.listeners.len()].iter().enumerate() {
+                    sys::dup2(from, listen::EXEC_FIRST_FD + k as RawFd)?;
+                }
+                sys::dup2(r, region_fd)?;
+                sys::dup2(p, pipe_fd)?;
+                sys::set_cloexec(pipe_fd, true)?;
+                sys::dup2(post, post_fd)?;
+                sys::dup2(reg, registry_fd)?;
                 match n {
                     Some((d, to)) => {
                         sys::dup2(d, to)?;
                         // dup2 onto itself keeps close-on-exec: clear it.
                         sys::set_cloexec(to, false)?;
-                        sys::close_between(ABOVE, to - 1)?;
+                        sys::close_between(registry_fd + 1, to - 1)?;
                         sys::close_from(to + 1)
                     }
-                    None => sys::close_from(ABOVE),
+                    None => sys::close_from(registry_fd + 1),
                 }
             })();
             if let Err(e) = moved {
@@ -293,9 +341,10 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
             sys::default_sigpipe();
             sys::restore_fd_limit();
             let _ = SigSet::empty().set_mask();
-            apply_settings(exec);
+            let pipe_fd = exec_region_fd(s.listeners.len()) + 1;
+            apply_settings(exec, pipe_fd);
             let err = sys::exec(&exec.path, &exec.argv, &exec.envp);
-            fail(4, SetupStage::Exec, err)
+            fail(pipe_fd, SetupStage::Exec, err)
         }
         Run::Builtin { entry, args, names } => {
             // SIGTERM stays blocked: the daemon takes it through
@@ -337,7 +386,11 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
             // once, at start).
             let mail = (s.index < s.post.count())
                 .then(|| crate::mailbox::Mailbox::new(s.post, s.index, s.writer));
-            crate::daemon::run_builtin(*entry, s.name, region, siblings, args, start, mail)
+            let held = listen::Held {
+                first: listen::BUILTIN_FIRST_FD,
+                addresses: s.listen,
+            };
+            crate::daemon::run_builtin(*entry, s.name, region, siblings, args, start, mail, held)
         }
     }
 }
@@ -346,17 +399,17 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
 /// step possible: limits, directory and mask while still privileged, then
 /// groups before the gid before the uid (after `setuid` the others would
 /// be refused), and `no_new_privs` last. Fork-safe; a failure is reported
-/// on the setup pipe (fd 4 by now).
-fn apply_settings(exec: &Exec) {
+/// on the setup pipe (`pipe` by now).
+fn apply_settings(exec: &Exec, pipe: RawFd) {
     use sys::setup;
     for &(resource, soft, hard) in &exec.rlimits {
         if let Err(e) = setup::set_rlimit(resource, soft, hard) {
-            fail(4, SetupStage::Rlimits, e);
+            fail(pipe, SetupStage::Rlimits, e);
         }
     }
     if let Some(dir) = &exec.cwd {
         if let Err(e) = setup::chdir(dir) {
-            fail(4, SetupStage::Cwd, e);
+            fail(pipe, SetupStage::Cwd, e);
         }
     }
     if let Some(mask) = exec.umask {
@@ -364,39 +417,44 @@ fn apply_settings(exec: &Exec) {
     }
     if let Some(groups) = &exec.groups {
         if let Err(e) = setup::set_groups(groups) {
-            fail(4, SetupStage::Groups, e);
+            fail(pipe, SetupStage::Groups, e);
         }
     }
     if let Some(gid) = exec.gid {
         if let Err(e) = setup::set_gid(gid) {
-            fail(4, SetupStage::Gid, e);
+            fail(pipe, SetupStage::Gid, e);
         }
     }
     if let Some(uid) = exec.uid {
         if let Err(e) = setup::set_uid(uid) {
-            fail(4, SetupStage::Uid, e);
+            fail(pipe, SetupStage::Uid, e);
         }
     }
     if exec.no_new_privs {
         if let Err(e) = setup::set_no_new_privs() {
-            fail(4, SetupStage::NoNewPrivs, e);
+            fail(pipe, SetupStage::NoNewPrivs, e);
         }
     }
 }
 
 /// A built-in daemon keeps the `state_dir` lock (fd 3: while any daemon of
-/// this root lives, no other root can take the state_dir) and a standby's
-/// gate (fd 4), takes its output pipes as stdout and stderr, and closes
-/// everything else inherited from the root (its
-/// epoll, signalfd, control socket, the regions' descriptors). That closes
-/// the setup pipe too, which tells the root it is up. Fork-safe.
+/// this root lives, no other root can take the state_dir), a standby's
+/// gate (fd 4), the root's stderr at fd 5 (the echo of its flight-log
+/// events), its listening sockets (fd 6..), takes its output pipes as
+/// stdout and stderr, and closes everything else inherited from the root
+/// (its epoll, signalfd, control socket, the regions' descriptors). That
+/// closes the setup pipe too, which tells the root it is up. Fork-safe.
 fn keep_descriptors(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) {
-    let pipe = sys::dup_at_least(pipe, 10).unwrap_or(pipe);
+    let n = s.listeners.len() as RawFd;
+    // Above every descriptor placed below, so no dup2 lands on a source.
+    let high = (listen::BUILTIN_FIRST_FD + n).max(10);
+    let pipe = sys::dup_at_least(pipe, high).unwrap_or(pipe);
     let moved = (|| -> io::Result<()> {
-        let lock = s.lock.map(|fd| sys::dup_at_least(fd, 10)).transpose()?;
-        let gate = gate.map(|fd| sys::dup_at_least(fd, 10)).transpose()?;
+        let lock = s.lock.map(|fd| sys::dup_at_least(fd, high)).transpose()?;
+        let gate = gate.map(|fd| sys::dup_at_least(fd, high)).transpose()?;
+        let listeners = raise(s.listeners, high)?;
         let out = match s.output {
-            Some((o, e)) => Some((sys::dup_at_least(o, 10)?, sys::dup_at_least(e, 10)?)),
+            Some((o, e)) => Some((sys::dup_at_least(o, high)?, sys::dup_at_least(e, high)?)),
             None => None,
         };
         if let Some(fd) = lock {
@@ -405,8 +463,11 @@ fn keep_descriptors(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) {
         if let Some(fd) = gate {
             sys::dup2(fd, GATE_FD)?;
         }
+        for (k, &from) in listeners[..s.listeners.len()].iter().enumerate() {
+            sys::dup2(from, listen::BUILTIN_FIRST_FD + k as RawFd)?;
+        }
         if let Some((o, e)) = out {
-            let echo = sys::dup_at_least(2, 10)?;
+            let echo = sys::dup_at_least(2, high)?;
             sys::dup2(o, 1)?;
             sys::dup2(e, 2)?;
             sys::dup2(echo, ECHO_FD)?;
@@ -417,8 +478,7 @@ fn keep_descriptors(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) {
     if let Err(e) = moved {
         fail(pipe, SetupStage::Descriptors, e);
     }
-    let keep = if s.output.is_some() { ECHO_FD } else { GATE_FD };
-    if let Err(e) = sys::close_from(keep + 1) {
+    if let Err(e) = sys::close_from(listen::BUILTIN_FIRST_FD + n) {
         fail(pipe, SetupStage::Descriptors, e);
     }
     if gate.is_none() {
@@ -427,4 +487,19 @@ fn keep_descriptors(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) {
     if s.lock.is_none() {
         sys::close(LOCK_FD);
     }
+}
+
+/// Copies of the listening sockets at descriptors >= `min` (close-on-exec;
+/// the dup2 that places each clears that), in a fixed array so the forked
+/// child allocates nothing. Fork-safe.
+fn raise(listeners: &[OwnedFd], min: RawFd) -> io::Result<[RawFd; listen::MAX_LISTEN]> {
+    debug_assert!(
+        listeners.len() <= listen::MAX_LISTEN,
+        "checked with the config"
+    );
+    let mut high = [-1; listen::MAX_LISTEN];
+    for (slot, l) in high.iter_mut().zip(listeners) {
+        *slot = sys::dup_at_least(l.as_raw_fd(), min)?;
+    }
+    Ok(high)
 }
