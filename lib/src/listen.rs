@@ -8,7 +8,7 @@
 //!
 //! How a daemon finds them:
 //! - a built-in kind: [`crate::Context::listeners`], at descriptors
-//!   [`BUILTIN_FIRST_FD`].. in the order of `listen`;
+//!   6.. (after the lock, the gate and the echo descriptor) in the order of `listen`;
 //! - an exec'd program: systemd's socket activation protocol, so programs
 //!   written for `sd_listen_fds` work unchanged: `LISTEN_FDS=n` sockets at
 //!   descriptors 3..3+n, `LISTEN_PID` its own pid, `LISTEN_FDNAMES` the
