@@ -699,6 +699,18 @@ impl<'a> Root<'a> {
             kill_tree(pid, libc::SIGKILL);
             let _ = sys::wait_pid(pid);
         }
+        // In cgroup mode, what the daemons forked goes too, and so do the
+        // cgroups, as at a clean exit (a killed process leaves its cgroup
+        // when it exits, before it is reaped).
+        if let Some(contain) = &self.contain {
+            for i in 0..self.children.len() {
+                let _ = contain.kill(i);
+            }
+        }
+        let _ = self.reap();
+        if let Some(Err(e)) = self.contain.take().map(cgroup::Containment::remove) {
+            warn!(error = %e, "could not remove every cgroup");
+        }
     }
 
     /// The state_dir watch: a region file changed. A daemon writes its
