@@ -14,34 +14,14 @@ use std::time::Instant;
 
 use forkroot::mailbox::{Mailbox, PostOffice, Shape};
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 const MSG: usize = 64;
 const REPS: usize = 5;
 const PINGS: usize = 20_000;
 /// Fewer round trips for the kernel paths, which are ~100x slower.
 const FD_PINGS: usize = 4_000;
-
-fn fork() -> libc::pid_t {
-    // SAFETY: the benchmark is single-threaded; the child only runs its
-    // loop and `_exit`s.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    pid
-}
-
-fn wait_child(pid: libc::pid_t) {
-    let mut st = 0;
-    // SAFETY: our child; valid out pointer.
-    unsafe { libc::waitpid(pid, &mut st, 0) };
-    assert!(
-        libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
-        "child failed: {st:#x}"
-    );
-}
-
-fn child_exit() -> ! {
-    // SAFETY: `_exit` ends the child without running the parent's atexit handlers.
-    unsafe { libc::_exit(0) }
-}
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -64,7 +44,7 @@ fn mailbox_latency(pings: usize) -> f64 {
     let mut office = PostOffice::create(&shapes).expect("post office");
     let (ida, idb) = (office.begin(0, false), office.begin(1, false));
     let post = office.post();
-    let pid = fork();
+    let pid = common::fork();
     if pid == 0 {
         let mut me = Mailbox::new(post, 1, idb);
         let mut buf = [0u8; MSG];
@@ -75,7 +55,7 @@ fn mailbox_latency(pings: usize) -> f64 {
                 .expect("a message");
             me.send("a", &buf[..got.len]).expect("send");
         }
-        child_exit();
+        common::child_exit();
     }
     let mut me = Mailbox::new(post, 0, ida);
     let mut buf = [7u8; MSG];
@@ -90,7 +70,7 @@ fn mailbox_latency(pings: usize) -> f64 {
         rtts.push(t.elapsed().as_nanos() as f64);
         assert_eq!(got.len, MSG);
     }
-    wait_child(pid);
+    common::reap_ok(pid);
     median(&mut rtts) / 2.0
 }
 
@@ -148,14 +128,14 @@ fn read_exact(fd: i32, buf: &mut [u8]) {
 
 fn fd_latency(fds: Fds, pings: usize) -> f64 {
     let ((down_w, down_r), (up_w, up_r)) = fds;
-    let pid = fork();
+    let pid = common::fork();
     if pid == 0 {
         let mut buf = [0u8; MSG];
         for _ in 0..pings {
             read_exact(down_r, &mut buf);
             write_all(up_w, &buf);
         }
-        child_exit();
+        common::child_exit();
     }
     let mut buf = [7u8; MSG];
     let mut rtts = Vec::with_capacity(pings);
@@ -165,7 +145,7 @@ fn fd_latency(fds: Fds, pings: usize) -> f64 {
         read_exact(up_r, &mut buf);
         rtts.push(t.elapsed().as_nanos() as f64);
     }
-    wait_child(pid);
+    common::reap_ok(pid);
     close(fds);
     median(&mut rtts) / 2.0
 }

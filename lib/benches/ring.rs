@@ -36,29 +36,6 @@ fn new_ring() -> Ring<'static> {
     unsafe { ring::init(common::map_shared(len), len, &cfg) }.expect("init")
 }
 
-fn fork() -> libc::pid_t {
-    // SAFETY: the benchmark is single-threaded; the child only runs the loop
-    // below and `_exit`s.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    pid
-}
-
-fn wait_child(pid: libc::pid_t) {
-    let mut st = 0;
-    // SAFETY: our child; valid out pointer.
-    unsafe { libc::waitpid(pid, &mut st, 0) };
-    assert!(
-        libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
-        "child failed: {st:#x}"
-    );
-}
-
-fn child_exit() -> ! {
-    // SAFETY: `_exit` ends the child without running the parent's atexit handlers.
-    unsafe { libc::_exit(0) }
-}
-
 /// A byte stream used message by message: a pipe pair or a socketpair.
 #[derive(Clone, Copy)]
 struct Fds {
@@ -138,7 +115,7 @@ fn rtts_to_oneway(mut rtts: Vec<f64>) -> f64 {
 fn ring_latency() -> f64 {
     let down = new_ring();
     let up = new_ring();
-    let pid = fork();
+    let pid = common::fork();
     if pid == 0 {
         let mut c = down.consumer().expect("consumer");
         let p = up.producer().expect("producer");
@@ -147,7 +124,7 @@ fn ring_latency() -> f64 {
             c.recv(&mut buf).expect("recv");
             p.send_timeout(&buf, None).expect("send");
         }
-        child_exit();
+        common::child_exit();
     }
     let p = down.producer().expect("producer");
     let mut c = up.consumer().expect("consumer");
@@ -159,19 +136,19 @@ fn ring_latency() -> f64 {
         c.recv(&mut buf).expect("recv");
         rtts.push(t.elapsed().as_nanos() as f64);
     }
-    wait_child(pid);
+    common::reap_ok(pid);
     rtts_to_oneway(rtts)
 }
 
 fn fd_latency(fds: Fds) -> f64 {
-    let pid = fork();
+    let pid = common::fork();
     if pid == 0 {
         let mut buf = [0u8; MSG];
         for _ in 0..FD_PINGS {
             read_exact(fds.down.1, &mut buf);
             write_all(fds.up.0, &buf);
         }
-        child_exit();
+        common::child_exit();
     }
     let mut buf = [7u8; MSG];
     let mut rtts = Vec::with_capacity(FD_PINGS);
@@ -181,7 +158,7 @@ fn fd_latency(fds: Fds) -> f64 {
         read_exact(fds.up.1, &mut buf);
         rtts.push(t.elapsed().as_nanos() as f64);
     }
-    wait_child(pid);
+    common::reap_ok(pid);
     close(fds);
     rtts_to_oneway(rtts)
 }
@@ -189,7 +166,7 @@ fn fd_latency(fds: Fds) -> f64 {
 /// Messages per second of one repetition.
 fn ring_throughput(n: usize) -> f64 {
     let r = new_ring();
-    let pid = fork();
+    let pid = common::fork();
     if pid == 0 {
         let p = r.producer().expect("producer");
         let mut msg = [0u8; MSG];
@@ -197,7 +174,7 @@ fn ring_throughput(n: usize) -> f64 {
             msg[..8].copy_from_slice(&(i as u64).to_le_bytes());
             p.send_timeout(&msg, None).expect("send");
         }
-        child_exit();
+        common::child_exit();
     }
     let mut c = r.consumer().expect("consumer");
     let mut buf = [0u8; MSG];
@@ -212,19 +189,19 @@ fn ring_throughput(n: usize) -> f64 {
         u64::from_le_bytes(buf[..8].try_into().unwrap()),
         n as u64 - 1
     );
-    wait_child(pid);
+    common::reap_ok(pid);
     (n - 1) as f64 / secs
 }
 
 fn fd_throughput(fds: Fds, n: usize) -> f64 {
-    let pid = fork();
+    let pid = common::fork();
     if pid == 0 {
         let mut msg = [0u8; MSG];
         for i in 0..n {
             msg[..8].copy_from_slice(&(i as u64).to_le_bytes());
             write_all(fds.down.0, &msg);
         }
-        child_exit();
+        common::child_exit();
     }
     let mut buf = [0u8; MSG];
     read_exact(fds.down.1, &mut buf);
@@ -238,7 +215,7 @@ fn fd_throughput(fds: Fds, n: usize) -> f64 {
         u64::from_le_bytes(buf[..8].try_into().unwrap()),
         n as u64 - 1
     );
-    wait_child(pid);
+    common::reap_ok(pid);
     close(fds);
     (n - 1) as f64 / secs
 }

@@ -101,6 +101,22 @@ pub(crate) fn reap(pid: libc::pid_t) -> i32 {
     status
 }
 
+/// Waits for child `pid` and fails unless it exited with 0.
+pub(crate) fn reap_ok(pid: libc::pid_t) {
+    let st = reap(pid);
+    assert!(
+        libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+        "child failed: {st:#x}"
+    );
+}
+
+/// Ends a forked child at once, without running the parent's atexit
+/// handlers or destructors.
+pub(crate) fn child_exit() -> ! {
+    // SAFETY: `_exit` only ends this process.
+    unsafe { libc::_exit(0) }
+}
+
 /// SIGKILLs child `pid` and reaps it; its raw wait status.
 pub(crate) fn kill_and_reap(pid: libc::pid_t) -> i32 {
     // SAFETY: `pid` is our unreaped child, so the signal reaches no one else.
