@@ -137,12 +137,13 @@ fn setsid_grandchild_dies_with_its_daemon_and_never_overlaps() {
         format!("cgroup {}", cg.0.display())
     );
 
-    // The root left its cgroup for a leaf; the daemon has its own.
+    // The root left its cgroup for a leaf; the daemon has its own, and
+    // its processes run in its leaf `run`.
     let first = wait_grandchild(&t, 1);
     let mut kids = cg.children();
     kids.sort();
     assert_eq!(kids, ["root", "web"]);
-    let procs = fs::read_to_string(cg.0.join("web/cgroup.procs")).unwrap();
+    let procs = fs::read_to_string(cg.0.join("web/run/cgroup.procs")).unwrap();
     assert!(procs.lines().any(|l| l == first.pid.to_string()), "{procs}");
 
     // Restart: the grandchild is gone before the next one starts.
@@ -155,6 +156,11 @@ fn setsid_grandchild_dies_with_its_daemon_and_never_overlaps() {
     common::send(web, libc::SIGKILL).unwrap();
     let third = wait_grandchild(&t, 3);
     t.wait_gone(&[second]);
+    // The incarnation after a cgroup.kill runs (in a leaf made anew), and
+    // nothing killed it at birth: the restart count says one death.
+    let procs = fs::read_to_string(cg.0.join("web/run/cgroup.procs")).unwrap();
+    assert!(procs.lines().any(|l| l == third.pid.to_string()), "{procs}");
+    assert_eq!(t.daemon_status("web").unwrap()["restarts"], 1, "{}", t.log());
 
     // Stop.
     assert_eq!(t.ctl_run(&["stop", "web", "--wait"]).code, Some(0));
@@ -295,7 +301,7 @@ cpu_weight = 50
         assert_eq!(ran.code, Some(0), "{}", ran.stderr);
         let t = Tree::start_with(config, |c| cg.enter(c));
         t.poll("web in its cgroup", || {
-            (!fs::read_to_string(cg.0.join("web/cgroup.procs"))
+            (!fs::read_to_string(cg.0.join("web/run/cgroup.procs"))
                 .unwrap_or_default()
                 .is_empty())
             .then_some(())

@@ -8,7 +8,15 @@
 //! never overlaps anything of the incarnation before it. Without one, the
 //! root falls back to signalling the daemon's process group (see
 //! DESIGN.md §3).
+//!
+//! A daemon's cgroup `NAME` holds its limits and is watched; its process
+//! runs in the leaf `NAME/run`, into which the root forks it directly
+//! (`sys::fork::fork_into`: no cgroup migration on the restart path). Once
+//! `NAME` was killed, the leaf is made anew before the next fork: a child
+//! cloned into a cgroup that was ever killed is itself killed at birth on
+//! some kernels (6.18 seen), so a killed leaf is never reused.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -96,6 +104,8 @@ pub(crate) struct Cgroups {
     enabled: Vec<&'static str>,
     /// Each daemon's cgroup directory.
     daemons: Vec<PathBuf>,
+    /// Per daemon: its cgroup was killed since its leaf was made.
+    killed: Vec<Cell<bool>>,
     /// One descriptor, in the root's epoll set, watching every daemon's
     /// `cgroup.events` (no descriptor per daemon: DESIGN.md §1, 5).
     inotify: Inotify,
@@ -147,6 +157,7 @@ impl Containment {
             made_base,
             enabled: Vec::new(),
             daemons: Vec::with_capacity(daemons.len()),
+            killed: Vec::with_capacity(daemons.len()),
             inotify: Inotify::new()?,
             watches: HashMap::with_capacity(daemons.len()),
         };
@@ -171,10 +182,12 @@ impl Containment {
         }
     }
 
-    /// Opens daemon `i`'s `cgroup.procs` for its forked child to enter
-    /// ([`sys::cgroup::enter`]) before it runs anything; `None` without
-    /// cgroups.
-    pub(crate) fn procs(&self, i: usize) -> io::Result<Option<OwnedFd>> {
+    /// Opens the leaf daemon `i`'s process is to run in, for its child to
+    /// be forked into, and says whether it may be born there
+    /// ([`sys::fork::fork_into`]) or must enter it first thing
+    /// ([`sys::cgroup::enter`]: a killed leaf that could not be made anew);
+    /// `None` without cgroups.
+    pub(crate) fn leaf(&self, i: usize) -> io::Result<Option<(OwnedFd, bool)>> {
         let Containment::Cgroups(cg) = self else {
             return Ok(None);
         };
@@ -183,19 +196,31 @@ impl Containment {
         let Some(dir) = cg.daemons.get(i) else {
             return Ok(None);
         };
-        let path = dir.join("cgroup.procs");
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        Ok(Some(OwnedFd::from(file)))
+        let leaf = dir.join(LEAF);
+        if cg.killed[i].get() {
+            // Empty by now: the root waits for `populated 0` before a
+            // replacement starts. If not, the child migrates instead.
+            match std::fs::remove_dir(&leaf) {
+                Ok(()) => {
+                    make_dir(&leaf)?;
+                    cg.killed[i].set(false);
+                }
+                Err(e) => {
+                    tracing::debug!(cgroup = %leaf.display(), error = %e, "killed leaf kept");
+                }
+            }
+        }
+        let fd = sys::cgroup::open_dir(&leaf)?;
+        Ok(Some((fd, !cg.killed[i].get())))
     }
 
     /// Moves `pid` (a standby taking over) into daemon `i`'s cgroup.
     pub(crate) fn adopt(&self, i: usize, pid: Pid) -> io::Result<()> {
         match self {
             Containment::Cgroups(cg) => match cg.daemons.get(i) {
-                Some(dir) => sys::cgroup::write(dir, "cgroup.procs", &pid.0.to_string()),
+                Some(dir) => {
+                    sys::cgroup::write(&dir.join(LEAF), "cgroup.procs", &pid.0.to_string())
+                }
                 None => Ok(()),
             },
             Containment::ProcessGroups(_) => Ok(()),
@@ -206,7 +231,10 @@ impl Containment {
     pub(crate) fn kill(&self, i: usize) -> io::Result<()> {
         match self {
             Containment::Cgroups(cg) => match cg.daemons.get(i) {
-                Some(dir) => sys::cgroup::write(dir, "cgroup.kill", "1"),
+                Some(dir) => {
+                    cg.killed[i].set(true);
+                    sys::cgroup::write(dir, "cgroup.kill", "1")
+                }
                 None => Ok(()),
             },
             Containment::ProcessGroups(_) => Ok(()),
@@ -291,12 +319,19 @@ impl Cgroups {
                 ));
             }
             drain_leftover(&dir, &self.inotify)?;
+            // A fresh leaf (one a killed root left may have been killed).
+            let leaf = dir.join(LEAF);
+            if leaf.exists() {
+                remove_dir(&leaf)?;
+            }
+            make_dir(&leaf)?;
             for (k, v) in values(&d.limits).into_iter().enumerate() {
                 if let Some(v) = v {
                     sys::cgroup::write(&dir, LIMITS[k].2, &v.to_string())?;
                 }
             }
             self.daemons.push(dir);
+            self.killed.push(Cell::new(false));
         }
         Ok(())
     }
@@ -311,6 +346,7 @@ impl Cgroups {
             }
         };
         for dir in &self.daemons {
+            keep(remove_dir(&dir.join(LEAF)));
             keep(remove_dir(dir));
         }
         for c in &self.enabled {
@@ -334,6 +370,9 @@ impl Cgroups {
         first
     }
 }
+
+/// The leaf in a daemon's cgroup its processes run in.
+const LEAF: &str = "run";
 
 /// `forkroot@PATH` with the socket's path, `/` written as `_` (a cgroup
 /// name is one path component).
@@ -387,7 +426,7 @@ fn drain_leftover(dir: &Path, inotify: &Inotify) -> io::Result<()> {
     Ok(())
 }
 
-/// The descriptor a spawn plan carries for the child to enter.
-pub(crate) fn raw(fd: &Option<OwnedFd>) -> Option<RawFd> {
-    fd.as_ref().map(AsRawFd::as_raw_fd)
+/// What a spawn plan carries of [`Containment::leaf`].
+pub(crate) fn raw(leaf: &Option<(OwnedFd, bool)>) -> Option<(RawFd, bool)> {
+    leaf.as_ref().map(|(fd, fresh)| (fd.as_raw_fd(), *fresh))
 }

@@ -974,9 +974,9 @@ impl<'a> Root<'a> {
         };
         // A standby waits in the root's cgroup and is moved into the
         // daemon's when it takes over (the daemon's is killed on its death).
-        let procs = match standby {
+        let cgroup_dir = match standby {
             true => None,
-            false => self.containment().procs(i)?,
+            false => self.containment().leaf(i)?,
         };
         // `notify_fd`: the program writes a newline on its end when ready.
         let notify_pipe = match c.cfg.readiness {
@@ -1004,11 +1004,11 @@ impl<'a> Root<'a> {
             post: self.post.post(),
             writer,
             post_fds: self.post.fds(),
-            cgroup: cgroup::raw(&procs),
+            cgroup: cgroup::raw(&cgroup_dir),
             listeners: self.listeners.get(i).map_or(&[][..], |l| &l[..]),
             listen: &c.cfg.listen,
         })?;
-        drop(procs);
+        drop(cgroup_dir);
         if !standby {
             self.post.forked(i, spawned.pid.0 as u32);
         }

@@ -11,7 +11,7 @@
 use std::cell::UnsafeCell;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
 use crate::config::ExecSettings;
@@ -198,8 +198,9 @@ pub(crate) struct Plan<'a> {
     pub(crate) writer: crate::ring::WriterId,
     /// The post's and the read-only registry's descriptors (for exec).
     pub(crate) post_fds: (RawFd, RawFd),
-    /// Its cgroup's `cgroup.procs`, which the child enters first.
-    pub(crate) cgroup: Option<RawFd>,
+    /// Its cgroup (the leaf's directory), and whether the child may be
+    /// born in it; if not, it enters it first thing.
+    pub(crate) cgroup: Option<(RawFd, bool)>,
     /// The listening sockets the root holds for this daemon, and their
     /// `listen` entries (same order).
     pub(crate) listeners: &'a [OwnedFd],
@@ -227,9 +228,8 @@ pub(crate) fn spawn(s: &Plan<'_>) -> io::Result<Spawned> {
     } else {
         None
     };
-    // SAFETY: the root is single-threaded (it never spawns threads), and the
-    // child below only makes fork-safe calls until the daemon's entry.
-    match unsafe { sys::fork()? } {
+    let (forked, born_in) = fork_child(s.cgroup)?;
+    match forked {
         Forked::Parent(pid) => {
             drop(wr);
             Ok(Spawned {
@@ -238,8 +238,30 @@ pub(crate) fn spawn(s: &Plan<'_>) -> io::Result<Spawned> {
                 gate: gate.map(|(_, w)| w),
             })
         }
-        Forked::Child => child(s, wr.as_raw_fd(), gate.as_ref().map(|(r, _)| r.as_raw_fd())),
+        Forked::Child => child(
+            s,
+            wr.as_raw_fd(),
+            gate.as_ref().map(|(r, _)| r.as_raw_fd()),
+            born_in,
+        ),
     }
+}
+
+/// Forks the child: born in its cgroup (`cgroup`, a directory) where the
+/// kernel allows, which costs no cgroup migration (DESIGN.md §1, 5); a plain
+/// fork otherwise. The flag says whether the child is already in its cgroup.
+fn fork_child(cgroup: Option<(RawFd, bool)>) -> io::Result<(Forked, bool)> {
+    if let Some((dir, true)) = cgroup {
+        // SAFETY: the root is single-threaded (it never spawns threads), and
+        // the child only makes fork-safe calls until the daemon's entry;
+        // `dir` is the Plan's open cgroup directory, open across the call.
+        match unsafe { sys::fork::fork_into(BorrowedFd::borrow_raw(dir)) } {
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => {}
+            other => return Ok((other?, true)),
+        }
+    }
+    // SAFETY: as above.
+    Ok((unsafe { sys::fork()? }, false))
 }
 
 /// Reports a failed setup step to the root and exits. Fork-safe.
@@ -248,12 +270,16 @@ fn fail(pipe: RawFd, stage: SetupStage, err: io::Error) -> ! {
     sys::exit_now(SETUP_FAILED)
 }
 
-fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) -> ! {
+fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>, in_cgroup: bool) -> ! {
     if let Err(e) = crate::prologue::after_fork(s.root_pid) {
         fail(pipe, SetupStage::Orphaned, e);
     }
     // Into its cgroup before anything it runs can fork.
-    if let Some(Err(e)) = s.cgroup.map(sys::cgroup::enter) {
+    if let Some(Err(e)) = s
+        .cgroup
+        .filter(|_| !in_cgroup)
+        .map(|(dir, _)| sys::cgroup::enter(dir))
+    {
         fail(pipe, SetupStage::Cgroup, e);
     }
     // Own session and process group, so a stop reaches whatever the daemon

@@ -6,6 +6,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Where the cgroup v2 hierarchy is mounted, from `/proc/self/mountinfo`
@@ -64,10 +65,33 @@ pub fn write(dir: &Path, file: &str, text: &str) -> io::Result<()> {
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
-/// Moves the calling process into the cgroup whose `cgroup.procs` is open
-/// at `procs` (writing `0` names the writer). No allocation; fork-safe.
-pub fn enter(procs: RawFd) -> io::Result<()> {
-    super::write_all(procs, b"0")
+/// Moves the calling process into the cgroup whose directory is open at
+/// `dir` (writing `0` to its `cgroup.procs` names the writer). No
+/// allocation; fork-safe. A migration: prefer creating the process in its
+/// cgroup ([`super::fork::fork_into`]).
+pub fn enter(dir: RawFd) -> io::Result<()> {
+    // SAFETY: a NUL-terminated constant path, relative to `dir`.
+    let procs = super::cvt_r(|| unsafe {
+        libc::openat(
+            dir,
+            c"cgroup.procs".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: a fresh descriptor that we now own (closed on return).
+    let procs = unsafe { OwnedFd::from_raw_fd(procs) };
+    super::write_all(procs.as_raw_fd(), b"0")
+}
+
+/// Opens the cgroup directory `dir` for [`enter`] and
+/// [`super::fork::fork_into`] (close-on-exec).
+pub fn open_dir(dir: &Path) -> io::Result<OwnedFd> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
+    Ok(OwnedFd::from(file))
 }
 
 /// Whether the cgroup at `dir` still has a live process in it or in a
