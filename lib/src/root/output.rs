@@ -81,7 +81,9 @@ impl Pipe {
         Ok(Pipe {
             read,
             write,
-            partial: Vec::with_capacity(MAX_LINE),
+            // Grown on the first byte: a quiet daemon costs the root no
+            // buffer (its heap is copied into every child it forks).
+            partial: Vec::new(),
         })
     }
 }
@@ -263,8 +265,11 @@ impl Output {
                     bytes = &bytes[room..];
                 }
             }
-            let line = std::mem::replace(partial, Vec::with_capacity(MAX_LINE));
+            // The buffer is kept (up to MAX_LINE) for the next line.
+            let mut line = std::mem::take(partial);
             self.line(stream, &line, false);
+            line.clear();
+            self.pipes[stream as usize].partial = line;
         }
     }
 
