@@ -9,7 +9,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use common::{run_to_end, send, Tree};
+use common::{run_to_end, send, Proc, Tree};
 
 /// The pid of daemon `name` while it runs.
 fn running_pid(t: &Tree, name: &str) -> Option<i32> {
@@ -402,4 +402,45 @@ fn a_daemon_added_by_reload_has_its_output_captured() {
     t.wait_log(&[&format!("added[{pid}] stdout: from-added")]);
     let (logs, _) = ctl_logs(&t, "added");
     assert!(logs.contains(&shown(pid, "from-added")), "{logs}");
+}
+
+/// An exec'd program starts in a child that shares the root's memory until
+/// it execs (no copy of the root): thirty restarts later the root is as it
+/// was — its command line (`ps`), its name, its answers — and every
+/// incarnation ran the program with the root as its parent.
+#[test]
+fn exec_restarts_leave_the_root_as_it_was() {
+    let t = Tree::start(
+        r#"
+[supervisor]
+intensity = 100
+[[daemon]]
+name = "sleeper"
+exec = ["/bin/sleep", "1000"]
+"#,
+    );
+    let cmdline = || fs::read(format!("/proc/{}/cmdline", t.pid)).unwrap();
+    t.poll("the first sleeper", || running_pid(&t, "sleeper"));
+    let before = (cmdline(), Proc::read(t.pid).unwrap().comm);
+    assert!(!before.0.is_empty());
+    let mut last = 0;
+    for _ in 0..30 {
+        let pid = t.poll("a new sleeper", || {
+            running_pid(&t, "sleeper").filter(|&p| p != last)
+        });
+        let p = t.poll("the program exec'd", || {
+            Proc::read(pid).filter(|p| p.comm == "sleep")
+        });
+        assert_eq!(p.ppid, t.pid, "the root is its parent");
+        send(pid, libc::SIGKILL).expect("kill the daemon");
+        last = pid;
+    }
+    t.poll("the 31st sleeper", || {
+        running_pid(&t, "sleeper").filter(|&p| p != last)
+    });
+    assert_eq!((cmdline(), Proc::read(t.pid).unwrap().comm), before);
+    let status = t.ctl_run(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(status["root"]["pid"], t.pid, "{status}");
+    assert_eq!(t.daemon_status("sleeper").unwrap()["restarts"], 30);
 }

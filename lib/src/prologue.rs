@@ -33,6 +33,19 @@ pub(crate) fn after_fork(parent: Pid) -> io::Result<()> {
     Ok(())
 }
 
+/// The first steps of a child that shares the root's memory until it
+/// execs ([`sys::fork::spawn_vm`]): steps 1 and 2 of [`after_fork`] only.
+/// Steps 3 and 4 write globals, which here are the root's own. Fork-safe,
+/// and writes nothing outside the caller's stack.
+pub(crate) fn after_clone_vm(parent: Pid) -> io::Result<()> {
+    sys::set_parent_death_signal(libc::SIGKILL)?;
+    if sys::getppid() != parent {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    sys::default_crash_signals();
+    Ok(())
+}
+
 /// Runs the forked process's code, `f`. A panic is a crash (SIGABRT): it
 /// must not unwind into the frames the process was forked in (the root's
 /// or the daemon's), whose destructors would run in the wrong process.

@@ -1,9 +1,17 @@
-//! `sys::fork::fork_into`: a child created directly in a cgroup (clone3
+//! `sys::fork::fork_into` and `sys::fork::spawn_vm`.
+//!
+//! `fork_into`: a child created directly in a cgroup (clone3
 //! with `CLONE_INTO_CGROUP`) is a full process, as one from glibc's fork:
 //! it is in the cgroup from its first instruction, its robust mutexes are
 //! recovered by the kernel when it dies holding one (which needs both its
 //! tid, stored as the lock's owner, and its robust list to be right), and
-//! the fork handlers registered through the library ran in it. Runs as its
+//! the fork handlers registered through the library ran in it.
+//!
+//! `spawn_vm`: a child that shares this process's memory until it execs
+//! (`CLONE_VM | CLONE_VFORK`, on a stack of its own) runs the program, in
+//! the cgroup, with the descriptors it set up, and leaves this process's
+//! memory as it was: the caller's stack and globals intact after 200
+//! spawns, an exec failure reported through its own pipe. Runs as its
 //! own process (`harness = false`): the caller of a fork must be
 //! single-threaded. Needs a writable cgroup v2 hierarchy; says so and
 //! passes without one.
@@ -51,7 +59,10 @@ fn main() {
         );
         return;
     }
-    let result = std::panic::catch_unwind(|| run(&dir));
+    let result = std::panic::catch_unwind(|| {
+        run(&dir);
+        run_vm(&dir);
+    });
     let _ = std::fs::write(dir.join("cgroup.kill"), "1");
     let t = Instant::now();
     while std::fs::remove_dir(&dir).is_err() && t.elapsed() < Duration::from_secs(5) {
@@ -142,4 +153,111 @@ fn run(dir: &std::path::Path) {
         "fork_into: {ROUNDS} children born in {}: each in its cgroup, each killed holding a robust mutex read as OwnerDied, fork handler ran in each",
         dir.display()
     );
+}
+
+/// What a [`vm_child`] is lent: the program, its argv and envp, the pipe
+/// for its stdout.
+struct VmArgs {
+    path: std::ffi::CString,
+    argv: [*const libc::c_char; 3],
+    envp: [*const libc::c_char; 1],
+    out: libc::c_int,
+}
+
+/// Set by the test and checked after every spawn: a child that wrote the
+/// caller's globals would show here.
+static CANARY: AtomicU32 = AtomicU32::new(0x5eed);
+
+extern "C" fn vm_child(arg: *mut libc::c_void) -> ! {
+    // SAFETY: the `VmArgs` the test lends, alive while it waits.
+    let a = unsafe { &*arg.cast::<VmArgs>() };
+    // SAFETY: plain system calls on values prepared by the parent; the exec
+    // either replaces this process or fails, and then _exit ends it.
+    unsafe {
+        libc::dup2(a.out, 1);
+        libc::execve(a.path.as_ptr(), a.argv.as_ptr(), a.envp.as_ptr());
+        libc::_exit(127)
+    }
+}
+
+fn run_vm(dir: &std::path::Path) {
+    let cg = sys::cgroup::open_dir(dir).unwrap();
+    let stack = sys::fork::ChildStack::new(64 << 10).unwrap();
+    let want = format!(
+        "0::/{}",
+        dir.strip_prefix(sys::cgroup::mount_point().unwrap().unwrap())
+            .unwrap()
+            .display()
+    );
+    let cat = std::ffi::CString::new("/bin/cat").unwrap();
+    let file = std::ffi::CString::new("/proc/self/cgroup").unwrap();
+    let on_stack = [0xabu8; 64];
+    const ROUNDS: usize = 200;
+    for round in 0..ROUNDS {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // Every tenth child gets a program that does not exist.
+        let missing = round % 10 == 9;
+        let path = if missing {
+            std::ffi::CString::new("/nonexistent/forkroot-test").unwrap()
+        } else {
+            cat.clone()
+        };
+        let mut args = VmArgs {
+            argv: [path.as_ptr(), file.as_ptr(), std::ptr::null()],
+            path,
+            envp: [std::ptr::null()],
+            out: fds[1],
+        };
+        args.argv[0] = args.path.as_ptr();
+        // SAFETY: this test is single-threaded; `vm_child` writes only its
+        // stack and the descriptors it was lent, and ends in exec or _exit;
+        // `args` lives across the call.
+        let pid = match unsafe {
+            sys::fork::spawn_vm(Some(cg.as_fd()), &stack, vm_child, (&raw mut args).cast())
+        } {
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported && round == 0 => {
+                println!(
+                    "fork_into: spawn_vm skipped: not available on this architecture or kernel"
+                );
+                // SAFETY: the two descriptors made above.
+                unsafe {
+                    libc::close(fds[0]);
+                    libc::close(fds[1])
+                };
+                return;
+            }
+            other => other.unwrap_or_else(|e| panic!("round {round}: spawn_vm: {e}")),
+        };
+        // SAFETY: our copy of the write end.
+        unsafe { libc::close(fds[1]) };
+        // SAFETY: the read end, now owned by the File.
+        let mut out = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fds[0]) };
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut out, &mut text).unwrap();
+        let mut status = 0;
+        // SAFETY: our child; `status` is writable.
+        assert_eq!(unsafe { libc::waitpid(pid.0, &mut status, 0) }, pid.0);
+        if missing {
+            assert_eq!(
+                libc::WEXITSTATUS(status),
+                127,
+                "round {round}: exec failure ends the child"
+            );
+            assert!(text.is_empty());
+        } else {
+            assert_eq!(libc::WEXITSTATUS(status), 0, "round {round}: {text}");
+            assert!(
+                text.lines().any(|l| l == want),
+                "round {round}: child in {text:?}, not {want}"
+            );
+        }
+        assert_eq!(CANARY.load(Ordering::Relaxed), 0x5eed);
+        assert!(
+            on_stack.iter().all(|&b| b == 0xab),
+            "the caller's stack was written"
+        );
+    }
+    println!("fork_into: spawn_vm: {ROUNDS} children sharing memory until exec: each in its cgroup, exec failures exit 127, the caller's stack and globals intact");
 }

@@ -228,6 +228,16 @@ pub(crate) fn spawn(s: &Plan<'_>) -> io::Result<Spawned> {
     } else {
         None
     };
+    if let Run::Exec(exec) = &s.run {
+        if let Some(pid) = spawn_exec_vm(s, exec, wr.as_raw_fd())? {
+            drop(wr);
+            return Ok(Spawned {
+                pid,
+                setup: rd,
+                gate: None,
+            });
+        }
+    }
     let (forked, born_in) = fork_child(s.cgroup)?;
     match forked {
         Forked::Parent(pid) => {
@@ -245,6 +255,82 @@ pub(crate) fn spawn(s: &Plan<'_>) -> io::Result<Spawned> {
             born_in,
         ),
     }
+}
+
+/// The stack the children of [`spawn_exec_vm`] run on until they exec
+/// (one is enough: the root waits while each runs on it).
+static VM_STACK: std::sync::OnceLock<sys::fork::ChildStack> = std::sync::OnceLock::new();
+/// Its size: the exec path's frames, with room to spare.
+const VM_STACK_LEN: usize = 256 << 10;
+
+/// What a [`vm_child`] is lent: the plan, its program, its setup pipe.
+struct VmArgs<'a, 'p> {
+    plan: &'a Plan<'p>,
+    exec: &'a Exec,
+    pipe: RawFd,
+}
+
+/// Starts an exec'd program without copying the root
+/// ([`sys::fork::spawn_vm`]: the child shares the root's memory, the root
+/// waiting, until it execs): no page tables copied, no copy-on-write faults
+/// after, whatever the root's size. `None` where that path is not taken,
+/// and the caller forks: a standby, a cgroup that must be entered by
+/// migration, a `stdin` other than `/dev/null` (opening a FIFO could block
+/// the child, and with it the root), an architecture or kernel without it.
+fn spawn_exec_vm(s: &Plan<'_>, exec: &Exec, pipe: RawFd) -> io::Result<Option<Pid>> {
+    if s.standby
+        || s.cgroup.is_some_and(|(_, fresh)| !fresh)
+        || exec.stdin.as_bytes() != b"/dev/null"
+    {
+        return Ok(None);
+    }
+    let stack = match VM_STACK.get() {
+        Some(st) => st,
+        None => match sys::fork::ChildStack::new(VM_STACK_LEN) {
+            Ok(st) => VM_STACK.get_or_init(|| st),
+            Err(_) => return Ok(None),
+        },
+    };
+    let mut args = VmArgs {
+        plan: s,
+        exec,
+        pipe,
+    };
+    // SAFETY: the root is single-threaded; `vm_child` keeps the rules of a
+    // child sharing the root's memory (it writes only its own stack and the
+    // plan's `LISTEN_PID` buffer, which it is lent, allocates nothing,
+    // never returns); `args` outlives the call, which returns only after
+    // the child exec'd or exited; its cgroup directory is open across it.
+    let spawned = unsafe {
+        sys::fork::spawn_vm(
+            s.cgroup.map(|(dir, _)| BorrowedFd::borrow_raw(dir)),
+            stack,
+            vm_child,
+            (&raw mut args).cast(),
+        )
+    };
+    match spawned {
+        Ok(pid) => Ok(Some(pid)),
+        Err(e) if e.kind() == io::ErrorKind::Unsupported => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The child of [`spawn_exec_vm`], on its own stack in the root's memory.
+extern "C" fn vm_child(arg: *mut libc::c_void) -> ! {
+    // SAFETY: `arg` is the `VmArgs` `spawn_exec_vm` lends, alive while the
+    // root waits for this child to exec or exit.
+    let a = unsafe { &*arg.cast::<VmArgs<'_, '_>>() };
+    if let Err(e) = crate::prologue::after_clone_vm(a.plan.root_pid) {
+        fail(a.pipe, SetupStage::Orphaned, e);
+    }
+    // Born in its cgroup (a migration is never done here: see above).
+    if let Err(e) = sys::setsid() {
+        fail(a.pipe, SetupStage::Session, e);
+    }
+    // No title: the argument area is the root's own memory, and the exec
+    // below replaces it anyway.
+    exec_child(a.plan, a.exec, a.pipe)
 }
 
 /// Forks the child: born in its cgroup (`cgroup`, a directory) where the
@@ -290,88 +376,7 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>, in_cgroup: bool) -> ! {
     sys::title::set(s.title);
 
     match &s.run {
-        Run::Exec(exec) => {
-            let Some(fd) = s.regions.own_fd(s.index).map(|f| f.as_raw_fd()) else {
-                fail(
-                    pipe,
-                    SetupStage::Region,
-                    io::Error::from_raw_os_error(libc::EBADF),
-                );
-            };
-            if let Some(cell) = &exec.listen_pid {
-                // SAFETY: this forked child is single-threaded and nothing
-                // else in it refers to the buffer; `envp` points at it and
-                // is read only by the exec below.
-                let buf = unsafe { &mut *cell.get() };
-                listen::write_pid(buf, sys::getpid().0.unsigned_abs());
-            }
-            let stdin = match sys::setup::open_read(&exec.stdin) {
-                Ok(fd) => fd,
-                Err(e) => fail(pipe, SetupStage::Stdin, e),
-            };
-            // Its stdin to fd 0, its output pipes to 1 and 2, its listening
-            // sockets to 3.. (systemd's protocol), the region after them
-            // (3 + n), the setup pipe after that (close-on-exec, so a
-            // successful exec reads as end-of-file in the root), the
-            // mailboxes' post and registry after it, and the notification
-            // pipe to `notify_fd` (above all of them, inherited). Each is
-            // first copied above the targets, so no move overwrites another's
-            // source.
-            let region_fd = exec_region_fd(s.listeners.len());
-            let pipe_fd = region_fd + 1;
-            let (post_fd, registry_fd) = (region_fd + 2, region_fd + 3);
-            let moved = (|| -> io::Result<()> {
-                let above = (registry_fd + 1).max(EXEC_ABOVE);
-                let r = sys::dup_at_least(fd, above)?;
-                let p = sys::dup_at_least(pipe, above)?;
-                let i = sys::dup_at_least(stdin, above)?;
-                let post = sys::dup_at_least(s.post_fds.0, above)?;
-                let reg = sys::dup_at_least(s.post_fds.1, above)?;
-                let high = raise(s.listeners, above)?;
-                let out = s.output.map(|(o, e)| -> io::Result<_> {
-                    Ok((sys::dup_at_least(o, above)?, sys::dup_at_least(e, above)?))
-                });
-                let out = out.transpose()?;
-                let n = s
-                    .notify_fd
-                    .map(|(from, to)| sys::dup_at_least(from, above.max(to + 1)).map(|d| (d, to)))
-                    .transpose()?;
-                sys::dup2(i, 0)?;
-                if let Some((o, e)) = out {
-                    sys::dup2(o, 1)?;
-                    sys::dup2(e, 2)?;
-                }
-                for (k, &from) in high[..s.listeners.len()].iter().enumerate() {
-                    sys::dup2(from, listen::EXEC_FIRST_FD + k as RawFd)?;
-                }
-                sys::dup2(r, region_fd)?;
-                sys::dup2(p, pipe_fd)?;
-                sys::set_cloexec(pipe_fd, true)?;
-                sys::dup2(post, post_fd)?;
-                sys::dup2(reg, registry_fd)?;
-                match n {
-                    Some((d, to)) => {
-                        sys::dup2(d, to)?;
-                        // dup2 onto itself keeps close-on-exec: clear it.
-                        sys::set_cloexec(to, false)?;
-                        sys::close_between(registry_fd + 1, to - 1)?;
-                        sys::close_from(to + 1)
-                    }
-                    None => sys::close_from(registry_fd + 1),
-                }
-            })();
-            if let Err(e) = moved {
-                fail(pipe, SetupStage::Descriptors, e);
-            }
-            // A program gets default signal handling, as from a shell.
-            sys::default_sigpipe();
-            sys::restore_fd_limit();
-            let _ = SigSet::empty().set_mask();
-            let pipe_fd = exec_region_fd(s.listeners.len()) + 1;
-            apply_settings(exec, pipe_fd);
-            let err = sys::exec(&exec.path, &exec.argv, &exec.envp);
-            fail(pipe_fd, SetupStage::Exec, err)
-        }
+        Run::Exec(exec) => exec_child(s, exec, pipe),
         Run::Builtin { entry, args, names } => {
             // SIGTERM stays blocked: the daemon takes it through
             // Context::stopping/sleep, so it can finish what it is doing.
@@ -419,6 +424,93 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>, in_cgroup: bool) -> ! {
             crate::daemon::run_builtin(*entry, s.name, region, siblings, args, start, mail, held)
         }
     }
+}
+
+/// An exec'd program's child, from its descriptors to the exec. Fork-safe;
+/// it writes nothing but its own stack and the plan's `LISTEN_PID` buffer,
+/// so it also runs in a child sharing the root's memory ([`vm_child`]).
+fn exec_child(s: &Plan<'_>, exec: &Exec, pipe: RawFd) -> ! {
+    let Some(fd) = s.regions.own_fd(s.index).map(|f| f.as_raw_fd()) else {
+        fail(
+            pipe,
+            SetupStage::Region,
+            io::Error::from_raw_os_error(libc::EBADF),
+        );
+    };
+    if let Some(cell) = &exec.listen_pid {
+        // SAFETY: this child is single-threaded and nothing else in it
+        // refers to the buffer (a child sharing the root's memory: the
+        // root waits, and rewrites it before its next use); `envp` points
+        // at it and is read only by the exec below.
+        let buf = unsafe { &mut *cell.get() };
+        listen::write_pid(buf, sys::getpid().0.unsigned_abs());
+    }
+    let stdin = match sys::setup::open_read(&exec.stdin) {
+        Ok(fd) => fd,
+        Err(e) => fail(pipe, SetupStage::Stdin, e),
+    };
+    // Its stdin to fd 0, its output pipes to 1 and 2, its listening
+    // sockets to 3.. (systemd's protocol), the region after them
+    // (3 + n), the setup pipe after that (close-on-exec, so a
+    // successful exec reads as end-of-file in the root), the
+    // mailboxes' post and registry after it, and the notification
+    // pipe to `notify_fd` (above all of them, inherited). Each is
+    // first copied above the targets, so no move overwrites another's
+    // source.
+    let region_fd = exec_region_fd(s.listeners.len());
+    let pipe_fd = region_fd + 1;
+    let (post_fd, registry_fd) = (region_fd + 2, region_fd + 3);
+    let moved = (|| -> io::Result<()> {
+        let above = (registry_fd + 1).max(EXEC_ABOVE);
+        let r = sys::dup_at_least(fd, above)?;
+        let p = sys::dup_at_least(pipe, above)?;
+        let i = sys::dup_at_least(stdin, above)?;
+        let post = sys::dup_at_least(s.post_fds.0, above)?;
+        let reg = sys::dup_at_least(s.post_fds.1, above)?;
+        let high = raise(s.listeners, above)?;
+        let out = s.output.map(|(o, e)| -> io::Result<_> {
+            Ok((sys::dup_at_least(o, above)?, sys::dup_at_least(e, above)?))
+        });
+        let out = out.transpose()?;
+        let n = s
+            .notify_fd
+            .map(|(from, to)| sys::dup_at_least(from, above.max(to + 1)).map(|d| (d, to)))
+            .transpose()?;
+        sys::dup2(i, 0)?;
+        if let Some((o, e)) = out {
+            sys::dup2(o, 1)?;
+            sys::dup2(e, 2)?;
+        }
+        for (k, &from) in high[..s.listeners.len()].iter().enumerate() {
+            sys::dup2(from, listen::EXEC_FIRST_FD + k as RawFd)?;
+        }
+        sys::dup2(r, region_fd)?;
+        sys::dup2(p, pipe_fd)?;
+        sys::set_cloexec(pipe_fd, true)?;
+        sys::dup2(post, post_fd)?;
+        sys::dup2(reg, registry_fd)?;
+        match n {
+            Some((d, to)) => {
+                sys::dup2(d, to)?;
+                // dup2 onto itself keeps close-on-exec: clear it.
+                sys::set_cloexec(to, false)?;
+                sys::close_between(registry_fd + 1, to - 1)?;
+                sys::close_from(to + 1)
+            }
+            None => sys::close_from(registry_fd + 1),
+        }
+    })();
+    if let Err(e) = moved {
+        fail(pipe, SetupStage::Descriptors, e);
+    }
+    // A program gets default signal handling, as from a shell.
+    sys::default_sigpipe();
+    sys::restore_fd_limit();
+    let _ = SigSet::empty().set_mask();
+    let pipe_fd = exec_region_fd(s.listeners.len()) + 1;
+    apply_settings(exec, pipe_fd);
+    let err = sys::exec(&exec.path, &exec.argv, &exec.envp);
+    fail(pipe_fd, SetupStage::Exec, err)
 }
 
 /// Applies an exec'd program's settings, in the order that keeps each

@@ -209,3 +209,167 @@ pub unsafe fn fork_into(cgroup: BorrowedFd<'_>) -> io::Result<Forked> {
 
 /// Set once clone3 with `CLONE_INTO_CGROUP` failed as unknown.
 static CLONE3_BROKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A stack for the children of [`spawn_vm`]: mapped once, with an
+/// inaccessible guard page below it (an overflow faults, never writes into
+/// other memory).
+#[derive(Debug)]
+pub struct ChildStack {
+    /// The whole mapping, guard page first.
+    base: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; it is only used
+// as the stack of a child whose parent is suspended until it execs or
+// exits (CLONE_VFORK), so no two users ever run on it at once.
+unsafe impl Send for ChildStack {}
+// SAFETY: as above; `&ChildStack` gives no access to the bytes.
+unsafe impl Sync for ChildStack {}
+
+impl ChildStack {
+    /// Maps a stack of `len` bytes (rounded up to pages) plus its guard page.
+    pub fn new(len: usize) -> io::Result<ChildStack> {
+        let page = 4096;
+        let len = len.div_ceil(page) * page + page;
+        // SAFETY: a fresh private anonymous mapping; no existing memory is
+        // named.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let stack = ChildStack {
+            base: std::ptr::NonNull::new(p.cast()).expect("mmap never returns null"),
+            len,
+        };
+        // SAFETY: the first page of the mapping made above.
+        cvt(unsafe { libc::mprotect(p, page, libc::PROT_NONE) })?;
+        Ok(stack)
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Starts `child(arg)` in a new process that shares the caller's memory
+/// until it execs (clone3 with `CLONE_VM | CLONE_VFORK`, as `posix_spawn`
+/// does), on `stack`, born in the cgroup open at `cgroup` if given
+/// (`CLONE_INTO_CGROUP`). The caller is suspended until the child execs or
+/// exits; then this returns the child's pid.
+///
+/// Nothing of the caller's memory is copied: no page tables, no
+/// copy-on-write faults afterwards in either process, and the child runs
+/// at once on the caller's CPU. That is what makes an exec from a large
+/// process as cheap as from a small one.
+///
+/// `Err(Unsupported)` on an architecture this is not written for, or a
+/// kernel without clone3 or `CLONE_INTO_CGROUP`: the caller forks instead.
+///
+/// # Safety
+/// The caller must be single-threaded (no other thread may use the memory
+/// the child shares). `child` runs in a process that shares every byte of
+/// the caller's memory, its TLS and its allocator among them, while the
+/// caller is stopped at this call: it must not allocate, lock, unwind,
+/// return, or write any memory the caller uses afterwards (globals, the
+/// caller's stack), only its own stack and what `arg` lends it; it must end
+/// in `execve` or `_exit`. Signals it could receive before it resets their
+/// handlers run the caller's handlers on this stack.
+pub unsafe fn spawn_vm(
+    cgroup: Option<BorrowedFd<'_>>,
+    stack: &ChildStack,
+    child: extern "C" fn(*mut libc::c_void) -> !,
+    arg: *mut libc::c_void,
+) -> io::Result<Pid> {
+    if !cfg!(target_arch = "x86_64") || CLONE3_BROKEN.load(Ordering::Relaxed) {
+        return Err(io::Error::from(io::ErrorKind::Unsupported));
+    }
+    let page = 4096;
+    let mut args = CloneArgs {
+        flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64
+            | cgroup.map_or(0, |_| CLONE_INTO_CGROUP),
+        exit_signal: libc::SIGCHLD as u64,
+        // Above the guard page; the kernel starts the child at its top
+        // (16-byte aligned: `len` is a multiple of the page size).
+        stack: stack.base.as_ptr() as u64 + page as u64,
+        stack_size: (stack.len - page) as u64,
+        cgroup: cgroup.map_or(0, |fd| fd.as_raw_fd() as u64),
+        ..CloneArgs::default()
+    };
+    // SAFETY: as the caller promises; `args` is a valid clone_args of the
+    // size given, its stack a mapping of ours.
+    let ret = unsafe { clone3_call(&raw mut args, child, arg) };
+    match ret {
+        pid if pid > 0 => Ok(Pid(pid as libc::pid_t)),
+        e if matches!(-e as i32, libc::ENOSYS | libc::E2BIG | libc::EINVAL) => {
+            CLONE3_BROKEN.store(true, Ordering::Relaxed);
+            Err(io::Error::from(io::ErrorKind::Unsupported))
+        }
+        e => Err(io::Error::from_raw_os_error(-e as i32)),
+    }
+}
+
+/// The clone3 system call for [`spawn_vm`]: the child starts on the new
+/// stack and calls `child(arg)`, which never returns; the parent gets the
+/// raw result (a pid, or `-errno`).
+///
+/// # Safety
+/// `args` is a valid `clone_args` whose stack is mapped and writable.
+#[cfg(target_arch = "x86_64")]
+unsafe fn clone3_call(
+    args: *mut CloneArgs,
+    child: extern "C" fn(*mut libc::c_void) -> !,
+    arg: *mut libc::c_void,
+) -> i64 {
+    let ret: i64;
+    // SAFETY: the system call preserves every register but rax, rcx and
+    // r11. In the parent this is a plain system call. In the child, rax is
+    // 0 and rsp the top of the new stack (16-byte aligned, as a `call`
+    // needs); r12 and r13 still hold `arg` and `child`: rbp is cleared (the
+    // end of the frame chain) and `child` is called, which never returns
+    // (`ud2` traps if it did). Memory is not marked unread: the child writes
+    // what it was lent before the parent resumes.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r12",
+            "call r13",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") args,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") arg,
+            in("r13") child,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+/// No [`spawn_vm`] here (it returns before calling this): the caller forks.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn clone3_call(
+    _args: *mut CloneArgs,
+    _child: extern "C" fn(*mut libc::c_void) -> !,
+    _arg: *mut libc::c_void,
+) -> i64 {
+    unreachable!("spawn_vm is x86_64 only")
+}
