@@ -68,6 +68,30 @@ impl TestCgroup {
     }
 }
 
+/// The processes in daemon `name`'s leaves (`a` and `b`).
+fn leaf_procs(cg: &TestCgroup, name: &str) -> Vec<i32> {
+    ["a", "b"]
+        .iter()
+        .flat_map(|leaf| {
+            fs::read_to_string(cg.0.join(name).join(leaf).join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
+/// Which of daemon `name`'s leaves holds `pid`.
+fn leaf_of(cg: &TestCgroup, name: &str, pid: i32) -> Option<&'static str> {
+    ["a", "b"].into_iter().find(|leaf| {
+        fs::read_to_string(cg.0.join(name).join(leaf).join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l == pid.to_string())
+    })
+}
+
 impl Drop for TestCgroup {
     fn drop(&mut self) {
         // Only this test's root and its daemons were ever in here.
@@ -138,13 +162,13 @@ fn setsid_grandchild_dies_with_its_daemon_and_never_overlaps() {
     );
 
     // The root left its cgroup for a leaf; the daemon has its own, and
-    // its processes run in its leaf `run`.
+    // its processes run in one of its two leaves.
     let first = wait_grandchild(&t, 1);
     let mut kids = cg.children();
     kids.sort();
     assert_eq!(kids, ["root", "web"]);
-    let procs = fs::read_to_string(cg.0.join("web/run/cgroup.procs")).unwrap();
-    assert!(procs.lines().any(|l| l == first.pid.to_string()), "{procs}");
+    let procs = leaf_procs(&cg, "web");
+    assert!(procs.contains(&first.pid), "{procs:?}");
 
     // Restart: the grandchild is gone before the next one starts.
     assert_eq!(t.ctl_run(&["restart", "web", "--wait"]).code, Some(0));
@@ -158,8 +182,8 @@ fn setsid_grandchild_dies_with_its_daemon_and_never_overlaps() {
     t.wait_gone(&[second]);
     // The incarnation after a cgroup.kill runs (in a leaf made anew), and
     // nothing killed it at birth: the restart count says one death.
-    let procs = fs::read_to_string(cg.0.join("web/run/cgroup.procs")).unwrap();
-    assert!(procs.lines().any(|l| l == third.pid.to_string()), "{procs}");
+    let procs = leaf_procs(&cg, "web");
+    assert!(procs.contains(&third.pid), "{procs:?}");
     assert_eq!(
         t.daemon_status("web").unwrap()["restarts"],
         1,
@@ -306,10 +330,7 @@ cpu_weight = 50
         assert_eq!(ran.code, Some(0), "{}", ran.stderr);
         let t = Tree::start_with(config, |c| cg.enter(c));
         t.poll("web in its cgroup", || {
-            (!fs::read_to_string(cg.0.join("web/run/cgroup.procs"))
-                .unwrap_or_default()
-                .is_empty())
-            .then_some(())
+            (!leaf_procs(&cg, "web").is_empty()).then_some(())
         });
         let read = |f: &str| fs::read_to_string(cg.0.join("web").join(f)).unwrap();
         assert_eq!(read("memory.max").trim(), "67108864");
@@ -337,4 +358,58 @@ cpu_weight = 50
         assert_eq!(t.wait_code(), 78, "{}", t.log());
         assert!(cg.children().is_empty(), "{:?}", cg.children());
     }
+}
+
+/// A standby is born in its daemon's cgroup (the leaf its primary does not
+/// use) and takes over where it is: no process is moved, the old
+/// primary's leaf is killed and emptied without touching the standby, and
+/// the next standby is born in the leaf the old primary left.
+#[test]
+fn a_standby_takes_over_in_its_own_leaf() {
+    let Some(cg) = TestCgroup::new() else {
+        return fallback_when_no_cgroup();
+    };
+    let t = Tree::start_with(
+        r#"
+[supervisor]
+intensity = 100
+[[daemon]]
+name = "c"
+kind = "counter"
+standby = true
+[daemon.args]
+rate = 1000
+out = "@DIR@/c.out"
+"#,
+        |c| cg.enter(c),
+    );
+    let pair = || {
+        let d = t.daemon_status("c")?;
+        let p = d["pid"].as_i64()? as i32;
+        let s = d["standby_pid"].as_i64()? as i32;
+        Some((p, s))
+    };
+    let mut last = (0, 0);
+    let mut standby_leaf = None;
+    for round in 0..6 {
+        let (primary, standby) = t.poll("a primary and a ready standby", || {
+            pair().filter(|&(p, s)| p != last.0 && s != last.1)
+        });
+        let (lp, ls) = (leaf_of(&cg, "c", primary), leaf_of(&cg, "c", standby));
+        assert!(
+            lp.is_some() && ls.is_some() && lp != ls,
+            "round {round}: primary in {lp:?}, standby in {ls:?}"
+        );
+        if round > 0 {
+            assert_eq!(primary, last.1, "round {round}: the standby took over");
+            assert_eq!(
+                lp, standby_leaf,
+                "round {round}: it took over where it was born"
+            );
+        }
+        common::send(primary, libc::SIGKILL).unwrap();
+        last = (primary, standby);
+        standby_leaf = ls;
+    }
+    assert!(t.log().contains("standby took over"), "{}", t.log());
 }

@@ -9,14 +9,17 @@
 //! root falls back to signalling the daemon's process group (see
 //! DESIGN.md §3).
 //!
-//! A daemon's cgroup `NAME` holds its limits and is watched; its process
-//! runs in the leaf `NAME/run`, into which the root forks it directly
-//! (`sys::fork::fork_into`: no cgroup migration on the restart path). Once
-//! `NAME` was killed, the leaf is made anew before the next fork: a child
-//! cloned into a cgroup that was ever killed is itself killed at birth on
-//! some kernels (6.18 seen), so a killed leaf is never reused.
+//! A daemon's cgroup `NAME` holds its limits; it has two leaves, `NAME/a`
+//! and `NAME/b`. Its process runs in the *active* one, into which the root
+//! creates it directly (`sys::fork::fork_into`, `spawn_vm`: no cgroup
+//! migration on the restart path); a standby is created in the other, and
+//! when it takes over the two swap roles, so a takeover moves no process
+//! either. The active leaf is what is watched for `populated 0` and what
+//! `cgroup.kill` ends. A killed leaf is made anew before anything is
+//! created in it again: a child cloned into a cgroup that was ever killed
+//! is itself killed at birth on some kernels (6.18 seen).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -24,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{DaemonConfig, Limits};
 use crate::sys::cgroup::Inotify;
-use crate::sys::{self, Epoll, Pid};
+use crate::sys::{self, Epoll};
 
 /// What the root found of cgroup v2 where it runs.
 #[derive(Debug)]
@@ -104,13 +107,24 @@ pub(crate) struct Cgroups {
     enabled: Vec<&'static str>,
     /// Each daemon's cgroup directory.
     daemons: Vec<PathBuf>,
-    /// Per daemon: its cgroup was killed since its leaf was made.
-    killed: Vec<Cell<bool>>,
-    /// One descriptor, in the root's epoll set, watching every daemon's
+    /// Each daemon's two leaves.
+    leaves: Vec<Leaves>,
+    /// One descriptor, in the root's epoll set, watching every leaf's
     /// `cgroup.events` (no descriptor per daemon: DESIGN.md §1, 5).
     inotify: Inotify,
     /// Watch descriptor → daemon.
-    watches: HashMap<i32, usize>,
+    watches: RefCell<HashMap<i32, usize>>,
+}
+
+/// A daemon's two leaves, [`LEAVES`].
+#[derive(Debug, Default)]
+struct Leaves {
+    /// Which one its process runs in (the other is a standby's).
+    active: Cell<usize>,
+    /// Per leaf: killed since it was made.
+    killed: [Cell<bool>; 2],
+    /// Per leaf: the watch descriptor of its `cgroup.events`.
+    wd: [Cell<i32>; 2],
 }
 
 impl Containment {
@@ -157,9 +171,9 @@ impl Containment {
             made_base,
             enabled: Vec::new(),
             daemons: Vec::with_capacity(daemons.len()),
-            killed: Vec::with_capacity(daemons.len()),
+            leaves: Vec::with_capacity(daemons.len()),
             inotify: Inotify::new()?,
-            watches: HashMap::with_capacity(daemons.len()),
+            watches: RefCell::new(HashMap::with_capacity(2 * daemons.len())),
         };
         let filled = cg
             .fill(daemons, &probe)
@@ -182,28 +196,30 @@ impl Containment {
         }
     }
 
-    /// Opens the leaf daemon `i`'s process is to run in, for its child to
-    /// be forked into, and says whether it may be born there
-    /// ([`sys::fork::fork_into`]) or must enter it first thing
-    /// ([`sys::cgroup::enter`]: a killed leaf that could not be made anew);
-    /// `None` without cgroups.
-    pub(crate) fn leaf(&self, i: usize) -> io::Result<Option<(OwnedFd, bool)>> {
+    /// Opens the leaf daemon `i`'s process is to run in (its standby's,
+    /// with `standby`), for the child to be created in, and says whether
+    /// it may be born there ([`sys::fork::fork_into`]) or must enter it
+    /// first thing ([`sys::cgroup::enter`]: a killed leaf that could not be
+    /// made anew); `None` without cgroups.
+    pub(crate) fn leaf(&self, i: usize, standby: bool) -> io::Result<Option<(OwnedFd, bool)>> {
         let Containment::Cgroups(cg) = self else {
             return Ok(None);
         };
         // A daemon a reload added has no cgroup (they are made at start):
         // its process group is what contains it.
-        let Some(dir) = cg.daemons.get(i) else {
+        let (Some(dir), Some(l)) = (cg.daemons.get(i), cg.leaves.get(i)) else {
             return Ok(None);
         };
-        let leaf = dir.join(LEAF);
-        if cg.killed[i].get() {
+        let k = l.active.get() ^ usize::from(standby);
+        let leaf = dir.join(LEAVES[k]);
+        if l.killed[k].get() {
             // Empty by now: the root waits for `populated 0` before a
             // replacement starts. If not, the child migrates instead.
             match std::fs::remove_dir(&leaf) {
                 Ok(()) => {
                     make_dir(&leaf)?;
-                    cg.killed[i].set(false);
+                    cg.watch(i, k, &leaf)?;
+                    l.killed[k].set(false);
                 }
                 Err(e) => {
                     tracing::debug!(cgroup = %leaf.display(), error = %e, "killed leaf kept");
@@ -211,31 +227,31 @@ impl Containment {
             }
         }
         let fd = sys::cgroup::open_dir(&leaf)?;
-        Ok(Some((fd, !cg.killed[i].get())))
+        Ok(Some((fd, !l.killed[k].get())))
     }
 
-    /// Moves `pid` (a standby taking over) into daemon `i`'s cgroup.
-    pub(crate) fn adopt(&self, i: usize, pid: Pid) -> io::Result<()> {
-        match self {
-            Containment::Cgroups(cg) => match cg.daemons.get(i) {
-                Some(dir) => {
-                    sys::cgroup::write(&dir.join(LEAF), "cgroup.procs", &pid.0.to_string())
-                }
-                None => Ok(()),
-            },
-            Containment::ProcessGroups(_) => Ok(()),
+    /// Daemon `i`'s standby takes over: its leaf becomes the active one
+    /// (it was created there: nothing moves). The other leaf, where the
+    /// dead primary ran and whose rest was killed, is the next standby's.
+    pub(crate) fn adopt(&self, i: usize) {
+        if let Containment::Cgroups(cg) = self {
+            if let Some(l) = cg.leaves.get(i) {
+                l.active.set(l.active.get() ^ 1);
+            }
         }
     }
 
-    /// SIGKILLs everything in daemon `i`'s cgroup (nothing without one).
+    /// SIGKILLs everything in daemon `i`'s active leaf (its process and
+    /// all it forked; not its standby); nothing without cgroups.
     pub(crate) fn kill(&self, i: usize) -> io::Result<()> {
         match self {
-            Containment::Cgroups(cg) => match cg.daemons.get(i) {
-                Some(dir) => {
-                    cg.killed[i].set(true);
-                    sys::cgroup::write(dir, "cgroup.kill", "1")
+            Containment::Cgroups(cg) => match (cg.daemons.get(i), cg.leaves.get(i)) {
+                (Some(dir), Some(l)) => {
+                    let k = l.active.get();
+                    l.killed[k].set(true);
+                    sys::cgroup::write(&dir.join(LEAVES[k]), "cgroup.kill", "1")
                 }
-                None => Ok(()),
+                _ => Ok(()),
             },
             Containment::ProcessGroups(_) => Ok(()),
         }
@@ -252,12 +268,15 @@ impl Containment {
         Ok(!self.is_empty(i)?)
     }
 
-    /// Whether daemon `i`'s cgroup is empty (always, without cgroups).
+    /// Whether daemon `i`'s active leaf is empty (always, without
+    /// cgroups).
     pub(crate) fn is_empty(&self, i: usize) -> io::Result<bool> {
         match self {
-            Containment::Cgroups(cg) => match cg.daemons.get(i) {
-                Some(dir) => Ok(!sys::cgroup::populated(dir)?),
-                None => Ok(true),
+            Containment::Cgroups(cg) => match (cg.daemons.get(i), cg.leaves.get(i)) {
+                (Some(dir), Some(l)) => {
+                    Ok(!sys::cgroup::populated(&dir.join(LEAVES[l.active.get()]))?)
+                }
+                _ => Ok(true),
             },
             Containment::ProcessGroups(_) => Ok(true),
         }
@@ -271,7 +290,8 @@ impl Containment {
         };
         let mut wds = Vec::new();
         cg.inotify.read(&mut wds)?;
-        out.extend(wds.iter().filter_map(|wd| cg.watches.get(wd).copied()));
+        let watches = cg.watches.borrow();
+        out.extend(wds.iter().filter_map(|wd| watches.get(wd).copied()));
         Ok(())
     }
 
@@ -311,7 +331,6 @@ impl Cgroups {
             let dir = self.base.join(&d.name);
             make_dir(&dir)?;
             let wd = self.inotify.watch_modify(&dir.join("cgroup.events"))?;
-            self.watches.insert(wd, i);
             if !dir.join("cgroup.kill").exists() {
                 return Err(io::Error::new(
                     io::ErrorKind::Unsupported,
@@ -319,20 +338,37 @@ impl Cgroups {
                 ));
             }
             drain_leftover(&dir, &self.inotify)?;
-            // A fresh leaf (one a killed root left may have been killed).
-            let leaf = dir.join(LEAF);
-            if leaf.exists() {
-                remove_dir(&leaf)?;
+            // Only leftovers needed the whole cgroup watched.
+            self.inotify.unwatch(wd)?;
+            self.leaves.push(Leaves::default());
+            // Fresh leaves (one a killed root left may have been killed).
+            for (k, name) in LEAVES.iter().enumerate() {
+                let leaf = dir.join(name);
+                if leaf.exists() {
+                    remove_dir(&leaf)?;
+                }
+                make_dir(&leaf)?;
+                self.watch(i, k, &leaf)?;
             }
-            make_dir(&leaf)?;
             for (k, v) in values(&d.limits).into_iter().enumerate() {
                 if let Some(v) = v {
                     sys::cgroup::write(&dir, LIMITS[k].2, &v.to_string())?;
                 }
             }
             self.daemons.push(dir);
-            self.killed.push(Cell::new(false));
         }
+        Ok(())
+    }
+
+    /// Watches leaf `k` of daemon `i` (made anew: its old watch went with
+    /// the old directory).
+    fn watch(&self, i: usize, k: usize, leaf: &Path) -> io::Result<()> {
+        let wd = self.inotify.watch_modify(&leaf.join("cgroup.events"))?;
+        let mut watches = self.watches.borrow_mut();
+        if let Some(l) = self.leaves.get(i) {
+            watches.remove(&l.wd[k].replace(wd));
+        }
+        watches.insert(wd, i);
         Ok(())
     }
 
@@ -346,7 +382,9 @@ impl Cgroups {
             }
         };
         for dir in &self.daemons {
-            keep(remove_dir(&dir.join(LEAF)));
+            for name in LEAVES {
+                keep(remove_dir(&dir.join(name)));
+            }
             keep(remove_dir(dir));
         }
         for c in &self.enabled {
@@ -371,8 +409,9 @@ impl Cgroups {
     }
 }
 
-/// The leaf in a daemon's cgroup its processes run in.
-const LEAF: &str = "run";
+/// The two leaves of a daemon's cgroup its processes run in (the active
+/// one, and a standby's).
+const LEAVES: [&str; 2] = ["a", "b"];
 
 /// `forkroot@PATH` with the socket's path, `/` written as `_` (a cgroup
 /// name is one path component).

@@ -974,10 +974,7 @@ impl<'a> Root<'a> {
         };
         // A standby waits in the root's cgroup and is moved into the
         // daemon's when it takes over (the daemon's is killed on its death).
-        let cgroup_dir = match standby {
-            true => None,
-            false => self.containment().leaf(i)?,
-        };
+        let cgroup_dir = self.containment().leaf(i, standby)?;
         // `notify_fd`: the program writes a newline on its end when ready.
         let notify_pipe = match c.cfg.readiness {
             Readiness::Fd(n) if !standby => {
@@ -1205,12 +1202,6 @@ impl<'a> Root<'a> {
             return false;
         }
         let sb = c.standby.take().expect("checked above");
-        if let Err(e) = self.contain.as_ref().map_or(Ok(()), |k| k.adopt(i, sb.pid)) {
-            warn!(daemon = %c.cfg.name, error = %e, "cannot move the standby into the daemon's cgroup; forking instead");
-            let _ = sys::kill(sb.pid, libc::SIGKILL);
-            c.standby = Some(Standby { killed: true, ..sb });
-            return false;
-        }
         let history = History::new(c.restarts, &c.deaths, c.resume_before);
         if let Err(e) = history.send(sb.gate.as_raw_fd()) {
             warn!(daemon = %c.cfg.name, error = %e, "standby unreachable; forking instead");
@@ -1219,6 +1210,9 @@ impl<'a> Root<'a> {
             return false;
         }
         c.pid = Some(sb.pid);
+        if let Some(contain) = &self.contain {
+            contain.adopt(i);
+        }
         self.post.took_over(i, sb.pid.0 as u32);
         let restarts = c.restarts;
         self.outputs[i].started(sb.pid);

@@ -136,6 +136,12 @@ impl Inotify {
         })
     }
 
+    /// Removes watch `wd`.
+    pub fn unwatch(&self, wd: i32) -> io::Result<()> {
+        // SAFETY: plain system call on our descriptor.
+        super::cvt(unsafe { libc::inotify_rm_watch(self.0.as_raw_fd(), wd) }).map(drop)
+    }
+
     /// Appends the watch descriptors of every pending event to `out`, until
     /// none is left.
     pub fn read(&self, out: &mut Vec<i32>) -> io::Result<()> {
