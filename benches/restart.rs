@@ -17,6 +17,13 @@
 //!   CLOCK_MONOTONIC to a pipe at its first line.
 //!
 //! The ratio printed is forkroot's median over the bare median.
+//!
+//! - **time to ready**: from spawning `forkroot run` to its `READY=1` on
+//!   `NOTIFY_SOCKET` (every daemon of the first start set up), for one
+//!   daemon of 64 KiB, 1 GiB and 8 GiB, and for 10 and 1,000 daemons of
+//!   64 KiB; beside the floor of spawning the same binary to print its
+//!   version (exec, dynamic loading, exit), same run.
+//!   `FORKROOT_BENCH_READY_N` sets the starts per row (default 5).
 
 use std::fs;
 use std::io;
@@ -60,6 +67,36 @@ fn main() {
             standby: true,
         },
     ];
+    let ready_n: usize = std::env::var("FORKROOT_BENCH_READY_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    for (memory, daemons) in [
+        ("64KiB", 1),
+        ("1GiB", 1),
+        ("8GiB", 1),
+        ("64KiB", 10),
+        ("64KiB", 1000),
+    ] {
+        let floor = Stats::of(
+            (0..ready_n)
+                .map(|_| exec_floor().expect("exec floor"))
+                .collect(),
+        );
+        let s = Stats::of(
+            (0..ready_n)
+                .map(|_| time_to_ready(memory, daemons).expect("time to ready"))
+                .collect(),
+        );
+        println!(
+            "ready    memory={memory:<6} daemons={daemons:<4} n={ready_n}  median={} max={}   \
+             forkroot --version median={}   ratio={:.1}",
+            ms(s.median),
+            ms(s.p99),
+            ms(floor.median),
+            s.median as f64 / floor.median as f64
+        );
+    }
     for run in runs {
         // The floor is measured right before each run, so that both see the
         // same load on the machine.
@@ -77,6 +114,64 @@ fn main() {
             us(bare.p99),
             s.median as f64 / bare.median as f64
         );
+    }
+}
+
+/// Nanoseconds as milliseconds with two decimals.
+fn ms(ns: u64) -> String {
+    format!("{:.2}ms", ns as f64 / 1e6)
+}
+
+/// Spawning the binary to print its version and exit: the floor of any
+/// start of it.
+fn exec_floor() -> io::Result<u64> {
+    let t0 = monotonic_ns();
+    let st = Command::new(BIN)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()?;
+    assert!(st.success());
+    Ok(monotonic_ns() - t0)
+}
+
+/// From spawning `forkroot run` (one daemon per `daemons`, the first of
+/// `memory`, the rest of 64 KiB) to its `READY=1`.
+fn time_to_ready(memory: &str, daemons: usize) -> io::Result<u64> {
+    let dir = tempfile::Builder::new()
+        .prefix("forkroot-bench")
+        .tempdir()?;
+    let d = dir.path();
+    let config = d.join("ready.toml");
+    let mut text = format!("[root]\ncontrol = \"{}/ctl.sock\"\n", d.display());
+    for i in 0..daemons {
+        let memory = if i == 0 { memory } else { "64KiB" };
+        text.push_str(&format!(
+            "\n[[daemon]]\nname = \"idle{i}\"\nkind = \"idle\"\nmemory = \"{memory}\"\n"
+        ));
+    }
+    fs::write(&config, text)?;
+    let sock_path = d.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path)?;
+    sock.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let log = fs::File::create(d.join("root.log"))?;
+    let t0 = monotonic_ns();
+    let _root = Root(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env("XDG_RUNTIME_DIR", d)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?,
+    );
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = sock.recv(&mut buf)?;
+        if buf[..n].split(|&b| b == b'\n').any(|l| l == b"READY=1") {
+            return Ok(monotonic_ns() - t0);
+        }
     }
 }
 
