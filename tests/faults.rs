@@ -689,3 +689,45 @@ fn a_daemon_that_zeroed_its_state_writes_on_into_a_full_state_dir() {
     stop_cleanly(&mut t);
     drop(t);
 }
+
+#[test]
+fn regions_past_the_address_space_limit_are_refused_before_anything_starts() {
+    // RLIMIT_AS of 512 MiB (address space, a real limit the kernel applies
+    // to every mmap): a 1 GiB region cannot be mapped, whatever memory the
+    // machine has.
+    let dir = tempfile::Builder::new()
+        .prefix("forkroot-test")
+        .tempdir()
+        .unwrap();
+    let config = common::write_config(
+        &dir,
+        "[[daemon]]\nname = \"small\"\nkind = \"counter\"\n\
+         [daemon.args]\nout = \"@DIR@/small.out\"\n\
+         [[daemon]]\nname = \"big\"\nkind = \"idle\"\nmemory = \"1GiB\"\n",
+    );
+    let ran = common::run_to_end_with(&dir, &["run", "--config", config.to_str().unwrap()], |c| {
+        limit(c, libc::RLIMIT_AS, 512 << 20)
+    });
+    // An internal error of the root (the config is valid), with the reason
+    // and the daemon that asks for the most named.
+    assert_eq!(ran.code, Some(70), "{ran:?}");
+    let line = ran
+        .stderr
+        .lines()
+        .find(|l| l.contains("mapping regions"))
+        .unwrap_or_else(|| panic!("no error line: {ran:?}"));
+    assert!(
+        line.contains("Cannot allocate memory") && line.contains("\"big\""),
+        "{line}"
+    );
+    // Nothing half-started: no daemon ran, no control socket left behind.
+    assert!(!ran.stderr.contains("started daemon"), "{}", ran.stderr);
+    assert!(!dir.path().join("small.out").exists());
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".sock"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
