@@ -723,11 +723,40 @@ fn regions_past_the_address_space_limit_are_refused_before_anything_starts() {
     // Nothing half-started: no daemon ran, no control socket left behind.
     assert!(!ran.stderr.contains("started daemon"), "{}", ran.stderr);
     assert!(!dir.path().join("small.out").exists());
-    let left: Vec<_> = std::fs::read_dir(dir.path())
+    assert_eq!(sockets_in(dir.path()), Vec::<String>::new());
+}
+
+/// The names of the sockets in `dir` (a control socket a root left behind).
+fn sockets_in(dir: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::read_dir(dir)
         .unwrap()
         .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_socket()))
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".sock"))
-        .collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
+        .collect()
+}
+
+#[test]
+fn no_memory_for_the_region_arena_stops_the_root_before_anything_starts() {
+    // The root's first fallocate gives the arena memfd (every built-in
+    // daemon's region without a state_dir) its pages: it fails with ENOMEM,
+    // as when the machine's memory (or the root's memory cgroup) is full.
+    let mut t = Traced::start(
+        "[[daemon]]\nname = \"small\"\nkind = \"counter\"\n\
+         [daemon.args]\nout = \"@DIR@/small.out\"\n",
+        "fallocate",
+        "fallocate:error=ENOMEM:when=1",
+    );
+    assert_eq!(t.wait_code(), Some(70), "{}", t.log());
+    let log = t.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("mapping regions: the region arena")
+                && l.contains("Cannot allocate memory")),
+        "{log}"
+    );
+    assert!(!log.contains("started daemon"), "{log}");
+    assert!(!t.dir.path().join("small.out").exists());
+    assert_eq!(sockets_in(t.dir.path()), Vec::<String>::new());
 }
