@@ -463,10 +463,13 @@ fn refused_three_times(t: &Tree, what: &str) {
 
 #[test]
 fn fork_refused_by_rlimit_nproc_is_retried_with_backoff() {
-    const UID: u32 = 61_003;
+    // RLIMIT_NPROC counts every process of the uid on the machine: a uid
+    // of this test process's own, so that the same test running elsewhere
+    // at once (another checkout) does not take the slot it frees.
+    let uid = 200_000 + std::process::id() % 100_000;
     // The root and one daemon: the second fork fails with EAGAIN.
     let mut t = Tree::start_with(TWO_IDLE, |c| {
-        as_user(c, UID);
+        as_user(c, uid);
         limit(c, libc::RLIMIT_NPROC, 2);
     });
     refused_three_times(&t, "Resource temporarily unavailable");
@@ -742,21 +745,40 @@ fn no_memory_for_the_region_arena_stops_the_root_before_anything_starts() {
     // The root's first fallocate gives the arena memfd (every built-in
     // daemon's region without a state_dir) its pages: it fails with ENOMEM,
     // as when the machine's memory (or the root's memory cgroup) is full.
-    let mut t = Traced::start(
+    let dir = tempfile::Builder::new()
+        .prefix("forkroot-test")
+        .tempdir()
+        .unwrap();
+    let config = common::write_config(
+        &dir,
         "[[daemon]]\nname = \"small\"\nkind = \"counter\"\n\
          [daemon.args]\nout = \"@DIR@/small.out\"\n",
-        "fallocate",
-        "fallocate:error=ENOMEM:when=1",
     );
-    assert_eq!(t.wait_code(), Some(70), "{}", t.log());
-    let log = t.log();
+    let ran = common::run_bin_to_end(
+        std::path::Path::new("strace"),
+        &dir,
+        &[
+            "-o",
+            "/dev/null",
+            "-e",
+            "trace=fallocate",
+            "-e",
+            "inject=fallocate:error=ENOMEM:when=1",
+            common::BIN,
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(ran.code, Some(70), "{ran:?}");
     assert!(
-        log.lines()
+        ran.stderr
+            .lines()
             .any(|l| l.contains("mapping regions: the region arena")
                 && l.contains("Cannot allocate memory")),
-        "{log}"
+        "{ran:?}"
     );
-    assert!(!log.contains("started daemon"), "{log}");
-    assert!(!t.dir.path().join("small.out").exists());
-    assert_eq!(sockets_in(t.dir.path()), Vec::<String>::new());
+    assert!(!ran.stderr.contains("started daemon"), "{}", ran.stderr);
+    assert!(!dir.path().join("small.out").exists());
+    assert_eq!(sockets_in(dir.path()), Vec::<String>::new());
 }
