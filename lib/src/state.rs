@@ -491,3 +491,41 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     }
     h
 }
+
+#[cfg(all(test, not(miri)))]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+
+    /// Bytes of blocks the file behind `f` has (`st_blocks` is in 512s).
+    fn allocated(f: &std::fs::File) -> u64 {
+        f.metadata().expect("fstat").blocks() * 512
+    }
+
+    #[test]
+    fn zero_keeps_every_block_and_gives_a_hole_one_again() {
+        const LEN: usize = 16 * 4096;
+        let file = std::fs::File::from(sys::memfd_sealed(c"state-test", LEN as u64).unwrap());
+        let base = sys::reserve(LEN).unwrap();
+        // SAFETY: the range is the reservation just made, nothing refers
+        // into it; it stays mapped for the rest of the test (never
+        // unmapped: the process ends with it).
+        unsafe { sys::map_fixed(base, LEN, file.as_raw_fd(), 0, sys::Access::ReadWrite) }.unwrap();
+        // SAFETY: LEN bytes mapped read-write above, borrowed only here.
+        let area = unsafe { std::slice::from_raw_parts_mut(base.as_ptr(), LEN) };
+        area.fill(0xa5);
+        assert_eq!(allocated(&file), LEN as u64);
+        // A hole, as another process punching the file leaves one.
+        sys::punch_hole(file.as_raw_fd(), 4 * 4096, 2 * 4096).unwrap();
+        assert_eq!(allocated(&file), (LEN - 2 * 4096) as u64);
+        // Zeroed from the middle of a page to the end: the file has every
+        // block again (MADV_REMOVE gave them back to the file system), then
+        // (reading a hole would give it a block: checked after) every byte
+        // of the area is zero and the bytes before it are kept.
+        zero(&mut area[100..]).unwrap();
+        assert_eq!(allocated(&file), LEN as u64);
+        assert!(area[..100].iter().all(|&b| b == 0xa5));
+        assert!(area[100..].iter().all(|&b| b == 0));
+    }
+}
