@@ -94,8 +94,8 @@ fn a_region_file_damaged_under_a_running_daemon_is_seen_at_once() {
     );
     let one = t.poll("idle1 running", || running(&t, "idle1"));
     let two = t.poll("idle2 running", || running(&t, "idle2"));
-    // idle1's state zeroed the way a daemon zeroes its own (state::zero:
-    // MADV_REMOVE punches a hole): the same event as a damage, but no
+    // A hole punched in idle1's state (its bytes read as zeroes, as after
+    // a daemon zeroes its own state): the same event as a damage, but no
     // damage, and no reason to restart it.
     let file1 = std::fs::OpenOptions::new()
         .write(true)
@@ -463,10 +463,13 @@ fn refused_three_times(t: &Tree, what: &str) {
 
 #[test]
 fn fork_refused_by_rlimit_nproc_is_retried_with_backoff() {
-    const UID: u32 = 61_003;
+    // RLIMIT_NPROC counts every process of the uid on the machine: a uid
+    // of this test process's own, so that the same test running elsewhere
+    // at once (another checkout) does not take the slot it frees.
+    let uid = 200_000 + std::process::id() % 100_000;
     // The root and one daemon: the second fork fails with EAGAIN.
     let mut t = Tree::start_with(TWO_IDLE, |c| {
-        as_user(c, UID);
+        as_user(c, uid);
         limit(c, libc::RLIMIT_NPROC, 2);
     });
     refused_three_times(&t, "Resource temporarily unavailable");
@@ -604,4 +607,178 @@ fn a_full_state_dir_stops_only_the_daemon_whose_region_does_not_fit() {
     t.poll("b running once there is room", || running(&t, "b"));
     stop_cleanly(&mut t);
     drop(t);
+}
+
+/// Sends one RESP command on `s` and reads its one-line reply (`+OK`,
+/// `-ERR ...`); an I/O error when the daemon went away.
+fn resp(s: &mut std::os::unix::net::UnixStream, args: &[&[u8]]) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut req = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        req.extend_from_slice(a);
+        req.extend_from_slice(b"\r\n");
+    }
+    s.write_all(&req)?;
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        if s.read(&mut b)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        line.push(b[0]);
+    }
+    Ok(String::from_utf8_lossy(&line).trim_end().to_owned())
+}
+
+#[test]
+fn a_daemon_that_zeroed_its_state_writes_on_into_a_full_state_dir() {
+    let dir = tempfile::Builder::new()
+        .prefix("forkroot-test-fs")
+        .tempdir()
+        .unwrap();
+    let fs = Tmpfs::mount(dir.path().join("state"), "16m");
+    let sock = dir.path().join("kv.sock");
+    let config = format!(
+        "[root]\nstate_dir = \"{}\"\n\
+         [[daemon]]\nname = \"kv\"\nkind = \"kv\"\nmemory = \"4MiB\"\n\
+         [daemon.args]\nlisten = \"{}\"\n",
+        fs.0.display(),
+        sock.display()
+    );
+    let mut t = Tree::start(&config);
+    let pid = t.poll("kv running", || running(&t, "kv"));
+    // The kv daemon zeroed its empty state when it attached it (the first
+    // start of a region, as any `fresh` start). One write: it is serving.
+    let mut s = t.poll("kv listening", || {
+        std::os::unix::net::UnixStream::connect(&sock).ok()
+    });
+    s.set_read_timeout(Some(common::DEADLINE)).unwrap();
+    assert_eq!(resp(&mut s, &[b"SET", b"first", b"1"]).unwrap(), "+OK");
+    // Every free block of the file system taken by another file.
+    {
+        use std::io::Write;
+        let mut fill = std::fs::File::create(fs.0.join("fill")).unwrap();
+        let chunk = vec![0x5au8; 64 * 1024];
+        let full = loop {
+            if let Err(e) = fill.write_all(&chunk) {
+                break e;
+            }
+        };
+        assert_eq!(full.raw_os_error(), Some(libc::ENOSPC), "{full}");
+    }
+    // Writes reach pages of the state the daemon has not touched since it
+    // zeroed it: each is answered (stored, or refused as the store filled),
+    // never a daemon killed by SIGBUS on a page its file no longer has.
+    let value = vec![b'v'; 2000];
+    let mut stored = 0;
+    for i in 0..2000 {
+        let key = format!("k{i}");
+        let reply = resp(&mut s, &[b"SET", key.as_bytes(), &value]).unwrap_or_else(|e| {
+            panic!(
+                "SET {key} after {stored} writes: {e}\n--- root log ---\n{}",
+                t.log()
+            )
+        });
+        if reply != "+OK" {
+            assert!(reply.starts_with("-OOM"), "SET {key}: {reply}");
+            break;
+        }
+        stored += 1;
+    }
+    assert!(stored > 1000, "only {stored} writes fit in 4 MiB");
+    assert_eq!(running(&t, "kv"), Some(pid), "{}", t.log());
+    assert!(!t.log().contains("SIGBUS"), "{}", t.log());
+    stop_cleanly(&mut t);
+    drop(t);
+}
+
+#[test]
+fn regions_past_the_address_space_limit_are_refused_before_anything_starts() {
+    // RLIMIT_AS of 512 MiB (address space, a real limit the kernel applies
+    // to every mmap): a 1 GiB region cannot be mapped, whatever memory the
+    // machine has.
+    let dir = tempfile::Builder::new()
+        .prefix("forkroot-test")
+        .tempdir()
+        .unwrap();
+    let config = common::write_config(
+        &dir,
+        "[[daemon]]\nname = \"small\"\nkind = \"counter\"\n\
+         [daemon.args]\nout = \"@DIR@/small.out\"\n\
+         [[daemon]]\nname = \"big\"\nkind = \"idle\"\nmemory = \"1GiB\"\n",
+    );
+    let ran = common::run_to_end_with(&dir, &["run", "--config", config.to_str().unwrap()], |c| {
+        limit(c, libc::RLIMIT_AS, 512 << 20)
+    });
+    // An internal error of the root (the config is valid), with the reason
+    // and the daemon that asks for the most named.
+    assert_eq!(ran.code, Some(70), "{ran:?}");
+    let line = ran
+        .stderr
+        .lines()
+        .find(|l| l.contains("mapping regions"))
+        .unwrap_or_else(|| panic!("no error line: {ran:?}"));
+    assert!(
+        line.contains("Cannot allocate memory") && line.contains("\"big\""),
+        "{line}"
+    );
+    // Nothing half-started: no daemon ran, no control socket left behind.
+    assert!(!ran.stderr.contains("started daemon"), "{}", ran.stderr);
+    assert!(!dir.path().join("small.out").exists());
+    assert_eq!(sockets_in(dir.path()), Vec::<String>::new());
+}
+
+/// The names of the sockets in `dir` (a control socket a root left behind).
+fn sockets_in(dir: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_socket()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn no_memory_for_the_region_arena_stops_the_root_before_anything_starts() {
+    // The root's first fallocate gives the arena memfd (every built-in
+    // daemon's region without a state_dir) its pages: it fails with ENOMEM,
+    // as when the machine's memory (or the root's memory cgroup) is full.
+    let dir = tempfile::Builder::new()
+        .prefix("forkroot-test")
+        .tempdir()
+        .unwrap();
+    let config = common::write_config(
+        &dir,
+        "[[daemon]]\nname = \"small\"\nkind = \"counter\"\n\
+         [daemon.args]\nout = \"@DIR@/small.out\"\n",
+    );
+    let ran = common::run_bin_to_end(
+        std::path::Path::new("strace"),
+        &dir,
+        &[
+            "-o",
+            "/dev/null",
+            "-e",
+            "trace=fallocate",
+            "-e",
+            "inject=fallocate:error=ENOMEM:when=1",
+            common::BIN,
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(ran.code, Some(70), "{ran:?}");
+    assert!(
+        ran.stderr
+            .lines()
+            .any(|l| l.contains("mapping regions: the region arena")
+                && l.contains("Cannot allocate memory")),
+        "{ran:?}"
+    );
+    assert!(!ran.stderr.contains("started daemon"), "{}", ran.stderr);
+    assert!(!dir.path().join("small.out").exists());
+    assert_eq!(sockets_in(dir.path()), Vec::<String>::new());
 }

@@ -330,7 +330,21 @@ impl RegionSet {
         // Room for regions added at run time, if the address space allows.
         let (base, len) = match sys::reserve(len + GROWTH) {
             Ok(base) => (base, len + GROWTH),
-            Err(_) => (sys::reserve(len)?, len),
+            Err(_) => match sys::reserve(len) {
+                Ok(base) => (base, len),
+                // No room (a low RLIMIT_AS, overcommit refused): the
+                // message names the daemon that asks for the most.
+                Err(e) => {
+                    let largest = specs.iter().zip(&lens).max_by_key(|(_, &l)| l);
+                    let who = largest
+                        .map(|(s, l)| format!("; the largest, daemon {:?}'s, {l} bytes", s.name))
+                        .unwrap_or_default();
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("{len} bytes of address space for the regions{who}: {e}"),
+                    ));
+                }
+            },
         };
         let mut set = RegionSet {
             base,

@@ -225,6 +225,13 @@ pub enum StateError {
         /// crc computed over the header's fields.
         computed: u32,
     },
+    /// A page of the area has no block in its file and none can be had
+    /// ([`zero`]): the file system behind a `state_dir` is full (or the
+    /// file was cut short), or there is no memory. The area was not changed.
+    NoBacking {
+        /// What the kernel said.
+        error: String,
+    },
 }
 
 impl fmt::Display for StateError {
@@ -249,6 +256,9 @@ impl fmt::Display for StateError {
                 f,
                 "state header corrupted (crc {stored:#010x}, computed {computed:#010x})"
             ),
+            StateError::NoBacking { error } => {
+                write!(f, "state area cannot be zeroed: {error}")
+            }
         }
     }
 }
@@ -348,7 +358,7 @@ pub(crate) fn attach_raw(
             });
         }
     }
-    zero(area);
+    zero(area)?;
     // Derived again: `zero` borrowed the whole area mutably, which ends the
     // validity of pointers derived from it before (Miri's Stacked Borrows
     // reports the old one's use as undefined behaviour).
@@ -372,27 +382,27 @@ pub(crate) fn attach_raw(
 /// Zeroes an area, header included, so the next attach sees it as empty
 /// (the `fresh` restart mode).
 ///
-/// The page-aligned interior of a shared-memory (memfd, `MAP_SHARED`) or
-/// file mapping is released with `madvise(MADV_REMOVE)`, which is O(pages
-/// mapped) rather than O(bytes) and gives the memory back; anything else is
-/// written with zeroes.
-pub fn zero(area: &mut [u8]) {
-    const PAGE: usize = 4096;
-    let start = area.as_mut_ptr() as usize;
-    let end = start + area.len();
-    let inner_start = round_up(start, PAGE);
-    let inner_end = end & !(PAGE - 1);
+/// Every page of the area keeps the block it has in its file: the bytes are
+/// written with zeroes, never freed (`MADV_REMOVE` would give the blocks
+/// back to the file system, and on a full one the daemon's next write to
+/// such a page would be a SIGBUS). A page that has no block (a hole punched
+/// by another process) is given one first through `MADV_POPULATE_WRITE`,
+/// which reports a file system with no space left, or no memory, as
+/// [`StateError::NoBacking`] instead of a fault; the area is then left as
+/// it was.
+pub fn zero(area: &mut [u8]) -> Result<(), StateError> {
     // (Miri cannot call madvise; the fill below gives the same zeroes.)
-    if inner_end > inner_start && !cfg!(miri) {
-        // MADV_REMOVE either frees the range (it then reads as zeroes) or
-        // fails and changes nothing.
-        if sys::mem::remove(&mut area[inner_start - start..inner_end - start]).is_ok() {
-            area[..inner_start - start].fill(0);
-            area[inner_end - start..].fill(0);
-            return;
+    // Where the advice does not apply (`Ok(false)`: an anonymous private
+    // buffer, a kernel before 5.14) the area is written as it is.
+    if !cfg!(miri) {
+        if let Err(e) = sys::mem::populate_write(area) {
+            return Err(StateError::NoBacking {
+                error: e.to_string(),
+            });
         }
     }
     area.fill(0);
+    Ok(())
 }
 
 /// A typed view of a user area, from [`attach`].
@@ -480,4 +490,42 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     h
+}
+
+#[cfg(all(test, not(miri)))]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+
+    /// Bytes of blocks the file behind `f` has (`st_blocks` is in 512s).
+    fn allocated(f: &std::fs::File) -> u64 {
+        f.metadata().expect("fstat").blocks() * 512
+    }
+
+    #[test]
+    fn zero_keeps_every_block_and_gives_a_hole_one_again() {
+        const LEN: usize = 16 * 4096;
+        let file = std::fs::File::from(sys::memfd_sealed(c"state-test", LEN as u64).unwrap());
+        let base = sys::reserve(LEN).unwrap();
+        // SAFETY: the range is the reservation just made, nothing refers
+        // into it; it stays mapped for the rest of the test (never
+        // unmapped: the process ends with it).
+        unsafe { sys::map_fixed(base, LEN, file.as_raw_fd(), 0, sys::Access::ReadWrite) }.unwrap();
+        // SAFETY: LEN bytes mapped read-write above, borrowed only here.
+        let area = unsafe { std::slice::from_raw_parts_mut(base.as_ptr(), LEN) };
+        area.fill(0xa5);
+        assert_eq!(allocated(&file), LEN as u64);
+        // A hole, as another process punching the file leaves one.
+        sys::punch_hole(file.as_raw_fd(), 4 * 4096, 2 * 4096).unwrap();
+        assert_eq!(allocated(&file), (LEN - 2 * 4096) as u64);
+        // Zeroed from the middle of a page to the end: the file has every
+        // block again (MADV_REMOVE gave them back to the file system), then
+        // (reading a hole would give it a block: checked after) every byte
+        // of the area is zero and the bytes before it are kept.
+        zero(&mut area[100..]).unwrap();
+        assert_eq!(allocated(&file), LEN as u64);
+        assert!(area[..100].iter().all(|&b| b == 0xa5));
+        assert!(area[100..].iter().all(|&b| b == 0));
+    }
 }

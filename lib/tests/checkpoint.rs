@@ -112,7 +112,7 @@ fn random_bit_flips_in_slots_fall_back_or_report_none() {
     let size = size_of::<S>();
     for case in 0..3000 {
         let slots = 2 + rng.below(3) as u32; // 2..=4
-        state::zero(shm.area());
+        state::zero(shm.area()).unwrap();
         let n = 1 + rng.below(6) as u64;
         commit_n(shm.area(), slots, n);
         // Which seq sits in which slot, read before damage.
@@ -179,7 +179,7 @@ fn random_bit_flips_anywhere_never_give_garbage() {
     let total = Checkpoints::<S>::required_size(3);
     let (mut fell_back, mut refused, mut none) = (0, 0, 0);
     for case in 0..3000 {
-        state::zero(shm.area());
+        state::zero(shm.area()).unwrap();
         commit_n(shm.area(), 3, 1 + rng.below(5) as u64);
         for _ in 0..1 + rng.below(8) {
             let b = rng.below(total * 8);
@@ -268,7 +268,7 @@ fn torn_commits_restore_old_or_new() {
     let mut shm = Shm::new(64 * 1024);
     let total = Checkpoints::<S>::required_size(2);
     for case in 0..2000 {
-        state::zero(shm.area());
+        state::zero(shm.area()).unwrap();
         let n = 1 + rng.below(4) as u64;
         commit_n(shm.area(), 2, n);
         let before: Vec<u8> = shm.area()[..total].to_vec();
@@ -473,7 +473,7 @@ fn inspect_reads_a_read_only_area_without_its_type() {
     let rc = unsafe { libc::mprotect(shm.ptr.cast(), shm.len, rw) };
     assert_eq!(rc, 0);
     // A plain state area is not a checkpoint area.
-    state::zero(shm.area());
+    state::zero(shm.area()).unwrap();
     state::attach::<S>(shm.area(), 1).unwrap();
     assert!(matches!(
         checkpoint::inspect(shm.area()),

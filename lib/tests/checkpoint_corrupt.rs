@@ -61,7 +61,7 @@ const CHANGED: [usize; 5] = [0, 3, 17, 63, 3];
 /// changed `CHANGED` to `during` and was left open (its process died).
 /// Returns the journal bytes used.
 fn open_transaction(shm: &mut Shm) -> usize {
-    state::zero(shm.area());
+    state::zero(shm.area()).unwrap();
     let mut p = InPlace::<S>::attach(shm.area(), 1, JOURNAL).unwrap();
     let mut tx = p.begin();
     for i in 0..WORDS {
@@ -253,7 +253,7 @@ fn value(seq: u64, i: usize) -> u64 {
 
 /// Commits seqs 1..=n, state `value(seq, _)`.
 fn commit_n(shm: &mut Shm, n: u64) {
-    state::zero(shm.area());
+    state::zero(shm.area()).unwrap();
     let mut c = Checkpoints::<S>::attach_with(shm.area(), 1, SLOTS).unwrap();
     for seq in 1..=n {
         for (i, w) in c.words.iter_mut().enumerate() {

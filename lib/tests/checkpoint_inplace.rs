@@ -253,7 +253,7 @@ fn fresh_restart_after_zero() {
         let mut b = open(&mut shm);
         transfer(&mut b, 0, 4, 50, true);
     }
-    state::zero(shm.area());
+    state::zero(shm.area()).unwrap();
     let b = InPlace::<Bank>::attach(shm.area(), 1, JOURNAL).unwrap();
     assert_eq!(b.recovery().status, Status::Fresh);
     assert_eq!((b.committed_seq(), sum(&b)), (0, 0));

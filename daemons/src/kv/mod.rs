@@ -405,7 +405,10 @@ fn open_table<'a>(area: &'a mut [u8]) -> Option<(Box<dyn journal::Journal + 'a>,
         // with `journal::attach`'s result), so this is again the only
         // reference to the `len` bytes at `ptr`, which live for 'a.
         let again = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
-        forkroot::state::zero(again);
+        if let Err(e) = forkroot::state::zero(again) {
+            tracing::error!(problem = %e, "cannot use the state");
+            return None;
+        }
         area = Some(again);
     }
 }

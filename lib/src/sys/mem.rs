@@ -190,24 +190,46 @@ pub fn page_size() -> usize {
     unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
 }
 
-/// `madvise(MADV_REMOVE)`: frees the pages under `range` and their backing
-/// store; the bytes then read as zeroes. Works on shared mappings (memfd,
-/// tmpfs, `MAP_SHARED` files); on others it fails (`EINVAL`, `EOPNOTSUPP`)
-/// and changes nothing. Fork-safe.
+/// `madvise(MADV_POPULATE_WRITE)` (Linux 5.14) over the pages holding
+/// `range`: makes each present and writable, giving it a block of its
+/// backing file first where it has none (a hole), as a write would, but
+/// reports a page that cannot be had as an error instead of a fault. No
+/// byte changes (the pages at either end may hold bytes outside `range`:
+/// they keep them). Fork-safe.
 ///
-/// `range` must start on a page boundary and be a whole number of pages
-/// long, or this fails with `EINVAL` (the kernel would otherwise round the
-/// length up and free bytes past the slice).
-pub fn remove(range: &mut [u8]) -> io::Result<()> {
-    let page = page_size();
-    if range.as_ptr() as usize % page != 0 || range.len() % page != 0 {
-        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+/// `Ok(false)` when the advice does not apply (`EINVAL`: a kernel before
+/// 5.14, or memory it does not work on): nothing was done. A page that
+/// would SIGBUS if written (`EFAULT`: its file system has no space left,
+/// or the file is shorter than the mapping) is an error of kind
+/// [`io::ErrorKind::StorageFull`] saying so; no memory is `ENOMEM`.
+pub fn populate_write(range: &mut [u8]) -> io::Result<bool> {
+    if range.is_empty() {
+        return Ok(true);
     }
-    // SAFETY: the range is exactly the pages of `range`, which we borrow
-    // mutably, so discarding their contents (they read back as zeroes)
-    // affects no live Rust value but these bytes.
-    cvt(unsafe { libc::madvise(range.as_mut_ptr().cast(), range.len(), libc::MADV_REMOVE) })?;
-    Ok(())
+    let page = page_size();
+    let start = range.as_mut_ptr() as usize & !(page - 1);
+    let end = (range.as_mut_ptr() as usize + range.len()).next_multiple_of(page);
+    // SAFETY: the pages cover `range`, which we borrow mutably, and the
+    // bytes around it on its first and last page, which are mapped (a
+    // mapping is whole pages); the advice only faults pages in and writes
+    // no byte, so no live Rust value sees a change.
+    let r = cvt_r(|| unsafe {
+        libc::madvise(
+            start as *mut libc::c_void,
+            end - start,
+            libc::MADV_POPULATE_WRITE,
+        )
+    });
+    match r {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+        Err(e) if e.raw_os_error() == Some(libc::EFAULT) => Err(io::Error::new(
+            io::ErrorKind::StorageFull,
+            "a page has no block in its file and cannot get one \
+             (no space left on its file system, or the file is shorter than the mapping)",
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 /// `MADV_DONTFORK` on `[addr, addr+len)`: a child forked later does not
