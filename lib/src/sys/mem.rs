@@ -52,8 +52,41 @@ pub fn file_region(path: &std::path::Path, size: u64) -> io::Result<OwnedFd> {
         }
         file.set_len(size)?;
     }
-    allocate(file.as_raw_fd(), 0, size)?;
+    // A file that already has every block (the root's restart on its
+    // state_dir) is not allocated again: fallocate walks every page even
+    // when nothing is missing, so the time to ready would grow with
+    // `memory`.
+    if len != size || !fully_allocated(file.as_raw_fd(), size) {
+        allocate(file.as_raw_fd(), 0, size)?;
+    }
     Ok(file.into())
+}
+
+/// Whether the file at `fd` (`size` bytes long) has a block for every
+/// page. On tmpfs (where `SEEK_HOLE` reports fallocated pages not yet
+/// written as holes) its block count says it, which there counts data
+/// pages only; elsewhere its first hole (`SEEK_HOLE`) must be its end.
+/// `false` where that cannot be told.
+fn fully_allocated(fd: RawFd, size: u64) -> bool {
+    // SAFETY: plain data, all-zero valid; filled by the calls below.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `fs` is a valid statfs to fill.
+    if unsafe { libc::fstatfs(fd, &raw mut fs) } != 0 {
+        return false;
+    }
+    if fs.f_type == libc::TMPFS_MAGIC {
+        // SAFETY: as above.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is a valid stat to fill.
+        if unsafe { libc::fstat(fd, &raw mut st) } != 0 {
+            return false;
+        }
+        return u64::try_from(st.st_blocks).is_ok_and(|b| b * 512 >= size);
+    }
+    // SAFETY: lseek only moves this descriptor's offset (unused: regions
+    // are read with pread and mapped).
+    let hole = unsafe { libc::lseek(fd, 0, libc::SEEK_HOLE) };
+    u64::try_from(hole).is_ok_and(|h| h >= size)
 }
 
 /// fallocate(2) mode 0: allocates the blocks of `[offset, offset+len)`.
@@ -242,4 +275,36 @@ pub unsafe fn dont_fork(addr: NonNull<u8>, len: usize) -> io::Result<()> {
     // a future fork copies.
     cvt(unsafe { libc::madvise(addr.as_ptr().cast(), len, libc::MADV_DONTFORK) })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A state_dir file is allocated once: a file with every block is
+    /// seen as such, one with a hole (new, or punched) is not, and
+    /// `file_region` leaves it with every block.
+    #[test]
+    fn a_region_file_is_allocated_only_where_it_has_a_hole() {
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        let path = dir.path().join("r.region");
+        let size = 1 << 20;
+        let fd = file_region(&path, size).unwrap();
+        assert!(fully_allocated(fd.as_raw_fd(), size));
+        punch_hole(fd.as_raw_fd(), 4096, 8192).unwrap();
+        assert!(
+            !fully_allocated(fd.as_raw_fd(), size),
+            "a punched hole is seen"
+        );
+        drop(fd);
+        let fd = file_region(&path, size).unwrap();
+        assert!(fully_allocated(fd.as_raw_fd(), size), "and filled again");
+        let sparse = dir.path().join("s.region");
+        std::fs::File::create(&sparse)
+            .unwrap()
+            .set_len(size)
+            .unwrap();
+        let f = std::fs::File::open(&sparse).unwrap();
+        assert!(!fully_allocated(f.as_raw_fd(), size));
+    }
 }
