@@ -34,6 +34,7 @@ impl Supervisor {
             group: g,
             pos,
             restart: cfg.restart,
+            significant: cfg.significant,
             backoff_cfg: cfg.backoff,
             backoff: cfg.backoff.initial,
             restarts: 0,
@@ -54,6 +55,7 @@ impl Supervisor {
     pub(crate) fn update(&mut self, i: usize, cfg: &DaemonConfig) {
         let d = &mut self.daemons[i];
         d.restart = cfg.restart;
+        d.significant = cfg.significant;
         d.backoff_cfg = cfg.backoff;
         d.backoff = cfg.backoff.initial;
         d.start_timeout = cfg.start_timeout;
@@ -69,19 +71,23 @@ impl Supervisor {
 
     /// The settings of `config` for the supervisors that exist (the same
     /// groups, checked by the caller): strategy, intensity, period and
-    /// restart type; and the stop timeout. Their windows are kept.
+    /// restart type, `auto_shutdown` and `significant`; and the stop
+    /// timeout. Their windows are kept.
     pub(crate) fn set_settings(&mut self, config: &Config) {
         self.stop_timeout = config.root.stop_timeout;
         let top = &mut self.groups[TOP];
         top.strategy = config.supervisor.strategy;
         top.intensity = config.supervisor.intensity;
         top.period = config.supervisor.period;
+        top.auto_shutdown = config.supervisor.auto_shutdown;
         for (k, gc) in config.groups.iter().enumerate() {
             let g = &mut self.groups[k + 1];
             g.strategy = gc.supervisor.strategy;
             g.intensity = gc.supervisor.intensity;
             g.period = gc.supervisor.period;
             g.restart = gc.restart;
+            g.auto_shutdown = gc.supervisor.auto_shutdown;
+            g.significant = gc.significant;
         }
     }
 
