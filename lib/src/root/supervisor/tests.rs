@@ -870,6 +870,19 @@ fn all_significant_ends_the_group_with_its_last_active_significant_child() {
     assert_eq!(w.take(), ["-a"]);
     assert_eq!(w.group("g").state, GState::Ended);
 
+    // One waiting out its backoff to restart is active (OTP: `restarting`).
+    let mut w = World::started(&config.replace(
+        "restart = \"transient\"\nsignificant = true",
+        "restart = \"transient\"\nsignificant = true\nbackoff = \"1s\"",
+    ));
+    w.crash("s2");
+    assert_eq!(w.state("s2"), DState::Backoff);
+    w.exits("s1");
+    assert_eq!(w.take(), Vec::<String>::new());
+    assert_eq!(w.group("g").state, GState::Running);
+    w.advance(S);
+    assert_eq!(w.take(), ["+s2"]);
+
     // A significant child the operator stopped is not active (OTP's
     // `terminate_child` leaves no pid), and its stop ends nothing.
     let mut w = World::started(&config);
