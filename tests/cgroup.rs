@@ -160,12 +160,7 @@ fn setsid_grandchild_dies_with_its_daemon_and_never_overlaps() {
     // nothing killed it at birth: the restart count says one death.
     let procs = fs::read_to_string(cg.0.join("web/run/cgroup.procs")).unwrap();
     assert!(procs.lines().any(|l| l == third.pid.to_string()), "{procs}");
-    assert_eq!(
-        t.daemon_status("web").unwrap()["restarts"],
-        1,
-        "{}",
-        t.log()
-    );
+    assert_eq!(t.daemon_status("web").unwrap()["restarts"], 1, "{}", t.log());
 
     // Stop.
     assert_eq!(t.ctl_run(&["stop", "web", "--wait"]).code, Some(0));
