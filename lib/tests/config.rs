@@ -1224,3 +1224,10 @@ significant = true
          or \"all_significant\" in [supervisor]"
     );
 }
+
+#[test]
+fn supervisor_problems_come_before_those_of_the_group_and_daemon_arrays() {
+    let text =
+        "group = 5\n[supervisor]\nstrategy = \"x\"\n[[daemon]]\nname = \"d\"\nkind = \"idle\"\n";
+    assert_eq!(places(text), ["supervisor.strategy", "group"]);
+}

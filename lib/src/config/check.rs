@@ -136,8 +136,12 @@ pub(super) fn check(doc: &Table, kinds: &Registry) -> Result<Config, Vec<Problem
             stop_timeout: DEFAULT_STOP_TIMEOUT,
         });
     let top = c.section(doc, "supervisor");
+    // The names are needed for `[supervisor]` already (its significant
+    // children); the problems of the two arrays come after its own.
+    let before_arrays = c.problems.len();
     let group_tables = c.array_of_tables(doc, "group");
     let daemon_tables = c.array_of_tables(doc, "daemon");
+    let array_problems = c.problems.split_off(before_arrays);
     let names = Names::collect(top, &group_tables, &daemon_tables);
 
     let supervisor = match top {
@@ -147,6 +151,7 @@ pub(super) fn check(doc: &Table, kinds: &Registry) -> Result<Config, Vec<Problem
         }
         None => default_supervisor(),
     };
+    c.problems.extend(array_problems);
 
     let groups = group_tables
         .iter()
