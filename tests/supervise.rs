@@ -589,3 +589,91 @@ fn find_group<'a>(node: &'a serde_json::Value, name: &str) -> Option<&'a serde_j
         .iter()
         .find_map(|c| find_group(c, name))
 }
+
+// ----- auto_shutdown: significant children end their supervisor ----------
+
+/// A `[[daemon]]` that runs `sh -c 'exit 0'`: `significant`, `transient`
+/// (so its exit 0 is its end), with extra keys.
+fn ends_at_once(keys: &str) -> String {
+    format!(
+        "[[daemon]]\nname = \"done\"\nexec = [\"/bin/sh\", \"-c\", \"exit 0\"]\n\
+         memory = \"64KiB\"\nrestart = \"transient\"\nsignificant = true\n{keys}\n"
+    )
+}
+
+/// The daemons the root stopped, in order, once `n` of them are.
+fn stopped(t: &Tree, n: usize) -> Vec<String> {
+    t.poll(&format!("{n} daemons stopped"), || {
+        let s = logged(t, "stopped daemon=", 0);
+        (s.len() >= n).then_some(s)
+    })
+}
+
+#[test]
+fn a_significant_daemon_that_exits_0_ends_its_group_which_stops_its_siblings() {
+    let config = format!(
+        "[[group]]\nname = \"g\"\nauto_shutdown = \"any_significant\"\nrestart = \"transient\"\n\n{}{}{}{}",
+        probe("out1", "", ""),
+        probe("a", "group = \"g\"", ""),
+        probe("b", "group = \"g\"", ""),
+        ends_at_once("group = \"g\""),
+    );
+    let mut t = Tree::start(&config);
+    let out1 = t.wait_starts("out1", 1)[0];
+    let a = t.wait_starts("a", 1)[0];
+    let b = t.wait_starts("b", 1)[0];
+    t.wait_log(&[
+        "a significant child ended: auto_shutdown",
+        "group=g",
+        "after=done",
+    ]);
+    // Its siblings stop in reverse start order, each with SIGTERM.
+    assert_eq!(stopped(&t, 2), ["b", "a"], "{}", t.log());
+    for (name, s) in [("a", a), ("b", b)] {
+        let line = format!("stop {}", s.pid);
+        t.poll(&format!("{name} saw its SIGTERM"), || {
+            t.out(name).contains(&line).then_some(())
+        });
+        t.wait_gone(&t.daemons_named(name));
+    }
+    // The group ended (a transient group's normal end: not restarted);
+    // the rest of the tree runs on, untouched.
+    let tree = t.poll("ctl tree with g ended", || {
+        let out = t.ctl(&["tree", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (find_group(&v["tree"], "g")?["state"] == "ended").then_some(v)
+    });
+    assert_eq!(tree["tree"]["state"], "running", "{tree}");
+    let done = t.log_lines(&["started daemon=done pid="]);
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(t.starts("a").len(), 1);
+    assert_eq!(t.starts("out1").len(), 1);
+    assert!(t.daemons_named("out1").iter().any(|p| p.pid == out1.pid));
+    assert!(!t.out("out1").iter().any(|l| l.starts_with("stop")));
+
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0);
+}
+
+#[test]
+fn a_significant_daemon_that_exits_0_under_the_top_stops_the_tree_and_the_root_exits_0() {
+    let config = format!(
+        "[supervisor]\nauto_shutdown = \"any_significant\"\n\n{}{}{}",
+        probe("a", "", ""),
+        probe("b", "", ""),
+        ends_at_once(""),
+    );
+    let mut t = Tree::start(&config);
+    let a = t.wait_starts("a", 1)[0];
+    let b = t.wait_starts("b", 1)[0];
+    assert_eq!(t.wait_code(), 0, "{}", t.log());
+    let log = t.log();
+    assert!(
+        log.contains("a significant child ended: auto_shutdown") && log.contains("group=root"),
+        "{log}"
+    );
+    assert_eq!(logged(&t, "stopped daemon=", 0), ["b", "a"], "{log}");
+    assert!(t.out("a").contains(&format!("stop {}", a.pid)), "{log}");
+    assert!(t.out("b").contains(&format!("stop {}", b.pid)), "{log}");
+    assert!(Proc::pid_gone(a.pid) && Proc::pid_gone(b.pid));
+}

@@ -207,6 +207,25 @@ pub struct SupervisorConfig {
     pub intensity: u32,
     /// `period`: ... within this window (default 10s), else escalate.
     pub period: Duration,
+    /// `auto_shutdown`: whether the exit of significant children ends this
+    /// supervisor (default `never`).
+    pub auto_shutdown: AutoShutdown,
+}
+
+/// `auto_shutdown` of a supervisor (OTP's flag of that name): when the end
+/// of its significant children (`significant = true`) ends the supervisor
+/// itself. A significant child "ends" when its restart type does not
+/// restart it: a `transient` one that exits with code 0, a `temporary` one
+/// that exits in any way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoShutdown {
+    /// The exit of no child ends the supervisor (the default).
+    Never,
+    /// The end of any significant child ends it.
+    AnySignificant,
+    /// The end of the last significant child still active (up, or due to
+    /// restart) ends it.
+    AllSignificant,
 }
 
 /// `[[group]]`: a nested supervisor.
@@ -222,6 +241,11 @@ pub struct GroupConfig {
     /// (`transient`: a group that gave up ended with OTP's `shutdown`, which
     /// is not abnormal, so only `permanent` groups come back).
     pub restart: RestartType,
+    /// `significant`: the group's end (its own auto shutdown, or giving
+    /// up: both end it with OTP's `shutdown`, not restarted unless
+    /// `permanent`) may end its parent, per the parent's `auto_shutdown`.
+    /// Only with `restart = "transient"` or `"temporary"`.
+    pub significant: bool,
 }
 
 /// `restart`: when a daemon that exited is started again (OTP semantics).
@@ -278,6 +302,10 @@ pub struct DaemonConfig {
     pub memory: u64,
     /// `restart`, default permanent.
     pub restart: RestartType,
+    /// `significant`: the daemon's end may end its supervisor, per the
+    /// supervisor's `auto_shutdown`. Only with `restart = "transient"` or
+    /// `"temporary"` (default false).
+    pub significant: bool,
     /// `on_restart`, default resume.
     pub on_restart: OnRestart,
     /// `watchdog`: heartbeat deadline, if any.

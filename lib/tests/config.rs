@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use forkroot::config::{
-    self, check_name, format_duration, parse_duration, parse_signal, parse_size, Config, OnRestart,
-    Problem, Program, RestartType, Strategy, Value,
+    self, check_name, format_duration, parse_duration, parse_signal, parse_size, AutoShutdown,
+    Config, OnRestart, Problem, Program, RestartType, Strategy, Value,
 };
 use forkroot::{Context, Kind, Registry, Setting};
 
@@ -317,7 +317,7 @@ memroy = "1MiB"
             "root.contrl: unknown key, did you mean \"control\"? \
              (expected one of: control, control_group, state_dir, stop_timeout)",
             "daemon[0].memroy: unknown key, did you mean \"memory\"? (expected one of: \
-             name, kind, exec, group, memory, restart, on_restart, watchdog, standby, \
+             name, kind, exec, group, memory, restart, significant, on_restart, watchdog, standby, \
              links, listen, backoff, backoff_max, readiness, notify_fd, start_timeout, \
              trap_exits, mailbox, mailbox_message, args, memory_max, pids_max, cpu_weight, \
              user, unix_group, cwd, umask, env, env_clear, rlimits, no_new_privs, stdin)",
@@ -1088,4 +1088,146 @@ cpu_weight = "high"
             "daemon[1].cpu_weight: expected a whole number, found the string \"high\"",
         ]
     );
+}
+
+#[test]
+fn significant_and_auto_shutdown_parse_and_default_to_never() {
+    let c = parse(&daemon(""));
+    assert_eq!(c.supervisor.auto_shutdown, AutoShutdown::Never);
+    assert!(!c.daemons[0].significant);
+
+    let c = parse(
+        r#"
+[supervisor]
+auto_shutdown = "all_significant"
+[[group]]
+name = "g"
+auto_shutdown = "any_significant"
+restart = "temporary"
+significant = true
+[[group]]
+name = "h"
+[[daemon]]
+name = "a"
+kind = "idle"
+group = "g"
+restart = "transient"
+significant = true
+[[daemon]]
+name = "b"
+kind = "idle"
+group = "h"
+"#,
+    );
+    assert_eq!(c.supervisor.auto_shutdown, AutoShutdown::AllSignificant);
+    assert_eq!(
+        c.groups[0].supervisor.auto_shutdown,
+        AutoShutdown::AnySignificant
+    );
+    assert!(c.groups[0].significant);
+    assert_eq!(c.groups[1].supervisor.auto_shutdown, AutoShutdown::Never);
+    assert!(!c.groups[1].significant);
+    assert!(c.daemons[0].significant);
+    assert!(!c.daemons[1].significant);
+}
+
+#[test]
+fn check_refuses_significant_children_that_could_never_end_their_supervisor() {
+    let text = r#"
+[supervisor]
+auto_shutdown = "sometimes"
+[[group]]
+name = "g"
+auto_shutdown = "any_significant"
+[[group]]
+name = "quiet"
+significant = true
+restart = "transient"
+[[group]]
+name = "idle"
+auto_shutdown = "all_significant"
+[[daemon]]
+name = "perm"
+kind = "idle"
+group = "g"
+significant = true
+[[daemon]]
+name = "perm2"
+kind = "idle"
+group = "g"
+restart = "permanent"
+significant = true
+[[daemon]]
+name = "top"
+kind = "idle"
+restart = "temporary"
+significant = true
+[[daemon]]
+name = "q"
+kind = "idle"
+group = "quiet"
+restart = "transient"
+significant = true
+[[daemon]]
+name = "bad"
+kind = "idle"
+group = "g"
+restart = "forever"
+significant = true
+[[daemon]]
+name = "typed"
+kind = "idle"
+group = "g"
+restart = "transient"
+significant = "yes"
+[[daemon]]
+name = "nowhere"
+kind = "idle"
+group = "nope"
+restart = "transient"
+significant = true
+"#;
+    let lines: Vec<String> = problems(text).iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "supervisor.auto_shutdown: \"sometimes\" is not an auto_shutdown \
+             (use never, any_significant, all_significant)",
+            "group[2].auto_shutdown: no child of this supervisor has significant = true, \
+             so it would never act: mark the transient or temporary children whose end should \
+             end it with significant = true, or leave auto_shutdown out",
+            "daemon[0].significant: a significant daemon needs restart = \"transient\" or \
+             \"temporary\" (it is permanent, so it is always restarted and its end could never \
+             end its supervisor)",
+            "daemon[1].significant: a significant daemon needs restart = \"transient\" or \
+             \"temporary\" (it is permanent, so it is always restarted and its end could never \
+             end its supervisor)",
+            "daemon[3].significant: its supervisor \"quiet\" has auto_shutdown = \"never\" \
+             (the default), so no child's end ends it: set auto_shutdown = \"any_significant\" \
+             or \"all_significant\" in [[group]] \"quiet\"",
+            "daemon[4].restart: \"forever\" is not a restart type (use permanent, transient, temporary)",
+            "daemon[5].significant: expected true or false, found the string \"yes\"",
+            "daemon[6].group: no group named \"nope\" (groups: g, quiet, idle)",
+        ]
+    );
+    // (A bad auto_shutdown, a bad restart or an unknown group was reported
+    // once, and causes no second problem.)
+
+    let text = format!(
+        "[[group]]\nname = \"g\"\nrestart = \"transient\"\nsignificant = true\n{}",
+        daemon("group = \"g\"")
+    );
+    assert_eq!(
+        one(&text),
+        "group[0].significant: its supervisor \"root\" has auto_shutdown = \"never\" \
+         (the default), so no child's end ends it: set auto_shutdown = \"any_significant\" \
+         or \"all_significant\" in [supervisor]"
+    );
+}
+
+#[test]
+fn supervisor_problems_come_before_those_of_the_group_and_daemon_arrays() {
+    let text =
+        "group = 5\n[supervisor]\nstrategy = \"x\"\n[[daemon]]\nname = \"d\"\nkind = \"idle\"\n";
+    assert_eq!(places(text), ["supervisor.strategy", "group"]);
 }

@@ -6,7 +6,7 @@
 //! unknown keys first, then the known keys in the order the contract lists
 //! them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -15,8 +15,8 @@ use toml::{Table, Value};
 use super::settings::{Args, Setting, Type, Value as ArgValue};
 use super::units::{format_duration, parse_duration, parse_signal, parse_size};
 use super::{
-    Backoff, Config, DaemonConfig, GroupConfig, Limits, OnRestart, Problem, Program, Readiness,
-    RestartType, RootConfig, Strategy, SupervisorConfig,
+    AutoShutdown, Backoff, Config, DaemonConfig, GroupConfig, Limits, OnRestart, Problem, Program,
+    Readiness, RestartType, RootConfig, Strategy, SupervisorConfig,
 };
 use crate::daemon::{Kind, Registry};
 
@@ -24,14 +24,16 @@ mod exec;
 
 const TOP_KEYS: &[&str] = &["root", "supervisor", "group", "daemon"];
 const ROOT_KEYS: &[&str] = &["control", "control_group", "state_dir", "stop_timeout"];
-const SUPERVISOR_KEYS: &[&str] = &["strategy", "intensity", "period"];
+const SUPERVISOR_KEYS: &[&str] = &["strategy", "intensity", "period", "auto_shutdown"];
 const GROUP_KEYS: &[&str] = &[
     "name",
     "parent",
     "strategy",
     "intensity",
     "period",
+    "auto_shutdown",
     "restart",
+    "significant",
 ];
 const DAEMON_KEYS: &[&str] = &[
     "name",
@@ -40,6 +42,7 @@ const DAEMON_KEYS: &[&str] = &[
     "group",
     "memory",
     "restart",
+    "significant",
     "on_restart",
     "watchdog",
     "standby",
@@ -68,6 +71,11 @@ const RESTARTS: &[(&str, RestartType)] = &[
     ("permanent", RestartType::Permanent),
     ("transient", RestartType::Transient),
     ("temporary", RestartType::Temporary),
+];
+const AUTO_SHUTDOWNS: &[(&str, AutoShutdown)] = &[
+    ("never", AutoShutdown::Never),
+    ("any_significant", AutoShutdown::AnySignificant),
+    ("all_significant", AutoShutdown::AllSignificant),
 ];
 /// `readiness` as written; `fd` takes its number from `notify_fd`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,17 +135,23 @@ pub(super) fn check(doc: &Table, kinds: &Registry) -> Result<Config, Vec<Problem
             state_dir: None,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
         });
-    let supervisor = match c.section(doc, "supervisor") {
+    let top = c.section(doc, "supervisor");
+    // The names are needed for `[supervisor]` already (its significant
+    // children); the problems of the two arrays come after its own.
+    let before_arrays = c.problems.len();
+    let group_tables = c.array_of_tables(doc, "group");
+    let daemon_tables = c.array_of_tables(doc, "daemon");
+    let array_problems = c.problems.split_off(before_arrays);
+    let names = Names::collect(top, &group_tables, &daemon_tables);
+
+    let supervisor = match top {
         Some(t) => {
             c.unknown_keys(t, "supervisor", SUPERVISOR_KEYS);
-            c.supervisor(t, "supervisor")
+            c.supervisor(t, "supervisor", Some(TOP_NAME), &names)
         }
         None => default_supervisor(),
     };
-
-    let group_tables = c.array_of_tables(doc, "group");
-    let daemon_tables = c.array_of_tables(doc, "daemon");
-    let names = Names::collect(&group_tables, &daemon_tables);
+    c.problems.extend(array_problems);
 
     let groups = group_tables
         .iter()
@@ -174,6 +188,7 @@ fn default_supervisor() -> SupervisorConfig {
         strategy: Strategy::OneForOne,
         intensity: DEFAULT_INTENSITY,
         period: DEFAULT_PERIOD,
+        auto_shutdown: AutoShutdown::Never,
     }
 }
 
@@ -189,31 +204,73 @@ struct Names<'a> {
     parents: Vec<Option<&'a str>>,
     /// Name of each group as written, by group index.
     group_names: Vec<Option<&'a str>>,
+    /// `auto_shutdown` as written (a string), by supervisor name (`root`
+    /// for the top; a group's first declaration).
+    auto_shutdown: HashMap<&'a str, &'a str>,
+    /// Supervisors (by name, `root` for the top) with a child that says
+    /// `significant = true`.
+    with_significant: HashSet<&'a str>,
 }
 
 impl<'a> Names<'a> {
-    fn collect(groups: &[Option<&'a Table>], daemons: &[Option<&'a Table>]) -> Self {
+    fn collect(
+        top: Option<&'a Table>,
+        groups: &[Option<&'a Table>],
+        daemons: &[Option<&'a Table>],
+    ) -> Self {
         let name = |t: &Option<&'a Table>| t.and_then(|t| t.get("name")).and_then(Value::as_str);
+        let key = |t: &Option<&'a Table>, k: &str| t.and_then(|t| t.get(k)).and_then(Value::as_str);
+        let significant = |t: &Option<&'a Table>| {
+            t.and_then(|t| t.get("significant")) == Some(&Value::Boolean(true))
+        };
         let mut names = Names {
             groups: HashMap::new(),
             daemons: HashMap::new(),
             parents: Vec::new(),
             group_names: Vec::new(),
+            auto_shutdown: HashMap::new(),
+            with_significant: HashSet::new(),
         };
+        if let Some(a) = key(&top, "auto_shutdown") {
+            names.auto_shutdown.insert(TOP_NAME, a);
+        }
         for (i, t) in groups.iter().enumerate() {
             if let Some(n) = name(t) {
-                names.groups.entry(n).or_insert(i);
+                if !names.groups.contains_key(n) {
+                    names.groups.insert(n, i);
+                    if let Some(a) = key(t, "auto_shutdown") {
+                        names.auto_shutdown.insert(n, a);
+                    }
+                }
             }
             names.group_names.push(name(t));
-            let parent = t.and_then(|t| t.get("parent")).and_then(Value::as_str);
+            let parent = key(t, "parent");
             names.parents.push(parent.filter(|p| *p != TOP_NAME));
+            if significant(t) {
+                names.with_significant.insert(parent.unwrap_or(TOP_NAME));
+            }
         }
         for (i, t) in daemons.iter().enumerate() {
             if let Some(n) = name(t) {
                 names.daemons.entry(n).or_insert(i);
             }
+            if significant(t) {
+                names
+                    .with_significant
+                    .insert(key(t, "group").unwrap_or(TOP_NAME));
+            }
         }
         names
+    }
+
+    /// `auto_shutdown` of supervisor `sup` (`root` or a group's name) as
+    /// written, `None` when absent (`never`); `Err` when `sup` names no
+    /// declared group (reported already).
+    fn auto_shutdown(&self, sup: &str) -> Result<Option<&'a str>, ()> {
+        if sup != TOP_NAME && !self.groups.contains_key(sup) {
+            return Err(());
+        }
+        Ok(self.auto_shutdown.get(sup).copied())
     }
 
     /// The place of the first declaration of `name`, if it is not `here`.
@@ -637,17 +694,80 @@ impl Checker<'_> {
         None
     }
 
-    /// The strategy, intensity and period of `[supervisor]` or a group.
+    /// The strategy, intensity, period and `auto_shutdown` of
+    /// `[supervisor]` or a group (`name` as written, `root` for the top).
     /// Unknown keys are checked by the caller.
-    fn supervisor(&mut self, t: &Table, place: &str) -> SupervisorConfig {
+    fn supervisor(
+        &mut self,
+        t: &Table,
+        place: &str,
+        name: Option<&str>,
+        names: &Names<'_>,
+    ) -> SupervisorConfig {
         let strategy = self.choice(t, place, "strategy", ("a strategy", STRATEGIES));
         let intensity = self.intensity(t, place);
         let period = self.positive_duration(t, place, "period");
+        let auto_shutdown = self.choice(
+            t,
+            place,
+            "auto_shutdown",
+            ("an auto_shutdown", AUTO_SHUTDOWNS),
+        );
+        let acts = auto_shutdown.is_some_and(|a| a != AutoShutdown::Never);
+        if acts && name.is_some_and(|n| !names.with_significant.contains(n)) {
+            self.problem(
+                &at(place, "auto_shutdown"),
+                "no child of this supervisor has significant = true, so it would never act: mark the transient or temporary children whose end should end it with significant = true, or leave auto_shutdown out",
+            );
+        }
         SupervisorConfig {
             strategy: strategy.unwrap_or(Strategy::OneForOne),
             intensity: intensity.unwrap_or(DEFAULT_INTENSITY),
             period: period.unwrap_or(DEFAULT_PERIOD),
+            auto_shutdown: auto_shutdown.unwrap_or(AutoShutdown::Never),
         }
+    }
+
+    /// `significant` of a daemon or group (`what`) with restart type
+    /// `restart` (`None`: absent or already reported), supervised by `sup`
+    /// (`root` or a group's name): only a child its restart type may leave
+    /// down can end its supervisor, and only a supervisor whose
+    /// `auto_shutdown` is not `never` (OTP refuses both combinations).
+    fn significant(
+        &mut self,
+        t: &Table,
+        place: &str,
+        what: &str,
+        restart: Option<RestartType>,
+        sup: &str,
+        names: &Names<'_>,
+    ) -> bool {
+        if self.boolean(t, place, "significant") != Some(true) {
+            return false;
+        }
+        let here = at(place, "significant");
+        let permanent = match restart {
+            Some(r) => r == RestartType::Permanent,
+            None => !t.contains_key("restart"),
+        };
+        if permanent {
+            self.problem(
+                &here,
+                format!("a significant {what} needs restart = \"transient\" or \"temporary\" (it is permanent, so it is always restarted and its end could never end its supervisor)"),
+            );
+        }
+        if let Ok(None | Some("never")) = names.auto_shutdown(sup) {
+            let table = if sup == TOP_NAME {
+                "[supervisor]".to_owned()
+            } else {
+                format!("[[group]] {sup:?}")
+            };
+            self.problem(
+                &here,
+                format!("its supervisor {sup:?} has auto_shutdown = \"never\" (the default), so no child's end ends it: set auto_shutdown = \"any_significant\" or \"all_significant\" in {table}"),
+            );
+        }
+        true
     }
 
     fn intensity(&mut self, t: &Table, place: &str) -> Option<u32> {
@@ -725,11 +845,22 @@ impl Checker<'_> {
             }
         }
         let restart = self.choice(t, place, "restart", ("a restart type", RESTARTS));
+        let own = t.get("name").and_then(Value::as_str);
+        let supervisor = self.supervisor(t, place, own, names);
+        let significant = self.significant(
+            t,
+            place,
+            "group",
+            restart,
+            parent.unwrap_or(TOP_NAME),
+            names,
+        );
         GroupConfig {
             name: name.unwrap_or_default(),
             parent: parent.map(str::to_owned),
-            supervisor: self.supervisor(t, place),
+            supervisor,
             restart: restart.unwrap_or(RestartType::Permanent),
+            significant,
         }
     }
 
@@ -754,6 +885,14 @@ impl Checker<'_> {
             other => other,
         };
         let restart = self.choice(t, place, "restart", ("a restart type", RESTARTS));
+        let significant = self.significant(
+            t,
+            place,
+            "daemon",
+            restart,
+            group.unwrap_or(TOP_NAME),
+            names,
+        );
         let on_restart = self.choice(
             t,
             place,
@@ -822,6 +961,7 @@ impl Checker<'_> {
             group: group.map(str::to_owned),
             memory: memory.unwrap_or(DEFAULT_MEMORY),
             restart: restart.unwrap_or(RestartType::Permanent),
+            significant,
             on_restart: on_restart.unwrap_or(OnRestart::Resume),
             watchdog,
             standby: standby.unwrap_or(false),

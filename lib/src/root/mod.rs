@@ -1682,6 +1682,13 @@ impl<'a> Root<'a> {
                 };
                 info!(group = %g.name, strategy = ?g.strategy, after = %culprit, "restarting the group's children");
             }
+            Log::AutoShutdown { group, member } => {
+                let after = match member {
+                    Member::Daemon(i) => &self.names[i],
+                    Member::Group(h) => &groups[h].name,
+                };
+                info!(group = %groups[group].name, after = %after, "a significant child ended: auto_shutdown");
+            }
         }
     }
 

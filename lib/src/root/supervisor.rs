@@ -11,16 +11,19 @@
 //! and restart type; their children are daemons and groups, started in
 //! declared order and stopped in reverse. A supervisor past its intensity
 //! stops its children and fails, and its parent handles that as the death
-//! of a child (escalation); at the top, the root gives up (exit 69).
-//! `DESIGN.md` §4 shows the table cell by cell.
+//! of a child (escalation); at the top, the root gives up (exit 69). A
+//! supervisor with `auto_shutdown` ends itself when its significant
+//! children end (OTP 24's `significant`/`auto_shutdown`): it stops its
+//! children and its parent sees a child exit normally; at the top, the
+//! root exits 0. `DESIGN.md` §4 shows the table cell by cell.
 
 use std::collections::VecDeque;
 
 use super::window::RestartWindow;
 use std::time::{Duration, Instant};
 
-use super::{State, EXIT_GAVE_UP};
-use crate::config::{Backoff, Config, RestartType, Strategy};
+use super::{State, EXIT_GAVE_UP, EXIT_OK};
+use crate::config::{AutoShutdown, Backoff, Config, RestartType, Strategy};
 
 /// The pause before retrying a start that failed in the root (fork, or
 /// preparing an exec).
@@ -130,6 +133,9 @@ pub(crate) enum GState {
     Stopped,
     /// It gave up (intensity exceeded) and its parent did not restart it.
     Failed,
+    /// It shut itself down (`auto_shutdown`: its significant children
+    /// ended) and its parent did not restart it.
+    Ended,
 }
 
 impl GState {
@@ -142,6 +148,7 @@ impl GState {
             GState::Stopping(_) => "stopping",
             GState::Stopped => "stopped",
             GState::Failed => "failed",
+            GState::Ended => "ended",
         }
     }
 }
@@ -153,6 +160,8 @@ pub(crate) enum GThen {
     Rest,
     /// It gave up: failed, and its parent sees a child die.
     Fail,
+    /// `auto_shutdown`: ended, and its parent sees a child exit normally.
+    End,
 }
 
 /// Why a daemon's current process started: its `started` log line and
@@ -299,6 +308,9 @@ pub(crate) enum Log {
     GroupNotRestarted(usize),
     /// A group restarts its children (`one_for_all`, `rest_for_one`).
     GroupRestart { group: usize, cause: Member },
+    /// The end of significant child `member` ends `group`
+    /// (`auto_shutdown`): it stops its children (the top: the tree, exit 0).
+    AutoShutdown { group: usize, member: Member },
 }
 
 /// A daemon, as its supervisor keeps it.
@@ -308,6 +320,8 @@ struct Daemon {
     group: usize,
     pos: usize,
     restart: RestartType,
+    /// Its end may end its supervisor (`auto_shutdown`).
+    significant: bool,
     backoff_cfg: Backoff,
     /// The delay before the next restart.
     backoff: Duration,
@@ -334,6 +348,10 @@ pub(crate) struct Group {
     pub(crate) intensity: u32,
     pub(crate) period: Duration,
     pub(crate) restart: RestartType,
+    /// Whether the end of its significant children ends it.
+    pub(crate) auto_shutdown: AutoShutdown,
+    /// Its end may end its parent (the parent's `auto_shutdown`).
+    significant: bool,
     /// Its restarts within `period` (its intensity window, bounded).
     window: RestartWindow,
     /// How often its parent restarted it.
@@ -405,11 +423,11 @@ impl Supervisor {
         }
         let mut groups: Vec<Group> = (0..n)
             .map(|g| {
-                let (name, sup, restart) = match g {
-                    TOP => ("root", &config.supervisor, RestartType::Permanent),
+                let (name, sup, restart, significant) = match g {
+                    TOP => ("root", &config.supervisor, RestartType::Permanent, false),
                     _ => {
                         let gc = &config.groups[g - 1];
-                        (gc.name.as_str(), &gc.supervisor, gc.restart)
+                        (gc.name.as_str(), &gc.supervisor, gc.restart, gc.significant)
                     }
                 };
                 Group {
@@ -421,6 +439,8 @@ impl Supervisor {
                     intensity: sup.intensity,
                     period: sup.period,
                     restart,
+                    auto_shutdown: sup.auto_shutdown,
+                    significant,
                     window: RestartWindow::default(),
                     restarts: 0,
                     state: GState::Stopped,
@@ -436,6 +456,7 @@ impl Supervisor {
                 group: group_of(dc.group.as_deref()),
                 pos: 0,
                 restart: dc.restart,
+                significant: dc.significant,
                 backoff_cfg: dc.backoff,
                 backoff: dc.backoff.initial,
                 restarts: 0,
@@ -726,7 +747,11 @@ impl Supervisor {
                 Member::Group(h) => self.out.push(Action::Log(Log::GroupNotRestarted(h))),
             }
             self.forget(g, pos);
-            self.due.push_back(g);
+            if self.ends_supervisor(g, m) {
+                self.auto_shut_down(g, m);
+            } else {
+                self.due.push_back(g);
+            }
             return;
         }
         if !self.count_restart(g, m) {
@@ -765,6 +790,40 @@ impl Supervisor {
             Strategy::OneForOne => {}
             Strategy::OneForAll => self.restart_children(g, pos, 0),
             Strategy::RestForOne => self.restart_children(g, pos, pos + 1),
+        }
+    }
+
+    /// OTP's `do_auto_shutdown/2`: whether the end of child `m` (not
+    /// restarted) ends group `g`: `m` is significant and `g` shuts down at
+    /// any significant child's end, or at the end of the last one still
+    /// active (up, or due to restart; one an operator stopped is not).
+    fn ends_supervisor(&self, g: usize, m: Member) -> bool {
+        if !self.significant(m) {
+            return false;
+        }
+        match self.groups[g].auto_shutdown {
+            AutoShutdown::Never => false,
+            AutoShutdown::AnySignificant => true,
+            AutoShutdown::AllSignificant => !self.groups[g]
+                .children
+                .iter()
+                .any(|&c| c != m && self.significant(c) && !self.member_ended(c)),
+        }
+    }
+
+    /// `auto_shutdown`: group `g` ends itself after its significant child
+    /// `m` ended. It stops its children in reverse order, then is `ended`
+    /// and its parent sees a normal exit of this child (OTP's `shutdown`);
+    /// the top stops the tree and the root exits 0.
+    fn auto_shut_down(&mut self, g: usize, m: Member) {
+        self.out.push(Action::Log(Log::AutoShutdown {
+            group: g,
+            member: m,
+        }));
+        if g == TOP {
+            self.shut_down(EXIT_OK);
+        } else {
+            self.stop_group(g, GThen::End);
         }
     }
 
@@ -1005,6 +1064,10 @@ impl Supervisor {
                     self.ended(Member::Group(g), true, Duration::ZERO);
                 }
             }
+            GThen::End => {
+                self.groups[g].state = GState::Ended;
+                self.ended(Member::Group(g), true, Duration::ZERO);
+            }
         }
     }
 
@@ -1063,15 +1126,16 @@ impl Supervisor {
 
     /// Starts the child at `p` of group `g` after a death: a daemon for
     /// the cause it has, a group as a whole (failed: its parent restarts
-    /// it; else its siblings' restart takes it along).
+    /// it; ended: it ended itself and its parent restarts it; else its
+    /// siblings' restart takes it along).
     fn start_member(&mut self, g: usize, p: usize) {
         match self.groups[g].children[p] {
             Member::Daemon(i) => self.start_daemon(i),
             Member::Group(h) => {
-                let cause = if self.groups[h].state == GState::Failed {
-                    Cause::Escalation
-                } else {
-                    Cause::Strategy
+                let cause = match self.groups[h].state {
+                    GState::Failed => Cause::Escalation,
+                    GState::Ended => Cause::Death,
+                    _ => Cause::Strategy,
                 };
                 self.start_group(h, cause)
             }
@@ -1109,7 +1173,10 @@ impl Supervisor {
     fn operator_start(&mut self, i: usize) {
         let mut g = Some(self.daemons[i].group);
         while let Some(h) = g {
-            if matches!(self.groups[h].state, GState::Stopped | GState::Failed) {
+            if matches!(
+                self.groups[h].state,
+                GState::Stopped | GState::Failed | GState::Ended
+            ) {
                 self.groups[h].state = GState::Running;
                 self.groups[h].window.clear();
             }
@@ -1155,6 +1222,25 @@ impl Supervisor {
         match m {
             Member::Daemon(i) => self.daemons[i].restart,
             Member::Group(h) => self.groups[h].restart,
+        }
+    }
+
+    fn significant(&self, m: Member) -> bool {
+        match m {
+            Member::Daemon(i) => self.daemons[i].significant,
+            Member::Group(h) => self.groups[h].significant,
+        }
+    }
+
+    /// Whether a child is down for good as OTP's `do_auto_shutdown` sees
+    /// it (no pid, not restarting): stopped, failed or ended.
+    fn member_ended(&self, m: Member) -> bool {
+        match m {
+            Member::Daemon(i) => matches!(self.daemons[i].state, DState::Stopped | DState::Failed),
+            Member::Group(h) => matches!(
+                self.groups[h].state,
+                GState::Stopped | GState::Failed | GState::Ended
+            ),
         }
     }
 
@@ -1211,7 +1297,10 @@ impl Supervisor {
     fn member_down(&self, m: Member) -> bool {
         match m {
             Member::Daemon(i) => self.daemons[i].state.down(),
-            Member::Group(h) => matches!(self.groups[h].state, GState::Stopped | GState::Failed),
+            Member::Group(h) => matches!(
+                self.groups[h].state,
+                GState::Stopped | GState::Failed | GState::Ended
+            ),
         }
     }
 

@@ -24,8 +24,9 @@ impl Supervisor {
         }
     }
 
-    /// A new daemon joins group `g` at position `pos` (stopped). Returns
-    /// its index, the next one.
+    /// A new daemon joins group `g` at position `pos` (stopped); a group
+    /// still starting its children starts it in its turn. Returns its
+    /// index, the next one.
     pub(crate) fn add(&mut self, cfg: &DaemonConfig, g: usize, pos: usize) -> usize {
         let i = self.daemons.len();
         let pos = pos.min(self.groups[g].children.len());
@@ -34,6 +35,7 @@ impl Supervisor {
             group: g,
             pos,
             restart: cfg.restart,
+            significant: cfg.significant,
             backoff_cfg: cfg.backoff,
             backoff: cfg.backoff.initial,
             restarts: 0,
@@ -46,6 +48,9 @@ impl Supervisor {
         self.shift(g, pos, true);
         self.groups[g].children.insert(pos, Member::Daemon(i));
         self.renumber(g);
+        if let GState::Starting { next, .. } = &mut self.groups[g].state {
+            next.insert(next.partition_point(|&p| p < pos), pos);
+        }
         i
     }
 
@@ -54,6 +59,7 @@ impl Supervisor {
     pub(crate) fn update(&mut self, i: usize, cfg: &DaemonConfig) {
         let d = &mut self.daemons[i];
         d.restart = cfg.restart;
+        d.significant = cfg.significant;
         d.backoff_cfg = cfg.backoff;
         d.backoff = cfg.backoff.initial;
         d.start_timeout = cfg.start_timeout;
@@ -69,24 +75,29 @@ impl Supervisor {
 
     /// The settings of `config` for the supervisors that exist (the same
     /// groups, checked by the caller): strategy, intensity, period and
-    /// restart type; and the stop timeout. Their windows are kept.
+    /// restart type, `auto_shutdown` and `significant`; and the stop
+    /// timeout. Their windows are kept.
     pub(crate) fn set_settings(&mut self, config: &Config) {
         self.stop_timeout = config.root.stop_timeout;
         let top = &mut self.groups[TOP];
         top.strategy = config.supervisor.strategy;
         top.intensity = config.supervisor.intensity;
         top.period = config.supervisor.period;
+        top.auto_shutdown = config.supervisor.auto_shutdown;
         for (k, gc) in config.groups.iter().enumerate() {
             let g = &mut self.groups[k + 1];
             g.strategy = gc.supervisor.strategy;
             g.intensity = gc.supervisor.intensity;
             g.period = gc.supervisor.period;
             g.restart = gc.restart;
+            g.auto_shutdown = gc.supervisor.auto_shutdown;
+            g.significant = gc.significant;
         }
     }
 
     /// Whether group `g` runs its children (an added daemon starts now),
-    /// rather than being down (it starts with its group).
+    /// rather than being down or still starting them (it starts with its
+    /// group, or in its turn).
     pub(crate) fn group_up(&self, g: usize) -> bool {
         matches!(
             self.groups[g].state,
@@ -112,17 +123,25 @@ impl Supervisor {
         self.daemons[i].pos
     }
 
-    /// Group `g`'s pending restart, for a child inserted at (or removed
-    /// from) `pos`: the positions after it move by one.
+    /// Group `g`'s pending restart or start, for a child inserted at (or
+    /// removed from) `pos`: the positions after it move by one.
     fn shift(&mut self, g: usize, pos: usize, insert: bool) {
-        if let GState::Restarting { stop, start } = &mut self.groups[g].state {
-            for p in stop.iter_mut().chain(start.iter_mut()) {
-                if insert && *p >= pos {
-                    *p += 1;
-                } else if !insert && *p > pos {
-                    *p -= 1;
-                }
+        let moved = |p: &mut usize| {
+            if insert && *p >= pos {
+                *p += 1;
+            } else if !insert && *p > pos {
+                *p -= 1;
             }
+        };
+        match &mut self.groups[g].state {
+            GState::Restarting { stop, start } => stop.iter_mut().chain(start).for_each(moved),
+            GState::Starting { awaiting, next, .. } => {
+                if !insert && *awaiting == Some(pos) {
+                    *awaiting = None;
+                }
+                awaiting.iter_mut().chain(next).for_each(moved);
+            }
+            _ => {}
         }
     }
 
@@ -200,6 +219,25 @@ mod tests {
             }
         }
         panic!("the tree never settled");
+    }
+
+    #[test]
+    fn a_daemon_added_while_its_group_starts_starts_in_its_turn() {
+        let c = config(
+            "[[daemon]]\nname = \"a\"\nkind = \"idle\"\n\
+             [[daemon]]\nname = \"b\"\nkind = \"idle\"\n",
+        );
+        let now = Instant::now();
+        let mut s = Supervisor::new(&c, &[vec![], vec![]], now);
+        // a is forked and not ready yet: the top awaits it, b is next.
+        let first = s.handle(Event::StartAll, now);
+        assert!(first.contains(&Action::Fork(0)) && !first.contains(&Action::Fork(1)));
+        assert!(!s.group_up(TOP));
+        // Added before b, and at the end: both start in order once a is.
+        let d = s.add(&c.daemons[1], TOP, 1);
+        let e = s.add(&c.daemons[1], TOP, 3);
+        assert_eq!(play(&mut s, Event::Ready(0), now), [d, 1, e]);
+        assert!(s.group_up(TOP));
     }
 
     #[test]

@@ -755,3 +755,213 @@ fn extend_moves_a_start_deadline_and_ready_arms_the_watchdog() {
         "a running daemon has no start deadline"
     );
 }
+
+// ----- auto_shutdown: significant children end their supervisor ----------
+
+/// root ─ x, g (`auto_shutdown`, restart `g_restart`) ─ [a, s (significant
+/// transient), b], y.
+fn significant_in_group(auto: &str, g_restart: &str) -> String {
+    format!(
+        "{}{}{}{}{}{}",
+        group(
+            "g",
+            &format!("auto_shutdown = \"{auto}\"\nrestart = \"{g_restart}\"")
+        ),
+        daemon("x", ""),
+        daemon("a", "group = \"g\""),
+        daemon(
+            "s",
+            "group = \"g\"\nrestart = \"transient\"\nsignificant = true"
+        ),
+        daemon("b", "group = \"g\""),
+        daemon("y", ""),
+    )
+}
+
+/// Whether the actions since the last `take` logged `group`'s auto
+/// shutdown after `member`.
+fn auto_shutdown_logged(w: &World, group: &str, member: Member) -> bool {
+    let g = w.sup.groups().iter().position(|x| x.name == group);
+    w.actions.iter().any(|a| {
+        matches!(a, Action::Log(Log::AutoShutdown { group: h, member: m })
+            if Some(*h) == g && *m == member)
+    })
+}
+
+#[test]
+fn a_significant_normal_exit_x_any_significant_ends_the_group_and_leaves_its_parent_running() {
+    let mut w = World::started(&significant_in_group("any_significant", "transient"));
+    w.exits("s");
+    assert!(auto_shutdown_logged(&w, "g", Member::Daemon(w.d("s"))));
+    // Its other children stop in reverse order; nothing outside moves.
+    assert_eq!(w.take(), ["-b", "-a"]);
+    assert_eq!(w.group("g").state, GState::Ended);
+    assert_eq!(w.group("g").state.as_str(), "ended");
+    // A transient group's end (OTP's `shutdown`) is normal: not restarted.
+    assert_eq!(w.group("root").state, GState::Running);
+    assert_eq!(w.sup.recent_restarts(TOP, w.now), 0);
+    assert_eq!(w.state("x"), DState::Running);
+    assert_eq!(w.state("y"), DState::Running);
+    assert_eq!(w.sup.shutting_down(), None);
+    // An operator can bring a daemon of it back; the group comes up.
+    w.feed(Event::Start(w.d("a")));
+    assert_eq!(w.take(), ["+a"]);
+    assert_eq!(w.group("g").state, GState::Running);
+}
+
+#[test]
+fn a_significant_crash_x_transient_restarts_and_x_temporary_ends_the_group() {
+    let mut w = World::started(&significant_in_group("any_significant", "transient"));
+    w.crash("s");
+    // Transient and abnormal: restarted, as without auto_shutdown.
+    assert_eq!(w.take(), ["+s"]);
+    assert_eq!(w.group("g").state, GState::Running);
+
+    let config = significant_in_group("any_significant", "transient").replace(
+        "restart = \"transient\"\nsignificant",
+        "restart = \"temporary\"\nsignificant",
+    );
+    let mut w = World::started(&config);
+    w.crash("s");
+    // Temporary: never restarted, so any end of it is an end.
+    assert_eq!(w.take(), ["-b", "-a"]);
+    assert_eq!(w.group("g").state, GState::Ended);
+}
+
+#[test]
+fn a_normal_exit_of_a_child_not_significant_ends_nothing() {
+    let config = significant_in_group("any_significant", "transient").replace(
+        "name = \"a\"\nkind = \"idle\"\ngroup = \"g\"",
+        "name = \"a\"\nkind = \"idle\"\ngroup = \"g\"\nrestart = \"transient\"",
+    );
+    let mut w = World::started(&config);
+    w.exits("a");
+    assert_eq!(w.take(), Vec::<String>::new());
+    assert_eq!(w.state("a"), DState::Stopped);
+    assert_eq!(w.group("g").state, GState::Running);
+}
+
+#[test]
+fn all_significant_ends_the_group_with_its_last_active_significant_child() {
+    let config = format!(
+        "{}{}{}{}",
+        group(
+            "g",
+            "auto_shutdown = \"all_significant\"\nrestart = \"temporary\""
+        ),
+        daemon("a", "group = \"g\""),
+        daemon(
+            "s1",
+            "group = \"g\"\nrestart = \"temporary\"\nsignificant = true"
+        ),
+        daemon(
+            "s2",
+            "group = \"g\"\nrestart = \"transient\"\nsignificant = true"
+        ),
+    );
+    let mut w = World::started(&config);
+    w.crash("s1");
+    assert_eq!(w.take(), Vec::<String>::new(), "s2 is still active");
+    assert_eq!(w.group("g").state, GState::Running);
+    // s2 crashes: restarted (transient), still active.
+    w.crash("s2");
+    assert_eq!(w.take(), ["+s2"]);
+    w.exits("s2");
+    assert_eq!(w.take(), ["-a"]);
+    assert_eq!(w.group("g").state, GState::Ended);
+
+    // One waiting out its backoff to restart is active (OTP: `restarting`).
+    let mut w = World::started(&config.replace(
+        "restart = \"transient\"\nsignificant = true",
+        "restart = \"transient\"\nsignificant = true\nbackoff = \"1s\"",
+    ));
+    w.crash("s2");
+    assert_eq!(w.state("s2"), DState::Backoff);
+    w.exits("s1");
+    assert_eq!(w.take(), Vec::<String>::new());
+    assert_eq!(w.group("g").state, GState::Running);
+    w.advance(S);
+    assert_eq!(w.take(), ["+s2"]);
+
+    // A significant child the operator stopped is not active (OTP's
+    // `terminate_child` leaves no pid), and its stop ends nothing.
+    let mut w = World::started(&config);
+    w.feed(Event::Stop(w.d("s2")));
+    assert_eq!(w.take(), ["-s2"]);
+    assert_eq!(w.group("g").state, GState::Running);
+    w.exits("s1");
+    assert_eq!(w.take(), ["-a"]);
+    assert_eq!(w.group("g").state, GState::Ended);
+}
+
+#[test]
+fn auto_shutdown_at_the_top_stops_the_tree_and_exits_0() {
+    let mut w = World::started(&format!(
+        "[supervisor]\nauto_shutdown = \"any_significant\"\n{}{}{}{}",
+        group("g", ""),
+        daemon("a", ""),
+        daemon("g1", "group = \"g\""),
+        daemon("s", "restart = \"temporary\"\nsignificant = true"),
+    ));
+    w.exits("s");
+    assert!(auto_shutdown_logged(&w, "root", Member::Daemon(w.d("s"))));
+    assert_eq!(w.take(), ["-g1", "-a"]);
+    assert_eq!(w.sup.shutting_down(), Some(EXIT_OK));
+    assert_eq!(w.group("root").state, GState::Stopped);
+}
+
+#[test]
+fn a_permanent_group_that_ended_itself_is_restarted_by_its_parent_and_counts() {
+    let mut w = World::started(&significant_in_group("any_significant", "permanent"));
+    w.exits("s");
+    // OTP: a permanent child is restarted whatever its exit reason.
+    assert_eq!(w.take(), ["-b", "-a", "+a", "+s", "+b"]);
+    assert_eq!(w.group("g").state, GState::Running);
+    assert_eq!(w.group("g").restarts, 1);
+    assert_eq!(w.sup.recent_restarts(TOP, w.now), 1);
+    assert_eq!(w.sup.start_cause(w.d("a")), Cause::Death);
+}
+
+#[test]
+fn a_significant_group_that_ended_ends_its_parent_up_to_the_top() {
+    let mut w = World::started(&format!(
+        "[supervisor]\nauto_shutdown = \"all_significant\"\n{}{}{}{}{}{}",
+        group(
+            "outer",
+            "auto_shutdown = \"any_significant\"\nrestart = \"transient\"\nsignificant = true"
+        ),
+        group(
+            "inner",
+            "parent = \"outer\"\nauto_shutdown = \"any_significant\"\nrestart = \"temporary\"\nsignificant = true"
+        ),
+        daemon("o1", "group = \"outer\""),
+        daemon("i1", "group = \"inner\""),
+        daemon("s", "group = \"inner\"\nrestart = \"transient\"\nsignificant = true"),
+        daemon("top1", ""),
+    ));
+    w.exits("s");
+    // inner ends (i1), then outer (o1), then the top (top1): exit 0.
+    assert_eq!(w.take(), ["-i1", "-o1", "-top1"]);
+    assert_eq!(w.group("inner").state, GState::Ended);
+    assert_eq!(w.group("outer").state, GState::Ended);
+    assert_eq!(w.sup.shutting_down(), Some(EXIT_OK));
+}
+
+#[test]
+fn a_significant_group_that_gave_up_ends_its_parent() {
+    // OTP: a supervisor past its intensity exits `shutdown`, and a
+    // transient significant one is then not restarted: auto shutdown.
+    let mut w = World::started(&format!(
+        "[supervisor]\nauto_shutdown = \"any_significant\"\n{}{}{}",
+        group(
+            "g",
+            "intensity = 0\nrestart = \"transient\"\nsignificant = true"
+        ),
+        daemon("a", "group = \"g\""),
+        daemon("b", ""),
+    ));
+    w.crash("a");
+    assert_eq!(w.group("g").state, GState::Failed);
+    assert_eq!(w.take(), ["-b"]);
+    assert_eq!(w.sup.shutting_down(), Some(EXIT_OK));
+}

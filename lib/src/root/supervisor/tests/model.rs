@@ -4,9 +4,10 @@
 //! `start_children`), written from OTP's documentation with forkroot's
 //! documented differences (`DESIGN.md` §4): a sibling that is down when a
 //! `one_for_all`/`rest_for_one` restart begins stays down, and a temporary
-//! child that ended stays in the tree, down. The running daemons, every
-//! restart count, every group's state and the exit decision must match
-//! after every event.
+//! child that ended stays in the tree, down. Supervisors shut themselves
+//! down as OTP 24's `do_auto_shutdown/2` says (`auto_shutdown`, children
+//! marked `significant`). The running daemons, every restart count, every
+//! group's state and the exit decision must match after every event.
 
 use proptest::prelude::{any, prop, prop_oneof, proptest, ProptestConfig};
 use proptest::strategy::Strategy as Gen;
@@ -17,6 +18,7 @@ use super::*;
 struct MDaemon {
     group: usize,
     restart: RestartType,
+    significant: bool,
     alive: bool,
     restarts: u32,
 }
@@ -29,6 +31,8 @@ struct MGroup {
     intensity: u32,
     period: Duration,
     restart: RestartType,
+    auto_shutdown: AutoShutdown,
+    significant: bool,
     restarts: Vec<Instant>,
     alive: bool,
 }
@@ -50,21 +54,24 @@ impl Model {
                 .map_or(0, |k| k + 1)
         };
         let mut groups: Vec<MGroup> =
-            std::iter::once((None, &config.supervisor, RestartType::Permanent))
+            std::iter::once((None, &config.supervisor, RestartType::Permanent, false))
                 .chain(config.groups.iter().map(|g| {
                     (
                         Some(group_of(g.parent.as_deref())),
                         &g.supervisor,
                         g.restart,
+                        g.significant,
                     )
                 }))
-                .map(|(parent, s, restart)| MGroup {
+                .map(|(parent, s, restart, significant)| MGroup {
                     parent,
                     children: Vec::new(),
                     strategy: s.strategy,
                     intensity: s.intensity,
                     period: s.period,
                     restart,
+                    auto_shutdown: s.auto_shutdown,
+                    significant,
                     restarts: Vec::new(),
                     alive: false,
                 })
@@ -75,6 +82,7 @@ impl Model {
             .map(|d| MDaemon {
                 group: group_of(d.group.as_deref()),
                 restart: d.restart,
+                significant: d.significant,
                 alive: false,
                 restarts: 0,
             })
@@ -171,7 +179,7 @@ impl Model {
             RestartType::Temporary => false,
         };
         if !restart {
-            return;
+            return self.auto_shutdown(g, m);
         }
         // add_restart/1: restarts within the period, this one included.
         let now = self.now;
@@ -222,6 +230,38 @@ impl Model {
     }
 }
 
+impl Model {
+    /// `do_auto_shutdown/2` of supervisor `g` after its child `m` ended
+    /// for good: a significant child ends `g` (`any_significant`), or the
+    /// last significant one alive does (`all_significant`). `g` terminates
+    /// its children and exits `shutdown`; the top ends the tree (exit 0).
+    fn auto_shutdown(&mut self, g: usize, m: Member) {
+        let significant = |s: &Model, c: Member| match c {
+            Member::Daemon(i) => s.daemons[i].significant,
+            Member::Group(h) => s.groups[h].significant,
+        };
+        if !significant(self, m) {
+            return;
+        }
+        let ends = match self.groups[g].auto_shutdown {
+            AutoShutdown::Never => false,
+            AutoShutdown::AnySignificant => true,
+            AutoShutdown::AllSignificant => !self.groups[g]
+                .children
+                .iter()
+                .any(|&c| significant(self, c) && self.alive(c)),
+        };
+        if !ends {
+            return;
+        }
+        self.terminate(Member::Group(g));
+        match self.groups[g].parent {
+            None => self.exit = Some(EXIT_OK),
+            Some(p) => self.child_exit(p, Member::Group(g), true),
+        }
+    }
+}
+
 fn groups_parent(config: &Config, g: usize) -> Option<usize> {
     if g == 0 {
         return None;
@@ -239,7 +279,10 @@ fn groups_parent(config: &Config, g: usize) -> Option<usize> {
 const STRATEGIES: [&str; 3] = ["one_for_one", "one_for_all", "rest_for_one"];
 const RESTARTS: [&str; 3] = ["permanent", "transient", "temporary"];
 
-/// A supervisor's keys: strategy, intensity 0..=3, period 1..=5 s.
+const AUTO_SHUTDOWNS: [&str; 3] = ["never", "any_significant", "all_significant"];
+
+/// A supervisor's keys: strategy, intensity 0..=3, period 1..=5 s (and
+/// `auto_shutdown`, chosen by [`tree`]).
 fn sup_keys() -> impl Gen<Value = String> {
     (0..3usize, 0..4u32, 1..6u32).prop_map(|(s, i, p)| {
         format!(
@@ -250,33 +293,59 @@ fn sup_keys() -> impl Gen<Value = String> {
 }
 
 /// A config of up to 3 groups (each under the top or an earlier group) and
-/// 1 to 6 daemons, with random strategies, intensities and restart types.
+/// 1 to 6 daemons, with random strategies, intensities, restart types and
+/// `auto_shutdown`s; a child is `significant` at random where `check`
+/// allows it (not permanent, under a supervisor that shuts down), and a
+/// supervisor keeps its `auto_shutdown` only with a significant child.
 fn tree() -> impl Gen<Value = String> {
+    let child = (any::<prop::sample::Index>(), 0..3usize, any::<bool>());
     (
-        sup_keys(),
-        prop::collection::vec((sup_keys(), any::<prop::sample::Index>(), 0..3usize), 0..4),
-        prop::collection::vec((any::<prop::sample::Index>(), 0..3usize), 1..7),
+        (sup_keys(), 0..3usize),
+        prop::collection::vec(((sup_keys(), 0..3usize), child.clone()), 0..4),
+        prop::collection::vec(child, 1..7),
     )
-        .prop_map(|(top, groups, daemons)| {
-            let mut s = format!("[supervisor]\n{top}\n");
-            for (k, (keys, parent, restart)) in groups.iter().enumerate() {
-                let parent = match parent.index(k + 1) {
-                    0 => "root".to_owned(),
-                    j => format!("g{}", j - 1),
-                };
+        .prop_map(|((top, top_auto), groups, daemons)| {
+            let autos: Vec<usize> = std::iter::once(top_auto)
+                .chain(groups.iter().map(|((_, a), _)| *a))
+                .collect();
+            // Each child: its supervisor (0 the top, k + 1 group k), restart
+            // type, and whether it is significant.
+            let place = |(parent, restart, sig): &(prop::sample::Index, usize, bool), n: usize| {
+                let sup = parent.index(n);
+                (sup, *restart, *sig && *restart != 0 && autos[sup] != 0)
+            };
+            let gs: Vec<_> = groups
+                .iter()
+                .enumerate()
+                .map(|(k, (_, c))| place(c, k + 1))
+                .collect();
+            let ds: Vec<_> = daemons
+                .iter()
+                .map(|c| place(c, groups.len() + 1))
+                .collect();
+            let auto = |g: usize| {
+                let any = gs.iter().chain(&ds).any(|&(sup, _, sig)| sup == g && sig);
+                AUTO_SHUTDOWNS[if any { autos[g] } else { 0 }]
+            };
+            let name = |sup: usize| match sup {
+                0 => "root".to_owned(),
+                j => format!("g{}", j - 1),
+            };
+            let mut s = format!("[supervisor]\n{top}auto_shutdown = \"{}\"\n\n", auto(0));
+            for (k, ((keys, _), _)) in groups.iter().enumerate() {
+                let (sup, restart, sig) = gs[k];
                 s += &format!(
-                    "[[group]]\nname = \"g{k}\"\nparent = \"{parent}\"\nrestart = \"{}\"\n{keys}\n",
-                    RESTARTS[*restart]
+                    "[[group]]\nname = \"g{k}\"\nparent = \"{}\"\nrestart = \"{}\"\nsignificant = {sig}\n{keys}auto_shutdown = \"{}\"\n\n",
+                    name(sup),
+                    RESTARTS[restart],
+                    auto(k + 1)
                 );
             }
-            for (k, (group, restart)) in daemons.iter().enumerate() {
-                let group = match group.index(groups.len() + 1) {
-                    0 => "root".to_owned(),
-                    j => format!("g{}", j - 1),
-                };
+            for (k, &(sup, restart, sig)) in ds.iter().enumerate() {
                 s += &format!(
-                    "[[daemon]]\nname = \"d{k}\"\nkind = \"idle\"\ngroup = \"{group}\"\nrestart = \"{}\"\n",
-                    RESTARTS[*restart]
+                    "[[daemon]]\nname = \"d{k}\"\nkind = \"idle\"\ngroup = \"{}\"\nrestart = \"{}\"\nsignificant = {sig}\n",
+                    name(sup),
+                    RESTARTS[restart]
                 );
             }
             s
