@@ -18,9 +18,12 @@
 //!
 //! The ratio printed is forkroot's median over the bare median.
 //!
+//! - **in a tree**: the probe beside 10 idle daemons, and beside 1,000 in
+//!   50 `[[group]]`s, against the same 1,000 under the top supervisor.
 //! - **time to ready**: from spawning `forkroot run` to its `READY=1` on
 //!   `NOTIFY_SOCKET` (every daemon of the first start set up), for one
-//!   daemon of 64 KiB, 1 GiB and 8 GiB, and for 10 and 1,000 daemons of
+//!   daemon of 64 KiB, 1 GiB and 8 GiB, and for 10 and 1,000 daemons (and
+//!   1,000 in 50 groups) of
 //!   64 KiB; beside the floor of spawning the same binary to print its
 //!   version (exec, dynamic loading, exit), same run.
 //!   `FORKROOT_BENCH_READY_N` sets the starts per row (default 5).
@@ -49,21 +52,37 @@ fn main() {
         Run {
             memory: "64KiB",
             siblings: 0,
+            groups: 0,
             standby: false,
         },
         Run {
             memory: "1GiB",
             siblings: 0,
+            groups: 0,
             standby: false,
         },
         Run {
             memory: "64KiB",
             siblings: 1000,
+            groups: 0,
+            standby: false,
+        },
+        Run {
+            memory: "64KiB",
+            siblings: 10,
+            groups: 0,
+            standby: false,
+        },
+        Run {
+            memory: "64KiB",
+            siblings: 1000,
+            groups: 50,
             standby: false,
         },
         Run {
             memory: "64KiB",
             siblings: 0,
+            groups: 0,
             standby: true,
         },
     ];
@@ -71,30 +90,37 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
-    for (memory, daemons) in [
-        ("64KiB", 1),
-        ("1GiB", 1),
-        ("8GiB", 1),
-        ("64KiB", 10),
-        ("64KiB", 1000),
+    for (memory, daemons, groups) in [
+        ("64KiB", 1, 0),
+        ("1GiB", 1, 0),
+        ("8GiB", 1, 0),
+        ("64KiB", 10, 0),
+        ("64KiB", 1000, 0),
+        ("64KiB", 1000, 50),
     ] {
         let floor = Stats::of(
             (0..ready_n)
                 .map(|_| exec_floor().expect("exec floor"))
                 .collect(),
         );
+        let mut rss = Vec::new();
         let s = Stats::of(
             (0..ready_n)
-                .map(|_| time_to_ready(memory, daemons).expect("time to ready"))
+                .map(|_| {
+                    let (t, kib) = time_to_ready(memory, daemons, groups).expect("time to ready");
+                    rss.push(kib);
+                    t
+                })
                 .collect(),
         );
         println!(
-            "ready    memory={memory:<6} daemons={daemons:<4} n={ready_n}  median={} max={}   \
-             forkroot --version median={}   ratio={:.1}",
+            "ready    memory={memory:<6} daemons={daemons:<4} groups={groups:<2} n={ready_n}  median={} max={}   \
+             forkroot --version median={}   ratio={:.1}   root RSS when ready median={}KiB",
             ms(s.median),
             ms(s.p99),
             ms(floor.median),
-            s.median as f64 / floor.median as f64
+            s.median as f64 / floor.median as f64,
+            Stats::of(rss).median
         );
     }
     for run in runs {
@@ -103,10 +129,11 @@ fn main() {
         let bare = Stats::of(bare_fork(n).expect("bare fork+waitpid"));
         let s = Stats::of(forkroot(&run, n).expect("forkroot restart"));
         println!(
-            "restart  memory={:<6} siblings={:<4} standby={:<5} n={n}  median={} p99={}   \
+            "restart  memory={:<6} siblings={:<4} groups={:<2} standby={:<5} n={n}  median={} p99={}   \
              bare fork+waitpid median={} p99={}   ratio={:.2}",
             run.memory,
             run.siblings,
+            run.groups,
             run.standby,
             us(s.median),
             us(s.p99),
@@ -134,28 +161,27 @@ fn exec_floor() -> io::Result<u64> {
     Ok(monotonic_ns() - t0)
 }
 
-/// From spawning `forkroot run` (one daemon per `daemons`, the first of
-/// `memory`, the rest of 64 KiB) to its `READY=1`.
-fn time_to_ready(memory: &str, daemons: usize) -> io::Result<u64> {
+/// From spawning `forkroot run` (`daemons` idle daemons in `groups`
+/// groups, the first of `memory`, the rest of 64 KiB) to its `READY=1`;
+/// and the root's resident memory then (KiB, `VmRSS`).
+fn time_to_ready(memory: &str, daemons: usize, groups: usize) -> io::Result<(u64, u64)> {
     let dir = tempfile::Builder::new()
         .prefix("forkroot-bench")
         .tempdir()?;
     let d = dir.path();
     let config = d.join("ready.toml");
     let mut text = format!("[root]\ncontrol = \"{}/ctl.sock\"\n", d.display());
-    for i in 0..daemons {
-        let memory = if i == 0 { memory } else { "64KiB" };
-        text.push_str(&format!(
-            "\n[[daemon]]\nname = \"idle{i}\"\nkind = \"idle\"\nmemory = \"{memory}\"\n"
-        ));
-    }
+    text.push_str(&format!(
+        "\n[[daemon]]\nname = \"first\"\nkind = \"idle\"\nmemory = \"{memory}\"\n"
+    ));
+    text.push_str(&siblings(daemons - 1, groups, "64KiB"));
     fs::write(&config, text)?;
     let sock_path = d.join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path)?;
     sock.set_read_timeout(Some(Duration::from_secs(60)))?;
     let log = fs::File::create(d.join("root.log"))?;
     let t0 = monotonic_ns();
-    let _root = Root(
+    let root = Root(
         Command::new(BIN)
             .args(["run", "--config"])
             .arg(&config)
@@ -170,7 +196,14 @@ fn time_to_ready(memory: &str, daemons: usize) -> io::Result<u64> {
     loop {
         let n = sock.recv(&mut buf)?;
         if buf[..n].split(|&b| b == b'\n').any(|l| l == b"READY=1") {
-            return Ok(monotonic_ns() - t0);
+            let t = monotonic_ns() - t0;
+            let status = fs::read_to_string(format!("/proc/{}/status", root.0.id()))?;
+            let kib = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0);
+            return Ok((t, kib));
         }
     }
 }
@@ -288,6 +321,9 @@ impl Drop for Root {
 struct Run {
     memory: &'static str,
     siblings: usize,
+    /// The siblings spread over this many `[[group]]`s (0: all under the
+    /// top supervisor).
+    groups: usize,
     standby: bool,
 }
 
@@ -336,11 +372,7 @@ out = "{fifo}"
             dir = d.display(),
             fifo = fifo.display(),
             standby = run.standby,
-            siblings = (0..run.siblings)
-                .map(|i| format!(
-                    "\n[[daemon]]\nname = \"idle{i}\"\nkind = \"idle\"\nmemory = \"4KiB\"\n"
-                ))
-                .collect::<String>(),
+            siblings = siblings(run.siblings, run.groups, "4KiB"),
         ),
     )?;
     // Read-write, so the probe's open never waits for a reader and a dead
@@ -387,6 +419,24 @@ out = "{fifo}"
         }
     }
     Ok(out)
+}
+
+/// `n` idle daemons of `memory` each, spread over `groups` groups (named
+/// `g0`..; none: all under the top supervisor), as config text.
+fn siblings(n: usize, groups: usize, memory: &str) -> String {
+    let mut text = String::new();
+    for g in 0..groups {
+        text.push_str(&format!("\n[[group]]\nname = \"g{g}\"\n"));
+    }
+    for i in 0..n {
+        text.push_str(&format!(
+            "\n[[daemon]]\nname = \"idle{i}\"\nkind = \"idle\"\nmemory = \"{memory}\"\n"
+        ));
+        if groups > 0 {
+            text.push_str(&format!("group = \"g{}\"\n", i % groups));
+        }
+    }
+    text
 }
 
 /// Waits (outside the timed part) until the daemon whose primary is `pid`
