@@ -21,6 +21,7 @@ mod reload;
 mod spawn;
 mod standby;
 mod start;
+mod state_dir;
 mod stop;
 mod supervisor;
 mod window;
@@ -41,6 +42,7 @@ use crate::region::{RegionSet, RegionSpec};
 use crate::sys::{self, Pid, SigSet};
 use notes::Note;
 use standby::Standby;
+use state_dir::{lock_state_dir, watch_state_dir};
 use stop::kill_tree;
 use supervisor::{Action, Event, Log, Member, Supervisor, FORK_RETRY};
 
@@ -617,82 +619,6 @@ impl<'a> Root<'a> {
         }
     }
 
-    /// The state_dir watch: a region file changed. A daemon writes its
-    /// region through its mapping, which raises no event, but zeroing it
-    /// (`MADV_REMOVE`) and the root's own repairs do, so an event says only
-    /// where to look. A daemon with a process has its file checked at once
-    /// (one without is checked before its next start): its size put right
-    /// (see `RegionSet::ensure`), and if its bytes were cut off, the daemon
-    /// is SIGKILLed, so that its replacement starts over on state its
-    /// checkpoints verify rather than on zeroes where its state was.
-    fn on_watch(&mut self) {
-        let mut events = Vec::new();
-        if let Some(fd) = &self.watch {
-            loop {
-                match sys::file::read_events(fd.as_raw_fd(), |mask, name| {
-                    events.push((mask, name.to_vec()))
-                }) {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e) => {
-                        warn!(error = %e, "reading the state_dir watch");
-                        break;
-                    }
-                }
-            }
-        }
-        let mut seen: Vec<usize> = Vec::new();
-        for (mask, name) in events {
-            if mask & libc::IN_Q_OVERFLOW != 0 {
-                // Events were lost: look at every file.
-                warn!("the state_dir watch overflowed; checking every region file");
-                seen = (0..self.children.len()).collect();
-                break;
-            }
-            if let Some(i) = self.region_of(&name).filter(|i| !seen.contains(i)) {
-                seen.push(i);
-            }
-        }
-        for i in seen {
-            self.check_region_file(i);
-        }
-    }
-
-    /// The daemon whose region file is `name` (`NAME.region`).
-    fn region_of(&self, name: &[u8]) -> Option<usize> {
-        let stem = name.strip_suffix(b".region")?;
-        self.names.iter().position(|n| n.as_bytes() == stem)
-    }
-
-    /// See [`Root::on_watch`].
-    fn check_region_file(&mut self, i: usize) {
-        let Some(pid) = self.children[i]
-            .pid
-            .filter(|_| self.children[i].state.has_process())
-        else {
-            return;
-        };
-        let name = self.children[i].cfg.name.clone();
-        let restart = match self.regions.ensure(i) {
-            Ok(Some(damage)) => {
-                error!(daemon = %name, fault = %damage, "region file damaged");
-                let cut = matches!(damage, crate::region::Damage::Truncated { .. });
-                self.children[i].fault = Some(damage.to_string());
-                cut
-            }
-            Ok(None) => false,
-            Err(e) => {
-                error!(daemon = %name, error = %e, "cannot repair the region file");
-                self.children[i].fault = Some(format!("cannot repair the region file: {e}"));
-                true
-            }
-        };
-        if restart {
-            warn!(daemon = %name, %pid, "restarting it on its repaired region");
-            kill_tree(pid, libc::SIGKILL);
-        }
-    }
-
     fn on_signals(&mut self) -> Result<(), RootError> {
         while let Some((sig, from)) =
             sys::read_signalfd(self.signals.as_raw_fd()).map_err(ctx("reading signalfd"))?
@@ -976,61 +902,6 @@ impl Root<'_> {
             self.kill_all(i, pid);
         } else {
             self.set_timer(i, Instant::now() + (wd - age));
-        }
-    }
-}
-
-/// An inotify watch on `dir` for what another process may do to a region
-/// file: write or truncate it (`IN_MODIFY`), remove or replace it.
-fn watch_state_dir(dir: &std::path::Path) -> io::Result<OwnedFd> {
-    let fd = sys::file::inotify()?;
-    let mask = libc::IN_MODIFY
-        | libc::IN_DELETE
-        | libc::IN_MOVED_FROM
-        | libc::IN_MOVED_TO
-        | libc::IN_CREATE;
-    sys::file::watch(fd.as_raw_fd(), dir, mask)?;
-    Ok(fd)
-}
-
-/// How long a new root waits for the daemons of a root that was just
-/// killed to die (they hold the `state_dir` lock until they are gone).
-const LOCK_WAIT: Duration = Duration::from_secs(3);
-
-/// Takes `state_dir/lock` exclusively. Another root, or the daemons of one
-/// that was just killed (they die with it, but not in the same instant),
-/// hold it; wait a little for the latter, refuse the former.
-fn lock_state_dir(dir: &std::path::Path) -> Result<OwnedFd, RootError> {
-    let path = dir.join("lock");
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(ctx("opening state_dir/lock"))?;
-    let fd = OwnedFd::from(file);
-    let start = Instant::now();
-    loop {
-        match sys::try_lock_exclusive(fd.as_raw_fd()) {
-            Ok(true) => return Ok(fd),
-            Ok(false) if start.elapsed() < LOCK_WAIT => {
-                // Start-up, not the event path: nothing else to do yet.
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Ok(false) => {
-                return Err(RootError::Io(
-                    "state_dir",
-                    io::Error::new(
-                        io::ErrorKind::WouldBlock,
-                        format!(
-                            "{} is in use by another root (its lock is held)",
-                            dir.display()
-                        ),
-                    ),
-                ))
-            }
-            Err(e) => return Err(RootError::Io("locking state_dir", e)),
         }
     }
 }
