@@ -23,8 +23,10 @@ mod standby;
 mod start;
 mod startup;
 mod state_dir;
+mod status;
 mod stop;
 mod supervisor;
+mod watchdog;
 mod window;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -38,7 +40,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, DaemonConfig};
 use crate::daemon::{Death, ExitReason, Registry};
-use crate::mailbox::{PostOffice, Presence};
+use crate::mailbox::PostOffice;
 use crate::region::RegionSet;
 use crate::sys::{self, Pid};
 use notes::Note;
@@ -431,55 +433,6 @@ impl<'a> Root<'a> {
 
     // ----- the state machine ----------------------------------------------
 
-    /// Tells systemd (`Type=notify`) the tree is up, once the first start
-    /// is done: the top supervisor started every child in order (each
-    /// ready, or down for good), and no daemon is still starting.
-    fn notify_ready(&mut self) {
-        if self.manager.ready_settled()
-            || self.reloading.is_some()
-            || matches!(
-                self.sup.groups()[supervisor::TOP].state,
-                supervisor::GState::Starting { .. }
-            )
-            || self.children.iter().any(|c| c.state == State::Starting)
-        {
-            return;
-        }
-        let status = self.status_line(Instant::now());
-        self.manager.ready(status);
-    }
-
-    /// The one-line `STATUS=` for systemd: how many daemons are in each
-    /// state, and the restarts within the top supervisor's period.
-    fn status_line(&self, now: Instant) -> String {
-        let mut counts = [0usize; 6];
-        for c in self.children.iter().filter(|c| !c.removed) {
-            counts[c.state as usize] += 1;
-        }
-        let period = self.config.supervisor.period;
-        let recent = self.sup.recent_restarts(supervisor::TOP, now);
-        let mut line = String::new();
-        for s in [
-            State::Running,
-            State::Starting,
-            State::Backoff,
-            State::Stopping,
-            State::Stopped,
-            State::Failed,
-        ] {
-            let n = counts[s as usize];
-            if n > 0 || s == State::Running {
-                line.push_str(&format!("{n} {}, ", s.as_str()));
-            }
-        }
-        line.push_str(&format!(
-            "{recent} restart{} in the last {}",
-            if recent == 1 { "" } else { "s" },
-            crate::config::units::format_duration(period)
-        ));
-        line
-    }
-
     /// The containment; present until the root's last moment.
     fn containment(&self) -> &cgroup::Containment {
         self.contain.as_ref().expect("removed only on the way out")
@@ -556,20 +509,6 @@ impl<'a> Root<'a> {
             Action::Log(log) => self.log_decision(log),
         }
         None
-    }
-
-    /// Publishes daemon `i`'s state and restarts in the registry.
-    fn publish(&self, i: usize) {
-        let c = &self.children[i];
-        let presence = match c.state {
-            State::Starting => Presence::Starting,
-            State::Running => Presence::Running,
-            State::Backoff => Presence::Backoff,
-            State::Stopping => Presence::Stopping,
-            State::Stopped => Presence::Stopped,
-            State::Failed => Presence::Failed,
-        };
-        self.post.show(i, presence, c.restarts);
     }
 
     /// The log line of a supervisor's decision.
@@ -662,36 +601,5 @@ impl<'a> Root<'a> {
     /// deadline, the watchdog's next look).
     fn on_timer(&mut self, i: usize) {
         self.step(Event::Timer(i));
-    }
-}
-
-impl Root<'_> {
-    /// The watchdog: SIGKILL a daemon whose last heartbeat (or start) is
-    /// older than its `watchdog` deadline, else look again when it would be.
-    fn check_watchdog(&mut self, i: usize) {
-        let c = &self.children[i];
-        let (Some(wd), Some(pid)) = (c.cfg.watchdog, c.pid) else {
-            return;
-        };
-        // From when it became ready, its last `WATCHDOG=1`, or its last
-        // heartbeat, whichever is latest.
-        let mut last = c.ready_ns.max(c.ping_ns);
-        // The heartbeat is the daemon's word: believed only from a header
-        // that names the current process, and never later than now.
-        let now = sys::monotonic_ns();
-        if let Some(h) = self.regions.header_of(i, pid) {
-            let hb = h.heartbeat_ns;
-            if hb <= now {
-                last = last.max(hb);
-            }
-        }
-        let age = Duration::from_nanos(now.saturating_sub(last));
-        if age >= wd {
-            error!(daemon = %c.cfg.name, %pid, age = ?age, watchdog = ?wd, "watchdog: no heartbeat; killing");
-            self.children[i].killed_for = Some(ExitReason::Watchdog);
-            self.kill_all(i, pid);
-        } else {
-            self.set_timer(i, Instant::now() + (wd - age));
-        }
     }
 }
