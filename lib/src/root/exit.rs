@@ -11,7 +11,7 @@ use tracing::{debug, error, info, warn};
 
 use super::notes::Note;
 use super::supervisor::Event;
-use super::{ctx, Role, Root, RootError, State};
+use super::{ctx, pid_u32, Role, Root, RootError, State};
 use crate::checkpoint::POISON_WINDOW;
 use crate::daemon::{Death, ExitReason};
 use crate::handoff::{read_setup, Setup, DEATHS_KEPT};
@@ -125,7 +125,7 @@ impl Root<'_> {
         let pid = c.pid.take().map_or(0, |p| p.0);
         // Reaped: messages it left half-written are skipped from now on,
         // and whoever monitors it hears of it.
-        let downs = self.post.died(i, pid as u32, reason, c.restarts);
+        let downs = self.post.died(i, pid_u32(Pid(pid)), reason, c.restarts);
         if downs > 0 {
             debug!(daemon = %c.cfg.name, downs, "DOWN delivered");
         }

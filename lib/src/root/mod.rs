@@ -68,6 +68,7 @@ pub enum RootError {
 
 impl RootError {
     /// The documented exit code for this error.
+    #[must_use]
     pub fn exit_code(&self) -> i32 {
         match self {
             RootError::Config(_) => EXIT_CONFIG,
@@ -118,6 +119,7 @@ pub enum State {
 
 impl State {
     /// The lowercase name shown by `ctl status`.
+    #[must_use]
     pub fn as_str(&self) -> &'static str {
         match self {
             State::Starting => "starting",
@@ -130,6 +132,7 @@ impl State {
     }
 
     /// Whether a process exists for the daemon.
+    #[must_use]
     pub fn has_process(&self) -> bool {
         matches!(self, State::Starting | State::Running | State::Stopping)
     }
@@ -179,7 +182,7 @@ struct Child {
     ping_ns: u64,
     /// Its last `STATUS=`, for `ctl status`.
     status_text: Option<String>,
-    /// The root SIGKILLed it for this (watchdog, start timeout): the
+    /// The root sent it SIGKILL for this (watchdog, start timeout): the
     /// reason its SIGKILL death is recorded with.
     killed_for: Option<ExitReason>,
     /// Its process has ended but its cgroup still holds processes (being
@@ -332,7 +335,7 @@ pub fn run(config: Config, file: Option<&Path>, registry: &Registry) -> Result<i
     result
 }
 
-impl<'a> Root<'a> {
+impl Root<'_> {
     /// Starts every daemon in file order.
     pub fn start_all(&mut self) {
         info!(daemons = self.children.len(), "starting the tree");
@@ -343,71 +346,105 @@ impl<'a> Root<'a> {
     pub fn run_loop(&mut self) -> Result<i32, RootError> {
         let mut ready = Vec::with_capacity(64);
         loop {
-            if let Mode::ShuttingDown(code) = self.mode {
-                if self
-                    .children
-                    .iter()
-                    .all(|c| !c.state.has_process() && c.standby.is_none())
-                {
-                    // Orphans a daemon left behind, reparented to us.
-                    let _ = self.reap();
-                    if let Some(Err(e)) = self.contain.take().map(cgroup::Containment::remove) {
-                        warn!(error = %e, "could not remove every cgroup");
-                    }
-                    info!(code, "every daemon stopped; exiting");
-                    return Ok(code);
-                }
+            if let Some(code) = self.all_stopped() {
+                return Ok(code);
             }
-            let next = self.timers.first().map(|&(t, _)| t);
-            let next = [
-                next,
-                self.sweep_at,
-                self.control_wake(),
-                self.manager.next_deadline(),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
-            let timeout = next.map(|t| t.saturating_duration_since(Instant::now()));
+            let timeout = self
+                .next_wake()
+                .map(|t| t.saturating_duration_since(Instant::now()));
             self.epoll
                 .wait(&mut ready, timeout)
                 .map_err(ctx("epoll_wait"))?;
             for &token in &ready {
-                match (token & TOKEN_KIND, token & !TOKEN_KIND) {
-                    (0, TOKEN_SIGNALS) => self.on_signals()?,
-                    (0, TOKEN_LISTENER) => self.on_accept(),
-                    (0, TOKEN_WATCH) => self.on_watch(),
-                    (0, TOKEN_NOTIFY) => self.on_notify(),
-                    (TOKEN_NOTIFY_FD, i) => self.on_notify_fd(i as usize),
-                    (TOKEN_SETUP, i) => self.on_setup(i as usize),
-                    (TOKEN_CONN, id) => self.on_conn(id),
-                    (TOKEN_STANDBY, i) => self.on_standby_setup(i as usize),
-                    (TOKEN_OUTPUT, n) => {
-                        if let Some(out) = self.outputs.get_mut(n as usize / 2) {
-                            out.on_readable(output::Stream::from_index(n % 2));
-                        }
-                    }
-                    (TOKEN_CGROUP, 0) => self.on_cgroup_events(),
-                    _ => warn!(token, "event for an unknown token"),
+                self.dispatch(token)?;
+            }
+            self.after_events(!ready.is_empty());
+        }
+    }
+
+    /// While shutting down, once no daemon has a process left: reaps the
+    /// orphans, removes the cgroups, and returns the exit code.
+    fn all_stopped(&mut self) -> Option<i32> {
+        let Mode::ShuttingDown(code) = self.mode else {
+            return None;
+        };
+        if !self
+            .children
+            .iter()
+            .all(|c| !c.state.has_process() && c.standby.is_none())
+        {
+            return None;
+        }
+        // Orphans a daemon left behind, reparented to us.
+        let _ = self.reap();
+        if let Some(Err(e)) = self.contain.take().map(cgroup::Containment::remove) {
+            warn!(error = %e, "could not remove every cgroup");
+        }
+        info!(code, "every daemon stopped; exiting");
+        Some(code)
+    }
+
+    /// When the loop must wake with no event: the first timer of a daemon,
+    /// the sweep, the control socket's, or the service manager's.
+    fn next_wake(&self) -> Option<Instant> {
+        let next = self.timers.first().map(|&(t, _)| t);
+        [
+            next,
+            self.sweep_at,
+            self.control_wake(),
+            self.manager.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Hands one ready descriptor's event to its handler, by its token.
+    fn dispatch(&mut self, token: u64) -> Result<(), RootError> {
+        let low = token & !TOKEN_KIND;
+        // The low half is 32 bits wide, so it fits a usize on any target
+        // the root runs on; were it not to, no daemon has index MAX.
+        let i = usize::try_from(low).unwrap_or(usize::MAX);
+        match (token & TOKEN_KIND, low) {
+            (0, TOKEN_SIGNALS) => self.on_signals()?,
+            (0, TOKEN_LISTENER) => self.on_accept(),
+            (0, TOKEN_WATCH) => self.on_watch(),
+            (0, TOKEN_NOTIFY) => self.on_notify(),
+            (TOKEN_NOTIFY_FD, _) => self.on_notify_fd(i),
+            (TOKEN_SETUP, _) => self.on_setup(i),
+            (TOKEN_CONN, id) => self.on_conn(id),
+            (TOKEN_STANDBY, _) => self.on_standby_setup(i),
+            (TOKEN_OUTPUT, n) => {
+                if let Some(out) = self.outputs.get_mut(i / 2) {
+                    out.on_readable(output::Stream::from_index(n % 2));
                 }
             }
-            let now = Instant::now();
-            if !ready.is_empty() || self.timers.first().is_some_and(|&(t, _)| t <= now) {
-                self.manager.status_changed(now);
-            }
-            self.fire_timers();
-            self.advance_reload();
-            self.flush_notes();
-            // Until the first start is complete (a daemon may leave
-            // `starting` by dying as well as by running).
-            if !self.manager.ready_settled() {
-                self.notify_ready();
-            }
-            self.manager.ping(now);
-            if self.manager.status_due(now) {
-                let text = self.status_line(now);
-                self.manager.status(now, text);
-            }
+            (TOKEN_CGROUP, 0) => self.on_cgroup_events(),
+            _ => warn!(token, "event for an unknown token"),
+        }
+        Ok(())
+    }
+
+    /// What the loop does after each wake-up (`events`: some descriptor
+    /// was ready): timers, the reload, the deferred notes, and what the
+    /// service manager is told.
+    fn after_events(&mut self, events: bool) {
+        let now = Instant::now();
+        if events || self.timers.first().is_some_and(|&(t, _)| t <= now) {
+            self.manager.status_changed(now);
+        }
+        self.fire_timers();
+        self.advance_reload();
+        self.flush_notes();
+        // Until the first start is complete (a daemon may leave
+        // `starting` by dying as well as by running).
+        if !self.manager.ready_settled() {
+            self.notify_ready();
+        }
+        self.manager.ping(now);
+        if self.manager.status_due(now) {
+            let text = self.status_line(now);
+            self.manager.status(now, text);
         }
     }
 
@@ -542,10 +579,10 @@ impl<'a> Root<'a> {
                 );
             }
             Log::GroupFailed(g) => {
-                error!(group = %groups[g].name, "group failed: its children are stopped")
+                error!(group = %groups[g].name, "group failed: its children are stopped");
             }
             Log::GroupNotRestarted(g) => {
-                info!(group = %groups[g].name, restart = ?groups[g].restart, "group not restarted")
+                info!(group = %groups[g].name, restart = ?groups[g].restart, "group not restarted");
             }
             Log::GroupRestart { group, cause } => {
                 let (g, culprit) = match cause {

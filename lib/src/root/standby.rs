@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use tracing::{debug, info, warn};
 
 use super::supervisor::Event;
-use super::{Mode, Role, Root, State};
+use super::{pid_u32, Mode, Role, Root, State};
 use crate::handoff::{read_setup, History, Setup};
 use crate::sys::{self, Pid, WaitStatus};
 
@@ -21,7 +21,7 @@ pub(super) struct Standby {
     pub(super) setup: Option<OwnedFd>,
     /// Set up and waiting.
     pub(super) ready: bool,
-    /// SIGKILLed on purpose; not to be replaced when reaped.
+    /// Killed on purpose (SIGKILL); not to be replaced when reaped.
     pub(super) killed: bool,
 }
 
@@ -46,7 +46,7 @@ impl Root<'_> {
         if let Some(contain) = &self.contain {
             contain.adopt(i);
         }
-        self.post.took_over(i, sb.pid.0 as u32);
+        self.post.took_over(i, pid_u32(sb.pid));
         let restarts = c.restarts;
         self.outputs[i].started(sb.pid);
         self.flush_notes();
@@ -76,7 +76,7 @@ impl Root<'_> {
                 });
             }
             Err(e) => {
-                warn!(daemon = %self.children[i].cfg.name, error = %e, "cannot fork a standby")
+                warn!(daemon = %self.children[i].cfg.name, error = %e, "cannot fork a standby");
             }
         }
     }

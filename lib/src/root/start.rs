@@ -230,9 +230,9 @@ impl Root<'_> {
                 let c = &mut self.children[i];
                 error!(daemon = %c.cfg.name, fault = %damage, "region file damaged");
                 fault = Some(damage.to_string());
-                c.fault = fault.clone();
+                c.fault.clone_from(&fault);
             }
-            Err(e) => return self.cannot_start(i, e),
+            Err(e) => return Some(self.cannot_start(i, &e)),
         }
         let c = &self.children[i];
         if c.cfg.on_restart == OnRestart::Fresh && !c.deaths.is_empty() {
@@ -260,7 +260,7 @@ impl Root<'_> {
                 self.ensure_standby(i);
                 None
             }
-            Err(e) => self.cannot_start(i, e),
+            Err(e) => Some(self.cannot_start(i, &e)),
         }
     }
 
@@ -275,7 +275,7 @@ impl Root<'_> {
     /// [`RETRY_MAX`]; the intensity is not charged, so the rest of the tree
     /// runs on. Anything else (a program not found) is a death
     /// ([`Event::ForkFailed`]), charged to the intensity.
-    pub(super) fn cannot_start(&mut self, i: usize, e: io::Error) -> Option<Event> {
+    pub(super) fn cannot_start(&mut self, i: usize, e: &io::Error) -> Event {
         let errno = e.raw_os_error().or_else(|| {
             e.get_ref()
                 .and_then(|inner| inner.downcast_ref::<io::Error>())
@@ -301,7 +301,7 @@ impl Root<'_> {
             c.retry = (c.retry * 2).min(RETRY_MAX);
             error!(daemon = %c.cfg.name, error = %e, retry_in = ?delay, "cannot start: out of a resource; retrying");
             c.fault = Some(format!("cannot start: {e} (retrying in {delay:?})"));
-            return Some(Event::Refused(i, delay));
+            return Event::Refused(i, delay);
         }
         // A death, so the intensity limit applies, but retried after a
         // pause rather than at once: it would burn the window in a moment.
@@ -312,7 +312,7 @@ impl Root<'_> {
             errno: errno.unwrap_or(libc::EINVAL),
         };
         self.record_death(i, reason, Duration::ZERO);
-        Some(Event::ForkFailed(i))
+        Event::ForkFailed(i)
     }
 
     /// Bookkeeping common to a fork and a standby's takeover.

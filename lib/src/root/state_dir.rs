@@ -68,20 +68,20 @@ pub(super) fn lock_state_dir(dir: &Path) -> Result<OwnedFd, RootError> {
 }
 
 impl Root<'_> {
-    /// The state_dir watch: a region file changed. A daemon writes its
+    /// The `state_dir` watch: a region file changed. A daemon writes its
     /// region through its mapping, which raises no event, but zeroing it
     /// (`MADV_REMOVE`) and the root's own repairs do, so an event says only
     /// where to look. A daemon with a process has its file checked at once
     /// (one without is checked before its next start): its size put right
     /// (see `RegionSet::ensure`), and if its bytes were cut off, the daemon
-    /// is SIGKILLed, so that its replacement starts over on state its
+    /// is killed (SIGKILL), so that its replacement starts over on state its
     /// checkpoints verify rather than on zeroes where its state was.
     pub(super) fn on_watch(&mut self) {
         let mut events = Vec::new();
         if let Some(fd) = &self.watch {
             loop {
                 match sys::file::read_events(fd.as_raw_fd(), |mask, name| {
-                    events.push((mask, name.to_vec()))
+                    events.push((mask, name.to_vec()));
                 }) {
                     Ok(0) => break,
                     Ok(_) => {}

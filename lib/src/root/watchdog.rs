@@ -1,6 +1,6 @@
 //! The watchdog (`watchdog = DURATION`): a daemon whose last sign of life
 //! (ready, `WATCHDOG=1`, or a heartbeat in its region) is older than its
-//! deadline is SIGKILLed.
+//! deadline is killed (SIGKILL).
 
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,7 @@ impl Root<'_> {
             self.children[i].killed_for = Some(ExitReason::Watchdog);
             self.kill_all(i, pid);
         } else {
-            self.set_timer(i, Instant::now() + (wd - age));
+            self.set_timer(i, Instant::now() + wd.saturating_sub(age));
         }
     }
 }
