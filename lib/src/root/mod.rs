@@ -246,7 +246,7 @@ const TOKEN_STANDBY: u64 = 3 << 32;
 pub(crate) const TOKEN_OUTPUT: u64 = 4 << 32;
 const TOKEN_NOTIFY_FD: u64 = 5 << 32;
 const TOKEN_CGROUP: u64 = 6 << 32;
-
+/// The kind half of a token.
 const TOKEN_KIND: u64 = !0 << 32;
 
 /// A pid as the mailbox and the service manager record it: a pid the
@@ -448,6 +448,7 @@ impl Root<'_> {
         }
     }
 
+    /// The signalfd is readable: each pending signal to its handler.
     fn on_signals(&mut self) -> Result<(), RootError> {
         while let Some((sig, from)) =
             sys::read_signalfd(self.signals.as_raw_fd()).map_err(ctx("reading signalfd"))?
@@ -468,12 +469,12 @@ impl Root<'_> {
         Ok(())
     }
 
-    // ----- the state machine ----------------------------------------------
-
     /// The containment; present until the root's last moment.
     fn containment(&self) -> &cgroup::Containment {
         self.contain.as_ref().expect("removed only on the way out")
     }
+
+    // ----- the supervisor's actions ------------------------------------------
 
     /// Feeds `event` to the supervisor and carries out its actions, in
     /// order. What an action reports back (a failed fork, a takeover) is
