@@ -57,8 +57,8 @@ impl Root<'_> {
             resume_before: c.resume_before,
         };
         let run = self.run_of(i, &start, writer)?;
-        // A standby waits in the root's cgroup and is moved into the
-        // daemon's when it takes over (the daemon's is killed on its death).
+        // A standby is created in the daemon's other leaf, and takes over
+        // there: the two leaves swap roles, nothing is moved.
         let cgroup_dir = self.containment().leaf(i, standby)?;
         // `notify_fd`: the program writes a newline on its end when ready.
         let notify_pipe = match c.cfg.readiness {
