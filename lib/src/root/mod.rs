@@ -11,13 +11,22 @@
 
 pub(crate) mod cgroup;
 mod control;
+mod exit;
 mod log_reader;
 mod manager;
+mod notes;
 mod notify;
 mod output;
 mod reload;
 mod spawn;
+mod standby;
+mod start;
+mod startup;
+mod state_dir;
+mod status;
+mod stop;
 mod supervisor;
+mod watchdog;
 mod window;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -29,14 +38,15 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Config, DaemonConfig, OnRestart, Program, Readiness};
-use crate::daemon::{Death, ExitReason, Registry, SetupStage};
-use crate::handoff::{read_setup, History, Setup};
-use crate::mailbox::{PostOffice, Presence, Shape};
-use crate::region::{RegionSet, RegionSpec};
-use crate::sys::{self, Pid, SigSet, WaitStatus};
-use spawn::{Plan, Run, Spawned};
-use supervisor::{Action, Event, Log, Member, Supervisor};
+use crate::config::{Config, DaemonConfig};
+use crate::daemon::{Death, ExitReason, Registry};
+use crate::mailbox::PostOffice;
+use crate::region::RegionSet;
+use crate::sys::{self, Pid};
+use notes::Note;
+use standby::Standby;
+use stop::kill_tree;
+use supervisor::{Action, Event, Log, Member, Supervisor, FORK_RETRY};
 
 /// Exit code: stopped cleanly, every child reaped.
 pub const EXIT_OK: i32 = 0;
@@ -46,17 +56,6 @@ pub const EXIT_GAVE_UP: i32 = 69;
 pub const EXIT_INTERNAL: i32 = 70;
 /// Exit code: the configuration is invalid; nothing was started.
 pub const EXIT_CONFIG: i32 = 78;
-
-// How many past deaths the root remembers per daemon.
-use crate::handoff::DEATHS_KEPT;
-use supervisor::FORK_RETRY;
-
-/// The first pause before retrying a start the machine refused is
-/// [`FORK_RETRY`]; it doubles up to this while the machine keeps refusing
-/// (see [`Root::cannot_start`]).
-const RETRY_MAX: Duration = Duration::from_secs(30);
-
-use crate::checkpoint::POISON_WINDOW;
 
 /// Why the root could not run the tree.
 #[derive(Debug)]
@@ -69,6 +68,7 @@ pub enum RootError {
 
 impl RootError {
     /// The documented exit code for this error.
+    #[must_use]
     pub fn exit_code(&self) -> i32 {
         match self {
             RootError::Config(_) => EXIT_CONFIG,
@@ -119,6 +119,7 @@ pub enum State {
 
 impl State {
     /// The lowercase name shown by `ctl status`.
+    #[must_use]
     pub fn as_str(&self) -> &'static str {
         match self {
             State::Starting => "starting",
@@ -131,6 +132,7 @@ impl State {
     }
 
     /// Whether a process exists for the daemon.
+    #[must_use]
     pub fn has_process(&self) -> bool {
         matches!(self, State::Starting | State::Running | State::Stopping)
     }
@@ -180,7 +182,7 @@ struct Child {
     ping_ns: u64,
     /// Its last `STATUS=`, for `ctl status`.
     status_text: Option<String>,
-    /// The root SIGKILLed it for this (watchdog, start timeout): the
+    /// The root sent it SIGKILL for this (watchdog, start timeout): the
     /// reason its SIGKILL death is recorded with.
     killed_for: Option<ExitReason>,
     /// Its process has ended but its cgroup still holds processes (being
@@ -224,44 +226,6 @@ impl Child {
     }
 }
 
-/// A standby: forked and set up, blocked on its gate until it takes over.
-#[derive(Debug)]
-struct Standby {
-    pid: Pid,
-    /// Write end of its gate pipe.
-    gate: OwnedFd,
-    /// Its setup pipe while it is getting ready.
-    setup: Option<OwnedFd>,
-    /// Set up and waiting.
-    ready: bool,
-    /// SIGKILLed on purpose; not to be replaced when reaped.
-    killed: bool,
-}
-
-/// A log line the root writes after the replacement of a dead daemon is
-/// forked, not before: formatting a crash report (and reading the dead
-/// process's flight log) takes longer than the fork, and the replacement
-/// runs meanwhile. Notes are flushed in order, before any later line.
-#[derive(Debug)]
-enum Note {
-    /// A daemon ended on its own: the exit line, or the crash report.
-    Exit {
-        i: usize,
-        pid: Pid,
-        reason: ExitReason,
-        uptime: Duration,
-        restarts: u32,
-    },
-    /// The last lines a dead process wrote, read when it was reaped.
-    Output { i: usize },
-    /// The checkpoint it resumed from is poison.
-    Poison {
-        i: usize,
-        seq: u64,
-        uptime: Duration,
-    },
-}
-
 /// Which process of a daemon a pid is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -282,14 +246,14 @@ const TOKEN_STANDBY: u64 = 3 << 32;
 pub(crate) const TOKEN_OUTPUT: u64 = 4 << 32;
 const TOKEN_NOTIFY_FD: u64 = 5 << 32;
 const TOKEN_CGROUP: u64 = 6 << 32;
-
-/// SIGCHLD is coalesced: while one is pending, another child's is lost. The
-/// root reaps the child a SIGCHLD names at once (`waitid(P_PID)`, O(1)),
-/// and sweeps for the rest (`waitpid(-1)`, which walks every child of the
-/// root: O(daemons)) this much later, off the restart path. A child whose
-/// SIGCHLD was lost in a burst is restarted at most this late.
-const SWEEP_DELAY: Duration = Duration::from_millis(20);
+/// The kind half of a token.
 const TOKEN_KIND: u64 = !0 << 32;
+
+/// A pid as the mailbox and the service manager record it: a pid the
+/// kernel gave is positive, so its magnitude is its value (0 stays 0).
+fn pid_u32(pid: Pid) -> u32 {
+    pid.0.unsigned_abs()
+}
 
 /// Whether the loop goes on or the root exits with a code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -334,7 +298,7 @@ pub struct Root<'a> {
     /// The `state_dir` lock, held for the root's life (and its daemons').
     lock: Option<OwnedFd>,
     /// When to sweep for children whose SIGCHLD was lost (see
-    /// [`SWEEP_DELAY`]).
+    /// [`exit::SWEEP_DELAY`]).
     sweep_at: Option<Instant>,
     /// Log lines deferred past the next fork.
     notes: Vec<Note>,
@@ -355,35 +319,6 @@ pub struct Root<'a> {
     contain: Option<cgroup::Containment>,
 }
 
-/// Binds every daemon's `listen` sockets, before any fork. An address
-/// that cannot be bound (taken, no permission) is a config problem placed
-/// at its entry (exit 78): nothing starts.
-fn bind_listeners(config: &Config) -> Result<Vec<Vec<OwnedFd>>, RootError> {
-    let mut problems = Vec::new();
-    let mut all = Vec::with_capacity(config.daemons.len());
-    for (i, d) in config.daemons.iter().enumerate() {
-        let mut fds = Vec::with_capacity(d.listen.len());
-        for (j, text) in d.listen.iter().enumerate() {
-            let bound = crate::listen::Address::parse(text)
-                .map_err(io::Error::other)
-                .and_then(|a| a.bind());
-            match bound {
-                Ok(fd) => fds.push(fd),
-                Err(e) => problems.push(crate::config::Problem {
-                    place: format!("daemon[{i}].listen[{j}]"),
-                    message: format!("cannot listen on {text:?}: {e}"),
-                }),
-            }
-        }
-        all.push(fds);
-    }
-    if problems.is_empty() {
-        Ok(all)
-    } else {
-        Err(RootError::Config(problems))
-    }
-}
-
 /// Runs the tree until it is stopped; returns the exit code documented for
 /// `forkroot run` (0 stopped, 69 gave up). `file` is where `config` was
 /// read from, read again by a reload.
@@ -400,188 +335,7 @@ pub fn run(config: Config, file: Option<&Path>, registry: &Registry) -> Result<i
     result
 }
 
-impl<'a> Root<'a> {
-    /// Validates the kinds, sets the root's process attributes, and maps
-    /// every region. Starts nothing.
-    pub fn new(config: Config, registry: &'a Registry) -> Result<Root<'a>, RootError> {
-        let known: Vec<&str> = registry.kinds().iter().map(|k| k.name).collect();
-        let problems = config.check_kinds(&known);
-        if !problems.is_empty() {
-            return Err(RootError::Config(problems));
-        }
-        // fork() from a multi-threaded process is not safe for children
-        // that run Rust code: refuse rather than deadlock a child.
-        if let Some(n) = sys::thread_count().filter(|&n| n > 1) {
-            return Err(RootError::Io(
-                "starting the root",
-                io::Error::other(format!(
-                    "the root must be single-threaded to fork safely; this process has {n} threads"
-                )),
-            ));
-        }
-        // An inherited "ignore SIGCHLD" would make the kernel reap our
-        // children without telling us.
-        sys::default_signal(libc::SIGCHLD);
-        // Signals arrive through the signalfd, never through handlers.
-        // SIGUSR1/SIGUSR2 too: their default action would end the root
-        // (and with it, through PDEATHSIG, the whole tree) on a stray kill.
-        let set = SigSet::of(&[
-            libc::SIGCHLD,
-            libc::SIGTERM,
-            libc::SIGINT,
-            libc::SIGHUP,
-            libc::SIGUSR1,
-            libc::SIGUSR2,
-        ]);
-        set.block().map_err(ctx("blocking signals"))?;
-        let signals = set.signalfd().map_err(ctx("signalfd"))?;
-        sys::set_child_subreaper().map_err(ctx("becoming a child subreaper"))?;
-        // Not dumpable: no other process of our user may open
-        // /proc/ROOT/fd/N (every region's descriptor, read-write), read our
-        // memory or ptrace us. Daemons inherit it until they have closed
-        // our descriptors (see spawn.rs); exec'd programs get it back from
-        // execve.
-        sys::file::set_dumpable(false).map_err(ctx("PR_SET_DUMPABLE"))?;
-        // Per daemon: its region, its two output pipes (both ends), its
-        // setup pipe; plus the loop's own.
-        let limit = sys::raise_fd_limit().map_err(ctx("raising RLIMIT_NOFILE"))?;
-        if (limit as usize) < config.daemons.len() * 6 + 64 {
-            warn!(
-                limit,
-                daemons = config.daemons.len(),
-                "the open-file limit is low for this many daemons"
-            );
-        }
-        sys::title::init();
-
-        let specs: Vec<RegionSpec<'_>> = config
-            .daemons
-            .iter()
-            .map(|d| RegionSpec {
-                name: &d.name,
-                user: d.memory,
-                own_file: matches!(d.program, Program::Exec(_)),
-            })
-            .collect();
-        let lock = match &config.root.state_dir {
-            Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(ctx("creating state_dir"))?;
-                Some(lock_state_dir(dir)?)
-            }
-            None => None,
-        };
-        let regions = RegionSet::create(&specs, config.root.state_dir.as_deref())
-            .map_err(ctx("mapping regions"))?;
-        let shapes: Vec<Shape<'_>> = config
-            .daemons
-            .iter()
-            .map(|d| Shape {
-                name: &d.name,
-                capacity: d.mailbox,
-                message: d.mailbox_message,
-            })
-            .collect();
-        let post = PostOffice::create(&shapes).map_err(ctx("making the mailboxes"))?;
-        let listeners = bind_listeners(&config)?;
-        let epoll = sys::Epoll::new().map_err(ctx("epoll"))?;
-        epoll
-            .add(signals.as_raw_fd(), TOKEN_SIGNALS)
-            .map_err(ctx("epoll"))?;
-        let watch = match &config.root.state_dir {
-            Some(dir) => match watch_state_dir(dir) {
-                Ok(fd) => {
-                    epoll
-                        .add(fd.as_raw_fd(), TOKEN_WATCH)
-                        .map_err(ctx("epoll"))?;
-                    Some(fd)
-                }
-                Err(e) => {
-                    // Damage is then found before the next start only.
-                    warn!(error = %e, "cannot watch state_dir; damaged region files are found when their daemon restarts");
-                    None
-                }
-            },
-            None => None,
-        };
-
-        let socket = config
-            .root
-            .control
-            .clone()
-            .unwrap_or_else(crate::control::default_socket);
-        // Without its socket the tree could not be managed: whatever the
-        // cause (taken, unwritable), nothing starts (a config problem, 78).
-        let server =
-            control::Server::bind(&socket, config.root.control_group.clone()).map_err(|e| {
-                RootError::Config(vec![crate::config::Problem {
-                    place: "root.control".into(),
-                    message: format!("cannot create the control socket: {e}"),
-                }])
-            })?;
-        epoll
-            .add(server.listener_fd(), TOKEN_LISTENER)
-            .map_err(ctx("epoll"))?;
-        info!(socket = %socket.display(), "control socket ready");
-        let control = Some(server);
-        let contain = cgroup::Containment::set_up(&config.daemons, &socket, &epoll, TOKEN_CGROUP)
-            .map_err(ctx("setting up the daemons' cgroups"))?;
-        match &contain {
-            cgroup::Containment::Cgroups(_) => {
-                info!(containment = %contain.describe(), "each daemon runs in its own cgroup")
-            }
-            cgroup::Containment::ProcessGroups(_) => warn!(
-                containment = %contain.describe(),
-                "daemons are stopped by process group: a process that leaves its group (setsid) can outlive its daemon"
-            ),
-        }
-        let notify =
-            notify::Socket::bind(sys::getpid()).map_err(ctx("binding the notify socket"))?;
-        epoll.add(notify.fd(), TOKEN_NOTIFY).map_err(ctx("epoll"))?;
-        let children = config.daemons.iter().cloned().map(Child::new).collect();
-        let sink = output::Sink::detect();
-        let mut outputs = Vec::with_capacity(config.daemons.len());
-        for (i, d) in config.daemons.iter().enumerate() {
-            outputs.push(
-                output::Output::watched(&d.name, sink, &epoll, i).map_err(ctx("output pipes"))?,
-            );
-        }
-        let names: Vec<String> = config.daemons.iter().map(|d| d.name.clone()).collect();
-        let daemons: Vec<Option<&DaemonConfig>> = config.daemons.iter().map(Some).collect();
-        let links = reload::resolve_links(&daemons);
-        let sup = Supervisor::new(&config, &links, Instant::now());
-        Ok(Root {
-            sup,
-            names,
-            listeners,
-            config,
-            registry,
-            children,
-            by_pid: HashMap::new(),
-            regions,
-            starts_by_cause: vec![[0; 7]; post.post().count()],
-            post,
-            epoll,
-            signals,
-            timers: BTreeSet::new(),
-            mode: Mode::Supervising,
-            pid: sys::getpid(),
-            started: Instant::now(),
-            forks: 0,
-            control,
-            manager: manager::Manager::from_env(sys::getpid().0 as u32),
-            notify,
-            lock,
-            sweep_at: None,
-            notes: Vec::new(),
-            control_paused: None,
-            config_path: None,
-            reloading: None,
-            watch,
-            outputs,
-            contain: Some(contain),
-        })
-    }
-
+impl Root<'_> {
     /// Starts every daemon in file order.
     pub fn start_all(&mut self) {
         info!(daemons = self.children.len(), "starting the tree");
@@ -592,253 +346,109 @@ impl<'a> Root<'a> {
     pub fn run_loop(&mut self) -> Result<i32, RootError> {
         let mut ready = Vec::with_capacity(64);
         loop {
-            if let Mode::ShuttingDown(code) = self.mode {
-                if self
-                    .children
-                    .iter()
-                    .all(|c| !c.state.has_process() && c.standby.is_none())
-                {
-                    // Orphans a daemon left behind, reparented to us.
-                    let _ = self.reap();
-                    if let Some(Err(e)) = self.contain.take().map(cgroup::Containment::remove) {
-                        warn!(error = %e, "could not remove every cgroup");
-                    }
-                    info!(code, "every daemon stopped; exiting");
-                    return Ok(code);
-                }
+            if let Some(code) = self.all_stopped() {
+                return Ok(code);
             }
-            let next = self.timers.first().map(|&(t, _)| t);
-            let next = [
-                next,
-                self.sweep_at,
-                self.control_wake(),
-                self.manager.next_deadline(),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
-            let timeout = next.map(|t| t.saturating_duration_since(Instant::now()));
+            let timeout = self
+                .next_wake()
+                .map(|t| t.saturating_duration_since(Instant::now()));
             self.epoll
                 .wait(&mut ready, timeout)
                 .map_err(ctx("epoll_wait"))?;
             for &token in &ready {
-                match (token & TOKEN_KIND, token & !TOKEN_KIND) {
-                    (0, TOKEN_SIGNALS) => self.on_signals()?,
-                    (0, TOKEN_LISTENER) => self.on_accept(),
-                    (0, TOKEN_WATCH) => self.on_watch(),
-                    (0, TOKEN_NOTIFY) => self.on_notify(),
-                    (TOKEN_NOTIFY_FD, i) => self.on_notify_fd(i as usize),
-                    (TOKEN_SETUP, i) => self.on_setup(i as usize),
-                    (TOKEN_CONN, id) => self.on_conn(id),
-                    (TOKEN_STANDBY, i) => self.on_standby_setup(i as usize),
-                    (TOKEN_OUTPUT, n) => {
-                        if let Some(out) = self.outputs.get_mut(n as usize / 2) {
-                            out.on_readable(output::Stream::from_index(n % 2));
-                        }
-                    }
-                    (TOKEN_CGROUP, 0) => self.on_cgroup_events(),
-                    _ => warn!(token, "event for an unknown token"),
-                }
+                self.dispatch(token)?;
             }
-            let now = Instant::now();
-            if !ready.is_empty() || self.timers.first().is_some_and(|&(t, _)| t <= now) {
-                self.manager.status_changed(now);
-            }
-            self.fire_timers();
-            self.advance_reload();
-            self.flush_notes();
-            // Until the first start is complete (a daemon may leave
-            // `starting` by dying as well as by running).
-            if !self.manager.ready_settled() {
-                self.notify_ready();
-            }
-            self.manager.ping(now);
-            if self.manager.status_due(now) {
-                let text = self.status_line(now);
-                self.manager.status(now, text);
-            }
+            self.after_events(!ready.is_empty());
         }
     }
 
-    /// After a root-level error (its epoll, signalfd or waitid failed) the
-    /// loop cannot go on, but the daemons still get a clean stop: SIGTERM
-    /// to every one at once, SIGKILL to those left after `stop_timeout`,
-    /// each reaped, before the root exits 70. Without the loop, it waits
-    /// for SIGCHLD itself (blocked, so it stays pending for sigtimedwait).
-    fn stop_all_after_error(&mut self) {
-        self.flush_notes();
-        self.mode = Mode::ShuttingDown(EXIT_INTERNAL);
-        for i in 0..self.children.len() {
-            self.kill_standby(i);
-            if let Some(pid) = self.children[i].pid {
-                kill_tree(pid, libc::SIGTERM);
-                kill_tree(pid, libc::SIGCONT);
-                self.children[i].state = State::Stopping;
-            }
+    /// While shutting down, once no daemon has a process left: reaps the
+    /// orphans, removes the cgroups, and returns the exit code.
+    fn all_stopped(&mut self) -> Option<i32> {
+        let Mode::ShuttingDown(code) = self.mode else {
+            return None;
+        };
+        if !self
+            .children
+            .iter()
+            .all(|c| !c.state.has_process() && c.standby.is_none())
+        {
+            return None;
         }
-        let deadline = Instant::now() + self.config.root.stop_timeout;
-        loop {
-            while let Ok(Some((pid, status))) = sys::reap_one() {
-                if let Some((i, role)) = self.by_pid.remove(&pid) {
-                    if role == Role::Primary {
-                        let c = &mut self.children[i];
-                        info!(daemon = %c.cfg.name, %pid, ?status, "stopped");
-                        c.pid = None;
-                        c.state = State::Stopped;
-                    }
-                }
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if self.by_pid.is_empty() || left.is_zero() {
-                break;
-            }
-            sys::wait_signal(libc::SIGCHLD, left);
-        }
-        for (pid, (i, _)) in std::mem::take(&mut self.by_pid) {
-            warn!(daemon = %self.children[i].cfg.name, %pid, timeout = ?self.config.root.stop_timeout, "did not stop in time; killing");
-            kill_tree(pid, libc::SIGKILL);
-            let _ = sys::wait_pid(pid);
-        }
-        // In cgroup mode, what the daemons forked goes too, and so do the
-        // cgroups, as at a clean exit (a killed process leaves its cgroup
-        // when it exits, before it is reaped).
-        if let Some(contain) = &self.contain {
-            for i in 0..self.children.len() {
-                let _ = contain.kill(i);
-            }
-        }
+        // Orphans a daemon left behind, reparented to us.
         let _ = self.reap();
         if let Some(Err(e)) = self.contain.take().map(cgroup::Containment::remove) {
             warn!(error = %e, "could not remove every cgroup");
         }
+        info!(code, "every daemon stopped; exiting");
+        Some(code)
     }
 
-    /// The state_dir watch: a region file changed. A daemon writes its
-    /// region through its mapping, which raises no event, but zeroing it
-    /// (`MADV_REMOVE`) and the root's own repairs do, so an event says only
-    /// where to look. A daemon with a process has its file checked at once
-    /// (one without is checked before its next start): its size put right
-    /// (see `RegionSet::ensure`), and if its bytes were cut off, the daemon
-    /// is SIGKILLed, so that its replacement starts over on state its
-    /// checkpoints verify rather than on zeroes where its state was.
-    fn on_watch(&mut self) {
-        let mut events = Vec::new();
-        if let Some(fd) = &self.watch {
-            loop {
-                match sys::file::read_events(fd.as_raw_fd(), |mask, name| {
-                    events.push((mask, name.to_vec()))
-                }) {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e) => {
-                        warn!(error = %e, "reading the state_dir watch");
-                        break;
-                    }
+    /// When the loop must wake with no event: the first timer of a daemon,
+    /// the sweep, the control socket's, or the service manager's.
+    fn next_wake(&self) -> Option<Instant> {
+        let next = self.timers.first().map(|&(t, _)| t);
+        [
+            next,
+            self.sweep_at,
+            self.control_wake(),
+            self.manager.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Hands one ready descriptor's event to its handler, by its token.
+    fn dispatch(&mut self, token: u64) -> Result<(), RootError> {
+        let low = token & !TOKEN_KIND;
+        // The low half is 32 bits wide, so it fits a usize on any target
+        // the root runs on; were it not to, no daemon has index MAX.
+        let i = usize::try_from(low).unwrap_or(usize::MAX);
+        match (token & TOKEN_KIND, low) {
+            (0, TOKEN_SIGNALS) => self.on_signals()?,
+            (0, TOKEN_LISTENER) => self.on_accept(),
+            (0, TOKEN_WATCH) => self.on_watch(),
+            (0, TOKEN_NOTIFY) => self.on_notify(),
+            (TOKEN_NOTIFY_FD, _) => self.on_notify_fd(i),
+            (TOKEN_SETUP, _) => self.on_setup(i),
+            (TOKEN_CONN, id) => self.on_conn(id),
+            (TOKEN_STANDBY, _) => self.on_standby_setup(i),
+            (TOKEN_OUTPUT, n) => {
+                if let Some(out) = self.outputs.get_mut(i / 2) {
+                    out.on_readable(output::Stream::from_index(n % 2));
                 }
             }
+            (TOKEN_CGROUP, 0) => self.on_cgroup_events(),
+            _ => warn!(token, "event for an unknown token"),
         }
-        let mut seen: Vec<usize> = Vec::new();
-        for (mask, name) in events {
-            if mask & libc::IN_Q_OVERFLOW != 0 {
-                // Events were lost: look at every file.
-                warn!("the state_dir watch overflowed; checking every region file");
-                seen = (0..self.children.len()).collect();
-                break;
-            }
-            if let Some(i) = self.region_of(&name).filter(|i| !seen.contains(i)) {
-                seen.push(i);
-            }
-        }
-        for i in seen {
-            self.check_region_file(i);
-        }
+        Ok(())
     }
 
-    /// The daemon whose region file is `name` (`NAME.region`).
-    fn region_of(&self, name: &[u8]) -> Option<usize> {
-        let stem = name.strip_suffix(b".region")?;
-        self.names.iter().position(|n| n.as_bytes() == stem)
-    }
-
-    /// See [`Root::on_watch`].
-    fn check_region_file(&mut self, i: usize) {
-        let Some(pid) = self.children[i]
-            .pid
-            .filter(|_| self.children[i].state.has_process())
-        else {
-            return;
-        };
-        let name = self.children[i].cfg.name.clone();
-        let restart = match self.regions.ensure(i) {
-            Ok(Some(damage)) => {
-                error!(daemon = %name, fault = %damage, "region file damaged");
-                let cut = matches!(damage, crate::region::Damage::Truncated { .. });
-                self.children[i].fault = Some(damage.to_string());
-                cut
-            }
-            Ok(None) => false,
-            Err(e) => {
-                error!(daemon = %name, error = %e, "cannot repair the region file");
-                self.children[i].fault = Some(format!("cannot repair the region file: {e}"));
-                true
-            }
-        };
-        if restart {
-            warn!(daemon = %name, %pid, "restarting it on its repaired region");
-            kill_tree(pid, libc::SIGKILL);
+    /// What the loop does after each wake-up (`events`: some descriptor
+    /// was ready): timers, the reload, the deferred notes, and what the
+    /// service manager is told.
+    fn after_events(&mut self, events: bool) {
+        let now = Instant::now();
+        if events || self.timers.first().is_some_and(|&(t, _)| t <= now) {
+            self.manager.status_changed(now);
+        }
+        self.fire_timers();
+        self.advance_reload();
+        self.flush_notes();
+        // Until the first start is complete (a daemon may leave
+        // `starting` by dying as well as by running).
+        if !self.manager.ready_settled() {
+            self.notify_ready();
+        }
+        self.manager.ping(now);
+        if self.manager.status_due(now) {
+            let text = self.status_line(now);
+            self.manager.status(now, text);
         }
     }
 
-    /// Defers the exit line (or crash report) of daemon `i`'s process.
-    fn note_exit(&mut self, i: usize, pid: Pid, reason: ExitReason, uptime: Duration) {
-        let restarts = self.children[i].restarts;
-        self.notes.push(Note::Exit {
-            i,
-            pid,
-            reason,
-            uptime,
-            restarts,
-        });
-    }
-
-    /// Logs the deferred notes, in order.
-    fn flush_notes(&mut self) {
-        for note in std::mem::take(&mut self.notes) {
-            match note {
-                Note::Exit {
-                    i,
-                    pid,
-                    reason,
-                    uptime,
-                    restarts,
-                } => {
-                    let name = &self.children[i].cfg.name;
-                    if reason.is_normal() {
-                        info!(daemon = %name, %pid, uptime = ?uptime, "exited normally");
-                    } else {
-                        let last = log_reader::last_lines(&self.regions, i, pid, 8);
-                        error!(
-                            daemon = %name,
-                            %pid,
-                            reason = %reason,
-                            uptime = ?uptime,
-                            restarts,
-                            last_log = ?last,
-                            "crashed"
-                        );
-                    }
-                }
-                Note::Output { i } => self.outputs[i].flush_log(),
-                Note::Poison { i, seq, uptime } => warn!(
-                    daemon = %self.children[i].cfg.name,
-                    checkpoint = seq,
-                    uptime = ?uptime,
-                    "checkpoint is poison (crashed soon after resuming from it); the next start resumes from an older one"
-                ),
-            }
-        }
-    }
-
+    /// The signalfd is readable: each pending signal to its handler.
     fn on_signals(&mut self) -> Result<(), RootError> {
         while let Some((sig, from)) =
             sys::read_signalfd(self.signals.as_raw_fd()).map_err(ctx("reading signalfd"))?
@@ -859,698 +469,12 @@ impl<'a> Root<'a> {
         Ok(())
     }
 
-    fn on_shutdown_signal(&mut self, sig: i32) {
-        match self.mode {
-            Mode::Supervising => {
-                info!(signal = %sys::signal_name(sig), "shutting down");
-                self.shutdown(EXIT_OK);
-            }
-            Mode::ShuttingDown(_) => {
-                warn!(signal = %sys::signal_name(sig), "second stop signal: killing every daemon now");
-                for i in 0..self.children.len() {
-                    if let Some(pid) = self.children[i].pid {
-                        self.kill_all(i, pid);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Reaps every ended child (`waitpid(-1, WNOHANG)` until none is
-    /// left: SIGCHLD is coalesced, so one signal may stand for many exits).
-    fn reap(&mut self) -> Result<(), RootError> {
-        while let Some((pid, status)) = sys::reap_one().map_err(ctx("waitpid"))? {
-            self.exited(pid, status);
-        }
-        Ok(())
-    }
-
-    /// SIGCHLD from `from`: reap it alone (O(1)) and sweep for others a
-    /// little later (see [`SWEEP_DELAY`]).
-    fn on_sigchld(&mut self, from: Pid) -> Result<(), RootError> {
-        match sys::reap_pid(from).map_err(ctx("waitid"))? {
-            Some(status) => self.exited(from, status),
-            // Not ours, or already reaped by a sweep: sweep now.
-            None => return self.reap(),
-        }
-        self.sweep_at.get_or_insert(Instant::now() + SWEEP_DELAY);
-        Ok(())
-    }
-
-    /// One child ended: route it to its daemon, or log an orphan.
-    fn exited(&mut self, pid: Pid, status: WaitStatus) {
-        let Some((i, role)) = self.by_pid.remove(&pid) else {
-            debug!(%pid, ?status, "reaped an orphan");
-            return;
-        };
-        match role {
-            Role::Primary => self.on_exit(i, status),
-            Role::Standby => self.on_standby_exit(i, status),
-        }
-    }
-
-    // ----- the state machine ----------------------------------------------
-
-    /// Forks daemon `i`, or its standby. Prepares everything the child
-    /// needs in the root's memory first.
-    ///
-    /// The child is in `by_pid` from the moment it exists. If its setup
-    /// pipe cannot be watched, it is killed and the reason comes back with
-    /// it (its exit is then a failed start).
-    fn fork_child(&mut self, i: usize, standby: bool) -> io::Result<(Spawned, Option<ExitReason>)> {
-        let writer = self.post.begin(i, standby);
-        let forked = self.fork_child_with(i, standby, writer);
-        if forked.is_err() {
-            self.failed_fork(i, standby);
-        }
-        forked
-    }
-
-    /// [`Root::fork_child`] once the mailbox writer id is assigned.
-    fn fork_child_with(
-        &mut self,
-        i: usize,
-        standby: bool,
-        writer: crate::ring::WriterId,
-    ) -> io::Result<(Spawned, Option<ExitReason>)> {
-        let c = &self.children[i];
-        let start = crate::daemon::Start {
-            restarts: c.restarts,
-            deaths: &c.deaths,
-            on_restart: c.cfg.on_restart,
-            resume_before: c.resume_before,
-        };
-        let run = match &c.cfg.program {
-            Program::Builtin(kind) => {
-                let k = self
-                    .registry
-                    .get(kind)
-                    .expect("kinds are checked in Root::new");
-                Run::Builtin {
-                    entry: k.entry,
-                    args: &c.cfg.args,
-                    names: &self.names,
-                }
-            }
-            Program::Exec(argv) => {
-                let settings = c.cfg.exec.as_ref().ok_or_else(|| {
-                    io::Error::other("an exec'd daemon without its settings (not from check)")
-                })?;
-                let mut env = vec![format!("NOTIFY_SOCKET={}", self.notify.env())];
-                if let Some(wd) = c.cfg.watchdog {
-                    env.push(format!("WATCHDOG_USEC={}", wd.as_micros()));
-                }
-                Run::exec(
-                    argv,
-                    settings,
-                    &c.cfg.name,
-                    self.regions.region_len(i),
-                    &start,
-                    &env,
-                    writer,
-                    &c.cfg.listen,
-                )?
-            }
-        };
-        // A standby waits in the root's cgroup and is moved into the
-        // daemon's when it takes over (the daemon's is killed on its death).
-        let cgroup_dir = self.containment().leaf(i, standby)?;
-        // `notify_fd`: the program writes a newline on its end when ready.
-        let notify_pipe = match c.cfg.readiness {
-            Readiness::Fd(n) if !standby => {
-                // Blocking for the program (its end is its own), not for
-                // the root.
-                let (rd, wr) = sys::pipe_cloexec(false)?;
-                sys::set_nonblocking(rd.as_raw_fd())?;
-                Some(((rd, wr), n))
-            }
-            _ => None,
-        };
-        let spawned = spawn::spawn(&Plan {
-            index: i,
-            name: &c.cfg.name,
-            title: &c.title,
-            regions: &self.regions,
-            root_pid: self.pid,
-            start,
-            run,
-            lock: self.lock.as_ref().map(|l| l.as_raw_fd()),
-            standby,
-            output: Some(self.outputs[i].write_fds()),
-            notify_fd: notify_pipe.as_ref().map(|((_, w), n)| (w.as_raw_fd(), *n)),
-            post: self.post.post(),
-            writer,
-            post_fds: self.post.fds(),
-            cgroup: cgroup::raw(&cgroup_dir),
-            listeners: self.listeners.get(i).map_or(&[][..], |l| &l[..]),
-            listen: &c.cfg.listen,
-        })?;
-        drop(cgroup_dir);
-        if !standby {
-            self.post.forked(i, spawned.pid.0 as u32);
-        }
-        self.forks += 1;
-        let role = if standby {
-            Role::Standby
-        } else {
-            Role::Primary
-        };
-        // Tracked before anything else can fail: a child the root forgot
-        // would run on, unreaped, beside the replacement forked for it.
-        self.by_pid.insert(spawned.pid, (i, role));
-        let kind = if standby { TOKEN_STANDBY } else { TOKEN_SETUP };
-        let unwatched = match self.epoll.add(spawned.setup.as_raw_fd(), kind | i as u64) {
-            Ok(()) => None,
-            Err(e) => {
-                // Without its setup pipe the root cannot tell when it is
-                // up: kill it, and let its exit (reaped as usual) be a
-                // failed start.
-                error!(daemon = %c.cfg.name, pid = %spawned.pid, error = %e, "cannot watch the new process's setup pipe; killing it");
-                kill_tree(spawned.pid, libc::SIGKILL);
-                Some(ExitReason::SetupFailed {
-                    stage: SetupStage::Fork,
-                    errno: e.raw_os_error().unwrap_or(libc::EIO),
-                })
-            }
-        };
-        // Its notification pipe likewise: unwatched, it could never be
-        // ready; a failed start at once rather than at its start_timeout.
-        let unwatched = match notify_pipe {
-            Some(((rd, _), _)) if unwatched.is_none() => {
-                match self.epoll.add(rd.as_raw_fd(), TOKEN_NOTIFY_FD | i as u64) {
-                    Ok(()) => {
-                        self.children[i].notify_pipe = Some(rd);
-                        None
-                    }
-                    Err(e) => {
-                        error!(daemon = %self.children[i].cfg.name, pid = %spawned.pid, error = %e, "cannot watch the new process's notify_fd pipe; killing it");
-                        kill_tree(spawned.pid, libc::SIGKILL);
-                        Some(ExitReason::SetupFailed {
-                            stage: SetupStage::Fork,
-                            errno: e.raw_os_error().unwrap_or(libc::EIO),
-                        })
-                    }
-                }
-            }
-            _ => unwatched,
-        };
-        Ok((spawned, unwatched))
-    }
-
-    /// Counts a start of daemon `i` under its cause; returns the cause's name.
-    fn count_start(&mut self, i: usize) -> &'static str {
-        let cause = self.sup.start_cause(i);
-        if self.starts_by_cause.len() <= i {
-            // A daemon a reload added.
-            self.starts_by_cause.resize(i + 1, [0; 7]);
-        }
-        self.starts_by_cause[i][cause.index()] += 1;
-        cause.as_str()
-    }
-
-    /// A fork of daemon `i` did not happen: its writer id is dead.
-    fn failed_fork(&self, i: usize, standby: bool) {
-        if !standby {
-            self.post.ended(i);
-        }
-    }
-
-    /// [`Action::Fork`]: fork daemon `i` (or wake its standby). What the
-    /// supervisor must hear of it comes back as an event: a takeover is
-    /// `Ready`, a failed fork `ForkFailed`.
-    fn start(&mut self, i: usize) -> Option<Event> {
-        if self.mode != Mode::Supervising {
-            // The supervisor starts nothing during a shutdown; should it,
-            // it hears the start failed and leaves the daemon stopped.
-            return Some(Event::ForkFailed(i));
-        }
-        self.cancel_timer(i);
-        let c = &self.children[i];
-        debug_assert!(!c.state.has_process(), "{} started twice", c.cfg.name);
-        let mut fault = None;
-        match self.regions.ensure(i) {
-            Ok(None) => {}
-            Ok(Some(crate::region::Damage::Made)) => {
-                info!(daemon = %self.children[i].cfg.name, "region made");
-            }
-            Ok(Some(damage)) => {
-                let c = &mut self.children[i];
-                error!(daemon = %c.cfg.name, fault = %damage, "region file damaged");
-                fault = Some(damage.to_string());
-                c.fault = fault.clone();
-            }
-            Err(e) => return self.cannot_start(i, e),
-        }
-        let c = &self.children[i];
-        if c.cfg.on_restart == OnRestart::Fresh && !c.deaths.is_empty() {
-            if let Err(e) = self.regions.zero_user(i) {
-                warn!(daemon = %c.cfg.name, error = %e, "could not zero the region for a fresh restart");
-            }
-        }
-        if self.take_over(i) {
-            return Some(Event::Ready(i));
-        }
-        match self.fork_child(i, false) {
-            Ok((spawned, unwatched)) => {
-                let c = &mut self.children[i];
-                c.pid = Some(spawned.pid);
-                c.setup = Some(spawned.setup);
-                c.fault = unwatched.map(|r| r.to_string()).or(fault);
-                c.setup_failed = unwatched;
-                c.retry = FORK_RETRY;
-                let (pid, restarts) = (spawned.pid, c.restarts);
-                self.outputs[i].started(pid);
-                self.flush_notes();
-                let cause = self.count_start(i);
-                info!(daemon = %self.children[i].cfg.name, %pid, restarts, cause = %cause, "started");
-                self.began(i);
-                self.ensure_standby(i);
-                None
-            }
-            Err(e) => self.cannot_start(i, e),
-        }
-    }
-
-    /// A start of daemon `i` failed in the root (its region, fork, or
-    /// preparing an exec).
-    ///
-    /// When the machine is short of something (processes, descriptors,
-    /// memory, disk: EAGAIN, EMFILE, ENFILE, ENOMEM, ENOSPC, EDQUOT), no
-    /// daemon died and waiting can help: the supervisor hears
-    /// [`Event::Refused`] and the daemon waits in `backoff`, its fault shown
-    /// by `ctl status`, retried after a pause that doubles up to
-    /// [`RETRY_MAX`]; the intensity is not charged, so the rest of the tree
-    /// runs on. Anything else (a program not found) is a death
-    /// ([`Event::ForkFailed`]), charged to the intensity.
-    fn cannot_start(&mut self, i: usize, e: io::Error) -> Option<Event> {
-        let errno = e.raw_os_error().or_else(|| {
-            e.get_ref()
-                .and_then(|inner| inner.downcast_ref::<io::Error>())
-                .and_then(io::Error::raw_os_error)
-        });
-        let scarce = matches!(
-            errno,
-            Some(
-                libc::EAGAIN
-                    | libc::EMFILE
-                    | libc::ENFILE
-                    | libc::ENOMEM
-                    | libc::ENOSPC
-                    | libc::EDQUOT
-            )
-        ) || matches!(
-            e.kind(),
-            io::ErrorKind::StorageFull | io::ErrorKind::OutOfMemory | io::ErrorKind::QuotaExceeded
-        );
-        let c = &mut self.children[i];
-        if scarce {
-            let delay = c.retry;
-            c.retry = (c.retry * 2).min(RETRY_MAX);
-            error!(daemon = %c.cfg.name, error = %e, retry_in = ?delay, "cannot start: out of a resource; retrying");
-            c.fault = Some(format!("cannot start: {e} (retrying in {delay:?})"));
-            return Some(Event::Refused(i, delay));
-        }
-        // A death, so the intensity limit applies, but retried after a
-        // pause rather than at once: it would burn the window in a moment.
-        error!(daemon = %c.cfg.name, error = %e, "cannot start");
-        c.fault = Some(format!("cannot start: {e}"));
-        let reason = ExitReason::SetupFailed {
-            stage: SetupStage::Fork,
-            errno: errno.unwrap_or(libc::EINVAL),
-        };
-        self.record_death(i, reason, Duration::ZERO);
-        Some(Event::ForkFailed(i))
-    }
-
-    /// Bookkeeping common to a fork and a standby's takeover.
-    fn began(&mut self, i: usize) {
-        let c = &mut self.children[i];
-        c.started = Some(Instant::now());
-        c.started_ns = sys::monotonic_ns();
-        c.ready_ns = c.started_ns;
-        c.ping_ns = 0;
-        c.status_text = None;
-        c.killed_for = None;
-    }
-
-    /// With `standby = true`: hands the daemon to its ready standby, which
-    /// runs at once (no fork on this path). Returns whether it did.
-    fn take_over(&mut self, i: usize) -> bool {
-        let c = &mut self.children[i];
-        let ready = c.standby.as_ref().is_some_and(|s| s.ready && !s.killed);
-        if !ready {
-            return false;
-        }
-        let sb = c.standby.take().expect("checked above");
-        let history = History::new(c.restarts, &c.deaths, c.resume_before);
-        if let Err(e) = history.send(sb.gate.as_raw_fd()) {
-            warn!(daemon = %c.cfg.name, error = %e, "standby unreachable; forking instead");
-            let _ = sys::kill(sb.pid, libc::SIGKILL);
-            c.standby = Some(Standby { killed: true, ..sb });
-            return false;
-        }
-        c.pid = Some(sb.pid);
-        if let Some(contain) = &self.contain {
-            contain.adopt(i);
-        }
-        self.post.took_over(i, sb.pid.0 as u32);
-        let restarts = c.restarts;
-        self.outputs[i].started(sb.pid);
-        self.flush_notes();
-        let cause = self.count_start(i);
-        info!(daemon = %self.children[i].cfg.name, pid = %sb.pid, restarts, cause = %cause, "standby took over");
-        self.by_pid.insert(sb.pid, (i, Role::Primary));
-        self.began(i);
-        self.ensure_standby(i);
-        true
-    }
-
-    /// Forks a standby for daemon `i` if it wants one and has none.
-    fn ensure_standby(&mut self, i: usize) {
-        let c = &self.children[i];
-        if !c.cfg.standby || c.standby.is_some() || self.mode != Mode::Supervising {
-            return;
-        }
-        match self.fork_child(i, true) {
-            Ok((sp, _)) => {
-                debug!(daemon = %self.children[i].cfg.name, pid = %sp.pid, "standby forked");
-                self.children[i].standby = Some(Standby {
-                    pid: sp.pid,
-                    gate: sp.gate.expect("a standby has a gate"),
-                    setup: Some(sp.setup),
-                    ready: false,
-                    killed: false,
-                });
-            }
-            Err(e) => {
-                warn!(daemon = %self.children[i].cfg.name, error = %e, "cannot fork a standby")
-            }
-        }
-    }
-
-    /// Kills daemon `i`'s standby (it runs no user code, so no SIGTERM).
-    fn kill_standby(&mut self, i: usize) {
-        if let Some(sb) = self.children[i].standby.as_mut() {
-            if !sb.killed {
-                sb.killed = true;
-                let _ = sys::kill(sb.pid, libc::SIGKILL);
-            }
-        }
-    }
-
-    /// A standby's setup pipe: end-of-file means it is ready to take over.
-    fn on_standby_setup(&mut self, i: usize) {
-        let Some(sb) = self.children.get_mut(i).and_then(|c| c.standby.as_mut()) else {
-            return;
-        };
-        let Some(fd) = sb.setup.take() else { return };
-        match read_setup(&fd) {
-            Setup::Pending => sb.setup = Some(fd),
-            Setup::Ready => {
-                sb.ready = true;
-                let _ = self.epoll.delete(fd.as_raw_fd());
-            }
-            Setup::Failed(reason) => {
-                warn!(daemon = %self.children[i].cfg.name, %reason, "standby failed to start");
-                let _ = self.epoll.delete(fd.as_raw_fd());
-            }
-        }
-    }
-
-    /// A standby ended: replace it unless it was killed on purpose.
-    fn on_standby_exit(&mut self, i: usize, status: WaitStatus) {
-        let c = &mut self.children[i];
-        let Some(sb) = c.standby.take() else { return };
-        if let Some(fd) = sb.setup {
-            let _ = self.epoll.delete(fd.as_raw_fd());
-        }
-        if sb.killed {
-            // Replaced on purpose (an unreachable standby) or the daemon is
-            // stopping; a running daemon still wants one.
-            if c.state == State::Running {
-                self.ensure_standby(i);
-            }
-            return;
-        }
-        warn!(daemon = %c.cfg.name, pid = %sb.pid, ?status, "standby died; forking another");
-        self.step(Event::StandbyDied(i));
-    }
-
-    /// Starting × setup pipe readable: end-of-file means its code runs;
-    /// a setup report means setup failed (the exit follows).
-    fn on_setup(&mut self, i: usize) {
-        let Some(c) = self.children.get_mut(i) else {
-            return;
-        };
-        let Some(fd) = c.setup.take() else { return };
-        match read_setup(&fd) {
-            // Nothing yet: a stale event (the pipe of a process this daemon
-            // had before, in the same batch) or a spurious wake-up.
-            Setup::Pending => c.setup = Some(fd),
-            Setup::Ready => {
-                let _ = self.epoll.delete(fd.as_raw_fd());
-                // A program that says when it is ready is only exec'd yet.
-                if c.cfg.readiness == Readiness::Exec {
-                    debug!(daemon = %c.cfg.name, "running");
-                    self.ready(i);
-                } else {
-                    debug!(daemon = %c.cfg.name, "exec'd; waiting for it to say ready");
-                }
-            }
-            Setup::Failed(reason) => {
-                c.setup_failed = Some(reason);
-                let _ = self.epoll.delete(fd.as_raw_fd());
-            }
-        }
-    }
-
-    /// Daemon `i` is ready: from `starting` to `running` (and the
-    /// watchdog counts from now).
-    fn ready(&mut self, i: usize) {
-        let c = &mut self.children[i];
-        if c.state != State::Starting {
-            return;
-        }
-        c.ready_ns = sys::monotonic_ns();
-        self.step(Event::Ready(i));
-        self.notify_ready();
-    }
-
-    /// Tells systemd (`Type=notify`) the tree is up, once the first start
-    /// is done: the top supervisor started every child in order (each
-    /// ready, or down for good), and no daemon is still starting.
-    fn notify_ready(&mut self) {
-        if self.manager.ready_settled()
-            || self.reloading.is_some()
-            || matches!(
-                self.sup.groups()[supervisor::TOP].state,
-                supervisor::GState::Starting { .. }
-            )
-            || self.children.iter().any(|c| c.state == State::Starting)
-        {
-            return;
-        }
-        let status = self.status_line(Instant::now());
-        self.manager.ready(status);
-    }
-
-    /// The one-line `STATUS=` for systemd: how many daemons are in each
-    /// state, and the restarts within the top supervisor's period.
-    fn status_line(&self, now: Instant) -> String {
-        let mut counts = [0usize; 6];
-        for c in self.children.iter().filter(|c| !c.removed) {
-            counts[c.state as usize] += 1;
-        }
-        let period = self.config.supervisor.period;
-        let recent = self.sup.recent_restarts(supervisor::TOP, now);
-        let mut line = String::new();
-        for s in [
-            State::Running,
-            State::Starting,
-            State::Backoff,
-            State::Stopping,
-            State::Stopped,
-            State::Failed,
-        ] {
-            let n = counts[s as usize];
-            if n > 0 || s == State::Running {
-                line.push_str(&format!("{n} {}, ", s.as_str()));
-            }
-        }
-        line.push_str(&format!(
-            "{recent} restart{} in the last {}",
-            if recent == 1 { "" } else { "s" },
-            crate::config::units::format_duration(period)
-        ));
-        line
-    }
-
-    /// Remembers a death (the last [`DEATHS_KEPT`]).
-    fn record_death(&mut self, i: usize, reason: ExitReason, uptime: Duration) {
-        let c = &mut self.children[i];
-        if c.deaths.len() == DEATHS_KEPT {
-            c.deaths.remove(0);
-        }
-        c.deaths.push(Death {
-            reason,
-            uptime,
-            at_realtime_ns: sys::realtime_ns(),
-        });
-    }
-
-    /// Poison: a daemon restored to the state it died in may die the same
-    /// way again. If it crashed (not killed by SIGKILL,
-    /// SIGTERM or SIGINT, which come from outside) within [`POISON_WINDOW`]
-    /// of resuming from checkpoint C, C is poison: the next start resumes
-    /// from the checkpoint before C (and, that failing too, fresh).
-    fn judge_checkpoint(&mut self, i: usize, pid: i32, reason: ExitReason, uptime: Duration) {
-        let crashed = reason.is_crash();
-        let resumed = self
-            .regions
-            .header_of(i, Pid(pid))
-            .map_or(0, |h| h.resumed_seq);
-        let c = &mut self.children[i];
-        c.resume_before = (crashed && uptime < POISON_WINDOW && resumed != 0).then_some(resumed);
-        if let Some(seq) = c.resume_before {
-            self.notes.push(Note::Poison { i, seq, uptime });
-        }
-    }
-
-    /// Starting/Running/Stopping × exit.
-    fn on_exit(&mut self, i: usize, status: WaitStatus) {
-        let c = &mut self.children[i];
-        if let Some(fd) = c.setup.take() {
-            // Its SIGCHLD may come before its setup report: read it now.
-            if let Setup::Failed(reason) = read_setup(&fd) {
-                c.setup_failed = Some(reason);
-            }
-            let _ = self.epoll.delete(fd.as_raw_fd());
-        }
-        if let Some(fd) = c.notify_pipe.take() {
-            let _ = self.epoll.delete(fd.as_raw_fd());
-        }
-        let killed_for = c.killed_for.take();
-        let reason = c.setup_failed.take().unwrap_or(match status {
-            WaitStatus::Exited(code) => ExitReason::Exited(code),
-            // The root's own SIGKILL: recorded as why the root sent it.
-            WaitStatus::Signaled {
-                signal: libc::SIGKILL,
-                core,
-            } => killed_for.unwrap_or(ExitReason::Signaled {
-                signal: libc::SIGKILL,
-                core,
-            }),
-            WaitStatus::Signaled { signal, core } => ExitReason::Signaled { signal, core },
-        });
-        let uptime = c.started.map_or(Duration::ZERO, |t| t.elapsed());
-        let pid = c.pid.take().map_or(0, |p| p.0);
-        // Reaped: messages it left half-written are skipped from now on,
-        // and whoever monitors it hears of it.
-        let downs = self.post.died(i, pid as u32, reason, c.restarts);
-        if downs > 0 {
-            debug!(daemon = %c.cfg.name, downs, "DOWN delivered");
-        }
-        // Whatever it forked dies with it (its process group: transactions,
-        // an exec'd program's children), so nothing outlives it holding its
-        // region writable. The group's id cannot be reused while any member
-        // lives, so this reaches only the dead daemon's group.
-        let _ = sys::kill_group(Pid(pid), libc::SIGKILL);
-        let was = c.state;
-        c.started = None;
-        // Its last lines are its own, not its replacement's.
-        self.outputs[i].ended(Pid(pid));
-        self.notes.push(Note::Output { i });
-        self.cancel_timer(i);
-        self.children[i].last_exit = Some((reason, uptime));
-        // A stop someone asked for is not a death: the daemon's history
-        // (Context::deaths, what `decide` looks at, poison) leaves it out.
-        if was != State::Stopping {
-            self.record_death(i, reason, uptime);
-            self.judge_checkpoint(i, pid, reason, uptime);
-        }
-        if was == State::Stopping {
-            if reason.is_crash() && !matches!(reason, ExitReason::Exited(_)) {
-                // It crashed on its way out: that still gets a report.
-                self.note_exit(i, Pid(pid), reason, uptime);
-            } else {
-                info!(daemon = %self.children[i].cfg.name, pid, %reason, "stopped");
-            }
-        } else if let ExitReason::SetupFailed { stage, errno } = reason {
-            // Its code never ran: one line says where setup failed, and the
-            // retry waits as after a failed fork (never sooner than the
-            // backoff floor), counted against the intensity.
-            let c = &mut self.children[i];
-            let err = io::Error::from_raw_os_error(errno);
-            error!(%pid, "daemon {:?}: setup failed at {stage}: {err}", c.cfg.name);
-            c.fault = Some(format!("setup failed at {stage}: {err}"));
-            self.step(Event::ForkFailed(i));
-            return;
-        } else {
-            // The report waits until the replacement is forked (see `Note`).
-            self.note_exit(i, Pid(pid), reason, uptime);
-        }
-        let exit = Event::Exit {
-            daemon: i,
-            normal: reason.is_normal(),
-            uptime,
-        };
-        // What it forked is ended before anything else happens to it: the
-        // supervisor hears of the exit (and starts a replacement) only once
-        // its cgroup is empty, so two incarnations never overlap.
-        match self.containment().end_rest(i) {
-            Ok(false) => self.step(exit),
-            Ok(true) => self.children[i].ending = Some(exit),
-            Err(e) => {
-                error!(daemon = %self.children[i].cfg.name, error = %e, "cannot end what the daemon forked");
-                self.step(exit);
-            }
-        }
-    }
-
-    /// Some daemons' `cgroup.events` changed: each whose cgroup is empty
-    /// and that waited for it has its exit go to the supervisor.
-    fn on_cgroup_events(&mut self) {
-        let mut changed = Vec::new();
-        if let Err(e) = self.containment().changed(&mut changed) {
-            warn!(error = %e, "reading cgroup events");
-        }
-        for i in changed {
-            if self.children[i].ending.is_some() {
-                self.on_cgroup_changed(i);
-            }
-        }
-    }
-
-    /// Daemon `i`'s `cgroup.events` changed while its exit waits.
-    fn on_cgroup_changed(&mut self, i: usize) {
-        let empty = match self.containment().is_empty(i) {
-            Ok(empty) => empty,
-            Err(e) => {
-                warn!(daemon = %self.children[i].cfg.name, error = %e, "cannot read cgroup.events");
-                true
-            }
-        };
-        if empty {
-            if let Some(exit) = self.children[i].ending.take() {
-                debug!(daemon = %self.children[i].cfg.name, "cgroup empty");
-                self.step(exit);
-            }
-        }
-    }
-
     /// The containment; present until the root's last moment.
     fn containment(&self) -> &cgroup::Containment {
         self.contain.as_ref().expect("removed only on the way out")
     }
 
-    /// SIGKILLs daemon `i` and everything it forked: its cgroup, and its
-    /// process group (its process may not have entered its cgroup yet).
-    fn kill_all(&self, i: usize, pid: Pid) {
-        if let Err(e) = self.containment().kill(i) {
-            warn!(daemon = %self.children[i].cfg.name, error = %e, "cgroup.kill failed");
-        }
-        kill_tree(pid, libc::SIGKILL);
-    }
+    // ----- the supervisor's actions ------------------------------------------
 
     /// Feeds `event` to the supervisor and carries out its actions, in
     /// order. What an action reports back (a failed fork, a takeover) is
@@ -1625,20 +549,6 @@ impl<'a> Root<'a> {
         None
     }
 
-    /// Publishes daemon `i`'s state and restarts in the registry.
-    fn publish(&self, i: usize) {
-        let c = &self.children[i];
-        let presence = match c.state {
-            State::Starting => Presence::Starting,
-            State::Running => Presence::Running,
-            State::Backoff => Presence::Backoff,
-            State::Stopping => Presence::Stopping,
-            State::Stopped => Presence::Stopped,
-            State::Failed => Presence::Failed,
-        };
-        self.post.show(i, presence, c.restarts);
-    }
-
     /// The log line of a supervisor's decision.
     fn log_decision(&mut self, log: Log) {
         let groups = self.sup.groups();
@@ -1670,10 +580,10 @@ impl<'a> Root<'a> {
                 );
             }
             Log::GroupFailed(g) => {
-                error!(group = %groups[g].name, "group failed: its children are stopped")
+                error!(group = %groups[g].name, "group failed: its children are stopped");
             }
             Log::GroupNotRestarted(g) => {
-                info!(group = %groups[g].name, restart = ?groups[g].restart, "group not restarted")
+                info!(group = %groups[g].name, restart = ?groups[g].restart, "group not restarted");
             }
             Log::GroupRestart { group, cause } => {
                 let (g, culprit) = match cause {
@@ -1690,12 +600,6 @@ impl<'a> Root<'a> {
                 info!(group = %groups[group].name, after = %after, "a significant child ended: auto_shutdown");
             }
         }
-    }
-
-    /// Shuts the tree down: daemons stop one at a time in reverse start
-    /// order, then the loop exits with `code`.
-    fn shutdown(&mut self, code: i32) {
-        self.step(Event::Shutdown(code));
     }
 
     // ----- timers ------------------------------------------------------------
@@ -1735,99 +639,5 @@ impl<'a> Root<'a> {
     /// deadline, the watchdog's next look).
     fn on_timer(&mut self, i: usize) {
         self.step(Event::Timer(i));
-    }
-}
-
-impl Root<'_> {
-    /// The watchdog: SIGKILL a daemon whose last heartbeat (or start) is
-    /// older than its `watchdog` deadline, else look again when it would be.
-    fn check_watchdog(&mut self, i: usize) {
-        let c = &self.children[i];
-        let (Some(wd), Some(pid)) = (c.cfg.watchdog, c.pid) else {
-            return;
-        };
-        // From when it became ready, its last `WATCHDOG=1`, or its last
-        // heartbeat, whichever is latest.
-        let mut last = c.ready_ns.max(c.ping_ns);
-        // The heartbeat is the daemon's word: believed only from a header
-        // that names the current process, and never later than now.
-        let now = sys::monotonic_ns();
-        if let Some(h) = self.regions.header_of(i, pid) {
-            let hb = h.heartbeat_ns;
-            if hb <= now {
-                last = last.max(hb);
-            }
-        }
-        let age = Duration::from_nanos(now.saturating_sub(last));
-        if age >= wd {
-            error!(daemon = %c.cfg.name, %pid, age = ?age, watchdog = ?wd, "watchdog: no heartbeat; killing");
-            self.children[i].killed_for = Some(ExitReason::Watchdog);
-            self.kill_all(i, pid);
-        } else {
-            self.set_timer(i, Instant::now() + (wd - age));
-        }
-    }
-}
-
-/// An inotify watch on `dir` for what another process may do to a region
-/// file: write or truncate it (`IN_MODIFY`), remove or replace it.
-fn watch_state_dir(dir: &std::path::Path) -> io::Result<OwnedFd> {
-    let fd = sys::file::inotify()?;
-    let mask = libc::IN_MODIFY
-        | libc::IN_DELETE
-        | libc::IN_MOVED_FROM
-        | libc::IN_MOVED_TO
-        | libc::IN_CREATE;
-    sys::file::watch(fd.as_raw_fd(), dir, mask)?;
-    Ok(fd)
-}
-
-/// How long a new root waits for the daemons of a root that was just
-/// killed to die (they hold the `state_dir` lock until they are gone).
-const LOCK_WAIT: Duration = Duration::from_secs(3);
-
-/// Takes `state_dir/lock` exclusively. Another root, or the daemons of one
-/// that was just killed (they die with it, but not in the same instant),
-/// hold it; wait a little for the latter, refuse the former.
-fn lock_state_dir(dir: &std::path::Path) -> Result<OwnedFd, RootError> {
-    let path = dir.join("lock");
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(ctx("opening state_dir/lock"))?;
-    let fd = OwnedFd::from(file);
-    let start = Instant::now();
-    loop {
-        match sys::try_lock_exclusive(fd.as_raw_fd()) {
-            Ok(true) => return Ok(fd),
-            Ok(false) if start.elapsed() < LOCK_WAIT => {
-                // Start-up, not the event path: nothing else to do yet.
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Ok(false) => {
-                return Err(RootError::Io(
-                    "state_dir",
-                    io::Error::new(
-                        io::ErrorKind::WouldBlock,
-                        format!(
-                            "{} is in use by another root (its lock is held)",
-                            dir.display()
-                        ),
-                    ),
-                ))
-            }
-            Err(e) => return Err(RootError::Io("locking state_dir", e)),
-        }
-    }
-}
-
-/// Signals a daemon's process group, falling back to the process alone if
-/// the group does not exist yet (a child killed before its setsid).
-fn kill_tree(pid: Pid, signal: i32) {
-    if sys::kill_group(pid, signal).is_err() {
-        let _ = sys::kill(pid, signal);
     }
 }
