@@ -153,6 +153,10 @@ pub enum Damage {
     Replaced,
     /// The file could not be made before; it is now, empty.
     Made,
+    /// The file had holes (blocks given back by another process, or a
+    /// zeroing that could not allocate them again): they have blocks again,
+    /// and those pages read as zeroes.
+    Holes,
 }
 
 impl fmt::Display for Damage {
@@ -170,6 +174,10 @@ impl fmt::Display for Damage {
                 "region file replaced or removed (the daemon keeps the file the root opened)"
             ),
             Damage::Made => write!(f, "region made (it could not be before)"),
+            Damage::Holes => write!(
+                f,
+                "region file had holes (given blocks again; those pages read as zeroes)"
+            ),
         }
     }
 }
@@ -554,6 +562,12 @@ impl RegionSet {
         if now.size > len {
             sys::file::set_len(fd.as_raw_fd(), len)?;
             return Ok(Some(Damage::Grown { size: now.size }));
+        }
+        if !sys::mem::fully_allocated(fd.as_raw_fd(), len) {
+            // A page without a block faults (SIGBUS) on a full disk: give
+            // it one first, or fail whole (ENOSPC) and retry later.
+            sys::allocate(fd.as_raw_fd(), 0, len)?;
+            return Ok(Some(Damage::Holes));
         }
         let at_path = sys::file::stat(path).ok().map(|f| (f.dev, f.ino));
         if at_path != s.id {

@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info};
 
 use super::spawn::{self, Plan, Run, Spawned};
 use super::supervisor::{Event, FORK_RETRY};
@@ -236,8 +236,11 @@ impl Root<'_> {
         }
         let c = &self.children[i];
         if c.cfg.on_restart == OnRestart::Fresh && !c.deaths.is_empty() {
+            // Zeroing gives the pages back and allocates them again: if
+            // that fails (a full disk), the daemon must not run on pages
+            // without blocks; it waits, as for any scarce resource.
             if let Err(e) = self.regions.zero_user(i) {
-                warn!(daemon = %c.cfg.name, error = %e, "could not zero the region for a fresh restart");
+                return Some(self.cannot_start(i, &e));
             }
         }
         if self.take_over(i) {

@@ -127,6 +127,10 @@ impl Root<'_> {
         let restart = match self.regions.ensure(i) {
             Ok(Some(damage)) => {
                 error!(daemon = %name, fault = %damage, "region file damaged");
+                // Truncated: its mapping past the new end faults; it starts
+                // again on the repaired file. Holes have blocks again and
+                // read as zeroes: a change of content, which its checksums
+                // judge, as any other.
                 let cut = matches!(damage, crate::region::Damage::Truncated { .. });
                 self.children[i].fault = Some(damage.to_string());
                 cut
