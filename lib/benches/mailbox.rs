@@ -106,34 +106,14 @@ fn close(fds: Fds) {
     }
 }
 
-fn write_all(fd: i32, buf: &[u8]) {
-    let mut done = 0;
-    while done < buf.len() {
-        // SAFETY: `buf[done..]` is readable for its length.
-        let n = unsafe { libc::write(fd, buf[done..].as_ptr().cast(), buf.len() - done) };
-        assert!(n > 0, "write failed");
-        done += n as usize;
-    }
-}
-
-fn read_exact(fd: i32, buf: &mut [u8]) {
-    let mut done = 0;
-    while done < buf.len() {
-        // SAFETY: `buf[done..]` is writable for its length.
-        let n = unsafe { libc::read(fd, buf[done..].as_mut_ptr().cast(), buf.len() - done) };
-        assert!(n > 0, "read failed");
-        done += n as usize;
-    }
-}
-
 fn fd_latency(fds: Fds, pings: usize) -> f64 {
     let ((down_w, down_r), (up_w, up_r)) = fds;
     let pid = common::fork();
     if pid == 0 {
         let mut buf = [0u8; MSG];
         for _ in 0..pings {
-            read_exact(down_r, &mut buf);
-            write_all(up_w, &buf);
+            common::read_exact(down_r, &mut buf);
+            common::write_all(up_w, &buf);
         }
         common::child_exit();
     }
@@ -141,8 +121,8 @@ fn fd_latency(fds: Fds, pings: usize) -> f64 {
     let mut rtts = Vec::with_capacity(pings);
     for _ in 0..pings {
         let t = Instant::now();
-        write_all(down_w, &buf);
-        read_exact(up_r, &mut buf);
+        common::write_all(down_w, &buf);
+        common::read_exact(up_r, &mut buf);
         rtts.push(t.elapsed().as_nanos() as f64);
     }
     common::reap_ok(pid);

@@ -82,26 +82,6 @@ fn close(fds: Fds) {
     }
 }
 
-fn write_all(fd: i32, buf: &[u8]) {
-    let mut done = 0;
-    while done < buf.len() {
-        // SAFETY: `buf[done..]` is readable for its length.
-        let n = unsafe { libc::write(fd, buf[done..].as_ptr().cast(), buf.len() - done) };
-        assert!(n > 0, "write failed");
-        done += n as usize;
-    }
-}
-
-fn read_exact(fd: i32, buf: &mut [u8]) {
-    let mut done = 0;
-    while done < buf.len() {
-        // SAFETY: `buf[done..]` is writable for its length.
-        let n = unsafe { libc::read(fd, buf[done..].as_mut_ptr().cast(), buf.len() - done) };
-        assert!(n > 0, "read failed");
-        done += n as usize;
-    }
-}
-
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -145,8 +125,8 @@ fn fd_latency(fds: Fds) -> f64 {
     if pid == 0 {
         let mut buf = [0u8; MSG];
         for _ in 0..FD_PINGS {
-            read_exact(fds.down.1, &mut buf);
-            write_all(fds.up.0, &buf);
+            common::read_exact(fds.down.1, &mut buf);
+            common::write_all(fds.up.0, &buf);
         }
         common::child_exit();
     }
@@ -154,8 +134,8 @@ fn fd_latency(fds: Fds) -> f64 {
     let mut rtts = Vec::with_capacity(FD_PINGS);
     for _ in 0..FD_PINGS {
         let t = Instant::now();
-        write_all(fds.down.0, &buf);
-        read_exact(fds.up.1, &mut buf);
+        common::write_all(fds.down.0, &buf);
+        common::read_exact(fds.up.1, &mut buf);
         rtts.push(t.elapsed().as_nanos() as f64);
     }
     common::reap_ok(pid);
@@ -199,15 +179,15 @@ fn fd_throughput(fds: Fds, n: usize) -> f64 {
         let mut msg = [0u8; MSG];
         for i in 0..n {
             msg[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            write_all(fds.down.0, &msg);
+            common::write_all(fds.down.0, &msg);
         }
         common::child_exit();
     }
     let mut buf = [0u8; MSG];
-    read_exact(fds.down.1, &mut buf);
+    common::read_exact(fds.down.1, &mut buf);
     let t = Instant::now();
     for _ in 1..n {
-        read_exact(fds.down.1, &mut buf);
+        common::read_exact(fds.down.1, &mut buf);
         black_box(&buf);
     }
     let secs = t.elapsed().as_secs_f64();

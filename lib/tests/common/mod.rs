@@ -166,3 +166,25 @@ impl Xorshift64Star {
         (self.next() % n as u64) as usize
     }
 }
+
+/// Writes all of `buf` to `fd` (a pipe or socket end), panicking on error.
+pub(crate) fn write_all(fd: i32, buf: &[u8]) {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: `buf[done..]` is readable for its length.
+        let n = unsafe { libc::write(fd, buf[done..].as_ptr().cast(), buf.len() - done) };
+        assert!(n > 0, "write failed");
+        done += n as usize;
+    }
+}
+
+/// Reads exactly `buf.len()` bytes from `fd`, panicking on error or EOF.
+pub(crate) fn read_exact(fd: i32, buf: &mut [u8]) {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: `buf[done..]` is writable for its length.
+        let n = unsafe { libc::read(fd, buf[done..].as_mut_ptr().cast(), buf.len() - done) };
+        assert!(n > 0, "read failed");
+        done += n as usize;
+    }
+}
