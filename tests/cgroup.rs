@@ -68,28 +68,28 @@ impl TestCgroup {
     }
 }
 
+/// The processes in leaf `leaf` of daemon `name`'s cgroup.
+fn procs_in(cg: &TestCgroup, name: &str, leaf: &str) -> Vec<i32> {
+    fs::read_to_string(cg.0.join(name).join(leaf).join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect()
+}
+
 /// The processes in daemon `name`'s leaves (`a` and `b`).
 fn leaf_procs(cg: &TestCgroup, name: &str) -> Vec<i32> {
     ["a", "b"]
         .iter()
-        .flat_map(|leaf| {
-            fs::read_to_string(cg.0.join(name).join(leaf).join("cgroup.procs"))
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| l.parse().ok())
-                .collect::<Vec<i32>>()
-        })
+        .flat_map(|leaf| procs_in(cg, name, leaf))
         .collect()
 }
 
 /// Which of daemon `name`'s leaves holds `pid`.
 fn leaf_of(cg: &TestCgroup, name: &str, pid: i32) -> Option<&'static str> {
-    ["a", "b"].into_iter().find(|leaf| {
-        fs::read_to_string(cg.0.join(name).join(leaf).join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l == pid.to_string())
-    })
+    ["a", "b"]
+        .into_iter()
+        .find(|leaf| procs_in(cg, name, leaf).contains(&pid))
 }
 
 impl Drop for TestCgroup {
