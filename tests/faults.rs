@@ -738,12 +738,7 @@ fn regions_past_the_address_space_limit_are_refused_before_anything_starts() {
     // RLIMIT_AS of 512 MiB (address space, a real limit the kernel applies
     // to every mmap): a 1 GiB region cannot be mapped, whatever memory the
     // machine has.
-    let dir = tempfile::Builder::new()
-        .prefix("forkroot-test")
-        .tempdir()
-        .unwrap();
-    let config = common::write_config(
-        &dir,
+    let (dir, config) = config_in_temp_dir(
         "[[daemon]]\nname = \"small\"\nkind = \"counter\"\n\
          [daemon.args]\nout = \"@DIR@/small.out\"\n\
          [[daemon]]\nname = \"big\"\nkind = \"idle\"\nmemory = \"1GiB\"\n",
@@ -764,9 +759,25 @@ fn regions_past_the_address_space_limit_are_refused_before_anything_starts() {
         "{line}"
     );
     // Nothing half-started: no daemon ran, no control socket left behind.
+    nothing_started(&ran, dir.path());
+}
+
+/// A temp dir with `config` written in it (see `common::write_config`).
+fn config_in_temp_dir(config: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("forkroot-test")
+        .tempdir()
+        .unwrap();
+    let path = common::write_config(&dir, config);
+    (dir, path)
+}
+
+/// A root that stopped before anything started: no daemon ran (the
+/// `small` counter wrote nothing), no control socket left in `dir`.
+fn nothing_started(ran: &common::Ran, dir: &std::path::Path) {
     assert!(!ran.stderr.contains("started daemon"), "{}", ran.stderr);
-    assert!(!dir.path().join("small.out").exists());
-    assert_eq!(sockets_in(dir.path()), Vec::<String>::new());
+    assert!(!dir.join("small.out").exists());
+    assert_eq!(sockets_in(dir), Vec::<String>::new());
 }
 
 /// The names of the sockets in `dir` (a control socket a root left behind).
@@ -785,12 +796,7 @@ fn no_memory_for_the_region_arena_stops_the_root_before_anything_starts() {
     // The root's first fallocate gives the arena memfd (every built-in
     // daemon's region without a state_dir) its pages: it fails with ENOMEM,
     // as when the machine's memory (or the root's memory cgroup) is full.
-    let dir = tempfile::Builder::new()
-        .prefix("forkroot-test")
-        .tempdir()
-        .unwrap();
-    let config = common::write_config(
-        &dir,
+    let (dir, config) = config_in_temp_dir(
         "[[daemon]]\nname = \"small\"\nkind = \"counter\"\n\
          [daemon.args]\nout = \"@DIR@/small.out\"\n",
     );
@@ -818,7 +824,5 @@ fn no_memory_for_the_region_arena_stops_the_root_before_anything_starts() {
                 && l.contains("Cannot allocate memory")),
         "{ran:?}"
     );
-    assert!(!ran.stderr.contains("started daemon"), "{}", ran.stderr);
-    assert!(!dir.path().join("small.out").exists());
-    assert_eq!(sockets_in(dir.path()), Vec::<String>::new());
+    nothing_started(&ran, dir.path());
 }
