@@ -827,3 +827,17 @@ fn no_memory_for_the_region_arena_stops_the_root_before_anything_starts() {
     );
     nothing_started(&ran, dir.path());
 }
+
+/// With too few descriptors allowed for the hand-over window (a hard
+/// limit of 64), the root says so and forks with a copy of its table:
+/// its daemons start and restart as usual.
+#[test]
+fn too_few_descriptors_for_the_hand_over_window_is_said_and_forks_copy() {
+    let mut t = Tree::start_with(TWO_IDLE, |c| limit(c, libc::RLIMIT_NOFILE, 64));
+    t.wait_log(&["cannot reserve the hand-over window"]);
+    let a = t.poll("a running", || running(&t, "a"));
+    common::send(a, libc::SIGKILL).unwrap();
+    t.poll("a restarted", || running(&t, "a").filter(|&p| p != a));
+    t.poll("b running", || running(&t, "b"));
+    stop_cleanly(&mut t);
+}

@@ -86,6 +86,7 @@ impl Address {
             Address::Tcp(a) => Bound {
                 fd: std::net::TcpListener::bind(a)?.into(),
                 file: None,
+                owner: crate::sys::getpid(),
             },
             Address::Unix(path) => {
                 use std::os::unix::fs::MetadataExt;
@@ -95,6 +96,7 @@ impl Address {
                 Bound {
                     fd,
                     file: Some((path.clone(), m.dev(), m.ino())),
+                    owner: crate::sys::getpid(),
                 }
             }
         })
@@ -103,12 +105,17 @@ impl Address {
 
 /// A listening socket the root bound. A Unix socket's file is removed when
 /// the root lets go of it (a clean exit), if the path still names the
-/// socket it bound: a newer root's socket there is left alone.
+/// socket it bound: a newer root's socket there is left alone. (A newer
+/// root that binds between the check and the removal loses its file:
+/// stat and unlink cannot be one step.) Only the process that bound it
+/// removes it, never a forked child that happens to drop a copy.
 #[derive(Debug)]
 pub(crate) struct Bound {
     fd: OwnedFd,
     /// A Unix socket's path, and the device and inode of its file.
     file: Option<(PathBuf, u64, u64)>,
+    /// The process that bound it.
+    owner: crate::sys::Pid,
 }
 
 impl AsRawFd for Bound {
@@ -120,6 +127,9 @@ impl AsRawFd for Bound {
 impl Drop for Bound {
     fn drop(&mut self) {
         use std::os::unix::fs::MetadataExt;
+        if crate::sys::getpid() != self.owner {
+            return;
+        }
         if let Some((path, dev, ino)) = &self.file {
             if std::fs::symlink_metadata(path).is_ok_and(|m| m.dev() == *dev && m.ino() == *ino) {
                 let _ = std::fs::remove_file(path);

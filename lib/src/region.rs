@@ -739,7 +739,9 @@ impl RegionSet {
     /// number). Fork-safe.
     ///
     /// # Safety
-    /// As [`RegionSet::enter`].
+    /// As [`RegionSet::enter`], and `fd` must be a copy of
+    /// `self.file_fd(i)` (the mapping is made from it at region `i`'s
+    /// offset).
     pub(crate) unsafe fn enter_from(&self, i: usize, fd: RawFd) -> io::Result<&'static mut [u8]> {
         let s = &self.slots[i];
         let addr = self.addr(s.offset);

@@ -71,51 +71,75 @@ pub(crate) struct Handover {
     lent: Option<Pid>,
     /// Slots holding a copy the next release puts a placeholder over.
     used: u128,
+    /// Slots open (all of them once made).
+    filled: RawFd,
+}
+
+// One bit of `used` per slot.
+const _: () = assert!(LEN <= 128);
+
+impl Drop for Handover {
+    fn drop(&mut self) {
+        sys::close_between(self.base, self.base + self.filled - 1).ok();
+    }
 }
 
 impl Handover {
     /// Reserves the window: the lowest block of [`LEN`] consecutive free
-    /// descriptor numbers (made first at start, it sits right above the
-    /// root's standard streams). `None` where the kernel cannot unshare a
-    /// table by `close_range` (before Linux 5.9): forks copy the table.
-    pub(crate) fn new() -> io::Result<Option<Handover>> {
+    /// descriptor numbers (made early at start, it sits right above the
+    /// root's standard streams and its signalfd). `None`, and forks copy
+    /// the table, where the kernel cannot unshare a table by `close_range`
+    /// (before Linux 5.9) or the window cannot be made (too few
+    /// descriptors allowed); the reason is logged.
+    pub(crate) fn new() -> Option<Handover> {
         // A range above every descriptor: closes nothing; the flag alone
         // is what is tested (EINVAL or ENOSYS before 5.9).
-        if sys::unshare_below(RawFd::MAX - 1).is_err() {
-            return Ok(None);
+        if let Err(e) = sys::unshare_below(RawFd::MAX - 1) {
+            tracing::info!(error = %e, "no CLOSE_RANGE_UNSHARE: every fork copies the descriptor table");
+            return None;
         }
+        match Handover::reserve() {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reserve the hand-over window: every fork copies the descriptor table");
+                None
+            }
+        }
+    }
+
+    fn reserve() -> io::Result<Handover> {
         // SAFETY: a descriptor open just made, owned by nobody else.
         let null = unsafe {
             <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(sys::setup::open_read(c"/dev/null")?)
         };
         let (sync, sync_wr) = sys::pipe_cloexec(true)?;
-        let mut taken: Vec<OwnedFd> = Vec::with_capacity(LEN);
-        let mut base = 3;
-        while taken.len() < LEN {
-            let want = base + taken.len() as RawFd;
-            let fd = sys::dup_at_least(null.as_raw_fd(), want)?;
-            // SAFETY: a descriptor F_DUPFD just made, owned by nobody else.
-            let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-            if fd.as_raw_fd() != want {
-                // A descriptor in the way: start the block after it.
-                base = fd.as_raw_fd();
-                taken.clear();
-            }
-            taken.push(fd);
+        // The lowest free number, then the first block of LEN free numbers
+        // from there (a number in use moves the block past it). Numbers
+        // are only probed here, so no hole is left below the block.
+        let open = |fd: RawFd| sys::is_open(fd);
+        let mut base = sys::dup_at_least(null.as_raw_fd(), 3)?;
+        sys::close(base);
+        while let Some(used) = (base..base + LEN as RawFd).rev().find(|&fd| open(fd)) {
+            base = used + 1;
         }
-        // The slots stay open for the root's life, owned by the window.
-        for fd in taken {
-            std::mem::forget(fd);
-        }
-        let h = Handover {
+        let mut h = Handover {
             base,
             null,
             sync,
             lent: None,
             used: 0,
+            filled: 0,
         };
+        for k in 0..LEN as RawFd {
+            if let Err(e) = sys::dup_onto(h.null.as_raw_fd(), base + k) {
+                // Those made so far are closed with the window.
+                h.filled = k;
+                return Err(e);
+            }
+            h.filled = k + 1;
+        }
         sys::dup_onto(sync_wr.as_raw_fd(), h.at(Slot::Sync))?;
-        Ok(Some(h))
+        Ok(h)
     }
 
     /// The descriptor number of `slot`.
@@ -146,9 +170,13 @@ impl Handover {
     /// Copies `fd` into slot `at` (a number from [`Handover::at`] or
     /// [`Handover::listen_at`]) and returns that number.
     pub(crate) fn place(&mut self, fd: RawFd, at: RawFd) -> io::Result<RawFd> {
-        debug_assert!(self.is_free(), "the window is lent");
         let k = at - self.base;
-        debug_assert!(k > 0 && (k as usize) < LEN, "a slot of the window");
+        if !self.is_free() || k <= 0 || k as usize >= LEN {
+            // A bug of the caller; refused rather than done.
+            return Err(io::Error::other(
+                "the hand-over window is lent, or no such slot",
+            ));
+        }
         sys::dup_onto(fd, at)?;
         self.used |= 1 << k;
         Ok(at)

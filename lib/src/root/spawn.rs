@@ -245,7 +245,13 @@ pub(crate) fn spawn(s: &Plan<'_>, window: Option<&mut Handover>) -> io::Result<S
         gate: gate.map(|(_, w)| w),
     };
     if let Run::Exec(exec) = &s.run {
-        if let Some(pid) = spawn_exec_vm(s, &fds, exec)? {
+        let vm = spawn_exec_vm(s, &fds, exec);
+        if vm.is_err() {
+            if let Some(w) = window.as_deref_mut() {
+                w.release();
+            }
+        }
+        if let Some(pid) = vm? {
             // The child exec'd (or exited) before the root went on: it has
             // a table of its own by now.
             if let Some(w) = window {
@@ -635,10 +641,16 @@ fn exec_child(fds: &Fds, exec: &Exec) -> ! {
     let region_fd = exec_region_fd(listeners.len());
     let pipe_fd = region_fd + 1;
     let (post_fd, registry_fd) = (region_fd + 2, region_fd + 3);
+    let above = (registry_fd + 1).max(EXEC_ABOVE);
+    // The setup pipe first, above every target (its number now may be one
+    // of them); a failure is reported on the copy that is open.
+    let p = match sys::dup_at_least(pipe, above) {
+        Ok(p) => p,
+        Err(e) => fail(pipe, SetupStage::Descriptors, e),
+    };
+    let mut report = p;
     let moved = (|| -> io::Result<()> {
-        let above = (registry_fd + 1).max(EXEC_ABOVE);
         let r = sys::dup_at_least(fd, above)?;
-        let p = sys::dup_at_least(pipe, above)?;
         let i = sys::dup_at_least(stdin, above)?;
         let post = sys::dup_at_least(fds.post.0, above)?;
         let reg = sys::dup_at_least(fds.post.1, above)?;
@@ -661,6 +673,7 @@ fn exec_child(fds: &Fds, exec: &Exec) -> ! {
         }
         sys::dup2(r, region_fd)?;
         sys::dup2(p, pipe_fd)?;
+        report = pipe_fd;
         sys::set_cloexec(pipe_fd, true)?;
         sys::dup2(post, post_fd)?;
         sys::dup2(reg, registry_fd)?;
@@ -676,7 +689,7 @@ fn exec_child(fds: &Fds, exec: &Exec) -> ! {
         }
     })();
     if let Err(e) = moved {
-        fail(pipe, SetupStage::Descriptors, e);
+        fail(report, SetupStage::Descriptors, e);
     }
     // A program gets default signal handling, as from a shell.
     sys::default_sigpipe();
@@ -781,6 +794,9 @@ fn keep_descriptors(fds: &Fds) {
     }
     if fds.lock.is_none() {
         sys::close(LOCK_FD);
+    }
+    if fds.output.is_none() {
+        sys::close(ECHO_FD);
     }
 }
 

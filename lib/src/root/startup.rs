@@ -32,9 +32,10 @@ impl<'a> Root<'a> {
     /// every region. Starts nothing.
     pub fn new(config: Config, registry: &'a Registry) -> Result<Root<'a>, RootError> {
         check_startable(&config, registry)?;
-        // First, so its block of descriptors is the lowest free one.
-        let handover = handover::Handover::new().map_err(ctx("the hand-over window"))?;
         let signals = set_process_attributes(&config)?;
+        // Before the other descriptors, so its block is low; after the
+        // open-file limit is raised, so it fits.
+        let handover = handover::Handover::new();
         let lock = match &config.root.state_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).map_err(ctx("creating state_dir"))?;

@@ -158,6 +158,13 @@ pub fn unshare_below(end: RawFd) -> io::Result<()> {
     cvt(rc).map(drop)
 }
 
+/// Whether `fd` is an open descriptor of this process. Fork-safe.
+pub fn is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only reads a descriptor's flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    flags >= 0
+}
+
 /// dup3(2) with `O_CLOEXEC`: makes `to` a copy of `from`, closing what
 /// `to` was, in one step (never a moment without a descriptor at `to`).
 pub fn dup_onto(from: RawFd, to: RawFd) -> io::Result<()> {
