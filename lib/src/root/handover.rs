@@ -71,8 +71,6 @@ pub(crate) struct Handover {
     lent: Option<Pid>,
     /// Slots holding a copy the next release puts a placeholder over.
     used: u128,
-    /// Slots open (all of them once made).
-    filled: RawFd,
 }
 
 // One bit of `used` per slot.
@@ -80,7 +78,7 @@ const _: () = assert!(LEN <= 128);
 
 impl Drop for Handover {
     fn drop(&mut self) {
-        sys::close_between(self.base, self.base + self.filled - 1).ok();
+        sys::close_between(self.base, self.end() - 1).ok();
     }
 }
 
@@ -112,7 +110,6 @@ impl Handover {
         let null = unsafe {
             <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(sys::setup::open_read(c"/dev/null")?)
         };
-        let (sync, sync_wr) = sys::pipe_cloexec(true)?;
         // The lowest free number, then the first block of LEN free numbers
         // from there (a number in use moves the block past it). Numbers
         // are only probed here, so no hole is left below the block.
@@ -122,22 +119,32 @@ impl Handover {
         while let Some(used) = (base..base + LEN as RawFd).rev().find(|&fd| open(fd)) {
             base = used + 1;
         }
-        let mut h = Handover {
+        // The slots first, each a copy of /dev/null; on failure the ones
+        // made are closed again.
+        for k in 0..LEN as RawFd {
+            if let Err(e) = sys::dup_onto(null.as_raw_fd(), base + k) {
+                sys::close_between(base, base + k - 1).ok();
+                return Err(e);
+            }
+        }
+        // The sync pipe once the block is full: its numbers are free ones
+        // below the block (holes that were there) or above it, so the
+        // write end's, freed below, leaves no new hole under the block.
+        let (sync, sync_wr) = match sys::pipe_cloexec(true) {
+            Ok(p) => p,
+            Err(e) => {
+                sys::close_between(base, base + LEN as RawFd - 1).ok();
+                return Err(e);
+            }
+        };
+        let h = Handover {
             base,
             null,
             sync,
             lent: None,
             used: 0,
-            filled: 0,
         };
-        for k in 0..LEN as RawFd {
-            if let Err(e) = sys::dup_onto(h.null.as_raw_fd(), base + k) {
-                // Those made so far are closed with the window.
-                h.filled = k;
-                return Err(e);
-            }
-            h.filled = k + 1;
-        }
+        // Dropping `h` on failure closes the slots.
         sys::dup_onto(sync_wr.as_raw_fd(), h.at(Slot::Sync))?;
         Ok(h)
     }
