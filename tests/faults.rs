@@ -302,16 +302,16 @@ impl Drop for Traced {
 
 #[test]
 fn a_child_whose_setup_pipe_cannot_be_watched_is_killed_not_left_running() {
-    // The root's seventh epoll_ctl is the first daemon's setup pipe (after
+    // The root's eighth epoll_ctl is the first daemon's setup pipe (after
     // the signalfd, the hand-over window's sync pipe, the control socket,
-    // the notify socket, and the daemon's stdout and stderr pipes; eighth
-    // where a cgroup v2 hierarchy puts its cgroup.events watch in the set
-    // first): it fails with ENOSPC, as when the user's epoll watches are
-    // exhausted.
+    // the notify socket, the daemon's stdout and stderr pipes, and the new
+    // process's pidfd; ninth where a cgroup v2 hierarchy puts its
+    // cgroup.events watch in the set first): it fails with ENOSPC, as when
+    // the user's epoll watches are exhausted.
     let nth = if common::cgroup2_mount().is_some() {
-        8
+        9
     } else {
-        7
+        8
     };
     let mut t = Traced::start(
         "[[daemon]]\nname = \"idle\"\nkind = \"idle\"\n",

@@ -249,4 +249,13 @@ fn every_incarnation_holds_its_own_descriptors_and_nothing_of_the_roots() {
     t.poll("the root holding what it held before the restarts", || {
         (held(t.pid) == root_before).then_some(())
     });
+    // One pidfd per process it forked and has not reaped: its 208
+    // daemons, none left over from the 80 it reaped.
+    let pidfds = || {
+        descriptors(t.pid)
+            .into_values()
+            .filter(|to| to.contains("pidfd"))
+            .count()
+    };
+    t.poll("a pidfd per daemon", || (pidfds() == 208).then_some(()));
 }

@@ -11,18 +11,24 @@ use tracing::{debug, error, info, warn};
 
 use super::notes::Note;
 use super::supervisor::Event;
-use super::{ctx, pid_u32, Role, Root, RootError, State};
+use super::{ctx, pid_u32, Role, Root, RootError, State, TOKEN_EXIT};
 use crate::checkpoint::POISON_WINDOW;
 use crate::daemon::{Death, ExitReason};
 use crate::handoff::{read_setup, Setup, DEATHS_KEPT};
 use crate::sys::{self, Pid, WaitStatus};
 
-/// SIGCHLD is coalesced: while one is pending, another child's is lost. The
-/// root reaps the child a SIGCHLD names at once (`waitid(P_PID)`, O(1)),
-/// and sweeps for the rest (`waitpid(-1)`, which walks every child of the
-/// root: O(daemons)) this much later, off the restart path. A child whose
-/// SIGCHLD was lost in a burst is restarted at most this late.
-pub(super) const SWEEP_DELAY: Duration = Duration::from_millis(20);
+/// SIGCHLD is coalesced: while one is pending, another child's is lost. So
+/// each child the root forks has a pidfd in the poll loop's set, readable
+/// when it ends: every exit of a daemon or standby is an event of its own,
+/// reaped with `waitid(P_PID)` (O(1)). `waitpid(-1)`, which walks every
+/// child of the root (O(daemons)), is left to orphans (a daemon's
+/// descendants, reparented to the root) whose SIGCHLD was lost, and to
+/// children whose pidfd could not be made: a sweep this long after a
+/// SIGCHLD while every child has its pidfd (at most ten walks a second,
+/// whatever the rate of exits)...
+pub(super) const SWEEP_DELAY: Duration = Duration::from_millis(100);
+/// ...and this long while one has none (its exit may wait for the sweep).
+pub(super) const SWEEP_DELAY_UNWATCHED: Duration = Duration::from_millis(20);
 
 impl Root<'_> {
     /// Reaps every ended child (`waitpid(-1, WNOHANG)` until none is
@@ -34,20 +40,67 @@ impl Root<'_> {
         Ok(())
     }
 
-    /// SIGCHLD from `from`: reap it alone (O(1)) and sweep for others a
-    /// little later (see [`SWEEP_DELAY`]).
+    /// SIGCHLD from `from`: reap it alone (O(1)) and sweep for others
+    /// later (see [`SWEEP_DELAY`]).
     pub(super) fn on_sigchld(&mut self, from: Pid) -> Result<(), RootError> {
-        match sys::reap_pid(from).map_err(ctx("waitid"))? {
-            Some(status) => self.exited(from, status),
-            // Not ours, or already reaped by a sweep: sweep now.
-            None => return self.reap(),
+        // None: reaped already (its pidfd's event came first, or a sweep).
+        if let Some(status) = sys::reap_pid(from).map_err(ctx("waitid"))? {
+            let orphan = !self.by_pid.contains_key(&from);
+            self.exited(from, status);
+            if orphan {
+                // A daemon's descendants, reparented to the root, tend to
+                // die together (its cgroup killed): sweep for those whose
+                // signal was lost now, not a second from now.
+                return self.reap();
+            }
         }
-        self.sweep_at.get_or_insert(Instant::now() + SWEEP_DELAY);
+        let delay = if self.pidfds.len() == self.by_pid.len() {
+            SWEEP_DELAY
+        } else {
+            SWEEP_DELAY_UNWATCHED
+        };
+        let at = Instant::now() + delay;
+        if self.sweep_at.is_none_or(|t| t > at) {
+            self.sweep_at = Some(at);
+        }
+        Ok(())
+    }
+
+    /// Watches the end of child `pid` through a pidfd. Without one (no
+    /// pidfd_open before Linux 5.3, no descriptor left) its exit comes
+    /// with SIGCHLD or the sweep, as before.
+    pub(super) fn watch_exit(&mut self, pid: Pid) {
+        let watched = sys::pidfd_open(pid).and_then(|fd| {
+            self.epoll
+                .add(fd.as_raw_fd(), TOKEN_EXIT | u64::from(pid_u32(pid)))?;
+            Ok(fd)
+        });
+        match watched {
+            Ok(fd) => {
+                self.pidfds.insert(pid, fd);
+            }
+            Err(e) => debug!(%pid, error = %e, "no pidfd: its exit waits for SIGCHLD or the sweep"),
+        }
+    }
+
+    /// A child's pidfd is readable: it ended. Reap it alone.
+    pub(super) fn on_pidfd(&mut self, pid: u64) -> Result<(), RootError> {
+        let Some(pid) = i32::try_from(pid).ok().map(Pid) else {
+            return Ok(());
+        };
+        if let Some(status) = sys::reap_pid(pid).map_err(ctx("waitid"))? {
+            self.exited(pid, status);
+        } else if self.pidfds.remove(&pid).is_some() {
+            // Reaped already (a sweep) without its pidfd closed: close it.
+            debug!(%pid, "pidfd of a child reaped before");
+        }
         Ok(())
     }
 
     /// One child ended: route it to its daemon, or log an orphan.
     pub(super) fn exited(&mut self, pid: Pid, status: WaitStatus) {
+        // Its pidfd closes (and leaves the epoll set).
+        self.pidfds.remove(&pid);
         if let Some(h) = &mut self.handover {
             h.reaped(pid);
         }
@@ -215,6 +268,12 @@ impl Root<'_> {
         if empty {
             if let Some(exit) = self.children[i].ending.take() {
                 debug!(daemon = %self.children[i].cfg.name, "cgroup empty");
+                // What the daemon left behind died with its cgroup and was
+                // reparented to the root: reap it now (its SIGCHLD may
+                // have been lost beside the daemon's).
+                if let Err(e) = self.reap() {
+                    warn!(error = %e, "orphan sweep failed");
+                }
                 self.step(exit);
             }
         }

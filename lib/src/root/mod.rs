@@ -248,6 +248,8 @@ const TOKEN_STANDBY: u64 = 3 << 32;
 pub(crate) const TOKEN_OUTPUT: u64 = 4 << 32;
 const TOKEN_NOTIFY_FD: u64 = 5 << 32;
 const TOKEN_CGROUP: u64 = 6 << 32;
+/// A child's pidfd (`exit.rs`); the low half is its pid.
+const TOKEN_EXIT: u64 = 7 << 32;
 /// The kind half of a token.
 const TOKEN_KIND: u64 = !0 << 32;
 
@@ -302,6 +304,9 @@ pub struct Root<'a> {
     /// When to sweep for children whose SIGCHLD was lost (see
     /// [`exit::SWEEP_DELAY`]).
     sweep_at: Option<Instant>,
+    /// A pidfd per live child (primaries and standbys), in the epoll set:
+    /// each exit is an event of its own (`exit.rs`).
+    pidfds: HashMap<Pid, OwnedFd>,
     /// Log lines deferred past the next fork.
     notes: Vec<Note>,
     /// The control listener rests until then (after `accept` failed).
@@ -431,6 +436,7 @@ impl Root<'_> {
                 }
             }
             (TOKEN_CGROUP, 0) => self.on_cgroup_events(),
+            (TOKEN_EXIT, pid) => self.on_pidfd(pid)?,
             _ => warn!(token, "event for an unknown token"),
         }
         Ok(())

@@ -164,6 +164,7 @@ impl Root<'_> {
         // Tracked before anything else can fail: a child the root forgot
         // would run on, unreaped, beside the replacement forked for it.
         self.by_pid.insert(pid, (i, role));
+        self.watch_exit(pid);
     }
 
     /// Watches a new process's setup pipe. Without it the root cannot tell

@@ -90,6 +90,7 @@ impl<'a> Root<'a> {
             notify,
             lock,
             sweep_at: None,
+            pidfds: HashMap::new(),
             notes: Vec::new(),
             control_paused: None,
             config_path: None,

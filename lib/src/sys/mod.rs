@@ -46,7 +46,7 @@ pub use mem::{
     reopen_read_only, reserve, unmap, zero_range, Access,
 };
 pub use process::{
-    exec, exit_now, getpid, getppid, reap_one, reap_pid, set_child_subreaper, set_comm,
+    exec, exit_now, getpid, getppid, pidfd_open, reap_one, reap_pid, set_child_subreaper, set_comm,
     set_parent_death_signal, setsid, thread_count, wait_pid, WaitStatus,
 };
 pub use signal::{
