@@ -23,7 +23,7 @@ use std::time::Duration;
 use crate::config::OnRestart;
 use crate::daemon::{AttachError, Death, ExitReason, SetupStage, Start};
 use crate::region::Plain;
-use crate::sys;
+use crate::sys::{self, Signal};
 
 /// Deaths the root keeps per daemon, and a [`History`] carries.
 pub(crate) const DEATHS_KEPT: usize = 16;
@@ -225,7 +225,7 @@ impl History {
         for (r, d) in m.deaths.iter_mut().zip(self.deaths()) {
             let (kind, a, b) = match d.reason {
                 ExitReason::Exited(code) => (0, code, 0),
-                ExitReason::Signaled { signal, core } => (1, signal, i32::from(core)),
+                ExitReason::Signaled { signal, core } => (1, signal.as_raw(), i32::from(core)),
                 ExitReason::SetupFailed { stage, errno } => (2, stage as i32, errno),
                 ExitReason::Watchdog => (3, 0, 0),
                 ExitReason::StartTimeout => (4, 0, 0),
@@ -261,7 +261,7 @@ impl History {
             let reason = match r.kind {
                 0 => ExitReason::Exited(r.a),
                 1 => ExitReason::Signaled {
-                    signal: r.a,
+                    signal: Signal::from_raw(r.a).ok_or(MessageError::Field("deaths.signal"))?,
                     core: r.b != 0,
                 },
                 2 => ExitReason::SetupFailed {
@@ -520,7 +520,7 @@ mod tests {
                 reason: match k % 3 {
                     0 => ExitReason::Exited(k as i32),
                     1 => ExitReason::Signaled {
-                        signal: 11,
+                        signal: Signal::SEGV,
                         core: k % 2 == 0,
                     },
                     _ => ExitReason::SetupFailed {

@@ -184,7 +184,7 @@ impl Gone {
         use crate::ExitReason::*;
         let (kind, a, b) = match reason {
             Exited(code) => (0u32, code, 0),
-            Signaled { signal, core } => (1, signal, i32::from(core)),
+            Signaled { signal, core } => (1, signal.as_raw(), i32::from(core)),
             SetupFailed { stage, errno } => (2, stage as i32, errno),
             Watchdog => (3, 0, 0),
             StartTimeout => (4, 0, 0),
@@ -217,7 +217,7 @@ impl Gone {
         let reason = match w(2) {
             0 => crate::ExitReason::Exited(a),
             1 => crate::ExitReason::Signaled {
-                signal: a,
+                signal: crate::sys::Signal::from_raw(a)?,
                 core: b != 0,
             },
             2 => crate::ExitReason::SetupFailed {

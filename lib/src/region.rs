@@ -692,7 +692,7 @@ impl RegionSet {
     /// believes about that process. A header left by an earlier process,
     /// garbage, or a file too short to hold one is `None`.
     pub fn header_of(&self, i: usize, pid: sys::Pid) -> Option<HeaderCopy> {
-        self.header(i).filter(|h| h.owned_by(pid.0 as u32))
+        self.header(i).filter(|h| h.owned_by(pid.as_u32()))
     }
 
     /// The read-write descriptor of a region with a file of its own (an
@@ -761,7 +761,7 @@ pub unsafe fn claim(region: NonNull<u8>) -> &'static Header {
         h.layout.store(LAYOUT, Ordering::Relaxed);
         h.magic.store(MAGIC, Ordering::Release);
     }
-    h.pid.store(sys::getpid().0 as u32, Ordering::Relaxed);
+    h.pid.store(sys::getpid().as_u32(), Ordering::Relaxed);
     h.resumed_seq.store(0, Ordering::Relaxed);
     h.starts.fetch_add(1, Ordering::Relaxed);
     h.heartbeat_ns.store(sys::monotonic_ns(), Ordering::Release);

@@ -120,15 +120,15 @@ fn run(dir: &std::path::Path) {
                 }
                 assert_eq!(
                     sh.locked.swap(0, Ordering::AcqRel),
-                    pid.0 as u32,
+                    pid.as_u32(),
                     "child's own pid"
                 );
-                let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", pid.0)).unwrap();
+                let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", pid)).unwrap();
                 assert!(
                     cgroup.lines().any(|l| l == want),
                     "round {round}: child in {cgroup:?}, not {want}"
                 );
-                kill_and_reap(pid.0);
+                kill_and_reap(pid.as_raw());
                 // The kernel walks a dying process's robust list before it
                 // can be reaped: the lock is free now, or it never will be.
                 match sh.mutex.try_lock() {
@@ -238,7 +238,10 @@ fn run_vm(dir: &std::path::Path) {
         std::io::Read::read_to_string(&mut out, &mut text).unwrap();
         let mut status = 0;
         // SAFETY: our child; `status` is writable.
-        assert_eq!(unsafe { libc::waitpid(pid.0, &mut status, 0) }, pid.0);
+        assert_eq!(
+            unsafe { libc::waitpid(pid.as_raw(), &mut status, 0) },
+            pid.as_raw()
+        );
         if missing {
             assert_eq!(
                 libc::WEXITSTATUS(status),

@@ -802,7 +802,7 @@ impl Server<'_> {
                             c.queued = 0;
                         }
                         Action::Close => c.closing = true,
-                        Action::Crash => forkroot::sys::die_by(libc::SIGSEGV),
+                        Action::Crash => forkroot::sys::die_by(forkroot::Signal::SEGV),
                         Action::Calc | Action::TxCrash | Action::TxSleep => {
                             let (task, first) = match action {
                                 Action::Calc => (Task::Calc, 1),

@@ -157,7 +157,7 @@ impl Containment {
         } else {
             let leaf = probe.own.join("root");
             let moved = make_dir(&leaf).and_then(|()| {
-                sys::cgroup::write(&leaf, "cgroup.procs", &sys::getpid().0.to_string())
+                sys::cgroup::write(&leaf, "cgroup.procs", &sys::getpid().to_string())
             });
             if let Err(e) = moved {
                 let _ = std::fs::remove_dir(&leaf);
@@ -398,7 +398,7 @@ impl Cgroups {
             keep(sys::cgroup::write(
                 &self.base,
                 "cgroup.procs",
-                &sys::getpid().0.to_string(),
+                &sys::getpid().to_string(),
             ));
             keep(remove_dir(leaf));
         }

@@ -21,8 +21,8 @@ use crate::control::proto::{
     HealthReply, LogRecord, LogsReply, MetricsReply, ProgramRef, ReloadReply, Request, RootMode,
     RootStatus, StatusReply, Supervisor, TreeDaemon, TreeGroup, TreeNode, TreeReply, MAX_REQUEST,
 };
-use crate::sys;
 use crate::sys::cred::Gid;
+use crate::sys::{self, Pid};
 
 /// Control connections open at once, at most. A connection past it closes
 /// the oldest one, so no number of clients locks an operator out.
@@ -140,7 +140,7 @@ impl Server {
             }
         };
         warn!(
-            pid = peer.pid.0,
+            pid = peer.pid.map_or(0, Pid::as_raw),
             uid = peer.uid,
             gid = peer.gid,
             "control connection refused: not an allowed user or group"
@@ -432,7 +432,7 @@ impl Root<'_> {
         let c = &self.children[i];
         Ok(ActionReply {
             state: wire_state(c.state),
-            pid: c.pid.map(|p| p.0),
+            pid: c.pid.map(|p| p.as_raw()),
         })
     }
 
@@ -495,8 +495,12 @@ impl Root<'_> {
                 },
                 group: c.cfg.group.clone().unwrap_or_else(|| "root".into()),
                 state: wire_state(c.state),
-                pid: c.pid.map(|p| p.0),
-                standby_pid: c.standby.as_ref().filter(|s| s.ready).map(|s| s.pid.0),
+                pid: c.pid.map(|p| p.as_raw()),
+                standby_pid: c
+                    .standby
+                    .as_ref()
+                    .filter(|s| s.ready)
+                    .map(|s| s.pid.as_raw()),
                 uptime_ms: c.started.map(|t| ms(now.duration_since(t))),
                 restarts: c.restarts,
                 last_exit: c.last_exit.map(|(reason, _)| reason.to_string()),
@@ -518,7 +522,7 @@ impl Root<'_> {
             .collect();
         StatusReply {
             root: RootStatus {
-                pid: self.pid.0,
+                pid: self.pid.as_raw(),
                 uptime_ms: ms(now.duration_since(self.started)),
                 mode: self.root_mode(),
                 restarts_in_period: self.sup.recent_restarts(TOP, now),
@@ -577,7 +581,7 @@ impl Root<'_> {
                     name: c.cfg.name.clone(),
                     group: c.cfg.group.clone().unwrap_or_else(|| "root".into()),
                     state: wire_state(c.state),
-                    pid: c.pid.map(|p| p.0),
+                    pid: c.pid.map(|p| p.as_raw()),
                 })
                 .collect(),
         }
@@ -599,7 +603,7 @@ impl Root<'_> {
                 TreeNode::Daemon {
                     name: c.cfg.name.clone(),
                     state: wire_state(c.state),
-                    pid: c.pid.map(|p| p.0),
+                    pid: c.pid.map(|p| p.as_raw()),
                     restart: restart(c.cfg.restart),
                     restarts: c.restarts,
                     cause: self.sup.start_cause(i).as_str().to_owned(),

@@ -24,7 +24,7 @@ use super::supervisor::Event;
 use super::{kill_tree, Role, Root, State};
 use crate::config::Readiness;
 use crate::daemon::ExitReason;
-use crate::sys::{self, dgram, Pid};
+use crate::sys::{self, dgram, Pid, Signal};
 
 /// systemd reads at most this much of a notification; longer ones are
 /// dropped.
@@ -118,8 +118,8 @@ pub(crate) struct Socket {
 /// A datagram from some process, not yet attributed.
 #[derive(Debug)]
 pub(crate) struct Received {
-    /// The sender's pid (0: the kernel gave none).
-    pub(crate) pid: Pid,
+    /// The sender's pid (`None`: the kernel gave none).
+    pub(crate) pid: Option<Pid>,
     /// Its text, or `None` when it was too long or not UTF-8.
     pub(crate) text: Option<String>,
 }
@@ -130,7 +130,7 @@ impl Socket {
     /// whose roots are both PID 1).
     pub(crate) fn bind(root: Pid) -> io::Result<Socket> {
         let nonce = sys::monotonic_ns() ^ sys::realtime_ns().rotate_left(17);
-        let name = format!("forkroot/{}/{nonce:016x}/notify", root.0);
+        let name = format!("forkroot/{}/{nonce:016x}/notify", root);
         let sock = dgram::bind_abstract_dgram(name.as_bytes())?;
         Ok(Socket {
             sock,
@@ -167,11 +167,8 @@ impl Socket {
 }
 
 /// The session a sender is in (its daemon's pid), if it still exists.
-pub(crate) fn session_of(pid: Pid) -> Option<Pid> {
-    if pid.0 <= 0 {
-        return None;
-    }
-    dgram::getsid(pid).ok()
+pub(crate) fn session_of(pid: Option<Pid>) -> Option<Pid> {
+    dgram::getsid(pid?).ok()
 }
 
 /// What a notification descriptor said so far.
@@ -228,12 +225,12 @@ impl Root<'_> {
 
     /// Counts a datagram the root does not believe; logs the first and
     /// then every power of two, so a flood cannot flood the log.
-    fn reject(&mut self, pid: Pid, daemon: Option<usize>, why: &str) {
+    fn reject(&mut self, pid: Option<Pid>, daemon: Option<usize>, why: &str) {
         self.notify.rejected += 1;
         let n = self.notify.rejected;
         if n.is_power_of_two() {
             let daemon = daemon.map(|i| self.children[i].cfg.name.as_str());
-            warn!(sender = %pid, ?daemon, rejected = n, "notify message ignored: {why}");
+            warn!(sender = %pid.map_or(0, Pid::as_raw), ?daemon, rejected = n, "notify message ignored: {why}");
         }
     }
 
@@ -258,7 +255,7 @@ impl Root<'_> {
                 {
                     error!(daemon = %name, %pid, "watchdog triggered by the daemon (WATCHDOG=trigger); killing");
                     c.killed_for = Some(ExitReason::Watchdog);
-                    kill_tree(pid, libc::SIGKILL);
+                    kill_tree(pid, Signal::KILL);
                 }
             }
             Notice::Stopping => {

@@ -116,8 +116,9 @@ pub(crate) struct Output {
     pipes: [Pipe; 2],
     lines: VecDeque<OutputLine>,
     next_seq: u64,
-    /// The process lines are attributed to: the one running, else the last.
-    pid: Pid,
+    /// The process lines are attributed to: the one running, else the last
+    /// (`None` before the first; its lines say pid 0).
+    pid: Option<Pid>,
     tokens: f64,
     refilled: Instant,
     /// Lines dropped by the rate limit and not yet said.
@@ -139,7 +140,7 @@ impl Output {
             pipes: [Pipe::new()?, Pipe::new()?],
             lines: VecDeque::new(),
             next_seq: 1,
-            pid: Pid(0),
+            pid: None,
             tokens: f64::from(BURST),
             refilled: Instant::now(),
             unsaid: 0,
@@ -180,7 +181,7 @@ impl Output {
 
     /// Attributes what is read from now on to `pid`.
     pub(crate) fn started(&mut self, pid: Pid) {
-        self.pid = pid;
+        self.pid = Some(pid);
     }
 
     /// `stream` is readable: reads at most [`READ_BUDGET`] bytes.
@@ -193,7 +194,7 @@ impl Output {
     /// Their log lines wait for [`Output::flush_log`]: writing them takes
     /// longer than reading them, and the replacement should not wait.
     pub(crate) fn ended(&mut self, pid: Pid) {
-        self.pid = pid;
+        self.pid = Some(pid);
         // Lines of an earlier death not logged yet go first.
         self.flush_log();
         let first = self.next_seq;
@@ -222,7 +223,7 @@ impl Output {
             } else {
                 Stream::Stderr
             };
-            self.log(stream, Pid(l.pid as i32), &l.text);
+            self.log(stream, l.pid, &l.text);
         }
     }
 
@@ -308,7 +309,7 @@ impl Output {
 
     fn push(&mut self, stream: Stream, text: String) {
         if !self.draining {
-            self.log(stream, self.pid, &text);
+            self.log(stream, self.pid.map_or(0, Pid::as_u32), &text);
         }
         if self.lines.len() == KEPT_LINES {
             self.lines.pop_front();
@@ -316,7 +317,7 @@ impl Output {
         self.lines.push_back(OutputLine {
             seq: self.next_seq,
             time_ns: sys::realtime_ns(),
-            pid: self.pid.0 as u32,
+            pid: self.pid.map_or(0, Pid::as_u32),
             stream: stream.as_str().to_owned(),
             text,
         });
@@ -324,7 +325,7 @@ impl Output {
     }
 
     /// Writes one line to the root's log, tagged with the daemon and pid.
-    fn log(&self, stream: Stream, pid: Pid, text: &str) {
+    fn log(&self, stream: Stream, pid: u32, text: &str) {
         let text = escape_controls(text);
         match self.sink {
             Sink::Log => {

@@ -19,7 +19,7 @@ use crate::daemon::{Entry, SetupStage, Siblings, Start};
 use crate::handoff::{self, History};
 use crate::listen;
 use crate::region::RegionSet;
-use crate::sys::{self, Forked, Pid, SigSet};
+use crate::sys::{self, Forked, Pid, SigSet, Signal};
 
 /// Exit code of a child whose setup failed (as a shell's "cannot execute").
 pub(crate) const SETUP_FAILED: i32 = 127;
@@ -380,7 +380,7 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>, in_cgroup: bool) -> ! {
         Run::Builtin { entry, args, names } => {
             // SIGTERM stays blocked: the daemon takes it through
             // Context::stopping/sleep, so it can finish what it is doing.
-            let _ = SigSet::of(&[libc::SIGTERM]).set_mask();
+            let _ = SigSet::of(&[Signal::TERM]).set_mask();
             // SAFETY: this process was just forked for region `index` and
             // holds no reference into it.
             let region = match unsafe { s.regions.enter(s.index) } {
@@ -443,7 +443,7 @@ fn exec_child(s: &Plan<'_>, exec: &Exec, pipe: RawFd) -> ! {
         // root waits, and rewrites it before its next use); `envp` points
         // at it and is read only by the exec below.
         let buf = unsafe { &mut *cell.get() };
-        listen::write_pid(buf, sys::getpid().0.unsigned_abs());
+        listen::write_pid(buf, sys::getpid().as_u32());
     }
     let stdin = match sys::setup::open_read(&exec.stdin) {
         Ok(fd) => fd,

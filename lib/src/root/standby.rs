@@ -9,7 +9,7 @@ use tracing::{debug, info, warn};
 use super::supervisor::Event;
 use super::{pid_u32, Mode, Role, Root, State};
 use crate::handoff::{read_setup, History, Setup};
-use crate::sys::{self, Pid, WaitStatus};
+use crate::sys::{self, Pid, Signal, WaitStatus};
 
 /// A standby: forked and set up, blocked on its gate until it takes over.
 #[derive(Debug)]
@@ -38,7 +38,7 @@ impl Root<'_> {
         let history = History::new(c.restarts, &c.deaths, c.resume_before);
         if let Err(e) = history.send(sb.gate.as_raw_fd()) {
             warn!(daemon = %c.cfg.name, error = %e, "standby unreachable; forking instead");
-            let _ = sys::kill(sb.pid, libc::SIGKILL);
+            let _ = sys::kill(sb.pid, Signal::KILL);
             c.standby = Some(Standby { killed: true, ..sb });
             return false;
         }
@@ -86,7 +86,7 @@ impl Root<'_> {
         if let Some(sb) = self.children[i].standby.as_mut() {
             if !sb.killed {
                 sb.killed = true;
-                let _ = sys::kill(sb.pid, libc::SIGKILL);
+                let _ = sys::kill(sb.pid, Signal::KILL);
             }
         }
     }

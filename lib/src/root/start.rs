@@ -15,7 +15,7 @@ use super::{TOKEN_NOTIFY_FD, TOKEN_SETUP, TOKEN_STANDBY};
 use crate::config::{OnRestart, Program, Readiness};
 use crate::daemon::{ExitReason, SetupStage};
 use crate::handoff::{read_setup, Setup};
-use crate::sys::{self, Pid};
+use crate::sys::{self, Pid, Signal};
 
 /// The first pause before retrying a start the machine refused is
 /// [`FORK_RETRY`]; it doubles up to this while the machine keeps refusing
@@ -169,7 +169,7 @@ impl Root<'_> {
             .add(spawned.setup.as_raw_fd(), kind | i as u64)
             .err()?;
         error!(daemon = %self.children[i].cfg.name, pid = %spawned.pid, error = %e, "cannot watch the new process's setup pipe; killing it");
-        kill_tree(spawned.pid, libc::SIGKILL);
+        kill_tree(spawned.pid, Signal::KILL);
         Some(unwatched(&e))
     }
 
@@ -184,7 +184,7 @@ impl Root<'_> {
             }
             Err(e) => {
                 error!(daemon = %self.children[i].cfg.name, %pid, error = %e, "cannot watch the new process's notify_fd pipe; killing it");
-                kill_tree(pid, libc::SIGKILL);
+                kill_tree(pid, Signal::KILL);
                 Some(unwatched(&e))
             }
         }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tracing::{error, warn};
 
 use super::{ctx, kill_tree, Root, RootError};
-use crate::sys;
+use crate::sys::{self, Signal};
 
 /// An inotify watch on `dir` for what another process may do to a region
 /// file: write or truncate it (`IN_MODIFY`), remove or replace it.
@@ -144,7 +144,7 @@ impl Root<'_> {
         };
         if restart {
             warn!(daemon = %name, %pid, "restarting it on its repaired region");
-            kill_tree(pid, libc::SIGKILL);
+            kill_tree(pid, Signal::KILL);
         }
     }
 }

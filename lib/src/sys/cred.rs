@@ -24,8 +24,9 @@ pub fn geteuid() -> Uid {
 /// supplementary group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
-    /// The connecting process (it may have exited since).
-    pub pid: Pid,
+    /// The connecting process (it may have exited since); `None` if the
+    /// kernel could not name it (a peer in another pid namespace).
+    pub pid: Option<Pid>,
     /// Its effective user id.
     pub uid: Uid,
     /// Its effective group id.
@@ -89,7 +90,7 @@ pub fn peer(fd: BorrowedFd<'_>) -> io::Result<Peer> {
         }
     }
     Ok(Peer {
-        pid: Pid(cred.pid),
+        pid: Pid::from_raw(cred.pid),
         uid: cred.uid,
         gid: cred.gid,
         groups,

@@ -60,8 +60,8 @@ pub struct Datagram {
     pub len: usize,
     /// The datagram was longer than the buffer (the rest is lost).
     pub truncated: bool,
-    /// The sender's pid, from `SCM_CREDENTIALS` (0 if none came).
-    pub pid: Pid,
+    /// The sender's pid, from `SCM_CREDENTIALS` (`None` if none came).
+    pub pid: Option<Pid>,
     /// The sender's uid.
     pub uid: u32,
 }
@@ -96,7 +96,7 @@ pub fn recv_with_creds(sock: RawFd, buf: &mut [u8]) -> io::Result<Option<Datagra
     let mut out = Datagram {
         len: n.min(buf.len()),
         truncated: n > buf.len() || msg.msg_flags & libc::MSG_TRUNC != 0,
-        pid: Pid(0),
+        pid: None,
         uid: u32::MAX,
     };
     // SAFETY: the CMSG_* macros walk the control buffer the kernel filled,
@@ -112,7 +112,7 @@ pub fn recv_with_creds(sock: RawFd, buf: &mut [u8]) -> io::Result<Option<Datagra
                     if data_len >= std::mem::size_of::<libc::ucred>() =>
                 {
                     let cred = std::ptr::read_unaligned(data.cast::<libc::ucred>());
-                    out.pid = Pid(cred.pid);
+                    out.pid = Pid::from_raw(cred.pid);
                     out.uid = cred.uid;
                 }
                 (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
@@ -134,5 +134,7 @@ pub fn recv_with_creds(sock: RawFd, buf: &mut [u8]) -> io::Result<Option<Datagra
 /// the pid of the daemon it belongs to (each daemon leads its session).
 pub fn getsid(pid: Pid) -> io::Result<Pid> {
     // SAFETY: getsid only reads the process table.
-    cvt(unsafe { libc::getsid(pid.0) }).map(Pid)
+    let sid = cvt(unsafe { libc::getsid(pid.as_raw()) })?;
+    // A session id is its leader's pid (> 0).
+    Pid::from_raw(sid).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))
 }

@@ -25,8 +25,14 @@ pub unsafe fn fork() -> io::Result<Forked> {
     // SAFETY: the caller upholds the single-threaded precondition.
     match cvt(unsafe { libc::fork() })? {
         0 => Ok(Forked::Child),
-        pid => Ok(Forked::Parent(Pid(pid))),
+        pid => Ok(Forked::Parent(Pid::from_raw(pid).ok_or_else(bad_pid)?)),
     }
+}
+
+/// A fork that returned neither 0, -1 nor a pid (never seen; kept an error
+/// rather than a panic in the parent).
+fn bad_pid() -> io::Error {
+    io::Error::other("fork returned an impossible pid")
 }
 
 /// `pthread_atfork(NULL, NULL, handler)`: registers `handler` to run in
@@ -203,7 +209,12 @@ pub unsafe fn fork_into(cgroup: BorrowedFd<'_>) -> io::Result<Forked> {
                 _ => Err(e),
             }
         }
-        pid => Ok(Forked::Parent(Pid(pid as libc::pid_t))),
+        pid => Ok(Forked::Parent(
+            libc::pid_t::try_from(pid)
+                .ok()
+                .and_then(Pid::from_raw)
+                .ok_or_else(bad_pid)?,
+        )),
     }
 }
 
@@ -312,7 +323,10 @@ pub unsafe fn spawn_vm(
     // size given, its stack a mapping of ours.
     let ret = unsafe { clone3_call(&raw mut args, child, arg) };
     match ret {
-        pid if pid > 0 => Ok(Pid(pid as libc::pid_t)),
+        pid if pid > 0 => libc::pid_t::try_from(pid)
+            .ok()
+            .and_then(Pid::from_raw)
+            .ok_or_else(bad_pid),
         e if matches!(-e as i32, libc::ENOSYS | libc::E2BIG | libc::EINVAL) => {
             CLONE3_BROKEN.store(true, Ordering::Relaxed);
             Err(io::Error::from(io::ErrorKind::Unsupported))

@@ -49,13 +49,66 @@ pub use process::{
     set_parent_death_signal, setsid, thread_count, wait_pid, WaitStatus,
 };
 pub use signal::{
-    default_crash_signals, default_signal, default_sigpipe, die_by, kill, kill_group,
-    read_signalfd, signal_name, take_pending, wait_signal, SigSet,
+    default_crash_signals, default_signal, default_sigpipe, die_by, exists, kill, kill_group,
+    take_pending, wait_signal, SigSet, Signal, SignalFd,
 };
 
-/// A process id as the kernel gives it (always > 0 for a real process).
+/// A process id as the kernel gives it: always > 0 (a real process; a
+/// process group's id is its leader's pid). Built only here, from what the
+/// kernel returned, or checked with [`Pid::from_raw`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Pid(pub libc::pid_t);
+pub struct Pid(libc::pid_t);
+
+impl Pid {
+    /// The pid `raw`, if it can be one (> 0). Fork-safe.
+    #[must_use]
+    pub const fn from_raw(raw: libc::pid_t) -> Option<Pid> {
+        if raw > 0 {
+            Some(Pid(raw))
+        } else {
+            None
+        }
+    }
+
+    /// A pid the kernel returned for a process (> 0 by its contract).
+    /// Fork-safe.
+    pub(super) fn from_kernel(raw: libc::pid_t) -> Pid {
+        debug_assert!(raw > 0, "the kernel gave pid {raw}");
+        Pid(raw)
+    }
+
+    /// The number the kernel's calls take. Fork-safe.
+    #[must_use]
+    pub const fn as_raw(self) -> libc::pid_t {
+        self.0
+    }
+
+    /// The pid as the unsigned number shared memory and the mailbox record
+    /// (lossless: a pid is > 0). Fork-safe.
+    #[must_use]
+    pub const fn as_u32(self) -> u32 {
+        self.0.unsigned_abs()
+    }
+}
+
+impl From<Pid> for u32 {
+    fn from(pid: Pid) -> u32 {
+        pid.as_u32()
+    }
+}
+
+impl TryFrom<u32> for Pid {
+    type Error = io::Error;
+
+    /// A pid read back from shared memory or a message: 0 and numbers past
+    /// `pid_t` are not pids (`InvalidInput`). Allocates nothing; fork-safe.
+    fn try_from(n: u32) -> io::Result<Pid> {
+        libc::pid_t::try_from(n)
+            .ok()
+            .and_then(Pid::from_raw)
+            .ok_or_else(|| io::ErrorKind::InvalidInput.into())
+    }
+}
 
 impl std::fmt::Display for Pid {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -32,7 +32,7 @@ pub fn stat(pid: Pid) -> io::Result<Stat> {
     let prefix = b"/proc/";
     path[..prefix.len()].copy_from_slice(prefix);
     let mut digits = [0u8; 10];
-    let mut n = pid.0.unsigned_abs();
+    let mut n = pid.as_u32();
     let mut nd = 0;
     loop {
         digits[nd] = b'0' + (n % 10) as u8;
@@ -81,7 +81,7 @@ const PIDFS_MAGIC: u64 = 0x5049_4446;
 /// once no process has the pid. No allocation; fork-safe.
 pub fn pidfs_ino(pid: Pid) -> io::Result<Option<u64>> {
     // SAFETY: pidfd_open(2) takes a pid and flags, no memory.
-    let raw = super::cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid.0, 0) })?;
+    let raw = super::cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) })?;
     let raw = i32::try_from(raw).map_err(|_| io::ErrorKind::InvalidData)?;
     // SAFETY: pidfd_open returned a fresh descriptor that we now own.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
