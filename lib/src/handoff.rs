@@ -17,7 +17,7 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use crate::config::OnRestart;
@@ -307,13 +307,13 @@ impl History {
     }
 
     /// Sends the message to a standby through its gate, in one write.
-    pub(crate) fn send(&self, gate: RawFd) -> io::Result<()> {
+    pub(crate) fn send(&self, gate: BorrowedFd<'_>) -> io::Result<()> {
         sys::write_all(gate, &self.encode())
     }
 
     /// A standby's wait for its takeover: `None` when the gate closed (the
     /// root no longer needs it) or the message does not verify. Fork-safe.
-    pub(crate) fn wait(gate: RawFd) -> Option<History> {
+    pub(crate) fn wait(gate: BorrowedFd<'_>) -> Option<History> {
         let mut b = [0u8; Self::SIZE];
         match sys::read(gate, &mut b) {
             Ok(n) => History::decode(&b[..n]).ok(),
@@ -349,7 +349,7 @@ impl Message for SetupMsg {
 }
 
 /// Reports a failed start-up step to the root over the setup pipe. Fork-safe.
-pub(crate) fn report_setup_failure(pipe: RawFd, stage: SetupStage, errno: i32) {
+pub(crate) fn report_setup_failure(pipe: BorrowedFd<'_>, stage: SetupStage, errno: i32) {
     let m = SetupMsg {
         tag: SetupMsg::TAG,
         version: VERSION,
@@ -377,7 +377,7 @@ pub(crate) enum Setup {
 /// Reads a setup pipe without blocking.
 pub(crate) fn read_setup(fd: &OwnedFd) -> Setup {
     let mut buf = [0u8; SetupMsg::SIZE + 1];
-    match sys::read(fd.as_raw_fd(), &mut buf) {
+    match sys::read(fd.as_fd(), &mut buf) {
         Ok(0) => Setup::Ready,
         Ok(n) => Setup::Failed(parse_setup(&buf[..n])),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Setup::Pending,
@@ -620,7 +620,7 @@ mod tests {
     fn a_setup_report_round_trips_and_garbage_is_a_report_failure() {
         let (rd, wr) = sys::pipe_cloexec(true).unwrap();
         assert_eq!(read_setup(&rd), Setup::Pending);
-        report_setup_failure(wr.as_raw_fd(), SetupStage::Exec, libc::ENOENT);
+        report_setup_failure(wr.as_fd(), SetupStage::Exec, libc::ENOENT);
         assert_eq!(
             read_setup(&rd),
             Setup::Failed(ExitReason::SetupFailed {
@@ -628,7 +628,7 @@ mod tests {
                 errno: libc::ENOENT
             })
         );
-        sys::write_all(wr.as_raw_fd(), &[1, 0, 0, 0, 2, 0, 0, 0]).unwrap();
+        sys::write_all(wr.as_fd(), &[1, 0, 0, 0, 2, 0, 0, 0]).unwrap();
         assert_eq!(
             read_setup(&rd),
             Setup::Failed(ExitReason::SetupFailed {

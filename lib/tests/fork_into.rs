@@ -238,10 +238,8 @@ fn run_vm(dir: &std::path::Path) {
         std::io::Read::read_to_string(&mut out, &mut text).unwrap();
         let mut status = 0;
         // SAFETY: our child; `status` is writable.
-        assert_eq!(
-            unsafe { libc::waitpid(pid.as_raw(), &mut status, 0) },
-            pid.as_raw()
-        );
+        let reaped = unsafe { libc::waitpid(pid.as_raw(), &mut status, 0) };
+        assert_eq!(reaped, pid.as_raw());
         if missing {
             assert_eq!(
                 libc::WEXITSTATUS(status),

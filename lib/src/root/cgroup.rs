@@ -22,7 +22,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use crate::config::{DaemonConfig, Limits};
@@ -177,7 +177,7 @@ impl Containment {
         };
         let filled = cg
             .fill(daemons, &probe)
-            .and_then(|()| epoll.add(cg.inotify.as_raw_fd(), token));
+            .and_then(|()| epoll.add(cg.inotify.as_fd(), token));
         if let Err(e) = filled {
             // Undo what was made; the error that stopped us is the one to report.
             let _ = cg.remove();
@@ -455,7 +455,7 @@ fn drain_leftover(dir: &Path, inotify: &Inotify) -> io::Result<()> {
         if !sys::cgroup::populated(dir)? {
             break;
         }
-        if !sys::cgroup::wait_readable(inotify, LEFTOVER_WAIT_MS)? {
+        if !sys::cgroup::wait_readable(inotify.as_fd(), LEFTOVER_WAIT_MS)? {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("{}: still populated 5s after cgroup.kill", dir.display()),

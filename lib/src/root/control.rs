@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -158,8 +158,8 @@ impl Server {
         ))
     }
 
-    pub(crate) fn listener_fd(&self) -> i32 {
-        self.listener.as_raw_fd()
+    pub(crate) fn listener_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.listener.as_fd()
     }
 }
 
@@ -249,7 +249,7 @@ impl Root<'_> {
                     // EMFILE and friends: the listener stays readable, so
                     // stop watching it for a moment instead of spinning.
                     warn!(error = %e, "control socket accept failed; pausing it for 1s");
-                    let _ = self.epoll.delete(server.listener.as_raw_fd());
+                    let _ = self.epoll.delete(server.listener.as_fd());
                     self.control_paused = Some(Instant::now() + CONTROL_PAUSE);
                     return;
                 }
@@ -286,7 +286,7 @@ impl Root<'_> {
         };
         let id = server.next_id;
         server.next_id += 1;
-        if self.epoll.add(stream.as_raw_fd(), TOKEN_CONN | id).is_ok() {
+        if self.epoll.add(stream.as_fd(), TOKEN_CONN | id).is_ok() {
             server.conns.insert(
                 id,
                 Conn {
@@ -364,7 +364,7 @@ impl Root<'_> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let _ = self
                         .epoll
-                        .modify(conn.stream.as_raw_fd(), TOKEN_CONN | id, true);
+                        .modify(conn.stream.as_fd(), TOKEN_CONN | id, true);
                     return;
                 }
                 Err(_) => break,
@@ -375,7 +375,7 @@ impl Root<'_> {
 
     fn close(&mut self, id: u64) {
         if let Some(mut conn) = self.control.as_mut().and_then(|s| s.conns.remove(&id)) {
-            let _ = self.epoll.delete(conn.stream.as_raw_fd());
+            let _ = self.epoll.delete(conn.stream.as_fd());
             discard_input(&mut conn.stream);
         }
     }

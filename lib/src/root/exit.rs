@@ -4,7 +4,7 @@
 //! cgroup is empty.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
@@ -100,10 +100,10 @@ impl Root<'_> {
             if let Setup::Failed(reason) = read_setup(&fd) {
                 c.setup_failed = Some(reason);
             }
-            let _ = self.epoll.delete(fd.as_raw_fd());
+            let _ = self.epoll.delete(fd.as_fd());
         }
         if let Some(fd) = c.notify_pipe.take() {
-            let _ = self.epoll.delete(fd.as_raw_fd());
+            let _ = self.epoll.delete(fd.as_fd());
         }
         let killed_for = c.killed_for.take();
         let reason = c.setup_failed.take().unwrap_or(match status {

@@ -15,7 +15,7 @@
 //! would make the root watch another process) is refused.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use tracing::{debug, error, info, warn};
@@ -144,15 +144,15 @@ impl Socket {
         &self.env
     }
 
-    pub(crate) fn fd(&self) -> RawFd {
-        self.sock.as_raw_fd()
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
     }
 
     /// Reads up to a batch of waiting datagrams into `out`.
     pub(crate) fn receive(&mut self, out: &mut Vec<Received>) -> io::Result<()> {
         let mut buf = [0u8; MAX_MESSAGE];
         for _ in 0..BATCH {
-            let Some(d) = dgram::recv_with_creds(self.sock.as_raw_fd(), &mut buf)? else {
+            let Some(d) = dgram::recv_with_creds(self.sock.as_fd(), &mut buf)? else {
                 break;
             };
             let text = if d.truncated {
@@ -184,7 +184,7 @@ pub(crate) enum FdSaid {
 
 /// Reads what is waiting on a notification descriptor (s6: a newline
 /// means ready; what comes before it is ignored).
-pub(crate) fn read_fd(fd: RawFd) -> FdSaid {
+pub(crate) fn read_fd(fd: BorrowedFd<'_>) -> FdSaid {
     let mut buf = [0u8; 512];
     loop {
         match sys::read(fd, &mut buf) {
@@ -288,15 +288,15 @@ impl Root<'_> {
         let Some(fd) = c.notify_pipe.take() else {
             return;
         };
-        match read_fd(fd.as_raw_fd()) {
+        match read_fd(fd.as_fd()) {
             FdSaid::Nothing => c.notify_pipe = Some(fd),
             FdSaid::Ready => {
-                let _ = self.epoll.delete(fd.as_raw_fd());
+                let _ = self.epoll.delete(fd.as_fd());
                 info!(daemon = %c.cfg.name, "ready (notify_fd)");
                 self.ready(i);
             }
             FdSaid::Closed => {
-                let _ = self.epoll.delete(fd.as_raw_fd());
+                let _ = self.epoll.delete(fd.as_fd());
                 warn!(daemon = %c.cfg.name, "closed its notify_fd without writing a newline; it stays starting until start_timeout");
             }
         }

@@ -20,7 +20,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Instant;
 
 use crate::control::proto::OutputLine;
@@ -77,7 +77,7 @@ struct Pipe {
 impl Pipe {
     fn new() -> io::Result<Pipe> {
         let (read, write) = sys::pipe_cloexec(true)?;
-        sys::setup::set_nonblocking(write.as_raw_fd(), false)?;
+        sys::setup::set_nonblocking(write.as_fd(), false)?;
         Ok(Pipe {
             read,
             write,
@@ -167,8 +167,8 @@ impl Output {
     }
 
     /// The read end of `stream`'s pipe, for the poll loop.
-    pub(crate) fn read_fd(&self, stream: Stream) -> RawFd {
-        self.pipes[stream as usize].read.as_raw_fd()
+    pub(crate) fn read_fd(&self, stream: Stream) -> BorrowedFd<'_> {
+        self.pipes[stream as usize].read.as_fd()
     }
 
     /// The write ends (stdout, stderr) a forked child takes.
@@ -232,7 +232,7 @@ impl Output {
         let mut left = budget;
         while left > 0 {
             let want = left.min(buf.len());
-            let fd = self.pipes[stream as usize].read.as_raw_fd();
+            let fd = self.pipes[stream as usize].read.as_fd();
             let n = match sys::read(fd, &mut buf[..want]) {
                 Ok(0) => break,
                 Ok(n) => n,
@@ -339,7 +339,7 @@ impl Output {
                     crate::subscriber::priority(&tracing::Level::WARN)
                 };
                 let line = format!("<{level}>{}[{pid}]: {text}\n", self.name);
-                let _ = sys::write_all(2, line.as_bytes());
+                let _ = sys::write_all(std::io::stderr().as_fd(), line.as_bytes());
             }
         }
     }

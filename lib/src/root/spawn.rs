@@ -352,6 +352,9 @@ fn fork_child(cgroup: Option<(RawFd, bool)>) -> io::Result<(Forked, bool)> {
 
 /// Reports a failed setup step to the root and exits. Fork-safe.
 fn fail(pipe: RawFd, stage: SetupStage, err: io::Error) -> ! {
+    // SAFETY: `pipe` is the setup pipe's write end, open in this child
+    // until it execs or exits.
+    let pipe = unsafe { BorrowedFd::borrow_raw(pipe) };
     handoff::report_setup_failure(pipe, stage, err.raw_os_error().unwrap_or(0));
     sys::exit_now(SETUP_FAILED)
 }
@@ -364,7 +367,9 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>, in_cgroup: bool) -> ! {
     if let Some(Err(e)) = s
         .cgroup
         .filter(|_| !in_cgroup)
-        .map(|(dir, _)| sys::cgroup::enter(dir))
+        // SAFETY: the plan's cgroup directory is open in the root, and so in
+        // this copy of its descriptor table, until the child is settled.
+        .map(|(dir, _)| sys::cgroup::enter(unsafe { BorrowedFd::borrow_raw(dir) }))
     {
         fail(pipe, SetupStage::Cgroup, e);
     }
@@ -396,7 +401,9 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>, in_cgroup: bool) -> ! {
             let took;
             if gate.is_some() {
                 // No takeover (the gate closed): the root no longer needs us.
-                let Some(t) = History::wait(GATE_FD) else {
+                // SAFETY: spawn placed the gate's read end at GATE_FD for
+                // this standby; it stays open until closed just below.
+                let Some(t) = History::wait(unsafe { BorrowedFd::borrow_raw(GATE_FD) }) else {
                     sys::exit_now(0)
                 };
                 sys::close(GATE_FD);

@@ -2,7 +2,7 @@
 //! beside it, blocked on its gate; when the daemon dies, the standby takes
 //! over at once (no fork on the restart path) and another is forked.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 use tracing::{debug, info, warn};
 
@@ -36,7 +36,7 @@ impl Root<'_> {
         }
         let sb = c.standby.take().expect("checked above");
         let history = History::new(c.restarts, &c.deaths, c.resume_before);
-        if let Err(e) = history.send(sb.gate.as_raw_fd()) {
+        if let Err(e) = history.send(sb.gate.as_fd()) {
             warn!(daemon = %c.cfg.name, error = %e, "standby unreachable; forking instead");
             let _ = sys::kill(sb.pid, Signal::KILL);
             c.standby = Some(Standby { killed: true, ..sb });
@@ -101,11 +101,11 @@ impl Root<'_> {
             Setup::Pending => sb.setup = Some(fd),
             Setup::Ready => {
                 sb.ready = true;
-                let _ = self.epoll.delete(fd.as_raw_fd());
+                let _ = self.epoll.delete(fd.as_fd());
             }
             Setup::Failed(reason) => {
                 warn!(daemon = %self.children[i].cfg.name, %reason, "standby failed to start");
-                let _ = self.epoll.delete(fd.as_raw_fd());
+                let _ = self.epoll.delete(fd.as_fd());
             }
         }
     }
@@ -115,7 +115,7 @@ impl Root<'_> {
         let c = &mut self.children[i];
         let Some(sb) = c.standby.take() else { return };
         if let Some(fd) = sb.setup {
-            let _ = self.epoll.delete(fd.as_raw_fd());
+            let _ = self.epoll.delete(fd.as_fd());
         }
         if sb.killed {
             // Replaced on purpose (an unreachable standby) or the daemon is

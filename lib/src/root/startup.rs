@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -42,7 +42,7 @@ impl<'a> Root<'a> {
         let listeners = bind_listeners(&config)?;
         let epoll = sys::Epoll::new().map_err(ctx("epoll"))?;
         epoll
-            .add(signals.as_raw_fd(), TOKEN_SIGNALS)
+            .add(signals.as_fd(), TOKEN_SIGNALS)
             .map_err(ctx("epoll"))?;
         let watch = watch_regions(&config, &epoll)?;
         let (server, socket) = bind_control(&config, &epoll)?;
@@ -218,9 +218,7 @@ fn watch_regions(config: &Config, epoll: &sys::Epoll) -> Result<Option<OwnedFd>,
     };
     match watch_state_dir(dir) {
         Ok(fd) => {
-            epoll
-                .add(fd.as_raw_fd(), TOKEN_WATCH)
-                .map_err(ctx("epoll"))?;
+            epoll.add(fd.as_fd(), TOKEN_WATCH).map_err(ctx("epoll"))?;
             Ok(Some(fd))
         }
         Err(e) => {

@@ -4,7 +4,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -69,18 +69,18 @@ pub fn write(dir: &Path, file: &str, text: &str) -> io::Result<()> {
 /// `dir` (writing `0` to its `cgroup.procs` names the writer). No
 /// allocation; fork-safe. A migration: prefer creating the process in its
 /// cgroup ([`super::fork::fork_into`]).
-pub fn enter(dir: RawFd) -> io::Result<()> {
+pub fn enter(dir: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: a NUL-terminated constant path, relative to `dir`.
     let procs = super::cvt_r(|| unsafe {
         libc::openat(
-            dir,
+            dir.as_raw_fd(),
             c"cgroup.procs".as_ptr(),
             libc::O_WRONLY | libc::O_CLOEXEC,
         )
     })?;
     // SAFETY: a fresh descriptor that we now own (closed on return).
     let procs = unsafe { OwnedFd::from_raw_fd(procs) };
-    super::write_all(procs.as_raw_fd(), b"0")
+    super::write_all(procs.as_fd(), b"0")
 }
 
 /// Opens the cgroup directory `dir` for [`enter`] and
@@ -172,6 +172,12 @@ impl Inotify {
     }
 }
 
+impl AsFd for Inotify {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
 impl AsRawFd for Inotify {
     fn as_raw_fd(&self) -> RawFd {
         self.0.as_raw_fd()
@@ -181,7 +187,7 @@ impl AsRawFd for Inotify {
 /// Waits up to `timeout_ms` for `fd` (an [`Inotify`]) to be readable. For
 /// the root's start-up only, before its poll loop runs. Returns whether it
 /// became readable.
-pub fn wait_readable(fd: &impl AsRawFd, timeout_ms: i32) -> io::Result<bool> {
+pub fn wait_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<bool> {
     let mut p = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLIN,

@@ -4,7 +4,7 @@
 //! `SCM_CREDENTIALS`), and `getsid` to tell which daemon a sender is of.
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use super::{cvt, cvt_r, Pid};
 
@@ -69,7 +69,7 @@ pub struct Datagram {
 /// Receives one datagram into `buf` with its sender's credentials; `None`
 /// when none is waiting. Descriptors passed along (`SCM_RIGHTS`) are
 /// closed: the root keeps none of them.
-pub fn recv_with_creds(sock: RawFd, buf: &mut [u8]) -> io::Result<Option<Datagram>> {
+pub fn recv_with_creds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<Datagram>> {
     // Room for the credentials and a few descriptors (closed below); the
     // kernel closes any that do not fit (MSG_CTRUNC).
     // u64 elements keep the control buffer aligned for cmsghdr.
@@ -87,7 +87,11 @@ pub fn recv_with_creds(sock: RawFd, buf: &mut [u8]) -> io::Result<Option<Datagra
     // SAFETY: `msg` points at `iov` (into `buf`) and `control`, both live
     // and writable for the lengths given.
     let n = match cvt_r(|| unsafe {
-        libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC | libc::MSG_TRUNC)
+        libc::recvmsg(
+            sock.as_raw_fd(),
+            &mut msg,
+            libc::MSG_CMSG_CLOEXEC | libc::MSG_TRUNC,
+        )
     }) {
         Ok(n) => n as usize,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
@@ -119,7 +123,8 @@ pub fn recv_with_creds(sock: RawFd, buf: &mut [u8]) -> io::Result<Option<Datagra
                     let k = data_len / std::mem::size_of::<RawFd>();
                     for j in 0..k {
                         let fd = std::ptr::read_unaligned(data.cast::<RawFd>().add(j));
-                        super::close(fd);
+                        // Received with the message: ours, closed here.
+                        drop(OwnedFd::from_raw_fd(fd));
                     }
                 }
                 _ => {}

@@ -1,12 +1,21 @@
 //! Descriptors: reading, writing, duplicating, closing, locking, and the
 //! process's limit on how many it may hold.
+//!
+//! A descriptor that is borrowed is a [`BorrowedFd`], one that is handed
+//! over an [`OwnedFd`]. The calls that take a [`RawFd`] are the forked
+//! child's descriptor shuffle ([`dup2`], [`dup_at_least`], [`set_cloexec`],
+//! [`close`], [`close_between`], [`close_from`]): they move numbers the
+//! exec'd program or the daemon receives at fixed places (fd 0–2, 3, ...),
+//! which no Rust value owns there (an `OwnedFd` would close on a drop the
+//! child never runs).
 
 use super::{cvt, cvt_r};
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// Writes all of `buf` to `fd`, retrying on EINTR. Fork-safe.
-pub fn write_all(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
+pub fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
     while !buf.is_empty() {
         // SAFETY: `buf` is a valid readable slice of `buf.len()` bytes.
         let n = cvt_r(|| unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) })?;
@@ -19,9 +28,9 @@ pub fn write_all(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
 }
 
 /// `flock(LOCK_EX | LOCK_NB)`: whether the lock was taken.
-pub fn try_lock_exclusive(fd: RawFd) -> io::Result<bool> {
+pub fn try_lock_exclusive(fd: BorrowedFd<'_>) -> io::Result<bool> {
     // SAFETY: flock has no memory preconditions.
-    match cvt_r(|| unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) }) {
+    match cvt_r(|| unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }) {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
         Err(e) => Err(e),
@@ -79,16 +88,17 @@ pub fn restore_fd_limit() {
     }
 }
 
-/// Closes `fd`. Fork-safe.
+/// Closes `fd`, a number no Rust value owns (see the module's note).
+/// Fork-safe.
 pub fn close(fd: RawFd) {
     // SAFETY: the caller gives up `fd`; close has no memory preconditions.
     unsafe { libc::close(fd) };
 }
 
 /// read(2) into `buf`, retrying on EINTR; returns 0 at end of file.
-pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is a valid writable slice of `buf.len()` bytes.
-    let n = cvt_r(|| unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })?;
+    let n = cvt_r(|| unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })?;
     Ok(n as usize)
 }
 
@@ -139,7 +149,8 @@ pub fn close_between(first: RawFd, last: RawFd) -> io::Result<()> {
 }
 
 /// Makes reads and writes on `fd`'s open file description non-blocking.
-pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
     // SAFETY: F_GETFL/F_SETFL only read and change the file status flags.
     let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
     // SAFETY: as above.

@@ -1,7 +1,7 @@
 //! Reading files the root does not trust, and hardening the root itself.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use super::{cvt, cvt_r};
 
@@ -9,7 +9,8 @@ use super::{cvt, cvt_r};
 /// `fd` into `buf`, retrying on EINTR and short reads; returns how many
 /// were copied (fewer only at end of file). The kernel does the copy, so a
 /// file shorter than expected gives a short read, never a SIGBUS.
-pub fn pread_full(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+pub fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let fd = fd.as_raw_fd();
     let mut done = 0;
     while done < buf.len() {
         let rest = &mut buf[done..];
@@ -52,11 +53,11 @@ impl FileId {
 }
 
 /// fstat(2) of `fd`.
-pub fn fstat(fd: RawFd) -> io::Result<FileId> {
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<FileId> {
     // SAFETY: stat is plain data; all-zero is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `st` is a valid stat to fill.
-    cvt(unsafe { libc::fstat(fd, &mut st) })?;
+    cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
     Ok(FileId::of(&st))
 }
 
@@ -72,9 +73,9 @@ pub fn stat(path: &std::path::Path) -> io::Result<FileId> {
 }
 
 /// ftruncate(2): sets the size of the file behind `fd`.
-pub fn set_len(fd: RawFd, len: u64) -> io::Result<()> {
+pub fn set_len(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
     // SAFETY: ftruncate only operates on the file behind `fd`.
-    cvt_r(|| unsafe { libc::ftruncate(fd, len as libc::off_t) })?;
+    cvt_r(|| unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) })?;
     Ok(())
 }
 
@@ -97,22 +98,24 @@ pub fn inotify() -> io::Result<std::os::fd::OwnedFd> {
 }
 
 /// Watches directory `dir` for `mask` events on `fd` (an [`inotify`]).
-pub fn watch(fd: RawFd, dir: &std::path::Path, mask: u32) -> io::Result<()> {
+pub fn watch(fd: BorrowedFd<'_>, dir: &std::path::Path, mask: u32) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
     // SAFETY: `path` is a valid C string.
-    cvt(unsafe { libc::inotify_add_watch(fd, path.as_ptr(), mask) })?;
+    cvt(unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), mask) })?;
     Ok(())
 }
 
 /// Reads the queued events of inotify `fd` (non-blocking) and calls `f`
 /// with each one's mask and file name; returns how many there were (0 when
 /// the queue is empty).
-pub fn read_events(fd: RawFd, mut f: impl FnMut(u32, &[u8])) -> io::Result<usize> {
+pub fn read_events(fd: BorrowedFd<'_>, mut f: impl FnMut(u32, &[u8])) -> io::Result<usize> {
     // Aligned for `inotify_event`; room for many events.
     let mut buf = [0u64; 512];
     // SAFETY: `buf` is valid for writes of its size in bytes.
-    let n = match cvt_r(|| unsafe { libc::read(fd, buf.as_mut_ptr().cast(), 8 * buf.len()) }) {
+    let n = match cvt_r(|| unsafe {
+        libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), 8 * buf.len())
+    }) {
         Ok(n) => n as usize,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
         Err(e) => return Err(e),

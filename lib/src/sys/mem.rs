@@ -4,7 +4,7 @@
 use super::{cvt, cvt_r};
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 
 /// An anonymous memory file (memfd) of `size` bytes, with every block
@@ -18,7 +18,7 @@ pub fn memfd_sealed(name: &CStr, size: u64) -> io::Result<OwnedFd> {
     })?;
     // SAFETY: memfd_create returned a fresh descriptor that we now own.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    allocate(fd.as_raw_fd(), 0, size)?;
+    allocate(fd.as_fd(), 0, size)?;
     let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
     // SAFETY: F_ADD_SEALS on a memfd created with MFD_ALLOW_SEALING.
     cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) })?;
@@ -56,8 +56,8 @@ pub fn file_region(path: &std::path::Path, size: u64) -> io::Result<OwnedFd> {
     // state_dir) is not allocated again: fallocate walks every page even
     // when nothing is missing, so the time to ready would grow with
     // `memory`.
-    if len != size || !fully_allocated(file.as_raw_fd(), size) {
-        allocate(file.as_raw_fd(), 0, size)?;
+    if len != size || !fully_allocated(file.as_fd(), size) {
+        allocate(file.as_fd(), 0, size)?;
     }
     Ok(file.into())
 }
@@ -68,44 +68,44 @@ pub fn file_region(path: &std::path::Path, size: u64) -> io::Result<OwnedFd> {
 /// only data pages are counted; elsewhere a file system's own metadata
 /// blocks (ext4's extent index) count too, so a hole smaller than those
 /// can pass unseen. `false` where that cannot be told.
-pub fn fully_allocated(fd: RawFd, size: u64) -> bool {
+pub fn fully_allocated(fd: BorrowedFd<'_>, size: u64) -> bool {
     // SAFETY: plain data, all-zero valid; filled by fstat.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `st` is a valid stat to fill.
-    if unsafe { libc::fstat(fd, &raw mut st) } != 0 {
+    if unsafe { libc::fstat(fd.as_raw_fd(), &raw mut st) } != 0 {
         return false;
     }
     u64::try_from(st.st_blocks).is_ok_and(|b| b * 512 >= size)
 }
 
 /// fallocate(2) mode 0: allocates the blocks of `[offset, offset+len)`.
-pub fn allocate(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
+pub fn allocate(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
     // SAFETY: fallocate only operates on the file behind `fd`.
-    cvt_r(|| unsafe { libc::fallocate(fd, 0, offset as i64, len as i64) })?;
+    cvt_r(|| unsafe { libc::fallocate(fd.as_raw_fd(), 0, offset as i64, len as i64) })?;
     Ok(())
 }
 
 /// Discards the contents of `[offset, offset+len)` (they read back as
 /// zeroes) and allocates the blocks again.
-pub fn zero_range(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
+pub fn zero_range(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
     punch_hole(fd, offset, len)?;
     allocate(fd, offset, len)
 }
 
 /// Discards the contents of `[offset, offset+len)` and frees their memory
 /// (they read back as zeroes); the file keeps its size.
-pub fn punch_hole(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
+pub fn punch_hole(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
     let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
     // SAFETY: fallocate only operates on the file behind `fd`.
-    cvt_r(|| unsafe { libc::fallocate(fd, mode, offset as i64, len as i64) })?;
+    cvt_r(|| unsafe { libc::fallocate(fd.as_raw_fd(), mode, offset as i64, len as i64) })?;
     Ok(())
 }
 
 /// Opens the file behind `fd` again, read-only: a new open file description
 /// whose mappings can never be made writable (mprotect fails with EACCES).
-pub fn reopen_read_only(fd: RawFd) -> io::Result<OwnedFd> {
+pub fn reopen_read_only(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     let mut path = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0\0";
-    let digits = fd.to_string();
+    let digits = fd.as_raw_fd().to_string();
     path[14..14 + digits.len()].copy_from_slice(digits.as_bytes());
     // SAFETY: `path` is NUL-terminated (the buffer ends in NULs and an i32
     // has at most 10 digits).
@@ -163,7 +163,7 @@ impl Access {
 pub unsafe fn map_fixed(
     addr: NonNull<u8>,
     len: usize,
-    fd: RawFd,
+    fd: BorrowedFd<'_>,
     offset: u64,
     access: Access,
 ) -> io::Result<()> {
@@ -174,7 +174,7 @@ pub unsafe fn map_fixed(
             len,
             access.prot(),
             libc::MAP_SHARED | libc::MAP_FIXED,
-            fd,
+            fd.as_raw_fd(),
             offset as libc::off_t,
         )
     };
@@ -279,21 +279,18 @@ mod tests {
         let path = dir.path().join("r.region");
         let size = 1 << 20;
         let fd = file_region(&path, size).unwrap();
-        assert!(fully_allocated(fd.as_raw_fd(), size));
-        punch_hole(fd.as_raw_fd(), 4096, 8192).unwrap();
-        assert!(
-            !fully_allocated(fd.as_raw_fd(), size),
-            "a punched hole is seen"
-        );
+        assert!(fully_allocated(fd.as_fd(), size));
+        punch_hole(fd.as_fd(), 4096, 8192).unwrap();
+        assert!(!fully_allocated(fd.as_fd(), size), "a punched hole is seen");
         drop(fd);
         let fd = file_region(&path, size).unwrap();
-        assert!(fully_allocated(fd.as_raw_fd(), size), "and filled again");
+        assert!(fully_allocated(fd.as_fd(), size), "and filled again");
         let sparse = dir.path().join("s.region");
         std::fs::File::create(&sparse)
             .unwrap()
             .set_len(size)
             .unwrap();
         let f = std::fs::File::open(&sparse).unwrap();
-        assert!(!fully_allocated(f.as_raw_fd(), size));
+        assert!(!fully_allocated(f.as_fd(), size));
     }
 }

@@ -3,7 +3,7 @@
 use super::Pid;
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 /// The state letter of `/proc/<pid>/stat` (`R`, `S`, `D`, `Z` for a zombie,
 /// `X` for dead, ...). Reads into a stack buffer: no allocation, no lock.
@@ -52,7 +52,7 @@ pub fn stat(pid: Pid) -> io::Result<Stat> {
     let path = CStr::from_bytes_until_nul(&path).map_err(|_| io::ErrorKind::InvalidInput)?;
     let fd = open_read_only(path)?;
     let mut buf = [0u8; 512];
-    let n = super::read(fd.as_raw_fd(), &mut buf)?;
+    let n = super::read(fd.as_fd(), &mut buf)?;
     let text = &buf[..n];
     let close = text
         .iter()

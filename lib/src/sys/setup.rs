@@ -7,7 +7,7 @@
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use super::cred::{Gid, Uid};
 use super::cvt;
@@ -149,14 +149,16 @@ pub fn set_no_new_privs() -> io::Result<()> {
     cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }).map(drop)
 }
 
-/// Opens `path` read-only (close-on-exec). Fork-safe.
+/// Opens `path` read-only (close-on-exec). Fork-safe. A number, not an
+/// `OwnedFd`: the forked child moves it to fd 0 for the program it execs.
 pub fn open_read(path: &CStr) -> io::Result<RawFd> {
     // SAFETY: `path` is a NUL-terminated string.
     cvt(unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) })
 }
 
 /// Sets or clears `O_NONBLOCK` on `fd`.
-pub fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
+pub fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
     // SAFETY: F_GETFL/F_SETFL only read and change the descriptor's flags.
     let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
     let flags = if on {
