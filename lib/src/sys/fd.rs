@@ -11,7 +11,7 @@
 
 use super::{cvt, cvt_r};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 /// Writes all of `buf` to `fd`, retrying on EINTR. Fork-safe.
 pub fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
@@ -104,12 +104,10 @@ pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
 
 /// A pipe whose both ends are close-on-exec (and non-blocking if asked).
 pub fn pipe_cloexec(nonblocking: bool) -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    let flags = libc::O_CLOEXEC | if nonblocking { libc::O_NONBLOCK } else { 0 };
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), flags) })?;
-    // SAFETY: pipe2 succeeded, so both are fresh descriptors we now own.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    use nix::fcntl::OFlag;
+    let mut flags = OFlag::O_CLOEXEC;
+    flags.set(OFlag::O_NONBLOCK, nonblocking);
+    Ok(nix::unistd::pipe2(flags)?)
 }
 
 /// Closes every descriptor from `first` up. Fork-safe.

@@ -241,29 +241,26 @@ unsafe impl Sync for ChildStack {}
 impl ChildStack {
     /// Maps a stack of `len` bytes (rounded up to pages) plus its guard page.
     pub fn new(len: usize) -> io::Result<ChildStack> {
+        use nix::sys::mman::{MapFlags, ProtFlags};
         let page = 4096;
         let len = len.div_ceil(page) * page + page;
+        let size = std::num::NonZeroUsize::new(len).expect("at least the guard page");
         // SAFETY: a fresh private anonymous mapping; no existing memory is
         // named.
         let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
-                -1,
-                0,
+            nix::sys::mman::mmap_anonymous(
+                None,
+                size,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_PRIVATE | MapFlags::MAP_STACK,
             )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+        }?;
         let stack = ChildStack {
-            base: std::ptr::NonNull::new(p.cast()).expect("mmap never returns null"),
+            base: p.cast(),
             len,
         };
         // SAFETY: the first page of the mapping made above.
-        cvt(unsafe { libc::mprotect(p, page, libc::PROT_NONE) })?;
+        unsafe { nix::sys::mman::mprotect(p, page, ProtFlags::PROT_NONE) }?;
         Ok(stack)
     }
 }
@@ -271,7 +268,7 @@ impl ChildStack {
 impl Drop for ChildStack {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+        let _ = unsafe { nix::sys::mman::munmap(self.base.cast(), self.len) };
     }
 }
 
