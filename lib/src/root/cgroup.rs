@@ -466,6 +466,6 @@ fn drain_leftover(dir: &Path, inotify: &Inotify) -> io::Result<()> {
 }
 
 /// What a spawn plan carries of [`Containment::leaf`].
-pub(crate) fn raw(leaf: &Option<(OwnedFd, bool)>) -> Option<(RawFd, bool)> {
-    leaf.as_ref().map(|(fd, fresh)| (fd.as_raw_fd(), *fresh))
+pub(crate) fn raw(leaf: Option<&(OwnedFd, bool)>) -> Option<(RawFd, bool)> {
+    leaf.map(|(fd, fresh)| (fd.as_raw_fd(), *fresh))
 }

@@ -432,7 +432,7 @@ impl Root<'_> {
         let c = &self.children[i];
         Ok(ActionReply {
             state: wire_state(c.state),
-            pid: c.pid.map(|p| p.as_raw()),
+            pid: c.pid.map(Pid::as_raw),
         })
     }
 
@@ -495,7 +495,7 @@ impl Root<'_> {
                 },
                 group: c.cfg.group.clone().unwrap_or_else(|| "root".into()),
                 state: wire_state(c.state),
-                pid: c.pid.map(|p| p.as_raw()),
+                pid: c.pid.map(Pid::as_raw),
                 standby_pid: c
                     .standby
                     .as_ref()
@@ -529,7 +529,7 @@ impl Root<'_> {
                 containment: self
                     .contain
                     .as_ref()
-                    .map(|c| c.describe())
+                    .map(super::cgroup::Containment::describe)
                     .unwrap_or_default(),
             },
             daemons,
@@ -581,7 +581,7 @@ impl Root<'_> {
                     name: c.cfg.name.clone(),
                     group: c.cfg.group.clone().unwrap_or_else(|| "root".into()),
                     state: wire_state(c.state),
-                    pid: c.pid.map(|p| p.as_raw()),
+                    pid: c.pid.map(Pid::as_raw),
                 })
                 .collect(),
         }
@@ -603,7 +603,7 @@ impl Root<'_> {
                 TreeNode::Daemon {
                     name: c.cfg.name.clone(),
                     state: wire_state(c.state),
-                    pid: c.pid.map(|p| p.as_raw()),
+                    pid: c.pid.map(Pid::as_raw),
                     restart: restart(c.cfg.restart),
                     restarts: c.restarts,
                     cause: self.sup.start_cause(i).as_str().to_owned(),

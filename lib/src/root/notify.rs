@@ -130,7 +130,7 @@ impl Socket {
     /// whose roots are both PID 1).
     pub(crate) fn bind(root: Pid) -> io::Result<Socket> {
         let nonce = sys::monotonic_ns() ^ sys::realtime_ns().rotate_left(17);
-        let name = format!("forkroot/{}/{nonce:016x}/notify", root);
+        let name = format!("forkroot/{root}/{nonce:016x}/notify");
         let sock = dgram::bind_abstract_dgram(name.as_bytes())?;
         Ok(Socket {
             sock,
@@ -190,7 +190,7 @@ pub(crate) fn read_fd(fd: BorrowedFd<'_>) -> FdSaid {
         match sys::read(fd, &mut buf) {
             Ok(0) => return FdSaid::Closed,
             Ok(n) if buf[..n].contains(&b'\n') => return FdSaid::Ready,
-            Ok(_) => continue,
+            Ok(_) => {}
             Err(_) => return FdSaid::Nothing,
         }
     }
@@ -216,7 +216,7 @@ impl Root<'_> {
                     }
                 }
                 (Some(i), None) => {
-                    self.reject(r.pid, Some(i), "longer than 4096 bytes or not UTF-8")
+                    self.reject(r.pid, Some(i), "longer than 4096 bytes or not UTF-8");
                 }
                 (None, _) => self.reject(r.pid, None, "not from a daemon's processes"),
             }
@@ -259,17 +259,17 @@ impl Root<'_> {
                 }
             }
             Notice::Stopping => {
-                info!(daemon = %name, "the daemon says it is stopping (STOPPING=1)")
+                info!(daemon = %name, "the daemon says it is stopping (STOPPING=1)");
             }
             Notice::Reloading => {
-                info!(daemon = %name, "the daemon says it is reloading (RELOADING=1)")
+                info!(daemon = %name, "the daemon says it is reloading (RELOADING=1)");
             }
             Notice::ExtendTimeout(by) => {
                 debug!(daemon = %name, by = ?by, "EXTEND_TIMEOUT_USEC");
                 self.step(Event::Extend(i, by));
             }
             Notice::Errno(n) => {
-                warn!(daemon = %name, errno = n, error = %io::Error::from_raw_os_error(n), "the daemon reports an error (ERRNO=)")
+                warn!(daemon = %name, errno = n, error = %io::Error::from_raw_os_error(n), "the daemon reports an error (ERRNO=)");
             }
             Notice::MainPid(v) => warn!(
                 daemon = %name,

@@ -329,7 +329,7 @@ impl Output {
         let text = escape_controls(text);
         match self.sink {
             Sink::Log => {
-                tracing::info!(target: "forkroot::output", "{}[{pid}] {}: {text}", self.name, stream.as_str())
+                tracing::info!(target: "forkroot::output", "{}[{pid}] {}: {text}", self.name, stream.as_str());
             }
             Sink::Journal => {
                 // LOG_INFO for stdout, LOG_WARNING for stderr.

@@ -166,7 +166,17 @@ impl Run<'_> {
 /// sockets; after them (3 + n) with n, which systemd's protocol puts at
 /// 3.. (`FORKROOT_REGION_FD` says which, in both cases).
 fn exec_region_fd(listeners: usize) -> RawFd {
-    handoff::EXEC_REGION_FD + listeners as RawFd
+    nth_fd(handoff::EXEC_REGION_FD, listeners)
+}
+
+/// Descriptor number `base + k`, the k-th of a run placed from `base`;
+/// past the range of descriptor numbers, `RawFd::MAX`, which `dup2`
+/// refuses (the setup fails and says so). Fork-safe.
+fn nth_fd(base: RawFd, k: usize) -> RawFd {
+    RawFd::try_from(k)
+        .ok()
+        .and_then(|k| base.checked_add(k))
+        .unwrap_or(RawFd::MAX)
 }
 
 /// The spawn plan: everything the child needs, decided by the config and
@@ -351,6 +361,9 @@ fn fork_child(cgroup: Option<(RawFd, bool)>) -> io::Result<(Forked, bool)> {
 }
 
 /// Reports a failed setup step to the root and exits. Fork-safe.
+// `err` by value: every caller hands over the error it just got, as its
+// last use (`Err(e) => fail(pipe, stage, e)`).
+#[allow(clippy::needless_pass_by_value)]
 fn fail(pipe: RawFd, stage: SetupStage, err: io::Error) -> ! {
     // SAFETY: `pipe` is the setup pipe's write end, open in this child
     // until it execs or exits.
@@ -436,8 +449,11 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>, in_cgroup: bool) -> ! {
 /// An exec'd program's child, from its descriptors to the exec. Fork-safe;
 /// it writes nothing but its own stack and the plan's `LISTEN_PID` buffer,
 /// so it also runs in a child sharing the root's memory ([`vm_child`]).
+// r, p, i, o, e, n: each the copy (above the targets) of the descriptor
+// whose first letter it has, read side by side with the dup2 table below.
+#[allow(clippy::many_single_char_names)]
 fn exec_child(s: &Plan<'_>, exec: &Exec, pipe: RawFd) -> ! {
-    let Some(fd) = s.regions.own_fd(s.index).map(|f| f.as_raw_fd()) else {
+    let Some(fd) = s.regions.own_fd(s.index).map(AsRawFd::as_raw_fd) else {
         fail(
             pipe,
             SetupStage::Region,
@@ -489,7 +505,7 @@ fn exec_child(s: &Plan<'_>, exec: &Exec, pipe: RawFd) -> ! {
             sys::dup2(e, 2)?;
         }
         for (k, &from) in high[..s.listeners.len()].iter().enumerate() {
-            sys::dup2(from, listen::EXEC_FIRST_FD + k as RawFd)?;
+            sys::dup2(from, nth_fd(listen::EXEC_FIRST_FD, k))?;
         }
         sys::dup2(r, region_fd)?;
         sys::dup2(p, pipe_fd)?;
@@ -563,16 +579,15 @@ fn apply_settings(exec: &Exec, pipe: RawFd) {
 }
 
 /// A built-in daemon keeps the `state_dir` lock (fd 3: while any daemon of
-/// this root lives, no other root can take the state_dir), a standby's
+/// this root lives, no other root can take the `state_dir`), a standby's
 /// gate (fd 4), the root's stderr at fd 5 (the echo of its flight-log
 /// events), its listening sockets (fd 6..), takes its output pipes as
 /// stdout and stderr, and closes everything else inherited from the root
 /// (its epoll, signalfd, control socket, the regions' descriptors). That
 /// closes the setup pipe too, which tells the root it is up. Fork-safe.
 fn keep_descriptors(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) {
-    let n = s.listeners.len() as RawFd;
     // Above every descriptor placed below, so no dup2 lands on a source.
-    let high = (listen::BUILTIN_FIRST_FD + n).max(10);
+    let high = nth_fd(listen::BUILTIN_FIRST_FD, s.listeners.len()).max(10);
     let pipe = sys::dup_at_least(pipe, high).unwrap_or(pipe);
     let moved = (|| -> io::Result<()> {
         let lock = s.lock.map(|fd| sys::dup_at_least(fd, high)).transpose()?;
@@ -589,7 +604,7 @@ fn keep_descriptors(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) {
             sys::dup2(fd, GATE_FD)?;
         }
         for (k, &from) in listeners[..s.listeners.len()].iter().enumerate() {
-            sys::dup2(from, listen::BUILTIN_FIRST_FD + k as RawFd)?;
+            sys::dup2(from, nth_fd(listen::BUILTIN_FIRST_FD, k))?;
         }
         if let Some((o, e)) = out {
             let echo = sys::dup_at_least(2, high)?;
@@ -603,7 +618,7 @@ fn keep_descriptors(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) {
     if let Err(e) = moved {
         fail(pipe, SetupStage::Descriptors, e);
     }
-    if let Err(e) = sys::close_from(listen::BUILTIN_FIRST_FD + n) {
+    if let Err(e) = sys::close_from(nth_fd(listen::BUILTIN_FIRST_FD, s.listeners.len())) {
         fail(pipe, SetupStage::Descriptors, e);
     }
     if gate.is_none() {

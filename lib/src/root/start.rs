@@ -86,7 +86,7 @@ impl Root<'_> {
             post: self.post.post(),
             writer,
             post_fds: self.post.fds(),
-            cgroup: cgroup::raw(&cgroup_dir),
+            cgroup: cgroup::raw(cgroup_dir.as_ref()),
             listeners: self.listeners.get(i).map_or(&[][..], |l| &l[..]),
             listen: &c.cfg.listen,
         })?;

@@ -52,7 +52,8 @@ impl Root<'_> {
             if self.by_pid.is_empty() || left.is_zero() {
                 break;
             }
-            sys::wait_signal(Signal::CHLD, left);
+            // Arrived or not, the loop reaps and looks again.
+            let _ = sys::wait_signal(Signal::CHLD, left);
         }
         for (pid, (i, _)) in std::mem::take(&mut self.by_pid) {
             warn!(daemon = %self.children[i].cfg.name, %pid, timeout = ?self.config.root.stop_timeout, "did not stop in time; killing");

@@ -33,15 +33,12 @@ fn unescape(s: &str) -> String {
         let octal = b
             .get(i + 1..i + 4)
             .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match octal {
-            Some(d) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            None => {
-                out.push(b[i]);
-                i += 1;
-            }
+        if let Some(d) = octal {
+            out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
         }
     }
     String::from_utf8_lossy(&out).into_owned()
@@ -154,7 +151,7 @@ impl Inotify {
             let n = match super::cvt_r(|| unsafe {
                 libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), bytes)
             }) {
-                Ok(n) => n as usize,
+                Ok(n) => super::count(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
             };
@@ -194,6 +191,6 @@ pub fn wait_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<bool> {
         revents: 0,
     };
     // SAFETY: one valid pollfd for the call.
-    let n = super::cvt_r(|| unsafe { libc::poll(&mut p, 1, timeout_ms) })?;
+    let n = super::cvt_r(|| unsafe { libc::poll(&raw mut p, 1, timeout_ms) })?;
     Ok(n > 0)
 }

@@ -30,12 +30,12 @@ pub fn bind_abstract_dgram(name: &[u8]) -> io::Result<OwnedFd> {
             libc::SOL_SOCKET,
             libc::SO_PASSCRED,
             std::ptr::from_ref(&on).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            super::socklen(std::mem::size_of::<libc::c_int>()),
         )
     })?;
     // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    addr.sun_family = libc::sa_family_t::try_from(libc::AF_UNIX).expect("AF_UNIX (1) is a family");
     // sun_path[0] stays 0: the abstract namespace.
     if name.len() + 1 > addr.sun_path.len() {
         return Err(io::Error::new(
@@ -44,12 +44,12 @@ pub fn bind_abstract_dgram(name: &[u8]) -> io::Result<OwnedFd> {
         ));
     }
     for (dst, &b) in addr.sun_path[1..].iter_mut().zip(name) {
-        *dst = b as libc::c_char;
+        *dst = libc::c_char::from_ne_bytes([b]);
     }
     let len = std::mem::size_of::<libc::sa_family_t>() + 1 + name.len();
     // SAFETY: `addr` is a valid sockaddr_un and `len` covers only its
     // family and the bytes of the name written above.
-    cvt(unsafe { libc::bind(fd, std::ptr::from_ref(&addr).cast(), len as libc::socklen_t) })?;
+    cvt(unsafe { libc::bind(fd, std::ptr::from_ref(&addr).cast(), super::socklen(len)) })?;
     Ok(sock)
 }
 
@@ -80,7 +80,7 @@ pub fn recv_with_creds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Optio
     };
     // SAFETY: msghdr is plain data; all zeroes is a valid value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
+    msg.msg_iov = &raw mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = std::mem::size_of_val(&control) as _;
@@ -89,11 +89,11 @@ pub fn recv_with_creds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Optio
     let n = match cvt_r(|| unsafe {
         libc::recvmsg(
             sock.as_raw_fd(),
-            &mut msg,
+            &raw mut msg,
             libc::MSG_CMSG_CLOEXEC | libc::MSG_TRUNC,
         )
     }) {
-        Ok(n) => n as usize,
+        Ok(n) => super::count(n),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
         Err(e) => return Err(e),
     };
@@ -107,7 +107,7 @@ pub fn recv_with_creds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Optio
     // within `msg_controllen`; each header's data is read with
     // read_unaligned at its own length.
     unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        let mut c = libc::CMSG_FIRSTHDR(&raw const msg);
         while !c.is_null() {
             let data = libc::CMSG_DATA(c);
             let data_len = ((*c).cmsg_len as usize).saturating_sub(data as usize - c as usize);
@@ -122,14 +122,16 @@ pub fn recv_with_creds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Optio
                 (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
                     let k = data_len / std::mem::size_of::<RawFd>();
                     for j in 0..k {
-                        let fd = std::ptr::read_unaligned(data.cast::<RawFd>().add(j));
+                        let fd = std::ptr::read_unaligned(
+                            data.add(j * size_of::<RawFd>()).cast::<RawFd>(),
+                        );
                         // Received with the message: ours, closed here.
                         drop(OwnedFd::from_raw_fd(fd));
                     }
                 }
                 _ => {}
             }
-            c = libc::CMSG_NXTHDR(&msg, c);
+            c = libc::CMSG_NXTHDR(&raw const msg, c);
         }
     }
     Ok(Some(out))

@@ -22,7 +22,7 @@ pub fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
-        buf = &buf[n as usize..];
+        buf = &buf[super::count(n)..];
     }
     Ok(())
 }
@@ -99,7 +99,7 @@ pub fn close(fd: RawFd) {
 pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is a valid writable slice of `buf.len()` bytes.
     let n = cvt_r(|| unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })?;
-    Ok(n as usize)
+    Ok(super::count(n))
 }
 
 /// A pipe whose both ends are close-on-exec (and non-blocking if asked).
@@ -123,8 +123,10 @@ pub fn close_between(first: RawFd, last: RawFd) -> io::Result<()> {
     }
     // SAFETY: close_range only closes descriptors; the caller owns none of
     // them in the range any more (that is the point of calling it).
-    let rc =
-        unsafe { libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0u32) } as i32;
+    // Descriptor numbers are >= 0: as unsigned, the same numbers.
+    let (from, to) = (first.unsigned_abs(), last.unsigned_abs());
+    // SAFETY: as above.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, from, to, 0u32) };
     match cvt(rc) {
         Ok(_) => Ok(()),
         // Before Linux 5.9 (or under a seccomp filter without it): close

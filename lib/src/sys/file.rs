@@ -14,19 +14,13 @@ pub fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result
     let mut done = 0;
     while done < buf.len() {
         let rest = &mut buf[done..];
+        let off = super::off_t(offset + done as u64)?;
         // SAFETY: `rest` is a valid writable slice of `rest.len()` bytes.
-        let n = cvt_r(|| unsafe {
-            libc::pread(
-                fd,
-                rest.as_mut_ptr().cast(),
-                rest.len(),
-                (offset + done as u64) as libc::off_t,
-            )
-        })?;
+        let n = cvt_r(|| unsafe { libc::pread(fd, rest.as_mut_ptr().cast(), rest.len(), off) })?;
         if n == 0 {
             break;
         }
-        done += n as usize;
+        done += super::count(n);
     }
     Ok(done)
 }
@@ -47,7 +41,8 @@ impl FileId {
         FileId {
             dev: st.st_dev,
             ino: st.st_ino,
-            size: st.st_size as u64,
+            // A size is >= 0.
+            size: st.st_size.unsigned_abs(),
         }
     }
 }
@@ -57,14 +52,14 @@ pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<FileId> {
     // SAFETY: stat is plain data; all-zero is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `st` is a valid stat to fill.
-    cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    cvt(unsafe { libc::fstat(fd.as_raw_fd(), &raw mut st) })?;
     Ok(FileId::of(&st))
 }
 
 /// stat(2) of `path`.
 pub fn stat(path: &std::path::Path) -> io::Result<FileId> {
-    let meta = std::fs::metadata(path)?;
     use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)?;
     Ok(FileId {
         dev: meta.dev(),
         ino: meta.ino(),
@@ -75,11 +70,13 @@ pub fn stat(path: &std::path::Path) -> io::Result<FileId> {
 /// ftruncate(2): sets the size of the file behind `fd`.
 pub fn set_len(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
     // SAFETY: ftruncate only operates on the file behind `fd`.
-    cvt_r(|| unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) })?;
+    let len = super::off_t(len)?;
+    // SAFETY: ftruncate only operates on the file behind `fd`.
+    cvt_r(|| unsafe { libc::ftruncate(fd.as_raw_fd(), len) })?;
     Ok(())
 }
 
-/// prctl(PR_SET_DUMPABLE): whether this process may dump core and be
+/// `prctl(PR_SET_DUMPABLE)`: whether this process may dump core and be
 /// inspected (`/proc/PID/fd`, `/proc/PID/mem`, ptrace) by other processes
 /// of its user. Fork-safe.
 pub fn set_dumpable(on: bool) -> io::Result<()> {
@@ -116,7 +113,7 @@ pub fn read_events(fd: BorrowedFd<'_>, mut f: impl FnMut(u32, &[u8])) -> io::Res
     let n = match cvt_r(|| unsafe {
         libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), 8 * buf.len())
     }) {
-        Ok(n) => n as usize,
+        Ok(n) => super::count(n),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
         Err(e) => return Err(e),
     };

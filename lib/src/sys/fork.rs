@@ -177,7 +177,8 @@ pub unsafe fn fork_into(cgroup: BorrowedFd<'_>) -> io::Result<Forked> {
         flags: (libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID) as u64 | CLONE_INTO_CGROUP,
         child_tid: tid_addr as u64,
         exit_signal: libc::SIGCHLD as u64,
-        cgroup: cgroup.as_raw_fd() as u64,
+        // A descriptor number is >= 0.
+        cgroup: u64::from(cgroup.as_raw_fd().unsigned_abs()),
         ..CloneArgs::default()
     };
     // SAFETY: as fork(2) (no new stack: the child returns on a copy of
@@ -313,7 +314,7 @@ pub unsafe fn spawn_vm(
         // (16-byte aligned: `len` is a multiple of the page size).
         stack: stack.base.as_ptr() as u64 + page as u64,
         stack_size: (stack.len - page) as u64,
-        cgroup: cgroup.map_or(0, |fd| fd.as_raw_fd() as u64),
+        cgroup: cgroup.map_or(0, |fd| u64::from(fd.as_raw_fd().unsigned_abs())),
         ..CloneArgs::default()
     };
     // SAFETY: as the caller promises; `args` is a valid clone_args of the
@@ -324,12 +325,17 @@ pub unsafe fn spawn_vm(
             .ok()
             .and_then(Pid::from_raw)
             .ok_or_else(bad_pid),
-        e if matches!(-e as i32, libc::ENOSYS | libc::E2BIG | libc::EINVAL) => {
+        e if matches!(errno(e), libc::ENOSYS | libc::E2BIG | libc::EINVAL) => {
             CLONE3_BROKEN.store(true, Ordering::Relaxed);
             Err(io::Error::from(io::ErrorKind::Unsupported))
         }
-        e => Err(io::Error::from_raw_os_error(-e as i32)),
+        e => Err(io::Error::from_raw_os_error(errno(e))),
     }
+}
+
+/// The errno of a raw system call's `-errno` result.
+fn errno(ret: i64) -> i32 {
+    i32::try_from(-ret).unwrap_or(libc::EINVAL)
 }
 
 /// The clone3 system call for [`spawn_vm`]: the child starts on the new

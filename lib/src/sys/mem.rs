@@ -23,11 +23,6 @@ fn nonzero(len: usize) -> io::Result<NonZeroUsize> {
     NonZeroUsize::new(len).ok_or_else(|| Errno::EINVAL.into())
 }
 
-/// A file offset as the kernel takes it (`off_t`).
-fn offset(n: u64) -> io::Result<libc::off_t> {
-    libc::off_t::try_from(n).map_err(|_| Errno::EOVERFLOW.into())
-}
-
 /// An anonymous memory file (memfd) of `size` bytes, with every block
 /// allocated up front (so a later page fault cannot SIGBUS on a full tmpfs)
 /// and sealed against shrinking and growing (so no process can truncate
@@ -84,6 +79,7 @@ pub fn file_region(path: &std::path::Path, size: u64) -> io::Result<OwnedFd> {
 /// only data pages are counted; elsewhere a file system's own metadata
 /// blocks (ext4's extent index) count too, so a hole smaller than those
 /// can pass unseen. `false` where that cannot be told.
+#[must_use]
 pub fn fully_allocated(fd: BorrowedFd<'_>, size: u64) -> bool {
     // SAFETY: plain data, all-zero valid; filled by fstat.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -101,7 +97,7 @@ pub fn allocate(fd: BorrowedFd<'_>, at: u64, len: u64) -> io::Result<()> {
 
 /// fallocate(2), retrying on EINTR.
 fn fallocate(fd: BorrowedFd<'_>, mode: FallocateFlags, at: u64, len: u64) -> io::Result<()> {
-    let (at, len) = (offset(at)?, offset(len)?);
+    let (at, len) = (super::off_t(at)?, super::off_t(len)?);
     loop {
         match nix::fcntl::fallocate(fd, mode, at, len) {
             Err(Errno::EINTR) => {}
@@ -187,7 +183,7 @@ pub unsafe fn map_fixed(
     access: Access,
 ) -> io::Result<()> {
     let at = NonZeroUsize::new(addr.as_ptr().addr()).expect("a NonNull address is not 0");
-    let (len, off) = (nonzero(len)?, offset(off)?);
+    let (len, off) = (nonzero(len)?, super::off_t(off)?);
     // SAFETY: the caller guarantees the range is ours to replace.
     unsafe {
         nix::sys::mman::mmap(
@@ -300,7 +296,7 @@ pub unsafe fn dont_fork(addr: NonNull<u8>, len: usize) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    /// A state_dir file is allocated once: a file with every block is
+    /// A `state_dir` file is allocated once: a file with every block is
     /// seen as such, one with a hole (new, or punched) is not, and
     /// `file_region` leaves it with every block.
     #[test]

@@ -5,16 +5,10 @@
 //! *fork-safe* neither allocate nor lock, so a freshly forked child may call
 //! them before it is settled.
 
-// The kernel's integer types (pid_t, id_t, c_long, ssize_t, rlim_t,
-// time_t) are converted to and from Rust's here, at the boundary, on
-// purpose: each converted value is one the kernel bounds (a pid > 0, a
-// byte count `cvt` checked is not -1, a clock reading >= 0), so
-// `clippy::pedantic`'s cast lints would flag only those conversions.
-#![allow(
-    clippy::cast_sign_loss,
-    clippy::cast_possible_wrap,
-    clippy::cast_possible_truncation
-)]
+// The kernel's integer types (pid_t, ssize_t, off_t, socklen_t, time_t)
+// are converted to and from Rust's here, at the boundary, without `as`:
+// through the helpers below, `try_from`, or `unsigned_abs` where the kernel
+// bounds the value (a count `cvt` checked is not -1, a clock reading).
 
 use std::io;
 
@@ -147,6 +141,26 @@ macro_rules! minus_one {
 }
 minus_one!(i32, i64, isize);
 
+/// A count a call returned (bytes, events), once [`cvt`] has ruled out
+/// -1: never negative, so its magnitude is its value. Fork-safe.
+fn count(n: isize) -> usize {
+    debug_assert!(n >= 0, "a count of {n}");
+    n.unsigned_abs()
+}
+
+/// A file offset or length as the kernel takes it (`off_t`); past its
+/// range, the kernel's own `EOVERFLOW`. Allocates nothing; fork-safe.
+fn off_t(n: u64) -> io::Result<libc::off_t> {
+    libc::off_t::try_from(n).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))
+}
+
+/// A buffer length as a socket call takes it; one past `socklen_t`
+/// (never, in practice) is told as the largest, which only under-reports
+/// the room the kernel may use.
+fn socklen(n: usize) -> libc::socklen_t {
+    libc::socklen_t::try_from(n).unwrap_or(libc::socklen_t::MAX)
+}
+
 /// Monotonic clock in nanoseconds (vDSO, no syscall). Fork-safe.
 #[inline]
 #[must_use]
@@ -169,5 +183,6 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
     };
     // SAFETY: `ts` is a valid, writable timespec; both clocks always exist.
     unsafe { libc::clock_gettime(clock, &raw mut ts) };
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+    // Both clocks read >= 0 (seconds since boot, since the epoch).
+    ts.tv_sec.unsigned_abs() * 1_000_000_000 + ts.tv_nsec.unsigned_abs()
 }

@@ -90,7 +90,7 @@ pub fn pidfs_ino(pid: Pid) -> io::Result<Option<u64>> {
     super::cvt(unsafe { libc::fstatfs(fd.as_raw_fd(), fs.as_mut_ptr()) })?;
     // SAFETY: fstatfs succeeded, so it filled the struct.
     let fs = unsafe { fs.assume_init() };
-    if fs.f_type as u64 != PIDFS_MAGIC {
+    if u64::try_from(fs.f_type).ok() != Some(PIDFS_MAGIC) {
         return Ok(None);
     }
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();

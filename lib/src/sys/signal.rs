@@ -269,14 +269,15 @@ pub fn default_sigpipe() {
 
 /// Waits up to `d` for `signal` (which must be blocked) and consumes it.
 /// Returns whether it arrived. Fork-safe.
+#[must_use = "whether the signal arrived"]
 pub fn wait_signal(signal: Signal, d: Duration) -> bool {
     let set = SigSet::of(&[signal]);
-    let deadline = monotonic_ns().saturating_add(d.as_nanos().min(u128::from(u64::MAX)) as u64);
+    let deadline = monotonic_ns().saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     loop {
         let left = deadline.saturating_sub(monotonic_ns());
         let ts = libc::timespec {
-            tv_sec: (left / 1_000_000_000) as libc::time_t,
-            tv_nsec: (left % 1_000_000_000) as libc::c_long,
+            tv_sec: libc::time_t::try_from(left / 1_000_000_000).unwrap_or(libc::time_t::MAX),
+            tv_nsec: libc::c_long::try_from(left % 1_000_000_000).unwrap_or(0),
         };
         // SAFETY: `set` and `ts` are valid; a NULL siginfo is allowed.
         let rc = unsafe { libc::sigtimedwait(set.0.as_ref(), std::ptr::null_mut(), &raw const ts) };
