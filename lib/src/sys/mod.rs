@@ -186,3 +186,24 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
     // Both clocks read >= 0 (seconds since boot, since the epoch).
     ts.tv_sec.unsigned_abs() * 1_000_000_000 + ts.tv_nsec.unsigned_abs()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pid is > 0 and fits `pid_t`, whichever way it comes in, and goes
+    /// out as the same number.
+    #[test]
+    fn a_pid_is_positive_and_round_trips() {
+        assert_eq!(Pid::from_raw(0), None);
+        assert_eq!(Pid::from_raw(-1), None);
+        assert!(Pid::try_from(0u32).is_err());
+        assert!(Pid::try_from(u32::MAX).is_err(), "past pid_t");
+        let me = getpid();
+        assert!(me.as_raw() > 0);
+        assert_eq!(Pid::from_raw(me.as_raw()), Some(me));
+        assert_eq!(Pid::try_from(me.as_u32()).unwrap(), me);
+        assert_eq!(u32::from(me), me.as_u32());
+        assert_eq!(me.to_string(), me.as_raw().to_string());
+    }
+}

@@ -315,3 +315,46 @@ pub fn default_signal(signal: Signal) {
     // SAFETY: SIG_DFL is a valid disposition for any catchable signal.
     unsafe { libc::signal(signal.0, libc::SIG_DFL) };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A signal is a number from 1 to 64, named if standard, and parsed
+    /// by name in any of the forms a config writes.
+    #[test]
+    fn a_signal_is_1_to_64_and_has_its_name() {
+        assert_eq!(Signal::from_raw(0), None);
+        assert_eq!(Signal::from_raw(65), None);
+        assert_eq!(Signal::from_raw(-9), None);
+        assert_eq!(Signal::from_raw(libc::SIGKILL), Some(Signal::KILL));
+        assert_eq!(Signal::KILL.as_raw(), libc::SIGKILL);
+        assert_eq!(Signal::SEGV.to_string(), "SIGSEGV");
+        let realtime = Signal::from_raw(libc::SIGRTMIN() + 1).unwrap();
+        assert!(!realtime.is_standard());
+        assert_eq!(realtime.name(), format!("signal {}", libc::SIGRTMIN() + 1));
+        for name in ["SIGTERM", "TERM", "term", " sigterm "] {
+            assert_eq!(Signal::from_name(name), Some(Signal::TERM), "{name:?}");
+        }
+        assert_eq!(Signal::from_name("SIGNOPE"), None);
+    }
+
+    /// A blocked signal sent to this thread is read from a signalfd as
+    /// that signal, from this process; then nothing is pending.
+    #[test]
+    fn a_signalfd_reads_the_signal_and_its_sender() {
+        // SIGUSR2, blocked in this test's thread only: the harness's other
+        // threads keep their masks, and `raise` targets this thread.
+        let set = SigSet::of(&[Signal::USR2]);
+        set.block().unwrap();
+        let fd = set.signalfd().unwrap();
+        assert_eq!(fd.read().unwrap(), None, "nothing pending yet");
+        // SAFETY: raise has no memory preconditions; the signal is blocked.
+        assert_eq!(unsafe { libc::raise(libc::SIGUSR2) }, 0);
+        let (signal, from) = fd.read().unwrap().expect("the raised signal");
+        assert_eq!(signal, Signal::USR2);
+        assert_eq!(from, Some(super::super::getpid()));
+        assert_eq!(fd.read().unwrap(), None, "read once");
+        SigSet::empty().set_mask().unwrap();
+    }
+}
