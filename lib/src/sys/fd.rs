@@ -110,13 +110,14 @@ pub fn pipe_cloexec(nonblocking: bool) -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(nix::unistd::pipe2(flags)?)
 }
 
-/// Closes every descriptor from `first` up. Fork-safe.
+/// Closes every descriptor from `first` up. Fork-safe. Numbers: what is
+/// closed is a range of the table, owned by no value.
 pub fn close_from(first: RawFd) -> io::Result<()> {
     close_between(first, RawFd::MAX)
 }
 
 /// Closes every descriptor from `first` to `last`, both included.
-/// Fork-safe.
+/// Fork-safe. Numbers: a range of the table, owned by no value.
 pub fn close_between(first: RawFd, last: RawFd) -> io::Result<()> {
     if last < first {
         return Ok(());
@@ -159,6 +160,7 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// dup2(2): makes `to` a copy of `from` (without close-on-exec). Fork-safe.
+/// Numbers: `to` is the place the exec'd program or daemon finds it.
 pub fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
     // SAFETY: dup2 only manipulates the descriptor table.
     cvt_r(|| unsafe { libc::dup2(from, to) })?;
@@ -166,13 +168,15 @@ pub fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
 }
 
 /// Duplicates `fd` onto the lowest free number >= `min`, close-on-exec.
-/// Fork-safe.
+/// Fork-safe. Numbers: the copy is a stepping stone of the child's
+/// shuffle, moved again by [`dup2`] and never closed by a drop.
 pub fn dup_at_least(fd: RawFd, min: RawFd) -> io::Result<RawFd> {
     // SAFETY: F_DUPFD_CLOEXEC only manipulates the descriptor table.
     cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) })
 }
 
-/// Sets or clears close-on-exec on `fd`. Fork-safe.
+/// Sets or clears close-on-exec on `fd`. Fork-safe. A number: one the
+/// child's shuffle placed, or one inherited at a documented place.
 pub fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
     let flags = if on { libc::FD_CLOEXEC } else { 0 };
     // SAFETY: F_SETFD only changes the descriptor's flags.
