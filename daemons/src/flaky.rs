@@ -49,7 +49,7 @@ fn check_signal(v: Value<'_>) -> Result<(), String> {
 
 fn main(ctx: &mut Context<'_>) -> i32 {
     let mean: Duration = ctx.arg("mean_life");
-    let signal: i32 = ctx.arg("signal");
+    let signal: forkroot::Signal = ctx.arg("signal");
     let life = mean.mul_f64(-Rng::seeded().unit().ln());
     tracing::info!(life = ?life, "will die");
     ctx.steady();

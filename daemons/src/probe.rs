@@ -91,7 +91,7 @@ fn main(ctx: &mut Context<'_>) -> i32 {
         say!(out, "resumed {value} {resumed:?}");
         if crash_at == i64::try_from(value).ok() {
             say!(out, "crashing at {value}");
-            forkroot::sys::die_by(libc::SIGSEGV);
+            forkroot::sys::die_by(forkroot::Signal::SEGV);
         }
         *cp = value + 1;
         cp.commit();

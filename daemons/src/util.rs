@@ -20,7 +20,8 @@ pub(crate) struct Rng(u64);
 
 impl Rng {
     pub(crate) fn seeded() -> Rng {
-        let seed = forkroot::sys::monotonic_ns() ^ ((forkroot::sys::getpid().0 as u64) << 32);
+        let seed =
+            forkroot::sys::monotonic_ns() ^ (u64::from(forkroot::sys::getpid().as_u32()) << 32);
         Rng(seed | 1)
     }
 

@@ -186,7 +186,7 @@ fn forbidden(size: usize) -> ! {
         let _ = w.write_str("\n");
         let msg = w.as_str().as_bytes();
         // A failed write is harmless: we abort next anyway.
-        let _ = sys::write_all(2, msg);
+        let _ = sys::write_all(std::os::fd::AsFd::as_fd(&std::io::stderr()), msg);
     }
     std::process::abort()
 }

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use crate::config::{Args, FromArg, OnRestart, Setting};
 use crate::region::{Header, LOG_OFFSET, LOG_SIZE, SYSTEM_SIZE};
-use crate::sys;
+use crate::sys::{self, Signal};
 
 /// A daemon's entry point; its return value is the exit code.
 pub type Entry = fn(&mut Context<'_>) -> i32;
@@ -221,8 +221,8 @@ pub enum ExitReason {
     Exited(i32),
     /// A signal killed it.
     Signaled {
-        /// The signal number.
-        signal: i32,
+        /// The signal.
+        signal: Signal,
         /// Whether it dumped core.
         core: bool,
     },
@@ -256,7 +256,7 @@ impl ExitReason {
         match *self {
             ExitReason::Exited(code) => code != 0,
             ExitReason::Signaled { signal, .. } => {
-                ![libc::SIGKILL, libc::SIGTERM, libc::SIGINT].contains(&signal)
+                ![Signal::KILL, Signal::TERM, Signal::INT].contains(&signal)
             }
             ExitReason::SetupFailed { .. } => false,
             // A hang is the daemon's own doing.
@@ -270,7 +270,7 @@ impl fmt::Display for ExitReason {
         match *self {
             ExitReason::Exited(code) => write!(f, "exited with code {code}"),
             ExitReason::Signaled { signal, core } => {
-                write!(f, "killed by {}", sys::signal_name(signal))?;
+                write!(f, "killed by {signal}")?;
                 if core {
                     f.write_str(" (core dumped)")?;
                 }
@@ -386,7 +386,7 @@ pub struct Context<'a> {
     pub(crate) start: Start<'a>,
     pub(crate) args: &'a Args,
     pub(crate) stopping: bool,
-    pub(crate) stop_fd: Option<std::os::fd::OwnedFd>,
+    pub(crate) stop_fd: Option<sys::SignalFd>,
     /// Attached by [`Context::from_env`]: `$NOTIFY_SOCKET` is the root's.
     pub(crate) exec: bool,
     pub(crate) mail: Option<crate::mailbox::Mailbox>,
@@ -597,7 +597,7 @@ impl Context<'static> {
         let region = map_exec_region(env.fd, env.region_size)?;
         let mail = crate::mailbox::Mailbox::from_env(|k| std::env::var(k).ok(), &env.name)?;
         sys::default_crash_signals();
-        let _ = sys::SigSet::of(&[libc::SIGTERM]).block();
+        let _ = sys::SigSet::of(&[Signal::TERM]).block();
         let name: &'static str = env.name.leak();
         let (header, state) = take_region(name, region);
         crate::subscriber::init();
@@ -928,11 +928,8 @@ impl<'a> Context<'a> {
     pub fn stopping(&mut self) -> bool {
         if !self.stopping {
             self.stopping = match &self.stop_fd {
-                Some(fd) => {
-                    use std::os::fd::AsRawFd;
-                    matches!(sys::read_signalfd(fd.as_raw_fd()), Ok(Some(_)))
-                }
-                None => sys::take_pending(libc::SIGTERM),
+                Some(fd) => matches!(fd.read(), Ok(Some(_))),
+                None => sys::take_pending(Signal::TERM),
             };
         }
         self.stopping
@@ -944,7 +941,7 @@ impl<'a> Context<'a> {
     pub fn stop_fd(&mut self) -> std::io::Result<std::os::fd::RawFd> {
         use std::os::fd::AsRawFd;
         if self.stop_fd.is_none() {
-            self.stop_fd = Some(sys::SigSet::of(&[libc::SIGTERM]).signalfd()?);
+            self.stop_fd = Some(sys::SigSet::of(&[Signal::TERM]).signalfd()?);
         }
         Ok(self.stop_fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1))
     }
@@ -981,7 +978,7 @@ impl<'a> Context<'a> {
         if self.stopping {
             return false;
         }
-        if sys::wait_signal(libc::SIGTERM, d) {
+        if sys::wait_signal(Signal::TERM, d) {
             self.stopping = true;
         }
         !self.stopping

@@ -17,13 +17,13 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use crate::config::OnRestart;
 use crate::daemon::{AttachError, Death, ExitReason, SetupStage, Start};
 use crate::region::Plain;
-use crate::sys;
+use crate::sys::{self, Signal};
 
 /// Deaths the root keeps per daemon, and a [`History`] carries.
 pub(crate) const DEATHS_KEPT: usize = 16;
@@ -225,7 +225,7 @@ impl History {
         for (r, d) in m.deaths.iter_mut().zip(self.deaths()) {
             let (kind, a, b) = match d.reason {
                 ExitReason::Exited(code) => (0, code, 0),
-                ExitReason::Signaled { signal, core } => (1, signal, i32::from(core)),
+                ExitReason::Signaled { signal, core } => (1, signal.as_raw(), i32::from(core)),
                 ExitReason::SetupFailed { stage, errno } => (2, stage as i32, errno),
                 ExitReason::Watchdog => (3, 0, 0),
                 ExitReason::StartTimeout => (4, 0, 0),
@@ -261,7 +261,7 @@ impl History {
             let reason = match r.kind {
                 0 => ExitReason::Exited(r.a),
                 1 => ExitReason::Signaled {
-                    signal: r.a,
+                    signal: Signal::from_raw(r.a).ok_or(MessageError::Field("deaths.signal"))?,
                     core: r.b != 0,
                 },
                 2 => ExitReason::SetupFailed {
@@ -307,13 +307,13 @@ impl History {
     }
 
     /// Sends the message to a standby through its gate, in one write.
-    pub(crate) fn send(&self, gate: RawFd) -> io::Result<()> {
+    pub(crate) fn send(&self, gate: BorrowedFd<'_>) -> io::Result<()> {
         sys::write_all(gate, &self.encode())
     }
 
     /// A standby's wait for its takeover: `None` when the gate closed (the
     /// root no longer needs it) or the message does not verify. Fork-safe.
-    pub(crate) fn wait(gate: RawFd) -> Option<History> {
+    pub(crate) fn wait(gate: BorrowedFd<'_>) -> Option<History> {
         let mut b = [0u8; Self::SIZE];
         match sys::read(gate, &mut b) {
             Ok(n) => History::decode(&b[..n]).ok(),
@@ -349,7 +349,7 @@ impl Message for SetupMsg {
 }
 
 /// Reports a failed start-up step to the root over the setup pipe. Fork-safe.
-pub(crate) fn report_setup_failure(pipe: RawFd, stage: SetupStage, errno: i32) {
+pub(crate) fn report_setup_failure(pipe: BorrowedFd<'_>, stage: SetupStage, errno: i32) {
     let m = SetupMsg {
         tag: SetupMsg::TAG,
         version: VERSION,
@@ -377,7 +377,7 @@ pub(crate) enum Setup {
 /// Reads a setup pipe without blocking.
 pub(crate) fn read_setup(fd: &OwnedFd) -> Setup {
     let mut buf = [0u8; SetupMsg::SIZE + 1];
-    match sys::read(fd.as_raw_fd(), &mut buf) {
+    match sys::read(fd.as_fd(), &mut buf) {
         Ok(0) => Setup::Ready,
         Ok(n) => Setup::Failed(parse_setup(&buf[..n])),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Setup::Pending,
@@ -520,7 +520,7 @@ mod tests {
                 reason: match k % 3 {
                     0 => ExitReason::Exited(k as i32),
                     1 => ExitReason::Signaled {
-                        signal: 11,
+                        signal: Signal::SEGV,
                         core: k % 2 == 0,
                     },
                     _ => ExitReason::SetupFailed {
@@ -620,7 +620,7 @@ mod tests {
     fn a_setup_report_round_trips_and_garbage_is_a_report_failure() {
         let (rd, wr) = sys::pipe_cloexec(true).unwrap();
         assert_eq!(read_setup(&rd), Setup::Pending);
-        report_setup_failure(wr.as_raw_fd(), SetupStage::Exec, libc::ENOENT);
+        report_setup_failure(wr.as_fd(), SetupStage::Exec, libc::ENOENT);
         assert_eq!(
             read_setup(&rd),
             Setup::Failed(ExitReason::SetupFailed {
@@ -628,7 +628,7 @@ mod tests {
                 errno: libc::ENOENT
             })
         );
-        sys::write_all(wr.as_raw_fd(), &[1, 0, 0, 0, 2, 0, 0, 0]).unwrap();
+        sys::write_all(wr.as_fd(), &[1, 0, 0, 0, 2, 0, 0, 0]).unwrap();
         assert_eq!(
             read_setup(&rd),
             Setup::Failed(ExitReason::SetupFailed {

@@ -84,6 +84,7 @@ pub mod transaction;
 
 pub use config::{Args, Setting};
 pub use daemon::{AttachError, Context, Entry, ExitReason, Kind, Registry, Resumed};
+pub use sys::{Pid, Signal};
 
 /// The whole `forkroot` command line (`run`, `check`, `ctl`, `kinds`,
 /// `--help`, the documented exit codes) for a binary whose daemon kinds

@@ -245,7 +245,7 @@ pub(crate) fn from_env(
         return Ok(Vec::new());
     };
     let pid = var("LISTEN_PID").unwrap_or_default();
-    if pid.parse::<libc::pid_t>().ok() != Some(crate::sys::getpid().0) {
+    if pid.parse::<libc::pid_t>().ok() != Some(crate::sys::getpid().as_raw()) {
         // Meant for another process (an ancestor's sockets).
         return Ok(Vec::new());
     }

@@ -25,7 +25,7 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -184,7 +184,7 @@ impl Gone {
         use crate::ExitReason::*;
         let (kind, a, b) = match reason {
             Exited(code) => (0u32, code, 0),
-            Signaled { signal, core } => (1, signal, i32::from(core)),
+            Signaled { signal, core } => (1, signal.as_raw(), i32::from(core)),
             SetupFailed { stage, errno } => (2, stage as i32, errno),
             Watchdog => (3, 0, 0),
             StartTimeout => (4, 0, 0),
@@ -217,7 +217,7 @@ impl Gone {
         let reason = match w(2) {
             0 => crate::ExitReason::Exited(a),
             1 => crate::ExitReason::Signaled {
-                signal: a,
+                signal: crate::sys::Signal::from_raw(a)?,
                 core: b != 0,
             },
             2 => crate::ExitReason::SetupFailed {
@@ -577,8 +577,17 @@ fn map(fd: RawFd, len: usize, access: sys::Access) -> io::Result<NonNull<u8>> {
     let len = len.max(1);
     let base = sys::reserve(len)?;
     // SAFETY: `[base, base+len)` is the reservation just made; nothing
-    // refers into it.
-    if let Err(e) = unsafe { sys::map_fixed(base, len, fd, 0, access) } {
+    // refers into it. `fd` is the caller's, open across the call.
+    let mapped = unsafe {
+        sys::map_fixed(
+            base,
+            len,
+            std::os::fd::BorrowedFd::borrow_raw(fd),
+            0,
+            access,
+        )
+    };
+    if let Err(e) = mapped {
         // SAFETY: the reservation is ours and nothing refers into it.
         let _ = unsafe { sys::unmap(base, len) };
         return Err(e);
@@ -912,7 +921,7 @@ impl PostOffice {
         ) as usize;
         let post_fd = sys::memfd_sealed(c"forkroot:post", post_len as u64)?;
         let registry_fd = sys::memfd_sealed(c"forkroot:registry", reg_len as u64)?;
-        let registry_ro = sys::reopen_read_only(registry_fd.as_raw_fd())?;
+        let registry_ro = sys::reopen_read_only(registry_fd.as_fd())?;
         let post = map(post_fd.as_raw_fd(), post_len, sys::Access::ReadWrite)?;
         let rw = map(registry_fd.as_raw_fd(), reg_len, sys::Access::ReadWrite)?;
         // SAFETY: `rw` is the root's own mapping of `reg_len` bytes, just made.

@@ -7,7 +7,7 @@
 
 use std::io;
 
-use crate::sys::{self, Pid};
+use crate::sys::{self, Pid, Signal};
 
 /// Settles a freshly forked child of `parent`:
 ///
@@ -22,7 +22,7 @@ use crate::sys::{self, Pid};
 ///
 /// Fork-safe.
 pub(crate) fn after_fork(parent: Pid) -> io::Result<()> {
-    sys::set_parent_death_signal(libc::SIGKILL)?;
+    sys::set_parent_death_signal(Signal::KILL)?;
     if sys::getppid() != parent {
         return Err(io::Error::from_raw_os_error(libc::ESRCH));
     }
@@ -38,7 +38,7 @@ pub(crate) fn after_fork(parent: Pid) -> io::Result<()> {
 /// Steps 3 and 4 write globals, which here are the root's own. Fork-safe,
 /// and writes nothing outside the caller's stack.
 pub(crate) fn after_clone_vm(parent: Pid) -> io::Result<()> {
-    sys::set_parent_death_signal(libc::SIGKILL)?;
+    sys::set_parent_death_signal(Signal::KILL)?;
     if sys::getppid() != parent {
         return Err(io::Error::from_raw_os_error(libc::ESRCH));
     }
@@ -52,6 +52,6 @@ pub(crate) fn after_clone_vm(parent: Pid) -> io::Result<()> {
 pub(crate) fn run_or_abort<R>(f: impl FnOnce() -> R) -> R {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(r) => r,
-        Err(_) => sys::die_by(libc::SIGABRT),
+        Err(_) => sys::die_by(Signal::ABRT),
     }
 }

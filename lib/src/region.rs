@@ -51,7 +51,7 @@ unsafe impl<T: Plain, const N: usize> Plain for [T; N] {}
 use std::ffi::CString;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 
@@ -113,6 +113,12 @@ enum Backing {
     /// Its file could not be made (ENOSPC, ENOMEM, EMFILE, ...): the range
     /// stays reserved and unmapped until [`RegionSet::ensure`] makes it.
     Missing,
+}
+
+/// The error a call on a [`Backing::Missing`] region's file gives: the
+/// kernel's for a descriptor that is not open. Allocates nothing.
+fn no_file() -> io::Error {
+    io::Error::from_raw_os_error(libc::EBADF)
 }
 
 #[derive(Debug)]
@@ -368,14 +374,14 @@ impl RegionSet {
                     format!("the region arena ({arena_len} bytes): {e}"),
                 )
             })?;
-            let ro = sys::reopen_read_only(arena.as_raw_fd())?;
+            let ro = sys::reopen_read_only(arena.as_fd())?;
             // SAFETY: [base+page, +arena_len) lies inside our reservation,
             // and no reference into it exists yet.
             unsafe {
                 sys::map_fixed(
                     set.addr(page),
                     arena_len,
-                    ro.as_raw_fd(),
+                    ro.as_fd(),
                     0,
                     sys::Access::ReadOnly,
                 )?
@@ -444,19 +450,19 @@ impl RegionSet {
             }
         }
         .map_err(|e| io::Error::new(e.kind(), format!("region of {name:?} ({rlen} bytes): {e}")))?;
-        let ro = sys::reopen_read_only(fd.as_raw_fd())?;
+        let ro = sys::reopen_read_only(fd.as_fd())?;
         // SAFETY: [addr, addr+rlen) is this slot's range inside our
         // reservation; the root never makes references into it.
         unsafe {
             sys::map_fixed(
                 self.addr(s.offset),
                 rlen,
-                ro.as_raw_fd(),
+                ro.as_fd(),
                 0,
                 sys::Access::ReadOnly,
             )?
         };
-        let id = sys::file::fstat(fd.as_raw_fd())?;
+        let id = sys::file::fstat(fd.as_fd())?;
         let s = &mut self.slots[i];
         s.id = Some((id.dev, id.ino));
         s.backing = Backing::Own(fd);
@@ -502,8 +508,9 @@ impl RegionSet {
     /// reads as zeroes from then on. A `state_dir` file is kept whole.
     pub fn release(&mut self, i: usize) {
         if self.slots[i].path.is_none() && !matches!(self.slots[i].backing, Backing::Missing) {
-            let (fd, off) = self.file(i);
-            let _ = sys::punch_hole(fd, off, self.slots[i].len as u64);
+            if let Some((fd, off)) = self.file(i) {
+                let _ = sys::punch_hole(fd, off, self.slots[i].len as u64);
+            }
         }
     }
 
@@ -550,23 +557,23 @@ impl RegionSet {
             // The arena and memfds are sealed against resizing.
             return Ok(None);
         };
-        let now = sys::file::fstat(fd.as_raw_fd())?;
+        let now = sys::file::fstat(fd.as_fd())?;
         let len = s.len as u64;
         if now.size < len {
             // fallocate grows the file and gives it its blocks at once, or
             // fails whole (ENOSPC): then it is still short, and found so
             // again at the next try.
-            sys::allocate(fd.as_raw_fd(), 0, len)?;
+            sys::allocate(fd.as_fd(), 0, len)?;
             return Ok(Some(Damage::Truncated { size: now.size }));
         }
         if now.size > len {
-            sys::file::set_len(fd.as_raw_fd(), len)?;
+            sys::file::set_len(fd.as_fd(), len)?;
             return Ok(Some(Damage::Grown { size: now.size }));
         }
-        if !sys::mem::fully_allocated(fd.as_raw_fd(), len) {
+        if !sys::mem::fully_allocated(fd.as_fd(), len) {
             // A page without a block faults (SIGBUS) on a full disk: give
             // it one first, or fail whole (ENOSPC) and retry later.
-            sys::allocate(fd.as_raw_fd(), 0, len)?;
+            sys::allocate(fd.as_fd(), 0, len)?;
             return Ok(Some(Damage::Holes));
         }
         let at_path = sys::file::stat(path).ok().map(|f| (f.dev, f.ino));
@@ -586,17 +593,17 @@ impl RegionSet {
     }
 
     /// The descriptor and file offset behind region `i`.
-    fn file(&self, i: usize) -> (RawFd, u64) {
+    fn file(&self, i: usize) -> Option<(BorrowedFd<'_>, u64)> {
         match &self.slots[i].backing {
-            Backing::Arena(off) => (
+            Backing::Arena(off) => Some((
                 self.arena
                     .as_ref()
                     .expect("an arena region has an arena")
-                    .as_raw_fd(),
+                    .as_fd(),
                 *off,
-            ),
-            Backing::Own(fd) => (fd.as_raw_fd(), 0),
-            Backing::Missing => (-1, 0),
+            )),
+            Backing::Own(fd) => Some((fd.as_fd(), 0)),
+            Backing::Missing => None,
         }
     }
 
@@ -625,11 +632,11 @@ impl RegionSet {
         let s = &self.slots[i];
         let end = s.len.min(offset.saturating_add(buf.len()));
         let want = end.saturating_sub(offset);
-        let (fd, base) = self.file(i);
-        let n = if want == 0 || fd < 0 {
-            0
-        } else {
-            sys::file::pread_full(fd, &mut buf[..want], base + offset as u64)?
+        let n = match self.file(i) {
+            Some((fd, base)) if want > 0 => {
+                sys::file::pread_full(fd, &mut buf[..want], base + offset as u64)?
+            }
+            _ => 0,
         };
         buf[n..].fill(0);
         Ok(n)
@@ -692,7 +699,7 @@ impl RegionSet {
     /// believes about that process. A header left by an earlier process,
     /// garbage, or a file too short to hold one is `None`.
     pub fn header_of(&self, i: usize, pid: sys::Pid) -> Option<HeaderCopy> {
-        self.header(i).filter(|h| h.owned_by(pid.0 as u32))
+        self.header(i).filter(|h| h.owned_by(pid.as_u32()))
     }
 
     /// The read-write descriptor of a region with a file of its own (an
@@ -712,7 +719,7 @@ impl RegionSet {
     /// Zeroes the user area of region `i` (for `on_restart = "fresh"`),
     /// keeping the system area and its flight log.
     pub fn zero_user(&self, i: usize) -> io::Result<()> {
-        let (fd, off) = self.file(i);
+        let (fd, off) = self.file(i).ok_or_else(no_file)?;
         let s = &self.slots[i];
         sys::zero_range(fd, off + SYSTEM_SIZE as u64, (s.len - SYSTEM_SIZE) as u64)
     }
@@ -724,14 +731,15 @@ impl RegionSet {
     /// The caller must be the single owner of region `i` in this process
     /// (the daemon just forked for it), holding no reference into it.
     pub unsafe fn enter(&self, i: usize) -> io::Result<&'static mut [u8]> {
+        let (fd, _) = self.file(i).ok_or_else(no_file)?;
         // SAFETY: the caller's promise, passed on; the file is ours.
-        unsafe { self.enter_from(i, self.file(i).0) }
+        unsafe { self.enter_from(i, fd.as_raw_fd()) }
     }
 
     /// The descriptor of the file region `i` is in (the arena's or its
     /// own), `None` for a region without one.
     pub(crate) fn file_fd(&self, i: usize) -> Option<RawFd> {
-        Some(self.file(i).0).filter(|&fd| fd >= 0)
+        self.file(i).map(|(fd, _)| fd.as_raw_fd())
     }
 
     /// [`RegionSet::enter`] through `fd`, a copy of the descriptor
@@ -740,12 +748,14 @@ impl RegionSet {
     ///
     /// # Safety
     /// As [`RegionSet::enter`], and `fd` must be a copy of
-    /// `self.file_fd(i)` (the mapping is made from it at region `i`'s
-    /// offset).
+    /// `self.file_fd(i)`, open in this process (the mapping is made from
+    /// it at region `i`'s offset).
     pub(crate) unsafe fn enter_from(&self, i: usize, fd: RawFd) -> io::Result<&'static mut [u8]> {
         let s = &self.slots[i];
         let addr = self.addr(s.offset);
-        let off = self.file(i).1;
+        let (_, off) = self.file(i).ok_or_else(no_file)?;
+        // SAFETY: the caller promises `fd` is open here.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
         // SAFETY: the range is inside our reservation; the caller holds no
         // reference into it.
         unsafe { sys::map_fixed(addr, s.len, fd, off, sys::Access::ReadWrite)? };
@@ -780,7 +790,7 @@ pub unsafe fn claim(region: NonNull<u8>) -> &'static Header {
         h.layout.store(LAYOUT, Ordering::Relaxed);
         h.magic.store(MAGIC, Ordering::Release);
     }
-    h.pid.store(sys::getpid().0 as u32, Ordering::Relaxed);
+    h.pid.store(sys::getpid().as_u32(), Ordering::Relaxed);
     h.resumed_seq.store(0, Ordering::Relaxed);
     h.starts.fetch_add(1, Ordering::Relaxed);
     h.heartbeat_ns.store(sys::monotonic_ns(), Ordering::Release);

@@ -495,7 +495,7 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
 #[cfg(all(test, not(miri)))]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
+    use std::os::fd::AsFd;
     use std::os::unix::fs::MetadataExt;
 
     /// Bytes of blocks the file behind `f` has (`st_blocks` is in 512s).
@@ -511,13 +511,13 @@ mod tests {
         // SAFETY: the range is the reservation just made, nothing refers
         // into it; it stays mapped for the rest of the test (never
         // unmapped: the process ends with it).
-        unsafe { sys::map_fixed(base, LEN, file.as_raw_fd(), 0, sys::Access::ReadWrite) }.unwrap();
+        unsafe { sys::map_fixed(base, LEN, file.as_fd(), 0, sys::Access::ReadWrite) }.unwrap();
         // SAFETY: LEN bytes mapped read-write above, borrowed only here.
         let area = unsafe { std::slice::from_raw_parts_mut(base.as_ptr(), LEN) };
         area.fill(0xa5);
         assert_eq!(allocated(&file), LEN as u64);
         // A hole, as another process punching the file leaves one.
-        sys::punch_hole(file.as_raw_fd(), 4 * 4096, 2 * 4096).unwrap();
+        sys::punch_hole(file.as_fd(), 4 * 4096, 2 * 4096).unwrap();
         assert_eq!(allocated(&file), (LEN - 2 * 4096) as u64);
         // Zeroed from the middle of a page to the end: the file has every
         // block again (MADV_REMOVE gave them back to the file system), then

@@ -153,6 +153,9 @@ impl<S: Subscriber> Layer<S> for Echo {
         trace::format_event(event, &mut out);
         let _ = out.write_str("\n");
         let fd = ECHO_FD.load(Ordering::Relaxed);
+        // SAFETY: ECHO_FD is 2 or the descriptor spawn placed the root's
+        // stderr at for this daemon: open for the life of the process.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
         let _ = crate::sys::write_all(fd, out.as_str().as_bytes());
     }
 }

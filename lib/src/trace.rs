@@ -47,7 +47,7 @@ pub fn pid() -> u32 {
 /// Refreshes the cached pid (call in a new process that did not come from
 /// `fork`, which [`layer`] already handles); returns it.
 pub fn after_fork() -> u32 {
-    let p = sys::getpid().0 as u32;
+    let p = sys::getpid().as_u32();
     PID.store(p, Ordering::Relaxed);
     p
 }

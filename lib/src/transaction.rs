@@ -155,14 +155,14 @@ use std::fmt;
 use std::io;
 use std::marker::PhantomData;
 use std::mem::size_of;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::daemon::{ExitReason, SetupStage};
 use crate::region::Plain;
-use crate::sys::{self, Forked, Pid, SigSet, WaitStatus};
+use crate::sys::{self, Forked, Pid, SigSet, Signal, WaitStatus};
 
 /// `"FKROOTTX"`: the first word of an area laid out by [`Transactions::new`].
 pub const AREA_MAGIC: u64 = u64::from_le_bytes(*b"FKROOTTX");
@@ -558,7 +558,7 @@ pub struct Transactions<'a> {
     policy: Policy,
     quarantine: Vec<Quarantine>,
     clock: u64,
-    sigchld: OwnedFd,
+    sigchld: sys::SignalFd,
     /// `forkroot: NAME tx`.
     title: Vec<u8>,
     busy: usize,
@@ -608,8 +608,8 @@ impl<'a> Transactions<'a> {
         }
         // Children must stay zombies until poll reaps them (SIG_IGN would
         // have the kernel reap them, losing their exit status).
-        sys::default_signal(libc::SIGCHLD);
-        let set = SigSet::of(&[libc::SIGCHLD]);
+        sys::default_signal(Signal::CHLD);
+        let set = SigSet::of(&[Signal::CHLD]);
         set.block()?;
         let sigchld = set.signalfd()?;
         let mut title = b"forkroot: ".to_vec();
@@ -748,7 +748,7 @@ impl<'a> Transactions<'a> {
     /// finished. Never blocks; allocates nothing (unless `done` does).
     pub fn poll(&mut self, mut done: impl FnMut(Done<'_>)) {
         // Drain the signalfd: SIGCHLD is coalesced, so it only says "look".
-        while let Ok(Some(_)) = sys::read_signalfd(self.sigchld.as_raw_fd()) {}
+        while let Ok(Some(_)) = self.sigchld.read() {}
         for i in 0..self.slots.len() {
             let (pid, killed) = match self.slots[i].phase {
                 Phase::Running { pid, .. } => (pid, false),
@@ -760,7 +760,7 @@ impl<'a> Transactions<'a> {
                 Ok(None) => continue,
                 Err(e) => {
                     crate::alloc::allow(
-                        || tracing::error!(error = %e, pid = pid.0, "cannot reap a transaction"),
+                        || tracing::error!(error = %e, pid = pid.as_raw(), "cannot reap a transaction"),
                     );
                     continue;
                 }
@@ -774,7 +774,7 @@ impl<'a> Transactions<'a> {
             match self.slots[i].phase {
                 Phase::Running { pid, deadline_ns } if now >= deadline_ns => {
                     // Not reaped yet, so the pid cannot have been reused.
-                    let _ = sys::kill(pid, libc::SIGKILL);
+                    let _ = sys::kill(pid, Signal::KILL);
                     self.slots[i].phase = Phase::Killed { pid };
                     let (id, attempt) = (self.slots[i].id, self.slots[i].attempts);
                     crate::alloc::allow(
@@ -883,7 +883,7 @@ impl<'a> Transactions<'a> {
                 if was_free {
                     self.busy += 1;
                 }
-                self.header(i).pid.store(pid.0 as u32, Ordering::Relaxed);
+                self.header(i).pid.store(pid.as_u32(), Ordering::Relaxed);
                 Ok(())
             }
         }
@@ -975,7 +975,7 @@ impl<'a> Transactions<'a> {
         let stopped = matches!(
             status,
             WaitStatus::Signaled {
-                signal: libc::SIGTERM,
+                signal: Signal::TERM,
                 ..
             }
         );
@@ -1138,7 +1138,7 @@ impl Drop for Transactions<'_> {
     fn drop(&mut self) {
         for s in &self.slots {
             if let Phase::Running { pid, .. } | Phase::Killed { pid } = s.phase {
-                let _ = sys::kill(pid, libc::SIGKILL);
+                let _ = sys::kill(pid, Signal::KILL);
                 let _ = sys::wait_pid(pid);
             }
         }

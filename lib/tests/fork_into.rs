@@ -125,15 +125,15 @@ fn run(dir: &std::path::Path) {
                 }
                 assert_eq!(
                     sh.locked.swap(0, Ordering::AcqRel),
-                    pid.0 as u32,
+                    pid.as_u32(),
                     "child's own pid"
                 );
-                let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", pid.0)).unwrap();
+                let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", pid)).unwrap();
                 assert!(
                     cgroup.lines().any(|l| l == want),
                     "round {round}: child in {cgroup:?}, not {want}"
                 );
-                kill_and_reap(pid.0);
+                kill_and_reap(pid.as_raw());
                 // The kernel walks a dying process's robust list before it
                 // can be reaped: the lock is free now, or it never will be.
                 match sh.mutex.try_lock() {
@@ -249,7 +249,8 @@ fn run_vm(dir: &std::path::Path) {
         std::io::Read::read_to_string(&mut out, &mut text).unwrap();
         let mut status = 0;
         // SAFETY: our child; `status` is writable.
-        assert_eq!(unsafe { libc::waitpid(pid.0, &mut status, 0) }, pid.0);
+        let reaped = unsafe { libc::waitpid(pid.as_raw(), &mut status, 0) };
+        assert_eq!(reaped, pid.as_raw());
         if missing {
             assert_eq!(
                 libc::WEXITSTATUS(status),
@@ -298,7 +299,7 @@ fn run_shared_table() {
                         let open = |fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
                         let none_above = (end..end + 200).all(|fd| !open(fd));
                         let byte = [u8::from(none_above)];
-                        match sys::write_all(report_wr.as_raw_fd(), &byte) {
+                        match sys::write_all(report_wr.as_fd(), &byte) {
                             Ok(()) => 0,
                             Err(_) => 3,
                         }
@@ -313,7 +314,7 @@ fn run_shared_table() {
                     "child: {status:?}"
                 );
                 let mut b = [0u8; 1];
-                assert_eq!(sys::read(report_rd.as_raw_fd(), &mut b).unwrap(), 1);
+                assert_eq!(sys::read(report_rd.as_fd(), &mut b).unwrap(), 1);
                 assert_eq!(b[0], 1, "the child held descriptors above the bound");
                 // The caller's table is untouched: every pipe still open.
                 for (r, w) in &high {

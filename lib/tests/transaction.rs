@@ -272,7 +272,7 @@ fn segv_retries_exhausted() {
         Err(TxError::Crashed {
             reason: ExitReason::Signaled { signal, .. },
             attempts: 2,
-        }) => assert_eq!(signal, libc::SIGSEGV),
+        }) => assert_eq!(signal, forkroot::Signal::SEGV),
         ref other => panic!("expected a SIGSEGV crash after 2 attempts, got {other:?}"),
     }
     assert_eq!(counters()[1].load(Ordering::SeqCst), 2);
@@ -303,7 +303,7 @@ fn panic_is_a_crash() {
             done[0].result,
             Err(TxError::Crashed {
                 reason: ExitReason::Signaled {
-                    signal: libc::SIGABRT,
+                    signal: forkroot::Signal::ABRT,
                     ..
                 },
                 attempts: 1
@@ -364,7 +364,7 @@ fn sigterm_ends_without_retry() {
             done[0].result,
             Err(TxError::Crashed {
                 reason: ExitReason::Signaled {
-                    signal: libc::SIGTERM,
+                    signal: forkroot::Signal::TERM,
                     ..
                 },
                 attempts: 1

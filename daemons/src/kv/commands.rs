@@ -1616,7 +1616,7 @@ impl Db<'_> {
         t.raw(b"# Server\r\nredis_version:");
         t.raw(VERSION.as_bytes());
         t.raw(b"-forkroot\r\nredis_mode:standalone\r\nprocess_id:");
-        t.num(forkroot::sys::getpid().0 as i64);
+        t.num(i64::from(forkroot::sys::getpid().as_raw()));
         t.raw(b"\r\nlisten:");
         t.raw(self.listen.as_bytes());
         t.raw(b"\r\nuptime_in_seconds:");

@@ -47,7 +47,7 @@ mod store;
 mod tasks;
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::time::Duration;
 
 use commands::{Action, Db, ExecFailed, Queued, Session, RESERVE};
@@ -277,10 +277,10 @@ fn main(ctx: &mut Context<'_>) -> i32 {
         }
     };
     let armed = poll
-        .add(listener.as_raw_fd(), LISTENER)
-        .and_then(|()| poll.add(stop, STOP))
+        .add(borrowed(&listener.as_raw_fd()), LISTENER)
+        .and_then(|()| poll.add(borrowed(&stop), STOP))
         .and_then(|()| match tasks.fd() {
-            Some(fd) => poll.add(fd, TASKS),
+            Some(fd) => poll.add(borrowed(&fd), TASKS),
             None => Ok(()),
         });
     if let Err(e) = armed {
@@ -465,6 +465,17 @@ fn bind(listen: &str) -> io::Result<std::os::fd::OwnedFd> {
     Ok(fd)
 }
 
+/// A descriptor this daemon holds by number (its listener, a connection
+/// in its table, its stop signalfd, its transactions' signalfd), borrowed
+/// for one call.
+fn borrowed(fd: &RawFd) -> BorrowedFd<'_> {
+    debug_assert!(*fd >= 0, "a free connection slot");
+    // SAFETY: each of these stays open until this daemon closes it itself
+    // (`Server::close` for a connection, never for the others), which
+    // cannot happen while `fd` is borrowed.
+    unsafe { BorrowedFd::borrow_raw(*fd) }
+}
+
 fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     // SAFETY: fcntl on a descriptor we own; no memory involved.
     let flags = forkroot::sys::cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
@@ -567,7 +578,11 @@ impl Server<'_> {
                 forkroot::sys::close(fd);
                 continue;
             };
-            if self.poll.add(fd, CONN_BASE + slot as u64).is_err() {
+            if self
+                .poll
+                .add(borrowed(&fd), CONN_BASE + slot as u64)
+                .is_err()
+            {
                 forkroot::sys::close(fd);
                 self.free.push(slot);
                 continue;
@@ -679,12 +694,14 @@ impl Server<'_> {
         if want != c.interest {
             let token = CONN_BASE + slot as u64;
             let ok = match (c.interest, want) {
-                (_, Interest::Nothing) => self.poll.delete(c.fd),
-                (Interest::Nothing, w) => self
+                (_, Interest::Nothing) => self.poll.delete(borrowed(&c.fd)),
+                (Interest::Nothing, w) => self.poll.add(borrowed(&c.fd), token).and_then(|()| {
+                    self.poll
+                        .modify(borrowed(&c.fd), token, w == Interest::Write)
+                }),
+                (_, w) => self
                     .poll
-                    .add(c.fd, token)
-                    .and_then(|()| self.poll.modify(c.fd, token, w == Interest::Write)),
-                (_, w) => self.poll.modify(c.fd, token, w == Interest::Write),
+                    .modify(borrowed(&c.fd), token, w == Interest::Write),
             }
             .is_ok();
             c.interest = want;
@@ -802,7 +819,7 @@ impl Server<'_> {
                             c.queued = 0;
                         }
                         Action::Close => c.closing = true,
-                        Action::Crash => forkroot::sys::die_by(libc::SIGSEGV),
+                        Action::Crash => forkroot::sys::die_by(forkroot::Signal::SEGV),
                         Action::Calc | Action::TxCrash | Action::TxSleep => {
                             let (task, first) = match action {
                                 Action::Calc => (Task::Calc, 1),

@@ -150,10 +150,8 @@ fn describe(out: &mut Out<'_>, e: TxError) {
             match reason {
                 ExitReason::Signaled { signal, .. } => {
                     out.raw(b"killed by ");
-                    // Only an unknown signal number has a formatted name.
-                    forkroot::alloc::allow(|| {
-                        out.raw(forkroot::sys::signal_name(signal).as_bytes())
-                    });
+                    // Only a real-time signal has a formatted name.
+                    forkroot::alloc::allow(|| out.raw(signal.name().as_bytes()));
                 }
                 ExitReason::Exited(code) => {
                     out.raw(b"exited with code ");
@@ -199,7 +197,7 @@ fn calc_task(input: &[u8], out: &mut Output<'_>) -> Result<(), ()> {
 
 /// In the transaction: crashes (DEBUG TXCRASH).
 fn crash_task(_input: &[u8], _out: &mut Output<'_>) -> Result<(), ()> {
-    forkroot::sys::die_by(libc::SIGSEGV)
+    forkroot::sys::die_by(forkroot::Signal::SEGV)
 }
 
 /// In the transaction: sleeps the input's ms, then commits `+OK`

@@ -92,7 +92,10 @@ impl std::fmt::Display for Value<'_> {
             Value::Int(n) => write!(f, "{n}"),
             Value::Duration(d) => write!(f, "{:?}", super::units::format_duration(d)),
             Value::Size(n) => write!(f, "{n}"),
-            Value::Signal(s) => write!(f, "{:?}", crate::sys::signal_name(s)),
+            Value::Signal(s) => match crate::sys::Signal::from_raw(s) {
+                Some(s) => write!(f, "{:?}", s.name()),
+                None => write!(f, "\"signal {s}\""),
+            },
             Value::Str(s) => write!(f, "{s:?}"),
         }
     }
@@ -522,6 +525,23 @@ macro_rules! from_int {
 }
 from_int!(i64, u64, i32, u32, i16, u16, i8, u8, isize, usize);
 
+/// A signal setting as the signal it names.
+impl<'a> FromArg<'a> for crate::sys::Signal {
+    fn from_arg(v: Option<Value<'a>>) -> Result<Self, &'static str> {
+        match v {
+            Some(Value::Signal(n)) => {
+                crate::sys::Signal::from_raw(n).ok_or("a signal number from 1 to 64")
+            }
+            None => Err(NO_DEFAULT),
+            Some(_) => Err("a signal setting"),
+        }
+    }
+
+    fn fits(ty: Type) -> bool {
+        matches!(ty, Type::Signal)
+    }
+}
+
 impl<'a> FromArg<'a> for Duration {
     fn from_arg(v: Option<Value<'a>>) -> Result<Self, &'static str> {
         match v {
@@ -579,7 +599,7 @@ pub(crate) fn check_declaration(settings: &[Setting]) -> Result<(), String> {
             ));
         }
         if let Value::Signal(n) = d {
-            if nix::sys::signal::Signal::try_from(n).is_err() {
+            if !crate::sys::Signal::from_raw(n).is_some_and(crate::sys::Signal::is_standard) {
                 return Err(format!(
                     "setting {:?}: the default {n} is not a signal",
                     s.name

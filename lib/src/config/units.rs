@@ -92,15 +92,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Parses a signal name, with or without the `SIG` prefix and in any case:
 /// `"SIGSEGV"`, `"SEGV"` and `"segv"` all give `SIGSEGV`'s number.
 pub fn parse_signal(name: &str) -> Result<i32, String> {
-    let upper = name.trim().to_ascii_uppercase();
-    let full = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    match full.parse::<nix::sys::signal::Signal>() {
-        Ok(signal) => Ok(signal as i32),
-        Err(_) => Err(format!(
+    match crate::sys::Signal::from_name(name) {
+        Some(signal) => Ok(signal.as_raw()),
+        None => Err(format!(
             "{name:?} is not a signal name (e.g. SIGTERM, SIGKILL, SIGSEGV, SIGABRT)"
         )),
     }

@@ -105,7 +105,7 @@ impl<'a> Ring<'a> {
     /// Claims a writer table entry for this process: a free one, or one
     /// whose owner is dead.
     pub(super) fn register(&self) -> Result<Registration<'a>, RingError> {
-        let pid = sys::getpid().0 as u32;
+        let pid = sys::getpid().as_u32();
         let key = own_key()?;
         for i in 0..WRITERS {
             let e = self.writer_entry(i);
@@ -217,7 +217,7 @@ pub(super) struct Registration<'a> {
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        if sys::getpid().0 as u32 != self.pid {
+        if sys::getpid().as_u32() != self.pid {
             return;
         }
         // The generation stays: the next claim moves it on.
@@ -259,13 +259,12 @@ fn own_key() -> Result<u64, RingError> {
 /// exists but whose key of that kind cannot be read counts as alive. System
 /// calls only, no allocation.
 fn process_gone(pid: u32, key: u64) -> bool {
-    let Ok(p) = libc::pid_t::try_from(pid) else {
+    let Ok(p) = sys::Pid::try_from(pid) else {
         return true;
     };
-    if p <= 0 || pid_gone(pid) {
+    if pid_gone(pid) {
         return true;
     }
-    let p = sys::Pid(p);
     if key & KEY_PIDFS != 0 {
         match sys::proc::pidfs_ino(p) {
             Ok(Some(ino)) => ino | KEY_PIDFS != key,
@@ -280,17 +279,11 @@ fn process_gone(pid: u32, key: u64) -> bool {
 /// Whether no process has pid `pid`, or it is a zombie (key
 /// unknown: for an entry whose claimant died before recording it).
 fn pid_gone(pid: u32) -> bool {
-    let Ok(p) = libc::pid_t::try_from(pid) else {
+    let Ok(p) = sys::Pid::try_from(pid) else {
         return true;
     };
-    if p <= 0 {
+    if matches!(sys::exists(p), Ok(false)) {
         return true;
     }
-    // Signal 0 only checks for existence and permission.
-    if let Err(e) = sys::kill(sys::Pid(p), 0) {
-        if e.raw_os_error() == Some(libc::ESRCH) {
-            return true;
-        }
-    }
-    sys::proc::state(sys::Pid(p)).is_ok_and(|s| s == b'Z' || s == b'X')
+    sys::proc::state(p).is_ok_and(|s| s == b'Z' || s == b'X')
 }

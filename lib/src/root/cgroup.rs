@@ -22,7 +22,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use crate::config::{DaemonConfig, Limits};
@@ -157,7 +157,7 @@ impl Containment {
         } else {
             let leaf = probe.own.join("root");
             let moved = make_dir(&leaf).and_then(|()| {
-                sys::cgroup::write(&leaf, "cgroup.procs", &sys::getpid().0.to_string())
+                sys::cgroup::write(&leaf, "cgroup.procs", &sys::getpid().to_string())
             });
             if let Err(e) = moved {
                 let _ = std::fs::remove_dir(&leaf);
@@ -177,7 +177,7 @@ impl Containment {
         };
         let filled = cg
             .fill(daemons, &probe)
-            .and_then(|()| epoll.add(cg.inotify.as_raw_fd(), token));
+            .and_then(|()| epoll.add(cg.inotify.as_fd(), token));
         if let Err(e) = filled {
             // Undo what was made; the error that stopped us is the one to report.
             let _ = cg.remove();
@@ -398,7 +398,7 @@ impl Cgroups {
             keep(sys::cgroup::write(
                 &self.base,
                 "cgroup.procs",
-                &sys::getpid().0.to_string(),
+                &sys::getpid().to_string(),
             ));
             keep(remove_dir(leaf));
         }
@@ -455,7 +455,7 @@ fn drain_leftover(dir: &Path, inotify: &Inotify) -> io::Result<()> {
         if !sys::cgroup::populated(dir)? {
             break;
         }
-        if !sys::cgroup::wait_readable(inotify, LEFTOVER_WAIT_MS)? {
+        if !sys::cgroup::wait_readable(inotify.as_fd(), LEFTOVER_WAIT_MS)? {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("{}: still populated 5s after cgroup.kill", dir.display()),
@@ -466,6 +466,6 @@ fn drain_leftover(dir: &Path, inotify: &Inotify) -> io::Result<()> {
 }
 
 /// What a spawn plan carries of [`Containment::leaf`].
-pub(crate) fn raw(leaf: &Option<(OwnedFd, bool)>) -> Option<(RawFd, bool)> {
-    leaf.as_ref().map(|(fd, fresh)| (fd.as_raw_fd(), *fresh))
+pub(crate) fn raw(leaf: Option<&(OwnedFd, bool)>) -> Option<(RawFd, bool)> {
+    leaf.map(|(fd, fresh)| (fd.as_raw_fd(), *fresh))
 }

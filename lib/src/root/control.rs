@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -21,8 +21,8 @@ use crate::control::proto::{
     HealthReply, LogRecord, LogsReply, MetricsReply, ProgramRef, ReloadReply, Request, RootMode,
     RootStatus, StatusReply, Supervisor, TreeDaemon, TreeGroup, TreeNode, TreeReply, MAX_REQUEST,
 };
-use crate::sys;
 use crate::sys::cred::Gid;
+use crate::sys::{self, Pid};
 
 /// Control connections open at once, at most. A connection past it closes
 /// the oldest one, so no number of clients locks an operator out.
@@ -140,7 +140,7 @@ impl Server {
             }
         };
         warn!(
-            pid = peer.pid.0,
+            pid = peer.pid.map_or(0, Pid::as_raw),
             uid = peer.uid,
             gid = peer.gid,
             "control connection refused: not an allowed user or group"
@@ -158,8 +158,8 @@ impl Server {
         ))
     }
 
-    pub(crate) fn listener_fd(&self) -> i32 {
-        self.listener.as_raw_fd()
+    pub(crate) fn listener_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.listener.as_fd()
     }
 }
 
@@ -249,7 +249,7 @@ impl Root<'_> {
                     // EMFILE and friends: the listener stays readable, so
                     // stop watching it for a moment instead of spinning.
                     warn!(error = %e, "control socket accept failed; pausing it for 1s");
-                    let _ = self.epoll.delete(server.listener.as_raw_fd());
+                    let _ = self.epoll.delete(server.listener.as_fd());
                     self.control_paused = Some(Instant::now() + CONTROL_PAUSE);
                     return;
                 }
@@ -286,7 +286,7 @@ impl Root<'_> {
         };
         let id = server.next_id;
         server.next_id += 1;
-        if self.epoll.add(stream.as_raw_fd(), TOKEN_CONN | id).is_ok() {
+        if self.epoll.add(stream.as_fd(), TOKEN_CONN | id).is_ok() {
             server.conns.insert(
                 id,
                 Conn {
@@ -364,7 +364,7 @@ impl Root<'_> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let _ = self
                         .epoll
-                        .modify(conn.stream.as_raw_fd(), TOKEN_CONN | id, true);
+                        .modify(conn.stream.as_fd(), TOKEN_CONN | id, true);
                     return;
                 }
                 Err(_) => break,
@@ -375,7 +375,7 @@ impl Root<'_> {
 
     fn close(&mut self, id: u64) {
         if let Some(mut conn) = self.control.as_mut().and_then(|s| s.conns.remove(&id)) {
-            let _ = self.epoll.delete(conn.stream.as_raw_fd());
+            let _ = self.epoll.delete(conn.stream.as_fd());
             discard_input(&mut conn.stream);
         }
     }
@@ -432,7 +432,7 @@ impl Root<'_> {
         let c = &self.children[i];
         Ok(ActionReply {
             state: wire_state(c.state),
-            pid: c.pid.map(|p| p.0),
+            pid: c.pid.map(Pid::as_raw),
         })
     }
 
@@ -495,8 +495,12 @@ impl Root<'_> {
                 },
                 group: c.cfg.group.clone().unwrap_or_else(|| "root".into()),
                 state: wire_state(c.state),
-                pid: c.pid.map(|p| p.0),
-                standby_pid: c.standby.as_ref().filter(|s| s.ready).map(|s| s.pid.0),
+                pid: c.pid.map(Pid::as_raw),
+                standby_pid: c
+                    .standby
+                    .as_ref()
+                    .filter(|s| s.ready)
+                    .map(|s| s.pid.as_raw()),
                 uptime_ms: c.started.map(|t| ms(now.duration_since(t))),
                 restarts: c.restarts,
                 last_exit: c.last_exit.map(|(reason, _)| reason.to_string()),
@@ -518,14 +522,14 @@ impl Root<'_> {
             .collect();
         StatusReply {
             root: RootStatus {
-                pid: self.pid.0,
+                pid: self.pid.as_raw(),
                 uptime_ms: ms(now.duration_since(self.started)),
                 mode: self.root_mode(),
                 restarts_in_period: self.sup.recent_restarts(TOP, now),
                 containment: self
                     .contain
                     .as_ref()
-                    .map(|c| c.describe())
+                    .map(super::cgroup::Containment::describe)
                     .unwrap_or_default(),
             },
             daemons,
@@ -577,7 +581,7 @@ impl Root<'_> {
                     name: c.cfg.name.clone(),
                     group: c.cfg.group.clone().unwrap_or_else(|| "root".into()),
                     state: wire_state(c.state),
-                    pid: c.pid.map(|p| p.0),
+                    pid: c.pid.map(Pid::as_raw),
                 })
                 .collect(),
         }
@@ -599,7 +603,7 @@ impl Root<'_> {
                 TreeNode::Daemon {
                     name: c.cfg.name.clone(),
                     state: wire_state(c.state),
-                    pid: c.pid.map(|p| p.0),
+                    pid: c.pid.map(Pid::as_raw),
                     restart: restart(c.cfg.restart),
                     restarts: c.restarts,
                     cause: self.sup.start_cause(i).as_str().to_owned(),

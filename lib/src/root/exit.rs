@@ -4,7 +4,7 @@
 //! cgroup is empty.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
@@ -15,7 +15,7 @@ use super::{ctx, pid_u32, Role, Root, RootError, State, TOKEN_EXIT};
 use crate::checkpoint::POISON_WINDOW;
 use crate::daemon::{Death, ExitReason};
 use crate::handoff::{read_setup, Setup, DEATHS_KEPT};
-use crate::sys::{self, Pid, WaitStatus};
+use crate::sys::{self, Pid, Signal, WaitStatus};
 
 /// SIGCHLD is coalesced: while one is pending, another child's is lost. So
 /// each child the root forks has a pidfd in the poll loop's set, readable
@@ -67,12 +67,12 @@ impl Root<'_> {
     }
 
     /// Watches the end of child `pid` through a pidfd. Without one (no
-    /// pidfd_open before Linux 5.3, no descriptor left) its exit comes
+    /// `pidfd_open` before Linux 5.3, no descriptor left) its exit comes
     /// with SIGCHLD or the sweep, as before.
     pub(super) fn watch_exit(&mut self, pid: Pid) {
         let watched = sys::pidfd_open(pid).and_then(|fd| {
             self.epoll
-                .add(fd.as_raw_fd(), TOKEN_EXIT | u64::from(pid_u32(pid)))?;
+                .add(fd.as_fd(), TOKEN_EXIT | u64::from(pid.as_u32()))?;
             Ok(fd)
         });
         match watched {
@@ -85,7 +85,7 @@ impl Root<'_> {
 
     /// A child's pidfd is readable: it ended. Reap it alone.
     pub(super) fn on_pidfd(&mut self, pid: u64) -> Result<(), RootError> {
-        let Some(pid) = i32::try_from(pid).ok().map(Pid) else {
+        let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
             return Ok(());
         };
         if let Some(status) = sys::reap_pid(pid).map_err(ctx("waitid"))? {
@@ -109,7 +109,7 @@ impl Root<'_> {
             return;
         };
         match role {
-            Role::Primary => self.on_exit(i, status),
+            Role::Primary => self.on_exit(i, pid, status),
             Role::Standby => self.on_standby_exit(i, status),
         }
     }
@@ -135,15 +135,12 @@ impl Root<'_> {
     pub(super) fn judge_checkpoint(
         &mut self,
         i: usize,
-        pid: i32,
+        pid: Pid,
         reason: ExitReason,
         uptime: Duration,
     ) {
         let crashed = reason.is_crash();
-        let resumed = self
-            .regions
-            .header_of(i, Pid(pid))
-            .map_or(0, |h| h.resumed_seq);
+        let resumed = self.regions.header_of(i, pid).map_or(0, |h| h.resumed_seq);
         let c = &mut self.children[i];
         c.resume_before = (crashed && uptime < POISON_WINDOW && resumed != 0).then_some(resumed);
         if let Some(seq) = c.resume_before {
@@ -152,36 +149,38 @@ impl Root<'_> {
     }
 
     /// Starting/Running/Stopping × exit.
-    pub(super) fn on_exit(&mut self, i: usize, status: WaitStatus) {
+    pub(super) fn on_exit(&mut self, i: usize, pid: Pid, status: WaitStatus) {
         let c = &mut self.children[i];
         if let Some(fd) = c.setup.take() {
             // Its SIGCHLD may come before its setup report: read it now.
             if let Setup::Failed(reason) = read_setup(&fd) {
                 c.setup_failed = Some(reason);
             }
-            let _ = self.epoll.delete(fd.as_raw_fd());
+            let _ = self.epoll.delete(fd.as_fd());
         }
         if let Some(fd) = c.notify_pipe.take() {
-            let _ = self.epoll.delete(fd.as_raw_fd());
+            let _ = self.epoll.delete(fd.as_fd());
         }
         let killed_for = c.killed_for.take();
         let reason = c.setup_failed.take().unwrap_or(match status {
             WaitStatus::Exited(code) => ExitReason::Exited(code),
             // The root's own SIGKILL: recorded as why the root sent it.
             WaitStatus::Signaled {
-                signal: libc::SIGKILL,
+                signal: Signal::KILL,
                 core,
             } => killed_for.unwrap_or(ExitReason::Signaled {
-                signal: libc::SIGKILL,
+                signal: Signal::KILL,
                 core,
             }),
             WaitStatus::Signaled { signal, core } => ExitReason::Signaled { signal, core },
         });
         let uptime = c.started.map_or(Duration::ZERO, |t| t.elapsed());
-        let pid = c.pid.take().map_or(0, |p| p.0);
+        // `by_pid` routed this death here by the daemon's own pid.
+        debug_assert_eq!(c.pid, Some(pid));
+        c.pid = None;
         // Reaped: messages it left half-written are skipped from now on,
         // and whoever monitors it hears of it.
-        let downs = self.post.died(i, pid_u32(Pid(pid)), reason, c.restarts);
+        let downs = self.post.died(i, pid_u32(pid), reason, c.restarts);
         if downs > 0 {
             debug!(daemon = %c.cfg.name, downs, "DOWN delivered");
         }
@@ -189,11 +188,11 @@ impl Root<'_> {
         // an exec'd program's children), so nothing outlives it holding its
         // region writable. The group's id cannot be reused while any member
         // lives, so this reaches only the dead daemon's group.
-        let _ = sys::kill_group(Pid(pid), libc::SIGKILL);
+        let _ = sys::kill_group(pid, Signal::KILL);
         let was = c.state;
         c.started = None;
         // Its last lines are its own, not its replacement's.
-        self.outputs[i].ended(Pid(pid));
+        self.outputs[i].ended(pid);
         self.notes.push(Note::Output { i });
         self.cancel_timer(i);
         self.children[i].last_exit = Some((reason, uptime));
@@ -206,9 +205,9 @@ impl Root<'_> {
         if was == State::Stopping {
             if reason.is_crash() && !matches!(reason, ExitReason::Exited(_)) {
                 // It crashed on its way out: that still gets a report.
-                self.note_exit(i, Pid(pid), reason, uptime);
+                self.note_exit(i, pid, reason, uptime);
             } else {
-                info!(daemon = %self.children[i].cfg.name, pid, %reason, "stopped");
+                info!(daemon = %self.children[i].cfg.name, pid = pid.as_raw(), %reason, "stopped");
             }
         } else if let ExitReason::SetupFailed { stage, errno } = reason {
             // Its code never ran: one line says where setup failed, and the
@@ -222,7 +221,7 @@ impl Root<'_> {
             return;
         } else {
             // The report waits until the replacement is forked (see `Note`).
-            self.note_exit(i, Pid(pid), reason, uptime);
+            self.note_exit(i, pid, reason, uptime);
         }
         let exit = Event::Exit {
             daemon: i,

@@ -30,7 +30,7 @@
 //! free again when the spawn returns.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use crate::listen::MAX_LISTEN;
 use crate::sys::{self, Pid};
@@ -57,6 +57,10 @@ pub(crate) enum Slot {
 
 /// Slots in the window.
 const LEN: usize = Slot::Listen as usize + MAX_LISTEN;
+/// The same, as a count of descriptor numbers.
+// 75 fits any descriptor number type (checked below).
+#[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+const SPAN: RawFd = LEN as RawFd;
 
 /// The window, owned by the root.
 #[derive(Debug)]
@@ -74,7 +78,7 @@ pub(crate) struct Handover {
 }
 
 // One bit of `used` per slot.
-const _: () = assert!(LEN <= 128);
+const _: () = assert!(LEN <= 128 && SPAN > 0);
 
 impl Drop for Handover {
     fn drop(&mut self) {
@@ -116,12 +120,12 @@ impl Handover {
         let open = |fd: RawFd| sys::is_open(fd);
         let mut base = sys::dup_at_least(null.as_raw_fd(), 3)?;
         sys::close(base);
-        while let Some(used) = (base..base + LEN as RawFd).rev().find(|&fd| open(fd)) {
+        while let Some(used) = (base..base + SPAN).rev().find(|&fd| open(fd)) {
             base = used + 1;
         }
         // The slots first, each a copy of /dev/null; on failure the ones
         // made are closed again.
-        for k in 0..LEN as RawFd {
+        for k in 0..SPAN {
             if let Err(e) = sys::dup_onto(null.as_raw_fd(), base + k) {
                 sys::close_between(base, base + k - 1).ok();
                 return Err(e);
@@ -133,7 +137,7 @@ impl Handover {
         let (sync, sync_wr) = match sys::pipe_cloexec(true) {
             Ok(p) => p,
             Err(e) => {
-                sys::close_between(base, base + LEN as RawFd - 1).ok();
+                sys::close_between(base, base + SPAN - 1).ok();
                 return Err(e);
             }
         };
@@ -156,17 +160,18 @@ impl Handover {
 
     /// The descriptor number of the `k`th listening socket's slot.
     pub(crate) fn listen_at(&self, k: usize) -> RawFd {
-        self.at(Slot::Listen) + k as RawFd
+        // k < MAX_LISTEN (checked with the config): within the window.
+        RawFd::try_from(k).map_or(RawFd::MAX, |k| self.at(Slot::Listen) + k)
     }
 
     /// The first descriptor above the window: what a child keeps is below.
     pub(crate) fn end(&self) -> RawFd {
-        self.base + LEN as RawFd
+        self.base + SPAN
     }
 
     /// The sync pipe's read end, which the poll loop watches.
-    pub(crate) fn sync_fd(&self) -> RawFd {
-        self.sync.as_raw_fd()
+    pub(crate) fn sync_fd(&self) -> BorrowedFd<'_> {
+        self.sync.as_fd()
     }
 
     /// Whether the window is free to fill for a new process.
@@ -178,7 +183,7 @@ impl Handover {
     /// [`Handover::listen_at`]) and returns that number.
     pub(crate) fn place(&mut self, fd: RawFd, at: RawFd) -> io::Result<RawFd> {
         let k = at - self.base;
-        if !self.is_free() || k <= 0 || k as usize >= LEN {
+        if !self.is_free() || k <= 0 || k >= SPAN {
             // A bug of the caller; refused rather than done.
             return Err(io::Error::other(
                 "the hand-over window is lent, or no such slot",
@@ -198,17 +203,17 @@ impl Handover {
     /// child's descriptors close) and empties the sync pipe. Only when no
     /// process shares the window: after the child said so, or is dead.
     pub(crate) fn release(&mut self) {
-        for k in 1..LEN {
+        for k in 1..SPAN {
             if self.used & (1 << k) != 0 {
                 // dup3 over an open slot cannot fail but for EINTR (retried)
                 // or a bad source: /dev/null stays open.
-                let _ = sys::dup_onto(self.null.as_raw_fd(), self.base + k as RawFd);
+                let _ = sys::dup_onto(self.null.as_raw_fd(), self.base + k);
             }
         }
         self.used = 0;
         self.lent = None;
         let mut buf = [0u8; 64];
-        while matches!(sys::read(self.sync.as_raw_fd(), &mut buf), Ok(n) if n > 0) {}
+        while matches!(sys::read(self.sync.as_fd(), &mut buf), Ok(n) if n > 0) {}
     }
 
     /// The sync pipe is readable: the child the window is lent to has its
@@ -216,8 +221,8 @@ impl Handover {
     pub(crate) fn on_sync(&mut self) {
         let mut buf = [0u8; 4];
         let mut said = false;
-        while let Ok(4) = sys::read(self.sync.as_raw_fd(), &mut buf) {
-            said |= self.lent == Some(Pid(i32::from_ne_bytes(buf)));
+        while let Ok(4) = sys::read(self.sync.as_fd(), &mut buf) {
+            said |= self.lent.is_some() && self.lent == Pid::from_raw(i32::from_ne_bytes(buf));
         }
         if said {
             self.release();
@@ -238,6 +243,8 @@ impl Handover {
 /// pid, 4 bytes). Fork-safe; the first thing the child does.
 pub(crate) fn unshare(end: RawFd, sync: RawFd) -> io::Result<()> {
     sys::unshare_below(end)?;
-    let pid = sys::getpid().0.to_ne_bytes();
-    sys::write_all(sync, &pid)
+    let pid = sys::getpid().as_raw().to_ne_bytes();
+    // SAFETY: `sync` is the window's sync slot, open in this table (below
+    // `end`) until the child closes its inherited descriptors.
+    sys::write_all(unsafe { BorrowedFd::borrow_raw(sync) }, &pid)
 }

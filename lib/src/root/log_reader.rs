@@ -20,9 +20,9 @@ pub(crate) fn last_lines(regions: &RegionSet, i: usize, pid: Pid, n: usize) -> V
     log::tail(copy.bytes(), log::CAPACITY, |r| {
         // Records are oldest first: everything after the replacement's
         // first record is the replacement's.
-        if r.pid() == pid.0 as u32 && !newer {
+        if r.pid() == pid.as_u32() && !newer {
             lines.push(format!("{} {}: {}", r.level().as_str(), r.pid(), r.text()));
-        } else if !lines.is_empty() && r.pid() != pid.0 as u32 && r.tx() == 0 {
+        } else if !lines.is_empty() && r.pid() != pid.as_u32() && r.tx() == 0 {
             newer = true;
         }
     });

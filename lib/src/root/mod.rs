@@ -33,7 +33,7 @@ mod window;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -43,7 +43,7 @@ use crate::config::{Config, DaemonConfig};
 use crate::daemon::{Death, ExitReason, Registry};
 use crate::mailbox::PostOffice;
 use crate::region::RegionSet;
-use crate::sys::{self, Pid};
+use crate::sys::{self, Pid, Signal};
 use notes::Note;
 use standby::Standby;
 use stop::kill_tree;
@@ -256,7 +256,7 @@ const TOKEN_KIND: u64 = !0 << 32;
 /// A pid as the mailbox and the service manager record it: a pid the
 /// kernel gave is positive, so its magnitude is its value (0 stays 0).
 fn pid_u32(pid: Pid) -> u32 {
-    pid.0.unsigned_abs()
+    pid.as_u32()
 }
 
 /// Whether the loop goes on or the root exits with a code.
@@ -285,7 +285,7 @@ pub struct Root<'a> {
     /// [`Root::new`] and handed to every incarnation.
     listeners: Vec<Vec<crate::listen::Bound>>,
     epoll: sys::Epoll,
-    signals: OwnedFd,
+    signals: sys::SignalFd,
     timers: BTreeSet<(Instant, usize)>,
     /// Every supervision decision (the state × event table).
     sup: Supervisor,
@@ -467,20 +467,22 @@ impl Root<'_> {
 
     /// The signalfd is readable: each pending signal to its handler.
     fn on_signals(&mut self) -> Result<(), RootError> {
-        while let Some((sig, from)) =
-            sys::read_signalfd(self.signals.as_raw_fd()).map_err(ctx("reading signalfd"))?
-        {
+        while let Some((sig, from)) = self.signals.read().map_err(ctx("reading signalfd"))? {
             match sig {
-                libc::SIGCHLD => self.on_sigchld(from)?,
-                libc::SIGTERM | libc::SIGINT => self.on_shutdown_signal(sig),
-                libc::SIGHUP => {
+                // Always from a child; without its pid, sweep.
+                Signal::CHLD => match from {
+                    Some(from) => self.on_sigchld(from)?,
+                    None => self.reap()?,
+                },
+                Signal::TERM | Signal::INT => self.on_shutdown_signal(sig),
+                Signal::HUP => {
                     info!("SIGHUP: reloading the config file");
                     // Refusals and a bad file are logged by `reload`.
                     let _ = self.reload(false);
                 }
-                libc::SIGUSR1 => info!(status = %self.status_line(Instant::now()), "SIGUSR1"),
-                libc::SIGUSR2 => info!("SIGUSR2 ignored"),
-                _ => debug!(signal = sig, "unexpected signal"),
+                Signal::USR1 => info!(status = %self.status_line(Instant::now()), "SIGUSR1"),
+                Signal::USR2 => info!("SIGUSR2 ignored"),
+                _ => debug!(signal = %sig, "unexpected signal"),
             }
         }
         Ok(())
@@ -513,8 +515,8 @@ impl Root<'_> {
                 // No pid: its fork failed, and the supervisor hears it next.
                 if let Some(pid) = self.children[i].pid {
                     debug!(daemon = %self.children[i].cfg.name, %pid, "stopping");
-                    kill_tree(pid, libc::SIGTERM);
-                    kill_tree(pid, libc::SIGCONT);
+                    kill_tree(pid, Signal::TERM);
+                    kill_tree(pid, Signal::CONT);
                 }
             }
             Action::Kill(i) => {
@@ -535,7 +537,7 @@ impl Root<'_> {
                 if let Some(pid) = c.pid {
                     error!(daemon = %c.cfg.name, %pid, start_timeout = ?c.cfg.start_timeout, "not ready within start_timeout; killing");
                     c.killed_for = Some(ExitReason::StartTimeout);
-                    kill_tree(pid, libc::SIGKILL);
+                    kill_tree(pid, Signal::KILL);
                 }
             }
             Action::CheckWatchdog(i) => self.check_watchdog(i),

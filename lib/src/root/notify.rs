@@ -15,7 +15,7 @@
 //! would make the root watch another process) is refused.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use tracing::{debug, error, info, warn};
@@ -24,7 +24,7 @@ use super::supervisor::Event;
 use super::{kill_tree, Role, Root, State};
 use crate::config::Readiness;
 use crate::daemon::ExitReason;
-use crate::sys::{self, dgram, Pid};
+use crate::sys::{self, dgram, Pid, Signal};
 
 /// systemd reads at most this much of a notification; longer ones are
 /// dropped.
@@ -118,8 +118,8 @@ pub(crate) struct Socket {
 /// A datagram from some process, not yet attributed.
 #[derive(Debug)]
 pub(crate) struct Received {
-    /// The sender's pid (0: the kernel gave none).
-    pub(crate) pid: Pid,
+    /// The sender's pid (`None`: the kernel gave none).
+    pub(crate) pid: Option<Pid>,
     /// Its text, or `None` when it was too long or not UTF-8.
     pub(crate) text: Option<String>,
 }
@@ -130,7 +130,7 @@ impl Socket {
     /// whose roots are both PID 1).
     pub(crate) fn bind(root: Pid) -> io::Result<Socket> {
         let nonce = sys::monotonic_ns() ^ sys::realtime_ns().rotate_left(17);
-        let name = format!("forkroot/{}/{nonce:016x}/notify", root.0);
+        let name = format!("forkroot/{root}/{nonce:016x}/notify");
         let sock = dgram::bind_abstract_dgram(name.as_bytes())?;
         Ok(Socket {
             sock,
@@ -144,15 +144,15 @@ impl Socket {
         &self.env
     }
 
-    pub(crate) fn fd(&self) -> RawFd {
-        self.sock.as_raw_fd()
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
     }
 
     /// Reads up to a batch of waiting datagrams into `out`.
     pub(crate) fn receive(&mut self, out: &mut Vec<Received>) -> io::Result<()> {
         let mut buf = [0u8; MAX_MESSAGE];
         for _ in 0..BATCH {
-            let Some(d) = dgram::recv_with_creds(self.sock.as_raw_fd(), &mut buf)? else {
+            let Some(d) = dgram::recv_with_creds(self.sock.as_fd(), &mut buf)? else {
                 break;
             };
             let text = if d.truncated {
@@ -167,11 +167,8 @@ impl Socket {
 }
 
 /// The session a sender is in (its daemon's pid), if it still exists.
-pub(crate) fn session_of(pid: Pid) -> Option<Pid> {
-    if pid.0 <= 0 {
-        return None;
-    }
-    dgram::getsid(pid).ok()
+pub(crate) fn session_of(pid: Option<Pid>) -> Option<Pid> {
+    dgram::getsid(pid?).ok()
 }
 
 /// What a notification descriptor said so far.
@@ -187,13 +184,13 @@ pub(crate) enum FdSaid {
 
 /// Reads what is waiting on a notification descriptor (s6: a newline
 /// means ready; what comes before it is ignored).
-pub(crate) fn read_fd(fd: RawFd) -> FdSaid {
+pub(crate) fn read_fd(fd: BorrowedFd<'_>) -> FdSaid {
     let mut buf = [0u8; 512];
     loop {
         match sys::read(fd, &mut buf) {
             Ok(0) => return FdSaid::Closed,
             Ok(n) if buf[..n].contains(&b'\n') => return FdSaid::Ready,
-            Ok(_) => continue,
+            Ok(_) => {}
             Err(_) => return FdSaid::Nothing,
         }
     }
@@ -219,7 +216,7 @@ impl Root<'_> {
                     }
                 }
                 (Some(i), None) => {
-                    self.reject(r.pid, Some(i), "longer than 4096 bytes or not UTF-8")
+                    self.reject(r.pid, Some(i), "longer than 4096 bytes or not UTF-8");
                 }
                 (None, _) => self.reject(r.pid, None, "not from a daemon's processes"),
             }
@@ -228,12 +225,12 @@ impl Root<'_> {
 
     /// Counts a datagram the root does not believe; logs the first and
     /// then every power of two, so a flood cannot flood the log.
-    fn reject(&mut self, pid: Pid, daemon: Option<usize>, why: &str) {
+    fn reject(&mut self, pid: Option<Pid>, daemon: Option<usize>, why: &str) {
         self.notify.rejected += 1;
         let n = self.notify.rejected;
         if n.is_power_of_two() {
             let daemon = daemon.map(|i| self.children[i].cfg.name.as_str());
-            warn!(sender = %pid, ?daemon, rejected = n, "notify message ignored: {why}");
+            warn!(sender = %pid.map_or(0, Pid::as_raw), ?daemon, rejected = n, "notify message ignored: {why}");
         }
     }
 
@@ -258,21 +255,21 @@ impl Root<'_> {
                 {
                     error!(daemon = %name, %pid, "watchdog triggered by the daemon (WATCHDOG=trigger); killing");
                     c.killed_for = Some(ExitReason::Watchdog);
-                    kill_tree(pid, libc::SIGKILL);
+                    kill_tree(pid, Signal::KILL);
                 }
             }
             Notice::Stopping => {
-                info!(daemon = %name, "the daemon says it is stopping (STOPPING=1)")
+                info!(daemon = %name, "the daemon says it is stopping (STOPPING=1)");
             }
             Notice::Reloading => {
-                info!(daemon = %name, "the daemon says it is reloading (RELOADING=1)")
+                info!(daemon = %name, "the daemon says it is reloading (RELOADING=1)");
             }
             Notice::ExtendTimeout(by) => {
                 debug!(daemon = %name, by = ?by, "EXTEND_TIMEOUT_USEC");
                 self.step(Event::Extend(i, by));
             }
             Notice::Errno(n) => {
-                warn!(daemon = %name, errno = n, error = %io::Error::from_raw_os_error(n), "the daemon reports an error (ERRNO=)")
+                warn!(daemon = %name, errno = n, error = %io::Error::from_raw_os_error(n), "the daemon reports an error (ERRNO=)");
             }
             Notice::MainPid(v) => warn!(
                 daemon = %name,
@@ -291,15 +288,15 @@ impl Root<'_> {
         let Some(fd) = c.notify_pipe.take() else {
             return;
         };
-        match read_fd(fd.as_raw_fd()) {
+        match read_fd(fd.as_fd()) {
             FdSaid::Nothing => c.notify_pipe = Some(fd),
             FdSaid::Ready => {
-                let _ = self.epoll.delete(fd.as_raw_fd());
+                let _ = self.epoll.delete(fd.as_fd());
                 info!(daemon = %c.cfg.name, "ready (notify_fd)");
                 self.ready(i);
             }
             FdSaid::Closed => {
-                let _ = self.epoll.delete(fd.as_raw_fd());
+                let _ = self.epoll.delete(fd.as_fd());
                 warn!(daemon = %c.cfg.name, "closed its notify_fd without writing a newline; it stays starting until start_timeout");
             }
         }

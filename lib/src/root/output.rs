@@ -20,7 +20,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Instant;
 
 use crate::control::proto::OutputLine;
@@ -77,7 +77,7 @@ struct Pipe {
 impl Pipe {
     fn new() -> io::Result<Pipe> {
         let (read, write) = sys::pipe_cloexec(true)?;
-        sys::setup::set_nonblocking(write.as_raw_fd(), false)?;
+        sys::setup::set_nonblocking(write.as_fd(), false)?;
         Ok(Pipe {
             read,
             write,
@@ -116,8 +116,9 @@ pub(crate) struct Output {
     pipes: [Pipe; 2],
     lines: VecDeque<OutputLine>,
     next_seq: u64,
-    /// The process lines are attributed to: the one running, else the last.
-    pid: Pid,
+    /// The process lines are attributed to: the one running, else the last
+    /// (`None` before the first; its lines say pid 0).
+    pid: Option<Pid>,
     tokens: f64,
     refilled: Instant,
     /// Lines dropped by the rate limit and not yet said.
@@ -139,7 +140,7 @@ impl Output {
             pipes: [Pipe::new()?, Pipe::new()?],
             lines: VecDeque::new(),
             next_seq: 1,
-            pid: Pid(0),
+            pid: None,
             tokens: f64::from(BURST),
             refilled: Instant::now(),
             unsaid: 0,
@@ -166,8 +167,8 @@ impl Output {
     }
 
     /// The read end of `stream`'s pipe, for the poll loop.
-    pub(crate) fn read_fd(&self, stream: Stream) -> RawFd {
-        self.pipes[stream as usize].read.as_raw_fd()
+    pub(crate) fn read_fd(&self, stream: Stream) -> BorrowedFd<'_> {
+        self.pipes[stream as usize].read.as_fd()
     }
 
     /// The write ends (stdout, stderr) a forked child takes.
@@ -180,7 +181,7 @@ impl Output {
 
     /// Attributes what is read from now on to `pid`.
     pub(crate) fn started(&mut self, pid: Pid) {
-        self.pid = pid;
+        self.pid = Some(pid);
     }
 
     /// `stream` is readable: reads at most [`READ_BUDGET`] bytes.
@@ -193,7 +194,7 @@ impl Output {
     /// Their log lines wait for [`Output::flush_log`]: writing them takes
     /// longer than reading them, and the replacement should not wait.
     pub(crate) fn ended(&mut self, pid: Pid) {
-        self.pid = pid;
+        self.pid = Some(pid);
         // Lines of an earlier death not logged yet go first.
         self.flush_log();
         let first = self.next_seq;
@@ -222,7 +223,7 @@ impl Output {
             } else {
                 Stream::Stderr
             };
-            self.log(stream, Pid(l.pid as i32), &l.text);
+            self.log(stream, l.pid, &l.text);
         }
     }
 
@@ -231,7 +232,7 @@ impl Output {
         let mut left = budget;
         while left > 0 {
             let want = left.min(buf.len());
-            let fd = self.pipes[stream as usize].read.as_raw_fd();
+            let fd = self.pipes[stream as usize].read.as_fd();
             let n = match sys::read(fd, &mut buf[..want]) {
                 Ok(0) => break,
                 Ok(n) => n,
@@ -308,7 +309,7 @@ impl Output {
 
     fn push(&mut self, stream: Stream, text: String) {
         if !self.draining {
-            self.log(stream, self.pid, &text);
+            self.log(stream, self.pid.map_or(0, Pid::as_u32), &text);
         }
         if self.lines.len() == KEPT_LINES {
             self.lines.pop_front();
@@ -316,7 +317,7 @@ impl Output {
         self.lines.push_back(OutputLine {
             seq: self.next_seq,
             time_ns: sys::realtime_ns(),
-            pid: self.pid.0 as u32,
+            pid: self.pid.map_or(0, Pid::as_u32),
             stream: stream.as_str().to_owned(),
             text,
         });
@@ -324,11 +325,11 @@ impl Output {
     }
 
     /// Writes one line to the root's log, tagged with the daemon and pid.
-    fn log(&self, stream: Stream, pid: Pid, text: &str) {
+    fn log(&self, stream: Stream, pid: u32, text: &str) {
         let text = escape_controls(text);
         match self.sink {
             Sink::Log => {
-                tracing::info!(target: "forkroot::output", "{}[{pid}] {}: {text}", self.name, stream.as_str())
+                tracing::info!(target: "forkroot::output", "{}[{pid}] {}: {text}", self.name, stream.as_str());
             }
             Sink::Journal => {
                 // LOG_INFO for stdout, LOG_WARNING for stderr.
@@ -338,7 +339,7 @@ impl Output {
                     crate::subscriber::priority(&tracing::Level::WARN)
                 };
                 let line = format!("<{level}>{}[{pid}]: {text}\n", self.name);
-                let _ = sys::write_all(2, line.as_bytes());
+                let _ = sys::write_all(std::io::stderr().as_fd(), line.as_bytes());
             }
         }
     }

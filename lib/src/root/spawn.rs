@@ -19,7 +19,7 @@ use crate::daemon::{Entry, SetupStage, Siblings, Start};
 use crate::handoff::{self, History};
 use crate::listen;
 use crate::region::RegionSet;
-use crate::sys::{self, Forked, Pid, SigSet};
+use crate::sys::{self, Forked, Pid, SigSet, Signal};
 
 use super::handover::{self, Handover, Slot};
 
@@ -168,7 +168,17 @@ impl Run<'_> {
 /// sockets; after them (3 + n) with n, which systemd's protocol puts at
 /// 3.. (`FORKROOT_REGION_FD` says which, in both cases).
 fn exec_region_fd(listeners: usize) -> RawFd {
-    handoff::EXEC_REGION_FD + listeners as RawFd
+    nth_fd(handoff::EXEC_REGION_FD, listeners)
+}
+
+/// Descriptor number `base + k`, the k-th of a run placed from `base`;
+/// past the range of descriptor numbers, `RawFd::MAX`, which `dup2`
+/// refuses (the setup fails and says so). Fork-safe.
+fn nth_fd(base: RawFd, k: usize) -> RawFd {
+    RawFd::try_from(k)
+        .ok()
+        .and_then(|k| base.checked_add(k))
+        .unwrap_or(RawFd::MAX)
 }
 
 /// The spawn plan: everything the child needs, decided by the config and
@@ -279,9 +289,10 @@ pub(crate) fn spawn(s: &Plan<'_>, window: Option<&mut Handover>) -> io::Result<S
     match forked {
         Forked::Parent(pid) => {
             if let Some(w) = window {
-                match born_in.shared {
-                    true => w.lend(pid),
-                    false => w.release(),
+                if born_in.shared {
+                    w.lend(pid);
+                } else {
+                    w.release();
                 }
             }
             drop(wr);
@@ -485,12 +496,8 @@ struct Born {
 /// sharing the root's descriptor table if `share` ([`Handover`]); a plain
 /// fork otherwise. [`Born`] says which.
 fn fork_child(cgroup: Option<(RawFd, bool)>, share: bool) -> io::Result<(Forked, Born)> {
-    let into = match cgroup {
-        Some((dir, true)) => Some(dir),
-        None => None,
-        // Entered by migration: born anywhere.
-        Some((_, false)) => None,
-    };
+    // Entered by migration (`false`): born anywhere.
+    let into = cgroup.and_then(|(dir, fresh)| fresh.then_some(dir));
     if into.is_some() || share {
         // SAFETY: the root is single-threaded (it never spawns threads), and
         // the child only makes fork-safe calls until the daemon's entry (and
@@ -518,7 +525,13 @@ fn fork_child(cgroup: Option<(RawFd, bool)>, share: bool) -> io::Result<(Forked,
 }
 
 /// Reports a failed setup step to the root and exits. Fork-safe.
+// `err` by value: every caller hands over the error it just got, as its
+// last use (`Err(e) => fail(pipe, stage, e)`).
+#[allow(clippy::needless_pass_by_value)]
 fn fail(pipe: RawFd, stage: SetupStage, err: io::Error) -> ! {
+    // SAFETY: `pipe` is the setup pipe's write end, open in this child
+    // until it execs or exits.
+    let pipe = unsafe { BorrowedFd::borrow_raw(pipe) };
     handoff::report_setup_failure(pipe, stage, err.raw_os_error().unwrap_or(0));
     sys::exit_now(SETUP_FAILED)
 }
@@ -538,7 +551,9 @@ fn child(s: &Plan<'_>, fds: &Fds, in_cgroup: bool) -> ! {
     if let Some(Err(e)) = fds
         .cgroup
         .filter(|_| !in_cgroup)
-        .map(|(dir, _)| sys::cgroup::enter(dir))
+        // SAFETY: the plan's cgroup directory is open in the root, and so in
+        // this copy of its descriptor table, until the child is settled.
+        .map(|(dir, _)| sys::cgroup::enter(unsafe { BorrowedFd::borrow_raw(dir) }))
     {
         fail(pipe, SetupStage::Cgroup, e);
     }
@@ -554,7 +569,7 @@ fn child(s: &Plan<'_>, fds: &Fds, in_cgroup: bool) -> ! {
         Run::Builtin { entry, args, names } => {
             // SIGTERM stays blocked: the daemon takes it through
             // Context::stopping/sleep, so it can finish what it is doing.
-            let _ = SigSet::of(&[libc::SIGTERM]).set_mask();
+            let _ = SigSet::of(&[Signal::TERM]).set_mask();
             // SAFETY: this process was just forked for region `index` and
             // holds no reference into it.
             let entered = match fds.region {
@@ -575,7 +590,9 @@ fn child(s: &Plan<'_>, fds: &Fds, in_cgroup: bool) -> ! {
             let took;
             if fds.gate.is_some() {
                 // No takeover (the gate closed): the root no longer needs us.
-                let Some(t) = History::wait(GATE_FD) else {
+                // SAFETY: spawn placed the gate's read end at GATE_FD for
+                // this standby; it stays open until closed just below.
+                let Some(t) = History::wait(unsafe { BorrowedFd::borrow_raw(GATE_FD) }) else {
                     sys::exit_now(0)
                 };
                 sys::close(GATE_FD);
@@ -608,6 +625,9 @@ fn child(s: &Plan<'_>, fds: &Fds, in_cgroup: bool) -> ! {
 /// An exec'd program's child, from its descriptors to the exec. Fork-safe;
 /// it writes nothing but its own stack and the plan's `LISTEN_PID` buffer,
 /// so it also runs in a child sharing the root's memory ([`vm_child`]).
+// r, p, i, o, e, n: each the copy (above the targets) of the descriptor
+// whose first letter it has, read side by side with the dup2 table below.
+#[allow(clippy::many_single_char_names)]
 fn exec_child(fds: &Fds, exec: &Exec) -> ! {
     let pipe = fds.setup;
     let Some(fd) = fds.region else {
@@ -623,7 +643,7 @@ fn exec_child(fds: &Fds, exec: &Exec) -> ! {
         // root waits, and rewrites it before its next use); `envp` points
         // at it and is read only by the exec below.
         let buf = unsafe { &mut *cell.get() };
-        listen::write_pid(buf, sys::getpid().0.unsigned_abs());
+        listen::write_pid(buf, sys::getpid().as_u32());
     }
     let stdin = match sys::setup::open_read(&exec.stdin) {
         Ok(fd) => fd,
@@ -669,7 +689,7 @@ fn exec_child(fds: &Fds, exec: &Exec) -> ! {
             sys::dup2(e, 2)?;
         }
         for (k, &from) in high[..listeners.len()].iter().enumerate() {
-            sys::dup2(from, listen::EXEC_FIRST_FD + k as RawFd)?;
+            sys::dup2(from, nth_fd(listen::EXEC_FIRST_FD, k))?;
         }
         sys::dup2(r, region_fd)?;
         sys::dup2(p, pipe_fd)?;
@@ -744,7 +764,7 @@ fn apply_settings(exec: &Exec, pipe: RawFd) {
 }
 
 /// A built-in daemon keeps the `state_dir` lock (fd 3: while any daemon of
-/// this root lives, no other root can take the state_dir), a standby's
+/// this root lives, no other root can take the `state_dir`), a standby's
 /// gate (fd 4), the root's stderr at fd 5 (the echo of its flight-log
 /// events), its listening sockets (fd 6..), takes its output pipes as
 /// stdout and stderr, and closes everything else inherited from the root
@@ -753,9 +773,8 @@ fn apply_settings(exec: &Exec, pipe: RawFd) {
 fn keep_descriptors(fds: &Fds) {
     let (pipe, gate) = (fds.setup, fds.gate);
     let listeners = &fds.listeners[..fds.listen_count];
-    let n = listeners.len() as RawFd;
     // Above every descriptor placed below, so no dup2 lands on a source.
-    let high = (listen::BUILTIN_FIRST_FD + n).max(10);
+    let high = nth_fd(listen::BUILTIN_FIRST_FD, listeners.len()).max(10);
     let pipe = sys::dup_at_least(pipe, high).unwrap_or(pipe);
     let moved = (|| -> io::Result<()> {
         let lock = fds.lock.map(|fd| sys::dup_at_least(fd, high)).transpose()?;
@@ -772,7 +791,7 @@ fn keep_descriptors(fds: &Fds) {
             sys::dup2(fd, GATE_FD)?;
         }
         for (k, &from) in high_listeners[..listeners.len()].iter().enumerate() {
-            sys::dup2(from, listen::BUILTIN_FIRST_FD + k as RawFd)?;
+            sys::dup2(from, nth_fd(listen::BUILTIN_FIRST_FD, k))?;
         }
         if let Some((o, e)) = out {
             let echo = sys::dup_at_least(2, high)?;
@@ -786,7 +805,7 @@ fn keep_descriptors(fds: &Fds) {
     if let Err(e) = moved {
         fail(pipe, SetupStage::Descriptors, e);
     }
-    if let Err(e) = sys::close_from(listen::BUILTIN_FIRST_FD + n) {
+    if let Err(e) = sys::close_from(nth_fd(listen::BUILTIN_FIRST_FD, listeners.len())) {
         fail(pipe, SetupStage::Descriptors, e);
     }
     if gate.is_none() {

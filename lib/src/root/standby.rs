@@ -2,14 +2,14 @@
 //! beside it, blocked on its gate; when the daemon dies, the standby takes
 //! over at once (no fork on the restart path) and another is forked.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 use tracing::{debug, info, warn};
 
 use super::supervisor::Event;
 use super::{pid_u32, Mode, Role, Root, State};
 use crate::handoff::{read_setup, History, Setup};
-use crate::sys::{self, Pid, WaitStatus};
+use crate::sys::{self, Pid, Signal, WaitStatus};
 
 /// A standby: forked and set up, blocked on its gate until it takes over.
 #[derive(Debug)]
@@ -36,9 +36,9 @@ impl Root<'_> {
         }
         let sb = c.standby.take().expect("checked above");
         let history = History::new(c.restarts, &c.deaths, c.resume_before);
-        if let Err(e) = history.send(sb.gate.as_raw_fd()) {
+        if let Err(e) = history.send(sb.gate.as_fd()) {
             warn!(daemon = %c.cfg.name, error = %e, "standby unreachable; forking instead");
-            let _ = sys::kill(sb.pid, libc::SIGKILL);
+            let _ = sys::kill(sb.pid, Signal::KILL);
             c.standby = Some(Standby { killed: true, ..sb });
             return false;
         }
@@ -86,7 +86,7 @@ impl Root<'_> {
         if let Some(sb) = self.children[i].standby.as_mut() {
             if !sb.killed {
                 sb.killed = true;
-                let _ = sys::kill(sb.pid, libc::SIGKILL);
+                let _ = sys::kill(sb.pid, Signal::KILL);
             }
         }
     }
@@ -101,11 +101,11 @@ impl Root<'_> {
             Setup::Pending => sb.setup = Some(fd),
             Setup::Ready => {
                 sb.ready = true;
-                let _ = self.epoll.delete(fd.as_raw_fd());
+                let _ = self.epoll.delete(fd.as_fd());
             }
             Setup::Failed(reason) => {
                 warn!(daemon = %self.children[i].cfg.name, %reason, "standby failed to start");
-                let _ = self.epoll.delete(fd.as_raw_fd());
+                let _ = self.epoll.delete(fd.as_fd());
             }
         }
     }
@@ -115,7 +115,7 @@ impl Root<'_> {
         let c = &mut self.children[i];
         let Some(sb) = c.standby.take() else { return };
         if let Some(fd) = sb.setup {
-            let _ = self.epoll.delete(fd.as_raw_fd());
+            let _ = self.epoll.delete(fd.as_fd());
         }
         if sb.killed {
             // Replaced on purpose (an unreachable standby) or the daemon is

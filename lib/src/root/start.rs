@@ -3,7 +3,7 @@
 //! the root could not carry out becomes (a pause, or a death).
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info};
@@ -15,7 +15,7 @@ use super::{TOKEN_NOTIFY_FD, TOKEN_SETUP, TOKEN_STANDBY};
 use crate::config::{OnRestart, Program, Readiness};
 use crate::daemon::{ExitReason, SetupStage};
 use crate::handoff::{read_setup, Setup};
-use crate::sys::{self, Pid};
+use crate::sys::{self, Pid, Signal};
 
 /// The first pause before retrying a start the machine refused is
 /// [`FORK_RETRY`]; it doubles up to this while the machine keeps refusing
@@ -70,7 +70,7 @@ impl Root<'_> {
                 // Blocking for the program (its end is its own), not for
                 // the root.
                 let (rd, wr) = sys::pipe_cloexec(false)?;
-                sys::set_nonblocking(rd.as_raw_fd())?;
+                sys::set_nonblocking(rd.as_fd())?;
                 Some(((rd, wr), n))
             }
             _ => None,
@@ -91,7 +91,7 @@ impl Root<'_> {
                 post: self.post.post(),
                 writer,
                 post_fds: self.post.fds(),
-                cgroup: cgroup::raw(&cgroup_dir),
+                cgroup: cgroup::raw(cgroup_dir.as_ref()),
                 listeners: self.listeners.get(i).map_or(&[][..], |l| &l[..]),
                 listen: &c.cfg.listen,
             },
@@ -174,10 +174,10 @@ impl Root<'_> {
         let kind = if standby { TOKEN_STANDBY } else { TOKEN_SETUP };
         let e = self
             .epoll
-            .add(spawned.setup.as_raw_fd(), kind | i as u64)
+            .add(spawned.setup.as_fd(), kind | i as u64)
             .err()?;
         error!(daemon = %self.children[i].cfg.name, pid = %spawned.pid, error = %e, "cannot watch the new process's setup pipe; killing it");
-        kill_tree(spawned.pid, libc::SIGKILL);
+        kill_tree(spawned.pid, Signal::KILL);
         Some(unwatched(&e))
     }
 
@@ -185,14 +185,14 @@ impl Root<'_> {
     /// pipe: unwatched, it could never be ready; a failed start at once
     /// rather than at its `start_timeout`.
     fn watch_notify_pipe(&mut self, i: usize, pid: Pid, rd: OwnedFd) -> Option<ExitReason> {
-        match self.epoll.add(rd.as_raw_fd(), TOKEN_NOTIFY_FD | i as u64) {
+        match self.epoll.add(rd.as_fd(), TOKEN_NOTIFY_FD | i as u64) {
             Ok(()) => {
                 self.children[i].notify_pipe = Some(rd);
                 None
             }
             Err(e) => {
                 error!(daemon = %self.children[i].cfg.name, %pid, error = %e, "cannot watch the new process's notify_fd pipe; killing it");
-                kill_tree(pid, libc::SIGKILL);
+                kill_tree(pid, Signal::KILL);
                 Some(unwatched(&e))
             }
         }
@@ -349,7 +349,7 @@ impl Root<'_> {
             // had before, in the same batch) or a spurious wake-up.
             Setup::Pending => c.setup = Some(fd),
             Setup::Ready => {
-                let _ = self.epoll.delete(fd.as_raw_fd());
+                let _ = self.epoll.delete(fd.as_fd());
                 // A program that says when it is ready is only exec'd yet.
                 if c.cfg.readiness == Readiness::Exec {
                     debug!(daemon = %c.cfg.name, "running");
@@ -360,7 +360,7 @@ impl Root<'_> {
             }
             Setup::Failed(reason) => {
                 c.setup_failed = Some(reason);
-                let _ = self.epoll.delete(fd.as_raw_fd());
+                let _ = self.epoll.delete(fd.as_fd());
             }
         }
     }

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -25,7 +25,7 @@ use crate::config::{Config, DaemonConfig, Program};
 use crate::daemon::Registry;
 use crate::mailbox::{PostOffice, Shape};
 use crate::region::{RegionSet, RegionSpec};
-use crate::sys::{self, SigSet};
+use crate::sys::{self, SigSet, Signal};
 
 impl<'a> Root<'a> {
     /// Validates the kinds, sets the root's process attributes, and maps
@@ -48,7 +48,7 @@ impl<'a> Root<'a> {
         let listeners = bind_listeners(&config)?;
         let epoll = sys::Epoll::new().map_err(ctx("epoll"))?;
         epoll
-            .add(signals.as_raw_fd(), TOKEN_SIGNALS)
+            .add(signals.as_fd(), TOKEN_SIGNALS)
             .map_err(ctx("epoll"))?;
         if let Some(h) = &handover {
             epoll
@@ -127,20 +127,20 @@ fn check_startable(config: &Config, registry: &Registry) -> Result<(), RootError
 /// Sets what the root needs of its own process before anything else:
 /// signals through a signalfd (returned), a child subreaper, not dumpable,
 /// an open-file limit for the tree, a process title it can set.
-fn set_process_attributes(config: &Config) -> Result<OwnedFd, RootError> {
+fn set_process_attributes(config: &Config) -> Result<sys::SignalFd, RootError> {
     // An inherited "ignore SIGCHLD" would make the kernel reap our
     // children without telling us.
-    sys::default_signal(libc::SIGCHLD);
+    sys::default_signal(Signal::CHLD);
     // Signals arrive through the signalfd, never through handlers.
     // SIGUSR1/SIGUSR2 too: their default action would end the root
     // (and with it, through PDEATHSIG, the whole tree) on a stray kill.
     let set = SigSet::of(&[
-        libc::SIGCHLD,
-        libc::SIGTERM,
-        libc::SIGINT,
-        libc::SIGHUP,
-        libc::SIGUSR1,
-        libc::SIGUSR2,
+        Signal::CHLD,
+        Signal::TERM,
+        Signal::INT,
+        Signal::HUP,
+        Signal::USR1,
+        Signal::USR2,
     ]);
     set.block().map_err(ctx("blocking signals"))?;
     let signals = set.signalfd().map_err(ctx("signalfd"))?;
@@ -231,9 +231,7 @@ fn watch_regions(config: &Config, epoll: &sys::Epoll) -> Result<Option<OwnedFd>,
     };
     match watch_state_dir(dir) {
         Ok(fd) => {
-            epoll
-                .add(fd.as_raw_fd(), TOKEN_WATCH)
-                .map_err(ctx("epoll"))?;
+            epoll.add(fd.as_fd(), TOKEN_WATCH).map_err(ctx("epoll"))?;
             Ok(Some(fd))
         }
         Err(e) => {

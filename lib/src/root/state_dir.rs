@@ -3,14 +3,14 @@
 //! seen at once and the daemon restarted on its repaired region.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tracing::{error, warn};
 
 use super::{ctx, kill_tree, Root, RootError};
-use crate::sys;
+use crate::sys::{self, Signal};
 
 /// An inotify watch on `dir` for what another process may do to a region
 /// file: write or truncate it (`IN_MODIFY`), remove or replace it.
@@ -21,7 +21,7 @@ pub(super) fn watch_state_dir(dir: &Path) -> io::Result<OwnedFd> {
         | libc::IN_MOVED_FROM
         | libc::IN_MOVED_TO
         | libc::IN_CREATE;
-    sys::file::watch(fd.as_raw_fd(), dir, mask)?;
+    sys::file::watch(fd.as_fd(), dir, mask)?;
     Ok(fd)
 }
 
@@ -44,7 +44,7 @@ pub(super) fn lock_state_dir(dir: &Path) -> Result<OwnedFd, RootError> {
     let fd = OwnedFd::from(file);
     let start = Instant::now();
     loop {
-        match sys::try_lock_exclusive(fd.as_raw_fd()) {
+        match sys::try_lock_exclusive(fd.as_fd()) {
             Ok(true) => return Ok(fd),
             Ok(false) if start.elapsed() < LOCK_WAIT => {
                 // Start-up, not the event path: nothing else to do yet.
@@ -80,7 +80,7 @@ impl Root<'_> {
         let mut events = Vec::new();
         if let Some(fd) = &self.watch {
             loop {
-                match sys::file::read_events(fd.as_raw_fd(), |mask, name| {
+                match sys::file::read_events(fd.as_fd(), |mask, name| {
                     events.push((mask, name.to_vec()));
                 }) {
                     Ok(0) => break,
@@ -144,7 +144,7 @@ impl Root<'_> {
         };
         if restart {
             warn!(daemon = %name, %pid, "restarting it on its repaired region");
-            kill_tree(pid, libc::SIGKILL);
+            kill_tree(pid, Signal::KILL);
         }
     }
 }

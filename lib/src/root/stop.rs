@@ -9,11 +9,11 @@ use tracing::{info, warn};
 
 use super::supervisor::Event;
 use super::{cgroup, Mode, Role, Root, State, EXIT_INTERNAL, EXIT_OK};
-use crate::sys::{self, Pid};
+use crate::sys::{self, Pid, Signal};
 
 /// Signals a daemon's process group, falling back to the process alone if
 /// the group does not exist yet (a child killed before its setsid).
-pub(super) fn kill_tree(pid: Pid, signal: i32) {
+pub(super) fn kill_tree(pid: Pid, signal: Signal) {
     if sys::kill_group(pid, signal).is_err() {
         let _ = sys::kill(pid, signal);
     }
@@ -31,8 +31,8 @@ impl Root<'_> {
         for i in 0..self.children.len() {
             self.kill_standby(i);
             if let Some(pid) = self.children[i].pid {
-                kill_tree(pid, libc::SIGTERM);
-                kill_tree(pid, libc::SIGCONT);
+                kill_tree(pid, Signal::TERM);
+                kill_tree(pid, Signal::CONT);
                 self.children[i].state = State::Stopping;
             }
         }
@@ -52,11 +52,12 @@ impl Root<'_> {
             if self.by_pid.is_empty() || left.is_zero() {
                 break;
             }
-            sys::wait_signal(libc::SIGCHLD, left);
+            // Arrived or not, the loop reaps and looks again.
+            let _ = sys::wait_signal(Signal::CHLD, left);
         }
         for (pid, (i, _)) in std::mem::take(&mut self.by_pid) {
             warn!(daemon = %self.children[i].cfg.name, %pid, timeout = ?self.config.root.stop_timeout, "did not stop in time; killing");
-            kill_tree(pid, libc::SIGKILL);
+            kill_tree(pid, Signal::KILL);
             let _ = sys::wait_pid(pid);
         }
         // In cgroup mode, what the daemons forked goes too, and so do the
@@ -73,14 +74,14 @@ impl Root<'_> {
         }
     }
 
-    pub(super) fn on_shutdown_signal(&mut self, sig: i32) {
+    pub(super) fn on_shutdown_signal(&mut self, sig: Signal) {
         match self.mode {
             Mode::Supervising => {
-                info!(signal = %sys::signal_name(sig), "shutting down");
+                info!(signal = %sig, "shutting down");
                 self.shutdown(EXIT_OK);
             }
             Mode::ShuttingDown(_) => {
-                warn!(signal = %sys::signal_name(sig), "second stop signal: killing every daemon now");
+                warn!(signal = %sig, "second stop signal: killing every daemon now");
                 for i in 0..self.children.len() {
                     if let Some(pid) = self.children[i].pid {
                         self.kill_all(i, pid);
@@ -96,7 +97,7 @@ impl Root<'_> {
         if let Err(e) = self.containment().kill(i) {
             warn!(daemon = %self.children[i].cfg.name, error = %e, "cgroup.kill failed");
         }
-        kill_tree(pid, libc::SIGKILL);
+        kill_tree(pid, Signal::KILL);
     }
 
     /// Shuts the tree down: daemons stop one at a time in reverse start

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// How many buckets a window keeps at most (see [`RestartWindow`]).
-pub(super) const WINDOW_MARKS: usize = 256;
+pub(super) const WINDOW_MARKS: u32 = 256;
 
 /// A supervisor's intensity window: how many restarts happened in the last
 /// `period`, in memory bounded whatever the intensity.
@@ -32,7 +32,7 @@ impl RestartWindow {
             self.marks.pop_front();
             self.count -= n;
         }
-        let width = period / WINDOW_MARKS as u32;
+        let width = period / WINDOW_MARKS;
         match self.marks.back_mut() {
             Some((t, n)) if now.saturating_duration_since(*t) < width => *n += 1,
             _ => self.marks.push_back((now, 1)),
@@ -101,7 +101,11 @@ mod tests {
             w.record(t0 + Duration::from_millis(k.into()), period);
         }
         assert_eq!(w.count(), u64::from(n));
-        assert!(w.kept() <= WINDOW_MARKS + 1, "{} entries kept", w.kept());
+        assert!(
+            w.kept() <= WINDOW_MARKS as usize + 1,
+            "{} entries kept",
+            w.kept()
+        );
         // An hour after the last, none is left.
         let later = t0 + Duration::from_millis(n.into()) + period + Duration::from_secs(1);
         assert_eq!(w.record(later, period), 1);

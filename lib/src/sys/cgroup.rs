@@ -4,7 +4,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -33,15 +33,12 @@ fn unescape(s: &str) -> String {
         let octal = b
             .get(i + 1..i + 4)
             .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match octal {
-            Some(d) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            None => {
-                out.push(b[i]);
-                i += 1;
-            }
+        if let Some(d) = octal {
+            out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
         }
     }
     String::from_utf8_lossy(&out).into_owned()
@@ -69,18 +66,18 @@ pub fn write(dir: &Path, file: &str, text: &str) -> io::Result<()> {
 /// `dir` (writing `0` to its `cgroup.procs` names the writer). No
 /// allocation; fork-safe. A migration: prefer creating the process in its
 /// cgroup ([`super::fork::fork_into`]).
-pub fn enter(dir: RawFd) -> io::Result<()> {
+pub fn enter(dir: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: a NUL-terminated constant path, relative to `dir`.
     let procs = super::cvt_r(|| unsafe {
         libc::openat(
-            dir,
+            dir.as_raw_fd(),
             c"cgroup.procs".as_ptr(),
             libc::O_WRONLY | libc::O_CLOEXEC,
         )
     })?;
     // SAFETY: a fresh descriptor that we now own (closed on return).
     let procs = unsafe { OwnedFd::from_raw_fd(procs) };
-    super::write_all(procs.as_raw_fd(), b"0")
+    super::write_all(procs.as_fd(), b"0")
 }
 
 /// Opens the cgroup directory `dir` for [`enter`] and
@@ -154,7 +151,7 @@ impl Inotify {
             let n = match super::cvt_r(|| unsafe {
                 libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), bytes)
             }) {
-                Ok(n) => n as usize,
+                Ok(n) => super::count(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
             };
@@ -172,6 +169,12 @@ impl Inotify {
     }
 }
 
+impl AsFd for Inotify {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
 impl AsRawFd for Inotify {
     fn as_raw_fd(&self) -> RawFd {
         self.0.as_raw_fd()
@@ -181,13 +184,13 @@ impl AsRawFd for Inotify {
 /// Waits up to `timeout_ms` for `fd` (an [`Inotify`]) to be readable. For
 /// the root's start-up only, before its poll loop runs. Returns whether it
 /// became readable.
-pub fn wait_readable(fd: &impl AsRawFd, timeout_ms: i32) -> io::Result<bool> {
+pub fn wait_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<bool> {
     let mut p = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLIN,
         revents: 0,
     };
     // SAFETY: one valid pollfd for the call.
-    let n = super::cvt_r(|| unsafe { libc::poll(&mut p, 1, timeout_ms) })?;
+    let n = super::cvt_r(|| unsafe { libc::poll(&raw mut p, 1, timeout_ms) })?;
     Ok(n > 0)
 }

@@ -14,6 +14,7 @@ pub type Uid = libc::uid_t;
 pub type Gid = libc::gid_t;
 
 /// The calling process's effective user id.
+#[must_use]
 pub fn geteuid() -> Uid {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
@@ -24,8 +25,9 @@ pub fn geteuid() -> Uid {
 /// supplementary group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
-    /// The connecting process (it may have exited since).
-    pub pid: Pid,
+    /// The connecting process (it may have exited since); `None` if the
+    /// kernel could not name it (a peer in another pid namespace).
+    pub pid: Option<Pid>,
     /// Its effective user id.
     pub uid: Uid,
     /// Its effective group id.
@@ -36,6 +38,7 @@ pub struct Peer {
 
 impl Peer {
     /// Whether `gid` is the peer's group or one of its supplementary ones.
+    #[must_use]
     pub fn in_group(&self, gid: Gid) -> bool {
         self.gid == gid || self.groups.contains(&gid)
     }
@@ -48,7 +51,7 @@ pub fn peer(fd: BorrowedFd<'_>) -> io::Result<Peer> {
         uid: 0,
         gid: 0,
     };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    let mut len = super::socklen(std::mem::size_of::<libc::ucred>());
     // SAFETY: `cred` is a writable ucred and `len` its size, as
     // SO_PEERCRED requires; the kernel writes at most `len` bytes.
     cvt(unsafe {
@@ -56,15 +59,15 @@ pub fn peer(fd: BorrowedFd<'_>) -> io::Result<Peer> {
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_PEERCRED,
-            std::ptr::from_mut(&mut cred).cast(),
-            &mut len,
+            (&raw mut cred).cast(),
+            &raw mut len,
         )
     })?;
     // NGROUPS_MAX is 65536; a peer with more groups than fit in the first
     // try is asked again with the size the kernel reported.
     let mut groups: Vec<Gid> = vec![0; 64];
     loop {
-        let mut len = (groups.len() * std::mem::size_of::<Gid>()) as libc::socklen_t;
+        let mut len = super::socklen(std::mem::size_of_val(groups.as_slice()));
         // SAFETY: `groups` is writable for `len` bytes; the kernel writes
         // at most that many, or fails with ERANGE and sets `len` to what
         // it needs.
@@ -74,7 +77,7 @@ pub fn peer(fd: BorrowedFd<'_>) -> io::Result<Peer> {
                 libc::SOL_SOCKET,
                 libc::SO_PEERGROUPS,
                 groups.as_mut_ptr().cast(),
-                &mut len,
+                &raw mut len,
             )
         });
         match r {
@@ -89,7 +92,7 @@ pub fn peer(fd: BorrowedFd<'_>) -> io::Result<Peer> {
         }
     }
     Ok(Peer {
-        pid: Pid(cred.pid),
+        pid: Pid::from_raw(cred.pid),
         uid: cred.uid,
         gid: cred.gid,
         groups,
@@ -114,10 +117,10 @@ pub fn group_by_name(name: &str) -> io::Result<Option<Gid>> {
         let r = unsafe {
             libc::getgrnam_r(
                 c_name.as_ptr(),
-                &mut grp,
+                &raw mut grp,
                 buf.as_mut_ptr(),
                 buf.len(),
-                &mut found,
+                &raw mut found,
             )
         };
         match r {

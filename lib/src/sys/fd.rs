@@ -1,27 +1,36 @@
 //! Descriptors: reading, writing, duplicating, closing, locking, and the
 //! process's limit on how many it may hold.
+//!
+//! A descriptor that is borrowed is a [`BorrowedFd`], one that is handed
+//! over an [`OwnedFd`]. The calls that take a [`RawFd`] are the forked
+//! child's descriptor shuffle ([`dup2`], [`dup_at_least`], [`set_cloexec`],
+//! [`close`], [`close_between`], [`close_from`]): they move numbers the
+//! exec'd program or the daemon receives at fixed places (fd 0–2, 3, ...),
+//! which no Rust value owns there (an `OwnedFd` would close on a drop the
+//! child never runs).
 
 use super::{cvt, cvt_r};
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 /// Writes all of `buf` to `fd`, retrying on EINTR. Fork-safe.
-pub fn write_all(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
+pub fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
     while !buf.is_empty() {
         // SAFETY: `buf` is a valid readable slice of `buf.len()` bytes.
         let n = cvt_r(|| unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) })?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
-        buf = &buf[n as usize..];
+        buf = &buf[super::count(n)..];
     }
     Ok(())
 }
 
 /// `flock(LOCK_EX | LOCK_NB)`: whether the lock was taken.
-pub fn try_lock_exclusive(fd: RawFd) -> io::Result<bool> {
+pub fn try_lock_exclusive(fd: BorrowedFd<'_>) -> io::Result<bool> {
     // SAFETY: flock has no memory preconditions.
-    match cvt_r(|| unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) }) {
+    match cvt_r(|| unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }) {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
         Err(e) => Err(e),
@@ -79,44 +88,46 @@ pub fn restore_fd_limit() {
     }
 }
 
-/// Closes `fd`. Fork-safe.
+/// Closes `fd`, a number no Rust value owns (see the module's note).
+/// Fork-safe.
 pub fn close(fd: RawFd) {
     // SAFETY: the caller gives up `fd`; close has no memory preconditions.
     unsafe { libc::close(fd) };
 }
 
 /// read(2) into `buf`, retrying on EINTR; returns 0 at end of file.
-pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is a valid writable slice of `buf.len()` bytes.
-    let n = cvt_r(|| unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })?;
-    Ok(n as usize)
+    let n = cvt_r(|| unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })?;
+    Ok(super::count(n))
 }
 
 /// A pipe whose both ends are close-on-exec (and non-blocking if asked).
 pub fn pipe_cloexec(nonblocking: bool) -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    let flags = libc::O_CLOEXEC | if nonblocking { libc::O_NONBLOCK } else { 0 };
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), flags) })?;
-    // SAFETY: pipe2 succeeded, so both are fresh descriptors we now own.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    use nix::fcntl::OFlag;
+    let mut flags = OFlag::O_CLOEXEC;
+    flags.set(OFlag::O_NONBLOCK, nonblocking);
+    Ok(nix::unistd::pipe2(flags)?)
 }
 
-/// Closes every descriptor from `first` up. Fork-safe.
+/// Closes every descriptor from `first` up. Fork-safe. Numbers: what is
+/// closed is a range of the table, owned by no value.
 pub fn close_from(first: RawFd) -> io::Result<()> {
     close_between(first, RawFd::MAX)
 }
 
 /// Closes every descriptor from `first` to `last`, both included.
-/// Fork-safe.
+/// Fork-safe. Numbers: a range of the table, owned by no value.
 pub fn close_between(first: RawFd, last: RawFd) -> io::Result<()> {
     if last < first {
         return Ok(());
     }
     // SAFETY: close_range only closes descriptors; the caller owns none of
     // them in the range any more (that is the point of calling it).
-    let rc =
-        unsafe { libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0u32) } as i32;
+    // Descriptor numbers are >= 0: as unsigned, the same numbers.
+    let (from, to) = (first.unsigned_abs(), last.unsigned_abs());
+    // SAFETY: as above.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, from, to, 0u32) };
     match cvt(rc) {
         Ok(_) => Ok(()),
         // Before Linux 5.9 (or under a seccomp filter without it): close
@@ -145,20 +156,23 @@ pub fn close_between(first: RawFd, last: RawFd) -> io::Result<()> {
 /// descriptors it does not keep. In a process whose table is its own it
 /// closes every descriptor from `end` up. Fork-safe.
 pub fn unshare_below(end: RawFd) -> io::Result<()> {
+    // Descriptor numbers are >= 0: as unsigned, the same numbers.
+    let end = end.unsigned_abs();
     // SAFETY: close_range only copies and closes descriptors; the caller
     // keeps none at `end` or above.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_close_range,
-            end as u32,
+            end,
             u32::MAX,
             libc::CLOSE_RANGE_UNSHARE,
         )
-    } as i32;
+    };
     cvt(rc).map(drop)
 }
 
 /// Whether `fd` is an open descriptor of this process. Fork-safe.
+#[must_use]
 pub fn is_open(fd: RawFd) -> bool {
     // SAFETY: F_GETFD only reads a descriptor's flags.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
@@ -174,7 +188,8 @@ pub fn dup_onto(from: RawFd, to: RawFd) -> io::Result<()> {
 }
 
 /// Makes reads and writes on `fd`'s open file description non-blocking.
-pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
     // SAFETY: F_GETFL/F_SETFL only read and change the file status flags.
     let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
     // SAFETY: as above.
@@ -183,6 +198,7 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
 }
 
 /// dup2(2): makes `to` a copy of `from` (without close-on-exec). Fork-safe.
+/// Numbers: `to` is the place the exec'd program or daemon finds it.
 pub fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
     // SAFETY: dup2 only manipulates the descriptor table.
     cvt_r(|| unsafe { libc::dup2(from, to) })?;
@@ -190,13 +206,15 @@ pub fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
 }
 
 /// Duplicates `fd` onto the lowest free number >= `min`, close-on-exec.
-/// Fork-safe.
+/// Fork-safe. Numbers: the copy is a stepping stone of the child's
+/// shuffle, moved again by [`dup2`] and never closed by a drop.
 pub fn dup_at_least(fd: RawFd, min: RawFd) -> io::Result<RawFd> {
     // SAFETY: F_DUPFD_CLOEXEC only manipulates the descriptor table.
     cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) })
 }
 
-/// Sets or clears close-on-exec on `fd`. Fork-safe.
+/// Sets or clears close-on-exec on `fd`. Fork-safe. A number: one the
+/// child's shuffle placed, or one inherited at a documented place.
 pub fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
     let flags = if on { libc::FD_CLOEXEC } else { 0 };
     // SAFETY: F_SETFD only changes the descriptor's flags.

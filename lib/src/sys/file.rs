@@ -1,7 +1,7 @@
 //! Reading files the root does not trust, and hardening the root itself.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use super::{cvt, cvt_r};
 
@@ -9,23 +9,18 @@ use super::{cvt, cvt_r};
 /// `fd` into `buf`, retrying on EINTR and short reads; returns how many
 /// were copied (fewer only at end of file). The kernel does the copy, so a
 /// file shorter than expected gives a short read, never a SIGBUS.
-pub fn pread_full(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+pub fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let fd = fd.as_raw_fd();
     let mut done = 0;
     while done < buf.len() {
         let rest = &mut buf[done..];
+        let off = super::off_t(offset + done as u64)?;
         // SAFETY: `rest` is a valid writable slice of `rest.len()` bytes.
-        let n = cvt_r(|| unsafe {
-            libc::pread(
-                fd,
-                rest.as_mut_ptr().cast(),
-                rest.len(),
-                (offset + done as u64) as libc::off_t,
-            )
-        })?;
+        let n = cvt_r(|| unsafe { libc::pread(fd, rest.as_mut_ptr().cast(), rest.len(), off) })?;
         if n == 0 {
             break;
         }
-        done += n as usize;
+        done += super::count(n);
     }
     Ok(done)
 }
@@ -46,24 +41,25 @@ impl FileId {
         FileId {
             dev: st.st_dev,
             ino: st.st_ino,
-            size: st.st_size as u64,
+            // A size is >= 0.
+            size: st.st_size.unsigned_abs(),
         }
     }
 }
 
 /// fstat(2) of `fd`.
-pub fn fstat(fd: RawFd) -> io::Result<FileId> {
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<FileId> {
     // SAFETY: stat is plain data; all-zero is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `st` is a valid stat to fill.
-    cvt(unsafe { libc::fstat(fd, &mut st) })?;
+    cvt(unsafe { libc::fstat(fd.as_raw_fd(), &raw mut st) })?;
     Ok(FileId::of(&st))
 }
 
 /// stat(2) of `path`.
 pub fn stat(path: &std::path::Path) -> io::Result<FileId> {
-    let meta = std::fs::metadata(path)?;
     use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)?;
     Ok(FileId {
         dev: meta.dev(),
         ino: meta.ino(),
@@ -72,13 +68,15 @@ pub fn stat(path: &std::path::Path) -> io::Result<FileId> {
 }
 
 /// ftruncate(2): sets the size of the file behind `fd`.
-pub fn set_len(fd: RawFd, len: u64) -> io::Result<()> {
+pub fn set_len(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
     // SAFETY: ftruncate only operates on the file behind `fd`.
-    cvt_r(|| unsafe { libc::ftruncate(fd, len as libc::off_t) })?;
+    let len = super::off_t(len)?;
+    // SAFETY: ftruncate only operates on the file behind `fd`.
+    cvt_r(|| unsafe { libc::ftruncate(fd.as_raw_fd(), len) })?;
     Ok(())
 }
 
-/// prctl(PR_SET_DUMPABLE): whether this process may dump core and be
+/// `prctl(PR_SET_DUMPABLE)`: whether this process may dump core and be
 /// inspected (`/proc/PID/fd`, `/proc/PID/mem`, ptrace) by other processes
 /// of its user. Fork-safe.
 pub fn set_dumpable(on: bool) -> io::Result<()> {
@@ -97,23 +95,25 @@ pub fn inotify() -> io::Result<std::os::fd::OwnedFd> {
 }
 
 /// Watches directory `dir` for `mask` events on `fd` (an [`inotify`]).
-pub fn watch(fd: RawFd, dir: &std::path::Path, mask: u32) -> io::Result<()> {
+pub fn watch(fd: BorrowedFd<'_>, dir: &std::path::Path, mask: u32) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
     // SAFETY: `path` is a valid C string.
-    cvt(unsafe { libc::inotify_add_watch(fd, path.as_ptr(), mask) })?;
+    cvt(unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), mask) })?;
     Ok(())
 }
 
 /// Reads the queued events of inotify `fd` (non-blocking) and calls `f`
 /// with each one's mask and file name; returns how many there were (0 when
 /// the queue is empty).
-pub fn read_events(fd: RawFd, mut f: impl FnMut(u32, &[u8])) -> io::Result<usize> {
+pub fn read_events(fd: BorrowedFd<'_>, mut f: impl FnMut(u32, &[u8])) -> io::Result<usize> {
     // Aligned for `inotify_event`; room for many events.
     let mut buf = [0u64; 512];
     // SAFETY: `buf` is valid for writes of its size in bytes.
-    let n = match cvt_r(|| unsafe { libc::read(fd, buf.as_mut_ptr().cast(), 8 * buf.len()) }) {
-        Ok(n) => n as usize,
+    let n = match cvt_r(|| unsafe {
+        libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), 8 * buf.len())
+    }) {
+        Ok(n) => super::count(n),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
         Err(e) => return Err(e),
     };

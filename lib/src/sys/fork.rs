@@ -25,8 +25,14 @@ pub unsafe fn fork() -> io::Result<Forked> {
     // SAFETY: the caller upholds the single-threaded precondition.
     match cvt(unsafe { libc::fork() })? {
         0 => Ok(Forked::Child),
-        pid => Ok(Forked::Parent(Pid(pid))),
+        pid => Ok(Forked::Parent(Pid::from_raw(pid).ok_or_else(bad_pid)?)),
     }
+}
+
+/// A fork that returned neither 0, -1 nor a pid (never seen; kept an error
+/// rather than a panic in the parent).
+fn bad_pid() -> io::Error {
+    io::Error::other("fork returned an impossible pid")
 }
 
 /// `pthread_atfork(NULL, NULL, handler)`: registers `handler` to run in
@@ -180,7 +186,8 @@ pub unsafe fn fork_into(cgroup: Option<BorrowedFd<'_>>, share_files: bool) -> io
             | files_flag(share_files),
         child_tid: tid_addr as u64,
         exit_signal: libc::SIGCHLD as u64,
-        cgroup: cgroup.map_or(0, |fd| fd.as_raw_fd() as u64),
+        // A descriptor number is >= 0.
+        cgroup: cgroup.map_or(0, |fd| u64::from(fd.as_raw_fd().unsigned_abs())),
         ..CloneArgs::default()
     };
     // SAFETY: as fork(2) (no new stack: the child returns on a copy of
@@ -212,7 +219,12 @@ pub unsafe fn fork_into(cgroup: Option<BorrowedFd<'_>>, share_files: bool) -> io
                 _ => Err(e),
             }
         }
-        pid => Ok(Forked::Parent(Pid(pid as libc::pid_t))),
+        pid => Ok(Forked::Parent(
+            libc::pid_t::try_from(pid)
+                .ok()
+                .and_then(Pid::from_raw)
+                .ok_or_else(bad_pid)?,
+        )),
     }
 }
 
@@ -248,29 +260,26 @@ unsafe impl Sync for ChildStack {}
 impl ChildStack {
     /// Maps a stack of `len` bytes (rounded up to pages) plus its guard page.
     pub fn new(len: usize) -> io::Result<ChildStack> {
+        use nix::sys::mman::{MapFlags, ProtFlags};
         let page = 4096;
         let len = len.div_ceil(page) * page + page;
+        let size = std::num::NonZeroUsize::new(len).expect("at least the guard page");
         // SAFETY: a fresh private anonymous mapping; no existing memory is
         // named.
         let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
-                -1,
-                0,
+            nix::sys::mman::mmap_anonymous(
+                None,
+                size,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_PRIVATE | MapFlags::MAP_STACK,
             )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+        }?;
         let stack = ChildStack {
-            base: std::ptr::NonNull::new(p.cast()).expect("mmap never returns null"),
+            base: p.cast(),
             len,
         };
         // SAFETY: the first page of the mapping made above.
-        cvt(unsafe { libc::mprotect(p, page, libc::PROT_NONE) })?;
+        unsafe { nix::sys::mman::mprotect(p, page, ProtFlags::PROT_NONE) }?;
         Ok(stack)
     }
 }
@@ -278,7 +287,7 @@ impl ChildStack {
 impl Drop for ChildStack {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+        let _ = unsafe { nix::sys::mman::munmap(self.base.cast(), self.len) };
     }
 }
 
@@ -329,20 +338,28 @@ pub unsafe fn spawn_vm(
         // (16-byte aligned: `len` is a multiple of the page size).
         stack: stack.base.as_ptr() as u64 + page as u64,
         stack_size: (stack.len - page) as u64,
-        cgroup: cgroup.map_or(0, |fd| fd.as_raw_fd() as u64),
+        cgroup: cgroup.map_or(0, |fd| u64::from(fd.as_raw_fd().unsigned_abs())),
         ..CloneArgs::default()
     };
     // SAFETY: as the caller promises; `args` is a valid clone_args of the
     // size given, its stack a mapping of ours.
     let ret = unsafe { clone3_call(&raw mut args, child, arg) };
     match ret {
-        pid if pid > 0 => Ok(Pid(pid as libc::pid_t)),
-        e if matches!(-e as i32, libc::ENOSYS | libc::E2BIG | libc::EINVAL) => {
+        pid if pid > 0 => libc::pid_t::try_from(pid)
+            .ok()
+            .and_then(Pid::from_raw)
+            .ok_or_else(bad_pid),
+        e if matches!(errno(e), libc::ENOSYS | libc::E2BIG | libc::EINVAL) => {
             CLONE3_BROKEN.store(true, Ordering::Relaxed);
             Err(io::Error::from(io::ErrorKind::Unsupported))
         }
-        e => Err(io::Error::from_raw_os_error(-e as i32)),
+        e => Err(io::Error::from_raw_os_error(errno(e))),
     }
+}
+
+/// The errno of a raw system call's `-errno` result.
+fn errno(ret: i64) -> i32 {
+    i32::try_from(-ret).unwrap_or(libc::EINVAL)
 }
 
 /// The clone3 system call for [`spawn_vm`]: the child starts on the new

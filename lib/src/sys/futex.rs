@@ -17,7 +17,7 @@ use std::time::Duration;
 #[inline]
 pub fn wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> io::Result<()> {
     let ts = timeout.map(|d| libc::timespec {
-        tv_sec: d.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_sec: libc::time_t::from(i32::try_from(d.as_secs()).unwrap_or(i32::MAX)),
         tv_nsec: libc::c_long::from(d.subsec_nanos()),
     });
     let tsp = ts
@@ -57,5 +57,6 @@ pub fn wake(word: &AtomicU32, n: i32) -> io::Result<usize> {
             0u32,
         )
     })?;
-    Ok(woken as usize)
+    // A count of woken waiters, >= 0.
+    Ok(usize::try_from(woken).unwrap_or(0))
 }

@@ -1,27 +1,38 @@
 //! Shared memory: memory files, the address-space reservation regions are
 //! mapped into, protection, and advice to the kernel about mapped pages.
+//!
+//! nix's wrappers throughout (`memfd_create`, `F_ADD_SEALS`, `fallocate`,
+//! `mmap` with `MAP_FIXED` into our own reservation, `mprotect`,
+//! `madvise`): none allocates, so [`map_fixed`] stays fork-safe. memmap2
+//! does not fit here: its maps are placed by the kernel and unmapped on
+//! drop, where regions need a fixed place inside one reservation and live
+//! as long as the process.
 
-use super::{cvt, cvt_r};
+use nix::errno::Errno;
+use nix::fcntl::{FallocateFlags, FcntlArg, SealFlag};
+use nix::sys::memfd::MFdFlags;
+use nix::sys::mman::{MapFlags, MmapAdvise, ProtFlags};
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
+
+/// A length as nix's mappings take it: 0 is the kernel's `EINVAL`.
+fn nonzero(len: usize) -> io::Result<NonZeroUsize> {
+    NonZeroUsize::new(len).ok_or_else(|| Errno::EINVAL.into())
+}
 
 /// An anonymous memory file (memfd) of `size` bytes, with every block
 /// allocated up front (so a later page fault cannot SIGBUS on a full tmpfs)
 /// and sealed against shrinking and growing (so no process can truncate
 /// the state out from under the others).
 pub fn memfd_sealed(name: &CStr, size: u64) -> io::Result<OwnedFd> {
-    // SAFETY: `name` is a valid C string; flags are valid.
-    let raw = cvt(unsafe {
-        libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
-    })?;
-    // SAFETY: memfd_create returned a fresh descriptor that we now own.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    allocate(fd.as_raw_fd(), 0, size)?;
-    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
-    // SAFETY: F_ADD_SEALS on a memfd created with MFD_ALLOW_SEALING.
-    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) })?;
+    let fd =
+        nix::sys::memfd::memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
+    allocate(fd.as_fd(), 0, size)?;
+    let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+    nix::fcntl::fcntl(&fd, FcntlArg::F_ADD_SEALS(seals))?;
     Ok(fd)
 }
 
@@ -56,8 +67,8 @@ pub fn file_region(path: &std::path::Path, size: u64) -> io::Result<OwnedFd> {
     // state_dir) is not allocated again: fallocate walks every page even
     // when nothing is missing, so the time to ready would grow with
     // `memory`.
-    if len != size || !fully_allocated(file.as_raw_fd(), size) {
-        allocate(file.as_raw_fd(), 0, size)?;
+    if len != size || !fully_allocated(file.as_fd(), size) {
+        allocate(file.as_fd(), 0, size)?;
     }
     Ok(file.into())
 }
@@ -68,48 +79,57 @@ pub fn file_region(path: &std::path::Path, size: u64) -> io::Result<OwnedFd> {
 /// only data pages are counted; elsewhere a file system's own metadata
 /// blocks (ext4's extent index) count too, so a hole smaller than those
 /// can pass unseen. `false` where that cannot be told.
-pub fn fully_allocated(fd: RawFd, size: u64) -> bool {
+#[must_use]
+pub fn fully_allocated(fd: BorrowedFd<'_>, size: u64) -> bool {
     // SAFETY: plain data, all-zero valid; filled by fstat.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `st` is a valid stat to fill.
-    if unsafe { libc::fstat(fd, &raw mut st) } != 0 {
+    if unsafe { libc::fstat(fd.as_raw_fd(), &raw mut st) } != 0 {
         return false;
     }
     u64::try_from(st.st_blocks).is_ok_and(|b| b * 512 >= size)
 }
 
 /// fallocate(2) mode 0: allocates the blocks of `[offset, offset+len)`.
-pub fn allocate(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
-    // SAFETY: fallocate only operates on the file behind `fd`.
-    cvt_r(|| unsafe { libc::fallocate(fd, 0, offset as i64, len as i64) })?;
-    Ok(())
+pub fn allocate(fd: BorrowedFd<'_>, at: u64, len: u64) -> io::Result<()> {
+    fallocate(fd, FallocateFlags::empty(), at, len)
+}
+
+/// fallocate(2), retrying on EINTR.
+fn fallocate(fd: BorrowedFd<'_>, mode: FallocateFlags, at: u64, len: u64) -> io::Result<()> {
+    let (at, len) = (super::off_t(at)?, super::off_t(len)?);
+    loop {
+        match nix::fcntl::fallocate(fd, mode, at, len) {
+            Err(Errno::EINTR) => {}
+            r => return Ok(r?),
+        }
+    }
 }
 
 /// Discards the contents of `[offset, offset+len)` (they read back as
 /// zeroes) and allocates the blocks again.
-pub fn zero_range(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
+pub fn zero_range(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
     punch_hole(fd, offset, len)?;
     allocate(fd, offset, len)
 }
 
 /// Discards the contents of `[offset, offset+len)` and frees their memory
 /// (they read back as zeroes); the file keeps its size.
-pub fn punch_hole(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
-    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-    // SAFETY: fallocate only operates on the file behind `fd`.
-    cvt_r(|| unsafe { libc::fallocate(fd, mode, offset as i64, len as i64) })?;
-    Ok(())
+pub fn punch_hole(fd: BorrowedFd<'_>, at: u64, len: u64) -> io::Result<()> {
+    let mode = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    fallocate(fd, mode, at, len)
 }
 
 /// Opens the file behind `fd` again, read-only: a new open file description
 /// whose mappings can never be made writable (mprotect fails with EACCES).
-pub fn reopen_read_only(fd: RawFd) -> io::Result<OwnedFd> {
+pub fn reopen_read_only(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     let mut path = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0\0";
-    let digits = fd.to_string();
+    let digits = fd.as_raw_fd().to_string();
     path[14..14 + digits.len()].copy_from_slice(digits.as_bytes());
     // SAFETY: `path` is NUL-terminated (the buffer ends in NULs and an i32
     // has at most 10 digits).
-    let raw = cvt(unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) })?;
+    let raw =
+        super::cvt(unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) })?;
     // SAFETY: open returned a fresh descriptor that we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
@@ -120,19 +140,14 @@ pub fn reopen_read_only(fd: RawFd) -> io::Result<OwnedFd> {
 pub fn reserve(len: usize) -> io::Result<NonNull<u8>> {
     // SAFETY: a fresh anonymous PROT_NONE mapping touches no existing memory.
     let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
+        nix::sys::mman::mmap_anonymous(
+            None,
+            nonzero(len)?,
+            ProtFlags::PROT_NONE,
+            MapFlags::MAP_PRIVATE | MapFlags::MAP_NORESERVE,
         )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(NonNull::new(p.cast()).expect("mmap returned NULL"))
+    }?;
+    Ok(p.cast())
 }
 
 /// Access to a mapping.
@@ -145,10 +160,10 @@ pub enum Access {
 }
 
 impl Access {
-    fn prot(self) -> i32 {
+    fn prot(self) -> ProtFlags {
         match self {
-            Access::ReadOnly => libc::PROT_READ,
-            Access::ReadWrite => libc::PROT_READ | libc::PROT_WRITE,
+            Access::ReadOnly => ProtFlags::PROT_READ,
+            Access::ReadWrite => ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
         }
     }
 }
@@ -163,24 +178,23 @@ impl Access {
 pub unsafe fn map_fixed(
     addr: NonNull<u8>,
     len: usize,
-    fd: RawFd,
-    offset: u64,
+    fd: BorrowedFd<'_>,
+    off: u64,
     access: Access,
 ) -> io::Result<()> {
+    let at = NonZeroUsize::new(addr.as_ptr().addr()).expect("a NonNull address is not 0");
+    let (len, off) = (nonzero(len)?, super::off_t(off)?);
     // SAFETY: the caller guarantees the range is ours to replace.
-    let p = unsafe {
-        libc::mmap(
-            addr.as_ptr().cast(),
+    unsafe {
+        nix::sys::mman::mmap(
+            Some(at),
             len,
             access.prot(),
-            libc::MAP_SHARED | libc::MAP_FIXED,
+            MapFlags::MAP_SHARED | MapFlags::MAP_FIXED,
             fd,
-            offset as libc::off_t,
+            off,
         )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
+    }?;
     Ok(())
 }
 
@@ -190,7 +204,7 @@ pub unsafe fn map_fixed(
 /// No live reference may point into the range.
 pub unsafe fn unmap(addr: NonNull<u8>, len: usize) -> io::Result<()> {
     // SAFETY: the caller guarantees nothing refers into the range.
-    cvt(unsafe { libc::munmap(addr.as_ptr().cast(), len) })?;
+    unsafe { nix::sys::mman::munmap(addr.cast(), len) }?;
     Ok(())
 }
 
@@ -201,15 +215,18 @@ pub unsafe fn unmap(addr: NonNull<u8>, len: usize) -> io::Result<()> {
 /// invalidate live references into it.
 pub unsafe fn protect(addr: NonNull<u8>, len: usize, access: Access) -> io::Result<()> {
     // SAFETY: the caller guarantees the range and reference rules.
-    cvt(unsafe { libc::mprotect(addr.as_ptr().cast(), len, access.prot()) })?;
+    unsafe { nix::sys::mman::mprotect(addr.cast(), len, access.prot()) }?;
     Ok(())
 }
 
 /// The system's page size.
 #[must_use]
 pub fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|n| usize::try_from(n).ok())
+        .expect("the kernel has a page size")
 }
 
 /// `madvise(MADV_POPULATE_WRITE)` (Linux 5.14) over the pages holding
@@ -229,28 +246,37 @@ pub fn populate_write(range: &mut [u8]) -> io::Result<bool> {
         return Ok(true);
     }
     let page = page_size();
-    let start = range.as_mut_ptr() as usize & !(page - 1);
-    let end = (range.as_mut_ptr() as usize + range.len()).next_multiple_of(page);
-    // SAFETY: the pages cover `range`, which we borrow mutably, and the
-    // bytes around it on its first and last page, which are mapped (a
-    // mapping is whole pages); the advice only faults pages in and writes
-    // no byte, so no live Rust value sees a change.
-    let r = cvt_r(|| unsafe {
-        libc::madvise(
-            start as *mut libc::c_void,
-            end - start,
-            libc::MADV_POPULATE_WRITE,
-        )
-    });
+    let first = range.as_mut_ptr();
+    // The page holding the first byte: the same pointer moved back to its
+    // page's start (keeping its provenance).
+    let start = first.wrapping_sub(first.addr() % page);
+    let end = (first.addr() + range.len()).next_multiple_of(page);
+    let start = NonNull::new(start.cast::<libc::c_void>()).expect("a page of a slice is not null");
+    let r = loop {
+        // SAFETY: the pages cover `range`, which we borrow mutably, and the
+        // bytes around it on its first and last page, which are mapped (a
+        // mapping is whole pages); the advice only faults pages in and
+        // writes no byte, so no live Rust value sees a change.
+        match unsafe {
+            nix::sys::mman::madvise(
+                start,
+                end - start.addr().get(),
+                MmapAdvise::MADV_POPULATE_WRITE,
+            )
+        } {
+            Err(Errno::EINTR) => {}
+            r => break r,
+        }
+    };
     match r {
-        Ok(_) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
-        Err(e) if e.raw_os_error() == Some(libc::EFAULT) => Err(io::Error::new(
+        Ok(()) => Ok(true),
+        Err(Errno::EINVAL) => Ok(false),
+        Err(Errno::EFAULT) => Err(io::Error::new(
             io::ErrorKind::StorageFull,
             "a page has no block in its file and cannot get one \
              (no space left on its file system, or the file is shorter than the mapping)",
         )),
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -262,7 +288,7 @@ pub fn populate_write(range: &mut [u8]) -> io::Result<bool> {
 pub unsafe fn dont_fork(addr: NonNull<u8>, len: usize) -> io::Result<()> {
     // SAFETY: the caller guarantees the range; the advice changes only what
     // a future fork copies.
-    cvt(unsafe { libc::madvise(addr.as_ptr().cast(), len, libc::MADV_DONTFORK) })?;
+    unsafe { nix::sys::mman::madvise(addr.cast(), len, MmapAdvise::MADV_DONTFORK) }?;
     Ok(())
 }
 
@@ -270,7 +296,7 @@ pub unsafe fn dont_fork(addr: NonNull<u8>, len: usize) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    /// A state_dir file is allocated once: a file with every block is
+    /// A `state_dir` file is allocated once: a file with every block is
     /// seen as such, one with a hole (new, or punched) is not, and
     /// `file_region` leaves it with every block.
     #[test]
@@ -279,21 +305,18 @@ mod tests {
         let path = dir.path().join("r.region");
         let size = 1 << 20;
         let fd = file_region(&path, size).unwrap();
-        assert!(fully_allocated(fd.as_raw_fd(), size));
-        punch_hole(fd.as_raw_fd(), 4096, 8192).unwrap();
-        assert!(
-            !fully_allocated(fd.as_raw_fd(), size),
-            "a punched hole is seen"
-        );
+        assert!(fully_allocated(fd.as_fd(), size));
+        punch_hole(fd.as_fd(), 4096, 8192).unwrap();
+        assert!(!fully_allocated(fd.as_fd(), size), "a punched hole is seen");
         drop(fd);
         let fd = file_region(&path, size).unwrap();
-        assert!(fully_allocated(fd.as_raw_fd(), size), "and filled again");
+        assert!(fully_allocated(fd.as_fd(), size), "and filled again");
         let sparse = dir.path().join("s.region");
         std::fs::File::create(&sparse)
             .unwrap()
             .set_len(size)
             .unwrap();
         let f = std::fs::File::open(&sparse).unwrap();
-        assert!(!fully_allocated(f.as_raw_fd(), size));
+        assert!(!fully_allocated(f.as_fd(), size));
     }
 }

@@ -5,16 +5,10 @@
 //! *fork-safe* neither allocate nor lock, so a freshly forked child may call
 //! them before it is settled.
 
-// The kernel's integer types (pid_t, id_t, c_long, ssize_t, rlim_t,
-// time_t) are converted to and from Rust's here, at the boundary, on
-// purpose: each converted value is one the kernel bounds (a pid > 0, a
-// byte count `cvt` checked is not -1, a clock reading >= 0), so
-// `clippy::pedantic`'s cast lints would flag only those conversions.
-#![allow(
-    clippy::cast_sign_loss,
-    clippy::cast_possible_wrap,
-    clippy::cast_possible_truncation
-)]
+// The kernel's integer types (pid_t, ssize_t, off_t, socklen_t, time_t)
+// are converted to and from Rust's here, at the boundary, without `as`:
+// through the helpers below, `try_from`, or `unsigned_abs` where the kernel
+// bounds the value (a count `cvt` checked is not -1, a clock reading).
 
 use std::io;
 
@@ -50,13 +44,66 @@ pub use process::{
     set_parent_death_signal, setsid, thread_count, wait_pid, WaitStatus,
 };
 pub use signal::{
-    default_crash_signals, default_signal, default_sigpipe, die_by, kill, kill_group,
-    read_signalfd, signal_name, take_pending, wait_signal, SigSet,
+    default_crash_signals, default_signal, default_sigpipe, die_by, exists, kill, kill_group,
+    take_pending, wait_signal, SigSet, Signal, SignalFd,
 };
 
-/// A process id as the kernel gives it (always > 0 for a real process).
+/// A process id as the kernel gives it: always > 0 (a real process; a
+/// process group's id is its leader's pid). Built only here, from what the
+/// kernel returned, or checked with [`Pid::from_raw`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Pid(pub libc::pid_t);
+pub struct Pid(libc::pid_t);
+
+impl Pid {
+    /// The pid `raw`, if it can be one (> 0). Fork-safe.
+    #[must_use]
+    pub const fn from_raw(raw: libc::pid_t) -> Option<Pid> {
+        if raw > 0 {
+            Some(Pid(raw))
+        } else {
+            None
+        }
+    }
+
+    /// A pid the kernel returned for a process (> 0 by its contract).
+    /// Fork-safe.
+    pub(super) fn from_kernel(raw: libc::pid_t) -> Pid {
+        debug_assert!(raw > 0, "the kernel gave pid {raw}");
+        Pid(raw)
+    }
+
+    /// The number the kernel's calls take. Fork-safe.
+    #[must_use]
+    pub const fn as_raw(self) -> libc::pid_t {
+        self.0
+    }
+
+    /// The pid as the unsigned number shared memory and the mailbox record
+    /// (lossless: a pid is > 0). Fork-safe.
+    #[must_use]
+    pub const fn as_u32(self) -> u32 {
+        self.0.unsigned_abs()
+    }
+}
+
+impl From<Pid> for u32 {
+    fn from(pid: Pid) -> u32 {
+        pid.as_u32()
+    }
+}
+
+impl TryFrom<u32> for Pid {
+    type Error = io::Error;
+
+    /// A pid read back from shared memory or a message: 0 and numbers past
+    /// `pid_t` are not pids (`InvalidInput`). Allocates nothing; fork-safe.
+    fn try_from(n: u32) -> io::Result<Pid> {
+        libc::pid_t::try_from(n)
+            .ok()
+            .and_then(Pid::from_raw)
+            .ok_or_else(|| io::ErrorKind::InvalidInput.into())
+    }
+}
 
 impl std::fmt::Display for Pid {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -95,6 +142,26 @@ macro_rules! minus_one {
 }
 minus_one!(i32, i64, isize);
 
+/// A count a call returned (bytes, events), once [`cvt`] has ruled out
+/// -1: never negative, so its magnitude is its value. Fork-safe.
+fn count(n: isize) -> usize {
+    debug_assert!(n >= 0, "a count of {n}");
+    n.unsigned_abs()
+}
+
+/// A file offset or length as the kernel takes it (`off_t`); past its
+/// range, the kernel's own `EOVERFLOW`. Allocates nothing; fork-safe.
+fn off_t(n: u64) -> io::Result<libc::off_t> {
+    libc::off_t::try_from(n).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))
+}
+
+/// A buffer length as a socket call takes it; one past `socklen_t`
+/// (never, in practice) is told as the largest, which only under-reports
+/// the room the kernel may use.
+fn socklen(n: usize) -> libc::socklen_t {
+    libc::socklen_t::try_from(n).unwrap_or(libc::socklen_t::MAX)
+}
+
 /// Monotonic clock in nanoseconds (vDSO, no syscall). Fork-safe.
 #[inline]
 #[must_use]
@@ -117,5 +184,27 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
     };
     // SAFETY: `ts` is a valid, writable timespec; both clocks always exist.
     unsafe { libc::clock_gettime(clock, &raw mut ts) };
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+    // Both clocks read >= 0 (seconds since boot, since the epoch).
+    ts.tv_sec.unsigned_abs() * 1_000_000_000 + ts.tv_nsec.unsigned_abs()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pid is > 0 and fits `pid_t`, whichever way it comes in, and goes
+    /// out as the same number.
+    #[test]
+    fn a_pid_is_positive_and_round_trips() {
+        assert_eq!(Pid::from_raw(0), None);
+        assert_eq!(Pid::from_raw(-1), None);
+        assert!(Pid::try_from(0u32).is_err());
+        assert!(Pid::try_from(u32::MAX).is_err(), "past pid_t");
+        let me = getpid();
+        assert!(me.as_raw() > 0);
+        assert_eq!(Pid::from_raw(me.as_raw()), Some(me));
+        assert_eq!(Pid::try_from(me.as_u32()).unwrap(), me);
+        assert_eq!(u32::from(me), me.as_u32());
+        assert_eq!(me.to_string(), me.as_raw().to_string());
+    }
 }

@@ -83,7 +83,7 @@ pub unsafe fn lock(m: *mut libc::pthread_mutex_t) -> io::Result<()> {
 #[inline]
 pub unsafe fn timed_lock(m: *mut libc::pthread_mutex_t, deadline: Duration) -> io::Result<()> {
     let ts = libc::timespec {
-        tv_sec: deadline.as_secs() as libc::time_t,
+        tv_sec: libc::time_t::try_from(deadline.as_secs()).unwrap_or(libc::time_t::MAX),
         tv_nsec: libc::c_long::from(deadline.subsec_nanos()),
     };
     // SAFETY: the caller guarantees `m`; `ts` is a valid timespec that

@@ -3,7 +3,7 @@
 use super::Pid;
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 /// The state letter of `/proc/<pid>/stat` (`R`, `S`, `D`, `Z` for a zombie,
 /// `X` for dead, ...). Reads into a stack buffer: no allocation, no lock.
@@ -32,7 +32,7 @@ pub fn stat(pid: Pid) -> io::Result<Stat> {
     let prefix = b"/proc/";
     path[..prefix.len()].copy_from_slice(prefix);
     let mut digits = [0u8; 10];
-    let mut n = pid.0.unsigned_abs();
+    let mut n = pid.as_u32();
     let mut nd = 0;
     loop {
         digits[nd] = b'0' + (n % 10) as u8;
@@ -52,7 +52,7 @@ pub fn stat(pid: Pid) -> io::Result<Stat> {
     let path = CStr::from_bytes_until_nul(&path).map_err(|_| io::ErrorKind::InvalidInput)?;
     let fd = open_read_only(path)?;
     let mut buf = [0u8; 512];
-    let n = super::read(fd.as_raw_fd(), &mut buf)?;
+    let n = super::read(fd.as_fd(), &mut buf)?;
     let text = &buf[..n];
     let close = text
         .iter()
@@ -81,7 +81,7 @@ const PIDFS_MAGIC: u64 = 0x5049_4446;
 /// once no process has the pid. No allocation; fork-safe.
 pub fn pidfs_ino(pid: Pid) -> io::Result<Option<u64>> {
     // SAFETY: pidfd_open(2) takes a pid and flags, no memory.
-    let raw = super::cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid.0, 0) })?;
+    let raw = super::cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) })?;
     let raw = i32::try_from(raw).map_err(|_| io::ErrorKind::InvalidData)?;
     // SAFETY: pidfd_open returned a fresh descriptor that we now own.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
@@ -90,7 +90,7 @@ pub fn pidfs_ino(pid: Pid) -> io::Result<Option<u64>> {
     super::cvt(unsafe { libc::fstatfs(fd.as_raw_fd(), fs.as_mut_ptr()) })?;
     // SAFETY: fstatfs succeeded, so it filled the struct.
     let fs = unsafe { fs.assume_init() };
-    if fs.f_type as u64 != PIDFS_MAGIC {
+    if u64::try_from(fs.f_type).ok() != Some(PIDFS_MAGIC) {
         return Ok(None);
     }
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();

@@ -1,7 +1,7 @@
 //! This process and its children: ids, name, session, parent-death
 //! signal, reaping, exec and `_exit`.
 
-use super::{cvt, cvt_r, Pid};
+use super::{cvt, cvt_r, Pid, Signal};
 use std::ffi::CStr;
 use std::io;
 
@@ -10,14 +10,14 @@ use std::io;
 #[must_use]
 pub fn getpid() -> Pid {
     // SAFETY: getpid has no preconditions and cannot fail.
-    Pid(unsafe { libc::getpid() })
+    Pid::from_kernel(unsafe { libc::getpid() })
 }
 
 /// The parent's id. Fork-safe.
 #[must_use]
 pub fn getppid() -> Pid {
     // SAFETY: getppid has no preconditions and cannot fail.
-    Pid(unsafe { libc::getppid() })
+    Pid::from_kernel(unsafe { libc::getppid() })
 }
 
 /// `pidfd_open(2)`: a descriptor that becomes readable when process `pid`
@@ -48,9 +48,11 @@ pub fn thread_count() -> Option<usize> {
 
 /// Asks the kernel to send `signal` to this process when its parent dies.
 /// Fork-safe.
-pub fn set_parent_death_signal(signal: i32) -> io::Result<()> {
+pub fn set_parent_death_signal(signal: Signal) -> io::Result<()> {
+    // A signal number is 1 to 64: it fits any unsigned long.
+    let signal = libc::c_ulong::from(signal.as_raw().unsigned_abs());
     // SAFETY: PR_SET_PDEATHSIG takes a signal number.
-    cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) })?;
+    cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal, 0, 0, 0) })?;
     Ok(())
 }
 
@@ -86,8 +88,8 @@ pub enum WaitStatus {
     Exited(i32),
     /// Killed by this signal; `core` if it dumped core.
     Signaled {
-        /// The signal number.
-        signal: i32,
+        /// The signal.
+        signal: Signal,
         /// Whether a core was dumped.
         core: bool,
     },
@@ -110,14 +112,14 @@ pub fn reap_one() -> io::Result<Option<(Pid, WaitStatus)>> {
         WaitStatus::Exited(libc::WEXITSTATUS(status))
     } else if libc::WIFSIGNALED(status) {
         WaitStatus::Signaled {
-            signal: libc::WTERMSIG(status),
+            signal: Signal::from_kernel(libc::WTERMSIG(status)),
             core: libc::WCOREDUMP(status),
         }
     } else {
         // Stopped/continued are not requested (no WUNTRACED/WCONTINUED).
         return reap_one();
     };
-    Ok(Some((Pid(pid), ws)))
+    Ok(Some((Pid::from_kernel(pid), ws)))
 }
 
 /// `waitid(P_PID, pid, WEXITED | WNOHANG)`: the child's end if it has ended
@@ -143,7 +145,7 @@ fn wait_id(pid: Pid, flags: libc::c_int) -> io::Result<Option<WaitStatus>> {
     let rc = cvt_r(|| unsafe {
         libc::waitid(
             libc::P_PID,
-            pid.0 as libc::id_t,
+            pid.as_u32(),
             &raw mut info,
             libc::WEXITED | flags,
         )
@@ -162,7 +164,7 @@ fn wait_id(pid: Pid, flags: libc::c_int) -> io::Result<Option<WaitStatus>> {
     Ok(Some(match info.si_code {
         libc::CLD_EXITED => WaitStatus::Exited(status),
         code => WaitStatus::Signaled {
-            signal: status,
+            signal: Signal::from_kernel(status),
             core: code == libc::CLD_DUMPED,
         },
     }))

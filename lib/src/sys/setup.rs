@@ -7,7 +7,7 @@
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use super::cred::{Gid, Uid};
 use super::cvt;
@@ -58,10 +58,10 @@ pub fn user_by_name(name: &str) -> io::Result<Option<User>> {
         let r = unsafe {
             libc::getpwnam_r(
                 c_name.as_ptr(),
-                &mut pw,
+                &raw mut pw,
                 buf.as_mut_ptr(),
                 buf.len(),
-                &mut found,
+                &raw mut found,
             )
         };
         match r {
@@ -86,19 +86,21 @@ pub fn group_list(name: &str, gid: Gid) -> io::Result<Vec<Gid>> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in a user name"))?;
     let mut groups: Vec<Gid> = vec![0; 64];
     loop {
-        let mut n = groups.len() as libc::c_int;
+        // Saturating: a smaller count only under-reports the room.
+        let mut n = libc::c_int::try_from(groups.len()).unwrap_or(libc::c_int::MAX);
         // SAFETY: the name is NUL-terminated and `groups` is writable for
         // `n` entries; getgrouplist writes at most `n` and sets `n` to the
         // count (or the count needed, returning -1).
-        let r = unsafe { libc::getgrouplist(c_name.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
+        let r =
+            unsafe { libc::getgrouplist(c_name.as_ptr(), gid, groups.as_mut_ptr(), &raw mut n) };
         if r >= 0 {
-            groups.truncate(n.max(0) as usize);
+            groups.truncate(usize::try_from(n).unwrap_or(0));
             return Ok(groups);
         }
         if groups.len() >= 1 << 16 {
             return Err(io::Error::other("more than 65536 groups"));
         }
-        groups.resize((n.max(0) as usize).max(groups.len() * 2), 0);
+        groups.resize(usize::try_from(n).unwrap_or(0).max(groups.len() * 2), 0);
     }
 }
 
@@ -109,7 +111,7 @@ pub fn set_rlimit(resource: u32, soft: u64, hard: u64) -> io::Result<()> {
         rlim_max: hard as libc::rlim_t,
     };
     // SAFETY: `lim` is a valid rlimit for the call's duration.
-    cvt(unsafe { libc::setrlimit(resource as _, &lim) }).map(drop)
+    cvt(unsafe { libc::setrlimit(resource as _, &raw const lim) }).map(drop)
 }
 
 /// Changes the working directory. Fork-safe.
@@ -149,14 +151,16 @@ pub fn set_no_new_privs() -> io::Result<()> {
     cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }).map(drop)
 }
 
-/// Opens `path` read-only (close-on-exec). Fork-safe.
+/// Opens `path` read-only (close-on-exec). Fork-safe. A number, not an
+/// `OwnedFd`: the forked child moves it to fd 0 for the program it execs.
 pub fn open_read(path: &CStr) -> io::Result<RawFd> {
     // SAFETY: `path` is a NUL-terminated string.
     cvt(unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) })
 }
 
 /// Sets or clears `O_NONBLOCK` on `fd`.
-pub fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
+pub fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
     // SAFETY: F_GETFL/F_SETFL only read and change the descriptor's flags.
     let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
     let flags = if on {

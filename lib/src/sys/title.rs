@@ -3,7 +3,7 @@
 //! A forked child has its parent's command line. To show `forkroot: NAME`
 //! the child sets its `comm` (15 bytes, what `ps -e` and `top` show) and
 //! overwrites its own argument area in place (what `ps -ef` and
-//! `/proc/PID/cmdline` show), the way PostgreSQL's `set_ps_display` does.
+//! `/proc/PID/cmdline` show), the way `PostgreSQL`'s `set_ps_display` does.
 //! The area's bounds are read once, in the root, from `/proc/self/stat`;
 //! the child only copies bytes into it, which is fork-safe.
 
@@ -15,11 +15,11 @@ static ARG_END: AtomicUsize = AtomicUsize::new(0);
 /// Records where this process's argument strings live. Call once in the
 /// root, before forking; without it [`set`] only changes `comm`.
 pub fn init() {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+    let Ok(proc_stat) = std::fs::read_to_string("/proc/self/stat") else {
         return;
     };
     // Field 2 (comm) may hold spaces and parentheses: count from the last ')'.
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+    let Some(rest) = proc_stat.rfind(')').map(|i| &proc_stat[i + 1..]) else {
         return;
     };
     // After ')' come fields 3.. ; arg_start and arg_end are fields 48 and 49.
