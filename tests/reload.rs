@@ -364,3 +364,49 @@ fn reload_with_a_state_dir_makes_resizes_and_keeps_region_files() {
     );
     t.wait_log(&["the region no longer fits", "resized"]);
 }
+
+/// A daemon a SIGHUP reload changes starts again with cause `reload`, and
+/// so does one it adds: in `ctl status --json`, the metrics and the
+/// `started` log line; a daemon it leaves alone keeps cause `start`.
+#[test]
+fn a_daemon_changed_by_a_sighup_reload_restarts_with_cause_reload() {
+    let t = Tree::start(THREE);
+    let change = running_pid(&t, "change");
+    let keep = running_pid(&t, "keep");
+    write_config(
+        &t.dir,
+        &THREE
+            .replace("memory = \"64KiB\"", "memory = \"128KiB\"")
+            .replace(
+                "[[daemon]]\nname = \"gone\"",
+                "[[daemon]]\nname = \"added\"\nkind = \"idle\"\n[[daemon]]\nname = \"gone\"",
+            ),
+    );
+    t.signal(libc::SIGHUP);
+    let d = t.poll("change started again", || {
+        let d = t.daemon_status("change")?;
+        (d["state"] == "running" && d["pid"].as_i64()? as i32 != change).then_some(d)
+    });
+    assert_eq!(d["cause"], "reload", "{d}");
+    assert_eq!(
+        d["starts_by_cause"],
+        serde_json::json!({"start": 1, "reload": 1})
+    );
+    assert_eq!(d["restarts"], 0, "a reload is no restart: {d}");
+    running_pid(&t, "added");
+    let added = t.daemon_status("added").expect("added");
+    assert_eq!(added["cause"], "reload", "{added}");
+    assert_eq!(running_pid(&t, "keep"), keep);
+    assert_eq!(t.daemon_status("keep").expect("keep")["cause"], "start");
+    t.wait_log(&["started", "daemon=change", "cause=reload"]);
+    let m = t.ctl_run(&["metrics"]).stdout;
+    for line in [
+        "forkroot_starts_total{daemon=\"change\",cause=\"reload\"} 1\n",
+        "forkroot_starts_total{daemon=\"change\",cause=\"operator\"} 0\n",
+        "forkroot_starts_total{daemon=\"added\",cause=\"reload\"} 1\n",
+    ] {
+        assert!(m.contains(line), "{line} missing from:\n{m}");
+    }
+    let r = t.ctl_run(&["shutdown"]);
+    assert_eq!(r.code, Some(0));
+}

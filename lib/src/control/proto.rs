@@ -263,7 +263,8 @@ pub struct DaemonStatus {
     /// Its allocation policy and counters, as it last published them.
     pub alloc: Option<AllocStatus>,
     /// Why its current process started (`start`, `death`, `retry`, `link`,
-    /// `strategy`, `escalation`, `operator`); absent without a process.
+    /// `strategy`, `escalation`, `operator`, `watchdog`, `reload`); absent
+    /// without a process.
     #[serde(default)]
     pub cause: Option<String>,
     /// Its starts so far by cause (causes never seen left out).
@@ -336,7 +337,8 @@ pub enum TreeNode {
         /// Restarts so far.
         restarts: u32,
         /// Why its current process started: `start`, `death`, `retry`,
-        /// `link`, `strategy`, `escalation` or `operator`.
+        /// `link`, `strategy`, `escalation`, `operator`, `watchdog` or
+        /// `reload`.
         cause: String,
     },
 }

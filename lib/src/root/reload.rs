@@ -414,7 +414,7 @@ impl Root<'_> {
                 self.relink();
                 info!(daemon = %self.names[i], "reload: new settings");
                 if restart {
-                    self.step(Event::Start(i));
+                    self.step(Event::Reload(i));
                 }
             }
         }
@@ -508,7 +508,7 @@ impl Root<'_> {
         self.relink();
         info!(daemon = %self.names[i], "reload: added");
         if self.sup.group_up(g) {
-            self.step(Event::Start(i));
+            self.step(Event::Reload(i));
         }
     }
 

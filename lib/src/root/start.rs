@@ -195,7 +195,7 @@ impl Root<'_> {
         let cause = self.sup.start_cause(i);
         if self.starts_by_cause.len() <= i {
             // A daemon a reload added.
-            self.starts_by_cause.resize(i + 1, [0; 7]);
+            self.starts_by_cause.resize(i + 1, Default::default());
         }
         self.starts_by_cause[i][cause.index()] += 1;
         cause.as_str()

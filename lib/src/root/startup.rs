@@ -65,7 +65,7 @@ impl<'a> Root<'a> {
             children,
             by_pid: HashMap::new(),
             regions,
-            starts_by_cause: vec![[0; 7]; post.post().count()],
+            starts_by_cause: vec![Default::default(); post.post().count()],
             post,
             epoll,
             signals,

@@ -67,6 +67,9 @@ pub(crate) enum DState {
     Waiting,
     /// Sent SIGTERM; SIGKILL at the timer; then per [`Then`].
     Stopping(Then),
+    /// Its watchdog expired and its process group was sent SIGKILL: its
+    /// exit is a death with cause [`Cause::Watchdog`].
+    Killed,
     /// Its supervisor gave up on it.
     Failed,
 }
@@ -79,7 +82,7 @@ impl DState {
             DState::Starting => State::Starting,
             DState::Running => State::Running,
             DState::Backoff | DState::Waiting => State::Backoff,
-            DState::Stopping(_) => State::Stopping,
+            DState::Stopping(_) | DState::Killed => State::Stopping,
             DState::Failed => State::Failed,
         }
     }
@@ -91,7 +94,7 @@ impl DState {
     fn down(self) -> bool {
         !matches!(
             self,
-            DState::Starting | DState::Running | DState::Stopping(_)
+            DState::Starting | DState::Running | DState::Stopping(_) | DState::Killed
         )
     }
 }
@@ -182,11 +185,17 @@ pub(crate) enum Cause {
     Escalation,
     /// `ctl start` or `ctl restart`.
     Operator,
+    /// Its watchdog expired (no heartbeat within `watchdog`, or
+    /// `WATCHDOG=trigger`) and the root killed it.
+    Watchdog,
+    /// A reload changed its settings (it starts again with the new ones)
+    /// or added it.
+    Reload,
 }
 
 impl Cause {
     /// Every cause, in the order `ctl status` and `metrics` count them.
-    pub(crate) const ALL: [Cause; 7] = [
+    pub(crate) const ALL: [Cause; 9] = [
         Cause::Start,
         Cause::Death,
         Cause::Retry,
@@ -194,6 +203,8 @@ impl Cause {
         Cause::Strategy,
         Cause::Escalation,
         Cause::Operator,
+        Cause::Watchdog,
+        Cause::Reload,
     ];
 
     /// Its place in [`Cause::ALL`].
@@ -211,6 +222,8 @@ impl Cause {
             Cause::Strategy => "strategy",
             Cause::Escalation => "escalation",
             Cause::Operator => "operator",
+            Cause::Watchdog => "watchdog",
+            Cause::Reload => "reload",
         }
     }
 }
@@ -248,6 +261,12 @@ pub(crate) enum Event {
     Start(usize),
     /// `ctl restart NAME`.
     Restart(usize),
+    /// A reload starts the daemon: it changed (and was up), or it was
+    /// added to a running group.
+    Reload(usize),
+    /// The daemon's watchdog expired: the root's look found no heartbeat
+    /// within `watchdog`, or it sent `WATCHDOG=trigger`.
+    Watchdog(usize),
     /// Stop the tree, then exit with this code.
     Shutdown(i32),
 }
@@ -272,8 +291,12 @@ pub(crate) enum Action {
     /// SIGKILL the daemon's process group: it was not ready within its
     /// `start_timeout` (its exit is a death, reason `start_timeout`).
     StartTimedOut(usize),
-    /// The watchdog's look at the daemon's heartbeat.
+    /// The watchdog's look at the daemon's heartbeat: a stale one comes
+    /// back as [`Event::Watchdog`].
     CheckWatchdog(usize),
+    /// SIGKILL the daemon's process group: its watchdog expired (its exit
+    /// is a death, reason `watchdog`).
+    WatchdogKill(usize),
     /// Fork a standby for the daemon (its old one died).
     ForkStandby(usize),
     /// Kill the daemon's standby, if it has one.
@@ -519,24 +542,19 @@ impl Supervisor {
                 }
             }
             Event::Stop(i) => self.operator_stop(i),
-            Event::Start(i) => match self.daemons[i].state {
-                DState::Starting | DState::Running => {}
-                DState::Stopping(_) => {
-                    self.daemons[i].cause = Cause::Operator;
-                    self.set(i, DState::Stopping(Then::Start));
-                }
-                _ => self.operator_start(i),
-            },
+            Event::Start(i) => self.start_asked(i, Cause::Operator),
+            Event::Reload(i) => self.start_asked(i, Cause::Reload),
             Event::Restart(i) => {
                 self.daemons[i].cause = Cause::Operator;
                 match self.daemons[i].state {
-                    DState::Starting | DState::Running => {
+                    DState::Starting | DState::Running | DState::Killed => {
                         self.stop_member(Member::Daemon(i), Then::Start)
                     }
                     DState::Stopping(_) => self.set(i, DState::Stopping(Then::Start)),
-                    _ => self.operator_start(i),
+                    _ => self.operator_start(i, Cause::Operator),
                 }
             }
+            Event::Watchdog(i) => self.on_watchdog(i),
             Event::Shutdown(code) => self.shut_down(code),
         }
         while let Some(g) = self.due.pop_front() {
@@ -615,13 +633,43 @@ impl Supervisor {
             DState::Starting | DState::Running => {
                 self.out.push(Action::CancelTimer(i));
                 self.set(i, DState::Stopped);
-                self.ended(Member::Daemon(i), normal, uptime);
+                self.ended(Member::Daemon(i), normal, uptime, Cause::Death);
+            }
+            DState::Killed => {
+                self.set(i, DState::Stopped);
+                self.ended(Member::Daemon(i), normal, uptime, Cause::Watchdog);
             }
             // No process of its was known: nothing to decide.
             _ => {}
         }
         // A group starting its children may await this one.
         self.due.push_back(self.daemons[i].group);
+    }
+
+    /// Starting/Running × watchdog: SIGKILL its group, → killed (its exit
+    /// is a death with cause `watchdog`). Elsewhere nothing: it is on its
+    /// way down already, or has no process.
+    fn on_watchdog(&mut self, i: usize) {
+        if !self.daemons[i].state.up() {
+            return;
+        }
+        self.out.push(Action::CancelTimer(i));
+        self.out.push(Action::WatchdogKill(i));
+        self.set(i, DState::Killed);
+    }
+
+    /// `ctl start` (cause `operator`) or a reload (`reload`): a daemon that
+    /// is down starts, a stopping one starts once down, one that is up (or
+    /// killed, restarting anyway) stays as it is.
+    fn start_asked(&mut self, i: usize, cause: Cause) {
+        match self.daemons[i].state {
+            DState::Starting | DState::Running | DState::Killed => {}
+            DState::Stopping(_) => {
+                self.daemons[i].cause = cause;
+                self.set(i, DState::Stopping(Then::Start));
+            }
+            _ => self.operator_start(i, cause),
+        }
     }
 
     /// A stopping daemon is down: it rests, or starts again.
@@ -716,17 +764,19 @@ impl Supervisor {
 
     /// A child's end that nobody asked for (a daemon's exit, a group that
     /// gave up): its supervisor decides, unless it is stopping anyway.
-    fn ended(&mut self, m: Member, normal: bool, uptime: Duration) {
+    /// `cause`: what a daemon's restart is counted as (`death`, or
+    /// `watchdog` after its watchdog killed it).
+    fn ended(&mut self, m: Member, normal: bool, uptime: Duration, cause: Cause) {
         let g = self.place(m).0;
         if self.stopping(g) {
             self.due.push_back(g);
             return;
         }
-        self.died(m, normal, uptime);
+        self.died(m, normal, uptime, cause);
     }
 
     /// OTP's `restart/2`: restart type, intensity, then strategy.
-    fn died(&mut self, m: Member, normal: bool, uptime: Duration) {
+    fn died(&mut self, m: Member, normal: bool, uptime: Duration, cause: Cause) {
         let (g, pos) = self.place(m);
         if let Member::Daemon(i) = m {
             if !normal {
@@ -762,7 +812,7 @@ impl Supervisor {
                 let period = self.groups[g].period;
                 let d = &mut self.daemons[i];
                 d.restarts += 1;
-                d.cause = Cause::Death;
+                d.cause = cause;
                 // Backoff: reset after a healthy stretch of uptime, else double.
                 if uptime >= period {
                     d.backoff = d.backoff_cfg.initial;
@@ -1061,12 +1111,12 @@ impl Supervisor {
                 // OTP: a supervisor that gave up exits with `shutdown`,
                 // which is not abnormal (a transient group stays down).
                 if parent.is_some() {
-                    self.ended(Member::Group(g), true, Duration::ZERO);
+                    self.ended(Member::Group(g), true, Duration::ZERO, Cause::Death);
                 }
             }
             GThen::End => {
                 self.groups[g].state = GState::Ended;
-                self.ended(Member::Group(g), true, Duration::ZERO);
+                self.ended(Member::Group(g), true, Duration::ZERO, Cause::Death);
             }
         }
     }
@@ -1087,6 +1137,12 @@ impl Supervisor {
                     self.set(i, DState::Stopped);
                 }
                 DState::Waiting => self.set(i, DState::Stopped),
+                // SIGKILLed already: its exit is now the stop asked for.
+                DState::Killed => {
+                    self.out
+                        .push(Action::SetTimer(i, self.now + self.stop_timeout));
+                    self.set(i, DState::Stopping(then));
+                }
                 DState::Stopping(_) | DState::Stopped | DState::Failed => {}
             },
             Member::Group(h) => {
@@ -1170,7 +1226,7 @@ impl Supervisor {
 
     /// `ctl start`/`ctl restart` of a daemon that is down: its groups come
     /// up with it if they were down (not its siblings).
-    fn operator_start(&mut self, i: usize) {
+    fn operator_start(&mut self, i: usize, cause: Cause) {
         let mut g = Some(self.daemons[i].group);
         while let Some(h) = g {
             if matches!(
@@ -1182,7 +1238,7 @@ impl Supervisor {
             }
             g = self.groups[h].parent;
         }
-        self.daemons[i].cause = Cause::Operator;
+        self.daemons[i].cause = cause;
         self.start_daemon(i);
     }
 
@@ -1275,6 +1331,7 @@ impl Supervisor {
                 DState::Starting
                     | DState::Backoff
                     | DState::Waiting
+                    | DState::Killed
                     | DState::Stopping(Then::Start)
             ),
             Member::Group(h) => matches!(
@@ -1306,7 +1363,9 @@ impl Supervisor {
 
     fn member_stopping(&self, m: Member) -> bool {
         match m {
-            Member::Daemon(i) => matches!(self.daemons[i].state, DState::Stopping(_)),
+            Member::Daemon(i) => {
+                matches!(self.daemons[i].state, DState::Stopping(_) | DState::Killed)
+            }
             Member::Group(h) => matches!(self.groups[h].state, GState::Stopping(_)),
         }
     }

@@ -114,6 +114,7 @@ impl Supervisor {
                 | DState::Running
                 | DState::Backoff
                 | DState::Waiting
+                | DState::Killed
                 | DState::Stopping(Then::Start)
         )
     }
