@@ -718,3 +718,78 @@ fn a_daemon_that_misses_its_watchdog_restarts_with_cause_watchdog() {
     t.signal(SIGTERM);
     assert_eq!(t.wait_code(), 0, "{}", t.log());
 }
+
+/// `ctl tree` shows each supervisor's `auto_shutdown` and which children
+/// are `significant`: the JSON for every node, the text where set.
+#[test]
+fn ctl_tree_shows_auto_shutdown_and_significant() {
+    let config = format!(
+        "[[group]]\nname = \"g\"\nauto_shutdown = \"all_significant\"\n\
+         restart = \"transient\"\nsignificant = true\n\
+         [[group]]\nname = \"h\"\nparent = \"g\"\n\n\
+         [supervisor]\nauto_shutdown = \"any_significant\"\n{}{}{}",
+        probe(
+            "a",
+            "group = \"g\"\nrestart = \"transient\"\nsignificant = true",
+            ""
+        ),
+        probe("b", "group = \"g\"", ""),
+        probe("c", "group = \"h\"", ""),
+    );
+    let mut t = Tree::start(&config);
+    for name in ["a", "b", "c"] {
+        t.wait_starts(name, 1);
+    }
+    let out = t.ctl_run(&["tree", "--json"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+    let root = &v["tree"];
+    assert_eq!(root["auto_shutdown"], "any_significant", "{v}");
+    assert_eq!(root["significant"], false);
+    let g = find_group(root, "g").expect("g");
+    assert_eq!(g["auto_shutdown"], "all_significant", "{v}");
+    assert_eq!(g["significant"], true, "{v}");
+    let h = find_group(root, "h").expect("h");
+    assert_eq!(h["auto_shutdown"], "never", "{v}");
+    assert_eq!(h["significant"], false);
+    let kids: Vec<(String, bool)> = g["children"]
+        .as_array()
+        .expect("children")
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap_or("").to_owned(),
+                c["significant"].as_bool().expect("significant"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kids,
+        [("a".into(), true), ("b".into(), false), ("h".into(), false)]
+    );
+
+    let text = t.ctl_run(&["tree"]).stdout;
+    let line = |start: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(start))
+            .unwrap_or_else(|| panic!("no line for {start} in:\n{text}"))
+            .to_owned()
+    };
+    assert!(
+        line("root/").contains("auto_shutdown any_significant, "),
+        "{text}"
+    );
+    assert!(
+        line("g/").contains("auto_shutdown all_significant, significant, "),
+        "{text}"
+    );
+    assert!(
+        !line("h/").contains("auto_shutdown"),
+        "never goes unsaid: {text}"
+    );
+    assert!(!line("h/").contains("significant"), "{text}");
+    assert!(line("a ").contains(", significant"), "{text}");
+    assert!(!line("b ").contains("significant"), "{text}");
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0);
+}

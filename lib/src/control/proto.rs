@@ -321,6 +321,13 @@ pub enum TreeNode {
         restarts: u32,
         /// Restarts within its period now.
         restarts_in_period: usize,
+        /// Whether the end of its significant children ends it: `never`,
+        /// `any_significant` or `all_significant`.
+        #[serde(default)]
+        auto_shutdown: String,
+        /// Its end may end its parent (the parent's `auto_shutdown`).
+        #[serde(default)]
+        significant: bool,
         /// Its daemons and groups, in start order.
         children: Vec<TreeNode>,
     },
@@ -340,6 +347,10 @@ pub enum TreeNode {
         /// `link`, `strategy`, `escalation`, `operator`, `watchdog` or
         /// `reload`.
         cause: String,
+        /// Its end may end its supervisor (the supervisor's
+        /// `auto_shutdown`).
+        #[serde(default)]
+        significant: bool,
     },
 }
 

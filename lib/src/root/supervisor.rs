@@ -374,7 +374,7 @@ pub(crate) struct Group {
     /// Whether the end of its significant children ends it.
     pub(crate) auto_shutdown: AutoShutdown,
     /// Its end may end its parent (the parent's `auto_shutdown`).
-    significant: bool,
+    pub(crate) significant: bool,
     /// Its restarts within `period` (its intensity window, bounded).
     window: RestartWindow,
     /// How often its parent restarted it.
