@@ -403,3 +403,50 @@ fn a_link_restarts_its_peer_unless_the_peer_traps_exits_and_gets_exit_instead() 
     t.signal(SIGTERM);
     assert_eq!(t.wait_code(), 0, "{}", t.log());
 }
+
+/// Monitor bits a daemon can write are its own: a real process that writes
+/// all ones over every byte it maps where monitors could live (the post
+/// outside the rings, every writable `forkroot:monitors` mapping it has)
+/// then sees a daemon killed: only it (it set every bit of its own row)
+/// and the daemon that asked get a DOWN; a daemon that never asked gets
+/// nothing.
+#[test]
+fn a_daemon_that_scribbles_over_the_monitor_bits_cannot_send_another_a_down() {
+    let config = format!(
+        "{}{}{}{}",
+        daemon("victim", "\"recv\", \"@DIR@/victim.out\"", ""),
+        daemon("quiet", "\"recv\", \"@DIR@/quiet.out\"", ""),
+        daemon("honest", "\"watch\", \"victim\", \"@DIR@/honest.out\"", ""),
+        daemon("scribbler", "\"scribble\", \"@DIR@/scribbler.out\"", ""),
+    );
+    let mut t = Tree::start(&config);
+    let victim = started(&t, "victim.out", 0);
+    started(&t, "quiet.out", 0);
+    started(&t, "honest.out", 0);
+    started(&t, "scribbler.out", 0);
+    let did = lines(&t, "scribbler.out")[0].clone();
+    let words: Vec<&str> = did.split(' ').collect();
+    assert_eq!(words[..2], ["scribbled", "post"], "{did}");
+    assert!(words[2].parse::<u64>().unwrap() > 0, "{did}");
+    // Exactly one row of monitors is writable in it: its own.
+    assert_eq!(words[3..5], ["monitors", "1"], "{did}");
+    send(victim, SIGKILL).expect("kill victim");
+    let down = format!("Down victim pid {victim} killed by SIGKILL restarts 0");
+    for file in ["honest.out", "scribbler.out"] {
+        let got = t.poll(&format!("{file} got DOWN"), || {
+            lines(&t, file).into_iter().find(|l| l.starts_with("Down "))
+        });
+        assert_eq!(got, down, "{file}");
+    }
+    // The DOWNs went out together, when the root reaped the victim; the
+    // daemon that never asked reads its mailbox every 200 ms.
+    started(&t, "victim.out", 1);
+    std::thread::sleep(Duration::from_millis(600));
+    let quiet = lines(&t, "quiet.out");
+    assert!(
+        quiet.iter().all(|l| l.starts_with("start ")),
+        "a DOWN nobody asked for: {quiet:?}"
+    );
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0, "{}", t.log());
+}

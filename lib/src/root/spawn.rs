@@ -70,6 +70,9 @@ pub(crate) struct Exec {
     /// `LISTEN_PID=`, completed with the child's pid after the fork
     /// (an entry of `envp` points at it); `None` without `listen`.
     listen_pid: Option<Box<UnsafeCell<[u8; listen::PID_VAR_LEN]>>>,
+    /// The descriptor its row of monitor bits goes to
+    /// ([`exec_monitors_fd`]).
+    monitors_fd: RawFd,
 }
 
 impl Run<'_> {
@@ -90,6 +93,7 @@ impl Run<'_> {
         notify: &[String],
         writer: crate::ring::WriterId,
         listen: &[String],
+        notify_fd: Option<RawFd>,
     ) -> io::Result<Run<'static>> {
         let nul = |s: &[u8]| CString::new(s).map_err(io::Error::other);
         let mut strings: Vec<CString> = Vec::new();
@@ -128,7 +132,10 @@ impl Run<'_> {
         for var in notify {
             strings.push(nul(var.as_bytes())?);
         }
-        for var in crate::mailbox::PostOffice::exec_env(writer, region_fd + 2, region_fd + 3) {
+        let monitors_fd = exec_monitors_fd(listen.len(), notify_fd);
+        for var in
+            crate::mailbox::PostOffice::exec_env(writer, region_fd + 2, region_fd + 3, monitors_fd)
+        {
             strings.push(nul(var.as_bytes())?);
         }
         let mut argv: Vec<_> = strings[..nargs].iter().map(|s| s.as_ptr()).collect();
@@ -158,6 +165,7 @@ impl Run<'_> {
             uid: settings.user.as_ref().map(|(_, uid)| *uid),
             no_new_privs: settings.no_new_privs,
             listen_pid,
+            monitors_fd,
         })))
     }
 }
@@ -167,6 +175,17 @@ impl Run<'_> {
 /// 3.. (`FORKROOT_REGION_FD` says which, in both cases).
 fn exec_region_fd(listeners: usize) -> RawFd {
     handoff::EXEC_REGION_FD + listeners as RawFd
+}
+
+/// The descriptor an exec'd program finds its row of monitor bits at: the
+/// first after the registry's, or the next when `notify_fd` takes that.
+fn exec_monitors_fd(listeners: usize, notify_fd: Option<RawFd>) -> RawFd {
+    let fd = exec_region_fd(listeners) + 4;
+    if notify_fd == Some(fd) {
+        fd + 1
+    } else {
+        fd
+    }
 }
 
 /// The spawn plan: everything the child needs, decided by the config and
@@ -198,6 +217,8 @@ pub(crate) struct Plan<'a> {
     pub(crate) writer: crate::ring::WriterId,
     /// The post's and the read-only registry's descriptors (for exec).
     pub(crate) post_fds: (RawFd, RawFd),
+    /// The file of its own row of monitor bits (none: no mailbox).
+    pub(crate) monitors: Option<RawFd>,
     /// Its cgroup (the leaf's directory), and whether the child may be
     /// born in it; if not, it enters it first thing.
     pub(crate) cgroup: Option<(RawFd, bool)>,
@@ -387,6 +408,13 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>, in_cgroup: bool) -> ! {
                 Ok(r) => r,
                 Err(e) => fail(pipe, SetupStage::Region, e),
             };
+            // Its own row of monitor bits, the only one it maps, from the
+            // root's descriptor before that is closed.
+            let monitors = s
+                .monitors
+                .map(|fd| crate::mailbox::MonitorRow::map(fd, s.post.row_words()))
+                .transpose()
+                .unwrap_or_else(|e| fail(pipe, SetupStage::Descriptors, e));
             keep_descriptors(s, pipe, gate);
             // The root's descriptors are closed: be dumpable again (core
             // dumps, /proc/PID/fd for the user), which the root is not.
@@ -415,8 +443,9 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>, in_cgroup: bool) -> ! {
             };
             // A daemon a reload added has no mailbox (the post is laid out
             // once, at start).
-            let mail = (s.index < s.post.count())
-                .then(|| crate::mailbox::Mailbox::new(s.post, s.index, s.writer));
+            let mail = monitors.map(|row| {
+                crate::mailbox::Mailbox::new(s.post, s.index, s.writer).with_monitors(Some(row))
+            });
             let held = listen::Held {
                 first: listen::BUILTIN_FIRST_FD,
                 addresses: s.listen,
@@ -460,13 +489,21 @@ fn exec_child(s: &Plan<'_>, exec: &Exec, pipe: RawFd) -> ! {
     let region_fd = exec_region_fd(s.listeners.len());
     let pipe_fd = region_fd + 1;
     let (post_fd, registry_fd) = (region_fd + 2, region_fd + 3);
+    let Some(monitors) = s.monitors else {
+        fail(
+            pipe,
+            SetupStage::Descriptors,
+            io::Error::from_raw_os_error(libc::EBADF),
+        );
+    };
     let moved = (|| -> io::Result<()> {
-        let above = (registry_fd + 1).max(EXEC_ABOVE);
+        let above = (exec.monitors_fd + 1).max(EXEC_ABOVE);
         let r = sys::dup_at_least(fd, above)?;
         let p = sys::dup_at_least(pipe, above)?;
         let i = sys::dup_at_least(stdin, above)?;
         let post = sys::dup_at_least(s.post_fds.0, above)?;
         let reg = sys::dup_at_least(s.post_fds.1, above)?;
+        let mon = sys::dup_at_least(monitors, above)?;
         let high = raise(s.listeners, above)?;
         let out = s.output.map(|(o, e)| -> io::Result<_> {
             Ok((sys::dup_at_least(o, above)?, sys::dup_at_least(e, above)?))
@@ -489,15 +526,21 @@ fn exec_child(s: &Plan<'_>, exec: &Exec, pipe: RawFd) -> ! {
         sys::set_cloexec(pipe_fd, true)?;
         sys::dup2(post, post_fd)?;
         sys::dup2(reg, registry_fd)?;
+        sys::dup2(mon, exec.monitors_fd)?;
+        // Kept: everything up to the registry, the monitors (right after
+        // it, or one further when `notify_fd` is right after it), and
+        // `notify_fd`.
         match n {
             Some((d, to)) => {
                 sys::dup2(d, to)?;
                 // dup2 onto itself keeps close-on-exec: clear it.
                 sys::set_cloexec(to, false)?;
-                sys::close_between(registry_fd + 1, to - 1)?;
-                sys::close_from(to + 1)
+                let (lo, hi) = (to.min(exec.monitors_fd), to.max(exec.monitors_fd));
+                sys::close_between(registry_fd + 1, lo - 1)?;
+                sys::close_between(lo + 1, hi - 1)?;
+                sys::close_from(hi + 1)
             }
-            None => sys::close_from(registry_fd + 1),
+            None => sys::close_from(exec.monitors_fd + 1),
         }
     })();
     if let Err(e) = moved {

@@ -86,6 +86,7 @@ impl Root<'_> {
             post: self.post.post(),
             writer,
             post_fds: self.post.fds(),
+            monitors: self.post.monitor_fd(i),
             cgroup: cgroup::raw(&cgroup_dir),
             listeners: self.listeners.get(i).map_or(&[][..], |l| &l[..]),
             listen: &c.cfg.listen,
@@ -137,6 +138,10 @@ impl Root<'_> {
                     &env,
                     writer,
                     &c.cfg.listen,
+                    match c.cfg.readiness {
+                        Readiness::Fd(n) => Some(n),
+                        _ => None,
+                    },
                 )?
             }
         })
