@@ -14,6 +14,9 @@
 //!   `recv` does.
 //! - `where NAME OUT`: writes what `whereis(NAME)` says whenever it
 //!   changes (`NAME pid PID STATE restarts N`).
+//! - `send TO TEXT OUT`: sends TEXT to TO once, as soon as a daemon of
+//!   that name exists (until then `NoSuchName`: it may be one a reload
+//!   adds), writes `sent` to OUT and idles.
 //! - `burst TO N OUT`: waits until `TO` has no process (`whereis`), sends
 //!   it the numbers 0..N, then writes `sent N` to OUT and idles.
 //! - `pattern TO SIZE`: sends `TO` messages of SIZE bytes, each its
@@ -112,6 +115,21 @@ fn main() -> ExitCode {
                 }
             }
         }
+        "send" => {
+            loop {
+                match ctx.send(arg(1), arg(2).as_bytes()) {
+                    Ok(()) => break,
+                    Err(SendError::NoSuchName(_)) => {
+                        if !ctx.sleep(Duration::from_millis(20)) {
+                            return ExitCode::SUCCESS;
+                        }
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            writeln!(open(arg(3)), "sent").expect("write");
+            while ctx.sleep(Duration::from_secs(1)) {}
+        }
         "burst" => {
             let (to, n) = (arg(1), arg(2).parse::<u32>().expect("a count"));
             while ctx.whereis(to).expect("a known name").pid.is_some() {
@@ -159,7 +177,7 @@ fn main() -> ExitCode {
         }
         other => {
             eprintln!(
-                "mail: unknown role {other:?} (recv, watch, scribble, where, burst, pattern, errors)"
+                "mail: unknown role {other:?} (recv, watch, scribble, send, where, burst, pattern, errors)"
             );
             return ExitCode::from(2);
         }

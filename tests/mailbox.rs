@@ -7,43 +7,23 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::{send, Tree};
 use libc::{SIGKILL, SIGTERM};
 
-/// An example binary, built once for the profile the tests run in.
-fn example(name: &'static str, cell: &'static OnceLock<PathBuf>) -> &'static PathBuf {
-    cell.get_or_init(|| {
-        let bin_dir = std::path::Path::new(common::BIN).parent().expect("bin dir");
-        let mut build = Command::new(env!("CARGO"));
-        build
-            .args(["build", "--quiet", "--example", name])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if bin_dir.ends_with("release") {
-            build.arg("--release");
-        }
-        assert!(
-            build.status().expect("run cargo build").success(),
-            "cargo build --example {name} failed"
-        );
-        bin_dir.join("examples").join(name)
-    })
-}
-
 /// `examples/mail.rs`: an exec'd program with a mailbox.
 fn mail() -> &'static PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    example("mail", &PATH)
+    common::example("mail", &PATH)
 }
 
 /// `examples/mail_kinds.rs`: an author's binary whose built-in kinds use
 /// their mailboxes.
 fn mail_kinds() -> &'static PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    example("mail_kinds", &PATH)
+    common::example("mail_kinds", &PATH)
 }
 
 fn daemon(name: &str, args: &str, keys: &str) -> String {

@@ -961,6 +961,8 @@ pub struct PostOffice {
     rows: Vec<Option<(OwnedFd, MonitorRow)>>,
     /// Where each slot's room lies in the post: `(offset, bytes)`.
     room: Vec<(usize, usize)>,
+    /// Spare slots reserved at start.
+    spare: usize,
     /// How each daemon's last process ended: `(pid, reason, restarts)`,
     /// for the EXIT messages its links get.
     last: Vec<Option<(u32, crate::ExitReason, u32)>>,
@@ -1080,6 +1082,7 @@ impl PostOffice {
             rings: Vec::with_capacity(count),
             rows: Vec::with_capacity(count),
             room,
+            spare,
             last: vec![None; count],
             dropped: 0,
         };
@@ -1159,12 +1162,11 @@ impl PostOffice {
         Ok(())
     }
 
-    /// A daemon a reload adds takes spare slot `i` (its index in the
-    /// tree), if there is one and it is free and large enough.
-    pub fn add(&mut self, i: usize, d: &Shape<'_>) -> Result<(), AddError> {
-        let spare = self.rings.iter().filter(|r| r.is_none()).count();
+    /// Whether a daemon of shape `d` could take slot `i` (its index in
+    /// the tree): a spare slot, free, with room enough.
+    pub fn can_add(&self, i: usize, d: &Shape<'_>) -> Result<(), AddError> {
         if i >= self.view.count || self.rings[i].is_some() {
-            return Err(AddError::NoRoom { spare });
+            return Err(AddError::NoRoom { spare: self.spare });
         }
         let need =
             ring::required_size(&ring_config(d)).map_err(|e| AddError::Failed(e.to_string()))?;
@@ -1172,7 +1174,25 @@ impl PostOffice {
         if need > room {
             return Err(AddError::TooLarge { need, room });
         }
+        Ok(())
+    }
+
+    /// A daemon a reload adds takes spare slot `i` (its index in the
+    /// tree): [`PostOffice::can_add`], then its ring and row are made and
+    /// its name published.
+    pub fn add(&mut self, i: usize, d: &Shape<'_>) -> Result<(), AddError> {
+        self.can_add(i, d)?;
         self.open(i, d).map_err(|e| AddError::Failed(e.to_string()))
+    }
+
+    /// Daemon `i` left the tree (a reload removed it): its name is
+    /// withdrawn from the registry, so no one finds it (and a daemon of
+    /// that name added later is found in its own slot). Its slot stays
+    /// taken, as its index does.
+    pub fn retire(&self, i: usize) {
+        if self.has(i) {
+            self.entry_rw(i).name_len.store(0, Ordering::Release);
+        }
     }
 
     /// Whether slot `i` is a daemon's (not a spare one no reload took).

@@ -18,6 +18,7 @@ use super::supervisor::{Event, TOP};
 use super::{Child, Mode, Root};
 use crate::config::{Config, DaemonConfig, Problem, Program};
 use crate::control::proto::{Failure, FailureKind, ReloadReply};
+use crate::mailbox::Shape;
 use crate::region::{page_round, RegionSpec, SYSTEM_SIZE};
 
 /// What a reload does, worked out before anything changes.
@@ -92,6 +93,15 @@ fn changed_keys(a: &DaemonConfig, b: &DaemonConfig) -> Vec<&'static str> {
         keys.push("settings");
     }
     keys
+}
+
+/// Daemon `d`'s mailbox shape.
+fn shape(d: &DaemonConfig) -> Shape<'_> {
+    Shape {
+        name: &d.name,
+        capacity: d.mailbox,
+        message: d.mailbox_message,
+    }
 }
 
 /// Group index of a daemon of `config` in the supervisor (0 the top,
@@ -217,6 +227,11 @@ impl Root<'_> {
             "the state directory (locked, and holding the regions, from start)",
             old.root.state_dir == new.root.state_dir,
         );
+        fixed(
+            "supervisor.spare_mailboxes",
+            "the mailboxes reserved for added daemons (laid out at start)",
+            old.spare_mailboxes == new.spare_mailboxes,
+        );
         let same_groups = old.groups.len() == new.groups.len()
             && old
                 .groups
@@ -276,11 +291,20 @@ impl Root<'_> {
         plan.added = (0..new.daemons.len())
             .filter(|&k| self.live_index(&new.daemons[k].name).is_none())
             .collect();
-        for &k in &plan.added {
-            if !new.daemons[k].listen.is_empty() {
+        for (n, &k) in plan.added.iter().enumerate() {
+            let d = &new.daemons[k];
+            if !d.listen.is_empty() {
                 problems.push(Problem {
                     place: format!("daemon[{k}].listen"),
                     message: "the sockets the root holds are bound at start: a daemon a reload adds cannot have listen; restart the root".into(),
+                });
+            }
+            // Added daemons take the next indices, in this order: each
+            // needs the spare mailbox of its index.
+            if let Err(e) = self.post.can_add(self.children.len() + n, &shape(d)) {
+                problems.push(Problem {
+                    place: format!("daemon[{k}]"),
+                    message: format!("{:?} cannot be added: {e}", d.name),
                 });
             }
         }
@@ -396,6 +420,7 @@ impl Root<'_> {
             After::Retire => {
                 self.sup.retire(i);
                 self.regions.release(i);
+                self.post.retire(i);
                 self.children[i].removed = true;
                 self.relink();
                 info!(daemon = %self.names[i], "reload: removed");
@@ -499,12 +524,33 @@ impl Root<'_> {
             error!(daemon = %cfg.name, error = %e, "reload: cannot map a region for the new daemon; not added");
             return;
         }
+        // Its mailbox (the plan checked that its spare one is there) and
+        // its cgroup, as every daemon has.
+        let joined = match self.post.add(i, &shape(&cfg)) {
+            Ok(()) => self
+                .contain
+                .as_mut()
+                .map_or(Ok(()), |c| c.add(i, &cfg))
+                .map_err(|e| format!("cannot make its cgroup: {e}")),
+            Err(e) => Err(e.to_string()),
+        };
         let i = self.sup.add(&cfg, g, pos);
         debug_assert_eq!(i, self.children.len());
         debug_assert_eq!(self.regions.len(), i + 1);
         self.names.push(cfg.name.clone());
         self.children.push(Child::new(cfg));
         self.outputs.push(out);
+        if let Err(e) = joined {
+            // Its index is taken (region, slot): it leaves the tree at
+            // once, never started, as a removed daemon does.
+            error!(daemon = %self.names[i], error = %e, "reload: not added");
+            self.sup.retire(i);
+            self.regions.release(i);
+            self.post.retire(i);
+            self.children[i].removed = true;
+            self.names[i].clear();
+            return;
+        }
         self.relink();
         info!(daemon = %self.names[i], "reload: added");
         if self.sup.group_up(g) {

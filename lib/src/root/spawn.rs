@@ -441,8 +441,8 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>, in_cgroup: bool) -> ! {
                 regions: Some(s.regions),
                 own: s.index,
             };
-            // A daemon a reload added has no mailbox (the post is laid out
-            // once, at start).
+            // Every daemon of the tree has a mailbox (one a reload adds, a
+            // spare one reserved at start).
             let mail = monitors.map(|row| {
                 crate::mailbox::Mailbox::new(s.post, s.index, s.writer).with_monitors(Some(row))
             });

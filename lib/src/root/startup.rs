@@ -178,7 +178,8 @@ fn make_mailboxes(config: &Config) -> Result<PostOffice, RootError> {
             message: d.mailbox_message,
         })
         .collect();
-    PostOffice::create(&shapes, 0).map_err(ctx("making the mailboxes"))
+    PostOffice::create(&shapes, config.spare_mailboxes as usize)
+        .map_err(ctx("making the mailboxes"))
 }
 
 /// Binds every daemon's `listen` sockets, before any fork. An address
