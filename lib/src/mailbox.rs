@@ -1391,3 +1391,100 @@ fn ring_config(d: &Shape<'_>) -> ring::Config {
         checksum: true,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(name: &str) -> Shape<'_> {
+        Shape {
+            name,
+            capacity: 4,
+            message: 64,
+        }
+    }
+
+    /// Daemon `i`'s mailbox, monitoring through its own row (as its
+    /// process maps it).
+    fn mailbox(office: &mut PostOffice, i: usize) -> Mailbox {
+        let id = office.begin(i, false);
+        let fd = office.monitor_fd(i).expect("a row");
+        let row = MonitorRow::map(fd, office.post().row_words()).expect("map the row");
+        Mailbox::new(office.post(), i, id).with_monitors(Some(row))
+    }
+
+    #[test]
+    fn a_down_goes_only_to_the_daemons_whose_own_row_asks_and_fires_once() {
+        let mut office =
+            PostOffice::create(&[shape("a"), shape("b"), shape("c")], 0).expect("post office");
+        let mut a = mailbox(&mut office, 0);
+        let mut c = mailbox(&mut office, 2);
+        a.monitor("b").expect("monitor b");
+        assert_eq!(
+            a.monitor("nobody"),
+            Err(SendError::NoSuchName("nobody".into()))
+        );
+        let reason = crate::ExitReason::Exited(3);
+        assert_eq!(office.died(1, 42, reason, 0), 1, "one watcher");
+        let m = a.recv(Some(Duration::ZERO)).expect("recv").expect("a DOWN");
+        assert_eq!(m.kind, MessageKind::Down);
+        assert_eq!(m.gone.map(|g| (g.name, g.pid)), Some(("b", 42)));
+        assert_eq!(c.recv(Some(Duration::ZERO)).expect("recv"), None);
+        // Fired once; and a monitor ends with its holder's process.
+        assert_eq!(office.died(1, 43, reason, 1), 0);
+        c.monitor("b").expect("monitor b");
+        office.ended(2);
+        assert_eq!(
+            office.died(1, 44, reason, 2),
+            0,
+            "c's monitors ended with it"
+        );
+        // A mailbox without a row of its own cannot monitor.
+        let id = office.begin(1, false);
+        let plain = Mailbox::new(office.post(), 1, id);
+        assert_eq!(plain.monitor("a"), Err(SendError::NoPost));
+    }
+
+    #[test]
+    fn a_spare_slot_takes_an_added_daemon_that_fits_and_a_retired_name_is_gone() {
+        let mut office = PostOffice::create(&[shape("a")], 1).expect("post office");
+        let post = office.post();
+        assert_eq!(post.count(), 2);
+        assert_eq!(post.find(""), None, "a spare slot has no name");
+        assert!(!office.has(1));
+        let big = Shape {
+            name: "big",
+            capacity: 1024,
+            message: 1024,
+        };
+        assert!(matches!(
+            office.can_add(1, &big),
+            Err(AddError::TooLarge { .. })
+        ));
+        assert_eq!(
+            office.can_add(0, &shape("x")),
+            Err(AddError::NoRoom { spare: 1 })
+        );
+        office.add(1, &shape("new")).expect("a spare slot");
+        assert_eq!(post.find("new"), Some(1));
+        assert_eq!(
+            office.can_add(2, &shape("x")),
+            Err(AddError::NoRoom { spare: 1 })
+        );
+        // The added daemon receives what a daemon started before sends.
+        let a = mailbox(&mut office, 0);
+        let mut new = mailbox(&mut office, 1);
+        a.send("new", b"hi").expect("send");
+        let m = new
+            .recv(Some(Duration::ZERO))
+            .expect("recv")
+            .expect("a message");
+        assert_eq!((m.from, &m.body[..]), ("a", &b"hi"[..]));
+        office.retire(1);
+        assert_eq!(post.find("new"), None);
+        assert_eq!(
+            a.send("new", b"hi"),
+            Err(SendError::NoSuchName("new".into()))
+        );
+    }
+}

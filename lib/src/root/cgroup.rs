@@ -342,12 +342,7 @@ impl Cgroups {
                     probe.own.display()
                 )));
             }
-            sys::cgroup::write(
-                &self.base,
-                "cgroup.subtree_control",
-                &format!("+{controller}"),
-            )?;
-            self.enabled.push(controller);
+            self.enable(controller)?;
         }
         for (i, d) in daemons.iter().enumerate() {
             self.make(i, d, true)?;
@@ -393,20 +388,26 @@ impl Cgroups {
         }
         for (k, v) in values(&d.limits).into_iter().enumerate() {
             if let Some(v) = v {
-                let controller = LIMITS[k].1;
-                if !self.enabled.contains(&controller) {
-                    // No daemon at start needed it.
-                    sys::cgroup::write(
-                        &self.base,
-                        "cgroup.subtree_control",
-                        &format!("+{controller}"),
-                    )?;
-                    self.enabled.push(controller);
-                }
+                // Enabled at start if a daemon then needed it.
+                self.enable(LIMITS[k].1)?;
                 sys::cgroup::write(&dir, LIMITS[k].2, &v.to_string())?;
             }
         }
         self.daemons.push(dir);
+        Ok(())
+    }
+
+    /// Gives the daemons' cgroups `controller` (once).
+    fn enable(&mut self, controller: &'static str) -> io::Result<()> {
+        if self.enabled.contains(&controller) {
+            return Ok(());
+        }
+        sys::cgroup::write(
+            &self.base,
+            "cgroup.subtree_control",
+            &format!("+{controller}"),
+        )?;
+        self.enabled.push(controller);
         Ok(())
     }
 
