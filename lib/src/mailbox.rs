@@ -938,6 +938,17 @@ pub struct Shape<'a> {
     pub message: u32,
 }
 
+impl<'a> Shape<'a> {
+    /// The shape daemon `d`'s config gives its mailbox.
+    pub(crate) fn of(d: &'a crate::config::DaemonConfig) -> Shape<'a> {
+        Shape {
+            name: &d.name,
+            capacity: d.mailbox,
+            message: d.mailbox_message,
+        }
+    }
+}
+
 /// The root's side: both files, the registry's writable view (not
 /// inherited by children), every daemon's row of monitor bits, and each
 /// daemon's next generation.

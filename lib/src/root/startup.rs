@@ -169,15 +169,7 @@ fn map_regions(config: &Config) -> Result<RegionSet, RootError> {
 
 /// Makes every daemon's mailbox and the registry.
 fn make_mailboxes(config: &Config) -> Result<PostOffice, RootError> {
-    let shapes: Vec<Shape<'_>> = config
-        .daemons
-        .iter()
-        .map(|d| Shape {
-            name: &d.name,
-            capacity: d.mailbox,
-            message: d.mailbox_message,
-        })
-        .collect();
+    let shapes: Vec<Shape<'_>> = config.daemons.iter().map(Shape::of).collect();
     PostOffice::create(&shapes, config.spare_mailboxes as usize)
         .map_err(ctx("making the mailboxes"))
 }

@@ -23,7 +23,7 @@ use super::window::RestartWindow;
 use std::time::{Duration, Instant};
 
 use super::{State, EXIT_GAVE_UP, EXIT_OK};
-use crate::config::{AutoShutdown, Backoff, Config, RestartType, Strategy};
+use crate::config::{AutoShutdown, Backoff, Config, DaemonConfig, RestartType, Strategy};
 
 /// The pause before retrying a start that failed in the root (fork, or
 /// preparing an exec).
@@ -396,6 +396,99 @@ pub(crate) struct Supervisor {
     due: VecDeque<usize>,
 }
 
+/// The supervisor's index of the group called `name` in `config` ([`TOP`]
+/// for none, `[[group]]` k at k + 1).
+pub(crate) fn group_index(config: &Config, name: Option<&str>) -> usize {
+    name.and_then(|n| config.groups.iter().position(|g| g.name == n))
+        .map_or(TOP, |k| k + 1)
+}
+
+/// Each supervisor's children in start order: its daemons in file order,
+/// and its groups where their first daemon (in file order, anywhere under
+/// them) is; a group without daemons last. `parent[g]` is group `g`'s.
+fn children_in_order(config: &Config, parent: &[Option<usize>]) -> Vec<Vec<Member>> {
+    let n = parent.len();
+    // The first daemon (in file order) under each group.
+    let mut first = vec![usize::MAX; n];
+    for (d, dc) in config.daemons.iter().enumerate() {
+        let mut g = Some(group_index(config, dc.group.as_deref()));
+        while let Some(h) = g {
+            if first[h] != usize::MAX {
+                break;
+            }
+            first[h] = d;
+            g = parent[h];
+        }
+    }
+    let mut kids: Vec<Vec<(usize, Member)>> = vec![Vec::new(); n];
+    for (d, dc) in config.daemons.iter().enumerate() {
+        kids[group_index(config, dc.group.as_deref())].push((d, Member::Daemon(d)));
+    }
+    for (h, p) in parent.iter().enumerate().skip(1) {
+        let key = if first[h] == usize::MAX {
+            config.daemons.len() + h
+        } else {
+            first[h]
+        };
+        kids[p.unwrap_or(TOP)].push((key, Member::Group(h)));
+    }
+    kids.into_iter()
+        .map(|mut k| {
+            k.sort_by_key(|&(key, _)| key);
+            k.into_iter().map(|(_, m)| m).collect()
+        })
+        .collect()
+}
+
+impl Daemon {
+    /// Daemon `cfg` of group `g`, stopped, linked to `links`.
+    fn new(cfg: &DaemonConfig, g: usize, links: Vec<usize>) -> Daemon {
+        Daemon {
+            state: DState::Stopped,
+            group: g,
+            pos: 0,
+            restart: cfg.restart,
+            significant: cfg.significant,
+            backoff_cfg: cfg.backoff,
+            backoff: cfg.backoff.initial,
+            restarts: 0,
+            links,
+            trap_exits: cfg.trap_exits,
+            cause: Cause::Start,
+            start_timeout: cfg.start_timeout,
+            watchdog: cfg.watchdog,
+        }
+    }
+}
+
+impl Group {
+    /// Supervisor `g` of `config` (the top, or `[[group]]` g - 1), stopped,
+    /// with its parent and its children in start order.
+    fn new(config: &Config, g: usize, parent: Option<usize>, children: Vec<Member>) -> Group {
+        let (name, sup, restart, significant) = if g == TOP {
+            ("root", &config.supervisor, RestartType::Permanent, false)
+        } else {
+            let gc = &config.groups[g - 1];
+            (gc.name.as_str(), &gc.supervisor, gc.restart, gc.significant)
+        };
+        Group {
+            name: name.to_owned(),
+            parent,
+            pos: 0,
+            children,
+            strategy: sup.strategy,
+            intensity: sup.intensity,
+            period: sup.period,
+            restart,
+            auto_shutdown: sup.auto_shutdown,
+            significant,
+            window: RestartWindow::default(),
+            restarts: 0,
+            state: GState::Stopped,
+        }
+    }
+}
+
 impl Supervisor {
     /// The tree of `config`: group k + 1 is `config.groups[k]`; `links`
     /// are the daemons' links, resolved to indices and symmetric.
@@ -404,93 +497,30 @@ impl Supervisor {
     /// groups placed where their first daemon (in file order) is; a group
     /// with no daemon comes last.
     pub(crate) fn new(config: &Config, links: &[Vec<usize>], now: Instant) -> Supervisor {
-        let group_of = |name: Option<&str>| {
-            name.and_then(|n| config.groups.iter().position(|g| g.name == n))
-                .map_or(TOP, |k| k + 1)
-        };
-        let n = config.groups.len() + 1;
         let parent: Vec<Option<usize>> = std::iter::once(None)
             .chain(
                 config
                     .groups
                     .iter()
-                    .map(|g| Some(group_of(g.parent.as_deref()))),
+                    .map(|g| Some(group_index(config, g.parent.as_deref()))),
             )
             .collect();
-        // The first daemon (in file order) under each group.
-        let mut first = vec![usize::MAX; n];
-        for (d, dc) in config.daemons.iter().enumerate() {
-            let mut g = Some(group_of(dc.group.as_deref()));
-            while let Some(h) = g {
-                if first[h] != usize::MAX {
-                    break;
-                }
-                first[h] = d;
-                g = parent[h];
-            }
-        }
-        let mut kids: Vec<Vec<(usize, Member)>> = vec![Vec::new(); n];
-        for (d, dc) in config.daemons.iter().enumerate() {
-            kids[group_of(dc.group.as_deref())].push((d, Member::Daemon(d)));
-        }
-        for (h, p) in parent.iter().enumerate().skip(1) {
-            let key = if first[h] == usize::MAX {
-                config.daemons.len() + h
-            } else {
-                first[h]
-            };
-            kids[p.unwrap_or(TOP)].push((key, Member::Group(h)));
-        }
-        for k in &mut kids {
-            k.sort_by_key(|&(key, _)| key);
-        }
-        let mut groups: Vec<Group> = (0..n)
-            .map(|g| {
-                let (name, sup, restart, significant) = match g {
-                    TOP => ("root", &config.supervisor, RestartType::Permanent, false),
-                    _ => {
-                        let gc = &config.groups[g - 1];
-                        (gc.name.as_str(), &gc.supervisor, gc.restart, gc.significant)
-                    }
-                };
-                Group {
-                    name: name.to_owned(),
-                    parent: parent[g],
-                    pos: 0,
-                    children: kids[g].iter().map(|&(_, m)| m).collect(),
-                    strategy: sup.strategy,
-                    intensity: sup.intensity,
-                    period: sup.period,
-                    restart,
-                    auto_shutdown: sup.auto_shutdown,
-                    significant,
-                    window: RestartWindow::default(),
-                    restarts: 0,
-                    state: GState::Stopped,
-                }
-            })
+        let kids = children_in_order(config, &parent);
+        let mut groups: Vec<Group> = kids
+            .into_iter()
+            .enumerate()
+            .map(|(g, children)| Group::new(config, g, parent[g], children))
             .collect();
         let mut daemons: Vec<Daemon> = config
             .daemons
             .iter()
             .enumerate()
-            .map(|(d, dc)| Daemon {
-                state: DState::Stopped,
-                group: group_of(dc.group.as_deref()),
-                pos: 0,
-                restart: dc.restart,
-                significant: dc.significant,
-                backoff_cfg: dc.backoff,
-                backoff: dc.backoff.initial,
-                restarts: 0,
-                links: links.get(d).cloned().unwrap_or_default(),
-                trap_exits: dc.trap_exits,
-                cause: Cause::Start,
-                start_timeout: dc.start_timeout,
-                watchdog: dc.watchdog,
+            .map(|(d, dc)| {
+                let links = links.get(d).cloned().unwrap_or_default();
+                Daemon::new(dc, group_index(config, dc.group.as_deref()), links)
             })
             .collect();
-        for g in 0..n {
+        for g in 0..groups.len() {
             for (pos, m) in groups[g].children.clone().into_iter().enumerate() {
                 match m {
                     Member::Daemon(d) => daemons[d].pos = pos,
@@ -548,7 +578,7 @@ impl Supervisor {
                 self.daemons[i].cause = Cause::Operator;
                 match self.daemons[i].state {
                     DState::Starting | DState::Running | DState::Killed => {
-                        self.stop_member(Member::Daemon(i), Then::Start)
+                        self.stop_member(Member::Daemon(i), Then::Start);
                     }
                     DState::Stopping(_) => self.set(i, DState::Stopping(Then::Start)),
                     _ => self.operator_start(i, Cause::Operator),
@@ -573,7 +603,7 @@ impl Supervisor {
     /// Restarts within group `g`'s period, as of `now`.
     pub(crate) fn recent_restarts(&self, g: usize, now: Instant) -> usize {
         let grp = &self.groups[g];
-        grp.window.count_at(now, grp.period) as usize
+        usize::try_from(grp.window.count_at(now, grp.period)).unwrap_or(usize::MAX)
     }
 
     /// Why the daemon's current process started.
@@ -1049,12 +1079,12 @@ impl Supervisor {
                 return;
             };
             let cause = *cause;
-            if let Some(p) = *awaiting {
-                if self.member_pending(self.groups[g].children[p]) {
+            if let Some(at) = *awaiting {
+                if self.member_pending(self.groups[g].children[at]) {
                     return;
                 }
             }
-            let Some(&p) = next.first() else {
+            let Some(&pos) = next.first() else {
                 self.groups[g].state = GState::Running;
                 if let Some(parent) = self.groups[g].parent {
                     self.due.push_back(parent);
@@ -1063,19 +1093,19 @@ impl Supervisor {
             };
             if let GState::Starting { awaiting, next, .. } = &mut self.groups[g].state {
                 next.remove(0);
-                *awaiting = Some(p);
+                *awaiting = Some(pos);
             }
-            let m = self.groups[g].children[p];
-            if !self.member_down(m) {
+            let child = self.groups[g].children[pos];
+            if !self.member_down(child) {
                 continue;
             }
-            match (m, cause) {
-                (Member::Daemon(i), Some(c)) => {
-                    self.daemons[i].cause = c;
+            match (child, cause) {
+                (Member::Daemon(i), Some(why)) => {
+                    self.daemons[i].cause = why;
                     self.start_daemon(i);
                 }
-                (Member::Group(h), Some(c)) => self.start_group(h, c),
-                (_, None) => self.start_member(g, p),
+                (Member::Group(h), Some(why)) => self.start_group(h, why),
+                (_, None) => self.start_member(g, pos),
             }
         }
     }
@@ -1193,7 +1223,7 @@ impl Supervisor {
                     GState::Ended => Cause::Death,
                     _ => Cause::Strategy,
                 };
-                self.start_group(h, cause)
+                self.start_group(h, cause);
             }
         }
     }

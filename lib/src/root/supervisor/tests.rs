@@ -484,8 +484,9 @@ fn shutdown_stops_every_daemon_in_reverse_tree_order_one_at_a_time() {
     assert_eq!(w.take(), Vec::<String>::new());
 }
 
-/// root (one_for_one) ─ outer (one_for_one, intensity 0) ─ inner
-/// (one_for_all, intensity 1) ─ [i1, i2]; root ─ side ─ [s1]; root ─ top1.
+/// `root` (`one_for_one`) ─ `outer` (`one_for_one`, intensity 0) ─ `inner`
+/// (`one_for_all`, intensity 1) ─ [`i1`, `i2`]; `root` ─ `side` ─ [`s1`];
+/// `root` ─ `top1`.
 fn two_levels(root_intensity: u32, outer_restart: &str) -> String {
     format!(
         "[supervisor]\nintensity = {root_intensity}\n{}{}{}{}{}{}{}",
