@@ -66,6 +66,11 @@ fn a_thousand_messages_sent_while_the_receiver_is_down_reach_its_replacement_in_
         let l = lines(&t, "inbox.out");
         l.first()?.strip_prefix("start ")?.parse().ok()
     });
+    // Killed once the root counts it ready (its exec seen): a death while
+    // it starts would hold outbox, the next to start, behind its backoff.
+    t.poll("inbox running", || {
+        (pid_of(&t, "inbox") == Some(first)).then_some(())
+    });
     send(first, SIGKILL).expect("kill inbox");
     t.poll("outbox sent its burst", || {
         lines(&t, "outbox.out")
