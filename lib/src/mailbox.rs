@@ -571,11 +571,17 @@ impl Post {
 
 /// Maps `len` bytes of `fd` shared somewhere, for the rest of the process.
 fn map(fd: RawFd, len: usize, access: sys::Access) -> io::Result<NonNull<u8>> {
+    map_at(fd, 0, len, access)
+}
+
+/// Maps `len` bytes of `fd` from `offset` (a page multiple) shared
+/// somewhere, for the rest of the process. Fork-safe: no allocation.
+fn map_at(fd: RawFd, offset: u64, len: usize, access: sys::Access) -> io::Result<NonNull<u8>> {
     let len = len.max(1);
     let base = sys::reserve(len)?;
     // SAFETY: `[base, base+len)` is the reservation just made; nothing
     // refers into it.
-    if let Err(e) = unsafe { sys::map_fixed(base, len, fd, 0, access) } {
+    if let Err(e) = unsafe { sys::map_fixed(base, len, fd, offset, access) } {
         // SAFETY: the reservation is ours and nothing refers into it.
         let _ = unsafe { sys::unmap(base, len) };
         return Err(e);
@@ -584,13 +590,14 @@ fn map(fd: RawFd, len: usize, access: sys::Access) -> io::Result<NonNull<u8>> {
 }
 
 /// One daemon's row of monitor bits: bit `j` set says this daemon
-/// monitors daemon `j`. The row is a memory file of its own
-/// (`forkroot:monitors`, sealed), mapped read-write by the root (not
+/// monitors daemon `j`. The row is whole pages of memory the root owns
+/// (sealed memfds `forkroot:monitors`), mapped read-write by the root (not
 /// inherited by its children) and by the daemon's own processes only: a
-/// forked daemon maps it from the root's descriptor before it closes that,
-/// an exec'd program gets that one file at `FORKROOT_MONITORS_FD`. So a
-/// daemon can set bits only in its own row, and the root reads daemon
-/// `w`'s monitors only from `w`'s row.
+/// forked daemon maps its own page range of the rows' arena from the
+/// root's descriptor before it closes that; an exec'd program gets a file
+/// holding its row alone at `FORKROOT_MONITORS_FD`. So a daemon can set
+/// bits only in its own row, and the root reads daemon `w`'s monitors only
+/// from `w`'s row.
 #[derive(Debug, Clone, Copy)]
 pub struct MonitorRow {
     words: NonNull<AtomicU64>,
@@ -610,10 +617,16 @@ impl MonitorRow {
         crate::region::page_round((words * 8) as u64) as usize
     }
 
-    /// Maps the row file `fd` (of `words` words) read-write, for the rest
-    /// of the process. Fork-safe: two system calls, no allocation.
-    pub(crate) fn map(fd: RawFd, words: usize) -> io::Result<MonitorRow> {
-        let base = map(fd, MonitorRow::file_len(words), sys::Access::ReadWrite)?;
+    /// Maps the row at `offset` of file `fd` (of `words` words) read-write,
+    /// for the rest of the process. Fork-safe: two system calls, no
+    /// allocation.
+    pub(crate) fn map(fd: RawFd, offset: u64, words: usize) -> io::Result<MonitorRow> {
+        let base = map_at(
+            fd,
+            offset,
+            MonitorRow::file_len(words),
+            sys::Access::ReadWrite,
+        )?;
         Ok(MonitorRow {
             words: base.cast(),
             len: words,
@@ -731,7 +744,7 @@ impl Mailbox {
             ));
         }
         let mfd = fd(MONITORS_FD_VAR)?;
-        let row = MonitorRow::map(mfd, post.row_words()).map_err(|e| {
+        let row = MonitorRow::map(mfd, 0, post.row_words()).map_err(|e| {
             bad(
                 MONITORS_FD_VAR,
                 mfd.to_string(),
@@ -967,13 +980,19 @@ pub struct PostOffice {
     /// never re-reading a ring's geometry from shared memory. `None`: a
     /// spare slot no reload has taken yet.
     rings: Vec<Option<Ring<'static>>>,
-    /// Each daemon's row of monitor bits: its file (for the daemon's
-    /// processes) and the root's mapping of it (`MADV_DONTFORK`).
-    rows: Vec<Option<(OwnedFd, MonitorRow)>>,
+    /// Every slot's row of monitor bits, a page range each, in one file
+    /// (one descriptor, one mapping in the root however many daemons).
+    arena_fd: OwnedFd,
+    /// Each daemon's row: the root's mapping of it (in the arena's
+    /// mapping, `MADV_DONTFORK`, or of its own file), and its own file once
+    /// it is an exec'd program's (which must get its row alone).
+    rows: Vec<Option<(Option<OwnedFd>, MonitorRow)>>,
     /// Where each slot's room lies in the post: `(offset, bytes)`.
     room: Vec<(usize, usize)>,
     /// Spare slots reserved at start.
     spare: usize,
+    /// The root's mapping of the rows' arena (set once made).
+    arena: Option<NonNull<u8>>,
     /// How each daemon's last process ended: `(pid, reason, restarts)`,
     /// for the EXIT messages its links get.
     last: Vec<Option<(u32, crate::ExitReason, u32)>>,
@@ -1058,6 +1077,13 @@ impl PostOffice {
         let reg_len =
             crate::region::page_round((size_of::<Directory>() + count * size_of::<Entry>()) as u64)
                 as usize;
+        let row_len = MonitorRow::file_len(words);
+        let arena_len = row_len * count.max(1);
+        let arena_fd = sys::memfd_sealed(c"forkroot:monitors", arena_len as u64)?;
+        let arena = map(arena_fd.as_raw_fd(), arena_len, sys::Access::ReadWrite)?;
+        // SAFETY: `arena` is the root's own mapping of `arena_len` bytes,
+        // just made: no child inherits it (each maps its own row).
+        unsafe { sys::dont_fork(arena, arena_len)? };
         let post_fd = sys::memfd_sealed(c"forkroot:post", post_len as u64)?;
         let registry_fd = sys::memfd_sealed(c"forkroot:registry", reg_len as u64)?;
         let registry_ro = sys::reopen_read_only(registry_fd.as_raw_fd())?;
@@ -1091,9 +1117,11 @@ impl PostOffice {
             generations: vec![0; count],
             pending: vec![None; count],
             rings: Vec::with_capacity(count),
+            arena_fd,
             rows: Vec::with_capacity(count),
             room,
             spare,
+            arena: None,
             last: vec![None; count],
             dropped: 0,
         };
@@ -1121,6 +1149,7 @@ impl PostOffice {
             office.rings.push(None);
             office.rows.push(None);
         }
+        office.arena = Some(arena);
         for (i, d) in daemons.iter().enumerate() {
             office.open(i, d)?;
         }
@@ -1141,12 +1170,8 @@ impl PostOffice {
                 d.name
             )));
         }
-        let row_len = MonitorRow::file_len(self.view.row_words());
-        let row_fd = sys::memfd_sealed(c"forkroot:monitors", row_len as u64)?;
-        let row = MonitorRow::map(row_fd.as_raw_fd(), self.view.row_words())?;
-        // SAFETY: `row` is the root's own mapping of `row_len` bytes, just
-        // made: no child inherits it.
-        unsafe { sys::dont_fork(row.words.cast(), row_len)? };
+        let row = self.arena_row(i)?;
+        row.clear();
         // SAFETY: `[off, off+len)` lies inside the post (summed in
         // `create`), 128-aligned, and no process uses it yet (a spare
         // slot's room is nobody's until now); the mapping lives as long as
@@ -1169,8 +1194,23 @@ impl PostOffice {
         }
         self.entry_rw(i).name_len.store(n as u32, Ordering::Release);
         self.rings[i] = Some(ring);
-        self.rows[i] = Some((row_fd, row));
+        self.rows[i] = Some((None, row));
         Ok(())
+    }
+
+    /// Slot `i`'s row in the root's mapping of the arena.
+    fn arena_row(&self, i: usize) -> io::Result<MonitorRow> {
+        let base = self
+            .arena
+            .ok_or_else(|| io::Error::other("the monitors' arena is not mapped"))?;
+        let words = self.view.row_words();
+        debug_assert!(i < self.view.count);
+        Ok(MonitorRow {
+            // SAFETY: row `i` lies inside the arena (`count` rows of
+            // `file_len(words)` bytes each, mapped for the root's life).
+            words: unsafe { base.add(i * MonitorRow::file_len(words)) }.cast(),
+            len: words,
+        })
     }
 
     /// Whether a daemon of shape `d` could take slot `i` (its index in
@@ -1211,10 +1251,32 @@ impl PostOffice {
         self.rings.get(i).is_some_and(Option::is_some)
     }
 
-    /// The file of daemon `i`'s row of monitor bits, which its processes
-    /// map read-write ([`MonitorRow::map`]); none for a slot not taken.
-    pub fn monitor_fd(&self, i: usize) -> Option<RawFd> {
-        self.rows.get(i)?.as_ref().map(|(fd, _)| fd.as_raw_fd())
+    /// Where daemon `i`'s processes map its row of monitor bits from
+    /// ([`MonitorRow::map`]): a file and an offset; none for a slot not
+    /// taken. An exec'd program (`alone`) gets a file that holds its row
+    /// alone, made at its first start (offset 0); a forked daemon maps its
+    /// row's pages of the arena (or that file, once it has one).
+    pub fn monitor_fd(&mut self, i: usize, alone: bool) -> io::Result<Option<(RawFd, u64)>> {
+        let row_len = MonitorRow::file_len(self.view.row_words());
+        let Some((own, row)) = self.rows.get_mut(i).and_then(Option::as_mut) else {
+            return Ok(None);
+        };
+        if own.is_none() && alone {
+            let fd = sys::memfd_sealed(c"forkroot:monitors", row_len as u64)?;
+            let mine = MonitorRow::map(fd.as_raw_fd(), 0, row.len)?;
+            // SAFETY: `mine` is the root's own mapping of `row_len` bytes,
+            // just made: no child inherits it.
+            unsafe { sys::dont_fork(mine.words.cast(), row_len)? };
+            // No process of it runs (this is before its fork): its arena
+            // row is clear, and stays so.
+            row.clear();
+            *own = Some(fd);
+            *row = mine;
+        }
+        Ok(Some(match own {
+            Some(fd) => (fd.as_raw_fd(), 0),
+            None => (self.arena_fd.as_raw_fd(), (i * row_len) as u64),
+        }))
     }
 
     /// The view every daemon inherits.
@@ -1311,9 +1373,12 @@ impl PostOffice {
             // Only `w` (and the root) can write `w`'s row: a bit there is
             // `w`'s own request.
             let asked = match &self.rows[w] {
-                Some((_, row)) if w != i => row
-                    .bit(i)
-                    .is_some_and(|(word, bit)| word.fetch_and(!bit, Ordering::AcqRel) & bit != 0),
+                // A load first: most rows do not have the bit, and are
+                // then only read.
+                Some((_, row)) if w != i => row.bit(i).is_some_and(|(word, bit)| {
+                    word.load(Ordering::Acquire) & bit != 0
+                        && word.fetch_and(!bit, Ordering::AcqRel) & bit != 0
+                }),
                 _ => false,
             };
             if asked && self.deliver(w, MessageKind::Down, &body) {
@@ -1419,8 +1484,8 @@ mod tests {
     /// process maps it).
     fn mailbox(office: &mut PostOffice, i: usize) -> Mailbox {
         let id = office.begin(i, false);
-        let fd = office.monitor_fd(i).expect("a row");
-        let row = MonitorRow::map(fd, office.post().row_words()).expect("map the row");
+        let (fd, at) = office.monitor_fd(i, false).expect("a row").expect("a slot");
+        let row = MonitorRow::map(fd, at, office.post().row_words()).expect("map the row");
         Mailbox::new(office.post(), i, id).with_monitors(Some(row))
     }
 

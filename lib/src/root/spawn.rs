@@ -217,8 +217,9 @@ pub(crate) struct Plan<'a> {
     pub(crate) writer: crate::ring::WriterId,
     /// The post's and the read-only registry's descriptors (for exec).
     pub(crate) post_fds: (RawFd, RawFd),
-    /// The file of its own row of monitor bits (none: no mailbox).
-    pub(crate) monitors: Option<RawFd>,
+    /// Where its own row of monitor bits is: a file and an offset (an
+    /// exec'd program's: a file of its own, offset 0); none: no mailbox.
+    pub(crate) monitors: Option<(RawFd, u64)>,
     /// Its cgroup (the leaf's directory), and whether the child may be
     /// born in it; if not, it enters it first thing.
     pub(crate) cgroup: Option<(RawFd, bool)>,
@@ -412,7 +413,7 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>, in_cgroup: bool) -> ! {
             // root's descriptor before that is closed.
             let monitors = s
                 .monitors
-                .map(|fd| crate::mailbox::MonitorRow::map(fd, s.post.row_words()))
+                .map(|(fd, at)| crate::mailbox::MonitorRow::map(fd, at, s.post.row_words()))
                 .transpose()
                 .unwrap_or_else(|e| fail(pipe, SetupStage::Descriptors, e));
             keep_descriptors(s, pipe, gate);
@@ -489,7 +490,7 @@ fn exec_child(s: &Plan<'_>, exec: &Exec, pipe: RawFd) -> ! {
     let region_fd = exec_region_fd(s.listeners.len());
     let pipe_fd = region_fd + 1;
     let (post_fd, registry_fd) = (region_fd + 2, region_fd + 3);
-    let Some(monitors) = s.monitors else {
+    let Some((monitors, 0)) = s.monitors else {
         fail(
             pipe,
             SetupStage::Descriptors,

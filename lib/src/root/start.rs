@@ -49,6 +49,13 @@ impl Root<'_> {
         standby: bool,
         writer: crate::ring::WriterId,
     ) -> io::Result<(Spawned, Option<ExitReason>)> {
+        // Where it maps its row of monitor bits (an exec'd program gets a
+        // file of its own).
+        let alone = matches!(
+            self.children[i].cfg.program,
+            crate::config::Program::Exec(_)
+        );
+        let monitors = self.post.monitor_fd(i, alone)?;
         let c = &self.children[i];
         let start = crate::daemon::Start {
             restarts: c.restarts,
@@ -86,7 +93,7 @@ impl Root<'_> {
             post: self.post.post(),
             writer,
             post_fds: self.post.fds(),
-            monitors: self.post.monitor_fd(i),
+            monitors,
             cgroup: cgroup::raw(&cgroup_dir),
             listeners: self.listeners.get(i).map_or(&[][..], |l| &l[..]),
             listen: &c.cfg.listen,
