@@ -302,15 +302,16 @@ impl Drop for Traced {
 
 #[test]
 fn a_child_whose_setup_pipe_cannot_be_watched_is_killed_not_left_running() {
-    // The root's sixth epoll_ctl is the first daemon's setup pipe (after
-    // the signalfd, the control socket, the notify socket, and the daemon's
-    // stdout and stderr pipes; seventh where a cgroup v2 hierarchy puts its
-    // cgroup.events watch in the set first): it fails with ENOSPC, as when
-    // the user's epoll watches are exhausted.
+    // The root's seventh epoll_ctl is the first daemon's setup pipe (after
+    // the signalfd, the hand-over window's sync pipe, the control socket,
+    // the notify socket, and the daemon's stdout and stderr pipes; eighth
+    // where a cgroup v2 hierarchy puts its cgroup.events watch in the set
+    // first): it fails with ENOSPC, as when the user's epoll watches are
+    // exhausted.
     let nth = if common::cgroup2_mount().is_some() {
-        7
+        8
     } else {
-        6
+        7
     };
     let mut t = Traced::start(
         "[[daemon]]\nname = \"idle\"\nkind = \"idle\"\n",
@@ -825,4 +826,18 @@ fn no_memory_for_the_region_arena_stops_the_root_before_anything_starts() {
         "{ran:?}"
     );
     nothing_started(&ran, dir.path());
+}
+
+/// With too few descriptors allowed for the hand-over window (a hard
+/// limit of 64), the root says so and forks with a copy of its table:
+/// its daemons start and restart as usual.
+#[test]
+fn too_few_descriptors_for_the_hand_over_window_is_said_and_forks_copy() {
+    let mut t = Tree::start_with(TWO_IDLE, |c| limit(c, libc::RLIMIT_NOFILE, 64));
+    t.wait_log(&["cannot reserve the hand-over window"]);
+    let a = t.poll("a running", || running(&t, "a"));
+    common::send(a, libc::SIGKILL).unwrap();
+    t.poll("a restarted", || running(&t, "a").filter(|&p| p != a));
+    t.poll("b running", || running(&t, "b"));
+    stop_cleanly(&mut t);
 }

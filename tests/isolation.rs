@@ -136,3 +136,117 @@ fn a_restarted_daemon_finds_its_state_unless_it_restarts_fresh() {
     t.signal(SIGTERM);
     assert_eq!(t.wait_code(), 0);
 }
+
+/// The descriptors of process `pid`: number → what it names.
+fn descriptors(pid: i32) -> std::collections::BTreeMap<u32, String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().to_str()?.parse().ok()?;
+                    let to = std::fs::read_link(e.path()).ok()?;
+                    Some((n, to.to_string_lossy().into_owned()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The running pid of each daemon of `names`, once all run.
+fn pids_of(t: &Tree, names: &[String]) -> Vec<i32> {
+    t.poll("every daemon running", || {
+        let all = t.daemons_status()?;
+        names
+            .iter()
+            .map(|n| {
+                let d = all.iter().find(|d| d["name"] == n.as_str())?;
+                (d["state"] == "running")
+                    .then(|| d["pid"].as_i64())
+                    .flatten()
+                    .map(|p| p as i32)
+            })
+            .collect()
+    })
+}
+
+/// New processes get their descriptors through a window of low numbers,
+/// sharing the root's table until they take their own, and a start while
+/// the window is lent is forked with a copy of the table (DESIGN.md §5).
+/// Either way each process holds its own pipes and nothing else of the
+/// root's, and the root holds after many restarts what it held before.
+#[test]
+fn every_incarnation_holds_its_own_descriptors_and_nothing_of_the_roots() {
+    // Eight daemons killed at once restart in the same turns of the root's
+    // loop, most while the window is lent to the first; an exec'd program
+    // among them; 200 idle siblings give the root ~1,000 descriptors.
+    let mut config = String::from("[supervisor]\nintensity = 1000\n");
+    let mut group: Vec<String> = (0..7).map(|k| format!("m{k}")).collect();
+    for name in &group {
+        config.push_str(&format!(
+            "\n[[daemon]]\nname = \"{name}\"\nkind = \"idle\"\n"
+        ));
+    }
+    config.push_str("\n[[daemon]]\nname = \"prog\"\nexec = [\"/bin/sleep\", \"1000\"]\n");
+    group.push("prog".into());
+    for k in 0..200 {
+        config.push_str(&format!(
+            "\n[[daemon]]\nname = \"idle{k}\"\nkind = \"idle\"\n"
+        ));
+    }
+    let t = Tree::start_with(&config, |c| {
+        c.env("FORKROOT_LOG", "info,forkroot::root::spawn=debug");
+    });
+    let first = pids_of(&t, &group);
+    t.poll("every daemon started", || {
+        t.ctl(&["health", "--ready"]).status.success().then_some(())
+    });
+    // Pipes and /dev/null: what a copy left in the window would be (a
+    // connection of `ctl` may come and go meanwhile).
+    let held = |pid: i32| {
+        descriptors(pid)
+            .into_values()
+            .filter(|to| to.starts_with("pipe:") || to == "/dev/null")
+            .count()
+    };
+    let root_before = held(t.pid);
+    let stdout_of = |pid: i32| descriptors(pid).get(&1).cloned().unwrap_or_default();
+    let first_pipes: Vec<String> = first.iter().map(|&p| stdout_of(p)).collect();
+    let mut pids = first.clone();
+    for _ in 0..10 {
+        for &pid in &pids {
+            send(pid, SIGKILL).expect("kill a daemon");
+        }
+        let old = pids.clone();
+        pids = t.poll("all eight restarted", || {
+            let now = pids_of(&t, &group);
+            now.iter().zip(&old).all(|(a, b)| a != b).then_some(now)
+        });
+    }
+    assert!(
+        !t.log_lines(&["window is lent"]).is_empty(),
+        "no start found the window lent: the copying fork was not exercised"
+    );
+    for (k, &pid) in pids.iter().enumerate() {
+        let fds = descriptors(pid);
+        let numbers: Vec<u32> = fds.keys().copied().collect();
+        // A built-in daemon: stdin, its two pipes, the echo of its flight
+        // log at 5. The program: stdin, pipes, region at 3, post and
+        // registry at 5 and 6 (the setup pipe at 4 closed on exec).
+        let expected: &[u32] = if group[k] == "prog" {
+            &[0, 1, 2, 3, 5, 6]
+        } else {
+            &[0, 1, 2, 5]
+        };
+        assert_eq!(numbers, expected, "{} holds {fds:?}", group[k]);
+        // The same stdout pipe as its first incarnation, no one else's.
+        assert_eq!(fds[&1], first_pipes[k], "{}'s stdout", group[k]);
+        assert!(fds[&1].starts_with("pipe:"), "{fds:?}");
+    }
+    let mut distinct = first_pipes.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), group.len(), "two daemons share a pipe");
+    t.poll("the root holding what it held before the restarts", || {
+        (held(t.pid) == root_before).then_some(())
+    });
+}

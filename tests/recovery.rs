@@ -323,3 +323,28 @@ listen = ["tcp:127.0.0.1:{port}"]
     assert!(log.contains("cannot listen on"), "{log}");
     assert!(t.daemons_named("kv").is_empty());
 }
+
+/// A root that stops cleanly removes the Unix socket files it bound, and
+/// leaves alone a socket another process put at the same path since.
+#[test]
+fn a_clean_stop_removes_the_roots_unix_socket_files_and_no_one_elses() {
+    let config = "[[daemon]]\nname = \"a\"\nexec = [\"/bin/sleep\", \"1000\"]\n\
+                  listen = [\"unix:@DIR@/a.sock\"]\n\n\
+                  [[daemon]]\nname = \"b\"\nexec = [\"/bin/sleep\", \"1000\"]\n\
+                  listen = [\"unix:@DIR@/b.sock\"]\n";
+    let mut t = Tree::start(config);
+    let (a, b) = (t.path("a.sock"), t.path("b.sock"));
+    t.poll("the root's sockets", || UnixStream::connect(&a).ok());
+    assert!(b.exists());
+    // Another process replaces b's file with a socket of its own.
+    std::fs::remove_file(&b).unwrap();
+    let theirs = std::os::unix::net::UnixListener::bind(&b).unwrap();
+    t.signal(libc::SIGTERM);
+    assert_eq!(t.wait_code(), 0, "{}", t.log());
+    assert!(
+        !a.exists(),
+        "the root's socket file is left after a clean stop"
+    );
+    assert!(b.exists(), "the root removed a socket it did not bind");
+    drop(theirs);
+}

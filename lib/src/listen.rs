@@ -20,7 +20,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 /// Where a built-in daemon finds its first listening socket (after the
@@ -80,15 +80,61 @@ impl Address {
     /// wants). TCP gets SO_REUSEADDR, so a new root binds at once after
     /// the old one; a Unix socket file left by an earlier root is
     /// replaced, any other file at the path is an error.
-    pub(crate) fn bind(&self) -> io::Result<OwnedFd> {
+    pub(crate) fn bind(&self) -> io::Result<Bound> {
         Ok(match self {
             // std sets SO_REUSEADDR, CLOEXEC and the largest backlog.
-            Address::Tcp(a) => std::net::TcpListener::bind(a)?.into(),
+            Address::Tcp(a) => Bound {
+                fd: std::net::TcpListener::bind(a)?.into(),
+                file: None,
+                owner: crate::sys::getpid(),
+            },
             Address::Unix(path) => {
+                use std::os::unix::fs::MetadataExt;
                 remove_stale_socket(path)?;
-                std::os::unix::net::UnixListener::bind(path)?.into()
+                let fd = std::os::unix::net::UnixListener::bind(path)?.into();
+                let m = std::fs::symlink_metadata(path)?;
+                Bound {
+                    fd,
+                    file: Some((path.clone(), m.dev(), m.ino())),
+                    owner: crate::sys::getpid(),
+                }
             }
         })
+    }
+}
+
+/// A listening socket the root bound. A Unix socket's file is removed when
+/// the root lets go of it (a clean exit), if the path still names the
+/// socket it bound: a newer root's socket there is left alone. (A newer
+/// root that binds between the check and the removal loses its file:
+/// stat and unlink cannot be one step.) Only the process that bound it
+/// removes it, never a forked child that happens to drop a copy.
+#[derive(Debug)]
+pub(crate) struct Bound {
+    fd: OwnedFd,
+    /// A Unix socket's path, and the device and inode of its file.
+    file: Option<(PathBuf, u64, u64)>,
+    /// The process that bound it.
+    owner: crate::sys::Pid,
+}
+
+impl AsRawFd for Bound {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        if crate::sys::getpid() != self.owner {
+            return;
+        }
+        if let Some((path, dev, ino)) = &self.file {
+            if std::fs::symlink_metadata(path).is_ok_and(|m| m.dev() == *dev && m.ino() == *ino) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
     }
 }
 

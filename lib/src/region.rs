@@ -724,9 +724,28 @@ impl RegionSet {
     /// The caller must be the single owner of region `i` in this process
     /// (the daemon just forked for it), holding no reference into it.
     pub unsafe fn enter(&self, i: usize) -> io::Result<&'static mut [u8]> {
+        // SAFETY: the caller's promise, passed on; the file is ours.
+        unsafe { self.enter_from(i, self.file(i).0) }
+    }
+
+    /// The descriptor of the file region `i` is in (the arena's or its
+    /// own), `None` for a region without one.
+    pub(crate) fn file_fd(&self, i: usize) -> Option<RawFd> {
+        Some(self.file(i).0).filter(|&fd| fd >= 0)
+    }
+
+    /// [`RegionSet::enter`] through `fd`, a copy of the descriptor
+    /// [`RegionSet::file_fd`] gives (a child may hold it at another
+    /// number). Fork-safe.
+    ///
+    /// # Safety
+    /// As [`RegionSet::enter`], and `fd` must be a copy of
+    /// `self.file_fd(i)` (the mapping is made from it at region `i`'s
+    /// offset).
+    pub(crate) unsafe fn enter_from(&self, i: usize, fd: RawFd) -> io::Result<&'static mut [u8]> {
         let s = &self.slots[i];
         let addr = self.addr(s.offset);
-        let (fd, off) = self.file(i);
+        let off = self.file(i).1;
         // SAFETY: the range is inside our reservation; the caller holds no
         // reference into it.
         unsafe { sys::map_fixed(addr, s.len, fd, off, sys::Access::ReadWrite)? };

@@ -468,7 +468,18 @@ kind = "idle"
 
 #[test]
 fn name_rules() {
-    for good in ["a", "counter", "kv-1", "a.b_c", "_x", "0", &"x".repeat(32)] {
+    for good in [
+        "a",
+        "counter",
+        "kv-1",
+        "a.b_c",
+        "_x",
+        "0",
+        &"x".repeat(32),
+        "cpu",
+        "cpu-stat",
+        "memoryd.x",
+    ] {
         assert_eq!(check_name(good), Ok(()), "{good:?}");
     }
     for bad in [
@@ -481,12 +492,20 @@ fn name_rules() {
         "a/b",
         "é",
         &"x".repeat(33),
+        "cpu.stat",
+        "cgroup.procs",
+        "memory.max",
+        "io.x",
     ] {
         assert!(check_name(bad).is_err(), "{bad:?} accepted");
     }
     assert_eq!(
         one("[[daemon]]\nname = \"root\"\nkind = \"idle\"\n"),
         "daemon[0].name: \"root\" is reserved for the top supervisor"
+    );
+    assert_eq!(
+        one("[[daemon]]\nname = \"cpu.stat\"\nkind = \"idle\"\n"),
+        "daemon[0].name: \"cpu.stat\" is shaped like a file of the cgroup interface (cpu.*), which a daemon's cgroup directory sits beside"
     );
     assert_eq!(
         one("[[daemon]]\nname = \"a/b\"\nkind = \"idle\"\n"),

@@ -11,14 +11,18 @@
 //! (`CLONE_VM | CLONE_VFORK`, on a stack of its own) runs the program, in
 //! the cgroup, with the descriptors it set up, and leaves this process's
 //! memory as it was: the caller's stack and globals intact after 200
-//! spawns, an exec failure reported through its own pipe. Runs as its
+//! spawns, an exec failure reported through its own pipe.
+//!
+//! `share_files` with `sys::unshare_below`: a child created sharing the
+//! caller's descriptor table takes one of its own holding only the
+//! descriptors below a bound, and the caller's table is as it was. Runs as its
 //! own process (`harness = false`): the caller of a fork must be
 //! single-threaded. Needs a writable cgroup v2 hierarchy; says so and
 //! passes without one.
 
 use forkroot::mutex::{LockError, RobustMutex};
 use forkroot::sys::{self, Forked};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -62,6 +66,7 @@ fn main() {
     let result = std::panic::catch_unwind(|| {
         run(&dir);
         run_vm(&dir);
+        run_shared_table();
     });
     let _ = std::fs::write(dir.join("cgroup.kill"), "1");
     let t = Instant::now();
@@ -94,7 +99,7 @@ fn run(dir: &std::path::Path) {
     for round in 0..ROUNDS {
         // SAFETY: this test is single-threaded (harness = false, and the
         // watchdog is an alarm, not a thread).
-        match unsafe { sys::fork::fork_into(cg.as_fd()) } {
+        match unsafe { sys::fork::fork_into(Some(cg.as_fd()), false) } {
             Err(e) if e.kind() == std::io::ErrorKind::Unsupported && round == 0 => {
                 println!("fork_into: skipped: this kernel or libc cannot clone into a cgroup");
                 return;
@@ -215,7 +220,13 @@ fn run_vm(dir: &std::path::Path) {
         // stack and the descriptors it was lent, and ends in exec or _exit;
         // `args` lives across the call.
         let pid = match unsafe {
-            sys::fork::spawn_vm(Some(cg.as_fd()), &stack, vm_child, (&raw mut args).cast())
+            sys::fork::spawn_vm(
+                Some(cg.as_fd()),
+                false,
+                &stack,
+                vm_child,
+                (&raw mut args).cast(),
+            )
         } {
             Err(e) if e.kind() == std::io::ErrorKind::Unsupported && round == 0 => {
                 println!(
@@ -260,4 +271,61 @@ fn run_vm(dir: &std::path::Path) {
         );
     }
     println!("fork_into: spawn_vm: {ROUNDS} children sharing memory until exec: each in its cgroup, exec failures exit 127, the caller's stack and globals intact");
+}
+
+/// A child made with `share_files` that calls `unshare_below(end)` holds
+/// the descriptors below `end` (the same open files) and none above; the
+/// caller still holds every one of its own, above `end` too.
+fn run_shared_table() {
+    let (low_rd, low_wr) = sys::pipe_cloexec(false).unwrap();
+    // Descriptors above the bound: a hundred pipes.
+    let high: Vec<_> = (0..100)
+        .map(|_| sys::pipe_cloexec(false).unwrap())
+        .collect();
+    let end = high[0].0.as_raw_fd();
+    assert!(low_wr.as_raw_fd() < end);
+    let (report_rd, report_wr) = (low_rd, low_wr);
+    for _ in 0..50 {
+        // SAFETY: this test process is single-threaded here (harness =
+        // false); the child only makes fork-safe calls and exits.
+        match unsafe { sys::fork::fork_into(None, true) }.unwrap() {
+            Forked::Child => {
+                let code = match sys::unshare_below(end) {
+                    Err(_) => 2,
+                    Ok(()) => {
+                        // Above `end`: nothing. Below: the report pipe.
+                        // SAFETY: F_GETFD only reads a descriptor's flags.
+                        let open = |fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
+                        let none_above = (end..end + 200).all(|fd| !open(fd));
+                        let byte = [u8::from(none_above)];
+                        match sys::write_all(report_wr.as_raw_fd(), &byte) {
+                            Ok(()) => 0,
+                            Err(_) => 3,
+                        }
+                    }
+                };
+                sys::exit_now(code)
+            }
+            Forked::Parent(pid) => {
+                let status = sys::wait_pid(pid).unwrap();
+                assert!(
+                    matches!(status, Some(sys::WaitStatus::Exited(0))),
+                    "child: {status:?}"
+                );
+                let mut b = [0u8; 1];
+                assert_eq!(sys::read(report_rd.as_raw_fd(), &mut b).unwrap(), 1);
+                assert_eq!(b[0], 1, "the child held descriptors above the bound");
+                // The caller's table is untouched: every pipe still open.
+                for (r, w) in &high {
+                    // SAFETY: as above.
+                    assert!(unsafe { libc::fcntl(r.as_raw_fd(), libc::F_GETFD) } >= 0);
+                    // SAFETY: as above.
+                    assert!(unsafe { libc::fcntl(w.as_raw_fd(), libc::F_GETFD) } >= 0);
+                }
+            }
+        }
+    }
+    println!(
+        "fork_into: 50 children sharing the table: each kept only what was below the bound, the caller's table untouched"
+    );
 }

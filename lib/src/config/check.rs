@@ -1392,8 +1392,23 @@ pub(super) fn check_name(name: &str) -> Result<(), String> {
     if name == TOP_NAME {
         return Err(format!("{name:?} is reserved for the top supervisor"));
     }
+    // A daemon's name is the name of its cgroup directory, beside the
+    // files of the cgroup interface: `cpu.stat` would be one of them.
+    if let Some((prefix, _)) = name.split_once('.') {
+        if CGROUP_PREFIXES.contains(&prefix) {
+            return Err(format!(
+                "{name:?} is shaped like a file of the cgroup interface ({prefix}.*), which a daemon's cgroup directory sits beside"
+            ));
+        }
+    }
     Ok(())
 }
+
+/// The prefixes of the cgroup v2 interface files: the core's and each
+/// controller's.
+const CGROUP_PREFIXES: &[&str] = &[
+    "cgroup", "cpu", "cpuset", "io", "memory", "pids", "rdma", "hugetlb", "misc", "dmem",
+];
 
 /// `place.key`, or `key` at the top; a key that is not a bare TOML key is
 /// quoted so the place stays readable.

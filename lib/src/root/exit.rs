@@ -48,6 +48,9 @@ impl Root<'_> {
 
     /// One child ended: route it to its daemon, or log an orphan.
     pub(super) fn exited(&mut self, pid: Pid, status: WaitStatus) {
+        if let Some(h) = &mut self.handover {
+            h.reaped(pid);
+        }
         let Some((i, role)) = self.by_pid.remove(&pid) else {
             debug!(%pid, ?status, "reaped an orphan");
             return;

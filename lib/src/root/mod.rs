@@ -12,6 +12,7 @@
 pub(crate) mod cgroup;
 mod control;
 mod exit;
+mod handover;
 mod log_reader;
 mod manager;
 mod notes;
@@ -239,6 +240,7 @@ const TOKEN_SIGNALS: u64 = 0;
 const TOKEN_LISTENER: u64 = 1;
 const TOKEN_WATCH: u64 = 2;
 const TOKEN_NOTIFY: u64 = 3;
+const TOKEN_HANDOVER: u64 = 4;
 const TOKEN_SETUP: u64 = 1 << 32;
 const TOKEN_CONN: u64 = 2 << 32;
 const TOKEN_STANDBY: u64 = 3 << 32;
@@ -279,7 +281,7 @@ pub struct Root<'a> {
     starts_by_cause: Vec<[u64; supervisor::Cause::ALL.len()]>,
     /// Each daemon's listening sockets (`listen`), bound once in
     /// [`Root::new`] and handed to every incarnation.
-    listeners: Vec<Vec<OwnedFd>>,
+    listeners: Vec<Vec<crate::listen::Bound>>,
     epoll: sys::Epoll,
     signals: OwnedFd,
     timers: BTreeSet<(Instant, usize)>,
@@ -317,6 +319,10 @@ pub struct Root<'a> {
     /// How everything a daemon forked is ended with it: its cgroup, or its
     /// process group.
     contain: Option<cgroup::Containment>,
+    /// The hand-over window new processes get their descriptors through
+    /// (`handover.rs`); `None` on a kernel that cannot unshare by
+    /// `close_range`.
+    handover: Option<handover::Handover>,
 }
 
 /// Runs the tree until it is stopped; returns the exit code documented for
@@ -410,6 +416,11 @@ impl Root<'_> {
             (0, TOKEN_LISTENER) => self.on_accept(),
             (0, TOKEN_WATCH) => self.on_watch(),
             (0, TOKEN_NOTIFY) => self.on_notify(),
+            (0, TOKEN_HANDOVER) => {
+                if let Some(h) = &mut self.handover {
+                    h.on_sync();
+                }
+            }
             (TOKEN_NOTIFY_FD, _) => self.on_notify_fd(i),
             (TOKEN_SETUP, _) => self.on_setup(i),
             (TOKEN_CONN, id) => self.on_conn(id),

@@ -21,6 +21,8 @@ use crate::listen;
 use crate::region::RegionSet;
 use crate::sys::{self, Forked, Pid, SigSet};
 
+use super::handover::{self, Handover, Slot};
+
 /// Exit code of a child whose setup failed (as a shell's "cannot execute").
 pub(crate) const SETUP_FAILED: i32 = 127;
 
@@ -225,7 +227,7 @@ pub(crate) struct Plan<'a> {
     pub(crate) cgroup: Option<(RawFd, bool)>,
     /// The listening sockets the root holds for this daemon, and their
     /// `listen` entries (same order).
-    pub(crate) listeners: &'a [OwnedFd],
+    pub(crate) listeners: &'a [listen::Bound],
     pub(crate) listen: &'a [String],
 }
 
@@ -242,40 +244,178 @@ pub(crate) struct Spawned {
     pub(crate) gate: Option<OwnedFd>,
 }
 
-/// Forks the daemon (or its standby).
-pub(crate) fn spawn(s: &Plan<'_>) -> io::Result<Spawned> {
+/// Forks the daemon (or its standby). With `window` free, the child gets
+/// its descriptors through it and shares the root's table until it takes
+/// its own ([`Handover`]): nothing per daemon is copied or closed.
+pub(crate) fn spawn(s: &Plan<'_>, window: Option<&mut Handover>) -> io::Result<Spawned> {
     let (rd, wr) = sys::pipe_cloexec(true)?;
     let gate = if s.standby {
         Some(sys::pipe_cloexec(false)?)
     } else {
         None
     };
+    let gate_rd = gate.as_ref().map(|(r, _)| r.as_raw_fd());
+    let lent = window.as_ref().is_some_and(|w| !w.is_free());
+    let mut window = window.filter(|w| w.is_free());
+    let fds = match window.as_deref_mut() {
+        Some(w) => Fds::placed(s, wr.as_raw_fd(), gate_rd, w).inspect_err(|_| w.release())?,
+        None => Fds::of(s, wr.as_raw_fd(), gate_rd),
+    };
+    let spawned = |pid, gate: Option<(OwnedFd, OwnedFd)>| Spawned {
+        pid,
+        setup: rd,
+        gate: gate.map(|(_, w)| w),
+    };
     if let Run::Exec(exec) = &s.run {
-        if let Some(pid) = spawn_exec_vm(s, exec, wr.as_raw_fd())? {
+        let vm = spawn_exec_vm(s, &fds, exec);
+        if vm.is_err() {
+            if let Some(w) = window.as_deref_mut() {
+                w.release();
+            }
+        }
+        if let Some(pid) = vm? {
+            // The child exec'd (or exited) before the root went on: it has
+            // a table of its own by now.
+            if let Some(w) = window {
+                w.release();
+            }
             drop(wr);
-            return Ok(Spawned {
-                pid,
-                setup: rd,
-                gate: None,
-            });
+            return Ok(spawned(pid, None));
         }
     }
-    let (forked, born_in) = fork_child(s.cgroup)?;
+    if lent {
+        tracing::debug!(
+            daemon = s.name,
+            "forking with a copy of the descriptor table: the window is lent"
+        );
+    }
+    let (forked, born_in) = match fork_child(fds.cgroup, fds.unshare.is_some()) {
+        Ok(f) => f,
+        Err(e) => {
+            if let Some(w) = window {
+                w.release();
+            }
+            return Err(e);
+        }
+    };
     match forked {
         Forked::Parent(pid) => {
+            if let Some(w) = window {
+                match born_in.shared {
+                    true => w.lend(pid),
+                    false => w.release(),
+                }
+            }
             drop(wr);
-            Ok(Spawned {
-                pid,
-                setup: rd,
-                gate: gate.map(|(_, w)| w),
-            })
+            Ok(spawned(pid, gate))
         }
-        Forked::Child => child(
-            s,
-            wr.as_raw_fd(),
-            gate.as_ref().map(|(r, _)| r.as_raw_fd()),
-            born_in,
-        ),
+        Forked::Child => {
+            let fds = Fds {
+                unshare: fds.unshare.filter(|_| born_in.shared),
+                ..fds
+            };
+            child(s, &fds, born_in.cgroup)
+        }
+    }
+}
+
+/// The descriptors a child keeps, by number: where the root holds them, or
+/// their slots in the hand-over window. Plain numbers, so the child
+/// allocates nothing.
+#[derive(Debug, Clone, Copy)]
+struct Fds {
+    /// The setup pipe's write end.
+    setup: RawFd,
+    /// A standby's gate (read end).
+    gate: Option<RawFd>,
+    /// Stdout's and stderr's pipes (write ends).
+    output: Option<(RawFd, RawFd)>,
+    /// The `state_dir` lock.
+    lock: Option<RawFd>,
+    /// The file its region is in (for an exec'd program: its own file
+    /// only; an arena region cannot be handed to a program).
+    region: Option<RawFd>,
+    /// The post and the registry.
+    post: (RawFd, RawFd),
+    /// The file its row of monitor bits is in, and the row's offset.
+    monitors: Option<(RawFd, u64)>,
+    /// `notify_fd`: (the pipe's write end, the number the program gets).
+    notify: Option<(RawFd, RawFd)>,
+    /// Its cgroup's directory, and whether it may be born in it.
+    cgroup: Option<(RawFd, bool)>,
+    /// Its listening sockets, the first `listen_count`.
+    listeners: [RawFd; listen::MAX_LISTEN],
+    listen_count: usize,
+    /// Created sharing the root's table: the window's end and sync slot
+    /// (see [`handover::unshare`]).
+    unshare: Option<(RawFd, RawFd)>,
+}
+
+impl Fds {
+    /// The descriptors where the root holds them.
+    fn of(s: &Plan<'_>, setup: RawFd, gate: Option<RawFd>) -> Fds {
+        let mut listeners = [-1; listen::MAX_LISTEN];
+        for (slot, l) in listeners.iter_mut().zip(s.listeners) {
+            *slot = l.as_raw_fd();
+        }
+        let region = match &s.run {
+            Run::Exec(_) => s.regions.own_fd(s.index).map(AsRawFd::as_raw_fd),
+            Run::Builtin { .. } => s.regions.file_fd(s.index),
+        };
+        Fds {
+            setup,
+            gate,
+            output: s.output,
+            lock: s.lock,
+            region,
+            post: s.post_fds,
+            monitors: s.monitors,
+            notify: s.notify_fd,
+            cgroup: s.cgroup,
+            listeners,
+            listen_count: s.listeners.len(),
+            unshare: None,
+        }
+    }
+
+    /// The same descriptors copied into `w`'s slots.
+    fn placed(
+        s: &Plan<'_>,
+        setup: RawFd,
+        gate: Option<RawFd>,
+        w: &mut Handover,
+    ) -> io::Result<Fds> {
+        let at = Fds::of(s, setup, gate);
+        let mut put = |fd: RawFd, slot: Slot| w.place(fd, w.at(slot));
+        let mut placed = Fds {
+            setup: put(at.setup, Slot::Setup)?,
+            gate: at.gate.map(|fd| put(fd, Slot::Gate)).transpose()?,
+            output: match at.output {
+                Some((o, e)) => Some((put(o, Slot::Stdout)?, put(e, Slot::Stderr)?)),
+                None => None,
+            },
+            lock: at.lock.map(|fd| put(fd, Slot::Lock)).transpose()?,
+            region: at.region.map(|fd| put(fd, Slot::Region)).transpose()?,
+            post: (put(at.post.0, Slot::Post)?, put(at.post.1, Slot::Registry)?),
+            monitors: match at.monitors {
+                Some((fd, offset)) => Some((put(fd, Slot::Monitors)?, offset)),
+                None => None,
+            },
+            notify: match at.notify {
+                Some((fd, to)) => Some((put(fd, Slot::Notify)?, to)),
+                None => None,
+            },
+            cgroup: match at.cgroup {
+                Some((fd, fresh)) => Some((put(fd, Slot::Cgroup)?, fresh)),
+                None => None,
+            },
+            unshare: Some((w.end(), w.at(Slot::Sync))),
+            ..at
+        };
+        for k in 0..at.listen_count {
+            placed.listeners[k] = w.place(at.listeners[k], w.listen_at(k))?;
+        }
+        Ok(placed)
     }
 }
 
@@ -285,11 +425,11 @@ static VM_STACK: std::sync::OnceLock<sys::fork::ChildStack> = std::sync::OnceLoc
 /// Its size: the exec path's frames, with room to spare.
 const VM_STACK_LEN: usize = 256 << 10;
 
-/// What a [`vm_child`] is lent: the plan, its program, its setup pipe.
+/// What a [`vm_child`] is lent: the plan, its descriptors, its program.
 struct VmArgs<'a, 'p> {
     plan: &'a Plan<'p>,
+    fds: &'a Fds,
     exec: &'a Exec,
-    pipe: RawFd,
 }
 
 /// Starts an exec'd program without copying the root
@@ -299,9 +439,9 @@ struct VmArgs<'a, 'p> {
 /// and the caller forks: a standby, a cgroup that must be entered by
 /// migration, a `stdin` other than `/dev/null` (opening a FIFO could block
 /// the child, and with it the root), an architecture or kernel without it.
-fn spawn_exec_vm(s: &Plan<'_>, exec: &Exec, pipe: RawFd) -> io::Result<Option<Pid>> {
+fn spawn_exec_vm(s: &Plan<'_>, fds: &Fds, exec: &Exec) -> io::Result<Option<Pid>> {
     if s.standby
-        || s.cgroup.is_some_and(|(_, fresh)| !fresh)
+        || fds.cgroup.is_some_and(|(_, fresh)| !fresh)
         || exec.stdin.as_bytes() != b"/dev/null"
     {
         return Ok(None);
@@ -313,11 +453,7 @@ fn spawn_exec_vm(s: &Plan<'_>, exec: &Exec, pipe: RawFd) -> io::Result<Option<Pi
             Err(_) => return Ok(None),
         },
     };
-    let mut args = VmArgs {
-        plan: s,
-        exec,
-        pipe,
-    };
+    let mut args = VmArgs { plan: s, fds, exec };
     // SAFETY: the root is single-threaded; `vm_child` keeps the rules of a
     // child sharing the root's memory (it writes only its own stack and the
     // plan's `LISTEN_PID` buffer, which it is lent, allocates nothing,
@@ -325,7 +461,8 @@ fn spawn_exec_vm(s: &Plan<'_>, exec: &Exec, pipe: RawFd) -> io::Result<Option<Pi
     // the child exec'd or exited; its cgroup directory is open across it.
     let spawned = unsafe {
         sys::fork::spawn_vm(
-            s.cgroup.map(|(dir, _)| BorrowedFd::borrow_raw(dir)),
+            fds.cgroup.map(|(dir, _)| BorrowedFd::borrow_raw(dir)),
+            fds.unshare.is_some(),
             stack,
             vm_child,
             (&raw mut args).cast(),
@@ -343,33 +480,70 @@ extern "C" fn vm_child(arg: *mut libc::c_void) -> ! {
     // SAFETY: `arg` is the `VmArgs` `spawn_exec_vm` lends, alive while the
     // root waits for this child to exec or exit.
     let a = unsafe { &*arg.cast::<VmArgs<'_, '_>>() };
+    let pipe = a.fds.setup;
+    // Its own descriptor table first (an exec would copy the whole shared
+    // one); the root, suspended, needs no word of it.
+    if let Some((end, _)) = a.fds.unshare {
+        if let Err(e) = sys::unshare_below(end) {
+            fail(pipe, SetupStage::Descriptors, e);
+        }
+    }
     if let Err(e) = crate::prologue::after_clone_vm(a.plan.root_pid) {
-        fail(a.pipe, SetupStage::Orphaned, e);
+        fail(pipe, SetupStage::Orphaned, e);
     }
     // Born in its cgroup (a migration is never done here: see above).
     if let Err(e) = sys::setsid() {
-        fail(a.pipe, SetupStage::Session, e);
+        fail(pipe, SetupStage::Session, e);
     }
     // No title: the argument area is the root's own memory, and the exec
     // below replaces it anyway.
-    exec_child(a.plan, a.exec, a.pipe)
+    exec_child(a.fds, a.exec)
+}
+
+/// How a child was created.
+#[derive(Debug, Clone, Copy)]
+struct Born {
+    /// In its cgroup already.
+    cgroup: bool,
+    /// Sharing the root's descriptor table.
+    shared: bool,
 }
 
 /// Forks the child: born in its cgroup (`cgroup`, a directory) where the
-/// kernel allows, which costs no cgroup migration (DESIGN.md §1, 5); a plain
-/// fork otherwise. The flag says whether the child is already in its cgroup.
-fn fork_child(cgroup: Option<(RawFd, bool)>) -> io::Result<(Forked, bool)> {
-    if let Some((dir, true)) = cgroup {
+/// kernel allows, which costs no cgroup migration (DESIGN.md §1, 5), and
+/// sharing the root's descriptor table if `share` ([`Handover`]); a plain
+/// fork otherwise. [`Born`] says which.
+fn fork_child(cgroup: Option<(RawFd, bool)>, share: bool) -> io::Result<(Forked, Born)> {
+    let into = match cgroup {
+        Some((dir, true)) => Some(dir),
+        None => None,
+        // Entered by migration: born anywhere.
+        Some((_, false)) => None,
+    };
+    if into.is_some() || share {
         // SAFETY: the root is single-threaded (it never spawns threads), and
-        // the child only makes fork-safe calls until the daemon's entry;
+        // the child only makes fork-safe calls until the daemon's entry (and
+        // takes its own descriptor table first when it shares the root's);
         // `dir` is the Plan's open cgroup directory, open across the call.
-        match unsafe { sys::fork::fork_into(BorrowedFd::borrow_raw(dir)) } {
+        let forked =
+            unsafe { sys::fork::fork_into(into.map(|dir| BorrowedFd::borrow_raw(dir)), share) };
+        match forked {
             Err(e) if e.kind() == io::ErrorKind::Unsupported => {}
-            other => return Ok((other?, true)),
+            other => {
+                let born = Born {
+                    cgroup: into.is_some(),
+                    shared: share,
+                };
+                return Ok((other?, born));
+            }
         }
     }
+    let born = Born {
+        cgroup: false,
+        shared: false,
+    };
     // SAFETY: as above.
-    Ok((unsafe { sys::fork()? }, false))
+    Ok((unsafe { sys::fork()? }, born))
 }
 
 /// Reports a failed setup step to the root and exits. Fork-safe.
@@ -378,12 +552,19 @@ fn fail(pipe: RawFd, stage: SetupStage, err: io::Error) -> ! {
     sys::exit_now(SETUP_FAILED)
 }
 
-fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>, in_cgroup: bool) -> ! {
+fn child(s: &Plan<'_>, fds: &Fds, in_cgroup: bool) -> ! {
+    let pipe = fds.setup;
+    // A table of its own before anything touches a descriptor.
+    if let Some((end, sync)) = fds.unshare {
+        if let Err(e) = handover::unshare(end, sync) {
+            fail(pipe, SetupStage::Descriptors, e);
+        }
+    }
     if let Err(e) = crate::prologue::after_fork(s.root_pid) {
         fail(pipe, SetupStage::Orphaned, e);
     }
     // Into its cgroup before anything it runs can fork.
-    if let Some(Err(e)) = s
+    if let Some(Err(e)) = fds
         .cgroup
         .filter(|_| !in_cgroup)
         .map(|(dir, _)| sys::cgroup::enter(dir))
@@ -398,32 +579,37 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>, in_cgroup: bool) -> ! {
     sys::title::set(s.title);
 
     match &s.run {
-        Run::Exec(exec) => exec_child(s, exec, pipe),
+        Run::Exec(exec) => exec_child(fds, exec),
         Run::Builtin { entry, args, names } => {
             // SIGTERM stays blocked: the daemon takes it through
             // Context::stopping/sleep, so it can finish what it is doing.
             let _ = SigSet::of(&[libc::SIGTERM]).set_mask();
             // SAFETY: this process was just forked for region `index` and
             // holds no reference into it.
-            let region = match unsafe { s.regions.enter(s.index) } {
+            let entered = match fds.region {
+                // SAFETY: as above; `fd` is the region's file, open here.
+                Some(fd) => unsafe { s.regions.enter_from(s.index, fd) },
+                None => Err(io::Error::from_raw_os_error(libc::EBADF)),
+            };
+            let region = match entered {
                 Ok(r) => r,
                 Err(e) => fail(pipe, SetupStage::Region, e),
             };
             // Its own row of monitor bits, the only one it maps, from the
             // root's descriptor before that is closed.
-            let monitors = s
+            let monitors = fds
                 .monitors
                 .map(|(fd, at)| crate::mailbox::MonitorRow::map(fd, at, s.post.row_words()))
                 .transpose()
                 .unwrap_or_else(|e| fail(pipe, SetupStage::Descriptors, e));
-            keep_descriptors(s, pipe, gate);
+            keep_descriptors(fds);
             // The root's descriptors are closed: be dumpable again (core
             // dumps, /proc/PID/fd for the user), which the root is not.
             let _ = sys::file::set_dumpable(true);
             // A standby waits here, set up, until the primary dies.
             let mut start = s.start;
             let took;
-            if gate.is_some() {
+            if fds.gate.is_some() {
                 // No takeover (the gate closed): the root no longer needs us.
                 let Some(t) = History::wait(GATE_FD) else {
                     sys::exit_now(0)
@@ -459,8 +645,9 @@ fn child(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>, in_cgroup: bool) -> ! {
 /// An exec'd program's child, from its descriptors to the exec. Fork-safe;
 /// it writes nothing but its own stack and the plan's `LISTEN_PID` buffer,
 /// so it also runs in a child sharing the root's memory ([`vm_child`]).
-fn exec_child(s: &Plan<'_>, exec: &Exec, pipe: RawFd) -> ! {
-    let Some(fd) = s.regions.own_fd(s.index).map(|f| f.as_raw_fd()) else {
+fn exec_child(fds: &Fds, exec: &Exec) -> ! {
+    let pipe = fds.setup;
+    let Some(fd) = fds.region else {
         fail(
             pipe,
             SetupStage::Region,
@@ -487,31 +674,38 @@ fn exec_child(s: &Plan<'_>, exec: &Exec, pipe: RawFd) -> ! {
     // pipe to `notify_fd` (above all of them, inherited). Each is
     // first copied above the targets, so no move overwrites another's
     // source.
-    let region_fd = exec_region_fd(s.listeners.len());
+    let listeners = &fds.listeners[..fds.listen_count];
+    let region_fd = exec_region_fd(listeners.len());
     let pipe_fd = region_fd + 1;
     let (post_fd, registry_fd) = (region_fd + 2, region_fd + 3);
-    let Some((monitors, 0)) = s.monitors else {
+    let Some((monitors, 0)) = fds.monitors else {
         fail(
             pipe,
             SetupStage::Descriptors,
             io::Error::from_raw_os_error(libc::EBADF),
         );
     };
+    let above = (exec.monitors_fd + 1).max(EXEC_ABOVE);
+    // The setup pipe first, above every target (its number now may be one
+    // of them); a failure is reported on the copy that is open.
+    let p = match sys::dup_at_least(pipe, above) {
+        Ok(p) => p,
+        Err(e) => fail(pipe, SetupStage::Descriptors, e),
+    };
+    let mut report = p;
     let moved = (|| -> io::Result<()> {
-        let above = (exec.monitors_fd + 1).max(EXEC_ABOVE);
         let r = sys::dup_at_least(fd, above)?;
-        let p = sys::dup_at_least(pipe, above)?;
         let i = sys::dup_at_least(stdin, above)?;
-        let post = sys::dup_at_least(s.post_fds.0, above)?;
-        let reg = sys::dup_at_least(s.post_fds.1, above)?;
+        let post = sys::dup_at_least(fds.post.0, above)?;
+        let reg = sys::dup_at_least(fds.post.1, above)?;
         let mon = sys::dup_at_least(monitors, above)?;
-        let high = raise(s.listeners, above)?;
-        let out = s.output.map(|(o, e)| -> io::Result<_> {
+        let high = raise(listeners, above)?;
+        let out = fds.output.map(|(o, e)| -> io::Result<_> {
             Ok((sys::dup_at_least(o, above)?, sys::dup_at_least(e, above)?))
         });
         let out = out.transpose()?;
-        let n = s
-            .notify_fd
+        let n = fds
+            .notify
             .map(|(from, to)| sys::dup_at_least(from, above.max(to + 1)).map(|d| (d, to)))
             .transpose()?;
         sys::dup2(i, 0)?;
@@ -519,11 +713,12 @@ fn exec_child(s: &Plan<'_>, exec: &Exec, pipe: RawFd) -> ! {
             sys::dup2(o, 1)?;
             sys::dup2(e, 2)?;
         }
-        for (k, &from) in high[..s.listeners.len()].iter().enumerate() {
+        for (k, &from) in high[..listeners.len()].iter().enumerate() {
             sys::dup2(from, listen::EXEC_FIRST_FD + k as RawFd)?;
         }
         sys::dup2(r, region_fd)?;
         sys::dup2(p, pipe_fd)?;
+        report = pipe_fd;
         sys::set_cloexec(pipe_fd, true)?;
         sys::dup2(post, post_fd)?;
         sys::dup2(reg, registry_fd)?;
@@ -545,13 +740,13 @@ fn exec_child(s: &Plan<'_>, exec: &Exec, pipe: RawFd) -> ! {
         }
     })();
     if let Err(e) = moved {
-        fail(pipe, SetupStage::Descriptors, e);
+        fail(report, SetupStage::Descriptors, e);
     }
     // A program gets default signal handling, as from a shell.
     sys::default_sigpipe();
     sys::restore_fd_limit();
     let _ = SigSet::empty().set_mask();
-    let pipe_fd = exec_region_fd(s.listeners.len()) + 1;
+    let pipe_fd = exec_region_fd(fds.listen_count) + 1;
     apply_settings(exec, pipe_fd);
     let err = sys::exec(&exec.path, &exec.argv, &exec.envp);
     fail(pipe_fd, SetupStage::Exec, err)
@@ -606,16 +801,18 @@ fn apply_settings(exec: &Exec, pipe: RawFd) {
 /// stdout and stderr, and closes everything else inherited from the root
 /// (its epoll, signalfd, control socket, the regions' descriptors). That
 /// closes the setup pipe too, which tells the root it is up. Fork-safe.
-fn keep_descriptors(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) {
-    let n = s.listeners.len() as RawFd;
+fn keep_descriptors(fds: &Fds) {
+    let (pipe, gate) = (fds.setup, fds.gate);
+    let listeners = &fds.listeners[..fds.listen_count];
+    let n = listeners.len() as RawFd;
     // Above every descriptor placed below, so no dup2 lands on a source.
     let high = (listen::BUILTIN_FIRST_FD + n).max(10);
     let pipe = sys::dup_at_least(pipe, high).unwrap_or(pipe);
     let moved = (|| -> io::Result<()> {
-        let lock = s.lock.map(|fd| sys::dup_at_least(fd, high)).transpose()?;
+        let lock = fds.lock.map(|fd| sys::dup_at_least(fd, high)).transpose()?;
         let gate = gate.map(|fd| sys::dup_at_least(fd, high)).transpose()?;
-        let listeners = raise(s.listeners, high)?;
-        let out = match s.output {
+        let high_listeners = raise(listeners, high)?;
+        let out = match fds.output {
             Some((o, e)) => Some((sys::dup_at_least(o, high)?, sys::dup_at_least(e, high)?)),
             None => None,
         };
@@ -625,7 +822,7 @@ fn keep_descriptors(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) {
         if let Some(fd) = gate {
             sys::dup2(fd, GATE_FD)?;
         }
-        for (k, &from) in listeners[..s.listeners.len()].iter().enumerate() {
+        for (k, &from) in high_listeners[..listeners.len()].iter().enumerate() {
             sys::dup2(from, listen::BUILTIN_FIRST_FD + k as RawFd)?;
         }
         if let Some((o, e)) = out {
@@ -646,22 +843,25 @@ fn keep_descriptors(s: &Plan<'_>, pipe: RawFd, gate: Option<RawFd>) {
     if gate.is_none() {
         sys::close(GATE_FD);
     }
-    if s.lock.is_none() {
+    if fds.lock.is_none() {
         sys::close(LOCK_FD);
+    }
+    if fds.output.is_none() {
+        sys::close(ECHO_FD);
     }
 }
 
 /// Copies of the listening sockets at descriptors >= `min` (close-on-exec;
 /// the dup2 that places each clears that), in a fixed array so the forked
 /// child allocates nothing. Fork-safe.
-fn raise(listeners: &[OwnedFd], min: RawFd) -> io::Result<[RawFd; listen::MAX_LISTEN]> {
+fn raise(listeners: &[RawFd], min: RawFd) -> io::Result<[RawFd; listen::MAX_LISTEN]> {
     debug_assert!(
         listeners.len() <= listen::MAX_LISTEN,
         "checked with the config"
     );
     let mut high = [-1; listen::MAX_LISTEN];
     for (slot, l) in high.iter_mut().zip(listeners) {
-        *slot = sys::dup_at_least(l.as_raw_fd(), min)?;
+        *slot = sys::dup_at_least(*l, min)?;
     }
     Ok(high)
 }

@@ -35,7 +35,10 @@ impl Root<'_> {
         standby: bool,
     ) -> io::Result<(Spawned, Option<ExitReason>)> {
         let writer = self.post.begin(i, standby);
-        let forked = self.fork_child_with(i, standby, writer);
+        // Out of `self` for the call: the plan borrows the rest of it.
+        let mut window = self.handover.take();
+        let forked = self.fork_child_with(i, standby, writer, window.as_mut());
+        self.handover = window;
         if forked.is_err() {
             self.failed_fork(i, standby);
         }
@@ -48,6 +51,7 @@ impl Root<'_> {
         i: usize,
         standby: bool,
         writer: crate::ring::WriterId,
+        window: Option<&mut super::handover::Handover>,
     ) -> io::Result<(Spawned, Option<ExitReason>)> {
         // Where it maps its row of monitor bits (an exec'd program gets a
         // file of its own).
@@ -78,26 +82,29 @@ impl Root<'_> {
             }
             _ => None,
         };
-        let spawned = spawn::spawn(&Plan {
-            index: i,
-            name: &c.cfg.name,
-            title: &c.title,
-            regions: &self.regions,
-            root_pid: self.pid,
-            start,
-            run,
-            lock: self.lock.as_ref().map(AsRawFd::as_raw_fd),
-            standby,
-            output: Some(self.outputs[i].write_fds()),
-            notify_fd: notify_pipe.as_ref().map(|((_, w), n)| (w.as_raw_fd(), *n)),
-            post: self.post.post(),
-            writer,
-            post_fds: self.post.fds(),
-            monitors,
-            cgroup: cgroup::raw(&cgroup_dir),
-            listeners: self.listeners.get(i).map_or(&[][..], |l| &l[..]),
-            listen: &c.cfg.listen,
-        })?;
+        let spawned = spawn::spawn(
+            &Plan {
+                index: i,
+                name: &c.cfg.name,
+                title: &c.title,
+                regions: &self.regions,
+                root_pid: self.pid,
+                start,
+                run,
+                lock: self.lock.as_ref().map(AsRawFd::as_raw_fd),
+                standby,
+                output: Some(self.outputs[i].write_fds()),
+                notify_fd: notify_pipe.as_ref().map(|((_, w), n)| (w.as_raw_fd(), *n)),
+                post: self.post.post(),
+                writer,
+                post_fds: self.post.fds(),
+                monitors,
+                cgroup: cgroup::raw(&cgroup_dir),
+                listeners: self.listeners.get(i).map_or(&[][..], |l| &l[..]),
+                listen: &c.cfg.listen,
+            },
+            window,
+        )?;
         drop(cgroup_dir);
         self.forked(i, standby, spawned.pid);
         let unwatched = match (self.watch_setup(i, standby, &spawned), notify_pipe) {

@@ -15,9 +15,12 @@ use tracing::{info, warn};
 use super::state_dir::{lock_state_dir, watch_state_dir};
 use super::supervisor::Supervisor;
 use super::{
-    cgroup, control, ctx, manager, notify, output, pid_u32, reload, Child, Mode, Root, RootError,
+    cgroup, control, ctx, handover, manager, notify, output, pid_u32, reload, Child, Mode, Root,
+    RootError,
 };
-use super::{TOKEN_CGROUP, TOKEN_LISTENER, TOKEN_NOTIFY, TOKEN_SIGNALS, TOKEN_WATCH};
+use super::{
+    TOKEN_CGROUP, TOKEN_HANDOVER, TOKEN_LISTENER, TOKEN_NOTIFY, TOKEN_SIGNALS, TOKEN_WATCH,
+};
 use crate::config::{Config, DaemonConfig, Program};
 use crate::daemon::Registry;
 use crate::mailbox::{PostOffice, Shape};
@@ -30,6 +33,9 @@ impl<'a> Root<'a> {
     pub fn new(config: Config, registry: &'a Registry) -> Result<Root<'a>, RootError> {
         check_startable(&config, registry)?;
         let signals = set_process_attributes(&config)?;
+        // Before the other descriptors, so its block is low; after the
+        // open-file limit is raised, so it fits.
+        let handover = handover::Handover::new();
         let lock = match &config.root.state_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).map_err(ctx("creating state_dir"))?;
@@ -44,6 +50,11 @@ impl<'a> Root<'a> {
         epoll
             .add(signals.as_raw_fd(), TOKEN_SIGNALS)
             .map_err(ctx("epoll"))?;
+        if let Some(h) = &handover {
+            epoll
+                .add(h.sync_fd(), TOKEN_HANDOVER)
+                .map_err(ctx("epoll"))?;
+        }
         let watch = watch_regions(&config, &epoll)?;
         let (server, socket) = bind_control(&config, &epoll)?;
         let contain = contain_daemons(&config, &socket, &epoll)?;
@@ -86,6 +97,7 @@ impl<'a> Root<'a> {
             watch,
             outputs,
             contain: Some(contain),
+            handover,
         })
     }
 }
@@ -177,7 +189,7 @@ fn make_mailboxes(config: &Config) -> Result<PostOffice, RootError> {
 /// Binds every daemon's `listen` sockets, before any fork. An address
 /// that cannot be bound (taken, no permission) is a config problem placed
 /// at its entry (exit 78): nothing starts.
-fn bind_listeners(config: &Config) -> Result<Vec<Vec<OwnedFd>>, RootError> {
+fn bind_listeners(config: &Config) -> Result<Vec<Vec<crate::listen::Bound>>, RootError> {
     let mut problems = Vec::new();
     let mut all = Vec::with_capacity(config.daemons.len());
     for (i, d) in config.daemons.iter().enumerate() {

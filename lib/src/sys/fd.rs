@@ -138,6 +138,41 @@ pub fn close_between(first: RawFd, last: RawFd) -> io::Result<()> {
     }
 }
 
+/// Gives this process a descriptor table of its own, holding copies of the
+/// descriptors below `end` only (`close_range(end, ~0,
+/// CLOSE_RANGE_UNSHARE)`): a child created sharing its parent's table
+/// (`CLONE_FILES`) leaves it without copying, or closing one by one, the
+/// descriptors it does not keep. In a process whose table is its own it
+/// closes every descriptor from `end` up. Fork-safe.
+pub fn unshare_below(end: RawFd) -> io::Result<()> {
+    // SAFETY: close_range only copies and closes descriptors; the caller
+    // keeps none at `end` or above.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            end as u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_UNSHARE,
+        )
+    } as i32;
+    cvt(rc).map(drop)
+}
+
+/// Whether `fd` is an open descriptor of this process. Fork-safe.
+pub fn is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only reads a descriptor's flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    flags >= 0
+}
+
+/// dup3(2) with `O_CLOEXEC`: makes `to` a copy of `from`, closing what
+/// `to` was, in one step (never a moment without a descriptor at `to`).
+pub fn dup_onto(from: RawFd, to: RawFd) -> io::Result<()> {
+    // SAFETY: dup3 only manipulates the descriptor table.
+    cvt_r(|| unsafe { libc::dup3(from, to, libc::O_CLOEXEC) })?;
+    Ok(())
+}
+
 /// Makes reads and writes on `fd`'s open file description non-blocking.
 pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     // SAFETY: F_GETFL/F_SETFL only read and change the file status flags.

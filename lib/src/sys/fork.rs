@@ -104,7 +104,8 @@ struct RobustListHead {
 }
 
 /// Forks a child that is born in the cgroup whose directory is open at
-/// `cgroup` (clone3 with `CLONE_INTO_CGROUP`), as [`fork`] does otherwise.
+/// `cgroup` if given (clone3 with `CLONE_INTO_CGROUP`), as [`fork`] does
+/// otherwise.
 ///
 /// A fork followed by the child writing itself into `cgroup.procs` costs a
 /// cgroup migration, which takes the kernel's threadgroup lock for writing
@@ -129,9 +130,15 @@ struct RobustListHead {
 /// kernel before 5.7, a libc that keeps its tid elsewhere, a robust mutex
 /// held): the caller forks the usual way and enters the cgroup instead.
 ///
+/// With `share_files`, the child is created sharing the caller's descriptor
+/// table (`CLONE_FILES`), which nothing copies: the child must take a table
+/// of its own ([`super::unshare_below`]) before it opens, closes or moves
+/// any descriptor, and the caller must not change the descriptors the child
+/// will keep until it has.
+///
 /// # Safety
 /// As [`fork`]: the caller must be single-threaded.
-pub unsafe fn fork_into(cgroup: BorrowedFd<'_>) -> io::Result<Forked> {
+pub unsafe fn fork_into(cgroup: Option<BorrowedFd<'_>>, share_files: bool) -> io::Result<Forked> {
     let unsupported = || io::Error::from(io::ErrorKind::Unsupported);
     if CLONE3_BROKEN.load(Ordering::Relaxed) {
         return Err(unsupported());
@@ -168,10 +175,12 @@ pub unsafe fn fork_into(cgroup: BorrowedFd<'_>) -> io::Result<Forked> {
         return Err(unsupported());
     }
     let mut args = CloneArgs {
-        flags: (libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID) as u64 | CLONE_INTO_CGROUP,
+        flags: (libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID) as u64
+            | cgroup.map_or(0, |_| CLONE_INTO_CGROUP)
+            | files_flag(share_files),
         child_tid: tid_addr as u64,
         exit_signal: libc::SIGCHLD as u64,
-        cgroup: cgroup.as_raw_fd() as u64,
+        cgroup: cgroup.map_or(0, |fd| fd.as_raw_fd() as u64),
         ..CloneArgs::default()
     };
     // SAFETY: as fork(2) (no new stack: the child returns on a copy of
@@ -204,6 +213,15 @@ pub unsafe fn fork_into(cgroup: BorrowedFd<'_>) -> io::Result<Forked> {
             }
         }
         pid => Ok(Forked::Parent(Pid(pid as libc::pid_t))),
+    }
+}
+
+/// `CLONE_FILES` if asked for.
+fn files_flag(share: bool) -> u64 {
+    if share {
+        libc::CLONE_FILES as u64
+    } else {
+        0
     }
 }
 
@@ -278,6 +296,10 @@ impl Drop for ChildStack {
 /// `Err(Unsupported)` on an architecture this is not written for, or a
 /// kernel without clone3 or `CLONE_INTO_CGROUP`: the caller forks instead.
 ///
+/// With `share_files` the child also shares the caller's descriptor table
+/// (`CLONE_FILES`), as [`fork_into`] says; the caller, suspended until the
+/// child execs or exits, cannot change it meanwhile.
+///
 /// # Safety
 /// The caller must be single-threaded (no other thread may use the memory
 /// the child shares). `child` runs in a process that shares every byte of
@@ -289,6 +311,7 @@ impl Drop for ChildStack {
 /// handlers run the caller's handlers on this stack.
 pub unsafe fn spawn_vm(
     cgroup: Option<BorrowedFd<'_>>,
+    share_files: bool,
     stack: &ChildStack,
     child: extern "C" fn(*mut libc::c_void) -> !,
     arg: *mut libc::c_void,
@@ -299,7 +322,8 @@ pub unsafe fn spawn_vm(
     let page = 4096;
     let mut args = CloneArgs {
         flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64
-            | cgroup.map_or(0, |_| CLONE_INTO_CGROUP),
+            | cgroup.map_or(0, |_| CLONE_INTO_CGROUP)
+            | files_flag(share_files),
         exit_signal: libc::SIGCHLD as u64,
         // Above the guard page; the kernel starts the child at its top
         // (16-byte aligned: `len` is a multiple of the page size).

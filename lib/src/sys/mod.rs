@@ -36,8 +36,9 @@ pub mod title;
 
 pub use epoll::Epoll;
 pub use fd::{
-    close, close_between, close_from, dup2, dup_at_least, pipe_cloexec, raise_fd_limit, read,
-    restore_fd_limit, set_cloexec, set_nonblocking, try_lock_exclusive, write_all,
+    close, close_between, close_from, dup2, dup_at_least, dup_onto, is_open, pipe_cloexec,
+    raise_fd_limit, read, restore_fd_limit, set_cloexec, set_nonblocking, try_lock_exclusive,
+    unshare_below, write_all,
 };
 pub use fork::{fork, Forked};
 pub use mem::{
