@@ -7,8 +7,16 @@
 //!   `FROM torn N`; a DOWN or EXIT as `Down NAME pid PID REASON restarts
 //!   N`.
 //! - `watch NAME OUT`: monitors NAME, then does what `recv` does.
+//! - `scribble OUT`: sets every bit it can write where monitors could
+//!   live (every byte of the post outside the rings, every writable
+//!   mapping of a `forkroot:monitors` file it has), writes what it did
+//!   (`scribbled post BYTES monitors MAPPINGS BYTES`), then does what
+//!   `recv` does.
 //! - `where NAME OUT`: writes what `whereis(NAME)` says whenever it
 //!   changes (`NAME pid PID STATE restarts N`).
+//! - `send TO TEXT OUT`: sends TEXT to TO once, as soon as a daemon of
+//!   that name exists (until then `NoSuchName`: it may be one a reload
+//!   adds), writes `sent` to OUT and idles.
 //! - `burst TO N OUT`: waits until `TO` has no process (`whereis`), sends
 //!   it the numbers 0..N, then writes `sent N` to OUT and idles.
 //! - `pattern TO SIZE`: sends `TO` messages of SIZE bytes, each its
@@ -50,11 +58,14 @@ fn main() -> ExitCode {
             .expect("open the output file")
     };
     match arg(0) {
-        "recv" | "watch" => {
+        "recv" | "watch" | "scribble" => {
             let out_at = if arg(0) == "watch" { 2 } else { 1 };
             let mut out = open(arg(out_at));
             if arg(0) == "watch" {
                 ctx.monitor(arg(1)).expect("monitor");
+            }
+            if arg(0) == "scribble" {
+                writeln!(out, "{}", scribble()).expect("write");
             }
             writeln!(out, "start {}", std::process::id()).expect("write");
             loop {
@@ -104,6 +115,21 @@ fn main() -> ExitCode {
                 }
             }
         }
+        "send" => {
+            loop {
+                match ctx.send(arg(1), arg(2).as_bytes()) {
+                    Ok(()) => break,
+                    Err(SendError::NoSuchName(_)) => {
+                        if !ctx.sleep(Duration::from_millis(20)) {
+                            return ExitCode::SUCCESS;
+                        }
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            writeln!(open(arg(3)), "sent").expect("write");
+            while ctx.sleep(Duration::from_secs(1)) {}
+        }
         "burst" => {
             let (to, n) = (arg(1), arg(2).parse::<u32>().expect("a count"));
             while ctx.whereis(to).expect("a known name").pid.is_some() {
@@ -150,7 +176,9 @@ fn main() -> ExitCode {
             while ctx.sleep(Duration::from_secs(1)) {}
         }
         other => {
-            eprintln!("mail: unknown role {other:?} (recv, watch, where, burst, pattern, errors)");
+            eprintln!(
+                "mail: unknown role {other:?} (recv, watch, scribble, send, where, burst, pattern, errors)"
+            );
             return ExitCode::from(2);
         }
     }
@@ -166,4 +194,74 @@ fn check_pattern(body: &[u8]) -> Option<(u64, bool)> {
     let n = u64::from_le_bytes(body[..8].try_into().ok()?);
     let whole = body.chunks(8).all(|c| c == n.to_le_bytes());
     Some((n, whole))
+}
+
+/// Each line of `/proc/self/maps`: start, end, permissions, path (its
+/// first word).
+fn mappings() -> Vec<(usize, usize, String, String)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
+    maps.lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let (range, perms) = (f.next()?, f.next()?);
+            let path = f.nth(3).unwrap_or("").to_owned();
+            let (a, b) = range.split_once('-')?;
+            let a = usize::from_str_radix(a, 16).ok()?;
+            let b = usize::from_str_radix(b, 16).ok()?;
+            Some((a, b, perms.to_owned(), path))
+        })
+        .collect()
+}
+
+/// `scribble`: all ones over every byte of the post that no ring holds
+/// (where its registry says the rings are) and over every writable mapping
+/// of a `forkroot:monitors` file; returns what it wrote.
+fn scribble() -> String {
+    use forkroot::mailbox::{Directory, Entry};
+    let maps = mappings();
+    let find = |name: &str| maps.iter().find(|m| m.3.contains(name));
+    let reg = find("memfd:forkroot:registry").expect("the registry is mapped");
+    let post = find("memfd:forkroot:post").expect("the post is mapped");
+    // SAFETY: the registry mapping starts with a Directory (the library
+    // checked it when it attached); integers only.
+    let dir = unsafe { &*(reg.0 as *const Directory) };
+    let rings: Vec<(usize, usize)> = (0..dir.count as usize)
+        .map(|k| {
+            let at = reg.0 + size_of::<Directory>() + k * size_of::<Entry>();
+            // SAFETY: the library checked that the registry holds `count`
+            // entries; they are 8-aligned; ring_offset/ring_len are written
+            // before the entry is named.
+            let e = unsafe { &*(at as *const Entry) };
+            (e.ring_offset as usize, e.ring_len as usize)
+        })
+        .collect();
+    let mut post_bytes = 0;
+    for off in (0..post.1 - post.0).step_by(8) {
+        if rings
+            .iter()
+            .any(|&(o, l)| l > 0 && off + 8 > o && off < o + l)
+        {
+            continue;
+        }
+        // SAFETY: not sound by design: this is the attack. The word lies in
+        // the post, mapped read-write, outside every ring.
+        unsafe { std::ptr::write_volatile((post.0 + off) as *mut u64, u64::MAX) };
+        post_bytes += 8;
+    }
+    let (mut rows, mut row_bytes) = (0, 0);
+    for m in maps
+        .iter()
+        .filter(|m| m.3.contains("memfd:forkroot:monitors"))
+    {
+        if !m.2.starts_with("rw") {
+            continue;
+        }
+        rows += 1;
+        for at in (m.0..m.1).step_by(8) {
+            // SAFETY: as above: a writable mapping of this process.
+            unsafe { std::ptr::write_volatile(at as *mut u64, u64::MAX) };
+            row_bytes += 8;
+        }
+    }
+    format!("scribbled post {post_bytes} monitors {rows} {row_bytes}")
 }

@@ -231,9 +231,10 @@ fn every_incarnation_holds_its_own_descriptors_and_nothing_of_the_roots() {
         let numbers: Vec<u32> = fds.keys().copied().collect();
         // A built-in daemon: stdin, its two pipes, the echo of its flight
         // log at 5. The program: stdin, pipes, region at 3, post and
-        // registry at 5 and 6 (the setup pipe at 4 closed on exec).
+        // registry at 5 and 6, its row of monitor bits at 7 (the setup
+        // pipe at 4 closed on exec).
         let expected: &[u32] = if group[k] == "prog" {
-            &[0, 1, 2, 3, 5, 6]
+            &[0, 1, 2, 3, 5, 6, 7]
         } else {
             &[0, 1, 2, 5]
         };

@@ -7,43 +7,23 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::{send, Tree};
 use libc::{SIGKILL, SIGTERM};
 
-/// An example binary, built once for the profile the tests run in.
-fn example(name: &'static str, cell: &'static OnceLock<PathBuf>) -> &'static PathBuf {
-    cell.get_or_init(|| {
-        let bin_dir = std::path::Path::new(common::BIN).parent().expect("bin dir");
-        let mut build = Command::new(env!("CARGO"));
-        build
-            .args(["build", "--quiet", "--example", name])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if bin_dir.ends_with("release") {
-            build.arg("--release");
-        }
-        assert!(
-            build.status().expect("run cargo build").success(),
-            "cargo build --example {name} failed"
-        );
-        bin_dir.join("examples").join(name)
-    })
-}
-
 /// `examples/mail.rs`: an exec'd program with a mailbox.
 fn mail() -> &'static PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    example("mail", &PATH)
+    common::example("mail", &PATH)
 }
 
 /// `examples/mail_kinds.rs`: an author's binary whose built-in kinds use
 /// their mailboxes.
 fn mail_kinds() -> &'static PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    example("mail_kinds", &PATH)
+    common::example("mail_kinds", &PATH)
 }
 
 fn daemon(name: &str, args: &str, keys: &str) -> String {
@@ -85,6 +65,11 @@ fn a_thousand_messages_sent_while_the_receiver_is_down_reach_its_replacement_in_
     let first: i32 = t.poll("inbox started", || {
         let l = lines(&t, "inbox.out");
         l.first()?.strip_prefix("start ")?.parse().ok()
+    });
+    // Killed once the root counts it ready (its exec seen): a death while
+    // it starts would hold outbox, the next to start, behind its backoff.
+    t.poll("inbox running", || {
+        (pid_of(&t, "inbox") == Some(first)).then_some(())
     });
     send(first, SIGKILL).expect("kill inbox");
     t.poll("outbox sent its burst", || {
@@ -399,6 +384,53 @@ fn a_link_restarts_its_peer_unless_the_peer_traps_exits_and_gets_exit_instead() 
             .filter(|l| l.starts_with("start "))
             .count(),
         1
+    );
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0, "{}", t.log());
+}
+
+/// Monitor bits a daemon can write are its own: a real process that writes
+/// all ones over every byte it maps where monitors could live (the post
+/// outside the rings, every writable `forkroot:monitors` mapping it has)
+/// then sees a daemon killed: only it (it set every bit of its own row)
+/// and the daemon that asked get a DOWN; a daemon that never asked gets
+/// nothing.
+#[test]
+fn a_daemon_that_scribbles_over_the_monitor_bits_cannot_send_another_a_down() {
+    let config = format!(
+        "{}{}{}{}",
+        daemon("victim", "\"recv\", \"@DIR@/victim.out\"", ""),
+        daemon("quiet", "\"recv\", \"@DIR@/quiet.out\"", ""),
+        daemon("honest", "\"watch\", \"victim\", \"@DIR@/honest.out\"", ""),
+        daemon("scribbler", "\"scribble\", \"@DIR@/scribbler.out\"", ""),
+    );
+    let mut t = Tree::start(&config);
+    let victim = started(&t, "victim.out", 0);
+    started(&t, "quiet.out", 0);
+    started(&t, "honest.out", 0);
+    started(&t, "scribbler.out", 0);
+    let did = lines(&t, "scribbler.out")[0].clone();
+    let words: Vec<&str> = did.split(' ').collect();
+    assert_eq!(words[..2], ["scribbled", "post"], "{did}");
+    assert!(words[2].parse::<u64>().unwrap() > 0, "{did}");
+    // Exactly one row of monitors is writable in it: its own.
+    assert_eq!(words[3..5], ["monitors", "1"], "{did}");
+    send(victim, SIGKILL).expect("kill victim");
+    let down = format!("Down victim pid {victim} killed by SIGKILL restarts 0");
+    for file in ["honest.out", "scribbler.out"] {
+        let got = t.poll(&format!("{file} got DOWN"), || {
+            lines(&t, file).into_iter().find(|l| l.starts_with("Down "))
+        });
+        assert_eq!(got, down, "{file}");
+    }
+    // The DOWNs went out together, when the root reaped the victim; the
+    // daemon that never asked reads its mailbox every 200 ms.
+    started(&t, "victim.out", 1);
+    std::thread::sleep(Duration::from_millis(600));
+    let quiet = lines(&t, "quiet.out");
+    assert!(
+        quiet.iter().all(|l| l.starts_with("start ")),
+        "a DOWN nobody asked for: {quiet:?}"
     );
     t.signal(SIGTERM);
     assert_eq!(t.wait_code(), 0, "{}", t.log());

@@ -364,3 +364,176 @@ fn reload_with_a_state_dir_makes_resizes_and_keeps_region_files() {
     );
     t.wait_log(&["the region no longer fits", "resized"]);
 }
+
+/// A daemon a SIGHUP reload changes starts again with cause `reload`, and
+/// so does one it adds: in `ctl status --json`, the metrics and the
+/// `started` log line; a daemon it leaves alone keeps cause `start`.
+#[test]
+fn a_daemon_changed_by_a_sighup_reload_restarts_with_cause_reload() {
+    let t = Tree::start(THREE);
+    let change = running_pid(&t, "change");
+    let keep = running_pid(&t, "keep");
+    write_config(
+        &t.dir,
+        &THREE
+            .replace("memory = \"64KiB\"", "memory = \"128KiB\"")
+            .replace(
+                "[[daemon]]\nname = \"gone\"",
+                "[[daemon]]\nname = \"added\"\nkind = \"idle\"\n[[daemon]]\nname = \"gone\"",
+            ),
+    );
+    t.signal(libc::SIGHUP);
+    let d = t.poll("change started again", || {
+        let d = t.daemon_status("change")?;
+        (d["state"] == "running" && d["pid"].as_i64()? as i32 != change).then_some(d)
+    });
+    assert_eq!(d["cause"], "reload", "{d}");
+    assert_eq!(
+        d["starts_by_cause"],
+        serde_json::json!({"start": 1, "reload": 1})
+    );
+    assert_eq!(d["restarts"], 0, "a reload is no restart: {d}");
+    running_pid(&t, "added");
+    let added = t.daemon_status("added").expect("added");
+    assert_eq!(added["cause"], "reload", "{added}");
+    assert_eq!(running_pid(&t, "keep"), keep);
+    assert_eq!(t.daemon_status("keep").expect("keep")["cause"], "start");
+    t.wait_log(&["started", "daemon=change", "cause=reload"]);
+    let m = t.ctl_run(&["metrics"]).stdout;
+    for line in [
+        "forkroot_starts_total{daemon=\"change\",cause=\"reload\"} 1\n",
+        "forkroot_starts_total{daemon=\"change\",cause=\"operator\"} 0\n",
+        "forkroot_starts_total{daemon=\"added\",cause=\"reload\"} 1\n",
+    ] {
+        assert!(m.contains(line), "{line} missing from:\n{m}");
+    }
+    let r = t.ctl_run(&["shutdown"]);
+    assert_eq!(r.code, Some(0));
+}
+
+/// `examples/mail.rs`: an exec'd program with a mailbox.
+fn mail() -> String {
+    static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    common::example("mail", &PATH).display().to_string()
+}
+
+/// A mailbox program as a `[[daemon]]` table.
+fn mail_daemon(name: &str, args: &str) -> String {
+    format!(
+        "[[daemon]]\nname = \"{name}\"\nexec = [\"{}\", {args}]\nmemory = \"64KiB\"\n",
+        mail()
+    )
+}
+
+/// A daemon a reload adds gets a mailbox like the others (a message sent
+/// by name, by a process forked before the reload, reaches it) and a
+/// cgroup of its own where the root runs daemons in cgroups.
+#[test]
+fn an_added_daemon_receives_a_message_sent_by_name_and_runs_in_its_own_cgroup() {
+    // `old` sends as soon as a daemon named `inbox` exists.
+    let first = mail_daemon("old", "\"send\", \"inbox\", \"hello\", \"@DIR@/old.out\"");
+    let t = Tree::start(&first);
+    running_pid(&t, "old");
+    write_config(
+        &t.dir,
+        &format!(
+            "{first}{}",
+            mail_daemon("inbox", "\"recv\", \"@DIR@/inbox.out\"")
+        ),
+    );
+    let r = t.ctl_run(&["reload"]);
+    assert_eq!(r.code, Some(0), "ctl reload: {}{}", r.stdout, r.stderr);
+    let inbox = running_pid(&t, "inbox");
+    let got = t.poll("inbox got the message", || {
+        let text = std::fs::read_to_string(t.path("inbox.out")).ok()?;
+        text.lines()
+            .find(|l| !l.starts_with("start "))
+            .map(str::to_owned)
+    });
+    assert_eq!(got, "old hello");
+    // Its own cgroup, where the root has cgroups.
+    let status: serde_json::Value =
+        serde_json::from_str(&t.ctl_run(&["status", "--json"]).stdout).expect("status json");
+    let containment = status["root"]["containment"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    eprintln!("containment: {containment}");
+    match containment.strip_prefix("cgroup ") {
+        Some(base) => {
+            let own = std::fs::read_to_string(format!("/proc/{inbox}/cgroup")).expect("its cgroup");
+            let base = std::path::Path::new(base);
+            let rel = own
+                .lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .expect("a cgroup v2 line");
+            let mount = common::cgroup2_mount().expect("a cgroup2 mount");
+            let dir = mount.join(rel.trim_start_matches('/'));
+            assert!(
+                dir == base.join("inbox/a") || dir == base.join("inbox/b"),
+                "inbox runs in {} rather than a leaf of {}/inbox",
+                dir.display(),
+                base.display()
+            );
+        }
+        None => assert!(containment.starts_with("process-group"), "{containment}"),
+    }
+    let r = t.ctl_run(&["shutdown"]);
+    assert_eq!(r.code, Some(0));
+}
+
+/// A reload that adds more daemons than the spare mailboxes reserved at
+/// start is refused whole, naming the daemon, and changes nothing.
+#[test]
+fn a_reload_past_the_spare_mailboxes_is_refused_naming_the_daemon() {
+    let t = Tree::start(
+        "[supervisor]\nspare_mailboxes = 1\n[[daemon]]\nname = \"keep\"\nkind = \"idle\"\n",
+    );
+    let keep = running_pid(&t, "keep");
+    write_config(
+        &t.dir,
+        "[supervisor]\nspare_mailboxes = 1\n[[daemon]]\nname = \"keep\"\nkind = \"idle\"\n\
+         [[daemon]]\nname = \"one\"\nkind = \"idle\"\n\
+         [[daemon]]\nname = \"two\"\nkind = \"idle\"\n",
+    );
+    let r = t.ctl_run(&["reload"]);
+    assert_eq!(r.code, Some(1), "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr
+            .contains("daemon[2]: \"two\" cannot be added: no mailbox left for it"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("\"one\""), "{}", r.stderr);
+    assert_eq!(names(&t), ["keep"]);
+    assert_eq!(running_pid(&t, "keep"), keep);
+    // One is within the room: accepted, and it gets a mailbox.
+    write_config(
+        &t.dir,
+        "[supervisor]\nspare_mailboxes = 1\n[[daemon]]\nname = \"keep\"\nkind = \"idle\"\n\
+         [[daemon]]\nname = \"one\"\nkind = \"idle\"\nmailbox = 128\n",
+    );
+    let r = t.ctl_run(&["reload"]);
+    assert_eq!(
+        r.code,
+        Some(1),
+        "a mailbox larger than the spare room: {}",
+        r.stdout
+    );
+    assert!(
+        r.stderr
+            .contains("\"one\" cannot be added: its mailbox needs"),
+        "{}",
+        r.stderr
+    );
+    write_config(
+        &t.dir,
+        "[supervisor]\nspare_mailboxes = 1\n[[daemon]]\nname = \"keep\"\nkind = \"idle\"\n\
+         [[daemon]]\nname = \"one\"\nkind = \"idle\"\n",
+    );
+    let r = t.ctl_run(&["reload"]);
+    assert_eq!(r.code, Some(0), "{}{}", r.stdout, r.stderr);
+    running_pid(&t, "one");
+    let r = t.ctl_run(&["shutdown"]);
+    assert_eq!(r.code, Some(0));
+}

@@ -677,3 +677,119 @@ fn a_significant_daemon_that_exits_0_under_the_top_stops_the_tree_and_the_root_e
     assert!(t.out("b").contains(&format!("stop {}", b.pid)), "{log}");
     assert!(Proc::pid_gone(a.pid) && Proc::pid_gone(b.pid));
 }
+
+/// A program that says it is ready and then never keeps its watchdog is
+/// killed by it, and each restart is counted under cause `watchdog`: in
+/// `ctl status --json`, the metrics and the `started` log line.
+#[test]
+fn a_daemon_that_misses_its_watchdog_restarts_with_cause_watchdog() {
+    let prog =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/notify_support/prog.py");
+    let config = format!(
+        "[supervisor]\nintensity = 100\n\
+         [[daemon]]\nname = \"stall\"\nreadiness = \"notify\"\nwatchdog = \"300ms\"\n\
+         exec = [{:?}, \"send:READY=1\"]\n",
+        prog.to_str().expect("utf-8 path")
+    );
+    let mut t = Tree::start(&config);
+    let d = t.poll("stall restarted by its watchdog", || {
+        let d = t.daemon_status("stall")?;
+        (d["restarts"].as_u64()? >= 1 && d["cause"].is_string()).then_some(d)
+    });
+    assert_eq!(d["cause"], "watchdog", "{d}");
+    assert_eq!(d["last_exit"], "killed by the watchdog", "{d}");
+    assert_eq!(d["starts_by_cause"]["start"], 1, "{d}");
+    assert!(d["starts_by_cause"]["watchdog"].as_u64() >= Some(1), "{d}");
+    assert!(
+        d["starts_by_cause"].get("death").is_none(),
+        "no watchdog kill counted as a death: {d}"
+    );
+    t.wait_log(&["started", "daemon=stall", "cause=watchdog"]);
+    let m = t.ctl_run(&["metrics"]).stdout;
+    let count = |cause: &str| {
+        let key = format!("forkroot_starts_total{{daemon=\"stall\",cause=\"{cause}\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(key.as_str()))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{key} missing from:\n{m}"))
+    };
+    assert!(count("watchdog") >= 1, "{m}");
+    assert_eq!(count("death"), 0, "{m}");
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0, "{}", t.log());
+}
+
+/// `ctl tree` shows each supervisor's `auto_shutdown` and which children
+/// are `significant`: the JSON for every node, the text where set.
+#[test]
+fn ctl_tree_shows_auto_shutdown_and_significant() {
+    let config = format!(
+        "[[group]]\nname = \"g\"\nauto_shutdown = \"all_significant\"\n\
+         restart = \"transient\"\nsignificant = true\n\
+         [[group]]\nname = \"h\"\nparent = \"g\"\n\n\
+         [supervisor]\nauto_shutdown = \"any_significant\"\n{}{}{}",
+        probe(
+            "a",
+            "group = \"g\"\nrestart = \"transient\"\nsignificant = true",
+            ""
+        ),
+        probe("b", "group = \"g\"", ""),
+        probe("c", "group = \"h\"", ""),
+    );
+    let mut t = Tree::start(&config);
+    for name in ["a", "b", "c"] {
+        t.wait_starts(name, 1);
+    }
+    let out = t.ctl_run(&["tree", "--json"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+    let root = &v["tree"];
+    assert_eq!(root["auto_shutdown"], "any_significant", "{v}");
+    assert_eq!(root["significant"], false);
+    let g = find_group(root, "g").expect("g");
+    assert_eq!(g["auto_shutdown"], "all_significant", "{v}");
+    assert_eq!(g["significant"], true, "{v}");
+    let h = find_group(root, "h").expect("h");
+    assert_eq!(h["auto_shutdown"], "never", "{v}");
+    assert_eq!(h["significant"], false);
+    let kids: Vec<(String, bool)> = g["children"]
+        .as_array()
+        .expect("children")
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap_or("").to_owned(),
+                c["significant"].as_bool().expect("significant"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kids,
+        [("a".into(), true), ("b".into(), false), ("h".into(), false)]
+    );
+
+    let text = t.ctl_run(&["tree"]).stdout;
+    let line = |start: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(start))
+            .unwrap_or_else(|| panic!("no line for {start} in:\n{text}"))
+            .to_owned()
+    };
+    assert!(
+        line("root/").contains("auto_shutdown any_significant, "),
+        "{text}"
+    );
+    assert!(
+        line("g/").contains("auto_shutdown all_significant, significant, "),
+        "{text}"
+    );
+    assert!(
+        !line("h/").contains("auto_shutdown"),
+        "never goes unsaid: {text}"
+    );
+    assert!(!line("h/").contains("significant"), "{text}");
+    assert!(line("a ").contains(", significant"), "{text}");
+    assert!(!line("b ").contains("significant"), "{text}");
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0);
+}

@@ -41,7 +41,7 @@ fn mailbox_latency(pings: usize) -> f64 {
             message: MSG as u32,
         },
     ];
-    let mut office = PostOffice::create(&shapes).expect("post office");
+    let mut office = PostOffice::create(&shapes, 0).expect("post office");
     let (ida, idb) = (office.begin(0, false), office.begin(1, false));
     let post = office.post();
     let pid = common::fork();

@@ -170,6 +170,11 @@ pub struct Config {
     pub groups: Vec<GroupConfig>,
     /// `[[daemon]]`: the daemons, in file order (which is start order).
     pub daemons: Vec<DaemonConfig>,
+    /// `[supervisor] spare_mailboxes`: mailboxes reserved at start for
+    /// daemons a reload adds (default 8), each with room for a mailbox of
+    /// the default shape; a reload that adds more, or a larger one, is
+    /// refused.
+    pub spare_mailboxes: u32,
 }
 
 /// `[root]`.

@@ -16,6 +16,11 @@
 //!   daemons see it through a mapping of a read-only descriptor, which no
 //!   `mprotect` can make writable.
 //!
+//! Monitors are bits each daemon keeps in a memory file of its own
+//! ([`MonitorRow`], `forkroot:monitors`): bit `j` of daemon `w`'s row says
+//! `w` monitors `j`. Only `w`'s processes and the root map `w`'s row, so no
+//! daemon can make another one receive a DOWN it never asked for.
+//!
 //! A sender's identity in the ring is a [`WriterId`] `(daemon slot,
 //! generation)` the root assigns at each fork, never a pid. A writer is
 //! alive while the registry's entry for its slot shows its generation and
@@ -36,7 +41,7 @@ use crate::sys;
 /// `"FKPOST01"`: the first word of an initialised registry.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"FKPOST01");
 /// Layout version of `Directory`, `Entry` and `Head`.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Messages a mailbox holds unless `mailbox` says otherwise.
 pub const DEFAULT_CAPACITY: u32 = 64;
 /// Bytes a message may have unless `mailbox_message` says otherwise.
@@ -58,6 +63,8 @@ pub(crate) const POST_FD_VAR: &str = "FORKROOT_POST_FD";
 pub(crate) const REGISTRY_FD_VAR: &str = "FORKROOT_REGISTRY_FD";
 /// Its writer id, `(slot, generation)` as [`WriterId::raw`].
 pub(crate) const WRITER_VAR: &str = "FORKROOT_WRITER";
+/// Its row of monitor bits (read-write; a file of its own).
+pub(crate) const MONITORS_FD_VAR: &str = "FORKROOT_MONITORS_FD";
 
 /// The registry's first bytes; written once by the root before any fork.
 #[repr(C)]
@@ -71,12 +78,10 @@ pub struct Directory {
     pub count: u32,
     /// Bytes of the post.
     pub post_len: u64,
-    /// Offset in the post of the monitor table: `count` rows of `words`
-    /// `AtomicU64`; bit `w` of row `j` set means daemon `w` monitors `j`.
-    pub monitors_offset: u64,
-    /// Words per row of the monitor table.
+    /// `AtomicU64` words of a daemon's [`MonitorRow`] (one bit per daemon
+    /// of the registry).
     pub words: u64,
-    _pad: [u64; 3],
+    _pad: [u64; 4],
 }
 
 /// One daemon in the registry. `name`, `ring_offset`, `ring_len` are written
@@ -84,8 +89,10 @@ pub struct Directory {
 #[repr(C)]
 #[derive(Debug)]
 pub struct Entry {
-    /// Bytes of `name` in use.
-    pub name_len: u32,
+    /// Bytes of `name` in use; 0 for a spare slot no reload took yet.
+    /// Stored last (release) when a slot is taken: a reader that loads it
+    /// (acquire) finds the name and ring written.
+    pub name_len: AtomicU32,
     /// Which incarnation runs: `generation << 16 | alive` (alive is 0 or
     /// 1). A writer `(slot, g)` is alive iff this shows `g` and alive 1.
     pub life: AtomicU32,
@@ -191,7 +198,14 @@ impl Gone {
         };
         let e = post.entry(i);
         let mut out = [0u8; GONE_BYTES];
-        let words = [pid, restarts, kind, a as u32, b as u32, e.name_len];
+        let words = [
+            pid,
+            restarts,
+            kind,
+            a as u32,
+            b as u32,
+            e.name_len.load(Ordering::Acquire),
+        ];
         for (k, w) in words.iter().enumerate() {
             out[k * 4..k * 4 + 4].copy_from_slice(&w.to_le_bytes());
         }
@@ -464,12 +478,16 @@ impl Post {
     /// never change; a name that is not UTF-8 reads as empty).
     pub fn name(&self, i: usize) -> &'static str {
         let e = self.entry(i);
-        let n = (e.name_len as usize).min(NAME_BYTES);
+        let n = (e.name_len.load(Ordering::Acquire) as usize).min(NAME_BYTES);
         std::str::from_utf8(&e.name[..n]).unwrap_or("")
     }
 
-    /// The slot of the daemon called `name`.
+    /// The slot of the daemon called `name` (never a spare slot: those
+    /// are nameless).
     pub fn find(&self, name: &str) -> Option<usize> {
+        if name.is_empty() {
+            return None;
+        }
         (0..self.count).find(|&i| self.name(i) == name)
     }
 
@@ -497,25 +515,9 @@ impl Post {
         unsafe { ring::attach(self.post.as_ptr().add(off), len) }
     }
 
-    /// The word and bit that say "`watcher` monitors `j`".
-    fn monitor_bit(&self, j: usize, watcher: usize) -> (&'static AtomicU64, u64) {
-        debug_assert!(j < self.count && watcher < self.count);
-        let words = self.count.div_ceil(64);
-        let off = self.monitors_offset() + (j * words + watcher / 64) * 8;
-        debug_assert!(off + 8 <= self.post_len);
-        // SAFETY: the monitor table (`count * words` words) lies inside the
-        // post (laid out by `PostOffice::create`, checked by `from_fds`),
-        // 8-aligned; any bits are a valid atomic; mapped for the rest of
-        // the process.
-        let word = unsafe { &*self.post.as_ptr().add(off).cast::<AtomicU64>() };
-        (word, 1u64 << (watcher % 64))
-    }
-
-    fn monitors_offset(&self) -> usize {
-        // SAFETY: the registry starts with a Directory (checked when the
-        // view was made); integers only, written before any fork.
-        let dir = unsafe { &*self.registry.as_ptr().cast::<Directory>() };
-        dir.monitors_offset as usize
+    /// Words of a [`MonitorRow`] in this tree.
+    pub(crate) fn row_words(&self) -> usize {
+        self.count.div_ceil(64).max(1)
     }
 
     /// Makes this view the one [`judge`] reads. Fork-safe.
@@ -552,14 +554,9 @@ impl Post {
                 dir.post_len
             )));
         }
-        let words = (dir.count as usize).div_ceil(64);
-        let table = (dir.count as usize * words * 8).max(8);
-        if dir.words as usize != words
-            || dir.monitors_offset % 8 != 0
-            || (dir.monitors_offset as usize).saturating_add(table) > post_len
-        {
+        if dir.words as usize != (dir.count as usize).div_ceil(64).max(1) {
             return Err(io::Error::other(
-                "the registry places the monitors outside the post",
+                "the registry's monitor rows do not fit its daemons",
             ));
         }
         let post = map(post_fd, post_len, sys::Access::ReadWrite)?;
@@ -574,6 +571,12 @@ impl Post {
 
 /// Maps `len` bytes of `fd` shared somewhere, for the rest of the process.
 fn map(fd: RawFd, len: usize, access: sys::Access) -> io::Result<NonNull<u8>> {
+    map_at(fd, 0, len, access)
+}
+
+/// Maps `len` bytes of `fd` from `offset` (a page multiple) shared
+/// somewhere, for the rest of the process. Fork-safe: no allocation.
+fn map_at(fd: RawFd, offset: u64, len: usize, access: sys::Access) -> io::Result<NonNull<u8>> {
     let len = len.max(1);
     let base = sys::reserve(len)?;
     // SAFETY: `[base, base+len)` is the reservation just made; nothing
@@ -583,7 +586,7 @@ fn map(fd: RawFd, len: usize, access: sys::Access) -> io::Result<NonNull<u8>> {
             base,
             len,
             std::os::fd::BorrowedFd::borrow_raw(fd),
-            0,
+            offset,
             access,
         )
     };
@@ -595,6 +598,72 @@ fn map(fd: RawFd, len: usize, access: sys::Access) -> io::Result<NonNull<u8>> {
     Ok(base)
 }
 
+/// One daemon's row of monitor bits: bit `j` set says this daemon
+/// monitors daemon `j`. The row is whole pages of memory the root owns
+/// (sealed memfds `forkroot:monitors`), mapped read-write by the root (not
+/// inherited by its children) and by the daemon's own processes only: a
+/// forked daemon maps its own page range of the rows' arena from the
+/// root's descriptor before it closes that; an exec'd program gets a file
+/// holding its row alone at `FORKROOT_MONITORS_FD`. So a daemon can set
+/// bits only in its own row, and the root reads daemon `w`'s monitors only
+/// from `w`'s row.
+#[derive(Debug, Clone, Copy)]
+pub struct MonitorRow {
+    words: NonNull<AtomicU64>,
+    len: usize,
+}
+
+// SAFETY: the row is a shared mapping that lives for the rest of the
+// process (never unmapped), and is only touched through atomics.
+unsafe impl Send for MonitorRow {}
+// SAFETY: as above.
+unsafe impl Sync for MonitorRow {}
+
+impl MonitorRow {
+    /// Bytes of a row file of `words` words: whole pages, the unit the
+    /// kernel protects (and maps) memory in.
+    fn file_len(words: usize) -> usize {
+        crate::region::page_round((words * 8) as u64) as usize
+    }
+
+    /// Maps the row at `offset` of file `fd` (of `words` words) read-write,
+    /// for the rest of the process. Fork-safe: two system calls, no
+    /// allocation.
+    pub(crate) fn map(fd: RawFd, offset: u64, words: usize) -> io::Result<MonitorRow> {
+        let base = map_at(
+            fd,
+            offset,
+            MonitorRow::file_len(words),
+            sys::Access::ReadWrite,
+        )?;
+        Ok(MonitorRow {
+            words: base.cast(),
+            len: words,
+        })
+    }
+
+    /// The word and bit of daemon `j`, if the row has one.
+    fn bit(&self, j: usize) -> Option<(&AtomicU64, u64)> {
+        if j / 64 >= self.len {
+            return None;
+        }
+        // SAFETY: word `j / 64` lies inside the mapping (`len` words, page
+        // rounded), 8-aligned (page-aligned base); any bits are a valid
+        // atomic; the mapping lives for the rest of the process.
+        let word = unsafe { &*self.words.as_ptr().add(j / 64) };
+        Some((word, 1u64 << (j % 64)))
+    }
+
+    /// Clears every bit (the root, when the row's daemon ended).
+    fn clear(&self) {
+        for k in 0..self.len {
+            if let Some((w, _)) = self.bit(k * 64) {
+                w.store(0, Ordering::Release);
+            }
+        }
+    }
+}
+
 /// A daemon's own mailbox and its right to send: what
 /// [`crate::Context::send`]/[`crate::Context::recv`] use.
 pub struct Mailbox {
@@ -602,6 +671,8 @@ pub struct Mailbox {
     me: usize,
     id: WriterId,
     consumer: Option<Consumer<'static>>,
+    /// Its row of monitor bits (none: it cannot monitor).
+    monitors: Option<MonitorRow>,
 }
 
 impl fmt::Debug for Mailbox {
@@ -626,7 +697,15 @@ impl Mailbox {
             me,
             id,
             consumer: None,
+            monitors: None,
         }
+    }
+
+    /// This mailbox, monitoring through `row` (its daemon's own row of
+    /// monitor bits, which the root gave this process). Fork-safe.
+    pub fn with_monitors(mut self, row: Option<MonitorRow>) -> Mailbox {
+        self.monitors = row;
+        self
     }
 
     /// An exec'd program's mailbox, from its environment.
@@ -673,7 +752,15 @@ impl Mailbox {
                 format!("does not name {name:?} in the registry"),
             ));
         }
-        Ok(Some(Mailbox::new(post, me, id)))
+        let mfd = fd(MONITORS_FD_VAR)?;
+        let row = MonitorRow::map(mfd, 0, post.row_words()).map_err(|e| {
+            bad(
+                MONITORS_FD_VAR,
+                mfd.to_string(),
+                format!("is not a row of monitors: {e}"),
+            )
+        })?;
+        Ok(Some(Mailbox::new(post, me, id).with_monitors(Some(row))))
     }
 
     /// The registry.
@@ -828,13 +915,17 @@ impl Mailbox {
         Ok(())
     }
 
-    /// The word and bit that say "this daemon monitors `name`".
-    fn my_monitor_bit(&self, name: &str) -> Result<(&'static AtomicU64, u64), SendError> {
+    /// The word and bit, in this daemon's own row, that say "this daemon
+    /// monitors `name`".
+    fn my_monitor_bit(&self, name: &str) -> Result<(&AtomicU64, u64), SendError> {
         let j = self
             .post
             .find(name)
             .ok_or_else(|| SendError::NoSuchName(name.to_owned()))?;
-        Ok(self.post.monitor_bit(j, self.me))
+        self.monitors
+            .as_ref()
+            .and_then(|row| row.bit(j))
+            .ok_or(SendError::NoPost)
     }
 
     /// Where the daemon called `name` is now.
@@ -869,8 +960,20 @@ pub struct Shape<'a> {
     pub message: u32,
 }
 
+impl<'a> Shape<'a> {
+    /// The shape daemon `d`'s config gives its mailbox.
+    pub(crate) fn of(d: &'a crate::config::DaemonConfig) -> Shape<'a> {
+        Shape {
+            name: &d.name,
+            capacity: d.mailbox,
+            message: d.mailbox_message,
+        }
+    }
+}
+
 /// The root's side: both files, the registry's writable view (not
-/// inherited by children), and each daemon's next generation.
+/// inherited by children), every daemon's row of monitor bits, and each
+/// daemon's next generation.
 #[derive(Debug)]
 pub struct PostOffice {
     view: Post,
@@ -883,8 +986,22 @@ pub struct PostOffice {
     /// A standby's id, published when it takes over.
     pending: Vec<Option<WriterId>>,
     /// Each mailbox as `ring::init` made it: the root sends through these,
-    /// never re-reading a ring's geometry from shared memory.
-    rings: Vec<Ring<'static>>,
+    /// never re-reading a ring's geometry from shared memory. `None`: a
+    /// spare slot no reload has taken yet.
+    rings: Vec<Option<Ring<'static>>>,
+    /// Every slot's row of monitor bits, a page range each, in one file
+    /// (one descriptor, one mapping in the root however many daemons).
+    arena_fd: OwnedFd,
+    /// Each daemon's row: the root's mapping of it (in the arena's
+    /// mapping, `MADV_DONTFORK`, or of its own file), and its own file once
+    /// it is an exec'd program's (which must get its row alone).
+    rows: Vec<Option<(Option<OwnedFd>, MonitorRow)>>,
+    /// Where each slot's room lies in the post: `(offset, bytes)`.
+    room: Vec<(usize, usize)>,
+    /// Spare slots reserved at start.
+    spare: usize,
+    /// The root's mapping of the rows' arena (set once made).
+    arena: Option<NonNull<u8>>,
     /// How each daemon's last process ended: `(pid, reason, restarts)`,
     /// for the EXIT messages its links get.
     last: Vec<Option<(u32, crate::ExitReason, u32)>>,
@@ -892,33 +1009,90 @@ pub struct PostOffice {
     dropped: u64,
 }
 
+/// Why a daemon a reload adds cannot have a mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddError {
+    /// Every spare slot reserved at start is taken.
+    NoRoom {
+        /// Spare slots the root reserved (`[supervisor] spare_mailboxes`).
+        spare: usize,
+    },
+    /// Its mailbox is larger than a spare slot's room.
+    TooLarge {
+        /// Bytes its ring needs.
+        need: usize,
+        /// Bytes of a spare slot.
+        room: usize,
+    },
+    /// The ring or its row of monitors could not be made.
+    Failed(String),
+}
+
+impl fmt::Display for AddError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AddError::NoRoom { spare } => write!(
+                f,
+                "no mailbox left for it: the {spare} spare mailbox(es) reserved at start \
+                 ([supervisor] spare_mailboxes) are taken; restart the root, or reserve more"
+            ),
+            AddError::TooLarge { need, room } => write!(
+                f,
+                "its mailbox needs {need} bytes, more than the {room} of a spare mailbox \
+                 (room for mailbox = {DEFAULT_CAPACITY} of mailbox_message = {DEFAULT_MESSAGE}); \
+                 make it smaller or restart the root"
+            ),
+            AddError::Failed(e) => write!(f, "its mailbox cannot be made: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for AddError {}
+
 impl PostOffice {
-    /// Makes and maps the post and the registry for `daemons` (at most
-    /// 65,534), every ring initialised and every entry stopped.
-    pub fn create(daemons: &[Shape<'_>]) -> io::Result<PostOffice> {
-        if daemons.len() >= usize::from(ROOT_SLOT) {
+    /// Makes and maps the post and the registry for `daemons` and `spare`
+    /// slots a reload may give to daemons it adds (together at most
+    /// 65,534), every daemon's ring initialised, every entry stopped, and
+    /// every daemon's row of monitor bits made. A spare slot has the room
+    /// of a mailbox of the default shape; its entry stays nameless until
+    /// [`PostOffice::add`].
+    pub fn create(daemons: &[Shape<'_>], spare: usize) -> io::Result<PostOffice> {
+        let count = daemons.len() + spare;
+        if count >= usize::from(ROOT_SLOT) {
             return Err(io::Error::other(
-                "mailboxes: too many daemons (at most 65534)",
+                "mailboxes: too many daemons and spare mailboxes (at most 65534)",
             ));
         }
-        let mut layout = Vec::with_capacity(daemons.len());
-        let mut rings = Vec::with_capacity(daemons.len());
+        let spare_len = ring::required_size(&ring_config(&Shape {
+            name: "",
+            capacity: DEFAULT_CAPACITY,
+            message: DEFAULT_MESSAGE,
+        }))
+        .map_err(|e| io::Error::other(format!("spare mailbox: {e}")))?;
+        let mut room = Vec::with_capacity(count);
         let mut post_len = 0usize;
         for d in daemons {
-            let cfg = ring_config(d);
-            let len = ring::required_size(&cfg)
+            let len = ring::required_size(&ring_config(d))
                 .map_err(|e| io::Error::other(format!("mailbox of {}: {e}", d.name)))?;
-            layout.push((post_len, len, cfg));
+            room.push((post_len, len));
             post_len = (post_len + len).next_multiple_of(ring::ALIGN);
         }
-        let monitors_offset = post_len;
-        let words = daemons.len().div_ceil(64);
-        let post_len =
-            crate::region::page_round((post_len + daemons.len() * words * 8).max(8) as u64)
+        for _ in 0..spare {
+            room.push((post_len, spare_len));
+            post_len = (post_len + spare_len).next_multiple_of(ring::ALIGN);
+        }
+        let words = count.div_ceil(64).max(1);
+        let post_len = crate::region::page_round(post_len.max(8) as u64) as usize;
+        let reg_len =
+            crate::region::page_round((size_of::<Directory>() + count * size_of::<Entry>()) as u64)
                 as usize;
-        let reg_len = crate::region::page_round(
-            (size_of::<Directory>() + daemons.len() * size_of::<Entry>()) as u64,
-        ) as usize;
+        let row_len = MonitorRow::file_len(words);
+        let arena_len = row_len * count.max(1);
+        let arena_fd = sys::memfd_sealed(c"forkroot:monitors", arena_len as u64)?;
+        let arena = map(arena_fd.as_raw_fd(), arena_len, sys::Access::ReadWrite)?;
+        // SAFETY: `arena` is the root's own mapping of `arena_len` bytes,
+        // just made: no child inherits it (each maps its own row).
+        unsafe { sys::dont_fork(arena, arena_len)? };
         let post_fd = sys::memfd_sealed(c"forkroot:post", post_len as u64)?;
         let registry_fd = sys::memfd_sealed(c"forkroot:registry", reg_len as u64)?;
         let registry_ro = sys::reopen_read_only(registry_fd.as_fd())?;
@@ -933,56 +1107,185 @@ impl PostOffice {
             rw.as_ptr().cast::<Directory>().write(Directory {
                 magic: MAGIC,
                 version: VERSION,
-                count: daemons.len() as u32,
+                count: count as u32,
                 post_len: post_len as u64,
-                monitors_offset: monitors_offset as u64,
                 words: words as u64,
-                _pad: [0; 3],
+                _pad: [0; 4],
             });
         }
-        for (i, (d, &(off, len, cfg))) in daemons.iter().zip(&layout).enumerate() {
-            let mut name = [0u8; NAME_BYTES];
-            let n = d.name.len().min(NAME_BYTES);
-            name[..n].copy_from_slice(&d.name.as_bytes()[..n]);
-            let at = size_of::<Directory>() + i * size_of::<Entry>();
-            // SAFETY: entry `i` lies inside the registry (sized for every
-            // daemon above), 8-aligned; no process reads it yet.
-            unsafe {
-                rw.as_ptr().add(at).cast::<Entry>().write(Entry {
-                    name_len: n as u32,
-                    life: AtomicU32::new(0),
-                    name,
-                    ring_offset: off as u64,
-                    ring_len: len as u64,
-                    pid: AtomicU32::new(0),
-                    state: AtomicU32::new(0),
-                    restarts: AtomicU32::new(0),
-                    _pad: 0,
-                });
-            }
-            // SAFETY: `[off, off+len)` lies inside the post (summed above),
-            // 128-aligned, and no process uses it yet; the mapping lives as
-            // long as the root.
-            let ring = unsafe { ring::init(post.as_ptr().add(off), len, &cfg) }
-                .map_err(|e| io::Error::other(format!("mailbox of {}: {e}", d.name)))?;
-            rings.push(ring);
-        }
-        Ok(PostOffice {
+        let mut office = PostOffice {
             view: Post {
                 registry: ro,
-                count: daemons.len(),
+                count,
                 post,
                 post_len,
             },
             rw,
             post_fd,
             registry_ro,
-            generations: vec![0; daemons.len()],
-            pending: vec![None; daemons.len()],
-            rings,
-            last: vec![None; daemons.len()],
+            generations: vec![0; count],
+            pending: vec![None; count],
+            rings: Vec::with_capacity(count),
+            arena_fd,
+            rows: Vec::with_capacity(count),
+            room,
+            spare,
+            arena: None,
+            last: vec![None; count],
             dropped: 0,
+        };
+        for i in 0..count {
+            // SAFETY: entry `i` lies inside the registry (sized for every
+            // slot above), 8-aligned; no process reads it yet. A spare
+            // slot's entry is nameless, with no ring, until a reload takes
+            // it.
+            unsafe {
+                rw.as_ptr()
+                    .add(size_of::<Directory>() + i * size_of::<Entry>())
+                    .cast::<Entry>()
+                    .write(Entry {
+                        name_len: AtomicU32::new(0),
+                        life: AtomicU32::new(0),
+                        name: [0; NAME_BYTES],
+                        ring_offset: 0,
+                        ring_len: 0,
+                        pid: AtomicU32::new(0),
+                        state: AtomicU32::new(0),
+                        restarts: AtomicU32::new(0),
+                        _pad: 0,
+                    });
+            }
+            office.rings.push(None);
+            office.rows.push(None);
+        }
+        office.arena = Some(arena);
+        for (i, d) in daemons.iter().enumerate() {
+            office.open(i, d)?;
+        }
+        Ok(office)
+    }
+
+    /// Slot `i` becomes daemon `d`'s: its ring is made in the slot's room,
+    /// its row of monitor bits is made, then its entry is named (the name
+    /// last, so no reader finds a name without its ring).
+    fn open(&mut self, i: usize, d: &Shape<'_>) -> io::Result<()> {
+        let (off, room) = self.room[i];
+        let cfg = ring_config(d);
+        let len = ring::required_size(&cfg)
+            .map_err(|e| io::Error::other(format!("mailbox of {}: {e}", d.name)))?;
+        if len > room {
+            return Err(io::Error::other(format!(
+                "mailbox of {}: {len} bytes do not fit its {room}",
+                d.name
+            )));
+        }
+        let row = self.arena_row(i)?;
+        row.clear();
+        // SAFETY: `[off, off+len)` lies inside the post (summed in
+        // `create`), 128-aligned, and no process uses it yet (a spare
+        // slot's room is nobody's until now); the mapping lives as long as
+        // the root.
+        let ring = unsafe { ring::init(self.view.post.as_ptr().add(off), len, &cfg) }
+            .map_err(|e| io::Error::other(format!("mailbox of {}: {e}", d.name)))?;
+        let mut name = [0u8; NAME_BYTES];
+        let n = d.name.len().min(NAME_BYTES);
+        name[..n].copy_from_slice(&d.name.as_bytes()[..n]);
+        let at = size_of::<Directory>() + i * size_of::<Entry>();
+        // SAFETY: entry `i` lies inside the root's writable registry
+        // mapping; its plain fields are read by others only once its
+        // `name_len` is published below (a nameless entry matches no name
+        // and is never looked into).
+        unsafe {
+            let e = self.rw.as_ptr().add(at).cast::<Entry>();
+            (*e).name = name;
+            (*e).ring_offset = off as u64;
+            (*e).ring_len = len as u64;
+        }
+        self.entry_rw(i).name_len.store(n as u32, Ordering::Release);
+        self.rings[i] = Some(ring);
+        self.rows[i] = Some((None, row));
+        Ok(())
+    }
+
+    /// Slot `i`'s row in the root's mapping of the arena.
+    fn arena_row(&self, i: usize) -> io::Result<MonitorRow> {
+        let base = self
+            .arena
+            .ok_or_else(|| io::Error::other("the monitors' arena is not mapped"))?;
+        let words = self.view.row_words();
+        debug_assert!(i < self.view.count);
+        Ok(MonitorRow {
+            // SAFETY: row `i` lies inside the arena (`count` rows of
+            // `file_len(words)` bytes each, mapped for the root's life).
+            words: unsafe { base.add(i * MonitorRow::file_len(words)) }.cast(),
+            len: words,
         })
+    }
+
+    /// Whether a daemon of shape `d` could take slot `i` (its index in
+    /// the tree): a spare slot, free, with room enough.
+    pub fn can_add(&self, i: usize, d: &Shape<'_>) -> Result<(), AddError> {
+        if i >= self.view.count || self.rings[i].is_some() {
+            return Err(AddError::NoRoom { spare: self.spare });
+        }
+        let need =
+            ring::required_size(&ring_config(d)).map_err(|e| AddError::Failed(e.to_string()))?;
+        let room = self.room[i].1;
+        if need > room {
+            return Err(AddError::TooLarge { need, room });
+        }
+        Ok(())
+    }
+
+    /// A daemon a reload adds takes spare slot `i` (its index in the
+    /// tree): [`PostOffice::can_add`], then its ring and row are made and
+    /// its name published.
+    pub fn add(&mut self, i: usize, d: &Shape<'_>) -> Result<(), AddError> {
+        self.can_add(i, d)?;
+        self.open(i, d).map_err(|e| AddError::Failed(e.to_string()))
+    }
+
+    /// Daemon `i` left the tree (a reload removed it): its name is
+    /// withdrawn from the registry, so no one finds it (and a daemon of
+    /// that name added later is found in its own slot). Its slot stays
+    /// taken, as its index does.
+    pub fn retire(&self, i: usize) {
+        if self.has(i) {
+            self.entry_rw(i).name_len.store(0, Ordering::Release);
+        }
+    }
+
+    /// Whether slot `i` is a daemon's (not a spare one no reload took).
+    pub fn has(&self, i: usize) -> bool {
+        self.rings.get(i).is_some_and(Option::is_some)
+    }
+
+    /// Where daemon `i`'s processes map its row of monitor bits from
+    /// ([`MonitorRow::map`]): a file and an offset; none for a slot not
+    /// taken. An exec'd program (`alone`) gets a file that holds its row
+    /// alone, made at its first start (offset 0); a forked daemon maps its
+    /// row's pages of the arena (or that file, once it has one).
+    pub fn monitor_fd(&mut self, i: usize, alone: bool) -> io::Result<Option<(RawFd, u64)>> {
+        let row_len = MonitorRow::file_len(self.view.row_words());
+        let Some((own, row)) = self.rows.get_mut(i).and_then(Option::as_mut) else {
+            return Ok(None);
+        };
+        if own.is_none() && alone {
+            let fd = sys::memfd_sealed(c"forkroot:monitors", row_len as u64)?;
+            let mine = MonitorRow::map(fd.as_raw_fd(), 0, row.len)?;
+            // SAFETY: `mine` is the root's own mapping of `row_len` bytes,
+            // just made: no child inherits it.
+            unsafe { sys::dont_fork(mine.words.cast(), row_len)? };
+            // No process of it runs (this is before its fork): its arena
+            // row is clear, and stays so.
+            row.clear();
+            *own = Some(fd);
+            *row = mine;
+        }
+        Ok(Some(match own {
+            Some(fd) => (fd.as_raw_fd(), 0),
+            None => (self.arena_fd.as_raw_fd(), (i * row_len) as u64),
+        }))
     }
 
     /// The view every daemon inherits.
@@ -1002,9 +1305,9 @@ impl PostOffice {
     /// published at once (so it is alive before its first send); a
     /// standby's when it takes over ([`PostOffice::took_over`]).
     pub fn begin(&mut self, i: usize, standby: bool) -> WriterId {
-        if i >= self.view.count {
-            // A daemon a reload added has no mailbox (the post is laid out
-            // once, at start): an id that names it, never published.
+        if !self.has(i) {
+            // No slot of its own (a reload adds a daemon only once it has
+            // one): an id that names it, never published.
             return WriterId::new(i as u16, 1).expect("generation is not 0");
         }
         let mut g = self.generations[i].wrapping_add(1);
@@ -1025,7 +1328,7 @@ impl PostOffice {
 
     /// Daemon `i`'s standby took over as `pid`: its id is the live one.
     pub fn took_over(&mut self, i: usize, pid: u32) {
-        if i >= self.view.count {
+        if !self.has(i) {
             return;
         }
         if let Some(id) = self.pending[i].take() {
@@ -1038,55 +1341,58 @@ impl PostOffice {
 
     /// Daemon `i` runs as `pid`.
     pub fn forked(&self, i: usize, pid: u32) {
-        if i >= self.view.count {
+        if !self.has(i) {
             return;
         }
         self.entry_rw(i).pid.store(pid, Ordering::Release);
     }
 
     /// Daemon `i`'s process was reaped (or never forked): its writer id is
-    /// dead from now on.
+    /// dead from now on, and the monitors it held end with it (its row is
+    /// cleared).
     pub fn ended(&self, i: usize) {
-        if i >= self.view.count {
+        if !self.has(i) {
             return;
         }
         let e = self.entry_rw(i);
         let life = e.life.load(Ordering::Relaxed);
         e.life.store(life & !1, Ordering::Release);
         e.pid.store(0, Ordering::Release);
+        if let Some((_, row)) = &self.rows[i] {
+            row.clear();
+        }
     }
 
     /// Daemon `i`'s process `pid` was reaped after ending with `reason`
     /// (`restarts` before it): its writer id is dead from now on, every
-    /// daemon monitoring it gets a DOWN message (and the monitor is gone),
-    /// and the monitors it held are dropped. Bounded: a row and a column of
-    /// the monitor table, one bounded send per watcher. Returns how many
-    /// DOWN messages were delivered.
+    /// daemon whose own row has `i`'s bit set gets a DOWN message (and the
+    /// bit is cleared: a monitor fires once), and the monitors `i` held
+    /// are dropped (its row cleared). Bounded and allocation-free: one
+    /// word looked at in each daemon's row, `i`'s row cleared, one bounded
+    /// send per watcher. Returns how many DOWN messages were delivered.
     pub fn died(&mut self, i: usize, pid: u32, reason: crate::ExitReason, restarts: u32) -> usize {
-        if i >= self.view.count {
+        if !self.has(i) {
             return 0;
         }
         self.ended(i);
         self.last[i] = Some((pid, reason, restarts));
-        let n = self.view.count;
         let body = Gone::encode(i, &self.view, pid, reason, restarts);
         let mut delivered = 0;
-        for k in 0..n.div_ceil(64) {
-            let (word, _) = self.view.monitor_bit(i, k * 64);
-            // Whatever daemons wrote here is only bits: each one names a
-            // daemon of the tree or is ignored.
-            let mut bits = word.swap(0, Ordering::AcqRel);
-            while bits != 0 {
-                let w = k * 64 + bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                if w < n && self.deliver(w, MessageKind::Down, &body) {
-                    delivered += 1;
-                }
+        for w in 0..self.rows.len() {
+            // Only `w` (and the root) can write `w`'s row: a bit there is
+            // `w`'s own request.
+            let asked = match &self.rows[w] {
+                // A load first: most rows do not have the bit, and are
+                // then only read.
+                Some((_, row)) if w != i => row.bit(i).is_some_and(|(word, bit)| {
+                    word.load(Ordering::Acquire) & bit != 0
+                        && word.fetch_and(!bit, Ordering::AcqRel) & bit != 0
+                }),
+                _ => false,
+            };
+            if asked && self.deliver(w, MessageKind::Down, &body) {
+                delivered += 1;
             }
-        }
-        for j in 0..n {
-            let (word, bit) = self.view.monitor_bit(j, i);
-            word.fetch_and(!bit, Ordering::AcqRel);
         }
         delivered
     }
@@ -1095,7 +1401,7 @@ impl PostOffice {
     /// message with how `link`'s last process ended. Whether it was
     /// delivered.
     pub fn exit_to(&mut self, to: usize, link: usize) -> bool {
-        if to >= self.view.count || link >= self.view.count {
+        if !self.has(to) || !self.has(link) {
             return false;
         }
         let Some((pid, reason, restarts)) = self.last[link] else {
@@ -1114,10 +1420,11 @@ impl PostOffice {
             from: u32::from(ROOT_SLOT),
         });
         let root = WriterId::new(ROOT_SLOT, 1).expect("nonzero");
-        let sent = self.rings[to]
-            .producer_as(root)
-            .try_send_bounded(&[&head, body])
-            .is_ok();
+        let sent = self.rings[to].as_ref().is_some_and(|ring| {
+            ring.producer_as(root)
+                .try_send_bounded(&[&head, body])
+                .is_ok()
+        });
         if !sent {
             self.dropped += 1;
         }
@@ -1131,7 +1438,7 @@ impl PostOffice {
 
     /// Publishes daemon `i`'s state and restart count.
     pub fn show(&self, i: usize, state: Presence, restarts: u32) {
-        if i >= self.view.count {
+        if !self.has(i) {
             return;
         }
         let e = self.entry_rw(i);
@@ -1146,11 +1453,17 @@ impl PostOffice {
     }
 
     /// The environment an exec'd program finds its mailbox with.
-    pub fn exec_env(id: WriterId, post_fd: RawFd, registry_fd: RawFd) -> [String; 3] {
+    pub fn exec_env(
+        id: WriterId,
+        post_fd: RawFd,
+        registry_fd: RawFd,
+        monitors_fd: RawFd,
+    ) -> [String; 4] {
         [
             format!("{POST_FD_VAR}={post_fd}"),
             format!("{REGISTRY_FD_VAR}={registry_fd}"),
             format!("{WRITER_VAR}={}", id.raw()),
+            format!("{MONITORS_FD_VAR}={monitors_fd}"),
         ]
     }
 }
@@ -1161,5 +1474,102 @@ fn ring_config(d: &Shape<'_>) -> ring::Config {
         capacity: d.capacity,
         slot_size: d.message + HEAD as u32,
         checksum: true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(name: &str) -> Shape<'_> {
+        Shape {
+            name,
+            capacity: 4,
+            message: 64,
+        }
+    }
+
+    /// Daemon `i`'s mailbox, monitoring through its own row (as its
+    /// process maps it).
+    fn mailbox(office: &mut PostOffice, i: usize) -> Mailbox {
+        let id = office.begin(i, false);
+        let (fd, at) = office.monitor_fd(i, false).expect("a row").expect("a slot");
+        let row = MonitorRow::map(fd, at, office.post().row_words()).expect("map the row");
+        Mailbox::new(office.post(), i, id).with_monitors(Some(row))
+    }
+
+    #[test]
+    fn a_down_goes_only_to_the_daemons_whose_own_row_asks_and_fires_once() {
+        let mut office =
+            PostOffice::create(&[shape("a"), shape("b"), shape("c")], 0).expect("post office");
+        let mut a = mailbox(&mut office, 0);
+        let mut c = mailbox(&mut office, 2);
+        a.monitor("b").expect("monitor b");
+        assert_eq!(
+            a.monitor("nobody"),
+            Err(SendError::NoSuchName("nobody".into()))
+        );
+        let reason = crate::ExitReason::Exited(3);
+        assert_eq!(office.died(1, 42, reason, 0), 1, "one watcher");
+        let m = a.recv(Some(Duration::ZERO)).expect("recv").expect("a DOWN");
+        assert_eq!(m.kind, MessageKind::Down);
+        assert_eq!(m.gone.map(|g| (g.name, g.pid)), Some(("b", 42)));
+        assert_eq!(c.recv(Some(Duration::ZERO)).expect("recv"), None);
+        // Fired once; and a monitor ends with its holder's process.
+        assert_eq!(office.died(1, 43, reason, 1), 0);
+        c.monitor("b").expect("monitor b");
+        office.ended(2);
+        assert_eq!(
+            office.died(1, 44, reason, 2),
+            0,
+            "c's monitors ended with it"
+        );
+        // A mailbox without a row of its own cannot monitor.
+        let id = office.begin(1, false);
+        let plain = Mailbox::new(office.post(), 1, id);
+        assert_eq!(plain.monitor("a"), Err(SendError::NoPost));
+    }
+
+    #[test]
+    fn a_spare_slot_takes_an_added_daemon_that_fits_and_a_retired_name_is_gone() {
+        let mut office = PostOffice::create(&[shape("a")], 1).expect("post office");
+        let post = office.post();
+        assert_eq!(post.count(), 2);
+        assert_eq!(post.find(""), None, "a spare slot has no name");
+        assert!(!office.has(1));
+        let big = Shape {
+            name: "big",
+            capacity: 1024,
+            message: 1024,
+        };
+        assert!(matches!(
+            office.can_add(1, &big),
+            Err(AddError::TooLarge { .. })
+        ));
+        assert_eq!(
+            office.can_add(0, &shape("x")),
+            Err(AddError::NoRoom { spare: 1 })
+        );
+        office.add(1, &shape("new")).expect("a spare slot");
+        assert_eq!(post.find("new"), Some(1));
+        assert_eq!(
+            office.can_add(2, &shape("x")),
+            Err(AddError::NoRoom { spare: 1 })
+        );
+        // The added daemon receives what a daemon started before sends.
+        let a = mailbox(&mut office, 0);
+        let mut new = mailbox(&mut office, 1);
+        a.send("new", b"hi").expect("send");
+        let m = new
+            .recv(Some(Duration::ZERO))
+            .expect("recv")
+            .expect("a message");
+        assert_eq!((m.from, &m.body[..]), ("a", &b"hi"[..]));
+        office.retire(1);
+        assert_eq!(post.find("new"), None);
+        assert_eq!(
+            a.send("new", b"hi"),
+            Err(SendError::NoSuchName("new".into()))
+        );
     }
 }

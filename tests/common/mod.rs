@@ -674,3 +674,26 @@ pub(crate) fn assert_rejected(bin: &Path, config: &str, want: &[&str]) {
         .collect();
     assert!(files.is_empty(), "a daemon ran: {files:?}");
 }
+
+/// An example binary of this package, built once for the profile the
+/// tests run in.
+pub(crate) fn example(
+    name: &'static str,
+    cell: &'static std::sync::OnceLock<PathBuf>,
+) -> &'static PathBuf {
+    cell.get_or_init(|| {
+        let bin_dir = Path::new(BIN).parent().expect("bin dir");
+        let mut build = Command::new(env!("CARGO"));
+        build
+            .args(["build", "--quiet", "--example", name])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if bin_dir.ends_with("release") {
+            build.arg("--release");
+        }
+        assert!(
+            build.status().expect("run cargo build").success(),
+            "cargo build --example {name} failed"
+        );
+        bin_dir.join("examples").join(name)
+    })
+}

@@ -444,8 +444,10 @@ fn print_status(s: &StatusReply) {
 }
 
 /// `ctl tree`: one line per supervisor (its state, strategy, intensity,
-/// how often its parent restarted it, its restarts within its period) and
-/// per daemon (state, pid, restarts), children indented in start order.
+/// its `auto_shutdown` and `significant` where set, how often its parent
+/// restarted it, its restarts within its period) and per daemon (state,
+/// pid, restarts, `significant` where set), children indented in start
+/// order.
 fn print_node(node: &TreeNode, indent: &str) {
     match node {
         TreeNode::Group {
@@ -457,6 +459,8 @@ fn print_node(node: &TreeNode, indent: &str) {
             restart,
             restarts,
             restarts_in_period,
+            auto_shutdown,
+            significant,
             children,
         } => {
             // The top has no parent to restart it.
@@ -465,9 +469,16 @@ fn print_node(node: &TreeNode, indent: &str) {
             } else {
                 format!("{restart} restart, restarted {restarts}, ")
             };
+            // `never` (the default, and what an older root sends as
+            // nothing) goes unsaid.
+            let auto = match auto_shutdown.as_str() {
+                "" | "never" => String::new(),
+                a => format!("auto_shutdown {a}, "),
+            };
+            let significant = if *significant { "significant, " } else { "" };
             println!(
                 "{indent}{name}/ [{state}] {strategy}, intensity {intensity} per {period}, \
-                 {restarted}{restarts_in_period} restarts in period"
+                 {auto}{significant}{restarted}{restarts_in_period} restarts in period"
             );
             let deeper = format!("{indent}  ");
             for c in children {
@@ -480,6 +491,7 @@ fn print_node(node: &TreeNode, indent: &str) {
             pid,
             restarts,
             cause,
+            significant,
             ..
         } => {
             let pid = pid.map_or(String::new(), |p| format!(" pid {p}"));
@@ -489,8 +501,9 @@ fn print_node(node: &TreeNode, indent: &str) {
             } else {
                 format!(" (last start: {cause})")
             };
+            let significant = if *significant { ", significant" } else { "" };
             println!(
-                "{indent}{name} [{}{pid}] {restarts} restarts{cause}",
+                "{indent}{name} [{}{pid}] {restarts} restarts{significant}{cause}",
                 state.as_str()
             );
         }

@@ -24,7 +24,17 @@ mod exec;
 
 const TOP_KEYS: &[&str] = &["root", "supervisor", "group", "daemon"];
 const ROOT_KEYS: &[&str] = &["control", "control_group", "state_dir", "stop_timeout"];
-const SUPERVISOR_KEYS: &[&str] = &["strategy", "intensity", "period", "auto_shutdown"];
+const SUPERVISOR_KEYS: &[&str] = &[
+    "strategy",
+    "intensity",
+    "period",
+    "auto_shutdown",
+    "spare_mailboxes",
+];
+/// `[supervisor] spare_mailboxes` unless the file says otherwise.
+const DEFAULT_SPARE_MAILBOXES: u32 = 8;
+/// The most `spare_mailboxes` (the registry has 65,534 slots in all).
+const MAX_SPARE_MAILBOXES: u32 = 4096;
 const GROUP_KEYS: &[&str] = &[
     "name",
     "parent",
@@ -151,6 +161,7 @@ pub(super) fn check(doc: &Table, kinds: &Registry) -> Result<Config, Vec<Problem
         }
         None => default_supervisor(),
     };
+    let spare_mailboxes = top.map_or(DEFAULT_SPARE_MAILBOXES, |t| c.spare_mailboxes(t));
     c.problems.extend(array_problems);
 
     let groups = group_tables
@@ -177,6 +188,7 @@ pub(super) fn check(doc: &Table, kinds: &Registry) -> Result<Config, Vec<Problem
             supervisor,
             groups,
             daemons,
+            spare_mailboxes,
         })
     } else {
         Err(c.problems)
@@ -692,6 +704,29 @@ impl Checker<'_> {
         };
         self.problem(&at(place, key), why);
         None
+    }
+
+    /// `[supervisor] spare_mailboxes`: a count from 0 to
+    /// [`MAX_SPARE_MAILBOXES`].
+    fn spare_mailboxes(&mut self, t: &Table) -> u32 {
+        let place = "supervisor.spare_mailboxes";
+        match t.get("spare_mailboxes") {
+            None => DEFAULT_SPARE_MAILBOXES,
+            Some(Value::Integer(n)) => match u32::try_from(*n) {
+                Ok(n) if n <= MAX_SPARE_MAILBOXES => n,
+                _ => {
+                    self.problem(
+                        place,
+                        format!("{n} is not a count from 0 to {MAX_SPARE_MAILBOXES} (mailboxes)"),
+                    );
+                    DEFAULT_SPARE_MAILBOXES
+                }
+            },
+            Some(other) => {
+                self.type_problem(place, "a number of mailboxes such as 8", other);
+                DEFAULT_SPARE_MAILBOXES
+            }
+        }
     }
 
     /// The strategy, intensity, period and `auto_shutdown` of

@@ -263,7 +263,8 @@ pub struct DaemonStatus {
     /// Its allocation policy and counters, as it last published them.
     pub alloc: Option<AllocStatus>,
     /// Why its current process started (`start`, `death`, `retry`, `link`,
-    /// `strategy`, `escalation`, `operator`); absent without a process.
+    /// `strategy`, `escalation`, `operator`, `watchdog`, `reload`); absent
+    /// without a process.
     #[serde(default)]
     pub cause: Option<String>,
     /// Its starts so far by cause (causes never seen left out).
@@ -320,6 +321,13 @@ pub enum TreeNode {
         restarts: u32,
         /// Restarts within its period now.
         restarts_in_period: usize,
+        /// Whether the end of its significant children ends it: `never`,
+        /// `any_significant` or `all_significant`.
+        #[serde(default)]
+        auto_shutdown: String,
+        /// Its end may end its parent (the parent's `auto_shutdown`).
+        #[serde(default)]
+        significant: bool,
         /// Its daemons and groups, in start order.
         children: Vec<TreeNode>,
     },
@@ -336,8 +344,13 @@ pub enum TreeNode {
         /// Restarts so far.
         restarts: u32,
         /// Why its current process started: `start`, `death`, `retry`,
-        /// `link`, `strategy`, `escalation` or `operator`.
+        /// `link`, `strategy`, `escalation`, `operator`, `watchdog` or
+        /// `reload`.
         cause: String,
+        /// Its end may end its supervisor (the supervisor's
+        /// `auto_shutdown`).
+        #[serde(default)]
+        significant: bool,
     },
 }
 

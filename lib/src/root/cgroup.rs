@@ -186,6 +186,28 @@ impl Containment {
         Ok(Containment::Cgroups(cg))
     }
 
+    /// A reload adds daemon `i` (the next index): it gets its own cgroup,
+    /// as the daemons made at start have. Nothing with process groups.
+    pub(crate) fn add(&mut self, i: usize, d: &DaemonConfig) -> io::Result<()> {
+        match self {
+            Containment::Cgroups(cg) => {
+                if cg.daemons.len() != i {
+                    return Err(io::Error::other(format!(
+                        "daemon {i} added after {} cgroups",
+                        cg.daemons.len()
+                    )));
+                }
+                let made = cg.make(i, d, false);
+                if made.is_err() && cg.leaves.len() > cg.daemons.len() {
+                    // Leaves of a cgroup not finished: not this daemon's.
+                    cg.leaves.pop();
+                }
+                made
+            }
+            Containment::ProcessGroups(_) => Ok(()),
+        }
+    }
+
     /// One line for the log and `ctl status`.
     pub(crate) fn describe(&self) -> String {
         match self {
@@ -205,8 +227,8 @@ impl Containment {
         let Containment::Cgroups(cg) = self else {
             return Ok(None);
         };
-        // A daemon a reload added has no cgroup (they are made at start):
-        // its process group is what contains it.
+        // Every daemon has one (a reload makes an added daemon's before it
+        // joins the tree).
         let (Some(dir), Some(l)) = (cg.daemons.get(i), cg.leaves.get(i)) else {
             return Ok(None);
         };
@@ -320,43 +342,72 @@ impl Cgroups {
                     probe.own.display()
                 )));
             }
-            sys::cgroup::write(
-                &self.base,
-                "cgroup.subtree_control",
-                &format!("+{controller}"),
-            )?;
-            self.enabled.push(controller);
+            self.enable(controller)?;
         }
         for (i, d) in daemons.iter().enumerate() {
-            let dir = self.base.join(&d.name);
-            make_dir(&dir)?;
+            self.make(i, d, true)?;
+        }
+        Ok(())
+    }
+
+    /// Makes daemon `i`'s cgroup (the next index), its two fresh leaves,
+    /// watched, and its limits. What a killed root left in it is killed
+    /// and waited for `at_start`; a reload refuses such a cgroup instead
+    /// (the loop must not block).
+    fn make(&mut self, i: usize, d: &DaemonConfig, at_start: bool) -> io::Result<()> {
+        debug_assert_eq!(i, self.daemons.len(), "cgroups are made in index order");
+        let dir = self.base.join(&d.name);
+        make_dir(&dir)?;
+        if !dir.join("cgroup.kill").exists() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this kernel has no cgroup.kill (Linux 5.14 or later)",
+            ));
+        }
+        if at_start {
             let wd = self.inotify.watch_modify(&dir.join("cgroup.events"))?;
-            if !dir.join("cgroup.kill").exists() {
-                return Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "this kernel has no cgroup.kill (Linux 5.14 or later)",
-                ));
-            }
             drain_leftover(&dir, &self.inotify)?;
             // Only leftovers needed the whole cgroup watched.
             self.inotify.unwatch(wd)?;
-            self.leaves.push(Leaves::default());
-            // Fresh leaves (one a killed root left may have been killed).
-            for (k, name) in LEAVES.iter().enumerate() {
-                let leaf = dir.join(name);
-                if leaf.exists() {
-                    remove_dir(&leaf)?;
-                }
-                make_dir(&leaf)?;
-                self.watch(i, k, &leaf)?;
-            }
-            for (k, v) in values(&d.limits).into_iter().enumerate() {
-                if let Some(v) = v {
-                    sys::cgroup::write(&dir, LIMITS[k].2, &v.to_string())?;
-                }
-            }
-            self.daemons.push(dir);
+        } else if sys::cgroup::populated(&dir)? {
+            return Err(io::Error::other(format!(
+                "{} still holds processes",
+                dir.display()
+            )));
         }
+        self.leaves.push(Leaves::default());
+        // Fresh leaves (one a killed root, or a daemon of this name a
+        // reload removed, left may have been killed).
+        for (k, name) in LEAVES.iter().enumerate() {
+            let leaf = dir.join(name);
+            if leaf.exists() {
+                remove_dir(&leaf)?;
+            }
+            make_dir(&leaf)?;
+            self.watch(i, k, &leaf)?;
+        }
+        for (k, v) in values(&d.limits).into_iter().enumerate() {
+            if let Some(v) = v {
+                // Enabled at start if a daemon then needed it.
+                self.enable(LIMITS[k].1)?;
+                sys::cgroup::write(&dir, LIMITS[k].2, &v.to_string())?;
+            }
+        }
+        self.daemons.push(dir);
+        Ok(())
+    }
+
+    /// Gives the daemons' cgroups `controller` (once).
+    fn enable(&mut self, controller: &'static str) -> io::Result<()> {
+        if self.enabled.contains(&controller) {
+            return Ok(());
+        }
+        sys::cgroup::write(
+            &self.base,
+            "cgroup.subtree_control",
+            &format!("+{controller}"),
+        )?;
+        self.enabled.push(controller);
         Ok(())
     }
 
@@ -381,7 +432,12 @@ impl Cgroups {
                 }
             }
         };
-        for dir in &self.daemons {
+        for (k, dir) in self.daemons.iter().enumerate() {
+            // A reload that removed a daemon and added one of that name
+            // gave both the same cgroup.
+            if self.daemons[..k].contains(dir) {
+                continue;
+            }
             for name in LEAVES {
                 keep(remove_dir(&dir.join(name)));
             }

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::supervisor::{Cause, Event, Member, TOP};
 use super::{Mode, Root, State, TOKEN_CONN};
-use crate::config::{format_duration, Program, RestartType, Strategy};
+use crate::config::{format_duration, AutoShutdown, Program, RestartType, Strategy};
 use crate::control::proto::{
     self, ActionReply, AllocStatus, DaemonState, DaemonStatus, Empty, Failure, FailureKind,
     HealthReply, LogRecord, LogsReply, MetricsReply, ProgramRef, ReloadReply, Request, RootMode,
@@ -607,6 +607,7 @@ impl Root<'_> {
                     restart: restart(c.cfg.restart),
                     restarts: c.restarts,
                     cause: self.sup.start_cause(i).as_str().to_owned(),
+                    significant: c.cfg.significant,
                 }
             }
             Member::Group(g) => {
@@ -620,6 +621,8 @@ impl Root<'_> {
                     restart: restart(grp.restart),
                     restarts: grp.restarts,
                     restarts_in_period: self.sup.recent_restarts(g, now),
+                    auto_shutdown: auto_shutdown_name(grp.auto_shutdown).to_owned(),
+                    significant: grp.significant,
                     children: grp
                         .children
                         .iter()
@@ -784,6 +787,14 @@ fn wire_state(s: State) -> DaemonState {
 }
 
 /// A strategy as the config writes it.
+fn auto_shutdown_name(a: AutoShutdown) -> &'static str {
+    match a {
+        AutoShutdown::Never => "never",
+        AutoShutdown::AnySignificant => "any_significant",
+        AutoShutdown::AllSignificant => "all_significant",
+    }
+}
+
 fn strategy_name(s: Strategy) -> &'static str {
     match s {
         Strategy::OneForOne => "one_for_one",

@@ -49,6 +49,8 @@ pub(crate) enum Slot {
     Region,
     Post,
     Registry,
+    /// The file of the daemon's row of monitor bits.
+    Monitors,
     Notify,
     Cgroup,
     /// The first listening socket; the others follow.

@@ -280,7 +280,7 @@ pub struct Root<'a> {
     post: PostOffice,
     /// Starts of each daemon by cause (`supervisor::Cause::ALL` order),
     /// for `ctl status` and `metrics`.
-    starts_by_cause: Vec<[u64; 7]>,
+    starts_by_cause: Vec<[u64; supervisor::Cause::ALL.len()]>,
     /// Each daemon's listening sockets (`listen`), bound once in
     /// [`Root::new`] and handed to every incarnation.
     listeners: Vec<Vec<crate::listen::Bound>>,
@@ -540,7 +540,8 @@ impl Root<'_> {
                     kill_tree(pid, Signal::KILL);
                 }
             }
-            Action::CheckWatchdog(i) => self.check_watchdog(i),
+            Action::CheckWatchdog(i) => return self.check_watchdog(i),
+            Action::WatchdogKill(i) => self.watchdog_kill(i),
             Action::ForkStandby(i) => self.ensure_standby(i),
             Action::KillStandby(i) => self.kill_standby(i),
             Action::Show(i, state) => {

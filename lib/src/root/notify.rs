@@ -21,10 +21,9 @@ use std::time::Duration;
 use tracing::{debug, error, info, warn};
 
 use super::supervisor::Event;
-use super::{kill_tree, Role, Root, State};
+use super::{Role, Root, State};
 use crate::config::Readiness;
-use crate::daemon::ExitReason;
-use crate::sys::{self, dgram, Pid, Signal};
+use crate::sys::{self, dgram, Pid};
 
 /// systemd reads at most this much of a notification; longer ones are
 /// dropped.
@@ -254,8 +253,7 @@ impl Root<'_> {
                     (c.pid, matches!(c.state, State::Starting | State::Running))
                 {
                     error!(daemon = %name, %pid, "watchdog triggered by the daemon (WATCHDOG=trigger); killing");
-                    c.killed_for = Some(ExitReason::Watchdog);
-                    kill_tree(pid, Signal::KILL);
+                    self.step(Event::Watchdog(i));
                 }
             }
             Notice::Stopping => {

@@ -14,10 +14,11 @@ use std::collections::VecDeque;
 
 use tracing::{error, info, warn};
 
-use super::supervisor::{Event, TOP};
+use super::supervisor::{group_index, Event};
 use super::{Child, Mode, Root};
 use crate::config::{Config, DaemonConfig, Problem, Program};
 use crate::control::proto::{Failure, FailureKind, ReloadReply};
+use crate::mailbox::Shape;
 use crate::region::{page_round, RegionSpec, SYSTEM_SIZE};
 
 /// What a reload does, worked out before anything changes.
@@ -94,13 +95,71 @@ fn changed_keys(a: &DaemonConfig, b: &DaemonConfig) -> Vec<&'static str> {
     keys
 }
 
-/// Group index of a daemon of `config` in the supervisor (0 the top,
-/// `[[group]]` k at k + 1).
-fn group_index(config: &Config, d: &DaemonConfig) -> usize {
-    d.group
-        .as_deref()
-        .and_then(|n| config.groups.iter().position(|g| g.name == n))
-        .map_or(TOP, |k| k + 1)
+/// The settings of `old` that cannot change while the root runs and differ
+/// in `new`, as problems; returns whether the groups are the same.
+fn fixed_settings(old: &Config, new: &Config, problems: &mut Vec<Problem>) -> bool {
+    let mut fixed = |place: &str, what: &str, same: bool| {
+        if !same {
+            problems.push(Problem {
+                place: place.into(),
+                message: format!(
+                    "{what} cannot change while the root runs; restart the root to change it"
+                ),
+            });
+        }
+    };
+    fixed(
+        "root.control",
+        "the control socket (bound at start)",
+        old.root.control == new.root.control,
+    );
+    fixed(
+        "root.control_group",
+        "the control socket's group (set when it is created)",
+        old.root.control_group == new.root.control_group,
+    );
+    fixed(
+        "root.state_dir",
+        "the state directory (locked, and holding the regions, from start)",
+        old.root.state_dir == new.root.state_dir,
+    );
+    fixed(
+        "supervisor.spare_mailboxes",
+        "the mailboxes reserved for added daemons (laid out at start)",
+        old.spare_mailboxes == new.spare_mailboxes,
+    );
+    let same_groups = old.groups.len() == new.groups.len()
+        && old
+            .groups
+            .iter()
+            .zip(&new.groups)
+            .all(|(a, b)| a.name == b.name && a.parent == b.parent);
+    fixed(
+        "group",
+        "the set of [[group]]s (their names, order and parents)",
+        same_groups,
+    );
+    same_groups
+}
+
+/// The supervisor settings that change in place (the groups' only when
+/// the groups are the same).
+fn changed_settings(old: &Config, new: &Config, same_groups: bool) -> Vec<String> {
+    let mut settings = Vec::new();
+    if old.root.stop_timeout != new.root.stop_timeout {
+        settings.push("root.stop_timeout".into());
+    }
+    if old.supervisor != new.supervisor {
+        settings.push("supervisor".into());
+    }
+    if same_groups {
+        for (k, (a, b)) in old.groups.iter().zip(&new.groups).enumerate() {
+            if a != b {
+                settings.push(format!("group[{k}] ({})", b.name));
+            }
+        }
+    }
+    settings
 }
 
 /// Every daemon's links, resolved to indices and made symmetric; `None`
@@ -191,57 +250,25 @@ impl Root<'_> {
     fn plan(&self, new: &Config) -> Result<Plan, Vec<Problem>> {
         let known: Vec<&str> = self.registry.kinds().iter().map(|k| k.name).collect();
         let mut problems = new.check_kinds(&known);
-        let old = &self.config;
-        let mut fixed = |place: &str, what: &str, same: bool| {
-            if !same {
-                problems.push(Problem {
-                    place: place.into(),
-                    message: format!(
-                        "{what} cannot change while the root runs; restart the root to change it"
-                    ),
-                });
-            }
+        let same_groups = fixed_settings(&self.config, new, &mut problems);
+        let mut plan = Plan {
+            settings: changed_settings(&self.config, new, same_groups),
+            ..Plan::default()
         };
-        fixed(
-            "root.control",
-            "the control socket (bound at start)",
-            old.root.control == new.root.control,
-        );
-        fixed(
-            "root.control_group",
-            "the control socket's group (set when it is created)",
-            old.root.control_group == new.root.control_group,
-        );
-        fixed(
-            "root.state_dir",
-            "the state directory (locked, and holding the regions, from start)",
-            old.root.state_dir == new.root.state_dir,
-        );
-        let same_groups = old.groups.len() == new.groups.len()
-            && old
-                .groups
-                .iter()
-                .zip(&new.groups)
-                .all(|(a, b)| a.name == b.name && a.parent == b.parent);
-        fixed(
-            "group",
-            "the set of [[group]]s (their names, order and parents)",
-            same_groups,
-        );
-        let mut plan = Plan::default();
-        if old.root.stop_timeout != new.root.stop_timeout {
-            plan.settings.push("root.stop_timeout".into());
+        self.compare_daemons(new, &mut plan, &mut problems);
+        self.check_added(new, &plan.added, &mut problems);
+        if problems.is_empty() {
+            Ok(plan)
+        } else {
+            Err(problems)
         }
-        if old.supervisor != new.supervisor {
-            plan.settings.push("supervisor".into());
-        }
-        if same_groups {
-            for (k, (a, b)) in old.groups.iter().zip(&new.groups).enumerate() {
-                if a != b {
-                    plan.settings.push(format!("group[{k}] ({})", b.name));
-                }
-            }
-        }
+    }
+
+    /// Sorts the daemons of the tree into the plan's removed, changed and
+    /// unchanged ones, and those of `new` it does not have into added; a
+    /// daemon moved to another group, or whose sockets change, is a
+    /// problem.
+    fn compare_daemons(&self, new: &Config, plan: &mut Plan, problems: &mut Vec<Problem>) {
         for (i, c) in self.children.iter().enumerate().filter(|(_, c)| !c.removed) {
             let Some(k) = new.daemons.iter().position(|d| d.name == c.cfg.name) else {
                 plan.removed.push(i);
@@ -276,18 +303,27 @@ impl Root<'_> {
         plan.added = (0..new.daemons.len())
             .filter(|&k| self.live_index(&new.daemons[k].name).is_none())
             .collect();
-        for &k in &plan.added {
-            if !new.daemons[k].listen.is_empty() {
+    }
+
+    /// Daemons `added` (indices in `new`) may join: no `listen`, and a
+    /// spare mailbox for each.
+    fn check_added(&self, new: &Config, added: &[usize], problems: &mut Vec<Problem>) {
+        for (n, &k) in added.iter().enumerate() {
+            let d = &new.daemons[k];
+            if !d.listen.is_empty() {
                 problems.push(Problem {
                     place: format!("daemon[{k}].listen"),
                     message: "the sockets the root holds are bound at start: a daemon a reload adds cannot have listen; restart the root".into(),
                 });
             }
-        }
-        if problems.is_empty() {
-            Ok(plan)
-        } else {
-            Err(problems)
+            // Added daemons take the next indices, in this order: each
+            // needs the spare mailbox of its index.
+            if let Err(e) = self.post.can_add(self.children.len() + n, &Shape::of(d)) {
+                problems.push(Problem {
+                    place: format!("daemon[{k}]"),
+                    message: format!("{:?} cannot be added: {e}", d.name),
+                });
+            }
         }
     }
 
@@ -396,6 +432,7 @@ impl Root<'_> {
             After::Retire => {
                 self.sup.retire(i);
                 self.regions.release(i);
+                self.post.retire(i);
                 self.children[i].removed = true;
                 self.relink();
                 info!(daemon = %self.names[i], "reload: removed");
@@ -414,7 +451,7 @@ impl Root<'_> {
                 self.relink();
                 info!(daemon = %self.names[i], "reload: new settings");
                 if restart {
-                    self.step(Event::Start(i));
+                    self.step(Event::Reload(i));
                 }
             }
         }
@@ -427,7 +464,9 @@ impl Root<'_> {
     fn fit_region(&mut self, i: usize, cfg: &DaemonConfig) -> bool {
         let old = &self.children[i].cfg;
         let own_file = matches!(cfg.program, Program::Exec(_));
-        let size = SYSTEM_SIZE + page_round(cfg.memory) as usize;
+        // A size past the address space fits no region there is.
+        let size = usize::try_from(page_round(cfg.memory))
+            .map_or(usize::MAX, |user| user.saturating_add(SYSTEM_SIZE));
         if size == self.regions.region_len(i) && own_file == matches!(old.program, Program::Exec(_))
         {
             return true;
@@ -457,10 +496,10 @@ impl Root<'_> {
     /// before it in the file that is in the tree (else before the nearest
     /// after it), with a region of its own; it starts if its group runs.
     fn add_daemon(&mut self, cfg: DaemonConfig) {
-        let g = group_index(&self.config, &cfg);
+        let g = group_index(&self.config, cfg.group.as_deref());
         let k = self.config.daemons.iter().position(|d| d.name == cfg.name);
         let (before, after) = self.config.daemons.split_at(k.unwrap_or(0));
-        let sibling = |d: &&DaemonConfig| group_index(&self.config, d) == g;
+        let sibling = |d: &&DaemonConfig| group_index(&self.config, d.group.as_deref()) == g;
         let pos = before
             .iter()
             .rev()
@@ -499,16 +538,37 @@ impl Root<'_> {
             error!(daemon = %cfg.name, error = %e, "reload: cannot map a region for the new daemon; not added");
             return;
         }
+        // Its mailbox (the plan checked that its spare one is there) and
+        // its cgroup, as every daemon has.
+        let joined = match self.post.add(i, &Shape::of(&cfg)) {
+            Ok(()) => self
+                .contain
+                .as_mut()
+                .map_or(Ok(()), |c| c.add(i, &cfg))
+                .map_err(|e| format!("cannot make its cgroup: {e}")),
+            Err(e) => Err(e.to_string()),
+        };
         let i = self.sup.add(&cfg, g, pos);
         debug_assert_eq!(i, self.children.len());
         debug_assert_eq!(self.regions.len(), i + 1);
         self.names.push(cfg.name.clone());
         self.children.push(Child::new(cfg));
         self.outputs.push(out);
+        if let Err(e) = joined {
+            // Its index is taken (region, slot): it leaves the tree at
+            // once, never started, as a removed daemon does.
+            error!(daemon = %self.names[i], error = %e, "reload: not added");
+            self.sup.retire(i);
+            self.regions.release(i);
+            self.post.retire(i);
+            self.children[i].removed = true;
+            self.names[i].clear();
+            return;
+        }
         self.relink();
         info!(daemon = %self.names[i], "reload: added");
         if self.sup.group_up(g) {
-            self.step(Event::Start(i));
+            self.step(Event::Reload(i));
         }
     }
 

@@ -72,6 +72,9 @@ pub(crate) struct Exec {
     /// `LISTEN_PID=`, completed with the child's pid after the fork
     /// (an entry of `envp` points at it); `None` without `listen`.
     listen_pid: Option<Box<UnsafeCell<[u8; listen::PID_VAR_LEN]>>>,
+    /// The descriptor its row of monitor bits goes to
+    /// ([`exec_monitors_fd`]).
+    monitors_fd: RawFd,
 }
 
 impl Run<'_> {
@@ -92,6 +95,7 @@ impl Run<'_> {
         notify: &[String],
         writer: crate::ring::WriterId,
         listen: &[String],
+        notify_fd: Option<RawFd>,
     ) -> io::Result<Run<'static>> {
         let nul = |s: &[u8]| CString::new(s).map_err(io::Error::other);
         let mut strings: Vec<CString> = Vec::new();
@@ -130,7 +134,10 @@ impl Run<'_> {
         for var in notify {
             strings.push(nul(var.as_bytes())?);
         }
-        for var in crate::mailbox::PostOffice::exec_env(writer, region_fd + 2, region_fd + 3) {
+        let monitors_fd = exec_monitors_fd(listen.len(), notify_fd);
+        for var in
+            crate::mailbox::PostOffice::exec_env(writer, region_fd + 2, region_fd + 3, monitors_fd)
+        {
             strings.push(nul(var.as_bytes())?);
         }
         let mut argv: Vec<_> = strings[..nargs].iter().map(|s| s.as_ptr()).collect();
@@ -160,6 +167,7 @@ impl Run<'_> {
             uid: settings.user.as_ref().map(|(_, uid)| *uid),
             no_new_privs: settings.no_new_privs,
             listen_pid,
+            monitors_fd,
         })))
     }
 }
@@ -179,6 +187,17 @@ fn nth_fd(base: RawFd, k: usize) -> RawFd {
         .ok()
         .and_then(|k| base.checked_add(k))
         .unwrap_or(RawFd::MAX)
+}
+
+/// The descriptor an exec'd program finds its row of monitor bits at: the
+/// first after the registry's, or the next when `notify_fd` takes that.
+fn exec_monitors_fd(listeners: usize, notify_fd: Option<RawFd>) -> RawFd {
+    let fd = exec_region_fd(listeners) + 4;
+    if notify_fd == Some(fd) {
+        fd + 1
+    } else {
+        fd
+    }
 }
 
 /// The spawn plan: everything the child needs, decided by the config and
@@ -210,6 +229,9 @@ pub(crate) struct Plan<'a> {
     pub(crate) writer: crate::ring::WriterId,
     /// The post's and the read-only registry's descriptors (for exec).
     pub(crate) post_fds: (RawFd, RawFd),
+    /// Where its own row of monitor bits is: a file and an offset (an
+    /// exec'd program's: a file of its own, offset 0); none: no mailbox.
+    pub(crate) monitors: Option<(RawFd, u64)>,
     /// Its cgroup (the leaf's directory), and whether the child may be
     /// born in it; if not, it enters it first thing.
     pub(crate) cgroup: Option<(RawFd, bool)>,
@@ -326,6 +348,8 @@ struct Fds {
     region: Option<RawFd>,
     /// The post and the registry.
     post: (RawFd, RawFd),
+    /// The file its row of monitor bits is in, and the row's offset.
+    monitors: Option<(RawFd, u64)>,
     /// `notify_fd`: (the pipe's write end, the number the program gets).
     notify: Option<(RawFd, RawFd)>,
     /// Its cgroup's directory, and whether it may be born in it.
@@ -356,6 +380,7 @@ impl Fds {
             lock: s.lock,
             region,
             post: s.post_fds,
+            monitors: s.monitors,
             notify: s.notify_fd,
             cgroup: s.cgroup,
             listeners,
@@ -383,6 +408,10 @@ impl Fds {
             lock: at.lock.map(|fd| put(fd, Slot::Lock)).transpose()?,
             region: at.region.map(|fd| put(fd, Slot::Region)).transpose()?,
             post: (put(at.post.0, Slot::Post)?, put(at.post.1, Slot::Registry)?),
+            monitors: match at.monitors {
+                Some((fd, offset)) => Some((put(fd, Slot::Monitors)?, offset)),
+                None => None,
+            },
             notify: match at.notify {
                 Some((fd, to)) => Some((put(fd, Slot::Notify)?, to)),
                 None => None,
@@ -581,6 +610,13 @@ fn child(s: &Plan<'_>, fds: &Fds, in_cgroup: bool) -> ! {
                 Ok(r) => r,
                 Err(e) => fail(pipe, SetupStage::Region, e),
             };
+            // Its own row of monitor bits, the only one it maps, from the
+            // root's descriptor before that is closed.
+            let monitors = fds
+                .monitors
+                .map(|(fd, at)| crate::mailbox::MonitorRow::map(fd, at, s.post.row_words()))
+                .transpose()
+                .unwrap_or_else(|e| fail(pipe, SetupStage::Descriptors, e));
             keep_descriptors(fds);
             // The root's descriptors are closed: be dumpable again (core
             // dumps, /proc/PID/fd for the user), which the root is not.
@@ -609,10 +645,11 @@ fn child(s: &Plan<'_>, fds: &Fds, in_cgroup: bool) -> ! {
                 regions: Some(s.regions),
                 own: s.index,
             };
-            // A daemon a reload added has no mailbox (the post is laid out
-            // once, at start).
-            let mail = (s.index < s.post.count())
-                .then(|| crate::mailbox::Mailbox::new(s.post, s.index, s.writer));
+            // Every daemon of the tree has a mailbox (one a reload adds, a
+            // spare one reserved at start).
+            let mail = monitors.map(|row| {
+                crate::mailbox::Mailbox::new(s.post, s.index, s.writer).with_monitors(Some(row))
+            });
             let held = listen::Held {
                 first: listen::BUILTIN_FIRST_FD,
                 addresses: s.listen,
@@ -661,7 +698,14 @@ fn exec_child(fds: &Fds, exec: &Exec) -> ! {
     let region_fd = exec_region_fd(listeners.len());
     let pipe_fd = region_fd + 1;
     let (post_fd, registry_fd) = (region_fd + 2, region_fd + 3);
-    let above = (registry_fd + 1).max(EXEC_ABOVE);
+    let Some((monitors, 0)) = fds.monitors else {
+        fail(
+            pipe,
+            SetupStage::Descriptors,
+            io::Error::from_raw_os_error(libc::EBADF),
+        );
+    };
+    let above = (exec.monitors_fd + 1).max(EXEC_ABOVE);
     // The setup pipe first, above every target (its number now may be one
     // of them); a failure is reported on the copy that is open.
     let p = match sys::dup_at_least(pipe, above) {
@@ -674,6 +718,7 @@ fn exec_child(fds: &Fds, exec: &Exec) -> ! {
         let i = sys::dup_at_least(stdin, above)?;
         let post = sys::dup_at_least(fds.post.0, above)?;
         let reg = sys::dup_at_least(fds.post.1, above)?;
+        let mon = sys::dup_at_least(monitors, above)?;
         let high = raise(listeners, above)?;
         let out = fds.output.map(|(o, e)| -> io::Result<_> {
             Ok((sys::dup_at_least(o, above)?, sys::dup_at_least(e, above)?))
@@ -697,15 +742,21 @@ fn exec_child(fds: &Fds, exec: &Exec) -> ! {
         sys::set_cloexec(pipe_fd, true)?;
         sys::dup2(post, post_fd)?;
         sys::dup2(reg, registry_fd)?;
+        sys::dup2(mon, exec.monitors_fd)?;
+        // Kept: everything up to the registry, the monitors (right after
+        // it, or one further when `notify_fd` is right after it), and
+        // `notify_fd`.
         match n {
             Some((d, to)) => {
                 sys::dup2(d, to)?;
                 // dup2 onto itself keeps close-on-exec: clear it.
                 sys::set_cloexec(to, false)?;
-                sys::close_between(registry_fd + 1, to - 1)?;
-                sys::close_from(to + 1)
+                let (lo, hi) = (to.min(exec.monitors_fd), to.max(exec.monitors_fd));
+                sys::close_between(registry_fd + 1, lo - 1)?;
+                sys::close_between(lo + 1, hi - 1)?;
+                sys::close_from(hi + 1)
             }
-            None => sys::close_from(registry_fd + 1),
+            None => sys::close_from(exec.monitors_fd + 1),
         }
     })();
     if let Err(e) = moved {

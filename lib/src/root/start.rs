@@ -53,6 +53,13 @@ impl Root<'_> {
         writer: crate::ring::WriterId,
         window: Option<&mut super::handover::Handover>,
     ) -> io::Result<(Spawned, Option<ExitReason>)> {
+        // Where it maps its row of monitor bits (an exec'd program gets a
+        // file of its own).
+        let alone = matches!(
+            self.children[i].cfg.program,
+            crate::config::Program::Exec(_)
+        );
+        let monitors = self.post.monitor_fd(i, alone)?;
         let c = &self.children[i];
         let start = crate::daemon::Start {
             restarts: c.restarts,
@@ -91,6 +98,7 @@ impl Root<'_> {
                 post: self.post.post(),
                 writer,
                 post_fds: self.post.fds(),
+                monitors,
                 cgroup: cgroup::raw(cgroup_dir.as_ref()),
                 listeners: self.listeners.get(i).map_or(&[][..], |l| &l[..]),
                 listen: &c.cfg.listen,
@@ -144,6 +152,10 @@ impl Root<'_> {
                     &env,
                     writer,
                     &c.cfg.listen,
+                    match c.cfg.readiness {
+                        Readiness::Fd(n) => Some(n),
+                        _ => None,
+                    },
                 )?
             }
         })
@@ -203,7 +215,7 @@ impl Root<'_> {
         let cause = self.sup.start_cause(i);
         if self.starts_by_cause.len() <= i {
             // A daemon a reload added.
-            self.starts_by_cause.resize(i + 1, [0; 7]);
+            self.starts_by_cause.resize(i + 1, Default::default());
         }
         self.starts_by_cause[i][cause.index()] += 1;
         cause.as_str()

@@ -76,7 +76,7 @@ impl<'a> Root<'a> {
             children,
             by_pid: HashMap::new(),
             regions,
-            starts_by_cause: vec![[0; 7]; post.post().count()],
+            starts_by_cause: vec![Default::default(); post.post().count()],
             post,
             epoll,
             signals,
@@ -182,16 +182,9 @@ fn map_regions(config: &Config) -> Result<RegionSet, RootError> {
 
 /// Makes every daemon's mailbox and the registry.
 fn make_mailboxes(config: &Config) -> Result<PostOffice, RootError> {
-    let shapes: Vec<Shape<'_>> = config
-        .daemons
-        .iter()
-        .map(|d| Shape {
-            name: &d.name,
-            capacity: d.mailbox,
-            message: d.mailbox_message,
-        })
-        .collect();
-    PostOffice::create(&shapes).map_err(ctx("making the mailboxes"))
+    let shapes: Vec<Shape<'_>> = config.daemons.iter().map(Shape::of).collect();
+    PostOffice::create(&shapes, config.spare_mailboxes as usize)
+        .map_err(ctx("making the mailboxes"))
 }
 
 /// Binds every daemon's `listen` sockets, before any fork. An address

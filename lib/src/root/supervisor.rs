@@ -23,7 +23,7 @@ use super::window::RestartWindow;
 use std::time::{Duration, Instant};
 
 use super::{State, EXIT_GAVE_UP, EXIT_OK};
-use crate::config::{AutoShutdown, Backoff, Config, RestartType, Strategy};
+use crate::config::{AutoShutdown, Backoff, Config, DaemonConfig, RestartType, Strategy};
 
 /// The pause before retrying a start that failed in the root (fork, or
 /// preparing an exec).
@@ -67,6 +67,9 @@ pub(crate) enum DState {
     Waiting,
     /// Sent SIGTERM; SIGKILL at the timer; then per [`Then`].
     Stopping(Then),
+    /// Its watchdog expired and its process group was sent SIGKILL: its
+    /// exit is a death with cause [`Cause::Watchdog`].
+    Killed,
     /// Its supervisor gave up on it.
     Failed,
 }
@@ -79,7 +82,7 @@ impl DState {
             DState::Starting => State::Starting,
             DState::Running => State::Running,
             DState::Backoff | DState::Waiting => State::Backoff,
-            DState::Stopping(_) => State::Stopping,
+            DState::Stopping(_) | DState::Killed => State::Stopping,
             DState::Failed => State::Failed,
         }
     }
@@ -91,7 +94,7 @@ impl DState {
     fn down(self) -> bool {
         !matches!(
             self,
-            DState::Starting | DState::Running | DState::Stopping(_)
+            DState::Starting | DState::Running | DState::Stopping(_) | DState::Killed
         )
     }
 }
@@ -182,11 +185,17 @@ pub(crate) enum Cause {
     Escalation,
     /// `ctl start` or `ctl restart`.
     Operator,
+    /// Its watchdog expired (no heartbeat within `watchdog`, or
+    /// `WATCHDOG=trigger`) and the root killed it.
+    Watchdog,
+    /// A reload changed its settings (it starts again with the new ones)
+    /// or added it.
+    Reload,
 }
 
 impl Cause {
     /// Every cause, in the order `ctl status` and `metrics` count them.
-    pub(crate) const ALL: [Cause; 7] = [
+    pub(crate) const ALL: [Cause; 9] = [
         Cause::Start,
         Cause::Death,
         Cause::Retry,
@@ -194,6 +203,8 @@ impl Cause {
         Cause::Strategy,
         Cause::Escalation,
         Cause::Operator,
+        Cause::Watchdog,
+        Cause::Reload,
     ];
 
     /// Its place in [`Cause::ALL`].
@@ -211,6 +222,8 @@ impl Cause {
             Cause::Strategy => "strategy",
             Cause::Escalation => "escalation",
             Cause::Operator => "operator",
+            Cause::Watchdog => "watchdog",
+            Cause::Reload => "reload",
         }
     }
 }
@@ -248,6 +261,12 @@ pub(crate) enum Event {
     Start(usize),
     /// `ctl restart NAME`.
     Restart(usize),
+    /// A reload starts the daemon: it changed (and was up), or it was
+    /// added to a running group.
+    Reload(usize),
+    /// The daemon's watchdog expired: the root's look found no heartbeat
+    /// within `watchdog`, or it sent `WATCHDOG=trigger`.
+    Watchdog(usize),
     /// Stop the tree, then exit with this code.
     Shutdown(i32),
 }
@@ -272,8 +291,12 @@ pub(crate) enum Action {
     /// SIGKILL the daemon's process group: it was not ready within its
     /// `start_timeout` (its exit is a death, reason `start_timeout`).
     StartTimedOut(usize),
-    /// The watchdog's look at the daemon's heartbeat.
+    /// The watchdog's look at the daemon's heartbeat: a stale one comes
+    /// back as [`Event::Watchdog`].
     CheckWatchdog(usize),
+    /// SIGKILL the daemon's process group: its watchdog expired (its exit
+    /// is a death, reason `watchdog`).
+    WatchdogKill(usize),
     /// Fork a standby for the daemon (its old one died).
     ForkStandby(usize),
     /// Kill the daemon's standby, if it has one.
@@ -351,7 +374,7 @@ pub(crate) struct Group {
     /// Whether the end of its significant children ends it.
     pub(crate) auto_shutdown: AutoShutdown,
     /// Its end may end its parent (the parent's `auto_shutdown`).
-    significant: bool,
+    pub(crate) significant: bool,
     /// Its restarts within `period` (its intensity window, bounded).
     window: RestartWindow,
     /// How often its parent restarted it.
@@ -373,6 +396,99 @@ pub(crate) struct Supervisor {
     due: VecDeque<usize>,
 }
 
+/// The supervisor's index of the group called `name` in `config` ([`TOP`]
+/// for none, `[[group]]` k at k + 1).
+pub(crate) fn group_index(config: &Config, name: Option<&str>) -> usize {
+    name.and_then(|n| config.groups.iter().position(|g| g.name == n))
+        .map_or(TOP, |k| k + 1)
+}
+
+/// Each supervisor's children in start order: its daemons in file order,
+/// and its groups where their first daemon (in file order, anywhere under
+/// them) is; a group without daemons last. `parent[g]` is group `g`'s.
+fn children_in_order(config: &Config, parent: &[Option<usize>]) -> Vec<Vec<Member>> {
+    let n = parent.len();
+    // The first daemon (in file order) under each group.
+    let mut first = vec![usize::MAX; n];
+    for (d, dc) in config.daemons.iter().enumerate() {
+        let mut g = Some(group_index(config, dc.group.as_deref()));
+        while let Some(h) = g {
+            if first[h] != usize::MAX {
+                break;
+            }
+            first[h] = d;
+            g = parent[h];
+        }
+    }
+    let mut kids: Vec<Vec<(usize, Member)>> = vec![Vec::new(); n];
+    for (d, dc) in config.daemons.iter().enumerate() {
+        kids[group_index(config, dc.group.as_deref())].push((d, Member::Daemon(d)));
+    }
+    for (h, p) in parent.iter().enumerate().skip(1) {
+        let key = if first[h] == usize::MAX {
+            config.daemons.len() + h
+        } else {
+            first[h]
+        };
+        kids[p.unwrap_or(TOP)].push((key, Member::Group(h)));
+    }
+    kids.into_iter()
+        .map(|mut k| {
+            k.sort_by_key(|&(key, _)| key);
+            k.into_iter().map(|(_, m)| m).collect()
+        })
+        .collect()
+}
+
+impl Daemon {
+    /// Daemon `cfg` of group `g`, stopped, linked to `links`.
+    fn new(cfg: &DaemonConfig, g: usize, links: Vec<usize>) -> Daemon {
+        Daemon {
+            state: DState::Stopped,
+            group: g,
+            pos: 0,
+            restart: cfg.restart,
+            significant: cfg.significant,
+            backoff_cfg: cfg.backoff,
+            backoff: cfg.backoff.initial,
+            restarts: 0,
+            links,
+            trap_exits: cfg.trap_exits,
+            cause: Cause::Start,
+            start_timeout: cfg.start_timeout,
+            watchdog: cfg.watchdog,
+        }
+    }
+}
+
+impl Group {
+    /// Supervisor `g` of `config` (the top, or `[[group]]` g - 1), stopped,
+    /// with its parent and its children in start order.
+    fn new(config: &Config, g: usize, parent: Option<usize>, children: Vec<Member>) -> Group {
+        let (name, sup, restart, significant) = if g == TOP {
+            ("root", &config.supervisor, RestartType::Permanent, false)
+        } else {
+            let gc = &config.groups[g - 1];
+            (gc.name.as_str(), &gc.supervisor, gc.restart, gc.significant)
+        };
+        Group {
+            name: name.to_owned(),
+            parent,
+            pos: 0,
+            children,
+            strategy: sup.strategy,
+            intensity: sup.intensity,
+            period: sup.period,
+            restart,
+            auto_shutdown: sup.auto_shutdown,
+            significant,
+            window: RestartWindow::default(),
+            restarts: 0,
+            state: GState::Stopped,
+        }
+    }
+}
+
 impl Supervisor {
     /// The tree of `config`: group k + 1 is `config.groups[k]`; `links`
     /// are the daemons' links, resolved to indices and symmetric.
@@ -381,93 +497,30 @@ impl Supervisor {
     /// groups placed where their first daemon (in file order) is; a group
     /// with no daemon comes last.
     pub(crate) fn new(config: &Config, links: &[Vec<usize>], now: Instant) -> Supervisor {
-        let group_of = |name: Option<&str>| {
-            name.and_then(|n| config.groups.iter().position(|g| g.name == n))
-                .map_or(TOP, |k| k + 1)
-        };
-        let n = config.groups.len() + 1;
         let parent: Vec<Option<usize>> = std::iter::once(None)
             .chain(
                 config
                     .groups
                     .iter()
-                    .map(|g| Some(group_of(g.parent.as_deref()))),
+                    .map(|g| Some(group_index(config, g.parent.as_deref()))),
             )
             .collect();
-        // The first daemon (in file order) under each group.
-        let mut first = vec![usize::MAX; n];
-        for (d, dc) in config.daemons.iter().enumerate() {
-            let mut g = Some(group_of(dc.group.as_deref()));
-            while let Some(h) = g {
-                if first[h] != usize::MAX {
-                    break;
-                }
-                first[h] = d;
-                g = parent[h];
-            }
-        }
-        let mut kids: Vec<Vec<(usize, Member)>> = vec![Vec::new(); n];
-        for (d, dc) in config.daemons.iter().enumerate() {
-            kids[group_of(dc.group.as_deref())].push((d, Member::Daemon(d)));
-        }
-        for (h, p) in parent.iter().enumerate().skip(1) {
-            let key = if first[h] == usize::MAX {
-                config.daemons.len() + h
-            } else {
-                first[h]
-            };
-            kids[p.unwrap_or(TOP)].push((key, Member::Group(h)));
-        }
-        for k in &mut kids {
-            k.sort_by_key(|&(key, _)| key);
-        }
-        let mut groups: Vec<Group> = (0..n)
-            .map(|g| {
-                let (name, sup, restart, significant) = match g {
-                    TOP => ("root", &config.supervisor, RestartType::Permanent, false),
-                    _ => {
-                        let gc = &config.groups[g - 1];
-                        (gc.name.as_str(), &gc.supervisor, gc.restart, gc.significant)
-                    }
-                };
-                Group {
-                    name: name.to_owned(),
-                    parent: parent[g],
-                    pos: 0,
-                    children: kids[g].iter().map(|&(_, m)| m).collect(),
-                    strategy: sup.strategy,
-                    intensity: sup.intensity,
-                    period: sup.period,
-                    restart,
-                    auto_shutdown: sup.auto_shutdown,
-                    significant,
-                    window: RestartWindow::default(),
-                    restarts: 0,
-                    state: GState::Stopped,
-                }
-            })
+        let kids = children_in_order(config, &parent);
+        let mut groups: Vec<Group> = kids
+            .into_iter()
+            .enumerate()
+            .map(|(g, children)| Group::new(config, g, parent[g], children))
             .collect();
         let mut daemons: Vec<Daemon> = config
             .daemons
             .iter()
             .enumerate()
-            .map(|(d, dc)| Daemon {
-                state: DState::Stopped,
-                group: group_of(dc.group.as_deref()),
-                pos: 0,
-                restart: dc.restart,
-                significant: dc.significant,
-                backoff_cfg: dc.backoff,
-                backoff: dc.backoff.initial,
-                restarts: 0,
-                links: links.get(d).cloned().unwrap_or_default(),
-                trap_exits: dc.trap_exits,
-                cause: Cause::Start,
-                start_timeout: dc.start_timeout,
-                watchdog: dc.watchdog,
+            .map(|(d, dc)| {
+                let links = links.get(d).cloned().unwrap_or_default();
+                Daemon::new(dc, group_index(config, dc.group.as_deref()), links)
             })
             .collect();
-        for g in 0..n {
+        for g in 0..groups.len() {
             for (pos, m) in groups[g].children.clone().into_iter().enumerate() {
                 match m {
                     Member::Daemon(d) => daemons[d].pos = pos,
@@ -519,24 +572,19 @@ impl Supervisor {
                 }
             }
             Event::Stop(i) => self.operator_stop(i),
-            Event::Start(i) => match self.daemons[i].state {
-                DState::Starting | DState::Running => {}
-                DState::Stopping(_) => {
-                    self.daemons[i].cause = Cause::Operator;
-                    self.set(i, DState::Stopping(Then::Start));
-                }
-                _ => self.operator_start(i),
-            },
+            Event::Start(i) => self.start_asked(i, Cause::Operator),
+            Event::Reload(i) => self.start_asked(i, Cause::Reload),
             Event::Restart(i) => {
                 self.daemons[i].cause = Cause::Operator;
                 match self.daemons[i].state {
-                    DState::Starting | DState::Running => {
-                        self.stop_member(Member::Daemon(i), Then::Start)
+                    DState::Starting | DState::Running | DState::Killed => {
+                        self.stop_member(Member::Daemon(i), Then::Start);
                     }
                     DState::Stopping(_) => self.set(i, DState::Stopping(Then::Start)),
-                    _ => self.operator_start(i),
+                    _ => self.operator_start(i, Cause::Operator),
                 }
             }
+            Event::Watchdog(i) => self.on_watchdog(i),
             Event::Shutdown(code) => self.shut_down(code),
         }
         while let Some(g) = self.due.pop_front() {
@@ -555,7 +603,7 @@ impl Supervisor {
     /// Restarts within group `g`'s period, as of `now`.
     pub(crate) fn recent_restarts(&self, g: usize, now: Instant) -> usize {
         let grp = &self.groups[g];
-        grp.window.count_at(now, grp.period) as usize
+        usize::try_from(grp.window.count_at(now, grp.period)).unwrap_or(usize::MAX)
     }
 
     /// Why the daemon's current process started.
@@ -615,13 +663,43 @@ impl Supervisor {
             DState::Starting | DState::Running => {
                 self.out.push(Action::CancelTimer(i));
                 self.set(i, DState::Stopped);
-                self.ended(Member::Daemon(i), normal, uptime);
+                self.ended(Member::Daemon(i), normal, uptime, Cause::Death);
+            }
+            DState::Killed => {
+                self.set(i, DState::Stopped);
+                self.ended(Member::Daemon(i), normal, uptime, Cause::Watchdog);
             }
             // No process of its was known: nothing to decide.
             _ => {}
         }
         // A group starting its children may await this one.
         self.due.push_back(self.daemons[i].group);
+    }
+
+    /// Starting/Running × watchdog: SIGKILL its group, → killed (its exit
+    /// is a death with cause `watchdog`). Elsewhere nothing: it is on its
+    /// way down already, or has no process.
+    fn on_watchdog(&mut self, i: usize) {
+        if !self.daemons[i].state.up() {
+            return;
+        }
+        self.out.push(Action::CancelTimer(i));
+        self.out.push(Action::WatchdogKill(i));
+        self.set(i, DState::Killed);
+    }
+
+    /// `ctl start` (cause `operator`) or a reload (`reload`): a daemon that
+    /// is down starts, a stopping one starts once down, one that is up (or
+    /// killed, restarting anyway) stays as it is.
+    fn start_asked(&mut self, i: usize, cause: Cause) {
+        match self.daemons[i].state {
+            DState::Starting | DState::Running | DState::Killed => {}
+            DState::Stopping(_) => {
+                self.daemons[i].cause = cause;
+                self.set(i, DState::Stopping(Then::Start));
+            }
+            _ => self.operator_start(i, cause),
+        }
     }
 
     /// A stopping daemon is down: it rests, or starts again.
@@ -716,17 +794,19 @@ impl Supervisor {
 
     /// A child's end that nobody asked for (a daemon's exit, a group that
     /// gave up): its supervisor decides, unless it is stopping anyway.
-    fn ended(&mut self, m: Member, normal: bool, uptime: Duration) {
+    /// `cause`: what a daemon's restart is counted as (`death`, or
+    /// `watchdog` after its watchdog killed it).
+    fn ended(&mut self, m: Member, normal: bool, uptime: Duration, cause: Cause) {
         let g = self.place(m).0;
         if self.stopping(g) {
             self.due.push_back(g);
             return;
         }
-        self.died(m, normal, uptime);
+        self.died(m, normal, uptime, cause);
     }
 
     /// OTP's `restart/2`: restart type, intensity, then strategy.
-    fn died(&mut self, m: Member, normal: bool, uptime: Duration) {
+    fn died(&mut self, m: Member, normal: bool, uptime: Duration, cause: Cause) {
         let (g, pos) = self.place(m);
         if let Member::Daemon(i) = m {
             if !normal {
@@ -762,7 +842,7 @@ impl Supervisor {
                 let period = self.groups[g].period;
                 let d = &mut self.daemons[i];
                 d.restarts += 1;
-                d.cause = Cause::Death;
+                d.cause = cause;
                 // Backoff: reset after a healthy stretch of uptime, else double.
                 if uptime >= period {
                     d.backoff = d.backoff_cfg.initial;
@@ -999,12 +1079,12 @@ impl Supervisor {
                 return;
             };
             let cause = *cause;
-            if let Some(p) = *awaiting {
-                if self.member_pending(self.groups[g].children[p]) {
+            if let Some(at) = *awaiting {
+                if self.member_pending(self.groups[g].children[at]) {
                     return;
                 }
             }
-            let Some(&p) = next.first() else {
+            let Some(&pos) = next.first() else {
                 self.groups[g].state = GState::Running;
                 if let Some(parent) = self.groups[g].parent {
                     self.due.push_back(parent);
@@ -1013,19 +1093,19 @@ impl Supervisor {
             };
             if let GState::Starting { awaiting, next, .. } = &mut self.groups[g].state {
                 next.remove(0);
-                *awaiting = Some(p);
+                *awaiting = Some(pos);
             }
-            let m = self.groups[g].children[p];
-            if !self.member_down(m) {
+            let child = self.groups[g].children[pos];
+            if !self.member_down(child) {
                 continue;
             }
-            match (m, cause) {
-                (Member::Daemon(i), Some(c)) => {
-                    self.daemons[i].cause = c;
+            match (child, cause) {
+                (Member::Daemon(i), Some(why)) => {
+                    self.daemons[i].cause = why;
                     self.start_daemon(i);
                 }
-                (Member::Group(h), Some(c)) => self.start_group(h, c),
-                (_, None) => self.start_member(g, p),
+                (Member::Group(h), Some(why)) => self.start_group(h, why),
+                (_, None) => self.start_member(g, pos),
             }
         }
     }
@@ -1061,12 +1141,12 @@ impl Supervisor {
                 // OTP: a supervisor that gave up exits with `shutdown`,
                 // which is not abnormal (a transient group stays down).
                 if parent.is_some() {
-                    self.ended(Member::Group(g), true, Duration::ZERO);
+                    self.ended(Member::Group(g), true, Duration::ZERO, Cause::Death);
                 }
             }
             GThen::End => {
                 self.groups[g].state = GState::Ended;
-                self.ended(Member::Group(g), true, Duration::ZERO);
+                self.ended(Member::Group(g), true, Duration::ZERO, Cause::Death);
             }
         }
     }
@@ -1087,6 +1167,12 @@ impl Supervisor {
                     self.set(i, DState::Stopped);
                 }
                 DState::Waiting => self.set(i, DState::Stopped),
+                // SIGKILLed already: its exit is now the stop asked for.
+                DState::Killed => {
+                    self.out
+                        .push(Action::SetTimer(i, self.now + self.stop_timeout));
+                    self.set(i, DState::Stopping(then));
+                }
                 DState::Stopping(_) | DState::Stopped | DState::Failed => {}
             },
             Member::Group(h) => {
@@ -1137,7 +1223,7 @@ impl Supervisor {
                     GState::Ended => Cause::Death,
                     _ => Cause::Strategy,
                 };
-                self.start_group(h, cause)
+                self.start_group(h, cause);
             }
         }
     }
@@ -1170,7 +1256,7 @@ impl Supervisor {
 
     /// `ctl start`/`ctl restart` of a daemon that is down: its groups come
     /// up with it if they were down (not its siblings).
-    fn operator_start(&mut self, i: usize) {
+    fn operator_start(&mut self, i: usize, cause: Cause) {
         let mut g = Some(self.daemons[i].group);
         while let Some(h) = g {
             if matches!(
@@ -1182,7 +1268,7 @@ impl Supervisor {
             }
             g = self.groups[h].parent;
         }
-        self.daemons[i].cause = Cause::Operator;
+        self.daemons[i].cause = cause;
         self.start_daemon(i);
     }
 
@@ -1275,6 +1361,7 @@ impl Supervisor {
                 DState::Starting
                     | DState::Backoff
                     | DState::Waiting
+                    | DState::Killed
                     | DState::Stopping(Then::Start)
             ),
             Member::Group(h) => matches!(
@@ -1306,7 +1393,9 @@ impl Supervisor {
 
     fn member_stopping(&self, m: Member) -> bool {
         match m {
-            Member::Daemon(i) => matches!(self.daemons[i].state, DState::Stopping(_)),
+            Member::Daemon(i) => {
+                matches!(self.daemons[i].state, DState::Stopping(_) | DState::Killed)
+            }
             Member::Group(h) => matches!(self.groups[h].state, GState::Stopping(_)),
         }
     }

@@ -30,21 +30,8 @@ impl Supervisor {
     pub(crate) fn add(&mut self, cfg: &DaemonConfig, g: usize, pos: usize) -> usize {
         let i = self.daemons.len();
         let pos = pos.min(self.groups[g].children.len());
-        self.daemons.push(Daemon {
-            state: DState::Stopped,
-            group: g,
-            pos,
-            restart: cfg.restart,
-            significant: cfg.significant,
-            backoff_cfg: cfg.backoff,
-            backoff: cfg.backoff.initial,
-            restarts: 0,
-            links: Vec::new(),
-            cause: super::Cause::Start,
-            start_timeout: cfg.start_timeout,
-            watchdog: cfg.watchdog,
-            trap_exits: cfg.trap_exits,
-        });
+        self.daemons.push(Daemon::new(cfg, g, Vec::new()));
+        self.daemons[i].pos = pos;
         self.shift(g, pos, true);
         self.groups[g].children.insert(pos, Member::Daemon(i));
         self.renumber(g);
@@ -114,6 +101,7 @@ impl Supervisor {
                 | DState::Running
                 | DState::Backoff
                 | DState::Waiting
+                | DState::Killed
                 | DState::Stopping(Then::Start)
         )
     }

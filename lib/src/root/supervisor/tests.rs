@@ -484,8 +484,9 @@ fn shutdown_stops_every_daemon_in_reverse_tree_order_one_at_a_time() {
     assert_eq!(w.take(), Vec::<String>::new());
 }
 
-/// root (one_for_one) ─ outer (one_for_one, intensity 0) ─ inner
-/// (one_for_all, intensity 1) ─ [i1, i2]; root ─ side ─ [s1]; root ─ top1.
+/// `root` (`one_for_one`) ─ `outer` (`one_for_one`, intensity 0) ─ `inner`
+/// (`one_for_all`, intensity 1) ─ [`i1`, `i2`]; `root` ─ `side` ─ [`s1`];
+/// `root` ─ `top1`.
 fn two_levels(root_intensity: u32, outer_restart: &str) -> String {
     format!(
         "[supervisor]\nintensity = {root_intensity}\n{}{}{}{}{}{}{}",
@@ -587,6 +588,63 @@ fn running_x_timer_asks_the_watchdog() {
 }
 
 #[test]
+fn running_x_watchdog_kills_and_its_exit_is_a_death_with_cause_watchdog() {
+    let mut w = World::started(&format!(
+        "[supervisor]\nintensity = 1\n{}{}",
+        daemon("a", ""),
+        daemon("b", "")
+    ));
+    w.feed(Event::Watchdog(0));
+    assert_eq!(
+        w.actions,
+        [
+            Action::CancelTimer(0),
+            Action::WatchdogKill(0),
+            Action::Show(0, State::Stopping)
+        ]
+    );
+    assert_eq!(w.state("a"), DState::Killed);
+    // A second expiry while it dies changes nothing.
+    w.actions.clear();
+    w.feed(Event::Watchdog(0));
+    assert!(w.actions.is_empty());
+    w.crash("a");
+    assert_eq!(w.take(), ["+a"]);
+    assert_eq!(w.state("a"), DState::Running);
+    assert_eq!(w.sup.start_cause(0), Cause::Watchdog);
+    assert_eq!(w.sup.daemon_restarts(0), 1, "a watchdog death is a restart");
+    // It counts against the intensity as any death: a second one gives up.
+    w.feed(Event::Watchdog(1));
+    w.crash("b");
+    assert_eq!(w.sup.shutting_down(), Some(EXIT_GAVE_UP));
+}
+
+#[test]
+fn killed_x_ctl_stop_rests_and_killed_x_ctl_restart_starts_once_down() {
+    let mut w = World::started(&abc("one_for_one"));
+    let a = w.d("a");
+    w.feed(Event::Watchdog(a));
+    w.feed(Event::Stop(a));
+    assert_eq!(w.state("a"), DState::Stopping(Then::Rest));
+    assert!(w.timers[a].is_some(), "a stop deadline");
+    w.crash("a");
+    assert_eq!(w.state("a"), DState::Stopped);
+    assert_eq!(w.sup.daemon_restarts(a), 0, "the stop was asked for");
+    w.feed(Event::Start(a));
+    w.feed(Event::Watchdog(a));
+    w.feed(Event::Restart(a));
+    w.take();
+    w.crash("a");
+    assert_eq!(w.take(), ["+a"]);
+    assert_eq!(w.sup.start_cause(a), Cause::Operator);
+    // Stopped × watchdog: nothing.
+    w.feed(Event::Stop(a));
+    w.actions.clear();
+    w.feed(Event::Watchdog(a));
+    assert!(w.actions.is_empty());
+}
+
+#[test]
 fn ctl_stop_x_backoff_cancels_the_restart() {
     let mut w = World::started(&daemon("a", "backoff = \"1s\""));
     w.crash("a");
@@ -654,6 +712,12 @@ fn every_start_names_its_cause() {
     assert_eq!(cause(&w, "c"), Cause::Link);
     w.feed(Event::Restart(w.d("b")));
     assert_eq!(cause(&w, "b"), Cause::Operator);
+    w.feed(Event::Stop(w.d("b")));
+    w.feed(Event::Reload(w.d("b")));
+    assert_eq!(cause(&w, "b"), Cause::Reload);
+    w.feed(Event::Watchdog(w.d("b")));
+    w.crash("b");
+    assert_eq!(cause(&w, "b"), Cause::Watchdog);
     w.fail_forks = true;
     w.crash("c");
     assert_eq!(cause(&w, "c"), Cause::Retry);

@@ -9,6 +9,8 @@
 //! marked `significant`). The running daemons, every restart count, every
 //! group's state and the exit decision must match after every event.
 
+use std::fmt::Write as _;
+
 use proptest::prelude::{any, prop, prop_oneof, proptest, ProptestConfig};
 use proptest::strategy::Strategy as Gen;
 
@@ -334,7 +336,8 @@ fn tree() -> impl Gen<Value = String> {
             let mut s = format!("[supervisor]\n{top}auto_shutdown = \"{}\"\n\n", auto(0));
             for (k, ((keys, _), _)) in groups.iter().enumerate() {
                 let (sup, restart, sig) = gs[k];
-                s += &format!(
+                let _ = write!(
+                    s,
                     "[[group]]\nname = \"g{k}\"\nparent = \"{}\"\nrestart = \"{}\"\nsignificant = {sig}\n{keys}auto_shutdown = \"{}\"\n\n",
                     name(sup),
                     RESTARTS[restart],
@@ -342,7 +345,8 @@ fn tree() -> impl Gen<Value = String> {
                 );
             }
             for (k, &(sup, restart, sig)) in ds.iter().enumerate() {
-                s += &format!(
+                let _ = write!(
+                    s,
                     "[[daemon]]\nname = \"d{k}\"\nkind = \"idle\"\ngroup = \"{}\"\nrestart = \"{}\"\nsignificant = {sig}\n",
                     name(sup),
                     RESTARTS[restart]
@@ -420,13 +424,13 @@ proptest! {
                 Step::Crash(k) | Step::Exit0(k) if !up.is_empty() => {
                     let i = up[k.index(up.len())];
                     let normal = matches!(s, Step::Exit0(_));
-                    history += &format!("d{i} {}\n", if normal { "exits 0" } else { "crashes" });
+                    let _ = writeln!(history, "d{i} {}", if normal { "exits 0" } else { "crashes" });
                     w.feed(Event::Exit { daemon: i, normal, uptime: Duration::from_millis(1) });
                     m.exit(i, normal);
                 }
                 Step::Crash(_) | Step::Exit0(_) => continue,
                 Step::Wait(ms) => {
-                    history += &format!("{ms} ms pass\n");
+                    let _ = writeln!(history, "{ms} ms pass");
                     w.advance(Duration::from_millis(ms));
                     m.now = w.now;
                 }
