@@ -71,7 +71,8 @@ fn allocated(path: &std::path::Path) -> u64 {
 
 /// A hole punched into a `state_dir` file (its blocks given back: on a
 /// full disk the daemon's next write there would be a SIGBUS) is found
-/// before the daemon's next start, given blocks again and reported.
+/// (by the root's watch of the file, or at the latest before the daemon's
+/// next start), given blocks again and reported.
 #[test]
 fn a_hole_punched_into_a_region_file_is_filled_before_the_next_start() {
     use std::os::fd::AsRawFd;
@@ -89,7 +90,9 @@ fn a_hole_punched_into_a_region_file_is_filled_before_the_next_start() {
     let rc = unsafe { libc::fallocate(f.as_raw_fd(), mode, 65536, 65536) };
     assert_eq!(rc, 0, "punch: {}", std::io::Error::last_os_error());
     drop(f);
-    assert!(allocated(&file) < len, "the hole is there");
+    // The hole may already be filled again: the root watches the file
+    // (the punch is an IN_MODIFY) and repairs it at once; if not, the
+    // next start does.
     common::send(first, libc::SIGKILL).unwrap();
     t.poll("idle1 running again", || {
         running(&t, "idle1").filter(|&p| p != first)

@@ -262,13 +262,15 @@ impl Tree {
         descendants(self.pid)
     }
 
-    /// The root's children whose name (comm) is `forkroot: NAME`, cut to 15
-    /// bytes as the kernel does.
+    /// The root's live children whose name (comm) is `forkroot: NAME`, cut
+    /// to 15 bytes as the kernel does. Zombies are left out: a daemon's
+    /// transaction reparented to the root when the daemon died has the
+    /// same name until the root reaps it.
     pub(crate) fn daemons_named(&self, name: &str) -> Vec<Proc> {
         let comm = comm_of(name);
         children(self.pid)
             .into_iter()
-            .filter(|p| p.comm == comm)
+            .filter(|p| p.comm == comm && p.state != 'Z')
             .collect()
     }
 
