@@ -1049,6 +1049,31 @@ impl fmt::Display for AddError {
 
 impl std::error::Error for AddError {}
 
+/// The room of each slot in the post, as (offset, length): one per daemon
+/// of `daemons`, its ring's size, then `spare` of a default mailbox's;
+/// and the post's length, before rounding to pages.
+fn rooms(daemons: &[Shape<'_>], spare: usize) -> io::Result<(Vec<(usize, usize)>, usize)> {
+    let spare_len = ring::required_size(&ring_config(&Shape {
+        name: "",
+        capacity: DEFAULT_CAPACITY,
+        message: DEFAULT_MESSAGE,
+    }))
+    .map_err(|e| io::Error::other(format!("spare mailbox: {e}")))?;
+    let mut room = Vec::with_capacity(daemons.len() + spare);
+    let mut post_len = 0usize;
+    for d in daemons {
+        let len = ring::required_size(&ring_config(d))
+            .map_err(|e| io::Error::other(format!("mailbox of {}: {e}", d.name)))?;
+        room.push((post_len, len));
+        post_len = (post_len + len).next_multiple_of(ring::ALIGN);
+    }
+    for _ in 0..spare {
+        room.push((post_len, spare_len));
+        post_len = (post_len + spare_len).next_multiple_of(ring::ALIGN);
+    }
+    Ok((room, post_len))
+}
+
 impl PostOffice {
     /// Makes and maps the post and the registry for `daemons` and `spare`
     /// slots a reload may give to daemons it adds (together at most
@@ -1063,24 +1088,7 @@ impl PostOffice {
                 "mailboxes: too many daemons and spare mailboxes (at most 65534)",
             ));
         }
-        let spare_len = ring::required_size(&ring_config(&Shape {
-            name: "",
-            capacity: DEFAULT_CAPACITY,
-            message: DEFAULT_MESSAGE,
-        }))
-        .map_err(|e| io::Error::other(format!("spare mailbox: {e}")))?;
-        let mut room = Vec::with_capacity(count);
-        let mut post_len = 0usize;
-        for d in daemons {
-            let len = ring::required_size(&ring_config(d))
-                .map_err(|e| io::Error::other(format!("mailbox of {}: {e}", d.name)))?;
-            room.push((post_len, len));
-            post_len = (post_len + len).next_multiple_of(ring::ALIGN);
-        }
-        for _ in 0..spare {
-            room.push((post_len, spare_len));
-            post_len = (post_len + spare_len).next_multiple_of(ring::ALIGN);
-        }
+        let (room, post_len) = rooms(daemons, spare)?;
         let words = count.div_ceil(64).max(1);
         let post_len = crate::region::page_round(post_len.max(8) as u64) as usize;
         let reg_len =

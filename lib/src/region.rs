@@ -315,6 +315,34 @@ pub struct RegionSet {
     end: usize,
 }
 
+/// Reserves the address space for regions of `lens` bytes (`len` in all,
+/// guard pages included), with room for regions added at run time if the
+/// address space allows. Returns the base and the length reserved.
+fn reserve_for(
+    specs: &[RegionSpec<'_>],
+    lens: &[usize],
+    len: usize,
+) -> io::Result<(NonNull<u8>, usize)> {
+    match sys::reserve(len + GROWTH) {
+        Ok(base) => Ok((base, len + GROWTH)),
+        Err(_) => match sys::reserve(len) {
+            Ok(base) => Ok((base, len)),
+            // No room (a low RLIMIT_AS, overcommit refused): the
+            // message names the daemon that asks for the most.
+            Err(e) => {
+                let largest = specs.iter().zip(lens).max_by_key(|(_, &l)| l);
+                let who = largest
+                    .map(|(s, l)| format!("; the largest, daemon {:?}'s, {l} bytes", s.name))
+                    .unwrap_or_default();
+                Err(io::Error::new(
+                    e.kind(),
+                    format!("{len} bytes of address space for the regions{who}: {e}"),
+                ))
+            }
+        },
+    }
+}
+
 impl RegionSet {
     /// Creates and maps one region per spec. With `state_dir`, each region
     /// of a built-in daemon is the file `state_dir/NAME.region` (kept across
@@ -341,25 +369,7 @@ impl RegionSet {
             .map(|(_, l)| l + page)
             .sum();
         let len = page + arena_len + page + own_len;
-        // Room for regions added at run time, if the address space allows.
-        let (base, len) = match sys::reserve(len + GROWTH) {
-            Ok(base) => (base, len + GROWTH),
-            Err(_) => match sys::reserve(len) {
-                Ok(base) => (base, len),
-                // No room (a low RLIMIT_AS, overcommit refused): the
-                // message names the daemon that asks for the most.
-                Err(e) => {
-                    let largest = specs.iter().zip(&lens).max_by_key(|(_, &l)| l);
-                    let who = largest
-                        .map(|(s, l)| format!("; the largest, daemon {:?}'s, {l} bytes", s.name))
-                        .unwrap_or_default();
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("{len} bytes of address space for the regions{who}: {e}"),
-                    ));
-                }
-            },
-        };
+        let (base, len) = reserve_for(specs, &lens, len)?;
         let mut set = RegionSet {
             base,
             len,
@@ -368,25 +378,7 @@ impl RegionSet {
             end: 0,
         };
         if arena_len > 0 {
-            let arena = sys::memfd_sealed(c"forkroot:arena", arena_len as u64).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("the region arena ({arena_len} bytes): {e}"),
-                )
-            })?;
-            let ro = sys::reopen_read_only(arena.as_fd())?;
-            // SAFETY: [base+page, +arena_len) lies inside our reservation,
-            // and no reference into it exists yet.
-            unsafe {
-                sys::map_fixed(
-                    set.addr(page),
-                    arena_len,
-                    ro.as_fd(),
-                    0,
-                    sys::Access::ReadOnly,
-                )?
-            };
-            set.arena = Some(arena);
+            set.map_arena(page, arena_len)?;
         }
         let mut arena_off = 0usize;
         let mut own_off = page + arena_len + page;
@@ -435,6 +427,31 @@ impl RegionSet {
             }
         }
         Ok(set)
+    }
+
+    /// Makes the arena memfd of `arena_len` bytes and maps it read-only at
+    /// `page`, right after the reservation's first guard page.
+    fn map_arena(&mut self, page: usize, arena_len: usize) -> io::Result<()> {
+        let arena = sys::memfd_sealed(c"forkroot:arena", arena_len as u64).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("the region arena ({arena_len} bytes): {e}"),
+            )
+        })?;
+        let ro = sys::reopen_read_only(arena.as_fd())?;
+        // SAFETY: [base+page, +arena_len) lies inside our reservation,
+        // and no reference into it exists yet.
+        unsafe {
+            sys::map_fixed(
+                self.addr(page),
+                arena_len,
+                ro.as_fd(),
+                0,
+                sys::Access::ReadOnly,
+            )?
+        };
+        self.arena = Some(arena);
+        Ok(())
     }
 
     /// Makes the file of own-file region `i` (a `state_dir` file, or a

@@ -452,6 +452,50 @@ fn corrupt_logged() {
 
 /// `-ERR unknown command 'x', with args beginning with: 'a' 'b' ` as Redis
 /// 7 words it (the arguments shown up to 128 bytes in all).
+/// COMMAND, COMMAND COUNT and COMMAND DOCS (no docs: an empty map).
+fn command(out: &mut Out<'_>, a: Cmd<'_>, n: usize) {
+    if n >= 2 && is(a.arg(1), "count") {
+        out.int(TABLE.len() as i64);
+    } else if n >= 2 && is(a.arg(1), "docs") {
+        out.map(0);
+    } else {
+        out.array(0);
+    }
+}
+
+/// PING, or PING message.
+fn ping(out: &mut Out<'_>, a: Cmd<'_>, n: usize, name: &str) {
+    match n {
+        1 => out.simple(b"PONG"),
+        2 => out.bulk(a.arg(1)),
+        _ => wrong_args(out, name),
+    }
+}
+
+/// SELECT: only database 0 exists.
+fn select(out: &mut Out<'_>, a: Cmd<'_>) {
+    match store::parse_int(a.arg(1)) {
+        Some(0) => out.ok(),
+        Some(_) => out.error(b"ERR DB index is out of range"),
+        None => not_integer(out),
+    }
+}
+
+/// MULTI outside a block: the commands after it are queued.
+fn multi(out: &mut Out<'_>, sess: &mut Session) -> Action {
+    sess.multi = true;
+    sess.multi_error = false;
+    out.ok();
+    Action::Multi
+}
+
+/// DISCARD inside a block: its queued commands are dropped.
+fn discard(out: &mut Out<'_>, sess: &mut Session) -> Action {
+    sess.multi = false;
+    out.ok();
+    Action::Discard
+}
+
 fn unknown(out: &mut Out<'_>, buf: &[u8], args: &Args) {
     let clean = |out: &mut Out<'_>, s: &[u8]| {
         for &c in s {
@@ -610,67 +654,29 @@ impl Db<'_> {
             Name::Mset => self.mset(out, a, now),
             Name::Ttl => self.ttl(out, a, 1000, now),
             Name::Pttl => self.ttl(out, a, 1, now),
-            Name::Ping => match n {
-                1 => out.simple(b"PONG"),
-                2 => out.bulk(a.arg(1)),
-                _ => wrong_args(out, spec.name),
-            },
+            Name::Ping => ping(out, a, n, spec.name),
             Name::Echo => out.bulk(a.arg(1)),
             Name::Dbsize => out.int(self.store.len(self.journal.data()) as i64),
             Name::Flushall | Name::Flushdb => self.flush(out, a),
             Name::Info => self.info(out),
-            Name::Command => {
-                if n >= 2 && is(a.arg(1), "count") {
-                    out.int(TABLE.len() as i64);
-                } else if n >= 2 && is(a.arg(1), "docs") {
-                    out.map(0);
-                } else {
-                    out.array(0);
-                }
-            }
+            Name::Command => command(out, a, n),
             Name::Config => self.config(out, a),
-            Name::Select => match store::parse_int(a.arg(1)) {
-                Some(0) => out.ok(),
-                Some(_) => out.error(b"ERR DB index is out of range"),
-                None => not_integer(out),
-            },
+            Name::Select => select(out, a),
             Name::Quit => {
                 out.ok();
                 return Action::Close;
             }
             Name::Calc => return Action::Calc,
-            Name::Debug => {
-                if !self.debug {
-                    out.error(
-                        b"ERR DEBUG command not allowed (set debug = true in the daemon's args)",
-                    );
-                    return Action::Done;
-                }
-                return debug(out, buf, args);
-            }
+            Name::Debug => return self.debug_if_allowed(out, buf, args),
             Name::Hello => self.hello(out, a, sess),
             Name::Auth => self.auth(out, a, sess),
             Name::Client => self.client(out, a, sess),
-            Name::Reset => {
-                sess.reset(self.password.is_none());
-                out.set_resp3(false);
-                out.simple(b"RESET");
-                return Action::Discard;
-            }
+            Name::Reset => return self.reset(out, sess),
             Name::Multi if sess.multi => out.error(b"ERR MULTI calls can not be nested"),
-            Name::Multi => {
-                sess.multi = true;
-                sess.multi_error = false;
-                out.ok();
-                return Action::Multi;
-            }
+            Name::Multi => return multi(out, sess),
             Name::Exec if sess.multi => return Action::Exec,
             Name::Exec => out.error(b"ERR EXEC without MULTI"),
-            Name::Discard if sess.multi => {
-                sess.multi = false;
-                out.ok();
-                return Action::Discard;
-            }
+            Name::Discard if sess.multi => return discard(out, sess),
             Name::Discard => out.error(b"ERR DISCARD without MULTI"),
             Name::Expire => self.expire(out, a, now, 1000, now, "expire"),
             Name::Pexpire => self.expire(out, a, now, 1, now, "pexpire"),
@@ -681,22 +687,10 @@ impl Db<'_> {
             Name::PexpireTime => self.expire_time(out, a, 1, now),
             Name::Keys => self.keys(out, a, now),
             Name::Scan => self.scan(out, a, now),
-            Name::Type => match self.store.get(self.journal.data(), a.arg(1), now) {
-                Ok(Some(_)) => out.simple(b"string"),
-                Ok(None) => out.simple(b"none"),
-                Err(e) => store_error(out, e),
-            },
+            Name::Type => self.type_of(out, a, now),
             Name::Rename => self.rename(out, a, false, now),
             Name::RenameNx => self.rename(out, a, true, now),
-            Name::RandomKey => {
-                let now_ns = forkroot::sys::monotonic_ns() ^ self.commands;
-                let start = store::hash(&now_ns.to_le_bytes()) as usize;
-                match self.store.key_from(self.journal.data(), start, now) {
-                    Ok(Some(k)) => out.bulk(k),
-                    Ok(None) => out.null(),
-                    Err(e) => store_error(out, e),
-                }
-            }
+            Name::RandomKey => self.random_key(out, now),
             Name::Append => self.append(out, a, now),
             Name::Strlen => match self.store.get(self.journal.data(), a.arg(1), now) {
                 Ok(v) => out.int(v.map_or(0, <[u8]>::len) as i64),
@@ -711,15 +705,7 @@ impl Db<'_> {
                 }
             }
             Name::GetSet => self.get_and(out, a, GetAnd::Set(a.arg(2)), now),
-            Name::SetNx => {
-                let store = self.store;
-                let (k, v) = (a.arg(1), a.arg(2));
-                if let Some(done) = self.write(out, &mut |w| {
-                    store.set(w, k, v, Ttl::Clear, Cond::Nx, now).map(i64::from)
-                }) {
-                    out.int(done);
-                }
-            }
+            Name::SetNx => self.set_nx(out, a, now),
             Name::SetEx => self.set_ex(out, a, 1000, now, "setex"),
             Name::PsetEx => self.set_ex(out, a, 1, now, "psetex"),
             Name::IncrByFloat => self.incr_by_float(out, a, now),
@@ -727,6 +713,54 @@ impl Db<'_> {
             Name::Touch => self.exists(out, a, now),
         }
         Action::Done
+    }
+
+    /// DEBUG, when the daemon's args allow it.
+    fn debug_if_allowed(&self, out: &mut Out<'_>, buf: &[u8], args: &Args) -> Action {
+        if !self.debug {
+            out.error(b"ERR DEBUG command not allowed (set debug = true in the daemon's args)");
+            return Action::Done;
+        }
+        debug(out, buf, args)
+    }
+
+    /// RESET: the connection back to its state on connect.
+    fn reset(&self, out: &mut Out<'_>, sess: &mut Session) -> Action {
+        sess.reset(self.password.is_none());
+        out.set_resp3(false);
+        out.simple(b"RESET");
+        Action::Discard
+    }
+
+    /// TYPE key: every value is a string.
+    fn type_of(&self, out: &mut Out<'_>, a: Cmd<'_>, now: u64) {
+        match self.store.get(self.journal.data(), a.arg(1), now) {
+            Ok(Some(_)) => out.simple(b"string"),
+            Ok(None) => out.simple(b"none"),
+            Err(e) => store_error(out, e),
+        }
+    }
+
+    /// RANDOMKEY: the first live key from a bucket picked by the clock.
+    fn random_key(&self, out: &mut Out<'_>, now: u64) {
+        let now_ns = forkroot::sys::monotonic_ns() ^ self.commands;
+        let start = store::hash(&now_ns.to_le_bytes()) as usize;
+        match self.store.key_from(self.journal.data(), start, now) {
+            Ok(Some(k)) => out.bulk(k),
+            Ok(None) => out.null(),
+            Err(e) => store_error(out, e),
+        }
+    }
+
+    /// SETNX key value.
+    fn set_nx(&mut self, out: &mut Out<'_>, a: Cmd<'_>, now: u64) {
+        let store = self.store;
+        let (k, v) = (a.arg(1), a.arg(2));
+        if let Some(done) = self.write(out, &mut |w| {
+            store.set(w, k, v, Ttl::Clear, Cond::Nx, now).map(i64::from)
+        }) {
+            out.int(done);
+        }
     }
 
     /// A command sent after MULTI: checked as [`Db::execute`] would check

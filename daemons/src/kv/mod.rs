@@ -262,31 +262,9 @@ fn main(ctx: &mut Context<'_>) -> i32 {
             }
         },
     };
-    let stop = match ctx.stop_fd() {
-        Ok(fd) => fd,
-        Err(e) => {
-            tracing::error!(error = %e, "no stop descriptor");
-            return 3;
-        }
-    };
-    let poll = match Epoll::new() {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!(error = %e, "epoll");
-            return 3;
-        }
-    };
-    let armed = poll
-        .add(borrowed(&listener.as_raw_fd()), LISTENER)
-        .and_then(|()| poll.add(borrowed(&stop), STOP))
-        .and_then(|()| match tasks.fd() {
-            Some(fd) => poll.add(borrowed(&fd), TASKS),
-            None => Ok(()),
-        });
-    if let Err(e) = armed {
-        tracing::error!(error = %e, "epoll_ctl");
+    let Some(poll) = event_poll(ctx, listener.as_raw_fd(), &tasks) else {
         return 3;
-    }
+    };
     let mut server = Server {
         poll,
         ready: Vec::with_capacity(EVENTS),
@@ -328,6 +306,119 @@ fn main(ctx: &mut Context<'_>) -> i32 {
         }
     }
     code
+}
+
+/// No whole command in the input of `c`: read more, unless the buffer is
+/// full of one request, which is refused and the connection closed.
+fn incomplete(c: &mut Conn, out: &mut Out<'_>) -> Stop {
+    if c.in_pos > 0 && c.in_len == MAX_REQUEST && c.queue_from == Some(0) {
+        // A MULTI block larger than the input buffer: it
+        // is dropped, and EXEC will discard it.
+        c.queue_from = None;
+        c.sess.multi_error = true;
+    }
+    if c.in_pos == 0 && c.in_len == MAX_REQUEST {
+        out.error(b"ERR Protocol error: request larger than 65536 bytes");
+        c.out_len = out.len();
+        c.closing = true;
+        return Stop::Parked;
+    }
+    Stop::NeedInput
+}
+
+/// Executes the parsed command in `input` for `c` (its MULTI block from
+/// `ins`, at `in_base`, on EXEC), writing its reply to `out`.
+/// `Err(Stop::Blocked)`: the reply does not fit after the ones already
+/// buffered; nothing is written, and it runs again once they are sent.
+fn execute(
+    db: &mut Db<'_>,
+    c: &mut Conn,
+    ins: &[u8],
+    in_base: usize,
+    input: &[u8],
+    args: &mut Args,
+    out: &mut Out<'_>,
+) -> Result<Action, Stop> {
+    let mark = c.out_len;
+    let action = db.execute(input, args, out, &mut c.sess);
+    if action == Action::Exec {
+        let block = match c.queue_from {
+            Some(from) => &ins[in_base + from..in_base + c.in_pos],
+            None => {
+                c.sess.multi_error = true;
+                &[]
+            }
+        };
+        if db.exec(block, c.queued, args, out, &mut c.sess) == Err(ExecFailed::Overflow) {
+            if mark > 0 {
+                return Err(Stop::Blocked);
+            }
+            c.sess.multi = false;
+            out.error(
+                b"ERR EXEC replies larger than the output buffer (131072 bytes), \
+                  nothing was run",
+            );
+        }
+    }
+    if out.overflowed() {
+        // Only read-only commands have replies that can
+        // overflow (RESERVE covers the others): run it again
+        // once the output drained, or refuse it if alone.
+        out.truncate(mark);
+        if mark > 0 {
+            return Err(Stop::Blocked);
+        }
+        out.error(b"ERR reply larger than the output buffer (131072 bytes)");
+    }
+    Ok(action)
+}
+
+/// The input of a transaction: the arguments of `input` from `first` on
+/// (CALC's expression, TXSLEEP's ms), joined by spaces into `scratch`.
+/// Returns its length.
+fn join_args(args: &Args, input: &[u8], first: usize, scratch: &mut [u8]) -> usize {
+    let mut len = 0;
+    for i in first..args.len() {
+        let a = args.get(input, i);
+        if i > first {
+            scratch[len] = b' ';
+            len += 1;
+        }
+        scratch[len..len + a.len()].copy_from_slice(a);
+        len += a.len();
+    }
+    len
+}
+
+/// The epoll set kv waits on: its listening socket, its stop descriptor and
+/// its transactions' descriptor. `None` (logged) when one cannot be added.
+fn event_poll(ctx: &mut Context<'_>, listener: RawFd, tasks: &Tasks) -> Option<Epoll> {
+    let stop = match ctx.stop_fd() {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!(error = %e, "no stop descriptor");
+            return None;
+        }
+    };
+    let poll = match Epoll::new() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "epoll");
+            return None;
+        }
+    };
+    let armed = poll
+        .add(borrowed(&listener), LISTENER)
+        .and_then(|()| poll.add(borrowed(&stop), STOP))
+        .and_then(|()| match tasks.fd() {
+            Some(fd) => poll.add(borrowed(&fd), TASKS),
+            None => Ok(()),
+        });
+    if let Err(e) = armed {
+        tracing::error!(error = %e, "epoll_ctl");
+        return None;
+    }
+    Some(poll)
 }
 
 /// Where kv accepts: a socket the root holds, or one of its own (removed
@@ -737,21 +828,7 @@ impl Server<'_> {
             let input = &ins[in_base + c.in_pos..in_base + c.in_len];
             let mut out = Out::new(out_buf, c.out_len).resp3(c.sess.resp3);
             match resp::parse(input, args, MAX_REQUEST, &mut c.resume) {
-                Parse::Incomplete => {
-                    if c.in_pos > 0 && c.in_len == MAX_REQUEST && c.queue_from == Some(0) {
-                        // A MULTI block larger than the input buffer: it
-                        // is dropped, and EXEC will discard it.
-                        c.queue_from = None;
-                        c.sess.multi_error = true;
-                    }
-                    if c.in_pos == 0 && c.in_len == MAX_REQUEST {
-                        out.error(b"ERR Protocol error: request larger than 65536 bytes");
-                        c.out_len = out.len();
-                        c.closing = true;
-                        return Stop::Parked;
-                    }
-                    return Stop::NeedInput;
-                }
+                Parse::Incomplete => return incomplete(c, &mut out),
                 Parse::Error(e) => {
                     e.write(&mut out);
                     c.out_len = out.len();
@@ -763,7 +840,6 @@ impl Server<'_> {
                     c.resume = Resume::START;
                 }
                 Parse::Command(used) => {
-                    let mark = c.out_len;
                     if c.sess.multi
                         && db.queue(input, args, &mut out, &mut c.sess) == Queued::Answered
                     {
@@ -773,38 +849,10 @@ impl Server<'_> {
                         c.resume = Resume::START;
                         continue;
                     }
-                    let action = db.execute(input, args, &mut out, &mut c.sess);
-                    if action == Action::Exec {
-                        let block = match c.queue_from {
-                            Some(from) => &ins[in_base + from..in_base + c.in_pos],
-                            None => {
-                                c.sess.multi_error = true;
-                                &[]
-                            }
-                        };
-                        if db.exec(block, c.queued, args, &mut out, &mut c.sess)
-                            == Err(ExecFailed::Overflow)
-                        {
-                            if mark > 0 {
-                                return Stop::Blocked;
-                            }
-                            c.sess.multi = false;
-                            out.error(
-                                b"ERR EXEC replies larger than the output buffer (131072 bytes), \
-                                  nothing was run",
-                            );
-                        }
-                    }
-                    if out.overflowed() {
-                        // Only read-only commands have replies that can
-                        // overflow (RESERVE covers the others): run it again
-                        // once the output drained, or refuse it if alone.
-                        out.truncate(mark);
-                        if mark > 0 {
-                            return Stop::Blocked;
-                        }
-                        out.error(b"ERR reply larger than the output buffer (131072 bytes)");
-                    }
+                    let action = match execute(db, c, ins, in_base, input, args, &mut out) {
+                        Ok(action) => action,
+                        Err(stop) => return stop,
+                    };
                     c.out_len = out.len();
                     c.in_pos += used;
                     c.resume = Resume::START;
@@ -826,18 +874,7 @@ impl Server<'_> {
                                 Action::TxCrash => (Task::Crash, 2),
                                 _ => (Task::Sleep, 2),
                             };
-                            // The input: the arguments after the command
-                            // (CALC's expression, TXSLEEP's ms), joined by spaces.
-                            let mut len = 0;
-                            for i in first..args.len() {
-                                let a = args.get(input, i);
-                                if i > first {
-                                    scratch[len] = b' ';
-                                    len += 1;
-                                }
-                                scratch[len..len + a.len()].copy_from_slice(a);
-                                len += a.len();
-                            }
+                            let len = join_args(args, input, first, scratch);
                             let tag = (slot as u64) << 32 | u64::from(c.gen);
                             let mut out = Out::new(out_buf, c.out_len);
                             let mut input = &scratch[..len];

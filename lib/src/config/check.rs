@@ -948,38 +948,11 @@ impl Checker<'_> {
         let links = self.links(t, place, names);
         let listen = self.listen(t, place);
 
-        let initial = self.duration(t, place, "backoff").unwrap_or(Duration::ZERO);
-        let max = match self.duration(t, place, "backoff_max") {
-            Some(max) if max < initial => {
-                self.problem(
-                    &at(place, "backoff_max"),
-                    format!(
-                        "{} is less than backoff ({})",
-                        format_duration(max),
-                        format_duration(initial)
-                    ),
-                );
-                max
-            }
-            Some(max) => max,
-            // Without an explicit cap, a long first delay is its own cap.
-            None => DEFAULT_BACKOFF_MAX.max(initial),
-        };
+        let backoff = self.backoff(t, place);
 
         let readiness = self.readiness(t, place, program.as_ref(), watchdog.is_some());
         if let Readiness::Fd(n) = readiness {
-            // The listening sockets come first (3..), then the region, the
-            // setup pipe and the mailboxes: N must be above all of them.
-            let first_free = FIRST_NOTIFY_FD + listen.len() as i64;
-            if i64::from(n) < first_free {
-                self.problem(
-                    &at(place, "notify_fd"),
-                    format!(
-                        "{n} is taken with {} listen socket(s): use {first_free} or more",
-                        listen.len()
-                    ),
-                );
-            }
+            self.notify_fd_free(place, n, listen.len());
         }
         let start_timeout = self
             .positive_duration(t, place, "start_timeout")
@@ -1002,7 +975,7 @@ impl Checker<'_> {
             standby: standby.unwrap_or(false),
             links,
             listen,
-            backoff: Backoff { initial, max },
+            backoff,
             readiness,
             start_timeout,
             trap_exits,
@@ -1011,6 +984,42 @@ impl Checker<'_> {
             args,
             exec,
             limits,
+        }
+    }
+
+    /// `backoff` and `backoff_max`: the first restart delay and its cap,
+    /// which may not be below it.
+    fn backoff(&mut self, t: &Table, place: &str) -> Backoff {
+        let initial = self.duration(t, place, "backoff").unwrap_or(Duration::ZERO);
+        let max = match self.duration(t, place, "backoff_max") {
+            Some(max) if max < initial => {
+                self.problem(
+                    &at(place, "backoff_max"),
+                    format!(
+                        "{} is less than backoff ({})",
+                        format_duration(max),
+                        format_duration(initial)
+                    ),
+                );
+                max
+            }
+            Some(max) => max,
+            // Without an explicit cap, a long first delay is its own cap.
+            None => DEFAULT_BACKOFF_MAX.max(initial),
+        };
+        Backoff { initial, max }
+    }
+
+    /// `notify_fd = n` of a daemon with `listeners` listen sockets.
+    fn notify_fd_free(&mut self, place: &str, n: i32, listeners: usize) {
+        // The listening sockets come first (3..), then the region, the
+        // setup pipe and the mailboxes: N must be above all of them.
+        let first_free = FIRST_NOTIFY_FD + listeners as i64;
+        if i64::from(n) < first_free {
+            self.problem(
+                &at(place, "notify_fd"),
+                format!("{n} is taken with {listeners} listen socket(s): use {first_free} or more"),
+            );
         }
     }
 

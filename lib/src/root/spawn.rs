@@ -662,9 +662,6 @@ fn child(s: &Plan<'_>, fds: &Fds, in_cgroup: bool) -> ! {
 /// An exec'd program's child, from its descriptors to the exec. Fork-safe;
 /// it writes nothing but its own stack and the plan's `LISTEN_PID` buffer,
 /// so it also runs in a child sharing the root's memory ([`vm_child`]).
-// r, p, i, o, e, n: each the copy (above the targets) of the descriptor
-// whose first letter it has, read side by side with the dup2 table below.
-#[allow(clippy::many_single_char_names)]
 fn exec_child(fds: &Fds, exec: &Exec) -> ! {
     let pipe = fds.setup;
     let Some(fd) = fds.region else {
@@ -686,6 +683,43 @@ fn exec_child(fds: &Fds, exec: &Exec) -> ! {
         Ok(fd) => fd,
         Err(e) => fail(pipe, SetupStage::Stdin, e),
     };
+    let Some((monitors, 0)) = fds.monitors else {
+        fail(
+            pipe,
+            SetupStage::Descriptors,
+            io::Error::from_raw_os_error(libc::EBADF),
+        );
+    };
+    let mut report = pipe;
+    if let Err(e) = place_exec_descriptors(fds, exec, fd, stdin, monitors, &mut report) {
+        fail(report, SetupStage::Descriptors, e);
+    }
+    // A program gets default signal handling, as from a shell.
+    sys::default_sigpipe();
+    sys::restore_fd_limit();
+    let _ = SigSet::empty().set_mask();
+    let pipe_fd = exec_region_fd(fds.listen_count) + 1;
+    apply_settings(exec, pipe_fd);
+    let err = sys::exec(&exec.path, &exec.argv, &exec.envp);
+    fail(pipe_fd, SetupStage::Exec, err)
+}
+
+/// Moves an exec'd program's descriptors to their numbers: the region's
+/// file (`region`), its stdin (`stdin`), its row of monitor bits
+/// (`monitors`) and the rest from `fds`. Fork-safe: no allocation, no
+/// lock. `report` is where a failure is to be reported: the setup pipe's
+/// copy that is open at the time of the failure.
+// r, p, i, o, e, n: each the copy (above the targets) of the descriptor
+// whose first letter it has, read side by side with the dup2 table below.
+#[allow(clippy::many_single_char_names)]
+fn place_exec_descriptors(
+    fds: &Fds,
+    exec: &Exec,
+    region: RawFd,
+    stdin: RawFd,
+    monitors: RawFd,
+    report: &mut RawFd,
+) -> io::Result<()> {
     // Its stdin to fd 0, its output pipes to 1 and 2, its listening
     // sockets to 3.. (systemd's protocol), the region after them
     // (3 + n), the setup pipe after that (close-on-exec, so a
@@ -698,78 +732,55 @@ fn exec_child(fds: &Fds, exec: &Exec) -> ! {
     let region_fd = exec_region_fd(listeners.len());
     let pipe_fd = region_fd + 1;
     let (post_fd, registry_fd) = (region_fd + 2, region_fd + 3);
-    let Some((monitors, 0)) = fds.monitors else {
-        fail(
-            pipe,
-            SetupStage::Descriptors,
-            io::Error::from_raw_os_error(libc::EBADF),
-        );
-    };
     let above = (exec.monitors_fd + 1).max(EXEC_ABOVE);
     // The setup pipe first, above every target (its number now may be one
     // of them); a failure is reported on the copy that is open.
-    let p = match sys::dup_at_least(pipe, above) {
-        Ok(p) => p,
-        Err(e) => fail(pipe, SetupStage::Descriptors, e),
-    };
-    let mut report = p;
-    let moved = (|| -> io::Result<()> {
-        let r = sys::dup_at_least(fd, above)?;
-        let i = sys::dup_at_least(stdin, above)?;
-        let post = sys::dup_at_least(fds.post.0, above)?;
-        let reg = sys::dup_at_least(fds.post.1, above)?;
-        let mon = sys::dup_at_least(monitors, above)?;
-        let high = raise(listeners, above)?;
-        let out = fds.output.map(|(o, e)| -> io::Result<_> {
-            Ok((sys::dup_at_least(o, above)?, sys::dup_at_least(e, above)?))
-        });
-        let out = out.transpose()?;
-        let n = fds
-            .notify
-            .map(|(from, to)| sys::dup_at_least(from, above.max(to + 1)).map(|d| (d, to)))
-            .transpose()?;
-        sys::dup2(i, 0)?;
-        if let Some((o, e)) = out {
-            sys::dup2(o, 1)?;
-            sys::dup2(e, 2)?;
-        }
-        for (k, &from) in high[..listeners.len()].iter().enumerate() {
-            sys::dup2(from, nth_fd(listen::EXEC_FIRST_FD, k))?;
-        }
-        sys::dup2(r, region_fd)?;
-        sys::dup2(p, pipe_fd)?;
-        report = pipe_fd;
-        sys::set_cloexec(pipe_fd, true)?;
-        sys::dup2(post, post_fd)?;
-        sys::dup2(reg, registry_fd)?;
-        sys::dup2(mon, exec.monitors_fd)?;
-        // Kept: everything up to the registry, the monitors (right after
-        // it, or one further when `notify_fd` is right after it), and
-        // `notify_fd`.
-        match n {
-            Some((d, to)) => {
-                sys::dup2(d, to)?;
-                // dup2 onto itself keeps close-on-exec: clear it.
-                sys::set_cloexec(to, false)?;
-                let (lo, hi) = (to.min(exec.monitors_fd), to.max(exec.monitors_fd));
-                sys::close_between(registry_fd + 1, lo - 1)?;
-                sys::close_between(lo + 1, hi - 1)?;
-                sys::close_from(hi + 1)
-            }
-            None => sys::close_from(exec.monitors_fd + 1),
-        }
-    })();
-    if let Err(e) = moved {
-        fail(report, SetupStage::Descriptors, e);
+    let p = sys::dup_at_least(fds.setup, above)?;
+    *report = p;
+    let r = sys::dup_at_least(region, above)?;
+    let i = sys::dup_at_least(stdin, above)?;
+    let post = sys::dup_at_least(fds.post.0, above)?;
+    let reg = sys::dup_at_least(fds.post.1, above)?;
+    let mon = sys::dup_at_least(monitors, above)?;
+    let high = raise(listeners, above)?;
+    let out = fds.output.map(|(o, e)| -> io::Result<_> {
+        Ok((sys::dup_at_least(o, above)?, sys::dup_at_least(e, above)?))
+    });
+    let out = out.transpose()?;
+    let n = fds
+        .notify
+        .map(|(from, to)| sys::dup_at_least(from, above.max(to + 1)).map(|d| (d, to)))
+        .transpose()?;
+    sys::dup2(i, 0)?;
+    if let Some((o, e)) = out {
+        sys::dup2(o, 1)?;
+        sys::dup2(e, 2)?;
     }
-    // A program gets default signal handling, as from a shell.
-    sys::default_sigpipe();
-    sys::restore_fd_limit();
-    let _ = SigSet::empty().set_mask();
-    let pipe_fd = exec_region_fd(fds.listen_count) + 1;
-    apply_settings(exec, pipe_fd);
-    let err = sys::exec(&exec.path, &exec.argv, &exec.envp);
-    fail(pipe_fd, SetupStage::Exec, err)
+    for (k, &from) in high[..listeners.len()].iter().enumerate() {
+        sys::dup2(from, nth_fd(listen::EXEC_FIRST_FD, k))?;
+    }
+    sys::dup2(r, region_fd)?;
+    sys::dup2(p, pipe_fd)?;
+    *report = pipe_fd;
+    sys::set_cloexec(pipe_fd, true)?;
+    sys::dup2(post, post_fd)?;
+    sys::dup2(reg, registry_fd)?;
+    sys::dup2(mon, exec.monitors_fd)?;
+    // Kept: everything up to the registry, the monitors (right after
+    // it, or one further when `notify_fd` is right after it), and
+    // `notify_fd`.
+    match n {
+        Some((d, to)) => {
+            sys::dup2(d, to)?;
+            // dup2 onto itself keeps close-on-exec: clear it.
+            sys::set_cloexec(to, false)?;
+            let (lo, hi) = (to.min(exec.monitors_fd), to.max(exec.monitors_fd));
+            sys::close_between(registry_fd + 1, lo - 1)?;
+            sys::close_between(lo + 1, hi - 1)?;
+            sys::close_from(hi + 1)
+        }
+        None => sys::close_from(exec.monitors_fd + 1),
+    }
 }
 
 /// Applies an exec'd program's settings, in the order that keeps each
