@@ -793,3 +793,29 @@ fn ctl_tree_shows_auto_shutdown_and_significant() {
     t.signal(SIGTERM);
     assert_eq!(t.wait_code(), 0);
 }
+
+/// A watchdog kill is a death, though `ctl status` shows the daemon
+/// `stopping` meanwhile: its replacement hears of it (`Context::deaths`),
+/// as it does of any crash, unlike a stop someone asked for.
+#[test]
+fn a_watchdog_kill_is_a_death_the_replacement_hears_of() {
+    let mut t = Tree::start(
+        "[supervisor]\nintensity = 100\n\
+         [[daemon]]\nname = \"quiet\"\nkind = \"probe\"\nwatchdog = \"300ms\"\n\
+         [daemon.args]\nout = \"@DIR@/quiet.out\"\n",
+    );
+    let lines = t.poll("the probe's second start", || {
+        let out = t.out("quiet");
+        (out.iter().filter(|l| l.starts_with("start ")).count() >= 2).then_some(out)
+    });
+    let deaths: Vec<&String> = lines.iter().filter(|l| l.starts_with("deaths ")).collect();
+    assert_eq!(deaths[0], "deaths 0 -", "{lines:?}");
+    assert_eq!(
+        deaths[1],
+        "deaths 1 killed by the watchdog",
+        "{lines:?}\n{}",
+        t.log()
+    );
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0, "{}", t.log());
+}

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
 use super::notes::Note;
-use super::supervisor::Event;
-use super::{ctx, pid_u32, Role, Root, RootError, State, TOKEN_EXIT};
+use super::supervisor::{DState, Event};
+use super::{ctx, pid_u32, Role, Root, RootError, TOKEN_EXIT};
 use crate::checkpoint::POISON_WINDOW;
 use crate::daemon::{Death, ExitReason};
 use crate::handoff::{read_setup, Setup, DEATHS_KEPT};
@@ -189,7 +189,10 @@ impl Root<'_> {
         // region writable. The group's id cannot be reused while any member
         // lives, so this reaches only the dead daemon's group.
         let _ = sys::kill_group(pid, Signal::KILL);
-        let was = c.state;
+        // A stop someone asked for, not the watchdog's kill (shown as
+        // `stopping` too, but a death).
+        let asked = matches!(self.sup.daemon_state(i), DState::Stopping(_));
+        let c = &mut self.children[i];
         c.started = None;
         // Its last lines are its own, not its replacement's.
         self.outputs[i].ended(pid);
@@ -198,11 +201,11 @@ impl Root<'_> {
         self.children[i].last_exit = Some((reason, uptime));
         // A stop someone asked for is not a death: the daemon's history
         // (Context::deaths, what `decide` looks at, poison) leaves it out.
-        if was != State::Stopping {
+        if !asked {
             self.record_death(i, reason, uptime);
             self.judge_checkpoint(i, pid, reason, uptime);
         }
-        if was == State::Stopping {
+        if asked {
             if reason.is_crash() && !matches!(reason, ExitReason::Exited(_)) {
                 // It crashed on its way out: that still gets a report.
                 self.note_exit(i, pid, reason, uptime);

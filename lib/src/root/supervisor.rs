@@ -612,7 +612,6 @@ impl Supervisor {
     }
 
     /// The daemon's state as the supervisor sees it.
-    #[cfg(test)]
     pub(crate) fn daemon_state(&self, i: usize) -> DState {
         self.daemons[i].state
     }
