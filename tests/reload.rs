@@ -176,6 +176,37 @@ kind = "nosuchkind"
         r.stderr
     );
 
+    // So is a mailbox of another size (laid out at start) and a cgroup
+    // limit (written when the cgroup is made), each named with its place.
+    write_config(
+        &t.dir,
+        &format!(
+            "[root]\ncontrol = \"{}\"\n{}\nmailbox = 512\n",
+            t.socket().display(),
+            THREE.trim_end()
+        ),
+    );
+    let r = t.ctl_run(&["reload"]);
+    assert_eq!(r.code, Some(1), "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("daemon[2].mailbox"), "{}", r.stderr);
+    assert!(r.stderr.contains("its size cannot change"), "{}", r.stderr);
+    write_config(
+        &t.dir,
+        &format!(
+            "[root]\ncontrol = \"{}\"\n{}\npids_max = 64\n",
+            t.socket().display(),
+            THREE.trim_end()
+        ),
+    );
+    let r = t.ctl_run(&["reload"]);
+    assert_eq!(r.code, Some(1), "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("daemon[2]"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("cgroup limits") || r.stderr.contains("pids_max"),
+        "{}",
+        r.stderr
+    );
+
     let after = three_pids(&t);
     assert_eq!(before, after, "every daemon kept its process");
     assert_eq!(names(&t), ["keep", "gone", "change"]);

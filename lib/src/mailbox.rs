@@ -1327,6 +1327,12 @@ impl PostOffice {
         if standby {
             self.pending[i] = Some(id);
         } else {
+            // A new incarnation monitors nothing yet: what a straggler of
+            // the last one (a transaction, a grandchild holding the row)
+            // set after the row was cleared at its death is dropped.
+            if let Some((_, row)) = &self.rows[i] {
+                row.clear();
+            }
             self.entry_rw(i)
                 .life
                 .store(u32::from(g) << 16 | 1, Ordering::Release);

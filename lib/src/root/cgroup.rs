@@ -77,6 +77,9 @@ pub(crate) const LIMITS: [(&str, &str, &str); 3] = [
     ("cpu_weight", "cpu", "cpu.weight"),
 ];
 
+/// What each of [`LIMITS`] is without a limit (the kernel's defaults).
+const LIMIT_DEFAULTS: [&str; 3] = ["max", "max", "100"];
+
 /// The values a daemon set, in the order of [`LIMITS`].
 fn values(l: &Limits) -> [Option<u64>; 3] {
     [l.memory_max, l.pids_max, l.cpu_weight]
@@ -206,6 +209,38 @@ impl Containment {
             }
             Containment::ProcessGroups(_) => Ok(()),
         }
+    }
+
+    /// Index `i`, which a reload gave a daemon it then could not add, has
+    /// no cgroup: its place is kept (never used), so later daemons' indices
+    /// and cgroups stay in step.
+    pub(crate) fn skip(&mut self, i: usize, d: &DaemonConfig) {
+        if let Containment::Cgroups(cg) = self {
+            if cg.daemons.len() == i {
+                cg.leaves.truncate(i);
+                cg.leaves.push(Leaves::default());
+                cg.daemons.push(cg.base.join(&d.name));
+            }
+        }
+    }
+
+    /// Whether the limits `d` sets can be applied here: each needs its
+    /// controller offered to the daemons' cgroups (checked when a reload
+    /// adds a daemon, before anything is made).
+    pub(crate) fn can_limit(&self, d: &DaemonConfig) -> io::Result<()> {
+        let Containment::Cgroups(cg) = self else {
+            return Ok(());
+        };
+        for (k, v) in values(&d.limits).into_iter().enumerate() {
+            let (key, controller, _) = LIMITS[k];
+            if v.is_some() && !cg.enabled.contains(&controller) && !cg.offers(controller) {
+                return Err(io::Error::other(format!(
+                    "{key} needs the {controller} controller, which {} does not offer",
+                    cg.base.display()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// One line for the log and `ctl status`.
@@ -387,14 +422,26 @@ impl Cgroups {
             self.watch(i, k, &leaf)?;
         }
         for (k, v) in values(&d.limits).into_iter().enumerate() {
+            let (_, controller, file) = LIMITS[k];
             if let Some(v) = v {
                 // Enabled at start if a daemon then needed it.
-                self.enable(LIMITS[k].1)?;
-                sys::cgroup::write(&dir, LIMITS[k].2, &v.to_string())?;
+                self.enable(controller)?;
+                sys::cgroup::write(&dir, file, &v.to_string())?;
+            } else if self.enabled.contains(&controller) {
+                // No limit: the kernel's default, not what a daemon of this
+                // name a reload removed may have left in its cgroup.
+                sys::cgroup::write(&dir, file, LIMIT_DEFAULTS[k])?;
             }
         }
         self.daemons.push(dir);
         Ok(())
+    }
+
+    /// Whether `controller` can be given to the daemons' cgroups (the
+    /// daemons' parent has it in its `cgroup.controllers`).
+    fn offers(&self, controller: &str) -> bool {
+        std::fs::read_to_string(self.base.join("cgroup.controllers"))
+            .is_ok_and(|list| list.split_whitespace().any(|c| c == controller))
     }
 
     /// Gives the daemons' cgroups `controller` (once).

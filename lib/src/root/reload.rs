@@ -293,6 +293,18 @@ impl Root<'_> {
                     message: "the sockets the root holds are bound at start and cannot change while the root runs; restart the root to change them".into(),
                 });
             }
+            if (d.mailbox, d.mailbox_message) != (c.cfg.mailbox, c.cfg.mailbox_message) {
+                problems.push(Problem {
+                    place: format!("daemon[{k}].mailbox"),
+                    message: "a mailbox is laid out in the root's shared memory at start (or when a reload adds its daemon): its size cannot change while the root runs; restart the root to change it".into(),
+                });
+            }
+            if d.limits != c.cfg.limits {
+                problems.push(Problem {
+                    place: format!("daemon[{k}]"),
+                    message: "cgroup limits (memory_max, pids_max, cpu_weight) are written when the daemon's cgroup is made and cannot change while the root runs; restart the root to change them".into(),
+                });
+            }
             let keys = changed_keys(&c.cfg, d);
             if keys.is_empty() {
                 plan.unchanged.push(i);
@@ -314,6 +326,12 @@ impl Root<'_> {
                 problems.push(Problem {
                     place: format!("daemon[{k}].listen"),
                     message: "the sockets the root holds are bound at start: a daemon a reload adds cannot have listen; restart the root".into(),
+                });
+            }
+            if let Some(Err(e)) = self.contain.as_ref().map(|c| c.can_limit(d)) {
+                problems.push(Problem {
+                    place: format!("daemon[{k}]"),
+                    message: format!("{:?} cannot be added: {e}", d.name),
                 });
             }
             // Added daemons take the next indices, in this order: each
@@ -548,6 +566,13 @@ impl Root<'_> {
                 .map_err(|e| format!("cannot make its cgroup: {e}")),
             Err(e) => Err(e.to_string()),
         };
+        if joined.is_err() {
+            // The index is taken either way: the cgroups stay in step with
+            // the daemons' indices, so the next add finds its own.
+            if let Some(c) = self.contain.as_mut() {
+                c.skip(i, &cfg);
+            }
+        }
         let i = self.sup.add(&cfg, g, pos);
         debug_assert_eq!(i, self.children.len());
         debug_assert_eq!(self.regions.len(), i + 1);
