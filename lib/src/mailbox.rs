@@ -1269,7 +1269,7 @@ impl PostOffice {
     }
 
     /// Where daemon `i`'s processes map its row of monitor bits from
-    /// ([`MonitorRow::map`]): a file and an offset; none for a slot not
+    /// (`MonitorRow::map`): a file and an offset; none for a slot not
     /// taken. An exec'd program (`alone`) gets a file that holds its row
     /// alone, made at its first start (offset 0); a forked daemon maps its
     /// row's pages of the arena (or that file, once it has one).
