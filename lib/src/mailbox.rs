@@ -520,6 +520,27 @@ impl Post {
         self.count.div_ceil(64).max(1)
     }
 
+    /// The word and bit of the interest bitmap that say "some daemon may
+    /// monitor daemon `j`": set by [`Mailbox::monitor`] after the bit in
+    /// its own row, cleared by the root before it looks for watchers of
+    /// `j` in every row, so a death nobody watches costs no look at any
+    /// row. It lies in the post's last pages, which every daemon maps
+    /// read-write: a stray write there costs the root a needless look, it
+    /// never makes a DOWN (the rows decide). `None` for no such slot.
+    fn interest(&self, j: usize) -> Option<(&AtomicU64, u64)> {
+        if j >= self.count {
+            return None;
+        }
+        let start = self.post_len.checked_sub(interest_len(self.row_words()))?;
+        let off = start + (j / 64) * 8;
+        // SAFETY: `start` is page-aligned (both lengths are whole pages)
+        // and the area holds `row_words()` words, the last at
+        // `post_len - 8` or below; the post is mapped for the process's
+        // life; AtomicU64 has u64's layout and any bits are valid.
+        let word = unsafe { &*self.post.as_ptr().add(off).cast::<AtomicU64>() };
+        Some((word, 1 << (j % 64)))
+    }
+
     /// Makes this view the one [`judge`] reads. Fork-safe.
     fn install(&self) {
         REGISTRY_COUNT.store(self.count, Ordering::Release);
@@ -905,6 +926,11 @@ impl Mailbox {
     pub fn monitor(&self, name: &str) -> Result<(), SendError> {
         let (word, bit) = self.my_monitor_bit(name)?;
         word.fetch_or(bit, Ordering::AcqRel);
+        // Then the interest bit, so the root that finds it also finds the
+        // row's bit (it clears the interest bit before it looks).
+        if let Some((word, bit)) = self.post.find(name).and_then(|j| self.post.interest(j)) {
+            word.fetch_or(bit, Ordering::AcqRel);
+        }
         Ok(())
     }
 
@@ -1052,6 +1078,11 @@ impl std::error::Error for AddError {}
 /// The room of each slot in the post, as (offset, length): one per daemon
 /// of `daemons`, its ring's size, then `spare` of a default mailbox's;
 /// and the post's length, before rounding to pages.
+/// Bytes of the interest bitmap of `words` words: whole pages.
+fn interest_len(words: usize) -> usize {
+    crate::region::page_round((words * 8) as u64) as usize
+}
+
 fn rooms(daemons: &[Shape<'_>], spare: usize) -> io::Result<(Vec<(usize, usize)>, usize)> {
     let spare_len = ring::required_size(&ring_config(&Shape {
         name: "",
@@ -1090,7 +1121,10 @@ impl PostOffice {
         }
         let (room, post_len) = rooms(daemons, spare)?;
         let words = count.div_ceil(64).max(1);
-        let post_len = crate::region::page_round(post_len.max(8) as u64) as usize;
+        // The rings, then the interest bitmap in pages of its own at the
+        // end ([`Post::interest`]).
+        let post_len =
+            crate::region::page_round(post_len.max(8) as u64) as usize + interest_len(words);
         let reg_len =
             crate::region::page_round((size_of::<Directory>() + count * size_of::<Entry>()) as u64)
                 as usize;
@@ -1390,6 +1424,16 @@ impl PostOffice {
         }
         self.ended(i);
         self.last[i] = Some((pid, reason, restarts));
+        // Nobody may watch `i`: no row to look at (a death costs the same
+        // whatever the tree's size). Cleared before the look: a monitor
+        // set meanwhile sets it again and is found at `i`'s next death.
+        let watched = self
+            .view
+            .interest(i)
+            .is_some_and(|(word, bit)| word.fetch_and(!bit, Ordering::AcqRel) & bit != 0);
+        if !watched {
+            return 0;
+        }
         let body = Gone::encode(i, &self.view, pid, reason, restarts);
         let mut delivered = 0;
         for w in 0..self.rows.len() {
@@ -1542,6 +1586,40 @@ mod tests {
         let id = office.begin(1, false);
         let plain = Mailbox::new(office.post(), 1, id);
         assert_eq!(plain.monitor("a"), Err(SendError::NoPost));
+    }
+
+    #[test]
+    fn a_death_looks_at_the_rows_only_when_a_monitor_said_so() {
+        let mut office =
+            PostOffice::create(&[shape("a"), shape("b"), shape("c")], 0).expect("post office");
+        let a = mailbox(&mut office, 0);
+        let interest = |office: &PostOffice, j: usize| {
+            let (word, bit) = office.view.interest(j).expect("a slot");
+            word.load(Ordering::Acquire) & bit != 0
+        };
+        assert!(!interest(&office, 1), "nobody watches b yet");
+        a.monitor("b").expect("monitor b");
+        assert!(interest(&office, 1), "monitor raises b's interest bit");
+        assert!(!interest(&office, 2), "and only b's");
+        let reason = crate::ExitReason::Exited(3);
+        assert_eq!(office.died(1, 42, reason, 0), 1);
+        assert!(!interest(&office, 1), "cleared by the death that looked");
+        // A bit in a row without the interest bit (a write that did not go
+        // through `monitor`) is not looked for: it waits for a monitor.
+        let (word, bit) = a.monitors.as_ref().and_then(|r| r.bit(1)).expect("a's row");
+        word.fetch_or(bit, Ordering::AcqRel);
+        assert_eq!(office.died(1, 43, reason, 1), 0);
+        a.monitor("b").expect("monitor b again");
+        assert_eq!(
+            office.died(1, 44, reason, 2),
+            1,
+            "found with the interest bit"
+        );
+        // The bitmap lies past every ring, in the post's last page.
+        let (word, _) = office.view.interest(2).expect("a slot");
+        let at = std::ptr::from_ref(word) as usize - office.view.post.as_ptr() as usize;
+        assert!(at + 8 <= office.view.post_len && at >= office.view.post_len - 4096);
+        assert!(office.view.interest(3).is_none(), "no slot 3");
     }
 
     #[test]
