@@ -25,7 +25,7 @@ pub fn getppid() -> Pid {
 /// the caller cannot be reused, so for one the descriptor is race-free.
 pub fn pidfd_open(pid: Pid) -> io::Result<std::os::fd::OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags, no memory.
-    let raw = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid.0, 0) })?;
+    let raw = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) })?;
     let raw = i32::try_from(raw).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
     // SAFETY: pidfd_open returned a fresh descriptor that we now own.
     Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
