@@ -60,7 +60,7 @@ pub(crate) enum Slot {
 /// Slots in the window.
 const LEN: usize = Slot::Listen as usize + MAX_LISTEN;
 /// The same, as a count of descriptor numbers.
-// 75 fits any descriptor number type (checked below).
+// 76 fits any descriptor number type (checked below).
 #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
 const SPAN: RawFd = LEN as RawFd;
 
