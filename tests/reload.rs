@@ -178,33 +178,29 @@ kind = "nosuchkind"
 
     // So is a mailbox of another size (laid out at start) and a cgroup
     // limit (written when the cgroup is made), each named with its place.
-    write_config(
-        &t.dir,
-        &format!(
-            "[root]\ncontrol = \"{}\"\n{}\nmailbox = 512\n",
-            t.socket().display(),
-            THREE.trim_end()
-        ),
-    );
-    let r = t.ctl_run(&["reload"]);
-    assert_eq!(r.code, Some(1), "{}{}", r.stdout, r.stderr);
-    assert!(r.stderr.contains("daemon[2].mailbox"), "{}", r.stderr);
-    assert!(r.stderr.contains("its size cannot change"), "{}", r.stderr);
-    write_config(
-        &t.dir,
-        &format!(
-            "[root]\ncontrol = \"{}\"\n{}\npids_max = 64\n",
-            t.socket().display(),
-            THREE.trim_end()
-        ),
-    );
-    let r = t.ctl_run(&["reload"]);
-    assert_eq!(r.code, Some(1), "{}{}", r.stdout, r.stderr);
-    assert!(r.stderr.contains("daemon[2]"), "{}", r.stderr);
-    assert!(
-        r.stderr.contains("cgroup limits") || r.stderr.contains("pids_max"),
-        "{}",
+    // The tree's file with one more line for its last daemon: a failed
+    // reload's stderr.
+    let refused = |line: &str| {
+        write_config(
+            &t.dir,
+            &format!(
+                "[root]\ncontrol = \"{}\"\n{}\n{line}\n",
+                t.socket().display(),
+                THREE.trim_end()
+            ),
+        );
+        let r = t.ctl_run(&["reload"]);
+        assert_eq!(r.code, Some(1), "{line}: {}{}", r.stdout, r.stderr);
         r.stderr
+    };
+    let err = refused("mailbox = 512");
+    assert!(err.contains("daemon[2].mailbox"), "{err}");
+    assert!(err.contains("its size cannot change"), "{err}");
+    let err = refused("pids_max = 64");
+    assert!(err.contains("daemon[2]"), "{err}");
+    assert!(
+        err.contains("cgroup limits") || err.contains("pids_max"),
+        "{err}"
     );
 
     let after = three_pids(&t);

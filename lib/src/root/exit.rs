@@ -88,11 +88,10 @@ impl Root<'_> {
         let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
             return Ok(());
         };
+        // None: reaped already (its SIGCHLD or a sweep came first in this
+        // batch; `exited` closed its pidfd then).
         if let Some(status) = sys::reap_pid(pid).map_err(ctx("waitid"))? {
             self.exited(pid, status);
-        } else if self.pidfds.remove(&pid).is_some() {
-            // Reaped already (a sweep) without its pidfd closed: close it.
-            debug!(%pid, "pidfd of a child reaped before");
         }
         Ok(())
     }
