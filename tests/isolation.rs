@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{send, Tree};
+use common::{send, zygote_of, Tree};
 use libc::{SIGKILL, SIGTERM};
 
 #[test]
@@ -169,17 +169,29 @@ fn pids_of(t: &Tree, names: &[String]) -> Vec<i32> {
     })
 }
 
-/// New processes get their descriptors through a window of low numbers,
-/// sharing the root's table until they take their own, and a start while
-/// the window is lent is forked with a copy of the table (DESIGN.md §5).
-/// Either way each process holds its own pipes and nothing else of the
-/// root's, and the root holds after many restarts what it held before.
+/// Built-in daemons are forked by the zygote, which gets their descriptors
+/// with each request; each holds its own pipes and nothing else of the
+/// root's or the zygote's, and the root holds after many restarts what it
+/// held before (DESIGN.md §3).
 #[test]
 fn every_incarnation_holds_its_own_descriptors_and_nothing_of_the_roots() {
+    own_descriptors_after_restarts(true);
+}
+
+/// Without the zygote (`zygote = false`) new processes get their
+/// descriptors through a window of low numbers, sharing the root's table
+/// until they take their own, and a start while the window is lent is
+/// forked with a copy of the table (DESIGN.md §3). Either way, the same.
+#[test]
+fn without_the_zygote_every_incarnation_holds_its_own_descriptors_too() {
+    own_descriptors_after_restarts(false);
+}
+
+fn own_descriptors_after_restarts(zygote: bool) {
     // Eight daemons killed at once restart in the same turns of the root's
     // loop, most while the window is lent to the first; an exec'd program
     // among them; 200 idle siblings give the root ~1,000 descriptors.
-    let mut config = String::from("[supervisor]\nintensity = 1000\n");
+    let mut config = format!("[root]\nzygote = {zygote}\n[supervisor]\nintensity = 1000\n");
     let mut group: Vec<String> = (0..7).map(|k| format!("m{k}")).collect();
     for name in &group {
         config.push_str(&format!(
@@ -194,7 +206,10 @@ fn every_incarnation_holds_its_own_descriptors_and_nothing_of_the_roots() {
         ));
     }
     let t = Tree::start_with(&config, |c| {
-        c.env("FORKROOT_LOG", "info,forkroot::root::spawn=debug");
+        c.env(
+            "FORKROOT_LOG",
+            "info,forkroot::root::spawn=debug,forkroot::root::start=debug",
+        );
     });
     let first = pids_of(&t, &group);
     t.poll("every daemon started", || {
@@ -222,10 +237,28 @@ fn every_incarnation_holds_its_own_descriptors_and_nothing_of_the_roots() {
             now.iter().zip(&old).all(|(a, b)| a != b).then_some(now)
         });
     }
-    assert!(
-        !t.log_lines(&["window is lent"]).is_empty(),
-        "no start found the window lent: the copying fork was not exercised"
-    );
+    if zygote {
+        // Every built-in start came from the zygote, none from the root
+        // (which spawned the exec'd program: 11 starts).
+        assert!(t.log_lines(&["window is lent"]).is_empty(), "{}", t.log());
+        let by_root = t.log_lines(&["forked", "by=root"]);
+        assert!(
+            by_root.len() == 11 && by_root.iter().all(|l| l.contains("daemon=prog")),
+            "{by_root:#?}"
+        );
+        let z = zygote_of(t.pid).expect("a zygote");
+        // Its own table: stdio and its socket, nothing of the root's.
+        assert_eq!(
+            descriptors(z.pid).keys().copied().collect::<Vec<u32>>(),
+            [0, 1, 2, 3]
+        );
+    } else {
+        assert!(
+            !t.log_lines(&["window is lent"]).is_empty(),
+            "no start found the window lent: the copying fork was not exercised"
+        );
+        assert!(zygote_of(t.pid).is_none());
+    }
     for (k, &pid) in pids.iter().enumerate() {
         let fds = descriptors(pid);
         let numbers: Vec<u32> = fds.keys().copied().collect();

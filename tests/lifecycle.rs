@@ -53,7 +53,13 @@ fn wait_up(t: &Tree) -> Vec<Proc> {
 fn stops_cleanly_on(signal: i32) {
     let mut t = Tree::start(PROBES_AND_A_SHELL);
     let procs = wait_up(&t);
-    assert_eq!(procs.len(), 5, "{procs:?}");
+    // Three probes, the shell and its sleep, and the zygote (which goes
+    // too).
+    assert_eq!(procs.len(), 6, "{procs:?}");
+    assert!(
+        procs.iter().any(|p| p.comm == "forkroot [zygot"),
+        "{procs:?}"
+    );
 
     t.signal(signal);
     assert_eq!(t.wait_code(), 0, "{}", t.log());
@@ -163,9 +169,13 @@ memory = "64KiB"
     let mut t = Tree::start(config);
     t.wait_starts("a", 1);
     t.wait_starts("b", 1);
-    let daemons = t.poll("three daemons, all set up", || {
+    // The root's children: the three daemons and the zygote.
+    let daemons = t.poll("three daemons, all set up, and the zygote", || {
         let d = common::children(t.pid);
-        (d.len() == 3 && d.iter().any(|p| p.comm == "sleep")).then_some(d)
+        (d.len() == 4
+            && d.iter().any(|p| p.comm == "sleep")
+            && d.iter().any(|p| p.comm == "forkroot [zygot"))
+        .then_some(d)
     });
     send(t.pid, SIGKILL).unwrap();
     let status = t.wait_exit();
@@ -173,8 +183,9 @@ memory = "64KiB"
         std::os::unix::process::ExitStatusExt::signal(&status),
         Some(SIGKILL)
     );
-    // Every daemon, built-in or exec'd, dies with its root (its parent-death
-    // signal); with the root gone, reaping them is init's job.
+    // Every daemon, built-in or exec'd, and the zygote die with their root
+    // (their parent-death signal); with the root gone, reaping them is
+    // init's job.
     t.wait_dead(&daemons);
 }
 

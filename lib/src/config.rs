@@ -190,6 +190,10 @@ pub struct RootConfig {
     pub state_dir: Option<PathBuf>,
     /// `stop_timeout`: time between SIGTERM and SIGKILL. Default 5s.
     pub stop_timeout: Duration,
+    /// `zygote`: built-in daemons are forked by the zygote, a small copy
+    /// of the root made at start (default `true`); `false`: the root forks
+    /// each itself.
+    pub zygote: bool,
 }
 
 /// Restart strategy of a supervisor (OTP names).

@@ -8,6 +8,8 @@
 //! - The setup report ([`report_setup_failure`], [`read_setup`]): a
 //!   start-up step that failed in a forked child, sent to the root over
 //!   the close-on-exec setup pipe before the child exits.
+//! - A spawn request ([`Spawn`]) and its answer ([`encode_spawned`],
+//!   [`decode_spawned`]): between the root and its zygote (DESIGN.md §3).
 //! - The environment of an exec'd program ([`exec_env`], [`ExecEnv`]):
 //!   `FORKROOT_NAME`, `FORKROOT_REGION_FD`, `FORKROOT_REGION_SIZE`,
 //!   `FORKROOT_RESTARTS`, `FORKROOT_ON_RESTART` and `FORKROOT_HISTORY`.
@@ -405,6 +407,162 @@ fn parse_setup(b: &[u8]) -> ExitReason {
     }
 }
 
+/// The root's request to its zygote, on the wire; a [`HistoryMsg`]
+/// follows it in the same message.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct SpawnMsg {
+    tag: u32,
+    version: u32,
+    crc: u32,
+    index: u32,
+    standby: u32,
+    writer: u32,
+    /// Which of the optional descriptors come (`Spawn::present`'s bits).
+    present: u32,
+    listeners: u32,
+    monitors_at: u64,
+}
+
+// SAFETY: repr(C), integers only; every bit pattern is valid.
+unsafe impl Plain for SpawnMsg {}
+const _: () = assert!(size_of::<SpawnMsg>() == 8 * 4 + 8);
+
+impl Message for SpawnMsg {
+    const TAG: u32 = u32::from_le_bytes(*b"FRsp");
+    fn crc_mut(&mut self) -> &mut u32 {
+        &mut self.crc
+    }
+    fn header(&self) -> (u32, u32) {
+        (self.tag, self.version)
+    }
+}
+
+/// What the root asks its zygote to fork: daemon `index` (its standby if
+/// `standby`), as mailbox writer `writer`, with `history`. The descriptors
+/// travel beside the message (`SCM_RIGHTS`), in the order the root's
+/// spawn code lists them; `present` and `listeners` say which came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Spawn {
+    pub(crate) index: u32,
+    pub(crate) standby: bool,
+    pub(crate) writer: u32,
+    pub(crate) present: u32,
+    pub(crate) listeners: u32,
+    pub(crate) monitors_at: u64,
+    pub(crate) history: History,
+}
+
+impl Spawn {
+    /// Bytes of the message.
+    pub(crate) const SIZE: usize = SpawnMsg::SIZE + History::SIZE;
+
+    /// The sealed message.
+    pub(crate) fn encode(&self) -> [u8; Self::SIZE] {
+        let m = SpawnMsg {
+            tag: SpawnMsg::TAG,
+            version: VERSION,
+            crc: 0,
+            index: self.index,
+            standby: u32::from(self.standby),
+            writer: self.writer,
+            present: self.present,
+            listeners: self.listeners,
+            monitors_at: self.monitors_at,
+        }
+        .sealed();
+        let mut out = [0u8; Self::SIZE];
+        out[..SpawnMsg::SIZE].copy_from_slice(m.bytes());
+        out[SpawnMsg::SIZE..].copy_from_slice(&self.history.encode());
+        out
+    }
+
+    /// Reads a sealed message.
+    pub(crate) fn decode(b: &[u8]) -> Result<Spawn, MessageError> {
+        if b.len() != Self::SIZE {
+            return Err(MessageError::Size(b.len()));
+        }
+        let m = SpawnMsg::open(&b[..SpawnMsg::SIZE])?;
+        let standby = match m.standby {
+            0 => false,
+            1 => true,
+            _ => return Err(MessageError::Field("standby")),
+        };
+        Ok(Spawn {
+            index: m.index,
+            standby,
+            writer: m.writer,
+            present: m.present,
+            listeners: m.listeners,
+            monitors_at: m.monitors_at,
+            history: History::decode(&b[SpawnMsg::SIZE..])?,
+        })
+    }
+}
+
+/// The zygote's answer, on the wire: the new process's pid, or why there
+/// is none.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct SpawnedMsg {
+    tag: u32,
+    version: u32,
+    crc: u32,
+    pid: i32,
+    errno: i32,
+    _pad: u32,
+}
+
+// SAFETY: repr(C), integers only; every bit pattern is valid.
+unsafe impl Plain for SpawnedMsg {}
+const _: () = assert!(size_of::<SpawnedMsg>() == 6 * 4);
+
+impl Message for SpawnedMsg {
+    const TAG: u32 = u32::from_le_bytes(*b"FRsd");
+    fn crc_mut(&mut self) -> &mut u32 {
+        &mut self.crc
+    }
+    fn header(&self) -> (u32, u32) {
+        (self.tag, self.version)
+    }
+}
+
+/// Bytes of the zygote's answer.
+pub(crate) const SPAWNED_SIZE: usize = SpawnedMsg::SIZE;
+
+/// The zygote's answer: `Ok(pid)`, or the error its fork or the request
+/// met.
+pub(crate) fn encode_spawned(r: &io::Result<sys::Pid>) -> [u8; SPAWNED_SIZE] {
+    let (pid, errno) = match r {
+        Ok(pid) => (pid.as_raw(), 0),
+        Err(e) => (0, e.raw_os_error().unwrap_or(libc::EIO)),
+    };
+    let m = SpawnedMsg {
+        tag: SpawnedMsg::TAG,
+        version: VERSION,
+        crc: 0,
+        pid,
+        errno,
+        _pad: 0,
+    }
+    .sealed();
+    let mut out = [0u8; SPAWNED_SIZE];
+    out.copy_from_slice(m.bytes());
+    out
+}
+
+/// Reads the zygote's answer: the outer error if the message does not
+/// verify, the inner one if the zygote reported one.
+pub(crate) fn decode_spawned(b: &[u8]) -> Result<io::Result<sys::Pid>, MessageError> {
+    let m = SpawnedMsg::open(b)?;
+    if m.errno != 0 {
+        return Ok(Err(io::Error::from_raw_os_error(m.errno)));
+    }
+    Ok(Ok(
+        sys::Pid::from_raw(m.pid).ok_or(MessageError::Field("pid"))?
+    ))
+}
+
 /// The variables of an exec'd program's environment that forkroot sets.
 const NAME: &str = "FORKROOT_NAME";
 const REGION_FD: &str = "FORKROOT_REGION_FD";
@@ -571,6 +729,38 @@ mod tests {
         let mut hex = History::new(0, &[], None).hex();
         hex.replace_range(0..2, "g0");
         assert_eq!(History::from_hex(&hex), Err(MessageError::Field("hex")));
+    }
+
+    #[test]
+    fn a_spawn_request_and_its_answer_round_trip_and_are_checked() {
+        let req = Spawn {
+            index: 4,
+            standby: true,
+            writer: 0x0003_0004,
+            present: 0b1010,
+            listeners: 2,
+            monitors_at: 8192,
+            history: History::new(9, &deaths(3), Some(5)),
+        };
+        let b = req.encode();
+        assert_eq!(Spawn::decode(&b), Ok(req));
+        assert_eq!(Spawn::decode(&b[..10]), Err(MessageError::Size(10)));
+        let mut bad = b;
+        bad[12] ^= 1; // index
+        assert_eq!(Spawn::decode(&bad), Err(MessageError::Crc));
+        let mut bad = b;
+        bad[SpawnMsg::SIZE + 12] ^= 1; // the history's restarts
+        assert_eq!(Spawn::decode(&bad), Err(MessageError::Crc));
+        let pid = sys::Pid::from_raw(1234).unwrap();
+        let ok = encode_spawned(&Ok(pid));
+        assert_eq!(decode_spawned(&ok).unwrap().unwrap(), pid);
+        let err = encode_spawned(&Err(io::Error::from_raw_os_error(libc::EAGAIN)));
+        let e = decode_spawned(&err).unwrap().unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EAGAIN));
+        assert_eq!(
+            decode_spawned(&b[..SPAWNED_SIZE]).unwrap_err(),
+            MessageError::Tag
+        );
     }
 
     #[test]

@@ -313,6 +313,10 @@ pub struct RegionSet {
     arena: Option<OwnedFd>,
     /// Where the next own-file region goes (after a guard page).
     end: usize,
+    /// Counts the changes to the set's layout (a region made, added,
+    /// replaced or released): a copy of the set taken in a fork is out of
+    /// date once this moves on.
+    generation: u64,
 }
 
 /// Reserves the address space for regions of `lens` bytes (`len` in all,
@@ -376,6 +380,7 @@ impl RegionSet {
             slots: Vec::with_capacity(specs.len()),
             arena: None,
             end: 0,
+            generation: 0,
         };
         if arena_len > 0 {
             set.map_arena(page, arena_len)?;
@@ -457,6 +462,7 @@ impl RegionSet {
     /// Makes the file of own-file region `i` (a `state_dir` file, or a
     /// sealed memfd) and maps it read-only at its place.
     fn make(&mut self, i: usize) -> io::Result<()> {
+        self.generation += 1;
         let s = &self.slots[i];
         let (name, rlen) = (&s.name, s.len);
         let fd = match &s.path {
@@ -493,6 +499,7 @@ impl RegionSet {
     /// cannot be made now is made by [`RegionSet::ensure`] before a start,
     /// as at [`RegionSet::create`].
     pub fn add(&mut self, spec: &RegionSpec<'_>, state_dir: Option<&Path>) -> io::Result<usize> {
+        self.generation += 1;
         let slot = self.grow(spec, state_dir)?;
         self.slots.push(slot);
         let i = self.slots.len() - 1;
@@ -511,6 +518,7 @@ impl RegionSet {
         spec: &RegionSpec<'_>,
         state_dir: Option<&Path>,
     ) -> io::Result<()> {
+        self.generation += 1;
         let slot = self.grow(spec, state_dir)?;
         self.release(i);
         self.slots[i] = slot;
@@ -524,6 +532,7 @@ impl RegionSet {
     /// region replaced): its pages are punched out of its file, which
     /// reads as zeroes from then on. A `state_dir` file is kept whole.
     pub fn release(&mut self, i: usize) {
+        self.generation += 1;
         if self.slots[i].path.is_none() && !matches!(self.slots[i].backing, Backing::Missing) {
             if let Some((fd, off)) = self.file(i) {
                 let _ = sys::punch_hole(fd, off, self.slots[i].len as u64);
@@ -622,6 +631,12 @@ impl RegionSet {
             Backing::Own(fd) => Some((fd.as_fd(), 0)),
             Backing::Missing => None,
         }
+    }
+
+    /// The layout's generation: it moves on with every region made,
+    /// added, replaced or released.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Number of regions.

@@ -191,6 +191,7 @@ fn defaults_are_applied() {
     assert_eq!(c.root.control, None);
     assert_eq!(c.root.state_dir, None);
     assert_eq!(c.root.stop_timeout, Duration::from_secs(5));
+    assert!(c.root.zygote);
     for s in [&c.supervisor, &c.groups[0].supervisor] {
         assert_eq!(s.strategy, Strategy::OneForOne);
         assert_eq!(s.intensity, 5);
@@ -223,6 +224,7 @@ fn every_mistake_is_reported_with_its_place() {
 [root]
 stop_timeout = 5
 contrl = "/tmp/x.sock"
+zygote = "yes"
 
 [supervisor]
 strategy = "one_for_none"
@@ -270,6 +272,7 @@ memory = 0
     let want = [
         "root.contrl",
         "root.stop_timeout",
+        "root.zygote",
         "supervisor.perod",
         "supervisor.strategy",
         "supervisor.intensity",
@@ -315,7 +318,7 @@ memroy = "1MiB"
         lines,
         [
             "root.contrl: unknown key, did you mean \"control\"? \
-             (expected one of: control, control_group, state_dir, stop_timeout)",
+             (expected one of: control, control_group, state_dir, stop_timeout, zygote)",
             "daemon[0].memroy: unknown key, did you mean \"memory\"? (expected one of: \
              name, kind, exec, group, memory, restart, significant, on_restart, watchdog, standby, \
              links, listen, backoff, backoff_max, readiness, notify_fd, start_timeout, \

@@ -540,6 +540,14 @@ pub(crate) fn children(pid: i32) -> Vec<Proc> {
         .collect()
 }
 
+/// The zygote among the children of the root `root` (by its title, as
+/// the kernel keeps it in comm).
+pub(crate) fn zygote_of(root: i32) -> Option<Proc> {
+    children(root)
+        .into_iter()
+        .find(|p| p.comm == "forkroot [zygot" && p.state != 'Z')
+}
+
 /// Every descendant of `pid` (children, their children, ...).
 pub(crate) fn descendants(pid: i32) -> Vec<Proc> {
     let all = all_processes();

@@ -23,7 +23,13 @@ use crate::daemon::{Kind, Registry};
 mod exec;
 
 const TOP_KEYS: &[&str] = &["root", "supervisor", "group", "daemon"];
-const ROOT_KEYS: &[&str] = &["control", "control_group", "state_dir", "stop_timeout"];
+const ROOT_KEYS: &[&str] = &[
+    "control",
+    "control_group",
+    "state_dir",
+    "stop_timeout",
+    "zygote",
+];
 const SUPERVISOR_KEYS: &[&str] = &[
     "strategy",
     "intensity",
@@ -144,6 +150,7 @@ pub(super) fn check(doc: &Table, kinds: &Registry) -> Result<Config, Vec<Problem
             control_group: None,
             state_dir: None,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
+            zygote: true,
         });
     let top = c.section(doc, "supervisor");
     // The names are needed for `[supervisor]` already (its significant
@@ -684,6 +691,7 @@ impl Checker<'_> {
             stop_timeout: self
                 .duration(t, place, "stop_timeout")
                 .unwrap_or(DEFAULT_STOP_TIMEOUT),
+            zygote: self.boolean(t, place, "zygote").unwrap_or(true),
         }
     }
 

@@ -104,7 +104,12 @@ impl Root<'_> {
             h.reaped(pid);
         }
         let Some((i, role)) = self.by_pid.remove(&pid) else {
-            debug!(%pid, ?status, "reaped an orphan");
+            if self.zygote_reaped(pid) {
+                // Killed from outside: the next start makes another.
+                warn!(%pid, ?status, "the zygote exited");
+            } else {
+                debug!(%pid, ?status, "reaped an orphan");
+            }
             return;
         };
         match role {

@@ -29,6 +29,7 @@ mod stop;
 mod supervisor;
 mod watchdog;
 mod window;
+mod zygote;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
@@ -222,7 +223,7 @@ impl Child {
     }
 
     /// The process title of daemon `name`.
-    fn title(name: &str) -> Vec<u8> {
+    pub(super) fn title(name: &str) -> Vec<u8> {
         format!("forkroot: {name}").into_bytes()
     }
 }
@@ -328,6 +329,12 @@ pub struct Root<'a> {
     /// (`handover.rs`); `None` on a kernel that cannot unshare by
     /// `close_range`.
     handover: Option<handover::Handover>,
+    /// The process that forks the built-in daemons (`zygote.rs`); made at
+    /// the first start and after a reload changed the tree.
+    zygote: Option<zygote::Zygote>,
+    /// This kernel cannot have a zygote (no clone3 with `CLONE_PARENT`):
+    /// the root forks every daemon itself.
+    zygote_off: bool,
 }
 
 /// Runs the tree until it is stopped; returns the exit code documented for
@@ -386,6 +393,7 @@ impl Root<'_> {
         {
             return None;
         }
+        self.zygote = None;
         // Orphans a daemon left behind, reparented to us.
         let _ = self.reap();
         if let Some(Err(e)) = self.contain.take().map(cgroup::Containment::remove) {

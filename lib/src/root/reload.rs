@@ -149,6 +149,9 @@ fn changed_settings(old: &Config, new: &Config, same_groups: bool) -> Vec<String
     if old.root.stop_timeout != new.root.stop_timeout {
         settings.push("root.stop_timeout".into());
     }
+    if old.root.zygote != new.root.zygote {
+        settings.push("root.zygote".into());
+    }
     if old.supervisor != new.supervisor {
         settings.push("supervisor".into());
     }
@@ -446,6 +449,7 @@ impl Root<'_> {
 
     /// Finishes a step whose daemon `i` is down.
     fn finish(&mut self, i: usize, after: After) {
+        self.drop_zygote();
         match after {
             After::Retire => {
                 self.sup.retire(i);
@@ -514,6 +518,7 @@ impl Root<'_> {
     /// before it in the file that is in the tree (else before the nearest
     /// after it), with a region of its own; it starts if its group runs.
     fn add_daemon(&mut self, cfg: DaemonConfig) {
+        self.drop_zygote();
         let g = group_index(&self.config, cfg.group.as_deref());
         let k = self.config.daemons.iter().position(|d| d.name == cfg.name);
         let (before, after) = self.config.daemons.split_at(k.unwrap_or(0));

@@ -11,7 +11,7 @@
 use std::cell::UnsafeCell;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
 use crate::config::ExecSettings;
@@ -330,6 +330,117 @@ pub(crate) fn spawn(s: &Plan<'_>, window: Option<&mut Handover>) -> io::Result<S
     }
 }
 
+/// Why the zygote did not fork a process: it is gone or broken (the
+/// caller forks itself, and replaces it), or its fork failed (as the
+/// root's own would have).
+#[derive(Debug)]
+pub(crate) enum ByZygote {
+    Gone(io::Error),
+    Failed(io::Error),
+}
+
+/// Has the zygote behind `sock` fork the process `s` plans (a built-in
+/// daemon or standby): the request and the descriptors the child keeps go
+/// in one message, the answer is its pid. The root then writes one byte
+/// on the child's go pipe, whose only write end it holds: a child whose
+/// pid never reached the root (the zygote died first, or answered too
+/// late) reads end-of-file there and exits before any of the daemon's
+/// code runs.
+pub(crate) fn spawn_by_zygote(sock: BorrowedFd<'_>, s: &Plan<'_>) -> Result<Spawned, ByZygote> {
+    let failed = ByZygote::Failed;
+    let (rd, wr) = sys::pipe_cloexec(true).map_err(failed)?;
+    let gate = if s.standby {
+        Some(sys::pipe_cloexec(false).map_err(failed)?)
+    } else {
+        None
+    };
+    let (go_rd, go_wr) = sys::pipe_cloexec(false).map_err(failed)?;
+    let fds = Fds::of(s, wr.as_raw_fd(), gate.as_ref().map(|(r, _)| r.as_raw_fd()));
+    let not_carried = || io::Error::from_raw_os_error(libc::EOPNOTSUPP);
+    let (present, list) = fds
+        .wire(go_rd.as_raw_fd())
+        .ok_or_else(|| ByZygote::Gone(not_carried()))?;
+    let request = handoff::Spawn {
+        index: u32::try_from(s.index).map_err(|_| ByZygote::Gone(not_carried()))?,
+        standby: s.standby,
+        writer: s.writer.raw(),
+        present,
+        // At most MAX_LISTEN (checked with the config).
+        listeners: u32::try_from(s.listeners.len()).map_err(|_| ByZygote::Gone(not_carried()))?,
+        monitors_at: fds.monitors.map_or(0, |(_, at)| at),
+        history: History::new(s.start.restarts, s.start.deaths, s.start.resume_before),
+    };
+    sys::fdpass::send_with_fds(sock, &request.encode(), &list).map_err(ByZygote::Gone)?;
+    drop((wr, go_rd));
+    let mut answer = [0u8; handoff::SPAWNED_SIZE + 1];
+    let n = sys::fdpass::recv_with_fds(sock, &mut answer, &mut Vec::new()).map_err(|e| {
+        // No answer in time (the socket's receive timeout): a stopped
+        // or stuck zygote, not one out of processes.
+        if e.kind() == io::ErrorKind::WouldBlock {
+            ByZygote::Gone(io::Error::from_raw_os_error(libc::ETIMEDOUT))
+        } else {
+            ByZygote::Gone(e)
+        }
+    })?;
+    if n == 0 {
+        return Err(ByZygote::Gone(io::Error::from(
+            io::ErrorKind::UnexpectedEof,
+        )));
+    }
+    let pid = handoff::decode_spawned(&answer[..n])
+        .map_err(|e| ByZygote::Gone(io::Error::other(e.to_string())))?
+        .map_err(|e| match e.raw_os_error() {
+            // Its clone3 cannot make siblings: no zygote on this kernel.
+            Some(libc::ENOSYS) => ByZygote::Gone(e),
+            _ => ByZygote::Failed(e),
+        })?;
+    // The pid is the root's: the child may run (dead already or not, its
+    // exit says). On every path above, `go_wr` is dropped unwritten and
+    // a child that exists reads end-of-file.
+    let _ = sys::write_all(go_wr.as_fd(), &[1]);
+    Ok(Spawned {
+        pid,
+        setup: rd,
+        gate: gate.map(|(_, w)| w),
+    })
+}
+
+/// In the zygote: forks the process of `request`, planned by `s`, as the
+/// root's child, with the descriptors received beside the request (`got`).
+/// Returns its pid; the child never returns.
+pub(crate) fn fork_for_root(
+    s: &Plan<'_>,
+    request: &handoff::Spawn,
+    got: &[OwnedFd],
+) -> io::Result<Pid> {
+    let fds = Fds::from_wire(
+        request.present,
+        request.listeners as usize,
+        request.monitors_at,
+        got,
+    )?;
+    let mut into = fds.cgroup.and_then(|(dir, fresh)| fresh.then_some(dir));
+    loop {
+        // SAFETY: the zygote is single-threaded; the child only makes
+        // fork-safe calls until the daemon's entry; `dir` is a received
+        // descriptor, open across the call.
+        let forked = unsafe { sys::fork_sibling(into.map(|dir| BorrowedFd::borrow_raw(dir))) };
+        match forked {
+            Ok(Forked::Parent(pid)) => return Ok(pid),
+            Ok(Forked::Child) => child(s, &fds, into.is_some()),
+            // The kernel refused this cgroup (EOPNOTSUPP: not a domain
+            // one): born anywhere, the child enters it by migration, as
+            // the root's own fork does.
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) && into.is_some() => into = None,
+            // No clone3 to make siblings with (`sys::fork_sibling`).
+            Err(e) if e.kind() == io::ErrorKind::Unsupported && e.raw_os_error().is_none() => {
+                return Err(io::Error::from_raw_os_error(libc::ENOSYS))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// The descriptors a child keeps, by number: where the root holds them, or
 /// their slots in the hand-over window. Plain numbers, so the child
 /// allocates nothing.
@@ -360,6 +471,34 @@ struct Fds {
     /// Created sharing the root's table: the window's end and sync slot
     /// (see [`handover::unshare`]).
     unshare: Option<(RawFd, RawFd)>,
+    /// Forked by the zygote: the read end of the pipe the root writes one
+    /// byte to once it has the child's pid (`zygote.rs`); end-of-file
+    /// without it means the root never learned of the child, which exits.
+    go: Option<RawFd>,
+}
+
+/// The bits of [`Fds::wire`]'s `present`: which optional descriptors
+/// follow the four always there (setup, go, post, registry), in this
+/// order; the listening sockets come last.
+mod wire {
+    pub(super) const GATE: u32 = 1;
+    /// Two descriptors: stdout's and stderr's pipes.
+    pub(super) const OUTPUT: u32 = 1 << 1;
+    pub(super) const LOCK: u32 = 1 << 2;
+    pub(super) const REGION: u32 = 1 << 3;
+    pub(super) const MONITORS: u32 = 1 << 4;
+    pub(super) const CGROUP: u32 = 1 << 5;
+    /// Not a descriptor: the child may be born in its cgroup.
+    pub(super) const FRESH: u32 = 1 << 6;
+}
+
+/// How many descriptors `present`'s bits stand for.
+fn count(present: u32) -> usize {
+    use wire::{CGROUP, GATE, LOCK, MONITORS, OUTPUT, REGION};
+    [GATE, OUTPUT, OUTPUT, LOCK, REGION, MONITORS, CGROUP]
+        .iter()
+        .filter(|&&b| present & b != 0)
+        .count()
 }
 
 impl Fds {
@@ -386,7 +525,99 @@ impl Fds {
             listeners,
             listen_count: s.listeners.len(),
             unshare: None,
+            go: None,
         }
+    }
+
+    /// The descriptors as one `SCM_RIGHTS` list, and which of the optional
+    /// ones it holds ([`Fds::from_wire`] reads it). `None` for what the
+    /// zygote does not carry: a `notify_fd` pipe (exec'd programs only).
+    fn wire(&self, go: RawFd) -> Option<(u32, Vec<RawFd>)> {
+        if self.notify.is_some() {
+            return None;
+        }
+        let mut present = 0;
+        let mut list = vec![self.setup, go, self.post.0, self.post.1];
+        let mut opt = |fd: Option<RawFd>, bit: u32| {
+            if let Some(fd) = fd {
+                present |= bit;
+                list.push(fd);
+            }
+        };
+        opt(self.gate, wire::GATE);
+        opt(self.output.map(|(o, _)| o), wire::OUTPUT);
+        opt(self.output.map(|(_, e)| e), 0);
+        opt(self.lock, wire::LOCK);
+        opt(self.region, wire::REGION);
+        opt(self.monitors.map(|(fd, _)| fd), wire::MONITORS);
+        opt(self.cgroup.map(|(fd, _)| fd), wire::CGROUP);
+        if self.cgroup.is_some_and(|(_, fresh)| fresh) {
+            present |= wire::FRESH;
+        }
+        list.extend_from_slice(&self.listeners[..self.listen_count]);
+        Some((present, list))
+    }
+
+    /// The descriptors of [`Fds::wire`]'s list as received (`got`, in its
+    /// order), the monitor row at `monitors_at`.
+    fn from_wire(
+        present: u32,
+        listeners: usize,
+        monitors_at: u64,
+        got: &[OwnedFd],
+    ) -> io::Result<Fds> {
+        let bad = || io::Error::from_raw_os_error(libc::EBADMSG);
+        let known = wire::GATE
+            | wire::OUTPUT
+            | wire::LOCK
+            | wire::REGION
+            | wire::MONITORS
+            | wire::CGROUP
+            | wire::FRESH;
+        if present & !known != 0 || (present & wire::FRESH != 0 && present & wire::CGROUP == 0) {
+            return Err(bad());
+        }
+        let mut it = got.iter().map(AsRawFd::as_raw_fd);
+        let mut next = || it.next().ok_or_else(bad);
+        let (setup, go, post) = (next()?, next()?, (next()?, next()?));
+        let mut opt = |bit: u32| -> io::Result<Option<RawFd>> {
+            if present & bit == 0 {
+                Ok(None)
+            } else {
+                next().map(Some)
+            }
+        };
+        let gate = opt(wire::GATE)?;
+        let output = match opt(wire::OUTPUT)? {
+            Some(o) => Some((o, opt(wire::OUTPUT)?.ok_or_else(bad)?)),
+            None => None,
+        };
+        let lock = opt(wire::LOCK)?;
+        let region = opt(wire::REGION)?;
+        let monitors = opt(wire::MONITORS)?.map(|fd| (fd, monitors_at));
+        let cgroup = opt(wire::CGROUP)?.map(|fd| (fd, present & wire::FRESH != 0));
+        if listeners > listen::MAX_LISTEN || got.len() != 4 + count(present) + listeners {
+            return Err(bad());
+        }
+        let mut fds = Fds {
+            setup,
+            gate,
+            output,
+            lock,
+            region,
+            post,
+            monitors,
+            notify: None,
+            cgroup,
+            listeners: [-1; listen::MAX_LISTEN],
+            listen_count: listeners,
+            unshare: None,
+            go: Some(go),
+        };
+        for (slot, fd) in fds.listeners.iter_mut().zip(&got[got.len() - listeners..]) {
+            *slot = fd.as_raw_fd();
+        }
+        Ok(fds)
     }
 
     /// The same descriptors copied into `w`'s slots.
@@ -617,6 +848,7 @@ fn child(s: &Plan<'_>, fds: &Fds, in_cgroup: bool) -> ! {
                 .map(|(fd, at)| crate::mailbox::MonitorRow::map(fd, at, s.post.row_words()))
                 .transpose()
                 .unwrap_or_else(|e| fail(pipe, SetupStage::Descriptors, e));
+            wait_for_go(fds);
             keep_descriptors(fds);
             // The root's descriptors are closed: be dumpable again (core
             // dumps, /proc/PID/fd for the user), which the root is not.
@@ -656,6 +888,27 @@ fn child(s: &Plan<'_>, fds: &Fds, in_cgroup: bool) -> ! {
             };
             crate::daemon::run_builtin(*entry, s.name, region, siblings, args, start, mail, held)
         }
+    }
+}
+
+/// Forked by the zygote: waits until the root has this process's pid (the
+/// go byte), or exits if it never will (end-of-file: the root gave up on
+/// the fork). Until here the child only mapped its memory; nothing of the
+/// daemon ran. Fork-safe.
+fn wait_for_go(fds: &Fds) {
+    let Some(rd) = fds.go else { return };
+    // SAFETY: the go pipe's read end, received with the request and open
+    // in this copy of the zygote's table until keep_descriptors.
+    let rd = unsafe { BorrowedFd::borrow_raw(rd) };
+    let mut byte = [0u8; 1];
+    if !matches!(sys::read(rd, &mut byte), Ok(1)) {
+        // The root gave up on this fork (the zygote died or was ended
+        // before its answer arrived).
+        fail(
+            fds.setup,
+            SetupStage::Fork,
+            io::Error::from_raw_os_error(libc::EPIPE),
+        );
     }
 }
 
@@ -894,4 +1147,121 @@ fn raise(listeners: &[RawFd], min: RawFd) -> io::Result<[RawFd; listen::MAX_LIST
         *slot = sys::dup_at_least(*l, min)?;
     }
     Ok(high)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::ExitReason;
+
+    /// A child of the zygote as far as its go pipe goes.
+    fn fds_with_go(go: RawFd) -> Fds {
+        Fds {
+            setup: -1,
+            gate: None,
+            output: None,
+            lock: None,
+            region: None,
+            post: (-1, -1),
+            monitors: None,
+            notify: None,
+            cgroup: None,
+            listeners: [-1; listen::MAX_LISTEN],
+            listen_count: 0,
+            unshare: None,
+            go: Some(go),
+        }
+    }
+
+    /// Forks a child that waits for its go byte and then writes "ran" on
+    /// a pipe; `release` is what the zygote's side does with its write
+    /// end (the root's side: it holds the only write end). Returns the
+    /// child's exit code, what it wrote, and its setup report.
+    fn run_child(release: impl FnOnce(OwnedFd)) -> (i32, Vec<u8>, handoff::Setup) {
+        let (go_rd, go_wr) = sys::pipe_cloexec(false).unwrap();
+        let (out_rd, out_wr) = sys::pipe_cloexec(false).unwrap();
+        let (setup_rd, setup_wr) = sys::pipe_cloexec(true).unwrap();
+        let mut fds = fds_with_go(go_rd.as_raw_fd());
+        let go_wr_here = go_wr.as_raw_fd();
+        fds.setup = setup_wr.as_raw_fd();
+        // SAFETY: the child makes only async-signal-safe calls (close,
+        // read, write, _exit) before it exits.
+        match unsafe { sys::fork() }.unwrap() {
+            Forked::Child => {
+                // A child of the zygote has no write end: only the root.
+                sys::close(go_wr_here);
+                wait_for_go(&fds);
+                let _ = sys::write_all(out_wr.as_fd(), b"ran");
+                sys::exit_now(0)
+            }
+            Forked::Parent(pid) => {
+                drop((go_rd, out_wr, setup_wr));
+                release(go_wr);
+                let status = sys::wait_pid(pid).unwrap().expect("a status");
+                let mut got = [0u8; 8];
+                let n = sys::read(out_rd.as_fd(), &mut got).unwrap();
+                let code = match status {
+                    sys::WaitStatus::Exited(c) => c,
+                    other => panic!("the child ended with {other:?}"),
+                };
+                (code, got[..n].to_vec(), handoff::read_setup(&setup_rd))
+            }
+        }
+    }
+
+    #[test]
+    fn a_child_whose_pid_never_reached_the_root_runs_nothing() {
+        // The root gave up on the answer: its write end closed unused.
+        let (code, wrote, setup) = run_child(drop);
+        assert_eq!(code, SETUP_FAILED);
+        assert!(wrote.is_empty(), "it ran: {wrote:?}");
+        // Reported as a failed fork (the root logs it if it knows the pid).
+        let failed = ExitReason::SetupFailed {
+            stage: SetupStage::Fork,
+            errno: libc::EPIPE,
+        };
+        assert_eq!(setup, handoff::Setup::Failed(failed));
+        // The answer went out: one byte, and the child goes on.
+        let (code, wrote, _) = run_child(|w| sys::write_all(w.as_fd(), &[1]).unwrap());
+        assert_eq!((code, &wrote[..]), (0, &b"ran"[..]));
+    }
+
+    #[test]
+    fn the_descriptors_cross_to_the_zygote_in_the_order_they_left() {
+        let mut fds = fds_with_go(-1);
+        fds.setup = 10;
+        fds.gate = Some(11);
+        fds.output = Some((12, 13));
+        fds.region = Some(14);
+        fds.post = (15, 16);
+        fds.cgroup = Some((17, true));
+        fds.listeners[..2].copy_from_slice(&[18, 19]);
+        fds.listen_count = 2;
+        let (present, list) = fds.wire(20).unwrap();
+        // What the zygote receives: new numbers, the same order.
+        let got: Vec<OwnedFd> = list
+            .iter()
+            .map(|_| OwnedFd::from(std::fs::File::open("/dev/null").unwrap()))
+            .collect();
+        let n = |k: usize| got[k].as_raw_fd();
+        let back = Fds::from_wire(present, 2, 0, &got).unwrap();
+        assert_eq!(back.setup, n(0));
+        assert_eq!(back.go, Some(n(1)));
+        assert_eq!(back.post, (n(2), n(3)));
+        assert_eq!(back.gate, Some(n(4)));
+        assert_eq!(back.output, Some((n(5), n(6))));
+        assert_eq!((back.lock, back.region), (None, Some(n(7))));
+        assert_eq!(back.cgroup, Some((n(8), true)));
+        assert_eq!(&back.listeners[..2], &[n(9), n(10)]);
+        // One descriptor short, or one too many, is refused whole; so are
+        // bits no writer sets.
+        assert!(Fds::from_wire(present, 2, 0, &got[..10]).is_err());
+        assert!(Fds::from_wire(present, 1, 0, &got).is_err());
+        assert!(Fds::from_wire(present | 1 << 9, 2, 0, &got).is_err());
+        let fresh_alone = (present & !wire::CGROUP) | wire::FRESH;
+        assert!(Fds::from_wire(fresh_alone, 2, 0, &got[..10]).is_err());
+        // A notify pipe is an exec'd program's: not carried.
+        fds.notify = Some((22, 3));
+        assert!(fds.wire(20).is_none());
+    }
 }

@@ -6,10 +6,11 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
-use super::spawn::{self, Plan, Run, Spawned};
+use super::spawn::{self, ByZygote, Plan, Run, Spawned};
 use super::supervisor::{Event, FORK_RETRY};
+use super::zygote::Zygote;
 use super::{cgroup, kill_tree, pid_u32, Mode, Role, Root, State};
 use super::{TOKEN_NOTIFY_FD, TOKEN_SETUP, TOKEN_STANDBY};
 use crate::config::{OnRestart, Program, Readiness};
@@ -35,10 +36,25 @@ impl Root<'_> {
         standby: bool,
     ) -> io::Result<(Spawned, Option<ExitReason>)> {
         let writer = self.post.begin(i, standby);
+        if matches!(self.children[i].cfg.program, Program::Builtin(_)) {
+            self.ensure_zygote();
+        }
         // Out of `self` for the call: the plan borrows the rest of it.
         let mut window = self.handover.take();
-        let forked = self.fork_child_with(i, standby, writer, window.as_mut());
+        let mut zygote = self.zygote.take();
+        let mut lost = None;
+        let forked = self.fork_child_with(
+            i,
+            standby,
+            writer,
+            window.as_mut(),
+            (&mut zygote, &mut lost),
+        );
         self.handover = window;
+        self.zygote = zygote;
+        if let Some(e) = lost {
+            self.zygote_lost(&e);
+        }
         if forked.is_err() {
             self.failed_fork(i, standby);
         }
@@ -52,6 +68,7 @@ impl Root<'_> {
         standby: bool,
         writer: crate::ring::WriterId,
         window: Option<&mut super::handover::Handover>,
+        (zygote, lost): (&mut Option<Zygote>, &mut Option<io::Error>),
     ) -> io::Result<(Spawned, Option<ExitReason>)> {
         // Where it maps its row of monitor bits (an exec'd program gets a
         // file of its own).
@@ -82,29 +99,63 @@ impl Root<'_> {
             }
             _ => None,
         };
-        let spawned = spawn::spawn(
-            &Plan {
-                index: i,
-                name: &c.cfg.name,
-                title: &c.title,
-                regions: &self.regions,
-                root_pid: self.pid,
-                start,
-                run,
-                lock: self.lock.as_ref().map(AsRawFd::as_raw_fd),
-                standby,
-                output: Some(self.outputs[i].write_fds()),
-                notify_fd: notify_pipe.as_ref().map(|((_, w), n)| (w.as_raw_fd(), *n)),
-                post: self.post.post(),
-                writer,
-                post_fds: self.post.fds(),
-                monitors,
-                cgroup: cgroup::raw(cgroup_dir.as_ref()),
-                listeners: self.listeners.get(i).map_or(&[][..], |l| &l[..]),
-                listen: &c.cfg.listen,
-            },
-            window,
-        )?;
+        let plan = Plan {
+            index: i,
+            name: &c.cfg.name,
+            title: &c.title,
+            regions: &self.regions,
+            root_pid: self.pid,
+            start,
+            run,
+            lock: self.lock.as_ref().map(AsRawFd::as_raw_fd),
+            standby,
+            output: Some(self.outputs[i].write_fds()),
+            notify_fd: notify_pipe.as_ref().map(|((_, w), n)| (w.as_raw_fd(), *n)),
+            post: self.post.post(),
+            writer,
+            post_fds: self.post.fds(),
+            monitors,
+            cgroup: cgroup::raw(cgroup_dir.as_ref()),
+            listeners: self.listeners.get(i).map_or(&[][..], |l| &l[..]),
+            listen: &c.cfg.listen,
+        };
+        // A built-in daemon is forked by the zygote; if it is gone, by the
+        // root itself, as an exec'd program always is.
+        let answer = zygote
+            .as_ref()
+            .filter(|_| matches!(plan.run, Run::Builtin { .. }))
+            .map(|z| spawn::spawn_by_zygote(z.sock(), &plan));
+        let mut by_zygote = false;
+        let spawned = match answer {
+            None => spawn::spawn(&plan, window),
+            Some(Ok(s)) => {
+                by_zygote = true;
+                Ok(s)
+            }
+            // Out of processes (RLIMIT_NPROC): the zygote is one of them,
+            // and must not cost a daemon its start. Ended, its slot goes to
+            // the root's own fork; if that succeeds, the zygote was in the
+            // way and stays off. If not (the daemon's own `pids_max`, which
+            // no zygote counts against), the next start makes a new one.
+            Some(Err(ByZygote::Failed(e))) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                drop(zygote.take());
+                let direct = spawn::spawn(&plan, window);
+                if direct.is_ok() {
+                    *lost = Some(e);
+                }
+                direct
+            }
+            Some(Err(ByZygote::Failed(e))) => Err(e),
+            Some(Err(ByZygote::Gone(e))) => {
+                drop(zygote.take());
+                *lost = Some(e);
+                spawn::spawn(&plan, window)
+            }
+        };
+        drop(plan);
+        let spawned = spawned?;
+        let by = if by_zygote { "zygote" } else { "root" };
+        debug!(daemon = %self.children[i].cfg.name, pid = %spawned.pid, by = %by, "forked");
         drop(cgroup_dir);
         self.forked(i, standby, spawned.pid);
         let unwatched = match (self.watch_setup(i, standby, &spawned), notify_pipe) {
@@ -112,6 +163,71 @@ impl Root<'_> {
             (unwatched, _) => unwatched,
         };
         Ok((spawned, unwatched))
+    }
+
+    /// Makes the zygote if there is none (and the kernel can have one).
+    fn ensure_zygote(&mut self) {
+        if self
+            .zygote
+            .as_ref()
+            .is_some_and(|z| !z.knows(&self.regions) || !self.config.root.zygote)
+        {
+            // A region was made, added or replaced since it was forked, or
+            // a reload turned it off.
+            self.drop_zygote();
+        }
+        if !self.config.root.zygote {
+            return;
+        }
+        if self.zygote.is_some() || self.zygote_off {
+            return;
+        }
+        match Zygote::start(&super::zygote::Image::of(self)) {
+            Ok(z) => {
+                debug!(pid = %z.pid(), "zygote forked");
+                self.zygote = Some(z);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                warn!("out of processes for the zygote; the root forks every daemon itself");
+                self.zygote_off = true;
+            }
+            Err(e) => warn!(error = %e, "cannot fork the zygote; the root forks this start itself"),
+        }
+    }
+
+    /// The zygote could not serve a start (which the root forked itself):
+    /// it is ended, and another is made at the next start, unless this
+    /// kernel cannot have one.
+    fn zygote_lost(&mut self, e: &io::Error) {
+        match e.raw_os_error() {
+            Some(libc::ENOSYS) => {
+                info!("this kernel cannot fork for the root (clone3 with CLONE_PARENT); the root forks every daemon itself");
+                self.zygote_off = true;
+            }
+            Some(libc::EAGAIN) => {
+                warn!("out of processes: the zygote is ended, its process left to the daemons, and the root forks every daemon itself");
+                self.zygote_off = true;
+            }
+            _ => warn!(error = %e, "the zygote did not answer; the root forked the start itself"),
+        }
+        self.drop_zygote();
+    }
+
+    /// Ends the zygote (its copy of the tree is out of date, or it is
+    /// broken); the next built-in start makes another.
+    pub(super) fn drop_zygote(&mut self) {
+        self.zygote = None;
+    }
+
+    /// Whether `pid`, just reaped, was the zygote (then forgotten).
+    pub(super) fn zygote_reaped(&mut self, pid: Pid) -> bool {
+        if self.zygote.as_ref().is_some_and(|z| z.pid() == pid) {
+            if let Some(z) = self.zygote.take() {
+                z.reaped();
+            }
+            return true;
+        }
+        false
     }
 
     /// What daemon `i`'s process will run: its built-in kind, or its

@@ -15,8 +15,8 @@ use tracing::{info, warn};
 use super::state_dir::{lock_state_dir, watch_state_dir};
 use super::supervisor::Supervisor;
 use super::{
-    cgroup, control, ctx, handover, manager, notify, output, pid_u32, reload, Child, Mode, Root,
-    RootError,
+    cgroup, control, ctx, handover, manager, notify, output, pid_u32, reload, zygote, Child, Mode,
+    Root, RootError,
 };
 use super::{
     TOKEN_CGROUP, TOKEN_HANDOVER, TOKEN_LISTENER, TOKEN_NOTIFY, TOKEN_SIGNALS, TOKEN_WATCH,
@@ -58,12 +58,17 @@ impl<'a> Root<'a> {
         let watch = watch_regions(&config, &epoll)?;
         let (server, socket) = bind_control(&config, &epoll)?;
         let contain = contain_daemons(&config, &socket, &epoll)?;
+        let names: Vec<String> = config.daemons.iter().map(|d| d.name.clone()).collect();
+        // Once the root sits in its own leaf (a process left in the cgroup
+        // above the daemons' would keep controllers from being enabled
+        // there), before the records per daemon are made: each of its forks
+        // copies what it holds.
+        let zygote = start_zygote(&config, &names, registry, &regions, &post);
         let notify =
             notify::Socket::bind(sys::getpid()).map_err(ctx("binding the notify socket"))?;
         epoll.add(notify.fd(), TOKEN_NOTIFY).map_err(ctx("epoll"))?;
         let children = config.daemons.iter().cloned().map(Child::new).collect();
         let outputs = watch_outputs(&config, &epoll)?;
-        let names: Vec<String> = config.daemons.iter().map(|d| d.name.clone()).collect();
         let daemons: Vec<Option<&DaemonConfig>> = config.daemons.iter().map(Some).collect();
         let links = reload::resolve_links(&daemons);
         let sup = Supervisor::new(&config, &links, Instant::now());
@@ -99,8 +104,42 @@ impl<'a> Root<'a> {
             outputs,
             contain: Some(contain),
             handover,
+            zygote,
+            zygote_off: false,
         })
     }
+}
+
+/// Forks the zygote (`zygote.rs`) from the root as it is early in its
+/// start-up; `None` (said, and the root forks every daemon itself until a
+/// start makes one) if it cannot, or if the tree has no built-in daemon.
+fn start_zygote(
+    config: &Config,
+    names: &[String],
+    registry: &Registry,
+    regions: &RegionSet,
+    post: &PostOffice,
+) -> Option<zygote::Zygote> {
+    if !config.root.zygote
+        || !config
+            .daemons
+            .iter()
+            .any(|d| matches!(d.program, Program::Builtin(_)))
+    {
+        return None;
+    }
+    let image = zygote::Image {
+        daemons: config.daemons.iter().collect(),
+        names,
+        registry,
+        regions,
+        post: post.post(),
+        root_pid: sys::getpid(),
+    };
+    zygote::Zygote::start(&image)
+        .inspect(|z| tracing::info!(pid = %z.pid(), "built-in daemons are forked by the zygote"))
+        .inspect_err(|e| tracing::warn!(error = %e, "cannot fork the zygote; the root forks the daemons itself"))
+        .ok()
 }
 
 /// Whether this process can run `config`: every kind it names is one the
@@ -128,6 +167,9 @@ fn check_startable(config: &Config, registry: &Registry) -> Result<(), RootError
 /// signals through a signalfd (returned), a child subreaper, not dumpable,
 /// an open-file limit for the tree, a process title it can set.
 fn set_process_attributes(config: &Config) -> Result<sys::SignalFd, RootError> {
+    // Started with stdin, stdout or stderr closed: /dev/null there, before
+    // any descriptor of the root's could take the number.
+    sys::open_std_fds().map_err(ctx("opening /dev/null on a closed standard descriptor"))?;
     // An inherited "ignore SIGCHLD" would make the kernel reap our
     // children without telling us.
     sys::default_signal(Signal::CHLD);

@@ -39,6 +39,7 @@ impl Root<'_> {
         let deadline = Instant::now() + self.config.root.stop_timeout;
         loop {
             while let Ok(Some((pid, status))) = sys::reap_one() {
+                self.zygote_reaped(pid);
                 if let Some((i, role)) = self.by_pid.remove(&pid) {
                     if role == Role::Primary {
                         let c = &mut self.children[i];
@@ -68,6 +69,7 @@ impl Root<'_> {
                 let _ = contain.kill(i);
             }
         }
+        self.zygote = None;
         let _ = self.reap();
         if let Some(Err(e)) = self.contain.take().map(cgroup::Containment::remove) {
             warn!(error = %e, "could not remove every cgroup");

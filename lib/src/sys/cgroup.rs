@@ -95,9 +95,16 @@ pub fn open_dir(dir: &Path) -> io::Result<OwnedFd> {
 /// descendant (the `populated` line of its `cgroup.events`; a process
 /// that has exited counts as gone even before it is reaped).
 pub fn populated(dir: &Path) -> io::Result<bool> {
+    use std::io::Read;
     let path = dir.join("cgroup.events");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    // One read into a buffer on the stack (the file is two short lines):
+    // open, read, close, on every death of a daemon.
+    let mut buf = [0u8; 256];
+    let n = std::fs::File::open(&path)
+        .and_then(|mut f| f.read(&mut buf))
+        .map_err(named)?;
+    let text = String::from_utf8_lossy(&buf[..n]);
     match text.lines().find_map(|l| l.strip_prefix("populated ")) {
         Some("0") => Ok(false),
         Some("1") => Ok(true),

@@ -179,6 +179,31 @@ pub fn is_open(fd: RawFd) -> bool {
     flags >= 0
 }
 
+/// Opens `/dev/null` on whichever of 0, 1 and 2 is closed (a process
+/// started with a standard descriptor closed), so no descriptor opened
+/// later lands there, where a forked child would keep it as its stdin,
+/// stdout or stderr. Numbers: the standard descriptors, owned by no value.
+pub fn open_std_fds() -> io::Result<()> {
+    for fd in 0..=2 {
+        if is_open(fd) {
+            continue;
+        }
+        let null = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")?;
+        // The lowest free number, which is `fd` (those below are open);
+        // kept open for the process's life, as an inherited one would be.
+        let got = std::os::fd::IntoRawFd::into_raw_fd(null);
+        if got != fd {
+            dup2(got, fd)?;
+            close(got);
+        }
+        set_cloexec(fd, false)?;
+    }
+    Ok(())
+}
+
 /// dup3(2) with `O_CLOEXEC`: makes `to` a copy of `from`, closing what
 /// `to` was, in one step (never a moment without a descriptor at `to`).
 pub fn dup_onto(from: RawFd, to: RawFd) -> io::Result<()> {

@@ -145,6 +145,33 @@ struct RobustListHead {
 /// # Safety
 /// As [`fork`]: the caller must be single-threaded.
 pub unsafe fn fork_into(cgroup: Option<BorrowedFd<'_>>, share_files: bool) -> io::Result<Forked> {
+    // SAFETY: the caller's contract is this function's.
+    unsafe { clone_fork(cgroup, files_flag(share_files), libc::SIGCHLD as u64) }
+}
+
+/// As [`fork_into`] without sharing the table, but the child is the
+/// caller's sibling (`CLONE_PARENT`): a child of the caller's parent, which
+/// reaps it and gets its exit signal (the caller's own exit signal, as the
+/// kernel wants with `CLONE_PARENT`). A process that forks on its parent's
+/// behalf (the root's zygote) creates its children this way.
+/// `Unsupported` where clone3 is not there; the caller forks otherwise.
+///
+/// # Safety
+/// As [`fork`]: the caller must be single-threaded.
+pub unsafe fn fork_sibling(cgroup: Option<BorrowedFd<'_>>) -> io::Result<Forked> {
+    // SAFETY: the caller's contract is this function's.
+    unsafe { clone_fork(cgroup, libc::CLONE_PARENT as u64, 0) }
+}
+
+/// clone3 as fork with `extra` flags and `exit_signal`, born in `cgroup`.
+///
+/// # Safety
+/// As [`fork`]: the caller must be single-threaded.
+unsafe fn clone_fork(
+    cgroup: Option<BorrowedFd<'_>>,
+    extra: u64,
+    exit_signal: u64,
+) -> io::Result<Forked> {
     let unsupported = || io::Error::from(io::ErrorKind::Unsupported);
     if CLONE3_BROKEN.load(Ordering::Relaxed) {
         return Err(unsupported());
@@ -183,9 +210,9 @@ pub unsafe fn fork_into(cgroup: Option<BorrowedFd<'_>>, share_files: bool) -> io
     let mut args = CloneArgs {
         flags: (libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID) as u64
             | cgroup.map_or(0, |_| CLONE_INTO_CGROUP)
-            | files_flag(share_files),
+            | extra,
         child_tid: tid_addr as u64,
-        exit_signal: libc::SIGCHLD as u64,
+        exit_signal,
         // A descriptor number is >= 0.
         cgroup: cgroup.map_or(0, |fd| u64::from(fd.as_raw_fd().unsigned_abs())),
         ..CloneArgs::default()

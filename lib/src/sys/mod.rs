@@ -17,6 +17,7 @@ pub mod cred;
 pub mod dgram;
 mod epoll;
 mod fd;
+pub mod fdpass;
 pub mod file;
 pub mod fork;
 pub mod futex;
@@ -30,11 +31,11 @@ pub mod title;
 
 pub use epoll::Epoll;
 pub use fd::{
-    close, close_between, close_from, dup2, dup_at_least, dup_onto, is_open, pipe_cloexec,
-    raise_fd_limit, read, restore_fd_limit, set_cloexec, set_nonblocking, try_lock_exclusive,
-    unshare_below, write_all,
+    close, close_between, close_from, dup2, dup_at_least, dup_onto, is_open, open_std_fds,
+    pipe_cloexec, raise_fd_limit, read, restore_fd_limit, set_cloexec, set_nonblocking,
+    try_lock_exclusive, unshare_below, write_all,
 };
-pub use fork::{fork, Forked};
+pub use fork::{fork, fork_sibling, Forked};
 pub use mem::{
     allocate, dont_fork, file_region, map_fixed, memfd_sealed, page_size, protect, punch_hole,
     reopen_read_only, reserve, unmap, zero_range, Access,

@@ -1,0 +1,248 @@
+//! The zygote: a copy of the root, forked once, that forks the built-in
+//! daemons on the root's behalf (DESIGN.md §3, "The zygote").
+//!
+//! A fork copies the forking process's page tables and write-protects its
+//! memory, and the forking process then pays a copy-on-write fault for
+//! every page it writes until the next fork does it again. Forking every
+//! daemon from the root made each restart pay for the root's whole size
+//! (its heap grows with the tree) and every event after it pay faults.
+//! The zygote is forked from the root early in its start-up, once the
+//! regions and mailboxes are mapped and before anything per daemon is
+//! made (pipes, cgroups, the records of `Child`), and again after a reload
+//! changed the tree; it holds what a built-in daemon's process is made of
+//! (an [`Image`]: the config, the region layout, the mailboxes' mapping)
+//! and never changes, so its forks stay small and the root never forks a
+//! built-in daemon itself.
+//!
+//! For each start the root sends a request ([`handoff::Spawn`]: which
+//! daemon, its history, its mailbox writer id) with the descriptors the
+//! child keeps beside it (`SCM_RIGHTS`) on a `SOCK_SEQPACKET` pair; the
+//! zygote forks with `CLONE_PARENT`, so the new process is the root's
+//! child (the root reaps it and its exit signal goes to the root), and
+//! answers with its pid. The child waits for one byte from the root on a
+//! pipe ("go", whose only write end the root holds) before anything of the
+//! daemon runs: if the answer never reached the root (the zygote died, or
+//! answered after the root gave up), the root drops that end unwritten and
+//! the child exits, so no process the root does not know of runs a daemon.
+//!
+//! The zygote dies with the root (`PR_SET_PDEATHSIG`) and exits when the
+//! root closes its end. If it is gone (killed from outside), the root
+//! forks that start itself and makes a new zygote at the next start.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use super::spawn::{self, Plan, Run};
+use super::Root;
+use crate::config::{DaemonConfig, Program};
+use crate::daemon::{Registry, Start};
+use crate::handoff::{self, Spawn};
+use crate::mailbox::Post;
+use crate::region::RegionSet;
+use crate::sys::{self, fdpass, Forked, Pid, Signal};
+
+/// The process title of the zygote (brackets: no daemon name has them).
+const TITLE: &[u8] = b"forkroot [zygote]";
+/// How long the root waits for the zygote's answer to a request (a fork
+/// takes well under a millisecond).
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+/// Where the zygote keeps its socket: the lowest number after stdio.
+const SOCK_FD: RawFd = 3;
+
+/// What the zygote forks from: each daemon's settings by the root's index,
+/// every daemon's name (for `Siblings`), the kinds, the regions' layout,
+/// the mailboxes' mapping, the root's pid.
+#[derive(Debug)]
+pub(super) struct Image<'a> {
+    pub(super) daemons: Vec<&'a DaemonConfig>,
+    pub(super) names: &'a [String],
+    pub(super) registry: &'a Registry,
+    pub(super) regions: &'a RegionSet,
+    pub(super) post: Post,
+    pub(super) root_pid: Pid,
+}
+
+impl<'a> Image<'a> {
+    /// The image of `root` as it is now (after a reload: its daemons by
+    /// index, removed ones included, as the root numbers them).
+    pub(super) fn of(root: &'a Root<'_>) -> Image<'a> {
+        Image {
+            daemons: root.children.iter().map(|c| &c.cfg).collect(),
+            names: &root.names,
+            registry: root.registry,
+            regions: &root.regions,
+            post: root.post.post(),
+            root_pid: root.pid,
+        }
+    }
+}
+
+/// The root's handle on its zygote.
+#[derive(Debug)]
+pub(super) struct Zygote {
+    pid: Pid,
+    /// The root's end of the request socket.
+    sock: OwnedFd,
+    /// The generation of the region layout it was forked with
+    /// ([`RegionSet::generation`]).
+    regions: u64,
+}
+
+impl Zygote {
+    /// Forks the zygote from the root, with `image`.
+    pub(super) fn start(image: &Image<'_>) -> io::Result<Zygote> {
+        let (ours, theirs) = fdpass::seqpacket_pair()?;
+        // SAFETY: the root is single-threaded; the zygote is too, and runs
+        // only `serve` until it exits.
+        match unsafe { sys::fork()? } {
+            Forked::Parent(pid) => {
+                let z = Zygote {
+                    pid,
+                    sock: ours,
+                    regions: image.regions.generation(),
+                };
+                // A stopped or stuck zygote does not stop the root: past
+                // this, the answer is given up on, the zygote ended and the
+                // start forked by the root itself.
+                fdpass::set_recv_timeout(z.sock.as_fd(), ANSWER_TIMEOUT)?;
+                Ok(z)
+            }
+            Forked::Child => {
+                drop(ours);
+                crate::prologue::run_or_abort(|| serve(image, &theirs));
+                sys::exit_now(0)
+            }
+        }
+    }
+
+    pub(super) fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// Whether its copy of the regions' layout is `regions`'s.
+    pub(super) fn knows(&self, regions: &RegionSet) -> bool {
+        self.regions == regions.generation()
+    }
+
+    /// Where requests go.
+    pub(super) fn sock(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+
+    /// Forgets a zygote the root has reaped already (its pid may be
+    /// anyone's by now: not to be signalled).
+    pub(super) fn reaped(self) {
+        let mut z = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `z` is never used or dropped again; its socket is
+        // dropped exactly once here.
+        unsafe { std::ptr::drop_in_place(&raw mut z.sock) };
+    }
+}
+
+impl Drop for Zygote {
+    /// Ends it: kills and reaps it (it holds nothing that needs a clean
+    /// exit), so no zombie outlives it.
+    fn drop(&mut self) {
+        let _ = sys::kill(self.pid, Signal::KILL);
+        let _ = sys::wait_pid(self.pid);
+    }
+}
+
+/// The zygote's life: settles, then forks what the root asks for until
+/// the root closes its end or dies.
+fn serve(image: &Image<'_>, sock: &OwnedFd) -> ! {
+    if crate::prologue::after_fork(image.root_pid).is_err() {
+        sys::exit_now(0);
+    }
+    sys::title::set(TITLE);
+    // The root keeps 0, 1 and 2 open (`sys::open_std_fds`), so the socket
+    // and whatever a request brings land above them.
+    // Nothing of the root's but its standard descriptors and the socket,
+    // moved down to 3: a fork copies the table up to its highest open
+    // descriptor, and the root's tree holds thousands.
+    let keep = std::os::fd::AsRawFd::as_raw_fd(sock);
+    let _ = sys::close_between(3, keep - 1);
+    let _ = sys::close_from(keep + 1);
+    if keep != SOCK_FD
+        && (sys::dup2(keep, SOCK_FD).is_err() || sys::close_from(SOCK_FD + 1).is_err())
+    {
+        sys::exit_now(0);
+    }
+    // SAFETY: SOCK_FD is the socket's copy just placed there, owned by
+    // this function from here on (the original is closed).
+    let sock = unsafe { OwnedFd::from_raw_fd(SOCK_FD) };
+    let titles: Vec<Vec<u8>> = image
+        .daemons
+        .iter()
+        .map(|d| super::Child::title(&d.name))
+        .collect();
+    let mut buf = [0u8; Spawn::SIZE + 1];
+    let mut got = Vec::with_capacity(16);
+    loop {
+        got.clear();
+        let answer = match fdpass::recv_with_fds(sock.as_fd(), &mut buf, &mut got) {
+            Ok(0) => sys::exit_now(0),
+            Ok(n) => Spawn::decode(&buf[..n])
+                .map_err(|_| io::Error::from_raw_os_error(libc::EBADMSG))
+                .and_then(|req| fork_for_root(image, &titles, &req, &got)),
+            Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => Err(e),
+            Err(_) => sys::exit_now(0),
+        };
+        if fdpass::send_with_fds(sock.as_fd(), &handoff::encode_spawned(&answer), &[]).is_err() {
+            sys::exit_now(0);
+        }
+        // Its copies of the child's descriptors: the child has its own.
+        got.clear();
+    }
+}
+
+/// In the zygote: the plan of `req`'s process, from the image, and its
+/// fork. Only built-in daemons come this way.
+fn fork_for_root(
+    image: &Image<'_>,
+    titles: &[Vec<u8>],
+    req: &Spawn,
+    got: &[OwnedFd],
+) -> io::Result<Pid> {
+    let invalid = || io::Error::from_raw_os_error(libc::EINVAL);
+    let i = req.index as usize;
+    let cfg = *image.daemons.get(i).ok_or_else(invalid)?;
+    let Program::Builtin(kind) = &cfg.program else {
+        return Err(invalid());
+    };
+    let entry = image.registry.get(kind).ok_or_else(invalid)?.entry;
+    let writer = crate::ring::WriterId::from_raw(req.writer).ok_or_else(invalid)?;
+    let start = Start {
+        restarts: req.history.restarts,
+        deaths: req.history.deaths(),
+        on_restart: cfg.on_restart,
+        resume_before: req.history.resume_before,
+    };
+    // The descriptors come with the request (`got`); the plan's own
+    // descriptor fields are the root's, and not read here.
+    let plan = Plan {
+        index: i,
+        name: &cfg.name,
+        title: &titles[i],
+        regions: image.regions,
+        root_pid: image.root_pid,
+        start,
+        run: Run::Builtin {
+            entry,
+            args: &cfg.args,
+            names: image.names,
+        },
+        lock: None,
+        standby: req.standby,
+        output: None,
+        notify_fd: None,
+        post: image.post,
+        writer,
+        post_fds: (-1, -1),
+        monitors: None,
+        cgroup: None,
+        listeners: &[],
+        listen: &cfg.listen,
+    };
+    spawn::fork_for_root(&plan, req, got)
+}
