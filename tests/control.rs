@@ -95,8 +95,17 @@ fn status_tree_metrics_and_json_keep_their_shape() {
             "mode",
             "pid",
             "restarts_in_period",
-            "uptime_ms"
+            "uptime_ms",
+            "zygote_pid"
         ]
+    );
+    // The zygote the root reports is its child of that title, and the
+    // table says so under it.
+    let zygote = common::zygote_of(t.pid).expect("a zygote");
+    assert_eq!(v["root"]["zygote_pid"], zygote.pid);
+    assert!(
+        lines.contains(&format!("zygote: pid {}", zygote.pid).as_str()),
+        "{lines:?}"
     );
     let containment = v["root"]["containment"].as_str().unwrap();
     assert!(

@@ -441,6 +441,9 @@ fn print_status(s: &StatusReply) {
     if !s.root.containment.is_empty() {
         println!("containment: {}", s.root.containment);
     }
+    if let Some(pid) = s.root.zygote_pid {
+        println!("zygote: pid {pid}");
+    }
 }
 
 /// `ctl tree`: one line per supervisor (its state, strategy, intensity,

@@ -211,6 +211,10 @@ pub struct RootStatus {
     /// daemon in its own cgroup under PATH), or `process-group (WHY)`.
     #[serde(default)]
     pub containment: String,
+    /// The zygote's pid, while there is one (it forks the built-in
+    /// daemons; DESIGN.md §3).
+    #[serde(default)]
+    pub zygote_pid: Option<i32>,
 }
 
 /// What a daemon runs.

@@ -531,6 +531,7 @@ impl Root<'_> {
                     .as_ref()
                     .map(super::cgroup::Containment::describe)
                     .unwrap_or_default(),
+                zygote_pid: self.zygote.as_ref().map(|z| z.pid().as_raw()),
             },
             daemons,
         }
