@@ -4,18 +4,9 @@
 
 mod common;
 
-use common::{write_config, Tree};
+use common::{running_pid, write_config, Tree};
 
 /// The pid of daemon `name` once it is running.
-fn running_pid(t: &Tree, name: &str) -> i32 {
-    t.poll(&format!("{name} running"), || {
-        let d = t.daemon_status(name)?;
-        (d["state"] == "running")
-            .then(|| d["pid"].as_i64())?
-            .map(|p| p as i32)
-    })
-}
-
 /// The pids of [`THREE`]'s daemons, once each runs.
 fn three_pids(t: &Tree) -> Vec<i32> {
     ["keep", "gone", "change"]

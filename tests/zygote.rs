@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::{children, send, write_config, zygote_of, Proc, Tree};
+use common::{children, running_pid, send, write_config, zygote_of, Proc, Tree};
+use libc::SIGKILL;
 
 /// A tree whose root logs who forked each process.
 fn start(config: &str) -> Tree {
@@ -19,16 +20,6 @@ fn forked_by(t: &Tree, name: &str, by: &str) -> usize {
     let d = format!("daemon={name}");
     let b = format!("by={by}");
     t.log_lines(&["forked", &d, &b]).len()
-}
-use libc::SIGKILL;
-
-fn running_pid(t: &Tree, name: &str) -> i32 {
-    t.poll(&format!("{name} running"), || {
-        let d = t.daemon_status(name)?;
-        (d["state"] == "running")
-            .then(|| d["pid"].as_i64())?
-            .map(|p| p as i32)
-    })
 }
 
 /// Waits until daemon `name` runs with a pid other than `old`.

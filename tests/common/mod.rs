@@ -540,6 +540,16 @@ pub(crate) fn children(pid: i32) -> Vec<Proc> {
         .collect()
 }
 
+/// Daemon `name`'s pid once it runs.
+pub(crate) fn running_pid(t: &Tree, name: &str) -> i32 {
+    t.poll(&format!("{name} running"), || {
+        let d = t.daemon_status(name)?;
+        (d["state"] == "running")
+            .then(|| d["pid"].as_i64())?
+            .map(|p| p as i32)
+    })
+}
+
 /// The zygote among the children of the root `root` (by its title, as
 /// the kernel keeps it in comm).
 pub(crate) fn zygote_of(root: i32) -> Option<Proc> {
