@@ -30,7 +30,7 @@
 //! forks that start itself and makes a new zygote at the next start.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 
 use super::spawn::{self, Plan, Run};
 use super::Root;
@@ -168,9 +168,9 @@ fn serve(image: &Image<'_>, sock: &OwnedFd) -> ! {
     {
         sys::exit_now(0);
     }
-    // SAFETY: SOCK_FD is the socket's copy just placed there, owned by
-    // this function from here on (the original is closed).
-    let sock = unsafe { OwnedFd::from_raw_fd(SOCK_FD) };
+    // SAFETY: SOCK_FD holds the socket (moved there, or there already),
+    // open until this process exits: `serve` never returns.
+    let sock = unsafe { BorrowedFd::borrow_raw(SOCK_FD) };
     let titles: Vec<Vec<u8>> = image
         .daemons
         .iter()
@@ -180,7 +180,7 @@ fn serve(image: &Image<'_>, sock: &OwnedFd) -> ! {
     let mut got = Vec::with_capacity(16);
     loop {
         got.clear();
-        let answer = match fdpass::recv_with_fds(sock.as_fd(), &mut buf, &mut got) {
+        let answer = match fdpass::recv_with_fds(sock, &mut buf, &mut got) {
             Ok(0) => sys::exit_now(0),
             Ok(n) => Spawn::decode(&buf[..n])
                 .map_err(|_| io::Error::from_raw_os_error(libc::EBADMSG))
@@ -188,7 +188,7 @@ fn serve(image: &Image<'_>, sock: &OwnedFd) -> ! {
             Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => Err(e),
             Err(_) => sys::exit_now(0),
         };
-        if fdpass::send_with_fds(sock.as_fd(), &handoff::encode_spawned(&answer), &[]).is_err() {
+        if fdpass::send_with_fds(sock, &handoff::encode_spawned(&answer), &[]).is_err() {
             sys::exit_now(0);
         }
         // Its copies of the child's descriptors: the child has its own.
