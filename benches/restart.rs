@@ -18,8 +18,11 @@
 //!
 //! The ratio printed is forkroot's median over the bare median.
 //!
-//! - **in a tree**: the probe beside 10 idle daemons, and beside 1,000 in
-//!   50 `[[group]]`s, against the same 1,000 under the top supervisor.
+//! - **in a tree** (measured once every daemon is up, `ctl health
+//!   --ready`): the probe beside 10 idle daemons, and beside 1,000 in
+//!   50 `[[group]]`s, against the same 1,000 under the top supervisor; and
+//!   beside 1,000 exec'd programs (`/bin/sleep`), each with a region file
+//!   of its own.
 //! - **time to ready**: from spawning `forkroot run` to its `READY=1` on
 //!   `NOTIFY_SOCKET` (every daemon of the first start set up), for one
 //!   daemon of 64 KiB, 1 GiB and 8 GiB, and for 10 and 1,000 daemons (and
@@ -53,37 +56,50 @@ fn main() {
             memory: "64KiB",
             siblings: 0,
             groups: 0,
+            exec: false,
             standby: false,
         },
         Run {
             memory: "1GiB",
             siblings: 0,
             groups: 0,
+            exec: false,
             standby: false,
         },
         Run {
             memory: "64KiB",
             siblings: 1000,
             groups: 0,
+            exec: false,
             standby: false,
         },
         Run {
             memory: "64KiB",
             siblings: 10,
             groups: 0,
+            exec: false,
             standby: false,
         },
         Run {
             memory: "64KiB",
             siblings: 1000,
             groups: 50,
+            exec: false,
             standby: false,
         },
         Run {
             memory: "64KiB",
             siblings: 0,
             groups: 0,
+            exec: false,
             standby: true,
+        },
+        Run {
+            memory: "64KiB",
+            siblings: 1000,
+            groups: 0,
+            exec: true,
+            standby: false,
         },
     ];
     let ready_n: usize = std::env::var("FORKROOT_BENCH_READY_N")
@@ -129,11 +145,12 @@ fn main() {
         let bare = Stats::of(bare_fork(n).expect("bare fork+waitpid"));
         let s = Stats::of(forkroot(&run, n).expect("forkroot restart"));
         println!(
-            "restart  memory={:<6} siblings={:<4} groups={:<2} standby={:<5} n={n}  median={} p99={}   \
+            "restart  memory={:<6} siblings={:<4} groups={:<2} exec={:<5} standby={:<5} n={n}  median={} p99={}   \
              bare fork+waitpid median={} p99={}   ratio={:.2}",
             run.memory,
             run.siblings,
             run.groups,
+            run.exec,
             run.standby,
             us(s.median),
             us(s.p99),
@@ -174,7 +191,7 @@ fn time_to_ready(memory: &str, daemons: usize, groups: usize) -> io::Result<(u64
     text.push_str(&format!(
         "\n[[daemon]]\nname = \"first\"\nkind = \"idle\"\nmemory = \"{memory}\"\n"
     ));
-    text.push_str(&siblings(daemons - 1, groups, "64KiB"));
+    text.push_str(&siblings(daemons - 1, groups, "64KiB", false));
     fs::write(&config, text)?;
     let sock_path = d.join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path)?;
@@ -324,6 +341,8 @@ struct Run {
     /// The siblings spread over this many `[[group]]`s (0: all under the
     /// top supervisor).
     groups: usize,
+    /// The siblings are exec'd programs (`/bin/sleep`), not built-in idles.
+    exec: bool,
     standby: bool,
 }
 
@@ -372,7 +391,7 @@ out = "{fifo}"
             dir = d.display(),
             fifo = fifo.display(),
             standby = run.standby,
-            siblings = siblings(run.siblings, run.groups, "4KiB"),
+            siblings = siblings(run.siblings, run.groups, "4KiB", run.exec),
         ),
     )?;
     // Read-write, so the probe's open never waits for a reader and a dead
@@ -403,6 +422,9 @@ out = "{fifo}"
             .spawn()?,
     );
     let (mut pid, _) = lines.next_start()?;
+    // Beside idle daemons: every one up (starting 1,000 takes longer than
+    // the rounds below, which would otherwise race the tree's start).
+    wait_until_ready(&d.join("ctl.sock"))?;
     let mut out = Vec::with_capacity(n);
     for round in 0..WARMUP + n {
         if run.standby {
@@ -423,20 +445,48 @@ out = "{fifo}"
 
 /// `n` idle daemons of `memory` each, spread over `groups` groups (named
 /// `g0`..; none: all under the top supervisor), as config text.
-fn siblings(n: usize, groups: usize, memory: &str) -> String {
+fn siblings(n: usize, groups: usize, memory: &str, exec: bool) -> String {
+    let program = if exec {
+        "exec = [\"/bin/sleep\", \"1000000\"]"
+    } else {
+        "kind = \"idle\""
+    };
     let mut text = String::new();
     for g in 0..groups {
         text.push_str(&format!("\n[[group]]\nname = \"g{g}\"\n"));
     }
     for i in 0..n {
         text.push_str(&format!(
-            "\n[[daemon]]\nname = \"idle{i}\"\nkind = \"idle\"\nmemory = \"{memory}\"\n"
+            "\n[[daemon]]\nname = \"idle{i}\"\n{program}\nmemory = \"{memory}\"\n"
         ));
         if groups > 0 {
             text.push_str(&format!("group = \"g{}\"\n", i % groups));
         }
     }
     text
+}
+
+/// Waits (outside the timed part) until `ctl health --ready` says every
+/// daemon of the tree is up.
+fn wait_until_ready(socket: &Path) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while std::time::Instant::now() < deadline {
+        let st = Command::new(BIN)
+            .args(["ctl", "--socket"])
+            .arg(socket)
+            .args(["health", "--ready"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        if st.success() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the tree was not ready within 120 s",
+    ))
 }
 
 /// Waits (outside the timed part) until the daemon whose primary is `pid`

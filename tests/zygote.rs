@@ -145,3 +145,30 @@ fn a_stopped_zygote_does_not_stop_the_root() {
     let r = t.ctl_run(&["shutdown"]);
     assert_eq!(r.code, Some(0));
 }
+
+#[test]
+fn neither_the_zygote_nor_a_built_in_daemon_maps_a_programs_region() {
+    let t = start(
+        "[[daemon]]\nname = \"a\"\nkind = \"idle\"\n\
+         [[daemon]]\nname = \"prog\"\nexec = [\"/bin/sleep\", \"1000\"]\n",
+    );
+    let a = running_pid(&t, "a");
+    running_pid(&t, "prog");
+    let z = zygote_of(t.pid).expect("a zygote");
+    let maps = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    // The root reads the program's region (its heartbeat, its flight log);
+    // built-in daemons copy no mapping of it at each fork.
+    assert!(
+        maps(t.pid).contains("memfd:forkroot:prog"),
+        "{}",
+        maps(t.pid)
+    );
+    assert!(
+        !maps(z.pid).contains("memfd:forkroot:prog"),
+        "{}",
+        maps(z.pid)
+    );
+    assert!(!maps(a).contains("memfd:forkroot:prog"), "{}", maps(a));
+    let r = t.ctl_run(&["shutdown"]);
+    assert_eq!(r.code, Some(0));
+}

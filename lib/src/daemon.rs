@@ -339,12 +339,14 @@ impl<'a> Siblings<'a> {
     /// while this daemon reads, so the bytes are atomics (load them; a
     /// plain `&[u8]` would let the compiler assume they hold still), and a
     /// crashed owner may have left anything: treat them as untrusted input.
-    /// `None` for an unknown name, this daemon itself, and in an exec'd
-    /// program (siblings are not mapped there).
+    /// `None` for an unknown name, this daemon itself, an exec'd sibling
+    /// (its region is a file of its own, handed to its program, and not
+    /// mapped in built-in daemons), and in an exec'd program (siblings are
+    /// not mapped there).
     pub fn get(&self, name: &str) -> Option<&'a [std::sync::atomic::AtomicU8]> {
         let regions = self.regions?;
         let i = self.names.iter().position(|n| n == name)?;
-        (i != self.own).then(|| regions.user_shared(i))
+        (i != self.own && !regions.is_program(i)).then(|| regions.user_shared(i))
     }
 
     /// Names of every daemon of the tree, this one included (empty in an

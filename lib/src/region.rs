@@ -135,6 +135,8 @@ struct Slot {
     /// Device and inode of that file when the root opened it: a file at
     /// `path` with another identity replaced it.
     id: Option<(u64, u64)>,
+    /// An exec'd program's region (a sealed memfd of its own).
+    program: bool,
 }
 
 /// What [`RegionSet::ensure`] found wrong with a region's file (and put
@@ -397,6 +399,7 @@ impl RegionSet {
                     name,
                     path: None,
                     id: None,
+                    program: false,
                 });
                 arena_off += rlen;
                 continue;
@@ -417,6 +420,7 @@ impl RegionSet {
                 name,
                 path,
                 id: None,
+                program: spec.own_file,
             });
             own_off += rlen + page;
         }
@@ -563,6 +567,7 @@ impl RegionSet {
                 .filter(|_| !spec.own_file)
                 .map(|dir| dir.join(format!("{}.region", spec.name))),
             id: None,
+            program: spec.own_file,
         };
         self.end += rlen + page;
         Ok(slot)
@@ -631,6 +636,31 @@ impl RegionSet {
             Backing::Own(fd) => Some((fd.as_fd(), 0)),
             Backing::Missing => None,
         }
+    }
+
+    /// Whether region `i` is an exec'd program's (a file of its own,
+    /// handed to the program).
+    pub fn is_program(&self, i: usize) -> bool {
+        self.slots.get(i).is_some_and(|s| s.program)
+    }
+
+    /// Unmaps, in this process, the exec'd programs' regions and the guard
+    /// page after each: a process that forks built-in daemons (the root's
+    /// zygote) keeps them out of its children, each of which would
+    /// otherwise copy two mappings per program at its fork and tear them
+    /// down at its exit. Built-in daemons do not see exec'd siblings'
+    /// regions ([`crate::daemon::Siblings::get`]).
+    ///
+    /// # Safety
+    /// Nothing in this process refers into those regions, or will.
+    pub unsafe fn unmap_programs(&self) -> io::Result<()> {
+        let page = sys::page_size();
+        for s in self.slots.iter().filter(|s| s.program) {
+            // SAFETY: the slot and its guard page lie inside the
+            // reservation; the caller guarantees no reference into them.
+            unsafe { sys::unmap(self.addr(s.offset), s.len + page)? };
+        }
+        Ok(())
     }
 
     /// The layout's generation: it moves on with every region made,

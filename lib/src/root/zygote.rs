@@ -155,6 +155,14 @@ fn serve(image: &Image<'_>, sock: &OwnedFd) -> ! {
         sys::exit_now(0);
     }
     sys::title::set(TITLE);
+    // The exec'd programs' regions (two mappings each, with a guard page)
+    // are none of a built-in daemon's business: beside 1,000 programs they
+    // were most of what each fork copied.
+    // SAFETY: nothing in the zygote reads them; its children see exec'd
+    // siblings through no view (`Siblings::get`).
+    if unsafe { image.regions.unmap_programs() }.is_err() {
+        sys::exit_now(0);
+    }
     // The root keeps 0, 1 and 2 open (`sys::open_std_fds`), so the socket
     // and whatever a request brings land above them.
     // Nothing of the root's but its standard descriptors and the socket,
