@@ -490,12 +490,15 @@ mod wire {
     pub(super) const CGROUP: u32 = 1 << 5;
     /// Not a descriptor: the child may be born in its cgroup.
     pub(super) const FRESH: u32 = 1 << 6;
+    /// One entry per descriptor a bit stands for, in the list's order.
+    pub(super) const DESCRIPTORS: [u32; 7] = [GATE, OUTPUT, OUTPUT, LOCK, REGION, MONITORS, CGROUP];
+    /// Every bit a writer sets.
+    pub(super) const KNOWN: u32 = GATE | OUTPUT | LOCK | REGION | MONITORS | CGROUP | FRESH;
 }
 
 /// How many descriptors `present`'s bits stand for.
 fn count(present: u32) -> usize {
-    use wire::{CGROUP, GATE, LOCK, MONITORS, OUTPUT, REGION};
-    [GATE, OUTPUT, OUTPUT, LOCK, REGION, MONITORS, CGROUP]
+    wire::DESCRIPTORS
         .iter()
         .filter(|&&b| present & b != 0)
         .count()
@@ -546,7 +549,7 @@ impl Fds {
         };
         opt(self.gate, wire::GATE);
         opt(self.output.map(|(o, _)| o), wire::OUTPUT);
-        opt(self.output.map(|(_, e)| e), 0);
+        opt(self.output.map(|(_, e)| e), wire::OUTPUT);
         opt(self.lock, wire::LOCK);
         opt(self.region, wire::REGION);
         opt(self.monitors.map(|(fd, _)| fd), wire::MONITORS);
@@ -567,14 +570,9 @@ impl Fds {
         got: &[OwnedFd],
     ) -> io::Result<Fds> {
         let bad = || io::Error::from_raw_os_error(libc::EBADMSG);
-        let known = wire::GATE
-            | wire::OUTPUT
-            | wire::LOCK
-            | wire::REGION
-            | wire::MONITORS
-            | wire::CGROUP
-            | wire::FRESH;
-        if present & !known != 0 || (present & wire::FRESH != 0 && present & wire::CGROUP == 0) {
+        if present & !wire::KNOWN != 0
+            || (present & wire::FRESH != 0 && present & wire::CGROUP == 0)
+        {
             return Err(bad());
         }
         let mut it = got.iter().map(AsRawFd::as_raw_fd);

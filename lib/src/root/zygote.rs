@@ -86,6 +86,8 @@ pub(super) struct Zygote {
     /// The generation of the region layout it was forked with
     /// ([`RegionSet::generation`]).
     regions: u64,
+    /// Not reaped yet: its pid is still its own, to be killed at the end.
+    unreaped: bool,
 }
 
 impl Zygote {
@@ -100,6 +102,7 @@ impl Zygote {
                     pid,
                     sock: ours,
                     regions: image.regions.generation(),
+                    unreaped: true,
                 };
                 // A stopped or stuck zygote does not stop the root: past
                 // this, the answer is given up on, the zygote ended and the
@@ -131,11 +134,8 @@ impl Zygote {
 
     /// Forgets a zygote the root has reaped already (its pid may be
     /// anyone's by now: not to be signalled).
-    pub(super) fn reaped(self) {
-        let mut z = std::mem::ManuallyDrop::new(self);
-        // SAFETY: `z` is never used or dropped again; its socket is
-        // dropped exactly once here.
-        unsafe { std::ptr::drop_in_place(&raw mut z.sock) };
+    pub(super) fn reaped(mut self) {
+        self.unreaped = false;
     }
 }
 
@@ -143,8 +143,10 @@ impl Drop for Zygote {
     /// Ends it: kills and reaps it (it holds nothing that needs a clean
     /// exit), so no zombie outlives it.
     fn drop(&mut self) {
-        let _ = sys::kill(self.pid, Signal::KILL);
-        let _ = sys::wait_pid(self.pid);
+        if self.unreaped {
+            let _ = sys::kill(self.pid, Signal::KILL);
+            let _ = sys::wait_pid(self.pid);
+        }
     }
 }
 
