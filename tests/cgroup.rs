@@ -103,10 +103,7 @@ impl Drop for TestCgroup {
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        for child in self.children() {
-            let _ = fs::remove_dir(self.0.join(child));
-        }
-        let _ = fs::remove_dir(&self.0);
+        let _ = common::remove_cgroup_tree(&self.0);
     }
 }
 

@@ -364,17 +364,24 @@ fn remove_top_cgroup(socket: &Path) {
     // rmdir fails (EBUSY) while a dead daemon is not yet reaped.
     let deadline = Instant::now() + DEADLINE;
     while top.exists() && Instant::now() < deadline {
-        if let Ok(dir) = fs::read_dir(&top) {
-            for e in dir.flatten() {
-                if e.path().is_dir() {
-                    let _ = fs::remove_dir(e.path());
-                }
-            }
-        }
-        if fs::remove_dir(&top).is_err() {
+        if remove_cgroup_tree(&top).is_err() {
             thread::sleep(Duration::from_millis(5));
         }
     }
+}
+
+/// Removes cgroup `dir` and every cgroup below it, deepest first (a
+/// daemon's cgroup holds its leaves `a` and `b`, a group's its members'):
+/// rmdir refuses a cgroup with a child. Fails while any holds a process.
+pub(crate) fn remove_cgroup_tree(dir: &Path) -> std::io::Result<()> {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path())?;
+            }
+        }
+    }
+    fs::remove_dir(dir)
 }
 
 /// Starts `BIN run` on `dir`'s `forkroot.toml`, logging (appending) to
