@@ -16,7 +16,18 @@
 //!   pauses; t0; SIGKILL; waitpid; fork; the new child writes its
 //!   CLOCK_MONOTONIC to a pipe at its first line.
 //!
-//! The ratio printed is forkroot's median over the bare median.
+//! The ratio printed is forkroot's median over the bare median; a row
+//! beside 1,000 daemons also prints its median over the row beside 10.
+//! Each restart row is measured in five blocks, round-robin over the rows
+//! (a fresh tree per block, settled for 5 s once up, a block of the floor
+//! right before each; every other round of blocks in reverse order), so
+//! that rows compared in a ratio saw the same machine: a shared machine's
+//! speed drifts over seconds, and a few hundred kills last under a tenth
+//! of a second. `FORKROOT_BENCH_N` kills per row in all (rounded up to
+//! a multiple of five). Each row also prints the CPU time the root spent
+//! per restart over its measured rounds (`/proc/PID/schedstat`): the
+//! root's own work per event, which must not grow with the tree, apart
+//! from how the rounds fell on the machine.
 //!
 //! - **in a tree** (measured once every daemon is up, `ctl health
 //!   --ready`): the probe beside 10 idle daemons, and beside 1,000 in
@@ -42,6 +53,10 @@ use std::time::Duration;
 const BIN: &str = env!("CARGO_BIN_EXE_forkroot");
 /// Rounds run and thrown away before measuring.
 const WARMUP: usize = 20;
+/// Blocks each restart row is measured in (round-robin over the rows).
+const BLOCKS: usize = 5;
+/// How long each block waits once its tree is up, before its first kill.
+const SETTLE: Duration = Duration::from_secs(5);
 /// How long one read may wait before the benchmark gives up.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -139,24 +154,64 @@ fn main() {
             Stats::of(rss).median
         );
     }
-    for run in runs {
-        // The floor is measured right before each run, so that both see the
-        // same load on the machine.
-        let bare = Stats::of(bare_fork(n).expect("bare fork+waitpid"));
-        let s = Stats::of(forkroot(&run, n).expect("forkroot restart"));
+    // Every row is measured in BLOCKS blocks, round-robin over the rows,
+    // each block right after a block of the floor: a shared machine's
+    // speed drifts over seconds, and rows compared in a ratio must have
+    // seen the same machine. Each block starts its own tree.
+    let per = n.div_ceil(BLOCKS);
+    let mut bare: Vec<Vec<u64>> = vec![Vec::new(); runs.len()];
+    let mut got: Vec<Vec<u64>> = vec![Vec::new(); runs.len()];
+    let mut root_cpu = vec![0u64; runs.len()];
+    for b in 0..BLOCKS {
+        // Every other block runs the rows in reverse order, so that a row
+        // does not always follow the same one (a block's floor runs while
+        // the kernel may still be clearing the last tree away).
+        for j in 0..runs.len() {
+            let k = if b % 2 == 0 { j } else { runs.len() - 1 - j };
+            bare[k].extend(bare_fork(per).expect("bare fork+waitpid"));
+            let m = forkroot(&runs[k], per).expect("forkroot restart");
+            got[k].extend(m.latencies);
+            root_cpu[k] += m.root_cpu_ns;
+        }
+    }
+    let medians: Vec<u64> = got.iter().map(|v| Stats::of(v.clone()).median).collect();
+    // The row the tree rows are compared with: the probe beside 10.
+    let beside_10 = runs
+        .iter()
+        .position(|r| r.siblings == 10)
+        .map(|k| medians[k]);
+    for (k, run) in runs.iter().enumerate() {
+        let s = Stats::of(got[k].clone());
+        let b = Stats::of(bare[k].clone());
+        // A standby row's root also answers the bench's status queries.
+        let cpu = if run.standby {
+            String::new()
+        } else {
+            format!(
+                "   root CPU per restart={}",
+                us(root_cpu[k] / got[k].len() as u64)
+            )
+        };
+        let vs_10 = match beside_10 {
+            Some(m) if run.siblings > 10 => {
+                format!("   vs siblings=10: {:.2}", s.median as f64 / m as f64)
+            }
+            _ => String::new(),
+        };
         println!(
-            "restart  memory={:<6} siblings={:<4} groups={:<2} exec={:<5} standby={:<5} n={n}  median={} p99={}   \
-             bare fork+waitpid median={} p99={}   ratio={:.2}",
+            "restart  memory={:<6} siblings={:<4} groups={:<2} exec={:<5} standby={:<5} n={}  median={} p99={}   \
+             bare fork+waitpid median={} p99={}   ratio={:.2}{vs_10}{cpu}",
             run.memory,
             run.siblings,
             run.groups,
             run.exec,
             run.standby,
+            got[k].len(),
             us(s.median),
             us(s.p99),
-            us(bare.median),
-            us(bare.p99),
-            s.median as f64 / bare.median as f64
+            us(b.median),
+            us(b.p99),
+            s.median as f64 / b.median as f64
         );
     }
 }
@@ -348,7 +403,7 @@ struct Run {
 
 /// `forkroot run` with one probe reporting to a FIFO (plus `siblings` idle
 /// daemons); `n` kills, each timed to the replacement's first line.
-fn forkroot(run: &Run, n: usize) -> io::Result<Vec<u64>> {
+fn forkroot(run: &Run, n: usize) -> io::Result<Measured> {
     let dir = tempfile::Builder::new()
         .prefix("forkroot-bench")
         .tempdir()?;
@@ -364,7 +419,7 @@ fn forkroot(run: &Run, n: usize) -> io::Result<Vec<u64>> {
     })
 }
 
-fn measure(run: &Run, n: usize, dir: &tempfile::TempDir) -> io::Result<Vec<u64>> {
+fn measure(run: &Run, n: usize, dir: &tempfile::TempDir) -> io::Result<Measured> {
     let memory = run.memory;
     let d = dir.path();
     let fifo = d.join("probe.fifo");
@@ -406,7 +461,7 @@ out = "{fifo}"
         buf: Vec::new(),
     };
     let log = fs::File::create(d.join("root.log"))?;
-    let _root = Root(
+    let root = Root(
         Command::new(BIN)
             .args(["run", "--config"])
             .arg(&config)
@@ -425,8 +480,17 @@ out = "{fifo}"
     // Beside idle daemons: every one up (starting 1,000 takes longer than
     // the rounds below, which would otherwise race the tree's start).
     wait_until_ready(&d.join("ctl.sock"))?;
+    // And settled: every row waits the same once its tree is up, so that
+    // none is timed while the kernel and the root are still busy with
+    // the start of 1,000.
+    std::thread::sleep(SETTLE);
     let mut out = Vec::with_capacity(n);
+    let root_pid = root.0.id();
+    let mut cpu_from = 0;
     for round in 0..WARMUP + n {
+        if round == WARMUP {
+            cpu_from = cpu_ns(root_pid)?;
+        }
         if run.standby {
             wait_for_standby(&d.join("ctl.sock"), pid)?;
         }
@@ -440,7 +504,27 @@ out = "{fifo}"
             out.push(ns.saturating_sub(t0));
         }
     }
-    Ok(out)
+    Ok(Measured {
+        latencies: out,
+        root_cpu_ns: cpu_ns(root_pid)? - cpu_from,
+    })
+}
+
+/// The rounds of one block: each restart's latency, and the CPU time the
+/// root spent over them (its work per event, whatever it overlaps with).
+struct Measured {
+    latencies: Vec<u64>,
+    root_cpu_ns: u64,
+}
+
+/// CPU time process `pid` has run, in nanoseconds (the first field of
+/// `/proc/PID/schedstat`; the root is single-threaded).
+fn cpu_ns(pid: u32) -> io::Result<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/schedstat"))?;
+    text.split(' ')
+        .next()
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("/proc/{pid}/schedstat: {text:?}")))
 }
 
 /// `n` idle daemons of `memory` each, spread over `groups` groups (named
