@@ -92,6 +92,35 @@ fn the_counter_with_a_standby_neither_skips_nor_repeats() {
     assert!(t.log().contains("standby took over"), "{}", t.log());
 }
 
+/// A standby killed together with its primary: the primary is replaced
+/// (by the standby if the root reaches it first, else by a fork), and so
+/// is the standby, every time, whichever of the two dies first.
+#[test]
+fn a_standby_killed_with_its_primary_is_replaced() {
+    let t = Tree::start(&format!("{PATIENT}{}", counter("c", "standby = true")));
+    let pair = || {
+        let d = t.daemon_status("c")?;
+        if d["state"] != "running" {
+            return None;
+        }
+        Some((d["pid"].as_i64()? as i32, d["standby_pid"].as_i64()? as i32))
+    };
+    let mut last = (0, 0);
+    for round in 0..30 {
+        let (primary, standby) = t.poll(
+            &format!("round {round}: a new primary and a new ready standby"),
+            || pair().filter(|&(p, s)| p != last.0 && p != last.1 && s != last.1),
+        );
+        let first = if round % 2 == 0 { primary } else { standby };
+        send(first, SIGKILL).unwrap();
+        send(primary ^ standby ^ first, SIGKILL).unwrap();
+        last = (primary, standby);
+    }
+    t.poll("a primary and a ready standby after the last round", || {
+        pair().filter(|&(p, s)| p != last.0 && p != last.1 && s != last.1)
+    });
+}
+
 #[test]
 fn the_counter_resumes_after_the_root_is_killed_with_a_state_dir() {
     let config = format!(

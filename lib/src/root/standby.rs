@@ -119,8 +119,11 @@ impl Root<'_> {
         }
         if sb.killed {
             // Replaced on purpose (an unreachable standby) or the daemon is
-            // stopping; a running daemon still wants one.
-            if c.state == State::Running {
+            // stopping; a daemon with a live primary still wants one. Its
+            // primary may be one forked in place of this standby and not
+            // set up yet: its start found this standby still there and
+            // forked none.
+            if matches!(c.state, State::Starting | State::Running) {
                 self.ensure_standby(i);
             }
             return;
