@@ -111,9 +111,13 @@ fn a_standby_killed_with_its_primary_is_replaced() {
             &format!("round {round}: a new primary and a new ready standby"),
             || pair().filter(|&(p, s)| p != last.0 && p != last.1 && s != last.1),
         );
-        let first = if round % 2 == 0 { primary } else { standby };
+        let (first, second) = if round % 2 == 0 {
+            (primary, standby)
+        } else {
+            (standby, primary)
+        };
         send(first, SIGKILL).unwrap();
-        send(primary ^ standby ^ first, SIGKILL).unwrap();
+        send(second, SIGKILL).unwrap();
         last = (primary, standby);
     }
     t.poll("a primary and a ready standby after the last round", || {
