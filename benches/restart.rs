@@ -174,23 +174,21 @@ fn main() {
             root_cpu[k] += m.root_cpu_ns;
         }
     }
-    let medians: Vec<u64> = got.iter().map(|v| Stats::of(v.clone()).median).collect();
+    let kills = per * BLOCKS;
+    let stats: Vec<Stats> = got.into_iter().map(Stats::of).collect();
     // The row the tree rows are compared with: the probe beside 10.
     let beside_10 = runs
         .iter()
         .position(|r| r.siblings == 10)
-        .map(|k| medians[k]);
+        .map(|k| stats[k].median);
     for (k, run) in runs.iter().enumerate() {
-        let s = Stats::of(got[k].clone());
-        let b = Stats::of(bare[k].clone());
+        let s = &stats[k];
+        let b = Stats::of(std::mem::take(&mut bare[k]));
         // A standby row's root also answers the bench's status queries.
         let cpu = if run.standby {
             String::new()
         } else {
-            format!(
-                "   root CPU per restart={}",
-                us(root_cpu[k] / got[k].len() as u64)
-            )
+            format!("   root CPU per restart={}", us(root_cpu[k] / kills as u64))
         };
         let vs_10 = match beside_10 {
             Some(m) if run.siblings > 10 => {
@@ -206,7 +204,7 @@ fn main() {
             run.groups,
             run.exec,
             run.standby,
-            got[k].len(),
+            kills,
             us(s.median),
             us(s.p99),
             us(b.median),
