@@ -24,7 +24,8 @@
 //! that rows compared in a ratio saw the same machine: a shared machine's
 //! speed drifts over seconds, and a few hundred kills last under a tenth
 //! of a second. `FORKROOT_BENCH_N` kills per row in all (rounded up to
-//! a multiple of five). Each row also prints the CPU time the root spent
+//! a multiple of five). `FORKROOT_BENCH_CPU=N` runs everything on CPU N
+//! alone. Each row also prints the CPU time the root spent
 //! per restart over its measured rounds (`/proc/PID/schedstat`): the
 //! root's own work per event, which must not grow with the tree, apart
 //! from how the rounds fell on the machine.
@@ -61,6 +62,14 @@ const SETTLE: Duration = Duration::from_secs(5);
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() {
+    // `FORKROOT_BENCH_CPU=N`: this process, and so the root, its zygote,
+    // its daemons and the floor's children, on CPU N only: no wake-up
+    // crosses to another CPU (benches/RESULTS.md: what that costs).
+    if let Ok(cpu) = std::env::var("FORKROOT_BENCH_CPU") {
+        let cpu: usize = cpu.parse().expect("FORKROOT_BENCH_CPU: a CPU number");
+        pin_to(cpu).expect("FORKROOT_BENCH_CPU: sched_setaffinity");
+        println!("every process of this run on CPU {cpu}");
+    }
     // `cargo bench` passes `--bench`; take no other arguments.
     let n: usize = std::env::var("FORKROOT_BENCH_N")
         .ok()
@@ -212,6 +221,17 @@ fn main() {
             s.median as f64 / b.median as f64
         );
     }
+}
+
+/// Restricts this process (and what it spawns from now on) to CPU `cpu`.
+fn pin_to(cpu: usize) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain bits; all zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: writes one bit inside `set` (a CPU past its size panics on
+    // the index instead).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed.
+    cvt(unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) }).map(drop)
 }
 
 /// Nanoseconds as milliseconds with two decimals.
