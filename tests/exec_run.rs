@@ -444,3 +444,30 @@ exec = ["/bin/sleep", "1000"]
     assert_eq!(status["root"]["pid"], t.pid, "{status}");
     assert_eq!(t.daemon_status("sleeper").unwrap()["restarts"], 30);
 }
+
+#[test]
+fn the_roots_environment_and_env_reach_every_incarnation() {
+    // The root's environment is read once; every start must still get it
+    // whole, with `env` replacing what it names (once, not twice) and the
+    // variables forkroot sets itself not copied from the root's.
+    let t = Tree::start_with(
+        r#"
+[[daemon]]
+name = "envy"
+exec = ["sh", "-c", "echo inherit=$FR_TEST_INHERIT override=$FR_TEST_OVERRIDE count=$(env | grep -c '^FR_TEST_OVERRIDE=') listen=${LISTEN_FDS-unset} restarts=$FORKROOT_RESTARTS; sleep 0.2; exit 1"]
+env = { FR_TEST_OVERRIDE = "daemon" }
+"#,
+        |c| {
+            c.env("FR_TEST_INHERIT", "yes")
+                .env("FR_TEST_OVERRIDE", "root")
+                .env("LISTEN_FDS", "7")
+                .env("FORKROOT_RESTARTS", "99");
+        },
+    );
+    for n in 0..3 {
+        t.wait_log(&[
+            "envy[",
+            &format!("inherit=yes override=daemon count=1 listen=unset restarts={n}"),
+        ]);
+    }
+}

@@ -103,26 +103,15 @@ impl Run<'_> {
             strings.push(nul(a.as_bytes())?);
         }
         let nargs = strings.len();
-        // Bytes as they are: an environment need not be UTF-8.
-        let mut vars: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         if !settings.env_clear {
-            for (k, v) in std::env::vars_os() {
-                let k = k.as_bytes();
-                if k.starts_with(b"FORKROOT_")
-                    || k.starts_with(b"LISTEN_")
-                    || matches!(k, b"NOTIFY_SOCKET" | b"WATCHDOG_USEC" | b"WATCHDOG_PID")
-                {
-                    continue;
-                }
-                vars.push((k.to_vec(), v.as_bytes().to_vec()));
+            let own =
+                |var: &InheritedVar| settings.env.iter().any(|(k, _)| k.as_bytes() == var.key());
+            for var in inherited_env().iter().filter(|v| !own(v)) {
+                strings.push(var.line.clone());
             }
         }
         for (k, v) in &settings.env {
-            vars.retain(|(old, _)| old != k.as_bytes());
-            vars.push((k.as_bytes().to_vec(), v.as_bytes().to_vec()));
-        }
-        for (k, v) in vars {
-            strings.push(nul(&[&k[..], b"=", &v[..]].concat())?);
+            strings.push(nul(&[k.as_bytes(), b"=", v.as_bytes()].concat())?);
         }
         let region_fd = exec_region_fd(listen.len());
         for var in handoff::exec_env(name, region_fd, region_len, start) {
@@ -170,6 +159,44 @@ impl Run<'_> {
             monitors_fd,
         })))
     }
+}
+
+/// A variable of the root's environment, as an exec'd program gets it.
+struct InheritedVar {
+    /// `KEY=VALUE`, bytes as they are (an environment need not be UTF-8).
+    line: CString,
+    key_len: usize,
+}
+
+impl InheritedVar {
+    fn key(&self) -> &[u8] {
+        &self.line.as_bytes()[..self.key_len]
+    }
+}
+
+/// The root's environment less what forkroot sets itself, read once: the
+/// root never changes its environment, and an exec'd program's restart
+/// path should not copy it again variable by variable.
+fn inherited_env() -> &'static [InheritedVar] {
+    static ENV: std::sync::OnceLock<Vec<InheritedVar>> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| {
+        std::env::vars_os()
+            .filter(|(k, _)| {
+                let k = k.as_bytes();
+                !(k.starts_with(b"FORKROOT_")
+                    || k.starts_with(b"LISTEN_")
+                    || matches!(k, b"NOTIFY_SOCKET" | b"WATCHDOG_USEC" | b"WATCHDOG_PID"))
+            })
+            .filter_map(|(k, v)| {
+                let line = [k.as_bytes(), b"=", v.as_bytes()].concat();
+                // An environment's strings hold no NUL.
+                CString::new(line).ok().map(|line| InheritedVar {
+                    line,
+                    key_len: k.len(),
+                })
+            })
+            .collect()
+    })
 }
 
 /// Where an exec'd program finds its region: fd 3 without listening
