@@ -844,3 +844,68 @@ fn too_few_descriptors_for_the_hand_over_window_is_said_and_forks_copy() {
     t.poll("b running", || running(&t, "b"));
     stop_cleanly(&mut t);
 }
+
+#[test]
+fn a_standby_whose_fork_failed_is_forked_again_later() {
+    // The root forks (no zygote): its first clone3 is the daemon, its
+    // second the standby, which fails with EAGAIN (as under a `pids_max`
+    // or a full process table), and so does the first retry, a second
+    // later. The next, two seconds after that, succeeds: the daemon is not
+    // left without a standby until its next start.
+    let t = Traced::start(
+        "[root]\nzygote = false\n\
+         [[daemon]]\nname = \"idle\"\nkind = \"idle\"\nstandby = true\n",
+        "clone3",
+        "clone3:error=EAGAIN:when=2..3",
+    );
+    let primary = t.poll("the daemon started", || {
+        t.log()
+            .lines()
+            .find(|l| l.contains("started") && l.contains("daemon=idle"))
+            .and_then(common::log_pid)
+    });
+    let failed = t.poll("two failed standby forks", || {
+        let lines: Vec<String> = t
+            .log()
+            .lines()
+            .filter(|l| l.contains("cannot fork a standby"))
+            .map(str::to_owned)
+            .collect();
+        (lines.len() >= 2).then_some(lines)
+    });
+    assert!(
+        failed[0].contains("Resource temporarily unavailable") && failed[0].contains("retry_in=1s"),
+        "{}",
+        failed[0]
+    );
+    assert!(
+        failed[1].contains("retry_in=2s"),
+        "the pause doubles: {}",
+        failed[1]
+    );
+    // The third try forks it; set up, it waits on its gate (fd 4).
+    let standby = t.poll("a standby waiting on its gate", || {
+        t.daemons_named("idle")
+            .into_iter()
+            .map(|p| p.pid)
+            .find(|&p| p != primary)
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/syscall"))
+                    .is_ok_and(|s| s.starts_with("0 0x4 "))
+            })
+    });
+    assert_eq!(
+        t.log().matches("cannot fork a standby").count(),
+        2,
+        "{}",
+        t.log()
+    );
+    // It takes over when the daemon dies.
+    assert_eq!(common::send(primary, libc::SIGKILL), Ok(()));
+    t.poll("the standby took over", || {
+        t.log()
+            .lines()
+            .any(|l| l.contains("standby took over") && common::log_pid(l) == Some(standby))
+            .then_some(())
+    });
+}

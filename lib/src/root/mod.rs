@@ -162,6 +162,9 @@ struct Child {
     deadline: Option<Instant>,
     /// The pre-forked backup (`standby = true`).
     standby: Option<Standby>,
+    /// Its standby's fork failed: when to try again, and the pause after
+    /// that if it fails again (`standby.rs`).
+    standby_retry: Option<(Instant, Duration)>,
     /// How its last process ended (deaths and stops alike), for status.
     last_exit: Option<(ExitReason, Duration)>,
     /// A checkpoint found poison: the next start resumes from an older one.
@@ -208,6 +211,7 @@ impl Child {
             deaths: Vec::new(),
             deadline: None,
             standby: None,
+            standby_retry: None,
             last_exit: None,
             resume_before: None,
             fault: None,
@@ -288,6 +292,8 @@ pub struct Root<'a> {
     epoll: sys::Epoll,
     signals: sys::SignalFd,
     timers: BTreeSet<(Instant, usize)>,
+    /// When to fork again a standby whose fork failed (`standby.rs`).
+    standby_retries: BTreeSet<(Instant, usize)>,
     /// Every supervision decision (the state × event table).
     sup: Supervisor,
     mode: Mode,
@@ -404,11 +410,13 @@ impl Root<'_> {
     }
 
     /// When the loop must wake with no event: the first timer of a daemon,
-    /// the sweep, the control socket's, or the service manager's.
+    /// a standby's retry, the sweep, the control socket's, or the service
+    /// manager's.
     fn next_wake(&self) -> Option<Instant> {
         let next = self.timers.first().map(|&(t, _)| t);
         [
             next,
+            self.standby_retries.first().map(|&(t, _)| t),
             self.sweep_at,
             self.control_wake(),
             self.manager.next_deadline(),
@@ -661,6 +669,7 @@ impl Root<'_> {
             self.children[i].deadline = None;
             self.on_timer(i);
         }
+        self.retry_standbys(now);
     }
 
     /// A daemon's timer: the supervisor decides (a backoff's end, a stop's

@@ -3,13 +3,17 @@
 //! over at once (no fork on the restart path) and another is forked.
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use super::supervisor::Event;
+use super::supervisor::{Event, FORK_RETRY};
 use super::{pid_u32, Mode, Role, Root, State};
 use crate::handoff::{read_setup, History, Setup};
 use crate::sys::{self, Pid, Signal, WaitStatus};
+
+/// The longest pause between two tries to fork a standby.
+const STANDBY_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// A standby: forked and set up, blocked on its gate until it takes over.
 #[derive(Debug)]
@@ -58,8 +62,17 @@ impl Root<'_> {
         true
     }
 
-    /// Forks a standby for daemon `i` if it wants one and has none.
+    /// Forks a standby for daemon `i` if it wants one and has none. If the
+    /// fork fails (the machine or the daemon's `pids_max` refused a
+    /// process), it is tried again after [`FORK_RETRY`], the pause doubling
+    /// up to [`STANDBY_RETRY_MAX`] while it keeps failing: a daemon that
+    /// wants a standby is not left without one until its next start.
     pub(super) fn ensure_standby(&mut self, i: usize) {
+        // A retry pending is this one (or has no purpose left).
+        let pending = self.children[i].standby_retry.take();
+        if let Some((at, _)) = pending {
+            self.standby_retries.remove(&(at, i));
+        }
         let c = &self.children[i];
         if !c.cfg.standby || c.standby.is_some() || self.mode != Mode::Supervising {
             return;
@@ -76,7 +89,30 @@ impl Root<'_> {
                 });
             }
             Err(e) => {
-                warn!(daemon = %self.children[i].cfg.name, error = %e, "cannot fork a standby");
+                let pause = pending.map_or(FORK_RETRY, |(_, p)| (p * 2).min(STANDBY_RETRY_MAX));
+                let at = Instant::now() + pause;
+                self.children[i].standby_retry = Some((at, pause));
+                self.standby_retries.insert((at, i));
+                warn!(daemon = %self.children[i].cfg.name, error = %e, retry_in = ?pause, "cannot fork a standby");
+            }
+        }
+    }
+
+    /// Forks the standbys whose retry is due, for the daemons that still
+    /// want one: up (starting or running) and supervised.
+    pub(super) fn retry_standbys(&mut self, now: Instant) {
+        while let Some(&(at, i)) = self.standby_retries.first() {
+            if at > now {
+                break;
+            }
+            if matches!(self.children[i].state, State::Starting | State::Running) {
+                // Takes the retry out, and puts the next in if this one
+                // fails too.
+                self.ensure_standby(i);
+            } else {
+                // Down: its next start forks one (and the pause starts over).
+                self.standby_retries.pop_first();
+                self.children[i].standby_retry = None;
             }
         }
     }

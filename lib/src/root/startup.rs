@@ -86,6 +86,7 @@ impl<'a> Root<'a> {
             epoll,
             signals,
             timers: BTreeSet::new(),
+            standby_retries: BTreeSet::new(),
             mode: Mode::Supervising,
             pid: sys::getpid(),
             started: Instant::now(),
