@@ -415,3 +415,32 @@ out = "@DIR@/c.out"
     }
     assert!(t.log().contains("standby took over"), "{}", t.log());
 }
+
+#[test]
+fn a_standby_with_room_for_one_process_is_refused() {
+    // The standby lives in the daemon's cgroup beside it: `pids_max = 1`
+    // leaves it no process, so `check` says so (whether or not this
+    // machine offers the pids controller, which is a problem of its own).
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::write_config(
+        &dir,
+        "[[daemon]]\nname = \"c\"\nkind = \"idle\"\nstandby = true\npids_max = 1\n",
+    );
+    let ran = common::run_to_end(&dir, &["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(ran.code, Some(78), "{ran:?}");
+    assert!(
+        ran.stderr.contains(
+            "daemon[0].pids_max: 1 leaves no process for the standby (standby = true needs 2 or more)"
+        ),
+        "{ran:?}"
+    );
+    let path = common::write_config(
+        &dir,
+        "[[daemon]]\nname = \"c\"\nkind = \"idle\"\nstandby = true\npids_max = 2\n",
+    );
+    let ran = common::run_to_end(&dir, &["check", "--config", path.to_str().unwrap()]);
+    assert!(
+        !ran.stderr.contains("no process for the standby"),
+        "{ran:?}"
+    );
+}

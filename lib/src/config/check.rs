@@ -970,6 +970,14 @@ impl Checker<'_> {
         let (mailbox, mailbox_message) = self.mailbox(t, place);
         let trap_exits = self.boolean(t, place, "trap_exits").unwrap_or(false);
         let limits = self.limits(t, place);
+        if standby == Some(true) && limits.pids_max == Some(1) {
+            // The standby lives in the daemon's cgroup beside it: with room
+            // for one process, its fork could never succeed.
+            self.problem(
+                &at(place, "pids_max"),
+                "1 leaves no process for the standby (standby = true needs 2 or more)",
+            );
+        }
 
         DaemonConfig {
             name: name.unwrap_or_default(),

@@ -570,6 +570,7 @@ impl Root<'_> {
             }
             Action::ShutDown(code) => {
                 self.mode = Mode::ShuttingDown(code);
+                self.drop_standby_retries();
                 self.manager.stopping();
             }
             Action::Exit { to, link } => {

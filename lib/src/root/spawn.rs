@@ -57,7 +57,8 @@ pub(crate) enum Run<'a> {
 #[derive(Debug)]
 pub(crate) struct Exec {
     path: CString,
-    /// Keeps the strings alive that `argv`/`envp` point into.
+    /// Keeps the strings alive that `argv`/`envp` point into (`envp`'s
+    /// first ones point into [`inherited_env`], alive for the root's life).
     _strings: Vec<CString>,
     argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
@@ -103,11 +104,14 @@ impl Run<'_> {
             strings.push(nul(a.as_bytes())?);
         }
         let nargs = strings.len();
+        // The root's variables first, pointed at where they are kept for
+        // the root's life (not copied).
+        let mut envp: Vec<*const libc::c_char> = Vec::new();
         if !settings.env_clear {
             let own =
                 |var: &InheritedVar| settings.env.iter().any(|(k, _)| k.as_bytes() == var.key());
             for var in inherited_env().iter().filter(|v| !own(v)) {
-                strings.push(var.line.clone());
+                envp.push(var.line.as_ptr());
             }
         }
         for (k, v) in &settings.env {
@@ -131,7 +135,7 @@ impl Run<'_> {
         }
         let mut argv: Vec<_> = strings[..nargs].iter().map(|s| s.as_ptr()).collect();
         argv.push(std::ptr::null());
-        let mut envp: Vec<_> = strings[nargs..].iter().map(|s| s.as_ptr()).collect();
+        envp.extend(strings[nargs..].iter().map(|s| s.as_ptr()));
         let listen_pid = (!listen.is_empty()).then(|| Box::new(UnsafeCell::new(listen::pid_var())));
         if let Some(cell) = &listen_pid {
             envp.push(cell.get().cast::<libc::c_char>().cast_const());

@@ -64,8 +64,9 @@ impl Root<'_> {
 
     /// Forks a standby for daemon `i` if it wants one and has none. If the
     /// fork fails (the machine or the daemon's `pids_max` refused a
-    /// process), it is tried again after [`FORK_RETRY`], the pause doubling
-    /// up to [`STANDBY_RETRY_MAX`] while it keeps failing: a daemon that
+    /// process, or any other error), it is tried again after
+    /// [`FORK_RETRY`], the pause doubling up to [`STANDBY_RETRY_MAX`]
+    /// while it keeps failing, across the daemon's restarts: a daemon that
     /// wants a standby is not left without one until its next start.
     pub(super) fn ensure_standby(&mut self, i: usize) {
         // A retry pending is this one (or has no purpose left).
@@ -99,21 +100,29 @@ impl Root<'_> {
     }
 
     /// Forks the standbys whose retry is due, for the daemons that still
-    /// want one: up (starting or running) and supervised.
+    /// want one: starting or running, in a group that is not stopping.
     pub(super) fn retry_standbys(&mut self, now: Instant) {
         while let Some(&(at, i)) = self.standby_retries.first() {
             if at > now {
                 break;
             }
-            if matches!(self.children[i].state, State::Starting | State::Running) {
+            if self.sup.wants_standby(i) {
                 // Takes the retry out, and puts the next in if this one
                 // fails too.
                 self.ensure_standby(i);
             } else {
-                // Down: its next start forks one (and the pause starts over).
+                // Down or going down: a later start forks one, from the
+                // first pause again.
                 self.standby_retries.pop_first();
                 self.children[i].standby_retry = None;
             }
+        }
+    }
+
+    /// The tree is shutting down: no standby is tried again.
+    pub(super) fn drop_standby_retries(&mut self) {
+        for (_, i) in std::mem::take(&mut self.standby_retries) {
+            self.children[i].standby_retry = None;
         }
     }
 

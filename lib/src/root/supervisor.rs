@@ -616,6 +616,14 @@ impl Supervisor {
         self.daemons[i].state
     }
 
+    /// Whether daemon `i` still wants a standby forked (a retry after a
+    /// failed fork): starting or running, in a group that is not stopping
+    /// (as for [`Event::StandbyDied`]).
+    pub(crate) fn wants_standby(&self, i: usize) -> bool {
+        let d = &self.daemons[i];
+        matches!(d.state, DState::Starting | DState::Running) && !self.stopping(d.group)
+    }
+
     /// The daemon's restarts so far.
     #[cfg(test)]
     pub(crate) fn daemon_restarts(&self, i: usize) -> u32 {
