@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::fs;
+use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 use common::{send, Tree};
@@ -293,4 +295,48 @@ fn poison_falls_back_to_fresh_when_no_older_checkpoint_is_left() {
     assert!(t.log().contains("checkpoint is poison"), "{}", t.log());
     t.signal(SIGTERM);
     assert_eq!(t.wait_code(), 0);
+}
+
+#[test]
+fn a_damaged_state_header_starts_the_daemon_over_instead_of_failing_each_start() {
+    // Bytes of the state header overwritten from outside (a bit flipped in
+    // its layout, so its crc no longer matches): no checkpoint behind it
+    // can be trusted. The replacement says so and starts fresh, once; it
+    // does not refuse the state at every start, for ever.
+    let t = Tree::start(&format!(
+        "{PATIENT}[root]\nstate_dir = \"@DIR@/state\"\n{}",
+        counter("c", "on_restart = \"resume\"")
+    ));
+    let first = t.poll("c running", || primary(&t, "c"));
+    let out = t.path("c.out");
+    t.poll("c counting", || {
+        (fs::read_to_string(&out).ok()?.lines().count() > 1000).then_some(())
+    });
+    let region = t.path("state/c.region");
+    let at = forkroot::region::SYSTEM_SIZE as u64 + 16;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&region)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
+    drop(f);
+    assert_eq!(send(first, SIGKILL), Ok(()));
+    t.wait_log(&["state header damaged", "starting fresh"]);
+    let second = t.poll("c running again", || {
+        primary(&t, "c").filter(|&p| p != first)
+    });
+    t.poll("c counting again from 1", || {
+        let text = fs::read_to_string(&out).ok()?;
+        (text.lines().next() == Some("1") && text.lines().count() > 100).then_some(())
+    });
+    let d = t.daemon_status("c").unwrap();
+    assert_eq!(d["pid"].as_i64(), Some(i64::from(second)), "{d}");
+    assert_eq!(
+        d["restarts"].as_u64(),
+        Some(1),
+        "one start after the kill: {d}"
+    );
 }

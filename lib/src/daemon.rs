@@ -838,6 +838,13 @@ impl<'a> Context<'a> {
     /// - `decide`: nothing is restored; the daemon looks at
     ///   [`Context::deaths`] and calls `restore`, `restore_before` or `reset`.
     ///
+    /// A state header damaged from outside (not the magic, or a crc that
+    /// does not match its fields) is logged and the state starts fresh
+    /// ([`Resumed::Fresh`], or [`Resumed::FellBack`] with no checkpoint
+    /// after a poison verdict): no checkpoint behind it can be trusted, and
+    /// an error here would fail every restart alike. A header of another
+    /// layout is still an error ([`StateError::LayoutChanged`](crate::state::StateError::LayoutChanged)).
+    ///
     /// The state is handed over to the returned [`Checkpoints`](crate::checkpoint::Checkpoints):
     /// [`Context::state`] is empty afterwards.
     pub fn checkpoints<T: crate::region::Plain>(
@@ -845,7 +852,18 @@ impl<'a> Context<'a> {
         version: u32,
     ) -> Result<(crate::checkpoint::Checkpoints<'a, T>, Resumed), crate::state::StateError> {
         use crate::checkpoint::{CheckpointError, Checkpoints};
+        use crate::state::StateError;
         let area = std::mem::take(&mut self.state);
+        // A header damaged from outside (its bytes overwritten: the root
+        // never writes there, and a crash mid-stamp leaves it empty) vouches
+        // for no checkpoint behind it: refusing would fail every restart
+        // alike. Emptied, the area is attached as a fresh one (zeroed whole).
+        if let Err(e @ (StateError::BadMagic { .. } | StateError::CorruptHeader { .. })) =
+            crate::state::read_layout(area)
+        {
+            tracing::error!(error = %e, "state header damaged: no checkpoint behind it can be trusted; starting fresh");
+            area[..8].fill(0);
+        }
         let mut cp = Checkpoints::<T>::attach(area, version)?;
         let restored = match (self.start.on_restart, self.start.resume_before) {
             (OnRestart::Decide, _) => return Ok((cp, Resumed::Decide)),
