@@ -300,6 +300,8 @@ impl Drop for Traced {
             let _ = self.strace.kill();
             let _ = self.strace.wait();
         }
+        // A root killed here leaves its cgroup (as a `Tree`'s would).
+        common::remove_top_cgroup(&self.dir.path().join("ctl.sock"));
     }
 }
 

@@ -355,7 +355,7 @@ pub(crate) fn cgroup2_mount() -> Option<PathBuf> {
 /// `forkroot@SOCKET` there; one that was killed leaves it behind (emptied
 /// as its daemons die with it, PDEATHSIG being asynchronous). Removes it
 /// once empty.
-fn remove_top_cgroup(socket: &Path) {
+pub(crate) fn remove_top_cgroup(socket: &Path) {
     let Some(mount) = cgroup2_mount() else { return };
     let top = mount.join(format!(
         "forkroot@{}",
