@@ -328,7 +328,10 @@ fn a_damaged_state_header_starts_the_daemon_over_instead_of_failing_each_start()
     let second = t.poll("c running again", || {
         primary(&t, "c").filter(|&p| p != first)
     });
-    t.poll("c counting again from 1", || {
+    // The replacement counts from 1 (it did not resume), its output cut
+    // back to nothing and written again.
+    t.wait_log(&[&format!("c[{second}]"), "counting next=1 "]);
+    t.poll("c's output written again from 1", || {
         let text = fs::read_to_string(&out).ok()?;
         (text.lines().next() == Some("1") && text.lines().count() > 100).then_some(())
     });

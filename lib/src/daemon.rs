@@ -838,12 +838,14 @@ impl<'a> Context<'a> {
     /// - `decide`: nothing is restored; the daemon looks at
     ///   [`Context::deaths`] and calls `restore`, `restore_before` or `reset`.
     ///
-    /// A state header damaged from outside (not the magic, or a crc that
-    /// does not match its fields) is logged and the state starts fresh
-    /// ([`Resumed::Fresh`], or [`Resumed::FellBack`] with no checkpoint
-    /// after a poison verdict): no checkpoint behind it can be trusted, and
-    /// an error here would fail every restart alike. A header of another
-    /// layout is still an error ([`StateError::LayoutChanged`](crate::state::StateError::LayoutChanged)).
+    /// A state header that is damaged or absent (a magic that is neither 0
+    /// nor the state's, or a crc that does not match its fields) is logged
+    /// and the state starts fresh ([`Resumed::Fresh`]; [`Resumed::FellBack`]
+    /// with no checkpoint after a poison verdict; [`Resumed::Decide`] with
+    /// no checkpoint for `decide`): the checkpoints behind it are not
+    /// trusted, and an error here would fail every restart alike. A header
+    /// of another layout is still an error
+    /// ([`StateError::LayoutChanged`](crate::state::StateError::LayoutChanged)).
     ///
     /// The state is handed over to the returned [`Checkpoints`](crate::checkpoint::Checkpoints):
     /// [`Context::state`] is empty afterwards.
@@ -855,13 +857,14 @@ impl<'a> Context<'a> {
         use crate::state::StateError;
         let area = std::mem::take(&mut self.state);
         // A header damaged from outside (its bytes overwritten: the root
-        // never writes there, and a crash mid-stamp leaves it empty) vouches
-        // for no checkpoint behind it: refusing would fail every restart
-        // alike. Emptied, the area is attached as a fresh one (zeroed whole).
+        // never writes there, and a crash mid-stamp leaves it empty) or
+        // never written (another kind's area) vouches for no checkpoint
+        // behind it: refusing would fail every restart alike. Emptied, the
+        // area is attached as a fresh one (zeroed whole).
         if let Err(e @ (StateError::BadMagic { .. } | StateError::CorruptHeader { .. })) =
             crate::state::read_layout(area)
         {
-            tracing::error!(error = %e, "state header damaged: no checkpoint behind it can be trusted; starting fresh");
+            tracing::error!(error = %e, "state header damaged (or never written): the checkpoints behind it are not trusted; starting fresh");
             area[..8].fill(0);
         }
         let mut cp = Checkpoints::<T>::attach(area, version)?;
