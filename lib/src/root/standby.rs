@@ -100,7 +100,7 @@ impl Root<'_> {
     }
 
     /// Forks the standbys whose retry is due, for the daemons that still
-    /// want one: starting or running, in a group that is not stopping.
+    /// want one ([`Supervisor::wants_standby`](super::supervisor::Supervisor::wants_standby)).
     pub(super) fn retry_standbys(&mut self, now: Instant) {
         while let Some(&(at, i)) = self.standby_retries.first() {
             if at > now {

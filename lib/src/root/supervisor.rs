@@ -563,10 +563,13 @@ impl Supervisor {
             Event::Refused(i, delay) => self.on_refused(i, delay),
             Event::Timer(i) => self.on_timer(i),
             Event::StandbyDied(i) => {
+                // Counted while the daemon is up (stopping included); a new
+                // one only if it still wants one (not while it stops).
                 let g = self.daemons[i].group;
                 if !self.daemons[i].state.down()
                     && !self.stopping(g)
                     && self.count_restart(g, Member::Daemon(i))
+                    && self.wants_standby(i)
                 {
                     self.out.push(Action::ForkStandby(i));
                 }
@@ -616,12 +619,13 @@ impl Supervisor {
         self.daemons[i].state
     }
 
-    /// Whether daemon `i` still wants a standby forked (a retry after a
-    /// failed fork): starting or running, in a group that is not stopping
-    /// (as for [`Event::StandbyDied`]).
+    /// Whether daemon `i` wants a standby forked (after its standby died,
+    /// or a retry after a failed fork): starting, running or killed (about
+    /// to be replaced), not stopping, in a group that is not stopping.
     pub(crate) fn wants_standby(&self, i: usize) -> bool {
         let d = &self.daemons[i];
-        matches!(d.state, DState::Starting | DState::Running) && !self.stopping(d.group)
+        matches!(d.state, DState::Starting | DState::Running | DState::Killed)
+            && !self.stopping(d.group)
     }
 
     /// The daemon's restarts so far.

@@ -456,6 +456,30 @@ fn standby_died_counts_against_the_intensity() {
 }
 
 #[test]
+fn stopping_x_standby_died_counts_a_restart_and_forks_no_standby() {
+    let mut w = World::started(&daemon("a", ""));
+    w.obedient = false;
+    w.feed(Event::Stop(0));
+    assert!(matches!(w.state("a"), DState::Stopping(_)));
+    w.actions.clear();
+    w.feed(Event::StandbyDied(0));
+    assert!(
+        !w.actions.contains(&Action::ForkStandby(0)),
+        "{:?}",
+        w.actions
+    );
+    assert_eq!(w.sup.recent_restarts(TOP, w.now), 1);
+    // Running, a standby that dies is replaced.
+    let mut w = World::started(&daemon("a", ""));
+    w.feed(Event::StandbyDied(0));
+    assert!(
+        w.actions.contains(&Action::ForkStandby(0)),
+        "{:?}",
+        w.actions
+    );
+}
+
+#[test]
 fn shutdown_stops_every_daemon_in_reverse_tree_order_one_at_a_time() {
     let mut w = World::started(&format!(
         "{}{}{}{}{}",
