@@ -421,12 +421,15 @@ fn a_standby_with_room_for_one_process_is_refused() {
     // The standby lives in the daemon's cgroup beside it: `pids_max = 1`
     // leaves it no process, so `check` says so (whether or not this
     // machine offers the pids controller, which is a problem of its own).
-    let dir = tempfile::tempdir().unwrap();
-    let path = common::write_config(
-        &dir,
-        "[[daemon]]\nname = \"c\"\nkind = \"idle\"\nstandby = true\npids_max = 1\n",
-    );
-    let ran = common::run_to_end(&dir, &["check", "--config", path.to_str().unwrap()]);
+    let check = |pids_max: u32| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "[[daemon]]\nname = \"c\"\nkind = \"idle\"\nstandby = true\npids_max = {pids_max}\n"
+        );
+        let path = common::write_config(&dir, &config);
+        common::run_to_end(&dir, &["check", "--config", path.to_str().unwrap()])
+    };
+    let ran = check(1);
     assert_eq!(ran.code, Some(78), "{ran:?}");
     assert!(
         ran.stderr.contains(
@@ -434,11 +437,7 @@ fn a_standby_with_room_for_one_process_is_refused() {
         ),
         "{ran:?}"
     );
-    let path = common::write_config(
-        &dir,
-        "[[daemon]]\nname = \"c\"\nkind = \"idle\"\nstandby = true\npids_max = 2\n",
-    );
-    let ran = common::run_to_end(&dir, &["check", "--config", path.to_str().unwrap()]);
+    let ran = check(2);
     assert!(
         !ran.stderr.contains("no process for the standby"),
         "{ran:?}"
