@@ -24,9 +24,13 @@ use crate::sys::{self, Pid, Signal, WaitStatus};
 /// child of the root (O(daemons)), is left to orphans (a daemon's
 /// descendants, reparented to the root) whose SIGCHLD was lost, and to
 /// children whose pidfd could not be made: a sweep this long after a
-/// SIGCHLD while every child has its pidfd (at most ten walks a second,
-/// whatever the rate of exits)...
-pub(super) const SWEEP_DELAY: Duration = Duration::from_millis(100);
+/// SIGCHLD while every child has its pidfd (at most one walk a second,
+/// whatever the rate of exits: beside 3,000 daemons a walk takes about
+/// half a millisecond, which at ten a second was some 14 µs of the root's
+/// CPU per restart in a crash loop). An orphan whose own SIGCHLD arrives
+/// is reaped at once and sweeps at once (`on_sigchld`); one whose signal
+/// was lost stays a zombie until this sweep...
+pub(super) const SWEEP_DELAY: Duration = Duration::from_secs(1);
 /// ...and this long while one has none (its exit may wait for the sweep).
 pub(super) const SWEEP_DELAY_UNWATCHED: Duration = Duration::from_millis(20);
 

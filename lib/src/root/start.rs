@@ -182,7 +182,8 @@ impl Root<'_> {
         if self.zygote.is_some() || self.zygote_off {
             return;
         }
-        match Zygote::start(&super::zygote::Image::of(self)) {
+        let (_, zygote) = Zygote::start(&self.regions, (), |()| super::zygote::Image::of(self));
+        match zygote {
             Ok(z) => {
                 debug!(pid = %z.pid(), "zygote forked");
                 self.zygote = Some(z);

@@ -63,7 +63,7 @@ impl<'a> Root<'a> {
         // above the daemons' would keep controllers from being enabled
         // there), before the records per daemon are made: each of its forks
         // copies what it holds.
-        let zygote = start_zygote(&config, &names, registry, &regions, &post);
+        let (config, zygote) = start_zygote(config, &names, registry, &regions, &post);
         let notify =
             notify::Socket::bind(sys::getpid()).map_err(ctx("binding the notify socket"))?;
         epoll.add(notify.fd(), TOKEN_NOTIFY).map_err(ctx("epoll"))?;
@@ -114,33 +114,43 @@ impl<'a> Root<'a> {
 /// Forks the zygote (`zygote.rs`) from the root as it is early in its
 /// start-up; `None` (said, and the root forks every daemon itself until a
 /// start makes one) if it cannot, or if the tree has no built-in daemon.
+/// The config goes into the fork and comes back: in the zygote, what a
+/// built-in daemon's process reads is copied out of it and the rest
+/// dropped, so that no fork copies every daemon's settings.
 fn start_zygote(
-    config: &Config,
+    config: Config,
     names: &[String],
     registry: &Registry,
     regions: &RegionSet,
     post: &PostOffice,
-) -> Option<zygote::Zygote> {
+) -> (Config, Option<zygote::Zygote>) {
     if !config.root.zygote
         || !config
             .daemons
             .iter()
             .any(|d| matches!(d.program, Program::Builtin(_)))
     {
-        return None;
+        return (config, None);
     }
-    let image = zygote::Image {
-        daemons: config.daemons.iter().collect(),
-        names,
-        registry,
-        regions,
-        post: post.post(),
-        root_pid: sys::getpid(),
-    };
-    zygote::Zygote::start(&image)
+    let post = post.post();
+    let root_pid = sys::getpid();
+    let (config, zygote) = zygote::Zygote::start(regions, config, |config| {
+        // In the zygote: its copy of the config is dropped once this
+        // returns.
+        zygote::Image::new(
+            config.daemons.iter(),
+            names,
+            registry,
+            regions,
+            post,
+            root_pid,
+        )
+    });
+    let zygote = zygote
         .inspect(|z| tracing::info!(pid = %z.pid(), "built-in daemons are forked by the zygote"))
         .inspect_err(|e| tracing::warn!(error = %e, "cannot fork the zygote; the root forks the daemons itself"))
-        .ok()
+        .ok();
+    (config, zygote)
 }
 
 /// Whether this process can run `config`: every kind it names is one the

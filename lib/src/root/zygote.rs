@@ -49,31 +49,86 @@ const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Where the zygote keeps its socket: the lowest number after stdio.
 const SOCK_FD: RawFd = 3;
 
-/// What the zygote forks from: each daemon's settings by the root's index,
-/// every daemon's name (for `Siblings`), the kinds, the regions' layout,
-/// the mailboxes' mapping, the root's pid.
+/// What the zygote forks from: what each built-in daemon's process is
+/// made of, by the root's index; every daemon's name (for `Siblings`);
+/// the regions' layout; the mailboxes' mapping; the root's pid.
+///
+/// It is built in the zygote, after the fork, and holds copies of the few
+/// settings a built-in daemon's process reads ([`Spec`]), not the
+/// daemons' configs: every page of the zygote's memory is copied into
+/// each fork (its page-table entries) and torn down again when that
+/// process exits, so what the zygote holds per daemon is paid on every
+/// restart in proportion to the tree.
 #[derive(Debug)]
 pub(super) struct Image<'a> {
-    pub(super) daemons: Vec<&'a DaemonConfig>,
-    pub(super) names: &'a [String],
-    pub(super) registry: &'a Registry,
-    pub(super) regions: &'a RegionSet,
-    pub(super) post: Post,
-    pub(super) root_pid: Pid,
+    /// By the root's index; `None` for an exec'd program (not the
+    /// zygote's to fork) or a kind the registry does not have.
+    daemons: Vec<Option<Spec>>,
+    names: &'a [String],
+    regions: &'a RegionSet,
+    post: Post,
+    root_pid: Pid,
+}
+
+/// Of one built-in daemon's config, what its process is made of.
+#[derive(Debug)]
+struct Spec {
+    name: String,
+    /// `forkroot: NAME`, its process title.
+    title: Vec<u8>,
+    entry: crate::daemon::Entry,
+    on_restart: crate::config::OnRestart,
+    args: crate::config::Args,
+    listen: Vec<String>,
 }
 
 impl<'a> Image<'a> {
+    /// The image of daemons `configs` (by the root's index, removed ones
+    /// included after a reload), with the rest of what their processes
+    /// share.
+    pub(super) fn new<'c>(
+        configs: impl Iterator<Item = &'c DaemonConfig>,
+        names: &'a [String],
+        registry: &Registry,
+        regions: &'a RegionSet,
+        post: Post,
+        root_pid: Pid,
+    ) -> Image<'a> {
+        let daemons = configs
+            .map(|cfg| {
+                let Program::Builtin(kind) = &cfg.program else {
+                    return None;
+                };
+                Some(Spec {
+                    name: cfg.name.clone(),
+                    title: super::Child::title(&cfg.name),
+                    entry: registry.get(kind)?.entry,
+                    on_restart: cfg.on_restart,
+                    args: cfg.args.clone(),
+                    listen: cfg.listen.clone(),
+                })
+            })
+            .collect();
+        Image {
+            daemons,
+            names,
+            regions,
+            post,
+            root_pid,
+        }
+    }
+
     /// The image of `root` as it is now (after a reload: its daemons by
     /// index, removed ones included, as the root numbers them).
     pub(super) fn of(root: &'a Root<'_>) -> Image<'a> {
-        Image {
-            daemons: root.children.iter().map(|c| &c.cfg).collect(),
-            names: &root.names,
-            registry: root.registry,
-            regions: &root.regions,
-            post: root.post.post(),
-            root_pid: root.pid,
-        }
+        Image::new(
+            root.children.iter().map(|c| &c.cfg),
+            &root.names,
+            root.registry,
+            &root.regions,
+            root.post.post(),
+            root.pid,
+        )
     }
 }
 
@@ -91,28 +146,43 @@ pub(super) struct Zygote {
 }
 
 impl Zygote {
-    /// Forks the zygote from the root, with `image`.
-    pub(super) fn start(image: &Image<'_>) -> io::Result<Zygote> {
-        let (ours, theirs) = fdpass::seqpacket_pair()?;
+    /// Forks the zygote from the root. `image` runs in the zygote alone,
+    /// given `keep`, which the root gets back: what the zygote needs is
+    /// copied out of it and the rest is dropped there (the root's
+    /// first zygote is given the config itself, so that its copy of the
+    /// root's memory does not keep every daemon's settings).
+    pub(super) fn start<'a, T>(
+        regions: &RegionSet,
+        keep: T,
+        image: impl FnOnce(T) -> Image<'a>,
+    ) -> (T, io::Result<Zygote>) {
+        let (ours, theirs) = match fdpass::seqpacket_pair() {
+            Ok(pair) => pair,
+            Err(e) => return (keep, Err(e)),
+        };
         // SAFETY: the root is single-threaded; the zygote is too, and runs
         // only `serve` until it exits.
-        match unsafe { sys::fork()? } {
-            Forked::Parent(pid) => {
+        match unsafe { sys::fork() } {
+            Err(e) => (keep, Err(e)),
+            Ok(Forked::Parent(pid)) => {
                 let z = Zygote {
                     pid,
                     sock: ours,
-                    regions: image.regions.generation(),
+                    regions: regions.generation(),
                     unreaped: true,
                 };
                 // A stopped or stuck zygote does not stop the root: past
                 // this, the answer is given up on, the zygote ended and the
                 // start forked by the root itself.
-                fdpass::set_recv_timeout(z.sock.as_fd(), ANSWER_TIMEOUT)?;
-                Ok(z)
+                let z = fdpass::set_recv_timeout(z.sock.as_fd(), ANSWER_TIMEOUT).map(|()| z);
+                (keep, z)
             }
-            Forked::Child => {
+            Ok(Forked::Child) => {
                 drop(ours);
-                crate::prologue::run_or_abort(|| serve(image, &theirs));
+                crate::prologue::run_or_abort(|| {
+                    let image = image(keep);
+                    serve(&image, &theirs)
+                });
                 sys::exit_now(0)
             }
         }
@@ -181,11 +251,10 @@ fn serve(image: &Image<'_>, sock: &OwnedFd) -> ! {
     // SAFETY: SOCK_FD holds the socket (moved there, or there already),
     // open until this process exits: `serve` never returns.
     let sock = unsafe { BorrowedFd::borrow_raw(SOCK_FD) };
-    let titles: Vec<Vec<u8>> = image
-        .daemons
-        .iter()
-        .map(|d| super::Child::title(&d.name))
-        .collect();
+    // What the root's data left free in this copy of its heap (the
+    // config's parse, the daemons' configs if this is the first zygote)
+    // goes back to the kernel, so that no fork copies it.
+    sys::mem::release_free_heap();
     let mut buf = [0u8; Spawn::SIZE + 1];
     let mut got = Vec::with_capacity(16);
     loop {
@@ -194,7 +263,7 @@ fn serve(image: &Image<'_>, sock: &OwnedFd) -> ! {
             Ok(0) => sys::exit_now(0),
             Ok(n) => Spawn::decode(&buf[..n])
                 .map_err(|_| io::Error::from_raw_os_error(libc::EBADMSG))
-                .and_then(|req| fork_for_root(image, &titles, &req, &got)),
+                .and_then(|req| fork_for_root(image, &req, &got)),
             Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => Err(e),
             Err(_) => sys::exit_now(0),
         };
@@ -208,38 +277,33 @@ fn serve(image: &Image<'_>, sock: &OwnedFd) -> ! {
 
 /// In the zygote: the plan of `req`'s process, from the image, and its
 /// fork. Only built-in daemons come this way.
-fn fork_for_root(
-    image: &Image<'_>,
-    titles: &[Vec<u8>],
-    req: &Spawn,
-    got: &[OwnedFd],
-) -> io::Result<Pid> {
+fn fork_for_root(image: &Image<'_>, req: &Spawn, got: &[OwnedFd]) -> io::Result<Pid> {
     let invalid = || io::Error::from_raw_os_error(libc::EINVAL);
     let i = req.index as usize;
-    let cfg = *image.daemons.get(i).ok_or_else(invalid)?;
-    let Program::Builtin(kind) = &cfg.program else {
-        return Err(invalid());
-    };
-    let entry = image.registry.get(kind).ok_or_else(invalid)?.entry;
+    let spec = image
+        .daemons
+        .get(i)
+        .and_then(Option::as_ref)
+        .ok_or_else(invalid)?;
     let writer = crate::ring::WriterId::from_raw(req.writer).ok_or_else(invalid)?;
     let start = Start {
         restarts: req.history.restarts,
         deaths: req.history.deaths(),
-        on_restart: cfg.on_restart,
+        on_restart: spec.on_restart,
         resume_before: req.history.resume_before,
     };
     // The descriptors come with the request (`got`); the plan's own
     // descriptor fields are the root's, and not read here.
     let plan = Plan {
         index: i,
-        name: &cfg.name,
-        title: &titles[i],
+        name: &spec.name,
+        title: &spec.title,
         regions: image.regions,
         root_pid: image.root_pid,
         start,
         run: Run::Builtin {
-            entry,
-            args: &cfg.args,
+            entry: spec.entry,
+            args: &spec.args,
             names: image.names,
         },
         lock: None,
@@ -252,7 +316,7 @@ fn fork_for_root(
         monitors: None,
         cgroup: None,
         listeners: &[],
-        listen: &cfg.listen,
+        listen: &spec.listen,
     };
     spawn::fork_for_root(&plan, req, got)
 }

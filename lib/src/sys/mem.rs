@@ -292,6 +292,20 @@ pub unsafe fn dont_fork(addr: NonNull<u8>, len: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Gives the heap's free pages back to the kernel (glibc's
+/// `malloc_trim(0)`, which also releases whole free pages inside the
+/// heap, not only at its top). A process about to fork many times calls it
+/// so that no fork copies, and no exit tears down, pages that hold nothing.
+/// Elsewhere than on glibc it does nothing.
+pub(crate) fn release_free_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim has no preconditions; it takes the allocator's
+    // own locks (the caller is single-threaded).
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
