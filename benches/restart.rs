@@ -32,9 +32,10 @@
 //!
 //! - **in a tree** (measured once every daemon is up, `ctl health
 //!   --ready`): the probe beside 10 idle daemons, and beside 1,000 in
-//!   50 `[[group]]`s, against the same 1,000 under the top supervisor; and
+//!   50 `[[group]]`s, against the same 1,000 under the top supervisor;
 //!   beside 1,000 exec'd programs (`/bin/sleep`), each with a region file
-//!   of its own.
+//!   of its own; and beside 3,000 in 50 groups (how a restart grows with
+//!   the tree). `FORKROOT_BENCH_ONLY=trees` runs these rows alone.
 //! - **time to ready**: from spawning `forkroot run` to its `READY=1` on
 //!   `NOTIFY_SOCKET` (every daemon of the first start set up), for one
 //!   daemon of 64 KiB, 1 GiB and 8 GiB, and for 10 and 1,000 daemons (and
@@ -125,19 +126,42 @@ fn main() {
             exec: true,
             standby: false,
         },
+        Run {
+            memory: "64KiB",
+            siblings: 3000,
+            groups: 50,
+            exec: false,
+            standby: false,
+        },
     ];
+    // `FORKROOT_BENCH_ONLY=trees`: the rows beside other daemons alone,
+    // without the time to ready.
+    let trees_only = match std::env::var("FORKROOT_BENCH_ONLY") {
+        Ok(only) if only == "trees" => true,
+        Ok(other) => panic!("FORKROOT_BENCH_ONLY: `trees` or unset, not {other:?}"),
+        Err(_) => false,
+    };
+    let runs: Vec<Run> = runs
+        .into_iter()
+        .filter(|r| !trees_only || r.siblings > 0)
+        .collect();
     let ready_n: usize = std::env::var("FORKROOT_BENCH_READY_N")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
-    for (memory, daemons, groups) in [
-        ("64KiB", 1, 0),
-        ("1GiB", 1, 0),
-        ("8GiB", 1, 0),
-        ("64KiB", 10, 0),
-        ("64KiB", 1000, 0),
-        ("64KiB", 1000, 50),
-    ] {
+    let ready_rows: &[(&str, usize, usize)] = if trees_only {
+        &[]
+    } else {
+        &[
+            ("64KiB", 1, 0),
+            ("1GiB", 1, 0),
+            ("8GiB", 1, 0),
+            ("64KiB", 10, 0),
+            ("64KiB", 1000, 0),
+            ("64KiB", 1000, 50),
+        ]
+    };
+    for &(memory, daemons, groups) in ready_rows {
         let floor = Stats::of(
             (0..ready_n)
                 .map(|_| exec_floor().expect("exec floor"))

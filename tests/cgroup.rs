@@ -443,3 +443,53 @@ fn a_standby_with_room_for_one_process_is_refused() {
         "{ran:?}"
     );
 }
+
+/// The zygote is forked before the cgroups are made (it should carry as
+/// little of the root as it can) and moves into the root's leaf with the
+/// root: the cgroup above the daemons' holds no process, and the daemons
+/// it forks are born in their own leaves.
+#[test]
+fn the_zygote_moves_into_the_roots_leaf_with_it() {
+    let Some(cg) = TestCgroup::new() else {
+        return fallback_when_no_cgroup();
+    };
+    let t = Tree::start_with(
+        "[[daemon]]\nname = \"a\"\nkind = \"idle\"\n\n[[daemon]]\nname = \"b\"\nkind = \"idle\"\n",
+        |c| cg.enter(c),
+    );
+    let a = common::running_pid(&t, "a");
+    let b = common::running_pid(&t, "b");
+    let z = common::zygote_of(t.pid).expect("a zygote");
+    let procs = |dir: PathBuf| -> Vec<i32> {
+        fs::read_to_string(dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect()
+    };
+    let mut leaf = procs(cg.0.join("root"));
+    leaf.sort_unstable();
+    let mut want = vec![t.pid, z.pid];
+    want.sort_unstable();
+    assert_eq!(leaf, want, "the root's leaf holds the root and its zygote");
+    assert!(
+        procs(cg.0.clone()).is_empty(),
+        "a process above the daemons' cgroups"
+    );
+    assert!(leaf_procs(&cg, "a").contains(&a));
+    assert!(leaf_procs(&cg, "b").contains(&b));
+    // The zygote forked them: the one it answered for is still the one.
+    assert!(
+        t.log()
+            .contains("built-in daemons are forked by the zygote"),
+        "{}",
+        t.log()
+    );
+    common::send(a, libc::SIGKILL).unwrap();
+    let a2 = t.poll("a restarted", || {
+        let p = common::running_pid(&t, "a");
+        (p != a).then_some(p)
+    });
+    assert!(leaf_procs(&cg, "a").contains(&a2));
+    assert_eq!(common::zygote_of(t.pid).map(|p| p.pid), Some(z.pid));
+}

@@ -138,11 +138,17 @@ impl Containment {
     /// back to process groups. An error is a cgroup that exists but cannot
     /// be set up as asked (a limit that cannot be written, a leftover
     /// cgroup whose processes do not die).
+    ///
+    /// Where the root moves itself into a leaf of its own, `zygote` (its
+    /// zygote, forked before) moves there with it: a process left in the
+    /// cgroup above the daemons' would keep controllers from being
+    /// enabled there. A zygote that is gone already is no error.
     pub(crate) fn set_up(
         daemons: &[DaemonConfig],
         socket: &Path,
         epoll: &Epoll,
         token: u64,
+        zygote: Option<sys::Pid>,
     ) -> io::Result<Containment> {
         let probe = match probe() {
             Ok(p) => p,
@@ -159,9 +165,17 @@ impl Containment {
             (base, None, true)
         } else {
             let leaf = probe.own.join("root");
-            let moved = make_dir(&leaf).and_then(|()| {
-                sys::cgroup::write(&leaf, "cgroup.procs", &sys::getpid().to_string())
-            });
+            let moved = make_dir(&leaf)
+                .and_then(|()| {
+                    sys::cgroup::write(&leaf, "cgroup.procs", &sys::getpid().to_string())
+                })
+                .and_then(|()| match zygote {
+                    Some(z) => match sys::cgroup::write(&leaf, "cgroup.procs", &z.to_string()) {
+                        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+                        moved => moved,
+                    },
+                    None => Ok(()),
+                });
             if let Err(e) = moved {
                 let _ = std::fs::remove_dir(&leaf);
                 return Ok(Containment::ProcessGroups(e.to_string()));

@@ -1,8 +1,9 @@
 //! Start-up: checking that the tree can be run by this process, setting
 //! the root's own attributes (signals, subreaper, not dumpable, open-file
-//! limit), and making everything daemons share before any fork: the
-//! `state_dir` lock, the regions, the mailboxes, the `listen` sockets, the
-//! control and notify sockets, the cgroups, the output pipes.
+//! limit), and making everything daemons share before any daemon is
+//! forked: the `state_dir` lock, the regions, the mailboxes, (then the
+//! zygote,) the `listen` sockets, the control and notify sockets, the
+//! cgroups, the output pipes.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
@@ -45,6 +46,13 @@ impl<'a> Root<'a> {
         };
         let regions = map_regions(&config)?;
         let post = make_mailboxes(&config)?;
+        let names: Vec<String> = config.daemons.iter().map(|d| d.name.clone()).collect();
+        // As early as it can be (the regions and mailboxes mapped, nothing
+        // else per daemon made yet: the `listen` sockets, the cgroups, the
+        // records per daemon, the output pipes): each of its forks copies
+        // what it holds (§3, "The zygote"). The cgroups' set-up moves it
+        // into the root's leaf with the root.
+        let (config, zygote) = start_zygote(config, &names, registry, &regions, &post);
         let listeners = bind_listeners(&config)?;
         let epoll = sys::Epoll::new().map_err(ctx("epoll"))?;
         epoll
@@ -57,13 +65,7 @@ impl<'a> Root<'a> {
         }
         let watch = watch_regions(&config, &epoll)?;
         let (server, socket) = bind_control(&config, &epoll)?;
-        let contain = contain_daemons(&config, &socket, &epoll)?;
-        let names: Vec<String> = config.daemons.iter().map(|d| d.name.clone()).collect();
-        // Once the root sits in its own leaf (a process left in the cgroup
-        // above the daemons' would keep controllers from being enabled
-        // there), before the records per daemon are made: each of its forks
-        // copies what it holds.
-        let (config, zygote) = start_zygote(config, &names, registry, &regions, &post);
+        let contain = contain_daemons(&config, &socket, &epoll, zygote.as_ref().map(|z| z.pid()))?;
         let notify =
             notify::Socket::bind(sys::getpid()).map_err(ctx("binding the notify socket"))?;
         epoll.add(notify.fd(), TOKEN_NOTIFY).map_err(ctx("epoll"))?;
@@ -321,8 +323,9 @@ fn contain_daemons(
     config: &Config,
     socket: &Path,
     epoll: &sys::Epoll,
+    zygote: Option<sys::Pid>,
 ) -> Result<cgroup::Containment, RootError> {
-    let contain = cgroup::Containment::set_up(&config.daemons, socket, epoll, TOKEN_CGROUP)
+    let contain = cgroup::Containment::set_up(&config.daemons, socket, epoll, TOKEN_CGROUP, zygote)
         .map_err(ctx("setting up the daemons' cgroups"))?;
     match &contain {
         cgroup::Containment::Cgroups(_) => {
