@@ -165,17 +165,21 @@ impl Containment {
             (base, None, true)
         } else {
             let leaf = probe.own.join("root");
-            let moved = make_dir(&leaf)
-                .and_then(|()| {
-                    sys::cgroup::write(&leaf, "cgroup.procs", &sys::getpid().to_string())
-                })
-                .and_then(|()| match zygote {
-                    Some(z) => match sys::cgroup::write(&leaf, "cgroup.procs", &z.to_string()) {
-                        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
-                        moved => moved,
-                    },
-                    None => Ok(()),
-                });
+            let moved = make_dir(&leaf).and_then(|()| {
+                sys::cgroup::write(&leaf, "cgroup.procs", &sys::getpid().to_string())
+            });
+            let moved = match (moved, zygote) {
+                (Ok(()), Some(z)) => match move_to(&leaf, z) {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        // The root goes back where it was, so that the
+                        // leaf can go.
+                        let _ = move_to(&probe.own, sys::getpid());
+                        Err(e)
+                    }
+                },
+                (moved, _) => moved,
+            };
             if let Err(e) = moved {
                 let _ = std::fs::remove_dir(&leaf);
                 return Ok(Containment::ProcessGroups(e.to_string()));
@@ -196,7 +200,12 @@ impl Containment {
             .fill(daemons, &probe)
             .and_then(|()| epoll.add(cg.inotify.as_fd(), token));
         if let Err(e) = filled {
-            // Undo what was made; the error that stopped us is the one to report.
+            // Undo what was made (the zygote back beside the root first,
+            // so that the leaf can go); the error that stopped us is the
+            // one to report.
+            if let (Some(z), Some(_)) = (zygote, &cg.leaf) {
+                let _ = move_to(&cg.base, z);
+            }
             let _ = cg.remove();
             return Err(e);
         }
@@ -523,6 +532,15 @@ impl Cgroups {
             keep(remove_dir(&self.base));
         }
         first
+    }
+}
+
+/// Moves process `pid` into cgroup `dir`; one that is gone already is
+/// no error.
+fn move_to(dir: &Path, pid: sys::Pid) -> io::Result<()> {
+    match sys::cgroup::write(dir, "cgroup.procs", &pid.to_string()) {
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        moved => moved,
     }
 }
 

@@ -7,11 +7,12 @@
 //! daemon from the root made each restart pay for the root's whole size
 //! (its heap grows with the tree) and every event after it pay faults.
 //! The zygote is forked from the root early in its start-up, once the
-//! regions and mailboxes are mapped and before anything per daemon is
-//! made (pipes, cgroups, the records of `Child`), and again after a reload
-//! changed the tree; it holds what a built-in daemon's process is made of
-//! (an [`Image`]: the config, the region layout, the mailboxes' mapping)
-//! and never changes, so its forks stay small and the root never forks a
+//! regions and mailboxes are mapped and before anything else per daemon
+//! is made (`listen` sockets, cgroups, pipes, the records of `Child`), and
+//! again after a reload changed the tree; it holds what a built-in
+//! daemon's process is made of (an [`Image`]: the few settings each one
+//! reads, every name, the region layout, the mailboxes' mapping) and
+//! never changes, so its forks stay small and the root never forks a
 //! built-in daemon itself.
 //!
 //! For each start the root sends a request ([`handoff::Spawn`]: which
@@ -54,11 +55,13 @@ const SOCK_FD: RawFd = 3;
 /// the regions' layout; the mailboxes' mapping; the root's pid.
 ///
 /// It is built in the zygote, after the fork, and holds copies of the few
-/// settings a built-in daemon's process reads ([`Spec`]), not the
-/// daemons' configs: every page of the zygote's memory is copied into
-/// each fork (its page-table entries) and torn down again when that
-/// process exits, so what the zygote holds per daemon is paid on every
-/// restart in proportion to the tree.
+/// settings a built-in daemon's process reads ([`Spec`]): every page of
+/// the zygote's memory is copied into each fork (its page-table entries)
+/// and torn down again when that process exits, so what the zygote holds
+/// per daemon is paid on every restart in proportion to the tree. The
+/// first zygote then drops its copy of the daemons' configs
+/// ([`Zygote::start`]); one forked after a reload keeps its copy of the
+/// whole root, configs and all.
 #[derive(Debug)]
 pub(super) struct Image<'a> {
     /// By the root's index; `None` for an exec'd program (not the
@@ -160,6 +163,7 @@ impl Zygote {
             Ok(pair) => pair,
             Err(e) => return (keep, Err(e)),
         };
+        let root = sys::getpid();
         // SAFETY: the root is single-threaded; the zygote is too, and runs
         // only `serve` until it exits.
         match unsafe { sys::fork() } {
@@ -178,6 +182,11 @@ impl Zygote {
                 (keep, z)
             }
             Ok(Forked::Child) => {
+                // The first steps of any forked process, before this one
+                // allocates (its image) or frees (what it was given).
+                if crate::prologue::after_fork(root).is_err() {
+                    sys::exit_now(0);
+                }
                 drop(ours);
                 crate::prologue::run_or_abort(|| {
                     let image = image(keep);
@@ -223,9 +232,6 @@ impl Drop for Zygote {
 /// The zygote's life: settles, then forks what the root asks for until
 /// the root closes its end or dies.
 fn serve(image: &Image<'_>, sock: &OwnedFd) -> ! {
-    if crate::prologue::after_fork(image.root_pid).is_err() {
-        sys::exit_now(0);
-    }
     sys::title::set(TITLE);
     // The exec'd programs' regions (two mappings each, with a guard page)
     // are none of a built-in daemon's business: beside 1,000 programs they
