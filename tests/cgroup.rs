@@ -493,3 +493,60 @@ fn the_zygote_moves_into_the_roots_leaf_with_it() {
     assert!(leaf_procs(&cg, "a").contains(&a2));
     assert_eq!(common::zygote_of(t.pid).map(|p| p.pid), Some(z.pid));
 }
+
+/// A start that fails once the daemons' cgroups are made (here: out of
+/// descriptors for their output pipes, under a hard limit of 200 for 100
+/// daemons) removes them: nothing of it is left, delegated or not.
+#[test]
+fn a_start_that_fails_after_the_cgroups_are_made_removes_them() {
+    let Some(mount) = mount() else {
+        return fallback_when_no_cgroup();
+    };
+    let mut config = String::new();
+    for i in 0..100 {
+        config.push_str(&format!("[[daemon]]\nname = \"i{i}\"\nkind = \"idle\"\n\n"));
+    }
+    let low_limit = |c: &mut Command| {
+        // SAFETY: the closure makes one setrlimit(2) (async-signal-safe)
+        // and allocates nothing.
+        unsafe {
+            c.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: 200,
+                    rlim_max: 200,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    };
+    // Delegated: the root (and its zygote) in a leaf of the test's cgroup.
+    if let Some(cg) = TestCgroup::new() {
+        let mut t = Tree::start_with(&config, |c| {
+            cg.enter(c);
+            low_limit(c);
+        });
+        assert_eq!(t.wait_code(), 70, "{}", t.log());
+        assert!(t.log().contains("output pipes"), "{}", t.log());
+        assert!(
+            t.log().contains("each daemon runs in its own cgroup"),
+            "{}",
+            t.log()
+        );
+        assert!(cg.children().is_empty(), "left: {:?}", cg.children());
+    }
+    // In the hierarchy's top cgroup: the root's own `forkroot@SOCKET`.
+    let mut t = Tree::start_with(&config, low_limit);
+    assert_eq!(t.wait_code(), 70, "{}", t.log());
+    assert!(t.log().contains("output pipes"), "{}", t.log());
+    let top = mount.join(format!(
+        "forkroot@{}",
+        t.socket().to_string_lossy().replace('/', "_")
+    ));
+    let left = top.exists();
+    common::remove_top_cgroup(&t.socket());
+    assert!(!left, "{} left behind", top.display());
+}

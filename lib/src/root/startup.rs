@@ -66,11 +66,27 @@ impl<'a> Root<'a> {
         let watch = watch_regions(&config, &epoll)?;
         let (server, socket) = bind_control(&config, &epoll)?;
         let contain = contain_daemons(&config, &socket, &epoll, zygote.as_ref().map(|z| z.pid()))?;
-        let notify =
-            notify::Socket::bind(sys::getpid()).map_err(ctx("binding the notify socket"))?;
-        epoll.add(notify.fd(), TOKEN_NOTIFY).map_err(ctx("epoll"))?;
+        // From here a start that fails removes the cgroups it made (the
+        // zygote ended first: it sits in the root's leaf), so that nothing
+        // of it is left behind.
+        let rest = || -> Result<_, RootError> {
+            let notify =
+                notify::Socket::bind(sys::getpid()).map_err(ctx("binding the notify socket"))?;
+            epoll.add(notify.fd(), TOKEN_NOTIFY).map_err(ctx("epoll"))?;
+            let outputs = watch_outputs(&config, &epoll)?;
+            Ok((notify, outputs))
+        };
+        let (notify, outputs) = match rest() {
+            Ok(made) => made,
+            Err(e) => {
+                drop(zygote);
+                if let Err(r) = contain.remove() {
+                    warn!(error = %r, "could not remove the daemons' cgroups");
+                }
+                return Err(e);
+            }
+        };
         let children = config.daemons.iter().cloned().map(Child::new).collect();
-        let outputs = watch_outputs(&config, &epoll)?;
         let daemons: Vec<Option<&DaemonConfig>> = config.daemons.iter().map(Some).collect();
         let links = reload::resolve_links(&daemons);
         let sup = Supervisor::new(&config, &links, Instant::now());
