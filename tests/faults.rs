@@ -270,6 +270,23 @@ impl Traced {
         }
     }
 
+    /// Daemon `name`'s entry of `ctl status --json` (`None` while the root
+    /// does not answer).
+    fn daemon_status(&self, name: &str) -> Option<serde_json::Value> {
+        let out = common::command(&self.dir)
+            .args(["ctl", "--socket"])
+            .arg(self.dir.path().join("ctl.sock"))
+            .args(["status", "--json"])
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["daemons"]
+            .as_array()?
+            .iter()
+            .find(|d| d["name"] == name)
+            .cloned()
+    }
+
     /// The root's children named `forkroot: NAME`.
     fn daemons_named(&self, name: &str) -> Vec<common::Proc> {
         let comm = common::comm_of(name);
@@ -892,18 +909,18 @@ fn a_standby_whose_fork_failed_is_forked_again_later() {
         "the pause doubles: {}",
         failed[1]
     );
-    // The third try forks it; set up, it waits on its gate (fd 4):
-    // `/proc/PID/syscall` reads "NR 0x4 ..." while it blocks in read(4).
-    let blocked = format!("{} 0x4 ", libc::SYS_read);
-    let standby = t.poll("a standby waiting on its gate", || {
-        t.daemons_named("idle")
+    // The third try forks it: once set up, the root says so
+    // (`standby_pid` in `ctl status`). Not before: a standby killed
+    // before its set-up is done cannot take over, and a process of that
+    // name blocked in a read may still be waiting for its set-up.
+    let standby = t.poll("a standby the root reports ready", || {
+        let forked = t
+            .daemons_named("idle")
             .into_iter()
             .map(|p| p.pid)
-            .find(|&p| p != primary)
-            .filter(|p| {
-                std::fs::read_to_string(format!("/proc/{p}/syscall"))
-                    .is_ok_and(|s| s.starts_with(&blocked))
-            })
+            .find(|&p| p != primary)?;
+        let ready = t.daemon_status("idle")?["standby_pid"].as_i64()?;
+        (ready == i64::from(forked)).then_some(forked)
     });
     assert_eq!(
         t.log().matches("cannot fork a standby").count(),
