@@ -76,13 +76,26 @@ pub(super) struct Image<'a> {
 /// Of one built-in daemon's config, what its process is made of.
 #[derive(Debug)]
 struct Spec {
-    name: String,
-    /// `forkroot: NAME`, its process title.
+    /// `forkroot: NAME`, its process title; its name is the tail
+    /// ([`Spec::name`]).
     title: Vec<u8>,
     entry: crate::daemon::Entry,
     on_restart: crate::config::OnRestart,
     args: crate::config::Args,
     listen: Vec<String>,
+}
+
+impl Spec {
+    /// The daemon's name: its title after [`super::TITLE_PREFIX`].
+    fn name(&self) -> &str {
+        // The title is the prefix, then the name (a `str`): the tail is
+        // the name's UTF-8, whole.
+        let tail = self
+            .title
+            .get(super::TITLE_PREFIX.len()..)
+            .unwrap_or_default();
+        std::str::from_utf8(tail).unwrap_or_default()
+    }
 }
 
 impl<'a> Image<'a> {
@@ -103,7 +116,6 @@ impl<'a> Image<'a> {
                     return None;
                 };
                 Some(Spec {
-                    name: cfg.name.clone(),
                     title: super::Child::title(&cfg.name),
                     entry: registry.get(kind)?.entry,
                     on_restart: cfg.on_restart,
@@ -302,7 +314,7 @@ fn fork_for_root(image: &Image<'_>, req: &Spawn, got: &[OwnedFd]) -> io::Result<
     // descriptor fields are the root's, and not read here.
     let plan = Plan {
         index: i,
-        name: &spec.name,
+        name: spec.name(),
         title: &spec.title,
         regions: image.regions,
         root_pid: image.root_pid,
