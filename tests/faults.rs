@@ -273,18 +273,9 @@ impl Traced {
     /// Daemon `name`'s entry of `ctl status --json` (`None` while the root
     /// does not answer).
     fn daemon_status(&self, name: &str) -> Option<serde_json::Value> {
-        let out = common::command(&self.dir)
-            .args(["ctl", "--socket"])
-            .arg(self.dir.path().join("ctl.sock"))
-            .args(["status", "--json"])
-            .output()
-            .ok()?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        v["daemons"]
-            .as_array()?
-            .iter()
+        common::daemons_status_in(&self.dir)?
+            .into_iter()
             .find(|d| d["name"] == name)
-            .cloned()
     }
 
     /// The root's children named `forkroot: NAME`.

@@ -162,9 +162,7 @@ impl Tree {
     /// does not answer).
     #[allow(dead_code)]
     pub(crate) fn daemons_status(&self) -> Option<Vec<serde_json::Value>> {
-        let out = self.ctl(&["status", "--json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        v["daemons"].as_array().cloned()
+        daemons_status_in(&self.dir)
     }
 
     /// The entry of daemon `name` in `ctl status --json`.
@@ -401,6 +399,20 @@ fn spawn_root(bin: &Path, dir: &TempDir, adjust: impl FnOnce(&mut Command)) -> C
         .stderr(log)
         .spawn()
         .expect("spawn forkroot")
+}
+
+/// Every daemon's entry of `ctl status --json` from the root whose
+/// control socket is `dir/ctl.sock` (`None` while it does not answer).
+#[allow(dead_code)]
+pub(crate) fn daemons_status_in(dir: &TempDir) -> Option<Vec<serde_json::Value>> {
+    let out = command(dir)
+        .args(["ctl", "--socket"])
+        .arg(dir.path().join("ctl.sock"))
+        .args(["status", "--json"])
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["daemons"].as_array().cloned()
 }
 
 /// A `forkroot` command with an environment of its own: the log level

@@ -165,21 +165,17 @@ impl Containment {
             (base, None, true)
         } else {
             let leaf = probe.own.join("root");
-            let moved = make_dir(&leaf).and_then(|()| {
-                sys::cgroup::write(&leaf, "cgroup.procs", &sys::getpid().to_string())
-            });
-            let moved = match (moved, zygote) {
-                (Ok(()), Some(z)) => match move_to(&leaf, z) {
-                    Ok(()) => Ok(()),
-                    Err(e) => {
-                        // The root goes back where it was, so that the
-                        // leaf can go.
-                        let _ = move_to(&probe.own, sys::getpid());
-                        Err(e)
-                    }
-                },
-                (moved, _) => moved,
-            };
+            let moved = make_dir(&leaf)
+                .and_then(|()| move_to(&leaf, sys::getpid()))
+                .and_then(|()| {
+                    // If the zygote cannot follow, the root goes back where
+                    // it was, so that the leaf can go.
+                    zygote.map_or(Ok(()), |z| {
+                        move_to(&leaf, z).inspect_err(|_| {
+                            let _ = move_to(&probe.own, sys::getpid());
+                        })
+                    })
+                });
             if let Err(e) = moved {
                 let _ = std::fs::remove_dir(&leaf);
                 return Ok(Containment::ProcessGroups(e.to_string()));
@@ -521,11 +517,7 @@ impl Cgroups {
             ));
         }
         if let Some(leaf) = &self.leaf {
-            keep(sys::cgroup::write(
-                &self.base,
-                "cgroup.procs",
-                &sys::getpid().to_string(),
-            ));
+            keep(move_to(&self.base, sys::getpid()));
             keep(remove_dir(leaf));
         }
         if self.made_base {
