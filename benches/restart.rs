@@ -17,14 +17,21 @@
 //!   CLOCK_MONOTONIC to a pipe at its first line.
 //!
 //! The ratio printed is forkroot's median over the bare median; a row
-//! beside 1,000 daemons also prints its median over the row beside 10.
+//! beside 1,000 daemons or more also prints, against the row beside 10,
+//! its median over that row's, its ratio to the floor over that row's,
+//! and its floor over that row's floor.
 //! Each restart row is measured in five blocks, round-robin over the rows
-//! (a fresh tree per block, settled for 5 s once up, a block of the floor
-//! right before each; every other round of blocks in reverse order), so
-//! that rows compared in a ratio saw the same machine: a shared machine's
-//! speed drifts over seconds, and a few hundred kills last under a tenth
-//! of a second. `FORKROOT_BENCH_N` kills per row in all (rounded up to
-//! a multiple of five). `FORKROOT_BENCH_CPU=N` runs everything on CPU N
+//! (a fresh tree per block, settled for 5 s once up; every other round of
+//! blocks in reverse order), and each kill right after a round of the
+//! floor, so that figures compared in a ratio saw the same machine: a
+//! shared machine's speed drifts over seconds (a virtual machine's can
+//! move between two speeds, one twice the other, from one block to the
+//! next), and a few hundred kills last under a tenth of a second. Over
+//! the floor, a row's figure is what its restarts cost apart from the
+//! machine's speed in its rounds; the floor's own ratio shows what the
+//! tree's presence costs everything else on the machine (the idle
+//! daemons wake once a second to heartbeat). `FORKROOT_BENCH_N` kills
+//! per row in all (rounded up to a multiple of five). `FORKROOT_BENCH_CPU=N` runs everything on CPU N
 //! alone. Each row also prints the CPU time the root spent
 //! per restart over its measured rounds (`/proc/PID/schedstat`): the
 //! root's own work per event, which must not grow with the tree, apart
@@ -188,44 +195,58 @@ fn main() {
         );
     }
     // Every row is measured in BLOCKS blocks, round-robin over the rows,
-    // each block right after a block of the floor: a shared machine's
-    // speed drifts over seconds, and rows compared in a ratio must have
-    // seen the same machine. Each block starts its own tree.
+    // each round of a block right after a round of the floor: a shared
+    // machine's speed drifts over seconds (here it moves between two
+    // speeds, one twice the other), and figures compared in a ratio must
+    // have seen the same machine. Each block starts its own tree.
     let per = n.div_ceil(BLOCKS);
     let mut bare: Vec<Vec<u64>> = vec![Vec::new(); runs.len()];
     let mut got: Vec<Vec<u64>> = vec![Vec::new(); runs.len()];
     let mut root_cpu = vec![0u64; runs.len()];
     for b in 0..BLOCKS {
         // Every other block runs the rows in reverse order, so that a row
-        // does not always follow the same one (a block's floor runs while
+        // does not always follow the same one (a block's tree starts while
         // the kernel may still be clearing the last tree away).
         for j in 0..runs.len() {
             let k = if b % 2 == 0 { j } else { runs.len() - 1 - j };
-            bare[k].extend(bare_fork(per).expect("bare fork+waitpid"));
             let m = forkroot(&runs[k], per).expect("forkroot restart");
+            bare[k].extend(m.floor);
             got[k].extend(m.latencies);
             root_cpu[k] += m.root_cpu_ns;
         }
     }
     let kills = per * BLOCKS;
     let stats: Vec<Stats> = got.into_iter().map(Stats::of).collect();
-    // The row the tree rows are compared with: the probe beside 10.
+    let floors: Vec<Stats> = bare.into_iter().map(Stats::of).collect();
+    // The row the tree rows are compared with: the probe beside 10, as
+    // measured (its median) and over its floor (the ratio).
     let beside_10 = runs
         .iter()
         .position(|r| r.siblings == 10)
-        .map(|k| stats[k].median);
+        .map(|k| (stats[k].median, floors[k].median));
     for (k, run) in runs.iter().enumerate() {
         let s = &stats[k];
-        let b = Stats::of(std::mem::take(&mut bare[k]));
+        let b = &floors[k];
         // A standby row's root also answers the bench's status queries.
         let cpu = if run.standby {
             String::new()
         } else {
             format!("   root CPU per restart={}", us(root_cpu[k] / kills as u64))
         };
+        // Beside a larger tree: the median over the row beside 10's; the
+        // ratio to the floor over that row's (what the restart costs
+        // apart from how fast the machine was in each row's rounds); and
+        // the floor over that row's floor (how much the tree's presence
+        // slowed the machine itself).
         let vs_10 = match beside_10 {
-            Some(m) if run.siblings > 10 => {
-                format!("   vs siblings=10: {:.2}", s.median as f64 / m as f64)
+            Some((m, f)) if run.siblings > 10 => {
+                let ratio_10 = m as f64 / f as f64;
+                format!(
+                    "   vs siblings=10: {:.2} (over the floor {:.2}, the floor {:.2})",
+                    s.median as f64 / m as f64,
+                    s.median as f64 / b.median as f64 / ratio_10,
+                    b.median as f64 / f as f64
+                )
             }
             _ => String::new(),
         };
@@ -527,11 +548,17 @@ out = "{fifo}"
     // the start of 1,000.
     std::thread::sleep(SETTLE);
     let mut out = Vec::with_capacity(n);
+    let mut floor_ns = Vec::with_capacity(n);
+    let mut floor = Floor::new()?;
     let root_pid = root.0.id();
     let mut cpu_from = 0;
     for round in 0..WARMUP + n {
         if round == WARMUP {
             cpu_from = cpu_ns(root_pid)?;
+        }
+        let f = floor.round()?;
+        if round >= WARMUP {
+            floor_ns.push(f);
         }
         if run.standby {
             wait_for_standby(&d.join("ctl.sock"), pid)?;
@@ -547,6 +574,7 @@ out = "{fifo}"
         }
     }
     Ok(Measured {
+        floor: floor_ns,
         latencies: out,
         root_cpu_ns: cpu_ns(root_pid)? - cpu_from,
     })
@@ -556,6 +584,8 @@ out = "{fifo}"
 /// root spent over them (its work per event, whatever it overlaps with).
 struct Measured {
     latencies: Vec<u64>,
+    /// The floor's rounds, one run right before each of the row's.
+    floor: Vec<u64>,
     root_cpu_ns: u64,
 }
 
@@ -666,19 +696,50 @@ fn fork_reporter(wr: RawFd) -> io::Result<i32> {
 }
 
 /// The floor: the same kill → reap → fork → first line sequence, done by
-/// this process itself with nothing else on the path.
-fn bare_fork(n: usize) -> io::Result<Vec<u64>> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for two descriptors.
-    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
-    // SAFETY: pipe2 just created both descriptors; we own them.
-    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let read_ns = |rd: &OwnedFd| -> io::Result<u64> {
+/// this process itself with nothing else on the path. Its rounds are run
+/// one by one between a row's own, so that both saw the same machine.
+struct Floor {
+    rd: OwnedFd,
+    wr: OwnedFd,
+    /// The child that reported last, pausing.
+    pid: i32,
+}
+
+impl Floor {
+    /// The pipe and the first child, reported and paused.
+    fn new() -> io::Result<Floor> {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for two descriptors.
+        cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+        // SAFETY: pipe2 just created both descriptors; we own them.
+        let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let pid = fork_reporter(wr.as_raw_fd())?;
+        let mut floor = Floor { rd, wr, pid };
+        floor.read_ns()?;
+        Ok(floor)
+    }
+
+    /// One round: the nanoseconds from the kill of the last child to the
+    /// first line of the next.
+    fn round(&mut self) -> io::Result<u64> {
+        let t0 = monotonic_ns();
+        // SAFETY: kill and waitpid have no memory preconditions; `pid` is
+        // our child.
+        unsafe {
+            cvt(libc::kill(self.pid, libc::SIGKILL))?;
+            cvt(libc::waitpid(self.pid, std::ptr::null_mut(), 0))?;
+        }
+        self.pid = fork_reporter(self.wr.as_raw_fd())?;
+        Ok(self.read_ns()?.saturating_sub(t0))
+    }
+
+    /// The CLOCK_MONOTONIC the last child wrote at its first line.
+    fn read_ns(&mut self) -> io::Result<u64> {
         let mut b = [0u8; 8];
         let mut got = 0;
         while got < 8 {
             let mut pfd = libc::pollfd {
-                fd: rd.as_raw_fd(),
+                fd: self.rd.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             };
@@ -687,35 +748,23 @@ fn bare_fork(n: usize) -> io::Result<Vec<u64>> {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "child silent"));
             }
             // SAFETY: the rest of `b` is writable.
-            let r = unsafe { libc::read(rd.as_raw_fd(), b[got..].as_mut_ptr().cast(), 8 - got) };
+            let r =
+                unsafe { libc::read(self.rd.as_raw_fd(), b[got..].as_mut_ptr().cast(), 8 - got) };
             if r <= 0 {
                 return Err(io::Error::last_os_error());
             }
             got += r as usize;
         }
         Ok(u64::from_ne_bytes(b))
-    };
-    let mut pid = fork_reporter(wr.as_raw_fd())?;
-    read_ns(&rd)?;
-    let mut out = Vec::with_capacity(n);
-    for round in 0..WARMUP + n {
-        let t0 = monotonic_ns();
-        // SAFETY: kill and waitpid have no memory preconditions; `pid` is
-        // our child.
+    }
+}
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        // SAFETY: as in `round`.
         unsafe {
-            cvt(libc::kill(pid, libc::SIGKILL))?;
-            cvt(libc::waitpid(pid, std::ptr::null_mut(), 0))?;
-        }
-        pid = fork_reporter(wr.as_raw_fd())?;
-        let ns = read_ns(&rd)?;
-        if round >= WARMUP {
-            out.push(ns.saturating_sub(t0));
+            libc::kill(self.pid, libc::SIGKILL);
+            libc::waitpid(self.pid, std::ptr::null_mut(), 0);
         }
     }
-    // SAFETY: as above.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-        libc::waitpid(pid, std::ptr::null_mut(), 0);
-    }
-    Ok(out)
 }
