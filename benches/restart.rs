@@ -29,8 +29,9 @@
 //! next), and a few hundred kills last under a tenth of a second. Over
 //! the floor, a row's figure is what its restarts cost apart from the
 //! machine's speed in its rounds; the floor's own ratio shows what the
-//! tree's presence costs everything else on the machine (the idle
-//! daemons wake once a second to heartbeat). `FORKROOT_BENCH_N` kills
+//! tree's presence costs everything else on the machine (its daemons'
+//! own wake-ups; an `idle` one without a watchdog has none).
+//! `FORKROOT_BENCH_N` kills
 //! per row in all (rounded up to a multiple of five). `FORKROOT_BENCH_CPU=N` runs everything on CPU N
 //! alone. Each row also prints the CPU time the root spent
 //! per restart over its measured rounds (`/proc/PID/schedstat`): the

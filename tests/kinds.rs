@@ -5,7 +5,10 @@
 
 mod common;
 
-use common::run_to_end;
+use std::time::Duration;
+
+use common::{run_to_end, running_pid, Tree};
+use libc::SIGTERM;
 
 /// A daemon `name` of `kind` with `args` as its `[daemon.args]`.
 fn daemon(name: &str, kind: &str, args: &str) -> String {
@@ -121,6 +124,47 @@ fn idle_takes_no_settings_and_exec_takes_none_either() {
              give it its options in exec = [...]",
         ],
     );
+}
+
+/// Times process `pid` has been put on a CPU (`/proc/PID/schedstat`'s
+/// third field): it grows with every wake-up.
+fn times_run(pid: i32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/schedstat: {e} (the daemon is gone)"));
+    text.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+/// `idle` without a `watchdog` sleeps until it is told to stop: nothing
+/// reads its heartbeat's time, so it does not wake up for one. With a
+/// `watchdog` it heartbeats at half of it, and the watchdog never fires.
+#[test]
+fn idle_wakes_only_for_its_watchdog() {
+    let mut t = Tree::start(
+        "[[daemon]]\nname = \"still\"\nkind = \"idle\"\n\
+         [[daemon]]\nname = \"kept\"\nkind = \"idle\"\nwatchdog = \"400ms\"\n",
+    );
+    let still = running_pid(&t, "still");
+    let kept = running_pid(&t, "kept");
+    // Past their start-up (the first heartbeat is at the first sleep).
+    std::thread::sleep(Duration::from_millis(300));
+    let (still_0, kept_0) = (times_run(still), times_run(kept));
+    std::thread::sleep(Duration::from_secs(2));
+    let (still_1, kept_1) = (times_run(still), times_run(kept));
+    assert_eq!(still_1, still_0, "`still` woke up in 2 s with no watchdog");
+    assert!(
+        kept_1 - kept_0 >= 5,
+        "`kept` woke {} times in 2 s; its watchdog of 400 ms needs a heartbeat every 200 ms",
+        kept_1 - kept_0
+    );
+    for (name, pid) in [("still", still), ("kept", kept)] {
+        let d = t.daemon_status(name).unwrap();
+        assert_eq!(d["pid"], pid, "{d}");
+        assert_eq!(d["restarts"], 0, "{d}");
+    }
+    assert!(!t.log().contains("watchdog: no heartbeat"), "{}", t.log());
+    // Asleep for good, it still stops when told to.
+    t.signal(SIGTERM);
+    assert_eq!(t.wait_code(), 0);
 }
 
 #[test]

@@ -372,6 +372,8 @@ pub(crate) struct Start<'a> {
     pub(crate) on_restart: OnRestart,
     /// A poison verdict: resume from a checkpoint older than this.
     pub(crate) resume_before: Option<u64>,
+    /// The configured `watchdog` deadline, if any.
+    pub(crate) watchdog: Option<Duration>,
 }
 
 /// What a running daemon is given: its identity, its region, its siblings'
@@ -621,6 +623,7 @@ impl Context<'static> {
                 deaths: history.deaths().to_vec().leak(),
                 on_restart: env.on_restart,
                 resume_before: history.resume_before,
+                watchdog: env.watchdog,
             },
             args: NO_ARGS.get_or_init(Args::none),
             stopping: false,
@@ -820,6 +823,13 @@ impl<'a> Context<'a> {
     /// The configured restart mode (`on_restart`).
     pub fn on_restart(&self) -> OnRestart {
         self.start.on_restart
+    }
+
+    /// The configured `watchdog`: the root kills this daemon when its last
+    /// [`Context::heartbeat`] is older than this. `None`: no watchdog, so
+    /// a daemon with nothing to do need not wake up to heartbeat.
+    pub fn watchdog(&self) -> Option<Duration> {
+        self.start.watchdog
     }
 
     /// When the root found the checkpoint this daemon last resumed from to

@@ -574,6 +574,9 @@ const REGION_SIZE: &str = "FORKROOT_REGION_SIZE";
 const RESTARTS: &str = "FORKROOT_RESTARTS";
 const ON_RESTART: &str = "FORKROOT_ON_RESTART";
 const HISTORY: &str = "FORKROOT_HISTORY";
+/// Set only for a daemon with a `watchdog` (systemd's name: a program
+/// that speaks the notify protocol reads it too).
+const WATCHDOG_USEC: &str = "WATCHDOG_USEC";
 
 /// The descriptor an exec'd program finds its region at when it has no
 /// listening sockets (after them when it has: `crate::listen`).
@@ -596,14 +599,18 @@ pub(crate) fn exec_env(
     start: &Start<'_>,
 ) -> Vec<String> {
     let history = History::new(start.restarts, start.deaths, start.resume_before);
-    vec![
+    let mut vars = vec![
         format!("{NAME}={name}"),
         format!("{REGION_FD}={region_fd}"),
         format!("{REGION_SIZE}={region_len}"),
         format!("{RESTARTS}={}", start.restarts),
         format!("{ON_RESTART}={}", on_restart_name(start.on_restart)),
         format!("{HISTORY}={}", history.hex()),
-    ]
+    ];
+    if let Some(wd) = start.watchdog {
+        vars.push(format!("{WATCHDOG_USEC}={}", wd.as_micros()));
+    }
+    vars
 }
 
 /// What an exec'd program reads from its environment.
@@ -614,6 +621,7 @@ pub(crate) struct ExecEnv {
     pub(crate) region_size: u64,
     pub(crate) on_restart: OnRestart,
     pub(crate) history: History,
+    pub(crate) watchdog: Option<Duration>,
 }
 
 impl ExecEnv {
@@ -662,12 +670,29 @@ impl ExecEnv {
                 format!("disagrees with {HISTORY} ({} restarts)", history.restarts),
             ));
         }
+        let watchdog = match get(WATCHDOG_USEC) {
+            None => None,
+            Some(us) => Some(
+                us.parse::<u64>()
+                    .ok()
+                    .filter(|&us| us > 0)
+                    .map(Duration::from_micros)
+                    .ok_or_else(|| {
+                        bad(
+                            WATCHDOG_USEC,
+                            &us,
+                            "is not a positive number of microseconds".into(),
+                        )
+                    })?,
+            ),
+        };
         Ok(ExecEnv {
             name,
             fd,
             region_size,
             on_restart,
             history,
+            watchdog,
         })
     }
 }
@@ -777,6 +802,7 @@ mod tests {
             deaths: &all,
             on_restart: OnRestart::Decide,
             resume_before: Some(9),
+            watchdog: Some(Duration::from_millis(400)),
         };
         let vars = exec_env("web", EXEC_REGION_FD, 1 << 20, &start);
         let get = |vars: &[String], k: &str| {
@@ -789,6 +815,22 @@ mod tests {
         assert_eq!(e.region_size, 1 << 20);
         assert_eq!(e.on_restart, OnRestart::Decide);
         assert_eq!(e.history, History::new(3, &all, Some(9)));
+        assert_eq!(e.watchdog, Some(Duration::from_millis(400)));
+        // No watchdog, no variable.
+        let none = exec_env(
+            "web",
+            EXEC_REGION_FD,
+            1 << 20,
+            &Start {
+                watchdog: None,
+                ..start
+            },
+        );
+        assert!(
+            !none.iter().any(|v| v.starts_with("WATCHDOG_USEC=")),
+            "{none:?}"
+        );
+        assert_eq!(ExecEnv::read(|k| get(&none, k)).unwrap().watchdog, None);
         assert!(matches!(
             ExecEnv::read(|_| None),
             Err(AttachError::NotStarted)
@@ -798,6 +840,8 @@ mod tests {
             (REGION_FD, "-1"),
             (RESTARTS, "4"),
             (HISTORY, "00"),
+            (WATCHDOG_USEC, "0"),
+            (WATCHDOG_USEC, "soon"),
         ] {
             let mut changed = vars.clone();
             for v in changed.iter_mut() {

@@ -83,6 +83,7 @@ impl Root<'_> {
             deaths: &c.deaths,
             on_restart: c.cfg.on_restart,
             resume_before: c.resume_before,
+            watchdog: c.cfg.watchdog,
         };
         let run = self.run_of(i, &start, writer)?;
         // A standby is created in the daemon's other leaf, and takes over
@@ -256,10 +257,9 @@ impl Root<'_> {
                 let settings = c.cfg.exec.as_ref().ok_or_else(|| {
                     io::Error::other("an exec'd daemon without its settings (not from check)")
                 })?;
-                let mut env = vec![format!("NOTIFY_SOCKET={}", self.notify.env())];
-                if let Some(wd) = c.cfg.watchdog {
-                    env.push(format!("WATCHDOG_USEC={}", wd.as_micros()));
-                }
+                // `WATCHDOG_USEC` comes with forkroot's own variables
+                // (`handoff::exec_env`).
+                let env = vec![format!("NOTIFY_SOCKET={}", self.notify.env())];
                 Run::exec(
                     argv,
                     settings,

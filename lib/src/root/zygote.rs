@@ -83,6 +83,7 @@ struct Spec {
     on_restart: crate::config::OnRestart,
     args: crate::config::Args,
     listen: Vec<String>,
+    watchdog: Option<std::time::Duration>,
 }
 
 impl Spec {
@@ -121,6 +122,7 @@ impl<'a> Image<'a> {
                     on_restart: cfg.on_restart,
                     args: cfg.args.clone(),
                     listen: cfg.listen.clone(),
+                    watchdog: cfg.watchdog,
                 })
             })
             .collect();
@@ -309,6 +311,7 @@ fn fork_for_root(image: &Image<'_>, req: &Spawn, got: &[OwnedFd]) -> io::Result<
         deaths: req.history.deaths(),
         on_restart: spec.on_restart,
         resume_before: req.history.resume_before,
+        watchdog: spec.watchdog,
     };
     // The descriptors come with the request (`got`); the plan's own
     // descriptor fields are the root's, and not read here.
