@@ -14,8 +14,9 @@ fn built_in_daemons_make_no_allocation_in_their_steady_state() {
          [[daemon]]\nname = \"counter\"\nkind = \"counter\"\n[daemon.args]\nrate = 2000\nout = \"@DIR@/c.out\"\n\
          [[daemon]]\nname = \"flaky\"\nkind = \"flaky\"\n[daemon.args]\nmean_life = \"1h\"\n",
     );
-    // Each publishes its counters at a heartbeat; wait for a second round of
-    // them, so the counters cover a stretch of steady state.
+    // Each publishes its counters at a heartbeat (`idle`, with no watchdog,
+    // once: as it goes to sleep for good); wait past a second round of the
+    // others', so the counters cover a stretch of steady state.
     let status = t.poll("every daemon to publish forbid-policy counters", || {
         let ds = t.daemons_status()?;
         let all = ds

@@ -246,6 +246,10 @@ cwd = "/nonexistent/dir"
 name = "e"
 kind = "idle"
 user = "nobody"
+[[daemon]]
+name = "f"
+exec = ["sleep", "1"]
+env = {{ WATCHDOG_USEC = "1", FORKROOT_NAME = "g", LISTEN_FDS = "1", OWN = "fine" }}
 "#,
         noexec.display()
     );
@@ -263,9 +267,13 @@ user = "nobody"
         "daemon[3].umask: \"0999\" is not a mask",
         "daemon[3].cwd: /nonexistent/dir is not a directory on this host",
         "daemon[4].user: only an exec'd program takes this",
+        "daemon[5].env.WATCHDOG_USEC: forkroot sets this variable itself",
+        "daemon[5].env.FORKROOT_NAME: forkroot sets this variable itself",
+        "daemon[5].env.LISTEN_FDS: forkroot sets this variable itself",
     ] {
         assert!(r.stderr.contains(want), "{want:?} not in:\n{}", r.stderr);
     }
+    assert!(!r.stderr.contains("env.OWN"), "{}", r.stderr);
     // A program found in PATH passes, and so does a real user.
     let ok = "[[daemon]]\nname = \"ok\"\nexec = [\"sleep\", \"1\"]\nuser = \"nobody\"\n\
               rlimits = { nofile = \"infinity\" }\n";

@@ -126,12 +126,17 @@ fn idle_takes_no_settings_and_exec_takes_none_either() {
     );
 }
 
-/// Times process `pid` has been put on a CPU (`/proc/PID/schedstat`'s
-/// third field): it grows with every wake-up.
-fn times_run(pid: i32) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/schedstat: {e} (the daemon is gone)"));
-    text.split_whitespace().nth(2).unwrap().parse().unwrap()
+/// Times process `pid` has gone to sleep and been woken
+/// (`voluntary_ctxt_switches` in /proc/PID/status; being preempted does
+/// not count).
+fn wake_ups(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e} (the daemon is gone)"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("/proc/{pid}/status has no voluntary_ctxt_switches"))
 }
 
 /// `idle` without a `watchdog` sleeps until it is told to stop: nothing
@@ -141,19 +146,24 @@ fn times_run(pid: i32) -> u64 {
 fn idle_wakes_only_for_its_watchdog() {
     let mut t = Tree::start(
         "[[daemon]]\nname = \"still\"\nkind = \"idle\"\n\
-         [[daemon]]\nname = \"kept\"\nkind = \"idle\"\nwatchdog = \"400ms\"\n",
+         [[daemon]]\nname = \"kept\"\nkind = \"idle\"\nwatchdog = \"1s\"\n",
     );
     let still = running_pid(&t, "still");
     let kept = running_pid(&t, "kept");
-    // Past their start-up (the first heartbeat is at the first sleep).
-    std::thread::sleep(Duration::from_millis(300));
-    let (still_0, kept_0) = (times_run(still), times_run(kept));
-    std::thread::sleep(Duration::from_secs(2));
-    let (still_1, kept_1) = (times_run(still), times_run(kept));
-    assert_eq!(still_1, still_0, "`still` woke up in 2 s with no watchdog");
+    // Past its start-up: asleep, its count no longer moving.
+    let mut last = wake_ups(still);
+    t.poll("`still` asleep", || {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = wake_ups(still);
+        std::mem::replace(&mut last, now).eq(&now).then_some(())
+    });
+    let (still_0, kept_0) = (wake_ups(still), wake_ups(kept));
+    std::thread::sleep(Duration::from_secs(3));
+    let (still_1, kept_1) = (wake_ups(still), wake_ups(kept));
+    assert_eq!(still_1, still_0, "`still` woke up in 3 s with no watchdog");
     assert!(
         kept_1 - kept_0 >= 5,
-        "`kept` woke {} times in 2 s; its watchdog of 400 ms needs a heartbeat every 200 ms",
+        "`kept` woke {} times in 3 s; its watchdog of 1 s needs a heartbeat every 500 ms",
         kept_1 - kept_0
     );
     for (name, pid) in [("still", still), ("kept", kept)] {

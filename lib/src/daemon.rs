@@ -552,7 +552,8 @@ impl Context<'static> {
     /// Attaches a program started by forkroot with `exec = [...]` to what
     /// the root gave it: its region at fd 3 (`FORKROOT_REGION_FD`) and its
     /// start facts (`FORKROOT_NAME`, `FORKROOT_RESTARTS`,
-    /// `FORKROOT_ON_RESTART`, `FORKROOT_HISTORY`). Call it once, first
+    /// `FORKROOT_ON_RESTART`, `FORKROOT_HISTORY`, and `WATCHDOG_USEC` with
+    /// a `watchdog`). Call it once, first
     /// thing in `main`, before starting threads.
     ///
     /// The program then has what a built-in daemon has: typed state and

@@ -82,8 +82,9 @@ impl Run<'_> {
     /// Prepares an exec of `argv` as `settings` say: the root's environment
     /// (or none, with `env_clear`), then `env`, then what the program needs
     /// to attach (`handoff::exec_env`: its name, its region's descriptor,
-    /// its start facts), `notify` (`NOTIFY_SOCKET`, `WATCHDOG_USEC`: the
-    /// root's, not its service manager's), its mailbox's descriptors and,
+    /// its start facts, `WATCHDOG_USEC` with a `watchdog`), `notify`
+    /// (`NOTIFY_SOCKET`: the root's, not its service manager's), its
+    /// mailbox's descriptors and,
     /// with `listen`, systemd's `LISTEN_*` variables (`listen::exec_env`).
     // One argument per part of the program's environment; see above.
     #[allow(clippy::too_many_arguments)]

@@ -188,6 +188,22 @@ impl Checker<'_> {
                 );
                 continue;
             }
+            // What the root sets itself: a second value beside the root's
+            // would be read by some programs and not by others.
+            if k.starts_with("FORKROOT_")
+                || k.starts_with("LISTEN_")
+                || matches!(
+                    k.as_str(),
+                    "NOTIFY_SOCKET" | "WATCHDOG_USEC" | "WATCHDOG_PID"
+                )
+            {
+                self.problem(
+                    &place,
+                    "forkroot sets this variable itself (from the daemon's settings); \
+                     it cannot be given in env",
+                );
+                continue;
+            }
             match v {
                 Value::String(s) if s.contains('\0') => {
                     self.problem(&place, "contains a NUL character")
