@@ -31,12 +31,12 @@
 //! machine's speed in its rounds; the floor's own ratio shows what the
 //! tree's presence costs everything else on the machine (its daemons'
 //! own wake-ups; an `idle` one without a watchdog has none).
-//! `FORKROOT_BENCH_N` kills
-//! per row in all (rounded up to a multiple of five). `FORKROOT_BENCH_CPU=N` runs everything on CPU N
-//! alone. Each row also prints the CPU time the root spent
-//! per restart over its measured rounds (`/proc/PID/schedstat`): the
-//! root's own work per event, which must not grow with the tree, apart
-//! from how the rounds fell on the machine.
+//! `FORKROOT_BENCH_N` kills per row in all (rounded up to a multiple of
+//! five). `FORKROOT_BENCH_CPU=N` runs everything on CPU N alone. Each
+//! row also prints the CPU time the root spent per restart over its
+//! measured rounds (`/proc/PID/schedstat`): the root's own work per
+//! event, which must not grow with the tree, apart from how the rounds
+//! fell on the machine.
 //!
 //! - **in a tree** (measured once every daemon is up, `ctl health
 //!   --ready`): the probe beside 10 idle daemons, and beside 1,000 in
@@ -197,9 +197,10 @@ fn main() {
     }
     // Every row is measured in BLOCKS blocks, round-robin over the rows,
     // each round of a block right after a round of the floor: a shared
-    // machine's speed drifts over seconds (here it moves between two
-    // speeds, one twice the other), and figures compared in a ratio must
-    // have seen the same machine. Each block starts its own tree.
+    // machine's speed drifts over seconds (a virtual machine's can move
+    // between two speeds, one twice the other), and figures compared in a
+    // ratio must have seen the same machine. Each block starts its own
+    // tree.
     let per = n.div_ceil(BLOCKS);
     let mut bare: Vec<Vec<u64>> = vec![Vec::new(); runs.len()];
     let mut got: Vec<Vec<u64>> = vec![Vec::new(); runs.len()];
@@ -697,13 +698,16 @@ fn fork_reporter(wr: RawFd) -> io::Result<i32> {
 }
 
 /// The floor: the same kill → reap → fork → first line sequence, done by
-/// this process itself with nothing else on the path. Its rounds are run
-/// one by one between a row's own, so that both saw the same machine.
+/// this process itself with no forkroot code on the path. Its rounds are
+/// run one by one between a row's own, so that both saw the same machine
+/// (each right after a replacement's first line, while the root may still
+/// be finishing that restart: its log line, the set-up report).
 struct Floor {
     rd: OwnedFd,
     wr: OwnedFd,
-    /// The child that reported last, pausing.
-    pid: i32,
+    /// The child that reported last, pausing; `None` once it is reaped
+    /// and before the next is forked.
+    pid: Option<i32>,
 }
 
 impl Floor {
@@ -714,7 +718,7 @@ impl Floor {
         cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
         // SAFETY: pipe2 just created both descriptors; we own them.
         let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let pid = fork_reporter(wr.as_raw_fd())?;
+        let pid = Some(fork_reporter(wr.as_raw_fd())?);
         let mut floor = Floor { rd, wr, pid };
         floor.read_ns()?;
         Ok(floor)
@@ -723,14 +727,19 @@ impl Floor {
     /// One round: the nanoseconds from the kill of the last child to the
     /// first line of the next.
     fn round(&mut self) -> io::Result<u64> {
+        let pid = self
+            .pid
+            .take()
+            .ok_or_else(|| io::Error::other("no floor child"))?;
         let t0 = monotonic_ns();
         // SAFETY: kill and waitpid have no memory preconditions; `pid` is
-        // our child.
+        // our child, not yet reaped (taken out of `self.pid` first, so that
+        // an error below leaves no reaped pid for `drop` to signal).
         unsafe {
-            cvt(libc::kill(self.pid, libc::SIGKILL))?;
-            cvt(libc::waitpid(self.pid, std::ptr::null_mut(), 0))?;
+            cvt(libc::kill(pid, libc::SIGKILL))?;
+            cvt(libc::waitpid(pid, std::ptr::null_mut(), 0))?;
         }
-        self.pid = fork_reporter(self.wr.as_raw_fd())?;
+        self.pid = Some(fork_reporter(self.wr.as_raw_fd())?);
         Ok(self.read_ns()?.saturating_sub(t0))
     }
 
@@ -762,10 +771,12 @@ impl Floor {
 
 impl Drop for Floor {
     fn drop(&mut self) {
-        // SAFETY: as in `round`.
-        unsafe {
-            libc::kill(self.pid, libc::SIGKILL);
-            libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+        if let Some(pid) = self.pid.take() {
+            // SAFETY: as in `round`: our child, not yet reaped.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
         }
     }
 }

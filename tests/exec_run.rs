@@ -249,7 +249,7 @@ user = "nobody"
 [[daemon]]
 name = "f"
 exec = ["sleep", "1"]
-env = {{ WATCHDOG_USEC = "1", FORKROOT_NAME = "g", LISTEN_FDS = "1", OWN = "fine" }}
+env = {{ WATCHDOG_USEC = "1", FORKROOT_NAME = "g", LISTEN_FDS = "1", OWN = "fine", LISTEN_ADDR = "fine", FORKROOT_LOG = "debug" }}
 "#,
         noexec.display()
     );
@@ -273,7 +273,10 @@ env = {{ WATCHDOG_USEC = "1", FORKROOT_NAME = "g", LISTEN_FDS = "1", OWN = "fine
     ] {
         assert!(r.stderr.contains(want), "{want:?} not in:\n{}", r.stderr);
     }
-    assert!(!r.stderr.contains("env.OWN"), "{}", r.stderr);
+    // The program's own names pass, even with a prefix the root uses.
+    for fine in ["env.OWN", "env.LISTEN_ADDR", "env.FORKROOT_LOG"] {
+        assert!(!r.stderr.contains(fine), "{fine}: {}", r.stderr);
+    }
     // A program found in PATH passes, and so does a real user.
     let ok = "[[daemon]]\nname = \"ok\"\nexec = [\"sleep\", \"1\"]\nuser = \"nobody\"\n\
               rlimits = { nofile = \"infinity\" }\n";

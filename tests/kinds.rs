@@ -139,6 +139,23 @@ fn wake_ups(pid: i32) -> u64 {
         .unwrap_or_else(|| panic!("/proc/{pid}/status has no voluntary_ctxt_switches"))
 }
 
+/// CPU time process `pid` has used, in clock ticks (utime + stime of
+/// /proc/PID/stat): a daemon that spins instead of sleeping runs it up
+/// without ever going to sleep.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/stat: {e} (the daemon is gone)"));
+    // After the command, which may hold spaces: state is field 3, utime 14.
+    let after = &stat[stat.rfind(')').expect("a comm in /proc/PID/stat") + 2..];
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    f[0] + f[1]
+}
+
 /// `idle` without a `watchdog` sleeps until it is told to stop: nothing
 /// reads its heartbeat's time, so it does not wake up for one. With a
 /// `watchdog` it heartbeats at half of it, and the watchdog never fires.
@@ -157,10 +174,15 @@ fn idle_wakes_only_for_its_watchdog() {
         let now = wake_ups(still);
         std::mem::replace(&mut last, now).eq(&now).then_some(())
     });
-    let (still_0, kept_0) = (wake_ups(still), wake_ups(kept));
+    let (still_0, kept_0, cpu_0) = (wake_ups(still), wake_ups(kept), cpu_ticks(still));
     std::thread::sleep(Duration::from_secs(3));
-    let (still_1, kept_1) = (wake_ups(still), wake_ups(kept));
+    let (still_1, kept_1, cpu_1) = (wake_ups(still), wake_ups(kept), cpu_ticks(still));
     assert_eq!(still_1, still_0, "`still` woke up in 3 s with no watchdog");
+    assert!(
+        cpu_1 - cpu_0 <= 1,
+        "`still` used {} ticks of CPU asleep",
+        cpu_1 - cpu_0
+    );
     assert!(
         kept_1 - kept_0 >= 5,
         "`kept` woke {} times in 3 s; its watchdog of 1 s needs a heartbeat every 500 ms",

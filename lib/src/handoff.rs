@@ -578,6 +578,29 @@ const HISTORY: &str = "FORKROOT_HISTORY";
 /// that speaks the notify protocol reads it too).
 const WATCHDOG_USEC: &str = "WATCHDOG_USEC";
 
+/// Every variable the root writes into an exec'd program's environment
+/// (here, `crate::listen`, `crate::mailbox` and `NOTIFY_SOCKET`): `check`
+/// refuses them in a daemon's `env`, where a second value would be read by
+/// some programs and not by others.
+pub(crate) const SET_BY_ROOT: &[&str] = &[
+    NAME,
+    REGION_FD,
+    REGION_SIZE,
+    RESTARTS,
+    ON_RESTART,
+    HISTORY,
+    WATCHDOG_USEC,
+    crate::listen::LISTEN_VAR,
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+    "LISTEN_PID",
+    crate::mailbox::POST_FD_VAR,
+    crate::mailbox::REGISTRY_FD_VAR,
+    crate::mailbox::WRITER_VAR,
+    crate::mailbox::MONITORS_FD_VAR,
+    "NOTIFY_SOCKET",
+];
+
 /// The descriptor an exec'd program finds its region at when it has no
 /// listening sockets (after them when it has: `crate::listen`).
 pub(crate) const EXEC_REGION_FD: RawFd = 3;

@@ -188,15 +188,7 @@ impl Checker<'_> {
                 );
                 continue;
             }
-            // What the root sets itself: a second value beside the root's
-            // would be read by some programs and not by others.
-            if k.starts_with("FORKROOT_")
-                || k.starts_with("LISTEN_")
-                || matches!(
-                    k.as_str(),
-                    "NOTIFY_SOCKET" | "WATCHDOG_USEC" | "WATCHDOG_PID"
-                )
-            {
+            if crate::handoff::SET_BY_ROOT.contains(&k.as_str()) {
                 self.problem(
                     &place,
                     "forkroot sets this variable itself (from the daemon's settings); \
