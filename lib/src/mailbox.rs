@@ -1335,6 +1335,20 @@ impl PostOffice {
         self.view
     }
 
+    /// In a copy of the root that reads the post only through its view
+    /// ([`PostOffice::post`]) and never uses this again (the zygote):
+    /// frees the per-daemon tables, which every fork of that process would
+    /// otherwise copy. The mappings stay (nothing here unmaps); the monitor
+    /// rows' own files, the copy's descriptors, are closed.
+    pub(crate) fn drop_tables(&mut self) {
+        self.generations = Vec::new();
+        self.pending = Vec::new();
+        self.rings = Vec::new();
+        self.rows = Vec::new();
+        self.room = Vec::new();
+        self.last = Vec::new();
+    }
+
     fn entry_rw(&self, i: usize) -> &Entry {
         assert!(i < self.view.count);
         let at = size_of::<Directory>() + i * size_of::<Entry>();

@@ -45,14 +45,14 @@ impl<'a> Root<'a> {
             None => None,
         };
         let regions = map_regions(&config)?;
-        let post = make_mailboxes(&config)?;
+        let mut post = make_mailboxes(&config)?;
         let names: Vec<String> = config.daemons.iter().map(|d| d.name.clone()).collect();
         // As early as it can be (the regions and mailboxes mapped, nothing
         // else per daemon made yet: the `listen` sockets, the cgroups, the
         // records per daemon, the output pipes): each of its forks copies
         // what it holds (§3, "The zygote"). The cgroups' set-up moves it
         // into the root's leaf with the root.
-        let (config, zygote) = start_zygote(config, &names, registry, &regions, &post);
+        let (config, zygote) = start_zygote(config, &names, registry, &regions, &mut post);
         let listeners = bind_listeners(&config)?;
         let epoll = sys::Epoll::new().map_err(ctx("epoll"))?;
         epoll
@@ -132,15 +132,16 @@ impl<'a> Root<'a> {
 /// Forks the zygote (`zygote.rs`) from the root as it is early in its
 /// start-up; `None` (said, and the root forks every daemon itself until a
 /// start makes one) if it cannot, or if the tree has no built-in daemon.
-/// The config goes into the fork and comes back: in the zygote, what a
-/// built-in daemon's process reads is copied out of it and the rest
-/// dropped, so that no fork copies every daemon's settings.
+/// The config and the mailboxes' tables go into the fork and come back:
+/// in the zygote, what a built-in daemon's process reads is copied out of
+/// the config and the rest dropped, and the tables (the root's alone) are
+/// dropped, so that no fork copies every daemon's settings and mailbox.
 fn start_zygote(
     config: Config,
     names: &[String],
     registry: &Registry,
     regions: &RegionSet,
-    post: &PostOffice,
+    post: &mut PostOffice,
 ) -> (Config, Option<zygote::Zygote>) {
     if !config.root.zygote
         || !config
@@ -150,17 +151,18 @@ fn start_zygote(
     {
         return (config, None);
     }
-    let post = post.post();
+    let view = post.post();
     let root_pid = sys::getpid();
-    let (config, zygote) = zygote::Zygote::start(regions, config, |config| {
+    let ((config, _), zygote) = zygote::Zygote::start(regions, (config, post), |(config, post)| {
         // In the zygote: its copy of the config is dropped once this
-        // returns.
+        // returns; the mailboxes are reached through their view alone.
+        post.drop_tables();
         zygote::Image::new(
             config.daemons.iter(),
             names,
             registry,
             regions,
-            post,
+            view,
             root_pid,
         )
     });

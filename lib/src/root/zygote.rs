@@ -73,30 +73,15 @@ pub(super) struct Image<'a> {
     root_pid: Pid,
 }
 
-/// Of one built-in daemon's config, what its process is made of.
+/// Of one built-in daemon's config, what its process is made of (its
+/// name, and so its process title, is the image's `names` at its index).
 #[derive(Debug)]
 struct Spec {
-    /// `forkroot: NAME`, its process title; its name is the tail
-    /// ([`Spec::name`]).
-    title: Vec<u8>,
     entry: crate::daemon::Entry,
     on_restart: crate::config::OnRestart,
     args: crate::config::Args,
     listen: Vec<String>,
     watchdog: Option<std::time::Duration>,
-}
-
-impl Spec {
-    /// The daemon's name: its title after [`super::TITLE_PREFIX`].
-    fn name(&self) -> &str {
-        // The title is the prefix, then the name (a `str`): the tail is
-        // the name's UTF-8, whole.
-        let tail = self
-            .title
-            .get(super::TITLE_PREFIX.len()..)
-            .unwrap_or_default();
-        std::str::from_utf8(tail).unwrap_or_default()
-    }
 }
 
 impl<'a> Image<'a> {
@@ -117,7 +102,6 @@ impl<'a> Image<'a> {
                     return None;
                 };
                 Some(Spec {
-                    title: super::Child::title(&cfg.name),
                     entry: registry.get(kind)?.entry,
                     on_restart: cfg.on_restart,
                     args: cfg.args.clone(),
@@ -305,6 +289,10 @@ fn fork_for_root(image: &Image<'_>, req: &Spawn, got: &[OwnedFd]) -> io::Result<
         .get(i)
         .and_then(Option::as_ref)
         .ok_or_else(invalid)?;
+    let name = image.names.get(i).ok_or_else(invalid)?;
+    // Made here, per request, not kept per daemon: the fork copies all
+    // the zygote holds.
+    let title = super::Child::title(name);
     let writer = crate::ring::WriterId::from_raw(req.writer).ok_or_else(invalid)?;
     let start = Start {
         restarts: req.history.restarts,
@@ -317,8 +305,8 @@ fn fork_for_root(image: &Image<'_>, req: &Spawn, got: &[OwnedFd]) -> io::Result<
     // descriptor fields are the root's, and not read here.
     let plan = Plan {
         index: i,
-        name: spec.name(),
-        title: &spec.title,
+        name,
+        title: &title,
         regions: image.regions,
         root_pid: image.root_pid,
         start,
