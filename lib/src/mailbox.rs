@@ -1338,8 +1338,10 @@ impl PostOffice {
     /// In a copy of the root that reads the post only through its view
     /// ([`PostOffice::post`]) and never uses this again (the zygote):
     /// frees the per-daemon tables, which every fork of that process would
-    /// otherwise copy. The mappings stay (nothing here unmaps); the monitor
-    /// rows' own files, the copy's descriptors, are closed.
+    /// otherwise copy. The mappings stay (nothing here unmaps); a monitor
+    /// row's own file, if one was made, is this copy's descriptor and is
+    /// closed. The post office is left unusable (its count still says how
+    /// many daemons, its tables are empty): nothing may call it after.
     pub(crate) fn drop_tables(&mut self) {
         self.generations = Vec::new();
         self.pending = Vec::new();

@@ -59,9 +59,10 @@ const SOCK_FD: RawFd = 3;
 /// the zygote's memory is copied into each fork (its page-table entries)
 /// and torn down again when that process exits, so what the zygote holds
 /// per daemon is paid on every restart in proportion to the tree. The
-/// first zygote then drops its copy of the daemons' configs
-/// ([`Zygote::start`]); one forked after a reload keeps its copy of the
-/// whole root, configs and all.
+/// first zygote then drops its copy of the daemons' configs and of the
+/// mailboxes' per-daemon tables (`start_zygote`, [`Zygote::start`]); one
+/// forked after a reload keeps its copy of the whole root, configs and
+/// all.
 #[derive(Debug)]
 pub(super) struct Image<'a> {
     /// By the root's index; `None` for an exec'd program (not the
@@ -150,8 +151,9 @@ impl Zygote {
     /// Forks the zygote from the root. `image` runs in the zygote alone,
     /// given `keep`, which the root gets back: what the zygote needs is
     /// copied out of it and the rest is dropped there (the root's
-    /// first zygote is given the config itself, so that its copy of the
-    /// root's memory does not keep every daemon's settings).
+    /// first zygote is given the config itself and the post office, so
+    /// that its copy of the root's memory keeps neither every daemon's
+    /// settings nor every mailbox's tables).
     pub(super) fn start<'a, T>(
         regions: &RegionSet,
         keep: T,
@@ -256,8 +258,9 @@ fn serve(image: &Image<'_>, sock: &OwnedFd) -> ! {
     // open until this process exits: `serve` never returns.
     let sock = unsafe { BorrowedFd::borrow_raw(SOCK_FD) };
     // What the root's data left free in this copy of its heap (the
-    // config's parse, the daemons' configs if this is the first zygote)
-    // goes back to the kernel, so that no fork copies it.
+    // config's parse; the daemons' configs and the mailboxes' tables if
+    // this is the first zygote) goes back to the kernel, so that no fork
+    // copies it.
     sys::mem::release_free_heap();
     let mut buf = [0u8; Spawn::SIZE + 1];
     let mut got = Vec::with_capacity(16);
