@@ -226,14 +226,11 @@ impl Child {
         }
     }
 
-    /// The process title of daemon `name`: [`TITLE_PREFIX`], then the name.
+    /// The process title of daemon `name` (`ps` shows `forkroot: NAME`).
     pub(super) fn title(name: &str) -> Vec<u8> {
-        format!("{TITLE_PREFIX}{name}").into_bytes()
+        format!("forkroot: {name}").into_bytes()
     }
 }
-
-/// What a daemon's process title starts with (`ps` shows `forkroot: NAME`).
-pub(super) const TITLE_PREFIX: &str = "forkroot: ";
 
 /// Which process of a daemon a pid is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
