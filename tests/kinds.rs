@@ -171,8 +171,9 @@ fn idle_wakes_only_for_its_watchdog() {
     let mut last = wake_ups(still);
     t.poll("`still` asleep", || {
         std::thread::sleep(Duration::from_millis(300));
-        let now = wake_ups(still);
-        std::mem::replace(&mut last, now).eq(&now).then_some(())
+        let before = last;
+        last = wake_ups(still);
+        (last == before).then_some(())
     });
     let (still_0, kept_0, cpu_0) = (wake_ups(still), wake_ups(kept), cpu_ticks(still));
     std::thread::sleep(Duration::from_secs(3));

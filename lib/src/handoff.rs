@@ -693,22 +693,17 @@ impl ExecEnv {
                 format!("disagrees with {HISTORY} ({} restarts)", history.restarts),
             ));
         }
-        let watchdog = match get(WATCHDOG_USEC) {
-            None => None,
-            Some(us) => Some(
-                us.parse::<u64>()
-                    .ok()
-                    .filter(|&us| us > 0)
-                    .map(Duration::from_micros)
-                    .ok_or_else(|| {
-                        bad(
-                            WATCHDOG_USEC,
-                            &us,
-                            "is not a positive number of microseconds".into(),
-                        )
-                    })?,
-            ),
-        };
+        // Optional: set only for a daemon with a `watchdog`.
+        let watchdog = get(WATCHDOG_USEC)
+            .map(|us| match us.parse::<u64>() {
+                Ok(n) if n > 0 => Ok(Duration::from_micros(n)),
+                _ => Err(bad(
+                    WATCHDOG_USEC,
+                    &us,
+                    "is not a positive number of microseconds".into(),
+                )),
+            })
+            .transpose()?;
         Ok(ExecEnv {
             name,
             fd,
