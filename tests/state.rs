@@ -191,12 +191,15 @@ fn a_decide_daemon_sees_its_deaths_and_their_causes() {
         });
         send(pid, if n == 2 { SIGKILL } else { SIGSEGV }).unwrap();
     }
-    t.wait_starts("d", 4);
-    let deaths: Vec<String> = t
-        .out("d")
-        .into_iter()
-        .filter(|l| l.starts_with("deaths "))
-        .collect();
+    // The fourth run's `deaths` line follows its `start` line: wait for it.
+    let deaths: Vec<String> = t.poll("the fourth run's deaths line", || {
+        let deaths: Vec<String> = t
+            .out("d")
+            .into_iter()
+            .filter(|l| l.starts_with("deaths "))
+            .collect();
+        (deaths.len() >= 4).then_some(deaths)
+    });
     assert_eq!(
         deaths,
         [

@@ -804,9 +804,11 @@ fn a_watchdog_kill_is_a_death_the_replacement_hears_of() {
          [[daemon]]\nname = \"quiet\"\nkind = \"probe\"\nwatchdog = \"300ms\"\n\
          [daemon.args]\nout = \"@DIR@/quiet.out\"\n",
     );
-    let lines = t.poll("the probe's second start", || {
+    // A probe writes its `deaths` line after its `start` line: wait for
+    // the second `deaths` line itself.
+    let lines = t.poll("the probe's second deaths line", || {
         let out = t.out("quiet");
-        (out.iter().filter(|l| l.starts_with("start ")).count() >= 2).then_some(out)
+        (out.iter().filter(|l| l.starts_with("deaths ")).count() >= 2).then_some(out)
     });
     let deaths: Vec<&String> = lines.iter().filter(|l| l.starts_with("deaths ")).collect();
     assert_eq!(deaths[0], "deaths 0 -", "{lines:?}");
