@@ -66,7 +66,9 @@ fn status_tree_metrics_and_json_keep_their_shape() {
     );
     let mut t = Tree::start(&config);
     wait_running(&t, &["alpha", "beta"]);
-    let alpha_pid = t.starts("alpha")[0].pid;
+    // `running` is the root's word once the child is set up; its first
+    // line may come a moment later.
+    let alpha_pid = t.wait_starts("alpha", 1)[0].pid;
 
     let table = t.ctl_run(&["status"]);
     assert_eq!(table.code, Some(0), "{table:?}");
@@ -633,7 +635,7 @@ fn wait_returns_once_the_daemon_is_running_again_or_stopped() {
     );
     let mut t = Tree::start(&config);
     wait_running(&t, &["alpha", "stubborn"]);
-    let first = t.starts("alpha")[0].pid;
+    let first = t.wait_starts("alpha", 1)[0].pid;
 
     let restart = t.ctl_run(&["restart", "alpha", "--wait"]);
     assert_eq!(
@@ -645,7 +647,9 @@ fn wait_returns_once_the_daemon_is_running_again_or_stopped() {
     let d = t.daemon_status("alpha").unwrap();
     assert_eq!(d["state"], "running");
     assert_ne!(d["pid"], first);
-    assert_eq!(t.starts("alpha").len(), 2);
+    // The process running is the second to start (its first line may
+    // follow `running` by a moment).
+    assert_eq!(t.wait_starts("alpha", 2)[1].pid, d["pid"]);
 
     let stop = t.ctl_run(&["stop", "alpha", "--wait"]);
     assert_eq!(
@@ -665,7 +669,7 @@ fn wait_returns_once_the_daemon_is_running_again_or_stopped() {
         (start.code, start.stdout.as_str()),
         (Some(0), "alpha: running\n")
     );
-    assert_eq!(t.starts("alpha").len(), 3);
+    assert_eq!(t.wait_starts("alpha", 3).len(), 3);
 
     // A daemon that ignores SIGTERM is still stopping when the wait ends.
     let stuck = t.ctl_run(&["stop", "stubborn", "--wait", "--timeout", "300ms"]);

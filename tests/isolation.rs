@@ -37,8 +37,10 @@ attack = "victim"
     // (The very first attack may run before the victim filled its page, and
     // read 0.)
     let (out, crashes) = t.poll("two completed attacks that read 171", || {
-        let out = t.out("attacker");
+        // The crashes first: a run whose crash is logged has written all
+        // it will by the time its output is read.
         let crashes = t.log_lines(&["crashed", "daemon=attacker"]);
+        let out = t.out("attacker");
         let runs = runs(&out);
         let done = &runs[..crashes.len().min(runs.len())];
         let read_171 = done
@@ -260,8 +262,9 @@ fn own_descriptors_after_restarts(zygote: bool) {
         assert!(zygote_of(t.pid).is_none());
     }
     for (k, &pid) in pids.iter().enumerate() {
-        let fds = descriptors(pid);
-        let numbers: Vec<u32> = fds.keys().copied().collect();
+        let numbers = |fds: &std::collections::BTreeMap<u32, String>| -> Vec<u32> {
+            fds.keys().copied().collect()
+        };
         // A built-in daemon: stdin, its two pipes, the echo of its flight
         // log at 5. The program: stdin, pipes, region at 3, post and
         // registry at 5 and 6, its row of monitor bits at 7 (the setup
@@ -271,7 +274,15 @@ fn own_descriptors_after_restarts(zygote: bool) {
         } else {
             &[0, 1, 2, 5]
         };
-        assert_eq!(numbers, expected, "{} holds {fds:?}", group[k]);
+        // The root sees a daemon running once its set-up is done, and the
+        // child closes its last spare slots just after: give it a moment.
+        let settle = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut fds = descriptors(pid);
+        while numbers(&fds) != expected && std::time::Instant::now() < settle {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            fds = descriptors(pid);
+        }
+        assert_eq!(numbers(&fds), expected, "{} holds {fds:?}", group[k]);
         // The same stdout pipe as its first incarnation, no one else's.
         assert_eq!(fds[&1], first_pipes[k], "{}'s stdout", group[k]);
         assert!(fds[&1].starts_with("pipe:"), "{fds:?}");

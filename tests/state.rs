@@ -87,6 +87,11 @@ fn the_counter_neither_skips_nor_repeats_across_kills() {
 #[test]
 fn the_counter_with_a_standby_neither_skips_nor_repeats() {
     let mut t = Tree::start(&format!("{PATIENT}{}", counter("c", "standby = true")));
+    // A standby ready before the first kill, so that at least one kill
+    // is a takeover (the kills after it may come faster than a new one).
+    t.poll("a standby ready", || {
+        t.daemon_status("c")?["standby_pid"].as_i64()
+    });
     kill_repeatedly(&t, "c", 40);
     t.signal(SIGTERM);
     assert_eq!(t.wait_code(), 0);
@@ -191,17 +196,20 @@ fn a_decide_daemon_sees_its_deaths_and_their_causes() {
         });
         send(pid, if n == 2 { SIGKILL } else { SIGSEGV }).unwrap();
     }
-    // The fourth run's `deaths` line follows its `start` line: wait for it.
-    let deaths: Vec<String> = t.poll("the fourth run's deaths line", || {
-        let deaths: Vec<String> = t
-            .out("d")
-            .into_iter()
-            .filter(|l| l.starts_with("deaths "))
-            .collect();
-        (deaths.len() >= 4).then_some(deaths)
+    // A probe writes `start`, then `deaths`, then `resumed`: wait for the
+    // fourth run's `resumed` line, the last of the three.
+    let out = t.poll("the fourth run's resumed line", || {
+        let out = t.out("d");
+        (out.iter().filter(|l| l.starts_with("resumed ")).count() >= 4).then_some(out)
     });
+    let lines = |prefix: &str| -> Vec<String> {
+        out.iter()
+            .filter(|l| l.starts_with(prefix))
+            .cloned()
+            .collect()
+    };
     assert_eq!(
-        deaths,
+        lines("deaths "),
         [
             "deaths 0 -",
             "deaths 1 killed by SIGSEGV",
@@ -213,11 +221,7 @@ fn a_decide_daemon_sees_its_deaths_and_their_causes() {
     );
     // Decide restores nothing by itself: each start sees the state exactly
     // as the dead process left it (each committed one more).
-    let resumed: Vec<String> = t
-        .out("d")
-        .into_iter()
-        .filter(|l| l.starts_with("resumed "))
-        .collect();
+    let resumed = lines("resumed ");
     assert_eq!(
         resumed,
         [
@@ -295,7 +299,9 @@ fn poison_falls_back_to_fresh_when_no_older_checkpoint_is_left() {
             .find(|l| l.starts_with("resumed 0 FellBack"))
             .cloned()
     });
-    assert!(t.log().contains("checkpoint is poison"), "{}", t.log());
+    // The root logs the poison after the replacement's fork (with the
+    // crash's report): wait for the line.
+    t.wait_log(&["checkpoint is poison", "daemon=p"]);
     t.signal(SIGTERM);
     assert_eq!(t.wait_code(), 0);
 }

@@ -235,6 +235,8 @@ fn one_for_all_restarts_every_sibling_in_start_order() {
     // The siblings were stopped (they reported it), not killed.
     assert!(t.out("a").contains(&format!("stop {}", first[0].pid)));
     assert!(t.out("c").contains(&format!("stop {}", first[2].pid)));
+    // The root logs a start once the child runs: three, then three more.
+    t.wait_log_count(&["started daemon="], 6);
     assert_eq!(last_started(&t, 3), ["a", "b", "c"], "{}", t.log());
     // The siblings were stopped one at a time, in reverse start order.
     let stopped: Vec<String> = t
@@ -257,6 +259,7 @@ fn rest_for_one_restarts_the_dead_one_and_those_started_after_it() {
     let c = t.wait_starts("c", 2);
     assert_ne!(c[1].pid, c[0].pid);
     assert!(t.out("c").contains(&format!("stop {}", first[2].pid)));
+    t.wait_log_count(&["started daemon="], 5);
     assert_eq!(last_started(&t, 2), ["b", "c"], "{}", t.log());
     // `a`, started before `b`, was left alone.
     assert_eq!(t.starts("a").len(), 1);
@@ -405,6 +408,8 @@ fn group_abc(strategy: &str) -> (Tree, Vec<Start>, Vec<Start>) {
         .iter()
         .map(|n| t.wait_starts(n, 1)[0])
         .collect();
+    // The root logs a start once the child runs: wait for the fifth.
+    t.wait_log_count(&["started daemon="], 5);
     assert_eq!(
         logged(&t, "started daemon=", 0),
         ["out1", "a", "b", "c", "out2"],
@@ -457,6 +462,7 @@ fn one_for_all_in_a_group_restarts_the_group_in_order_and_nothing_outside_it() {
     assert!(t.out("a").contains(&format!("stop {}", first[0].pid)));
     assert!(t.out("c").contains(&format!("stop {}", first[2].pid)));
     assert_eq!(logged(&t, "stopped daemon=", 0), ["c", "a"], "{}", t.log());
+    t.wait_log_count(&["started daemon="], 8);
     assert_eq!(
         logged(&t, "started daemon=", 5),
         ["a", "b", "c"],
@@ -484,6 +490,7 @@ fn rest_for_one_in_a_group_restarts_the_dead_one_and_those_after_it_in_the_group
     assert_ne!(c[1].pid, first[2].pid);
     assert!(t.out("c").contains(&format!("stop {}", first[2].pid)));
     assert_eq!(logged(&t, "stopped daemon=", 0), ["c"], "{}", t.log());
+    t.wait_log_count(&["started daemon="], 7);
     assert_eq!(logged(&t, "started daemon=", 5), ["b", "c"], "{}", t.log());
     // a, before b in the group, stayed.
     assert_eq!(t.starts("a").len(), 1);

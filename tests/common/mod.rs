@@ -218,6 +218,14 @@ impl Tree {
         })
     }
 
+    /// Waits until `n` lines of the log contain every one of `parts` (the
+    /// root logs some events after the child it started already runs).
+    pub(crate) fn wait_log_count(&self, parts: &[&str], n: usize) {
+        self.poll(&format!("{n} log lines with {parts:?}"), || {
+            (self.log_lines(parts).len() >= n).then_some(())
+        });
+    }
+
     /// Lines of the log containing every one of `parts`.
     pub(crate) fn log_lines(&self, parts: &[&str]) -> Vec<String> {
         self.log()
