@@ -19,7 +19,9 @@
 //! The ratio printed is forkroot's median over the bare median; a row
 //! beside 1,000 daemons or more also prints, against the row beside 10,
 //! its median over that row's, its ratio to the floor over that row's,
-//! and its floor over that row's floor.
+//! the median of its kills' own ratios to the floor round right before
+//! each ("kill by kill") over that row's, and its floor over that row's
+//! floor.
 //! Each restart row is measured in five blocks, round-robin over the rows
 //! (a fresh tree per block, settled for 5 s once up; every other round of
 //! blocks in reverse order), and each kill right after a round of the
@@ -43,7 +45,13 @@
 //!   50 `[[group]]`s, against the same 1,000 under the top supervisor;
 //!   beside 1,000 exec'd programs (`/bin/sleep`), each with a region file
 //!   of its own; and beside 3,000 in 50 groups (how a restart grows with
-//!   the tree). `FORKROOT_BENCH_ONLY=trees` runs these rows alone.
+//!   the tree). Then the same rows **at once** ("restart at once"): every
+//!   one of those trees up side by side, and each round a kill in each
+//!   tree in turn, each right after a round of the floor, as many kills
+//!   per row as above: the rows saw the machine at the same moments, so
+//!   their ratios to the row beside 10 are what each tree's size costs a
+//!   restart (with every tree's daemons present in every row).
+//!   `FORKROOT_BENCH_ONLY=trees` runs these rows alone.
 //! - **time to ready**: from spawning `forkroot run` to its `READY=1` on
 //!   `NOTIFY_SOCKET` (every daemon of the first start set up), for one
 //!   daemon of 64 KiB, 1 GiB and 8 GiB, and for 10 and 1,000 daemons (and
@@ -202,9 +210,7 @@ fn main() {
     // ratio must have seen the same machine. Each block starts its own
     // tree.
     let per = n.div_ceil(BLOCKS);
-    let mut bare: Vec<Vec<u64>> = vec![Vec::new(); runs.len()];
-    let mut got: Vec<Vec<u64>> = vec![Vec::new(); runs.len()];
-    let mut root_cpu = vec![0u64; runs.len()];
+    let mut measured: Vec<Measured> = runs.iter().map(|_| Measured::default()).collect();
     for b in 0..BLOCKS {
         // Every other block runs the rows in reverse order, so that a row
         // does not always follow the same one (a block's tree starts while
@@ -212,20 +218,58 @@ fn main() {
         for j in 0..runs.len() {
             let k = if b % 2 == 0 { j } else { runs.len() - 1 - j };
             let m = forkroot(&runs[k], per).expect("forkroot restart");
-            bare[k].extend(m.floor);
-            got[k].extend(m.latencies);
-            root_cpu[k] += m.root_cpu_ns;
+            measured[k].latencies.extend(m.latencies);
+            measured[k].floor.extend(m.floor);
+            measured[k].root_cpu_ns += m.root_cpu_ns;
         }
     }
-    let kills = per * BLOCKS;
-    let stats: Vec<Stats> = got.into_iter().map(Stats::of).collect();
-    let floors: Vec<Stats> = bare.into_iter().map(Stats::of).collect();
+    let rows: Vec<&Run> = runs.iter().collect();
+    print_rows(&rows, &measured, "");
+    // The same tree rows again, every tree up at once and the kills taken
+    // in turn: what is left of a row's ratio to the row beside 10 is what
+    // its own tree costs a restart, not the moment it was measured at.
+    let together: Vec<&Run> = runs
+        .iter()
+        .filter(|r| r.siblings > 0 && !r.standby)
+        .collect();
+    if together.len() > 1 {
+        let measured = at_once(&together, per * BLOCKS).expect("forkroot restart, at once");
+        print_rows(&together, &measured, " at once");
+    }
+}
+
+/// Prints a line per row: its median and p99 against the floor's, and
+/// for a row beside 1,000 daemons or more its ratios to the row beside 10.
+fn print_rows(runs: &[&Run], measured: &[Measured], how: &str) {
+    let kills = measured[0].latencies.len();
+    // Kill by kill, the restart over the floor's round right before it
+    // (in thousandths): both saw the machine at the same moment.
+    let paired: Vec<Stats> = measured
+        .iter()
+        .map(|m| {
+            Stats::of(
+                m.latencies
+                    .iter()
+                    .zip(&m.floor)
+                    .map(|(&g, &f)| g * 1000 / f.max(1))
+                    .collect(),
+            )
+        })
+        .collect();
+    let stats: Vec<Stats> = measured
+        .iter()
+        .map(|m| Stats::of(m.latencies.clone()))
+        .collect();
+    let floors: Vec<Stats> = measured
+        .iter()
+        .map(|m| Stats::of(m.floor.clone()))
+        .collect();
     // The row the tree rows are compared with: the probe beside 10, as
     // measured (its median) and over its floor (the ratio).
     let beside_10 = runs
         .iter()
         .position(|r| r.siblings == 10)
-        .map(|k| (stats[k].median, floors[k].median));
+        .map(|k| (stats[k].median, floors[k].median, paired[k].median));
     for (k, run) in runs.iter().enumerate() {
         let s = &stats[k];
         let b = &floors[k];
@@ -233,7 +277,10 @@ fn main() {
         let cpu = if run.standby {
             String::new()
         } else {
-            format!("   root CPU per restart={}", us(root_cpu[k] / kills as u64))
+            format!(
+                "   root CPU per restart={}",
+                us(measured[k].root_cpu_ns / kills as u64)
+            )
         };
         // Beside a larger tree: the median over the row beside 10's; the
         // ratio to the floor over that row's (what the restart costs
@@ -241,19 +288,20 @@ fn main() {
         // the floor over that row's floor (how much the tree's presence
         // slowed the machine itself).
         let vs_10 = match beside_10 {
-            Some((m, f)) if run.siblings > 10 => {
+            Some((m, f, p)) if run.siblings > 10 => {
                 let ratio_10 = m as f64 / f as f64;
                 format!(
-                    "   vs siblings=10: {:.2} (over the floor {:.2}, the floor {:.2})",
+                    "   vs siblings=10: {:.2} (over the floor {:.2}, kill by kill {:.2}, the floor {:.2})",
                     s.median as f64 / m as f64,
                     s.median as f64 / b.median as f64 / ratio_10,
+                    paired[k].median as f64 / p as f64,
                     b.median as f64 / f as f64
                 )
             }
             _ => String::new(),
         };
         println!(
-            "restart  memory={:<6} siblings={:<4} groups={:<2} exec={:<5} standby={:<5} n={}  median={} p99={}   \
+            "restart{how}  memory={:<6} siblings={:<4} groups={:<2} exec={:<5} standby={:<5} n={}  median={} p99={}   \
              bare fork+waitpid median={} p99={}   ratio={:.2}{vs_10}{cpu}",
             run.memory,
             run.siblings,
@@ -467,33 +515,89 @@ struct Run {
 }
 
 /// `forkroot run` with one probe reporting to a FIFO (plus `siblings` idle
-/// daemons); `n` kills, each timed to the replacement's first line.
+/// daemons), settled; `n` kills, each right after a round of the floor
+/// and timed to the replacement's first line.
 fn forkroot(run: &Run, n: usize) -> io::Result<Measured> {
-    let dir = tempfile::Builder::new()
-        .prefix("forkroot-bench")
-        .tempdir()?;
-    measure(run, n, &dir).map_err(|e| {
-        // Show the root's side of a failed measurement.
-        let log = fs::read_to_string(dir.path().join("root.log")).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(20).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        io::Error::new(
-            e.kind(),
-            format!("{e}; the root's log ends with:\n{}", tail.join("\n")),
-        )
-    })
+    let mut tree = Tree::start(run)?;
+    std::thread::sleep(SETTLE);
+    let mut floor = Floor::new()?;
+    let mut m = Measured::default();
+    let mut cpu_from = 0;
+    for round in 0..WARMUP + n {
+        if round == WARMUP {
+            cpu_from = tree.root_cpu()?;
+        }
+        let f = floor.round()?;
+        let ns = tree.kill()?;
+        if round >= WARMUP {
+            m.floor.push(f);
+            m.latencies.push(ns);
+        }
+    }
+    m.root_cpu_ns = tree.root_cpu()? - cpu_from;
+    Ok(m)
 }
 
-fn measure(run: &Run, n: usize, dir: &tempfile::TempDir) -> io::Result<Measured> {
-    let memory = run.memory;
-    let d = dir.path();
-    let fifo = d.join("probe.fifo");
-    mkfifo(&fifo)?;
-    let config = d.join("bench.toml");
-    fs::write(
-        &config,
-        format!(
-            r#"[root]
+/// The tree rows at once: every tree up and settled side by side, then
+/// `n` rounds, each a kill in every tree in turn (its first tree moving on
+/// by one each round), each kill right after a round of the floor. Every
+/// row saw the machine at the same moments, and all the trees' daemons.
+fn at_once(runs: &[&Run], n: usize) -> io::Result<Vec<Measured>> {
+    let mut trees = runs
+        .iter()
+        .map(|run| Tree::start(run))
+        .collect::<io::Result<Vec<Tree>>>()?;
+    std::thread::sleep(SETTLE);
+    let mut floor = Floor::new()?;
+    let mut m: Vec<Measured> = runs.iter().map(|_| Measured::default()).collect();
+    let mut cpu_from = vec![0; trees.len()];
+    for round in 0..WARMUP + n {
+        for j in 0..trees.len() {
+            let k = (round + j) % trees.len();
+            if round == WARMUP {
+                cpu_from[k] = trees[k].root_cpu()?;
+            }
+            let f = floor.round()?;
+            let ns = trees[k].kill()?;
+            if round >= WARMUP {
+                m[k].floor.push(f);
+                m[k].latencies.push(ns);
+            }
+        }
+    }
+    for (k, tree) in trees.iter().enumerate() {
+        m[k].root_cpu_ns = tree.root_cpu()? - cpu_from[k];
+    }
+    Ok(m)
+}
+
+/// A running `forkroot run` with a probe reporting to a FIFO; the probe's
+/// current pid.
+struct Tree {
+    /// Declared before `dir`: the root is stopped before its directory
+    /// goes.
+    root: Root,
+    lines: Lines,
+    pid: i32,
+    standby: bool,
+    dir: tempfile::TempDir,
+}
+
+impl Tree {
+    /// Writes the config of `run`, starts its root, and waits for the
+    /// probe's first line and for every daemon to be up.
+    fn start(run: &Run) -> io::Result<Tree> {
+        let dir = tempfile::Builder::new()
+            .prefix("forkroot-bench")
+            .tempdir()?;
+        let d = dir.path();
+        let fifo = d.join("probe.fifo");
+        mkfifo(&fifo)?;
+        let config = d.join("bench.toml");
+        fs::write(
+            &config,
+            format!(
+                r#"[root]
 control = "{dir}/ctl.sock"
 
 [supervisor]
@@ -508,82 +612,95 @@ standby = {standby}
 [daemon.args]
 out = "{fifo}"
 {siblings}"#,
-            dir = d.display(),
-            fifo = fifo.display(),
-            standby = run.standby,
-            siblings = siblings(run.siblings, run.groups, "4KiB", run.exec),
-        ),
-    )?;
-    // Read-write, so the probe's open never waits for a reader and a dead
-    // writer never reads as end-of-file.
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(&fifo)?;
-    let mut lines = Lines {
-        fd: file.into(),
-        buf: Vec::new(),
-    };
-    let log = fs::File::create(d.join("root.log"))?;
-    let root = Root(
-        Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&config)
-            .env(
-                "FORKROOT_LOG",
-                std::env::var("FORKROOT_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .env("XDG_RUNTIME_DIR", d)
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?,
-    );
-    let (mut pid, _) = lines.next_start()?;
-    // Beside idle daemons: every one up (starting 1,000 takes longer than
-    // the rounds below, which would otherwise race the tree's start).
-    wait_until_ready(&d.join("ctl.sock"))?;
-    // And settled: every row waits the same once its tree is up, so that
-    // none is timed while the kernel and the root are still busy with
-    // the start of 1,000.
-    std::thread::sleep(SETTLE);
-    let mut out = Vec::with_capacity(n);
-    let mut floor_ns = Vec::with_capacity(n);
-    let mut floor = Floor::new()?;
-    let root_pid = root.0.id();
-    let mut cpu_from = 0;
-    for round in 0..WARMUP + n {
-        if round == WARMUP {
-            cpu_from = cpu_ns(root_pid)?;
-        }
-        let f = floor.round()?;
-        if round >= WARMUP {
-            floor_ns.push(f);
-        }
-        if run.standby {
-            wait_for_standby(&d.join("ctl.sock"), pid)?;
+                dir = d.display(),
+                memory = run.memory,
+                fifo = fifo.display(),
+                standby = run.standby,
+                siblings = siblings(run.siblings, run.groups, "4KiB", run.exec),
+            ),
+        )?;
+        // Read-write, so the probe's open never waits for a reader and a
+        // dead writer never reads as end-of-file.
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&fifo)?;
+        let lines = Lines {
+            fd: file.into(),
+            buf: Vec::new(),
+        };
+        let log = fs::File::create(d.join("root.log"))?;
+        let root = Root(
+            Command::new(BIN)
+                .args(["run", "--config"])
+                .arg(&config)
+                .env(
+                    "FORKROOT_LOG",
+                    std::env::var("FORKROOT_LOG").unwrap_or_else(|_| "info".into()),
+                )
+                .env("XDG_RUNTIME_DIR", d)
+                .env_remove("NOTIFY_SOCKET")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()?,
+        );
+        let mut tree = Tree {
+            root,
+            lines,
+            pid: 0,
+            standby: run.standby,
+            dir,
+        };
+        let (pid, _) = tree.lines.next_start().map_err(|e| tree.failed(e))?;
+        tree.pid = pid;
+        // Beside idle daemons: every one up (starting 1,000 takes longer
+        // than the rounds, which would otherwise race the tree's start).
+        wait_until_ready(&tree.ctl()).map_err(|e| tree.failed(e))?;
+        Ok(tree)
+    }
+
+    /// Kills the probe and waits for its replacement's first line: the
+    /// nanoseconds from just before the kill to that line.
+    fn kill(&mut self) -> io::Result<u64> {
+        if self.standby {
+            wait_for_standby(&self.ctl(), self.pid).map_err(|e| self.failed(e))?;
         }
         let t0 = monotonic_ns();
         // SAFETY: kill has no memory preconditions.
-        cvt(unsafe { libc::kill(pid, libc::SIGKILL) })?;
-        let (next, ns) = lines.next_start()?;
-        assert_ne!(next, pid, "the same pid reported twice");
-        pid = next;
-        if round >= WARMUP {
-            out.push(ns.saturating_sub(t0));
-        }
+        cvt(unsafe { libc::kill(self.pid, libc::SIGKILL) })?;
+        let (next, ns) = self.lines.next_start().map_err(|e| self.failed(e))?;
+        assert_ne!(next, self.pid, "the same pid reported twice");
+        self.pid = next;
+        Ok(ns.saturating_sub(t0))
     }
-    Ok(Measured {
-        floor: floor_ns,
-        latencies: out,
-        root_cpu_ns: cpu_ns(root_pid)? - cpu_from,
-    })
+
+    /// The CPU time the root has run so far.
+    fn root_cpu(&self) -> io::Result<u64> {
+        cpu_ns(self.root.0.id())
+    }
+
+    fn ctl(&self) -> std::path::PathBuf {
+        self.dir.path().join("ctl.sock")
+    }
+
+    /// `e`, with the end of the root's log: its side of a failed
+    /// measurement.
+    fn failed(&self, e: io::Error) -> io::Error {
+        let log = fs::read_to_string(self.dir.path().join("root.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        io::Error::new(
+            e.kind(),
+            format!("{e}; the root's log ends with:\n{}", tail.join("\n")),
+        )
+    }
 }
 
 /// The rounds of one block: each restart's latency, and the CPU time the
 /// root spent over them (its work per event, whatever it overlaps with).
+#[derive(Default)]
 struct Measured {
     latencies: Vec<u64>,
     /// The floor's rounds, one run right before each of the row's.
