@@ -47,10 +47,13 @@
 //!   of its own; and beside 3,000 in 50 groups (how a restart grows with
 //!   the tree). Then the same rows **at once** ("restart at once"): every
 //!   one of those trees up side by side, and each round a kill in each
-//!   tree in turn, each right after a round of the floor, as many kills
-//!   per row as above: the rows saw the machine at the same moments, so
-//!   their ratios to the row beside 10 are what each tree's size costs a
-//!   restart (with every tree's daemons present in every row).
+//!   tree in an order shuffled each round, each right after a round of
+//!   the floor, as many kills per row as above: the rows saw the machine
+//!   at the same moments, so their ratios to the row beside 10 are what
+//!   each tree's size costs a restart (with every tree's daemons present
+//!   in every row). A root's CPU per restart there is not comparable
+//!   with the same row's in turn: its caches are shared with four other
+//!   roots, and every row reads some 30 µs higher.
 //!   `FORKROOT_BENCH_ONLY=trees` runs these rows alone.
 //! - **time to ready**: from spawning `forkroot run` to its `READY=1` on
 //!   `NOTIFY_SOCKET` (every daemon of the first start set up), for one
@@ -539,9 +542,11 @@ fn forkroot(run: &Run, n: usize) -> io::Result<Measured> {
 }
 
 /// The tree rows at once: every tree up and settled side by side, then
-/// `n` rounds, each a kill in every tree in turn (its first tree moving on
-/// by one each round), each kill right after a round of the floor. Every
-/// row saw the machine at the same moments, and all the trees' daemons.
+/// `n` rounds, each a kill in every tree in an order shuffled anew each
+/// round (a floor round, and so a kill, runs while the last tree's root
+/// may still be finishing its restart: no tree always follows the same
+/// one), each kill right after a round of the floor. Every row saw the
+/// machine at the same moments, and all the trees' daemons.
 fn at_once(runs: &[&Run], n: usize) -> io::Result<Vec<Measured>> {
     let mut trees = runs
         .iter()
@@ -551,9 +556,18 @@ fn at_once(runs: &[&Run], n: usize) -> io::Result<Vec<Measured>> {
     let mut floor = Floor::new()?;
     let mut m: Vec<Measured> = runs.iter().map(|_| Measured::default()).collect();
     let mut cpu_from = vec![0; trees.len()];
+    let mut order: Vec<usize> = (0..trees.len()).collect();
+    // xorshift64, fixed seed: the same orders in every run.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     for round in 0..WARMUP + n {
-        for j in 0..trees.len() {
-            let k = (round + j) % trees.len();
+        // Fisher-Yates.
+        for i in (1..order.len()).rev() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            order.swap(i, (seed % (i as u64 + 1)) as usize);
+        }
+        for &k in &order {
             if round == WARMUP {
                 cpu_from[k] = trees[k].root_cpu()?;
             }

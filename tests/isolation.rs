@@ -275,14 +275,14 @@ fn own_descriptors_after_restarts(zygote: bool) {
             &[0, 1, 2, 5]
         };
         // The root sees a daemon running once its set-up is done, and the
-        // child closes its last spare slots just after: give it a moment.
-        let settle = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let mut fds = descriptors(pid);
-        while numbers(&fds) != expected && std::time::Instant::now() < settle {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-            fds = descriptors(pid);
-        }
-        assert_eq!(numbers(&fds), expected, "{} holds {fds:?}", group[k]);
+        // child closes its last spare slots just after: wait for them.
+        let fds = t.poll(
+            &format!("{}'s descriptors to be {expected:?}", group[k]),
+            || {
+                let fds = descriptors(pid);
+                (numbers(&fds) == expected).then_some(fds)
+            },
+        );
         // The same stdout pipe as its first incarnation, no one else's.
         assert_eq!(fds[&1], first_pipes[k], "{}'s stdout", group[k]);
         assert!(fds[&1].starts_with("pipe:"), "{fds:?}");

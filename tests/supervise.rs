@@ -117,6 +117,8 @@ fn restart_types_transient_temporary_and_exec_daemons() {
         s.iter().map(|s| s.restarts).collect::<Vec<_>>()[..3],
         [0, 1, 2]
     );
+    // Three starts make two crashes, logged after the next start.
+    t.wait_log_count(&["crashed", "daemon=trans3"], 2);
     assert!(
         t.log_lines(&["crashed", "daemon=trans3"])
             .iter()
