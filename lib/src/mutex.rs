@@ -20,7 +20,7 @@ use std::io;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{fence, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A robust, process-shared mutex protecting a `T` in shared memory.
 ///
@@ -295,6 +295,14 @@ impl std::error::Error for SeqLockError {}
 /// How many times [`SeqLock::read`] tries before it gives up.
 pub const SEQLOCK_READ_TRIES: u32 = 10_000;
 
+/// How long [`SeqLock::read`] keeps yielding before it gives up, whatever
+/// is left of its tries. A yield on an idle CPU returns at once, but on a
+/// busy one it can give the CPU away for a whole time slice: bounded by
+/// tries alone, a reader of a dead writer's seqlock took 10,000 slices
+/// (a minute) on two CPUs shared with four busy processes. A live writer
+/// copies its value in well under this, even preempted a few times.
+pub const SEQLOCK_READ_PATIENCE: Duration = Duration::from_millis(20);
+
 /// State one process writes and many read, without locks.
 ///
 /// Layout (`#[repr(C)]`): an 8-byte sequence word, then the value.
@@ -376,11 +384,13 @@ impl<T: Plain + Copy> SeqLock<T> {
     }
 
     /// A consistent copy of the value. Retries up to [`SEQLOCK_READ_TRIES`]
-    /// times (yielding the CPU after the first hundred), then gives up with
+    /// times (yielding the CPU after the first hundred) and for at most
+    /// [`SEQLOCK_READ_PATIENCE`] once it yields, then gives up with
     /// [`SeqLockError::WriterDied`] if the sequence stayed odd, or
     /// [`SeqLockError::Torn`] if it kept changing. Never spins forever.
     pub fn read(&self) -> Result<T, SeqLockError> {
         let mut odd = false;
+        let mut give_up = None;
         for i in 0..SEQLOCK_READ_TRIES {
             let s1 = self.seq.load(Ordering::Acquire);
             if s1 % 2 == 0 {
@@ -397,9 +407,13 @@ impl<T: Plain + Copy> SeqLock<T> {
             }
             if i < 100 {
                 std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
+                continue;
             }
+            let now = Instant::now();
+            if *give_up.get_or_insert(now + SEQLOCK_READ_PATIENCE) <= now {
+                break;
+            }
+            std::thread::yield_now();
         }
         Err(if odd {
             SeqLockError::WriterDied
