@@ -228,9 +228,10 @@ fn main() {
     }
     let rows: Vec<&Run> = runs.iter().collect();
     print_rows(&rows, &measured, "");
-    // The same tree rows again, every tree up at once and the kills taken
-    // in turn: what is left of a row's ratio to the row beside 10 is what
-    // its own tree costs a restart, not the moment it was measured at.
+    // The same tree rows again, every tree up at once and a kill in each
+    // per round, in a shuffled order: what is left of a row's ratio to the
+    // row beside 10 is what its own tree costs a restart, not the moment
+    // it was measured at.
     let together: Vec<&Run> = runs
         .iter()
         .filter(|r| r.siblings > 0 && !r.standby)
