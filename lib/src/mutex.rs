@@ -269,11 +269,14 @@ impl<T: Plain> fmt::Debug for OwnerDiedGuard<'_, T> {
 /// Why a [`SeqLock`] operation did not complete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SeqLockError {
-    /// The sequence stayed odd through every retry: the writer died
-    /// mid-write (or is stalled). The writer's replacement calls
-    /// [`SeqLock::recover`].
+    /// The sequence stayed at one odd value through every retry: the
+    /// writer died mid-write, or is stalled there (stopped, throttled, or
+    /// preempted for longer than [`SEQLOCK_READ_PATIENCE`]). Not proof of
+    /// death: the writer's replacement, which knows the old one is gone
+    /// (the root reaped it), calls [`SeqLock::recover`].
     WriterDied,
-    /// The value changed during every retry (a very busy writer).
+    /// The sequence kept changing through every retry (a very busy
+    /// writer).
     Torn,
     /// Only from [`SeqLock::write`]: another write is in progress, or a
     /// writer died mid-write and [`SeqLock::recover`] has not run.
@@ -283,7 +286,7 @@ pub enum SeqLockError {
 impl fmt::Display for SeqLockError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            SeqLockError::WriterDied => "seqlock writer died mid-write",
+            SeqLockError::WriterDied => "seqlock writer died or stalled mid-write",
             SeqLockError::Torn => "seqlock value kept changing",
             SeqLockError::Busy => "seqlock write in progress",
         })
@@ -298,9 +301,10 @@ pub const SEQLOCK_READ_TRIES: u32 = 10_000;
 /// How long [`SeqLock::read`] keeps yielding before it gives up, whatever
 /// is left of its tries. A yield on an idle CPU returns at once, but on a
 /// busy one it can give the CPU away for a whole time slice: bounded by
-/// tries alone, a reader of a dead writer's seqlock took 10,000 slices
-/// (a minute) on two CPUs shared with four busy processes. A live writer
-/// copies its value in well under this, even preempted a few times.
+/// tries alone, a reader of a dead writer's seqlock took 13 s on two CPUs
+/// beside four busy threads. A live writer copies its value in far less,
+/// unless it is stalled mid-write (stopped, or throttled by a CPU quota),
+/// which a reader then reports as [`SeqLockError::WriterDied`].
 pub const SEQLOCK_READ_PATIENCE: Duration = Duration::from_millis(20);
 
 /// State one process writes and many read, without locks.
@@ -386,13 +390,17 @@ impl<T: Plain + Copy> SeqLock<T> {
     /// A consistent copy of the value. Retries up to [`SEQLOCK_READ_TRIES`]
     /// times (yielding the CPU after the first hundred) and for at most
     /// [`SEQLOCK_READ_PATIENCE`] once it yields, then gives up with
-    /// [`SeqLockError::WriterDied`] if the sequence stayed odd, or
-    /// [`SeqLockError::Torn`] if it kept changing. Never spins forever.
+    /// [`SeqLockError::WriterDied`] if the sequence stayed at one odd value
+    /// throughout, or [`SeqLockError::Torn`] if it changed. Never spins
+    /// forever.
     pub fn read(&self) -> Result<T, SeqLockError> {
-        let mut odd = false;
+        // The first sequence seen, and whether it ever changed since.
+        let mut first = None;
+        let mut changed = false;
         let mut give_up = None;
         for i in 0..SEQLOCK_READ_TRIES {
             let s1 = self.seq.load(Ordering::Acquire);
+            changed |= *first.get_or_insert(s1) != s1;
             if s1 % 2 == 0 {
                 // SAFETY: volatile copy of a `Plain` value (any bits valid);
                 // a torn copy is detected below and discarded.
@@ -401,9 +409,7 @@ impl<T: Plain + Copy> SeqLock<T> {
                 if self.seq.load(Ordering::Relaxed) == s1 {
                     return Ok(v);
                 }
-                odd = false;
-            } else {
-                odd = true;
+                changed = true;
             }
             if i < 100 {
                 std::hint::spin_loop();
@@ -415,7 +421,7 @@ impl<T: Plain + Copy> SeqLock<T> {
             }
             std::thread::yield_now();
         }
-        Err(if odd {
+        Err(if !changed && first.is_some_and(|s| s % 2 == 1) {
             SeqLockError::WriterDied
         } else {
             SeqLockError::Torn
