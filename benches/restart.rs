@@ -220,7 +220,10 @@ fn main() {
         // the kernel may still be clearing the last tree away).
         for j in 0..runs.len() {
             let k = if b % 2 == 0 { j } else { runs.len() - 1 - j };
-            let m = forkroot(&runs[k], per).expect("forkroot restart");
+            let m = measure(&[&runs[k]], per)
+                .expect("forkroot restart")
+                .pop()
+                .expect("one tree, one measurement");
             measured[k].latencies.extend(m.latencies);
             measured[k].floor.extend(m.floor);
             measured[k].root_cpu_ns += m.root_cpu_ns;
@@ -237,7 +240,7 @@ fn main() {
         .filter(|r| r.siblings > 0 && !r.standby)
         .collect();
     if together.len() > 1 {
-        let measured = at_once(&together, per * BLOCKS).expect("forkroot restart, at once");
+        let measured = measure(&together, per * BLOCKS).expect("forkroot restart, at once");
         print_rows(&together, &measured, " at once");
     }
 }
@@ -518,37 +521,14 @@ struct Run {
     standby: bool,
 }
 
-/// `forkroot run` with one probe reporting to a FIFO (plus `siblings` idle
-/// daemons), settled; `n` kills, each right after a round of the floor
-/// and timed to the replacement's first line.
-fn forkroot(run: &Run, n: usize) -> io::Result<Measured> {
-    let mut tree = Tree::start(run)?;
-    std::thread::sleep(SETTLE);
-    let mut floor = Floor::new()?;
-    let mut m = Measured::default();
-    let mut cpu_from = 0;
-    for round in 0..WARMUP + n {
-        if round == WARMUP {
-            cpu_from = tree.root_cpu()?;
-        }
-        let f = floor.round()?;
-        let ns = tree.kill()?;
-        if round >= WARMUP {
-            m.floor.push(f);
-            m.latencies.push(ns);
-        }
-    }
-    m.root_cpu_ns = tree.root_cpu()? - cpu_from;
-    Ok(m)
-}
-
-/// The tree rows at once: every tree up and settled side by side, then
-/// `n` rounds, each a kill in every tree in an order shuffled anew each
-/// round (a floor round, and so a kill, runs while the last tree's root
-/// may still be finishing its restart: no tree always follows the same
-/// one), each kill right after a round of the floor. Every row saw the
-/// machine at the same moments, and all the trees' daemons.
-fn at_once(runs: &[&Run], n: usize) -> io::Result<Vec<Measured>> {
+/// The trees of `runs` (one, or the tree rows at once) up and settled
+/// side by side, then `n` rounds, each a kill in every tree in an order
+/// shuffled anew each round (a floor round, and so a kill, runs while the
+/// last tree's root may still be finishing its restart: no tree always
+/// follows the same one), each kill right after a round of the floor and
+/// timed to the replacement's first line. Every row saw the machine at
+/// the same moments, and all the trees' daemons.
+fn measure(runs: &[&Run], n: usize) -> io::Result<Vec<Measured>> {
     let mut trees = runs
         .iter()
         .map(|run| Tree::start(run))
