@@ -94,14 +94,26 @@ fn abandoned_repair_makes_it_not_recoverable() {
 fn seqlock_readers_never_see_a_torn_value() {
     static S: SeqLock<[u64; 8]> = SeqLock::new([0; 8]);
     let stop = &*Box::leak(Box::new(AtomicU64::new(0)));
+    // Each reader's good reads so far: the writer goes on past its 100,000
+    // writes until both have had one (threads of other tests may keep
+    // them off the CPUs for all of the first 100,000), up to a cap past
+    // which the assertion below says so.
+    let reads: &'static [AtomicU64; 2] =
+        Box::leak(Box::new([AtomicU64::new(0), AtomicU64::new(0)]));
     let writer = std::thread::spawn(move || {
-        for i in 1..=100_000u64 {
+        let mut i = 0u64;
+        while i < 100_000
+            || (i < 10_000_000 && reads.iter().any(|r| r.load(Ordering::Relaxed) == 0))
+        {
+            i += 1;
             S.write(|v| *v = [i; 8]).unwrap();
         }
         stop.store(1, Ordering::Release);
+        i
     });
-    let readers: Vec<_> = (0..2)
-        .map(|_| {
+    let readers: Vec<_> = reads
+        .iter()
+        .map(|count| {
             std::thread::spawn(move || {
                 let (mut n, mut last) = (0u64, 0u64);
                 while stop.load(Ordering::Acquire) == 0 {
@@ -110,17 +122,18 @@ fn seqlock_readers_never_see_a_torn_value() {
                         assert!(v[0] >= last, "went backwards");
                         last = v[0];
                         n += 1;
+                        count.store(n, Ordering::Relaxed);
                     }
                 }
                 n
             })
         })
         .collect();
-    writer.join().unwrap();
+    let written = writer.join().unwrap();
     for r in readers {
         assert!(r.join().unwrap() > 0);
     }
-    assert_eq!(S.read().unwrap(), [100_000; 8]);
+    assert_eq!(S.read().unwrap(), [written; 8]);
 }
 
 /// A sequence that stays odd but moves (a writer alive and busy, each
